@@ -1,0 +1,16 @@
+//! csmh-proxy: a MySQL-protocol proxy that moves Open edX's `courseware_studentmodulehistory` to its extended
+//! table on the wire.
+//!
+//! The data path is `server` (accept) → `session` (one client) → `protocol` (frames and responses) →
+//! `backend` (the MySQL servers); `routing` decides what a statement naming the history table becomes, from the
+//! flags that `config` reads and `history` interprets.
+
+pub mod backend;
+pub mod config;
+pub mod history;
+pub mod metrics;
+pub mod protocol;
+pub mod routing;
+pub mod sandbox;
+pub mod server;
+pub mod session;

@@ -1,0 +1,49 @@
+//! The `csmh-proxy` command line: parses arguments and calls the library.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// A MySQL-protocol proxy that moves Open edX's student-module history to its extended table on the wire.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Configuration file (for `serve` when no subcommand is given).
+    #[arg(long, short, global = true, default_value = "proxy.toml", env = "CSMH_PROXY_CONFIG")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Accept MySQL clients and relay them to the backends (the default).
+    Serve,
+    /// Validate the configuration and print the routing it implies.
+    CheckConfig,
+    /// Start local MariaDB servers with the edX tables and serve the proxy in front of them.
+    Sandbox,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let config = csmh_proxy::config::Config::load(&cli.config)?;
+            runtime.block_on(csmh_proxy::server::serve(config))
+        }
+        Command::CheckConfig => {
+            let config = csmh_proxy::config::Config::load(&cli.config)?;
+            println!("{config:#?}");
+            Ok(())
+        }
+        Command::Sandbox => anyhow::bail!("not yet"),
+    }
+}
