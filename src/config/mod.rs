@@ -31,6 +31,13 @@ pub struct Config {
 pub struct Listen {
     /// `host:port` to accept MySQL clients on.
     pub address: String,
+    /// Seconds a shutdown waits for in-flight statements before closing connections.
+    #[serde(default = "default_shutdown_timeout_secs")]
+    pub shutdown_timeout_secs: u64,
+}
+
+fn default_shutdown_timeout_secs() -> u64 {
+    10
 }
 
 /// `[admin]`: the operator's HTTP listener.
@@ -66,6 +73,13 @@ pub struct Backend {
     /// Name of an environment variable holding the password.
     #[serde(default)]
     pub password_env: Option<String>,
+    /// Seconds to wait for a TCP connection to the server.
+    #[serde(default = "default_connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
+}
+
+fn default_connect_timeout_secs() -> u64 {
+    5
 }
 
 /// `[history]`: schema-qualified names of the two history tables.
