@@ -1,18 +1,18 @@
-//! The listener: accepts clients, hands each to a [`Session`](crate::session), and shuts down gracefully.
+//! The listener: accepts clients, runs a [`session`](crate::session) for each, and shuts down gracefully.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
 use crate::config::Config;
-
-/// State shared by every session: the configuration in force and the counters.
-pub struct Shared {
-    /// The configuration in force.
-    pub config: arc_swap::ArcSwap<Config>,
-}
+use crate::session;
+use crate::shared::Shared;
 
 /// A bound, not yet running proxy.
 pub struct Proxy {
@@ -23,6 +23,7 @@ pub struct Proxy {
 /// A proxy running in the background (tests, the sandbox).
 pub struct ProxyHandle {
     addr: SocketAddr,
+    shared: Arc<Shared>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -30,9 +31,10 @@ pub struct ProxyHandle {
 impl Proxy {
     /// Binds the client listener named in `config`.
     pub async fn bind(config: Config) -> anyhow::Result<Proxy> {
-        let listener = TcpListener::bind(&config.listen.address).await?;
-        let shared = Arc::new(Shared { config: arc_swap::ArcSwap::from_pointee(config) });
-        Ok(Proxy { listener, shared })
+        let address = config.listen.address.clone();
+        let listener =
+            TcpListener::bind(&address).await.map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
+        Ok(Proxy { listener, shared: Arc::new(Shared::new(config)) })
     }
 
     /// The address clients connect to (useful when the config said port 0).
@@ -40,21 +42,55 @@ impl Proxy {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
-    /// Serves clients until `shutdown` resolves, then drains in-flight statements.
+    /// The state shared with every session (configuration in force, counters).
+    pub fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+
+    /// Serves clients until `shutdown` resolves; then stops accepting, lets sessions finish the statement they
+    /// are running (up to `listen.shutdown_timeout_secs`), and closes the rest.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let _ = (&self.listener, &self.shared);
-        shutdown.await;
+        let stop = CancellationToken::new();
+        let mut sessions = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        sessions.spawn(session::run(stream, peer, Arc::clone(&self.shared), stop.child_token()));
+                    }
+                    Err(error) => {
+                        // Out of file descriptors and the like: keep serving the connections we have.
+                        warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            }
+        }
+        drop(self.listener);
+        stop.cancel();
+        let grace = Duration::from_secs(self.shared.snapshot().config.listen.shutdown_timeout_secs);
+        info!(connections = sessions.len(), grace_secs = grace.as_secs(), "shutting down");
+        let drained = tokio::time::timeout(grace, async { while sessions.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            warn!(connections = sessions.len(), "closing connections still busy after the shutdown timeout");
+            sessions.shutdown().await;
+        }
+        info!("stopped");
         Ok(())
     }
 
     /// Runs the proxy on the current tokio runtime in the background.
     pub fn spawn(self) -> ProxyHandle {
         let addr = self.local_addr();
+        let shared = self.shared();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(self.run(async {
             let _ = rx.await;
         }));
-        ProxyHandle { addr, shutdown: Some(tx), task }
+        ProxyHandle { addr, shared, shutdown: Some(tx), task }
     }
 }
 
@@ -62,6 +98,11 @@ impl ProxyHandle {
     /// The address clients connect to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The state shared with every session (configuration in force, counters).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// Stops accepting, lets in-flight statements finish, and waits for the proxy to end.
@@ -76,16 +117,22 @@ impl ProxyHandle {
 /// Binds and serves until SIGINT or SIGTERM.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let proxy = Proxy::bind(config).await?;
-    tracing::info!(address = %proxy.local_addr(), "listening");
+    info!(address = %proxy.local_addr(), "listening");
     proxy.run(shutdown_signal()).await
 }
 
 /// Resolves on the first SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

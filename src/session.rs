@@ -1,1 +1,337 @@
-//! TODO
+//! One client connection: the handshake relayed to the `edxapp` backend, then one command at a time, each
+//! relayed and its response copied back as it arrives.
+
+use std::borrow::Cow;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::backend::{self, BackendError};
+use crate::metrics::Metrics;
+use crate::protocol::ProtocolError;
+use crate::protocol::capabilities::Negotiated;
+use crate::protocol::command::Command;
+use crate::protocol::conn::Connection;
+use crate::protocol::frame::{self, HEADER_LEN, PacketSpan};
+use crate::protocol::packets::{self, MysqlError};
+use crate::protocol::response::{ClientTurn, End, Expect, Progress, ResponseScanner};
+use crate::shared::Shared;
+
+/// How long a client may take to answer the server's greeting.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a session ended early, tagged with the side that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Reading from or writing to the client failed.
+    #[error("client connection: {0}")]
+    Client(io::Error),
+    /// The client sent something the proxy cannot relay.
+    #[error("client protocol: {0}")]
+    ClientProtocol(ProtocolError),
+    /// The client did not finish the handshake in time.
+    #[error("client did not complete the handshake within {} s", HANDSHAKE_TIMEOUT.as_secs())]
+    HandshakeTimeout,
+    /// The backend could not be reached.
+    #[error(transparent)]
+    Connect(#[from] BackendError),
+    /// Reading from or writing to the backend failed, or it closed the connection.
+    #[error("backend connection: {0}")]
+    Backend(io::Error),
+    /// The backend sent something that does not follow the protocol.
+    #[error("backend protocol: {0}")]
+    BackendProtocol(ProtocolError),
+}
+
+impl SessionError {
+    /// The error the client is told before its connection closes.
+    fn to_mysql(&self) -> MysqlError {
+        match self {
+            SessionError::Connect(e) => MysqlError::new(
+                2003,
+                b"HY000",
+                format!("Can't connect to MySQL server on '{}' (through csmh-proxy: {e})", e.address()),
+            ),
+            SessionError::ClientProtocol(e) => MysqlError::new(1043, b"08S01", format!("Bad handshake: {e}")),
+            SessionError::Backend(_) | SessionError::BackendProtocol(_) => {
+                MysqlError::new(2013, b"HY000", format!("Lost connection to MySQL server during query ({self})"))
+            }
+            SessionError::Client(_) | SessionError::HandshakeTimeout => {
+                MysqlError::new(1043, b"08S01", "Bad handshake")
+            }
+        }
+    }
+}
+
+/// Whether the command loop goes on.
+enum Flow {
+    Continue,
+    Quit,
+}
+
+/// A client connected to its `edxapp` backend connection.
+struct Session {
+    client: Connection,
+    backend: Connection,
+    caps: Negotiated,
+    shared: Arc<Shared>,
+    /// Sequence id the proxy's own answer would take, while nothing has been relayed for the current request.
+    answer_seq: Option<u8>,
+}
+
+/// Serves one client connection until it ends, logging its opening and closing.
+pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let started = Instant::now();
+    let metrics = &shared.metrics;
+    Metrics::incr(&metrics.connections_total);
+    info!(%peer, "connection opened");
+    let mut client = Connection::new(stream);
+    let result = match connect_backend(&shared).await {
+        Ok(backend) => {
+            let mut session = Session {
+                client,
+                backend,
+                caps: Negotiated::new(0, 0),
+                shared: Arc::clone(&shared),
+                answer_seq: Some(0),
+            };
+            let result = session.run(shutdown).await;
+            if let Err(error) = &result {
+                session.report(error).await;
+            }
+            result
+        }
+        Err(error) => {
+            report(&mut client, &error, 0).await;
+            Err(error)
+        }
+    };
+    if let Err(error) = &result {
+        warn!(%peer, %error, "connection failed");
+    }
+    Metrics::incr(&metrics.connections_closed);
+    info!(%peer, duration_ms = started.elapsed().as_millis() as u64, "connection closed");
+}
+
+/// Connects to the `edxapp` backend named by the configuration in force.
+async fn connect_backend(shared: &Shared) -> Result<Connection, SessionError> {
+    let (address, timeout) = {
+        let snapshot = shared.snapshot();
+        let edxapp = &snapshot.config.backends.edxapp;
+        (edxapp.address.clone(), edxapp.connect_timeout_secs)
+    };
+    backend::connect(&address, timeout).await.map_err(|e| {
+        Metrics::incr(&shared.metrics.backend_connect_errors);
+        SessionError::from(e)
+    })
+}
+
+/// Sends `error` to the client as an ERR packet with sequence id `seq`.
+async fn report(client: &mut Connection, error: &SessionError, seq: u8) {
+    if matches!(error, SessionError::Client(_)) {
+        return;
+    }
+    let mut out = BytesMut::new();
+    error.to_mysql().write_packet(&mut out, seq);
+    let _ = client.write_all(&out).await;
+}
+
+impl Session {
+    /// Relays the handshake, then serves commands until the client quits, the proxy shuts down, or a side fails.
+    async fn run(&mut self, shutdown: CancellationToken) -> Result<(), SessionError> {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake()).await {
+            Err(_) => return Err(SessionError::HandshakeTimeout),
+            Ok(Err(error)) => return Err(error),
+            Ok(Ok(End::Err)) => return Ok(()),
+            Ok(Ok(End::Ok)) => {}
+        }
+        loop {
+            let span = tokio::select! {
+                packet = self.client.next_packet() => match packet.map_err(SessionError::Client)? {
+                    Some(span) => span,
+                    None => return Ok(()),
+                },
+                read = self.backend.fill() => return Err(self.unsolicited(read)),
+                _ = shutdown.cancelled() => return Ok(()),
+            };
+            if let Flow::Quit = self.execute(span).await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Relays the server's greeting and the client's answer (both with capabilities masked), then the
+    /// authentication exchange; returns how it ended.
+    async fn handshake(&mut self) -> Result<End, SessionError> {
+        let span = self.backend.next_packet().await.map_err(SessionError::Backend)?.ok_or_else(closed)?;
+        let greeting = &mut self.backend.buf[HEADER_LEN..span.wire_len];
+        if greeting.first() == Some(&0xFF) {
+            // The server refused the connection outright (too many connections, host blocked): pass it on.
+            self.relay_to_client(span.wire_len).await?;
+            return Ok(End::Err);
+        }
+        let server = single_frame(&span)
+            .and_then(|()| packets::patch_greeting(greeting))
+            .map_err(SessionError::BackendProtocol)?;
+        self.relay_to_client(span.wire_len).await?;
+
+        let span = self.client.next_packet().await.map_err(SessionError::Client)?.ok_or_else(client_closed)?;
+        self.answer_seq = Some(span.last_seq.wrapping_add(1));
+        let hello = single_frame(&span)
+            .and_then(|()| packets::patch_client_response(&mut self.client.buf[HEADER_LEN..span.wire_len]))
+            .map_err(SessionError::ClientProtocol)?;
+        debug!(user = %hello.user, database = ?hello.database, backend_thread = server.connection_id, "authenticating");
+        self.caps = Negotiated::new(server.capabilities, hello.capabilities);
+        self.relay_to_backend(span.wire_len).await?;
+        self.relay_response(Expect::Auth).await
+    }
+
+    /// Handles one client request whose packet lies at the start of the client buffer.
+    async fn execute(&mut self, span: PacketSpan) -> Result<Flow, SessionError> {
+        self.answer_seq = Some(span.last_seq.wrapping_add(1));
+        let Some(&byte) = self.client.buf.get(HEADER_LEN).filter(|_| span.payload_len > 0) else {
+            return self.refuse(span, MysqlError::new(1835, b"08S01", "Malformed communication packet")).await;
+        };
+        let command = Command::from_byte(byte);
+        match command {
+            Command::Query | Command::StmtPrepare => self.prefilter(&span),
+            Command::Refused(byte) => {
+                let error =
+                    MysqlError::new(1047, b"08S01", format!("Unknown command {byte:#04x} (not relayed by csmh-proxy)"));
+                return self.refuse(span, error).await;
+            }
+            _ => {}
+        }
+        self.relay_to_backend(span.wire_len).await?;
+        match command.response() {
+            Some(expect) => {
+                self.relay_response(expect).await?;
+            }
+            None if command == Command::Quit => return Ok(Flow::Quit),
+            None => {}
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Counts whether the statement may name the history table. Routing acts on hits in a later stage; for
+    /// now every statement passes through.
+    fn prefilter(&self, span: &PacketSpan) {
+        let snapshot = self.shared.snapshot();
+        let text = statement_text(&self.client.buf, span);
+        let metrics = &self.shared.metrics;
+        if snapshot.prefilter.matches(&text) {
+            Metrics::incr(&metrics.statements_prefilter_hit);
+        } else {
+            Metrics::incr(&metrics.statements_prefilter_miss);
+        }
+    }
+
+    /// Answers the current request with the proxy's own ERR instead of relaying it.
+    async fn refuse(&mut self, span: PacketSpan, error: MysqlError) -> Result<Flow, SessionError> {
+        self.client.consume(span.wire_len);
+        let mut out = BytesMut::new();
+        error.write_packet(&mut out, span.last_seq.wrapping_add(1));
+        self.client.write_all(&out).await.map_err(SessionError::Client)?;
+        self.answer_seq = None;
+        Ok(Flow::Continue)
+    }
+
+    /// Copies the backend's response to the client as it arrives, handing the turn to the client where the
+    /// protocol says so, until the response ends.
+    async fn relay_response(&mut self, expect: Expect) -> Result<End, SessionError> {
+        let mut scanner = ResponseScanner::new(expect, self.caps.deprecate_eof());
+        loop {
+            let (n, progress) = scanner.scan(&self.backend.buf).map_err(SessionError::BackendProtocol)?;
+            if n > 0 {
+                self.relay_to_client(n).await?;
+            }
+            match progress {
+                Progress::NeedMore => self.read_backend().await?,
+                Progress::ClientTurn(ClientTurn::Auth) => self.relay_client_packet().await?,
+                Progress::ClientTurn(ClientTurn::LocalInfile) => self.relay_local_infile().await?,
+                Progress::Done(end) => return Ok(end),
+            }
+        }
+    }
+
+    /// Relays one whole packet from the client to the backend.
+    async fn relay_client_packet(&mut self) -> Result<(), SessionError> {
+        let span = self.client.next_packet().await.map_err(SessionError::Client)?.ok_or_else(client_closed)?;
+        self.relay_to_backend(span.wire_len).await
+    }
+
+    /// Relays the file contents a client sends for LOAD DATA LOCAL INFILE, up to and including the empty packet
+    /// that ends them.
+    async fn relay_local_infile(&mut self) -> Result<(), SessionError> {
+        loop {
+            let span = self.client.next_packet().await.map_err(SessionError::Client)?.ok_or_else(client_closed)?;
+            self.relay_to_backend(span.wire_len).await?;
+            if span.payload_len == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn read_backend(&mut self) -> Result<(), SessionError> {
+        match self.backend.fill().await {
+            Ok(0) => Err(closed()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(SessionError::Backend(e)),
+        }
+    }
+
+    async fn relay_to_client(&mut self, n: usize) -> Result<(), SessionError> {
+        self.answer_seq = None;
+        self.client.relay_from(&mut self.backend, n).await.map_err(SessionError::Client)
+    }
+
+    async fn relay_to_backend(&mut self, n: usize) -> Result<(), SessionError> {
+        self.backend.relay_from(&mut self.client, n).await.map_err(SessionError::Backend)
+    }
+
+    /// The backend spoke while no request was pending: it is closing (idle timeout, KILL, shutdown). The
+    /// session cannot be kept in step, so it ends; the client sees its connection close, as it would directly.
+    fn unsolicited(&self, read: io::Result<usize>) -> SessionError {
+        match read {
+            Ok(0) => closed(),
+            Ok(_) => SessionError::BackendProtocol(ProtocolError::Unsupported("backend sent data while idle")),
+            Err(e) => SessionError::Backend(e),
+        }
+    }
+
+    /// Tells the client why the session ends, if no part of a response has been relayed for its request.
+    async fn report(&mut self, error: &SessionError) {
+        if let Some(seq) = self.answer_seq.take() {
+            report(&mut self.client, error, seq).await;
+        }
+    }
+}
+
+/// The statement text of a COM_QUERY or COM_STMT_PREPARE, joined across frames only when it spans several.
+fn statement_text<'a>(buf: &'a [u8], span: &PacketSpan) -> Cow<'a, [u8]> {
+    if span.is_single_frame() {
+        Cow::Borrowed(&buf[HEADER_LEN + 1..span.wire_len])
+    } else {
+        let whole = frame::payload(bytes::Bytes::copy_from_slice(&buf[..span.wire_len]), span);
+        Cow::Owned(whole[1..].to_vec())
+    }
+}
+
+/// Handshake packets are small; one that spans frames is not a handshake.
+fn single_frame(span: &PacketSpan) -> Result<(), ProtocolError> {
+    if span.is_single_frame() { Ok(()) } else { Err(ProtocolError::Malformed("handshake")) }
+}
+
+fn closed() -> SessionError {
+    SessionError::Backend(io::Error::new(io::ErrorKind::UnexpectedEof, "the backend closed the connection"))
+}
+
+fn client_closed() -> SessionError {
+    SessionError::Client(io::Error::new(io::ErrorKind::UnexpectedEof, "the client closed the connection"))
+}

@@ -1,0 +1,181 @@
+//! MySQL frames: a 4-byte header (3-byte little-endian payload length, 1-byte sequence id) and a payload.
+//!
+//! A packet longer than [`MAX_PAYLOAD`] is split across frames; a frame of exactly `MAX_PAYLOAD` bytes says that
+//! another frame of the same packet follows (possibly an empty one). The proxy relays frames as they are and
+//! reassembles a packet only where it must read all of it (handshakes, statement text).
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Length of a frame header.
+pub const HEADER_LEN: usize = 4;
+
+/// The largest payload one frame carries; a frame this long continues in the next one.
+pub const MAX_PAYLOAD: usize = 0xFF_FFFF;
+
+/// A decoded frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Payload length of this frame.
+    pub len: usize,
+    /// Sequence id.
+    pub seq: u8,
+}
+
+impl Header {
+    /// Decodes the header at the start of `buf`, if four bytes are there.
+    #[inline]
+    pub fn parse(buf: &[u8]) -> Option<Header> {
+        match buf {
+            [a, b, c, seq, ..] => Some(Header { len: u32::from_le_bytes([*a, *b, *c, 0]) as usize, seq: *seq }),
+            _ => None,
+        }
+    }
+
+    /// Whether the packet continues in the next frame.
+    #[inline]
+    pub fn continues(&self) -> bool {
+        self.len == MAX_PAYLOAD
+    }
+}
+
+/// Where a whole packet lies at the start of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacketSpan {
+    /// Bytes of the packet on the wire, headers included.
+    pub wire_len: usize,
+    /// Bytes of the reassembled payload.
+    pub payload_len: usize,
+    /// Sequence id of the first frame.
+    pub first_seq: u8,
+    /// Sequence id of the last frame.
+    pub last_seq: u8,
+}
+
+impl PacketSpan {
+    /// Finds the whole packet at the start of `buf`, or `None` if more bytes are needed.
+    pub fn find(buf: &[u8]) -> Option<PacketSpan> {
+        let mut pos = 0;
+        let mut payload_len = 0;
+        let first_seq = Header::parse(buf)?.seq;
+        loop {
+            let header = Header::parse(&buf[pos..])?;
+            let end = pos + HEADER_LEN + header.len;
+            if buf.len() < end {
+                return None;
+            }
+            pos = end;
+            payload_len += header.len;
+            if !header.continues() {
+                return Some(PacketSpan { wire_len: pos, payload_len, first_seq, last_seq: header.seq });
+            }
+        }
+    }
+
+    /// Whether the packet fits in one frame, so its payload is one contiguous slice of the wire bytes.
+    pub fn is_single_frame(&self) -> bool {
+        self.wire_len == self.payload_len + HEADER_LEN
+    }
+}
+
+/// Returns the payload of the packet whose wire bytes are `wire`, joined across frames.
+///
+/// A single-frame packet costs no copy.
+pub fn payload(wire: Bytes, span: &PacketSpan) -> Bytes {
+    if span.is_single_frame() {
+        return wire.slice(HEADER_LEN..);
+    }
+    let mut out = BytesMut::with_capacity(span.payload_len);
+    let mut rest = &wire[..];
+    while let Some(header) = Header::parse(rest) {
+        out.extend_from_slice(&rest[HEADER_LEN..HEADER_LEN + header.len]);
+        rest = &rest[HEADER_LEN + header.len..];
+    }
+    out.freeze()
+}
+
+/// Appends `payload` as one packet starting at sequence id `seq`, split into frames as the protocol requires.
+///
+/// Returns the sequence id the next packet takes.
+pub fn write_packet(out: &mut BytesMut, mut seq: u8, payload: &[u8]) -> u8 {
+    let mut chunks = payload.chunks(MAX_PAYLOAD);
+    let mut last_len = 0;
+    for chunk in chunks.by_ref() {
+        write_header(out, chunk.len(), seq);
+        out.put_slice(chunk);
+        seq = seq.wrapping_add(1);
+        last_len = chunk.len();
+    }
+    if last_len == MAX_PAYLOAD || payload.is_empty() {
+        write_header(out, 0, seq);
+        seq = seq.wrapping_add(1);
+    }
+    seq
+}
+
+fn write_header(out: &mut BytesMut, len: usize, seq: u8) {
+    let len = (len as u32).to_le_bytes();
+    out.put_slice(&[len[0], len[1], len[2], seq]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(payload: &[u8], seq: u8) -> BytesMut {
+        let mut out = BytesMut::new();
+        write_packet(&mut out, seq, payload);
+        out
+    }
+
+    #[test]
+    fn header_decodes_length_and_sequence() {
+        assert_eq!(Header::parse(&[0x01, 0x02, 0x03, 7]), Some(Header { len: 0x030201, seq: 7 }));
+        assert_eq!(Header::parse(&[0x01, 0x02, 0x03]), None);
+    }
+
+    #[test]
+    fn small_packet_is_one_frame() {
+        let wire = framed(b"\x03SELECT 1", 0);
+        assert_eq!(&wire[..4], &[9, 0, 0, 0]);
+        let span = PacketSpan::find(&wire).unwrap();
+        assert_eq!(span, PacketSpan { wire_len: 13, payload_len: 9, first_seq: 0, last_seq: 0 });
+        assert_eq!(&payload(wire.freeze(), &span)[..], b"\x03SELECT 1");
+    }
+
+    #[test]
+    fn empty_packet_is_one_empty_frame() {
+        let wire = framed(b"", 3);
+        assert_eq!(&wire[..], &[0, 0, 0, 3]);
+        assert_eq!(PacketSpan::find(&wire).unwrap().payload_len, 0);
+    }
+
+    #[test]
+    fn packet_of_exactly_max_payload_ends_with_an_empty_frame() {
+        let body = vec![b'x'; MAX_PAYLOAD];
+        let wire = framed(&body, 0);
+        assert_eq!(wire.len(), MAX_PAYLOAD + 2 * HEADER_LEN);
+        assert_eq!(&wire[MAX_PAYLOAD + HEADER_LEN..], &[0, 0, 0, 1]);
+        let span = PacketSpan::find(&wire).unwrap();
+        assert_eq!((span.payload_len, span.first_seq, span.last_seq), (MAX_PAYLOAD, 0, 1));
+        assert_eq!(payload(wire.freeze(), &span).len(), MAX_PAYLOAD);
+    }
+
+    #[test]
+    fn long_packet_reassembles_across_frames() {
+        let body: Vec<u8> = (0..MAX_PAYLOAD + 10).map(|i| i as u8).collect();
+        let wire = framed(&body, 5);
+        let span = PacketSpan::find(&wire).unwrap();
+        assert!(!span.is_single_frame());
+        assert_eq!(&payload(wire.freeze(), &span)[..], &body[..]);
+    }
+
+    #[test]
+    fn incomplete_packet_needs_more_bytes() {
+        let wire = framed(b"\x03SELECT 1", 0);
+        for cut in 0..wire.len() {
+            assert_eq!(PacketSpan::find(&wire[..cut]), None, "cut at {cut}");
+        }
+        let long = framed(&vec![0u8; MAX_PAYLOAD], 0);
+        assert_eq!(PacketSpan::find(&long[..MAX_PAYLOAD + HEADER_LEN]), None);
+    }
+}

@@ -1,0 +1,240 @@
+//! The packets the proxy reads or writes itself: the handshake (whose capability bits it masks in place, so
+//! everything else reaches the other side byte for byte), the status words of OK and EOF packets, and ERR.
+//!
+//! mysql_common parses and validates; the patching is done on the original bytes because re-serializing
+//! through mysql_common would drop capability bits it does not know and reorder connection attributes.
+
+use bytes::BytesMut;
+use mysql_common::constants::CapabilityFlags;
+use mysql_common::io::ParseBuf;
+use mysql_common::packets::{ErrPacket, HandshakePacket, HandshakeResponse, ServerError, SqlState};
+use mysql_common::proto::MySerialize;
+
+use super::ProtocolError;
+use super::capabilities::mask;
+use super::frame;
+
+/// What the proxy keeps from the server's initial handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Greeting {
+    /// Server capabilities after masking.
+    pub capabilities: u32,
+    /// The backend's connection (thread) id.
+    pub connection_id: u32,
+    /// The backend's version string.
+    pub server_version: String,
+}
+
+/// Offsets of the fields the proxy patches, counted from the byte after the server version's NUL.
+const GREETING_CAPS_LOW: usize = 13;
+const GREETING_CAPS_HIGH: usize = 18;
+const GREETING_MARIADB_CAPS: usize = 27;
+
+/// Validates the server's initial handshake and masks the capabilities the proxy does not implement, in place.
+pub fn patch_greeting(payload: &mut [u8]) -> Result<Greeting, ProtocolError> {
+    let parsed: HandshakePacket<'_> =
+        ParseBuf(payload).parse(()).map_err(|_| ProtocolError::Malformed("initial handshake"))?;
+    let greeting = Greeting {
+        capabilities: mask(parsed.capabilities().bits()),
+        connection_id: parsed.connection_id(),
+        server_version: parsed.server_version_str().into_owned(),
+    };
+    let version_nul = payload[1..].iter().position(|&b| b == 0).ok_or(ProtocolError::Malformed("initial handshake"))?;
+    let fixed = 1 + version_nul + 1;
+    let low = fixed + GREETING_CAPS_LOW;
+    let high = fixed + GREETING_CAPS_HIGH;
+    payload[low..low + 2].copy_from_slice(&(greeting.capabilities as u16).to_le_bytes());
+    payload[high..high + 2].copy_from_slice(&((greeting.capabilities >> 16) as u16).to_le_bytes());
+    // MariaDB announces its own extensions in otherwise reserved bytes; the proxy implements none of them.
+    let mariadb = fixed + GREETING_MARIADB_CAPS;
+    payload[mariadb..mariadb + 4].fill(0);
+    Ok(greeting)
+}
+
+/// What the proxy keeps from the client's handshake response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientHello {
+    /// Client capabilities after masking.
+    pub capabilities: u32,
+    /// The user the client logs in as.
+    pub user: String,
+    /// The default database the client asked for.
+    pub database: Option<String>,
+}
+
+/// Length of the fixed part of a protocol-4.1 handshake response (and of a whole TLS request).
+const RESPONSE_FIXED_LEN: usize = 32;
+const RESPONSE_MARIADB_CAPS: usize = 28;
+
+/// Validates the client's handshake response and masks the capabilities the proxy does not implement, in place.
+pub fn patch_client_response(payload: &mut [u8]) -> Result<ClientHello, ProtocolError> {
+    let Some(caps) = payload.first_chunk::<4>().map(|b| u32::from_le_bytes(*b)) else {
+        return Err(ProtocolError::Malformed("handshake response"));
+    };
+    if caps & CapabilityFlags::CLIENT_PROTOCOL_41.bits() == 0 {
+        return Err(ProtocolError::Unsupported("the client does not speak protocol 4.1"));
+    }
+    if payload.len() == RESPONSE_FIXED_LEN && caps & CapabilityFlags::CLIENT_SSL.bits() != 0 {
+        return Err(ProtocolError::Unsupported("TLS between client and proxy is not enabled"));
+    }
+    let parsed: HandshakeResponse<'_> =
+        ParseBuf(payload).parse(()).map_err(|_| ProtocolError::Malformed("handshake response"))?;
+    let hello = ClientHello {
+        capabilities: mask(caps),
+        user: String::from_utf8_lossy(parsed.user()).into_owned(),
+        database: parsed.db_name().map(|db| String::from_utf8_lossy(db).into_owned()),
+    };
+    payload[..4].copy_from_slice(&hello.capabilities.to_le_bytes());
+    payload[RESPONSE_MARIADB_CAPS..RESPONSE_FIXED_LEN].fill(0);
+    Ok(hello)
+}
+
+/// Reads a length-encoded integer at the start of `buf`, returning it and the bytes it took.
+pub fn lenenc_int(buf: &[u8]) -> Option<(u64, usize)> {
+    let mut parse = ParseBuf(buf);
+    let value = parse.checked_eat_lenenc_int()?;
+    Some((value, buf.len() - parse.0.len()))
+}
+
+/// The status flags of an OK packet (`0x00`, or `0xFE` ending a result set under CLIENT_DEPRECATE_EOF).
+pub fn ok_status(payload: &[u8]) -> Option<u16> {
+    let rest = payload.get(1..)?;
+    let (_, affected) = lenenc_int(rest)?;
+    let rest = &rest[affected..];
+    let (_, insert_id) = lenenc_int(rest)?;
+    let status = rest.get(insert_id..insert_id + 2)?;
+    Some(u16::from_le_bytes([status[0], status[1]]))
+}
+
+/// The status flags of a classic EOF packet (`0xFE`, warnings, status).
+pub fn eof_status(payload: &[u8]) -> Option<u16> {
+    let status = payload.get(3..5)?;
+    Some(u16::from_le_bytes([status[0], status[1]]))
+}
+
+/// An error the proxy itself reports to a client, as MySQL would: code, SQLSTATE and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MysqlError {
+    /// MySQL error number.
+    pub code: u16,
+    /// Five-character SQLSTATE.
+    pub sqlstate: [u8; 5],
+    /// Human-readable message.
+    pub message: String,
+}
+
+impl MysqlError {
+    /// An error with the given code, SQLSTATE and message.
+    pub fn new(code: u16, sqlstate: &[u8; 5], message: impl Into<String>) -> MysqlError {
+        MysqlError { code, sqlstate: *sqlstate, message: message.into() }
+    }
+
+    /// Appends this error as an ERR packet with sequence id `seq`.
+    pub fn write_packet(&self, out: &mut BytesMut, seq: u8) {
+        let packet =
+            ErrPacket::Error(ServerError::new(self.code, Some(SqlState::new(self.sqlstate)), self.message.as_bytes()));
+        let mut payload = Vec::with_capacity(9 + self.message.len());
+        packet.serialize(&mut payload);
+        frame::write_packet(out, seq, &payload);
+    }
+}
+
+impl std::fmt::Display for MysqlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = String::from_utf8_lossy(&self.sqlstate);
+        write!(f, "ERROR {} ({}): {}", self.code, state, self.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A MariaDB 10.11 greeting as the server sends it (scramble replaced by fixed bytes).
+    fn mariadb_greeting() -> Vec<u8> {
+        let mut p = vec![10];
+        p.extend_from_slice(b"5.5.5-10.11.6-MariaDB\0");
+        p.extend_from_slice(&7u32.to_le_bytes());
+        p.extend_from_slice(b"abcdefgh\0");
+        p.extend_from_slice(&0xF7FEu16.to_le_bytes()); // no CLIENT_LONG_PASSWORD: MariaDB extensions follow
+        p.push(45);
+        p.extend_from_slice(&2u16.to_le_bytes());
+        p.extend_from_slice(&0x81BFu16.to_le_bytes());
+        p.push(21);
+        p.extend_from_slice(&[0; 6]);
+        p.extend_from_slice(&0x1Du32.to_le_bytes());
+        p.extend_from_slice(b"ijklmnopqrst\0");
+        p.extend_from_slice(b"mysql_native_password\0");
+        p
+    }
+
+    #[test]
+    fn greeting_loses_unsupported_capabilities_and_nothing_else() {
+        let original = mariadb_greeting();
+        let mut patched = original.clone();
+        let greeting = patch_greeting(&mut patched).unwrap();
+        assert_eq!(greeting.connection_id, 7);
+        assert_eq!(greeting.server_version, "5.5.5-10.11.6-MariaDB");
+        let caps = CapabilityFlags::from_bits_truncate(greeting.capabilities);
+        assert!(!caps.contains(CapabilityFlags::CLIENT_COMPRESS));
+        assert!(!caps.contains(CapabilityFlags::CLIENT_SSL));
+        assert!(caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF));
+        let reparsed: HandshakePacket<'_> = ParseBuf(&patched).parse(()).unwrap();
+        assert_eq!(reparsed.capabilities().bits(), greeting.capabilities);
+        assert!(reparsed.mariadb_ext_capabilities().is_empty());
+        let changed: Vec<usize> = (0..original.len()).filter(|&i| original[i] != patched[i]).collect();
+        assert!(changed.iter().all(|&i| (36..38).contains(&i) || (41..43).contains(&i) || (50..54).contains(&i)));
+    }
+
+    #[test]
+    fn truncated_greeting_is_malformed() {
+        let mut short = mariadb_greeting()[..20].to_vec();
+        assert_eq!(patch_greeting(&mut short), Err(ProtocolError::Malformed("initial handshake")));
+    }
+
+    #[test]
+    fn client_response_is_masked_in_place() {
+        let caps = CapabilityFlags::CLIENT_PROTOCOL_41
+            | CapabilityFlags::CLIENT_SECURE_CONNECTION
+            | CapabilityFlags::CLIENT_COMPRESS
+            | CapabilityFlags::CLIENT_CONNECT_WITH_DB;
+        let mut p = caps.bits().to_le_bytes().to_vec();
+        p.extend_from_slice(&(16u32 << 20).to_le_bytes());
+        p.push(45);
+        p.extend_from_slice(&[0; 19]);
+        p.extend_from_slice(&0x1Cu32.to_le_bytes());
+        p.extend_from_slice(b"edxapp001\0");
+        p.push(20);
+        p.extend_from_slice(&[9; 20]);
+        p.extend_from_slice(b"edxapp\0");
+        let hello = patch_client_response(&mut p).unwrap();
+        assert_eq!(hello.user, "edxapp001");
+        assert_eq!(hello.database.as_deref(), Some("edxapp"));
+        assert_eq!(u32::from_le_bytes(p[..4].try_into().unwrap()), (caps - CapabilityFlags::CLIENT_COMPRESS).bits());
+        assert_eq!(&p[28..32], &[0; 4]);
+    }
+
+    #[test]
+    fn tls_request_is_refused() {
+        let caps = CapabilityFlags::CLIENT_PROTOCOL_41 | CapabilityFlags::CLIENT_SSL;
+        let mut p = caps.bits().to_le_bytes().to_vec();
+        p.resize(32, 0);
+        assert!(matches!(patch_client_response(&mut p), Err(ProtocolError::Unsupported(_))));
+    }
+
+    #[test]
+    fn status_words_are_read_from_ok_and_eof() {
+        assert_eq!(ok_status(&[0x00, 0x01, 0x00, 0x02, 0x00, 0x00, 0x00]), Some(0x0002));
+        assert_eq!(ok_status(&[0xFE, 0xFC, 0x10, 0x27, 0x05, 0x08, 0x00]), Some(0x0008));
+        assert_eq!(ok_status(&[0x00, 0x01]), None);
+        assert_eq!(eof_status(&[0xFE, 0x00, 0x00, 0x22, 0x00]), Some(0x0022));
+    }
+
+    #[test]
+    fn err_packet_carries_code_state_and_message() {
+        let mut out = BytesMut::new();
+        MysqlError::new(1235, b"42000", "not supported").write_packet(&mut out, 1);
+        assert_eq!(out[3], 1);
+        assert_eq!(&out[4..], b"\xff\xd3\x04#42000not supported");
+    }
+}

@@ -1,0 +1,278 @@
+//! Where a server's response ends.
+//!
+//! The relay copies a response to the client as its bytes arrive; [`ResponseScanner`] walks the frames just far
+//! enough to know when the response is over (or when it is the client's turn to send something), reading only
+//! each packet's first bytes: the header byte, a column count, the status word of the final OK or EOF. Row and
+//! column packets are never decoded.
+
+use mysql_common::constants::StatusFlags;
+
+use super::ProtocolError;
+use super::frame::{HEADER_LEN, Header, MAX_PAYLOAD};
+use super::packets::{eof_status, lenenc_int, ok_status};
+
+/// The shape of response a command gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// One or more results (OK, ERR, result sets, LOCAL INFILE requests): COM_QUERY, COM_STMT_EXECUTE.
+    ResultSets,
+    /// COM_STMT_PREPARE: an OK with parameter and column definitions, or ERR.
+    Prepare,
+    /// COM_STMT_FETCH: rows and a final EOF/OK, or ERR.
+    Rows,
+    /// COM_FIELD_LIST: column definitions and a final EOF/OK, or ERR.
+    FieldList,
+    /// A single packet of any kind.
+    OnePacket,
+    /// An authentication exchange (handshake, COM_CHANGE_USER) that ends with OK or ERR.
+    Auth,
+}
+
+/// How a response ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The last packet was not an ERR.
+    Ok,
+    /// The last packet was an ERR.
+    Err,
+}
+
+/// What the client must send before the server goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientTurn {
+    /// The server asked for a LOCAL INFILE: file contents follow, ended by an empty packet.
+    LocalInfile,
+    /// The server asked for the next packet of an authentication exchange.
+    Auth,
+}
+
+/// What the scan of the bytes so far says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// The response goes on: read more from the server.
+    NeedMore,
+    /// The client must send something; then the response goes on.
+    ClientTurn(ClientTurn),
+    /// The response is complete.
+    Done(End),
+}
+
+/// What follows a run of column (or parameter) definitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterDefs {
+    /// Rows of a result set.
+    Rows,
+    /// A prepared statement's column definitions, after its parameter definitions.
+    PrepareColumns(u16),
+    /// Nothing: the response ends.
+    End,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    ResultStart,
+    Defs { left: u64, then: AfterDefs },
+    DefsEof { then: AfterDefs },
+    Rows,
+    PrepareStart,
+    FieldList,
+    OnePacket,
+    Auth,
+}
+
+/// How many bytes of a packet the scanner needs to see to classify it: enough for an OK packet's status word
+/// behind two 9-byte length-encoded integers.
+const PEEK: usize = 32;
+
+const OK: u8 = 0x00;
+const ERR: u8 = 0xFF;
+const EOF: u8 = 0xFE;
+const LOCAL_INFILE: u8 = 0xFB;
+const AUTH_MORE_DATA: u8 = 0x01;
+/// caching_sha2_password's "fast auth succeeded": the server's OK follows without a client packet.
+const FAST_AUTH_OK: [u8; 2] = [AUTH_MORE_DATA, 0x03];
+
+/// Follows one response frame by frame.
+#[derive(Debug)]
+pub struct ResponseScanner {
+    state: State,
+    deprecate_eof: bool,
+    /// Payload bytes of the current frame not yet passed over.
+    frame_left: usize,
+    /// The current packet continues in another frame.
+    continues: bool,
+    /// What to report once the current packet has passed.
+    pending: Option<Progress>,
+    /// Status flags of the last OK or EOF seen.
+    status: Option<StatusFlags>,
+}
+
+impl ResponseScanner {
+    /// A scanner for a response of shape `expect`, under the session's CLIENT_DEPRECATE_EOF setting.
+    pub fn new(expect: Expect, deprecate_eof: bool) -> ResponseScanner {
+        let state = match expect {
+            Expect::ResultSets => State::ResultStart,
+            Expect::Prepare => State::PrepareStart,
+            Expect::Rows => State::Rows,
+            Expect::FieldList => State::FieldList,
+            Expect::OnePacket => State::OnePacket,
+            Expect::Auth => State::Auth,
+        };
+        ResponseScanner { state, deprecate_eof, frame_left: 0, continues: false, pending: None, status: None }
+    }
+
+    /// Status flags of the last OK or EOF packet passed, if any.
+    pub fn status(&self) -> Option<StatusFlags> {
+        self.status
+    }
+
+    /// Passes over the frames in `buf`, returning how many bytes may be relayed now and what comes next.
+    ///
+    /// Bytes are returned as soon as they are known to belong to this response, so a row larger than any buffer
+    /// streams through. Call again with the unrelayed rest and more bytes until it says the response is done.
+    pub fn scan(&mut self, buf: &[u8]) -> Result<(usize, Progress), ProtocolError> {
+        let mut pos = 0;
+        loop {
+            if self.frame_left > 0 {
+                let take = self.frame_left.min(buf.len() - pos);
+                pos += take;
+                self.frame_left -= take;
+                if self.frame_left > 0 {
+                    return Ok((pos, Progress::NeedMore));
+                }
+            }
+            if !self.continues {
+                if let Some(progress) = self.pending.take() {
+                    return Ok((pos, progress));
+                }
+            }
+            let Some(header) = Header::parse(&buf[pos..]) else {
+                return Ok((pos, Progress::NeedMore));
+            };
+            if !self.continues {
+                let body = &buf[pos + HEADER_LEN..];
+                let peek = header.len.min(PEEK);
+                if body.len() < peek {
+                    return Ok((pos, Progress::NeedMore));
+                }
+                self.pending = self.on_packet(&body[..peek], header.len)?;
+            }
+            self.continues = header.continues();
+            self.frame_left = header.len;
+            pos += HEADER_LEN;
+        }
+    }
+
+    /// Advances the state machine over one packet, given its first bytes and its length.
+    fn on_packet(&mut self, head: &[u8], len: usize) -> Result<Option<Progress>, ProtocolError> {
+        let first = head.first().copied();
+        let is_err = first == Some(ERR);
+        // A row starting with 0xFE is at least 2^24 bytes long, so a shorter 0xFE packet ends a result.
+        let is_end = first == Some(EOF) && len < MAX_PAYLOAD;
+        let progress = match self.state {
+            _ if is_err => Some(Progress::Done(End::Err)),
+            State::ResultStart => self.on_result_start(head)?,
+            State::Defs { left, then } => {
+                let left = left - 1;
+                if left > 0 {
+                    self.state = State::Defs { left, then };
+                    None
+                } else if self.deprecate_eof {
+                    self.after_defs(then)
+                } else {
+                    self.state = State::DefsEof { then };
+                    None
+                }
+            }
+            State::DefsEof { then } => {
+                let status = self.record(eof_status(head), "EOF")?;
+                if then == AfterDefs::Rows && status.contains(StatusFlags::SERVER_STATUS_CURSOR_EXISTS) {
+                    Some(Progress::Done(End::Ok))
+                } else {
+                    self.after_defs(then)
+                }
+            }
+            State::Rows if is_end => {
+                let status = self.record(self.end_status(head), "end of rows")?;
+                self.more_results_or_done(status)
+            }
+            State::Rows => None,
+            State::PrepareStart => self.on_prepare_ok(head)?,
+            State::FieldList if is_end => Some(Progress::Done(End::Ok)),
+            State::FieldList => None,
+            State::OnePacket => Some(Progress::Done(End::Ok)),
+            State::Auth => Some(match first {
+                Some(OK) => Progress::Done(End::Ok),
+                _ if head == FAST_AUTH_OK && len == 2 => return Ok(None),
+                _ => Progress::ClientTurn(ClientTurn::Auth),
+            }),
+        };
+        Ok(progress)
+    }
+
+    fn on_result_start(&mut self, head: &[u8]) -> Result<Option<Progress>, ProtocolError> {
+        match head.first() {
+            Some(&OK) => {
+                let status = self.record(ok_status(head), "OK")?;
+                Ok(self.more_results_or_done(status))
+            }
+            Some(&LOCAL_INFILE) => Ok(Some(Progress::ClientTurn(ClientTurn::LocalInfile))),
+            _ => {
+                let (columns, _) = lenenc_int(head).ok_or(ProtocolError::Malformed("column count"))?;
+                if columns == 0 {
+                    return Err(ProtocolError::Malformed("column count"));
+                }
+                self.state = State::Defs { left: columns, then: AfterDefs::Rows };
+                Ok(None)
+            }
+        }
+    }
+
+    fn on_prepare_ok(&mut self, head: &[u8]) -> Result<Option<Progress>, ProtocolError> {
+        let fields = head.get(..9).filter(|h| h[0] == OK).ok_or(ProtocolError::Malformed("prepare OK"))?;
+        let columns = u16::from_le_bytes([fields[5], fields[6]]);
+        let params = u16::from_le_bytes([fields[7], fields[8]]);
+        Ok(if params > 0 {
+            self.state = State::Defs { left: params.into(), then: AfterDefs::PrepareColumns(columns) };
+            None
+        } else {
+            self.after_defs(AfterDefs::PrepareColumns(columns))
+        })
+    }
+
+    fn after_defs(&mut self, then: AfterDefs) -> Option<Progress> {
+        match then {
+            AfterDefs::Rows => {
+                self.state = State::Rows;
+                None
+            }
+            AfterDefs::PrepareColumns(0) | AfterDefs::End => Some(Progress::Done(End::Ok)),
+            AfterDefs::PrepareColumns(columns) => {
+                self.state = State::Defs { left: columns.into(), then: AfterDefs::End };
+                None
+            }
+        }
+    }
+
+    fn more_results_or_done(&mut self, status: StatusFlags) -> Option<Progress> {
+        if status.contains(StatusFlags::SERVER_MORE_RESULTS_EXISTS) {
+            self.state = State::ResultStart;
+            None
+        } else {
+            Some(Progress::Done(End::Ok))
+        }
+    }
+
+    fn end_status(&self, head: &[u8]) -> Option<u16> {
+        if self.deprecate_eof { ok_status(head) } else { eof_status(head) }
+    }
+
+    fn record(&mut self, status: Option<u16>, what: &'static str) -> Result<StatusFlags, ProtocolError> {
+        let status = StatusFlags::from_bits_truncate(status.ok_or(ProtocolError::Malformed(what))?);
+        self.status = Some(status);
+        Ok(status)
+    }
+}
+
+#[cfg(test)]
+mod tests;
