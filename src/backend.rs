@@ -3,9 +3,18 @@
 use std::io;
 use std::time::Duration;
 
+use bytes::BytesMut;
+use mysql_common::constants::CapabilityFlags;
+use mysql_common::io::ParseBuf;
+use mysql_common::packets::{
+    AuthPlugin, AuthPluginData, AuthSwitchRequest, ErrPacket, HandshakePacket, HandshakeResponse,
+};
+use mysql_common::proto::MySerialize;
 use tokio::net::TcpStream;
 
+use crate::protocol::capabilities::Negotiated;
 use crate::protocol::conn::Connection;
+use crate::protocol::frame;
 
 /// Why a backend could not be reached.
 #[derive(Debug, thiserror::Error)]
@@ -45,4 +54,148 @@ pub async fn connect(address: &str, timeout_secs: u64) -> Result<Connection, Bac
         Ok(Err(source)) => Err(BackendError::Connect { address: address.to_owned(), source }),
         Err(_) => Err(BackendError::Timeout { address: address.to_owned(), seconds: timeout_secs }),
     }
+}
+
+/// Who the proxy logs in as on a server it authenticates to itself (the `csmh` backend on its own server).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// User name.
+    pub user: String,
+    /// Password; `None` for an account without one.
+    pub password: Option<String>,
+    /// Default database.
+    pub database: Option<String>,
+}
+
+/// Capabilities the proxy asks for when it logs in by itself; the caller adds session-specific ones such as
+/// CLIENT_FOUND_ROWS to match its client.
+pub const LOGIN_CAPABILITIES: CapabilityFlags = CapabilityFlags::CLIENT_LONG_PASSWORD
+    .union(CapabilityFlags::CLIENT_LONG_FLAG)
+    .union(CapabilityFlags::CLIENT_PROTOCOL_41)
+    .union(CapabilityFlags::CLIENT_TRANSACTIONS)
+    .union(CapabilityFlags::CLIENT_SECURE_CONNECTION)
+    .union(CapabilityFlags::CLIENT_MULTI_RESULTS)
+    .union(CapabilityFlags::CLIENT_PS_MULTI_RESULTS)
+    .union(CapabilityFlags::CLIENT_PLUGIN_AUTH)
+    .union(CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA)
+    .union(CapabilityFlags::CLIENT_SESSION_TRACK)
+    .union(CapabilityFlags::CLIENT_DEPRECATE_EOF);
+
+/// Why the proxy's own login to a backend failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    /// The connection failed while logging in.
+    #[error("connection lost while logging in: {0}")]
+    Io(#[from] io::Error),
+    /// The server answered something that is not a valid handshake.
+    #[error("malformed handshake from the server: {0}")]
+    Protocol(&'static str),
+    /// The server refused the login (wrong password, unknown user, no access to the database).
+    #[error("login refused: {0}")]
+    Refused(String),
+    /// The server asked for an authentication method the proxy cannot perform.
+    #[error("unsupported authentication method {0}")]
+    UnsupportedAuth(String),
+}
+
+/// Logs in on a freshly connected server as `credentials`, with `capabilities` (masked to what the server
+/// offers and the proxy implements). Returns the capabilities in effect.
+pub async fn login(
+    conn: &mut Connection,
+    credentials: &Credentials,
+    capabilities: CapabilityFlags,
+) -> Result<Negotiated, LoginError> {
+    let (payload, seq) = read_packet(conn).await?;
+    refused_if_err(&payload)?;
+    let greeting: HandshakePacket<'_> =
+        ParseBuf(&payload).parse(()).map_err(|_| LoginError::Protocol("initial handshake"))?;
+    let mut caps = capabilities | LOGIN_CAPABILITIES;
+    caps.set(CapabilityFlags::CLIENT_CONNECT_WITH_DB, credentials.database.is_some());
+    let negotiated = Negotiated::new(greeting.capabilities().bits(), caps.bits());
+    let nonce = greeting.nonce();
+    let plugin = greeting.auth_plugin().unwrap_or(AuthPlugin::MysqlNativePassword).into_owned();
+    let data = auth_data(&plugin, credentials, &nonce)?;
+    let response = HandshakeResponse::new(
+        data.as_deref(),
+        greeting.server_version_parsed().unwrap_or((5, 5, 5)),
+        Some(credentials.user.as_bytes()),
+        credentials.database.as_deref().map(str::as_bytes),
+        Some(plugin),
+        negotiated.flags(),
+        None,
+        frame::MAX_PAYLOAD as u32,
+    );
+    send(conn, seq.wrapping_add(1), &response).await?;
+    finish_auth(conn, credentials).await?;
+    Ok(negotiated)
+}
+
+/// Answers auth switches and extra rounds until the server says OK or ERR.
+async fn finish_auth(conn: &mut Connection, credentials: &Credentials) -> Result<(), LoginError> {
+    loop {
+        let (payload, seq) = read_packet(conn).await?;
+        match payload.first() {
+            Some(0x00) => return Ok(()),
+            Some(0xFE) => {
+                let switch: AuthSwitchRequest<'_> =
+                    ParseBuf(&payload).parse(()).map_err(|_| LoginError::Protocol("auth switch request"))?;
+                let nonce = switch.plugin_data().strip_suffix(b"\0").unwrap_or(switch.plugin_data());
+                let data = auth_data(&switch.auth_plugin(), credentials, nonce)?;
+                let mut out = Vec::new();
+                if let Some(data) = data {
+                    data.serialize(&mut out);
+                }
+                send_raw(conn, seq.wrapping_add(1), &out).await?;
+            }
+            // caching_sha2_password: 3 = fast auth succeeded (OK follows), 4 = full auth needs TLS or RSA.
+            Some(0x01) if payload.get(1) == Some(&0x03) => {}
+            Some(0x01) => {
+                return Err(LoginError::UnsupportedAuth("caching_sha2_password full authentication".into()));
+            }
+            _ => refused_if_err(&payload).and(Err(LoginError::Protocol("authentication response")))?,
+        }
+    }
+}
+
+/// Computes the auth response for `plugin`, refusing methods the proxy does not implement.
+fn auth_data<'a>(
+    plugin: &AuthPlugin<'_>,
+    credentials: &'a Credentials,
+    nonce: &[u8],
+) -> Result<Option<AuthPluginData<'a>>, LoginError> {
+    match plugin {
+        AuthPlugin::MysqlNativePassword | AuthPlugin::CachingSha2Password | AuthPlugin::Ed25519 => {
+            Ok(plugin.gen_data(credentials.password.as_deref(), nonce))
+        }
+        other => Err(LoginError::UnsupportedAuth(String::from_utf8_lossy(other.as_bytes()).into_owned())),
+    }
+}
+
+fn refused_if_err(payload: &[u8]) -> Result<(), LoginError> {
+    if payload.first() != Some(&0xFF) {
+        return Ok(());
+    }
+    let message = ParseBuf(payload)
+        .parse::<ErrPacket<'_>>(CapabilityFlags::CLIENT_PROTOCOL_41)
+        .map(|e| e.to_string())
+        .unwrap_or_else(|_| "malformed error packet".into());
+    Err(LoginError::Refused(message))
+}
+
+async fn read_packet(conn: &mut Connection) -> Result<(bytes::Bytes, u8), LoginError> {
+    let span = conn.next_packet().await?.ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+    let wire = conn.buf.split_to(span.wire_len).freeze();
+    Ok((frame::payload(wire, &span), span.last_seq))
+}
+
+async fn send(conn: &mut Connection, seq: u8, packet: &impl MySerialize) -> Result<(), LoginError> {
+    let mut payload = Vec::new();
+    packet.serialize(&mut payload);
+    send_raw(conn, seq, &payload).await
+}
+
+async fn send_raw(conn: &mut Connection, seq: u8, payload: &[u8]) -> Result<(), LoginError> {
+    let mut out = BytesMut::new();
+    frame::write_packet(&mut out, seq, payload);
+    Ok(conn.write_all(&out).await?)
 }
