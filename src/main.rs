@@ -39,11 +39,16 @@ fn main() -> anyhow::Result<()> {
             let config = csmh_proxy::config::Config::load(&cli.config)?;
             runtime.block_on(csmh_proxy::server::serve(config))
         }
-        Command::CheckConfig => {
-            let config = csmh_proxy::config::Config::load(&cli.config)?;
-            println!("{config:#?}");
-            Ok(())
-        }
+        Command::CheckConfig => match csmh_proxy::config::check_file(&cli.config) {
+            Ok(report) => {
+                print!("{report}");
+                Ok(())
+            }
+            Err(error) => {
+                eprintln!("configuration refused: {error}");
+                std::process::exit(1)
+            }
+        },
         Command::Sandbox => anyhow::bail!("not yet"),
     }
 }

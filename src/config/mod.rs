@@ -1,10 +1,26 @@
 //! `proxy.toml`: the typed configuration, how it is read, and what makes it invalid.
 //!
-//! A file is parsed and validated as a whole; a [`Config`] that exists is one the proxy can run with.
+//! A file is parsed and validated as a whole; a [`Config`] that [`Config::load`] or [`Config::parse`] returns is
+//! one the proxy can run with. Errors name the line and the key at fault ([`ConfigError`]), so the same message
+//! serves `check-config` and the log line of a refused reload.
 
+mod document;
+mod error;
+mod report;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
 use std::path::Path;
 
 use serde::Deserialize;
+
+use crate::history::{TableName, TableNameError};
+
+pub use error::{ConfigError, Location, Problem};
+pub use report::{check_file, report};
 
 /// The whole of `proxy.toml`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -59,7 +75,7 @@ pub struct Backends {
 }
 
 /// One MySQL server.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Backend {
     /// `host:port` of the server.
@@ -82,6 +98,69 @@ fn default_connect_timeout_secs() -> u64 {
     5
 }
 
+impl Backends {
+    /// Whether both backends are one server (the one-server topology): same address, compared as written with
+    /// the host case-insensitively. Then the extended table is reached over the client's own `edxapp`
+    /// connection, fan-out is one `UNION ALL` statement, and writes stay atomic.
+    pub fn same_server(&self) -> bool {
+        self.edxapp.address.trim().eq_ignore_ascii_case(self.csmh.address.trim())
+    }
+}
+
+impl Backend {
+    /// The password to log in with: `password` as written, or the value of the variable `password_env` names;
+    /// `None` when neither is set.
+    pub fn password(&self) -> Result<Option<String>, PasswordError> {
+        match (&self.password, &self.password_env) {
+            (Some(_), Some(_)) => Err(PasswordError::BothGiven),
+            (Some(password), None) => Ok(Some(password.clone())),
+            (None, Some(variable)) => read_password_variable(variable).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// Reads the environment variable holding a password.
+fn read_password_variable(variable: &str) -> Result<String, PasswordError> {
+    std::env::var(variable).map_err(|error| match error {
+        std::env::VarError::NotPresent => PasswordError::VariableUnset { variable: variable.to_owned() },
+        std::env::VarError::NotUnicode(_) => PasswordError::VariableNotUnicode { variable: variable.to_owned() },
+    })
+}
+
+/// Debug output that never shows the password, so that logging a configuration leaks no secret.
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Backend")
+            .field("address", &self.address)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password_env", &self.password_env)
+            .field("connect_timeout_secs", &self.connect_timeout_secs)
+            .finish()
+    }
+}
+
+/// Why [`Backend::password`] has no password to give.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PasswordError {
+    /// Both `password` and `password_env` are set, so it is unclear which one the operator meant.
+    #[error("`password` and `password_env` are both set: keep only one")]
+    BothGiven,
+    /// The variable named by `password_env` is not in the proxy's environment.
+    #[error("`password_env` names the environment variable {variable}, which is not set")]
+    VariableUnset {
+        /// The variable's name.
+        variable: String,
+    },
+    /// The variable named by `password_env` holds bytes that are not UTF-8, which MySQL clients cannot send.
+    #[error("`password_env` names the environment variable {variable}, whose value is not valid UTF-8")]
+    VariableNotUnicode {
+        /// The variable's name.
+        variable: String,
+    },
+}
+
 /// `[history]`: schema-qualified names of the two history tables.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,6 +171,18 @@ pub struct HistoryTables {
     /// The extended table, `edxapp_csmh.coursewarehistoryextended_studentmodulehistoryextended` by default.
     #[serde(default = "default_extended_table")]
     pub extended_table: String,
+}
+
+impl HistoryTables {
+    /// The old table's name, schema-qualified.
+    pub fn old(&self) -> Result<TableName, TableNameError> {
+        self.old_table.parse()
+    }
+
+    /// The extended table's name, schema-qualified.
+    pub fn extended(&self) -> Result<TableName, TableNameError> {
+        self.extended_table.parse()
+    }
 }
 
 impl Default for HistoryTables {
@@ -123,23 +214,47 @@ pub struct Flags {
     pub read_only_from_csmhe: bool,
 }
 
-/// Why a `proxy.toml` was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// What the OS said.
-        source: std::io::Error,
-    },
-    /// TOML syntax, an unknown key or a wrong type; the message names the line and key.
-    #[error("{0}")]
-    Syntax(String),
-    /// The file parsed but says something the proxy cannot do.
-    #[error("{0}")]
-    Invalid(String),
+impl Flags {
+    /// Whether `flag` is on.
+    pub fn is_on(&self, flag: Flag) -> bool {
+        match flag {
+            Flag::EnableCsmhExtended => self.enable_csmh_extended,
+            Flag::EnableReadingFromMultipleHistoryTables => self.enable_reading_from_multiple_history_tables,
+            Flag::ReadOnlyFromCsmhe => self.read_only_from_csmhe,
+        }
+    }
+}
+
+/// One of the `[flags]`, for naming it in messages and listing them without repeating the three fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Flag {
+    /// `ENABLE_CSMH_EXTENDED`: new history goes to the extended table.
+    EnableCsmhExtended,
+    /// `ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES`: reads include the old table.
+    EnableReadingFromMultipleHistoryTables,
+    /// `READ_ONLY_FROM_CSMHE`: the old table is retired.
+    ReadOnlyFromCsmhe,
+}
+
+impl Flag {
+    /// Every flag, in the order of the design's table.
+    pub const ALL: [Flag; 3] =
+        [Flag::EnableCsmhExtended, Flag::EnableReadingFromMultipleHistoryTables, Flag::ReadOnlyFromCsmhe];
+
+    /// The flag's key in `[flags]`, which is its edx-platform name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Flag::EnableCsmhExtended => "ENABLE_CSMH_EXTENDED",
+            Flag::EnableReadingFromMultipleHistoryTables => "ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES",
+            Flag::ReadOnlyFromCsmhe => "READ_ONLY_FROM_CSMHE",
+        }
+    }
+}
+
+impl fmt::Display for Flag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl Config {
@@ -150,9 +265,23 @@ impl Config {
         Config::parse(&text)
     }
 
-    /// Parses and validates the text of a `proxy.toml`.
+    /// Parses and validates the text of a `proxy.toml`; errors carry the line and key at fault.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
-        Ok(config)
+        let document = document::Document::parse(text)?;
+        let config: Config = document.deserialize()?;
+        let problems = validate::problems(&config);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            let mut problems: Vec<Problem> = problems.into_iter().map(|problem| document.locate(problem)).collect();
+            problems.sort_by_key(|problem| problem.at.line.unwrap_or(usize::MAX));
+            Err(ConfigError::Invalid { problems })
+        }
+    }
+
+    /// Checks a configuration built in code rather than read from a file; errors name the key but no line.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let problems = validate::problems(self);
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid { problems }) }
     }
 }

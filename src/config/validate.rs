@@ -1,0 +1,143 @@
+//! The checks that a well-formed `proxy.toml` must also pass before the proxy runs with it: addresses, timeouts,
+//! credentials, table names and the flag combination. Each problem names the dotted key at fault.
+
+use std::net::Ipv6Addr;
+
+use super::error::Problem;
+use super::{Backend, Config, PasswordError};
+use crate::history::{TableName, routing_table};
+
+/// Every problem with `config`, section by section; empty when the proxy can run with it.
+pub(super) fn problems(config: &Config) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    check_address(&mut problems, "listen.address", &config.listen.address, PortZero::PicksAFreePort);
+    check_timeout(&mut problems, "listen.shutdown_timeout_secs", config.listen.shutdown_timeout_secs);
+    if let Some(admin) = &config.admin {
+        check_address(&mut problems, "admin.address", &admin.address, PortZero::PicksAFreePort);
+    }
+    check_backend(&mut problems, "backends.edxapp", &config.backends.edxapp);
+    check_backend(&mut problems, "backends.csmh", &config.backends.csmh);
+    check_user(&mut problems, "backends.edxapp", &config.backends.edxapp, Login::RelayedFromClients);
+    let csmh_login = if config.backends.same_server() { Login::RelayedFromClients } else { Login::ByTheProxy };
+    check_user(&mut problems, "backends.csmh", &config.backends.csmh, csmh_login);
+    check_history_tables(&mut problems, &config.history.old_table, &config.history.extended_table);
+    check_flags(&mut problems, config);
+    problems
+}
+
+/// What port 0 means for an address.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PortZero {
+    /// A listener binds any free port (tests and the sandbox read the port back).
+    PicksAFreePort,
+    /// A server to connect to cannot be on port 0.
+    Refused,
+}
+
+/// Checks that `address` is `host:port`.
+fn check_address(problems: &mut Vec<Problem>, key: &str, address: &str, port_zero: PortZero) {
+    if let Err(reason) = check_host_and_port(address, port_zero) {
+        problems.push(Problem::new(key, format!("`{address}` is not host:port ({reason}), e.g. 127.0.0.1:3306")));
+    }
+}
+
+/// Checks `host:port`, accepting a host name, an IPv4 address or a bracketed IPv6 address.
+fn check_host_and_port(address: &str, port_zero: PortZero) -> Result<(), String> {
+    let (host, port) = address.rsplit_once(':').ok_or("no port")?;
+    check_host(host)?;
+    let port: u16 = port.parse().map_err(|_| format!("port `{port}` is not a number from 1 to 65535"))?;
+    if port == 0 && port_zero == PortZero::Refused {
+        return Err("port 0 cannot be connected to".to_owned());
+    }
+    Ok(())
+}
+
+/// Checks the host part of an address.
+fn check_host(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("no host".to_owned());
+    }
+    if let Some(inner) = host.strip_prefix('[').and_then(|rest| rest.strip_suffix(']')) {
+        return inner.parse::<Ipv6Addr>().map(|_| ()).map_err(|_| format!("`{inner}` is not an IPv6 address"));
+    }
+    if host.contains(':') {
+        return Err("an IPv6 address must be in brackets, as in [::1]:3306".to_owned());
+    }
+    if host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')) {
+        Ok(())
+    } else {
+        Err(format!("`{host}` is not a host name or IP address"))
+    }
+}
+
+/// Checks that a timeout is positive: zero would fail every connection or drop every statement at shutdown.
+fn check_timeout(problems: &mut Vec<Problem>, key: &str, seconds: u64) {
+    if seconds == 0 {
+        problems.push(Problem::new(key, "must be at least 1 second"));
+    }
+}
+
+/// Checks one `[backends.*]` table: its address, timeout and how its password is given.
+fn check_backend(problems: &mut Vec<Problem>, table: &str, backend: &Backend) {
+    check_address(problems, &format!("{table}.address"), &backend.address, PortZero::Refused);
+    check_timeout(problems, &format!("{table}.connect_timeout_secs"), backend.connect_timeout_secs);
+    if let Err(error) = backend.password() {
+        let key = match error {
+            PasswordError::BothGiven => "password",
+            PasswordError::VariableUnset { .. } | PasswordError::VariableNotUnicode { .. } => "password_env",
+        };
+        problems.push(Problem::new(format!("{table}.{key}"), error.to_string()));
+    }
+}
+
+/// Who logs in to a backend on the client path.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Login {
+    /// The clients' own logins are relayed: the proxy needs no user of its own.
+    RelayedFromClients,
+    /// The proxy opens its own connection (the `csmh` backend on another server), so it needs a user.
+    ByTheProxy,
+}
+
+/// Checks that a backend has a `user` where one is needed: when the proxy logs in itself, or a password is given.
+fn check_user(problems: &mut Vec<Problem>, table: &str, backend: &Backend, login: Login) {
+    if backend.user.is_some() {
+        return;
+    }
+    let key = format!("{table}.user");
+    if login == Login::ByTheProxy {
+        problems.push(Problem::new(
+            key,
+            "`backends.csmh` is another server than `backends.edxapp` (its address differs), so the proxy logs in \
+             to it itself and needs `user` (and `password` or `password_env`); if both are the same server, give \
+             them the same address",
+        ));
+    } else if backend.password.is_some() || backend.password_env.is_some() {
+        problems.push(Problem::new(key, "a password is given but no `user` to log in as"));
+    }
+}
+
+/// Checks that both table names are `schema.table` and that they name two different tables.
+fn check_history_tables(problems: &mut Vec<Problem>, old: &str, extended: &str) {
+    let old = parse_table(problems, "history.old_table", old);
+    let extended = parse_table(problems, "history.extended_table", extended);
+    let same = matches!((&old, &extended), (Some(old), Some(extended)) if old.same_table_as(extended));
+    if same {
+        problems.push(Problem::new(
+            "history.extended_table",
+            "names the same table as `history.old_table`: the extended table must be another one",
+        ));
+    }
+}
+
+/// Parses one table name, recording why it is unusable.
+fn parse_table(problems: &mut Vec<Problem>, key: &str, name: &str) -> Option<TableName> {
+    name.parse().map_err(|error| problems.push(Problem::new(key, format!("{error}")))).ok()
+}
+
+/// Checks that the flags are a combination the design's routing table has a row for.
+fn check_flags(problems: &mut Vec<Problem>, config: &Config) {
+    if let Err(refused) = routing_table(config.flags) {
+        problems.push(Problem::new(format!("flags.{}", refused.flag()), refused.to_string()));
+    }
+}

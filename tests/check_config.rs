@@ -1,0 +1,65 @@
+//! `csmh-proxy check-config`: the built binary on a good and on a bad file, its exit code and what it prints.
+
+use std::path::Path;
+use std::process::Output;
+
+/// Runs `csmh-proxy check-config --config <path>`.
+fn check_config(path: &Path) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_csmh-proxy"))
+        .args(["check-config", "--config"])
+        .arg(path)
+        .env_remove("CSMH_PROXY_CONFIG")
+        .output()
+        .expect("the binary runs")
+}
+
+/// Writes `text` to a `proxy.toml` in a fresh temporary directory (kept alive by the returned guard).
+fn config_file(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, text).expect("the file is written");
+    (dir, path)
+}
+
+#[test]
+fn a_good_file_prints_the_routing_and_exits_zero() {
+    let text = include_str!("../proxy.toml").replace("ENABLE_CSMH_EXTENDED = false", "ENABLE_CSMH_EXTENDED = true");
+    let (_dir, path) = config_file(&text);
+    let output = check_config(&path);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    for expected in [
+        "configuration OK",
+        "topology:        one server, 127.0.0.1:3306",
+        "old table:       edxapp.courseware_studentmodulehistory",
+        "ENABLE_CSMH_EXTENDED = true",
+        "routing:         extended table only for reads",
+        "INSERT          -> rewrite to the extended table",
+        "UPDATE, DELETE  -> fan out to both tables, merged",
+        "anything else   -> old table (passthrough)",
+    ] {
+        assert!(stdout.contains(expected), "no `{expected}` in:\n{stdout}");
+    }
+}
+
+#[test]
+fn a_bad_file_prints_the_line_and_key_and_exits_non_zero() {
+    let text = include_str!("../proxy.toml").replace("READ_ONLY_FROM_CSMHE = false", "READ_ONLY_FROM_CSMHE = true");
+    let line = text.lines().position(|line| line.starts_with("READ_ONLY_FROM_CSMHE")).expect("the flag's line") + 1;
+    let (_dir, path) = config_file(&text);
+    let output = check_config(&path);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(output.stdout.is_empty(), "{output:?}");
+    let expected = format!("configuration refused: line {line}, key `flags.READ_ONLY_FROM_CSMHE`: ");
+    assert!(stderr.starts_with(&expected), "no `{expected}` in:\n{stderr}");
+    assert!(stderr.contains("cannot be retired"), "{stderr}");
+}
+
+#[test]
+fn a_missing_file_exits_non_zero() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let output = check_config(&dir.path().join("absent.toml"));
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read"), "{output:?}");
+}
