@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use csmh_proxy::sandbox::SandboxArgs;
 
 /// A MySQL-protocol proxy that moves Open edX's student-module history to its extended table on the wire.
 #[derive(Parser)]
@@ -22,7 +23,7 @@ enum Command {
     /// Validate the configuration and print the routing it implies.
     CheckConfig,
     /// Start local MariaDB servers with the edX tables and serve the proxy in front of them.
-    Sandbox,
+    Sandbox(SandboxArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +50,6 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(1)
             }
         },
-        Command::Sandbox => anyhow::bail!("not yet"),
+        Command::Sandbox(args) => runtime.block_on(csmh_proxy::sandbox::run(args)),
     }
 }
