@@ -20,7 +20,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Derives what the data path needs from `config`.
     pub fn compile(config: Config) -> Snapshot {
-        let table = config.history.old_table.rsplit('.').next().unwrap_or_default().to_owned();
+        let table = config.history.old().map(|name| name.table().to_owned()).unwrap_or_default();
         Snapshot { prefilter: Prefilter::new(&table), config }
     }
 }
