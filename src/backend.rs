@@ -67,8 +67,8 @@ pub struct Credentials {
     pub database: Option<String>,
 }
 
-/// Capabilities the proxy asks for when it logs in by itself; the caller adds session-specific ones such as
-/// CLIENT_FOUND_ROWS to match its client.
+/// Capabilities the proxy asks for when it logs in by itself; callers add session-specific ones such as
+/// CLIENT_FOUND_ROWS to match their client.
 pub const LOGIN_CAPABILITIES: CapabilityFlags = CapabilityFlags::CLIENT_LONG_PASSWORD
     .union(CapabilityFlags::CLIENT_LONG_FLAG)
     .union(CapabilityFlags::CLIENT_PROTOCOL_41)
@@ -98,8 +98,9 @@ pub enum LoginError {
     UnsupportedAuth(String),
 }
 
-/// Logs in on a freshly connected server as `credentials`, with `capabilities` (masked to what the server
-/// offers and the proxy implements). Returns the capabilities in effect.
+/// Logs in on a freshly connected server as `credentials`, asking for `capabilities` (usually
+/// [`LOGIN_CAPABILITIES`] plus what the session needs; masked to what the server offers and the proxy implements).
+/// Returns the capabilities in effect.
 pub async fn login(
     conn: &mut Connection,
     credentials: &Credentials,
@@ -109,7 +110,7 @@ pub async fn login(
     refused_if_err(&payload)?;
     let greeting: HandshakePacket<'_> =
         ParseBuf(&payload).parse(()).map_err(|_| LoginError::Protocol("initial handshake"))?;
-    let mut caps = capabilities | LOGIN_CAPABILITIES;
+    let mut caps = capabilities;
     caps.set(CapabilityFlags::CLIENT_CONNECT_WITH_DB, credentials.database.is_some());
     let negotiated = Negotiated::new(greeting.capabilities().bits(), caps.bits());
     let nonce = greeting.nonce();
