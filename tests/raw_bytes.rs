@@ -110,7 +110,7 @@ fn capability_sets() -> [CapabilityFlags; 3] {
     [
         LOGIN_CAPABILITIES | multi,
         (LOGIN_CAPABILITIES | multi) - CapabilityFlags::CLIENT_DEPRECATE_EOF,
-        LOGIN_CAPABILITIES | CapabilityFlags::CLIENT_MULTI_STATEMENTS - CapabilityFlags::CLIENT_SESSION_TRACK,
+        (LOGIN_CAPABILITIES | CapabilityFlags::CLIENT_MULTI_STATEMENTS) - CapabilityFlags::CLIENT_SESSION_TRACK,
     ]
 }
 
