@@ -1,0 +1,240 @@
+//! What the client tests need installed beyond MariaDB: Debian packages (installed with apt-get when the tests
+//! run as root, else a panic that says the command to run) and a Python virtual environment with packages from
+//! PyPI, built once under the target directory and shared by every test binary.
+//!
+//! Nothing here skips a test: a missing tool is installed or the test fails saying how to install it.
+
+// Each test binary uses its own part of this module.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+/// How long `apt-get update` keeps retrying while another apt holds the package lists' lock (`apt-get update`
+/// does not wait for it by itself, unlike `install` with `DPkg::Lock::Timeout`).
+const UPDATE_LOCK_RETRIES: u32 = 120;
+
+/// Whether this process already ran `apt-get update`; the lock also makes parallel tests install one at a time.
+static APT: Mutex<bool> = Mutex::new(false);
+
+/// Makes sure every Debian package in `packages` is installed, installing the missing ones with apt-get
+/// (`apt-get update` first, once per process). A package counts as present when dpkg says it is installed or,
+/// for a package named after its program (`sysbench`, `gcc`), when that program is on PATH.
+///
+/// Panics when a package is missing and this process is not root, naming the command to run, or when apt-get
+/// fails. Blocking: call it from `spawn_blocking` or before a proxy starts on the test's runtime.
+pub fn ensure_packages(packages: &[&str]) {
+    let mut updated = APT.lock().unwrap_or_else(PoisonError::into_inner);
+    let missing: Vec<&str> = packages.iter().copied().filter(|package| !is_present(package)).collect();
+    if missing.is_empty() {
+        return;
+    }
+    let list = missing.join(" ");
+    assert!(
+        is_root(),
+        "{list} not installed; install with: sudo apt-get update && \
+         sudo DEBIAN_FRONTEND=noninteractive apt-get install -y {list}"
+    );
+    eprintln!("installing {list} with apt-get");
+    if !*updated {
+        apt_get_update();
+        *updated = true;
+    }
+    let install = apt_get(&[&["install", "-y"][..], &missing].concat());
+    assert_succeeded(&install, &format!("apt-get install -y {list}"));
+    let still_missing: Vec<&str> = missing.into_iter().filter(|package| !is_present(package)).collect();
+    assert!(still_missing.is_empty(), "still missing after apt-get install: {}", still_missing.join(" "));
+}
+
+fn is_present(package: &str) -> bool {
+    find_program(package).is_some() || dpkg_installed(package)
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["--show", "--showformat=${db:Status-Status}", package])
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|output| output.status.success() && output.stdout == b"installed")
+}
+
+/// An executable named `name` in PATH, or in /usr/sbin or /usr/bin (often missing from a user's PATH).
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata().is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `apt-get update`, retried while another apt or dpkg holds its lock.
+fn apt_get_update() {
+    for _ in 0..UPDATE_LOCK_RETRIES {
+        let output = apt_get(&["update"]);
+        if output.status.success() {
+            return;
+        }
+        if !String::from_utf8_lossy(&output.stderr).contains("Could not get lock") {
+            assert_succeeded(&output, "apt-get update");
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    panic!("apt-get update: the package lists stayed locked by another apt for ten minutes");
+}
+
+/// `apt-get <args>`, non-interactive, waiting up to ten minutes for another dpkg to finish.
+fn apt_get(args: &[&str]) -> Output {
+    Command::new("apt-get")
+        .args(["-o", "DPkg::Lock::Timeout=600"])
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run apt-get: {e}"))
+}
+
+/// Panics with `what`, its exit status and its output unless it succeeded.
+pub fn assert_succeeded(output: &Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Python
+
+/// A Python virtual environment to build: its directory name, what pip installs in it, and what proves it works.
+pub struct Venv<'a> {
+    /// The directory's name under the target directory's scratch space.
+    pub name: &'a str,
+    /// pip requirement specifiers, e.g. `mysqlclient==2.2.7`.
+    pub requirements: &'a [&'a str],
+    /// Python statements that succeed once the environment is usable, e.g. `import MySQLdb`.
+    pub check: &'a str,
+    /// Debian packages that building the requirements needs (compilers, C headers, pkg-config files).
+    pub build_packages: &'a [&'a str],
+}
+
+/// Virtual environments this process has already checked: name → interpreter.
+static VENVS: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
+
+impl Venv<'_> {
+    /// The environment's Python interpreter, building the environment first unless a usable one with the same
+    /// requirements is already there. Test binaries running at the same time take turns through a lock file.
+    /// Blocking, like [`ensure_packages`].
+    pub fn python(&self) -> PathBuf {
+        let mut known = VENVS.lock().unwrap_or_else(PoisonError::into_inner);
+        let known = known.get_or_insert_with(HashMap::new);
+        if let Some(python) = known.get(self.name) {
+            return python.clone();
+        }
+        let scratch = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        std::fs::create_dir_all(scratch).unwrap_or_else(|e| panic!("cannot create {}: {e}", scratch.display()));
+        let _lock = FileLock::exclusive(&scratch.join(format!("{}.lock", self.name)));
+        let dir = scratch.join(self.name);
+        let python = dir.join("bin").join("python");
+        if !self.is_ready(&dir, &python) {
+            self.build(&dir, &python);
+        }
+        known.insert(self.name.to_owned(), python.clone());
+        python
+    }
+
+    /// The file that records which requirements the environment was built with.
+    fn marker(dir: &Path) -> PathBuf {
+        dir.join("csmh-requirements.txt")
+    }
+
+    fn is_ready(&self, dir: &Path, python: &Path) -> bool {
+        let built_with = std::fs::read_to_string(Self::marker(dir)).unwrap_or_default();
+        built_with == self.requirements.join("\n") && run_python(python, self.check).status.success()
+    }
+
+    fn build(&self, dir: &Path, python: &Path) {
+        let system = system_python();
+        ensure_packages(&[self.build_packages, &python_build_packages(&system)].concat());
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).unwrap_or_else(|e| panic!("cannot remove {}: {e}", dir.display()));
+        }
+        eprintln!("creating a Python virtual environment with {}", self.requirements.join(" "));
+        let venv = Command::new(&system).args(["-m", "venv"]).arg(dir).output();
+        let venv = venv.unwrap_or_else(|e| panic!("cannot run {}: {e}", system.display()));
+        assert_succeeded(&venv, &format!("{} -m venv {}", system.display(), dir.display()));
+        let pip = Command::new(python)
+            .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--quiet"])
+            .args(self.requirements)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run pip: {e}"));
+        assert_succeeded(&pip, &format!("pip install {}", self.requirements.join(" ")));
+        assert_succeeded(&run_python(python, self.check), &format!("python -c '{}' after pip install", self.check));
+        std::fs::write(Self::marker(dir), self.requirements.join("\n"))
+            .unwrap_or_else(|e| panic!("cannot write in {}: {e}", dir.display()));
+    }
+}
+
+fn run_python(python: &Path, code: &str) -> Output {
+    Command::new(python)
+        .args(["-c", code])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()))
+}
+
+/// The first `python3` that runs: the one on PATH, else Debian's.
+fn system_python() -> PathBuf {
+    [find_program("python3"), Some(PathBuf::from("/usr/bin/python3"))]
+        .into_iter()
+        .flatten()
+        .find(|python| run_python(python, "import sys").status.success())
+        .unwrap_or_else(|| {
+            panic!("no working python3; install it with: sudo apt-get install -y python3 python3-venv python3-dev")
+        })
+}
+
+/// The Debian packages `python` lacks to create a virtual environment (`ensurepip`, from python3-venv) and to
+/// compile C extensions (`Python.h`, from python3-dev).
+fn python_build_packages(python: &Path) -> Vec<&'static str> {
+    let has_venv = run_python(python, "import ensurepip, venv").status.success();
+    let headers = "import os, sys, sysconfig; \
+                   sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))";
+    let has_headers = run_python(python, headers).status.success();
+    [(!has_venv).then_some("python3-venv"), (!has_headers).then_some("python3-dev")].into_iter().flatten().collect()
+}
+
+/// An exclusive `flock` on a file, released when dropped (or when the process dies).
+struct FileLock(File);
+
+impl FileLock {
+    fn exclusive(path: &Path) -> FileLock {
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+        // SAFETY: the descriptor is open for as long as `file` lives.
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+        assert_eq!(locked, 0, "cannot lock {}: {}", path.display(), std::io::Error::last_os_error());
+        FileLock(file)
+    }
+}
