@@ -114,6 +114,14 @@ pub enum TableNameError {
     },
 }
 
+/// The history tables' columns in the old table's order, which is the order clients see: the extended table has
+/// the same columns with `id` sixth, so every statement the proxy writes names them explicitly.
+pub const COLUMNS: [&str; 7] = ["id", "version", "created", "state", "grade", "max_grade", "student_module_id"];
+
+/// Columns whose type differs between the tables (`INT` in the old one, `BIGINT UNSIGNED` in the extended one).
+/// Read from the old table next to the extended one they are cast, or MariaDB would type their union as DECIMAL.
+pub const WIDENED_COLUMNS: [&str; 2] = ["id", "student_module_id"];
+
 /// What a statement naming the old history table does to it, as far as routing is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StatementKind {

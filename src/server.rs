@@ -34,7 +34,8 @@ impl Proxy {
         let address = config.listen.address.clone();
         let listener =
             TcpListener::bind(&address).await.map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
-        Ok(Proxy { listener, shared: Arc::new(Shared::new(config)) })
+        let shared = Arc::new(Shared::new(config)?);
+        Ok(Proxy { listener, shared })
     }
 
     /// The address clients connect to (useful when the config said port 0).

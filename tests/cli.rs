@@ -3,18 +3,14 @@
 //! loaded, a missing file refused with the session still usable), a wrong password (`ERROR 1045`), a session with
 //! `USE`, `\s` and a script that fails halfway, and an `ed25519` account's login.
 
-#[path = "support/clients.rs"]
-mod clients;
-#[path = "support/packages.rs"]
-mod packages;
 mod support;
 
 use std::net::SocketAddr;
 use std::process::Stdio;
 
-use clients::ProxiedDatabase;
 use mysql_async::prelude::Queryable;
 use support::Account;
+use support::clients::{self, ProxiedDatabase};
 use tokio::io::AsyncWriteExt;
 
 /// What a user sees of one `mariadb` run.

@@ -6,16 +6,12 @@
 //!
 //! The driver is installed in a virtual environment under the target directory, built on first use.
 
-#[path = "support/clients.rs"]
-mod clients;
-#[path = "support/packages.rs"]
-mod packages;
 mod support;
 
 use std::path::{Path, PathBuf};
 
-use clients::ProxiedDatabase;
-use packages::Venv;
+use support::clients::{self, ProxiedDatabase};
+use support::packages::Venv;
 
 /// The driver, at the version the tests were written against.
 const MYSQLCLIENT: &str = "mysqlclient==2.2.7";

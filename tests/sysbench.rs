@@ -4,17 +4,14 @@
 //! Tables are prepared directly on the server; each run is a fixed number of events and must end with no error
 //! and no reconnect, having run exactly the queries and transactions those events imply.
 
-#[path = "support/clients.rs"]
-mod clients;
-#[path = "support/packages.rs"]
-mod packages;
 mod support;
 
 use std::net::SocketAddr;
 
-use clients::ProxiedDatabase;
 use mysql_async::prelude::Queryable;
 use support::MariaDb;
+use support::clients::{self, ProxiedDatabase};
+use support::packages;
 
 /// Rows of the one table the workloads use.
 const TABLE_SIZE: u32 = 1000;

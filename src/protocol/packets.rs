@@ -6,8 +6,11 @@
 
 use bytes::BytesMut;
 use mysql_common::constants::CapabilityFlags;
+use mysql_common::io::BufMutExt;
 use mysql_common::io::ParseBuf;
-use mysql_common::packets::{ErrPacket, HandshakePacket, HandshakeResponse, ServerError, SqlState};
+use mysql_common::packets::{
+    CommonOkPacket, ErrPacket, HandshakePacket, HandshakeResponse, OkPacketDeserializer, ServerError, SqlState,
+};
 use mysql_common::proto::MySerialize;
 
 use super::ProtocolError;
@@ -110,6 +113,43 @@ pub fn ok_status(payload: &[u8]) -> Option<u16> {
 pub fn eof_status(payload: &[u8]) -> Option<u16> {
     let status = payload.get(3..5)?;
     Some(u16::from_le_bytes([status[0], status[1]]))
+}
+
+/// The fields of an OK packet the proxy combines when it answers one statement with several.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OkFields {
+    /// Affected (or, with CLIENT_FOUND_ROWS, matched) rows.
+    pub affected_rows: u64,
+    /// Last insert id.
+    pub last_insert_id: u64,
+    /// Server status flags.
+    pub status: u16,
+    /// Warning count.
+    pub warnings: u16,
+}
+
+impl OkFields {
+    /// Reads an OK packet's payload (header `0x00`).
+    pub fn parse(payload: &[u8], capabilities: CapabilityFlags) -> Option<OkFields> {
+        let ok: OkPacketDeserializer<'_, CommonOkPacket> = ParseBuf(payload).parse(capabilities).ok()?;
+        let ok = ok.into_inner();
+        Some(OkFields {
+            affected_rows: ok.affected_rows(),
+            last_insert_id: ok.last_insert_id().unwrap_or(0),
+            status: ok.status_flags().bits(),
+            warnings: ok.warnings(),
+        })
+    }
+
+    /// Appends these fields as an OK packet with sequence id `seq` (no info text, no session-state changes).
+    pub fn write_packet(&self, out: &mut BytesMut, seq: u8) {
+        let mut payload = vec![0x00];
+        payload.put_lenenc_int(self.affected_rows);
+        payload.put_lenenc_int(self.last_insert_id);
+        payload.extend_from_slice(&self.status.to_le_bytes());
+        payload.extend_from_slice(&self.warnings.to_le_bytes());
+        frame::write_packet(out, seq, &payload);
+    }
 }
 
 /// An error the proxy itself reports to a client, as MySQL would: code, SQLSTATE and message.
@@ -228,6 +268,14 @@ mod tests {
         assert_eq!(ok_status(&[0xFE, 0xFC, 0x10, 0x27, 0x05, 0x08, 0x00]), Some(0x0008));
         assert_eq!(ok_status(&[0x00, 0x01]), None);
         assert_eq!(eof_status(&[0xFE, 0x00, 0x00, 0x22, 0x00]), Some(0x0022));
+    }
+
+    #[test]
+    fn ok_fields_round_trip() {
+        let fields = OkFields { affected_rows: 300, last_insert_id: 0, status: 0x0003, warnings: 2 };
+        let mut out = BytesMut::new();
+        fields.write_packet(&mut out, 1);
+        assert_eq!(OkFields::parse(&out[4..], CapabilityFlags::CLIENT_PROTOCOL_41), Some(fields));
     }
 
     #[test]

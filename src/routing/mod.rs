@@ -1,6 +1,296 @@
-//! Deciding what happens to a statement: the cheap pre-filter that lets every statement not naming the history
-//! table pass untouched.
+//! Deciding what happens to a statement.
+//!
+//! Every statement passes the [`Prefilter`]; the few whose text names the old history table are parsed and get a
+//! [`Route`] from the [`Router`] of the configuration snapshot in force: passed through, rewritten to the
+//! extended table, fanned out to both tables, or refused. The router is a pure function of the statement bytes
+//! and the snapshot: it never sees a socket.
 
+pub mod classify;
 pub mod prefilter;
+pub mod rewrite;
+pub mod source;
+
+use sqlparser::dialect::MySqlDialect;
+use sqlparser::parser::{Parser, ParserOptions};
 
 pub use prefilter::Prefilter;
+
+use crate::history::{RoutingTable, StatementKind, TableName, Target};
+use crate::protocol::packets::MysqlError;
+use classify::{Read, Shape, Unsupported, Write};
+use rewrite::Splicer;
+use source::{Mention, Source, Tok};
+
+/// What the proxy does with one statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Relay the statement unchanged to the client's own backend connection.
+    Passthrough,
+    /// Send `sql` instead: the statement with the old table replaced by the extended one.
+    Rewrite(Rewritten),
+    /// Run the statement against both tables and answer as if they were one.
+    FanOut(FanOut),
+    /// Refuse with error 1142: the statement would reach the retired old table outside the routing.
+    Block(MysqlError),
+    /// Refuse with error 1235: the statement names the table but cannot be routed exactly.
+    Refuse(MysqlError),
+}
+
+/// A statement rewritten to the extended table, and where to send it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewritten {
+    /// The new statement text.
+    pub sql: Vec<u8>,
+    /// Which connection runs it.
+    pub on: Side,
+}
+
+/// One of the two backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client's own connection to the `edxapp` server (which is also the `csmh` server on one server).
+    Edxapp,
+    /// The proxy's own connection to a separate `csmh` server.
+    Csmh,
+}
+
+/// How a statement reaches both tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FanOut {
+    /// Both tables on one server: one statement reading a `UNION ALL` of both, on the client's connection.
+    Union(Vec<u8>),
+    /// The same UPDATE or DELETE on each table; the client gets one OK with the affected rows summed.
+    Writes {
+        /// The statement for the old table (the client's own text).
+        old: Vec<u8>,
+        /// The statement for the extended table.
+        extended: Vec<u8>,
+    },
+}
+
+/// The routing decisions of one configuration snapshot.
+#[derive(Debug, Clone)]
+pub struct Router {
+    table: RoutingTable,
+    old: TableName,
+    extended: TableName,
+    same_server: bool,
+}
+
+impl Router {
+    /// A router for the design row `table`, the two tables, and whether both live on one server.
+    pub fn new(table: RoutingTable, old: TableName, extended: TableName, same_server: bool) -> Router {
+        Router { table, old, extended, same_server }
+    }
+
+    /// The routing table in force.
+    pub fn table(&self) -> RoutingTable {
+        self.table
+    }
+
+    /// Whether any statement is routed at all: with every kind going to the old table, statements that pass the
+    /// pre-filter need no parsing.
+    pub fn is_passthrough(&self) -> bool {
+        StatementKind::ALL.iter().all(|&kind| self.table.route(kind) == Target::OldTable)
+    }
+
+    /// The route of one statement (the text of a COM_QUERY or COM_STMT_PREPARE).
+    pub fn route(&self, sql: &[u8]) -> Route {
+        if self.is_passthrough() {
+            return Route::Passthrough;
+        }
+        let source = Source::new(sql);
+        match self.plan(&source) {
+            Ok(route) => route,
+            Err(Unsupported(reason)) => Route::Refuse(self.refusal(&reason)),
+        }
+    }
+
+    fn plan(&self, source: &Source<'_>) -> Result<Route, Unsupported> {
+        let tokens = source.tokens().map_err(|e| Unsupported(format!("cannot read the statement: {e}")))?;
+        let mentions = source::mentions(&tokens, &self.old);
+        if mentions.is_empty() {
+            return Ok(Route::Passthrough);
+        }
+        let statement = parse_one(&tokens)?;
+        let shape = classify::shape(&statement, &self.old)?;
+        match self.table.route(shape.kind) {
+            Target::OldTable => Ok(Route::Passthrough),
+            Target::Blocked if shape.schema_only => Ok(Route::Passthrough),
+            Target::Blocked => Ok(Route::Block(self.blocked(&tokens))),
+            target => {
+                let plan = Plan { router: self, source, tokens: &tokens, mentions: &mentions, shape: &shape };
+                plan.check_every_mention_is_routed()?;
+                match target {
+                    Target::ExtendedTable => plan.to_extended(),
+                    _ => plan.to_both(),
+                }
+            }
+        }
+    }
+
+    fn refusal(&self, reason: &str) -> MysqlError {
+        MysqlError::new(
+            1235,
+            b"42000",
+            format!("csmh-proxy cannot route this statement on {}: {reason}", self.old.quoted()),
+        )
+    }
+
+    fn blocked(&self, tokens: &[Tok]) -> MysqlError {
+        let verb = tokens.first().and_then(Tok::word).unwrap_or("this").to_ascii_uppercase();
+        MysqlError::new(
+            1142,
+            b"42000",
+            format!(
+                "{verb} command denied for table {}: the table is retired (READ_ONLY_FROM_CSMHE is on in \
+                 csmh-proxy's configuration)",
+                self.old.quoted()
+            ),
+        )
+    }
+}
+
+fn parse_one(tokens: &[Tok]) -> Result<sqlparser::ast::Statement, Unsupported> {
+    let dialect = MySqlDialect {};
+    let mut statements = Parser::new(&dialect)
+        .with_options(ParserOptions::new().with_unescape(false))
+        .with_tokens_with_locations(tokens.iter().map(|t| t.token.clone()).collect())
+        .parse_statements()
+        .map_err(|e| Unsupported(format!("cannot parse it ({e})")))?;
+    match statements.len() {
+        1 => Ok(statements.remove(0)),
+        _ => {
+            Err(Unsupported("send statements naming the history table one at a time, not as a multi-statement".into()))
+        }
+    }
+}
+
+/// One statement being routed, with everything known about it.
+struct Plan<'r, 's> {
+    router: &'r Router,
+    source: &'r Source<'s>,
+    tokens: &'r [Tok],
+    mentions: &'r [Mention],
+    shape: &'r Shape,
+}
+
+impl Plan<'_, '_> {
+    /// Every place naming the old table as a table must be one the classification understood; otherwise a
+    /// rewrite could leave a reference to the old table behind.
+    fn check_every_mention_is_routed(&self) -> Result<(), Unsupported> {
+        let write_start = self.shape.write.as_ref().map(|w| match w {
+            Write::Insert { start, .. } | Write::UpdateDelete { start } => *start,
+        });
+        let understood = |start| self.shape.reads.iter().any(|r| r.start == start) || write_start == Some(start);
+        match self.mentions.iter().find(|m| matches!(m, Mention::Table { start, .. } if !understood(*start))) {
+            Some(_) => Err(Unsupported("the history table is named in a place csmh-proxy does not route".into())),
+            None => Ok(()),
+        }
+    }
+
+    fn side(&self) -> Side {
+        if self.router.same_server { Side::Edxapp } else { Side::Csmh }
+    }
+
+    fn to_extended(&self) -> Result<Route, Unsupported> {
+        let sql = match &self.shape.write {
+            Some(write) => self.extended_write(write)?,
+            None => self.reads_replaced(|read, alias| {
+                Ok(rewrite::extended_read(&String::from_utf8_lossy(alias), &self.router.extended).into_bytes())
+                    .map(|text| (read, text))
+            })?,
+        };
+        Ok(Route::Rewrite(Rewritten { sql, on: self.side() }))
+    }
+
+    fn to_both(&self) -> Result<Route, Unsupported> {
+        match &self.shape.write {
+            Some(write @ Write::UpdateDelete { .. }) => Ok(Route::FanOut(FanOut::Writes {
+                old: self.source.bytes().to_vec(),
+                extended: self.extended_write(write)?,
+            })),
+            Some(Write::Insert { .. }) => Err(Unsupported("INSERT is never fanned out".into())),
+            None if !self.router.same_server => {
+                Err(Unsupported("reading both tables across two servers is not supported yet".into()))
+            }
+            None => {
+                let sql = self.reads_replaced(|read, alias| {
+                    if !read.alone {
+                        return Err(Unsupported(
+                            "a join with the history table cannot be read from both tables; query it alone".into(),
+                        ));
+                    }
+                    let condition = self.condition(read)?;
+                    let alias = String::from_utf8_lossy(alias);
+                    Ok((
+                        read,
+                        rewrite::union_read(&alias, condition.as_deref(), &self.router.old, &self.router.extended),
+                    ))
+                })?;
+                Ok(Route::FanOut(FanOut::Union(sql)))
+            }
+        }
+    }
+
+    /// The statement with each read of the old table replaced by what `replacement` makes of it, and column
+    /// qualifiers that name the table with its schema reduced to the name the read is known by.
+    fn reads_replaced<'p>(
+        &'p self,
+        replacement: impl Fn(&'p Read, &[u8]) -> Result<(&'p Read, Vec<u8>), Unsupported>,
+    ) -> Result<Vec<u8>, Unsupported> {
+        let mut splicer = self.qualifiers_renamed(|_| self.router.old.table().as_bytes().to_vec());
+        for read in &self.shape.reads {
+            let alias = rewrite::read_alias(read, self.source, self.tokens);
+            let (read, text) = replacement(read, alias)?;
+            splicer.replace(self.source.offset(read.start)..self.source.offset(read.end), text);
+        }
+        splicer.render_all()
+    }
+
+    /// The condition of the WHERE clause of the SELECT that reads `read`, with the statement's qualifier rewrites.
+    fn condition(&self, read: &Read) -> Result<Option<Vec<u8>>, Unsupported> {
+        if !read.has_where {
+            return Ok(None);
+        }
+        let range = rewrite::where_condition(self.tokens, self.source.offset(read.end))?;
+        let splicer = self.qualifiers_renamed(|_| self.router.old.table().as_bytes().to_vec());
+        splicer.render(range).map(Some)
+    }
+
+    /// A splicer that renames column qualifiers naming the old table: `rename(with_schema)` gives the new text.
+    fn qualifiers_renamed(&self, rename: impl Fn(bool) -> Vec<u8>) -> Splicer<'_> {
+        let mut splicer = Splicer::new(self.source.bytes());
+        for mention in self.mentions {
+            if let Mention::Qualifier { range, with_schema } = mention {
+                if *with_schema || self.shape.write.is_some() {
+                    splicer.replace(range.clone(), rename(*with_schema));
+                }
+            }
+        }
+        splicer
+    }
+
+    /// The write statement aimed at the extended table: the target and every column qualifier renamed, and a
+    /// column list added to an INSERT without one.
+    fn extended_write(&self, write: &Write) -> Result<Vec<u8>, Unsupported> {
+        let extended = &self.router.extended;
+        let mut splicer = self.qualifiers_renamed(|with_schema| {
+            if with_schema { extended.quoted() } else { format!("`{}`", extended.table()) }.into_bytes()
+        });
+        let target = self.mentions.iter().find_map(|m| match m {
+            Mention::Table { range, .. } => Some(range.clone()),
+            Mention::Qualifier { .. } => None,
+        });
+        let target = target.ok_or_else(|| Unsupported("the written table was not found".into()))?;
+        splicer.replace(target, extended.quoted());
+        if let Write::Insert { end, names_columns: false, .. } = write {
+            let at = self.source.offset(*end);
+            splicer.replace(at..at, rewrite::insert_columns());
+        }
+        splicer.render_all()
+    }
+}
+
+#[cfg(test)]
+mod tests;

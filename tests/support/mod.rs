@@ -9,6 +9,8 @@
 // Each test binary uses its own part of the fixture.
 #![allow(dead_code)]
 
+pub mod clients;
+pub mod packages;
 pub mod raw;
 
 use std::net::{Ipv4Addr, SocketAddr};

@@ -1,0 +1,192 @@
+//! The statements a route sends, made by splicing replacement text into the original statement bytes: the
+//! parser finds where the old table is named, and everything else reaches the server exactly as the client
+//! wrote it (escapes, comments, hex literals, letter case).
+
+use std::ops::Range;
+
+use sqlparser::tokenizer::Token;
+
+use super::classify::{Read, Unsupported};
+use super::source::{Source, Tok};
+use crate::history::{COLUMNS, TableName, WIDENED_COLUMNS};
+
+/// Edits to a statement's bytes: ranges replaced by new text.
+#[derive(Debug)]
+pub struct Splicer<'a> {
+    bytes: &'a [u8],
+    edits: Vec<(Range<usize>, Vec<u8>)>,
+}
+
+impl<'a> Splicer<'a> {
+    /// No edits yet to `bytes`.
+    pub fn new(bytes: &'a [u8]) -> Splicer<'a> {
+        Splicer { bytes, edits: Vec::new() }
+    }
+
+    /// Replaces `range` with `text` (an empty range inserts).
+    pub fn replace(&mut self, range: Range<usize>, text: impl Into<Vec<u8>>) {
+        self.edits.push((range, text.into()));
+    }
+
+    /// The bytes of `range` with the edits inside it applied; an edit straddling its edges, or two edits
+    /// overlapping, is an error rather than a guess.
+    pub fn render(&self, range: Range<usize>) -> Result<Vec<u8>, Unsupported> {
+        let inside = |r: &Range<usize>| r.start >= range.start && r.end <= range.end;
+        if self.edits.iter().any(|(r, _)| !inside(r) && r.start < range.end && r.end > range.start) {
+            return Err(Unsupported("a rewrite straddles the part of the statement being copied".into()));
+        }
+        let mut edits: Vec<&(Range<usize>, Vec<u8>)> = self.edits.iter().filter(|(r, _)| inside(r)).collect();
+        edits.sort_by_key(|(r, _)| (r.start, r.end));
+        let mut out = Vec::with_capacity(range.len() + edits.iter().map(|(_, t)| t.len()).sum::<usize>());
+        let mut at = range.start;
+        for (r, text) in edits {
+            if r.start < at {
+                return Err(Unsupported("overlapping rewrites of one statement".into()));
+            }
+            out.extend_from_slice(&self.bytes[at..r.start]);
+            out.extend_from_slice(text);
+            at = r.end;
+        }
+        out.extend_from_slice(&self.bytes[at..range.end]);
+        Ok(out)
+    }
+
+    /// The whole statement with every edit applied.
+    pub fn render_all(&self) -> Result<Vec<u8>, Unsupported> {
+        self.render(0..self.bytes.len())
+    }
+}
+
+/// The columns of the history table, in the old table's order, qualified with `alias`.
+pub fn column_list(alias: &str, widen: bool) -> String {
+    COLUMNS
+        .iter()
+        .map(|c| {
+            if widen && WIDENED_COLUMNS.contains(c) {
+                format!("CAST({alias}.`{c}` AS UNSIGNED) AS `{c}`")
+            } else {
+                format!("{alias}.`{c}`")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The column list an INSERT without one gets, so that values in the old table's order land in the right
+/// columns of the extended table.
+pub fn insert_columns() -> String {
+    let names: Vec<String> = COLUMNS.iter().map(|c| format!("`{c}`")).collect();
+    format!(" ({})", names.join(", "))
+}
+
+/// A read of the extended table in place of the old one: a derived table with the old table's columns and
+/// order, under the name the statement used, so `*` and qualified column references mean what they meant.
+pub fn extended_read(alias: &str, extended: &TableName) -> String {
+    format!("(SELECT {} FROM {} AS {alias}) AS {alias}", column_list(alias, false), extended.quoted())
+}
+
+/// A read of both tables in place of the old one (both on one server): a `UNION ALL` derived table under the
+/// name the statement used, with the statement's own condition inside each branch so each table is searched by
+/// its indexes, and each id once — from the extended table when a migrated copy exists.
+pub fn union_read(alias: &str, condition: Option<&[u8]>, old: &TableName, extended: &TableName) -> Vec<u8> {
+    let condition = condition.map(|c| format!("({})", String::from_utf8_lossy(c)));
+    let copy = "`csmh_proxy_copy`";
+    let not_copied =
+        format!("NOT EXISTS (SELECT 1 FROM {} AS {copy} WHERE {copy}.`id` = {alias}.`id`)", extended.quoted());
+    let old_where = match &condition {
+        Some(c) => format!("{c} AND {not_copied}"),
+        None => not_copied,
+    };
+    let extended_where = condition.map(|c| format!(" WHERE {c}")).unwrap_or_default();
+    format!(
+        "(SELECT {} FROM {} AS {alias} WHERE {old_where} UNION ALL SELECT {} FROM {} AS {alias}{extended_where}) AS {alias}",
+        column_list(alias, true),
+        old.quoted(),
+        column_list(alias, false),
+        extended.quoted(),
+    )
+    .into_bytes()
+}
+
+/// The name a read is known by in its statement: its alias, or the table's own name, as written.
+pub fn read_alias<'s>(read: &Read, source: &Source<'s>, tokens: &[Tok]) -> &'s [u8] {
+    let range = match &read.alias {
+        Some(alias) => source.offset(alias.start)..source.offset(alias.end),
+        None => {
+            let end = source.offset(read.end);
+            tokens.iter().rev().find(|t| t.range.end <= end).map_or(end..end, |t| t.range.clone())
+        }
+    };
+    &source.bytes()[range]
+}
+
+/// The byte range of the condition of the WHERE clause that follows the table factor ending at byte `after`.
+pub fn where_condition(tokens: &[Tok], after: usize) -> Result<Range<usize>, Unsupported> {
+    let lost = || Unsupported("cannot locate the WHERE clause next to the history table".into());
+    let at = tokens.iter().position(|t| t.range.start >= after).ok_or_else(lost)?;
+    if !tokens[at].is_keyword("WHERE") {
+        return Err(lost());
+    }
+    let body = &tokens[at + 1..];
+    let mut depth = 0usize;
+    let mut end = None;
+    for (i, tok) in body.iter().enumerate() {
+        match &tok.token.token {
+            Token::LParen => depth += 1,
+            Token::RParen if depth == 0 => break,
+            Token::RParen => depth -= 1,
+            Token::SemiColon if depth == 0 => break,
+            _ if depth == 0 && ENDS_WHERE.iter().any(|k| tok.is_keyword(k)) => break,
+            _ => {}
+        }
+        end = Some(i);
+    }
+    let end = end.ok_or_else(lost)?;
+    Ok(body[0].range.start..body[end].range.end)
+}
+
+/// Keywords that end a WHERE clause at its own nesting level.
+const ENDS_WHERE: [&str; 12] =
+    ["GROUP", "HAVING", "ORDER", "LIMIT", "WINDOW", "FOR", "LOCK", "UNION", "EXCEPT", "INTERSECT", "INTO", "PROCEDURE"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splices_apply_in_order_and_leave_the_rest_untouched() {
+        let sql = "SELECT a, 'x\\'y', 0xFF FROM t WHERE t.b = 1";
+        let at = |needle: &str| sql.find(needle).unwrap();
+        let mut s = Splicer::new(sql.as_bytes());
+        s.replace(at("t.b")..at("t.b") + 1, "u");
+        s.replace(at(" t ") + 1..at(" t ") + 2, "u");
+        s.replace(at("a,")..at("a,"), "z, ");
+        assert_eq!(text(s.render_all().unwrap()), "SELECT z, a, 'x\\'y', 0xFF FROM u WHERE u.b = 1");
+    }
+
+    fn text(bytes: Vec<u8>) -> String {
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn overlapping_splices_are_refused() {
+        let mut s = Splicer::new(b"abcdef");
+        s.replace(1..4, "x");
+        s.replace(2..5, "y");
+        assert!(s.render_all().is_err());
+    }
+
+    #[test]
+    fn where_condition_stops_at_the_next_clause_of_its_level() {
+        let sql = "SELECT * FROM t WHERE a IN (SELECT b FROM u WHERE c = 1 ORDER BY b LIMIT 2) AND d ORDER BY id DESC";
+        let source = Source::new(sql.as_bytes());
+        let tokens = source.tokens().unwrap();
+        let range = where_condition(&tokens, sql.find(" WHERE").unwrap()).unwrap();
+        assert_eq!(&sql[range], "a IN (SELECT b FROM u WHERE c = 1 ORDER BY b LIMIT 2) AND d");
+        let nested = "SELECT x FROM u WHERE y IN (SELECT z FROM t WHERE q = 2)";
+        let source = Source::new(nested.as_bytes());
+        let tokens = source.tokens().unwrap();
+        let range = where_condition(&tokens, nested.rfind(" WHERE").unwrap()).unwrap();
+        assert_eq!(&nested[range], "q = 2");
+    }
+}

@@ -1,0 +1,197 @@
+//! A statement's text as the parser sees it, its tokens with byte ranges in the original bytes, and the places
+//! where it names the old history table.
+//!
+//! Statements arrive as bytes in the client's character set. UTF-8 text is parsed as it is; anything else is
+//! mapped byte for byte to Latin-1 characters, which keeps every byte's position recoverable, so replacement text
+//! is always spliced into the original bytes.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use sqlparser::dialect::MySqlDialect;
+use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
+
+use crate::history::TableName;
+
+/// A statement's bytes, the text handed to the parser, and a map between the two.
+#[derive(Debug)]
+pub struct Source<'a> {
+    bytes: &'a [u8],
+    text: Cow<'a, str>,
+    /// Whether `text` is the Latin-1 mapping of non-UTF-8 bytes (one character per byte).
+    latin1: bool,
+    /// Byte offset in `text` where each line starts.
+    line_starts: Vec<usize>,
+}
+
+impl<'a> Source<'a> {
+    /// Wraps the statement bytes.
+    pub fn new(bytes: &'a [u8]) -> Source<'a> {
+        let (text, latin1) = match std::str::from_utf8(bytes) {
+            Ok(text) => (Cow::Borrowed(text), false),
+            Err(_) => (Cow::Owned(bytes.iter().map(|&b| char::from(b)).collect()), true),
+        };
+        let line_starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
+        Source { bytes, text, latin1, line_starts }
+    }
+
+    /// The original bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// The text the tokenizer and parser read.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The byte offset in the original bytes of a tokenizer location (1-based line and character column).
+    pub fn offset(&self, location: Location) -> usize {
+        let line = (location.line as usize).saturating_sub(1);
+        let start = self.line_starts.get(line).copied().unwrap_or(self.text.len());
+        let column = (location.column as usize).saturating_sub(1);
+        let in_text = self.text[start..].char_indices().nth(column).map_or(self.text.len(), |(i, _)| start + i);
+        if self.latin1 { self.text[..in_text].chars().count() } else { in_text }
+    }
+
+    /// Tokenizes the text (escapes kept as written), giving each token its byte range in the original.
+    pub fn tokens(&self) -> Result<Vec<Tok>, String> {
+        let dialect = MySqlDialect {};
+        let tokens = Tokenizer::new(&dialect, &self.text)
+            .with_unescape(false)
+            .tokenize_with_location()
+            .map_err(|e| e.to_string())?;
+        Ok(tokens
+            .into_iter()
+            .filter(|t| !matches!(t.token, Token::Whitespace(_)))
+            .map(|t| Tok { range: self.offset(t.span.start)..self.offset(t.span.end), token: t })
+            .collect())
+    }
+}
+
+/// A token that is not white space, with its range in the original bytes.
+#[derive(Debug, Clone)]
+pub struct Tok {
+    /// The token and its location as the parser reports it.
+    pub token: TokenWithSpan,
+    /// Where it lies in the original bytes.
+    pub range: Range<usize>,
+}
+
+impl Tok {
+    /// The identifier or keyword this token is, without quotes; `None` for other tokens.
+    pub fn word(&self) -> Option<&str> {
+        match &self.token.token {
+            Token::Word(w) => Some(&w.value),
+            _ => None,
+        }
+    }
+
+    /// Whether the token is the keyword `keyword` (unquoted, any case).
+    pub fn is_keyword(&self, keyword: &str) -> bool {
+        matches!(&self.token.token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(keyword))
+    }
+
+    fn is_period(&self) -> bool {
+        self.token.token == Token::Period
+    }
+}
+
+/// How the old table is named at one place in a statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mention {
+    /// As a table: `t` or `` `edxapp`.`t` `` (the range covers the schema too).
+    Table {
+        /// Bytes of the name, schema included.
+        range: Range<usize>,
+        /// Where the parser locates the name's first part.
+        start: Location,
+    },
+    /// As the qualifier of a column: the `t` of `t.col`, or the `edxapp.t` of `edxapp.t.col`.
+    Qualifier {
+        /// Bytes of the qualifier, without the period after it.
+        range: Range<usize>,
+        /// Whether the schema is part of it.
+        with_schema: bool,
+    },
+}
+
+/// Finds every place the tokens name the old table `old`: unquoted or in backquotes, bare or qualified with its
+/// own schema. Names in string literals and comments are not tokens of this kind, so they never count; a name
+/// qualified with another schema is another table.
+pub fn mentions(tokens: &[Tok], old: &TableName) -> Vec<Mention> {
+    let is_table = |t: &Tok| t.word().is_some_and(|w| w.eq_ignore_ascii_case(old.table()));
+    let is_schema = |t: &Tok| t.word().is_some_and(|w| w.eq_ignore_ascii_case(old.schema()));
+    let mut found = Vec::new();
+    for (i, tok) in tokens.iter().enumerate().filter(|(_, t)| is_table(t)) {
+        let qualified_by = (i >= 2 && tokens[i - 1].is_period()).then(|| &tokens[i - 2]);
+        if qualified_by.is_some_and(|schema| !is_schema(schema)) {
+            continue;
+        }
+        let first = qualified_by.unwrap_or(tok);
+        let range = first.range.start..tok.range.end;
+        let qualifies_a_column = tokens.get(i + 1).is_some_and(Tok::is_period);
+        found.push(if qualifies_a_column {
+            Mention::Qualifier { range, with_schema: qualified_by.is_some() }
+        } else {
+            Mention::Table { range, start: first.token.span.start }
+        });
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn old() -> TableName {
+        "edxapp.courseware_studentmodulehistory".parse().unwrap()
+    }
+
+    fn mentioned(sql: &str) -> Vec<(&str, bool)> {
+        let source = Source::new(sql.as_bytes());
+        let tokens = source.tokens().unwrap();
+        mentions(&tokens, &old())
+            .into_iter()
+            .map(|m| match m {
+                Mention::Table { range, .. } => (&sql[range], true),
+                Mention::Qualifier { range, .. } => (&sql[range], false),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn finds_tables_and_qualifiers_in_every_spelling() {
+        let sql = "SELECT `courseware_studentmodulehistory`.`id`, edxapp.courseware_studentmodulehistory.state \
+                   FROM `edxapp`.`courseware_studentmodulehistory` JOIN courseware_studentmodulehistory h";
+        assert_eq!(
+            mentioned(sql),
+            vec![
+                ("`courseware_studentmodulehistory`", false),
+                ("edxapp.courseware_studentmodulehistory", false),
+                ("`edxapp`.`courseware_studentmodulehistory`", true),
+                ("courseware_studentmodulehistory", true),
+            ]
+        );
+    }
+
+    #[test]
+    fn literals_comments_and_other_schemas_do_not_count() {
+        let sql = "SELECT 'courseware_studentmodulehistory', \"courseware_studentmodulehistory\" /* \
+                   courseware_studentmodulehistory */ FROM other.courseware_studentmodulehistory -- courseware_studentmodulehistory";
+        assert_eq!(mentioned(sql), vec![]);
+    }
+
+    #[test]
+    fn byte_ranges_survive_multibyte_and_non_utf8_text() {
+        let sql = "SELECT 'héllo 😀',\n  x FROM courseware_studentmodulehistory";
+        assert_eq!(mentioned(sql), vec![("courseware_studentmodulehistory", true)]);
+        let mut latin1 = b"SELECT '\xe9t\xe9' FROM courseware_studentmodulehistory WHERE state = '\xff'".to_vec();
+        let source = Source::new(&latin1);
+        let tokens = source.tokens().unwrap();
+        let found = mentions(&tokens, &old());
+        let [Mention::Table { range, .. }] = found.as_slice() else { panic!("{found:?}") };
+        latin1.truncate(range.end);
+        assert!(latin1.ends_with(b" FROM courseware_studentmodulehistory"));
+    }
+}

@@ -1,0 +1,215 @@
+use super::*;
+use crate::config::Flags;
+use crate::history::routing_table;
+
+const OLD: &str = "courseware_studentmodulehistory";
+const EXT: &str = "`edxapp_csmh`.`coursewarehistoryextended_studentmodulehistoryextended`";
+
+fn router(extended: bool, reading_both: bool, retired: bool, same_server: bool) -> Router {
+    let flags = Flags {
+        enable_csmh_extended: extended,
+        enable_reading_from_multiple_history_tables: reading_both,
+        read_only_from_csmhe: retired,
+    };
+    Router::new(
+        routing_table(flags).unwrap(),
+        format!("edxapp.{OLD}").parse().unwrap(),
+        "edxapp_csmh.coursewarehistoryextended_studentmodulehistoryextended".parse().unwrap(),
+        same_server,
+    )
+}
+
+fn reading_both() -> Router {
+    router(true, true, false, true)
+}
+
+fn extended_only() -> Router {
+    router(true, false, false, true)
+}
+
+fn retired() -> Router {
+    router(true, false, true, true)
+}
+
+fn text(sql: &[u8]) -> String {
+    String::from_utf8(sql.to_vec()).unwrap()
+}
+
+fn rewritten(route: Route) -> String {
+    match route {
+        Route::Rewrite(Rewritten { sql, .. }) => text(&sql),
+        other => panic!("expected a rewrite, got {other:?}"),
+    }
+}
+
+fn code(route: &Route) -> u16 {
+    match route {
+        Route::Block(e) | Route::Refuse(e) => e.code,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// edxapp's history write, as mysqlclient interpolates it.
+const EDXAPP_INSERT: &str = "INSERT INTO `courseware_studentmodulehistory` (`version`, `created`, `state`, `grade`, \
+    `max_grade`, `student_module_id`) VALUES (NULL, '2016-05-01 12:00:00.000000', '{\\\"attempts\\\": 1}', 1.0, 2.0, 42)";
+
+/// edxapp's history read from the user-state client.
+const EDXAPP_READ: &str = "SELECT `courseware_studentmodulehistory`.`id`, `courseware_studentmodulehistory`.`version`, \
+    `courseware_studentmodulehistory`.`created`, `courseware_studentmodulehistory`.`state`, \
+    `courseware_studentmodulehistory`.`grade`, `courseware_studentmodulehistory`.`max_grade`, \
+    `courseware_studentmodulehistory`.`student_module_id` FROM `courseware_studentmodulehistory` WHERE \
+    `courseware_studentmodulehistory`.`student_module_id` IN (42, 43) ORDER BY `courseware_studentmodulehistory`.`id` DESC";
+
+/// edxapp's cascade delete.
+const EDXAPP_DELETE: &str = "DELETE FROM `courseware_studentmodulehistory` WHERE \
+    `courseware_studentmodulehistory`.`student_module_id` IN (42, 43)";
+
+#[test]
+fn with_every_flag_off_nothing_is_parsed() {
+    let off = router(false, true, false, true);
+    assert!(off.is_passthrough());
+    assert_eq!(off.route(b"HANDLER courseware_studentmodulehistory OPEN"), Route::Passthrough);
+    assert_eq!(off.route(EDXAPP_INSERT.as_bytes()), Route::Passthrough);
+}
+
+#[test]
+fn names_in_literals_and_comments_pass_through() {
+    for sql in [
+        "SELECT 'courseware_studentmodulehistory'",
+        "SELECT 1 /* courseware_studentmodulehistory */",
+        "INSERT INTO log (msg) VALUES (\"from courseware_studentmodulehistory\")",
+        "SELECT * FROM archive.courseware_studentmodulehistory",
+    ] {
+        assert_eq!(reading_both().route(sql.as_bytes()), Route::Passthrough, "{sql}");
+    }
+}
+
+#[test]
+fn insert_is_spliced_and_keeps_every_other_byte() {
+    let sql = rewritten(reading_both().route(EDXAPP_INSERT.as_bytes()));
+    assert_eq!(sql, EDXAPP_INSERT.replacen("`courseware_studentmodulehistory`", EXT, 1));
+}
+
+#[test]
+fn insert_without_a_column_list_names_the_columns_in_the_old_order() {
+    let sql = rewritten(
+        reading_both()
+            .route(b"INSERT INTO edxapp.courseware_studentmodulehistory VALUES (1, NULL, NOW(), 's', 1, 2, 42)"),
+    );
+    assert_eq!(
+        sql,
+        format!(
+            "INSERT INTO {EXT} (`id`, `version`, `created`, `state`, `grade`, `max_grade`, `student_module_id`) VALUES (1, NULL, NOW(), 's', 1, 2, 42)"
+        )
+    );
+}
+
+#[test]
+fn reading_both_on_one_server_is_one_union_with_the_condition_in_each_branch() {
+    let Route::FanOut(FanOut::Union(sql)) = reading_both().route(EDXAPP_READ.as_bytes()) else { panic!() };
+    let sql = text(&sql);
+    let condition = "(`courseware_studentmodulehistory`.`student_module_id` IN (42, 43))";
+    assert_eq!(sql.matches(condition).count(), 2, "{sql}");
+    assert!(sql.contains("UNION ALL"));
+    assert!(sql.contains("NOT EXISTS"), "ids copied to the extended table are read from it only");
+    assert!(sql.contains(") AS `courseware_studentmodulehistory` WHERE `courseware_studentmodulehistory`.`student_module_id` IN (42, 43) ORDER BY"));
+    assert!(sql.starts_with("SELECT `courseware_studentmodulehistory`.`id`, "), "the projection is untouched");
+}
+
+#[test]
+fn the_subquery_form_of_edxapps_read_is_pushed_into_each_branch() {
+    let sql = "SELECT `courseware_studentmodulehistory`.`id` FROM `courseware_studentmodulehistory` WHERE \
+               `courseware_studentmodulehistory`.`student_module_id` IN (SELECT U0.`id` FROM `courseware_studentmodule` U0 \
+               INNER JOIN `auth_user` U1 ON (U0.`student_id` = U1.`id`) WHERE (U0.`course_id` = 'c' AND U1.`username` = 'alice')) \
+               ORDER BY `courseware_studentmodulehistory`.`id` DESC";
+    let Route::FanOut(FanOut::Union(union)) = reading_both().route(sql.as_bytes()) else { panic!() };
+    let union = text(&union);
+    assert_eq!(union.matches("U1.`username` = 'alice'").count(), 3, "{union}");
+}
+
+#[test]
+fn reading_the_extended_table_alone_keeps_the_old_column_order() {
+    let sql = rewritten(extended_only().route(b"SELECT * FROM courseware_studentmodulehistory h WHERE h.id = 5"));
+    assert_eq!(
+        sql,
+        format!(
+            "SELECT * FROM (SELECT h.`id`, h.`version`, h.`created`, h.`state`, h.`grade`, h.`max_grade`, h.`student_module_id` FROM {EXT} AS h) AS h WHERE h.id = 5"
+        )
+    );
+}
+
+#[test]
+fn update_and_delete_fan_out_while_the_old_table_is_in_use() {
+    let Route::FanOut(FanOut::Writes { old, extended }) = extended_only().route(EDXAPP_DELETE.as_bytes()) else {
+        panic!()
+    };
+    assert_eq!(text(&old), EDXAPP_DELETE);
+    assert_eq!(
+        text(&extended),
+        format!(
+            "DELETE FROM {EXT} WHERE `coursewarehistoryextended_studentmodulehistoryextended`.`student_module_id` IN (42, 43)"
+        )
+    );
+}
+
+#[test]
+fn once_retired_writes_go_to_the_extended_table_only() {
+    let sql = rewritten(retired().route(
+        b"UPDATE courseware_studentmodulehistory SET state = 'x' WHERE edxapp.courseware_studentmodulehistory.id = 7",
+    ));
+    assert_eq!(sql, format!("UPDATE {EXT} SET state = 'x' WHERE {EXT}.id = 7"));
+}
+
+#[test]
+fn the_retired_table_refuses_what_would_reach_it_but_allows_schema_changes() {
+    for sql in [
+        "TRUNCATE TABLE courseware_studentmodulehistory",
+        "DROP TABLE courseware_studentmodulehistory",
+        "RENAME TABLE courseware_studentmodulehistory TO x",
+        "INSERT INTO archive SELECT * FROM courseware_studentmodulehistory",
+    ] {
+        assert_eq!(code(&retired().route(sql.as_bytes())), 1142, "{sql}");
+    }
+    for sql in [
+        "ALTER TABLE courseware_studentmodulehistory ADD COLUMN x INT",
+        "CREATE INDEX i ON courseware_studentmodulehistory (created)",
+        "SHOW CREATE TABLE courseware_studentmodulehistory",
+    ] {
+        assert_eq!(retired().route(sql.as_bytes()), Route::Passthrough, "{sql}");
+    }
+}
+
+#[test]
+fn what_cannot_be_routed_exactly_is_refused() {
+    for sql in [
+        "HANDLER courseware_studentmodulehistory OPEN",
+        "SELECT * FROM courseware_studentmodulehistory; SELECT 1",
+        "SELECT * FROM courseware_studentmodulehistory h JOIN courseware_studentmodule m ON m.id = h.student_module_id",
+        "INSERT INTO courseware_studentmodulehistory SELECT * FROM courseware_studentmodulehistory",
+    ] {
+        assert_eq!(code(&reading_both().route(sql.as_bytes())), 1235, "{sql}");
+    }
+}
+
+#[test]
+fn on_two_servers_rewrites_go_to_the_csmh_connection() {
+    let two = router(true, false, false, false);
+    let Route::Rewrite(Rewritten { on, .. }) = two.route(EDXAPP_INSERT.as_bytes()) else { panic!() };
+    assert_eq!(on, Side::Csmh);
+}
+
+#[test]
+fn non_utf8_bytes_are_kept_as_they_were() {
+    let mut sql = b"INSERT INTO courseware_studentmodulehistory (state, created, student_module_id) VALUES ('".to_vec();
+    sql.extend_from_slice(b"caf\xe9 \xff', NOW(), 1)");
+    let Route::Rewrite(Rewritten { sql: out, .. }) = reading_both().route(&sql) else { panic!() };
+    assert!(out.ends_with(b"VALUES ('caf\xe9 \xff', NOW(), 1)"));
+    assert!(out.starts_with(format!("INSERT INTO {EXT} (state").as_bytes()));
+}
+
+#[test]
+fn escapes_and_hex_literals_are_not_reprinted() {
+    let sql = br"INSERT INTO courseware_studentmodulehistory (state, version, student_module_id) VALUES ('a\'b\\c', X'00ff', 0x2A)";
+    let out = rewritten(reading_both().route(sql));
+    assert!(out.ends_with(r"VALUES ('a\'b\\c', X'00ff', 0x2A)"), "{out}");
+}
