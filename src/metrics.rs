@@ -13,6 +13,14 @@ pub struct Metrics {
     pub statements_prefilter_miss: AtomicU64,
     /// Statements whose text names the history table (before parsing: literals and comments count too).
     pub statements_prefilter_hit: AtomicU64,
+    /// Statements sent to the extended table instead of the old one.
+    pub statements_rewritten: AtomicU64,
+    /// Statements run against both tables.
+    pub statements_fanned_out: AtomicU64,
+    /// Statements refused with 1142 because the old table is retired.
+    pub statements_blocked: AtomicU64,
+    /// Statements naming the history table refused with 1235 because they cannot be routed exactly.
+    pub statements_refused: AtomicU64,
     /// Failed connection attempts to a backend.
     pub backend_connect_errors: AtomicU64,
 }

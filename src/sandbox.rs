@@ -206,10 +206,30 @@ fn locate_or_install() -> Result<Binaries, SandboxError> {
     if !is_root() || find_program("apt-get").is_none() {
         return Err(SandboxError::NotInstalled { missing, command: install_hint() });
     }
-    tracing::warn!(packages = %PACKAGES.join(" "), "MariaDB is not installed; installing it with apt-get");
-    apt_get(&["update"])?;
-    apt_get(&[&["install", "-y"][..], &PACKAGES[..]].concat())?;
-    locate().map_err(|missing| SandboxError::StillMissing { missing, packages: PACKAGES.join(" ") })
+    with_install_lock(|| {
+        if let Ok(found) = locate() {
+            return Ok(found);
+        }
+        tracing::warn!(packages = %PACKAGES.join(" "), "MariaDB is not installed; installing it with apt-get");
+        apt_get(&["update"])?;
+        apt_get(&[&["install", "-y"][..], &PACKAGES[..]].concat())?;
+        locate().map_err(|missing| SandboxError::StillMissing { missing, packages: PACKAGES.join(" ") })
+    })
+}
+
+/// Runs `install` while holding a lock file shared by every process of this project on the machine, so that
+/// two test runs (or a test run and a sandbox) never run apt-get at the same time. apt's own locks make the
+/// second installation fail instead of wait in some of its phases.
+pub fn with_install_lock<T>(install: impl FnOnce() -> T) -> T {
+    let path = std::env::temp_dir().join("csmh-proxy-install.lock");
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(&path);
+    if let Ok(file) = &file {
+        // SAFETY: flock on a file descriptor this function owns; it blocks until the lock is free.
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(file), libc::LOCK_EX) };
+    }
+    let result = install();
+    drop(file);
+    result
 }
 
 /// Finds the three programs, or names the first one missing.

@@ -5,7 +5,7 @@
 //! through mysql_common would drop capability bits it does not know and reorder connection attributes.
 
 use bytes::BytesMut;
-use mysql_common::constants::CapabilityFlags;
+use mysql_common::constants::{CapabilityFlags, StatusFlags};
 use mysql_common::io::BufMutExt;
 use mysql_common::io::ParseBuf;
 use mysql_common::packets::{
@@ -141,13 +141,18 @@ impl OkFields {
         })
     }
 
-    /// Appends these fields as an OK packet with sequence id `seq` (no info text, no session-state changes).
-    pub fn write_packet(&self, out: &mut BytesMut, seq: u8) {
+    /// Appends these fields as an OK packet with sequence id `seq`: no info text and no session-state changes
+    /// (so that status flag is cleared), in the layout CLIENT_SESSION_TRACK asks for when `session_track`.
+    pub fn write_packet(&self, out: &mut BytesMut, seq: u8, session_track: bool) {
+        let status = self.status & !StatusFlags::SERVER_SESSION_STATE_CHANGED.bits();
         let mut payload = vec![0x00];
         payload.put_lenenc_int(self.affected_rows);
         payload.put_lenenc_int(self.last_insert_id);
-        payload.extend_from_slice(&self.status.to_le_bytes());
+        payload.extend_from_slice(&status.to_le_bytes());
         payload.extend_from_slice(&self.warnings.to_le_bytes());
+        if session_track {
+            payload.put_lenenc_int(0);
+        }
         frame::write_packet(out, seq, &payload);
     }
 }
@@ -274,8 +279,12 @@ mod tests {
     fn ok_fields_round_trip() {
         let fields = OkFields { affected_rows: 300, last_insert_id: 0, status: 0x0003, warnings: 2 };
         let mut out = BytesMut::new();
-        fields.write_packet(&mut out, 1);
-        assert_eq!(OkFields::parse(&out[4..], CapabilityFlags::CLIENT_PROTOCOL_41), Some(fields));
+        fields.write_packet(&mut out, 1, false);
+        assert_eq!(OkFields::parse(&out[4..], CapabilityFlags::CLIENT_PROTOCOL_41), Some(fields.clone()));
+        let mut tracked = BytesMut::new();
+        fields.write_packet(&mut tracked, 1, true);
+        let caps = CapabilityFlags::CLIENT_PROTOCOL_41 | CapabilityFlags::CLIENT_SESSION_TRACK;
+        assert_eq!(OkFields::parse(&tracked[4..], caps), Some(fields));
     }
 
     #[test]

@@ -11,7 +11,10 @@ pub mod rewrite;
 pub mod source;
 
 use sqlparser::dialect::MySqlDialect;
+use std::ops::Range;
+
 use sqlparser::parser::{Parser, ParserOptions};
+use sqlparser::tokenizer::Token;
 
 pub use prefilter::Prefilter;
 
@@ -58,7 +61,13 @@ pub enum Side {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FanOut {
     /// Both tables on one server: one statement reading a `UNION ALL` of both, on the client's connection.
-    Union(Vec<u8>),
+    Union {
+        /// The statement.
+        sql: Vec<u8>,
+        /// Its conditions, copied into each branch, contain `?` placeholders: prepared, it would take more
+        /// parameters than the client's statement has.
+        copies_placeholders: bool,
+    },
     /// The same UPDATE or DELETE on each table; the client gets one OK with the affected rows summed.
     Writes {
         /// The statement for the old table (the client's own text).
@@ -166,6 +175,14 @@ fn parse_one(tokens: &[Tok]) -> Result<sqlparser::ast::Statement, Unsupported> {
     }
 }
 
+/// A WHERE condition to copy into each branch of a union.
+struct Condition {
+    /// Where it lies in the statement.
+    range: Range<usize>,
+    /// Its text, with the statement's qualifier rewrites.
+    text: Vec<u8>,
+}
+
 /// One statement being routed, with everything known about it.
 struct Plan<'r, 's> {
     router: &'r Router,
@@ -215,6 +232,7 @@ impl Plan<'_, '_> {
                 Err(Unsupported("reading both tables across two servers is not supported yet".into()))
             }
             None => {
+                let mut copies_placeholders = false;
                 let sql = self.reads_replaced(|read, alias| {
                     if !read.alone {
                         return Err(Unsupported(
@@ -222,13 +240,15 @@ impl Plan<'_, '_> {
                         ));
                     }
                     let condition = self.condition(read)?;
+                    copies_placeholders |= condition.as_ref().is_some_and(|c| self.has_placeholders(&c.range));
+                    let condition = condition.map(|c| c.text);
                     let alias = String::from_utf8_lossy(alias);
                     Ok((
                         read,
                         rewrite::union_read(&alias, condition.as_deref(), &self.router.old, &self.router.extended),
                     ))
                 })?;
-                Ok(Route::FanOut(FanOut::Union(sql)))
+                Ok(Route::FanOut(FanOut::Union { sql, copies_placeholders }))
             }
         }
     }
@@ -237,7 +257,7 @@ impl Plan<'_, '_> {
     /// qualifiers that name the table with its schema reduced to the name the read is known by.
     fn reads_replaced<'p>(
         &'p self,
-        replacement: impl Fn(&'p Read, &[u8]) -> Result<(&'p Read, Vec<u8>), Unsupported>,
+        mut replacement: impl FnMut(&'p Read, &[u8]) -> Result<(&'p Read, Vec<u8>), Unsupported>,
     ) -> Result<Vec<u8>, Unsupported> {
         let mut splicer = self.qualifiers_renamed(|_| self.router.old.table().as_bytes().to_vec());
         for read in &self.shape.reads {
@@ -248,14 +268,22 @@ impl Plan<'_, '_> {
         splicer.render_all()
     }
 
-    /// The condition of the WHERE clause of the SELECT that reads `read`, with the statement's qualifier rewrites.
-    fn condition(&self, read: &Read) -> Result<Option<Vec<u8>>, Unsupported> {
+    /// The condition of the WHERE clause of the SELECT that reads `read`: where it lies, and its text with the
+    /// statement's qualifier rewrites.
+    fn condition(&self, read: &Read) -> Result<Option<Condition>, Unsupported> {
         if !read.has_where {
             return Ok(None);
         }
         let range = rewrite::where_condition(self.tokens, self.source.offset(read.end))?;
         let splicer = self.qualifiers_renamed(|_| self.router.old.table().as_bytes().to_vec());
-        splicer.render(range).map(Some)
+        Ok(Some(Condition { text: splicer.render(range.clone())?, range }))
+    }
+
+    /// Whether `range` holds a `?` parameter placeholder.
+    fn has_placeholders(&self, range: &Range<usize>) -> bool {
+        self.tokens.iter().any(|t| {
+            matches!(t.token.token, Token::Placeholder(_)) && t.range.start >= range.start && t.range.end <= range.end
+        })
     }
 
     /// A splicer that renames column qualifiers naming the old table: `rename(with_schema)` gives the new text.

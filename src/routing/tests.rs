@@ -106,7 +106,10 @@ fn insert_without_a_column_list_names_the_columns_in_the_old_order() {
 
 #[test]
 fn reading_both_on_one_server_is_one_union_with_the_condition_in_each_branch() {
-    let Route::FanOut(FanOut::Union(sql)) = reading_both().route(EDXAPP_READ.as_bytes()) else { panic!() };
+    let Route::FanOut(FanOut::Union { sql, copies_placeholders: false }) = reading_both().route(EDXAPP_READ.as_bytes())
+    else {
+        panic!()
+    };
     let sql = text(&sql);
     let condition = "(`courseware_studentmodulehistory`.`student_module_id` IN (42, 43))";
     assert_eq!(sql.matches(condition).count(), 2, "{sql}");
@@ -122,7 +125,7 @@ fn the_subquery_form_of_edxapps_read_is_pushed_into_each_branch() {
                `courseware_studentmodulehistory`.`student_module_id` IN (SELECT U0.`id` FROM `courseware_studentmodule` U0 \
                INNER JOIN `auth_user` U1 ON (U0.`student_id` = U1.`id`) WHERE (U0.`course_id` = 'c' AND U1.`username` = 'alice')) \
                ORDER BY `courseware_studentmodulehistory`.`id` DESC";
-    let Route::FanOut(FanOut::Union(union)) = reading_both().route(sql.as_bytes()) else { panic!() };
+    let Route::FanOut(FanOut::Union { sql: union, .. }) = reading_both().route(sql.as_bytes()) else { panic!() };
     let union = text(&union);
     assert_eq!(union.matches("U1.`username` = 'alice'").count(), 3, "{union}");
 }
@@ -212,4 +215,13 @@ fn escapes_and_hex_literals_are_not_reprinted() {
     let sql = br"INSERT INTO courseware_studentmodulehistory (state, version, student_module_id) VALUES ('a\'b\\c', X'00ff', 0x2A)";
     let out = rewritten(reading_both().route(sql));
     assert!(out.ends_with(r"VALUES ('a\'b\\c', X'00ff', 0x2A)"), "{out}");
+}
+
+#[test]
+fn placeholders_copied_into_both_branches_are_flagged() {
+    let route = reading_both()
+        .route(b"SELECT id FROM courseware_studentmodulehistory WHERE student_module_id = ? AND state <> '?'");
+    assert!(matches!(route, Route::FanOut(FanOut::Union { copies_placeholders: true, .. })));
+    let route = reading_both().route(b"SELECT id FROM courseware_studentmodulehistory WHERE state = '?'");
+    assert!(matches!(route, Route::FanOut(FanOut::Union { copies_placeholders: false, .. })));
 }

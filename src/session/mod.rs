@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use mysql_common::constants::StatusFlags;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -21,7 +22,10 @@ use crate::protocol::conn::Connection;
 use crate::protocol::frame::{self, HEADER_LEN, PacketSpan};
 use crate::protocol::packets::{self, MysqlError};
 use crate::protocol::response::{ClientTurn, End, Expect, Progress, ResponseScanner};
-use crate::shared::Shared;
+use crate::routing::Route;
+use crate::shared::{Shared, Snapshot};
+
+mod routed;
 
 /// How long a client may take to answer the server's greeting.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -83,6 +87,10 @@ struct Session {
     shared: Arc<Shared>,
     /// Sequence id the proxy's own answer would take, while nothing has been relayed for the current request.
     answer_seq: Option<u8>,
+    /// Status flags of the last response from the `edxapp` connection (transaction state, autocommit).
+    status: StatusFlags,
+    /// The configuration snapshot a transaction in progress began with; statements in it route by it.
+    pinned: Option<Arc<Snapshot>>,
 }
 
 /// Serves one client connection until it ends, logging its opening and closing.
@@ -100,6 +108,8 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutd
                 caps: Negotiated::new(0, 0),
                 shared: Arc::clone(&shared),
                 answer_seq: Some(0),
+                status: StatusFlags::SERVER_STATUS_AUTOCOMMIT,
+                pinned: None,
             };
             let result = session.run(shutdown).await;
             if let Err(error) = &result {
@@ -199,14 +209,17 @@ impl Session {
             return self.refuse(span, MysqlError::new(1835, b"08S01", "Malformed communication packet")).await;
         };
         let command = Command::from_byte(byte);
-        match command {
-            Command::Query | Command::StmtPrepare => self.prefilter(&span),
+        let route = match command {
+            Command::Query | Command::StmtPrepare => self.route(&span),
             Command::Refused(byte) => {
                 let error =
                     MysqlError::new(1047, b"08S01", format!("Unknown command {byte:#04x} (not relayed by csmh-proxy)"));
                 return self.refuse(span, error).await;
             }
-            _ => {}
+            _ => Route::Passthrough,
+        };
+        if route != Route::Passthrough {
+            return self.execute_routed(span, command, route).await;
         }
         self.relay_to_backend(span.wire_len).await?;
         match command.response() {
@@ -219,17 +232,24 @@ impl Session {
         Ok(Flow::Continue)
     }
 
-    /// Counts whether the statement may name the history table. Routing acts on hits in a later stage; for
-    /// now every statement passes through.
-    fn prefilter(&self, span: &PacketSpan) {
-        let snapshot = self.shared.snapshot();
+    /// The route of a statement: passthrough unless its text names the history table, then what the
+    /// configuration snapshot of the statement (or of the transaction it is part of) says.
+    fn route(&mut self, span: &PacketSpan) -> Route {
+        let snapshot = match &self.pinned {
+            Some(pinned) if self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS) => Arc::clone(pinned),
+            _ => self.shared.snapshot(),
+        };
         let text = statement_text(&self.client.buf, span);
         let metrics = &self.shared.metrics;
-        if snapshot.prefilter.matches(&text) {
+        let route = if snapshot.prefilter.matches(&text) {
             Metrics::incr(&metrics.statements_prefilter_hit);
+            snapshot.router.route(&text)
         } else {
             Metrics::incr(&metrics.statements_prefilter_miss);
-        }
+            Route::Passthrough
+        };
+        self.pinned = Some(snapshot);
+        route
     }
 
     /// Answers the current request with the proxy's own ERR instead of relaying it.
@@ -255,7 +275,12 @@ impl Session {
                 Progress::NeedMore => self.read_backend().await?,
                 Progress::ClientTurn(ClientTurn::Auth) => self.relay_client_packet().await?,
                 Progress::ClientTurn(ClientTurn::LocalInfile) => self.relay_local_infile().await?,
-                Progress::Done(end) => return Ok(end),
+                Progress::Done(end) => {
+                    if let Some(status) = scanner.status() {
+                        self.status = status;
+                    }
+                    return Ok(end);
+                }
             }
         }
     }

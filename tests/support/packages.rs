@@ -41,12 +41,14 @@ pub fn ensure_packages(packages: &[&str]) {
          sudo DEBIAN_FRONTEND=noninteractive apt-get install -y {list}"
     );
     eprintln!("installing {list} with apt-get");
-    if !*updated {
-        apt_get_update();
-        *updated = true;
-    }
-    let install = apt_get(&[&["install", "-y"][..], &missing].concat());
-    assert_succeeded(&install, &format!("apt-get install -y {list}"));
+    csmh_proxy::sandbox::with_install_lock(|| {
+        if !*updated {
+            apt_get_update();
+            *updated = true;
+        }
+        let install = apt_get(&[&["install", "-y"][..], &missing].concat());
+        assert_succeeded(&install, &format!("apt-get install -y {list}"));
+    });
     let still_missing: Vec<&str> = missing.into_iter().filter(|package| !is_present(package)).collect();
     assert!(still_missing.is_empty(), "still missing after apt-get install: {}", still_missing.join(" "));
 }

@@ -1,0 +1,366 @@
+//! Routing with both history tables on one server, driven the way edxapp drives it: Django's exact statements
+//! through the proxy, checked against what the tables hold, for every row of the design's routing table.
+
+mod support;
+
+use csmh_proxy::config::Flags;
+use csmh_proxy::server::ProxyHandle;
+use mysql_async::prelude::*;
+use mysql_async::{Conn, Error, Row};
+use support::EdxDatabases;
+
+const OLD: &str = "courseware_studentmodulehistory";
+
+/// The flags of each design row, by name.
+fn flags(extended: bool, reading_both: bool, retired: bool) -> Flags {
+    Flags {
+        enable_csmh_extended: extended,
+        enable_reading_from_multiple_history_tables: reading_both,
+        read_only_from_csmhe: retired,
+    }
+}
+
+fn old_only() -> Flags {
+    flags(false, true, false)
+}
+fn reading_both() -> Flags {
+    flags(true, true, false)
+}
+fn extended_only() -> Flags {
+    flags(true, false, false)
+}
+fn retired() -> Flags {
+    flags(true, false, true)
+}
+
+/// A test's edX databases with the sample history, a proxy with `flags` in front, and a root connection for
+/// looking at the tables directly.
+struct Site {
+    dbs: EdxDatabases,
+    proxy: ProxyHandle,
+    first_extended_id: u64,
+}
+
+impl Site {
+    async fn new(flags: Flags) -> Site {
+        let dbs = EdxDatabases::fresh().await;
+        let first_extended_id = dbs.create_edx_schema(true).await;
+        let proxy = dbs.start_proxy(flags).await;
+        Site { dbs, proxy, first_extended_id }
+    }
+
+    /// edxapp's connection: through the proxy, in the `edxapp` database, with CLIENT_FOUND_ROWS as Django sets it.
+    async fn edxapp(&self) -> Conn {
+        let opts = mysql_async::OptsBuilder::from_opts(self.dbs.proxy_opts(&self.proxy, &support::app()))
+            .client_found_rows(true);
+        Conn::new(opts).await.expect("edxapp logs in through the proxy")
+    }
+
+    async fn root(&self) -> Conn {
+        support::root_conn(&self.dbs.edxapp).await
+    }
+
+    fn old(&self) -> String {
+        format!("`{}`.`{OLD}`", self.dbs.edxapp_db)
+    }
+
+    fn extended(&self) -> String {
+        format!("`{}`.`coursewarehistoryextended_studentmodulehistoryextended`", self.dbs.csmh_db)
+    }
+
+    /// Ids in a table, ascending, looked at directly.
+    async fn ids(&self, table: &str) -> Vec<u64> {
+        self.root().await.query(format!("SELECT id FROM {table} ORDER BY id")).await.unwrap()
+    }
+
+    /// Copies old rows into the extended table with their ids, as `csmh-proxy migrate` will, marking the copies.
+    async fn copy_to_extended(&self, ids: &str) {
+        let cols = "version, created, state, grade, max_grade, id, student_module_id";
+        let sql = format!(
+            "INSERT INTO {} ({cols}) SELECT version, created, CONCAT(state, ' (copy)'), grade, max_grade, id, \
+             student_module_id FROM {} WHERE id IN ({ids})",
+            self.extended(),
+            self.old()
+        );
+        self.root().await.query_drop(sql).await.unwrap();
+    }
+}
+
+/// edxapp's history write (`created` is the module's modified time).
+fn edxapp_insert(module: u64, state: &str) -> String {
+    format!(
+        "INSERT INTO `{OLD}` (`version`, `created`, `state`, `grade`, `max_grade`, `student_module_id`) VALUES \
+         (NULL, '2024-06-01 12:00:00.000000', '{state}', 1.0, 2.0, {module})"
+    )
+}
+
+/// edxapp's history read from the user-state client: a literal list of modules, newest first.
+fn edxapp_read(modules: &str) -> String {
+    let cols: Vec<String> = ["id", "version", "created", "state", "grade", "max_grade", "student_module_id"]
+        .iter()
+        .map(|c| format!("`{OLD}`.`{c}`"))
+        .collect();
+    format!(
+        "SELECT {} FROM `{OLD}` WHERE `{OLD}`.`student_module_id` IN ({modules}) ORDER BY `{OLD}`.`id` DESC",
+        cols.join(", ")
+    )
+}
+
+/// edxapp's history read from the staff submission-history view: the modules as a subquery on edxapp's tables.
+fn edxapp_subquery_read(username: &str, course: &str, problem: &str) -> String {
+    format!(
+        "SELECT `{OLD}`.`id`, `{OLD}`.`state`, `{OLD}`.`student_module_id` FROM `{OLD}` WHERE `{OLD}`.`student_module_id` IN \
+         (SELECT U0.`id` FROM `courseware_studentmodule` U0 INNER JOIN `auth_user` U1 ON (U0.`student_id` = U1.`id`) \
+         WHERE (U0.`course_id` = '{course}' AND U0.`module_id` = '{problem}' AND U1.`username` = '{username}')) \
+         ORDER BY `{OLD}`.`id` DESC"
+    )
+}
+
+/// edxapp's cascade when a StudentModule is deleted.
+fn edxapp_delete(modules: &str) -> String {
+    format!("DELETE FROM `{OLD}` WHERE `{OLD}`.`student_module_id` IN ({modules})")
+}
+
+fn server_error<T: std::fmt::Debug>(result: Result<T, Error>) -> (u16, String) {
+    match result {
+        Err(Error::Server(e)) => (e.code, e.message),
+        other => panic!("expected a server error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn with_the_flags_off_everything_reaches_the_old_table() {
+    let site = Site::new(old_only()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop(edxapp_insert(1, "{}")).await.unwrap();
+    let new_id = edxapp.last_insert_id().unwrap();
+    assert!(site.ids(&site.old()).await.contains(&new_id));
+    assert!(site.ids(&site.extended()).await.is_empty());
+    let ids: Vec<u64> =
+        edxapp.query(edxapp_read("1")).await.unwrap().into_iter().map(|r: Row| r.get(0).unwrap()).collect();
+    assert_eq!(ids, vec![new_id, 13, 7, 1]);
+}
+
+#[tokio::test]
+async fn reading_both_writes_new_history_to_the_extended_table_and_reads_both_once() {
+    let site = Site::new(reading_both()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop(edxapp_insert(1, "{\"new\": true}")).await.unwrap();
+    let new_id = edxapp.last_insert_id().unwrap();
+    assert!(new_id >= site.first_extended_id, "the insert id {new_id} comes from the extended table's range");
+    assert_eq!(site.ids(&site.extended()).await, vec![new_id]);
+    assert_eq!(site.ids(&site.old()).await.len(), 18, "nothing new in the old table");
+
+    site.copy_to_extended("7, 13").await;
+    let rows: Vec<(u64, String, u64)> = edxapp
+        .query_map(edxapp_read("1, 2"), |r: Row| (r.get(0).unwrap(), r.get(3).unwrap(), r.get(6).unwrap()))
+        .await
+        .unwrap();
+    let ids: Vec<u64> = rows.iter().map(|r| r.0).collect();
+    assert_eq!(ids, vec![new_id, 14, 13, 8, 7, 2, 1], "newest first, each id once");
+    let copied: Vec<&str> = rows.iter().filter(|r| r.0 == 7 || r.0 == 13).map(|r| r.1.as_str()).collect();
+    assert!(copied.iter().all(|s| s.ends_with("(copy)")), "a copied id is read from the extended table: {copied:?}");
+
+    let count: Option<u64> = edxapp.query_first(format!("SELECT COUNT(*) AS `__count` FROM `{OLD}`")).await.unwrap();
+    assert_eq!(count, Some(19), "COUNT(*) counts each id once");
+    let page: Vec<u64> = edxapp
+        .query(format!("SELECT `{OLD}`.`id` FROM `{OLD}` ORDER BY `{OLD}`.`id` DESC LIMIT 2 OFFSET 1"))
+        .await
+        .unwrap();
+    assert_eq!(page, vec![18, 17]);
+    let exists: Option<i64> = edxapp
+        .query_first(format!("SELECT 1 AS `a` FROM `{OLD}` WHERE `{OLD}`.`id` = {new_id} LIMIT 1"))
+        .await
+        .unwrap();
+    assert_eq!(exists, Some(1));
+}
+
+#[tokio::test]
+async fn edxapps_subquery_read_returns_the_learners_history_from_both_tables() {
+    let site = Site::new(reading_both()).await;
+    let mut edxapp = site.edxapp().await;
+    let problem = csmh_proxy::sandbox::SAMPLE_PROBLEMS[0];
+    edxapp.query_drop(edxapp_insert(3, "{}")).await.unwrap();
+    let new_id = edxapp.last_insert_id().unwrap();
+    let read = edxapp_subquery_read("bob", csmh_proxy::sandbox::SAMPLE_COURSE, problem);
+    let ids: Vec<u64> = edxapp.query_map(read, |r: Row| r.get(0).unwrap()).await.unwrap();
+    assert_eq!(ids, vec![new_id, 15, 9, 3]);
+}
+
+#[tokio::test]
+async fn the_conditions_are_pushed_into_each_branch_so_other_learners_rows_are_not_read() {
+    let site = Site::new(reading_both()).await;
+    let mut root = site.root().await;
+    for (table, offset) in [(site.old(), 100_000), (site.extended(), 200_000)] {
+        root.query_drop(format!(
+            "INSERT INTO {table} (id, version, created, state, grade, max_grade, student_module_id) \
+             SELECT seq + {offset}, NULL, NOW(6), '{{}}', 0, 1, 1000 + seq FROM `{}`.seq_1_to_30000",
+            site.dbs.edxapp_db
+        ))
+        .await
+        .unwrap();
+    }
+    root.query_drop(format!("ANALYZE TABLE {}, {}", site.old(), site.extended())).await.unwrap();
+    let mut edxapp = site.edxapp().await;
+    let problem = csmh_proxy::sandbox::SAMPLE_PROBLEMS[0];
+    let read = edxapp_subquery_read("alice", csmh_proxy::sandbox::SAMPLE_COURSE, problem);
+    let before = rows_read(&mut edxapp).await;
+    let ids: Vec<u64> = edxapp.query_map(read, |r: Row| r.get(0).unwrap()).await.unwrap();
+    let read_rows = rows_read(&mut edxapp).await - before;
+    assert_eq!(ids, vec![13, 7, 1]);
+    assert!(read_rows < 200, "the read touched {read_rows} rows of 60,000 others: conditions were not pushed down");
+}
+
+/// Rows the server has read for this session so far, by index or by scan.
+async fn rows_read(conn: &mut Conn) -> u64 {
+    let counters: Vec<(String, u64)> = conn
+        .query("SHOW SESSION STATUS WHERE Variable_name IN ('Handler_read_rnd_next', 'Handler_read_next', 'Handler_read_key')")
+        .await
+        .unwrap();
+    counters.into_iter().map(|(_, v)| v).sum()
+}
+
+#[tokio::test]
+async fn update_and_delete_reach_both_tables_and_report_the_sum() {
+    let site = Site::new(extended_only()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop(edxapp_insert(2, "{}")).await.unwrap();
+    let new_id = edxapp.last_insert_id().unwrap();
+    site.copy_to_extended("2").await;
+
+    edxapp.query_drop(format!("UPDATE `{OLD}` SET `state` = 'saved twice' WHERE `{OLD}`.`id` = 2")).await.unwrap();
+    assert_eq!(edxapp.affected_rows(), 2, "the old row and its copy were updated");
+    let states: Vec<String> = site
+        .root()
+        .await
+        .query(format!(
+            "SELECT state FROM {} WHERE id = 2 UNION ALL SELECT state FROM {} WHERE id = 2",
+            site.old(),
+            site.extended()
+        ))
+        .await
+        .unwrap();
+    assert_eq!(states, vec!["saved twice", "saved twice"]);
+
+    edxapp.query_drop(edxapp_delete("2")).await.unwrap();
+    assert_eq!(edxapp.affected_rows(), 3 + 1 + 1, "three old rows, the copy and the new row");
+    assert!(!site.ids(&site.old()).await.contains(&2));
+    assert!(!site.ids(&site.extended()).await.contains(&new_id));
+}
+
+#[tokio::test]
+async fn reading_the_extended_table_alone_keeps_the_old_column_order() {
+    let site = Site::new(extended_only()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop(edxapp_insert(4, "{\"only\": 1}")).await.unwrap();
+    let mut result = edxapp.query_iter(format!("SELECT * FROM `{OLD}`")).await.unwrap();
+    let names: Vec<String> = result.columns().unwrap().iter().map(|c| c.name_str().into_owned()).collect();
+    assert_eq!(names, ["id", "version", "created", "state", "grade", "max_grade", "student_module_id"]);
+    let rows: Vec<Row> = result.collect().await.unwrap();
+    assert_eq!(rows.len(), 1, "only the extended table is read");
+    assert_eq!(rows[0].get::<u64, _>(6), Some(4));
+}
+
+#[tokio::test]
+async fn a_retired_table_refuses_what_would_reach_it_and_the_connection_goes_on() {
+    let site = Site::new(retired()).await;
+    let mut edxapp = site.edxapp().await;
+    let (code, message) = server_error(edxapp.query_drop(format!("TRUNCATE TABLE `{OLD}`")).await);
+    assert_eq!(code, 1142);
+    assert!(message.contains(OLD) && message.contains("READ_ONLY_FROM_CSMHE"), "{message}");
+    assert_eq!(site.ids(&site.old()).await.len(), 18, "nothing was truncated");
+    edxapp.query_drop(format!("ALTER TABLE `{OLD}` ADD INDEX `proxy_test_idx` (`grade`)")).await.unwrap();
+    edxapp.query_drop(edxapp_delete("1")).await.unwrap();
+    assert_eq!(site.ids(&site.old()).await.len(), 18, "DELETE no longer reaches the retired table");
+    let one: Option<i64> = edxapp.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1));
+}
+
+#[tokio::test]
+async fn unroutable_statements_are_refused_and_false_positives_pass() {
+    let site = Site::new(reading_both()).await;
+    let mut edxapp = site.edxapp().await;
+    let (code, _) = server_error(edxapp.query_drop(format!("HANDLER `{OLD}` OPEN")).await);
+    assert_eq!(code, 1235);
+    let (code, message) = server_error(
+        edxapp
+            .query_drop(format!(
+                "SELECT h.id FROM `{OLD}` h JOIN courseware_studentmodule m ON m.id = h.student_module_id"
+            ))
+            .await,
+    );
+    assert_eq!(code, 1235, "{message}");
+    let literal: Option<String> = edxapp.query_first(format!("SELECT '{OLD}' AS name")).await.unwrap();
+    assert_eq!(literal.as_deref(), Some(OLD));
+}
+
+#[tokio::test]
+async fn transactions_commit_and_roll_back_both_tables_together() {
+    let site = Site::new(reading_both()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").await.unwrap();
+    edxapp.query_drop("SET autocommit = 0").await.unwrap();
+    edxapp.query_drop(edxapp_insert(5, "{}")).await.unwrap();
+    edxapp.query_drop(edxapp_delete("6")).await.unwrap();
+    edxapp.query_drop("ROLLBACK").await.unwrap();
+    assert!(site.ids(&site.extended()).await.is_empty(), "the rolled-back insert is gone");
+    assert_eq!(site.ids(&site.old()).await.len(), 18, "the rolled-back delete is undone");
+
+    edxapp.query_drop("SAVEPOINT s1").await.unwrap();
+    edxapp.query_drop(edxapp_insert(5, "{}")).await.unwrap();
+    edxapp.query_drop("ROLLBACK TO SAVEPOINT s1").await.unwrap();
+    edxapp.query_drop(edxapp_insert(5, "{\"kept\": 1}")).await.unwrap();
+    edxapp.query_drop("COMMIT").await.unwrap();
+    edxapp.query_drop("SET autocommit = 1").await.unwrap();
+    assert_eq!(site.ids(&site.extended()).await.len(), 1, "only the insert after the savepoint survives");
+}
+
+#[tokio::test]
+async fn multi_row_inserts_land_in_the_extended_table() {
+    let site = Site::new(reading_both()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp
+        .query_drop(format!(
+            "INSERT INTO `{OLD}` (`version`, `created`, `state`, `grade`, `max_grade`, `student_module_id`) VALUES \
+             (NULL, NOW(6), 'a', 1, 1, 1), (NULL, NOW(6), 'b', 1, 1, 1), (NULL, NOW(6), 'c', 1, 1, 1)"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(edxapp.affected_rows(), 3);
+    assert_eq!(site.ids(&site.extended()).await.len(), 3);
+}
+
+#[tokio::test]
+async fn a_flag_change_reaches_an_open_connection_but_not_a_transaction_in_flight() {
+    let site = Site::new(old_only()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop(edxapp_insert(1, "{}")).await.unwrap();
+    edxapp.query_drop("BEGIN").await.unwrap();
+    edxapp.query_drop(edxapp_insert(1, "{}")).await.unwrap();
+    let config = site.dbs.proxy_toml(reading_both()).config().unwrap();
+    site.proxy.shared().replace(config).unwrap();
+    edxapp.query_drop(edxapp_insert(1, "{}")).await.unwrap();
+    edxapp.query_drop("COMMIT").await.unwrap();
+    assert_eq!(site.ids(&site.old()).await.len(), 21, "the transaction kept the flags it began with");
+    edxapp.query_drop(edxapp_insert(1, "{}")).await.unwrap();
+    assert_eq!(site.ids(&site.extended()).await.len(), 1, "the next statement uses the new flags");
+}
+
+#[tokio::test]
+async fn prepared_statements_are_routed_at_prepare_time() {
+    let site = Site::new(reading_both()).await;
+    let mut edxapp = site.edxapp().await;
+    let insert = format!(
+        "INSERT INTO `{OLD}` (`version`, `created`, `state`, `grade`, `max_grade`, `student_module_id`) VALUES (NULL, NOW(6), ?, 1, 1, ?)"
+    );
+    edxapp.exec_drop(&insert, ("prepared", 6)).await.unwrap();
+    assert_eq!(site.ids(&site.extended()).await.len(), 1);
+    let read =
+        format!("SELECT `{OLD}`.`id` FROM `{OLD}` WHERE `{OLD}`.`student_module_id` = 6 ORDER BY `{OLD}`.`id` DESC");
+    let ids: Vec<u64> = edxapp.exec(&read, ()).await.unwrap();
+    assert_eq!(ids.len(), 4);
+    assert!(ids[0] >= site.first_extended_id);
+    let with_parameter = read.replace("= 6", "= ?");
+    let (code, message) = server_error(edxapp.exec::<u64, _, _>(&with_parameter, (6,)).await);
+    assert_eq!(code, 1235, "a parameter that would be needed in both tables is refused, not miscounted: {message}");
+}
