@@ -12,9 +12,13 @@ use mysql_common::packets::{
 use mysql_common::proto::MySerialize;
 use tokio::net::TcpStream;
 
+use crate::protocol::ProtocolError;
 use crate::protocol::capabilities::Negotiated;
+use crate::protocol::command::COM_QUERY;
 use crate::protocol::conn::Connection;
 use crate::protocol::frame;
+use crate::protocol::packets::{OkFields, lenenc_int};
+use crate::protocol::response::{Expect, Progress, ResponseScanner};
 
 /// Why a backend could not be reached.
 #[derive(Debug, thiserror::Error)]
@@ -199,4 +203,98 @@ async fn send_raw(conn: &mut Connection, seq: u8, payload: &[u8]) -> Result<(), 
     let mut out = BytesMut::new();
     frame::write_packet(&mut out, seq, payload);
     Ok(conn.write_all(&out).await?)
+}
+
+/// A server's answer to a statement the proxy runs for itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// An OK packet.
+    Ok(OkFields),
+    /// An ERR packet's payload, to pass on to the client as it is.
+    Err(Vec<u8>),
+    /// A result set's rows, each value as text (`None` for NULL).
+    Rows(Vec<Vec<Option<Vec<u8>>>>),
+}
+
+/// Why a statement the proxy runs for itself got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The connection failed or closed.
+    #[error("connection lost: {0}")]
+    Io(#[from] io::Error),
+    /// The answer does not follow the protocol.
+    #[error("malformed answer: {0}")]
+    Protocol(#[from] ProtocolError),
+}
+
+/// Runs `sql` as a COM_QUERY on `conn` and reads the whole answer (a small one: an OK, an ERR, or a few rows).
+pub async fn query(conn: &mut Connection, caps: Negotiated, sql: &[u8]) -> Result<Reply, QueryError> {
+    send_command(conn, COM_QUERY, sql).await?;
+    let mut scanner = ResponseScanner::new(Expect::ResultSets, caps.deprecate_eof());
+    let mut response = BytesMut::new();
+    loop {
+        let (n, progress) = scanner.scan(&conn.buf)?;
+        response.extend_from_slice(&conn.buf[..n]);
+        conn.consume(n);
+        match progress {
+            Progress::NeedMore if conn.fill().await? == 0 => {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+            }
+            Progress::NeedMore => {}
+            Progress::Done(_) => break,
+            Progress::ClientTurn(_) => {
+                return Err(ProtocolError::Unsupported("the server asked the proxy for data").into());
+            }
+        }
+    }
+    parse_reply(&response, caps)
+}
+
+/// Sends one command packet (sequence id 0) with `body` after the command byte.
+pub async fn send_command(conn: &mut Connection, command: u8, body: &[u8]) -> io::Result<()> {
+    let mut payload = Vec::with_capacity(1 + body.len());
+    payload.push(command);
+    payload.extend_from_slice(body);
+    let mut out = BytesMut::with_capacity(payload.len() + 8);
+    frame::write_packet(&mut out, 0, &payload);
+    conn.write_all(&out).await
+}
+
+/// Reads a whole small response: OK, ERR, or a text result set.
+fn parse_reply(response: &[u8], caps: Negotiated) -> Result<Reply, QueryError> {
+    let mut packets = Vec::new();
+    let mut rest = response;
+    while let Some(span) = frame::PacketSpan::find(rest) {
+        packets.push(frame::payload(bytes::Bytes::copy_from_slice(&rest[..span.wire_len]), &span));
+        rest = &rest[span.wire_len..];
+    }
+    let first = packets.first().ok_or(ProtocolError::Malformed("empty response"))?;
+    match first.first() {
+        Some(0xFF) => Ok(Reply::Err(first.to_vec())),
+        Some(0x00) => OkFields::parse(first, caps.flags()).map(Reply::Ok).ok_or(ProtocolError::Malformed("OK").into()),
+        _ => {
+            let (columns, _) = lenenc_int(first).ok_or(ProtocolError::Malformed("column count"))?;
+            let skip = 1 + columns as usize + usize::from(!caps.deprecate_eof());
+            let rows = packets.get(skip..packets.len().saturating_sub(1)).unwrap_or_default();
+            rows.iter().map(|row| text_row(row)).collect::<Result<_, _>>().map(Reply::Rows).map_err(Into::into)
+        }
+    }
+}
+
+/// The values of a text-protocol row.
+fn text_row(mut row: &[u8]) -> Result<Vec<Option<Vec<u8>>>, ProtocolError> {
+    let mut values = Vec::new();
+    while !row.is_empty() {
+        if row[0] == 0xFB {
+            values.push(None);
+            row = &row[1..];
+            continue;
+        }
+        let (len, at) = lenenc_int(row).ok_or(ProtocolError::Malformed("row"))?;
+        let end =
+            at.checked_add(len as usize).filter(|&end| end <= row.len()).ok_or(ProtocolError::Malformed("row"))?;
+        values.push(Some(row[at..end].to_vec()));
+        row = &row[end..];
+    }
+    Ok(values)
 }

@@ -97,6 +97,11 @@ impl Router {
         self.table
     }
 
+    /// Whether both tables live on one server (reached over the client's own connection).
+    pub fn same_server(&self) -> bool {
+        self.same_server
+    }
+
     /// Whether any statement is routed at all: with every kind going to the old table, statements that pass the
     /// pre-filter need no parsing.
     pub fn is_passthrough(&self) -> bool {

@@ -25,6 +25,7 @@ use crate::protocol::response::{ClientTurn, End, Expect, Progress, ResponseScann
 use crate::routing::Route;
 use crate::shared::{Shared, Snapshot};
 
+mod csmh;
 mod routed;
 
 /// How long a client may take to answer the server's greeting.
@@ -91,6 +92,8 @@ struct Session {
     status: StatusFlags,
     /// The configuration snapshot a transaction in progress began with; statements in it route by it.
     pinned: Option<Arc<Snapshot>>,
+    /// The proxy's own connection to a separate `csmh` server, once a statement needed it.
+    csmh: Option<csmh::Csmh>,
 }
 
 /// Serves one client connection until it ends, logging its opening and closing.
@@ -110,6 +113,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutd
                 answer_seq: Some(0),
                 status: StatusFlags::SERVER_STATUS_AUTOCOMMIT,
                 pinned: None,
+                csmh: None,
             };
             let result = session.run(shutdown).await;
             if let Err(error) = &result {
@@ -205,6 +209,9 @@ impl Session {
     /// Handles one client request whose packet lies at the start of the client buffer.
     async fn execute(&mut self, span: PacketSpan) -> Result<Flow, SessionError> {
         self.answer_seq = Some(span.last_seq.wrapping_add(1));
+        if let Some(csmh) = self.csmh.as_mut() {
+            csmh.synced = false;
+        }
         let Some(&byte) = self.client.buf.get(HEADER_LEN).filter(|_| span.payload_len > 0) else {
             return self.refuse(span, MysqlError::new(1835, b"08S01", "Malformed communication packet")).await;
         };
@@ -221,10 +228,17 @@ impl Session {
         if route != Route::Passthrough {
             return self.execute_routed(span, command, route).await;
         }
+        if command == Command::Query && self.csmh.is_some() {
+            let text = statement_text(&self.client.buf, &span).into_owned();
+            if let Some(error) = self.follow_transaction_control(&text).await? {
+                return self.refuse(span, error).await;
+            }
+        }
         self.relay_to_backend(span.wire_len).await?;
         match command.response() {
             Some(expect) => {
                 self.relay_response(expect).await?;
+                self.follow_implicit_end().await;
             }
             None if command == Command::Quit => return Ok(Flow::Quit),
             None => {}
@@ -267,12 +281,11 @@ impl Session {
     async fn relay_response(&mut self, expect: Expect) -> Result<End, SessionError> {
         let mut scanner = ResponseScanner::new(expect, self.caps.deprecate_eof());
         loop {
-            let (n, progress) = scanner.scan(&self.backend.buf).map_err(SessionError::BackendProtocol)?;
-            if n > 0 {
-                self.relay_to_client(n).await?;
-            }
+            let progress = copy_response(&mut self.backend, &mut self.client, &mut scanner, &mut self.answer_seq)
+                .await
+                .map_err(|failure| failure.on_edxapp())?;
             match progress {
-                Progress::NeedMore => self.read_backend().await?,
+                Progress::NeedMore => unreachable!("copy_response reads until there is progress"),
                 Progress::ClientTurn(ClientTurn::Auth) => self.relay_client_packet().await?,
                 Progress::ClientTurn(ClientTurn::LocalInfile) => self.relay_local_infile().await?,
                 Progress::Done(end) => {
@@ -303,14 +316,6 @@ impl Session {
         }
     }
 
-    async fn read_backend(&mut self) -> Result<(), SessionError> {
-        match self.backend.fill().await {
-            Ok(0) => Err(closed()),
-            Ok(_) => Ok(()),
-            Err(e) => Err(SessionError::Backend(e)),
-        }
-    }
-
     async fn relay_to_client(&mut self, n: usize) -> Result<(), SessionError> {
         self.answer_seq = None;
         self.client.relay_from(&mut self.backend, n).await.map_err(SessionError::Client)
@@ -334,6 +339,52 @@ impl Session {
     async fn report(&mut self, error: &SessionError) {
         if let Some(seq) = self.answer_seq.take() {
             report(&mut self.client, error, seq).await;
+        }
+    }
+}
+
+/// What went wrong while copying a response, by side.
+enum CopyFailure {
+    /// The server's connection failed or closed.
+    Server(io::Error),
+    /// The server's bytes do not follow the protocol.
+    Protocol(ProtocolError),
+    /// Writing to the client failed.
+    Client(io::Error),
+}
+
+impl CopyFailure {
+    /// The session error when the server was the client's own `edxapp` connection.
+    fn on_edxapp(self) -> SessionError {
+        match self {
+            CopyFailure::Server(e) => SessionError::Backend(e),
+            CopyFailure::Protocol(e) => SessionError::BackendProtocol(e),
+            CopyFailure::Client(e) => SessionError::Client(e),
+        }
+    }
+}
+
+/// Copies a response from `server` to `client` as its bytes arrive, until it ends or the client must speak.
+/// Clears `answer_seq` once anything has reached the client, since the proxy can no longer answer instead.
+async fn copy_response(
+    server: &mut Connection,
+    client: &mut Connection,
+    scanner: &mut ResponseScanner,
+    answer_seq: &mut Option<u8>,
+) -> Result<Progress, CopyFailure> {
+    loop {
+        let (n, progress) = scanner.scan(&server.buf).map_err(CopyFailure::Protocol)?;
+        if n > 0 {
+            *answer_seq = None;
+            client.relay_from(server, n).await.map_err(CopyFailure::Client)?;
+        }
+        match progress {
+            Progress::NeedMore => match server.fill().await {
+                Ok(0) => return Err(CopyFailure::Server(io::ErrorKind::UnexpectedEof.into())),
+                Ok(_) => {}
+                Err(e) => return Err(CopyFailure::Server(e)),
+            },
+            other => return Ok(other),
         }
     }
 }

@@ -3,22 +3,26 @@
 
 use bytes::BytesMut;
 use mysql_common::constants::{CapabilityFlags, StatusFlags};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
-use super::{Flow, Session, SessionError};
+use super::csmh::CsmhError;
+use super::{CopyFailure, Flow, Session, SessionError, copy_response};
+use crate::backend::{self, QueryError, Reply};
 use crate::metrics::Metrics;
+use crate::protocol::ProtocolError;
+use crate::protocol::command::COM_QUERY;
 use crate::protocol::command::Command;
 use crate::protocol::frame::{self, PacketSpan};
 use crate::protocol::packets::{MysqlError, OkFields};
 use crate::protocol::response::{Expect, Progress, ResponseScanner};
 use crate::routing::{FanOut, Rewritten, Route, Side};
 
-/// The answer to one statement the proxy runs on the client's connection for its own purposes.
-enum Reply {
+/// How a statement the proxy runs for itself ended.
+enum Outcome {
     /// It succeeded.
     Ok(OkFields),
     /// It failed: the ERR packet's payload, to pass on to the client.
-    Err(Vec<u8>),
+    Failed(Vec<u8>),
 }
 
 /// How a pair of writes is made all-or-nothing.
@@ -53,6 +57,13 @@ impl Atomic {
     }
 }
 
+/// The ERR payload telling the client the `csmh` side failed.
+fn error_payload(failure: &CsmhError) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    failure.to_mysql().write_packet(&mut out, 0);
+    out[frame::HEADER_LEN..].to_vec()
+}
+
 impl Session {
     /// Carries out `route` for the statement in `span` (a COM_QUERY or COM_STMT_PREPARE).
     pub(super) async fn execute_routed(
@@ -85,9 +96,13 @@ impl Session {
                 let reason = "a prepared UPDATE or DELETE of the history table while both tables are written";
                 self.refuse_unsupported(span, reason).await
             }
-            Route::Rewrite(Rewritten { on: Side::Csmh, .. }) => {
-                let reason = "statements on the extended table on a separate csmh server";
+            Route::Rewrite(Rewritten { on: Side::Csmh, .. }) if command == Command::StmtPrepare => {
+                let reason = "prepared statements on the extended table on a separate csmh server";
                 self.refuse_unsupported(span, reason).await
+            }
+            Route::Rewrite(Rewritten { sql, on: Side::Csmh }) => {
+                Metrics::incr(&metrics.statements_rewritten);
+                self.run_on_csmh(span, &sql).await
             }
             Route::Block(error) => {
                 Metrics::incr(&metrics.statements_blocked);
@@ -111,6 +126,44 @@ impl Session {
         self.refuse(span, error).await
     }
 
+    /// Runs `sql` on the `csmh` connection in place of the client's statement and relays the answer. If the
+    /// connection fails before anything reached the client, the client gets an error for this statement (and
+    /// its transaction is rolled back if the `csmh` side was part of it); the session goes on.
+    async fn run_on_csmh(&mut self, span: PacketSpan, sql: &[u8]) -> Result<Flow, SessionError> {
+        let failure = match self.csmh_ready().await {
+            Ok(csmh) => match backend::send_command(&mut csmh.conn, COM_QUERY, sql).await {
+                Ok(()) => {
+                    self.client.consume(span.wire_len);
+                    return self.relay_csmh_response().await;
+                }
+                Err(e) => CsmhError::Query(QueryError::Io(e)),
+            },
+            Err(failure) => failure,
+        };
+        warn!(error = %failure, "the csmh connection failed");
+        let had_transaction = self.csmh.take().is_some_and(|c| c.in_transaction());
+        if had_transaction {
+            self.query_backend(b"ROLLBACK").await?;
+        }
+        self.refuse(span, failure.to_mysql()).await
+    }
+
+    /// Copies the `csmh` connection's answer to the client.
+    async fn relay_csmh_response(&mut self) -> Result<Flow, SessionError> {
+        let csmh = self.csmh.as_mut().expect("the statement was sent on it");
+        let mut scanner = ResponseScanner::new(Expect::ResultSets, csmh.caps.deprecate_eof());
+        let progress = copy_response(&mut csmh.conn, &mut self.client, &mut scanner, &mut self.answer_seq).await;
+        match progress {
+            Ok(Progress::Done(_)) => Ok(Flow::Continue),
+            Ok(_) => {
+                Err(SessionError::BackendProtocol(ProtocolError::Unsupported("csmh server asked for client data")))
+            }
+            Err(CopyFailure::Client(e)) => Err(SessionError::Client(e)),
+            Err(CopyFailure::Server(e)) => Err(SessionError::Backend(e)),
+            Err(CopyFailure::Protocol(e)) => Err(SessionError::BackendProtocol(e)),
+        }
+    }
+
     /// Sends `sql` in place of the client's statement, keeping its command byte, and relays the response.
     async fn send_instead(&mut self, span: PacketSpan, sql: &[u8], expect: Expect) -> Result<Flow, SessionError> {
         let command = self.client.buf[frame::HEADER_LEN];
@@ -120,25 +173,22 @@ impl Session {
         Ok(Flow::Continue)
     }
 
-    /// Runs an UPDATE or DELETE on both tables (one server) and answers with one OK whose affected rows are the
-    /// sum; either both writes happen or neither does.
+    /// Runs an UPDATE or DELETE on both tables and answers with one OK whose affected rows are the sum; either
+    /// both writes happen or neither does (across two servers, see docs/routing.md for the commit window).
     async fn write_both(&mut self, span: PacketSpan, old: &[u8], extended: &[u8]) -> Result<Flow, SessionError> {
         let seq = span.last_seq.wrapping_add(1);
         self.client.consume(span.wire_len);
-        let in_transaction = self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS)
-            || !self.status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT);
-        let atomic = if in_transaction { Atomic::Savepoint } else { Atomic::Transaction };
-        let reply = match self.query_backend(atomic.begin()).await? {
-            Reply::Err(error) => Reply::Err(error),
-            Reply::Ok(_) => self.both_writes(atomic, old, extended).await?,
-        };
+        let atomic = if self.in_transaction() { Atomic::Savepoint } else { Atomic::Transaction };
+        let extended_side = if self.shared.snapshot().router.same_server() { Side::Edxapp } else { Side::Csmh };
+        let writes = [(Side::Edxapp, old), (extended_side, extended)];
+        let sides: &[Side] = if extended_side == Side::Edxapp { &[Side::Edxapp] } else { &[Side::Edxapp, Side::Csmh] };
+        let outcome = self.atomically(atomic, sides, &writes).await?;
         let mut out = BytesMut::new();
-        match reply {
-            Reply::Ok(ok) => {
-                self.status = StatusFlags::from_bits_truncate(ok.status);
+        match outcome {
+            Outcome::Ok(ok) => {
                 ok.write_packet(&mut out, seq, self.caps.flags().contains(CapabilityFlags::CLIENT_SESSION_TRACK));
             }
-            Reply::Err(payload) => {
+            Outcome::Failed(payload) => {
                 frame::write_packet(&mut out, seq, &payload);
             }
         }
@@ -147,68 +197,94 @@ impl Session {
         Ok(Flow::Continue)
     }
 
-    /// The two writes inside `atomic`: the summed OK, or the first error after undoing what was done.
-    async fn both_writes(&mut self, atomic: Atomic, old: &[u8], extended: &[u8]) -> Result<Reply, SessionError> {
+    /// Runs `writes` inside `atomic` on every one of `sides`: the summed OK, or the first error after undoing
+    /// what was done. Commits go to the `csmh` side first, so a failure there still lets `edxapp` roll back.
+    async fn atomically(
+        &mut self,
+        atomic: Atomic,
+        sides: &[Side],
+        writes: &[(Side, &[u8])],
+    ) -> Result<Outcome, SessionError> {
+        for (begun, &side) in sides.iter().enumerate() {
+            if let Outcome::Failed(error) = self.on(side, atomic.begin()).await? {
+                return self.undo(atomic, &sides[..begun], error).await;
+            }
+        }
         let mut total = OkFields::default();
-        for sql in [old, extended] {
-            match self.query_backend(sql).await? {
-                Reply::Ok(ok) => {
+        for &(side, sql) in writes {
+            match self.on(side, sql).await? {
+                Outcome::Ok(ok) => {
                     total.affected_rows += ok.affected_rows;
                     total.warnings = total.warnings.saturating_add(ok.warnings);
                 }
-                Reply::Err(error) => {
-                    self.query_backend(atomic.undo()).await?;
-                    if let Atomic::Savepoint = atomic {
-                        self.query_backend(atomic.commit()).await?;
-                    }
-                    return Ok(Reply::Err(error));
+                Outcome::Failed(error) => return self.undo(atomic, sides, error).await,
+            }
+        }
+        for (committed, &side) in sides.iter().enumerate().rev() {
+            match self.on(side, atomic.commit()).await? {
+                Outcome::Ok(ok) if side == Side::Edxapp => total.status = ok.status,
+                Outcome::Ok(_) => {}
+                Outcome::Failed(error) if committed + 1 == sides.len() => {
+                    return self.undo(atomic, &sides[..committed], error).await;
+                }
+                Outcome::Failed(error) => {
+                    warn!("the csmh side committed but edxapp did not: the write is on the extended table only");
+                    return Ok(Outcome::Failed(error));
                 }
             }
         }
-        match self.query_backend(atomic.commit()).await? {
-            Reply::Ok(ok) => {
-                total.status = ok.status;
-                Ok(Reply::Ok(total))
+        Ok(Outcome::Ok(total))
+    }
+
+    /// Undoes `atomic` on `sides` and passes `error` on.
+    async fn undo(&mut self, atomic: Atomic, sides: &[Side], error: Vec<u8>) -> Result<Outcome, SessionError> {
+        for &side in sides {
+            self.on(side, atomic.undo()).await?;
+            if let Atomic::Savepoint = atomic {
+                self.on(side, atomic.commit()).await?;
             }
-            Reply::Err(error) => Ok(Reply::Err(error)),
+        }
+        Ok(Outcome::Failed(error))
+    }
+
+    /// Runs one statement of the proxy's own on `side`. A failure of the `csmh` connection becomes the
+    /// statement's error (and the connection is dropped), so the client's session goes on.
+    async fn on(&mut self, side: Side, sql: &[u8]) -> Result<Outcome, SessionError> {
+        if side == Side::Edxapp {
+            let outcome = self.query_backend(sql).await?;
+            if let Outcome::Ok(ok) = &outcome {
+                self.status = StatusFlags::from_bits_truncate(ok.status);
+            }
+            return Ok(outcome);
+        }
+        let reply = match self.csmh_ready().await {
+            Ok(csmh) => backend::query(&mut csmh.conn, csmh.caps, sql).await.map_err(CsmhError::Query),
+            Err(failure) => Err(failure),
+        };
+        match reply {
+            Ok(Reply::Ok(ok)) => Ok(Outcome::Ok(ok)),
+            Ok(Reply::Err(payload)) => Ok(Outcome::Failed(payload)),
+            Ok(Reply::Rows(_)) => Ok(Outcome::Failed(error_payload(&CsmhError::Refused("unexpected rows".into())))),
+            Err(failure) => {
+                warn!(error = %failure, "the csmh connection failed");
+                self.csmh = None;
+                Ok(Outcome::Failed(error_payload(&failure)))
+            }
         }
     }
 
-    /// Runs one statement of the proxy's own on the client's `edxapp` connection and reads its answer, which
-    /// must be an OK or an ERR.
-    async fn query_backend(&mut self, sql: &[u8]) -> Result<Reply, SessionError> {
-        self.send_to_backend(crate::protocol::command::COM_QUERY, sql).await?;
-        let mut scanner = ResponseScanner::new(Expect::ResultSets, self.caps.deprecate_eof());
-        let mut response = Vec::new();
-        loop {
-            let (n, progress) = scanner.scan(&self.backend.buf).map_err(SessionError::BackendProtocol)?;
-            response.extend_from_slice(&self.backend.buf[..n]);
-            self.backend.consume(n);
-            match progress {
-                Progress::NeedMore => self.read_backend().await?,
-                Progress::Done(_) => break,
-                Progress::ClientTurn(_) => {
-                    return Err(SessionError::BackendProtocol(crate::protocol::ProtocolError::Unsupported(
-                        "the server asked the proxy for data",
-                    )));
-                }
-            }
-        }
-        let payload = &response[frame::HEADER_LEN..];
-        match payload.first() {
-            Some(0xFF) => Ok(Reply::Err(payload.to_vec())),
-            _ => OkFields::parse(payload, self.caps.flags()).map(Reply::Ok).ok_or(SessionError::BackendProtocol(
-                crate::protocol::ProtocolError::Malformed("OK (a fanned-out write returned rows)"),
-            )),
+    /// Runs one statement of the proxy's own on the client's `edxapp` connection; a result set is not expected.
+    async fn query_backend(&mut self, sql: &[u8]) -> Result<Outcome, SessionError> {
+        match backend::query(&mut self.backend, self.caps, sql).await {
+            Ok(Reply::Ok(ok)) => Ok(Outcome::Ok(ok)),
+            Ok(Reply::Err(payload)) => Ok(Outcome::Failed(payload)),
+            Ok(Reply::Rows(_)) => Err(SessionError::BackendProtocol(ProtocolError::Malformed("OK (got rows)"))),
+            Err(QueryError::Io(e)) => Err(SessionError::Backend(e)),
+            Err(QueryError::Protocol(e)) => Err(SessionError::BackendProtocol(e)),
         }
     }
 
     async fn send_to_backend(&mut self, command: u8, sql: &[u8]) -> Result<(), SessionError> {
-        let mut payload = Vec::with_capacity(1 + sql.len());
-        payload.push(command);
-        payload.extend_from_slice(sql);
-        let mut out = BytesMut::with_capacity(payload.len() + 8);
-        frame::write_packet(&mut out, 0, &payload);
-        self.backend.write_all(&out).await.map_err(SessionError::Backend)
+        backend::send_command(&mut self.backend, command, sql).await.map_err(SessionError::Backend)
     }
 }

@@ -1,0 +1,316 @@
+//! The proxy's own connection to a separate `csmh` server: opened the first time a statement needs the extended
+//! table, logged in with `[backends.csmh]`'s credentials, and kept in step with the client's session — the
+//! settings that change results before every use, and the client's transaction (BEGIN, savepoints, COMMIT and
+//! ROLLBACK are mirrored).
+
+use mysql_common::constants::{CapabilityFlags, StatusFlags};
+use tracing::{info, warn};
+
+use super::{Session, SessionError};
+use crate::backend::{self, BackendError, Credentials, LoginError, QueryError, Reply};
+use crate::protocol::capabilities::Negotiated;
+use crate::protocol::conn::Connection;
+use crate::protocol::packets::MysqlError;
+use crate::routing::source::Source;
+
+/// The client session's settings that change what statements return, read from its `edxapp` connection.
+const SETTINGS: &str = "SELECT @@session.character_set_client, @@session.character_set_connection, \
+    @@session.character_set_results, @@session.collation_connection, @@session.time_zone, @@session.sql_mode, \
+    @@session.tx_isolation, @@session.autocommit";
+
+/// The variables of [`SETTINGS`], in its order, as `SET SESSION` names them.
+const SETTING_NAMES: [&str; 8] = [
+    "character_set_client",
+    "character_set_connection",
+    "character_set_results",
+    "collation_connection",
+    "time_zone",
+    "sql_mode",
+    "tx_isolation",
+    "autocommit",
+];
+
+/// Capabilities that decide the layout of the responses relayed to the client: the `csmh` connection must have
+/// exactly the client's.
+const LAYOUT: CapabilityFlags = CapabilityFlags::CLIENT_DEPRECATE_EOF
+    .union(CapabilityFlags::CLIENT_SESSION_TRACK)
+    .union(CapabilityFlags::CLIENT_FOUND_ROWS)
+    .union(CapabilityFlags::CLIENT_PROTOCOL_41);
+
+/// The proxy's connection to the `csmh` server for one client session.
+pub(super) struct Csmh {
+    pub(super) conn: Connection,
+    pub(super) caps: Negotiated,
+    /// The settings last applied, as read from the client's session.
+    settings: Vec<Option<Vec<u8>>>,
+    /// While a transaction mirroring the client's is open here: the client's savepoints that exist here too.
+    transaction: Option<Vec<String>>,
+    /// The settings were synced for the client statement being handled.
+    pub(super) synced: bool,
+}
+
+impl Csmh {
+    /// Whether a transaction mirroring the client's is open on it.
+    pub(super) fn in_transaction(&self) -> bool {
+        self.transaction.is_some()
+    }
+}
+
+/// Why the `csmh` connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CsmhError {
+    /// The configuration does not say how to log in.
+    #[error("cannot log in to the csmh server: {0}")]
+    Credentials(String),
+    /// The server could not be reached.
+    #[error(transparent)]
+    Connect(#[from] BackendError),
+    /// The login failed.
+    #[error("cannot log in to the csmh server: {0}")]
+    Login(#[from] LoginError),
+    /// A statement the proxy ran for itself failed on the connection.
+    #[error("csmh server: {0}")]
+    Query(#[from] QueryError),
+    /// The server refused a statement the proxy needs to keep it in step.
+    #[error("csmh server refused to follow the session: {0}")]
+    Refused(String),
+    /// The server cannot answer in the layout the client expects.
+    #[error("the csmh server does not support the client's protocol features {0:?}")]
+    Capabilities(CapabilityFlags),
+}
+
+impl CsmhError {
+    /// The error the client is told for the statement that needed the connection.
+    pub(super) fn to_mysql(&self) -> MysqlError {
+        MysqlError::new(2013, b"HY000", format!("Lost connection to the csmh server ({self})"))
+    }
+}
+
+/// A transaction-control statement, which the `csmh` connection must follow while it mirrors a transaction.
+#[derive(Debug, PartialEq, Eq)]
+enum Control {
+    Commit,
+    Rollback,
+    Savepoint(String),
+    RollbackTo(String),
+    Release(String),
+}
+
+impl Session {
+    /// The `csmh` connection, opened if needed, with the client's settings applied and, if the client is in a
+    /// transaction, a transaction open.
+    pub(super) async fn csmh_ready(&mut self) -> Result<&mut Csmh, CsmhError> {
+        if self.csmh.is_none() {
+            self.csmh = Some(self.open_csmh().await?);
+        }
+        if !self.csmh.as_ref().is_some_and(|c| c.synced) {
+            self.sync_settings().await?;
+        }
+        let in_transaction = self.in_transaction();
+        let csmh = self.csmh.as_mut().expect("opened above");
+        if in_transaction && csmh.transaction.is_none() {
+            expect_ok(backend::query(&mut csmh.conn, csmh.caps, b"BEGIN").await?)?;
+            csmh.transaction = Some(Vec::new());
+        }
+        Ok(csmh)
+    }
+
+    /// Whether the client's session is inside a transaction (begun explicitly, or implicitly by autocommit off).
+    pub(super) fn in_transaction(&self) -> bool {
+        self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS)
+            || !self.status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT)
+    }
+
+    async fn open_csmh(&self) -> Result<Csmh, CsmhError> {
+        let snapshot = self.shared.snapshot();
+        let config = &snapshot.config.backends.csmh;
+        let password = config.password().map_err(|e| CsmhError::Credentials(e.to_string()))?;
+        let user = config.user.clone().ok_or_else(|| CsmhError::Credentials("no user configured".into()))?;
+        let database = snapshot.config.history.extended().ok().map(|t| t.schema().to_owned());
+        let credentials = Credentials { user, password, database };
+        let mut conn = backend::connect(&config.address, config.connect_timeout_secs).await?;
+        let wanted = (backend::LOGIN_CAPABILITIES - LAYOUT) | (self.caps.flags() & LAYOUT);
+        let caps = backend::login(&mut conn, &credentials, wanted).await?;
+        let missing = (self.caps.flags() & LAYOUT) - caps.flags();
+        if !missing.is_empty() {
+            return Err(CsmhError::Capabilities(missing));
+        }
+        info!(address = %config.address, "opened the csmh connection");
+        Ok(Csmh { conn, caps, settings: Vec::new(), transaction: None, synced: false })
+    }
+
+    /// Applies the client's current session settings to the `csmh` connection if they changed since last time.
+    async fn sync_settings(&mut self) -> Result<(), CsmhError> {
+        let settings = match backend::query(&mut self.backend, self.caps, SETTINGS.as_bytes()).await? {
+            Reply::Rows(mut rows) if rows.len() == 1 => rows.remove(0),
+            _ => return Err(CsmhError::Refused("cannot read the client's session settings".into())),
+        };
+        let csmh = self.csmh.as_mut().expect("opened before syncing");
+        csmh.synced = true;
+        if csmh.settings == settings {
+            return Ok(());
+        }
+        let assignments: Vec<String> =
+            SETTING_NAMES.iter().zip(&settings).map(|(name, value)| format!("{name} = {}", literal(value))).collect();
+        let set = format!("SET SESSION {}", assignments.join(", "));
+        expect_ok(backend::query(&mut csmh.conn, csmh.caps, set.as_bytes()).await?)?;
+        csmh.settings = settings;
+        Ok(())
+    }
+
+    /// Before a client statement runs on `edxapp`: if it ends or steps back in the transaction the `csmh`
+    /// connection mirrors, does the same there first. Returns an error for the client when the `csmh` side
+    /// cannot commit, after rolling the client's transaction back, so that neither side commits alone.
+    pub(super) async fn follow_transaction_control(
+        &mut self,
+        statement: &[u8],
+    ) -> Result<Option<MysqlError>, SessionError> {
+        let Some(Some(savepoints)) = self.csmh.as_ref().map(|c| c.transaction.clone()) else {
+            return Ok(None);
+        };
+        let Some(control) = transaction_control(statement) else {
+            return Ok(None);
+        };
+        let outcome = match &control {
+            Control::Commit => self.csmh_end(b"COMMIT").await,
+            Control::Rollback => self.csmh_end(b"ROLLBACK").await,
+            Control::Savepoint(name) => self.csmh_savepoint(b"SAVEPOINT", name, |s| s.push(name.clone())).await,
+            Control::RollbackTo(name) if savepoints.contains(name) => {
+                self.csmh_savepoint(b"ROLLBACK TO SAVEPOINT", name, |s| s.truncate(position(s, name) + 1)).await
+            }
+            // The savepoint is older than the csmh side's part of the transaction: all of that part goes.
+            Control::RollbackTo(_) => self.csmh_end(b"ROLLBACK").await,
+            Control::Release(name) if savepoints.contains(name) => {
+                self.csmh_savepoint(b"RELEASE SAVEPOINT", name, |s| s.truncate(position(s, name))).await
+            }
+            Control::Release(_) => Ok(()),
+        };
+        match outcome {
+            Ok(()) => Ok(None),
+            Err(error) => {
+                warn!(%error, ?control, "the csmh side could not follow the client's transaction; rolling it back");
+                self.csmh = None;
+                if control != Control::Rollback {
+                    self.rollback_edxapp().await?;
+                }
+                Ok(Some(error.to_mysql()))
+            }
+        }
+    }
+
+    /// After a client statement ran on `edxapp`: if the transaction ended without COMMIT or ROLLBACK (a statement
+    /// that commits implicitly, autocommit turned back on), the `csmh` side commits too.
+    pub(super) async fn follow_implicit_end(&mut self) {
+        let open = self.csmh.as_ref().is_some_and(|c| c.transaction.is_some());
+        if open && !self.in_transaction() {
+            if let Err(error) = self.csmh_end(b"COMMIT").await {
+                warn!(%error, "the client's transaction ended implicitly and the csmh side could not commit");
+                self.csmh = None;
+            }
+        }
+    }
+
+    async fn csmh_end(&mut self, sql: &[u8]) -> Result<(), CsmhError> {
+        let csmh = self.csmh.as_mut().expect("a transaction is mirrored");
+        let reply = backend::query(&mut csmh.conn, csmh.caps, sql).await;
+        csmh.transaction = None;
+        expect_ok(reply?)
+    }
+
+    async fn csmh_savepoint(
+        &mut self,
+        verb: &[u8],
+        name: &str,
+        track: impl FnOnce(&mut Vec<String>),
+    ) -> Result<(), CsmhError> {
+        let csmh = self.csmh.as_mut().expect("a transaction is mirrored");
+        let sql = [verb, b" `", name.replace('`', "``").as_bytes(), b"`"].concat();
+        expect_ok(backend::query(&mut csmh.conn, csmh.caps, &sql).await?)?;
+        if let Some(savepoints) = csmh.transaction.as_mut() {
+            track(savepoints);
+        }
+        Ok(())
+    }
+
+    async fn rollback_edxapp(&mut self) -> Result<(), SessionError> {
+        match backend::query(&mut self.backend, self.caps, b"ROLLBACK").await {
+            Ok(Reply::Ok(ok)) => {
+                self.status = StatusFlags::from_bits_truncate(ok.status);
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(QueryError::Io(e)) => Err(SessionError::Backend(e)),
+            Err(QueryError::Protocol(e)) => Err(SessionError::BackendProtocol(e)),
+        }
+    }
+}
+
+/// Whether `reply` is an OK; an ERR becomes the error.
+pub(super) fn expect_ok(reply: Reply) -> Result<(), CsmhError> {
+    match reply {
+        Reply::Ok(_) | Reply::Rows(_) => Ok(()),
+        Reply::Err(payload) => {
+            Err(CsmhError::Refused(String::from_utf8_lossy(payload.get(9..).unwrap_or(&payload)).into_owned()))
+        }
+    }
+}
+
+fn position(savepoints: &[String], name: &str) -> usize {
+    savepoints.iter().position(|s| s == name).unwrap_or(0)
+}
+
+/// A SQL literal for a setting's value as the server reported it.
+fn literal(value: &Option<Vec<u8>>) -> String {
+    match value {
+        None => "NULL".to_owned(),
+        Some(digits) if !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) => {
+            String::from_utf8_lossy(digits).into_owned()
+        }
+        Some(bytes) => format!("'{}'", String::from_utf8_lossy(bytes).replace('\\', "\\\\").replace('\'', "\\'")),
+    }
+}
+
+/// Recognises COMMIT, ROLLBACK and the savepoint statements (as Django and mysqlclient send them).
+fn transaction_control(statement: &[u8]) -> Option<Control> {
+    let source = Source::new(statement);
+    let tokens = source.tokens().ok()?;
+    let words: Vec<String> = tokens.iter().filter_map(|t| t.word().map(str::to_ascii_uppercase)).collect();
+    let raw_name = |i: usize| tokens.iter().filter_map(|t| t.word()).nth(i).map(str::to_owned);
+    match words.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["COMMIT", ..] => Some(Control::Commit),
+        ["ROLLBACK", "TO", "SAVEPOINT", ..] => raw_name(3).map(Control::RollbackTo),
+        ["ROLLBACK", "WORK", "TO", "SAVEPOINT", ..] => raw_name(4).map(Control::RollbackTo),
+        ["ROLLBACK", "TO", ..] => raw_name(2).map(Control::RollbackTo),
+        ["ROLLBACK", ..] => Some(Control::Rollback),
+        ["SAVEPOINT", ..] => raw_name(1).map(Control::Savepoint),
+        ["RELEASE", "SAVEPOINT", ..] => raw_name(2).map(Control::Release),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_djangos_transaction_statements() {
+        assert_eq!(transaction_control(b"COMMIT"), Some(Control::Commit));
+        assert_eq!(transaction_control(b"rollback"), Some(Control::Rollback));
+        assert_eq!(transaction_control(b"SAVEPOINT `s1403_x1`"), Some(Control::Savepoint("s1403_x1".into())));
+        assert_eq!(
+            transaction_control(b"ROLLBACK TO SAVEPOINT `s1403_x1`"),
+            Some(Control::RollbackTo("s1403_x1".into()))
+        );
+        assert_eq!(transaction_control(b"RELEASE SAVEPOINT `s1403_x1`"), Some(Control::Release("s1403_x1".into())));
+        assert_eq!(transaction_control(b"SELECT 1"), None);
+        assert_eq!(transaction_control(b"COMMITTED_READS"), None);
+    }
+
+    #[test]
+    fn settings_become_safe_literals() {
+        assert_eq!(literal(&None), "NULL");
+        assert_eq!(literal(&Some(b"STRICT_TRANS_TABLES,NO_ZERO_DATE".to_vec())), "'STRICT_TRANS_TABLES,NO_ZERO_DATE'");
+        assert_eq!(literal(&Some(b"it's".to_vec())), "'it\\'s'");
+        assert_eq!(literal(&Some(b"1".to_vec())), "1", "autocommit takes a number");
+    }
+}
