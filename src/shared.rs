@@ -18,6 +18,9 @@ pub struct Snapshot {
     pub prefilter: Prefilter,
     /// The routing decisions for statements that pass the pre-filter.
     pub router: Router,
+    /// Set once a session has checked, under this configuration, that the extended table's next id is above
+    /// every id of the old table (design §3, "offset safety").
+    pub offset_verified: std::sync::OnceLock<()>,
 }
 
 /// A configuration that passed validation but from which the data path cannot be derived.
@@ -33,7 +36,7 @@ impl Snapshot {
         let extended = config.history.extended().map_err(|e| error(&e))?;
         let table = routing_table(config.flags).map_err(|e| error(&e))?;
         let router = Router::new(table, old.clone(), extended, config.backends.same_server());
-        Ok(Snapshot { prefilter: Prefilter::new(old.table()), router, config })
+        Ok(Snapshot { prefilter: Prefilter::new(old.table()), router, config, offset_verified: Default::default() })
     }
 }
 

@@ -364,3 +364,18 @@ async fn prepared_statements_are_routed_at_prepare_time() {
     let (code, message) = server_error(edxapp.exec::<u64, _, _>(&with_parameter, (6,)).await);
     assert_eq!(code, 1235, "a parameter that would be needed in both tables is refused, not miscounted: {message}");
 }
+
+#[tokio::test]
+async fn inserts_wait_for_a_safe_starting_id_of_the_extended_table() {
+    let site = Site::new(reading_both()).await;
+    let mut root = site.root().await;
+    root.query_drop(format!("ALTER TABLE {} AUTO_INCREMENT = 1", site.extended())).await.unwrap();
+    let mut edxapp = site.edxapp().await;
+    let (code, message) = server_error(edxapp.query_drop(edxapp_insert(1, "{}")).await);
+    assert_eq!(code, 1235);
+    assert!(message.contains("csmh-proxy init"), "{message}");
+    assert!(site.ids(&site.extended()).await.is_empty(), "nothing was written");
+    root.query_drop(format!("ALTER TABLE {} AUTO_INCREMENT = 50000", site.extended())).await.unwrap();
+    edxapp.query_drop(edxapp_insert(1, "{}")).await.unwrap();
+    assert_eq!(edxapp.last_insert_id(), Some(50000), "once the starting id is safe, inserts go through");
+}

@@ -46,6 +46,8 @@ pub struct Rewritten {
     pub sql: Vec<u8>,
     /// Which connection runs it.
     pub on: Side,
+    /// It inserts rows into the extended table, whose ids must not collide with the old table's.
+    pub inserts: bool,
 }
 
 /// One of the two backends.
@@ -100,6 +102,16 @@ impl Router {
     /// Whether both tables live on one server (reached over the client's own connection).
     pub fn same_server(&self) -> bool {
         self.same_server
+    }
+
+    /// The old history table.
+    pub fn old(&self) -> &TableName {
+        &self.old
+    }
+
+    /// The extended history table.
+    pub fn extended(&self) -> &TableName {
+        &self.extended
     }
 
     /// Whether any statement is routed at all: with every kind going to the old table, statements that pass the
@@ -223,7 +235,8 @@ impl Plan<'_, '_> {
                     .map(|text| (read, text))
             })?,
         };
-        Ok(Route::Rewrite(Rewritten { sql, on: self.side() }))
+        let inserts = matches!(self.shape.write, Some(Write::Insert { .. }));
+        Ok(Route::Rewrite(Rewritten { sql, on: self.side(), inserts }))
     }
 
     fn to_both(&self) -> Result<Route, Unsupported> {

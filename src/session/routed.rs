@@ -72,11 +72,17 @@ impl Session {
         command: Command,
         route: Route,
     ) -> Result<Flow, SessionError> {
-        let metrics = &self.shared.metrics;
+        let shared = std::sync::Arc::clone(&self.shared);
+        let metrics = &shared.metrics;
         let expect = command.response().unwrap_or(Expect::ResultSets);
+        if let Route::Rewrite(Rewritten { inserts: true, .. }) = &route {
+            if let Some(error) = self.unsafe_offset().await {
+                return self.refuse(span, error).await;
+            }
+        }
         match route {
             Route::Passthrough => unreachable!("passthrough is relayed by the caller"),
-            Route::Rewrite(Rewritten { sql, on: Side::Edxapp }) => {
+            Route::Rewrite(Rewritten { sql, on: Side::Edxapp, .. }) => {
                 Metrics::incr(&metrics.statements_rewritten);
                 self.send_instead(span, &sql, expect).await
             }
@@ -100,7 +106,7 @@ impl Session {
                 let reason = "prepared statements on the extended table on a separate csmh server";
                 self.refuse_unsupported(span, reason).await
             }
-            Route::Rewrite(Rewritten { sql, on: Side::Csmh }) => {
+            Route::Rewrite(Rewritten { sql, on: Side::Csmh, .. }) => {
                 Metrics::incr(&metrics.statements_rewritten);
                 self.run_on_csmh(span, &sql).await
             }
@@ -117,6 +123,69 @@ impl Session {
                 self.refuse(span, error).await
             }
         }
+    }
+
+    /// Checks, once per configuration, that the extended table's next id is above every id of the old table
+    /// (design §3, "offset safety"); the error to answer an insert with when it is not (or cannot be checked).
+    /// A failed check is logged and tried again on the next insert.
+    async fn unsafe_offset(&mut self) -> Option<MysqlError> {
+        let snapshot = std::sync::Arc::clone(self.pinned.as_ref().expect("routed by a snapshot"));
+        if snapshot.offset_verified.get().is_some() {
+            return None;
+        }
+        let (old, extended) = (snapshot.router.old(), snapshot.router.extended());
+        let max_old = format!("SELECT COALESCE(MAX(id), 0) FROM {}", old.quoted());
+        let next_extended = format!(
+            "SELECT AUTO_INCREMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA = '{}' AND TABLE_NAME = '{}'",
+            extended.schema(),
+            extended.table()
+        );
+        let max_old = self.number(Side::Edxapp, &max_old).await.ok().flatten();
+        let extended_side = if snapshot.router.same_server() { Side::Edxapp } else { Side::Csmh };
+        let next = match self.number(extended_side, &next_extended).await {
+            Err(failure) => return Some(failure),
+            Ok(next) => next,
+        };
+        if let (Some(max_old), Some(next)) = (max_old, next) {
+            if next > max_old {
+                let _ = snapshot.offset_verified.set(());
+                info!(max_old, next_extended = next, "the extended table's ids start above the old table's");
+                return None;
+            }
+        }
+        tracing::error!(
+            next_extended = ?next,
+            "the extended table's next id is not above the old table's largest id: inserts are refused until \
+             `csmh-proxy init` sets its starting id"
+        );
+        Some(MysqlError::new(
+            1235,
+            b"42000",
+            format!(
+                "csmh-proxy does not write to {} yet: its next id is not above every id of {}, so ids could \
+                 collide; run `csmh-proxy init` to set its starting id",
+                extended.quoted(),
+                old.quoted()
+            ),
+        ))
+    }
+
+    /// The single number `sql` answers with on `side`, if it answers with one; a failure of the `csmh`
+    /// connection is the client's error for the statement.
+    async fn number(&mut self, side: Side, sql: &str) -> Result<Option<u64>, MysqlError> {
+        let reply = match side {
+            Side::Edxapp => backend::query(&mut self.backend, self.caps, sql.as_bytes()).await,
+            Side::Csmh => match self.csmh_ready().await {
+                Ok(csmh) => backend::query(&mut csmh.conn, csmh.caps, sql.as_bytes()).await,
+                Err(failure) => {
+                    self.csmh = None;
+                    return Err(failure.to_mysql());
+                }
+            },
+        };
+        let Ok(Reply::Rows(rows)) = reply else { return Ok(None) };
+        let value = rows.first().and_then(|row| row.first()).cloned().flatten();
+        Ok(value.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()))
     }
 
     async fn refuse_unsupported(&mut self, span: PacketSpan, what: &str) -> Result<Flow, SessionError> {
