@@ -24,6 +24,11 @@ enum Command {
     CheckConfig,
     /// Start local MariaDB servers with the edX tables and serve the proxy in front of them.
     Sandbox(SandboxArgs),
+    /// Print what the proxy would do with each statement (one per line) of FILE, or of standard input.
+    Route {
+        /// File of statements, one per line; standard input when absent.
+        file: Option<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,5 +58,14 @@ fn main() -> anyhow::Result<()> {
             }
         },
         Command::Sandbox(args) => runtime.block_on(csmh_proxy::sandbox::run(args)),
+        Command::Route { file } => {
+            let config = csmh_proxy::config::Config::load(&cli.config)?;
+            let statements = match file {
+                Some(path) => std::fs::read(path)?,
+                None => std::io::Read::bytes(std::io::stdin()).collect::<Result<_, _>>()?,
+            };
+            print!("{}", csmh_proxy::routing::explain::explain_lines(config, &statements)?);
+            Ok(())
+        }
     }
 }

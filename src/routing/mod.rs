@@ -6,6 +6,7 @@
 //! and the snapshot: it never sees a socket.
 
 pub mod classify;
+pub mod explain;
 pub mod prefilter;
 pub mod rewrite;
 pub mod source;

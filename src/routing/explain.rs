@@ -1,0 +1,53 @@
+//! `csmh-proxy route`: what the proxy would do with each statement, for an operator checking a flag change
+//! before making it (and for tests).
+
+use std::fmt;
+
+use super::{FanOut, Rewritten, Route, Side};
+use crate::config::Config;
+use crate::shared::{CompileError, Snapshot};
+
+/// Routes each non-empty line of `statements` under `config` and describes the result, statement by statement.
+pub fn explain_lines(config: Config, statements: &[u8]) -> Result<String, CompileError> {
+    let snapshot = Snapshot::compile(config)?;
+    let mut out = format!("routing: {}\n\n", snapshot.router.table().stage());
+    for line in statements.split(|&b| b == b'\n').map(|l| l.trim_ascii()).filter(|l| !l.is_empty()) {
+        let route = if snapshot.prefilter.matches(line) { snapshot.router.route(line) } else { Route::Passthrough };
+        out.push_str(&format!("{}\n  -> {}\n", String::from_utf8_lossy(line), Explained(&route)));
+    }
+    Ok(out)
+}
+
+/// A route as an operator reads it: its name, and the statement(s) the proxy would send.
+pub struct Explained<'a>(pub &'a Route);
+
+impl fmt::Display for Explained<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Route::Passthrough => writeln!(f, "passthrough: sent unchanged"),
+            Route::Rewrite(Rewritten { sql, on, .. }) => {
+                let on = match on {
+                    Side::Edxapp => "on the client's connection",
+                    Side::Csmh => "on the proxy's csmh connection",
+                };
+                writeln!(f, "rewrite, {on}:")?;
+                indented(f, sql)
+            }
+            Route::FanOut(FanOut::Union { sql, .. }) => {
+                writeln!(f, "fan out, one statement reading both tables:")?;
+                indented(f, sql)
+            }
+            Route::FanOut(FanOut::Writes { old, extended }) => {
+                writeln!(f, "fan out, the write on each table, affected rows summed:")?;
+                indented(f, old)?;
+                indented(f, extended)
+            }
+            Route::Block(error) => writeln!(f, "block: {error}"),
+            Route::Refuse(error) => writeln!(f, "refuse: {error}"),
+        }
+    }
+}
+
+fn indented(f: &mut fmt::Formatter<'_>, sql: &[u8]) -> fmt::Result {
+    writeln!(f, "    {}", String::from_utf8_lossy(sql))
+}
