@@ -3,130 +3,9 @@
 
 mod support;
 
-use csmh_proxy::config::Flags;
-use csmh_proxy::server::ProxyHandle;
 use mysql_async::prelude::*;
-use mysql_async::{Conn, Error, Row};
-use support::EdxDatabases;
-
-const OLD: &str = "courseware_studentmodulehistory";
-
-/// The flags of each design row, by name.
-fn flags(extended: bool, reading_both: bool, retired: bool) -> Flags {
-    Flags {
-        enable_csmh_extended: extended,
-        enable_reading_from_multiple_history_tables: reading_both,
-        read_only_from_csmhe: retired,
-    }
-}
-
-fn old_only() -> Flags {
-    flags(false, true, false)
-}
-fn reading_both() -> Flags {
-    flags(true, true, false)
-}
-fn extended_only() -> Flags {
-    flags(true, false, false)
-}
-fn retired() -> Flags {
-    flags(true, false, true)
-}
-
-/// A test's edX databases with the sample history, a proxy with `flags` in front, and a root connection for
-/// looking at the tables directly.
-struct Site {
-    dbs: EdxDatabases,
-    proxy: ProxyHandle,
-    first_extended_id: u64,
-}
-
-impl Site {
-    async fn new(flags: Flags) -> Site {
-        let dbs = EdxDatabases::fresh().await;
-        let first_extended_id = dbs.create_edx_schema(true).await;
-        let proxy = dbs.start_proxy(flags).await;
-        Site { dbs, proxy, first_extended_id }
-    }
-
-    /// edxapp's connection: through the proxy, in the `edxapp` database, with CLIENT_FOUND_ROWS as Django sets it.
-    async fn edxapp(&self) -> Conn {
-        let opts = mysql_async::OptsBuilder::from_opts(self.dbs.proxy_opts(&self.proxy, &support::app()))
-            .client_found_rows(true);
-        Conn::new(opts).await.expect("edxapp logs in through the proxy")
-    }
-
-    async fn root(&self) -> Conn {
-        support::root_conn(&self.dbs.edxapp).await
-    }
-
-    fn old(&self) -> String {
-        format!("`{}`.`{OLD}`", self.dbs.edxapp_db)
-    }
-
-    fn extended(&self) -> String {
-        format!("`{}`.`coursewarehistoryextended_studentmodulehistoryextended`", self.dbs.csmh_db)
-    }
-
-    /// Ids in a table, ascending, looked at directly.
-    async fn ids(&self, table: &str) -> Vec<u64> {
-        self.root().await.query(format!("SELECT id FROM {table} ORDER BY id")).await.unwrap()
-    }
-
-    /// Copies old rows into the extended table with their ids, as `csmh-proxy migrate` will, marking the copies.
-    async fn copy_to_extended(&self, ids: &str) {
-        let cols = "version, created, state, grade, max_grade, id, student_module_id";
-        let sql = format!(
-            "INSERT INTO {} ({cols}) SELECT version, created, CONCAT(state, ' (copy)'), grade, max_grade, id, \
-             student_module_id FROM {} WHERE id IN ({ids})",
-            self.extended(),
-            self.old()
-        );
-        self.root().await.query_drop(sql).await.unwrap();
-    }
-}
-
-/// edxapp's history write (`created` is the module's modified time).
-fn edxapp_insert(module: u64, state: &str) -> String {
-    format!(
-        "INSERT INTO `{OLD}` (`version`, `created`, `state`, `grade`, `max_grade`, `student_module_id`) VALUES \
-         (NULL, '2024-06-01 12:00:00.000000', '{state}', 1.0, 2.0, {module})"
-    )
-}
-
-/// edxapp's history read from the user-state client: a literal list of modules, newest first.
-fn edxapp_read(modules: &str) -> String {
-    let cols: Vec<String> = ["id", "version", "created", "state", "grade", "max_grade", "student_module_id"]
-        .iter()
-        .map(|c| format!("`{OLD}`.`{c}`"))
-        .collect();
-    format!(
-        "SELECT {} FROM `{OLD}` WHERE `{OLD}`.`student_module_id` IN ({modules}) ORDER BY `{OLD}`.`id` DESC",
-        cols.join(", ")
-    )
-}
-
-/// edxapp's history read from the staff submission-history view: the modules as a subquery on edxapp's tables.
-fn edxapp_subquery_read(username: &str, course: &str, problem: &str) -> String {
-    format!(
-        "SELECT `{OLD}`.`id`, `{OLD}`.`state`, `{OLD}`.`student_module_id` FROM `{OLD}` WHERE `{OLD}`.`student_module_id` IN \
-         (SELECT U0.`id` FROM `courseware_studentmodule` U0 INNER JOIN `auth_user` U1 ON (U0.`student_id` = U1.`id`) \
-         WHERE (U0.`course_id` = '{course}' AND U0.`module_id` = '{problem}' AND U1.`username` = '{username}')) \
-         ORDER BY `{OLD}`.`id` DESC"
-    )
-}
-
-/// edxapp's cascade when a StudentModule is deleted.
-fn edxapp_delete(modules: &str) -> String {
-    format!("DELETE FROM `{OLD}` WHERE `{OLD}`.`student_module_id` IN ({modules})")
-}
-
-fn server_error<T: std::fmt::Debug>(result: Result<T, Error>) -> (u16, String) {
-    match result {
-        Err(Error::Server(e)) => (e.code, e.message),
-        other => panic!("expected a server error, got {other:?}"),
-    }
-}
+use mysql_async::{Conn, Row};
+use support::edx::*;
 
 #[tokio::test]
 async fn with_the_flags_off_everything_reaches_the_old_table() {
@@ -134,8 +13,8 @@ async fn with_the_flags_off_everything_reaches_the_old_table() {
     let mut edxapp = site.edxapp().await;
     edxapp.query_drop(edxapp_insert(1, "{}")).await.unwrap();
     let new_id = edxapp.last_insert_id().unwrap();
-    assert!(site.ids(&site.old()).await.contains(&new_id));
-    assert!(site.ids(&site.extended()).await.is_empty());
+    assert!(site.old_ids().await.contains(&new_id));
+    assert!(site.extended_ids().await.is_empty());
     let ids: Vec<u64> =
         edxapp.query(edxapp_read("1")).await.unwrap().into_iter().map(|r: Row| r.get(0).unwrap()).collect();
     assert_eq!(ids, vec![new_id, 13, 7, 1]);
@@ -148,8 +27,8 @@ async fn reading_both_writes_new_history_to_the_extended_table_and_reads_both_on
     edxapp.query_drop(edxapp_insert(1, "{\"new\": true}")).await.unwrap();
     let new_id = edxapp.last_insert_id().unwrap();
     assert!(new_id >= site.first_extended_id, "the insert id {new_id} comes from the extended table's range");
-    assert_eq!(site.ids(&site.extended()).await, vec![new_id]);
-    assert_eq!(site.ids(&site.old()).await.len(), 18, "nothing new in the old table");
+    assert_eq!(site.extended_ids().await, vec![new_id]);
+    assert_eq!(site.old_ids().await.len(), 18, "nothing new in the old table");
 
     site.copy_to_extended("7, 13").await;
     let rows: Vec<(u64, String, u64)> = edxapp
@@ -244,8 +123,8 @@ async fn update_and_delete_reach_both_tables_and_report_the_sum() {
 
     edxapp.query_drop(edxapp_delete("2")).await.unwrap();
     assert_eq!(edxapp.affected_rows(), 3 + 1 + 1, "three old rows, the copy and the new row");
-    assert!(!site.ids(&site.old()).await.contains(&2));
-    assert!(!site.ids(&site.extended()).await.contains(&new_id));
+    assert!(!site.old_ids().await.contains(&2));
+    assert!(!site.extended_ids().await.contains(&new_id));
 }
 
 #[tokio::test]
@@ -268,10 +147,10 @@ async fn a_retired_table_refuses_what_would_reach_it_and_the_connection_goes_on(
     let (code, message) = server_error(edxapp.query_drop(format!("TRUNCATE TABLE `{OLD}`")).await);
     assert_eq!(code, 1142);
     assert!(message.contains(OLD) && message.contains("READ_ONLY_FROM_CSMHE"), "{message}");
-    assert_eq!(site.ids(&site.old()).await.len(), 18, "nothing was truncated");
+    assert_eq!(site.old_ids().await.len(), 18, "nothing was truncated");
     edxapp.query_drop(format!("ALTER TABLE `{OLD}` ADD INDEX `proxy_test_idx` (`grade`)")).await.unwrap();
     edxapp.query_drop(edxapp_delete("1")).await.unwrap();
-    assert_eq!(site.ids(&site.old()).await.len(), 18, "DELETE no longer reaches the retired table");
+    assert_eq!(site.old_ids().await.len(), 18, "DELETE no longer reaches the retired table");
     let one: Option<i64> = edxapp.query_first("SELECT 1").await.unwrap();
     assert_eq!(one, Some(1));
 }
@@ -303,8 +182,8 @@ async fn transactions_commit_and_roll_back_both_tables_together() {
     edxapp.query_drop(edxapp_insert(5, "{}")).await.unwrap();
     edxapp.query_drop(edxapp_delete("6")).await.unwrap();
     edxapp.query_drop("ROLLBACK").await.unwrap();
-    assert!(site.ids(&site.extended()).await.is_empty(), "the rolled-back insert is gone");
-    assert_eq!(site.ids(&site.old()).await.len(), 18, "the rolled-back delete is undone");
+    assert!(site.extended_ids().await.is_empty(), "the rolled-back insert is gone");
+    assert_eq!(site.old_ids().await.len(), 18, "the rolled-back delete is undone");
 
     edxapp.query_drop("SAVEPOINT s1").await.unwrap();
     edxapp.query_drop(edxapp_insert(5, "{}")).await.unwrap();
@@ -312,7 +191,7 @@ async fn transactions_commit_and_roll_back_both_tables_together() {
     edxapp.query_drop(edxapp_insert(5, "{\"kept\": 1}")).await.unwrap();
     edxapp.query_drop("COMMIT").await.unwrap();
     edxapp.query_drop("SET autocommit = 1").await.unwrap();
-    assert_eq!(site.ids(&site.extended()).await.len(), 1, "only the insert after the savepoint survives");
+    assert_eq!(site.extended_ids().await.len(), 1, "only the insert after the savepoint survives");
 }
 
 #[tokio::test]
@@ -327,7 +206,7 @@ async fn multi_row_inserts_land_in_the_extended_table() {
         .await
         .unwrap();
     assert_eq!(edxapp.affected_rows(), 3);
-    assert_eq!(site.ids(&site.extended()).await.len(), 3);
+    assert_eq!(site.extended_ids().await.len(), 3);
 }
 
 #[tokio::test]
@@ -341,9 +220,9 @@ async fn a_flag_change_reaches_an_open_connection_but_not_a_transaction_in_fligh
     site.proxy.shared().replace(config).unwrap();
     edxapp.query_drop(edxapp_insert(1, "{}")).await.unwrap();
     edxapp.query_drop("COMMIT").await.unwrap();
-    assert_eq!(site.ids(&site.old()).await.len(), 21, "the transaction kept the flags it began with");
+    assert_eq!(site.old_ids().await.len(), 21, "the transaction kept the flags it began with");
     edxapp.query_drop(edxapp_insert(1, "{}")).await.unwrap();
-    assert_eq!(site.ids(&site.extended()).await.len(), 1, "the next statement uses the new flags");
+    assert_eq!(site.extended_ids().await.len(), 1, "the next statement uses the new flags");
 }
 
 #[tokio::test]
@@ -354,7 +233,7 @@ async fn prepared_statements_are_routed_at_prepare_time() {
         "INSERT INTO `{OLD}` (`version`, `created`, `state`, `grade`, `max_grade`, `student_module_id`) VALUES (NULL, NOW(6), ?, 1, 1, ?)"
     );
     edxapp.exec_drop(&insert, ("prepared", 6)).await.unwrap();
-    assert_eq!(site.ids(&site.extended()).await.len(), 1);
+    assert_eq!(site.extended_ids().await.len(), 1);
     let read =
         format!("SELECT `{OLD}`.`id` FROM `{OLD}` WHERE `{OLD}`.`student_module_id` = 6 ORDER BY `{OLD}`.`id` DESC");
     let ids: Vec<u64> = edxapp.exec(&read, ()).await.unwrap();
@@ -374,7 +253,7 @@ async fn inserts_wait_for_a_safe_starting_id_of_the_extended_table() {
     let (code, message) = server_error(edxapp.query_drop(edxapp_insert(1, "{}")).await);
     assert_eq!(code, 1235);
     assert!(message.contains("csmh-proxy init"), "{message}");
-    assert!(site.ids(&site.extended()).await.is_empty(), "nothing was written");
+    assert!(site.extended_ids().await.is_empty(), "nothing was written");
     root.query_drop(format!("ALTER TABLE {} AUTO_INCREMENT = 50000", site.extended())).await.unwrap();
     edxapp.query_drop(edxapp_insert(1, "{}")).await.unwrap();
     assert_eq!(edxapp.last_insert_id(), Some(50000), "once the starting id is safe, inserts go through");

@@ -3,81 +3,28 @@
 
 mod support;
 
-use csmh_proxy::config::Flags;
-use csmh_proxy::server::ProxyHandle;
+use mysql_async::Conn;
 use mysql_async::prelude::*;
-use mysql_async::{Conn, Error};
 use support::EdxDatabases;
+use support::edx::*;
 
-const OLD: &str = "courseware_studentmodulehistory";
-
-fn flags(extended: bool, reading_both: bool, retired: bool) -> Flags {
-    Flags {
-        enable_csmh_extended: extended,
-        enable_reading_from_multiple_history_tables: reading_both,
-        read_only_from_csmhe: retired,
-    }
-}
-
-struct Site {
-    dbs: EdxDatabases,
-    proxy: ProxyHandle,
-    first_extended_id: u64,
-}
-
-impl Site {
-    async fn new(flags: Flags) -> Site {
-        let dbs = EdxDatabases::fresh_two_servers().await;
-        assert!(!dbs.same_server());
-        let first_extended_id = dbs.create_edx_schema(true).await;
-        let proxy = dbs.start_proxy(flags).await;
-        Site { dbs, proxy, first_extended_id }
-    }
-
-    async fn edxapp(&self) -> Conn {
-        let opts = mysql_async::OptsBuilder::from_opts(self.dbs.proxy_opts(&self.proxy, &support::app()))
-            .client_found_rows(true);
-        Conn::new(opts).await.expect("edxapp logs in through the proxy")
-    }
-
-    async fn old_ids(&self) -> Vec<u64> {
-        let mut root = support::root_conn(&self.dbs.edxapp).await;
-        root.query(format!("SELECT id FROM `{}`.`{OLD}` ORDER BY id", self.dbs.edxapp_db)).await.unwrap()
-    }
-
-    async fn extended_rows(&self) -> Vec<(u64, Option<String>, String)> {
-        let mut root = support::root_conn(&self.dbs.csmh).await;
-        root.query(format!(
-            "SELECT id, version, state FROM `{}`.`coursewarehistoryextended_studentmodulehistoryextended` ORDER BY id",
-            self.dbs.csmh_db
-        ))
+/// The extended table's rows (id, version, state), looked at directly on its server.
+async fn extended_rows(site: &Site) -> Vec<(u64, Option<String>, String)> {
+    site.csmh_root()
+        .await
+        .query(format!("SELECT id, version, state FROM {} ORDER BY id", site.extended()))
         .await
         .unwrap()
-    }
-}
-
-fn edxapp_insert(module: u64, state: &str) -> String {
-    format!(
-        "INSERT INTO `{OLD}` (`version`, `created`, `state`, `grade`, `max_grade`, `student_module_id`) VALUES \
-         (NULL, '2024-06-01 12:00:00.000000', '{state}', 1.0, 2.0, {module})"
-    )
-}
-
-fn server_error<T: std::fmt::Debug>(result: Result<T, Error>) -> (u16, String) {
-    match result {
-        Err(Error::Server(e)) => (e.code, e.message),
-        other => panic!("expected a server error, got {other:?}"),
-    }
 }
 
 #[tokio::test]
 async fn writes_and_reads_of_the_extended_table_go_to_its_server() {
-    let site = Site::new(flags(true, false, false)).await;
+    let site = Site::two_servers(flags(true, false, false)).await;
     let mut edxapp = site.edxapp().await;
     edxapp.query_drop(edxapp_insert(1, "{\"two\": \"servers\"}")).await.unwrap();
     let new_id = edxapp.last_insert_id().unwrap();
     assert!(new_id >= site.first_extended_id);
-    assert_eq!(site.extended_rows().await.iter().map(|r| r.0).collect::<Vec<_>>(), vec![new_id]);
+    assert_eq!(extended_rows(&site).await.iter().map(|r| r.0).collect::<Vec<_>>(), vec![new_id]);
     assert_eq!(site.old_ids().await.len(), 18);
     let rows: Vec<(u64, String, u64)> = edxapp
         .query(format!("SELECT `{OLD}`.`id`, `{OLD}`.`state`, `{OLD}`.`student_module_id` FROM `{OLD}` WHERE `{OLD}`.`student_module_id` IN (1) ORDER BY `{OLD}`.`id` DESC"))
@@ -90,7 +37,7 @@ async fn writes_and_reads_of_the_extended_table_go_to_its_server() {
 
 #[tokio::test]
 async fn update_and_delete_reach_both_servers_and_report_the_sum() {
-    let site = Site::new(flags(true, false, false)).await;
+    let site = Site::two_servers(flags(true, false, false)).await;
     let mut edxapp = site.edxapp().await;
     edxapp.query_drop(edxapp_insert(2, "{}")).await.unwrap();
     let new_id = edxapp.last_insert_id().unwrap();
@@ -102,12 +49,12 @@ async fn update_and_delete_reach_both_servers_and_report_the_sum() {
     edxapp.query_drop(format!("DELETE FROM `{OLD}` WHERE `{OLD}`.`student_module_id` IN (2)")).await.unwrap();
     assert_eq!(edxapp.affected_rows(), 3 + 1);
     assert_eq!(site.old_ids().await.len(), 15);
-    assert!(site.extended_rows().await.iter().all(|r| r.0 != new_id));
+    assert!(extended_rows(&site).await.iter().all(|r| r.0 != new_id));
 }
 
 #[tokio::test]
 async fn the_clients_session_settings_apply_on_the_csmh_server() {
-    let site = Site::new(flags(true, false, false)).await;
+    let site = Site::two_servers(flags(true, false, false)).await;
     let mut edxapp = site.edxapp().await;
     let too_long = "v".repeat(300);
     let insert = format!(
@@ -118,19 +65,19 @@ async fn the_clients_session_settings_apply_on_the_csmh_server() {
     edxapp.query_drop("SET SESSION sql_mode = ''").await.unwrap();
     edxapp.query_drop(&insert).await.unwrap();
     assert_eq!(edxapp.get_warnings(), 1, "without strict mode the value is truncated with a warning");
-    let stored = site.extended_rows().await;
+    let stored = extended_rows(&site).await;
     assert_eq!(stored[0].1.as_deref().map(str::len), Some(255));
 }
 
 #[tokio::test]
 async fn transactions_span_both_servers() {
-    let site = Site::new(flags(true, false, false)).await;
+    let site = Site::two_servers(flags(true, false, false)).await;
     let mut edxapp = site.edxapp().await;
     edxapp.query_drop("SET autocommit = 0").await.unwrap();
     edxapp.query_drop(edxapp_insert(4, "rolled back")).await.unwrap();
     edxapp.query_drop(format!("DELETE FROM `{OLD}` WHERE `{OLD}`.`student_module_id` = 4")).await.unwrap();
     edxapp.query_drop("ROLLBACK").await.unwrap();
-    assert!(site.extended_rows().await.is_empty(), "the csmh side rolled back with the client");
+    assert!(extended_rows(&site).await.is_empty(), "the csmh side rolled back with the client");
     assert_eq!(site.old_ids().await.len(), 18, "and so did edxapp's");
 
     edxapp.query_drop("SAVEPOINT `s1_x1`").await.unwrap();
@@ -142,13 +89,13 @@ async fn transactions_span_both_servers() {
     edxapp.query_drop("ROLLBACK TO SAVEPOINT `s1_x2`").await.unwrap();
     edxapp.query_drop("RELEASE SAVEPOINT `s1_x2`").await.unwrap();
     edxapp.query_drop("COMMIT").await.unwrap();
-    let states: Vec<String> = site.extended_rows().await.into_iter().map(|r| r.2).collect();
+    let states: Vec<String> = extended_rows(&site).await.into_iter().map(|r| r.2).collect();
     assert_eq!(states, vec!["kept"]);
 }
 
 #[tokio::test]
 async fn a_csmh_commit_failure_rolls_the_client_back_and_is_reported() {
-    let site = Site::new(flags(true, false, false)).await;
+    let site = Site::two_servers(flags(true, false, false)).await;
     let mut edxapp = site.edxapp().await;
     edxapp.query_drop("BEGIN").await.unwrap();
     edxapp.query_drop("INSERT INTO auth_user (id, username) VALUES (99, 'dora')").await.unwrap();
@@ -164,9 +111,9 @@ async fn a_csmh_commit_failure_rolls_the_client_back_and_is_reported() {
     assert_eq!(code, 2013, "{message}");
     let dora: Option<String> = edxapp.query_first("SELECT username FROM auth_user WHERE id = 99").await.unwrap();
     assert_eq!(dora, None, "the edxapp side of the transaction was rolled back, not committed alone");
-    assert!(site.extended_rows().await.is_empty());
+    assert!(extended_rows(&site).await.is_empty());
     edxapp.query_drop(edxapp_insert(5, "after")).await.unwrap();
-    assert_eq!(site.extended_rows().await.len(), 1, "a new csmh connection serves the next statement");
+    assert_eq!(extended_rows(&site).await.len(), 1, "a new csmh connection serves the next statement");
 }
 
 #[tokio::test]
@@ -187,7 +134,7 @@ async fn an_unreachable_csmh_server_is_an_error_for_the_statement_only() {
 
 #[tokio::test]
 async fn reading_both_tables_across_servers_is_refused_until_merged() {
-    let site = Site::new(flags(true, true, false)).await;
+    let site = Site::two_servers(flags(true, true, false)).await;
     let mut edxapp = site.edxapp().await;
     let (code, _) = server_error(edxapp.query_drop(format!("SELECT * FROM `{OLD}`")).await);
     assert_eq!(code, 1235);

@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod clients;
+pub mod edx;
 pub mod packages;
 pub mod raw;
 

@@ -1,0 +1,162 @@
+//! edxapp as the routing tests drive it: the design's flag rows, Django's exact statements on the history table,
+//! and a test site (edX databases with sample history and a proxy in front) with direct looks at both tables.
+
+use csmh_proxy::config::Flags;
+use csmh_proxy::server::ProxyHandle;
+use mysql_async::prelude::*;
+use mysql_async::{Conn, Error};
+
+use super::EdxDatabases;
+
+/// The old history table's name, as edxapp writes it.
+pub const OLD: &str = "courseware_studentmodulehistory";
+
+/// The flags of one design row.
+pub fn flags(extended: bool, reading_both: bool, retired: bool) -> Flags {
+    Flags {
+        enable_csmh_extended: extended,
+        enable_reading_from_multiple_history_tables: reading_both,
+        read_only_from_csmhe: retired,
+    }
+}
+
+/// `ENABLE_CSMH_EXTENDED` off: the old table only.
+pub fn old_only() -> Flags {
+    flags(false, true, false)
+}
+
+/// New history to the extended table, reads from both.
+pub fn reading_both() -> Flags {
+    flags(true, true, false)
+}
+
+/// New history to the extended table, reads from it alone.
+pub fn extended_only() -> Flags {
+    flags(true, false, false)
+}
+
+/// The old table retired.
+pub fn retired() -> Flags {
+    flags(true, false, true)
+}
+
+/// A test's edX databases with the sample history, and a proxy with some flags in front.
+pub struct Site {
+    /// The databases.
+    pub dbs: EdxDatabases,
+    /// The proxy.
+    pub proxy: ProxyHandle,
+    /// The extended table's first id.
+    pub first_extended_id: u64,
+}
+
+impl Site {
+    /// Both tables on one server.
+    pub async fn new(flags: Flags) -> Site {
+        Site::on(EdxDatabases::fresh().await, flags).await
+    }
+
+    /// The extended table on a second server.
+    pub async fn two_servers(flags: Flags) -> Site {
+        Site::on(EdxDatabases::fresh_two_servers().await, flags).await
+    }
+
+    async fn on(dbs: EdxDatabases, flags: Flags) -> Site {
+        let first_extended_id = dbs.create_edx_schema(true).await;
+        let proxy = dbs.start_proxy(flags).await;
+        Site { dbs, proxy, first_extended_id }
+    }
+
+    /// edxapp's connection: through the proxy, in the `edxapp` database, with CLIENT_FOUND_ROWS as Django sets it.
+    pub async fn edxapp(&self) -> Conn {
+        let opts = mysql_async::OptsBuilder::from_opts(self.dbs.proxy_opts(&self.proxy, &super::app()))
+            .client_found_rows(true);
+        Conn::new(opts).await.expect("edxapp logs in through the proxy")
+    }
+
+    /// A root connection to the `edxapp` server.
+    pub async fn root(&self) -> Conn {
+        super::root_conn(&self.dbs.edxapp).await
+    }
+
+    /// A root connection to the `csmh` server.
+    pub async fn csmh_root(&self) -> Conn {
+        super::root_conn(&self.dbs.csmh).await
+    }
+
+    /// The old table's qualified name.
+    pub fn old(&self) -> String {
+        format!("`{}`.`{OLD}`", self.dbs.edxapp_db)
+    }
+
+    /// The extended table's qualified name.
+    pub fn extended(&self) -> String {
+        format!("`{}`.`coursewarehistoryextended_studentmodulehistoryextended`", self.dbs.csmh_db)
+    }
+
+    /// Ids in the old table, ascending, looked at directly.
+    pub async fn old_ids(&self) -> Vec<u64> {
+        self.root().await.query(format!("SELECT id FROM {} ORDER BY id", self.old())).await.unwrap()
+    }
+
+    /// Ids in the extended table, ascending, looked at directly.
+    pub async fn extended_ids(&self) -> Vec<u64> {
+        self.csmh_root().await.query(format!("SELECT id FROM {} ORDER BY id", self.extended())).await.unwrap()
+    }
+
+    /// Copies old rows into the extended table with their ids (both on one server), as `csmh-proxy migrate`
+    /// will, marking the copies.
+    pub async fn copy_to_extended(&self, ids: &str) {
+        let cols = "version, created, state, grade, max_grade, id, student_module_id";
+        let sql = format!(
+            "INSERT INTO {} ({cols}) SELECT version, created, CONCAT(state, ' (copy)'), grade, max_grade, id, \
+             student_module_id FROM {} WHERE id IN ({ids})",
+            self.extended(),
+            self.old()
+        );
+        self.root().await.query_drop(sql).await.unwrap();
+    }
+}
+
+/// edxapp's history write (`created` is the module's modified time).
+pub fn edxapp_insert(module: u64, state: &str) -> String {
+    format!(
+        "INSERT INTO `{OLD}` (`version`, `created`, `state`, `grade`, `max_grade`, `student_module_id`) VALUES \
+         (NULL, '2024-06-01 12:00:00.000000', '{state}', 1.0, 2.0, {module})"
+    )
+}
+
+/// edxapp's history read from the user-state client: a literal list of modules, newest first.
+pub fn edxapp_read(modules: &str) -> String {
+    let cols: Vec<String> = ["id", "version", "created", "state", "grade", "max_grade", "student_module_id"]
+        .iter()
+        .map(|c| format!("`{OLD}`.`{c}`"))
+        .collect();
+    format!(
+        "SELECT {} FROM `{OLD}` WHERE `{OLD}`.`student_module_id` IN ({modules}) ORDER BY `{OLD}`.`id` DESC",
+        cols.join(", ")
+    )
+}
+
+/// edxapp's history read from the staff submission-history view: the modules as a subquery on edxapp's tables.
+pub fn edxapp_subquery_read(username: &str, course: &str, problem: &str) -> String {
+    format!(
+        "SELECT `{OLD}`.`id`, `{OLD}`.`state`, `{OLD}`.`student_module_id` FROM `{OLD}` WHERE `{OLD}`.`student_module_id` IN \
+         (SELECT U0.`id` FROM `courseware_studentmodule` U0 INNER JOIN `auth_user` U1 ON (U0.`student_id` = U1.`id`) \
+         WHERE (U0.`course_id` = '{course}' AND U0.`module_id` = '{problem}' AND U1.`username` = '{username}')) \
+         ORDER BY `{OLD}`.`id` DESC"
+    )
+}
+
+/// edxapp's cascade when a StudentModule is deleted.
+pub fn edxapp_delete(modules: &str) -> String {
+    format!("DELETE FROM `{OLD}` WHERE `{OLD}`.`student_module_id` IN ({modules})")
+}
+
+/// The code and message of the server error `result` must be.
+pub fn server_error<T: std::fmt::Debug>(result: Result<T, Error>) -> (u16, String) {
+    match result {
+        Err(Error::Server(e)) => (e.code, e.message),
+        other => panic!("expected a server error, got {other:?}"),
+    }
+}
