@@ -211,10 +211,38 @@ fn locate_or_install() -> Result<Binaries, SandboxError> {
             return Ok(found);
         }
         tracing::warn!(packages = %PACKAGES.join(" "), "MariaDB is not installed; installing it with apt-get");
-        apt_get(&["update"])?;
-        apt_get(&[&["install", "-y"][..], &PACKAGES[..]].concat())?;
+        apt_install(&PACKAGES)?;
         locate().map_err(|missing| SandboxError::StillMissing { missing, packages: PACKAGES.join(" ") })
     })
+}
+
+/// Installs Debian packages with apt-get (`update` first), one installation at a time across processes.
+/// The caller checks that it runs as root.
+pub fn install_packages(packages: &[&str]) -> Result<(), SandboxError> {
+    with_install_lock(|| apt_install(packages))
+}
+
+fn apt_install(packages: &[&str]) -> Result<(), SandboxError> {
+    apt_get_update()?;
+    apt_get(&[&["install", "-y"][..], packages].concat())
+}
+
+/// `apt-get update`, retried while another apt holds the package lists' lock (unlike `install` with
+/// `DPkg::Lock::Timeout`, `update` does not wait for it by itself).
+fn apt_get_update() -> Result<(), SandboxError> {
+    const RETRIES: u32 = 120;
+    let mut attempt = 0;
+    loop {
+        match apt_get(&["update"]) {
+            Err(SandboxError::InstallFailed { output, .. })
+                if output.contains("Could not get lock") && attempt < RETRIES =>
+            {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_secs(5));
+            }
+            result => return result,
+        }
+    }
 }
 
 /// Runs `install` while holding a lock file shared by every process of this project on the machine, so that
@@ -239,7 +267,7 @@ fn locate() -> Result<Binaries, String> {
 }
 
 /// Looks for an executable in PATH, then in /usr/sbin and /usr/bin (often missing from a user's PATH).
-fn find_program(name: &str) -> Option<PathBuf> {
+pub fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
@@ -251,7 +279,8 @@ fn is_executable(path: &Path) -> bool {
     path.metadata().is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
 
-fn is_root() -> bool {
+/// Whether this process runs as root (and so may install packages).
+pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }

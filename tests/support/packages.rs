@@ -13,23 +13,20 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
 
-/// How long `apt-get update` keeps retrying while another apt holds the package lists' lock (`apt-get update`
-/// does not wait for it by itself, unlike `install` with `DPkg::Lock::Timeout`).
-const UPDATE_LOCK_RETRIES: u32 = 120;
+pub use csmh_proxy::sandbox::find_program;
+use csmh_proxy::sandbox::{install_packages, is_root};
 
-/// Whether this process already ran `apt-get update`; the lock also makes parallel tests install one at a time.
-static APT: Mutex<bool> = Mutex::new(false);
+/// Makes parallel tests of one binary install one at a time.
+static APT: Mutex<()> = Mutex::new(());
 
-/// Makes sure every Debian package in `packages` is installed, installing the missing ones with apt-get
-/// (`apt-get update` first, once per process). A package counts as present when dpkg says it is installed or,
+/// Makes sure every Debian package in `packages` is installed, installing the missing ones with apt-get. A package counts as present when dpkg says it is installed or,
 /// for a package named after its program (`sysbench`, `gcc`), when that program is on PATH.
 ///
 /// Panics when a package is missing and this process is not root, naming the command to run, or when apt-get
 /// fails. Blocking: call it from `spawn_blocking` or before a proxy starts on the test's runtime.
 pub fn ensure_packages(packages: &[&str]) {
-    let mut updated = APT.lock().unwrap_or_else(PoisonError::into_inner);
+    let _one_at_a_time = APT.lock().unwrap_or_else(PoisonError::into_inner);
     let missing: Vec<&str> = packages.iter().copied().filter(|package| !is_present(package)).collect();
     if missing.is_empty() {
         return;
@@ -41,14 +38,7 @@ pub fn ensure_packages(packages: &[&str]) {
          sudo DEBIAN_FRONTEND=noninteractive apt-get install -y {list}"
     );
     eprintln!("installing {list} with apt-get");
-    csmh_proxy::sandbox::with_install_lock(|| {
-        if !*updated {
-            apt_get_update();
-            *updated = true;
-        }
-        let install = apt_get(&[&["install", "-y"][..], &missing].concat());
-        assert_succeeded(&install, &format!("apt-get install -y {list}"));
-    });
+    install_packages(&missing).unwrap_or_else(|e| panic!("{e}"));
     let still_missing: Vec<&str> = missing.into_iter().filter(|package| !is_present(package)).collect();
     assert!(still_missing.is_empty(), "still missing after apt-get install: {}", still_missing.join(" "));
 }
@@ -63,51 +53,6 @@ fn dpkg_installed(package: &str) -> bool {
         .stderr(Stdio::null())
         .output()
         .is_ok_and(|output| output.status.success() && output.stdout == b"installed")
-}
-
-/// An executable named `name` in PATH, or in /usr/sbin or /usr/bin (often missing from a user's PATH).
-pub fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
-        .map(|dir| dir.join(name))
-        .find(|candidate| is_executable(candidate))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    path.metadata().is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// `apt-get update`, retried while another apt or dpkg holds its lock.
-fn apt_get_update() {
-    for _ in 0..UPDATE_LOCK_RETRIES {
-        let output = apt_get(&["update"]);
-        if output.status.success() {
-            return;
-        }
-        if !String::from_utf8_lossy(&output.stderr).contains("Could not get lock") {
-            assert_succeeded(&output, "apt-get update");
-        }
-        std::thread::sleep(Duration::from_secs(5));
-    }
-    panic!("apt-get update: the package lists stayed locked by another apt for ten minutes");
-}
-
-/// `apt-get <args>`, non-interactive, waiting up to ten minutes for another dpkg to finish.
-fn apt_get(args: &[&str]) -> Output {
-    Command::new("apt-get")
-        .args(["-o", "DPkg::Lock::Timeout=600"])
-        .args(args)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run apt-get: {e}"))
 }
 
 /// Panics with `what`, its exit status and its output unless it succeeded.
