@@ -173,6 +173,11 @@ async fn binary_protocol_responses_are_identical() {
         (vec![COM_STMT_EXECUTE, 2, 0, 0, 0, 0, 1, 0, 0, 0], Some(Expect::ResultSets)),
         (b"\x16SELEC ?".to_vec(), Some(Expect::Prepare)),
         (execute, Some(Expect::ResultSets)),
+        // A read-only cursor (statement 3): metadata now, rows fetched in batches with COM_STMT_FETCH.
+        (b"\x16SELECT id, d FROM p ORDER BY id".to_vec(), Some(Expect::Prepare)),
+        (vec![COM_STMT_EXECUTE, 3, 0, 0, 0, 1, 1, 0, 0, 0], Some(Expect::ResultSets)),
+        (vec![COM_STMT_FETCH, 3, 0, 0, 0, 1, 0, 0, 0], Some(Expect::Rows)),
+        (vec![COM_STMT_FETCH, 3, 0, 0, 0, 10, 0, 0, 0], Some(Expect::Rows)),
     ];
     for (payload, expect) in commands {
         match expect {
