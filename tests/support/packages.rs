@@ -84,6 +84,9 @@ pub struct Venv<'a> {
 /// Virtual environments this process has already checked: name → interpreter.
 static VENVS: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
 
+/// Extra packages this process has already checked, as `<venv name>: <requirements>`.
+static EXTRAS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
 impl Venv<'_> {
     /// The environment's Python interpreter, building the environment first unless a usable one with the same
     /// requirements is already there. Test binaries running at the same time take turns through a lock file.
@@ -103,6 +106,34 @@ impl Venv<'_> {
             self.build(&dir, &python);
         }
         known.insert(self.name.to_owned(), python.clone());
+        python
+    }
+
+    /// The environment's Python interpreter (see [`Venv::python`]) with `extras` (pip requirement specifiers)
+    /// installed in it too, unless `check` already succeeds there. The environment's own requirements and marker
+    /// stay as they are, so test binaries that need only those keep reusing it; when it is rebuilt, the extras
+    /// are installed again by the next caller. Blocking, like [`ensure_packages`].
+    pub fn python_with(&self, extras: &[&str], check: &str) -> PathBuf {
+        let python = self.python();
+        let mut known = EXTRAS.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = format!("{}: {}", self.name, extras.join(" "));
+        if known.contains(&key) {
+            return python;
+        }
+        let scratch = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let _lock = FileLock::exclusive(&scratch.join(format!("{}.lock", self.name)));
+        if !run_python(&python, check).status.success() {
+            eprintln!("installing {} into the Python virtual environment {}", extras.join(" "), self.name);
+            let pip = Command::new(&python)
+                .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--quiet"])
+                .args(extras)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run pip: {e}"));
+            assert_succeeded(&pip, &format!("pip install {}", extras.join(" ")));
+            assert_succeeded(&run_python(&python, check), &format!("python -c '{check}' after pip install"));
+        }
+        known.push(key);
         python
     }
 
