@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod config;
 pub mod history;
+pub mod merge;
 pub mod metrics;
 pub mod protocol;
 pub mod routing;

@@ -1,0 +1,74 @@
+//! Merging one read of the history table across two servers, as pure logic: no sockets, no async.
+//!
+//! When the old table and the extended table live on different servers, a SELECT that must read both is sent to
+//! each server, and the two result sets are merged while they stream to the client, as if both tables were one:
+//!
+//! 1. The router derives a [`MergePlan`] from the parsed statement ([`MergePlan::for_select`]) and adds the
+//!    plan's [`SideClauses`] to the statement sent to each side: the sort the merge relies on, the pushed-down
+//!    `LIMIT offset+count`, and the history id when the client did not select it.
+//! 2. The session reads both sides' column definitions, parses them ([`ColumnDef::parse`]) and builds a
+//!    [`Merge`], which checks that the two results can be merged exactly ([`Unsupported`] otherwise, before a
+//!    byte reaches the client).
+//! 3. The session asks [`Merge::step`] what to do: read a row of one side and [`Merge::push`] it (or
+//!    [`Merge::finish`] the side at its end of rows), send a row to the client, or stop.
+//!
+//! Rows stay raw payloads: the merge reads only the values it compares or combines, and passes every row it
+//! emits through untouched, except that a trailing history id the proxy added is cut off, and the one row of an
+//! aggregate read is encoded anew. It holds at most one row of each side at a time.
+//!
+//! Each history row appears once: two rows with equal sort keys are one row, and the extended table's copy is
+//! the one emitted (design §3: an id present in both tables is returned once, from the extended table).
+
+mod aggregate;
+mod column;
+mod decimal;
+mod error;
+mod kway;
+mod plan;
+mod row;
+mod select;
+mod value;
+
+pub use column::{ColumnDef, KeyKind, Padding};
+pub use decimal::Decimal;
+pub use error::{MergeError, Unsupported};
+pub use kway::{Merge, Step};
+pub use plan::{Aggregate, Direction, Limit, MergePlan, SideClauses, SortKey, TableColumns};
+pub use row::Protocol;
+pub use value::{DateTime, Key};
+
+use std::fmt;
+
+/// Which table a row of a merged read comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// The old table, `courseware_studentmodulehistory`.
+    Old,
+    /// The extended table: its rows win over old copies of the same history row.
+    Extended,
+}
+
+impl Origin {
+    /// Both origins, old first.
+    pub const BOTH: [Origin; 2] = [Origin::Old, Origin::Extended];
+
+    /// A position for per-origin arrays.
+    fn index(self) -> usize {
+        match self {
+            Origin::Old => 0,
+            Origin::Extended => 1,
+        }
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Origin::Old => "old table",
+            Origin::Extended => "extended table",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
