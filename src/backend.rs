@@ -212,8 +212,17 @@ pub enum Reply {
     Ok(OkFields),
     /// An ERR packet's payload, to pass on to the client as it is.
     Err(Vec<u8>),
-    /// A result set's rows, each value as text (`None` for NULL).
-    Rows(Vec<Vec<Option<Vec<u8>>>>),
+    /// A result set.
+    Rows(Rows),
+}
+
+/// A small text-protocol result set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rows {
+    /// For each column, whether its type is a number (so its values are written without quotes as literals).
+    pub numeric: Vec<bool>,
+    /// Each row's values as text (`None` for NULL).
+    pub values: Vec<Vec<Option<Vec<u8>>>>,
 }
 
 /// Why a statement the proxy runs for itself got no answer.
@@ -274,11 +283,21 @@ fn parse_reply(response: &[u8], caps: Negotiated) -> Result<Reply, QueryError> {
         Some(0x00) => OkFields::parse(first, caps.flags()).map(Reply::Ok).ok_or(ProtocolError::Malformed("OK").into()),
         _ => {
             let (columns, _) = lenenc_int(first).ok_or(ProtocolError::Malformed("column count"))?;
+            let defs = packets.get(1..1 + columns as usize).ok_or(ProtocolError::Malformed("column definitions"))?;
+            let numeric = defs.iter().map(|def| is_numeric(def)).collect::<Result<_, _>>()?;
             let skip = 1 + columns as usize + usize::from(!caps.deprecate_eof());
             let rows = packets.get(skip..packets.len().saturating_sub(1)).unwrap_or_default();
-            rows.iter().map(|row| text_row(row)).collect::<Result<_, _>>().map(Reply::Rows).map_err(Into::into)
+            let values = rows.iter().map(|row| text_row(row)).collect::<Result<_, _>>()?;
+            Ok(Reply::Rows(Rows { numeric, values }))
         }
     }
+}
+
+/// Whether a column definition describes a number.
+fn is_numeric(def: &[u8]) -> Result<bool, ProtocolError> {
+    let column: mysql_common::packets::Column =
+        ParseBuf(def).parse(()).map_err(|_| ProtocolError::Malformed("column definition"))?;
+    Ok(column.column_type().is_numeric_type())
 }
 
 /// The values of a text-protocol row.

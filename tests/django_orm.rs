@@ -119,20 +119,6 @@ async fn copy_to_extended(site: &Site, modules: &str) {
     .unwrap();
 }
 
-/// Which steps of the script's scenario to run (names as in `django_orm.py`'s `STEPS`).
-#[derive(Clone, Copy, Debug)]
-enum Steps {
-    /// The whole scenario.
-    All,
-    /// All but these (comma-separated).
-    Skip(&'static str),
-    /// Only these, in this order (the step creating the module they use is added by the script).
-    Only(&'static str),
-}
-
-/// The step that reads the history of a queryset of modules: edxapp's staff submission-history view.
-const SUBQUERY_READ: &str = "subquery_read";
-
 /// Where the extended table is.
 #[derive(Clone, Copy, Debug)]
 enum Servers {
@@ -144,7 +130,7 @@ enum Servers {
 
 /// Runs the Django scenario with `row`'s flags, the sample history copied as the row's stage of the migration
 /// has it; `reads_refused` expects every ORM read to fail with 1235.
-async fn django_scenario(servers: Servers, row: FlagRow, reads_refused: bool, steps: Steps) {
+async fn django_scenario(servers: Servers, row: FlagRow, reads_refused: bool) {
     let site = match servers {
         Servers::One => Site::new(row.flags()).await,
         Servers::Two => Site::two_servers(row.flags()).await,
@@ -171,21 +157,12 @@ async fn django_scenario(servers: Servers, row: FlagRow, reads_refused: bool, st
     if reads_refused {
         command.arg("--reads-refused");
     }
-    match steps {
-        Steps::All => {}
-        Steps::Skip(skip) => {
-            command.arg(format!("--skip={skip}"));
-        }
-        Steps::Only(only) => {
-            command.arg(format!("--steps={only}"));
-        }
-    }
     let output = clients::run(&mut command).await;
     // The script's report, shown by the test harness on failure (or with --nocapture).
     println!("{}{}", clients::text(&output.stdout), clients::text(&output.stderr));
     assert!(
         output.status.success(),
-        "Django through the proxy, flags {:?} on {servers:?} server(s), steps {steps:?}: the ORM saw something else than the \
+        "Django through the proxy, flags {:?} on {servers:?} server(s): the ORM saw something else than the \
          tables hold ({}); the script's report is above",
         row.flags(),
         output.status,
@@ -194,69 +171,40 @@ async fn django_scenario(servers: Servers, row: FlagRow, reads_refused: bool, st
 
 #[tokio::test]
 async fn one_server_flags_off_django_reads_and_writes_the_old_table() {
-    django_scenario(Servers::One, FlagRow::Off, false, Steps::All).await;
+    django_scenario(Servers::One, FlagRow::Off, false).await;
 }
 
 #[tokio::test]
 async fn one_server_reading_both_tables_django_sees_each_history_row_once() {
-    django_scenario(Servers::One, FlagRow::Both, false, Steps::All).await;
+    django_scenario(Servers::One, FlagRow::Both, false).await;
 }
 
 #[tokio::test]
 async fn one_server_extended_table_only_django_reads_and_writes_the_extended_table() {
-    django_scenario(Servers::One, FlagRow::ExtendedOnly, false, Steps::All).await;
+    django_scenario(Servers::One, FlagRow::ExtendedOnly, false).await;
 }
 
 #[tokio::test]
 async fn one_server_retired_old_table_django_never_reaches_it() {
-    django_scenario(Servers::One, FlagRow::Retired, false, Steps::All).await;
+    django_scenario(Servers::One, FlagRow::Retired, false).await;
 }
 
 #[tokio::test]
 async fn two_servers_flags_off_django_reads_and_writes_the_old_table() {
-    django_scenario(Servers::Two, FlagRow::Off, false, Steps::All).await;
+    django_scenario(Servers::Two, FlagRow::Off, false).await;
 }
 
 #[tokio::test]
 async fn two_servers_extended_table_only_django_reads_and_writes_the_extended_server() {
-    let steps = Steps::Skip(SUBQUERY_READ);
-    django_scenario(Servers::Two, FlagRow::ExtendedOnly, false, steps).await;
+    django_scenario(Servers::Two, FlagRow::ExtendedOnly, false).await;
 }
 
 #[tokio::test]
 async fn two_servers_retired_old_table_django_never_reaches_it() {
-    let steps = Steps::Skip(SUBQUERY_READ);
-    django_scenario(Servers::Two, FlagRow::Retired, false, steps).await;
-}
-
-/// Proxy bug, skipped by the two tests above: with `ENABLE_CSMH_EXTENDED` on and `edxapp_csmh` on another
-/// server, edxapp's submission-history read
-/// `SELECT ... FROM courseware_studentmodulehistory WHERE student_module_id IN (SELECT U0.id FROM
-/// courseware_studentmodule U0 INNER JOIN auth_user U1 ON (U0.student_id = U1.id) WHERE ...) ORDER BY id DESC`
-/// is rewritten to the extended table and sent whole to the `csmh` server, where the subquery's `edxapp` tables
-/// do not exist: Django gets error 1146 "Table '<csmh db>.courseware_studentmodule' doesn't exist" instead of the
-/// learner's history. Design §3: evaluate the uncorrelated subquery on the `edxapp` backend and inline its ids for
-/// the `csmh` side (or refuse with 1235).
-#[tokio::test]
-#[ignore = "proxy bug: across two servers with ENABLE_CSMH_EXTENDED on, history WHERE student_module_id IN \
-            (SELECT U0.id FROM courseware_studentmodule U0 JOIN auth_user ...) is sent whole to the csmh server: \
-            error 1146 '<csmh db>.courseware_studentmodule' doesn't exist instead of the learner's history"]
-async fn two_servers_extended_table_only_the_submission_history_subquery_read_works() {
-    let steps = Steps::Only(SUBQUERY_READ);
-    django_scenario(Servers::Two, FlagRow::ExtendedOnly, false, steps).await;
-}
-
-/// The same proxy bug as the test above, with the old table retired.
-#[tokio::test]
-#[ignore = "proxy bug: across two servers with ENABLE_CSMH_EXTENDED on, history WHERE student_module_id IN \
-            (SELECT U0.id FROM courseware_studentmodule U0 JOIN auth_user ...) is sent whole to the csmh server: \
-            error 1146 '<csmh db>.courseware_studentmodule' doesn't exist instead of the learner's history"]
-async fn two_servers_retired_old_table_the_submission_history_subquery_read_works() {
-    let steps = Steps::Only(SUBQUERY_READ);
-    django_scenario(Servers::Two, FlagRow::Retired, false, steps).await;
+    django_scenario(Servers::Two, FlagRow::Retired, false).await;
 }
 
 #[tokio::test]
 async fn two_servers_reading_both_tables_is_refused_with_1235_until_merged() {
-    django_scenario(Servers::Two, FlagRow::Both, true, Steps::All).await;
+    django_scenario(Servers::Two, FlagRow::Both, true).await;
 }

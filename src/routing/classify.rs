@@ -65,6 +65,8 @@ pub struct Shape {
     pub reads: Vec<Read>,
     /// The write to the old table, for INSERT, UPDATE and DELETE on it.
     pub write: Option<Write>,
+    /// An INSERT whose rows come from a SELECT (rather than VALUES or SET).
+    pub inserts_from_select: bool,
     /// For [`StatementKind::Other`]: whether it only changes or shows the table's definition (ALTER TABLE,
     /// CREATE/DROP INDEX, SHOW, DESCRIBE, EXPLAIN, ANALYZE), which stays allowed on a retired table so that
     /// edxapp's own migrations keep working.
@@ -108,7 +110,9 @@ pub fn shape(statement: &Statement, old: &TableName) -> Result<Shape, Unsupporte
     if write.is_some() && !reads.is_empty() {
         return Err(Unsupported("a statement that writes the history table may not also read it".into()));
     }
-    Ok(Shape { kind, reads, write, schema_only: is_schema_only(statement) })
+    let inserts_from_select = matches!(statement, Statement::Insert(insert)
+        if insert.source.as_ref().is_some_and(|q| !matches!(*q.body, SetExpr::Values(_))));
+    Ok(Shape { kind, reads, write, inserts_from_select, schema_only: is_schema_only(statement) })
 }
 
 /// The old table as the single target of an UPDATE; an error for multi-table forms that involve it.

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::{FanOut, Rewritten, Route, Side};
+use super::{FanOut, Inline, Rewritten, Route, Side};
 use crate::config::Config;
 use crate::shared::{CompileError, Snapshot};
 
@@ -25,19 +25,20 @@ impl fmt::Display for Explained<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
             Route::Passthrough => writeln!(f, "passthrough: sent unchanged"),
-            Route::Rewrite(Rewritten { sql, on, .. }) => {
+            Route::Rewrite(Rewritten { sql, on, inline, .. }) => {
                 let on = match on {
                     Side::Edxapp => "on the client's connection",
                     Side::Csmh => "on the proxy's csmh connection",
                 };
                 writeln!(f, "rewrite, {on}:")?;
-                indented(f, sql)
+                indented(f, sql)?;
+                inlined(f, inline)
             }
             Route::FanOut(FanOut::Union { sql, .. }) => {
                 writeln!(f, "fan out, one statement reading both tables:")?;
                 indented(f, sql)
             }
-            Route::FanOut(FanOut::Writes { old, extended }) => {
+            Route::FanOut(FanOut::Writes { old, extended, .. }) => {
                 writeln!(f, "fan out, the write on each table, affected rows summed:")?;
                 indented(f, old)?;
                 indented(f, extended)
@@ -46,6 +47,14 @@ impl fmt::Display for Explained<'_> {
             Route::Refuse(error) => writeln!(f, "refuse: {error}"),
         }
     }
+}
+
+fn inlined(f: &mut fmt::Formatter<'_>, inline: &[Inline]) -> fmt::Result {
+    for Inline { at, query } in inline {
+        writeln!(f, "    with, at byte {at}, the values of (run on edxapp first):")?;
+        indented(f, query)?;
+    }
+    Ok(())
 }
 
 fn indented(f: &mut fmt::Formatter<'_>, sql: &[u8]) -> fmt::Result {

@@ -49,6 +49,19 @@ pub struct Rewritten {
     pub on: Side,
     /// It inserts rows into the extended table, whose ids must not collide with the old table's.
     pub inserts: bool,
+    /// Subqueries on `edxapp` tables to run there first, their rows written into `sql` as lists of values
+    /// (only for the `csmh` connection of a separate server, which does not have those tables).
+    pub inline: Vec<Inline>,
+}
+
+/// An uncorrelated `IN (SELECT ...)` subquery the `csmh` side cannot run: the proxy runs it on the client's
+/// `edxapp` connection and writes its values at `at` in the statement, as `(v1, v2, ...)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inline {
+    /// Where the list of values goes in the statement.
+    pub at: usize,
+    /// The subquery, without its parentheses.
+    pub query: Vec<u8>,
 }
 
 /// One of the two backends.
@@ -77,6 +90,8 @@ pub enum FanOut {
         old: Vec<u8>,
         /// The statement for the extended table.
         extended: Vec<u8>,
+        /// Subqueries of `extended` to run on `edxapp` first (two servers).
+        inline: Vec<Inline>,
     },
 }
 
@@ -229,30 +244,62 @@ impl Plan<'_, '_> {
     }
 
     fn to_extended(&self) -> Result<Route, Unsupported> {
-        let sql = match &self.shape.write {
+        let splicer = match &self.shape.write {
             Some(write) => self.extended_write(write)?,
             None => self.reads_replaced(|read, alias| {
                 Ok(rewrite::extended_read(&String::from_utf8_lossy(alias), &self.router.extended).into_bytes())
                     .map(|text| (read, text))
             })?,
         };
+        let (sql, inline) = self.finish(splicer)?;
         let inserts = matches!(self.shape.write, Some(Write::Insert { .. }));
-        Ok(Route::Rewrite(Rewritten { sql, on: self.side(), inserts }))
+        Ok(Route::Rewrite(Rewritten { sql, on: self.side(), inserts, inline }))
+    }
+
+    /// Renders a statement for the extended table. On a separate `csmh` server only the history table exists,
+    /// so subqueries on `edxapp` tables become holes the session fills with their values, and anything else
+    /// that would read an `edxapp` table there is refused.
+    fn finish(&self, mut splicer: Splicer<'_>) -> Result<(Vec<u8>, Vec<Inline>), Unsupported> {
+        if self.side() == Side::Edxapp {
+            return Ok((splicer.render_all()?, Vec::new()));
+        }
+        if self.shape.reads.iter().any(|read| !read.alone) || self.shape.inserts_from_select {
+            return Err(Unsupported("the extended table's server has no edxapp tables to join or select from".into()));
+        }
+        let subqueries = rewrite::subqueries(self.tokens);
+        let mut queries = Vec::new();
+        for subquery in &subqueries {
+            if !subquery.after_in {
+                return Err(Unsupported(
+                    "only `IN (SELECT ...)` subqueries on edxapp tables can be used with the extended table on its \
+                     own server"
+                        .into(),
+                ));
+            }
+            if self.mentions.iter().any(|m| m.within(&subquery.range)) {
+                return Err(Unsupported("a subquery reading the history table again cannot be routed".into()));
+            }
+            splicer.hole(subquery.range.clone());
+            queries.push(self.source.bytes()[subquery.inner.clone()].to_vec());
+        }
+        let (sql, places) = splicer.render_with_holes()?;
+        let inline = places.into_iter().zip(queries).map(|(at, query)| Inline { at, query }).collect();
+        Ok((sql, inline))
     }
 
     fn to_both(&self) -> Result<Route, Unsupported> {
         match &self.shape.write {
-            Some(write @ Write::UpdateDelete { .. }) => Ok(Route::FanOut(FanOut::Writes {
-                old: self.source.bytes().to_vec(),
-                extended: self.extended_write(write)?,
-            })),
+            Some(write @ Write::UpdateDelete { .. }) => {
+                let (extended, inline) = self.finish(self.extended_write(write)?)?;
+                Ok(Route::FanOut(FanOut::Writes { old: self.source.bytes().to_vec(), extended, inline }))
+            }
             Some(Write::Insert { .. }) => Err(Unsupported("INSERT is never fanned out".into())),
             None if !self.router.same_server => {
                 Err(Unsupported("reading both tables across two servers is not supported yet".into()))
             }
             None => {
                 let mut copies_placeholders = false;
-                let sql = self.reads_replaced(|read, alias| {
+                let splicer = self.reads_replaced(|read, alias| {
                     if !read.alone {
                         return Err(Unsupported(
                             "a join with the history table cannot be read from both tables; query it alone".into(),
@@ -267,6 +314,7 @@ impl Plan<'_, '_> {
                         rewrite::union_read(&alias, condition.as_deref(), &self.router.old, &self.router.extended),
                     ))
                 })?;
+                let sql = splicer.render_all()?;
                 Ok(Route::FanOut(FanOut::Union { sql, copies_placeholders }))
             }
         }
@@ -277,14 +325,14 @@ impl Plan<'_, '_> {
     fn reads_replaced<'p>(
         &'p self,
         mut replacement: impl FnMut(&'p Read, &[u8]) -> Result<(&'p Read, Vec<u8>), Unsupported>,
-    ) -> Result<Vec<u8>, Unsupported> {
+    ) -> Result<Splicer<'p>, Unsupported> {
         let mut splicer = self.qualifiers_renamed(|_| self.router.old.table().as_bytes().to_vec());
         for read in &self.shape.reads {
             let alias = rewrite::read_alias(read, self.source, self.tokens);
             let (read, text) = replacement(read, alias)?;
             splicer.replace(self.source.offset(read.start)..self.source.offset(read.end), text);
         }
-        splicer.render_all()
+        Ok(splicer)
     }
 
     /// The condition of the WHERE clause of the SELECT that reads `read`: where it lies, and its text with the
@@ -320,7 +368,7 @@ impl Plan<'_, '_> {
 
     /// The write statement aimed at the extended table: the target and every column qualifier renamed, and a
     /// column list added to an INSERT without one.
-    fn extended_write(&self, write: &Write) -> Result<Vec<u8>, Unsupported> {
+    fn extended_write(&self, write: &Write) -> Result<Splicer<'_>, Unsupported> {
         let extended = &self.router.extended;
         let mut splicer = self.qualifiers_renamed(|with_schema| {
             if with_schema { extended.quoted() } else { format!("`{}`", extended.table()) }.into_bytes()
@@ -335,7 +383,7 @@ impl Plan<'_, '_> {
             let at = self.source.offset(*end);
             splicer.replace(at..at, rewrite::insert_columns());
         }
-        splicer.render_all()
+        Ok(splicer)
     }
 }
 

@@ -10,17 +10,25 @@ use super::classify::{Read, Unsupported};
 use super::source::{Source, Tok};
 use crate::history::{COLUMNS, TableName, WIDENED_COLUMNS};
 
-/// Edits to a statement's bytes: ranges replaced by new text.
+/// Edits to a statement's bytes: ranges replaced by new text, or cut out to leave a hole that is filled later.
 #[derive(Debug)]
 pub struct Splicer<'a> {
     bytes: &'a [u8],
     edits: Vec<(Range<usize>, Vec<u8>)>,
+    /// Starts of the edits that are holes.
+    holes: Vec<usize>,
 }
 
 impl<'a> Splicer<'a> {
     /// No edits yet to `bytes`.
     pub fn new(bytes: &'a [u8]) -> Splicer<'a> {
-        Splicer { bytes, edits: Vec::new() }
+        Splicer { bytes, edits: Vec::new(), holes: Vec::new() }
+    }
+
+    /// Cuts `range` out, leaving a hole whose place [`Splicer::render_with_holes`] reports.
+    pub fn hole(&mut self, range: Range<usize>) {
+        self.holes.push(range.start);
+        self.edits.push((range, Vec::new()));
     }
 
     /// Replaces `range` with `text` (an empty range inserts).
@@ -49,6 +57,22 @@ impl<'a> Splicer<'a> {
         }
         out.extend_from_slice(&self.bytes[at..range.end]);
         Ok(out)
+    }
+
+    /// The whole statement with every edit applied, and where each hole is in it, in order.
+    pub fn render_with_holes(&self) -> Result<(Vec<u8>, Vec<usize>), Unsupported> {
+        let out = self.render_all()?;
+        let mut holes = self.holes.clone();
+        holes.sort_unstable();
+        let places = holes
+            .iter()
+            .map(|&start| {
+                let before: Vec<&(Range<usize>, Vec<u8>)> = self.edits.iter().filter(|(r, _)| r.end <= start).collect();
+                let grown: isize = before.iter().map(|(r, t)| t.len() as isize - r.len() as isize).sum();
+                (start as isize + grown) as usize
+            })
+            .collect();
+        Ok((out, places))
     }
 
     /// The whole statement with every edit applied.
@@ -145,6 +169,57 @@ pub fn where_condition(tokens: &[Tok], after: usize) -> Result<Range<usize>, Uns
     Ok(body[0].range.start..body[end].range.end)
 }
 
+/// An uncorrelated subquery in parentheses, as the `csmh` side would have to run it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subquery {
+    /// Its bytes, parentheses included.
+    pub range: Range<usize>,
+    /// Its bytes inside the parentheses.
+    pub inner: Range<usize>,
+    /// It is the right side of `IN`/`NOT IN`, so its rows can be replaced by a list of values.
+    pub after_in: bool,
+}
+
+/// The outermost `(SELECT ...)` groups of a statement.
+pub fn subqueries(tokens: &[Tok]) -> Vec<Subquery> {
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i + 1 < tokens.len() {
+        let opens_select = tokens[i].token.token == Token::LParen && tokens[i + 1].is_keyword("SELECT");
+        if !opens_select {
+            i += 1;
+            continue;
+        }
+        let Some(close) = matching_paren(tokens, i) else { break };
+        let after_in = i > 0 && tokens[i - 1].is_keyword("IN");
+        found.push(Subquery {
+            range: tokens[i].range.start..tokens[close].range.end,
+            inner: tokens[i + 1].range.start..tokens[close - 1].range.end,
+            after_in,
+        });
+        i = close + 1;
+    }
+    found
+}
+
+/// The index of the parenthesis closing the one at `open`.
+fn matching_paren(tokens: &[Tok], open: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    for (i, tok) in tokens.iter().enumerate().skip(open) {
+        match tok.token.token {
+            Token::LParen => depth += 1,
+            Token::RParen => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Keywords that end a WHERE clause at its own nesting level.
 const ENDS_WHERE: [&str; 12] =
     ["GROUP", "HAVING", "ORDER", "LIMIT", "WINDOW", "FOR", "LOCK", "UNION", "EXCEPT", "INTERSECT", "INTO", "PROCEDURE"];
@@ -166,6 +241,30 @@ mod tests {
 
     fn text(bytes: Vec<u8>) -> String {
         String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn holes_are_reported_where_they_land() {
+        let sql = b"DELETE FROM t WHERE a IN (SELECT x FROM u) AND b IN (SELECT y FROM v)";
+        let mut s = Splicer::new(sql);
+        s.replace(12..13, "longer_name");
+        s.hole(25..42);
+        s.hole(52..69);
+        let (out, holes) = s.render_with_holes().unwrap();
+        assert_eq!(text(out.clone()), "DELETE FROM longer_name WHERE a IN  AND b IN ");
+        assert_eq!(holes, vec![35, 45]);
+    }
+
+    #[test]
+    fn finds_the_outermost_subqueries() {
+        let sql = "SELECT a FROM t WHERE a IN (SELECT b FROM u WHERE c IN (SELECT d FROM w)) AND e = (SELECT 1)";
+        let source = Source::new(sql.as_bytes());
+        let found = subqueries(&source.tokens().unwrap());
+        assert_eq!(found.len(), 2);
+        assert_eq!(&sql[found[0].inner.clone()], "SELECT b FROM u WHERE c IN (SELECT d FROM w)");
+        assert!(found[0].after_in);
+        assert_eq!(&sql[found[1].range.clone()], "(SELECT 1)");
+        assert!(!found[1].after_in);
     }
 
     #[test]

@@ -116,6 +116,16 @@ pub enum Mention {
     },
 }
 
+impl Mention {
+    /// Whether this mention lies inside `range`.
+    pub fn within(&self, range: &Range<usize>) -> bool {
+        let at = match self {
+            Mention::Table { range, .. } | Mention::Qualifier { range, .. } => range,
+        };
+        at.start >= range.start && at.end <= range.end
+    }
+}
+
 /// Finds every place the tokens name the old table `old`: unquoted or in backquotes, bare or qualified with its
 /// own schema. Names in string literals and comments are not tokens of this kind, so they never count; a name
 /// qualified with another schema is another table.

@@ -143,7 +143,7 @@ fn reading_the_extended_table_alone_keeps_the_old_column_order() {
 
 #[test]
 fn update_and_delete_fan_out_while_the_old_table_is_in_use() {
-    let Route::FanOut(FanOut::Writes { old, extended }) = extended_only().route(EDXAPP_DELETE.as_bytes()) else {
+    let Route::FanOut(FanOut::Writes { old, extended, .. }) = extended_only().route(EDXAPP_DELETE.as_bytes()) else {
         panic!()
     };
     assert_eq!(text(&old), EDXAPP_DELETE);
@@ -224,4 +224,31 @@ fn placeholders_copied_into_both_branches_are_flagged() {
     assert!(matches!(route, Route::FanOut(FanOut::Union { copies_placeholders: true, .. })));
     let route = reading_both().route(b"SELECT id FROM courseware_studentmodulehistory WHERE state = '?'");
     assert!(matches!(route, Route::FanOut(FanOut::Union { copies_placeholders: false, .. })));
+}
+
+#[test]
+fn on_two_servers_subqueries_on_edxapp_tables_are_left_for_the_session_to_fill() {
+    let two = router(true, false, false, false);
+    let sql = "SELECT id FROM courseware_studentmodulehistory WHERE student_module_id IN (SELECT U0.`id` FROM \
+               `courseware_studentmodule` U0 WHERE U0.`student_id` = 7) ORDER BY id DESC";
+    let Route::Rewrite(Rewritten { sql: out, inline, on: Side::Csmh, .. }) = two.route(sql.as_bytes()) else {
+        panic!()
+    };
+    let [Inline { at, query }] = inline.as_slice() else { panic!("{inline:?}") };
+    assert_eq!(text(query), "SELECT U0.`id` FROM `courseware_studentmodule` U0 WHERE U0.`student_id` = 7");
+    let mut filled = out.clone();
+    filled.splice(*at..*at, b"(1, 2)".iter().copied());
+    assert!(text(&filled).ends_with("WHERE student_module_id IN (1, 2) ORDER BY id DESC"), "{}", text(&filled));
+}
+
+#[test]
+fn on_two_servers_what_needs_edxapp_tables_otherwise_is_refused() {
+    let two = router(true, false, false, false);
+    for sql in [
+        "SELECT id FROM courseware_studentmodulehistory WHERE grade = (SELECT MAX(grade) FROM courseware_studentmodule)",
+        "SELECT h.id FROM courseware_studentmodulehistory h, courseware_studentmodule m WHERE m.id = h.student_module_id",
+        "INSERT INTO courseware_studentmodulehistory (state, created, student_module_id) SELECT state, modified, id FROM courseware_studentmodule",
+    ] {
+        assert_eq!(code(&two.route(sql.as_bytes())), 1235, "{sql}");
+    }
 }

@@ -142,7 +142,7 @@ impl Session {
     /// Applies the client's current session settings to the `csmh` connection if they changed since last time.
     async fn sync_settings(&mut self) -> Result<(), CsmhError> {
         let settings = match backend::query(&mut self.backend, self.caps, SETTINGS.as_bytes()).await? {
-            Reply::Rows(mut rows) if rows.len() == 1 => rows.remove(0),
+            Reply::Rows(mut rows) if rows.values.len() == 1 => rows.values.remove(0),
             _ => return Err(CsmhError::Refused("cannot read the client's session settings".into())),
         };
         let csmh = self.csmh.as_mut().expect("opened before syncing");

@@ -7,7 +7,7 @@ use tracing::{debug, info, warn};
 
 use super::csmh::CsmhError;
 use super::{CopyFailure, Flow, Session, SessionError, copy_response};
-use crate::backend::{self, QueryError, Reply};
+use crate::backend::{self, QueryError, Reply, Rows};
 use crate::metrics::Metrics;
 use crate::protocol::ProtocolError;
 use crate::protocol::command::COM_QUERY;
@@ -15,7 +15,7 @@ use crate::protocol::command::Command;
 use crate::protocol::frame::{self, PacketSpan};
 use crate::protocol::packets::{MysqlError, OkFields};
 use crate::protocol::response::{Expect, Progress, ResponseScanner};
-use crate::routing::{FanOut, Rewritten, Route, Side};
+use crate::routing::{FanOut, Inline, Rewritten, Route, Side};
 
 /// How a statement the proxy runs for itself ended.
 enum Outcome {
@@ -57,6 +57,38 @@ impl Atomic {
     }
 }
 
+/// The most values an `IN (SELECT ...)` subquery may return to be written into a statement for the `csmh` side.
+const MAX_INLINED: usize = 10_000;
+
+/// The values of a one-column result as a parenthesized SQL list: numbers as they are, anything else quoted.
+/// An empty result becomes a subquery with no rows, so that `NOT IN` keeps its meaning.
+fn value_list(rows: &Rows) -> Option<String> {
+    if rows.values.len() > MAX_INLINED {
+        return None;
+    }
+    if rows.values.is_empty() {
+        return Some("(SELECT NULL FROM DUAL WHERE FALSE)".to_owned());
+    }
+    let numeric = rows.numeric.first().copied().unwrap_or(false);
+    let literal = |value: &Option<Vec<u8>>| match value {
+        None => "NULL".to_owned(),
+        Some(v) if numeric => String::from_utf8_lossy(v).into_owned(),
+        Some(v) => format!("'{}'", String::from_utf8_lossy(v).replace('\\', "\\\\").replace('\'', "\\'")),
+    };
+    let values: Vec<String> = rows.values.iter().map(|row| literal(&row.first().cloned().flatten())).collect();
+    Some(format!("({})", values.join(", ")))
+}
+
+/// A server's ERR payload as an error to pass on.
+fn err_from_payload(payload: &[u8]) -> MysqlError {
+    let code = payload.get(1..3).map_or(1105, |c| u16::from_le_bytes([c[0], c[1]]));
+    let (state, message) = match payload.get(3) {
+        Some(b'#') if payload.len() >= 9 => (payload[4..9].try_into().unwrap_or(*b"HY000"), &payload[9..]),
+        _ => (*b"HY000", payload.get(3..).unwrap_or_default()),
+    };
+    MysqlError::new(code, &state, String::from_utf8_lossy(message))
+}
+
 /// The ERR payload telling the client the `csmh` side failed.
 fn error_payload(failure: &CsmhError) -> Vec<u8> {
     let mut out = BytesMut::new();
@@ -94,9 +126,12 @@ impl Session {
                 Metrics::incr(&metrics.statements_fanned_out);
                 self.send_instead(span, &sql, expect).await
             }
-            Route::FanOut(FanOut::Writes { old, extended }) if command == Command::Query => {
+            Route::FanOut(FanOut::Writes { old, extended, inline }) if command == Command::Query => {
                 Metrics::incr(&metrics.statements_fanned_out);
-                self.write_both(span, &old, &extended).await
+                match self.with_values(extended, &inline).await? {
+                    Ok(extended) => self.write_both(span, &old, &extended).await,
+                    Err(error) => self.refuse(span, error).await,
+                }
             }
             Route::FanOut(FanOut::Writes { .. }) => {
                 let reason = "a prepared UPDATE or DELETE of the history table while both tables are written";
@@ -106,9 +141,12 @@ impl Session {
                 let reason = "prepared statements on the extended table on a separate csmh server";
                 self.refuse_unsupported(span, reason).await
             }
-            Route::Rewrite(Rewritten { sql, on: Side::Csmh, .. }) => {
+            Route::Rewrite(Rewritten { sql, on: Side::Csmh, inline, .. }) => {
                 Metrics::incr(&metrics.statements_rewritten);
-                self.run_on_csmh(span, &sql).await
+                match self.with_values(sql, &inline).await? {
+                    Ok(sql) => self.run_on_csmh(span, &sql).await,
+                    Err(error) => self.refuse(span, error).await,
+                }
             }
             Route::Block(error) => {
                 Metrics::incr(&metrics.statements_blocked);
@@ -184,7 +222,7 @@ impl Session {
             },
         };
         let Ok(Reply::Rows(rows)) = reply else { return Ok(None) };
-        let value = rows.first().and_then(|row| row.first()).cloned().flatten();
+        let value = rows.values.first().and_then(|row| row.first()).cloned().flatten();
         Ok(value.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()))
     }
 
@@ -193,6 +231,34 @@ impl Session {
         Metrics::incr(&self.shared.metrics.statements_refused);
         info!(route = "refuse", code = error.code, "statement naming the history table refused: {what}");
         self.refuse(span, error).await
+    }
+
+    /// `sql` with each of its subqueries on `edxapp` tables run on the client's `edxapp` connection and their
+    /// values written in; the error for the client if one of them fails or returns too many values.
+    async fn with_values(
+        &mut self,
+        mut sql: Vec<u8>,
+        inline: &[Inline],
+    ) -> Result<Result<Vec<u8>, MysqlError>, SessionError> {
+        for Inline { at, query } in inline.iter().rev() {
+            let rows = match backend::query(&mut self.backend, self.caps, query).await {
+                Ok(Reply::Rows(rows)) => rows,
+                Ok(Reply::Err(payload)) => return Ok(Err(err_from_payload(&payload))),
+                Ok(Reply::Ok(_)) => Rows::default(),
+                Err(QueryError::Io(e)) => return Err(SessionError::Backend(e)),
+                Err(QueryError::Protocol(e)) => return Err(SessionError::BackendProtocol(e)),
+            };
+            match value_list(&rows) {
+                Some(list) => {
+                    sql.splice(at..at, list.into_bytes());
+                }
+                None => {
+                    let reason = format!("a subquery on edxapp tables returning more than {MAX_INLINED} values");
+                    return Ok(Err(MysqlError::new(1235, b"42000", format!("csmh-proxy does not support {reason}"))));
+                }
+            }
+        }
+        Ok(Ok(sql))
     }
 
     /// Runs `sql` on the `csmh` connection in place of the client's statement and relays the answer. If the
