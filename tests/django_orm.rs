@@ -7,8 +7,8 @@
 //! routing table, on one server and on two. The script checks every ORM result and every write against the
 //! tables, read directly on their servers; its report is the failure message.
 //!
-//! Across two servers the proxy still refuses to read both tables (error 1235); that row checks the refusal
-//! reaches Django as an error carrying 1235, and fails, saying so, once such reads succeed.
+//! Across two servers the row that reads both tables exercises the proxy's merge of the two servers' results
+//! (`tests/routing_two_servers.rs` tests the merge's shapes and refusals statement by statement).
 //!
 //! Django is installed into the `mysqlclient` virtual environment of `tests/mysqlclient.rs`.
 
@@ -17,9 +17,8 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use csmh_proxy::config::Flags;
-use csmh_proxy::sandbox::{EXTENDED_TABLE, OLD_TABLE};
+use csmh_proxy::sandbox::EXTENDED_TABLE;
 use mysql_async::prelude::*;
-use mysql_async::{Params, Row};
 use support::clients;
 use support::edx::{self, Site};
 use support::packages::Venv;
@@ -81,42 +80,23 @@ impl FlagRow {
     /// marked) when the site runs with these flags: none before the migration, part of it while both tables are
     /// read, all but the last module's once only the extended table is read (rows written to the old table
     /// during the roll-out, which the catch-up pass has not copied yet).
-    fn copied_modules(self) -> &'static str {
+    fn copied_modules(self) -> &'static [u64] {
         match self {
-            FlagRow::Off => "",
-            FlagRow::Both => "1, 2",
-            FlagRow::ExtendedOnly | FlagRow::Retired => "1, 2, 3, 4, 5",
+            FlagRow::Off => &[],
+            FlagRow::Both => &[1, 2],
+            FlagRow::ExtendedOnly | FlagRow::Retired => &[1, 2, 3, 4, 5],
         }
     }
 }
 
-/// Copies the old history rows of `modules` into the extended table with their ids, the state marked as a copy,
-/// as the migration does (across servers too).
-async fn copy_to_extended(site: &Site, modules: &str) {
+/// The ids of the old table's history rows of `modules`.
+async fn history_of(site: &Site, modules: &[u64]) -> Vec<u64> {
     if modules.is_empty() {
-        return;
+        return Vec::new();
     }
-    let dbs = &site.dbs;
-    let mut edxapp = site.root().await;
-    let rows: Vec<Row> = edxapp
-        .query(format!(
-            "SELECT version, created, CONCAT(state, ' (copy)'), grade, max_grade, id, student_module_id \
-             FROM `{}`.`{OLD_TABLE}` WHERE student_module_id IN ({modules})",
-            dbs.edxapp_db
-        ))
-        .await
-        .unwrap();
-    let mut csmh = site.csmh_root().await;
-    csmh.exec_batch(
-        format!(
-            "INSERT INTO `{}`.`{EXTENDED_TABLE}` (version, created, state, grade, max_grade, id, student_module_id) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-            dbs.csmh_db
-        ),
-        rows.into_iter().map(|row| Params::Positional(row.unwrap())),
-    )
-    .await
-    .unwrap();
+    let list: Vec<String> = modules.iter().map(u64::to_string).collect();
+    let sql = format!("SELECT id FROM {} WHERE student_module_id IN ({}) ORDER BY id", site.old(), list.join(", "));
+    site.root().await.query(sql).await.unwrap()
 }
 
 /// Where the extended table is.
@@ -129,13 +109,13 @@ enum Servers {
 }
 
 /// Runs the Django scenario with `row`'s flags, the sample history copied as the row's stage of the migration
-/// has it; `reads_refused` expects every ORM read to fail with 1235.
-async fn django_scenario(servers: Servers, row: FlagRow, reads_refused: bool) {
+/// has it.
+async fn django_scenario(servers: Servers, row: FlagRow) {
     let site = match servers {
         Servers::One => Site::new(row.flags()).await,
         Servers::Two => Site::two_servers(row.flags()).await,
     };
-    copy_to_extended(&site, row.copied_modules()).await;
+    site.copy_to_extended(&history_of(&site, row.copied_modules()).await).await;
     let (dbs, proxy) = (&site.dbs, &site.proxy);
     let python = python().await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/django_orm.py");
@@ -154,9 +134,6 @@ async fn django_scenario(servers: Servers, row: FlagRow, reads_refused: bool) {
         .arg(format!("--flags={}", row.name()))
         .arg(format!("--first-extended-id={}", site.first_extended_id))
         .env("PYTHONDONTWRITEBYTECODE", "1");
-    if reads_refused {
-        command.arg("--reads-refused");
-    }
     let output = clients::run(&mut command).await;
     // The script's report, shown by the test harness on failure (or with --nocapture).
     println!("{}{}", clients::text(&output.stdout), clients::text(&output.stderr));
@@ -171,40 +148,40 @@ async fn django_scenario(servers: Servers, row: FlagRow, reads_refused: bool) {
 
 #[tokio::test]
 async fn one_server_flags_off_django_reads_and_writes_the_old_table() {
-    django_scenario(Servers::One, FlagRow::Off, false).await;
+    django_scenario(Servers::One, FlagRow::Off).await;
 }
 
 #[tokio::test]
 async fn one_server_reading_both_tables_django_sees_each_history_row_once() {
-    django_scenario(Servers::One, FlagRow::Both, false).await;
+    django_scenario(Servers::One, FlagRow::Both).await;
 }
 
 #[tokio::test]
 async fn one_server_extended_table_only_django_reads_and_writes_the_extended_table() {
-    django_scenario(Servers::One, FlagRow::ExtendedOnly, false).await;
+    django_scenario(Servers::One, FlagRow::ExtendedOnly).await;
 }
 
 #[tokio::test]
 async fn one_server_retired_old_table_django_never_reaches_it() {
-    django_scenario(Servers::One, FlagRow::Retired, false).await;
+    django_scenario(Servers::One, FlagRow::Retired).await;
 }
 
 #[tokio::test]
 async fn two_servers_flags_off_django_reads_and_writes_the_old_table() {
-    django_scenario(Servers::Two, FlagRow::Off, false).await;
+    django_scenario(Servers::Two, FlagRow::Off).await;
 }
 
 #[tokio::test]
 async fn two_servers_extended_table_only_django_reads_and_writes_the_extended_server() {
-    django_scenario(Servers::Two, FlagRow::ExtendedOnly, false).await;
+    django_scenario(Servers::Two, FlagRow::ExtendedOnly).await;
 }
 
 #[tokio::test]
 async fn two_servers_retired_old_table_django_never_reaches_it() {
-    django_scenario(Servers::Two, FlagRow::Retired, false).await;
+    django_scenario(Servers::Two, FlagRow::Retired).await;
 }
 
 #[tokio::test]
-async fn two_servers_reading_both_tables_is_refused_with_1235_until_merged() {
-    django_scenario(Servers::Two, FlagRow::Both, true).await;
+async fn two_servers_reading_both_tables_django_sees_each_history_row_once() {
+    django_scenario(Servers::Two, FlagRow::Both).await;
 }

@@ -30,7 +30,7 @@ async fn reading_both_writes_new_history_to_the_extended_table_and_reads_both_on
     assert_eq!(site.extended_ids().await, vec![new_id]);
     assert_eq!(site.old_ids().await.len(), 18, "nothing new in the old table");
 
-    site.copy_to_extended("7, 13").await;
+    site.copy_to_extended(&[7, 13]).await;
     let rows: Vec<(u64, String, u64)> = edxapp
         .query_map(edxapp_read("1, 2"), |r: Row| (r.get(0).unwrap(), r.get(3).unwrap(), r.get(6).unwrap()))
         .await
@@ -105,7 +105,7 @@ async fn update_and_delete_reach_both_tables_and_report_the_sum() {
     let mut edxapp = site.edxapp().await;
     edxapp.query_drop(edxapp_insert(2, "{}")).await.unwrap();
     let new_id = edxapp.last_insert_id().unwrap();
-    site.copy_to_extended("2").await;
+    site.copy_to_extended(&[2]).await;
 
     edxapp.query_drop(format!("UPDATE `{OLD}` SET `state` = 'saved twice' WHERE `{OLD}`.`id` = 2")).await.unwrap();
     assert_eq!(edxapp.affected_rows(), 2, "the old row and its copy were updated");

@@ -1,10 +1,15 @@
 //! Routing with the extended table on its own server: the proxy's own `csmh` connection, the client's session
-//! settings replayed on it, writes to both servers kept atomic, and the client's transactions mirrored.
+//! settings replayed on it, writes to both servers kept atomic, the client's transactions mirrored, and reads of
+//! both tables merged from the two servers' results — compared with the union of both tables read directly on
+//! their servers, an id in both read once, from the extended table.
 
 mod support;
 
-use mysql_async::Conn;
+use std::collections::BTreeMap;
+
+use csmh_proxy::sandbox::{SAMPLE_COURSE, SAMPLE_PROBLEMS};
 use mysql_async::prelude::*;
+use mysql_async::{Conn, Row, Value};
 use support::EdxDatabases;
 use support::edx::*;
 
@@ -132,10 +137,397 @@ async fn an_unreachable_csmh_server_is_an_error_for_the_statement_only() {
     assert_eq!(one, Some(1));
 }
 
+/// The old table's columns, in its order, as edxapp's statements name them.
+const HISTORY: [&str; 7] = ["id", "version", "created", "state", "grade", "max_grade", "student_module_id"];
+
+/// `SELECT <columns> FROM <the old table> <rest>`, the columns qualified as Django qualifies them.
+fn select(columns: &[&str], rest: &str) -> String {
+    let columns: Vec<String> = columns.iter().map(|c| format!("`{OLD}`.`{c}`")).collect();
+    format!("SELECT {} FROM `{OLD}` {rest}", columns.join(", "))
+}
+
+/// Django's SELECT of whole history rows, followed by `rest` (WHERE, ORDER BY, LIMIT).
+fn django_select(rest: &str) -> String {
+    select(&HISTORY, rest)
+}
+
+/// `WHERE` the history's module is `module`, as Django writes it.
+fn of_module(module: u64) -> String {
+    format!("WHERE `{OLD}`.`student_module_id` = {module}")
+}
+
+/// A row as the client gets it in the text protocol: each value as the server wrote it.
+type Values = Vec<Value>;
+
+/// The rows of `sql`, through `conn`.
+async fn rows(conn: &mut Conn, sql: &str) -> Vec<Values> {
+    let rows: Vec<Row> = conn.query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows.into_iter().map(Row::unwrap).collect()
+}
+
+/// The value of column `at` of `row` as a `T`.
+fn get<T: FromValue>(row: &Values, at: usize) -> T {
+    mysql_async::from_value(row[at].clone())
+}
+
+/// The ids of `rows`, whose first column is the id.
+fn ids(rows: &[Values]) -> Vec<u64> {
+    rows.iter().map(|row| get(row, 0)).collect()
+}
+
+/// The union of both tables read directly on their servers, by id, the extended table's row winning for an id in
+/// both: `columns` (the id first) of the rows `h` that meet `condition`, each server's session set up with
+/// `session` first.
+async fn direct_union(site: &Site, columns: &str, condition: &str, session: &[&str]) -> BTreeMap<u64, Values> {
+    let mut union = BTreeMap::new();
+    for (mut conn, table) in [(site.root().await, site.old()), (site.csmh_root().await, site.extended())] {
+        for set in session {
+            conn.query_drop(*set).await.unwrap();
+        }
+        for row in rows(&mut conn, &format!("SELECT {columns} FROM {table} AS h WHERE {condition}")).await {
+            union.insert(get(&row, 0), row);
+        }
+    }
+    union
+}
+
+/// Whole history rows of the union of both tables (see [`direct_union`]), by id.
+async fn history_union(site: &Site) -> BTreeMap<u64, Values> {
+    let columns: Vec<String> = HISTORY.iter().map(|c| format!("h.{c}")).collect();
+    direct_union(site, &columns.join(", "), "TRUE", &[]).await
+}
+
+/// The rows of `union` of the modules `modules`, newest (largest id) first.
+fn newest_first(union: &BTreeMap<u64, Values>, modules: &[u64]) -> Vec<Values> {
+    union.values().rev().filter(|row| modules.contains(&get(row, 6))).cloned().collect()
+}
+
+/// Whether the row's state (column `at`) is the extended table's copy of an old row.
+fn is_copy(row: &Values, at: usize) -> bool {
+    get::<String>(row, at).ends_with(" (copy)")
+}
+
 #[tokio::test]
-async fn reading_both_tables_across_servers_is_refused_until_merged() {
-    let site = Site::two_servers(flags(true, true, false)).await;
+async fn edxapps_reads_of_both_tables_return_each_id_once_newest_first() {
+    let site = Site::two_servers(reading_both()).await;
+    site.copy_to_extended(&[7, 8, 9, 13]).await;
     let mut edxapp = site.edxapp().await;
-    let (code, _) = server_error(edxapp.query_drop(format!("SELECT * FROM `{OLD}`")).await);
-    assert_eq!(code, 1235);
+    edxapp.query_drop(edxapp_insert(1, "{\"new\": 1}")).await.unwrap();
+    let new_1 = edxapp.last_insert_id().unwrap();
+    edxapp.query_drop(edxapp_insert(3, "{\"new\": 3}")).await.unwrap();
+    let new_3 = edxapp.last_insert_id().unwrap();
+    assert!(new_1 >= site.first_extended_id && new_3 > new_1, "ids {new_1}, {new_3} from the extended range");
+    assert_eq!(site.extended_ids().await, vec![7, 8, 9, 13, new_1, new_3]);
+    assert_eq!(site.old_ids().await.len(), 18, "nothing new in the old table");
+    let union = history_union(&site).await;
+
+    let read = rows(&mut edxapp, &edxapp_read("1, 2")).await;
+    assert_eq!(ids(&read), vec![new_1, 14, 13, 8, 7, 2, 1], "newest first, each id once");
+    assert_eq!(read, newest_first(&union, &[1, 2]), "the rows of both tables, the extended copies winning");
+    let copies: Vec<u64> = read.iter().filter(|row| is_copy(row, 3)).map(|row| get(row, 0)).collect();
+    assert_eq!(copies, vec![13, 8, 7], "copied ids come from the extended server");
+
+    let learners = [
+        ("alice", 0, 1, vec![new_1, 13, 7, 1]),
+        ("bob", 0, 3, vec![new_3, 15, 9, 3]),
+        ("carol", 1, 6, vec![18, 12, 6]),
+    ];
+    for (learner, problem, module, wanted) in learners {
+        let read = rows(&mut edxapp, &edxapp_subquery_read(learner, SAMPLE_COURSE, SAMPLE_PROBLEMS[problem])).await;
+        let expected: Vec<Values> = newest_first(&union, &[module])
+            .into_iter()
+            .map(|row| vec![row[0].clone(), row[3].clone(), row[6].clone()])
+            .collect();
+        assert_eq!(ids(&read), wanted, "{learner}'s submission history, newest first, each id once");
+        assert_eq!(read, expected, "{learner}'s submission history");
+    }
+    let nobody = rows(&mut edxapp, &edxapp_subquery_read("nobody", SAMPLE_COURSE, SAMPLE_PROBLEMS[0])).await;
+    assert_eq!(nobody, Vec::<Values>::new(), "a subquery without rows selects nothing on either server");
+}
+
+/// The test site of [`djangos_queryset_shapes_answer_as_the_union_of_both_tables`]: modules 1 and 2 partly and
+/// wholly copied, and three rows written through the proxy, for modules 1, 3 and 7 (whose history is in the
+/// extended table only), with `created` values distinct from each other and later than the old rows'.
+async fn queryset_site() -> (Site, Conn, Vec<u64>) {
+    let site = Site::two_servers(reading_both()).await;
+    site.copy_to_extended(&[2, 7, 8, 13, 14]).await;
+    let mut edxapp = site.edxapp().await;
+    let mut new = Vec::new();
+    let writes =
+        [(1, "2024-06-01 12:00:01.000001"), (3, "2024-06-01 12:00:02.000002"), (7, "2024-06-01 12:00:03.000003")];
+    for (module, created) in writes {
+        edxapp.query_drop(edxapp_insert_at(module, "{\"new\": true}", created)).await.unwrap();
+        new.push(edxapp.last_insert_id().unwrap());
+    }
+    (site, edxapp, new)
+}
+
+#[tokio::test]
+async fn djangos_queryset_shapes_answer_as_the_union_of_both_tables() {
+    let (site, mut edxapp, new) = queryset_site().await;
+    let union = history_union(&site).await;
+    let all_rows = newest_first(&union, &[1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(all_rows.len(), 18 + 3);
+    let in_1_2 = format!("WHERE `{OLD}`.`student_module_id` IN (1, 2)");
+    let rows_1_2 = newest_first(&union, &[1, 2]);
+
+    // count()
+    let count = |rest: &str| format!("SELECT COUNT(*) AS `__count` FROM `{OLD}` {rest}");
+    for (rest, wanted) in [("", 21), (in_1_2.as_str(), rows_1_2.len()), (&of_module(424242), 0)] {
+        let counted: Option<usize> = edxapp.query_first(count(rest)).await.unwrap();
+        assert_eq!(counted, Some(wanted), "count() {rest}: every id once");
+    }
+
+    // exists()
+    for (module, exists) in [(7, Some(1)), (2, Some(1)), (6, Some(1)), (424242, None)] {
+        let sql = format!("SELECT 1 AS `a` FROM `{OLD}` {} LIMIT 1", of_module(module));
+        let found: Option<i64> = edxapp.query_first(&sql).await.unwrap();
+        assert_eq!(found, exists, "exists() for module {module}");
+    }
+
+    // Slicing: [1:3].
+    let page = rows(&mut edxapp, &django_select(&format!("ORDER BY `{OLD}`.`id` DESC LIMIT 2 OFFSET 1"))).await;
+    assert_eq!(page, all_rows[1..3].to_vec());
+    assert_eq!(ids(&page), vec![new[1], new[0]]);
+    let slice = django_select(&format!("{in_1_2} ORDER BY `{OLD}`.`id` DESC LIMIT 2 OFFSET 1"));
+    let page = rows(&mut edxapp, &slice).await;
+    assert_eq!(page, rows_1_2[1..3].to_vec());
+    assert_eq!((ids(&page), is_copy(&page[0], 3), is_copy(&page[1], 3)), (vec![14, 13], true, true));
+
+    // latest('created') and earliest('created'): Django 4.2 sorts by the field alone (no tie-breaker), LIMIT 1;
+    // the test's `created` values are distinct, so there is one right answer.
+    for (condition, of) in [("", &all_rows), (in_1_2.as_str(), &rows_1_2), (&of_module(2), &newest_first(&union, &[2]))]
+    {
+        let mut by_created = of.clone();
+        by_created.sort_by_key(|row| get::<String>(row, 2));
+        let latest = format!("{condition} ORDER BY `{OLD}`.`created` DESC LIMIT 1");
+        assert_eq!(rows(&mut edxapp, &django_select(&latest)).await, by_created[by_created.len() - 1..].to_vec());
+        let earliest = format!("{condition} ORDER BY `{OLD}`.`created` ASC LIMIT 1");
+        assert_eq!(rows(&mut edxapp, &django_select(&earliest)).await, by_created[..1].to_vec());
+    }
+    let latest = django_select(&format!("{} ORDER BY `{OLD}`.`created` DESC LIMIT 1", of_module(2)));
+    let latest = rows(&mut edxapp, &latest).await;
+    assert_eq!((ids(&latest), is_copy(&latest[0], 3)), (vec![14], true), "module 2's latest, from its copy");
+
+    // get(id=...)
+    for id in [2, 13, 5, new[2], 424242] {
+        let got = rows(&mut edxapp, &django_select(&format!("WHERE `{OLD}`.`id` = {id} LIMIT 21"))).await;
+        assert_eq!(got, union.get(&id).cloned().into_iter().collect::<Vec<_>>(), "get(id={id})");
+    }
+
+    // values_list('state', flat=True) without an ordering (the proxy reads the id to merge and cuts it off),
+    // values_list('student_module_id', flat=True).distinct(), and aggregate(Max('id'), Min('created'),
+    // Count('grade')).
+    let states: Vec<String> = edxapp.query(select(&["state"], &of_module(1))).await.unwrap();
+    let union_states: Vec<String> = newest_first(&union, &[1]).iter().rev().map(|row| get(row, 3)).collect();
+    assert_eq!(states, union_states, "each id's state once, in id order");
+    let mut modules: Vec<u64> =
+        edxapp.query(format!("SELECT DISTINCT `{OLD}`.`student_module_id` FROM `{OLD}`")).await.unwrap();
+    modules.sort_unstable();
+    assert_eq!(modules, vec![1, 2, 3, 4, 5, 6, 7]);
+    let aggregates = format!(
+        "SELECT MAX(`{OLD}`.`id`) AS `id__max`, MIN(`{OLD}`.`created`) AS `created__min`, \
+         COUNT(`{OLD}`.`grade`) AS `grade__count` FROM `{OLD}`"
+    );
+    let aggregated = rows(&mut edxapp, &aggregates).await;
+    let graded = union.values().filter(|row| row[4] != Value::NULL).count();
+    let earliest = union
+        .values()
+        .map(|row| row[2].clone())
+        .min_by_key(|created| mysql_async::from_value::<String>(created.clone()));
+    assert_eq!(
+        aggregated,
+        vec![vec![Value::from(new[2].to_string()), earliest.unwrap(), Value::from(graded.to_string())]]
+    );
+}
+
+#[tokio::test]
+#[ignore = "proxy bug: across two servers `SELECT state FROM courseware_studentmodulehistory WHERE student_module_id \
+            = 1 ORDER BY id DESC` (Django's values_list('state', flat=True) after order_by('-id')) is refused with \
+            1235 \"ORDER BY ... id is not a column of the select list\", though the merge plan already reads the \
+            history id as a hidden column when it is not selected (the same read without ORDER BY is answered)"]
+async fn djangos_values_list_ordered_by_an_id_it_does_not_select() {
+    let (site, mut edxapp, new) = queryset_site().await;
+    let union = history_union(&site).await;
+    let read = select(&["state"], &format!("{} ORDER BY `{OLD}`.`id` DESC", of_module(1)));
+    let states: Vec<String> = edxapp.query(&read).await.unwrap_or_else(|e| panic!("{read}: {e}"));
+    let expected: Vec<String> = newest_first(&union, &[1]).iter().map(|row| get(row, 3)).collect();
+    assert_eq!(states, expected);
+    assert_eq!(states.len(), 4, "module 1's history: rows 1, 7, 13 and {}", new[0]);
+}
+
+#[tokio::test]
+async fn shapes_the_merge_cannot_answer_exactly_are_refused_and_the_connection_goes_on() {
+    let site = Site::two_servers(reading_both()).await;
+    site.copy_to_extended(&[7]).await;
+    let mut edxapp = site.edxapp().await;
+    let refused = [
+        // values('student_module_id').annotate(n=Count('id')): GROUP BY.
+        format!(
+            "SELECT `{OLD}`.`student_module_id`, COUNT(`{OLD}`.`id`) AS `n` FROM `{OLD}` \
+             GROUP BY `{OLD}`.`student_module_id`"
+        ),
+        // aggregate(Avg('grade')), aggregate(Sum('grade')) of a DOUBLE, Count('student_module', distinct=True).
+        format!("SELECT AVG(`{OLD}`.`grade`) AS `grade__avg` FROM `{OLD}`"),
+        format!("SELECT SUM(`{OLD}`.`grade`) AS `grade__sum` FROM `{OLD}`"),
+        format!("SELECT COUNT(DISTINCT `{OLD}`.`student_module_id`) AS `student_module__count` FROM `{OLD}`"),
+        // order_by('state') and a slice of it: a string column in a case-insensitive collation.
+        django_select(&format!("ORDER BY `{OLD}`.`state` ASC")),
+        django_select(&format!("WHERE `{OLD}`.`student_module_id` IN (1, 2) ORDER BY `{OLD}`.`state` DESC LIMIT 1")),
+    ];
+    let module_1 = select(&["id", "state"], &format!("{} ORDER BY `{OLD}`.`id` DESC", of_module(1)));
+    for sql in refused {
+        let (code, message) = server_error(edxapp.query_drop(&sql).await);
+        assert_eq!(code, 1235, "{sql}: {message}");
+        let read = rows(&mut edxapp, &module_1).await;
+        assert_eq!((ids(&read), is_copy(&read[1], 1)), (vec![13, 7, 1], true), "a merged read after refusing {sql}");
+    }
+}
+
+/// Rows the server has read, by index or by scan, since it started (its global counters). `Handler_read_prev`
+/// counts too: a server may answer `ORDER BY id DESC` by reading the primary key backwards, row by row.
+async fn handler_reads(conn: &mut Conn) -> u64 {
+    let counters: Vec<(String, u64)> = conn
+        .query(
+            "SHOW GLOBAL STATUS WHERE Variable_name IN ('Handler_read_rnd_next', 'Handler_read_next', \
+             'Handler_read_key', 'Handler_read_prev')",
+        )
+        .await
+        .unwrap();
+    counters.into_iter().map(|(_, v)| v).sum()
+}
+
+#[tokio::test]
+async fn edxapps_subquery_read_reaches_only_the_learners_rows_on_each_server() {
+    // Servers of the test's own: their counters count this test's statements only.
+    let site = Site::private_two_servers(reading_both()).await;
+    let other_learners = |table: String, database: &str, first: u64| {
+        format!(
+            "INSERT INTO {table} (id, version, created, state, grade, max_grade, student_module_id) \
+             SELECT seq + {first}, NULL, '2024-05-01 00:00:00', '{{}}', 0, 1, seq + 1000 + {first} \
+             FROM `{database}`.seq_1_to_30000"
+        )
+    };
+    let (mut edxapp_root, mut csmh_root) = (site.root().await, site.csmh_root().await);
+    edxapp_root.query_drop(other_learners(site.old(), &site.dbs.edxapp_db, 18)).await.unwrap();
+    edxapp_root.query_drop(format!("ANALYZE TABLE {}", site.old())).await.unwrap();
+    csmh_root.query_drop(other_learners(site.extended(), &site.dbs.csmh_db, 100_000)).await.unwrap();
+    csmh_root.query_drop(format!("ANALYZE TABLE {}", site.extended())).await.unwrap();
+    site.copy_to_extended(&[7]).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop(edxapp_insert(1, "{\"new\": 1}")).await.unwrap();
+    let new_id = edxapp.last_insert_id().unwrap();
+    let read = edxapp_subquery_read("alice", SAMPLE_COURSE, SAMPLE_PROBLEMS[0]);
+    // The first read opens the proxy's csmh connection; the second is measured.
+    let first = rows(&mut edxapp, &read).await;
+    assert_eq!(ids(&first), vec![new_id, 13, 7, 1]);
+    assert!(is_copy(&first[2], 1));
+
+    let before = (handler_reads(&mut edxapp_root).await, handler_reads(&mut csmh_root).await);
+    let again = rows(&mut edxapp, &read).await;
+    let after = (handler_reads(&mut edxapp_root).await, handler_reads(&mut csmh_root).await);
+    assert_eq!(again, first);
+    let (on_edxapp, on_csmh) = (after.0 - before.0, after.1 - before.1);
+    println!("rows read for edxapp's subquery read: {on_edxapp} on the edxapp server, {on_csmh} on the csmh server");
+    for (server, read_rows) in [("edxapp", on_edxapp), ("csmh", on_csmh)] {
+        assert!(
+            read_rows < 500,
+            "the read made the {server} server read {read_rows} rows among 30,000 other learners': its conditions \
+             did not reach that server"
+        );
+    }
+
+    // The whole history streams through the merge: 30,018 old rows and 30,002 extended ones, one of them a copy.
+    let counted: Option<u64> = edxapp.query_first(format!("SELECT COUNT(*) AS `__count` FROM `{OLD}`")).await.unwrap();
+    assert_eq!(counted, Some(60_019));
+    let all: Vec<u64> = edxapp.query(select(&["id"], &format!("ORDER BY `{OLD}`.`id` DESC"))).await.unwrap();
+    assert_eq!(all.len(), 60_019);
+    assert!(all.windows(2).all(|pair| pair[0] > pair[1]), "newest first, each id once");
+}
+
+/// The history of module `module`, newest first, as (id, state), read through `conn`.
+async fn history_of_module(conn: &mut Conn, module: u64) -> Vec<(u64, String)> {
+    conn.query(select(&["id", "state"], &format!("{} ORDER BY `{OLD}`.`id` DESC", of_module(module)))).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_merged_read_inside_a_transaction_sees_the_transaction_on_both_servers() {
+    let site = Site::two_servers(reading_both()).await;
+    site.copy_to_extended(&[10]).await;
+    let mut edxapp = site.edxapp().await;
+    let mut other = site.edxapp().await;
+    let before = history_of_module(&mut edxapp, 4).await;
+    assert_eq!(before.iter().map(|r| r.0).collect::<Vec<_>>(), vec![16, 10, 4]);
+    assert!(before[1].1.ends_with(" (copy)"));
+
+    edxapp.query_drop("BEGIN").await.unwrap();
+    edxapp.query_drop(edxapp_insert(4, "in the transaction")).await.unwrap();
+    let new_id = edxapp.last_insert_id().unwrap();
+    edxapp.query_drop(format!("UPDATE `{OLD}` SET `state` = 'updated' WHERE `{OLD}`.`id` IN (4, 10)")).await.unwrap();
+    assert_eq!(edxapp.affected_rows(), 3, "the old rows 4 and 10, and the copy of 10");
+    let updated =
+        |(id, state): &(u64, String)| (*id, if [4, 10].contains(id) { "updated".into() } else { state.clone() });
+    let mut expected = vec![(new_id, "in the transaction".to_owned())];
+    expected.extend(before.iter().map(updated));
+    assert_eq!(history_of_module(&mut edxapp, 4).await, expected, "the transaction's own writes, on both servers");
+    assert_eq!(history_of_module(&mut other, 4).await, before, "another session does not see them");
+    edxapp.query_drop("ROLLBACK").await.unwrap();
+    assert_eq!(history_of_module(&mut edxapp, 4).await, before, "rolled back on both servers");
+
+    // A transaction's reads see one snapshot of each server (REPEATABLE READ): rows others commit meanwhile on
+    // either server stay out until it ends.
+    edxapp.query_drop("START TRANSACTION").await.unwrap();
+    assert_eq!(history_of_module(&mut edxapp, 4).await, before);
+    let insert_19 = format!(
+        "INSERT INTO {} (id, created, state, student_module_id) VALUES (19, NOW(6), 'committed meanwhile', 4)",
+        site.old()
+    );
+    site.root().await.query_drop(insert_19).await.unwrap();
+    other.query_drop(edxapp_insert(4, "committed meanwhile")).await.unwrap();
+    let others = other.last_insert_id().unwrap();
+    assert_eq!(history_of_module(&mut edxapp, 4).await, before, "the transaction's snapshot of both servers");
+    edxapp.query_drop("COMMIT").await.unwrap();
+    let after: Vec<u64> = history_of_module(&mut edxapp, 4).await.into_iter().map(|r| r.0).collect();
+    assert_eq!(after, vec![others, 19, 16, 10, 4]);
+}
+
+/// Module 1's history as a read that depends on the session's `time_zone` (`UNIX_TIMESTAMP` of a DATETIME) and
+/// `sql_mode` (`||`), computed directly on both servers with `session` set.
+async fn settings_dependent_union(site: &Site, session: &[&str]) -> Vec<Values> {
+    let columns = "h.id, UNIX_TIMESTAMP(h.created), h.state || '!'";
+    direct_union(site, columns, "h.student_module_id IN (1)", session).await.into_values().rev().collect()
+}
+
+#[tokio::test]
+async fn a_merged_read_uses_the_clients_time_zone_and_sql_mode_on_both_servers() {
+    let site = Site::two_servers(reading_both()).await;
+    site.copy_to_extended(&[7, 13]).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop(edxapp_insert(1, "{\"new\": 1}")).await.unwrap();
+    let read = format!(
+        "SELECT `{OLD}`.`id`, UNIX_TIMESTAMP(`{OLD}`.`created`) AS `ts`, `{OLD}`.`state` || '!' AS `marked` \
+         FROM `{OLD}` {} ORDER BY `{OLD}`.`id` DESC",
+        of_module(1)
+    );
+    let server_defaults = settings_dependent_union(&site, &[]).await;
+    let india = ["SET SESSION time_zone = '+05:30'", "SET SESSION sql_mode = CONCAT(@@sql_mode, ',PIPES_AS_CONCAT')"];
+    for set in india {
+        edxapp.query_drop(set).await.unwrap();
+    }
+    let merged = rows(&mut edxapp, &read).await;
+    assert_eq!(merged, settings_dependent_union(&site, &india).await);
+    assert_eq!(merged.len(), 4);
+    for (row, default) in merged.iter().zip(&server_defaults) {
+        assert!(get::<String>(row, 2).ends_with('!'), "|| concatenates, as PIPES_AS_CONCAT says: {row:?}");
+        assert_ne!(row[1], default[1], "the client's time zone, not the server's, converts `created`");
+    }
+
+    // Changed in the middle of a transaction (autocommit off, as Django's atomic does it).
+    edxapp.query_drop("SET autocommit = 0").await.unwrap();
+    assert_eq!(rows(&mut edxapp, &read).await, merged);
+    let brazil = "SET SESSION time_zone = '-03:00'";
+    edxapp.query_drop(brazil).await.unwrap();
+    let expected = settings_dependent_union(&site, &[india[1], brazil]).await;
+    assert_eq!(rows(&mut edxapp, &read).await, expected, "a changed setting reaches both servers");
+    edxapp.query_drop("COMMIT").await.unwrap();
 }

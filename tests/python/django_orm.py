@@ -3,7 +3,7 @@ the ORM returns against where the rows really are.
 
 Usage: django_orm.py --proxy HOST:PORT --edxapp HOST:PORT --csmh HOST:PORT --user U --password P
                      --edxapp-db DB --csmh-db DB --extended-table NAME --flags off|both|extended|retired
-                     --first-extended-id N [--reads-refused] [--steps a,b,...] [--skip a,b,...]
+                     --first-extended-id N [--steps a,b,...] [--skip a,b,...]
 
 Django's `default` database is the proxy (ENGINE django.db.backends.mysql, isolation level READ COMMITTED), with
 edx-platform's models (edx_courseware/models.py). Two more connections go directly to the servers of the `edxapp`
@@ -11,11 +11,6 @@ and `edxapp_csmh` databases: they are the oracle. From the rows the two tables h
 routing table) the script computes what edxapp must see: the old table's rows when the old table is read, the
 extended table's rows when it is read, an id in both read once, from the extended table. Every ORM result is
 compared with that, row by row, and every write is looked up in the tables directly.
-
-`--reads-refused` is the two-server row that reads both tables: the proxy refuses those reads with error 1235
-until it can merge the two servers' results. Every ORM read must then fail with 1235 (as Django's
-NotSupportedError); writes must still land where the flags say. When such a read succeeds, the report says so:
-the merge has landed and the row should run the full scenario.
 
 Exit status 0 when every check passed; 1 with a report of each mismatch and the SQL Django sent in that step.
 """
@@ -59,10 +54,6 @@ class Rollback(Exception):
     """Raised to leave a transaction.atomic block by rolling it back."""
 
 
-class Refused(Exception):
-    """A read the proxy refused as expected (two servers, both tables read)."""
-
-
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--proxy", required=True)
@@ -75,7 +66,6 @@ def parse_args():
     parser.add_argument("--extended-table", required=True)
     parser.add_argument("--flags", required=True, choices=sorted(ROUTES))
     parser.add_argument("--first-extended-id", required=True, type=int)
-    parser.add_argument("--reads-refused", action="store_true")
     parser.add_argument("--steps", default=",".join(STEPS), help="the steps to run, in order")
     parser.add_argument("--skip", default="", help="steps not to run")
     return parser.parse_args()
@@ -138,7 +128,6 @@ class Scenario:
         self.args = args
         self.flags = args.flags
         self.reads_old, self.reads_ext, self.writes_ext, self.deletes_old, self.deletes_ext = ROUTES[args.flags]
-        self.reads_refused = args.reads_refused
         self.first_extended_id = args.first_extended_id
         self.old_table = f"`{args.edxapp_db}`.`courseware_studentmodulehistory`"
         self.ext_table = f"`{args.csmh_db}`.`{args.extended_table}`"
@@ -146,7 +135,6 @@ class Scenario:
         self.direct_csmh = self.direct(MySQLdb, args.csmh, args.csmh_db)
         self.checks = 0
         self.failures = []
-        self.refusals = 0
         self.step = None
         self.statements = []
         self.new_module = None
@@ -203,7 +191,7 @@ class Scenario:
             return True
         self.log(f"  FAIL  {what}")
         self.failures.append(
-            f"[{self.flags}{' reads refused' if self.reads_refused else ''}] step {self.step}: {what}\n"
+            f"[{self.flags}] step {self.step}: {what}\n"
             f"    expected: {expected!r}\n    actual:   {actual!r}\n" + self.recent_sql()
         )
         return False
@@ -220,31 +208,6 @@ class Scenario:
             text = f"{sql} with {params!r}"
         self.statements.append(text)
         return execute(sql, params, many, context)
-
-    def read(self, what, thunk):
-        """Runs an ORM read. With --reads-refused it must fail with 1235, and `Refused` is raised to skip what
-        depends on its result."""
-        from django.db import utils
-
-        if not self.reads_refused:
-            return thunk()
-        self.checks += 1
-        try:
-            value = thunk()
-        except (utils.NotSupportedError, utils.OperationalError) as error:
-            code = error.args[0] if error.args else None
-            if code == 1235:
-                self.refusals += 1
-                self.log(f"  ok    {what}: refused with 1235 ({type(error).__name__})")
-                raise Refused() from error
-            self.failures.append(f"step {self.step}: {what}: expected error 1235, got {error!r}\n" + self.recent_sql())
-            raise Refused() from error
-        self.failures.append(
-            f"step {self.step}: {what}: reading both tables across two servers was expected to be refused with "
-            f"1235, but it returned {value!r}. If the proxy now merges the two servers' results, run this flag row "
-            f"with the full scenario (drop --reads-refused).\n" + self.recent_sql()
-        )
-        raise Refused()
 
     # -- helpers ----------------------------------------------------------------------------------------------
 
@@ -298,7 +261,7 @@ class Scenario:
         old, ext = self.old_rows(), self.ext_rows()
         if self.flags != "off":
             self.check("some ids are in both tables, as the migration copies them", bool(set(old) & set(ext)), True)
-        actual = self.read("all history", lambda: [orm_row(h) for h in StudentModuleHistory.objects.order_by("-id")])
+        actual = [orm_row(h) for h in StudentModuleHistory.objects.order_by("-id")]
         expected = sorted(self.visible().values(), key=lambda row: row.id, reverse=True)
         self.check("all history, newest first, each id once, copies read from the extended table", actual, expected)
 
@@ -348,12 +311,7 @@ class Scenario:
                 first = REQUEST_CACHE[module.id]
                 self.save_state(module, '{"attempts": 1, "saved": "twice"}', 1.0)
 
-        try:
-            self.read("the second save in one request (get by id, then UPDATE)", request)
-        except Refused:
-            self.check("a refused request wrote nothing", len(WRITTEN), written + 1)
-            self.check_absent(first, "the first save of the refused request, rolled back with it")
-            return
+        request()
         history_id = self.new_history_id(written)
         self.check("the second save updated the first save's row", history_id, first)
         self.check_location(history_id, "the updated history row")
@@ -375,12 +333,7 @@ class Scenario:
         from edx_courseware.models import StudentModuleHistory
 
         modules = [ALICE_PROBLEM_0, self.new_module, BOB_PROBLEM_0]
-        actual = self.read(
-            "history of a list of modules",
-            lambda: [
-                orm_row(h) for h in StudentModuleHistory.objects.filter(student_module__in=modules).order_by("-id")
-            ],
-        )
+        actual = [orm_row(h) for h in StudentModuleHistory.objects.filter(student_module__in=modules).order_by("-id")]
         ids = [row.id for row in actual]
         self.check("each id once", len(ids), len(set(ids)))
         self.check("history of a list of modules, newest first", actual, self.expected_history(modules))
@@ -396,15 +349,12 @@ class Scenario:
             modules = StudentModule.objects.filter(
                 course_id=COURSE, module_state_key=problem, student__username=username
             )
-            actual = self.read(
-                f"{username}'s submission history (subquery)",
-                lambda: [
-                    (orm_row(h), h.student_module.module_state_key)
-                    for h in StudentModuleHistory.objects.prefetch_related("student_module")
-                    .filter(student_module__in=modules)
-                    .order_by("-id")
-                ],
-            )
+            actual = [
+                (orm_row(h), h.student_module.module_state_key)
+                for h in StudentModuleHistory.objects.prefetch_related("student_module")
+                .filter(student_module__in=modules)
+                .order_by("-id")
+            ]
             expected = [(row, problem) for row in self.expected_history([module_id])]
             self.check(f"{username}'s submission history, newest first, with its module prefetched", actual, expected)
 
@@ -418,10 +368,7 @@ class Scenario:
         visible = self.visible()
 
         def each(what, thunk, wanted):
-            try:
-                self.check(what, self.read(what, thunk), wanted)
-            except Refused:
-                pass
+            self.check(what, thunk(), wanted)
 
         each("slice [1:3]", lambda: [h.id for h in queryset[1:3]], [row.id for row in expected[1:3]])
         each("count() of a list of modules", queryset.count, len(expected))
@@ -495,31 +442,24 @@ class Scenario:
             with transaction.atomic():
                 self.save_state(third, '{"attempts": 4}', 1.0)
                 kept = WRITTEN[-1]
-                if not self.reads_refused:
-                    with transaction.atomic():
-                        # The second save in this request: an UPDATE of the outer block's row, in a savepoint.
-                        self.save_state(module, '{"attempts": 3, "saved": "in a savepoint"}', 1.0)
+                with transaction.atomic():
+                    # The second save in this request: an UPDATE of the outer block's row, in a savepoint.
+                    self.save_state(module, '{"attempts": 3, "saved": "in a savepoint"}', 1.0)
         self.check_location(outer, "the outer block's row")
         self.check_location(kept, "the row of a released savepoint")
         self.check_absent(undone, "the row of a savepoint rolled back")
-        if not self.reads_refused:
-            stored = self.ext_rows() if self.writes_ext else self.old_rows()
-            self.check(
-                "the outer row was updated inside a savepoint",
-                stored[outer].state,
-                '{"attempts": 3, "saved": "in a savepoint"}',
-            )
-        try:
-            self.check(
-                "the ORM sees the committed rows and not the rolled-back ones",
-                self.read(
-                    "history after the transactions",
-                    lambda: history_ids([self.new_module, ALICE_PROBLEM_1, BOB_PROBLEM_1]),
-                ),
-                [row.id for row in self.expected_history([self.new_module, ALICE_PROBLEM_1, BOB_PROBLEM_1])],
-            )
-        except Refused:
-            pass
+        stored = self.ext_rows() if self.writes_ext else self.old_rows()
+        self.check(
+            "the outer row was updated inside a savepoint",
+            stored[outer].state,
+            '{"attempts": 3, "saved": "in a savepoint"}',
+        )
+        modules = [self.new_module, ALICE_PROBLEM_1, BOB_PROBLEM_1]
+        self.check(
+            "the ORM sees the committed rows and not the rolled-back ones",
+            history_ids(modules),
+            [row.id for row in self.expected_history(modules)],
+        )
 
     def step_delete(self):
         """Deleting learner state: the collector's cascade, DELETE ... WHERE student_module_id IN (...)."""
@@ -546,26 +486,21 @@ class Scenario:
             (deleted, by_model.get("courseware.StudentModule")),
             (1 + (old_before - expected[0]) + (ext_before - expected[1]), 1),
         )
-        try:
-            self.check(
-                "the ORM finds no history for the deleted modules",
-                self.read(
-                    "history of the deleted modules",
-                    lambda: history_ids([self.new_module, ALICE_PROBLEM_0]),
-                ),
-                [row.id for row in self.expected_history([self.new_module, ALICE_PROBLEM_0])],
-            )
-        except Refused:
-            pass
+        modules = [self.new_module, ALICE_PROBLEM_0]
+        self.check(
+            "the ORM finds no history for the deleted modules",
+            history_ids(modules),
+            [row.id for row in self.expected_history(modules)],
+        )
 
     def step_final(self):
         """The whole history at the end, newest first."""
         from edx_courseware.models import StudentModuleHistory
 
-        actual = self.read("all history", lambda: [orm_row(h) for h in StudentModuleHistory.objects.order_by("-id")])
+        actual = [orm_row(h) for h in StudentModuleHistory.objects.order_by("-id")]
         expected = sorted(self.visible().values(), key=lambda row: row.id, reverse=True)
         self.check("all history at the end, newest first, each id once", actual, expected)
-        self.check("count()", self.read("count()", StudentModuleHistory.objects.count), len(expected))
+        self.check("count()", StudentModuleHistory.objects.count(), len(expected))
 
     # -- running ----------------------------------------------------------------------------------------------
 
@@ -579,8 +514,6 @@ class Scenario:
                 self.log(f"{name}: {getattr(self, 'step_' + name).__doc__.splitlines()[0]}")
                 try:
                     getattr(self, "step_" + name)()
-                except Refused:
-                    pass
                 except Exception:  # pylint: disable=broad-except
                     self.failures.append(f"step {name} raised:\n{traceback.format_exc()}" + self.recent_sql())
                     self.log(f"  FAIL  raised {sys.exc_info()[1]!r}")
@@ -621,10 +554,7 @@ def main():
     if "create" not in steps and any(s in steps for s in STEPS[2:8]):
         steps.insert(0, "create")
     scenario.run(steps)
-    refused = f", {scenario.refusals} reads refused with 1235 as expected" if scenario.reads_refused else ""
-    if scenario.reads_refused and scenario.refusals == 0:
-        scenario.failures.append("no read was refused although --reads-refused was given")
-    print(f"\n{scenario.checks} checks, {len(scenario.failures)} failed{refused}")
+    print(f"\n{scenario.checks} checks, {len(scenario.failures)} failed")
     if scenario.failures:
         print("\nFAILURES\n" + "\n".join(scenario.failures))
         return 1

@@ -4,7 +4,7 @@
 use csmh_proxy::config::Flags;
 use csmh_proxy::server::ProxyHandle;
 use mysql_async::prelude::*;
-use mysql_async::{Conn, Error};
+use mysql_async::{Conn, Error, Params, Row};
 
 use super::EdxDatabases;
 
@@ -61,6 +61,12 @@ impl Site {
         Site::on(EdxDatabases::fresh_two_servers().await, flags).await
     }
 
+    /// Servers of the test's own, the extended table on the second, under the real names `edxapp` and
+    /// `edxapp_csmh`: no other test's statements reach them (for the servers' global counters).
+    pub async fn private_two_servers(flags: Flags) -> Site {
+        Site::on(EdxDatabases::private_two_servers().await, flags).await
+    }
+
     async fn on(dbs: EdxDatabases, flags: Flags) -> Site {
         let first_extended_id = dbs.create_edx_schema(true).await;
         let proxy = dbs.start_proxy(flags).await;
@@ -104,25 +110,46 @@ impl Site {
         self.csmh_root().await.query(format!("SELECT id FROM {} ORDER BY id", self.extended())).await.unwrap()
     }
 
-    /// Copies old rows into the extended table with their ids (both on one server), as `csmh-proxy migrate`
-    /// will, marking the copies.
-    pub async fn copy_to_extended(&self, ids: &str) {
-        let cols = "version, created, state, grade, max_grade, id, student_module_id";
-        let sql = format!(
-            "INSERT INTO {} ({cols}) SELECT version, created, CONCAT(state, ' (copy)'), grade, max_grade, id, \
-             student_module_id FROM {} WHERE id IN ({ids})",
-            self.extended(),
-            self.old()
+    /// Copies the old rows `ids` into the extended table with their ids, as `csmh-proxy migrate` does, marking
+    /// each copy by appending ` (copy)` to its state. Works on one server and across two (rows read from the old
+    /// table's server, written to the extended table's).
+    pub async fn copy_to_extended(&self, ids: &[u64]) {
+        if ids.is_empty() {
+            return;
+        }
+        let list: Vec<String> = ids.iter().map(u64::to_string).collect();
+        let rows: Vec<Row> = self
+            .root()
+            .await
+            .query(format!(
+                "SELECT version, created, CONCAT(state, ' (copy)'), grade, max_grade, id, student_module_id \
+                 FROM {} WHERE id IN ({})",
+                self.old(),
+                list.join(", ")
+            ))
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), ids.len(), "every id to copy is in the old table: {ids:?}");
+        let insert = format!(
+            "INSERT INTO {} (version, created, state, grade, max_grade, id, student_module_id) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            self.extended()
         );
-        self.root().await.query_drop(sql).await.unwrap();
+        let params = rows.into_iter().map(|row| Params::Positional(row.unwrap()));
+        self.csmh_root().await.exec_batch(insert, params).await.unwrap();
     }
 }
 
 /// edxapp's history write (`created` is the module's modified time).
 pub fn edxapp_insert(module: u64, state: &str) -> String {
+    edxapp_insert_at(module, state, "2024-06-01 12:00:00.000000")
+}
+
+/// edxapp's history write of a module modified at `created`.
+pub fn edxapp_insert_at(module: u64, state: &str, created: &str) -> String {
     format!(
         "INSERT INTO `{OLD}` (`version`, `created`, `state`, `grade`, `max_grade`, `student_module_id`) VALUES \
-         (NULL, '2024-06-01 12:00:00.000000', '{state}', 1.0, 2.0, {module})"
+         (NULL, '{created}', '{state}', 1.0, 2.0, {module})"
     )
 }
 
