@@ -141,6 +141,20 @@ impl OkFields {
         })
     }
 
+    /// Reads the OK packet (header `0xFE`) that ends a result set under CLIENT_DEPRECATE_EOF.
+    pub fn parse_end_of_rows(payload: &[u8], capabilities: CapabilityFlags) -> Option<OkFields> {
+        let mut as_ok = payload.to_vec();
+        *as_ok.first_mut()? = 0x00;
+        OkFields::parse(&as_ok, capabilities)
+    }
+
+    /// Appends these fields as the OK packet (header `0xFE`) that ends a result set under CLIENT_DEPRECATE_EOF.
+    pub fn write_end_of_rows(&self, out: &mut BytesMut, seq: u8, session_track: bool) {
+        let start = out.len();
+        self.write_packet(out, seq, session_track);
+        out[start + frame::HEADER_LEN] = 0xFE;
+    }
+
     /// Appends these fields as an OK packet with sequence id `seq`: no info text and no session-state changes
     /// (so that status flag is cleared), in the layout CLIENT_SESSION_TRACK asks for when `session_track`.
     pub fn write_packet(&self, out: &mut BytesMut, seq: u8, session_track: bool) {

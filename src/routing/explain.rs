@@ -38,6 +38,12 @@ impl fmt::Display for Explained<'_> {
                 writeln!(f, "fan out, one statement reading both tables:")?;
                 indented(f, sql)
             }
+            Route::FanOut(FanOut::Merge(read)) => {
+                writeln!(f, "fan out across the two servers, rows merged in the proxy:")?;
+                indented(f, &read.old)?;
+                indented(f, &read.extended)?;
+                inlined(f, &read.inline)
+            }
             Route::FanOut(FanOut::Writes { old, extended, .. }) => {
                 writeln!(f, "fan out, the write on each table, affected rows summed:")?;
                 indented(f, old)?;

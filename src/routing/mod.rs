@@ -20,6 +20,7 @@ use sqlparser::tokenizer::Token;
 pub use prefilter::Prefilter;
 
 use crate::history::{RoutingTable, StatementKind, TableName, Target};
+use crate::merge::{MergePlan, SideClauses, TableColumns};
 use crate::protocol::packets::MysqlError;
 use classify::{Read, Shape, Unsupported, Write};
 use rewrite::Splicer;
@@ -84,6 +85,8 @@ pub enum FanOut {
         /// parameters than the client's statement has.
         copies_placeholders: bool,
     },
+    /// Both tables on two servers: a read run on each, merged in the proxy as the plan says.
+    Merge(Box<MergeRead>),
     /// The same UPDATE or DELETE on each table; the client gets one OK with the affected rows summed.
     Writes {
         /// The statement for the old table (the client's own text).
@@ -93,6 +96,19 @@ pub enum FanOut {
         /// Subqueries of `extended` to run on `edxapp` first (two servers).
         inline: Vec<Inline>,
     },
+}
+
+/// A read of both tables across two servers: the statement for each side, and how to merge their rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeRead {
+    /// The statement for the old table, on the client's `edxapp` connection.
+    pub old: Vec<u8>,
+    /// The statement for the extended table, on the `csmh` connection.
+    pub extended: Vec<u8>,
+    /// Subqueries of `extended` to run on `edxapp` first.
+    pub inline: Vec<Inline>,
+    /// What the merge does.
+    pub plan: MergePlan,
 }
 
 /// The routing decisions of one configuration snapshot.
@@ -161,7 +177,14 @@ impl Router {
             Target::Blocked if shape.schema_only => Ok(Route::Passthrough),
             Target::Blocked => Ok(Route::Block(self.blocked(&tokens))),
             target => {
-                let plan = Plan { router: self, source, tokens: &tokens, mentions: &mentions, shape: &shape };
+                let plan = Plan {
+                    router: self,
+                    source,
+                    tokens: &tokens,
+                    mentions: &mentions,
+                    shape: &shape,
+                    statement: &statement,
+                };
                 plan.check_every_mention_is_routed()?;
                 match target {
                     Target::ExtendedTable => plan.to_extended(),
@@ -219,6 +242,7 @@ struct Condition {
 /// One statement being routed, with everything known about it.
 struct Plan<'r, 's> {
     router: &'r Router,
+    statement: &'r sqlparser::ast::Statement,
     source: &'r Source<'s>,
     tokens: &'r [Tok],
     mentions: &'r [Mention],
@@ -295,7 +319,7 @@ impl Plan<'_, '_> {
             }
             Some(Write::Insert { .. }) => Err(Unsupported("INSERT is never fanned out".into())),
             None if !self.router.same_server => {
-                Err(Unsupported("reading both tables across two servers is not supported yet".into()))
+                self.merge_read().map(|read| Route::FanOut(FanOut::Merge(Box::new(read))))
             }
             None => {
                 let mut copies_placeholders = false;
@@ -318,6 +342,42 @@ impl Plan<'_, '_> {
                 Ok(Route::FanOut(FanOut::Union { sql, copies_placeholders }))
             }
         }
+    }
+
+    /// A read of both tables across servers: each side reads its table under the statement's name for it, with
+    /// the old table's column order and types, and sorts and limits as the merge needs.
+    fn merge_read(&self) -> Result<MergeRead, Unsupported> {
+        let sqlparser::ast::Statement::Query(query) = self.statement else {
+            return Err(Unsupported("only a SELECT can read both tables".into()));
+        };
+        let plan = MergePlan::for_select(query, &TableColumns::HISTORY).map_err(|e| Unsupported(e.to_string()))?;
+        let [read] = self.shape.reads.as_slice() else {
+            return Err(Unsupported("the history table must be read once, alone".into()));
+        };
+        let alias = String::from_utf8_lossy(rewrite::read_alias(read, self.source, self.tokens)).into_owned();
+        let clauses = plan.side_clauses(&format!("{alias}.`id`"));
+        let condition = self.condition(read)?.map(|c| c.text);
+        let (old, extended) = (&self.router.old, &self.router.extended);
+        let old_side = rewrite::single_read(&alias, condition.as_deref(), old, true);
+        let old_sql = self.side_statement(read, old_side.into_bytes(), &clauses)?.render_all()?;
+        let extended_side = rewrite::extended_read(&alias, extended).into_bytes();
+        let (extended_sql, inline) = self.finish(self.side_statement(read, extended_side, &clauses)?)?;
+        Ok(MergeRead { old: old_sql, extended: extended_sql, inline, plan })
+    }
+
+    /// The statement with its one read replaced by `table`, the hidden id column added to the select list, and
+    /// its ORDER BY and LIMIT replaced by the merge's.
+    fn side_statement(&self, read: &Read, table: Vec<u8>, clauses: &SideClauses) -> Result<Splicer<'_>, Unsupported> {
+        let mut splicer = self.qualifiers_renamed(|_| self.router.old.table().as_bytes().to_vec());
+        splicer.replace(self.source.offset(read.start)..self.source.offset(read.end), table);
+        let from = rewrite::top_level(self.tokens, &["FROM"]).ok_or_else(|| Unsupported("no FROM clause".into()))?;
+        if let Some(extra) = &clauses.extra_column {
+            splicer.replace(from..from, format!("{extra} "));
+        }
+        let end = rewrite::statement_end(self.tokens);
+        let tail = rewrite::top_level(self.tokens, &["ORDER", "LIMIT"]).unwrap_or(end);
+        splicer.replace(tail..end, clauses.tail.clone());
+        Ok(splicer)
     }
 
     /// The statement with each read of the old table replaced by what `replacement` makes of it, and column

@@ -109,6 +109,13 @@ pub fn extended_read(alias: &str, extended: &TableName) -> String {
     format!("(SELECT {} FROM {} AS {alias}) AS {alias}", column_list(alias, false), extended.quoted())
 }
 
+/// A read of one table in place of the old one, with the old table's columns, order and (with `widen`) the
+/// extended table's types, and the statement's condition inside so the table's indexes serve it.
+pub fn single_read(alias: &str, condition: Option<&[u8]>, table: &TableName, widen: bool) -> String {
+    let condition = condition.map(|c| format!(" WHERE ({})", String::from_utf8_lossy(c))).unwrap_or_default();
+    format!("(SELECT {} FROM {} AS {alias}{condition}) AS {alias}", column_list(alias, widen), table.quoted())
+}
+
 /// A read of both tables in place of the old one (both on one server): a `UNION ALL` derived table under the
 /// name the statement used, with the statement's own condition inside each branch so each table is searched by
 /// its indexes, and each id once — from the extended table when a migrated copy exists.
@@ -218,6 +225,25 @@ fn matching_paren(tokens: &[Tok], open: usize) -> Option<usize> {
         }
     }
     None
+}
+
+/// The byte offset of the first of `keywords` at the statement's own level (outside any parentheses).
+pub fn top_level(tokens: &[Tok], keywords: &[&str]) -> Option<usize> {
+    let mut depth = 0usize;
+    for tok in tokens {
+        match tok.token.token {
+            Token::LParen => depth += 1,
+            Token::RParen => depth = depth.saturating_sub(1),
+            _ if depth == 0 && keywords.iter().any(|k| tok.is_keyword(k)) => return Some(tok.range.start),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Where the statement's text ends: after its last token that is not a `;`.
+pub fn statement_end(tokens: &[Tok]) -> usize {
+    tokens.iter().rev().find(|t| t.token.token != Token::SemiColon).map_or(0, |t| t.range.end)
 }
 
 /// Keywords that end a WHERE clause at its own nesting level.

@@ -252,3 +252,25 @@ fn on_two_servers_what_needs_edxapp_tables_otherwise_is_refused() {
         assert_eq!(code(&two.route(sql.as_bytes())), 1235, "{sql}");
     }
 }
+
+#[test]
+fn on_two_servers_reading_both_tables_is_merged_with_each_side_sorted_by_id() {
+    let two = router(true, true, false, false);
+    let Route::FanOut(FanOut::Merge(read)) = two.route(EDXAPP_READ.as_bytes()) else { panic!() };
+    let (old, extended) = (text(&read.old), text(&read.extended));
+    for side in [&old, &extended] {
+        assert!(side.ends_with(" ORDER BY 1 DESC"), "{side}");
+        assert!(side.starts_with("SELECT `courseware_studentmodulehistory`.`id`, "), "{side}");
+    }
+    assert!(old.contains("CAST(`courseware_studentmodulehistory`.`id` AS UNSIGNED)"), "the old side is widened: {old}");
+    assert!(old.contains("WHERE (`courseware_studentmodulehistory`.`student_module_id` IN (42, 43))"), "{old}");
+    assert!(extended.contains(EXT) && !extended.contains("`edxapp`.`courseware"), "{extended}");
+    assert!(read.inline.is_empty());
+}
+
+#[test]
+fn on_two_servers_a_read_the_merge_cannot_answer_exactly_is_refused() {
+    let two = router(true, true, false, false);
+    let sql = b"SELECT student_module_id, AVG(grade) FROM courseware_studentmodulehistory GROUP BY student_module_id";
+    assert_eq!(code(&two.route(sql)), 1235);
+}

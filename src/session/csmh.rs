@@ -6,10 +6,11 @@
 use mysql_common::constants::{CapabilityFlags, StatusFlags};
 use tracing::{info, warn};
 
-use super::{Session, SessionError};
+use super::{Flow, Session, SessionError};
 use crate::backend::{self, BackendError, Credentials, LoginError, QueryError, Reply};
 use crate::protocol::capabilities::Negotiated;
 use crate::protocol::conn::Connection;
+use crate::protocol::frame::PacketSpan;
 use crate::protocol::packets::MysqlError;
 use crate::routing::source::Source;
 
@@ -230,6 +231,16 @@ impl Session {
             track(savepoints);
         }
         Ok(())
+    }
+
+    /// The `csmh` connection failed before the statement was sent: the client gets an error for it.
+    pub(super) async fn csmh_failed(&mut self, span: PacketSpan, failure: CsmhError) -> Result<Flow, SessionError> {
+        warn!(error = %failure, "the csmh connection failed");
+        let had_transaction = self.csmh.take().is_some_and(|c| c.in_transaction());
+        if had_transaction {
+            self.rollback_edxapp().await?;
+        }
+        self.refuse(span, failure.to_mysql()).await
     }
 
     async fn rollback_edxapp(&mut self) -> Result<(), SessionError> {

@@ -26,6 +26,7 @@ use crate::routing::Route;
 use crate::shared::{Shared, Snapshot};
 
 mod csmh;
+mod merged;
 mod routed;
 
 /// How long a client may take to answer the server's greeting.

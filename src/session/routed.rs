@@ -118,6 +118,17 @@ impl Session {
                 Metrics::incr(&metrics.statements_rewritten);
                 self.send_instead(span, &sql, expect).await
             }
+            Route::FanOut(FanOut::Merge(_)) if command == Command::StmtPrepare => {
+                let reason = "prepared reads of both tables across two servers";
+                self.refuse_unsupported(span, reason).await
+            }
+            Route::FanOut(FanOut::Merge(read)) => {
+                Metrics::incr(&metrics.statements_fanned_out);
+                match self.with_values(read.extended.clone(), &read.inline).await? {
+                    Ok(extended) => self.merge_read(span, *read, extended).await,
+                    Err(error) => self.refuse(span, error).await,
+                }
+            }
             Route::FanOut(FanOut::Union { copies_placeholders: true, .. }) if command == Command::StmtPrepare => {
                 let reason = "a prepared read of both tables whose condition has parameters";
                 self.refuse_unsupported(span, reason).await
@@ -275,12 +286,7 @@ impl Session {
             },
             Err(failure) => failure,
         };
-        warn!(error = %failure, "the csmh connection failed");
-        let had_transaction = self.csmh.take().is_some_and(|c| c.in_transaction());
-        if had_transaction {
-            self.query_backend(b"ROLLBACK").await?;
-        }
-        self.refuse(span, failure.to_mysql()).await
+        self.csmh_failed(span, failure).await
     }
 
     /// Copies the `csmh` connection's answer to the client.

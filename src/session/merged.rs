@@ -1,0 +1,267 @@
+//! A read of both tables across two servers: the statement runs on the client's `edxapp` connection (old table)
+//! and on the `csmh` connection (extended table) at the same time, and the rows are merged as they stream to the
+//! client, as [`crate::merge`] directs.
+
+use bytes::{Bytes, BytesMut};
+use mysql_common::constants::CapabilityFlags;
+use tracing::warn;
+
+use super::{Flow, Session, SessionError};
+use crate::backend;
+use crate::merge::{ColumnDef, Merge, MergeError, Origin, Protocol, Step};
+use crate::protocol::ProtocolError;
+use crate::protocol::command::COM_QUERY;
+use crate::protocol::conn::Connection;
+use crate::protocol::frame::{self, MAX_PAYLOAD, PacketSpan};
+use crate::protocol::packets::{MysqlError, OkFields, eof_status, lenenc_int, ok_status};
+use crate::routing::MergeRead;
+
+/// Rows are written to the client in batches of about this many bytes.
+const FLUSH_AT: usize = 16 * 1024;
+
+/// How one side's result begins.
+enum Head {
+    /// Column definitions of a result set.
+    Columns(Vec<Bytes>),
+    /// The side answered with an ERR packet (its payload).
+    Failed(Bytes),
+}
+
+/// A side's packet while rows stream.
+enum Packet {
+    Row(Bytes),
+    /// The end of the rows: warnings and status flags.
+    End {
+        warnings: u16,
+        status: u16,
+    },
+    Failed(Bytes),
+}
+
+impl Session {
+    /// Runs `read` on both servers and answers with the merged result.
+    pub(super) async fn merge_read(
+        &mut self,
+        span: PacketSpan,
+        read: MergeRead,
+        extended: Vec<u8>,
+    ) -> Result<Flow, SessionError> {
+        if let Err(failure) = self.csmh_ready().await {
+            return self.csmh_failed(span, failure).await;
+        }
+        let seq = span.last_seq.wrapping_add(1);
+        self.client.consume(span.wire_len);
+        backend::send_command(&mut self.backend, COM_QUERY, &read.old).await.map_err(SessionError::Backend)?;
+        let csmh = self.csmh.as_mut().expect("made ready above");
+        backend::send_command(&mut csmh.conn, COM_QUERY, &extended).await.map_err(SessionError::Backend)?;
+        let old = self.head(Origin::Old).await?;
+        let new = self.head(Origin::Extended).await?;
+        let (old, new) = match (old, new) {
+            (Head::Columns(old), Head::Columns(new)) => (old, new),
+            (Head::Failed(error), other) | (other, Head::Failed(error)) => {
+                if let Head::Columns(_) = other {
+                    self.drain_both().await?;
+                }
+                return self.answer_raw(seq, &error).await;
+            }
+        };
+        let merge = parse_defs(&old, Origin::Old)
+            .and_then(|o| parse_defs(&new, Origin::Extended).map(|n| (o, n)))
+            .and_then(|(o, n)| Merge::new(&read.plan, Protocol::Text, &o, &n));
+        let merge = match merge {
+            Ok(merge) => merge,
+            Err(error) => {
+                self.drain_both().await?;
+                let error = merge_refusal(&error);
+                return self.answer_raw(seq, &error).await;
+            }
+        };
+        self.stream_merged(seq, merge, &new[..read.plan.visible_columns()]).await
+    }
+
+    /// Sends the column definitions, then the merged rows, then the end of the result.
+    async fn stream_merged(&mut self, mut seq: u8, mut merge: Merge, defs: &[Bytes]) -> Result<Flow, SessionError> {
+        let mut out = BytesMut::new();
+        let mut count = Vec::new();
+        mysql_common::io::BufMutExt::put_lenenc_int(&mut count, defs.len() as u64);
+        seq = frame::write_packet(&mut out, seq, &count);
+        for def in defs {
+            seq = frame::write_packet(&mut out, seq, def);
+        }
+        let deprecate_eof = self.caps.deprecate_eof();
+        if !deprecate_eof {
+            seq = frame::write_packet(&mut out, seq, &eof_packet(0, self.status.bits()));
+        }
+        let mut ends = [None, None];
+        loop {
+            let step = merge.step().map_err(|e| merge_failure(&e))?;
+            match step {
+                Step::Row(row) => {
+                    seq = frame::write_packet(&mut out, seq, &row);
+                    if out.len() >= FLUSH_AT {
+                        self.flush(&mut out).await?;
+                    }
+                }
+                Step::Read(origin) => match self.next_row(origin).await? {
+                    Packet::Row(row) => merge.push(origin, row).map_err(|e| merge_failure(&e))?,
+                    Packet::End { warnings, status } => {
+                        ends[index(origin)] = Some((warnings, status));
+                        merge.finish(origin).map_err(|e| merge_failure(&e))?;
+                    }
+                    Packet::Failed(error) => {
+                        self.drain_rows(other(origin), &mut ends).await?;
+                        frame::write_packet(&mut out, seq, &error);
+                        return self.flush(&mut out).await.map(|()| Flow::Continue);
+                    }
+                },
+                Step::Done => break,
+            }
+        }
+        for origin in Origin::BOTH {
+            self.drain_rows(origin, &mut ends).await?;
+        }
+        let warnings = ends.iter().flatten().fold(0u16, |sum, (w, _)| sum.saturating_add(*w));
+        let status = ends[index(Origin::Old)].map_or(self.status.bits(), |(_, s)| s);
+        self.status = mysql_common::constants::StatusFlags::from_bits_truncate(status);
+        if deprecate_eof {
+            let end = OkFields { affected_rows: 0, last_insert_id: 0, status, warnings };
+            let session_track = self.caps.flags().contains(CapabilityFlags::CLIENT_SESSION_TRACK);
+            end.write_end_of_rows(&mut out, seq, session_track);
+        } else {
+            frame::write_packet(&mut out, seq, &eof_packet(warnings, status));
+        }
+        self.flush(&mut out).await.map(|()| Flow::Continue)
+    }
+
+    async fn flush(&mut self, out: &mut BytesMut) -> Result<(), SessionError> {
+        self.answer_seq = None;
+        self.client.write_all(out).await.map_err(SessionError::Client)?;
+        out.clear();
+        Ok(())
+    }
+
+    /// Answers the client with a packet of the proxy's making (an ERR).
+    async fn answer_raw(&mut self, seq: u8, payload: &[u8]) -> Result<Flow, SessionError> {
+        let mut out = BytesMut::new();
+        frame::write_packet(&mut out, seq, payload);
+        self.flush(&mut out).await.map(|()| Flow::Continue)
+    }
+
+    fn side(&mut self, origin: Origin) -> &mut Connection {
+        match origin {
+            Origin::Old => &mut self.backend,
+            Origin::Extended => &mut self.csmh.as_mut().expect("the csmh connection is open").conn,
+        }
+    }
+
+    async fn packet(&mut self, origin: Origin) -> Result<Bytes, SessionError> {
+        let conn = self.side(origin);
+        let span = conn.next_packet().await.map_err(SessionError::Backend)?;
+        let span = span.ok_or_else(|| SessionError::Backend(std::io::ErrorKind::UnexpectedEof.into()))?;
+        let wire = conn.buf.split_to(span.wire_len).freeze();
+        Ok(frame::payload(wire, &span))
+    }
+
+    /// Reads a side's column count and definitions (and the EOF after them), or its ERR.
+    async fn head(&mut self, origin: Origin) -> Result<Head, SessionError> {
+        let first = self.packet(origin).await?;
+        match first.first() {
+            Some(0xFF) => return Ok(Head::Failed(first)),
+            Some(0x00) => return Err(SessionError::BackendProtocol(ProtocolError::Malformed("result set (got OK)"))),
+            _ => {}
+        }
+        let (count, _) =
+            lenenc_int(&first).ok_or(SessionError::BackendProtocol(ProtocolError::Malformed("column count")))?;
+        let mut defs = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            defs.push(self.packet(origin).await?);
+        }
+        if !self.caps.deprecate_eof() {
+            self.packet(origin).await?;
+        }
+        Ok(Head::Columns(defs))
+    }
+
+    async fn next_row(&mut self, origin: Origin) -> Result<Packet, SessionError> {
+        let packet = self.packet(origin).await?;
+        Ok(match packet.first() {
+            Some(0xFF) => Packet::Failed(packet),
+            Some(0xFE) if packet.len() < MAX_PAYLOAD => {
+                let status = if self.caps.deprecate_eof() { ok_status(&packet) } else { eof_status(&packet) };
+                let warnings = self.end_warnings(&packet);
+                Packet::End { warnings, status: status.unwrap_or(0) }
+            }
+            _ => Packet::Row(packet),
+        })
+    }
+
+    fn end_warnings(&self, packet: &[u8]) -> u16 {
+        if self.caps.deprecate_eof() {
+            OkFields::parse_end_of_rows(packet, self.caps.flags()).map_or(0, |ok| ok.warnings)
+        } else {
+            packet.get(1..3).map_or(0, |w| u16::from_le_bytes([w[0], w[1]]))
+        }
+    }
+
+    /// Reads and drops what remains of a side's rows, keeping its end.
+    async fn drain_rows(&mut self, origin: Origin, ends: &mut [Option<(u16, u16)>; 2]) -> Result<(), SessionError> {
+        while ends[index(origin)].is_none() {
+            match self.next_row(origin).await? {
+                Packet::Row(_) => {}
+                Packet::End { warnings, status } => ends[index(origin)] = Some((warnings, status)),
+                Packet::Failed(_) => ends[index(origin)] = Some((0, 0)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and drops both sides' whole results, after their heads.
+    async fn drain_both(&mut self) -> Result<(), SessionError> {
+        let mut ends = [None, None];
+        for origin in Origin::BOTH {
+            self.drain_rows(origin, &mut ends).await?;
+        }
+        Ok(())
+    }
+}
+
+fn index(origin: Origin) -> usize {
+    match origin {
+        Origin::Old => 0,
+        Origin::Extended => 1,
+    }
+}
+
+fn other(origin: Origin) -> Origin {
+    match origin {
+        Origin::Old => Origin::Extended,
+        Origin::Extended => Origin::Old,
+    }
+}
+
+fn parse_defs(defs: &[Bytes], origin: Origin) -> Result<Vec<ColumnDef>, MergeError> {
+    defs.iter().map(|def| ColumnDef::parse(def, origin)).collect()
+}
+
+/// A classic EOF packet's payload.
+fn eof_packet(warnings: u16, status: u16) -> Vec<u8> {
+    let mut payload = vec![0xFE];
+    payload.extend_from_slice(&warnings.to_le_bytes());
+    payload.extend_from_slice(&status.to_le_bytes());
+    payload
+}
+
+/// The ERR payload for a read the merge cannot answer exactly.
+fn merge_refusal(error: &MergeError) -> Vec<u8> {
+    let error =
+        MysqlError::new(1235, b"42000", format!("csmh-proxy cannot merge this read across two servers: {error}"));
+    let mut out = BytesMut::new();
+    error.write_packet(&mut out, 0);
+    out[frame::HEADER_LEN..].to_vec()
+}
+
+/// A merge that fails once rows have started: the result cannot be finished, so the connection ends.
+fn merge_failure(error: &MergeError) -> SessionError {
+    warn!(%error, "a merged read failed in the middle of its rows");
+    SessionError::BackendProtocol(ProtocolError::Unsupported("a merged read failed in the middle of its rows"))
+}
