@@ -27,7 +27,7 @@ use sqlparser::ast::{Distinct, Expr, Query};
 
 use super::error::Unsupported;
 use super::select::{
-    Output, check_query_clauses, check_select_clauses, order_by, outputs, resolve, single_select, window,
+    Output, check_query_clauses, check_select_clauses, column_name, order_by, outputs, resolve, single_select, window,
 };
 use crate::history::COLUMNS;
 
@@ -145,8 +145,19 @@ impl MergePlan {
         }
         let keys = order_by
             .iter()
-            .map(|(expr, direction)| resolve(expr, &outputs).map(|column| SortKey { column, direction: *direction }))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|(expr, direction)| {
+                let column = match resolve(expr, &outputs) {
+                    // Sorting by the history id the client did not select: the plan reads it as a hidden column.
+                    Err(Unsupported::OrderByNotSelected { .. })
+                        if column_name(expr).is_some_and(|c| c.eq_ignore_ascii_case(table.id)) =>
+                    {
+                        outputs.len()
+                    }
+                    other => other?,
+                };
+                Ok(SortKey { column, direction: *direction })
+            })
+            .collect::<Result<Vec<_>, Unsupported>>()?;
         let distinct = matches!(select.distinct, Some(Distinct::Distinct));
         Ok(row_plan(&outputs, keys, limit, distinct, table.id))
     }

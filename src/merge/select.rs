@@ -128,7 +128,7 @@ fn has_options(options: &WildcardAdditionalOptions) -> bool {
 }
 
 /// The column a plain column reference (`col`, `t.col`, `db.t.col`) names.
-fn column_name(expr: &Expr) -> Option<&str> {
+pub(super) fn column_name(expr: &Expr) -> Option<&str> {
     match expr {
         Expr::Identifier(ident) => Some(&ident.value),
         Expr::CompoundIdentifier(parts) => parts.last().map(|ident| ident.value.as_str()),

@@ -32,6 +32,15 @@ fn edxapp_history_read_is_merged_by_id_descending() {
 }
 
 #[test]
+fn ordering_by_an_id_not_selected_uses_the_hidden_id() {
+    let plan = plan("SELECT state FROM h WHERE student_module_id = 1 ORDER BY h.id DESC").unwrap();
+    assert_eq!(plan.order(), [SortKey { column: 1, direction: Direction::Descending }]);
+    assert_eq!((plan.visible_columns(), plan.side_columns()), (1, 2));
+    let clauses = plan.side_clauses("`h`.`id`");
+    assert_eq!(clauses, SideClauses { extra_column: Some(", `h`.`id`".into()), tail: " ORDER BY 2 DESC".into() });
+}
+
+#[test]
 fn a_read_without_order_by_is_sorted_by_id() {
     assert_eq!(tail("SELECT id, state FROM h WHERE id = 42 LIMIT 21"), " ORDER BY 1 ASC LIMIT 21");
     assert_eq!(tail("SELECT * FROM h"), " ORDER BY 1 ASC");
