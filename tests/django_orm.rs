@@ -21,23 +21,15 @@ use csmh_proxy::sandbox::EXTENDED_TABLE;
 use mysql_async::prelude::*;
 use support::clients;
 use support::edx::{self, Site};
-use support::packages::Venv;
+use support::packages::MYSQLCLIENT;
 
-/// The driver, as `tests/mysqlclient.rs` installs it (the same environment: keep the two in step).
-const MYSQLCLIENT: &str = "mysqlclient==2.2.7";
 /// Django's LTS release that edx-platform ran on, with MariaDB 10.11 and Python 3.11 support.
 const DJANGO: &str = "Django==4.2.30";
 
 /// The Python interpreter of the `mysqlclient` virtual environment, with Django installed in it.
 async fn python() -> PathBuf {
     clients::blocking(|| {
-        Venv {
-            name: "mysqlclient-venv",
-            requirements: &[MYSQLCLIENT],
-            check: "import MySQLdb",
-            build_packages: &["libmariadb-dev", "pkg-config", "gcc"],
-        }
-        .python_with(&[DJANGO], "import django, sys; sys.exit(django.get_version() != '4.2.30')")
+        MYSQLCLIENT.python_with(&[DJANGO], "import django, sys; sys.exit(django.get_version() != '4.2.30')")
     })
     .await
 }

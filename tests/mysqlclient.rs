@@ -11,23 +11,11 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use support::clients::{self, ProxiedDatabase};
-use support::packages::Venv;
-
-/// The driver, at the version the tests were written against.
-const MYSQLCLIENT: &str = "mysqlclient==2.2.7";
+use support::packages::MYSQLCLIENT;
 
 /// The Python interpreter of a virtual environment with `mysqlclient`, built (once) if needed.
 async fn python() -> PathBuf {
-    clients::blocking(|| {
-        Venv {
-            name: "mysqlclient-venv",
-            requirements: &[MYSQLCLIENT],
-            check: "import MySQLdb",
-            build_packages: &["libmariadb-dev", "pkg-config", "gcc"],
-        }
-        .python()
-    })
-    .await
+    clients::blocking(|| MYSQLCLIENT.python()).await
 }
 
 /// Runs `scenario` directly and through the proxy, in a database of the test's own; the script's report is the

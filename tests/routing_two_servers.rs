@@ -527,3 +527,25 @@ async fn a_merged_read_uses_the_clients_time_zone_and_sql_mode_on_both_servers()
     assert_eq!(rows(&mut edxapp, &read).await, expected, "a changed setting reaches both servers");
     edxapp.query_drop("COMMIT").await.unwrap();
 }
+
+#[tokio::test]
+async fn prepared_statements_on_the_extended_table_run_on_its_server() {
+    let site = Site::two_servers(extended_only()).await;
+    let mut edxapp = site.edxapp().await;
+    let insert = format!(
+        "INSERT INTO `{OLD}` (`version`, `created`, `state`, `grade`, `max_grade`, `student_module_id`) \
+         VALUES (NULL, NOW(6), ?, 1, 1, ?)"
+    );
+    edxapp.exec_drop(&insert, ("prepared", 6)).await.unwrap();
+    edxapp.exec_drop(&insert, ("prepared again", 6)).await.unwrap();
+    let new_id = edxapp.last_insert_id().unwrap();
+    assert!(new_id >= site.first_extended_id);
+    let read = format!("SELECT `id`, `state` FROM `{OLD}` WHERE `student_module_id` = ? ORDER BY `id` DESC");
+    let rows: Vec<(u64, String)> = edxapp.exec(&read, (6,)).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0], (new_id, "prepared again".to_owned()));
+    let own: Option<i64> =
+        edxapp.exec_first("SELECT COUNT(*) FROM courseware_studentmodule WHERE id <= ?", (6,)).await.unwrap();
+    assert_eq!(own, Some(6), "statements on edxapp's own tables still run on the client's connection");
+    assert_eq!(extended_rows(&site).await.len(), 2);
+}

@@ -82,6 +82,16 @@ impl Command {
         }
     }
 
+    /// Whether the command acts on a prepared statement named by the 4-byte id after the command byte.
+    pub fn names_statement(&self) -> bool {
+        matches!(
+            self,
+            Command::Relayed(
+                COM_STMT_EXECUTE | COM_STMT_SEND_LONG_DATA | COM_STMT_CLOSE | COM_STMT_RESET | COM_STMT_FETCH
+            )
+        )
+    }
+
     /// The shape of the server's response, or `None` when the server sends none.
     pub fn response(&self) -> Option<Expect> {
         match *self {

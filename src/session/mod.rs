@@ -217,6 +217,12 @@ impl Session {
             return self.refuse(span, MysqlError::new(1835, b"08S01", "Malformed communication packet")).await;
         };
         let command = Command::from_byte(byte);
+        if self.csmh.is_some()
+            && command.names_statement()
+            && statement_id(&self.client.buf) & routed::CSMH_STATEMENT != 0
+        {
+            return self.on_csmh_statement(span, command).await;
+        }
         let route = match command {
             Command::Query | Command::StmtPrepare => self.route(&span),
             Command::Refused(byte) => {
@@ -398,6 +404,11 @@ fn statement_text<'a>(buf: &'a [u8], span: &PacketSpan) -> Cow<'a, [u8]> {
         let whole = frame::payload(bytes::Bytes::copy_from_slice(&buf[..span.wire_len]), span);
         Cow::Owned(whole[1..].to_vec())
     }
+}
+
+/// The statement id of a COM_STMT_* packet at the start of `buf`.
+fn statement_id(buf: &[u8]) -> u32 {
+    buf.get(HEADER_LEN + 1..HEADER_LEN + 5).map_or(0, |id| u32::from_le_bytes([id[0], id[1], id[2], id[3]]))
 }
 
 /// Handshake packets are small; one that spans frames is not a handshake.

@@ -10,8 +10,8 @@ use super::{CopyFailure, Flow, Session, SessionError, copy_response};
 use crate::backend::{self, QueryError, Reply, Rows};
 use crate::metrics::Metrics;
 use crate::protocol::ProtocolError;
-use crate::protocol::command::COM_QUERY;
 use crate::protocol::command::Command;
+use crate::protocol::command::{COM_QUERY, COM_STMT_PREPARE};
 use crate::protocol::frame::{self, PacketSpan};
 use crate::protocol::packets::{MysqlError, OkFields};
 use crate::protocol::response::{Expect, Progress, ResponseScanner};
@@ -56,6 +56,10 @@ impl Atomic {
         }
     }
 }
+
+/// The bit set in the ids of statements prepared on the `csmh` connection, as the client sees them. Servers
+/// number a connection's statements from 1, so the client's own statements on `edxapp` never have it.
+pub(super) const CSMH_STATEMENT: u32 = 0x8000_0000;
 
 /// The most values an `IN (SELECT ...)` subquery may return to be written into a statement for the `csmh` side.
 const MAX_INLINED: usize = 10_000;
@@ -148,14 +152,10 @@ impl Session {
                 let reason = "a prepared UPDATE or DELETE of the history table while both tables are written";
                 self.refuse_unsupported(span, reason).await
             }
-            Route::Rewrite(Rewritten { on: Side::Csmh, .. }) if command == Command::StmtPrepare => {
-                let reason = "prepared statements on the extended table on a separate csmh server";
-                self.refuse_unsupported(span, reason).await
-            }
             Route::Rewrite(Rewritten { sql, on: Side::Csmh, inline, .. }) => {
                 Metrics::incr(&metrics.statements_rewritten);
                 match self.with_values(sql, &inline).await? {
-                    Ok(sql) => self.run_on_csmh(span, &sql).await,
+                    Ok(sql) => self.run_on_csmh(span, command, &sql).await,
                     Err(error) => self.refuse(span, error).await,
                 }
             }
@@ -275,12 +275,17 @@ impl Session {
     /// Runs `sql` on the `csmh` connection in place of the client's statement and relays the answer. If the
     /// connection fails before anything reached the client, the client gets an error for this statement (and
     /// its transaction is rolled back if the `csmh` side was part of it); the session goes on.
-    async fn run_on_csmh(&mut self, span: PacketSpan, sql: &[u8]) -> Result<Flow, SessionError> {
+    async fn run_on_csmh(&mut self, span: PacketSpan, command: Command, sql: &[u8]) -> Result<Flow, SessionError> {
+        let byte = if command == Command::StmtPrepare { COM_STMT_PREPARE } else { COM_QUERY };
         let failure = match self.csmh_ready().await {
-            Ok(csmh) => match backend::send_command(&mut csmh.conn, COM_QUERY, sql).await {
+            Ok(csmh) => match backend::send_command(&mut csmh.conn, byte, sql).await {
                 Ok(()) => {
                     self.client.consume(span.wire_len);
-                    return self.relay_csmh_response().await;
+                    if command == Command::StmtPrepare {
+                        self.mark_csmh_statement().await?;
+                    }
+                    let expect = command.response().unwrap_or(Expect::ResultSets);
+                    return self.relay_csmh_response(expect).await;
                 }
                 Err(e) => CsmhError::Query(QueryError::Io(e)),
             },
@@ -289,10 +294,43 @@ impl Session {
         self.csmh_failed(span, failure).await
     }
 
-    /// Copies the `csmh` connection's answer to the client.
-    async fn relay_csmh_response(&mut self) -> Result<Flow, SessionError> {
+    /// Relays a command on a statement prepared on the `csmh` connection (its id carries [`CSMH_STATEMENT`]),
+    /// with the id the `csmh` server knows.
+    pub(super) async fn on_csmh_statement(&mut self, span: PacketSpan, command: Command) -> Result<Flow, SessionError> {
+        if self.csmh.is_none() {
+            let error = MysqlError::new(1243, b"HY000", "Unknown prepared statement handler given to csmh-proxy");
+            return self.refuse(span, error).await;
+        }
+        if let Err(failure) = self.csmh_ready().await {
+            return self.csmh_failed(span, failure).await;
+        }
+        let id_at = frame::HEADER_LEN + 4;
+        self.client.buf[id_at] &= !(CSMH_STATEMENT >> 24) as u8;
+        let csmh = self.csmh.as_mut().expect("made ready above");
+        csmh.conn.relay_from(&mut self.client, span.wire_len).await.map_err(SessionError::Backend)?;
+        match command.response() {
+            Some(expect) => self.relay_csmh_response(expect).await,
+            None => Ok(Flow::Continue),
+        }
+    }
+
+    /// Marks the statement id in the `csmh` server's answer to a COM_STMT_PREPARE, so the client's later
+    /// commands on it are recognised and sent there.
+    async fn mark_csmh_statement(&mut self) -> Result<(), SessionError> {
         let csmh = self.csmh.as_mut().expect("the statement was sent on it");
-        let mut scanner = ResponseScanner::new(Expect::ResultSets, csmh.caps.deprecate_eof());
+        let span = csmh.conn.next_packet().await.map_err(SessionError::Backend)?;
+        let span = span.ok_or_else(|| SessionError::Backend(std::io::ErrorKind::UnexpectedEof.into()))?;
+        let id_at = frame::HEADER_LEN + 4;
+        if span.payload_len >= 5 && csmh.conn.buf[frame::HEADER_LEN] == 0x00 {
+            csmh.conn.buf[id_at] |= (CSMH_STATEMENT >> 24) as u8;
+        }
+        Ok(())
+    }
+
+    /// Copies the `csmh` connection's answer to the client.
+    async fn relay_csmh_response(&mut self, expect: Expect) -> Result<Flow, SessionError> {
+        let csmh = self.csmh.as_mut().expect("the statement was sent on it");
+        let mut scanner = ResponseScanner::new(expect, csmh.caps.deprecate_eof());
         let progress = copy_response(&mut csmh.conn, &mut self.client, &mut scanner, &mut self.answer_seq).await;
         match progress {
             Ok(Progress::Done(_)) => Ok(Flow::Continue),

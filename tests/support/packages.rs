@@ -81,6 +81,15 @@ pub struct Venv<'a> {
     pub build_packages: &'a [&'a str],
 }
 
+/// The virtual environment with Python's `mysqlclient` (Django's MySQL driver), at the version the tests were
+/// written against; building it needs the MariaDB client library's headers and a C compiler.
+pub const MYSQLCLIENT: Venv<'static> = Venv {
+    name: "mysqlclient-venv",
+    requirements: &["mysqlclient==2.2.7"],
+    check: "import MySQLdb",
+    build_packages: &["libmariadb-dev", "pkg-config", "gcc"],
+};
+
 /// Virtual environments this process has already checked: name → interpreter.
 static VENVS: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
 
