@@ -549,3 +549,35 @@ async fn prepared_statements_on_the_extended_table_run_on_its_server() {
     assert_eq!(own, Some(6), "statements on edxapp's own tables still run on the client's connection");
     assert_eq!(extended_rows(&site).await.len(), 2);
 }
+
+#[tokio::test]
+async fn a_deadlock_that_rolls_the_client_back_rolls_the_csmh_side_back_too() {
+    let site = Site::two_servers(extended_only()).await;
+    let mut victim = site.edxapp().await;
+    victim.query_drop("BEGIN").await.unwrap();
+    victim.query_drop(edxapp_insert(1, "lost in a deadlock")).await.unwrap();
+    victim.query_drop("UPDATE auth_user SET username = 'a1' WHERE id = 1").await.unwrap();
+
+    // The other transaction does more work, so InnoDB picks the proxy's client as the deadlock victim.
+    let mut other = support::connect(site.dbs.edxapp.addr(), &support::app(), Some(&site.dbs.edxapp_db)).await;
+    other.query_drop("BEGIN").await.unwrap();
+    other
+        .query_drop("INSERT INTO auth_user (id, username) SELECT 1000 + seq, CONCAT('u', seq) FROM seq_1_to_200")
+        .await
+        .unwrap();
+    other.query_drop("UPDATE auth_user SET username = 'b2' WHERE id = 2").await.unwrap();
+    let blocked = tokio::spawn(async move {
+        let result = other.query_drop("UPDATE auth_user SET username = 'b1' WHERE id = 1").await;
+        (other, result)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (code, _) = server_error(victim.query_drop("UPDATE auth_user SET username = 'a2' WHERE id = 2").await);
+    assert_eq!(code, 1213, "the proxy's client is the deadlock victim");
+    let (mut other, result) = blocked.await.unwrap();
+    result.unwrap();
+    other.query_drop("COMMIT").await.unwrap();
+    assert!(extended_rows(&site).await.is_empty(), "the csmh side's insert was rolled back with the transaction");
+    victim.query_drop(edxapp_insert(1, "after the deadlock")).await.unwrap();
+    let states: Vec<String> = extended_rows(&site).await.into_iter().map(|r| r.2).collect();
+    assert_eq!(states, vec!["after the deadlock"]);
+}

@@ -105,6 +105,8 @@ pub struct ResponseScanner {
     pending: Option<Progress>,
     /// Status flags of the last OK or EOF seen.
     status: Option<StatusFlags>,
+    /// Error code of the ERR packet that ended the response.
+    error: Option<u16>,
 }
 
 impl ResponseScanner {
@@ -118,12 +120,25 @@ impl ResponseScanner {
             Expect::OnePacket => State::OnePacket,
             Expect::Auth => State::Auth,
         };
-        ResponseScanner { state, deprecate_eof, frame_left: 0, continues: false, pending: None, status: None }
+        ResponseScanner {
+            state,
+            deprecate_eof,
+            frame_left: 0,
+            continues: false,
+            pending: None,
+            status: None,
+            error: None,
+        }
     }
 
     /// Status flags of the last OK or EOF packet passed, if any.
     pub fn status(&self) -> Option<StatusFlags> {
         self.status
+    }
+
+    /// The error code of the ERR packet that ended the response, if one did.
+    pub fn error_code(&self) -> Option<u16> {
+        self.error
     }
 
     /// Passes over the frames in `buf`, returning how many bytes may be relayed now and what comes next.
@@ -170,7 +185,10 @@ impl ResponseScanner {
         // A row starting with 0xFE is at least 2^24 bytes long, so a shorter 0xFE packet ends a result.
         let is_end = first == Some(EOF) && len < MAX_PAYLOAD;
         let progress = match self.state {
-            _ if is_err => Some(Progress::Done(End::Err)),
+            _ if is_err => {
+                self.error = head.get(1..3).map(|code| u16::from_le_bytes([code[0], code[1]]));
+                Some(Progress::Done(End::Err))
+            }
             State::ResultStart => self.on_result_start(head)?,
             State::Defs { left, then } => {
                 let left = left - 1;

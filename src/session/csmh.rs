@@ -199,15 +199,21 @@ impl Session {
         }
     }
 
-    /// After a client statement ran on `edxapp`: if the transaction ended without COMMIT or ROLLBACK (a statement
-    /// that commits implicitly, autocommit turned back on), the `csmh` side commits too.
-    pub(super) async fn follow_implicit_end(&mut self) {
-        let open = self.csmh.as_ref().is_some_and(|c| c.transaction.is_some());
-        if open && !self.in_transaction() {
-            if let Err(error) = self.csmh_end(b"COMMIT").await {
-                warn!(%error, "the client's transaction ended implicitly and the csmh side could not commit");
-                self.csmh = None;
-            }
+    /// After a client statement ran on `edxapp`: if the server rolled the transaction back (a deadlock), the
+    /// `csmh` side rolls back too; if it ended without COMMIT or ROLLBACK otherwise (a statement that commits
+    /// implicitly, autocommit turned back on), the `csmh` side commits.
+    pub(super) async fn follow_transaction_end(&mut self) {
+        if !self.csmh.as_ref().is_some_and(|c| c.transaction.is_some()) {
+            return;
+        }
+        let end: &[u8] = match self.last_error {
+            Some(super::ER_LOCK_DEADLOCK) => b"ROLLBACK",
+            _ if !self.in_transaction() => b"COMMIT",
+            _ => return,
+        };
+        if let Err(error) = self.csmh_end(end).await {
+            warn!(%error, "the client's transaction ended on edxapp and the csmh side could not follow");
+            self.csmh = None;
         }
     }
 

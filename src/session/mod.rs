@@ -29,6 +29,9 @@ mod csmh;
 mod merged;
 mod routed;
 
+/// MySQL's "Deadlock found when trying to get lock": the server has rolled the whole transaction back.
+const ER_LOCK_DEADLOCK: u16 = 1213;
+
 /// How long a client may take to answer the server's greeting.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -95,6 +98,8 @@ struct Session {
     pinned: Option<Arc<Snapshot>>,
     /// The proxy's own connection to a separate `csmh` server, once a statement needed it.
     csmh: Option<csmh::Csmh>,
+    /// The error code of the last response relayed from `edxapp`, if it was an ERR.
+    last_error: Option<u16>,
 }
 
 /// Serves one client connection until it ends, logging its opening and closing.
@@ -115,6 +120,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutd
                 status: StatusFlags::SERVER_STATUS_AUTOCOMMIT,
                 pinned: None,
                 csmh: None,
+                last_error: None,
             };
             let result = session.run(shutdown).await;
             if let Err(error) = &result {
@@ -245,7 +251,7 @@ impl Session {
         match command.response() {
             Some(expect) => {
                 self.relay_response(expect).await?;
-                self.follow_implicit_end().await;
+                self.follow_transaction_end().await;
             }
             None if command == Command::Quit => return Ok(Flow::Quit),
             None => {}
@@ -298,6 +304,11 @@ impl Session {
                 Progress::Done(end) => {
                     if let Some(status) = scanner.status() {
                         self.status = status;
+                    }
+                    self.last_error = scanner.error_code();
+                    if self.last_error == Some(ER_LOCK_DEADLOCK) {
+                        // An ERR carries no status flags, but this one means the server left the transaction.
+                        self.status.remove(StatusFlags::SERVER_STATUS_IN_TRANS);
                     }
                     return Ok(end);
                 }

@@ -114,6 +114,14 @@ fn status_of_the_final_packet_is_kept() {
 }
 
 #[test]
+fn the_error_code_that_ended_a_response_is_kept() {
+    let bytes = wire(&[err()]);
+    let mut scanner = ResponseScanner::new(Expect::ResultSets, false);
+    feed(&mut scanner, &bytes, bytes.len());
+    assert_eq!(scanner.error_code(), Some(1064));
+}
+
+#[test]
 fn error_in_the_middle_of_rows_ends_the_response() {
     let mut packets = result_set(1, 2, false, AUTOCOMMIT);
     packets.pop();
