@@ -203,7 +203,7 @@ impl Session {
     /// `csmh` side rolls back too; if it ended without COMMIT or ROLLBACK otherwise (a statement that commits
     /// implicitly, autocommit turned back on), the `csmh` side commits.
     pub(super) async fn follow_transaction_end(&mut self) {
-        if !self.csmh.as_ref().is_some_and(|c| c.transaction.is_some()) {
+        if !self.csmh.as_ref().is_some_and(Csmh::in_transaction) {
             return;
         }
         let end: &[u8] = match self.last_error {
