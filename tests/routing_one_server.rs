@@ -240,8 +240,17 @@ async fn prepared_statements_are_routed_at_prepare_time() {
     assert_eq!(ids.len(), 4);
     assert!(ids[0] >= site.first_extended_id);
     let with_parameter = read.replace("= 6", "= ?");
-    let (code, message) = server_error(edxapp.exec::<u64, _, _>(&with_parameter, (6,)).await);
-    assert_eq!(code, 1235, "a parameter that would be needed in both tables is refused, not miscounted: {message}");
+    let by_parameter: Vec<u64> = edxapp.exec(&with_parameter, (6,)).await.unwrap();
+    assert_eq!(by_parameter, ids, "a parameter keeps its single place: the client's statement takes one");
+    let with_subquery = format!(
+        "{} AND `{OLD}`.`grade` >= ? ORDER BY `{OLD}`.`id`",
+        read.replace(
+            "= 6 ORDER BY `courseware_studentmodulehistory`.`id` DESC",
+            "IN (SELECT id FROM courseware_studentmodule)"
+        )
+    );
+    let (code, message) = server_error(edxapp.exec::<u64, _, _>(&with_subquery, (0,)).await);
+    assert_eq!(code, 1235, "parameters next to a subquery are refused, not miscounted: {message}");
 }
 
 #[tokio::test]

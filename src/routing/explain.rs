@@ -34,7 +34,7 @@ impl fmt::Display for Explained<'_> {
                 indented(f, sql)?;
                 inlined(f, inline)
             }
-            Route::FanOut(FanOut::Union { sql, .. }) => {
+            Route::FanOut(FanOut::Union(sql)) => {
                 writeln!(f, "fan out, one statement reading both tables:")?;
                 indented(f, sql)
             }

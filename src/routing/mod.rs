@@ -78,13 +78,7 @@ pub enum Side {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FanOut {
     /// Both tables on one server: one statement reading a `UNION ALL` of both, on the client's connection.
-    Union {
-        /// The statement.
-        sql: Vec<u8>,
-        /// Its conditions, copied into each branch, contain `?` placeholders: prepared, it would take more
-        /// parameters than the client's statement has.
-        copies_placeholders: bool,
-    },
+    Union(Vec<u8>),
     /// Both tables on two servers: a read run on each, merged in the proxy as the plan says.
     Merge(Box<MergeRead>),
     /// The same UPDATE or DELETE on each table; the client gets one OK with the affected rows summed.
@@ -322,24 +316,20 @@ impl Plan<'_, '_> {
                 self.merge_read().map(|read| Route::FanOut(FanOut::Merge(Box::new(read))))
             }
             None => {
-                let mut copies_placeholders = false;
                 let splicer = self.reads_replaced(|read, alias| {
                     if !read.alone {
                         return Err(Unsupported(
                             "a join with the history table cannot be read from both tables; query it alone".into(),
                         ));
                     }
-                    let condition = self.condition(read)?;
-                    copies_placeholders |= condition.as_ref().is_some_and(|c| self.has_placeholders(&c.range));
-                    let condition = condition.map(|c| c.text);
+                    let condition = self.branch_condition(read)?;
                     let alias = String::from_utf8_lossy(alias);
                     Ok((
                         read,
                         rewrite::union_read(&alias, condition.as_deref(), &self.router.old, &self.router.extended),
                     ))
                 })?;
-                let sql = splicer.render_all()?;
-                Ok(Route::FanOut(FanOut::Union { sql, copies_placeholders }))
+                Ok(Route::FanOut(FanOut::Union(splicer.render_all()?)))
             }
         }
     }
@@ -404,6 +394,22 @@ impl Plan<'_, '_> {
         let range = rewrite::where_condition(self.tokens, self.source.offset(read.end))?;
         let splicer = self.qualifiers_renamed(|_| self.router.old.table().as_bytes().to_vec());
         Ok(Some(Condition { text: splicer.render(range.clone())?, range }))
+    }
+
+    /// The condition to copy into each branch of a union read. A prepared statement's condition with `?`
+    /// placeholders is not copied, since copies would change its parameter count: MariaDB pushes simple
+    /// conditions into the union by itself, but not subqueries, so a condition with both is refused.
+    fn branch_condition(&self, read: &Read) -> Result<Option<Vec<u8>>, Unsupported> {
+        let Some(condition) = self.condition(read)? else { return Ok(None) };
+        if !self.has_placeholders(&condition.range) {
+            return Ok(Some(condition.text));
+        }
+        if rewrite::subqueries(self.tokens).iter().any(|s| s.range.start >= condition.range.start) {
+            return Err(Unsupported(
+                "a prepared read of both tables whose condition has both parameters and a subquery".into(),
+            ));
+        }
+        Ok(None)
     }
 
     /// Whether `range` holds a `?` parameter placeholder.

@@ -133,11 +133,7 @@ impl Session {
                     Err(error) => self.refuse(span, error).await,
                 }
             }
-            Route::FanOut(FanOut::Union { copies_placeholders: true, .. }) if command == Command::StmtPrepare => {
-                let reason = "a prepared read of both tables whose condition has parameters";
-                self.refuse_unsupported(span, reason).await
-            }
-            Route::FanOut(FanOut::Union { sql, .. }) => {
+            Route::FanOut(FanOut::Union(sql)) => {
                 Metrics::incr(&metrics.statements_fanned_out);
                 self.send_instead(span, &sql, expect).await
             }
