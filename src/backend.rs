@@ -214,6 +214,8 @@ pub enum Reply {
     Err(Vec<u8>),
     /// A result set.
     Rows(Rows),
+    /// A statement prepared under this id.
+    Prepared(u32),
 }
 
 /// A small text-protocol result set.
@@ -238,8 +240,19 @@ pub enum QueryError {
 
 /// Runs `sql` as a COM_QUERY on `conn` and reads the whole answer (a small one: an OK, an ERR, or a few rows).
 pub async fn query(conn: &mut Connection, caps: Negotiated, sql: &[u8]) -> Result<Reply, QueryError> {
-    send_command(conn, COM_QUERY, sql).await?;
-    let mut scanner = ResponseScanner::new(Expect::ResultSets, caps.deprecate_eof());
+    command(conn, caps, COM_QUERY, sql, Expect::ResultSets).await
+}
+
+/// Sends one command (`command` byte, then `body`) on `conn` and reads the whole answer, of shape `expect`.
+pub async fn command(
+    conn: &mut Connection,
+    caps: Negotiated,
+    command: u8,
+    body: &[u8],
+    expect: Expect,
+) -> Result<Reply, QueryError> {
+    send_command(conn, command, body).await?;
+    let mut scanner = ResponseScanner::new(expect, caps.deprecate_eof());
     let mut response = BytesMut::new();
     loop {
         let (n, progress) = scanner.scan(&conn.buf)?;
@@ -256,7 +269,20 @@ pub async fn query(conn: &mut Connection, caps: Negotiated, sql: &[u8]) -> Resul
             }
         }
     }
-    parse_reply(&response, caps)
+    match expect {
+        Expect::Prepare => parse_prepared(&response),
+        _ => parse_reply(&response, caps),
+    }
+}
+
+/// Reads the answer to a COM_STMT_PREPARE: the new statement's id, or the ERR.
+fn parse_prepared(response: &[u8]) -> Result<Reply, QueryError> {
+    let span = frame::PacketSpan::find(response).ok_or(ProtocolError::Malformed("empty response"))?;
+    match &response[frame::HEADER_LEN..span.wire_len] {
+        [0xFF, ..] => Ok(Reply::Err(response[frame::HEADER_LEN..span.wire_len].to_vec())),
+        [0x00, a, b, c, d, ..] => Ok(Reply::Prepared(u32::from_le_bytes([*a, *b, *c, *d]))),
+        _ => Err(ProtocolError::Malformed("prepare OK").into()),
+    }
 }
 
 /// Sends one command packet (sequence id 0) with `body` after the command byte.

@@ -267,3 +267,23 @@ async fn inserts_wait_for_a_safe_starting_id_of_the_extended_table() {
     edxapp.query_drop(edxapp_insert(1, "{}")).await.unwrap();
     assert_eq!(edxapp.last_insert_id(), Some(50000), "once the starting id is safe, inserts go through");
 }
+
+#[tokio::test]
+async fn prepared_update_and_delete_reach_both_tables() {
+    let site = Site::new(extended_only()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop(edxapp_insert(3, "{}")).await.unwrap();
+    site.copy_to_extended(&[3]).await;
+    let update = format!("UPDATE `{OLD}` SET `state` = ? WHERE `{OLD}`.`student_module_id` = ?");
+    edxapp.exec_drop(&update, ("prepared", 3)).await.unwrap();
+    assert_eq!(edxapp.affected_rows(), 3 + 1 + 1, "three old rows, the copy of one, the new row");
+    edxapp.exec_drop(&update, ("again", 3)).await.unwrap();
+    assert_eq!(edxapp.affected_rows(), 5, "the same statement executed again reaches both tables again");
+    let delete = format!("DELETE FROM `{OLD}` WHERE `{OLD}`.`student_module_id` = ?");
+    edxapp.exec_drop(&delete, (3,)).await.unwrap();
+    assert_eq!(edxapp.affected_rows(), 5);
+    assert!(!site.old_ids().await.contains(&3));
+    assert_eq!(site.extended_ids().await, Vec::<u64>::new());
+    let missing = edxapp.exec_drop(format!("UPDATE `{OLD}` SET `nope` = ? WHERE id = ?"), (1, 1)).await;
+    assert_eq!(server_error(missing).0, 1054, "a statement the server cannot prepare fails as it would directly");
+}

@@ -581,3 +581,19 @@ async fn a_deadlock_that_rolls_the_client_back_rolls_the_csmh_side_back_too() {
     let states: Vec<String> = extended_rows(&site).await.into_iter().map(|r| r.2).collect();
     assert_eq!(states, vec!["after the deadlock"]);
 }
+
+#[tokio::test]
+async fn prepared_update_and_delete_reach_both_servers() {
+    let site = Site::two_servers(extended_only()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop(edxapp_insert(4, "{}")).await.unwrap();
+    let update = format!("UPDATE `{OLD}` SET `state` = ? WHERE `{OLD}`.`student_module_id` = ?");
+    edxapp.exec_drop(&update, ("prepared", 4)).await.unwrap();
+    assert_eq!(edxapp.affected_rows(), 3 + 1);
+    edxapp.query_drop("BEGIN").await.unwrap();
+    edxapp.exec_drop(format!("DELETE FROM `{OLD}` WHERE `{OLD}`.`student_module_id` = ?"), (4,)).await.unwrap();
+    assert_eq!(edxapp.affected_rows(), 4);
+    edxapp.query_drop("ROLLBACK").await.unwrap();
+    let states: Vec<String> = extended_rows(&site).await.into_iter().map(|r| r.2).collect();
+    assert_eq!(states, vec!["prepared"], "the rolled-back delete left the extended row, updated");
+}

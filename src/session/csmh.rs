@@ -55,6 +55,11 @@ impl Csmh {
     pub(super) fn in_transaction(&self) -> bool {
         self.transaction.is_some()
     }
+
+    /// Records whether a transaction is open on it.
+    pub(super) fn set_transaction(&mut self, open: bool) {
+        self.transaction = open.then(Vec::new);
+    }
 }
 
 /// Why the `csmh` connection failed.
@@ -250,22 +255,19 @@ impl Session {
     }
 
     async fn rollback_edxapp(&mut self) -> Result<(), SessionError> {
-        match backend::query(&mut self.backend, self.caps, b"ROLLBACK").await {
-            Ok(Reply::Ok(ok)) => {
-                self.status = StatusFlags::from_bits_truncate(ok.status);
-                Ok(())
-            }
-            Ok(_) => Ok(()),
-            Err(QueryError::Io(e)) => Err(SessionError::Backend(e)),
-            Err(QueryError::Protocol(e)) => Err(SessionError::BackendProtocol(e)),
+        let reply =
+            backend::query(&mut self.backend, self.caps, b"ROLLBACK").await.map_err(super::routed::edxapp_failure)?;
+        if let Reply::Ok(ok) = reply {
+            self.status = StatusFlags::from_bits_truncate(ok.status);
         }
+        Ok(())
     }
 }
 
 /// Whether `reply` is an OK; an ERR becomes the error.
 pub(super) fn expect_ok(reply: Reply) -> Result<(), CsmhError> {
     match reply {
-        Reply::Ok(_) | Reply::Rows(_) => Ok(()),
+        Reply::Ok(_) | Reply::Rows(_) | Reply::Prepared(_) => Ok(()),
         Reply::Err(payload) => {
             Err(CsmhError::Refused(String::from_utf8_lossy(payload.get(9..).unwrap_or(&payload)).into_owned()))
         }

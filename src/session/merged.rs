@@ -141,7 +141,7 @@ impl Session {
     }
 
     /// Answers the client with a packet of the proxy's making (an ERR).
-    async fn answer_raw(&mut self, seq: u8, payload: &[u8]) -> Result<Flow, SessionError> {
+    pub(super) async fn answer_raw(&mut self, seq: u8, payload: &[u8]) -> Result<Flow, SessionError> {
         let mut out = BytesMut::new();
         frame::write_packet(&mut out, seq, payload);
         self.flush(&mut out).await.map(|()| Flow::Continue)

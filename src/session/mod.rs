@@ -17,7 +17,7 @@ use crate::backend::{self, BackendError};
 use crate::metrics::Metrics;
 use crate::protocol::ProtocolError;
 use crate::protocol::capabilities::Negotiated;
-use crate::protocol::command::Command;
+use crate::protocol::command::{COM_RESET_CONNECTION, Command};
 use crate::protocol::conn::Connection;
 use crate::protocol::frame::{self, HEADER_LEN, PacketSpan};
 use crate::protocol::packets::{self, MysqlError};
@@ -27,6 +27,7 @@ use crate::shared::{Shared, Snapshot};
 
 mod csmh;
 mod merged;
+mod prepared;
 mod routed;
 
 /// MySQL's "Deadlock found when trying to get lock": the server has rolled the whole transaction back.
@@ -100,6 +101,8 @@ struct Session {
     csmh: Option<csmh::Csmh>,
     /// The error code of the last response relayed from `edxapp`, if it was an ERR.
     last_error: Option<u16>,
+    /// The client's prepared statements that have an extended-table twin, by the id the client knows.
+    shadows: std::collections::HashMap<u32, prepared::Shadow>,
 }
 
 /// Serves one client connection until it ends, logging its opening and closing.
@@ -121,6 +124,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutd
                 pinned: None,
                 csmh: None,
                 last_error: None,
+                shadows: Default::default(),
             };
             let result = session.run(shutdown).await;
             if let Err(error) = &result {
@@ -223,6 +227,15 @@ impl Session {
             return self.refuse(span, MysqlError::new(1835, b"08S01", "Malformed communication packet")).await;
         };
         let command = Command::from_byte(byte);
+        if command.names_statement() && !self.shadows.is_empty() {
+            if let Some(&shadow) = self.shadows.get(&statement_id(&self.client.buf)) {
+                return self.on_shadowed(span, command, shadow).await;
+            }
+        }
+        if matches!(command, Command::ChangeUser | Command::Relayed(COM_RESET_CONNECTION)) {
+            // The server forgets the session's prepared statements; their shadows are left to the connection.
+            self.shadows.clear();
+        }
         if self.csmh.is_some()
             && command.names_statement()
             && statement_id(&self.client.buf) & routed::CSMH_STATEMENT != 0

@@ -18,7 +18,7 @@ use crate::protocol::response::{Expect, Progress, ResponseScanner};
 use crate::routing::{FanOut, Inline, Rewritten, Route, Side};
 
 /// How a statement the proxy runs for itself ended.
-enum Outcome {
+pub(super) enum Outcome {
     /// It succeeded.
     Ok(OkFields),
     /// It failed: the ERR packet's payload, to pass on to the client.
@@ -93,8 +93,16 @@ fn err_from_payload(payload: &[u8]) -> MysqlError {
     MysqlError::new(code, &state, String::from_utf8_lossy(message))
 }
 
+/// A failure of a statement the proxy ran on the client's own `edxapp` connection ends the session.
+pub(super) fn edxapp_failure(error: QueryError) -> SessionError {
+    match error {
+        QueryError::Io(e) => SessionError::Backend(e),
+        QueryError::Protocol(e) => SessionError::BackendProtocol(e),
+    }
+}
+
 /// The ERR payload telling the client the `csmh` side failed.
-fn error_payload(failure: &CsmhError) -> Vec<u8> {
+pub(super) fn error_payload(failure: &CsmhError) -> Vec<u8> {
     let mut out = BytesMut::new();
     failure.to_mysql().write_packet(&mut out, 0);
     out[frame::HEADER_LEN..].to_vec()
@@ -144,9 +152,9 @@ impl Session {
                     Err(error) => self.refuse(span, error).await,
                 }
             }
-            Route::FanOut(FanOut::Writes { .. }) => {
-                let reason = "a prepared UPDATE or DELETE of the history table while both tables are written";
-                self.refuse_unsupported(span, reason).await
+            Route::FanOut(FanOut::Writes { extended, inline, .. }) => {
+                Metrics::incr(&metrics.statements_fanned_out);
+                self.prepare_both(span, &extended, &inline).await
             }
             Route::Rewrite(Rewritten { sql, on: Side::Csmh, inline, .. }) => {
                 Metrics::incr(&metrics.statements_rewritten);
@@ -233,7 +241,7 @@ impl Session {
         Ok(value.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()))
     }
 
-    async fn refuse_unsupported(&mut self, span: PacketSpan, what: &str) -> Result<Flow, SessionError> {
+    pub(super) async fn refuse_unsupported(&mut self, span: PacketSpan, what: &str) -> Result<Flow, SessionError> {
         let error = MysqlError::new(1235, b"42000", format!("csmh-proxy does not support {what} yet"));
         Metrics::incr(&self.shared.metrics.statements_refused);
         info!(route = "refuse", code = error.code, "statement naming the history table refused: {what}");
@@ -248,12 +256,10 @@ impl Session {
         inline: &[Inline],
     ) -> Result<Result<Vec<u8>, MysqlError>, SessionError> {
         for Inline { at, query } in inline.iter().rev() {
-            let rows = match backend::query(&mut self.backend, self.caps, query).await {
-                Ok(Reply::Rows(rows)) => rows,
-                Ok(Reply::Err(payload)) => return Ok(Err(err_from_payload(&payload))),
-                Ok(Reply::Ok(_)) => Rows::default(),
-                Err(QueryError::Io(e)) => return Err(SessionError::Backend(e)),
-                Err(QueryError::Protocol(e)) => return Err(SessionError::BackendProtocol(e)),
+            let rows = match backend::query(&mut self.backend, self.caps, query).await.map_err(edxapp_failure)? {
+                Reply::Rows(rows) => rows,
+                Reply::Err(payload) => return Ok(Err(err_from_payload(&payload))),
+                Reply::Ok(_) | Reply::Prepared(_) => Rows::default(),
             };
             match value_list(&rows) {
                 Some(list) => {
@@ -353,10 +359,24 @@ impl Session {
     async fn write_both(&mut self, span: PacketSpan, old: &[u8], extended: &[u8]) -> Result<Flow, SessionError> {
         let seq = span.last_seq.wrapping_add(1);
         self.client.consume(span.wire_len);
+        let extended_side = self.extended_side();
+        self.write_both_commands(seq, [(Side::Edxapp, COM_QUERY, old), (extended_side, COM_QUERY, extended)]).await
+    }
+
+    /// Where the extended table is reached: the client's own connection on one server, the `csmh` one on two.
+    pub(super) fn extended_side(&self) -> Side {
+        if self.shared.snapshot().router.same_server() { Side::Edxapp } else { Side::Csmh }
+    }
+
+    /// Runs the two writes (on the old table, then on the extended one) atomically and answers the client with
+    /// one OK whose counts are the sums, or with the error.
+    pub(super) async fn write_both_commands(
+        &mut self,
+        seq: u8,
+        writes: [(Side, u8, &[u8]); 2],
+    ) -> Result<Flow, SessionError> {
         let atomic = if self.in_transaction() { Atomic::Savepoint } else { Atomic::Transaction };
-        let extended_side = if self.shared.snapshot().router.same_server() { Side::Edxapp } else { Side::Csmh };
-        let writes = [(Side::Edxapp, old), (extended_side, extended)];
-        let sides: &[Side] = if extended_side == Side::Edxapp { &[Side::Edxapp] } else { &[Side::Edxapp, Side::Csmh] };
+        let sides: &[Side] = if writes[1].0 == Side::Edxapp { &[Side::Edxapp] } else { &[Side::Edxapp, Side::Csmh] };
         let outcome = self.atomically(atomic, sides, &writes).await?;
         let mut out = BytesMut::new();
         match outcome {
@@ -372,22 +392,25 @@ impl Session {
         Ok(Flow::Continue)
     }
 
-    /// Runs `writes` inside `atomic` on every one of `sides`: the summed OK, or the first error after undoing
-    /// what was done. Commits go to the `csmh` side first, so a failure there still lets `edxapp` roll back.
+    /// Runs `writes` (commands: a statement, or the execution of a prepared one) inside `atomic` on every one of
+    /// `sides`: the summed OK, or the first error after undoing what was done. Commits go to the `csmh` side first, so a failure there still lets `edxapp` roll back.
     async fn atomically(
         &mut self,
         atomic: Atomic,
         sides: &[Side],
-        writes: &[(Side, &[u8])],
+        writes: &[(Side, u8, &[u8])],
     ) -> Result<Outcome, SessionError> {
-        for (begun, &side) in sides.iter().enumerate() {
+        // The csmh side begins first: once edxapp is in the proxy's transaction, the csmh connection would
+        // otherwise take it for the client's and open one of its own.
+        for (begun, &side) in sides.iter().enumerate().rev() {
             if let Outcome::Failed(error) = self.on(side, atomic.begin()).await? {
-                return self.undo(atomic, &sides[..begun], error).await;
+                return self.undo(atomic, &sides[begun + 1..], error).await;
             }
+            self.mark_csmh_transaction(side, atomic, true);
         }
         let mut total = OkFields::default();
-        for &(side, sql) in writes {
-            match self.on(side, sql).await? {
+        for &(side, command, body) in writes {
+            match self.on_command(side, command, body).await? {
                 Outcome::Ok(ok) => {
                     total.affected_rows += ok.affected_rows;
                     total.warnings = total.warnings.saturating_add(ok.warnings);
@@ -396,7 +419,9 @@ impl Session {
             }
         }
         for (committed, &side) in sides.iter().enumerate().rev() {
-            match self.on(side, atomic.commit()).await? {
+            let outcome = self.on(side, atomic.commit()).await?;
+            self.mark_csmh_transaction(side, atomic, false);
+            match outcome {
                 Outcome::Ok(ok) if side == Side::Edxapp => total.status = ok.status,
                 Outcome::Ok(_) => {}
                 Outcome::Failed(error) if committed + 1 == sides.len() => {
@@ -415,6 +440,7 @@ impl Session {
     async fn undo(&mut self, atomic: Atomic, sides: &[Side], error: Vec<u8>) -> Result<Outcome, SessionError> {
         for &side in sides {
             self.on(side, atomic.undo()).await?;
+            self.mark_csmh_transaction(side, atomic, false);
             if let Atomic::Savepoint = atomic {
                 self.on(side, atomic.commit()).await?;
             }
@@ -422,40 +448,51 @@ impl Session {
         Ok(Outcome::Failed(error))
     }
 
-    /// Runs one statement of the proxy's own on `side`. A failure of the `csmh` connection becomes the
-    /// statement's error (and the connection is dropped), so the client's session goes on.
-    async fn on(&mut self, side: Side, sql: &[u8]) -> Result<Outcome, SessionError> {
-        if side == Side::Edxapp {
-            let outcome = self.query_backend(sql).await?;
-            if let Outcome::Ok(ok) = &outcome {
-                self.status = StatusFlags::from_bits_truncate(ok.status);
-            }
-            return Ok(outcome);
+    /// Records that the proxy's own transaction on the `csmh` connection is open (or over), so that it is not
+    /// mistaken for one mirroring the client's; a savepoint lives inside the client's, which stays as it is.
+    fn mark_csmh_transaction(&mut self, side: Side, atomic: Atomic, open: bool) {
+        if let (Side::Csmh, Atomic::Transaction, Some(csmh)) = (side, atomic, self.csmh.as_mut()) {
+            csmh.set_transaction(open);
         }
-        let reply = match self.csmh_ready().await {
-            Ok(csmh) => backend::query(&mut csmh.conn, csmh.caps, sql).await.map_err(CsmhError::Query),
-            Err(failure) => Err(failure),
+    }
+
+    /// Runs one statement of the proxy's own on `side`.
+    async fn on(&mut self, side: Side, sql: &[u8]) -> Result<Outcome, SessionError> {
+        self.on_command(side, COM_QUERY, sql).await
+    }
+
+    /// Runs one command of the proxy's own on `side`, whose answer must be an OK or an ERR. A failure of the
+    /// `csmh` connection becomes the command's error (and the connection is dropped), so the client's session
+    /// goes on.
+    pub(super) async fn on_command(&mut self, side: Side, command: u8, body: &[u8]) -> Result<Outcome, SessionError> {
+        let reply = match side {
+            Side::Edxapp => Ok(backend::command(&mut self.backend, self.caps, command, body, Expect::ResultSets)
+                .await
+                .map_err(edxapp_failure)?),
+            Side::Csmh => match self.csmh_ready().await {
+                Ok(csmh) => backend::command(&mut csmh.conn, csmh.caps, command, body, Expect::ResultSets)
+                    .await
+                    .map_err(CsmhError::Query),
+                Err(failure) => Err(failure),
+            },
         };
         match reply {
-            Ok(Reply::Ok(ok)) => Ok(Outcome::Ok(ok)),
+            Ok(Reply::Ok(ok)) => {
+                if side == Side::Edxapp {
+                    self.status = StatusFlags::from_bits_truncate(ok.status);
+                }
+                Ok(Outcome::Ok(ok))
+            }
             Ok(Reply::Err(payload)) => Ok(Outcome::Failed(payload)),
-            Ok(Reply::Rows(_)) => Ok(Outcome::Failed(error_payload(&CsmhError::Refused("unexpected rows".into())))),
+            Ok(Reply::Rows(_) | Reply::Prepared(_)) if side == Side::Edxapp => {
+                Err(SessionError::BackendProtocol(ProtocolError::Malformed("OK (got rows)")))
+            }
+            Ok(_) => Ok(Outcome::Failed(error_payload(&CsmhError::Refused("unexpected rows".into())))),
             Err(failure) => {
                 warn!(error = %failure, "the csmh connection failed");
                 self.csmh = None;
                 Ok(Outcome::Failed(error_payload(&failure)))
             }
-        }
-    }
-
-    /// Runs one statement of the proxy's own on the client's `edxapp` connection; a result set is not expected.
-    async fn query_backend(&mut self, sql: &[u8]) -> Result<Outcome, SessionError> {
-        match backend::query(&mut self.backend, self.caps, sql).await {
-            Ok(Reply::Ok(ok)) => Ok(Outcome::Ok(ok)),
-            Ok(Reply::Err(payload)) => Ok(Outcome::Failed(payload)),
-            Ok(Reply::Rows(_)) => Err(SessionError::BackendProtocol(ProtocolError::Malformed("OK (got rows)"))),
-            Err(QueryError::Io(e)) => Err(SessionError::Backend(e)),
-            Err(QueryError::Protocol(e)) => Err(SessionError::BackendProtocol(e)),
         }
     }
 

@@ -1,0 +1,166 @@
+//! Statements prepared twice. While UPDATE and DELETE reach both tables, a prepared one is prepared as the client
+//! wrote it, on the old table (the id the client gets), and rewritten, on the extended table (a shadow the client
+//! never sees). Executing the client's statement executes both atomically and answers with the sums; resetting,
+//! sending long data to and closing it does the same to its shadow.
+
+use super::csmh::CsmhError;
+use super::{Flow, Session, SessionError, copy_response};
+use crate::backend::{self, Reply};
+use crate::protocol::ProtocolError;
+use crate::protocol::command::{
+    COM_STMT_CLOSE, COM_STMT_EXECUTE, COM_STMT_PREPARE, COM_STMT_RESET, COM_STMT_SEND_LONG_DATA, Command,
+};
+use crate::protocol::frame::{self, HEADER_LEN, PacketSpan};
+use crate::protocol::response::{Expect, Progress, ResponseScanner};
+use crate::routing::{Inline, Side};
+
+/// The extended-table twin of a client's prepared statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Shadow {
+    /// The connection it is prepared on.
+    side: Side,
+    /// Its id there.
+    id: u32,
+}
+
+impl Session {
+    /// Prepares a fanned-out UPDATE/DELETE: the shadow on the extended table first (if it cannot be prepared, the
+    /// client's statement is not either), then the client's own statement, whose answer is relayed.
+    pub(super) async fn prepare_both(
+        &mut self,
+        span: PacketSpan,
+        extended: &[u8],
+        inline: &[Inline],
+    ) -> Result<Flow, SessionError> {
+        if !inline.is_empty() {
+            let reason = "a prepared UPDATE or DELETE with a subquery on edxapp tables while both tables are written";
+            return self.refuse_unsupported(span, reason).await;
+        }
+        let side = self.extended_side();
+        let shadow = match self.prepare_shadow(side, extended).await? {
+            Ok(id) => Shadow { side, id },
+            Err(error) => {
+                self.client.consume(span.wire_len);
+                return self.answer_raw(span.last_seq.wrapping_add(1), &error).await;
+            }
+        };
+        self.relay_to_backend(span.wire_len).await?;
+        let client_id = self.prepared_id().await?;
+        let mut scanner = ResponseScanner::new(Expect::Prepare, self.caps.deprecate_eof());
+        let progress = copy_response(&mut self.backend, &mut self.client, &mut scanner, &mut self.answer_seq).await;
+        match progress.map_err(|failure| failure.on_edxapp())? {
+            Progress::Done(_) => {}
+            _ => return Err(SessionError::BackendProtocol(ProtocolError::Malformed("prepare response"))),
+        }
+        match client_id {
+            Some(id) => {
+                self.shadows.insert(id, shadow);
+            }
+            None => self.close_shadow(shadow).await,
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// The statement id in the `edxapp` server's answer to a COM_STMT_PREPARE, waiting for its first packet.
+    async fn prepared_id(&mut self) -> Result<Option<u32>, SessionError> {
+        let span = self.backend.next_packet().await.map_err(SessionError::Backend)?;
+        let span = span.ok_or_else(|| SessionError::Backend(std::io::ErrorKind::UnexpectedEof.into()))?;
+        Ok(match &self.backend.buf[HEADER_LEN..span.wire_len] {
+            [0x00, a, b, c, d, ..] => Some(u32::from_le_bytes([*a, *b, *c, *d])),
+            _ => None,
+        })
+    }
+
+    /// Prepares `sql` on `side` for the proxy itself: its id, or the ERR payload for the client.
+    async fn prepare_shadow(&mut self, side: Side, sql: &[u8]) -> Result<Result<u32, Vec<u8>>, SessionError> {
+        let reply = match side {
+            Side::Edxapp => backend::command(&mut self.backend, self.caps, COM_STMT_PREPARE, sql, Expect::Prepare)
+                .await
+                .map_err(super::routed::edxapp_failure)?,
+            Side::Csmh => match self.csmh_ready().await {
+                Ok(csmh) => {
+                    match backend::command(&mut csmh.conn, csmh.caps, COM_STMT_PREPARE, sql, Expect::Prepare).await {
+                        Ok(reply) => reply,
+                        Err(error) => {
+                            self.csmh = None;
+                            return Ok(Err(super::routed::error_payload(&CsmhError::Query(error))));
+                        }
+                    }
+                }
+                Err(failure) => {
+                    self.csmh = None;
+                    return Ok(Err(super::routed::error_payload(&failure)));
+                }
+            },
+        };
+        Ok(match reply {
+            Reply::Prepared(id) => Ok(id),
+            Reply::Err(payload) => Err(payload),
+            Reply::Ok(_) | Reply::Rows(_) => Err(b"\xff\x33\x04#HY000prepare answered without a statement".to_vec()),
+        })
+    }
+
+    /// Handles a command on a client's statement that has a shadow.
+    pub(super) async fn on_shadowed(
+        &mut self,
+        span: PacketSpan,
+        command: Command,
+        shadow: Shadow,
+    ) -> Result<Flow, SessionError> {
+        let wire = bytes::Bytes::copy_from_slice(&self.client.buf[..span.wire_len]);
+        let payload = frame::payload(wire, &span);
+        let mut twin = payload.to_vec();
+        twin[1..5].copy_from_slice(&shadow.id.to_le_bytes());
+        match payload[0] {
+            COM_STMT_EXECUTE => {
+                self.client.consume(span.wire_len);
+                let seq = span.last_seq.wrapping_add(1);
+                let writes =
+                    [(Side::Edxapp, COM_STMT_EXECUTE, &payload[1..]), (shadow.side, COM_STMT_EXECUTE, &twin[1..])];
+                self.write_both_commands(seq, writes).await
+            }
+            COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA => {
+                if payload[0] == COM_STMT_CLOSE {
+                    self.shadows.remove(&statement_id(&payload));
+                }
+                self.send_to(shadow.side, &twin).await?;
+                self.relay_to_backend(span.wire_len).await.map(|()| Flow::Continue)
+            }
+            COM_STMT_RESET => {
+                self.on_command(shadow.side, COM_STMT_RESET, &twin[1..]).await?;
+                self.relay_to_backend(span.wire_len).await?;
+                self.relay_response(command.response().unwrap_or(Expect::OnePacket)).await.map(|_| Flow::Continue)
+            }
+            _ => {
+                self.relay_to_backend(span.wire_len).await?;
+                match command.response() {
+                    Some(expect) => self.relay_response(expect).await.map(|_| Flow::Continue),
+                    None => Ok(Flow::Continue),
+                }
+            }
+        }
+    }
+
+    /// Closes a shadow whose client statement failed to prepare.
+    async fn close_shadow(&mut self, shadow: Shadow) {
+        let close = [&[COM_STMT_CLOSE][..], &shadow.id.to_le_bytes()].concat();
+        let _ = self.send_to(shadow.side, &close).await;
+    }
+
+    /// Sends a command that gets no answer (COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA) on `side`.
+    async fn send_to(&mut self, side: Side, payload: &[u8]) -> Result<(), SessionError> {
+        let conn = match side {
+            Side::Edxapp => &mut self.backend,
+            Side::Csmh => match self.csmh.as_mut() {
+                Some(csmh) => &mut csmh.conn,
+                None => return Ok(()),
+            },
+        };
+        backend::send_command(conn, payload[0], &payload[1..]).await.map_err(SessionError::Backend)
+    }
+}
+
+/// The statement id of a COM_STMT_* payload.
+pub(super) fn statement_id(payload: &[u8]) -> u32 {
+    payload.get(1..5).map_or(0, |id| u32::from_le_bytes([id[0], id[1], id[2], id[3]]))
+}
