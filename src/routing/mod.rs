@@ -346,10 +346,20 @@ impl Plan<'_, '_> {
         };
         let alias = String::from_utf8_lossy(rewrite::read_alias(read, self.source, self.tokens)).into_owned();
         let clauses = plan.side_clauses(&format!("{alias}.`id`"));
-        let condition = self.condition(read)?.map(|c| c.text);
+        let condition = self.condition(read)?;
         let (old, extended) = (&self.router.old, &self.router.extended);
-        let old_side = rewrite::single_read(&alias, condition.as_deref(), old, true);
-        let old_sql = self.side_statement(read, old_side.into_bytes(), &clauses)?.render_all()?;
+        // The old side's condition moves inside its derived table, where it reads the table's own (uncast)
+        // columns, so the table's indexes serve it; moved rather than copied, so a prepared statement keeps its
+        // parameter count.
+        let old_side = rewrite::single_read(&alias, condition.as_ref().map(|c| &c.text[..]), old, true);
+        let mut old_statement = self.side_statement(read, old_side.into_bytes(), &clauses)?;
+        if let Some(condition) = &condition {
+            let keyword = self.tokens.iter().rev().find(|t| t.range.end <= condition.range.start);
+            let start = keyword.filter(|t| t.is_keyword("WHERE")).map(|t| t.range.start);
+            let start = start.ok_or_else(|| Unsupported("cannot locate the WHERE clause".into()))?;
+            old_statement.replace(start..condition.range.end, Vec::new());
+        }
+        let old_sql = old_statement.render_all()?;
         let extended_side = rewrite::extended_read(&alias, extended).into_bytes();
         let (extended_sql, inline) = self.finish(self.side_statement(read, extended_side, &clauses)?)?;
         Ok(MergeRead { old: old_sql, extended: extended_sql, inline, plan })
