@@ -597,3 +597,34 @@ async fn prepared_update_and_delete_reach_both_servers() {
     let states: Vec<String> = extended_rows(&site).await.into_iter().map(|r| r.2).collect();
     assert_eq!(states, vec!["prepared"], "the rolled-back delete left the extended row, updated");
 }
+
+#[tokio::test]
+async fn prepared_reads_of_both_tables_are_merged_in_the_binary_protocol() {
+    let site = Site::two_servers(reading_both()).await;
+    site.copy_to_extended(&[7, 13]).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop(edxapp_insert(1, "{\"new\": 1}")).await.unwrap();
+    let new_1 = edxapp.last_insert_id().unwrap();
+    let union = history_union(&site).await;
+    let read = django_select(&format!("WHERE `{OLD}`.`student_module_id` = ? ORDER BY `{OLD}`.`id` DESC"));
+    let prepared: Vec<Row> = edxapp.exec(&read, (1,)).await.unwrap();
+    let prepared: Vec<Values> = prepared.into_iter().map(Row::unwrap).collect();
+    let text = rows(&mut edxapp, &django_select(&format!("{} ORDER BY `{OLD}`.`id` DESC", of_module(1)))).await;
+    assert_eq!(ids(&prepared), vec![new_1, 13, 7, 1], "newest first, each id once");
+    assert_eq!(ids(&prepared), ids(&newest_first(&union, &[1])));
+    let states = |rows: &[Values]| rows.iter().map(|row| get::<String>(row, 3)).collect::<Vec<_>>();
+    assert_eq!(states(&prepared), states(&text), "the binary rows hold what the text rows hold");
+    let again: Vec<(u64, u64)> = edxapp
+        .exec(
+            select(
+                &["id", "student_module_id"],
+                &format!("WHERE `{OLD}`.`student_module_id` IN (?, ?) ORDER BY `{OLD}`.`id` LIMIT 3"),
+            ),
+            (1, 2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, vec![(1, 1), (2, 2), (7, 1)]);
+    let hidden_id = edxapp.exec::<String, _, _>(format!("SELECT `state` FROM `{OLD}` WHERE `id` = ?"), (1,)).await;
+    assert_eq!(server_error(hidden_id).0, 1235, "a prepared merge that would need a hidden id is refused");
+}

@@ -8,7 +8,7 @@ use tracing::warn;
 
 use super::{Flow, Session, SessionError};
 use crate::backend;
-use crate::merge::{ColumnDef, Merge, MergeError, Origin, Protocol, Step};
+use crate::merge::{ColumnDef, Merge, MergeError, MergePlan, Origin, Protocol, Step};
 use crate::protocol::ProtocolError;
 use crate::protocol::command::COM_QUERY;
 use crate::protocol::conn::Connection;
@@ -46,28 +46,47 @@ impl Session {
         read: MergeRead,
         extended: Vec<u8>,
     ) -> Result<Flow, SessionError> {
+        let seq = span.last_seq.wrapping_add(1);
+        let old = [&[COM_QUERY][..], &read.old].concat();
+        let extended = [&[COM_QUERY][..], &extended].concat();
+        self.merge_commands(span, seq, &old, &extended, &read.plan, Protocol::Text).await
+    }
+
+    /// Sends `old` (a command payload) on `edxapp` and `extended` on the `csmh` connection, then answers the
+    /// client with their results merged as `plan` says.
+    pub(super) async fn merge_commands(
+        &mut self,
+        span: PacketSpan,
+        seq: u8,
+        old: &[u8],
+        extended: &[u8],
+        plan: &MergePlan,
+        protocol: Protocol,
+    ) -> Result<Flow, SessionError> {
         if let Err(failure) = self.csmh_ready().await {
             return self.csmh_failed(span, failure).await;
         }
-        let seq = span.last_seq.wrapping_add(1);
         self.client.consume(span.wire_len);
-        backend::send_command(&mut self.backend, COM_QUERY, &read.old).await.map_err(SessionError::Backend)?;
+        backend::send_command(&mut self.backend, old[0], &old[1..]).await.map_err(SessionError::Backend)?;
         let csmh = self.csmh.as_mut().expect("made ready above");
-        backend::send_command(&mut csmh.conn, COM_QUERY, &extended).await.map_err(SessionError::Backend)?;
+        backend::send_command(&mut csmh.conn, extended[0], &extended[1..]).await.map_err(SessionError::Backend)?;
         let old = self.head(Origin::Old).await?;
         let new = self.head(Origin::Extended).await?;
         let (old, new) = match (old, new) {
             (Head::Columns(old), Head::Columns(new)) => (old, new),
-            (Head::Failed(error), other) | (other, Head::Failed(error)) => {
-                if let Head::Columns(_) = other {
-                    self.drain_both().await?;
-                }
+            (Head::Failed(error), Head::Failed(_)) => return self.answer_raw(seq, &error).await,
+            (Head::Failed(error), Head::Columns(_)) => {
+                self.drain_rows(Origin::Extended, &mut [None, None]).await?;
+                return self.answer_raw(seq, &error).await;
+            }
+            (Head::Columns(_), Head::Failed(error)) => {
+                self.drain_rows(Origin::Old, &mut [None, None]).await?;
                 return self.answer_raw(seq, &error).await;
             }
         };
         let merge = parse_defs(&old, Origin::Old)
             .and_then(|o| parse_defs(&new, Origin::Extended).map(|n| (o, n)))
-            .and_then(|(o, n)| Merge::new(&read.plan, Protocol::Text, &o, &n));
+            .and_then(|(o, n)| Merge::new(plan, protocol, &o, &n));
         let merge = match merge {
             Ok(merge) => merge,
             Err(error) => {
@@ -76,7 +95,7 @@ impl Session {
                 return self.answer_raw(seq, &error).await;
             }
         };
-        self.stream_merged(seq, merge, &new[..read.plan.visible_columns()]).await
+        self.stream_merged(seq, merge, &new[..plan.visible_columns()]).await
     }
 
     /// Sends the column definitions, then the merged rows, then the end of the result.

@@ -228,7 +228,7 @@ impl Session {
         };
         let command = Command::from_byte(byte);
         if command.names_statement() && !self.shadows.is_empty() {
-            if let Some(&shadow) = self.shadows.get(&statement_id(&self.client.buf)) {
+            if let Some(shadow) = self.shadows.get(&statement_id(&self.client.buf)).cloned() {
                 return self.on_shadowed(span, command, shadow).await;
             }
         }

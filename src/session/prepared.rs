@@ -6,21 +6,33 @@
 use super::csmh::CsmhError;
 use super::{Flow, Session, SessionError, copy_response};
 use crate::backend::{self, Reply};
+use crate::merge::{MergePlan, Protocol};
 use crate::protocol::ProtocolError;
 use crate::protocol::command::{
     COM_STMT_CLOSE, COM_STMT_EXECUTE, COM_STMT_PREPARE, COM_STMT_RESET, COM_STMT_SEND_LONG_DATA, Command,
 };
 use crate::protocol::frame::{self, HEADER_LEN, PacketSpan};
 use crate::protocol::response::{Expect, Progress, ResponseScanner};
-use crate::routing::{Inline, Side};
+use crate::routing::{Inline, MergeRead, Side};
 
 /// The extended-table twin of a client's prepared statement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Shadow {
     /// The connection it is prepared on.
     side: Side,
     /// Its id there.
     id: u32,
+    /// What executing the pair does.
+    twin: Twin,
+}
+
+/// What executing a statement and its shadow does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Twin {
+    /// Both write; the client gets the summed OK.
+    Write,
+    /// Both read (two servers); the client gets the rows merged as the plan says.
+    Merge(Box<MergePlan>),
 }
 
 impl Session {
@@ -37,14 +49,50 @@ impl Session {
             return self.refuse_unsupported(span, reason).await;
         }
         let side = self.extended_side();
+        self.prepare_pair(span, None, side, extended, Twin::Write).await
+    }
+
+    /// Prepares a read of both tables across two servers: the old side's statement on `edxapp` (the id the
+    /// client gets) and the extended side's on the `csmh` connection.
+    pub(super) async fn prepare_merged(&mut self, span: PacketSpan, read: MergeRead) -> Result<Flow, SessionError> {
+        let refusal = if !read.inline.is_empty() {
+            Some("a prepared read of both tables across two servers with a subquery on edxapp tables")
+        } else if read.plan.side_columns() != read.plan.visible_columns() {
+            Some("a prepared read of both tables across two servers that does not select the history id")
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            return self.refuse_unsupported(span, reason).await;
+        }
+        let twin = Twin::Merge(Box::new(read.plan));
+        self.prepare_pair(span, Some(&read.old), Side::Csmh, &read.extended, twin).await
+    }
+
+    /// Prepares the shadow on `side` first (if it cannot be prepared, the client's statement is not either), then
+    /// the client's statement on `edxapp` — its own text, or `own` in its place — relaying the answer.
+    async fn prepare_pair(
+        &mut self,
+        span: PacketSpan,
+        own: Option<&[u8]>,
+        side: Side,
+        extended: &[u8],
+        twin: Twin,
+    ) -> Result<Flow, SessionError> {
         let shadow = match self.prepare_shadow(side, extended).await? {
-            Ok(id) => Shadow { side, id },
+            Ok(id) => Shadow { side, id, twin },
             Err(error) => {
                 self.client.consume(span.wire_len);
                 return self.answer_raw(span.last_seq.wrapping_add(1), &error).await;
             }
         };
-        self.relay_to_backend(span.wire_len).await?;
+        match own {
+            Some(sql) => {
+                self.client.consume(span.wire_len);
+                backend::send_command(&mut self.backend, COM_STMT_PREPARE, sql).await.map_err(SessionError::Backend)?;
+            }
+            None => self.relay_to_backend(span.wire_len).await?,
+        }
         let client_id = self.prepared_id().await?;
         let mut scanner = ResponseScanner::new(Expect::Prepare, self.caps.deprecate_eof());
         let progress = copy_response(&mut self.backend, &mut self.client, &mut scanner, &mut self.answer_seq).await;
@@ -111,22 +159,28 @@ impl Session {
         let payload = frame::payload(wire, &span);
         let mut twin = payload.to_vec();
         twin[1..5].copy_from_slice(&shadow.id.to_le_bytes());
-        match payload[0] {
-            COM_STMT_EXECUTE => {
+        let seq = span.last_seq.wrapping_add(1);
+        match (payload[0], &shadow.twin) {
+            (COM_STMT_EXECUTE, Twin::Write) => {
                 self.client.consume(span.wire_len);
-                let seq = span.last_seq.wrapping_add(1);
                 let writes =
                     [(Side::Edxapp, COM_STMT_EXECUTE, &payload[1..]), (shadow.side, COM_STMT_EXECUTE, &twin[1..])];
                 self.write_both_commands(seq, writes).await
             }
-            COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA => {
+            (COM_STMT_EXECUTE, Twin::Merge(_)) if payload.get(5).is_some_and(|flags| *flags != 0) => {
+                self.refuse_unsupported(span, "a cursor on a read of both tables across two servers").await
+            }
+            (COM_STMT_EXECUTE, Twin::Merge(plan)) => {
+                self.merge_commands(span, seq, &payload, &twin, plan, Protocol::Binary).await
+            }
+            (COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA, _) => {
                 if payload[0] == COM_STMT_CLOSE {
                     self.shadows.remove(&statement_id(&payload));
                 }
                 self.send_to(shadow.side, &twin).await?;
                 self.relay_to_backend(span.wire_len).await.map(|()| Flow::Continue)
             }
-            COM_STMT_RESET => {
+            (COM_STMT_RESET, _) => {
                 self.on_command(shadow.side, COM_STMT_RESET, &twin[1..]).await?;
                 self.relay_to_backend(span.wire_len).await?;
                 self.relay_response(command.response().unwrap_or(Expect::OnePacket)).await.map(|_| Flow::Continue)

@@ -130,9 +130,9 @@ impl Session {
                 Metrics::incr(&metrics.statements_rewritten);
                 self.send_instead(span, &sql, expect).await
             }
-            Route::FanOut(FanOut::Merge(_)) if command == Command::StmtPrepare => {
-                let reason = "prepared reads of both tables across two servers";
-                self.refuse_unsupported(span, reason).await
+            Route::FanOut(FanOut::Merge(read)) if command == Command::StmtPrepare => {
+                Metrics::incr(&metrics.statements_fanned_out);
+                self.prepare_merged(span, *read).await
             }
             Route::FanOut(FanOut::Merge(read)) => {
                 Metrics::incr(&metrics.statements_fanned_out);
