@@ -61,6 +61,13 @@ impl Atomic {
 /// number a connection's statements from 1, so the client's own statements on `edxapp` never have it.
 pub(super) const CSMH_STATEMENT: u32 = 0x8000_0000;
 
+/// The reason of a refusal as the info-level log gives it: the router's explanation without the parser's or the
+/// merge's details, which may quote the statement (and so its values); the whole message is logged at debug.
+fn reason_for_log(message: &str) -> &str {
+    let reason = message.split_once("`: ").map_or(message, |(_, reason)| reason);
+    reason.split(" (").next().unwrap_or(reason)
+}
+
 /// The most values an `IN (SELECT ...)` subquery may return to be written into a statement for the `csmh` side.
 const MAX_INLINED: usize = 10_000;
 
@@ -171,7 +178,8 @@ impl Session {
             }
             Route::Refuse(error) => {
                 Metrics::incr(&metrics.statements_refused);
-                info!(route = "refuse", code = error.code, "statement naming the history table refused");
+                let reason = reason_for_log(&error.message);
+                info!(route = "refuse", code = error.code, reason, "statement naming the history table refused");
                 debug!(%error, "refused");
                 self.refuse(span, error).await
             }
@@ -498,5 +506,23 @@ impl Session {
 
     async fn send_to_backend(&mut self, command: u8, sql: &[u8]) -> Result<(), SessionError> {
         backend::send_command(&mut self.backend, command, sql).await.map_err(SessionError::Backend)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_reasons_leave_out_the_statement() {
+        let parse = "csmh-proxy cannot route this statement on `edxapp`.`courseware_studentmodulehistory`: cannot \
+                     parse it (sql parser error: Expected: an expression, found: 'secret' at Line: 1, Column: 9)";
+        assert_eq!(reason_for_log(parse), "cannot parse it");
+        let join = "csmh-proxy cannot route this statement on `edxapp`.`courseware_studentmodulehistory`: a join with \
+                    the history table cannot be read from both tables; query it alone";
+        assert_eq!(
+            reason_for_log(join),
+            "a join with the history table cannot be read from both tables; query it alone"
+        );
     }
 }
