@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use csmh_proxy::config::watch::Watch;
 use csmh_proxy::sandbox::SandboxArgs;
 
 /// A MySQL-protocol proxy that moves Open edX's student-module history to its extended table on the wire.
@@ -18,8 +19,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Accept MySQL clients and relay them to the backends (the default).
-    Serve,
+    /// Accept MySQL clients and relay them to the backends (the default); the configuration file is reloaded
+    /// when it changes and on SIGHUP.
+    Serve(ServeArgs),
     /// Validate the configuration and print the routing it implies.
     CheckConfig,
     /// Start local MariaDB servers with the edX tables and serve the proxy in front of them.
@@ -29,6 +31,21 @@ enum Command {
         /// File of statements, one per line; standard input when absent.
         file: Option<PathBuf>,
     },
+}
+
+/// Options of `serve`.
+#[derive(Args, Default)]
+struct ServeArgs {
+    /// Reload the configuration file on SIGHUP only, not when it changes.
+    #[arg(long)]
+    no_watch: bool,
+}
+
+impl ServeArgs {
+    /// How the proxy follows the configuration file at `path`.
+    fn watch(&self, path: PathBuf) -> Watch {
+        if self.no_watch { Watch::sighup_only(path) } else { Watch::file(path) }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,10 +59,10 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new()?;
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => {
+    match cli.command.unwrap_or_else(|| Command::Serve(ServeArgs::default())) {
+        Command::Serve(args) => {
             let config = csmh_proxy::config::Config::load(&cli.config)?;
-            runtime.block_on(csmh_proxy::server::serve(config))
+            runtime.block_on(csmh_proxy::server::serve(config, args.watch(cli.config)))
         }
         Command::CheckConfig => match csmh_proxy::config::check_file(&cli.config) {
             Ok(report) => {

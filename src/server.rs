@@ -1,4 +1,5 @@
-//! The listener: accepts clients, runs a [`session`](crate::session) for each, and shuts down gracefully.
+//! The listener: accepts clients, runs a [`session`](crate::session) for each, follows the configuration file
+//! while it runs, and shuts down gracefully.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::config::watch::{Watch, Watcher};
 use crate::session;
 use crate::shared::Shared;
 
@@ -18,6 +20,7 @@ use crate::shared::Shared;
 pub struct Proxy {
     listener: TcpListener,
     shared: Arc<Shared>,
+    watch: Option<Watch>,
 }
 
 /// A proxy running in the background (tests, the sandbox).
@@ -35,7 +38,13 @@ impl Proxy {
         let listener =
             TcpListener::bind(&address).await.map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
         let shared = Arc::new(Shared::new(config)?);
-        Ok(Proxy { listener, shared })
+        Ok(Proxy { listener, shared, watch: None })
+    }
+
+    /// Follows a configuration file while the proxy runs: reloads it as `watch` says (and on SIGHUP), from
+    /// [`Proxy::run`]'s start to its shutdown. Without this the configuration given to [`Proxy::bind`] stays.
+    pub fn watch_config(self, watch: Watch) -> Proxy {
+        Proxy { watch: Some(watch), ..self }
     }
 
     /// The address clients connect to (useful when the config said port 0).
@@ -51,6 +60,7 @@ impl Proxy {
     /// Serves clients until `shutdown` resolves; then stops accepting, lets sessions finish the statement they
     /// are running (up to `listen.shutdown_timeout_secs`), and closes the rest.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let watcher = self.watch.map(|watch| Watcher::spawn(watch, Arc::clone(&self.shared)));
         let stop = CancellationToken::new();
         let mut sessions = JoinSet::new();
         tokio::pin!(shutdown);
@@ -71,6 +81,9 @@ impl Proxy {
             }
         }
         drop(self.listener);
+        if let Some(watcher) = watcher {
+            watcher.stop().await;
+        }
         stop.cancel();
         let grace = Duration::from_secs(self.shared.snapshot().config.listen.shutdown_timeout_secs);
         info!(connections = sessions.len(), grace_secs = grace.as_secs(), "shutting down");
@@ -115,9 +128,9 @@ impl ProxyHandle {
     }
 }
 
-/// Binds and serves until SIGINT or SIGTERM.
-pub async fn serve(config: Config) -> anyhow::Result<()> {
-    let proxy = Proxy::bind(config).await?;
+/// Binds and serves until SIGINT or SIGTERM, reloading the configuration file as `watch` says.
+pub async fn serve(config: Config, watch: Watch) -> anyhow::Result<()> {
+    let proxy = Proxy::bind(config).await?.watch_config(watch);
     info!(address = %proxy.local_addr(), "listening");
     proxy.run(shutdown_signal()).await
 }

@@ -1,6 +1,8 @@
-//! What every session shares: the configuration snapshot in force and the counters.
+//! What every session shares: the configuration snapshot in force, the counters, and the reload bookkeeping
+//! (the configuration's generation, reloads applied and rejected).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
 
@@ -21,6 +23,8 @@ pub struct Snapshot {
     /// Set once a session has checked, under this configuration, that the extended table's next id is above
     /// every id of the old table (design §3, "offset safety").
     pub offset_verified: std::sync::OnceLock<()>,
+    /// Which configuration this is: 1 for the one the proxy started with, one more for each applied reload.
+    pub generation: u64,
 }
 
 /// A configuration that passed validation but from which the data path cannot be derived.
@@ -29,14 +33,20 @@ pub struct Snapshot {
 pub struct CompileError(String);
 
 impl Snapshot {
-    /// Derives what the data path needs from a validated `config`.
+    /// Derives what the data path needs from a validated `config`, as generation 1.
     pub fn compile(config: Config) -> Result<Snapshot, CompileError> {
         let error = |e: &dyn std::fmt::Display| CompileError(e.to_string());
         let old = config.history.old().map_err(|e| error(&e))?;
         let extended = config.history.extended().map_err(|e| error(&e))?;
         let table = routing_table(config.flags).map_err(|e| error(&e))?;
         let router = Router::new(table, old.clone(), extended, config.backends.same_server());
-        Ok(Snapshot { prefilter: Prefilter::new(old.table()), router, config, offset_verified: Default::default() })
+        Ok(Snapshot {
+            prefilter: Prefilter::new(old.table()),
+            router,
+            config,
+            offset_verified: Default::default(),
+            generation: 1,
+        })
     }
 }
 
@@ -44,14 +54,24 @@ impl Snapshot {
 #[derive(Debug)]
 pub struct Shared {
     current: ArcSwap<Snapshot>,
+    /// Held while a new snapshot is compiled and stored, so generations follow each other without gaps.
+    writer: Mutex<()>,
+    reloads_applied: AtomicU64,
+    reloads_rejected: AtomicU64,
     /// The proxy's counters.
     pub metrics: Metrics,
 }
 
 impl Shared {
-    /// Shared state starting with `config`.
+    /// Shared state starting with `config`, as generation 1.
     pub fn new(config: Config) -> Result<Shared, CompileError> {
-        Ok(Shared { current: ArcSwap::from_pointee(Snapshot::compile(config)?), metrics: Metrics::default() })
+        Ok(Shared {
+            current: ArcSwap::from_pointee(Snapshot::compile(config)?),
+            writer: Mutex::new(()),
+            reloads_applied: AtomicU64::new(0),
+            reloads_rejected: AtomicU64::new(0),
+            metrics: Metrics::default(),
+        })
     }
 
     /// The snapshot in force now; a session holds it for one statement, or for a whole transaction.
@@ -59,9 +79,36 @@ impl Shared {
         self.current.load_full()
     }
 
-    /// Puts `config` in force for statements that start from now on.
-    pub fn replace(&self, config: Config) -> Result<(), CompileError> {
-        self.current.store(Arc::new(Snapshot::compile(config)?));
-        Ok(())
+    /// Puts `config` in force for statements that start from now on, as the next generation, and counts an
+    /// applied reload. Returns the snapshot now in force; on an error nothing changes.
+    pub fn replace(&self, config: Config) -> Result<Arc<Snapshot>, CompileError> {
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut next = Snapshot::compile(config)?;
+        next.generation = self.current.load().generation + 1;
+        let next = Arc::new(next);
+        self.current.store(Arc::clone(&next));
+        self.reloads_applied.fetch_add(1, Ordering::Relaxed);
+        Ok(next)
+    }
+
+    /// Counts a reload that was refused (the running configuration stayed).
+    pub fn record_rejected_reload(&self) {
+        self.reloads_rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The generation of the configuration in force: 1 at start, one more for each applied reload. It is the
+    /// snapshot's own number, so it always matches the flags a statement starting now is routed by.
+    pub fn generation(&self) -> u64 {
+        self.current.load().generation
+    }
+
+    /// Reloads that put a new configuration in force.
+    pub fn reloads_applied(&self) -> u64 {
+        self.reloads_applied.load(Ordering::Relaxed)
+    }
+
+    /// Reloads refused because the file could not be read, parsed, validated or compiled.
+    pub fn reloads_rejected(&self) -> u64 {
+        self.reloads_rejected.load(Ordering::Relaxed)
     }
 }

@@ -2,12 +2,15 @@
 //!
 //! A file is parsed and validated as a whole; a [`Config`] that [`Config::load`] or [`Config::parse`] returns is
 //! one the proxy can run with. Errors name the line and the key at fault ([`ConfigError`]), so the same message
-//! serves `check-config` and the log line of a refused reload.
+//! serves `check-config` and the log line of a refused reload. A running proxy follows its file ([`watch`]) and
+//! logs what each reload changed ([`changes()`]).
 
+mod changes;
 mod document;
 mod error;
 mod report;
 mod validate;
+pub mod watch;
 
 #[cfg(test)]
 mod tests;
@@ -19,6 +22,7 @@ use serde::Deserialize;
 
 use crate::history::{TableName, TableNameError};
 
+pub use changes::{Change, RESTART_KEYS, Values, changes};
 pub use error::{ConfigError, Location, Problem};
 pub use report::{check_file, report};
 
