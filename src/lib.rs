@@ -5,6 +5,7 @@
 //! `backend` (the MySQL servers); `routing` decides what a statement naming the history table becomes, from the
 //! flags that `config` reads and `history` interprets.
 
+pub mod admin;
 pub mod backend;
 pub mod config;
 pub mod history;

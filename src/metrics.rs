@@ -1,44 +1,421 @@
-//! Counters the proxy keeps about itself; cheap enough for the per-statement path (relaxed atomics).
+//! The proxy's metrics, in Prometheus form: a registry per proxy (no process globals, so tests run proxies side
+//! by side), rendered in the Prometheus text format by the admin listener's `/metrics`.
+//!
+//! The per-statement path stays cheap: every labelled series is created up front and kept in an array indexed by
+//! its label, so counting a statement is one relaxed atomic add and timing it a few more (the latency histogram
+//! is lock-free), with no lock and no allocation.
 
+use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-/// Process-wide counters, shared by every session through [`crate::server::Shared`].
-#[derive(Debug, Default)]
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet, prometheus_text};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::routing::{Route, Side};
+
+/// The `Content-Type` of [`Metrics::render`]'s output (Prometheus text format 0.0.4).
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// Upper bounds, in seconds, of the latency histograms' buckets: 100 µs to 10 s, roughly ×2.5 apart.
+pub const LATENCY_BUCKETS: [f64; 16] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// The route a statement (COM_QUERY or COM_STMT_PREPARE) took, as the metrics label it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteLabel {
+    /// Relayed untouched because its text cannot name the history table (a pre-filter miss).
+    PassthroughMiss,
+    /// Its text names the history table (a pre-filter hit), but the router let it pass untouched.
+    PassthroughHit,
+    /// Sent to the extended table instead of the old one.
+    Rewrite,
+    /// Run against both tables.
+    FanOut,
+    /// Refused with 1142 because the old table is retired.
+    Block,
+    /// Refused with 1235 because the proxy cannot carry it out exactly.
+    Refuse,
+}
+
+impl RouteLabel {
+    /// Every label, in the order of the metrics' arrays.
+    pub const ALL: [RouteLabel; 6] = [
+        RouteLabel::PassthroughMiss,
+        RouteLabel::PassthroughHit,
+        RouteLabel::Rewrite,
+        RouteLabel::FanOut,
+        RouteLabel::Block,
+        RouteLabel::Refuse,
+    ];
+
+    /// The label of a statement that passed the pre-filter and got `route` from the router.
+    pub fn of(route: &Route) -> RouteLabel {
+        match route {
+            Route::Passthrough => RouteLabel::PassthroughHit,
+            Route::Rewrite(_) => RouteLabel::Rewrite,
+            Route::FanOut(_) => RouteLabel::FanOut,
+            Route::Block(_) => RouteLabel::Block,
+            Route::Refuse(_) => RouteLabel::Refuse,
+        }
+    }
+
+    /// The `route` label's value.
+    pub fn route(self) -> &'static str {
+        match self {
+            RouteLabel::PassthroughMiss | RouteLabel::PassthroughHit => "passthrough",
+            RouteLabel::Rewrite => "rewrite",
+            RouteLabel::FanOut => "fanout",
+            RouteLabel::Block => "block",
+            RouteLabel::Refuse => "refuse",
+        }
+    }
+
+    /// The `prefilter` label's value: whether the statement's text names the history table.
+    pub fn prefilter(self) -> &'static str {
+        match self {
+            RouteLabel::PassthroughMiss => "miss",
+            _ => "hit",
+        }
+    }
+
+    fn labels(self) -> Labels<2> {
+        [("route", self.route()), ("prefilter", self.prefilter())]
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A backend's `backend` label value.
+fn backend_name(side: Side) -> &'static str {
+    match side {
+        Side::Edxapp => "edxapp",
+        Side::Csmh => "csmh",
+    }
+}
+
+fn backend_index(side: Side) -> usize {
+    match side {
+        Side::Edxapp => 0,
+        Side::Csmh => 1,
+    }
+}
+
+/// A label set of `N` fixed pairs.
+type Labels<const N: usize> = [(&'static str, &'static str); N];
+
+/// The configuration's state, read from [`crate::shared::Shared`] when the metrics are rendered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConfigState {
+    /// The generation of the configuration in force (1 for the one the proxy started with).
+    pub generation: u64,
+    /// Reloads that put a new configuration in force.
+    pub reloads_applied: u64,
+    /// Reloads refused because the new file was invalid.
+    pub reloads_rejected: u64,
+}
+
+/// The proxy's metrics: a registry of its own and a handle on every series.
+#[derive(Debug)]
 pub struct Metrics {
-    /// Client connections accepted.
-    pub connections_total: AtomicU64,
-    /// Client connections closed.
-    pub connections_closed: AtomicU64,
-    /// Statements (COM_QUERY, COM_STMT_PREPARE) that cannot name the history table and were relayed unparsed.
-    pub statements_prefilter_miss: AtomicU64,
-    /// Statements whose text names the history table (before parsing: literals and comments count too).
-    pub statements_prefilter_hit: AtomicU64,
-    /// Statements sent to the extended table instead of the old one.
-    pub statements_rewritten: AtomicU64,
-    /// Statements run against both tables.
-    pub statements_fanned_out: AtomicU64,
-    /// Statements refused with 1142 because the old table is retired.
-    pub statements_blocked: AtomicU64,
-    /// Statements naming the history table refused with 1235 because they cannot be routed exactly.
-    pub statements_refused: AtomicU64,
-    /// Failed connection attempts to a backend.
-    pub backend_connect_errors: AtomicU64,
+    registry: Registry,
+    connections_total: Counter,
+    connections_open: Gauge,
+    statements: [Counter; 6],
+    latency: [Histogram; 6],
+    connect_errors: [Counter; 2],
+    query_errors: [Counter; 2],
+    reloads_applied: Counter,
+    reloads_rejected: Counter,
+    generation: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
 }
 
 impl Metrics {
-    /// Adds one to `counter`.
-    #[inline]
-    pub fn incr(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    /// A registry with every series at zero.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("csmh_proxy");
+        let connections_total = Counter::default();
+        registry.register("connections", "Client connections accepted", connections_total.clone());
+        let connections_open = Gauge::default();
+        registry.register("connections_open", "Client connections open now", connections_open.clone());
+
+        let statements = Family::<Labels<2>, Counter>::default();
+        let latency = Family::<Labels<2>, Histogram>::default();
+        let statement_counters = RouteLabel::ALL.map(|label| statements.get_or_create(&label.labels()).clone());
+        let histograms = RouteLabel::ALL.map(|label| latency.get_or_create(&label.labels()).clone());
+        registry.register(
+            "statements",
+            "Statements (COM_QUERY, COM_STMT_PREPARE) by route, counted when their response has been relayed",
+            statements,
+        );
+        registry.register_with_unit(
+            "statement_duration",
+            "Time from a statement's arrival to the end of its response, by route",
+            Unit::Seconds,
+            latency,
+        );
+
+        let (connect_errors, connect_family) = backend_counters();
+        registry.register(
+            "backend_connect_errors",
+            "Failed attempts to connect (and, for csmh, log in) to a backend",
+            connect_family,
+        );
+        let (query_errors, query_family) = backend_counters();
+        registry.register(
+            "backend_query_errors",
+            "Statements during which a backend connection failed (lost, or broke the protocol); not SQL errors",
+            query_family,
+        );
+
+        let reloads = Family::<Labels<1>, Counter>::default();
+        let reloads_applied = reloads.get_or_create(&[("result", "applied")]).clone();
+        let reloads_rejected = reloads.get_or_create(&[("result", "rejected")]).clone();
+        registry.register("config_reloads", "Configuration reloads, applied or rejected", reloads);
+        let generation = Gauge::default();
+        registry.register("config_generation", "Generation of the configuration in force", generation.clone());
+
+        Metrics {
+            registry,
+            connections_total,
+            connections_open,
+            statements: statement_counters,
+            latency: histograms,
+            connect_errors,
+            query_errors,
+            reloads_applied,
+            reloads_rejected,
+            generation,
+        }
     }
 
-    /// Reads `counter`.
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
+    /// A client connection was accepted.
+    pub fn connection_opened(&self) {
+        self.connections_total.inc();
+        self.connections_open.inc();
+    }
+
+    /// A client connection ended.
+    pub fn connection_closed(&self) {
+        self.connections_open.dec();
+    }
+
+    /// Client connections accepted so far.
+    pub fn connections_total(&self) -> u64 {
+        self.connections_total.get()
     }
 
     /// Client connections open now.
     pub fn connections_open(&self) -> u64 {
-        Self::get(&self.connections_total).saturating_sub(Self::get(&self.connections_closed))
+        u64::try_from(self.connections_open.get()).unwrap_or(0)
+    }
+
+    /// A statement that took `route` has been answered, `took` after it arrived.
+    #[inline]
+    pub fn statement(&self, route: RouteLabel, took: Duration) {
+        self.statements[route.index()].inc();
+        self.latency[route.index()].observe(took);
+    }
+
+    /// Statements answered so far that took `route`.
+    pub fn statements(&self, route: RouteLabel) -> u64 {
+        self.statements[route.index()].get()
+    }
+
+    /// A connection attempt to the backend on `side` failed.
+    pub fn backend_connect_error(&self, side: Side) {
+        self.connect_errors[backend_index(side)].inc();
+    }
+
+    /// The connection to the backend on `side` failed during a statement.
+    pub fn backend_query_error(&self, side: Side) {
+        self.query_errors[backend_index(side)].inc();
+    }
+
+    /// Failed connection attempts to the backend on `side` so far.
+    pub fn backend_connect_errors(&self, side: Side) -> u64 {
+        self.connect_errors[backend_index(side)].get()
+    }
+
+    /// Backend connection failures during statements on `side` so far.
+    pub fn backend_query_errors(&self, side: Side) -> u64 {
+        self.query_errors[backend_index(side)].get()
+    }
+
+    /// Every series in the Prometheus text format, with the configuration's state as `config` says.
+    pub fn render(&self, config: ConfigState) -> Result<String, fmt::Error> {
+        // Concurrent scrapes may read the state in either order: only ever move the values forward.
+        self.reloads_applied.inner().fetch_max(config.reloads_applied, Ordering::Relaxed);
+        self.reloads_rejected.inner().fetch_max(config.reloads_rejected, Ordering::Relaxed);
+        let generation = i64::try_from(config.generation).unwrap_or(i64::MAX);
+        self.generation.inner().fetch_max(generation, Ordering::Relaxed);
+        let mut text = String::new();
+        prometheus_text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+/// A counter per backend, and the family they are registered in.
+fn backend_counters() -> ([Counter; 2], Family<Labels<1>, Counter>) {
+    let family = Family::<Labels<1>, Counter>::default();
+    let counters =
+        [Side::Edxapp, Side::Csmh].map(|side| family.get_or_create(&[("backend", backend_name(side))]).clone());
+    (counters, family)
+}
+
+/// A latency histogram with [`LATENCY_BUCKETS`], observed with atomic adds only (prometheus-client's own
+/// histogram takes a lock per observation).
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    inner: Arc<HistogramCounts>,
+}
+
+/// The counts behind a [`Histogram`].
+#[derive(Debug, Default)]
+struct HistogramCounts {
+    /// Observations per bucket (not cumulative); the last one is above every bound.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    /// The sum of the observations, in nanoseconds.
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation of `took`.
+    #[inline]
+    pub fn observe(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        let bucket = LATENCY_BUCKETS.iter().position(|&bound| seconds <= bound).unwrap_or(LATENCY_BUCKETS.len());
+        self.inner.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.inner.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.inner.buckets.iter().map(|bucket| bucket.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The count of each bucket (not cumulative: the encoder adds them up) by upper bound, ending with `+Inf`,
+    /// and their total.
+    fn buckets(&self) -> (Vec<(f64, u64)>, u64) {
+        let bounds = LATENCY_BUCKETS.iter().copied().chain([f64::INFINITY]);
+        let buckets: Vec<(f64, u64)> =
+            bounds.zip(&self.inner.buckets).map(|(bound, count)| (bound, count.load(Ordering::Relaxed))).collect();
+        let total = buckets.iter().map(|(_, count)| count).sum();
+        (buckets, total)
+    }
+}
+
+impl TypedMetric for Histogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Histogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), fmt::Error> {
+        let (buckets, count) = self.buckets();
+        let sum = Duration::from_nanos(self.inner.sum_nanos.load(Ordering::Relaxed)).as_secs_f64();
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rendered(metrics: &Metrics) -> String {
+        metrics.render(ConfigState { generation: 3, reloads_applied: 2, reloads_rejected: 1 }).unwrap_or_default()
+    }
+
+    #[test]
+    fn observations_fall_in_the_first_bucket_whose_bound_they_do_not_exceed() {
+        let histogram = Histogram::default();
+        histogram.observe(Duration::from_micros(50));
+        histogram.observe(Duration::from_micros(100));
+        histogram.observe(Duration::from_millis(3));
+        histogram.observe(Duration::from_secs(60));
+        let (buckets, count) = histogram.buckets();
+        assert_eq!(count, 4);
+        assert_eq!(histogram.count(), 4);
+        assert_eq!(buckets.first(), Some(&(0.0001, 2)), "100 µs is in the 100 µs bucket");
+        assert_eq!(buckets.iter().find(|(bound, _)| *bound == 0.005), Some(&(0.005, 1)));
+        assert_eq!(buckets.iter().find(|(bound, _)| *bound == 10.0), Some(&(10.0, 0)));
+        assert_eq!(buckets.last(), Some(&(f64::INFINITY, 1)));
+    }
+
+    #[test]
+    fn every_series_is_rendered_from_the_start() {
+        let text = rendered(&Metrics::new());
+        for line in [
+            "csmh_proxy_connections_total 0",
+            "csmh_proxy_connections_open 0",
+            "csmh_proxy_statements_total{route=\"passthrough\",prefilter=\"miss\"} 0",
+            "csmh_proxy_statements_total{route=\"refuse\",prefilter=\"hit\"} 0",
+            "csmh_proxy_statement_duration_seconds_count{route=\"fanout\",prefilter=\"hit\"} 0",
+            "csmh_proxy_backend_connect_errors_total{backend=\"csmh\"} 0",
+            "csmh_proxy_backend_query_errors_total{backend=\"edxapp\"} 0",
+            "csmh_proxy_config_reloads_total{result=\"applied\"} 2",
+            "csmh_proxy_config_reloads_total{result=\"rejected\"} 1",
+            "csmh_proxy_config_generation 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no line `{line}` in\n{text}");
+        }
+        assert!(text.contains("# TYPE csmh_proxy_statement_duration_seconds histogram"), "{text}");
+    }
+
+    #[test]
+    fn a_statement_moves_its_routes_counter_and_histogram() {
+        let metrics = Metrics::new();
+        metrics.statement(RouteLabel::Rewrite, Duration::from_millis(2));
+        metrics.statement(RouteLabel::Rewrite, Duration::from_millis(20));
+        metrics.connection_opened();
+        metrics.connection_opened();
+        metrics.connection_closed();
+        metrics.backend_connect_error(Side::Csmh);
+        assert_eq!(metrics.statements(RouteLabel::Rewrite), 2);
+        assert_eq!(metrics.statements(RouteLabel::FanOut), 0);
+        assert_eq!((metrics.connections_total(), metrics.connections_open()), (2, 1));
+        let text = rendered(&metrics);
+        for line in [
+            "csmh_proxy_statements_total{route=\"rewrite\",prefilter=\"hit\"} 2",
+            "csmh_proxy_statement_duration_seconds_count{route=\"rewrite\",prefilter=\"hit\"} 2",
+            "csmh_proxy_statement_duration_seconds_bucket{route=\"rewrite\",prefilter=\"hit\",le=\"0.0025\"} 1",
+            "csmh_proxy_statement_duration_seconds_bucket{route=\"rewrite\",prefilter=\"hit\",le=\"0.01\"} 1",
+            "csmh_proxy_statement_duration_seconds_bucket{route=\"rewrite\",prefilter=\"hit\",le=\"0.025\"} 2",
+            "csmh_proxy_statement_duration_seconds_bucket{route=\"rewrite\",prefilter=\"hit\",le=\"+Inf\"} 2",
+            "csmh_proxy_statement_duration_seconds_sum{route=\"rewrite\",prefilter=\"hit\"} 0.022",
+            "csmh_proxy_connections_total 2",
+            "csmh_proxy_connections_open 1",
+            "csmh_proxy_backend_connect_errors_total{backend=\"csmh\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no line `{line}` in\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_configurations_state_never_goes_back() {
+        let metrics = Metrics::new();
+        let newer = ConfigState { generation: 5, reloads_applied: 4, reloads_rejected: 0 };
+        let _ = metrics.render(newer);
+        let text = rendered(&metrics);
+        assert!(text.lines().any(|l| l == "csmh_proxy_config_generation 5"), "{text}");
+        assert!(text.lines().any(|l| l == "csmh_proxy_config_reloads_total{result=\"applied\"} 4"), "{text}");
+        assert!(text.lines().any(|l| l == "csmh_proxy_config_reloads_total{result=\"rejected\"} 1"), "{text}");
     }
 }

@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::admin::{self, AdminServer};
 use crate::config::Config;
 use crate::config::watch::{Watch, Watcher};
 use crate::session;
@@ -21,24 +22,31 @@ pub struct Proxy {
     listener: TcpListener,
     shared: Arc<Shared>,
     watch: Option<Watch>,
+    /// The admin HTTP listener, when `[admin] address` is set.
+    admin: Option<TcpListener>,
 }
 
 /// A proxy running in the background (tests, the sandbox).
 pub struct ProxyHandle {
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Proxy {
-    /// Binds the client listener named in `config`.
+    /// Binds the client listener named in `config`, and the admin listener if it names one.
     pub async fn bind(config: Config) -> anyhow::Result<Proxy> {
         let address = config.listen.address.clone();
         let listener =
             TcpListener::bind(&address).await.map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
+        let admin = match &config.admin {
+            Some(settings) => Some(admin::bind(&settings.address).await?),
+            None => None,
+        };
         let shared = Arc::new(Shared::new(config)?);
-        Ok(Proxy { listener, shared, watch: None })
+        Ok(Proxy { listener, shared, watch: None, admin })
     }
 
     /// Follows a configuration file while the proxy runs: reloads it as `watch` says (and on SIGHUP), from
@@ -52,6 +60,11 @@ impl Proxy {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
+    /// The address of the admin HTTP listener, if there is one (useful when the config said port 0).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|listener| listener.local_addr().ok())
+    }
+
     /// The state shared with every session (configuration in force, counters).
     pub fn shared(&self) -> Arc<Shared> {
         Arc::clone(&self.shared)
@@ -62,6 +75,8 @@ impl Proxy {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let watcher = self.watch.map(|watch| Watcher::spawn(watch, Arc::clone(&self.shared)));
         let stop = CancellationToken::new();
+        let admin: Option<AdminServer> =
+            self.admin.map(|listener| admin::spawn(listener, Arc::clone(&self.shared), stop.child_token()));
         let mut sessions = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -92,6 +107,9 @@ impl Proxy {
             warn!(connections = sessions.len(), "closing connections still busy after the shutdown timeout");
             sessions.shutdown().await;
         }
+        if let Some(admin) = admin {
+            admin.stopped().await;
+        }
         info!("stopped");
         Ok(())
     }
@@ -99,12 +117,13 @@ impl Proxy {
     /// Runs the proxy on the current tokio runtime in the background.
     pub fn spawn(self) -> ProxyHandle {
         let addr = self.local_addr();
+        let admin_addr = self.admin_addr();
         let shared = self.shared();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(self.run(async {
             let _ = rx.await;
         }));
-        ProxyHandle { addr, shared, shutdown: Some(tx), task }
+        ProxyHandle { addr, admin_addr, shared, shutdown: Some(tx), task }
     }
 }
 
@@ -112,6 +131,11 @@ impl ProxyHandle {
     /// The address clients connect to.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the admin HTTP listener, if `[admin] address` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The state shared with every session (configuration in force, counters).
@@ -132,6 +156,9 @@ impl ProxyHandle {
 pub async fn serve(config: Config, watch: Watch) -> anyhow::Result<()> {
     let proxy = Proxy::bind(config).await?.watch_config(watch);
     info!(address = %proxy.local_addr(), "listening");
+    if let Some(address) = proxy.admin_addr() {
+        info!(%address, "admin listening (/metrics, /healthz, /config)");
+    }
     proxy.run(shutdown_signal()).await
 }
 

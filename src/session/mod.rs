@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backend::{self, BackendError};
-use crate::metrics::Metrics;
+use crate::metrics::RouteLabel;
 use crate::protocol::ProtocolError;
 use crate::protocol::capabilities::Negotiated;
 use crate::protocol::command::{COM_RESET_CONNECTION, Command};
@@ -22,7 +22,7 @@ use crate::protocol::conn::Connection;
 use crate::protocol::frame::{self, HEADER_LEN, PacketSpan};
 use crate::protocol::packets::{self, MysqlError};
 use crate::protocol::response::{ClientTurn, End, Expect, Progress, ResponseScanner};
-use crate::routing::Route;
+use crate::routing::{Route, Side};
 use crate::shared::{Shared, Snapshot};
 
 mod csmh;
@@ -103,13 +103,14 @@ struct Session {
     last_error: Option<u16>,
     /// The client's prepared statements that have an extended-table twin, by the id the client knows.
     shadows: std::collections::HashMap<u32, prepared::Shadow>,
+    /// The route the metrics count the request being handled under, when it is a statement.
+    statement: Option<RouteLabel>,
 }
 
 /// Serves one client connection until it ends, logging its opening and closing.
 pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdown: CancellationToken) {
     let started = Instant::now();
-    let metrics = &shared.metrics;
-    Metrics::incr(&metrics.connections_total);
+    shared.metrics.connection_opened();
     info!(%peer, "connection opened");
     let mut client = Connection::new(stream);
     let result = match connect_backend(&shared).await {
@@ -125,6 +126,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutd
                 csmh: None,
                 last_error: None,
                 shadows: Default::default(),
+                statement: None,
             };
             let result = session.run(shutdown).await;
             if let Err(error) = &result {
@@ -140,7 +142,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutd
     if let Err(error) = &result {
         warn!(%peer, %error, "connection failed");
     }
-    Metrics::incr(&metrics.connections_closed);
+    shared.metrics.connection_closed();
     info!(%peer, duration_ms = started.elapsed().as_millis() as u64, "connection closed");
 }
 
@@ -152,7 +154,7 @@ async fn connect_backend(shared: &Shared) -> Result<Connection, SessionError> {
         (edxapp.address.clone(), edxapp.connect_timeout_secs)
     };
     backend::connect(&address, timeout).await.map_err(|e| {
-        Metrics::incr(&shared.metrics.backend_connect_errors);
+        shared.metrics.backend_connect_error(Side::Edxapp);
         SessionError::from(e)
     })
 }
@@ -217,8 +219,28 @@ impl Session {
         self.relay_response(Expect::Auth).await
     }
 
-    /// Handles one client request whose packet lies at the start of the client buffer.
+    /// Handles one client request whose packet lies at the start of the client buffer, and records it in the
+    /// metrics: a statement's route and time, a backend connection failing during it.
     async fn execute(&mut self, span: PacketSpan) -> Result<Flow, SessionError> {
+        let arrived = Instant::now();
+        let had_csmh = self.csmh.is_some();
+        let result = self.handle(span).await;
+        let metrics = &self.shared.metrics;
+        if let Some(route) = self.statement.take() {
+            metrics.statement(route, arrived.elapsed());
+        }
+        if had_csmh && self.csmh.is_none() {
+            // The csmh connection is dropped only when it failed.
+            metrics.backend_query_error(Side::Csmh);
+        }
+        if let Err(SessionError::Backend(_) | SessionError::BackendProtocol(_)) = &result {
+            metrics.backend_query_error(Side::Edxapp);
+        }
+        result
+    }
+
+    /// Handles one client request whose packet lies at the start of the client buffer.
+    async fn handle(&mut self, span: PacketSpan) -> Result<Flow, SessionError> {
         self.answer_seq = Some(span.last_seq.wrapping_add(1));
         if let Some(csmh) = self.csmh.as_mut() {
             csmh.synced = false;
@@ -254,7 +276,7 @@ impl Session {
         if route != Route::Passthrough {
             return self.execute_routed(span, command, route).await;
         }
-        if command == Command::Query && self.csmh.is_some() {
+        if command == Command::Query && self.csmh.as_ref().is_some_and(csmh::Csmh::in_transaction) {
             let text = statement_text(&self.client.buf, &span).into_owned();
             if let Some(error) = self.follow_transaction_control(&text).await? {
                 return self.refuse(span, error).await;
@@ -280,14 +302,14 @@ impl Session {
             _ => self.shared.snapshot(),
         };
         let text = statement_text(&self.client.buf, span);
-        let metrics = &self.shared.metrics;
-        let route = if snapshot.prefilter.matches(&text) {
-            Metrics::incr(&metrics.statements_prefilter_hit);
-            snapshot.router.route(&text)
+        let (route, label) = if snapshot.prefilter.matches(&text) {
+            let route = snapshot.router.route(&text);
+            let label = RouteLabel::of(&route);
+            (route, label)
         } else {
-            Metrics::incr(&metrics.statements_prefilter_miss);
-            Route::Passthrough
+            (Route::Passthrough, RouteLabel::PassthroughMiss)
         };
+        self.statement = Some(label);
         self.pinned = Some(snapshot);
         route
     }

@@ -8,7 +8,7 @@ use tracing::{debug, info, warn};
 use super::csmh::CsmhError;
 use super::{CopyFailure, Flow, Session, SessionError, copy_response};
 use crate::backend::{self, QueryError, Reply, Rows};
-use crate::metrics::Metrics;
+use crate::metrics::RouteLabel;
 use crate::protocol::ProtocolError;
 use crate::protocol::command::Command;
 use crate::protocol::command::{COM_QUERY, COM_STMT_PREPARE};
@@ -123,61 +123,43 @@ impl Session {
         command: Command,
         route: Route,
     ) -> Result<Flow, SessionError> {
-        let shared = std::sync::Arc::clone(&self.shared);
-        let metrics = &shared.metrics;
         let expect = command.response().unwrap_or(Expect::ResultSets);
         if let Route::Rewrite(Rewritten { inserts: true, .. }) = &route {
             if let Some(error) = self.unsafe_offset().await {
+                self.count_as_refused();
                 return self.refuse(span, error).await;
             }
         }
         match route {
             Route::Passthrough => unreachable!("passthrough is relayed by the caller"),
-            Route::Rewrite(Rewritten { sql, on: Side::Edxapp, .. }) => {
-                Metrics::incr(&metrics.statements_rewritten);
-                self.send_instead(span, &sql, expect).await
-            }
+            Route::Rewrite(Rewritten { sql, on: Side::Edxapp, .. }) => self.send_instead(span, &sql, expect).await,
             Route::FanOut(FanOut::Merge(read)) if command == Command::StmtPrepare => {
-                Metrics::incr(&metrics.statements_fanned_out);
                 self.prepare_merged(span, *read).await
             }
-            Route::FanOut(FanOut::Merge(read)) => {
-                Metrics::incr(&metrics.statements_fanned_out);
-                match self.with_values(read.extended.clone(), &read.inline).await? {
-                    Ok(extended) => self.merge_read(span, *read, extended).await,
-                    Err(error) => self.refuse(span, error).await,
-                }
-            }
-            Route::FanOut(FanOut::Union(sql)) => {
-                Metrics::incr(&metrics.statements_fanned_out);
-                self.send_instead(span, &sql, expect).await
-            }
+            Route::FanOut(FanOut::Merge(read)) => match self.with_values(read.extended.clone(), &read.inline).await? {
+                Ok(extended) => self.merge_read(span, *read, extended).await,
+                Err(error) => self.refuse(span, error).await,
+            },
+            Route::FanOut(FanOut::Union(sql)) => self.send_instead(span, &sql, expect).await,
             Route::FanOut(FanOut::Writes { old, extended, inline }) if command == Command::Query => {
-                Metrics::incr(&metrics.statements_fanned_out);
                 match self.with_values(extended, &inline).await? {
                     Ok(extended) => self.write_both(span, &old, &extended).await,
                     Err(error) => self.refuse(span, error).await,
                 }
             }
-            Route::FanOut(FanOut::Writes { extended, inline, .. }) => {
-                Metrics::incr(&metrics.statements_fanned_out);
-                self.prepare_both(span, &extended, &inline).await
-            }
+            Route::FanOut(FanOut::Writes { extended, inline, .. }) => self.prepare_both(span, &extended, &inline).await,
             Route::Rewrite(Rewritten { sql, on: Side::Csmh, inline, .. }) => {
-                Metrics::incr(&metrics.statements_rewritten);
                 match self.with_values(sql, &inline).await? {
                     Ok(sql) => self.run_on_csmh(span, command, &sql).await,
                     Err(error) => self.refuse(span, error).await,
                 }
             }
             Route::Block(error) => {
-                Metrics::incr(&metrics.statements_blocked);
                 info!(route = "block", code = error.code, "statement refused: the history table is retired");
                 debug!(%error, "blocked");
                 self.refuse(span, error).await
             }
             Route::Refuse(error) => {
-                Metrics::incr(&metrics.statements_refused);
                 let reason = reason_for_log(&error.message);
                 info!(route = "refuse", code = error.code, reason, "statement naming the history table refused");
                 debug!(%error, "refused");
@@ -239,6 +221,7 @@ impl Session {
             Side::Csmh => match self.csmh_ready().await {
                 Ok(csmh) => backend::query(&mut csmh.conn, csmh.caps, sql.as_bytes()).await,
                 Err(failure) => {
+                    self.count_csmh_failure(&failure);
                     self.csmh = None;
                     return Err(failure.to_mysql());
                 }
@@ -251,9 +234,26 @@ impl Session {
 
     pub(super) async fn refuse_unsupported(&mut self, span: PacketSpan, what: &str) -> Result<Flow, SessionError> {
         let error = MysqlError::new(1235, b"42000", format!("csmh-proxy does not support {what} yet"));
-        Metrics::incr(&self.shared.metrics.statements_refused);
+        self.count_as_refused();
         info!(route = "refuse", code = error.code, "statement naming the history table refused: {what}");
         self.refuse(span, error).await
+    }
+
+    /// Counts the statement being handled as refused: the router chose a route, but the proxy answers with its own
+    /// error instead.
+    fn count_as_refused(&mut self) {
+        if let Some(route) = self.statement.as_mut() {
+            *route = RouteLabel::Refuse;
+        }
+    }
+
+    /// Counts a failure to open the `csmh` connection; failures of an open one are counted when it is dropped.
+    fn count_csmh_failure(&self, failure: &CsmhError) {
+        if let CsmhError::Connect(_) | CsmhError::Login(_) | CsmhError::Credentials(_) | CsmhError::Capabilities(_) =
+            failure
+        {
+            self.shared.metrics.backend_connect_error(Side::Csmh);
+        }
     }
 
     /// `sql` with each of its subqueries on `edxapp` tables run on the client's `edxapp` connection and their
@@ -299,7 +299,10 @@ impl Session {
                 }
                 Err(e) => CsmhError::Query(QueryError::Io(e)),
             },
-            Err(failure) => failure,
+            Err(failure) => {
+                self.count_csmh_failure(&failure);
+                failure
+            }
         };
         self.csmh_failed(span, failure).await
     }
@@ -498,6 +501,7 @@ impl Session {
             Ok(_) => Ok(Outcome::Failed(error_payload(&CsmhError::Refused("unexpected rows".into())))),
             Err(failure) => {
                 warn!(error = %failure, "the csmh connection failed");
+                self.count_csmh_failure(&failure);
                 self.csmh = None;
                 Ok(Outcome::Failed(error_payload(&failure)))
             }

@@ -1,0 +1,365 @@
+//! The admin HTTP listener (`[admin] address`, off when absent): `GET /metrics` in the Prometheus text format,
+//! `GET /healthz` (both backends accept a TCP connection), and `GET /config` (the configuration in force, as JSON,
+//! without secrets). It reads the same [`Shared`] state as the sessions, so it follows reloads.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::config::{Backend, Flag};
+use crate::history::{Stage, StatementKind, Target};
+use crate::metrics::{self, ConfigState};
+use crate::shared::{Shared, Snapshot};
+
+/// How long `/healthz` waits for each backend to accept a TCP connection.
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a shutdown waits for admin requests in flight before closing their connections.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// Why the admin listener cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The address could not be bound.
+    #[error("cannot listen for admin requests on {address}: {source}")]
+    Bind {
+        /// `[admin] address` as configured.
+        address: String,
+        /// Why binding failed.
+        source: io::Error,
+    },
+    /// Serving failed.
+    #[error("the admin listener failed: {0}")]
+    Serve(io::Error),
+}
+
+/// Binds the admin listener on `address` (`host:port`; port 0 picks a free port).
+pub async fn bind(address: &str) -> Result<TcpListener, AdminError> {
+    TcpListener::bind(address).await.map_err(|source| AdminError::Bind { address: address.to_owned(), source })
+}
+
+/// The admin listener running in the background.
+#[derive(Debug)]
+pub struct AdminServer {
+    task: JoinHandle<Result<(), AdminError>>,
+}
+
+/// Serves admin requests on `listener` in the background until `shutdown` is cancelled.
+pub fn spawn(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) -> AdminServer {
+    AdminServer { task: tokio::spawn(serve(listener, shared, shutdown)) }
+}
+
+impl AdminServer {
+    /// Waits (briefly) for the listener to stop once its shutdown token is cancelled; then closes what is left.
+    pub async fn stopped(mut self) {
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => warn!(%error, "admin listener"),
+            Ok(Err(error)) => warn!(%error, "admin listener task"),
+            Err(_) => self.task.abort(),
+        }
+    }
+}
+
+/// Serves admin requests on `listener` until `shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) -> Result<(), AdminError> {
+    axum::serve(listener, routes(shared))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .map_err(AdminError::Serve)
+}
+
+/// The admin endpoints.
+pub fn routes(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_endpoint))
+        .route("/healthz", get(health_endpoint))
+        .route("/config", get(config_endpoint))
+        .with_state(shared)
+}
+
+/// The configuration's generation and reload counts, as the metrics show them.
+fn config_state(shared: &Shared) -> ConfigState {
+    ConfigState {
+        generation: shared.generation(),
+        reloads_applied: shared.reloads_applied(),
+        reloads_rejected: shared.reloads_rejected(),
+    }
+}
+
+/// `GET /metrics`: every metric in the Prometheus text format.
+async fn metrics_endpoint(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.metrics.render(config_state(&shared)) {
+        Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "cannot render the metrics\n").into_response(),
+    }
+}
+
+/// `/healthz`'s answer.
+#[derive(Debug, Serialize)]
+pub struct Health {
+    /// Whether both backends accepted a connection.
+    pub healthy: bool,
+    /// Each backend's probe.
+    pub backends: Backends<Probe>,
+}
+
+/// One value per backend.
+#[derive(Debug, Serialize)]
+pub struct Backends<T> {
+    /// The `edxapp` backend.
+    pub edxapp: T,
+    /// The `csmh` backend.
+    pub csmh: T,
+}
+
+/// Whether one backend accepted a TCP connection.
+#[derive(Debug, Serialize)]
+pub struct Probe {
+    /// The address probed.
+    pub address: String,
+    /// Whether it accepted a connection within [`HEALTH_TIMEOUT`].
+    pub reachable: bool,
+    /// Why not, when it did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `GET /healthz`: 200 when both backends accept a TCP connection within [`HEALTH_TIMEOUT`], 503 otherwise; the
+/// JSON body says which.
+async fn health_endpoint(State(shared): State<Arc<Shared>>) -> (StatusCode, axum::Json<Health>) {
+    let health = check_health(&shared.snapshot()).await;
+    let status = if health.healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(health))
+}
+
+/// Probes both backends of `snapshot` at once.
+pub async fn check_health(snapshot: &Snapshot) -> Health {
+    let backends = &snapshot.config.backends;
+    let (edxapp, csmh) = tokio::join!(probe(&backends.edxapp.address), probe(&backends.csmh.address));
+    Health { healthy: edxapp.reachable && csmh.reachable, backends: Backends { edxapp, csmh } }
+}
+
+/// Opens and closes a TCP connection to `address`.
+async fn probe(address: &str) -> Probe {
+    let error = match tokio::time::timeout(HEALTH_TIMEOUT, TcpStream::connect(address)).await {
+        Ok(Ok(_stream)) => None,
+        Ok(Err(error)) => Some(error.to_string()),
+        Err(_) => Some(format!("no connection within {} ms", HEALTH_TIMEOUT.as_millis())),
+    };
+    Probe { address: address.to_owned(), reachable: error.is_none(), error }
+}
+
+/// `/config`'s answer: the configuration in force, without secrets (no user names, passwords or the variables
+/// holding them).
+#[derive(Debug, Serialize)]
+pub struct ConfigView {
+    /// The generation of the configuration in force.
+    pub generation: u64,
+    /// `[listen] address`.
+    pub listen: String,
+    /// `[admin] address`.
+    pub admin: Option<String>,
+    /// `"one server"` or `"two servers"`.
+    pub topology: &'static str,
+    /// Each backend's address and connect timeout.
+    pub backends: Backends<BackendView>,
+    /// The two history tables.
+    pub tables: TablesView,
+    /// Each flag under its edx-platform name.
+    pub flags: FlagsView,
+    /// The design's routing row the flags select.
+    pub routing: RoutingView,
+}
+
+/// A backend without its credentials.
+#[derive(Debug, Serialize)]
+pub struct BackendView {
+    /// `host:port`.
+    pub address: String,
+    /// Seconds to wait for a TCP connection.
+    pub connect_timeout_secs: u64,
+}
+
+/// The history tables' schema-qualified names.
+#[derive(Debug, Serialize)]
+pub struct TablesView {
+    /// The table edxapp writes.
+    pub old: String,
+    /// The extended table.
+    pub extended: String,
+}
+
+/// The flags, under their `proxy.toml` keys.
+#[derive(Debug, Serialize)]
+pub struct FlagsView {
+    /// `ENABLE_CSMH_EXTENDED`.
+    #[serde(rename = "ENABLE_CSMH_EXTENDED")]
+    pub enable_csmh_extended: bool,
+    /// `ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES`.
+    #[serde(rename = "ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES")]
+    pub enable_reading_from_multiple_history_tables: bool,
+    /// `READ_ONLY_FROM_CSMHE`.
+    #[serde(rename = "READ_ONLY_FROM_CSMHE")]
+    pub read_only_from_csmhe: bool,
+}
+
+/// The routing table in force.
+#[derive(Debug, Serialize)]
+pub struct RoutingView {
+    /// The design row, as an identifier (`old_table_only`, `extended_table_reading_both`,
+    /// `extended_table_only_reads`, `old_table_retired`).
+    pub stage: &'static str,
+    /// The design row, in words, with the flags that select it.
+    pub stage_name: &'static str,
+    /// Where each kind of statement naming the old table goes.
+    pub routes: Vec<RouteView>,
+}
+
+/// Where one kind of statement goes.
+#[derive(Debug, Serialize)]
+pub struct RouteView {
+    /// The kind of statement (`INSERT`, `SELECT`, `UPDATE, DELETE`, `anything else`).
+    pub statements: &'static str,
+    /// The target, as an identifier (`old_table`, `extended_table`, `both_tables`, `blocked`).
+    pub target: &'static str,
+    /// The target, in words.
+    pub description: &'static str,
+}
+
+/// `GET /config`: the configuration in force.
+async fn config_endpoint(State(shared): State<Arc<Shared>>) -> axum::Json<ConfigView> {
+    axum::Json(config_view(&shared.snapshot()))
+}
+
+/// What `/config` shows of `snapshot`.
+pub fn config_view(snapshot: &Snapshot) -> ConfigView {
+    let config = &snapshot.config;
+    let table = snapshot.router.table();
+    let routes = StatementKind::ALL
+        .into_iter()
+        .map(|kind| {
+            let target = table.route(kind);
+            RouteView { statements: kind.label(), target: target_id(target), description: target.describe() }
+        })
+        .collect();
+    ConfigView {
+        generation: snapshot.generation,
+        listen: config.listen.address.clone(),
+        admin: config.admin.as_ref().map(|admin| admin.address.clone()),
+        topology: if config.backends.same_server() { "one server" } else { "two servers" },
+        backends: Backends { edxapp: backend_view(&config.backends.edxapp), csmh: backend_view(&config.backends.csmh) },
+        tables: TablesView { old: config.history.old_table.clone(), extended: config.history.extended_table.clone() },
+        flags: FlagsView {
+            enable_csmh_extended: config.flags.is_on(Flag::EnableCsmhExtended),
+            enable_reading_from_multiple_history_tables: config
+                .flags
+                .is_on(Flag::EnableReadingFromMultipleHistoryTables),
+            read_only_from_csmhe: config.flags.is_on(Flag::ReadOnlyFromCsmhe),
+        },
+        routing: RoutingView { stage: stage_id(table.stage()), stage_name: table.stage().name(), routes },
+    }
+}
+
+fn backend_view(backend: &Backend) -> BackendView {
+    BackendView { address: backend.address.clone(), connect_timeout_secs: backend.connect_timeout_secs }
+}
+
+fn stage_id(stage: Stage) -> &'static str {
+    match stage {
+        Stage::OldTableOnly => "old_table_only",
+        Stage::ExtendedTableReadingBoth => "extended_table_reading_both",
+        Stage::ExtendedTableOnlyReads => "extended_table_only_reads",
+        Stage::OldTableRetired => "old_table_retired",
+    }
+}
+
+fn target_id(target: Target) -> &'static str {
+    match target {
+        Target::OldTable => "old_table",
+        Target::ExtendedTable => "extended_table",
+        Target::BothTables => "both_tables",
+        Target::Blocked => "blocked",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const TWO_SERVERS: &str = r#"
+[listen]
+address = "127.0.0.1:6033"
+
+[admin]
+address = "127.0.0.1:6080"
+
+[backends.edxapp]
+address = "127.0.0.1:3306"
+
+[backends.csmh]
+address = "127.0.0.1:3307"
+user = "csmh_writer"
+password = "not-to-be-shown"
+
+[flags]
+ENABLE_CSMH_EXTENDED = true
+ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES = true
+"#;
+
+    fn snapshot(text: &str) -> Snapshot {
+        let config = Config::parse(text).unwrap_or_else(|e| panic!("{e}"));
+        Snapshot::compile(config).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_config_view_shows_flags_and_routing_but_no_secrets() {
+        let view = config_view(&snapshot(TWO_SERVERS));
+        let json = serde_json::to_string(&view).unwrap_or_default();
+        assert!(!json.contains("not-to-be-shown") && !json.contains("csmh_writer"), "{json}");
+        assert_eq!(view.generation, 1);
+        assert_eq!(view.topology, "two servers");
+        assert_eq!(view.admin.as_deref(), Some("127.0.0.1:6080"));
+        assert!(view.flags.enable_reading_from_multiple_history_tables && !view.flags.read_only_from_csmhe);
+        assert_eq!(view.routing.stage, "extended_table_reading_both");
+        let targets: Vec<(&str, &str)> = view.routing.routes.iter().map(|r| (r.statements, r.target)).collect();
+        assert_eq!(
+            targets,
+            [
+                ("INSERT", "extended_table"),
+                ("SELECT", "both_tables"),
+                ("UPDATE, DELETE", "both_tables"),
+                ("anything else", "old_table")
+            ]
+        );
+        assert!(json.contains("\"ENABLE_CSMH_EXTENDED\":true"), "{json}");
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_unhealthy_and_says_why() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+        let open = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let closed = {
+            let gone = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+            gone.local_addr().unwrap_or_else(|e| panic!("{e}"))
+        };
+        let text =
+            TWO_SERVERS.replace("127.0.0.1:3306", &open.to_string()).replace("127.0.0.1:3307", &closed.to_string());
+        let health = check_health(&snapshot(&text)).await;
+        assert!(!health.healthy);
+        assert!(health.backends.edxapp.reachable && health.backends.edxapp.error.is_none());
+        assert!(!health.backends.csmh.reachable && health.backends.csmh.error.is_some());
+    }
+}
