@@ -12,6 +12,7 @@ use crate::protocol::capabilities::Negotiated;
 use crate::protocol::conn::Connection;
 use crate::protocol::frame::PacketSpan;
 use crate::protocol::packets::MysqlError;
+use crate::routing::Side;
 use crate::routing::source::Source;
 
 /// The client session's settings that change what statements return, read from its `edxapp` connection.
@@ -107,7 +108,11 @@ impl Session {
     /// transaction, a transaction open.
     pub(super) async fn csmh_ready(&mut self) -> Result<&mut Csmh, CsmhError> {
         if self.csmh.is_none() {
-            self.csmh = Some(self.open_csmh().await?);
+            let opened = self.open_csmh().await;
+            if opened.is_err() {
+                self.shared.metrics.backend_connect_error(Side::Csmh);
+            }
+            self.csmh = Some(opened?);
         }
         if !self.csmh.as_ref().is_some_and(|c| c.synced) {
             self.sync_settings().await?;

@@ -221,7 +221,6 @@ impl Session {
             Side::Csmh => match self.csmh_ready().await {
                 Ok(csmh) => backend::query(&mut csmh.conn, csmh.caps, sql.as_bytes()).await,
                 Err(failure) => {
-                    self.count_csmh_failure(&failure);
                     self.csmh = None;
                     return Err(failure.to_mysql());
                 }
@@ -244,15 +243,6 @@ impl Session {
     fn count_as_refused(&mut self) {
         if let Some(route) = self.statement.as_mut() {
             *route = RouteLabel::Refuse;
-        }
-    }
-
-    /// Counts a failure to open the `csmh` connection; failures of an open one are counted when it is dropped.
-    fn count_csmh_failure(&self, failure: &CsmhError) {
-        if let CsmhError::Connect(_) | CsmhError::Login(_) | CsmhError::Credentials(_) | CsmhError::Capabilities(_) =
-            failure
-        {
-            self.shared.metrics.backend_connect_error(Side::Csmh);
         }
     }
 
@@ -299,10 +289,7 @@ impl Session {
                 }
                 Err(e) => CsmhError::Query(QueryError::Io(e)),
             },
-            Err(failure) => {
-                self.count_csmh_failure(&failure);
-                failure
-            }
+            Err(failure) => failure,
         };
         self.csmh_failed(span, failure).await
     }
@@ -376,7 +363,11 @@ impl Session {
 
     /// Where the extended table is reached: the client's own connection on one server, the `csmh` one on two.
     pub(super) fn extended_side(&self) -> Side {
-        if self.shared.snapshot().router.same_server() { Side::Edxapp } else { Side::Csmh }
+        let same_server = match &self.pinned {
+            Some(snapshot) => snapshot.router.same_server(),
+            None => self.shared.snapshot().router.same_server(),
+        };
+        if same_server { Side::Edxapp } else { Side::Csmh }
     }
 
     /// Runs the two writes (on the old table, then on the extended one) atomically and answers the client with
@@ -501,7 +492,6 @@ impl Session {
             Ok(_) => Ok(Outcome::Failed(error_payload(&CsmhError::Refused("unexpected rows".into())))),
             Err(failure) => {
                 warn!(error = %failure, "the csmh connection failed");
-                self.count_csmh_failure(&failure);
                 self.csmh = None;
                 Ok(Outcome::Failed(error_payload(&failure)))
             }
