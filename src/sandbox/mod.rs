@@ -37,6 +37,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::path::Path;
 
 use crate::config::Config;
+use crate::config::watch::Watch;
 use crate::server::{Proxy, shutdown_signal};
 
 use server::{free_port, owned_temp_dir};
@@ -63,7 +64,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     let listen = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
     let text = ProxyToml::edx(listen, edxapp.addr(), csmh.addr()).render();
     std::fs::write(&config_path, format!("# Written by `csmh-proxy sandbox`.\n{text}"))?;
-    let proxy = Proxy::bind(Config::load(&config_path)?).await?;
+    let proxy = Proxy::bind(Config::load(&config_path)?).await?.watch_config(Watch::file(&config_path));
     print_banner(proxy.local_addr(), &edxapp, &csmh, &app, &config_path);
     let served = proxy.run(shutdown_signal()).await;
     println!("stopping the MariaDB servers and removing their data");
@@ -98,5 +99,6 @@ fn print_banner(proxy: SocketAddr, edxapp: &MariaDb, csmh: &MariaDb, app: &Accou
     println!("directly to the edxapp_csmh server:  {}", cli(csmh.port(), CSMH_DB));
     println!("proxy configuration:                 {}", config.display());
     println!();
+    println!("Edit the configuration's [flags] to move the history to the extended table: the proxy follows the file.");
     println!("Press Ctrl-C to stop; the servers and their data are removed.");
 }
