@@ -4,7 +4,7 @@
 use super::*;
 
 /// The smallest valid file: one server, everything else defaulted. Lines 7-8 are `[backends.csmh]`.
-const MINIMAL: &str = r#"[listen]
+pub(crate) const MINIMAL: &str = r#"[listen]
 address = "127.0.0.1:6033"
 
 [backends.edxapp]

@@ -420,16 +420,7 @@ fn may_change_content(kind: &EventKind) -> bool {
 mod tests {
     use super::*;
 
-    const BASE: &str = r#"
-[listen]
-address = "127.0.0.1:6033"
-
-[backends.edxapp]
-address = "127.0.0.1:3306"
-
-[backends.csmh]
-address = "127.0.0.1:3306"
-"#;
+    const BASE: &str = crate::config::tests::MINIMAL;
 
     fn config(text: &str) -> Config {
         Config::parse(text).unwrap_or_else(|e| panic!("{e}\n{text}"))
