@@ -1,0 +1,359 @@
+//! Benchmark 5 of issue 5: what looking at a statement costs the proxy, per statement (criterion).
+//!
+//! - `prefilter_miss/*`: the pre-filter on typical edxapp statements of 100–300 bytes that do not name the
+//!   history table (every statement edxapp sends pays this, and nothing more). Target: ≤ 50 ns.
+//! - `prefilter_hit/*`: the same scan on edxapp's history statements, for comparison.
+//! - `prefilter_miss_folded_pair/*`: a candidate pre-filter (SSE2, two case-folded letters, then the whole
+//!   name), checked to agree with the real one, to show what a different scan would cost on the same misses.
+//! - `route/{union,merge}/*`: `Router::route` — tokenize, find the table, parse, classify, plan and splice the
+//!   rewritten statement(s) — on edxapp's four history statements (the INSERT, the user-state read, the
+//!   staff view's subquery read, the cascade DELETE; texts as in `tests/support/edx.rs`) with the reading-both
+//!   flags, both tables on one server (`union`: a `UNION ALL` read) and on two servers (`merge`: a merge plan
+//!   and one statement per side). Target: ≤ 20 µs.
+//! - `steps/*`: the sub-steps of `route` (tokenize, mentions, clone the tokens, parse, classify), to see where
+//!   its time goes, and the tokenizer alone and with a one-pass byte-range mapping (`tokenize_linear`).
+//!
+//! Run: `cargo bench --bench parse` (add a filter such as `-- prefilter` to run a part). The bench takes the
+//! machine-wide lock `/tmp/csmh-bench.lock` for its whole run, so no other benchmark measures at the same time;
+//! do not wrap it in `flock(1)` on that same file (it would wait for itself).
+
+use std::hint::black_box;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion};
+use csmh_proxy::config::Flags;
+use csmh_proxy::history::TableName;
+use csmh_proxy::routing::source::{self, Source, Tok};
+use csmh_proxy::routing::{FanOut, Route, classify};
+use csmh_proxy::sandbox::ProxyToml;
+use csmh_proxy::shared::Snapshot;
+use sqlparser::ast::Statement;
+use sqlparser::dialect::MySqlDialect;
+use sqlparser::parser::{Parser, ParserOptions};
+use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
+
+/// The old history table, as edxapp names it.
+const OLD: &str = "courseware_studentmodulehistory";
+
+/// A course and a problem's usage key, as edxapp writes them into its statements.
+const COURSE: &str = "course-v1:edX+DemoX+Demo_Course";
+const PROBLEM: &str = "block-v1:edX+DemoX+Demo_Course+type@problem+block@d1b84dcd39b0423d9e288f27f0f7f242";
+
+/// Typical edxapp statements (Django's SQL) that do not name the history table, 100–300 bytes each. The
+/// courseware ones name `courseware_studentmodule`, a prefix of the history table's name: the scan's worst case.
+fn misses() -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "session",
+            "SELECT `django_session`.`session_key`, `django_session`.`session_data`, `django_session`.`expire_date` \
+             FROM `django_session` WHERE (`django_session`.`expire_date` > '2024-06-01 12:00:00.000000' AND \
+             `django_session`.`session_key` = 'f3kq9x0v2l8m1n4b7c6z5a0s9d8f7g6h') LIMIT 21"
+                .to_owned(),
+        ),
+        (
+            "auth_user",
+            "SELECT `auth_user`.`id`, `auth_user`.`password`, `auth_user`.`last_login`, `auth_user`.`is_superuser`, \
+             `auth_user`.`username`, `auth_user`.`email`, `auth_user`.`is_staff`, `auth_user`.`is_active` FROM \
+             `auth_user` WHERE `auth_user`.`id` = 4242 LIMIT 21"
+                .to_owned(),
+        ),
+        (
+            "studentmodule_get",
+            format!(
+                "SELECT `courseware_studentmodule`.`id`, `courseware_studentmodule`.`state` FROM \
+                 `courseware_studentmodule` WHERE (`courseware_studentmodule`.`course_id` = '{COURSE}' AND \
+                 `courseware_studentmodule`.`module_id` = '{PROBLEM}' AND `courseware_studentmodule`.`student_id` = \
+                 4242) LIMIT 21"
+            ),
+        ),
+        (
+            "studentmodule_update",
+            "UPDATE `courseware_studentmodule` SET `state` = '{\\\"seed\\\": 1, \\\"attempts\\\": 2, \\\"done\\\": \
+             true}', `grade` = 1.0, `max_grade` = 1.0, `modified` = '2024-06-01 12:00:00.000000' WHERE \
+             `courseware_studentmodule`.`id` = 123456"
+                .to_owned(),
+        ),
+        (
+            "enrollment",
+            format!(
+                "SELECT `student_courseenrollment`.`id`, `student_courseenrollment`.`mode`, \
+                 `student_courseenrollment`.`is_active` FROM `student_courseenrollment` WHERE \
+                 (`student_courseenrollment`.`course_id` = '{COURSE}' AND `student_courseenrollment`.`user_id` = 4242) \
+                 LIMIT 21"
+            ),
+        ),
+    ]
+}
+
+/// The seven columns of the old history table, qualified as Django writes them.
+fn history_columns() -> String {
+    let columns = ["id", "version", "created", "state", "grade", "max_grade", "student_module_id"];
+    columns.iter().map(|c| format!("`{OLD}`.`{c}`")).collect::<Vec<_>>().join(", ")
+}
+
+/// edxapp's four statements on the history table, as `tests/support/edx.rs` spells them.
+fn history_statements() -> Vec<(&'static str, String)> {
+    let state = r#"{"seed": 1, "attempts": 2, "done": true, "student_answers": {"2_1": "choice_2"}}"#;
+    vec![
+        (
+            "insert",
+            format!(
+                "INSERT INTO `{OLD}` (`version`, `created`, `state`, `grade`, `max_grade`, `student_module_id`) \
+                 VALUES (NULL, '2024-06-01 12:00:00.000000', '{state}', 1.0, 2.0, 123456)"
+            ),
+        ),
+        (
+            "user_state_read",
+            format!(
+                "SELECT {} FROM `{OLD}` WHERE `{OLD}`.`student_module_id` IN (123456) ORDER BY `{OLD}`.`id` DESC",
+                history_columns()
+            ),
+        ),
+        (
+            "subquery_read",
+            format!(
+                "SELECT `{OLD}`.`id`, `{OLD}`.`state`, `{OLD}`.`student_module_id` FROM `{OLD}` WHERE \
+                 `{OLD}`.`student_module_id` IN (SELECT U0.`id` FROM `courseware_studentmodule` U0 INNER JOIN \
+                 `auth_user` U1 ON (U0.`student_id` = U1.`id`) WHERE (U0.`course_id` = '{COURSE}' AND \
+                 U0.`module_id` = '{PROBLEM}' AND U1.`username` = 'alice')) ORDER BY `{OLD}`.`id` DESC"
+            ),
+        ),
+        ("cascade_delete", format!("DELETE FROM `{OLD}` WHERE `{OLD}`.`student_module_id` IN (123456)")),
+    ]
+}
+
+/// The configuration snapshot of a proxy with the reading-both flags, both tables on one server or on two.
+fn reading_both(two_servers: bool) -> Snapshot {
+    let addr = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let flags = Flags {
+        enable_csmh_extended: true,
+        enable_reading_from_multiple_history_tables: true,
+        read_only_from_csmhe: false,
+    };
+    let csmh = if two_servers { addr(3307) } else { addr(3306) };
+    let toml = ProxyToml { flags, ..ProxyToml::edx(addr(0), addr(3306), csmh) };
+    let config = toml.config().expect("the bench's proxy.toml is valid");
+    Snapshot::compile(config).expect("the bench's configuration compiles")
+}
+
+/// What each statement must become, so the bench measures the routes it names: a rewrite for the INSERT, the
+/// topology's fan-out for reads, two writes for the DELETE.
+fn check_route(name: &str, two_servers: bool, route: &Route) {
+    let fine = match (name, route) {
+        ("insert", Route::Rewrite(_)) => true,
+        ("cascade_delete", Route::FanOut(FanOut::Writes { .. })) => true,
+        (_, Route::FanOut(FanOut::Union(_))) => !two_servers,
+        (_, Route::FanOut(FanOut::Merge(_))) => two_servers,
+        _ => false,
+    };
+    assert!(fine, "{name} (two servers: {two_servers}) was routed as {route:?}");
+}
+
+fn bench_prefilter(c: &mut Criterion) {
+    let snapshot = reading_both(false);
+    let folded = FoldedPair::new(OLD);
+    let mut group = c.benchmark_group("prefilter_miss");
+    for (name, sql) in misses() {
+        assert!(!snapshot.prefilter.matches(sql.as_bytes()), "{name} must miss");
+        group.bench_with_input(BenchmarkId::new(name, sql.len()), sql.as_bytes(), |b, sql| {
+            b.iter(|| snapshot.prefilter.matches(black_box(sql)))
+        });
+    }
+    group.finish();
+    let mut group = c.benchmark_group("prefilter_hit");
+    for (name, sql) in history_statements() {
+        group.bench_with_input(BenchmarkId::new(name, sql.len()), sql.as_bytes(), |b, sql| {
+            b.iter(|| snapshot.prefilter.matches(black_box(sql)))
+        });
+    }
+    group.finish();
+    let mut group = c.benchmark_group("prefilter_miss_folded_pair");
+    for (name, sql) in misses().into_iter().chain(history_statements()) {
+        for text in [sql.clone(), sql.to_ascii_uppercase(), sql.replace(OLD, "Courseware_StudentModuleHISTORY")] {
+            let expected = snapshot.prefilter.matches(text.as_bytes());
+            assert_eq!(folded.matches(text.as_bytes()), expected, "the candidate agrees on {text}");
+        }
+        if !snapshot.prefilter.matches(sql.as_bytes()) {
+            group.bench_with_input(BenchmarkId::new(name, sql.len()), sql.as_bytes(), |b, sql| {
+                b.iter(|| folded.matches(black_box(sql)))
+            });
+        }
+    }
+    group.finish();
+}
+
+/// A candidate pre-filter, to show what a miss could cost: an ASCII case-insensitive search for one name that
+/// compares two of its letters (case folded with `| 0x20`) at 16 positions per SSE2 step and checks the whole
+/// name only where both agree. aho-corasick's case-insensitive prefilter stops at every occurrence of its
+/// start or rare bytes instead, and `courseware_studentmodule` shares 24 bytes with the history table's name.
+struct FoldedPair {
+    name: Vec<u8>,
+    /// Two letters of `name`, far apart and rare in SQL: their offsets and lowercase values.
+    pair: [(usize, u8); 2],
+}
+
+impl FoldedPair {
+    fn new(name: &str) -> FoldedPair {
+        let name = name.to_ascii_lowercase().into_bytes();
+        let (first, last) = (name.len() - 7, name.len() - 1);
+        assert!(name[first].is_ascii_alphabetic() && name[last].is_ascii_alphabetic(), "the pair must be letters");
+        FoldedPair { pair: [(first, name[first]), (last, name[last])], name }
+    }
+
+    fn matches(&self, hay: &[u8]) -> bool {
+        let Some(last) = hay.len().checked_sub(self.name.len()) else { return false };
+        match self.simd(hay, last) {
+            Some(found) => found,
+            None => (0..=last).any(|at| self.is_at(hay, at)),
+        }
+    }
+
+    fn is_at(&self, hay: &[u8], at: usize) -> bool {
+        hay[at..at + self.name.len()].eq_ignore_ascii_case(&self.name)
+    }
+
+    /// Scans the starts `0..=last` 16 at a time, the last step overlapping the one before; `None` when there
+    /// are fewer than 16 starts.
+    #[cfg(target_arch = "x86_64")]
+    fn simd(&self, hay: &[u8], last: usize) -> Option<bool> {
+        use std::arch::x86_64::{
+            __m128i, _mm_and_si128, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+        };
+        let final_step = last.checked_sub(15)?;
+        let [(o1, b1), (o2, b2)] = self.pair;
+        // SAFETY: SSE2 is part of x86_64. Each step reads 16 bytes at `at + o` with `at <= last - 15` and
+        // `o < name.len()`, so the last byte read is below `last + name.len() = hay.len()`.
+        let candidates = |at: usize| unsafe {
+            let fold = _mm_set1_epi8(0x20);
+            let c1 = _mm_or_si128(_mm_loadu_si128(hay.as_ptr().add(at + o1).cast::<__m128i>()), fold);
+            let c2 = _mm_or_si128(_mm_loadu_si128(hay.as_ptr().add(at + o2).cast::<__m128i>()), fold);
+            let both =
+                _mm_and_si128(_mm_cmpeq_epi8(c1, _mm_set1_epi8(b1 as i8)), _mm_cmpeq_epi8(c2, _mm_set1_epi8(b2 as i8)));
+            _mm_movemask_epi8(both) as u32
+        };
+        let mut at = 0;
+        loop {
+            let step = at.min(final_step);
+            let mut mask = candidates(step);
+            while mask != 0 {
+                if self.is_at(hay, step + mask.trailing_zeros() as usize) {
+                    return Some(true);
+                }
+                mask &= mask - 1;
+            }
+            if step == final_step {
+                return Some(false);
+            }
+            at += 16;
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn simd(&self, _hay: &[u8], _last: usize) -> Option<bool> {
+        None
+    }
+}
+
+fn bench_route(c: &mut Criterion) {
+    for (label, two_servers) in [("union", false), ("merge", true)] {
+        let snapshot = reading_both(two_servers);
+        let mut group = c.benchmark_group(format!("route/{label}"));
+        for (name, sql) in history_statements() {
+            check_route(name, two_servers, &snapshot.router.route(sql.as_bytes()));
+            group.bench_with_input(BenchmarkId::new(name, sql.len()), sql.as_bytes(), |b, sql| {
+                b.iter(|| snapshot.router.route(black_box(sql)))
+            });
+        }
+        group.finish();
+    }
+}
+
+/// The sub-steps of `Router::route` that do not depend on the topology, each on its own, and two of them done
+/// differently (`sqlparser_tokenize`: the tokenizer without the byte-range mapping of `Source::tokens`;
+/// `tokenize_linear`: that mapping done in one pass).
+fn bench_steps(c: &mut Criterion) {
+    let old: TableName = format!("edxapp.{OLD}").parse().expect("a plain table name");
+    let mut group = c.benchmark_group("steps");
+    for (name, sql) in history_statements() {
+        let source = Source::new(sql.as_bytes());
+        let tokens = source.tokens().expect("the statement tokenizes");
+        let linear = tokens_linear(&sql);
+        assert_eq!(linear, tokens.iter().map(|t| t.range.clone()).collect::<Vec<_>>(), "{name}: same ranges");
+        let statement = parse(&tokens).remove(0);
+        group
+            .bench_function(format!("tokenize/{name}"), |b| b.iter(|| Source::new(black_box(sql.as_bytes())).tokens()));
+        group.bench_function(format!("sqlparser_tokenize/{name}"), |b| b.iter(|| sqlparser_tokens(black_box(&sql))));
+        group.bench_function(format!("tokenize_linear/{name}"), |b| b.iter(|| tokens_linear(black_box(&sql))));
+        group.bench_function(format!("mentions/{name}"), |b| b.iter(|| source::mentions(black_box(&tokens), &old)));
+        group.bench_function(format!("clone_tokens/{name}"), |b| {
+            b.iter(|| black_box(&tokens).iter().map(|t| t.token.clone()).collect::<Vec<_>>())
+        });
+        group.bench_function(format!("parse/{name}"), |b| b.iter(|| parse(black_box(&tokens))));
+        group.bench_function(format!("classify/{name}"), |b| {
+            b.iter(|| classify::shape(black_box(&statement), &old).map(|shape| shape.kind))
+        });
+    }
+    group.finish();
+}
+
+/// What the router's `parse_one` does: the tokens cloned into sqlparser's parser, and parsed.
+fn parse(tokens: &[Tok]) -> Vec<Statement> {
+    Parser::new(&MySqlDialect {})
+        .with_options(ParserOptions::new().with_unescape(false))
+        .with_tokens_with_locations(tokens.iter().map(|t| t.token.clone()).collect())
+        .parse_statements()
+        .expect("the statement parses")
+}
+
+/// sqlparser's tokenizer alone, as `Source::tokens` calls it.
+fn sqlparser_tokens(sql: &str) -> Vec<TokenWithSpan> {
+    Tokenizer::new(&MySqlDialect {}, sql).with_unescape(false).tokenize_with_location().expect("it tokenizes")
+}
+
+/// The byte range of every non-blank token, mapped in one pass: the tokenizer's locations are (line, character
+/// column), and in ASCII text a character is a byte, so each is a line start plus a column. (`Source::offset`
+/// walks the line's characters from its start for every location, which is quadratic on a one-line statement.)
+fn tokens_linear(sql: &str) -> Vec<Range<usize>> {
+    assert!(sql.is_ascii(), "the prototype covers ASCII statements");
+    let line_starts: Vec<usize> = std::iter::once(0).chain(sql.match_indices('\n').map(|(i, _)| i + 1)).collect();
+    let offset = |l: Location| line_starts[l.line as usize - 1] + l.column as usize - 1;
+    sqlparser_tokens(sql)
+        .into_iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
+        .map(|t| offset(t.span.start)..offset(t.span.end))
+        .collect()
+}
+
+/// Holds `/tmp/csmh-bench.lock` exclusively until dropped, so that no other benchmark measures meanwhile.
+struct BenchLock {
+    _file: std::fs::File,
+}
+
+impl BenchLock {
+    fn acquire() -> BenchLock {
+        let path = "/tmp/csmh-bench.lock";
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("open the bench lock");
+        // SAFETY: flock on a descriptor this struct owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            eprintln!("waiting for {path} (another benchmark is measuring)");
+            // SAFETY: as above; blocks until the other holder is done.
+            assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) }, 0, "flock {path}");
+        }
+        BenchLock { _file: file }
+    }
+}
+
+fn main() {
+    let _lock = BenchLock::acquire();
+    let mut criterion = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .configure_from_args();
+    bench_prefilter(&mut criterion);
+    bench_route(&mut criterion);
+    bench_steps(&mut criterion);
+    criterion.final_summary();
+}
