@@ -52,6 +52,8 @@ const LOAD_CONNECTIONS: usize = 16;
 const LOAD_STATEMENTS: usize = 2_500;
 /// Logins in flight at once while opening connections.
 const LOGINS_IN_FLIGHT: usize = 32;
+/// How long one configuration's measurements may take.
+const TIME_LIMIT: Duration = Duration::from_secs(300);
 /// Users in `auth_user` and modules with history (four rows each: three old, one extended).
 const ROWS: u32 = 10_000;
 
@@ -139,7 +141,7 @@ fn main() {
     for scenario in &scenarios {
         let csmh = if scenario.two_servers { &b } else { &a };
         let proxy = ProxyProcess::start(scenario, &a, csmh);
-        let measured = runtime.block_on(measure(&proxy, &a));
+        let measured = runtime.block_on(bounded(measure(&proxy, &a), scenario.name));
         results.push((scenario.name, measured));
     }
     print_report(&results);
@@ -350,6 +352,14 @@ fn rss_kib(pid: u32) -> u64 {
 // ---------------------------------------------------------------------------------------------------------------
 // Measuring
 
+/// `work`, or a panic (which stops the proxy and the servers) if it takes longer than [`TIME_LIMIT`].
+async fn bounded<T>(work: impl std::future::Future<Output = T>, what: &str) -> T {
+    match tokio::time::timeout(TIME_LIMIT, work).await {
+        Ok(done) => done,
+        Err(_) => panic!("{what} did not finish within {TIME_LIMIT:?}"),
+    }
+}
+
 async fn measure(proxy: &ProxyProcess, edxapp: &MariaDb) -> Measured {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_empty = rss_kib(proxy.pid());
@@ -358,7 +368,6 @@ async fn measure(proxy: &ProxyProcess, edxapp: &MariaDb) -> Measured {
         cpu.push(cpu_per_statement(proxy, edxapp, workload).await);
     }
     let mut conns = open(proxy.addr, CONNECTIONS).await;
-    run_all(&mut conns, Workload::HistoryRead, 1).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = rss_kib(proxy.pid());
     let rss_busy = while_sampling_rss(proxy.pid(), run_all(&mut conns, Workload::HistoryRead, BUSY_STATEMENTS)).await;
@@ -395,12 +404,21 @@ async fn cpu_per_statement(proxy: &ProxyProcess, edxapp: &MariaDb, workload: Wor
     }
 }
 
-/// `count` connections through the proxy as edxapp's account, logged in [`LOGINS_IN_FLIGHT`] at a time.
+/// `count` connections through the proxy as edxapp's account, each having run one history read (which opens
+/// its connection to the `csmh` server, across two servers), [`LOGINS_IN_FLIGHT`] at a time. (All at once,
+/// the burst of connections overflows the `csmh` server's accept queue, and the proxy waits forever for the
+/// greeting of a connection the server dropped: its login has no timeout.)
 async fn open(addr: SocketAddr, count: usize) -> Vec<Conn> {
     let opts = Account::app().opts(addr, Some(EDXAPP_DB));
-    let logins = futures_util::stream::iter(0..count).map(|_| Conn::new(opts.clone()));
-    let conns: Vec<_> = logins.buffer_unordered(LOGINS_IN_FLIGHT).collect().await;
-    conns.into_iter().map(|c| c.unwrap_or_else(|e| panic!("a client cannot log in through the proxy: {e}"))).collect()
+    let logins = futures_util::stream::iter(0..count).map(|n| {
+        let opts = opts.clone();
+        async move {
+            let mut conn = Conn::new(opts).await.unwrap_or_else(|e| panic!("cannot log in through the proxy: {e}"));
+            conn.query_drop(history_read(n % ROWS as usize + 1)).await.unwrap_or_else(|e| panic!("first read: {e}"));
+            conn
+        }
+    });
+    logins.buffer_unordered(LOGINS_IN_FLIGHT).collect().await
 }
 
 /// Every connection runs `statements` statements of `workload`, all connections at once.
