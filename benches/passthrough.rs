@@ -88,15 +88,16 @@ fn main() -> anyhow::Result<()> {
     let results = measure_all(&endpoints, &options)?;
     let interference = CpuLedger::read(&ours).others_share_since(&before);
     let load_after = load_average();
-    drop(lock);
 
     let report = Report { setup, results, load_after, interference };
     let text = report.render();
     println!("\n{text}");
     if options.write {
+        // Still under the lock, so that two benchmarks never rewrite the shared file at once.
         write_results(Path::new(RESULTS), &text)?;
         println!("written to {RESULTS}");
     }
+    drop(lock);
     Ok(())
 }
 
