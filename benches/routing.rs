@@ -11,10 +11,15 @@
 //!
 //! - `direct_all`: directly on A, on the one table holding both tables' rows (the baseline);
 //! - `direct_old`, `direct_ext_a`, `direct_ext_b`: directly, the old table on A and the extended table on A and
-//!   on B (the backends' own latencies);
+//!   on B (the backends' own latencies for the same query);
 //! - `settings_a`: directly on A, the session-settings read the proxy sends before each statement that uses
 //!   its separate `csmh` connection (a sub-step of `fanout_two`);
-//! - `passthrough`: through the proxy with every flag off, on `edxapp_all` (relayed unparsed);
+//! - `sql_*`: directly, the statements the proxy sends instead (taken from `Router::route`): the rewrite's,
+//!   the `UNION ALL` read, and each side of the merge — what the server's share of each route costs; and
+//!   `sql_aliased_a`, the rewrite done without a derived table, for comparison;
+//! - `relay`, `relay_settings`: through a plain tokio TCP relay (`copy_bidirectional`) on the proxies'
+//!   runtime — what two extra loopback hops cost without any proxy logic;
+//! - `passthrough`, `passthrough_settings`: through the proxy with every flag off, on `edxapp_all`;
 //! - `rewrite`: through the proxy, `ENABLE_CSMH_EXTENDED` only (read from the extended table on A);
 //! - `fanout_one`: reading-both flags, both tables on A (one `UNION ALL` statement);
 //! - `fanout_two`: reading-both flags, the extended table on B (both read concurrently, merged in the proxy).
@@ -24,9 +29,10 @@
 //! one-table read returns). The proxies run in this process on a tokio runtime of their own (two workers, as
 //! the binary's), the client on another; `cargo bench` builds both with the release profile.
 //!
-//! Run: `cargo bench --bench routing` (root installs MariaDB with apt-get if missing). It prints a Markdown
-//! table for `benches/RESULTS.md`. The bench takes the machine-wide lock `/tmp/csmh-bench.lock` for its whole
-//! run so no other benchmark measures at the same time (do not wrap it in `flock(1)` on that file).
+//! Run: `cargo bench --bench routing` (root installs MariaDB with apt-get if missing). It prints Markdown
+//! tables for `benches/RESULTS.md`: latencies, ratios, and the server's counters for each direct statement.
+//! The bench takes the machine-wide lock `/tmp/csmh-bench.lock` for its whole run so no other benchmark
+//! measures at the same time (do not wrap it in `flock(1)` on that file).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -68,6 +74,9 @@ enum Statement {
     Extended,
     /// The proxy's session-settings read.
     Settings,
+    /// edxapp's read with the extended table put in place of the old one under the old name
+    /// (`FROM edxapp_csmh.… AS courseware_studentmodulehistory`): a rewrite without a derived table.
+    Aliased,
     /// What the proxy sends for edxapp's history read under `router`'s flags: the part `part` of its route.
     Routed(Box<Router>, Part),
 }
@@ -91,6 +100,11 @@ impl Statement {
             Statement::History => history_read(OLD_TABLE, module),
             Statement::Extended => history_read(EXTENDED_TABLE, module),
             Statement::Settings => SETTINGS.to_owned(),
+            Statement::Aliased => history_read(OLD_TABLE, module).replacen(
+                &format!("FROM `{OLD_TABLE}`"),
+                &format!("FROM `{CSMH_DB}`.`{EXTENDED_TABLE}` AS `{OLD_TABLE}`"),
+                1,
+            ),
             Statement::Routed(router, part) => routed(router, *part, module),
         }
     }
@@ -331,7 +345,7 @@ async fn connect_targets(site: &Site) -> Vec<Target> {
     };
     let routed = |name: &str, part| Statement::Routed(router(name), part);
     let (a, b) = (site.a.addr(), site.b.addr());
-    use Statement::{Extended, History, Settings};
+    use Statement::{Aliased, Extended, History, Settings};
     let plan: Vec<(&'static str, &'static str, SocketAddr, &str, Statement)> = vec![
         ("direct_all", "A, the one table holding both tables' rows (baseline)", a, ALL_DB, History),
         ("direct_old", "A, the old table", a, EDXAPP_DB, History),
@@ -339,6 +353,7 @@ async fn connect_targets(site: &Site) -> Vec<Target> {
         ("direct_ext_b", "B, the extended table", b, CSMH_DB, Extended),
         ("settings_a", "A, the proxy's session-settings read", a, EDXAPP_DB, Settings),
         ("sql_rewrite_a", "A, the rewrite's statement", a, EDXAPP_DB, routed("rewrite", Part::Rewritten)),
+        ("sql_aliased_a", "A, the extended table under the old name (no derived table)", a, EDXAPP_DB, Aliased),
         ("sql_union_a", "A, the UNION ALL statement", a, EDXAPP_DB, routed("fanout_one", Part::Union)),
         ("sql_merge_old_a", "A, the merge's old side", a, EDXAPP_DB, routed("fanout_two", Part::MergeOld)),
         ("sql_merge_ext_b", "B, the merge's extended side", b, CSMH_DB, routed("fanout_two", Part::MergeExtended)),
@@ -379,6 +394,7 @@ async fn check_results(targets: &mut [Target]) {
         expect("sql_union_a", "direct_all");
         expect("rewrite", "direct_ext_a");
         expect("sql_rewrite_a", "direct_ext_a");
+        expect("sql_aliased_a", "direct_ext_a");
         expect("direct_ext_a", "direct_ext_b");
         assert_eq!(ids["direct_all"].len(), OLD_ATTEMPTS as usize + 1, "module {module}: four rows");
     }
