@@ -141,7 +141,12 @@ impl Session {
         let credentials = Credentials { user, password, database };
         let mut conn = backend::connect(&config.address, config.connect_timeout_secs).await?;
         let wanted = (backend::LOGIN_CAPABILITIES - LAYOUT) | (self.caps.flags() & LAYOUT);
-        let caps = backend::login(&mut conn, &credentials, wanted).await?;
+        // The greeting and login are bounded too: a server whose accept queue overflowed never greets.
+        let timeout = std::time::Duration::from_secs(config.connect_timeout_secs);
+        let caps =
+            tokio::time::timeout(timeout, backend::login(&mut conn, &credentials, wanted)).await.map_err(|_| {
+                LoginError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "no login answer in time"))
+            })??;
         let missing = (self.caps.flags() & LAYOUT) - caps.flags();
         if !missing.is_empty() {
             return Err(CsmhError::Capabilities(missing));
