@@ -25,9 +25,7 @@
 //! run so no other benchmark measures at the same time (do not wrap it in `flock(1)` on that file).
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -126,6 +124,9 @@ struct Measured {
     rss_busy: u64,
     rss_closed: u64,
 }
+
+mod support;
+use support::BenchLock;
 
 fn main() {
     let _lock = BenchLock::acquire();
@@ -493,24 +494,5 @@ fn print_report(results: &[(&str, Measured)]) {
             per(m.rss_busy),
             m.rss_closed
         );
-    }
-}
-
-/// Holds `/tmp/csmh-bench.lock` exclusively until dropped, so that no other benchmark measures meanwhile.
-struct BenchLock {
-    _file: std::fs::File,
-}
-
-impl BenchLock {
-    fn acquire() -> BenchLock {
-        let path = Path::new("/tmp/csmh-bench.lock");
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("open the bench lock");
-        // SAFETY: flock on a descriptor this struct owns.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            eprintln!("waiting for {} (another benchmark is measuring)", path.display());
-            // SAFETY: as above; blocks until the other holder is done.
-            assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) }, 0, "flock {}", path.display());
-        }
-        BenchLock { _file: file }
     }
 }

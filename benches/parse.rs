@@ -20,7 +20,6 @@
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::Range;
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion};
@@ -327,24 +326,8 @@ fn tokens_linear(sql: &str) -> Vec<Range<usize>> {
         .collect()
 }
 
-/// Holds `/tmp/csmh-bench.lock` exclusively until dropped, so that no other benchmark measures meanwhile.
-struct BenchLock {
-    _file: std::fs::File,
-}
-
-impl BenchLock {
-    fn acquire() -> BenchLock {
-        let path = "/tmp/csmh-bench.lock";
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("open the bench lock");
-        // SAFETY: flock on a descriptor this struct owns.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            eprintln!("waiting for {path} (another benchmark is measuring)");
-            // SAFETY: as above; blocks until the other holder is done.
-            assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) }, 0, "flock {path}");
-        }
-        BenchLock { _file: file }
-    }
-}
+mod support;
+use support::BenchLock;
 
 fn main() {
     let _lock = BenchLock::acquire();

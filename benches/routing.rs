@@ -35,7 +35,6 @@
 //! measures at the same time (do not wrap it in `flock(1)` on that file).
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use csmh_proxy::config::Flags;
@@ -159,6 +158,9 @@ struct Site {
     /// A plain TCP relay to A on the proxies' runtime, for comparison.
     relay: Option<SocketAddr>,
 }
+
+mod support;
+use support::BenchLock;
 
 fn main() {
     let _lock = BenchLock::acquire();
@@ -531,23 +533,4 @@ fn shutdown(runtime: &Runtime, site: Site) {
     });
     let _ = a.stop();
     let _ = b.stop();
-}
-
-/// Holds `/tmp/csmh-bench.lock` exclusively until dropped, so that no other benchmark measures meanwhile.
-struct BenchLock {
-    _file: std::fs::File,
-}
-
-impl BenchLock {
-    fn acquire() -> BenchLock {
-        let path = "/tmp/csmh-bench.lock";
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("open the bench lock");
-        // SAFETY: flock on a descriptor this struct owns.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            eprintln!("waiting for {path} (another benchmark is measuring)");
-            // SAFETY: as above; blocks until the other holder is done.
-            assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) }, 0, "flock {path}");
-        }
-        BenchLock { _file: file }
-    }
 }

@@ -1,0 +1,23 @@
+//! What the benchmarks share: the lock that keeps two of them from measuring at the same time.
+
+use std::os::fd::AsRawFd;
+
+/// Holds `/tmp/csmh-bench.lock` exclusively until dropped, so that no other benchmark measures meanwhile.
+pub struct BenchLock {
+    _file: std::fs::File,
+}
+
+impl BenchLock {
+    /// Takes the lock, waiting while another benchmark holds it.
+    pub fn acquire() -> BenchLock {
+        let path = "/tmp/csmh-bench.lock";
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path).expect("open the bench lock");
+        // SAFETY: flock on a descriptor this struct owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            eprintln!("waiting for {path} (another benchmark is measuring)");
+            // SAFETY: as above; blocks until the other holder is done.
+            assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) }, 0, "flock {path}");
+        }
+        BenchLock { _file: file }
+    }
+}
