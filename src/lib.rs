@@ -11,6 +11,7 @@ pub mod config;
 pub mod history;
 pub mod merge;
 pub mod metrics;
+pub mod migrate;
 pub mod protocol;
 pub mod routing;
 pub mod sandbox;

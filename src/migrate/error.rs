@@ -1,0 +1,49 @@
+//! What can stop a migration command, each with the message the operator reads.
+
+use crate::config::PasswordError;
+use crate::history::TableNameError;
+
+/// Why a migration command could not run or stopped; displayed as the command's error line.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    /// A table name in `[history]` is not `schema.table`.
+    #[error("[history]: {0}")]
+    TableName(#[from] TableNameError),
+    /// A backend's password could not be read.
+    #[error("[backends.{backend}]: {source}")]
+    Password {
+        /// `edxapp` or `csmh`.
+        backend: &'static str,
+        /// What was wrong with it.
+        source: PasswordError,
+    },
+    /// The migration commands log in on their own and need an account.
+    #[error("[backends.{backend}] has no `user`: the migration commands log in to the server themselves")]
+    NoUser {
+        /// `edxapp` or `csmh`.
+        backend: &'static str,
+    },
+    /// Logging in to a backend failed.
+    #[error("cannot connect to [backends.{backend}] at {address}: {source}")]
+    Connect {
+        /// `edxapp` or `csmh`.
+        backend: &'static str,
+        /// The address tried.
+        address: String,
+        /// The client library's error.
+        source: mysql_async::Error,
+    },
+    /// A statement failed on a backend.
+    #[error("{backend}: {what}: {source}")]
+    Query {
+        /// `edxapp` or `csmh`.
+        backend: &'static str,
+        /// What the statement was for, in the operator's words.
+        what: String,
+        /// The server's (or the client library's) error.
+        source: mysql_async::Error,
+    },
+    /// The command refuses to act, and says why and what to do instead.
+    #[error("{0}")]
+    Refused(String),
+}

@@ -1,0 +1,13 @@
+//! The operator's migration tooling (design §5): `init`, `migrate`, `verify`, `truncate-old` and `status`, the
+//! steps that move every old history row into the extended table and then retire the old table.
+//!
+//! Each command reads the same `proxy.toml` as the proxy and logs in to the servers itself, with the `user` and
+//! `password` (or `password_env`) of `[backends.edxapp]` and `[backends.csmh]`. Progress lives in a checkpoint
+//! table beside the extended table ([`checkpoint`]), so a command interrupted at any point can be run again.
+
+pub mod checkpoint;
+mod error;
+mod site;
+
+pub use error::MigrateError;
+pub use site::{Servers, Site};
