@@ -91,9 +91,10 @@ impl Found {
     }
 
     fn history(&mut self, old: &HistoryTables, new: &HistoryTables) {
-        let HistoryTables { old_table, extended_table } = new;
+        let HistoryTables { old_table, extended_table, id_offset } = new;
         self.shown("history.old_table", &old.old_table, old_table);
         self.shown("history.extended_table", &old.extended_table, extended_table);
+        self.shown("history.id_offset", old.id_offset, *id_offset);
     }
 
     fn backends(&mut self, old: &Backends, new: &Backends) {

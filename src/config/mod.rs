@@ -175,6 +175,10 @@ pub struct HistoryTables {
     /// The extended table, `edxapp_csmh.coursewarehistoryextended_studentmodulehistoryextended` by default.
     #[serde(default = "default_extended_table")]
     pub extended_table: String,
+    /// How far above the old table's largest id `csmh-proxy init` starts the extended table's ids: edx-platform's
+    /// `STUDENTMODULEHISTORYEXTENDED_OFFSET`, the room for old rows written while the switch rolls out.
+    #[serde(default = "default_id_offset")]
+    pub id_offset: u64,
 }
 
 impl HistoryTables {
@@ -191,7 +195,7 @@ impl HistoryTables {
 
 impl Default for HistoryTables {
     fn default() -> Self {
-        Self { old_table: default_old_table(), extended_table: default_extended_table() }
+        Self { old_table: default_old_table(), extended_table: default_extended_table(), id_offset: DEFAULT_ID_OFFSET }
     }
 }
 
@@ -201,6 +205,17 @@ fn default_old_table() -> String {
 
 fn default_extended_table() -> String {
     "edxapp_csmh.coursewarehistoryextended_studentmodulehistoryextended".to_owned()
+}
+
+/// edx-platform's default `STUDENTMODULEHISTORYEXTENDED_OFFSET`.
+pub const DEFAULT_ID_OFFSET: u64 = 10_000;
+
+/// The largest `history.id_offset`: 2^32, more room than the old table's signed 32-bit ids can ever use, and
+/// small enough that the extended table's first id stays far from the end of its 64-bit range.
+pub const MAX_ID_OFFSET: u64 = 1 << 32;
+
+fn default_id_offset() -> u64 {
+    DEFAULT_ID_OFFSET
 }
 
 /// `[flags]`: edx-platform's feature flags, under their edx-platform names.

@@ -69,6 +69,7 @@ fn the_example_file_documents_every_key() {
         "password_env",
         "old_table",
         "extended_table",
+        "id_offset",
         "ENABLE_CSMH_EXTENDED",
         "ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES",
         "READ_ONLY_FROM_CSMHE",
@@ -87,6 +88,7 @@ fn a_minimal_file_gets_the_defaults() {
     assert_eq!(config.history, HistoryTables::default());
     assert_eq!(config.history.old().unwrap().table(), "courseware_studentmodulehistory");
     assert_eq!(config.history.extended().unwrap().schema(), "edxapp_csmh");
+    assert_eq!(config.history.id_offset, 10_000);
     assert_eq!(config.flags, Flags::default());
 }
 
@@ -181,6 +183,23 @@ fn table_names_must_be_plain_identifiers() {
 fn the_two_tables_must_differ() {
     let text = minimal_with("[history]\nold_table = \"edxapp.history\"\nextended_table = \"EDXAPP.history\"\n");
     assert_refused(&text, 11, "history.extended_table", "same table as `history.old_table`");
+}
+
+#[test]
+fn the_id_offset_is_read_from_history() {
+    let config = Config::parse(&minimal_with("[history]\nid_offset = 1000000\n")).unwrap();
+    assert_eq!(config.history.id_offset, 1_000_000);
+    let config = Config::parse(&minimal_with(&format!("[history]\nid_offset = {MAX_ID_OFFSET}\n"))).unwrap();
+    assert_eq!(config.history.id_offset, MAX_ID_OFFSET);
+}
+
+#[test]
+fn the_id_offset_must_be_positive_and_at_most_2_to_the_32() {
+    assert_refused(&minimal_with("[history]\nid_offset = 0\n"), 10, "history.id_offset", "at least 1");
+    let too_large = minimal_with(&format!("[history]\nid_offset = {}\n", MAX_ID_OFFSET + 1));
+    assert_refused(&too_large, 10, "history.id_offset", "at most 4294967296");
+    let negative = minimal_with("[history]\nid_offset = -5\n");
+    assert!(refused(&negative).to_string().contains("history.id_offset"), "{}", refused(&negative));
 }
 
 #[test]

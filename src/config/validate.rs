@@ -4,7 +4,7 @@
 use std::net::Ipv6Addr;
 
 use super::error::Problem;
-use super::{Backend, Config, PasswordError};
+use super::{Backend, Config, MAX_ID_OFFSET, PasswordError};
 use crate::history::{TableName, routing_table};
 
 /// Every problem with `config`, section by section; empty when the proxy can run with it.
@@ -21,6 +21,7 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
     let csmh_login = if config.backends.same_server() { Login::RelayedFromClients } else { Login::ByTheProxy };
     check_user(&mut problems, "backends.csmh", &config.backends.csmh, csmh_login);
     check_history_tables(&mut problems, &config.history.old_table, &config.history.extended_table);
+    check_id_offset(&mut problems, config.history.id_offset);
     check_flags(&mut problems, config);
     problems
 }
@@ -126,6 +127,22 @@ fn check_history_tables(problems: &mut Vec<Problem>, old: &str, extended: &str) 
         problems.push(Problem::new(
             "history.extended_table",
             "names the same table as `history.old_table`: the extended table must be another one",
+        ));
+    }
+}
+
+/// Checks that the extended table's ids start above the old table's (an offset of 0 would give the next new row
+/// the old table's largest id) and not absurdly far above them.
+fn check_id_offset(problems: &mut Vec<Problem>, offset: u64) {
+    if offset == 0 {
+        problems.push(Problem::new(
+            "history.id_offset",
+            "must be at least 1: the extended table's first id must be above every id of the old table",
+        ));
+    } else if offset > MAX_ID_OFFSET {
+        problems.push(Problem::new(
+            "history.id_offset",
+            format!("must be at most {MAX_ID_OFFSET} (2^32, more than the old table's ids can ever use)"),
         ));
     }
 }

@@ -6,6 +6,9 @@
 //! table beside the extended table ([`checkpoint`]), so a command interrupted at any point can be run again.
 
 pub mod checkpoint;
+pub mod copy;
+pub mod init;
+pub mod schema;
 mod error;
 mod site;
 

@@ -7,6 +7,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
 
 use super::sql::quote_ident;
+use crate::migrate::schema;
 
 /// The database of edxapp's own tables and the old history table.
 pub const EDXAPP_DB: &str = "edxapp";
@@ -17,7 +18,7 @@ pub const OLD_TABLE: &str = "courseware_studentmodulehistory";
 /// The extended history table (edx-platform's released name).
 pub const EXTENDED_TABLE: &str = "coursewarehistoryextended_studentmodulehistoryextended";
 /// edx-platform's `STUDENTMODULEHISTORYEXTENDED_OFFSET`: the extended table starts this far above the old ids.
-pub const STUDENTMODULEHISTORYEXTENDED_OFFSET: u64 = 10_000;
+pub const STUDENTMODULEHISTORYEXTENDED_OFFSET: u64 = crate::config::DEFAULT_ID_OFFSET;
 
 /// One database of the edX schema: the server (with credentials that may create it) and its name.
 #[derive(Debug, Clone)]
@@ -108,39 +109,15 @@ pub async fn create_edxapp_tables(conn: &mut Conn, database: &str) -> mysql_asyn
            KEY `courseware_stats` (`module_id`, `grade`, `student_id`))"
     ))
     .await?;
-    conn.query_drop(format!(
-        "CREATE TABLE {db}.{} (
-           `id` int NOT NULL AUTO_INCREMENT PRIMARY KEY,
-           {HISTORY_COLUMNS_DDL},
-           `student_module_id` int NOT NULL,
-           KEY (`version`), KEY (`created`), KEY (`student_module_id`))",
-        quote_ident(OLD_TABLE)
-    ))
-    .await
+    conn.query_drop(schema::old_table_ddl(&format!("{db}.{}", quote_ident(OLD_TABLE)))).await
 }
-
-/// The history columns both tables share, between `id` (first in the old table) and `student_module_id`.
-const HISTORY_COLUMNS_DDL: &str = "`version` varchar(255) NULL,
-           `created` datetime(6) NOT NULL,
-           `state` longtext NULL,
-           `grade` double NULL,
-           `max_grade` double NULL";
 
 /// Creates `database` and the extended history table, `id` 6th as edx-platform's migration made it, with its
 /// next id at `next_id`.
 pub async fn create_extended_table(conn: &mut Conn, database: &str, next_id: u64) -> mysql_async::Result<()> {
     let db = quote_ident(database);
     conn.query_drop(format!("CREATE DATABASE IF NOT EXISTS {db}")).await?;
-    conn.query_drop(format!(
-        "CREATE TABLE {db}.{} (
-           {HISTORY_COLUMNS_DDL},
-           `id` bigint unsigned NOT NULL AUTO_INCREMENT PRIMARY KEY,
-           `student_module_id` bigint unsigned NOT NULL,
-           KEY (`version`), KEY (`created`), KEY `student_module_idx` (`student_module_id`)
-         ) AUTO_INCREMENT={next_id}",
-        quote_ident(EXTENDED_TABLE)
-    ))
-    .await
+    conn.query_drop(schema::extended_table_ddl(&format!("{db}.{}", quote_ident(EXTENDED_TABLE)), next_id)).await
 }
 
 /// `MAX(id)` of the old history table in `database`; `None` when it is empty.

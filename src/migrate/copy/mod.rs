@@ -1,0 +1,324 @@
+//! `csmh-proxy migrate`: copies every row of the old table into the extended table with the same id and values,
+//! in primary-key chunks, resumable, throttled, then catches up with rows written meanwhile. How it works, and
+//! what it guarantees, is in docs/migration.md.
+//!
+//! Across two servers rows stream from one to the other ([`streamed`]); on one server each chunk is an
+//! `INSERT ... SELECT` ([`server_side`]). Either way a chunk and the checkpoint recording it commit in one
+//! transaction on the `csmh` server ([`run`]), so a run killed at any point resumes from its checkpoint with
+//! nothing lost or copied twice.
+
+mod progress;
+mod run;
+mod server_side;
+pub mod sql;
+mod streamed;
+mod throttle;
+
+use std::fmt;
+use std::time::Duration;
+
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+use tokio::time::Instant;
+use tracing::info;
+
+use self::progress::Progress;
+pub use self::run::{DONE, RUNNING};
+use self::run::{Run, csmh_error, edxapp_error};
+use self::server_side::{ServerSide, Throttle};
+use self::sql::InsertBuilder;
+use self::streamed::Streamed;
+use self::throttle::{ChunkSizer, LagWatch, RateLimit};
+use super::checkpoint::{self, Task};
+use super::{MigrateError, Servers, Site};
+use crate::config::Config;
+
+/// Options of `csmh-proxy migrate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MigrateArgs {
+    /// Aim for chunks (transactions) of about this many seconds; the number of rows per chunk adapts to it.
+    #[arg(long, default_value_t = 0.5, value_name = "SECONDS")]
+    pub chunk_seconds: f64,
+    /// Never put more rows than this in one chunk.
+    #[arg(long, default_value_t = 200_000, value_name = "ROWS")]
+    pub max_chunk_rows: u64,
+    /// Copy at most this many rows per second, on average (no limit by default).
+    #[arg(long, value_name = "ROWS")]
+    pub max_rows_per_second: Option<u64>,
+    /// Pause while the `csmh` server, if it is a replica, is more than this many seconds behind its source.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    pub max_replication_lag: u64,
+    /// Copy again from this id on, ignoring the checkpoint (0: from the start), e.g. over a range `verify`
+    /// reported as different.
+    #[arg(long, value_name = "ID")]
+    pub from_id: Option<u64>,
+}
+
+impl Default for MigrateArgs {
+    fn default() -> Self {
+        MigrateArgs {
+            chunk_seconds: 0.5,
+            max_chunk_rows: 200_000,
+            max_rows_per_second: None,
+            max_replication_lag: 10,
+            from_id: None,
+        }
+    }
+}
+
+/// The first chunk's size, before any timing is known.
+const INITIAL_CHUNK_ROWS: u64 = 1_000;
+/// The size at which a statement is sent across two servers (at most half the server's `max_allowed_packet`).
+const STATEMENT_BYTES: usize = 4 << 20;
+/// How long a run waits for another run of `migrate` on the same table to end before refusing.
+const LOCK_WAIT_SECS: u32 = 10;
+
+/// What a run of `migrate` did; its `Display` is what the command prints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MigrateReport {
+    /// Where the run started: the checkpoint's last id (or `--from-id`); `None` for a first run.
+    pub resumed_from: Option<u64>,
+    /// Rows this run copied.
+    pub rows_copied: u64,
+    /// Rows copied since the migration started, across resumed runs.
+    pub rows_total: u64,
+    /// Every old row with an id up to this one is in the extended table.
+    pub last_id: u64,
+    /// Passes that copied something: the first, then catch-up passes for rows written meanwhile.
+    pub passes: u32,
+    /// Whether the copy ran inside the server (`INSERT ... SELECT`, one server).
+    pub server_side: bool,
+    /// How long the run took.
+    pub elapsed: Duration,
+}
+
+impl MigrateReport {
+    /// Rows copied per second by this run.
+    pub fn rows_per_second(&self) -> f64 {
+        self.rows_copied as f64 / self.elapsed.as_secs_f64().max(1e-6)
+    }
+}
+
+impl fmt::Display for MigrateReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(from) = self.resumed_from {
+            writeln!(f, "resumed after id {from}")?;
+        }
+        let how = if self.server_side { "INSERT ... SELECT on one server" } else { "streamed across two servers" };
+        writeln!(
+            f,
+            "copied {} rows in {:.1} s ({:.0} rows/s, {how}); {} rows since the migration started",
+            self.rows_copied,
+            self.elapsed.as_secs_f64(),
+            self.rows_per_second(),
+            self.rows_total
+        )?;
+        let catch_up = self.passes.saturating_sub(1);
+        writeln!(f, "passes: {} ({catch_up} catch-up)", self.passes)?;
+        writeln!(f, "every old row up to id {} is in the extended table; next: csmh-proxy verify", self.last_id)
+    }
+}
+
+/// Runs `migrate` for the site `config` describes.
+pub async fn run(config: &Config, args: &MigrateArgs) -> Result<MigrateReport, MigrateError> {
+    let site = Site::new(config)?;
+    migrate(&site, args).await
+}
+
+/// Copies every old row into the extended table; see the module's doc.
+pub async fn migrate(site: &Site, args: &MigrateArgs) -> Result<MigrateReport, MigrateError> {
+    check_args(args)?;
+    let started = Instant::now();
+    let mut servers = site.connect().await?;
+    prepare_sessions(&mut servers, site).await?;
+    take_lock(&mut servers.csmh, site).await?;
+    check_extended_table(&mut servers.csmh, site).await?;
+    checkpoint::ensure(&mut servers.csmh, site).await?;
+    let previous = checkpoint::load(&mut servers.csmh, site, Task::Migrate).await?;
+    let (resumed_from, rows_before, started_at) = match (args.from_id, previous) {
+        (Some(from), _) => (Some(from), 0, server_now(&mut servers.csmh).await?),
+        (None, Some(previous)) => (previous.last_id, previous.rows_done, previous.started_at),
+        (None, None) => (None, 0, server_now(&mut servers.csmh).await?),
+    };
+    let first_id = resumed_from.unwrap_or(0);
+    let mut run = Run {
+        site,
+        last_id: first_id,
+        target_id: first_id,
+        rows_done: rows_before,
+        rows_this_run: 0,
+        started_at,
+        progress: Progress::new(first_id, first_id),
+    };
+    let passes = copy_passes(&mut servers, site, args, &mut run).await;
+    run.progress.finish();
+    let passes = passes?;
+    checkpoint::save(&mut servers.csmh, site, Task::Migrate, &run.checkpoint(DONE)).await?;
+    Ok(MigrateReport {
+        resumed_from,
+        rows_copied: run.rows_this_run,
+        rows_total: run.rows_done,
+        last_id: run.last_id,
+        passes,
+        server_side: site.same_server,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Refuses options that make no sense.
+fn check_args(args: &MigrateArgs) -> Result<(), MigrateError> {
+    if !(args.chunk_seconds > 0.0 && args.chunk_seconds.is_finite()) {
+        return Err(MigrateError::Refused("--chunk-seconds must be a positive number of seconds".to_owned()));
+    }
+    if args.max_rows_per_second == Some(0) {
+        return Err(MigrateError::Refused("--max-rows-per-second must be at least 1".to_owned()));
+    }
+    Ok(())
+}
+
+/// Passes until one finds nothing new: the first copies up to the old table's largest id when the run starts,
+/// each later one (catch-up) the rows written meanwhile. Returns the number of passes that copied something.
+async fn copy_passes(
+    servers: &mut Servers,
+    site: &Site,
+    args: &MigrateArgs,
+    run: &mut Run<'_>,
+) -> Result<u32, MigrateError> {
+    let sizer = ChunkSizer::new(INITIAL_CHUNK_ROWS, args.max_chunk_rows, Duration::from_secs_f64(args.chunk_seconds));
+    let mut rate = RateLimit::new(args.max_rows_per_second);
+    let mut lag = LagWatch::new(Duration::from_secs(args.max_replication_lag));
+    let mut lag_conn = site.connect_csmh().await?;
+    let builder = InsertBuilder::new(&site.extended, no_backslash_escapes(&mut servers.csmh).await?);
+    let statement_bytes = statement_bytes(&mut servers.csmh).await?;
+    let server_side = ServerSide::new(run);
+    let mut passes = 0;
+    loop {
+        let target = old_largest_id(&mut servers.edxapp, site).await?;
+        if target <= run.last_id {
+            return Ok(passes);
+        }
+        passes += 1;
+        if passes > 1 {
+            info!(from = run.last_id, to = target, "catch-up pass: rows written to the old table since the last pass");
+        }
+        run.target_id = target;
+        run.progress.set_target(target);
+        let overlap = extended_rows_between(&mut servers.csmh, site, run.last_id, target).await?;
+        let throttle = Throttle { sizer: &sizer, rate: &mut rate, lag: &mut lag, lag_conn: &mut lag_conn };
+        if site.same_server {
+            server_side.pass(&mut servers.csmh, run, throttle, overlap).await?;
+        } else {
+            let streamed = Streamed { builder: &builder, statement_bytes, overlap };
+            streamed.pass(&mut servers.edxapp, &mut servers.csmh, run, throttle).await?;
+        }
+    }
+}
+
+/// Sets up both sessions for the copy: chunks read committed data without locking the old table's rows (where
+/// the binary log allows it), and a reader may wait on a slow writer without the server timing it out.
+async fn prepare_sessions(servers: &mut Servers, site: &Site) -> Result<(), MigrateError> {
+    servers
+        .edxapp
+        .query_drop("SET SESSION net_write_timeout = 600")
+        .await
+        .map_err(|source| edxapp_error("set up the session", source))?;
+    if site.same_server {
+        let (log_bin, format): (Option<String>, Option<String>) = servers
+            .csmh
+            .query_first("SELECT @@log_bin, @@binlog_format")
+            .await
+            .map_err(|source| csmh_error("read the binary log's settings", source))?
+            .unwrap_or((None, None));
+        let statement_based = log_bin.as_deref() == Some("1") && format.as_deref() == Some("STATEMENT");
+        if !statement_based {
+            servers
+                .csmh
+                .query_drop("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                .await
+                .map_err(|source| csmh_error("set up the session", source))?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes sure no other run of `migrate` copies into the same table at the same time: a named lock on the `csmh`
+/// server, held by the copy's connection (released when it closes, even if the process is killed).
+async fn take_lock(csmh: &mut Conn, site: &Site) -> Result<(), MigrateError> {
+    let name: String = format!("csmh-proxy migrate {}", site.extended).chars().take(64).collect();
+    let got: Option<Option<u8>> = csmh
+        .exec_first("SELECT GET_LOCK(?, ?)", (name, LOCK_WAIT_SECS))
+        .await
+        .map_err(|source| csmh_error("take the migration lock", source))?;
+    if got.flatten() == Some(1) {
+        Ok(())
+    } else {
+        Err(MigrateError::Refused(format!(
+            "another `csmh-proxy migrate` is copying into {}: wait for it to end (or stop it) and run again",
+            site.extended
+        )))
+    }
+}
+
+/// Refuses to copy into an extended table that does not exist.
+async fn check_extended_table(csmh: &mut Conn, site: &Site) -> Result<(), MigrateError> {
+    let sql = format!("SELECT 1 FROM {} LIMIT 0", site.extended.quoted());
+    match csmh.query_drop(sql).await {
+        Ok(()) => Ok(()),
+        Err(mysql_async::Error::Server(error)) if error.code == ER_NO_SUCH_TABLE || error.code == ER_BAD_DB => {
+            Err(MigrateError::Refused(format!(
+                "the extended table {} does not exist: run `csmh-proxy init` first",
+                site.extended
+            )))
+        }
+        Err(source) => Err(csmh_error("look for the extended table", source)),
+    }
+}
+
+/// MySQL's "table doesn't exist" and "unknown database".
+const ER_NO_SUCH_TABLE: u16 = 1146;
+const ER_BAD_DB: u16 = 1049;
+
+/// The server's clock, as the checkpoint records times.
+async fn server_now(csmh: &mut Conn) -> Result<String, MigrateError> {
+    let now: Option<String> = csmh
+        .query_first("SELECT DATE_FORMAT(NOW(), '%Y-%m-%d %H:%i:%s')")
+        .await
+        .map_err(|source| csmh_error("read the server's time", source))?;
+    Ok(now.unwrap_or_default())
+}
+
+/// The old table's largest id (0 when empty).
+async fn old_largest_id(edxapp: &mut Conn, site: &Site) -> Result<u64, MigrateError> {
+    let sql = format!("SELECT COALESCE(MAX(`id`), 0) FROM {}", site.old.quoted());
+    let largest: Option<u64> =
+        edxapp.query_first(sql).await.map_err(|source| edxapp_error("read the old table's largest id", source))?;
+    Ok(largest.unwrap_or(0))
+}
+
+/// Whether the extended table has any row with an id in `(from, to]`: then the pass re-copies rows copied
+/// before, and each chunk also removes the extended rows the old table no longer has.
+async fn extended_rows_between(csmh: &mut Conn, site: &Site, from: u64, to: u64) -> Result<bool, MigrateError> {
+    let sql = format!("SELECT 1 FROM {} WHERE `id` > ? AND `id` <= ? LIMIT 1", site.extended.quoted());
+    let found: Option<u8> =
+        csmh.exec_first(sql, (from, to)).await.map_err(|source| csmh_error("look for copied rows", source))?;
+    Ok(found.is_some())
+}
+
+/// Whether the `csmh` session's `sql_mode` has `NO_BACKSLASH_ESCAPES` (string literals are escaped accordingly).
+async fn no_backslash_escapes(csmh: &mut Conn) -> Result<bool, MigrateError> {
+    let mode: Option<String> = csmh
+        .query_first("SELECT @@SESSION.sql_mode")
+        .await
+        .map_err(|source| csmh_error("read the sql_mode", source))?;
+    Ok(mode.is_some_and(|mode| mode.split(',').any(|flag| flag.eq_ignore_ascii_case("NO_BACKSLASH_ESCAPES"))))
+}
+
+/// How large an INSERT may grow: [`STATEMENT_BYTES`], or half the server's `max_allowed_packet` if smaller.
+async fn statement_bytes(csmh: &mut Conn) -> Result<usize, MigrateError> {
+    let max: Option<u64> = csmh
+        .query_first("SELECT @@max_allowed_packet")
+        .await
+        .map_err(|source| csmh_error("read max_allowed_packet", source))?;
+    let half = usize::try_from(max.unwrap_or(0) / 2).unwrap_or(usize::MAX);
+    Ok(STATEMENT_BYTES.min(half.max(64 << 10)))
+}

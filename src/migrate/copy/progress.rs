@@ -1,0 +1,88 @@
+//! What the operator sees while `migrate` runs: a progress bar with rows, rate and ETA on a terminal, and a log
+//! line every few seconds otherwise (a service's journal, a redirected run).
+//!
+//! Progress is measured in ids: how far the copied position is from the pass's target id. With gaps in the ids
+//! that is a steadier measure of what is left than a row count, which would need a slow `COUNT(*)`.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::time::Instant;
+use tracing::info;
+
+/// How often a log line is written when standard error is not a terminal.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Reports the copy's progress.
+#[derive(Debug)]
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    started: Instant,
+    last_logged: Instant,
+    first_id: u64,
+    target_id: u64,
+    rows: u64,
+}
+
+impl Progress {
+    /// Progress from `first_id` (the position the run starts at) toward `target_id`, drawn as a bar when
+    /// standard error is a terminal.
+    pub fn new(first_id: u64, target_id: u64) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+            let template = "{bar:40} {percent:>3}%  {msg}  ETA {eta}";
+            bar.set_style(ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()));
+            bar
+        });
+        let now = Instant::now();
+        let mut progress = Progress { bar, started: now, last_logged: now, first_id, target_id, rows: 0 };
+        progress.set_target(target_id);
+        progress
+    }
+
+    /// A new pass goes on to `target_id`.
+    pub fn set_target(&mut self, target_id: u64) {
+        self.target_id = target_id;
+        if let Some(bar) = &self.bar {
+            bar.set_length(target_id.saturating_sub(self.first_id));
+        }
+    }
+
+    /// Every row up to `last_id` is copied; `rows` more rows were copied since the last call.
+    pub fn copied(&mut self, last_id: u64, rows: u64) {
+        self.rows += rows;
+        let rate = self.rate();
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(last_id.saturating_sub(self.first_id));
+                bar.set_message(format!("{} rows, {rate:.0} rows/s, id {last_id} of {}", self.rows, self.target_id));
+            }
+            None if self.last_logged.elapsed() >= LOG_EVERY => {
+                self.last_logged = Instant::now();
+                let left = self.target_id.saturating_sub(last_id);
+                info!(
+                    rows = self.rows,
+                    rows_per_second = rate as u64,
+                    last_id,
+                    target_id = self.target_id,
+                    ids_left = left,
+                    "copying"
+                );
+            }
+            None => {}
+        }
+    }
+
+    /// Rows copied per second so far.
+    pub fn rate(&self) -> f64 {
+        self.rows as f64 / self.started.elapsed().as_secs_f64().max(1e-3)
+    }
+
+    /// Removes the bar.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}

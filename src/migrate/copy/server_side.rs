@@ -1,0 +1,104 @@
+//! One pass of the copy when both tables are on one server: each chunk is an `INSERT ... SELECT` run by the
+//! server itself, so no row crosses the network; the chunk and its checkpoint commit in one transaction.
+
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+use tokio::time::Instant;
+
+use super::run::{Run, csmh_error};
+use super::throttle::{ChunkSizer, LagWatch, RateLimit};
+use crate::migrate::MigrateError;
+use crate::migrate::schema::COLUMN_LIST;
+
+/// The statements of one site, built once.
+#[derive(Debug)]
+pub struct ServerSide {
+    chunk_end: String,
+    copy: String,
+    remove_extra: String,
+}
+
+/// What keeps a pass within its limits.
+pub struct Throttle<'a> {
+    /// The chunk size.
+    pub sizer: &'a ChunkSizer,
+    /// The rows-per-second ceiling.
+    pub rate: &'a mut RateLimit,
+    /// The replication lag limit.
+    pub lag: &'a mut LagWatch,
+    /// A connection to the server that is idle during the pass, to ask it for its replication lag.
+    pub lag_conn: &'a mut Conn,
+}
+
+impl ServerSide {
+    /// The statements for `run`'s tables.
+    pub fn new(run: &Run<'_>) -> ServerSide {
+        let (old, extended) = (run.site.old.quoted(), run.site.extended.quoted());
+        let updates = super::sql::on_duplicate_key_update();
+        ServerSide {
+            chunk_end: format!("SELECT `id` FROM {old} WHERE `id` > ? AND `id` <= ? ORDER BY `id` LIMIT 1 OFFSET ?"),
+            copy: format!(
+                "INSERT INTO {extended} ({COLUMN_LIST}) SELECT {COLUMN_LIST} FROM {old} WHERE `id` > ? AND `id` <= ? \
+                 ORDER BY `id`{updates}"
+            ),
+            remove_extra: format!(
+                "DELETE FROM {extended} WHERE `id` > ? AND `id` <= ? \
+                 AND NOT EXISTS (SELECT 1 FROM {old} AS `o` WHERE `o`.`id` = {extended}.`id`)"
+            ),
+        }
+    }
+
+    /// Copies every old row with an id above `run.last_id` and up to `run.target_id`, chunk by chunk on `conn`.
+    /// With `overlap` (the extended table already has rows in that range), each chunk also removes the
+    /// extended rows of its range that the old table no longer has.
+    pub async fn pass(
+        &self,
+        conn: &mut Conn,
+        run: &mut Run<'_>,
+        throttle: Throttle<'_>,
+        overlap: bool,
+    ) -> Result<(), MigrateError> {
+        while run.last_id < run.target_id {
+            throttle.lag.wait(throttle.lag_conn).await;
+            let rows = throttle.sizer.rows();
+            let started = Instant::now();
+            let (from, target) = (run.last_id, run.target_id);
+            conn.query_drop("BEGIN").await.map_err(|source| csmh_error("start a chunk", source))?;
+            let end: Option<u64> = conn
+                .exec_first(&self.chunk_end, (from, target, rows - 1))
+                .await
+                .map_err(|source| csmh_error("find the end of a chunk", source))?;
+            let to = end.unwrap_or(target);
+            if overlap {
+                conn.exec_drop(&self.remove_extra, (from, to))
+                    .await
+                    .map_err(|source| csmh_error("remove extended rows the old table no longer has", source))?;
+            }
+            conn.exec_drop(&self.copy, (from, to)).await.map_err(|source| csmh_error("copy a chunk", source))?;
+            let copied = records(&conn.info()).unwrap_or_else(|| conn.affected_rows());
+            run.commit_chunk(conn, to, copied).await?;
+            throttle.sizer.record(copied, started.elapsed());
+            throttle.rate.copied(copied).await;
+        }
+        Ok(())
+    }
+}
+
+/// The `Records: n` of an `INSERT ... SELECT`'s information string: the rows it selected, whether inserted or
+/// updated.
+fn records(info: &str) -> Option<u64> {
+    let rest = info.split_once("Records:")?.1.trim_start();
+    let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::records;
+
+    #[test]
+    fn the_record_count_is_read_from_the_information_string() {
+        assert_eq!(records("Records: 2500  Duplicates: 3  Warnings: 0"), Some(2500));
+        assert_eq!(records(""), None);
+    }
+}
