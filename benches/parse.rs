@@ -3,15 +3,13 @@
 //! - `prefilter_miss/*`: the pre-filter on typical edxapp statements of 100–300 bytes that do not name the
 //!   history table (every statement edxapp sends pays this, and nothing more). Target: ≤ 50 ns.
 //! - `prefilter_hit/*`: the same scan on edxapp's history statements, for comparison.
-//! - `prefilter_miss_folded_pair/*`: a candidate pre-filter (SSE2, two case-folded letters, then the whole
-//!   name), checked to agree with the real one, to show what a different scan would cost on the same misses.
 //! - `route/{union,merge}/*`: `Router::route` — tokenize, find the table, parse, classify, plan and splice the
 //!   rewritten statement(s) — on edxapp's four history statements (the INSERT, the user-state read, the
 //!   staff view's subquery read, the cascade DELETE; texts as in `tests/support/edx.rs`) with the reading-both
 //!   flags, both tables on one server (`union`: a `UNION ALL` read) and on two servers (`merge`: a merge plan
 //!   and one statement per side). Target: ≤ 20 µs.
 //! - `steps/*`: the sub-steps of `route` (tokenize, mentions, clone the tokens, parse, classify), to see where
-//!   its time goes, and the tokenizer alone and with a one-pass byte-range mapping (`tokenize_linear`).
+//!   its time goes, and sqlparser's tokenizer alone (`sqlparser_tokenize`).
 //!
 //! Run: `cargo bench --bench parse` (add a filter such as `-- prefilter` to run a part). The bench takes the
 //! machine-wide lock `/tmp/csmh-bench.lock` for its whole run, so no other benchmark measures at the same time;
@@ -19,7 +17,6 @@
 
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::ops::Range;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion};
@@ -32,7 +29,7 @@ use csmh_proxy::shared::Snapshot;
 use sqlparser::ast::Statement;
 use sqlparser::dialect::MySqlDialect;
 use sqlparser::parser::{Parser, ParserOptions};
-use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
+use sqlparser::tokenizer::{TokenWithSpan, Tokenizer};
 
 /// The old history table, as edxapp names it.
 const OLD: &str = "courseware_studentmodulehistory";
@@ -153,7 +150,6 @@ fn check_route(name: &str, two_servers: bool, route: &Route) {
 
 fn bench_prefilter(c: &mut Criterion) {
     let snapshot = reading_both(false);
-    let folded = FoldedPair::new(OLD);
     let mut group = c.benchmark_group("prefilter_miss");
     for (name, sql) in misses() {
         assert!(!snapshot.prefilter.matches(sql.as_bytes()), "{name} must miss");
@@ -169,91 +165,6 @@ fn bench_prefilter(c: &mut Criterion) {
         });
     }
     group.finish();
-    let mut group = c.benchmark_group("prefilter_miss_folded_pair");
-    for (name, sql) in misses().into_iter().chain(history_statements()) {
-        for text in [sql.clone(), sql.to_ascii_uppercase(), sql.replace(OLD, "Courseware_StudentModuleHISTORY")] {
-            let expected = snapshot.prefilter.matches(text.as_bytes());
-            assert_eq!(folded.matches(text.as_bytes()), expected, "the candidate agrees on {text}");
-        }
-        if !snapshot.prefilter.matches(sql.as_bytes()) {
-            group.bench_with_input(BenchmarkId::new(name, sql.len()), sql.as_bytes(), |b, sql| {
-                b.iter(|| folded.matches(black_box(sql)))
-            });
-        }
-    }
-    group.finish();
-}
-
-/// A candidate pre-filter, to show what a miss could cost: an ASCII case-insensitive search for one name that
-/// compares two of its letters (case folded with `| 0x20`) at 16 positions per SSE2 step and checks the whole
-/// name only where both agree. aho-corasick's case-insensitive prefilter stops at every occurrence of its
-/// start or rare bytes instead, and `courseware_studentmodule` shares 24 bytes with the history table's name.
-struct FoldedPair {
-    name: Vec<u8>,
-    /// Two letters of `name`, far apart and rare in SQL: their offsets and lowercase values.
-    pair: [(usize, u8); 2],
-}
-
-impl FoldedPair {
-    fn new(name: &str) -> FoldedPair {
-        let name = name.to_ascii_lowercase().into_bytes();
-        let (first, last) = (name.len() - 7, name.len() - 1);
-        assert!(name[first].is_ascii_alphabetic() && name[last].is_ascii_alphabetic(), "the pair must be letters");
-        FoldedPair { pair: [(first, name[first]), (last, name[last])], name }
-    }
-
-    fn matches(&self, hay: &[u8]) -> bool {
-        let Some(last) = hay.len().checked_sub(self.name.len()) else { return false };
-        match self.simd(hay, last) {
-            Some(found) => found,
-            None => (0..=last).any(|at| self.is_at(hay, at)),
-        }
-    }
-
-    fn is_at(&self, hay: &[u8], at: usize) -> bool {
-        hay[at..at + self.name.len()].eq_ignore_ascii_case(&self.name)
-    }
-
-    /// Scans the starts `0..=last` 16 at a time, the last step overlapping the one before; `None` when there
-    /// are fewer than 16 starts.
-    #[cfg(target_arch = "x86_64")]
-    fn simd(&self, hay: &[u8], last: usize) -> Option<bool> {
-        use std::arch::x86_64::{
-            __m128i, _mm_and_si128, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
-        };
-        let final_step = last.checked_sub(15)?;
-        let [(o1, b1), (o2, b2)] = self.pair;
-        // SAFETY: SSE2 is part of x86_64. Each step reads 16 bytes at `at + o` with `at <= last - 15` and
-        // `o < name.len()`, so the last byte read is below `last + name.len() = hay.len()`.
-        let candidates = |at: usize| unsafe {
-            let fold = _mm_set1_epi8(0x20);
-            let c1 = _mm_or_si128(_mm_loadu_si128(hay.as_ptr().add(at + o1).cast::<__m128i>()), fold);
-            let c2 = _mm_or_si128(_mm_loadu_si128(hay.as_ptr().add(at + o2).cast::<__m128i>()), fold);
-            let both =
-                _mm_and_si128(_mm_cmpeq_epi8(c1, _mm_set1_epi8(b1 as i8)), _mm_cmpeq_epi8(c2, _mm_set1_epi8(b2 as i8)));
-            _mm_movemask_epi8(both) as u32
-        };
-        let mut at = 0;
-        loop {
-            let step = at.min(final_step);
-            let mut mask = candidates(step);
-            while mask != 0 {
-                if self.is_at(hay, step + mask.trailing_zeros() as usize) {
-                    return Some(true);
-                }
-                mask &= mask - 1;
-            }
-            if step == final_step {
-                return Some(false);
-            }
-            at += 16;
-        }
-    }
-
-    #[cfg(not(target_arch = "x86_64"))]
-    fn simd(&self, _hay: &[u8], _last: usize) -> Option<bool> {
-        None
-    }
 }
 
 fn bench_route(c: &mut Criterion) {
@@ -270,22 +181,18 @@ fn bench_route(c: &mut Criterion) {
     }
 }
 
-/// The sub-steps of `Router::route` that do not depend on the topology, each on its own, and two of them done
-/// differently (`sqlparser_tokenize`: the tokenizer without the byte-range mapping of `Source::tokens`;
-/// `tokenize_linear`: that mapping done in one pass).
+/// The sub-steps of `Router::route` that do not depend on the topology, each on its own, and sqlparser's
+/// tokenizer without the byte-range mapping of `Source::tokens` (`sqlparser_tokenize`).
 fn bench_steps(c: &mut Criterion) {
     let old: TableName = format!("edxapp.{OLD}").parse().expect("a plain table name");
     let mut group = c.benchmark_group("steps");
     for (name, sql) in history_statements() {
         let source = Source::new(sql.as_bytes());
         let tokens = source.tokens().expect("the statement tokenizes");
-        let linear = tokens_linear(&sql);
-        assert_eq!(linear, tokens.iter().map(|t| t.range.clone()).collect::<Vec<_>>(), "{name}: same ranges");
         let statement = parse(&tokens).remove(0);
         group
             .bench_function(format!("tokenize/{name}"), |b| b.iter(|| Source::new(black_box(sql.as_bytes())).tokens()));
         group.bench_function(format!("sqlparser_tokenize/{name}"), |b| b.iter(|| sqlparser_tokens(black_box(&sql))));
-        group.bench_function(format!("tokenize_linear/{name}"), |b| b.iter(|| tokens_linear(black_box(&sql))));
         group.bench_function(format!("mentions/{name}"), |b| b.iter(|| source::mentions(black_box(&tokens), &old)));
         group.bench_function(format!("clone_tokens/{name}"), |b| {
             b.iter(|| black_box(&tokens).iter().map(|t| t.token.clone()).collect::<Vec<_>>())
@@ -310,20 +217,6 @@ fn parse(tokens: &[Tok]) -> Vec<Statement> {
 /// sqlparser's tokenizer alone, as `Source::tokens` calls it.
 fn sqlparser_tokens(sql: &str) -> Vec<TokenWithSpan> {
     Tokenizer::new(&MySqlDialect {}, sql).with_unescape(false).tokenize_with_location().expect("it tokenizes")
-}
-
-/// The byte range of every non-blank token, mapped in one pass: the tokenizer's locations are (line, character
-/// column), and in ASCII text a character is a byte, so each is a line start plus a column. (`Source::offset`
-/// walks the line's characters from its start for every location, which is quadratic on a one-line statement.)
-fn tokens_linear(sql: &str) -> Vec<Range<usize>> {
-    assert!(sql.is_ascii(), "the prototype covers ASCII statements");
-    let line_starts: Vec<usize> = std::iter::once(0).chain(sql.match_indices('\n').map(|(i, _)| i + 1)).collect();
-    let offset = |l: Location| line_starts[l.line as usize - 1] + l.column as usize - 1;
-    sqlparser_tokens(sql)
-        .into_iter()
-        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
-        .map(|t| offset(t.span.start)..offset(t.span.end))
-        .collect()
 }
 
 mod support;

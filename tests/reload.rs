@@ -91,6 +91,14 @@ impl LiveSite {
         write(&self.path, &self.text(flags));
     }
 
+    /// Replaces the file with one for `flags` in one step, as an editor's rename-on-save does: the proxy can
+    /// never read it half-written, however long the writer is descheduled between truncating and writing.
+    fn replace(&self, flags: Flags) {
+        let saved = self.dir.path().join(".proxy.toml.swp");
+        write(&saved, &self.text(flags));
+        std::fs::rename(&saved, &self.path).expect("rename over proxy.toml");
+    }
+
     fn shared(&self) -> &Shared {
         self.site.proxy.shared()
     }
@@ -200,9 +208,7 @@ async fn a_malformed_file_and_an_unknown_key_are_refused_and_a_corrected_file_is
 async fn an_editors_rename_on_save_is_seen_by_the_directory_watch() {
     let live = LiveSite::new(old_only(), events_only).await;
     let mut edxapp = live.edxapp().await;
-    let saved = live.dir.path().join(".proxy.toml.swp");
-    write(&saved, &live.text(reading_both()));
-    std::fs::rename(&saved, &live.path).expect("rename over proxy.toml");
+    live.replace(reading_both());
     live.wait_until("the renamed file is applied", |shared| shared.generation() == 2).await;
     assert_eq!(live.insert(&mut edxapp).await, Table::Extended);
 }
@@ -318,7 +324,7 @@ async fn twenty_flips_under_load_fail_no_statement_and_put_every_row_where_the_f
     let mut flags_of = HashMap::from([(1, old_only())]);
     for flip in 1..=FLIPS {
         let flags = rows[(flip as usize) % rows.len()];
-        live.write(flags);
+        live.replace(flags);
         live.wait_until(&format!("flip {flip} is applied"), |shared| shared.generation() == flip + 1).await;
         flags_of.insert(flip + 1, flags);
         tokio::time::sleep(Duration::from_millis(20)).await;

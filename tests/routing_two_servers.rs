@@ -526,6 +526,15 @@ async fn a_merged_read_uses_the_clients_time_zone_and_sql_mode_on_both_servers()
     let expected = settings_dependent_union(&site, &[india[1], brazil]).await;
     assert_eq!(rows(&mut edxapp, &read).await, expected, "a changed setting reaches both servers");
     edxapp.query_drop("COMMIT").await.unwrap();
+
+    // Changed by a prepared statement, and by a procedure: neither starts with SET in a COM_QUERY.
+    edxapp.exec_drop("SET SESSION time_zone = ?", ("+09:00",)).await.unwrap();
+    let japan = "SET SESSION time_zone = '+09:00'";
+    assert_eq!(rows(&mut edxapp, &read).await, settings_dependent_union(&site, &[india[1], japan]).await);
+    edxapp.query_drop("CREATE PROCEDURE to_utc() SET SESSION time_zone = '+00:00'").await.unwrap();
+    edxapp.query_drop("CALL to_utc()").await.unwrap();
+    let utc = "SET SESSION time_zone = '+00:00'";
+    assert_eq!(rows(&mut edxapp, &read).await, settings_dependent_union(&site, &[india[1], utc]).await);
 }
 
 #[tokio::test]

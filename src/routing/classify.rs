@@ -7,7 +7,8 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    FromTable, ObjectName, Query, SetExpr, Statement, TableFactor, TableObject, TableWithJoins, Visit, Visitor,
+    FromTable, ObjectName, Query, SelectItem, SetExpr, Statement, TableFactor, TableObject, TableWithJoins, Visit,
+    Visitor,
 };
 use sqlparser::tokenizer::Location;
 
@@ -67,6 +68,8 @@ pub struct Shape {
     pub write: Option<Write>,
     /// An INSERT whose rows come from a SELECT (rather than VALUES or SET).
     pub inserts_from_select: bool,
+    /// Some SELECT in it lists `*` or `t.*`, whose columns come in the table's own order.
+    pub selects_wildcard: bool,
     /// For [`StatementKind::Other`]: whether it only changes or shows the table's definition (ALTER TABLE,
     /// CREATE/DROP INDEX, SHOW, DESCRIBE, EXPLAIN, ANALYZE), which stays allowed on a retired table so that
     /// edxapp's own migrations keep working.
@@ -80,9 +83,9 @@ pub struct Unsupported(pub String);
 
 /// Describes `statement` as far as routing is concerned.
 pub fn shape(statement: &Statement, old: &TableName) -> Result<Shape, Unsupported> {
-    let mut reads = ReadCollector { old, reads: Vec::new() };
-    let _ = statement.visit(&mut reads);
-    let reads = reads.reads;
+    let mut collector = ReadCollector { old, reads: Vec::new(), selects_wildcard: false };
+    let _ = statement.visit(&mut collector);
+    let ReadCollector { reads, selects_wildcard, .. } = collector;
     let (kind, write) = match statement {
         Statement::Query(_) => (StatementKind::Select, None),
         Statement::Insert(insert) => match &insert.table {
@@ -112,7 +115,7 @@ pub fn shape(statement: &Statement, old: &TableName) -> Result<Shape, Unsupporte
     }
     let inserts_from_select = matches!(statement, Statement::Insert(insert)
         if insert.source.as_ref().is_some_and(|q| !matches!(*q.body, SetExpr::Values(_))));
-    Ok(Shape { kind, reads, write, inserts_from_select, schema_only: is_schema_only(statement) })
+    Ok(Shape { kind, reads, write, inserts_from_select, selects_wildcard, schema_only: is_schema_only(statement) })
 }
 
 /// The old table as the single target of an UPDATE; an error for multi-table forms that involve it.
@@ -158,10 +161,11 @@ fn is_schema_only(statement: &Statement) -> bool {
     }
 }
 
-/// Collects every SELECT's FROM entries that are the old table.
+/// Collects every SELECT's FROM entries that are the old table, and whether any SELECT lists a wildcard.
 struct ReadCollector<'a> {
     old: &'a TableName,
     reads: Vec<Read>,
+    selects_wildcard: bool,
 }
 
 impl Visitor for ReadCollector<'_> {
@@ -177,6 +181,10 @@ impl ReadCollector<'_> {
     fn collect_set_expr(&mut self, body: &SetExpr) {
         match body {
             SetExpr::Select(select) => {
+                self.selects_wildcard |= select
+                    .projection
+                    .iter()
+                    .any(|item| matches!(item, SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)));
                 let alone = select.from.len() == 1 && select.from[0].joins.is_empty();
                 for table in &select.from {
                     self.collect_factor(&table.relation, alone, select.selection.is_some());

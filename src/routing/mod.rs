@@ -265,8 +265,13 @@ impl Plan<'_, '_> {
         let splicer = match &self.shape.write {
             Some(write) => self.extended_write(write)?,
             None => self.reads_replaced(|read, alias| {
-                Ok(rewrite::extended_read(&String::from_utf8_lossy(alias), &self.router.extended).into_bytes())
-                    .map(|text| (read, text))
+                Ok(rewrite::extended_read(
+                    &String::from_utf8_lossy(alias),
+                    &self.router.extended,
+                    self.shape.selects_wildcard,
+                )
+                .into_bytes())
+                .map(|text| (read, text))
             })?,
         };
         let (sql, inline) = self.finish(splicer)?;
@@ -360,7 +365,7 @@ impl Plan<'_, '_> {
             old_statement.replace(start..condition.range.end, Vec::new());
         }
         let old_sql = old_statement.render_all()?;
-        let extended_side = rewrite::extended_read(&alias, extended).into_bytes();
+        let extended_side = rewrite::extended_read(&alias, extended, self.shape.selects_wildcard).into_bytes();
         let (extended_sql, inline) = self.finish(self.side_statement(read, extended_side, &clauses)?)?;
         Ok(MergeRead { old: old_sql, extended: extended_sql, inline, plan })
     }

@@ -103,10 +103,16 @@ pub fn insert_columns() -> String {
     format!(" ({})", names.join(", "))
 }
 
-/// A read of the extended table in place of the old one: a derived table with the old table's columns and
-/// order, under the name the statement used, so `*` and qualified column references mean what they meant.
-pub fn extended_read(alias: &str, extended: &TableName) -> String {
-    format!("(SELECT {} FROM {} AS {alias}) AS {alias}", column_list(alias, false), extended.quoted())
+/// A read of the extended table in place of the old one, under the name the statement used, so qualified
+/// column references mean what they meant. A statement that selects `*` gets a derived table with the old
+/// table's column order (the extended table has `id` 6th); any other reads the table itself, which the server
+/// plans as the plain table read it is.
+pub fn extended_read(alias: &str, extended: &TableName, selects_wildcard: bool) -> String {
+    if selects_wildcard {
+        format!("(SELECT {} FROM {} AS {alias}) AS {alias}", column_list(alias, false), extended.quoted())
+    } else {
+        format!("{} AS {alias}", extended.quoted())
+    }
 }
 
 /// A read of one table in place of the old one, with the old table's columns, order and (with `widen`) the

@@ -18,21 +18,22 @@ use crate::history::TableName;
 pub struct Source<'a> {
     bytes: &'a [u8],
     text: Cow<'a, str>,
-    /// Whether `text` is the Latin-1 mapping of non-UTF-8 bytes (one character per byte).
-    latin1: bool,
-    /// Byte offset in `text` where each line starts.
+    /// Whether every character of `text` is one byte of `bytes`: ASCII text, or the Latin-1 mapping of
+    /// non-UTF-8 bytes. Then a location's offset is its line's start plus its column.
+    one_byte_chars: bool,
+    /// Offset in `bytes` where each line starts (a line feed is one byte, and the same byte, in both).
     line_starts: Vec<usize>,
 }
 
 impl<'a> Source<'a> {
     /// Wraps the statement bytes.
     pub fn new(bytes: &'a [u8]) -> Source<'a> {
-        let (text, latin1) = match std::str::from_utf8(bytes) {
-            Ok(text) => (Cow::Borrowed(text), false),
+        let (text, one_byte_chars) = match std::str::from_utf8(bytes) {
+            Ok(text) => (Cow::Borrowed(text), text.is_ascii()),
             Err(_) => (Cow::Owned(bytes.iter().map(|&b| char::from(b)).collect()), true),
         };
-        let line_starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
-        Source { bytes, text, latin1, line_starts }
+        let line_starts = std::iter::once(0).chain(line_breaks(bytes)).collect();
+        Source { bytes, text, one_byte_chars, line_starts }
     }
 
     /// The original bytes.
@@ -47,11 +48,7 @@ impl<'a> Source<'a> {
 
     /// The byte offset in the original bytes of a tokenizer location (1-based line and character column).
     pub fn offset(&self, location: Location) -> usize {
-        let line = (location.line as usize).saturating_sub(1);
-        let start = self.line_starts.get(line).copied().unwrap_or(self.text.len());
-        let column = (location.column as usize).saturating_sub(1);
-        let in_text = self.text[start..].char_indices().nth(column).map_or(self.text.len(), |(i, _)| start + i);
-        if self.latin1 { self.text[..in_text].chars().count() } else { in_text }
+        Offsets::new(self).of(location)
     }
 
     /// Tokenizes the text (escapes kept as written), giving each token its byte range in the original.
@@ -61,11 +58,54 @@ impl<'a> Source<'a> {
             .with_unescape(false)
             .tokenize_with_location()
             .map_err(|e| e.to_string())?;
+        let mut offsets = Offsets::new(self);
         Ok(tokens
             .into_iter()
             .filter(|t| !matches!(t.token, Token::Whitespace(_)))
-            .map(|t| Tok { range: self.offset(t.span.start)..self.offset(t.span.end), token: t })
+            .map(|t| Tok { range: offsets.of(t.span.start)..offsets.of(t.span.end), token: t })
             .collect())
+    }
+}
+
+/// Offsets of the line feeds' successors: where each line after the first starts.
+fn line_breaks(bytes: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    bytes.iter().enumerate().filter(|&(_, &b)| b == b'\n').map(|(i, _)| i + 1)
+}
+
+/// Maps tokenizer locations to byte offsets. Text of one-byte characters needs no walking; other UTF-8 text is
+/// walked forward from the previous location, so mapping every token of a statement in order is one pass.
+struct Offsets<'s, 'a> {
+    source: &'s Source<'a>,
+    /// The last location mapped (line, column) and its byte offset; the walk resumes there.
+    line: u64,
+    column: u64,
+    at: usize,
+}
+
+impl<'s, 'a> Offsets<'s, 'a> {
+    fn new(source: &'s Source<'a>) -> Offsets<'s, 'a> {
+        Offsets { source, line: 1, column: 1, at: 0 }
+    }
+
+    /// The byte offset of `location`; past the end of the text for locations beyond it.
+    fn of(&mut self, location: Location) -> usize {
+        let source = self.source;
+        let line_start = |line: u64| {
+            let index = (line as usize).saturating_sub(1);
+            source.line_starts.get(index).copied().unwrap_or(source.bytes.len())
+        };
+        let column = location.column.max(1);
+        if source.one_byte_chars {
+            return (line_start(location.line) + (column - 1) as usize).min(source.bytes.len());
+        }
+        if location.line != self.line || column < self.column {
+            (self.line, self.column, self.at) = (location.line, 1, line_start(location.line));
+        }
+        let ahead = (column - self.column) as usize;
+        let rest = &source.text[self.at..];
+        self.at += rest.char_indices().nth(ahead).map_or(rest.len(), |(i, _)| i);
+        self.column = column;
+        self.at
     }
 }
 
@@ -190,6 +230,17 @@ mod tests {
         let sql = "SELECT 'courseware_studentmodulehistory', \"courseware_studentmodulehistory\" /* \
                    courseware_studentmodulehistory */ FROM other.courseware_studentmodulehistory -- courseware_studentmodulehistory";
         assert_eq!(mentioned(sql), vec![]);
+    }
+
+    #[test]
+    fn every_token_range_covers_its_text_on_multibyte_lines() {
+        let sql = "SELECT 'é😀', `naïve`\n  , x /* ü */ FROM t WHERE s = 'ß'\nAND y = 'ÿ' -- ok\n ORDER BY `ñ`";
+        let source = Source::new(sql.as_bytes());
+        for tok in source.tokens().unwrap() {
+            let text = &sql[tok.range.clone()];
+            let expected = tok.token.token.to_string();
+            assert_eq!(text.trim_end(), expected.trim_end(), "{tok:?}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ use tracing::{info, warn};
 use super::{Flow, Session, SessionError};
 use crate::backend::{self, BackendError, Credentials, LoginError, QueryError, Reply};
 use crate::protocol::capabilities::Negotiated;
+use crate::protocol::command::{COM_RESET_CONNECTION, COM_STMT_EXECUTE, Command};
 use crate::protocol::conn::Connection;
 use crate::protocol::frame::PacketSpan;
 use crate::protocol::packets::MysqlError;
@@ -47,7 +48,8 @@ pub(super) struct Csmh {
     settings: Vec<Option<Vec<u8>>>,
     /// While a transaction mirroring the client's is open here: the client's savepoints that exist here too.
     transaction: Option<Vec<String>>,
-    /// The settings were synced for the client statement being handled.
+    /// The settings applied here are the client's: synced since the last request that may have changed them
+    /// ([`may_change_settings`]).
     pub(super) synced: bool,
 }
 
@@ -317,9 +319,80 @@ fn transaction_control(statement: &[u8]) -> Option<Control> {
     }
 }
 
+/// Whether a passthrough request may change the session settings mirrored on the `csmh` connection
+/// ([`SETTINGS`]), so that they must be read again before its next statement: a statement that sets
+/// variables (`SET`, also in an executable comment or after a `;`), calls a procedure or executes an
+/// SQL-prepared statement; any binary-protocol execution; a change of user or a reset. Other requests leave the
+/// settings as they were, and the next csmh statement needs no settings read on the client's connection.
+pub(super) fn may_change_settings(command: Command, payload: &[u8], single_frame: bool) -> bool {
+    match command {
+        Command::Query => !single_frame || statement_may_change_settings(payload.get(1..).unwrap_or_default()),
+        Command::ChangeUser => true,
+        Command::Relayed(byte) => matches!(byte, COM_STMT_EXECUTE | COM_RESET_CONNECTION),
+        Command::Quit | Command::StmtPrepare | Command::Refused(_) => false,
+    }
+}
+
+/// Keywords that start a statement which may change session variables.
+const SETTING_KEYWORDS: [&[u8]; 3] = [b"SET", b"CALL", b"EXECUTE"];
+
+/// The text part of [`may_change_settings`].
+fn statement_may_change_settings(text: &[u8]) -> bool {
+    let Some(start) = first_keyword_start(text) else { return true };
+    let word_len = text[start..].iter().take_while(|b| b.is_ascii_alphabetic()).count();
+    let word = &text[start..start + word_len];
+    SETTING_KEYWORDS.iter().any(|keyword| word.eq_ignore_ascii_case(keyword)) || text[start..].contains(&b';')
+}
+
+/// Where the first keyword of `text` starts, after white space and comments; `None` when an executable comment
+/// (`/*! ... */`, `/*M! ... */`) comes first, whose content the server runs.
+fn first_keyword_start(text: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        let rest = &text[at..];
+        if rest.first().is_some_and(u8::is_ascii_whitespace) {
+            at += 1;
+        } else if rest.starts_with(b"/*!") || rest.starts_with(b"/*M!") {
+            return None;
+        } else if rest.starts_with(b"/*") {
+            at += rest.windows(2).position(|w| w == b"*/").map_or(rest.len(), |end| end + 2);
+        } else if rest.starts_with(b"#") || rest.starts_with(b"-- ") {
+            at += rest.iter().position(|&b| b == b'\n').map_or(rest.len(), |end| end + 1);
+        } else {
+            return Some(at);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_are_read_again_only_after_requests_that_may_change_them() {
+        let query = |sql: &str| may_change_settings(Command::Query, &[b"\x03", sql.as_bytes()].concat(), true);
+        for sql in [
+            "SET time_zone = '+00:00'",
+            "  set names utf8mb4",
+            "/* django */ SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+            "-- note\nSET autocommit=0",
+            "/*!40101 SET NAMES utf8 */",
+            "CALL refresh()",
+            "execute stmt",
+            "SELECT 1; SET sql_mode = ''",
+        ] {
+            assert!(query(sql), "{sql}");
+        }
+        for sql in
+            ["SELECT 1", "UPDATE courseware_studentmodule SET state = '{}' WHERE id = 1", "COMMIT", "  # x\nSELECT 2"]
+        {
+            assert!(!query(sql), "{sql}");
+        }
+        assert!(may_change_settings(Command::Query, b"\x03SELECT 1", false), "a statement in several frames");
+        assert!(may_change_settings(Command::ChangeUser, b"\x11", true));
+        assert!(may_change_settings(Command::Relayed(COM_STMT_EXECUTE), b"\x17", true));
+        assert!(!may_change_settings(Command::Relayed(crate::protocol::command::COM_INIT_DB), b"\x02edxapp", true));
+    }
 
     #[test]
     fn recognises_djangos_transaction_statements() {

@@ -242,9 +242,6 @@ impl Session {
     /// Handles one client request whose packet lies at the start of the client buffer.
     async fn handle(&mut self, span: PacketSpan) -> Result<Flow, SessionError> {
         self.answer_seq = Some(span.last_seq.wrapping_add(1));
-        if let Some(csmh) = self.csmh.as_mut() {
-            csmh.synced = false;
-        }
         let Some(&byte) = self.client.buf.get(HEADER_LEN).filter(|_| span.payload_len > 0) else {
             return self.refuse(span, MysqlError::new(1835, b"08S01", "Malformed communication packet")).await;
         };
@@ -281,6 +278,10 @@ impl Session {
             if let Some(error) = self.follow_transaction_control(&text).await? {
                 return self.refuse(span, error).await;
             }
+        }
+        if let Some(csmh) = self.csmh.as_mut() {
+            let payload = &self.client.buf[HEADER_LEN..span.wire_len];
+            csmh.synced &= !csmh::may_change_settings(command, payload, span.is_single_frame());
         }
         self.relay_to_backend(span.wire_len).await?;
         match command.response() {
