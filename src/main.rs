@@ -3,7 +3,13 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use csmh_proxy::config::Config;
 use csmh_proxy::config::watch::Watch;
+use csmh_proxy::migrate::MigrateError;
+use csmh_proxy::migrate::copy::MigrateArgs;
+use csmh_proxy::migrate::status::StatusArgs;
+use csmh_proxy::migrate::truncate::TruncateArgs;
+use csmh_proxy::migrate::verify::{VerifyArgs, VerifyReport};
 use csmh_proxy::sandbox::SandboxArgs;
 
 /// A MySQL-protocol proxy that moves Open edX's student-module history to its extended table on the wire.
@@ -31,6 +37,49 @@ enum Command {
         /// File of statements, one per line; standard input when absent.
         file: Option<PathBuf>,
     },
+    /// Create the extended table (and its database) on the csmh server if missing, with its ids starting
+    /// `history.id_offset` above the old table's highest id, and the checkpoint table; print the starting id
+    /// offset.
+    ///
+    /// Safe to run again: an existing extended table is kept when its next id is above the old table's highest
+    /// id, has its starting id raised when it is still empty, and is refused otherwise (ids could collide).
+    ///
+    /// Exit status: 0 when the extended table is ready, 1 when refused, 2 when it could not run.
+    Init,
+    /// Copy every old history row into the extended table, with the same ids, in primary-key chunks.
+    ///
+    /// Each chunk commits together with a checkpoint on the csmh server, so an interrupted run (even killed)
+    /// resumes where it stopped when run again, with nothing lost or copied twice. After the first pass, catch-up
+    /// passes copy rows written to the old table meanwhile, until one finds nothing new. The chunk size adapts
+    /// to --chunk-seconds; --max-rows-per-second and --max-replication-lag slow it down. On one server each chunk
+    /// is an INSERT ... SELECT; across two servers rows stream from one to the other. Shows a progress bar on a
+    /// terminal, log lines otherwise. Run `verify` afterwards.
+    ///
+    /// Exit status: 0 when every row found has been copied, 1 when refused, 2 when it could not run.
+    Migrate(MigrateArgs),
+    /// Compare the old table with the extended table and print the id ranges that differ.
+    ///
+    /// Every id of the old table, from its smallest to its largest, is compared chunk by chunk: both servers
+    /// compute each chunk's row count and checksum of all columns at the same time, and a chunk that differs is
+    /// narrowed down to the ids that are missing from the extended table, extra in it, or changed. Higher ids of
+    /// the extended table are new history and are not compared. The result is recorded for `status`.
+    ///
+    /// Exit status: 0 when the tables match, 1 when they differ, 2 when the comparison could not run.
+    Verify(VerifyArgs),
+    /// Empty the old table once it is retired and every row of it is in the extended table.
+    ///
+    /// Refuses unless READ_ONLY_FROM_CSMHE is on in the configuration and a verify run at that moment passes.
+    /// By default the old table is locked against writes, verified and truncated under the lock; with --slow its
+    /// rows are deleted in throttled chunks by id, each checked against the extended table again just before.
+    /// The old table keeps its next id. Without --yes, prints what it would do and changes nothing.
+    ///
+    /// Exit status: 0 when done (or nothing to do without --yes), 1 when refused, 2 when it could not run.
+    TruncateOld(TruncateArgs),
+    /// Show where the migration stands: the flags and their stage, each table's rows and ids, whether the id
+    /// offset is safe, and the migrate and verify checkpoints.
+    ///
+    /// Exit status: 0, or 2 when the servers could not be read.
+    Status(StatusArgs),
 }
 
 /// Options of `serve`.
@@ -83,6 +132,54 @@ fn main() -> anyhow::Result<()> {
             };
             print!("{}", csmh_proxy::routing::explain::explain_lines(config, &statements)?);
             Ok(())
+        }
+        Command::Init => {
+            let config = migration_config(&cli.config);
+            finish(runtime.block_on(csmh_proxy::migrate::init::run(&config)), |_| true)
+        }
+        Command::Migrate(args) => {
+            let config = migration_config(&cli.config);
+            finish(runtime.block_on(csmh_proxy::migrate::copy::run(&config, &args)), |_| true)
+        }
+        Command::Verify(args) => {
+            let config = migration_config(&cli.config);
+            finish(runtime.block_on(csmh_proxy::migrate::verify::run(&config, &args)), VerifyReport::passed)
+        }
+        Command::TruncateOld(args) => {
+            let config = migration_config(&cli.config);
+            finish(runtime.block_on(csmh_proxy::migrate::truncate::run(&config, &args)), |_| true)
+        }
+        Command::Status(args) => {
+            let config = migration_config(&cli.config);
+            finish(runtime.block_on(csmh_proxy::migrate::status::run(&config, &args)), |_| true)
+        }
+    }
+}
+
+/// The configuration a migration command runs with; an invalid file ends the command with exit status 2.
+fn migration_config(path: &std::path::Path) -> Config {
+    Config::load(path).unwrap_or_else(|error| {
+        eprintln!("configuration refused: {error}");
+        std::process::exit(2)
+    })
+}
+
+/// Prints a migration command's report on standard output, or its error on standard error, and exits with the
+/// status scripts check: 0 when it `succeeded`, 1 when it found differences or refused to act, 2 when it could
+/// not run.
+fn finish<R: std::fmt::Display>(result: Result<R, MigrateError>, succeeded: impl FnOnce(&R) -> bool) -> ! {
+    match result {
+        Ok(report) => {
+            print!("{report}");
+            std::process::exit(if succeeded(&report) { 0 } else { 1 })
+        }
+        Err(refused @ MigrateError::Refused(_)) => {
+            eprintln!("{refused}");
+            std::process::exit(1)
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::exit(2)
         }
     }
 }

@@ -9,6 +9,9 @@ pub mod checkpoint;
 pub mod copy;
 pub mod init;
 pub mod schema;
+pub mod status;
+pub mod truncate;
+pub mod verify;
 mod error;
 mod site;
 

@@ -1,0 +1,226 @@
+//! `csmh-proxy status`: where the migration stands, read from the configuration and both servers without
+//! changing anything — the flags and the stage they imply, the size and ids of each table, whether the extended
+//! table's ids start safely above the old ones, and the `migrate` and `verify` checkpoints.
+//!
+//! Row counts are the server's estimates unless `--exact` is given: an exact `COUNT(*)` scans the whole table,
+//! which takes minutes on billions of rows. The smallest and largest ids are always exact (read from the primary
+//! key).
+
+use std::fmt;
+
+use mysql_async::Conn;
+
+use super::checkpoint::{self, Checkpoint, Task};
+use super::verify::IdRange;
+use super::verify::table::{Role, Stats, Table};
+use super::{MigrateError, Site};
+use crate::config::{Config, Flag, Flags};
+use crate::history::{RefusedFlags, Stage, TableName, routing_table};
+
+/// Options of `csmh-proxy status`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct StatusArgs {
+    /// Count the rows of both tables exactly (scans each table: slow on billions of rows) instead of showing
+    /// the server's estimate.
+    #[arg(long)]
+    pub exact: bool,
+}
+
+/// Everything `status` shows.
+#[derive(Debug, Clone)]
+pub struct StatusReport {
+    flags: Flags,
+    stage: Result<Stage, RefusedFlags>,
+    same_server: bool,
+    old: TableStatus,
+    extended: TableStatus,
+    migrate: Option<Checkpoint>,
+    verify: Option<Checkpoint>,
+}
+
+/// What is known of one table.
+#[derive(Debug, Clone)]
+struct TableStatus {
+    role: Role,
+    name: TableName,
+    address: String,
+    /// `None` when the table does not exist.
+    stats: Option<Stats>,
+    ids: Option<IdRange>,
+    /// With `--exact`: the row count, and for the extended table how many of its rows have ids up to the old
+    /// table's largest.
+    exact: Option<(u64, Option<u64>)>,
+}
+
+/// Runs `csmh-proxy status` for the site `config` describes.
+pub async fn run(config: &Config, args: &StatusArgs) -> Result<StatusReport, MigrateError> {
+    let site = Site::new(config)?;
+    let mut servers = site.connect().await?;
+    let old = table_status(
+        Table { role: Role::Old, conn: &mut servers.edxapp, name: &site.old },
+        &config.backends.edxapp.address,
+        args.exact,
+        None,
+    )
+    .await?;
+    let old_last = old.ids.map(|ids| ids.last);
+    let extended = table_status(
+        Table { role: Role::Extended, conn: &mut servers.csmh, name: &site.extended },
+        &config.backends.csmh.address,
+        args.exact,
+        old_last,
+    )
+    .await?;
+    let (migrate, verify) = checkpoints(&mut servers.csmh, &site).await?;
+    Ok(StatusReport {
+        flags: site.flags,
+        stage: routing_table(site.flags).map(|table| table.stage()),
+        same_server: site.same_server,
+        old,
+        extended,
+        migrate,
+        verify,
+    })
+}
+
+/// Reads what `status` shows of `table`; `old_last` is the old table's largest id, to split the extended
+/// table's exact count at.
+async fn table_status(
+    mut table: Table<'_>,
+    address: &str,
+    exact: bool,
+    old_last: Option<u64>,
+) -> Result<TableStatus, MigrateError> {
+    let mut status = TableStatus {
+        role: table.role,
+        name: table.name.clone(),
+        address: address.to_owned(),
+        stats: table.stats().await?,
+        ids: None,
+        exact: None,
+    };
+    if status.stats.is_none() {
+        return Ok(status);
+    }
+    status.ids = table.bounds(None).await?;
+    if exact {
+        let rows = table.count().await?;
+        let up_to_old = match (table.role, old_last) {
+            (Role::Extended, Some(last)) => Some(table.count_up_to(last).await?),
+            _ => None,
+        };
+        status.exact = Some((rows, up_to_old));
+    }
+    Ok(status)
+}
+
+/// The `migrate` and `verify` checkpoints.
+async fn checkpoints(csmh: &mut Conn, site: &Site) -> Result<(Option<Checkpoint>, Option<Checkpoint>), MigrateError> {
+    Ok((checkpoint::load(csmh, site, Task::Migrate).await?, checkpoint::load(csmh, site, Task::Verify).await?))
+}
+
+impl fmt::Display for StatusReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let flags: Vec<String> = Flag::ALL.iter().map(|flag| format!("{flag} = {}", self.flags.is_on(*flag))).collect();
+        writeln!(f, "flags:          {}", flags.join(", "))?;
+        match &self.stage {
+            Ok(stage) => writeln!(f, "stage:          {stage}")?,
+            Err(refused) => writeln!(f, "stage:          none, the proxy refuses these flags: {refused}")?,
+        }
+        let topology = if self.same_server { "one server" } else { "two servers" };
+        writeln!(f, "topology:       {topology}")?;
+        writeln!(f, "old table:      {}", self.old)?;
+        writeln!(f, "extended table: {}", self.extended)?;
+        writeln!(f, "id offset:      {}", offset(&self.old, &self.extended))?;
+        writeln!(f, "migrate:        {}", CheckpointLine(Task::Migrate, self.migrate.as_ref()))?;
+        writeln!(f, "verify:         {}", CheckpointLine(Task::Verify, self.verify.as_ref()))
+    }
+}
+
+impl fmt::Display for TableStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} on [backends.{}] {}: ", self.name, self.role.backend(), self.address)?;
+        let Some(stats) = self.stats else {
+            return match self.role {
+                Role::Old => write!(f, "does not exist"),
+                Role::Extended => write!(f, "does not exist (`csmh-proxy init` creates it)"),
+            };
+        };
+        match (self.exact, stats.estimated_rows) {
+            (Some((rows, None)), _) => write!(f, "{rows} rows")?,
+            (Some((rows, Some(up_to_old))), _) => write!(
+                f,
+                "{rows} rows ({up_to_old} with ids up to the old table's largest, {} above it)",
+                rows - up_to_old
+            )?,
+            (None, Some(estimate)) => write!(f, "about {estimate} rows (estimate; --exact counts them)")?,
+            (None, None) => write!(f, "rows unknown (--exact counts them)")?,
+        }
+        match self.ids {
+            Some(ids) => write!(f, ", {ids}")?,
+            None => write!(f, ", empty")?,
+        }
+        match stats.next_id {
+            Some(next) => write!(f, ", next id {next}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Whether the extended table's next id is above every id of the old table (design §3, offset safety).
+fn offset(old: &TableStatus, extended: &TableStatus) -> String {
+    let Some(next) = extended.stats.and_then(|stats| stats.next_id) else {
+        return "unknown: the extended table does not exist or has no AUTO_INCREMENT (`csmh-proxy init`)".to_owned();
+    };
+    let largest = old.ids.map_or(0, |ids| ids.last);
+    if next <= largest {
+        return format!(
+            "UNSAFE: the extended table's next id {next} is not above the old table's largest id {largest}, so ids \
+             could collide and the proxy refuses inserts into it; run `csmh-proxy init`"
+        );
+    }
+    let safe = format!("safe: the extended table's next id {next} is above the old table's largest id {largest}");
+    match old.stats.and_then(|stats| stats.next_id) {
+        Some(old_next) if old_next >= next => format!(
+            "{safe}, but the old table's own next id {old_next} is not below it: ids the old table gives from now on \
+             could collide"
+        ),
+        Some(old_next) => format!("{safe} (room for {} more ids in the old table)", next - old_next),
+        None => safe,
+    }
+}
+
+/// One checkpoint as `status` shows it.
+struct CheckpointLine<'a>(Task, Option<&'a Checkpoint>);
+
+impl fmt::Display for CheckpointLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(checkpoint) = self.1 else {
+            return write!(f, "never run");
+        };
+        write!(
+            f,
+            "{}, last written {} (run started {})",
+            checkpoint.state, checkpoint.updated_at, checkpoint.started_at
+        )?;
+        match (self.0, checkpoint.last_id, checkpoint.target_id) {
+            (Task::Migrate, Some(last), Some(target)) if target > 0 => write!(
+                f,
+                "; ids up to {last} of {target} ({:.1}%), {} rows",
+                last.min(target) as f64 * 100.0 / target as f64,
+                checkpoint.rows_done
+            )?,
+            (Task::Migrate, last, _) => {
+                write!(f, "; {} rows", checkpoint.rows_done)?;
+                if let Some(last) = last {
+                    write!(f, ", ids up to {last}")?;
+                }
+            }
+            (Task::Verify, _, _) => write!(f, "; {} rows compared", checkpoint.rows_done)?,
+        }
+        for line in checkpoint.detail.iter().flat_map(|detail| detail.lines()) {
+            write!(f, "\n                {line}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,284 @@
+//! `csmh-proxy truncate-old`: empties the old history table once it is retired and every row of it is in the
+//! extended table.
+//!
+//! It acts only when `READ_ONLY_FROM_CSMHE` is on in the configuration (so the proxy sends nothing to the old
+//! table any more) and a verify run at that moment passes. Two ways, both guarded against writes between the
+//! check and the removal:
+//!
+//! - by default, the old table is locked against writes (`LOCK TABLES ... WRITE`), verified through the locking
+//!   connection, and emptied with `TRUNCATE TABLE`, all under the lock;
+//! - `--slow`, for a table too large to drop at once: after a verify, rows are deleted by id in chunks with a
+//!   pause between them, each chunk checked against the extended table again under row locks (`FOR UPDATE`) in
+//!   the transaction that deletes it. An interrupted drain can simply be run again.
+//!
+//! Either way the old table keeps its next id (`AUTO_INCREMENT`), so ids are never reused should edxapp write to
+//! it again. Without `--yes` nothing is changed: the command says what it would do.
+
+use std::fmt;
+use std::time::Duration;
+
+use mysql_async::Conn;
+
+use super::verify::table::{Read, Role, Table};
+use super::verify::{self, Advice, DifferenceList, Differences, IdRange, Pair, Progress, VerifyArgs, VerifyReport};
+use super::{MigrateError, Site};
+use crate::config::{Config, Flag};
+
+/// Options of `csmh-proxy truncate-old`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TruncateArgs {
+    /// Do it. Without --yes, print what would be done and change nothing.
+    #[arg(long)]
+    pub yes: bool,
+    /// Delete the rows in throttled chunks by id instead of one TRUNCATE TABLE, for a table too large to drop
+    /// at once.
+    #[arg(long)]
+    pub slow: bool,
+    /// With --slow: ids per DELETE.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..), requires = "slow")]
+    pub chunk_size: u64,
+    /// With --slow: seconds to pause after each DELETE (fractions allowed, e.g. 0.5).
+    #[arg(long, default_value = "3", value_parser = parse_seconds, requires = "slow")]
+    pub pause: Duration,
+}
+
+/// Parses a number of seconds.
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text.parse().map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{text}` is not a number of seconds from 0 up"))
+}
+
+/// What `truncate-old` did, or would do.
+#[derive(Debug, Clone)]
+pub enum TruncateReport {
+    /// Without `--yes`: the plan, nothing changed.
+    Plan(Plan),
+    /// The old table was emptied with `TRUNCATE TABLE`.
+    Truncated {
+        /// The verify run under the lock, which passed.
+        verify: VerifyReport,
+        /// The old table's next id, kept.
+        next_id: u64,
+    },
+    /// The old table was drained by chunked deletes.
+    Drained {
+        /// The verify run before the drain, which passed.
+        verify: VerifyReport,
+        /// Rows deleted.
+        rows: u64,
+        /// DELETE statements run.
+        chunks: u64,
+    },
+}
+
+/// What `truncate-old --yes` would do, with what is known of the table now.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    site: Site,
+    args: TruncateArgs,
+    estimated_rows: Option<u64>,
+    ids: Option<IdRange>,
+    next_id: Option<u64>,
+}
+
+/// Runs `csmh-proxy truncate-old` for the site `config` describes.
+pub async fn run(config: &Config, args: &TruncateArgs) -> Result<TruncateReport, MigrateError> {
+    let site = Site::new(config)?;
+    if !args.yes {
+        return plan(site, args).await.map(TruncateReport::Plan);
+    }
+    require_retired(&site)?;
+    let mut servers = site.connect().await?;
+    if args.slow {
+        drain(&site, &mut servers.edxapp, &mut servers.csmh, args).await
+    } else {
+        truncate(&site, &mut servers.edxapp, &mut servers.csmh).await
+    }
+}
+
+/// Refuses unless the configuration retires the old table.
+fn require_retired(site: &Site) -> Result<(), MigrateError> {
+    if site.flags.read_only_from_csmhe {
+        return Ok(());
+    }
+    Err(MigrateError::Refused(format!(
+        "refusing to empty {}: {} is off in the configuration, so the proxy may still read or write the old table. \
+         Once every row is copied (`csmh-proxy verify` passes), set {} = true in [flags], check that the proxy \
+         reloaded it, and run `csmh-proxy truncate-old --yes` again",
+        site.old,
+        Flag::ReadOnlyFromCsmhe,
+        Flag::ReadOnlyFromCsmhe
+    )))
+}
+
+/// Reads what the plan needs to say about the old table.
+async fn plan(site: Site, args: &TruncateArgs) -> Result<Plan, MigrateError> {
+    let mut edxapp = site.connect_edxapp().await?;
+    let mut old = Table { role: Role::Old, conn: &mut edxapp, name: &site.old };
+    let stats = old.stats().await?;
+    let ids = old.bounds(None).await?;
+    Ok(Plan {
+        estimated_rows: stats.and_then(|stats| stats.estimated_rows),
+        next_id: stats.and_then(|stats| stats.next_id),
+        ids,
+        args: args.clone(),
+        site,
+    })
+}
+
+/// Locks the old table, verifies it through the lock, and truncates it, keeping its next id.
+async fn truncate(site: &Site, edxapp: &mut Conn, csmh: &mut Conn) -> Result<TruncateReport, MigrateError> {
+    let quoted = site.old.quoted();
+    let mut old = Table { role: Role::Old, conn: edxapp, name: &site.old };
+    old.execute(&format!("LOCK TABLES {quoted} WRITE"), "lock it against writes").await?;
+    let verify = verify::verify(site, old.conn, csmh, &VerifyArgs::default()).await;
+    let verify = match verify {
+        Ok(report) if report.passed() => report,
+        outcome => {
+            old.execute("UNLOCK TABLES", "unlock it").await?;
+            return Err(refusal_for(outcome?));
+        }
+    };
+    let counter = old.stats().await?.and_then(|stats| stats.next_id);
+    let next_id = counter.into_iter().chain(verify.range.map(|ids| ids.last + 1)).max().unwrap_or(1);
+    old.execute(&format!("TRUNCATE TABLE {quoted}"), "truncate it").await?;
+    old.execute(&format!("ALTER TABLE {quoted} AUTO_INCREMENT = {next_id}"), "keep its next id").await?;
+    old.execute("UNLOCK TABLES", "unlock it").await?;
+    Ok(TruncateReport::Truncated { verify, next_id })
+}
+
+/// Verifies, then deletes the old table's rows chunk by chunk, each chunk checked again under row locks in the
+/// transaction that deletes it, until the table is empty.
+async fn drain(
+    site: &Site,
+    edxapp: &mut Conn,
+    csmh: &mut Conn,
+    args: &TruncateArgs,
+) -> Result<TruncateReport, MigrateError> {
+    let verify = verify::verify(site, edxapp, csmh, &VerifyArgs::default()).await?;
+    if !verify.passed() {
+        return Err(refusal_for(verify));
+    }
+    let mut pair = Pair {
+        old: Table { role: Role::Old, conn: edxapp, name: &site.old },
+        extended: Table { role: Role::Extended, conn: csmh, name: &site.extended },
+    };
+    let (mut rows, mut chunks) = (0, 0);
+    // Rows written to the old table during the drain (there should be none) are found by the next pass.
+    while let Some(range) = pair.old.bounds(None).await? {
+        let mut progress = Progress::start("truncate-old", range);
+        for chunk in range.chunks(args.chunk_size) {
+            let deleted = delete_chunk(&mut pair, site, chunk, rows).await?;
+            if deleted > 0 {
+                rows += deleted;
+                chunks += 1;
+                progress.update(chunk.last, rows, "");
+                tokio::time::sleep(args.pause).await;
+            }
+        }
+    }
+    Ok(TruncateReport::Drained { verify, rows, chunks })
+}
+
+/// Deletes the old table's rows in `chunk` if, under row locks, they are exactly the extended table's; returns
+/// how many were deleted. `deleted` (rows deleted before this chunk) is for the message if it is refused.
+async fn delete_chunk(pair: &mut Pair<'_>, site: &Site, chunk: IdRange, deleted: u64) -> Result<u64, MigrateError> {
+    pair.old.execute("START TRANSACTION", "start a transaction").await?;
+    let (old, extended) = pair.sums(chunk, Read::Locking).await?;
+    if old.rows == 0 {
+        pair.old.execute("COMMIT", "end the transaction").await?;
+        return Ok(0);
+    }
+    if !old.matches(&extended) {
+        pair.old.execute("ROLLBACK", "end the transaction").await?;
+        let mut found = Differences::new(100);
+        pair.narrow(chunk, (old, extended), &mut found).await?;
+        let found = found.into_vec();
+        return Err(MigrateError::Refused(format!(
+            "stopped before deleting {chunk} of {}: they no longer match the extended table:\n{}{}\
+             {deleted} rows with lower ids were deleted, each checked against the extended table first. Find out \
+             what changed, then run `csmh-proxy truncate-old --yes --slow` again",
+            site.old,
+            DifferenceList(&found),
+            Advice(&found)
+        )));
+    }
+    let sql = format!("DELETE FROM {} WHERE `id` BETWEEN {} AND {}", site.old.quoted(), chunk.first, chunk.last);
+    let rows = pair.old.affected(&sql, &format!("delete {chunk}")).await?;
+    pair.old.execute("COMMIT", "commit the delete").await?;
+    Ok(rows)
+}
+
+/// The refusal for a verify that did not pass.
+fn refusal_for(report: VerifyReport) -> MigrateError {
+    MigrateError::Refused(format!(
+        "refusing to empty {}: verify found differences, so the old table is left as it is.\n{}\n\
+         The tables differ in {} id ranges:\n{}{}Fix them and run `csmh-proxy verify` until it passes, then \
+         `csmh-proxy truncate-old --yes` again",
+        report.old,
+        report.scope(),
+        report.differences.len(),
+        DifferenceList(&report.differences),
+        Advice(&report.differences)
+    ))
+}
+
+impl fmt::Display for TruncateReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TruncateReport::Plan(plan) => write!(f, "{plan}"),
+            TruncateReport::Truncated { verify, next_id } => {
+                writeln!(f, "{}", verify.scope())?;
+                writeln!(f, "verify passed under a write lock; {} emptied with TRUNCATE TABLE", verify.old)?;
+                writeln!(f, "its next id stays {next_id}, so old ids are never reused")
+            }
+            TruncateReport::Drained { verify, rows, chunks } => {
+                writeln!(f, "{}", verify.scope())?;
+                writeln!(
+                    f,
+                    "verify passed; {} drained: {rows} rows deleted in {chunks} chunks, each checked against the \
+                     extended table just before its deletion; the table is empty",
+                    verify.old
+                )
+            }
+        }
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (old, extended) = (&self.site.old, &self.site.extended);
+        let flag = Flag::ReadOnlyFromCsmhe;
+        writeln!(f, "truncate-old --yes would:")?;
+        if self.site.flags.read_only_from_csmhe {
+            writeln!(f, "  1. check that {flag} is on in the configuration: it is")?;
+        } else {
+            writeln!(f, "  1. check that {flag} is on in the configuration: it is OFF, so it would refuse")?;
+        }
+        let size = match (self.estimated_rows, self.ids) {
+            (_, None) => "it is empty".to_owned(),
+            (Some(rows), Some(ids)) => format!("about {rows} rows, {ids}"),
+            (None, Some(ids)) => ids.to_string(),
+        };
+        let next_id = self.next_id.map_or(String::new(), |id| format!(" at {id}"));
+        if self.args.slow {
+            writeln!(f, "  2. verify {old} against {extended} ({size}), and refuse if they differ")?;
+            let chunks = self.ids.map_or(0, |ids| ids.chunk_count(self.args.chunk_size));
+            writeln!(
+                f,
+                "  3. delete its rows by id, {} ids per DELETE (up to {chunks} chunks) with a pause of {:.1} s after \
+                 each, every chunk checked against the extended table again, under row locks, in the transaction \
+                 that deletes it; its next id stays{next_id}",
+                self.args.chunk_size,
+                self.args.pause.as_secs_f64()
+            )?;
+        } else {
+            writeln!(
+                f,
+                "  2. lock {old} against writes and verify it against {extended} ({size}), and refuse if they differ"
+            )?;
+            writeln!(f, "  3. empty it with TRUNCATE TABLE under the same lock; its next id stays{next_id}")?;
+        }
+        writeln!(f, "nothing has been changed: add --yes to do it")
+    }
+}

@@ -1,0 +1,148 @@
+//! `csmh-proxy verify`: is every row of the old table in the extended table, with the same values?
+//!
+//! The old table's ids, from its smallest to its largest, are compared chunk by chunk. For each chunk both
+//! servers compute, at the same time, the row count and an order-independent checksum (the XOR of a 64-bit hash
+//! of each row's seven columns, in the manner of pt-table-checksum), so only two numbers per chunk and server
+//! cross the network. A chunk that differs is halved until its parts are equal, all missing, all extra, or small
+//! enough to compare row by row, and the differing id ranges are reported as missing, extra or changed rows.
+//! Ids of the extended table above the old table's largest are new history written through the proxy and are
+//! not compared; nor are ids below the old table's smallest (a partly drained old table compares only what it
+//! still holds).
+//!
+//! Each run is recorded as the `verify` checkpoint (passed or failed, the ranges, the rows, when), which
+//! `status` shows and `truncate-old` re-creates by verifying again.
+
+mod compare;
+pub mod ids;
+mod progress;
+mod report;
+pub mod table;
+
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+
+pub use compare::Pair;
+pub use ids::IdRange;
+pub use progress::Progress;
+pub use report::{Advice, Difference, DifferenceList, Differences, Kind, VerifyReport};
+use table::{Read, Role, Table};
+
+use super::checkpoint::{self, Checkpoint, Task};
+use super::{MigrateError, Site};
+use crate::config::Config;
+
+/// Options of `csmh-proxy verify`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifyArgs {
+    /// Ids per chunk: each chunk is one count-and-checksum query on each server.
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub chunk_size: u64,
+    /// Differing ranges to narrow down to single ids before further differing chunks are listed whole.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_ranges: u64,
+}
+
+impl Default for VerifyArgs {
+    fn default() -> VerifyArgs {
+        VerifyArgs { chunk_size: 50_000, max_ranges: 100 }
+    }
+}
+
+/// Runs `csmh-proxy verify` for the site `config` describes: compares the tables and records the result.
+pub async fn run(config: &Config, args: &VerifyArgs) -> Result<VerifyReport, MigrateError> {
+    let site = Site::new(config)?;
+    let mut servers = site.connect().await?;
+    verify(&site, &mut servers.edxapp, &mut servers.csmh, args).await
+}
+
+/// Compares the old table, read on `edxapp`, with the extended table, read on `csmh`, and records the result as
+/// the `verify` checkpoint. `edxapp` may hold a lock on the old table: only that table is read through it.
+pub async fn verify(
+    site: &Site,
+    edxapp: &mut Conn,
+    csmh: &mut Conn,
+    args: &VerifyArgs,
+) -> Result<VerifyReport, MigrateError> {
+    checkpoint::ensure(csmh, site).await?;
+    let started_at = server_now(csmh).await?;
+    let running = Checkpoint {
+        state: "running".to_owned(),
+        last_id: None,
+        target_id: None,
+        rows_done: 0,
+        detail: None,
+        started_at: started_at.clone(),
+        updated_at: String::new(),
+    };
+    checkpoint::save(csmh, site, Task::Verify, &running).await?;
+    let report = compare(site, edxapp, csmh, args).await?;
+    checkpoint::save(csmh, site, Task::Verify, &result_checkpoint(&report, started_at)).await?;
+    Ok(report)
+}
+
+/// Compares the tables without recording anything.
+async fn compare(
+    site: &Site,
+    edxapp: &mut Conn,
+    csmh: &mut Conn,
+    args: &VerifyArgs,
+) -> Result<VerifyReport, MigrateError> {
+    let mut pair = Pair {
+        old: Table { role: Role::Old, conn: edxapp, name: &site.old },
+        extended: Table { role: Role::Extended, conn: csmh, name: &site.extended },
+    };
+    let mut report = VerifyReport {
+        old: site.old.clone(),
+        extended: site.extended.clone(),
+        range: pair.old.bounds(None).await?,
+        old_rows: 0,
+        extended_rows: 0,
+        chunks: 0,
+        differences: Vec::new(),
+        elapsed: Default::default(),
+    };
+    let Some(range) = report.range else {
+        return Ok(report);
+    };
+    let limit = usize::try_from(args.max_ranges).unwrap_or(usize::MAX);
+    let mut found = Differences::new(limit);
+    let mut progress = Progress::start("verify", range);
+    for chunk in range.chunks(args.chunk_size) {
+        let (old, extended) = pair.sums(chunk, Read::Plain).await?;
+        report.old_rows += old.rows;
+        report.extended_rows += extended.rows;
+        report.chunks += 1;
+        pair.narrow(chunk, (old, extended), &mut found).await?;
+        progress.update(chunk.last, report.old_rows, "");
+    }
+    report.differences = found.into_vec();
+    report.elapsed = progress.elapsed();
+    Ok(report)
+}
+
+/// The checkpoint recording `report`.
+fn result_checkpoint(report: &VerifyReport, started_at: String) -> Checkpoint {
+    let detail = if report.passed() {
+        report.scope()
+    } else {
+        format!("{}\n{}", report.scope(), DifferenceList(&report.differences))
+    };
+    Checkpoint {
+        state: if report.passed() { "passed" } else { "failed" }.to_owned(),
+        last_id: report.range.map(|range| range.last),
+        target_id: report.range.map(|range| range.last),
+        rows_done: report.old_rows,
+        detail: Some(detail),
+        started_at,
+        updated_at: String::new(),
+    }
+}
+
+/// The server's current time, as the checkpoint table stores it.
+async fn server_now(conn: &mut Conn) -> Result<String, MigrateError> {
+    let now: Option<String> = conn
+        .query_first("SELECT DATE_FORMAT(NOW(), '%Y-%m-%d %H:%i:%s')")
+        .await
+        .map_err(|source| MigrateError::Query { backend: "csmh", what: "read the time".to_owned(), source })?;
+    Ok(now.unwrap_or_default())
+}

@@ -1,0 +1,282 @@
+//! What a comparison found: the id ranges where the tables differ, merged and described for the operator, and the
+//! report `verify` prints.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::ids::IdRange;
+use crate::history::TableName;
+
+/// How the rows of a differing id range differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Rows of the old table that the extended table does not have.
+    Missing,
+    /// Rows of the extended table, under ids of the old table's range, that the old table does not have.
+    Extra,
+    /// Rows in both tables with different values.
+    Changed,
+    /// A range that differs but was not narrowed down, because enough ranges had been found already.
+    NotNarrowed,
+}
+
+impl Kind {
+    /// Every kind, in the order the report explains them.
+    const ALL: [Kind; 4] = [Kind::Missing, Kind::Changed, Kind::Extra, Kind::NotNarrowed];
+
+    /// The word the report prints first on each line.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Missing => "missing",
+            Kind::Extra => "extra",
+            Kind::Changed => "changed",
+            Kind::NotNarrowed => "differs",
+        }
+    }
+
+    /// What the operator can do about ranges of this kind.
+    fn advice(self) -> &'static str {
+        match self {
+            Kind::Missing => {
+                "missing: rows of the old table that are not in the extended table; copy them (has `csmh-proxy \
+                 migrate` run to the end?). Once READ_ONLY_FROM_CSMHE is on, deleting a learner's state reaches \
+                 only the extended table, so such rows may also be history deleted since: then delete them from \
+                 the old table too."
+            }
+            Kind::Changed => {
+                "changed: rows in both tables with different values; the old row changed after it was copied, or \
+                 the copy was altered. Compare them in both tables and copy the right values."
+            }
+            Kind::Extra => {
+                "extra: rows in the extended table under an id of the old table's range that the old table does \
+                 not have; they were deleted from the old table after being copied, or written with that id."
+            }
+            Kind::NotNarrowed => {
+                "differs: ranges not narrowed down because enough differences were found already; run `csmh-proxy \
+                 verify --max-ranges N` with a larger N to see them in detail."
+            }
+        }
+    }
+}
+
+/// One id range where the tables differ.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Difference {
+    /// How the rows differ.
+    pub kind: Kind,
+    /// The ids, from the first to the last differing one.
+    pub ids: IdRange,
+    /// Rows of the range in the old table.
+    pub old_rows: u64,
+    /// Rows of the range in the extended table.
+    pub extended_rows: u64,
+}
+
+impl fmt::Display for Difference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ids = self.ids.to_string();
+        let rows = |n: u64| if n == 1 { "1 row".to_owned() } else { format!("{n} rows") };
+        write!(f, "{ids:<24} {:<8} ", self.kind.label())?;
+        match self.kind {
+            Kind::Missing => write!(f, "{} of the old table, not in the extended table", rows(self.old_rows)),
+            Kind::Extra => write!(f, "{} in the extended table only", rows(self.extended_rows)),
+            Kind::Changed => write!(f, "{} with different values in the two tables", rows(self.old_rows)),
+            Kind::NotNarrowed => write!(
+                f,
+                "{} in the old table, {} in the extended table, not narrowed down",
+                rows(self.old_rows),
+                rows(self.extended_rows)
+            ),
+        }
+    }
+}
+
+/// The differences found so far, in id order, with neighbouring ranges of the same kind merged.
+#[derive(Debug, Clone)]
+pub struct Differences {
+    found: Vec<Difference>,
+    /// Whether the last difference may still grow: no matching row has been seen since it.
+    open: bool,
+    /// How many ranges to narrow down before the rest are listed whole.
+    limit: usize,
+}
+
+impl Differences {
+    /// No differences yet; after `limit` ranges, differing chunks are no longer narrowed down.
+    pub fn new(limit: usize) -> Differences {
+        Differences { found: Vec::new(), open: false, limit }
+    }
+
+    /// Records `rows` rows found equal in both tables, after every difference recorded so far.
+    pub fn same(&mut self, rows: u64) {
+        if rows > 0 {
+            self.open = false;
+        }
+    }
+
+    /// Records a difference above every one recorded so far; it joins the previous one when nothing equal lies
+    /// between them and they are of the same kind.
+    pub fn add(&mut self, difference: Difference) {
+        match self.found.last_mut() {
+            Some(last) if self.open && last.kind == difference.kind => {
+                last.ids.last = difference.ids.last;
+                last.old_rows += difference.old_rows;
+                last.extended_rows += difference.extended_rows;
+            }
+            _ => self.found.push(difference),
+        }
+        self.open = true;
+    }
+
+    /// Whether enough ranges have been found that further ones are not narrowed down.
+    pub fn full(&self) -> bool {
+        self.found.len() >= self.limit
+    }
+
+    /// The differences, in id order.
+    pub fn into_vec(self) -> Vec<Difference> {
+        self.found
+    }
+}
+
+/// How many differing ranges a report lists before it says how many more there are.
+const LISTED: usize = 50;
+
+/// The differences, one per line, the first [`LISTED`] of them.
+pub struct DifferenceList<'a>(pub &'a [Difference]);
+
+impl fmt::Display for DifferenceList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for difference in self.0.iter().take(LISTED) {
+            writeln!(f, "  {difference}")?;
+        }
+        if self.0.len() > LISTED {
+            writeln!(f, "  ... and {} more ranges", self.0.len() - LISTED)?;
+        }
+        Ok(())
+    }
+}
+
+/// What each kind of difference present in a list means, and what to do about it.
+pub struct Advice<'a>(pub &'a [Difference]);
+
+impl fmt::Display for Advice<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for kind in Kind::ALL.into_iter().filter(|kind| self.0.iter().any(|d| d.kind == *kind)) {
+            writeln!(f, "{}", kind.advice())?;
+        }
+        Ok(())
+    }
+}
+
+/// The result of one comparison of the old table with the extended table.
+#[derive(Debug, Clone)]
+pub struct VerifyReport {
+    /// The old table.
+    pub old: TableName,
+    /// The extended table.
+    pub extended: TableName,
+    /// The ids compared: the old table's smallest to largest; `None` when the old table is empty.
+    pub range: Option<IdRange>,
+    /// Rows of the old table compared.
+    pub old_rows: u64,
+    /// Rows of the extended table in the same id range.
+    pub extended_rows: u64,
+    /// Chunks compared.
+    pub chunks: u64,
+    /// Where the tables differ, in id order.
+    pub differences: Vec<Difference>,
+    /// How long the comparison took.
+    pub elapsed: Duration,
+}
+
+impl VerifyReport {
+    /// Whether every row of the old table is in the extended table with the same values, and nothing else is
+    /// there under the old table's ids.
+    pub fn passed(&self) -> bool {
+        self.differences.is_empty()
+    }
+
+    /// One line saying what was compared.
+    pub fn scope(&self) -> String {
+        match self.range {
+            None => format!("{} is empty: there is nothing to compare", self.old),
+            Some(range) => format!(
+                "compared {} with {} over {range} in {} chunks: {} rows in the old table, {} in the extended \
+                 table ({:.1} s)",
+                self.old,
+                self.extended,
+                self.chunks,
+                self.old_rows,
+                self.extended_rows,
+                self.elapsed.as_secs_f64()
+            ),
+        }
+    }
+}
+
+impl fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}", self.scope())?;
+        if self.passed() {
+            return writeln!(
+                f,
+                "verify passed: every row of the old table is in the extended table with the same values"
+            );
+        }
+        writeln!(f, "verify FAILED: the tables differ in {} id ranges:", self.differences.len())?;
+        write!(f, "{}{}", DifferenceList(&self.differences), Advice(&self.differences))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn difference(kind: Kind, first: u64, last: u64, rows: u64) -> Difference {
+        let (old_rows, extended_rows) = if kind == Kind::Extra { (0, rows) } else { (rows, rows) };
+        Difference { kind, ids: IdRange::new(first, last), old_rows, extended_rows }
+    }
+
+    #[test]
+    fn neighbouring_ranges_of_one_kind_merge_unless_equal_rows_lie_between() {
+        let mut found = Differences::new(100);
+        found.add(difference(Kind::Missing, 1, 5, 5));
+        found.same(0);
+        found.add(difference(Kind::Missing, 9, 12, 4));
+        found.same(3);
+        found.add(difference(Kind::Missing, 20, 20, 1));
+        found.add(difference(Kind::Changed, 21, 21, 1));
+        assert_eq!(
+            found.into_vec(),
+            [
+                difference(Kind::Missing, 1, 12, 9),
+                difference(Kind::Missing, 20, 20, 1),
+                difference(Kind::Changed, 21, 21, 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn differences_are_full_at_the_limit() {
+        let mut found = Differences::new(2);
+        found.add(difference(Kind::Missing, 1, 1, 1));
+        found.add(difference(Kind::Extra, 2, 2, 1));
+        assert!(found.full());
+    }
+
+    #[test]
+    fn each_line_names_the_ids_and_the_kind() {
+        assert!(difference(Kind::Missing, 500, 501, 2).to_string().starts_with("ids 500-501"));
+        let line = difference(Kind::Extra, 900, 900, 1).to_string();
+        assert!(line.starts_with("id 900 ") && line.contains("extra") && line.contains("1 row in the extended"));
+    }
+
+    #[test]
+    fn the_list_is_capped_and_explains_each_kind_present() {
+        let many: Vec<Difference> = (0..60).map(|i| difference(Kind::Changed, i * 10, i * 10, 1)).collect();
+        let text = format!("{}{}", DifferenceList(&many), Advice(&many));
+        assert!(text.contains("... and 10 more ranges"), "{text}");
+        assert!(text.contains("changed: rows in both tables") && !text.contains("missing:"), "{text}");
+    }
+}

@@ -1,0 +1,373 @@
+//! `csmh-proxy verify`, `truncate-old` and `status` against real MariaDB servers, with both tables on one server
+//! and on two: the built binary run as an operator runs it, with a `proxy.toml` that gives both backends an
+//! account, and what the operator sees (exit status, printed ranges) and what the tables hold afterwards.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Output;
+
+use csmh_proxy::config::{Config, Flags};
+use csmh_proxy::migrate::Site;
+use csmh_proxy::migrate::checkpoint::{self, Checkpoint, Task};
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+use support::edx::{reading_both, retired};
+use support::{EdxDatabases, app, root_conn};
+
+/// Rows of the old table, ids 1 to `ROWS`, generated server-side.
+const ROWS: u64 = 20_000;
+/// Rows written through the proxy: extended ids above every old id, which verify leaves out.
+const NEW_IDS: (u64, u64) = (30_001, 30_010);
+
+/// A test's migration: the edX tables with `ROWS` identical rows in both, and a `proxy.toml` for the commands.
+struct Migration {
+    dbs: EdxDatabases,
+    config: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Migration {
+    /// The tables on `dbs`, filled identically, with `flags` in the configuration.
+    async fn new(dbs: EdxDatabases, flags: Flags) -> Migration {
+        dbs.create_edx_schema(false).await;
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let config = dir.path().join("proxy.toml");
+        std::fs::write(&config, proxy_toml(&dbs, flags)).expect("writing proxy.toml");
+        let migration = Migration { dbs, config, _dir: dir };
+        let old = migration.old();
+        migration.edxapp().await.query_drop(insert_history(&old, &migration.dbs.edxapp_db, 1, ROWS)).await.unwrap();
+        let extended = migration.extended();
+        let mut csmh = migration.csmh().await;
+        csmh.query_drop(insert_history(&extended, &migration.dbs.csmh_db, 1, ROWS)).await.unwrap();
+        csmh.query_drop(insert_history(&extended, &migration.dbs.csmh_db, NEW_IDS.0, NEW_IDS.1)).await.unwrap();
+        migration
+    }
+
+    /// Runs `csmh-proxy <args> --config proxy.toml`.
+    async fn run(&self, args: &[&str]) -> Run {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_csmh-proxy"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "warn")
+            .output()
+            .await
+            .expect("running csmh-proxy");
+        Run::from(output)
+    }
+
+    /// The old table, quoted.
+    fn old(&self) -> String {
+        format!("`{}`.`courseware_studentmodulehistory`", self.dbs.edxapp_db)
+    }
+
+    /// The extended table, quoted.
+    fn extended(&self) -> String {
+        format!("`{}`.`coursewarehistoryextended_studentmodulehistoryextended`", self.dbs.csmh_db)
+    }
+
+    /// A root connection to the old table's server.
+    async fn edxapp(&self) -> Conn {
+        root_conn(&self.dbs.edxapp).await
+    }
+
+    /// A root connection to the extended table's server.
+    async fn csmh(&self) -> Conn {
+        root_conn(&self.dbs.csmh).await
+    }
+
+    /// Runs `sql` on the old table's server.
+    async fn on_old(&self, sql: &str) {
+        self.edxapp().await.query_drop(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// Runs `sql` on the extended table's server.
+    async fn on_extended(&self, sql: &str) {
+        self.csmh().await.query_drop(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// The old table's row count, and a checksum of its contents, to show it was left untouched.
+    async fn old_contents(&self) -> (u64, u64) {
+        let sql = format!(
+            "SELECT COUNT(*), BIT_XOR(CRC32(CONCAT_WS('#', id, version, created, state, grade, max_grade, \
+             student_module_id))) FROM {}",
+            self.old()
+        );
+        self.edxapp().await.query_first::<(u64, u64), _>(sql).await.unwrap().unwrap()
+    }
+
+    /// The old table's row count.
+    async fn old_rows(&self) -> u64 {
+        self.edxapp().await.query_first(format!("SELECT COUNT(*) FROM {}", self.old())).await.unwrap().unwrap()
+    }
+
+    /// The extended table's row count.
+    async fn extended_rows(&self) -> u64 {
+        self.csmh().await.query_first(format!("SELECT COUNT(*) FROM {}", self.extended())).await.unwrap().unwrap()
+    }
+
+    /// The old table's next id, as the server reports it.
+    async fn old_next_id(&self) -> u64 {
+        let sql = format!(
+            "SELECT AUTO_INCREMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA = '{}' \
+             AND TABLE_NAME = 'courseware_studentmodulehistory'",
+            self.dbs.edxapp_db
+        );
+        self.edxapp().await.query_first(sql).await.unwrap().unwrap()
+    }
+
+    /// The recorded `verify` checkpoint.
+    async fn verify_checkpoint(&self) -> Checkpoint {
+        let config = Config::load(&self.config).unwrap();
+        let site = Site::new(&config).unwrap();
+        checkpoint::load(&mut self.csmh().await, &site, Task::Verify).await.unwrap().expect("a verify checkpoint")
+    }
+
+    /// Records a `migrate` checkpoint, as a copy part-way through would.
+    async fn save_migrate_checkpoint(&self, checkpoint: &Checkpoint) {
+        let config = Config::load(&self.config).unwrap();
+        let site = Site::new(&config).unwrap();
+        let mut csmh = self.csmh().await;
+        checkpoint::ensure(&mut csmh, &site).await.unwrap();
+        checkpoint::save(&mut csmh, &site, Task::Migrate, checkpoint).await.unwrap();
+    }
+}
+
+/// A `proxy.toml` for `dbs` in which both backends have the app account (on one server, only `edxapp` does, and
+/// the commands log in to `csmh` with it).
+fn proxy_toml(dbs: &EdxDatabases, flags: Flags) -> String {
+    let account = app();
+    let login = format!("user = \"{}\"\npassword = \"{}\"\n", account.user, account.password);
+    let csmh_login = if dbs.same_server() { String::new() } else { login.clone() };
+    format!(
+        "[listen]\naddress = \"127.0.0.1:0\"\n\n\
+         [backends.edxapp]\naddress = \"{}\"\n{login}\n\
+         [backends.csmh]\naddress = \"{}\"\n{csmh_login}\n\
+         [history]\nold_table = \"{}\"\nextended_table = \"{}\"\n\n\
+         [flags]\nENABLE_CSMH_EXTENDED = {}\nENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES = {}\n\
+         READ_ONLY_FROM_CSMHE = {}\n",
+        dbs.edxapp.addr(),
+        dbs.csmh.addr(),
+        dbs.old_table(),
+        dbs.extended_table(),
+        flags.enable_csmh_extended,
+        flags.enable_reading_from_multiple_history_tables,
+        flags.read_only_from_csmhe,
+    )
+}
+
+/// History rows with ids `first` to `last`, generated by the server from its Sequence engine (in `database`), the
+/// same on every server: NULL versions, states and grades here and there, text with `#` in it.
+fn insert_history(table: &str, database: &str, first: u64, last: u64) -> String {
+    format!(
+        "INSERT INTO {table} (id, version, created, state, grade, max_grade, student_module_id)
+         SELECT seq, IF(seq % 7 = 0, NULL, 'v1'), '2024-01-01 00:00:00.250000' + INTERVAL seq MINUTE,
+                IF(seq % 11 = 0, NULL, CONCAT('{{\"attempts\": ', seq % 5, ', \"answer\": \"a#', seq, '\"}}')),
+                IF(seq % 3 = 0, NULL, (seq % 10) / 10), 1, seq DIV 3 + 1
+         FROM `{database}`.seq_{first}_to_{last}"
+    )
+}
+
+/// What a run of the binary showed.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(output: Output) -> Run {
+        Run {
+            code: output.status.code().expect("csmh-proxy exited"),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    /// Asserts the exit status, showing the output otherwise.
+    fn expect_code(&self, code: i32) -> &Run {
+        assert_eq!(self.code, code, "exit status\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+}
+
+/// Asserts that `text` has a line that starts with `ids` (then spaces) and then says `kind` and `rows`.
+fn assert_range(text: &str, ids: &str, kind: &str, rows: &str) {
+    let found = text.lines().map(str::trim_start).any(|line| {
+        line.strip_prefix(ids)
+            .is_some_and(|rest| rest.starts_with(' ') && rest.trim_start().starts_with(kind) && rest.contains(rows))
+    });
+    assert!(found, "no line `{ids} ... {kind} ... {rows}` in:\n{text}");
+}
+
+/// The line of `text` starting with `label`.
+fn line<'a>(text: &'a str, label: &str) -> &'a str {
+    text.lines().find(|line| line.starts_with(label)).unwrap_or_else(|| panic!("no `{label}` line in:\n{text}"))
+}
+
+async fn identical_tables_pass(dbs: EdxDatabases) {
+    let migration = Migration::new(dbs, reading_both()).await;
+    let run = migration.run(&["verify", "--chunk-size", "3000"]).await;
+    run.expect_code(0);
+    assert!(run.stdout.contains("verify passed"), "{}", run.stdout);
+    assert!(run.stdout.contains(&format!("ids 1-{ROWS} in 7 chunks: {ROWS} rows in the old table")), "{}", run.stdout);
+    let checkpoint = migration.verify_checkpoint().await;
+    assert_eq!((checkpoint.state.as_str(), checkpoint.rows_done, checkpoint.last_id), ("passed", ROWS, Some(ROWS)));
+}
+
+async fn differences_are_narrowed_down_to_the_ids(dbs: EdxDatabases) {
+    let migration = Migration::new(dbs, reading_both()).await;
+    let (old, extended) = (migration.old(), migration.extended());
+    migration.on_extended(&format!("UPDATE {extended} SET state = CONCAT(state, ' ') WHERE id = 7778")).await;
+    migration.on_extended(&format!("UPDATE {extended} SET version = '' WHERE id = 14")).await;
+    migration.on_extended(&format!("DELETE FROM {extended} WHERE id BETWEEN 500 AND 502")).await;
+    migration.on_extended(&format!("DELETE FROM {extended} WHERE id BETWEEN 18001 AND {ROWS}")).await;
+    migration.on_old(&format!("DELETE FROM {old} WHERE id = 900")).await;
+
+    let run = migration.run(&["verify", "--chunk-size", "5000"]).await;
+    run.expect_code(1);
+    assert!(run.stdout.contains("verify FAILED: the tables differ in 5 id ranges"), "{}", run.stdout);
+    assert_range(&run.stdout, "id 14", "changed", "1 row with different values");
+    assert_range(&run.stdout, "ids 500-502", "missing", "3 rows of the old table");
+    assert_range(&run.stdout, "id 900", "extra", "1 row in the extended table only");
+    assert_range(&run.stdout, "id 7778", "changed", "1 row");
+    assert_range(&run.stdout, "ids 18001-20000", "missing", "2000 rows");
+    assert!(run.stdout.contains("copy them"), "the operator is told what to do: {}", run.stdout);
+
+    let checkpoint = migration.verify_checkpoint().await;
+    assert_eq!(checkpoint.state, "failed");
+    let detail = checkpoint.detail.unwrap_or_default();
+    assert!(detail.contains("ids 500-502") && detail.contains("id 900"), "{detail}");
+}
+
+async fn truncate_is_refused_while_the_old_table_is_not_retired(dbs: EdxDatabases) {
+    let migration = Migration::new(dbs, reading_both()).await;
+    let before = migration.old_contents().await;
+    for args in [&["truncate-old", "--yes"][..], &["truncate-old", "--yes", "--slow", "--pause", "0"]] {
+        let run = migration.run(args).await;
+        run.expect_code(1);
+        assert!(run.stderr.contains("READ_ONLY_FROM_CSMHE is off"), "{}", run.stderr);
+    }
+    assert_eq!(migration.old_contents().await, before);
+}
+
+async fn truncate_is_refused_when_verify_fails(dbs: EdxDatabases) {
+    let migration = Migration::new(dbs, retired()).await;
+    let extended = migration.extended();
+    migration.on_extended(&format!("UPDATE {extended} SET grade = 0.5 WHERE id = 4242")).await;
+    let before = migration.old_contents().await;
+    for args in [&["truncate-old", "--yes"][..], &["truncate-old", "--yes", "--slow", "--pause", "0"]] {
+        let run = migration.run(args).await;
+        run.expect_code(1);
+        assert!(run.stderr.contains("verify found differences"), "{}", run.stderr);
+        assert_range(&run.stderr, "id 4242", "changed", "1 row");
+    }
+    assert_eq!(migration.old_contents().await, before);
+    assert_eq!(migration.verify_checkpoint().await.state, "failed");
+    // The lock taken for the check is gone with the command: the old table can be written again.
+    migration.on_old(&format!("UPDATE {} SET grade = grade WHERE id = 1", migration.old())).await;
+}
+
+async fn truncate_without_yes_changes_nothing(dbs: EdxDatabases) {
+    let migration = Migration::new(dbs, retired()).await;
+    let before = migration.old_contents().await;
+    let run = migration.run(&["truncate-old"]).await;
+    run.expect_code(0);
+    assert!(run.stdout.contains("READ_ONLY_FROM_CSMHE is on in the configuration: it is"), "{}", run.stdout);
+    assert!(run.stdout.contains("TRUNCATE TABLE") && run.stdout.contains("nothing has been changed"), "{}", run.stdout);
+    let run = migration.run(&["truncate-old", "--slow", "--chunk-size", "4000"]).await;
+    run.expect_code(0);
+    assert!(run.stdout.contains("4000 ids per DELETE (up to 5 chunks)"), "{}", run.stdout);
+    assert_eq!(migration.old_contents().await, before);
+}
+
+async fn truncate_empties_the_old_table_and_keeps_its_next_id(dbs: EdxDatabases) {
+    let migration = Migration::new(dbs, retired()).await;
+    let next_id = migration.old_next_id().await;
+    let run = migration.run(&["truncate-old", "--yes"]).await;
+    run.expect_code(0);
+    assert!(run.stdout.contains("emptied with TRUNCATE TABLE"), "{}", run.stdout);
+    assert_eq!(migration.old_rows().await, 0);
+    assert_eq!(migration.old_next_id().await, next_id, "TRUNCATE must not reset the old table's ids");
+    assert_eq!(migration.extended_rows().await, ROWS + NEW_IDS.1 - NEW_IDS.0 + 1);
+    assert_eq!(migration.verify_checkpoint().await.state, "passed");
+}
+
+async fn slow_truncate_drains_the_old_table(dbs: EdxDatabases) {
+    let migration = Migration::new(dbs, retired()).await;
+    // A drain interrupted earlier left ids 1-4000 deleted: verify compares only what the old table still holds.
+    migration.on_old(&format!("DELETE FROM {} WHERE id <= 4000", migration.old())).await;
+    let run = migration.run(&["truncate-old", "--yes", "--slow", "--chunk-size", "3000", "--pause", "0"]).await;
+    run.expect_code(0);
+    assert!(run.stdout.contains("16000 rows deleted in 6 chunks"), "{}", run.stdout);
+    assert_eq!(migration.old_rows().await, 0);
+    assert_eq!(migration.extended_rows().await, ROWS + NEW_IDS.1 - NEW_IDS.0 + 1);
+}
+
+async fn status_shows_counts_offset_and_checkpoints(dbs: EdxDatabases) {
+    let migration = Migration::new(dbs, reading_both()).await;
+    let copying = Checkpoint {
+        state: "running".to_owned(),
+        last_id: Some(12_000),
+        target_id: Some(ROWS),
+        rows_done: 12_000,
+        detail: None,
+        started_at: String::new(),
+        updated_at: String::new(),
+    };
+    migration.save_migrate_checkpoint(&copying).await;
+    migration.run(&["verify"]).await.expect_code(0);
+
+    let run = migration.run(&["status", "--exact"]).await;
+    run.expect_code(0);
+    let out = &run.stdout;
+    assert!(line(out, "stage:").contains("extended table, reading both"), "{out}");
+    let old = line(out, "old table:");
+    assert!(old.contains(&format!("{ROWS} rows, ids 1-{ROWS}, next id {}", ROWS + 1)), "{out}");
+    let extended = line(out, "extended table:");
+    assert!(extended.contains("20010 rows (20000 with ids up to the old table's largest, 10 above it)"), "{out}");
+    assert!(extended.contains(&format!("next id {}", NEW_IDS.1 + 1)), "{out}");
+    assert!(line(out, "id offset:").contains("safe: the extended table's next id 30011"), "{out}");
+    assert!(line(out, "migrate:").contains("running") && out.contains("ids up to 12000 of 20000 (60.0%)"), "{out}");
+    assert!(line(out, "verify:").contains("passed") && out.contains("20000 rows compared"), "{out}");
+
+    let run = migration.run(&["status"]).await;
+    run.expect_code(0);
+    assert!(line(&run.stdout, "old table:").contains("rows (estimate; --exact counts them)"), "{}", run.stdout);
+}
+
+/// Each scenario as two tests: both tables on one server, and on two servers.
+macro_rules! on_both_topologies {
+    ($($scenario:ident),* $(,)?) => {
+        mod one_server {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    super::$scenario(super::EdxDatabases::fresh().await).await
+                }
+            )*
+        }
+        mod two_servers {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    super::$scenario(super::EdxDatabases::fresh_two_servers().await).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_topologies!(
+    identical_tables_pass,
+    differences_are_narrowed_down_to_the_ids,
+    truncate_is_refused_while_the_old_table_is_not_retired,
+    truncate_is_refused_when_verify_fails,
+    truncate_without_yes_changes_nothing,
+    truncate_empties_the_old_table_and_keeps_its_next_id,
+    slow_truncate_drains_the_old_table,
+    status_shows_counts_offset_and_checkpoints,
+);
