@@ -95,8 +95,12 @@ pub enum FanOut {
 /// A read of both tables across two servers: the statement for each side, and how to merge their rows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MergeRead {
-    /// The statement for the old table, on the client's `edxapp` connection.
+    /// The statement for the old table in the text protocol, on the client's `edxapp` connection: the client's
+    /// own, with the merge's ORDER BY and LIMIT (an INT and a BIGINT UNSIGNED value are the same text).
     pub old: Vec<u8>,
+    /// The statement for the old table in the binary protocol, whose values must be encoded as the extended
+    /// side's are: the table read through a derived table with `id` and `student_module_id` widened.
+    pub old_widened: Vec<u8>,
     /// The statement for the extended table, on the `csmh` connection.
     pub extended: Vec<u8>,
     /// Subqueries of `extended` to run on `edxapp` first.
@@ -340,7 +344,8 @@ impl Plan<'_, '_> {
     }
 
     /// A read of both tables across servers: each side reads its table under the statement's name for it, with
-    /// the old table's column order and types, and sorts and limits as the merge needs.
+    /// the old table's column order, and sorts and limits as the merge needs; the old side also in a form with
+    /// the extended table's types, for the binary protocol.
     fn merge_read(&self) -> Result<MergeRead, Unsupported> {
         let sqlparser::ast::Statement::Query(query) = self.statement else {
             return Err(Unsupported("only a SELECT can read both tables".into()));
@@ -364,10 +369,12 @@ impl Plan<'_, '_> {
             let start = start.ok_or_else(|| Unsupported("cannot locate the WHERE clause".into()))?;
             old_statement.replace(start..condition.range.end, Vec::new());
         }
-        let old_sql = old_statement.render_all()?;
+        let old_widened = old_statement.render_all()?;
+        let as_written = self.source.bytes()[self.source.offset(read.start)..self.source.offset(read.end)].to_vec();
+        let old_sql = self.side_statement(read, as_written, &clauses)?.render_all()?;
         let extended_side = rewrite::extended_read(&alias, extended, self.shape.selects_wildcard).into_bytes();
         let (extended_sql, inline) = self.finish(self.side_statement(read, extended_side, &clauses)?)?;
-        Ok(MergeRead { old: old_sql, extended: extended_sql, inline, plan })
+        Ok(MergeRead { old: old_sql, old_widened, extended: extended_sql, inline, plan })
     }
 
     /// The statement with its one read replaced by `table`, the hidden id column added to the select list, and

@@ -255,14 +255,18 @@ fn on_two_servers_what_needs_edxapp_tables_otherwise_is_refused() {
 fn on_two_servers_reading_both_tables_is_merged_with_each_side_sorted_by_id() {
     let two = router(true, true, false, false);
     let Route::FanOut(FanOut::Merge(read)) = two.route(EDXAPP_READ.as_bytes()) else { panic!() };
-    let (old, extended) = (text(&read.old), text(&read.extended));
-    for side in [&old, &extended] {
+    let (old, widened, extended) = (text(&read.old), text(&read.old_widened), text(&read.extended));
+    for side in [&old, &widened, &extended] {
         assert!(side.ends_with(" ORDER BY 1 DESC"), "{side}");
         assert!(side.starts_with("SELECT `courseware_studentmodulehistory`.`id`, "), "{side}");
     }
-    assert!(old.contains("CAST(`courseware_studentmodulehistory`.`id` AS UNSIGNED)"), "the old side is widened: {old}");
-    assert!(old.contains("WHERE (`courseware_studentmodulehistory`.`student_module_id` IN (42, 43))"), "{old}");
-    assert!(extended.contains(EXT) && !extended.contains("`edxapp`.`courseware"), "{extended}");
+    let as_written = EDXAPP_READ.rsplit_once(" ORDER BY").unwrap().0;
+    let old_words = old.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert_eq!(old_words, format!("{as_written} ORDER BY 1 DESC"), "the text protocol's old side is the client's read");
+    assert!(widened.contains("CAST(`courseware_studentmodulehistory`.`id` AS UNSIGNED)"), "{widened}");
+    assert!(widened.contains("WHERE (`courseware_studentmodulehistory`.`student_module_id` IN (42, 43))"), "{widened}");
+    assert!(extended.contains(&format!("FROM {EXT} AS `courseware_studentmodulehistory`")), "{extended}");
+    assert!(!extended.contains("`edxapp`.`courseware"), "{extended}");
     assert!(read.inline.is_empty());
 }
 

@@ -66,7 +66,7 @@ impl Session {
             return self.refuse_unsupported(span, reason).await;
         }
         let twin = Twin::Merge(Box::new(read.plan));
-        self.prepare_pair(span, Some(&read.old), Side::Csmh, &read.extended, twin).await
+        self.prepare_pair(span, Some(&read.old_widened), Side::Csmh, &read.extended, twin).await
     }
 
     /// Prepares the shadow on `side` first (if it cannot be prepared, the client's statement is not either), then
