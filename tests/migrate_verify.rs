@@ -241,6 +241,13 @@ async fn differences_are_narrowed_down_to_the_ids(dbs: EdxDatabases) {
     assert_eq!(checkpoint.state, "failed");
     let detail = checkpoint.detail.unwrap_or_default();
     assert!(detail.contains("ids 500-502") && detail.contains("id 900"), "{detail}");
+
+    // With a limit of one range, the first is narrowed down and the rest are listed as whole differing ranges.
+    let run = migration.run(&["verify", "--chunk-size", "5000", "--max-ranges", "1"]).await;
+    run.expect_code(1);
+    assert_range(&run.stdout, "id 14", "changed", "1 row");
+    assert_range(&run.stdout, "ids 15001-20000", "differs", "5000 rows in the old table, 3000 rows in the extended");
+    assert!(run.stdout.contains("verify --max-ranges N"), "{}", run.stdout);
 }
 
 async fn truncate_is_refused_while_the_old_table_is_not_retired(dbs: EdxDatabases) {

@@ -74,6 +74,7 @@ impl Pair<'_> {
     /// Compares `range` row by row and records each id as equal, missing, extra or changed.
     async fn compare_rows(&mut self, range: IdRange, found: &mut Differences) -> Result<(), MigrateError> {
         let (old, extended) = tokio::try_join!(self.old.row_hashes(range), self.extended.row_hashes(range))?;
+        found.compared_rows(old.len().max(extended.len()) as u64);
         for (id, side) in merge_by_id(&old, &extended) {
             let one = IdRange::new(id, id);
             match side {

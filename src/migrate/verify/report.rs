@@ -91,6 +91,10 @@ impl fmt::Display for Difference {
     }
 }
 
+/// Rows compared one by one, per range of the limit, before differing chunks are no longer narrowed down: a
+/// table whose every row differs (say, text converted to another character set) is then not read row by row.
+const ROWS_PER_RANGE: u64 = 1_000;
+
 /// The differences found so far, in id order, with neighbouring ranges of the same kind merged.
 #[derive(Debug, Clone)]
 pub struct Differences {
@@ -99,12 +103,20 @@ pub struct Differences {
     open: bool,
     /// How many ranges to narrow down before the rest are listed whole.
     limit: usize,
+    /// Rows compared one by one so far.
+    rows_compared: u64,
 }
 
 impl Differences {
-    /// No differences yet; after `limit` ranges, differing chunks are no longer narrowed down.
+    /// No differences yet; after `limit` ranges (or `limit` thousand rows compared one by one), differing chunks
+    /// are no longer narrowed down.
     pub fn new(limit: usize) -> Differences {
-        Differences { found: Vec::new(), open: false, limit }
+        Differences { found: Vec::new(), open: false, limit, rows_compared: 0 }
+    }
+
+    /// Notes that `rows` rows were compared one by one.
+    pub fn compared_rows(&mut self, rows: u64) {
+        self.rows_compared += rows;
     }
 
     /// Records `rows` rows found equal in both tables, after every difference recorded so far.
@@ -130,7 +142,7 @@ impl Differences {
 
     /// Whether enough ranges have been found that further ones are not narrowed down.
     pub fn full(&self) -> bool {
-        self.found.len() >= self.limit
+        self.found.len() >= self.limit || self.rows_compared >= (self.limit as u64).saturating_mul(ROWS_PER_RANGE)
     }
 
     /// The differences, in id order.
@@ -258,11 +270,16 @@ mod tests {
     }
 
     #[test]
-    fn differences_are_full_at_the_limit() {
+    fn differences_are_full_after_the_limit_of_ranges_or_of_rows_compared() {
         let mut found = Differences::new(2);
         found.add(difference(Kind::Missing, 1, 1, 1));
         found.add(difference(Kind::Extra, 2, 2, 1));
         assert!(found.full());
+        let mut found = Differences::new(2);
+        found.compared_rows(1_999);
+        assert!(!found.full());
+        found.compared_rows(1);
+        assert!(found.full(), "after 2,000 rows compared one by one");
     }
 
     #[test]
