@@ -28,7 +28,7 @@ pub use proxy_toml::ProxyToml;
 pub use schema::{
     CSMH_DB, EDXAPP_DB, EXTENDED_TABLE, EdxDatabase, EdxSchema, OLD_TABLE, SAMPLE_ATTEMPTS, SAMPLE_COURSE,
     SAMPLE_LEARNERS, SAMPLE_PROBLEMS, STUDENTMODULEHISTORYEXTENDED_OFFSET, SampleHistory, create_edx_schema,
-    create_edxapp_tables, create_extended_table, insert_sample_history, old_history_max_id,
+    create_edxapp_tables, create_extended_table, generate_history, insert_sample_history, old_history_max_id,
 };
 pub use server::{MariaDb, remove_stale_sandboxes};
 
