@@ -346,6 +346,21 @@ async fn status_shows_counts_offset_and_checkpoints(dbs: EdxDatabases) {
     assert!(line(&run.stdout, "old table:").contains("rows (estimate; --exact counts them)"), "{}", run.stdout);
 }
 
+async fn a_missing_extended_table_is_named_with_what_to_run(dbs: EdxDatabases) {
+    let migration = Migration::new(dbs, retired()).await;
+    migration.on_extended(&format!("DROP TABLE {}", migration.extended())).await;
+    let before = migration.old_contents().await;
+    for args in [&["verify"][..], &["truncate-old", "--yes"]] {
+        let run = migration.run(args).await;
+        run.expect_code(1);
+        assert!(run.stderr.contains("does not exist on [backends.csmh]: run `csmh-proxy init`"), "{}", run.stderr);
+    }
+    assert_eq!(migration.old_contents().await, before);
+    let run = migration.run(&["status"]).await;
+    run.expect_code(0);
+    assert!(line(&run.stdout, "extended table:").contains("does not exist"), "{}", run.stdout);
+}
+
 /// Each scenario as two tests: both tables on one server, and on two servers.
 macro_rules! on_both_topologies {
     ($($scenario:ident),* $(,)?) => {
@@ -377,4 +392,5 @@ on_both_topologies!(
     truncate_empties_the_old_table_and_keeps_its_next_id,
     slow_truncate_drains_the_old_table,
     status_shows_counts_offset_and_checkpoints,
+    a_missing_extended_table_is_named_with_what_to_run,
 );

@@ -24,6 +24,10 @@ use super::verify::{self, Advice, DifferenceList, Differences, IdRange, Pair, Pr
 use super::{MigrateError, Site};
 use crate::config::{Config, Flag};
 
+/// How long `truncate-old` waits for the old table's lock (other sessions' open transactions on it) before it
+/// gives up with an error, rather than the server's default of a day.
+const LOCK_WAIT: Duration = Duration::from_secs(60);
+
 /// Options of `csmh-proxy truncate-old`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TruncateArgs {
@@ -130,6 +134,8 @@ async fn plan(site: Site, args: &TruncateArgs) -> Result<Plan, MigrateError> {
 async fn truncate(site: &Site, edxapp: &mut Conn, csmh: &mut Conn) -> Result<TruncateReport, MigrateError> {
     let quoted = site.old.quoted();
     let mut old = Table { role: Role::Old, conn: edxapp, name: &site.old };
+    let wait = format!("SET SESSION lock_wait_timeout = {}", LOCK_WAIT.as_secs());
+    old.execute(&wait, "limit the wait for its lock").await?;
     old.execute(&format!("LOCK TABLES {quoted} WRITE"), "lock it against writes").await?;
     let verify = verify::verify(site, old.conn, csmh, &VerifyArgs::default()).await;
     let verify = match verify {

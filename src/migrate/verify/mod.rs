@@ -63,6 +63,7 @@ pub async fn verify(
     csmh: &mut Conn,
     args: &VerifyArgs,
 ) -> Result<VerifyReport, MigrateError> {
+    Table { role: Role::Extended, conn: csmh, name: &site.extended }.require().await?;
     checkpoint::ensure(csmh, site).await?;
     let started_at = server_now(csmh).await?;
     let running = Checkpoint {

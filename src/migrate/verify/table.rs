@@ -194,15 +194,28 @@ impl Table<'_> {
         })
     }
 
+    /// Refuses, saying what to do, unless the table exists.
+    pub async fn require(&mut self) -> Result<(), MigrateError> {
+        match self.stats().await? {
+            Some(_) => Ok(()),
+            None => Err(self.missing()),
+        }
+    }
+
+    /// The refusal for a table that does not exist.
+    fn missing(&self) -> MigrateError {
+        MigrateError::Refused(format!(
+            "{} does not exist on [backends.{}]: {}",
+            self.name,
+            self.role.backend(),
+            self.role.when_missing()
+        ))
+    }
+
     /// The error for a failed statement: a missing table is said plainly, with what to do.
     pub fn error(&self, what: &str, source: mysql_async::Error) -> MigrateError {
         match &source {
-            mysql_async::Error::Server(error) if error.code == ER_NO_SUCH_TABLE => MigrateError::Refused(format!(
-                "{} does not exist on [backends.{}]: {}",
-                self.name,
-                self.role.backend(),
-                self.role.when_missing()
-            )),
+            mysql_async::Error::Server(error) if error.code == ER_NO_SUCH_TABLE => self.missing(),
             _ => MigrateError::Query { backend: self.role.backend(), what: format!("{}: {what}", self.name), source },
         }
     }
