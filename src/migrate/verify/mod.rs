@@ -114,7 +114,7 @@ async fn compare(
         report.extended_rows += extended.rows;
         report.chunks += 1;
         pair.narrow(chunk, (old, extended), &mut found).await?;
-        progress.update(chunk.last, report.old_rows, "");
+        progress.update(chunk.last, report.old_rows, &format!(", {} differing ranges so far", found.count()));
     }
     report.differences = found.into_vec();
     report.elapsed = progress.elapsed();

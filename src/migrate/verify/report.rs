@@ -145,6 +145,11 @@ impl Differences {
         self.found.len() >= self.limit || self.rows_compared >= (self.limit as u64).saturating_mul(ROWS_PER_RANGE)
     }
 
+    /// How many differing ranges have been found.
+    pub fn count(&self) -> usize {
+        self.found.len()
+    }
+
     /// The differences, in id order.
     pub fn into_vec(self) -> Vec<Difference> {
         self.found
