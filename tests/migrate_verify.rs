@@ -226,13 +226,17 @@ async fn differences_are_narrowed_down_to_the_ids(dbs: EdxDatabases) {
     migration.on_extended(&format!("DELETE FROM {extended} WHERE id BETWEEN 500 AND 502")).await;
     migration.on_extended(&format!("DELETE FROM {extended} WHERE id BETWEEN 18001 AND {ROWS}")).await;
     migration.on_old(&format!("DELETE FROM {old} WHERE id = 900")).await;
+    // The same characters split differently between two columns are another row.
+    migration.on_old(&format!("UPDATE {old} SET version = 'a#b', state = 'c' WHERE id = 3001")).await;
+    migration.on_extended(&format!("UPDATE {extended} SET version = 'a', state = 'b#c' WHERE id = 3001")).await;
 
     let run = migration.run(&["verify", "--chunk-size", "5000"]).await;
     run.expect_code(1);
-    assert!(run.stdout.contains("verify FAILED: the tables differ in 5 id ranges"), "{}", run.stdout);
+    assert!(run.stdout.contains("verify FAILED: the tables differ in 6 id ranges"), "{}", run.stdout);
     assert_range(&run.stdout, "id 14", "changed", "1 row with different values");
     assert_range(&run.stdout, "ids 500-502", "missing", "3 rows of the old table");
     assert_range(&run.stdout, "id 900", "extra", "1 row in the extended table only");
+    assert_range(&run.stdout, "id 3001", "changed", "1 row");
     assert_range(&run.stdout, "id 7778", "changed", "1 row");
     assert_range(&run.stdout, "ids 18001-20000", "missing", "2000 rows");
     assert!(run.stdout.contains("copy them"), "the operator is told what to do: {}", run.stdout);
