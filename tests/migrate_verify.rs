@@ -239,7 +239,7 @@ async fn differences_are_narrowed_down_to_the_ids(dbs: EdxDatabases) {
     assert_range(&run.stdout, "id 3001", "changed", "1 row");
     assert_range(&run.stdout, "id 7778", "changed", "1 row");
     assert_range(&run.stdout, "ids 18001-20000", "missing", "2000 rows");
-    assert!(run.stdout.contains("copy them"), "the operator is told what to do: {}", run.stdout);
+    assert!(run.stdout.contains("`csmh-proxy migrate --from-id 14`"), "what to run: {}", run.stdout);
 
     let checkpoint = migration.verify_checkpoint().await;
     assert_eq!(checkpoint.state, "failed");

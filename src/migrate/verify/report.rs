@@ -34,28 +34,34 @@ impl Kind {
         }
     }
 
-    /// What the operator can do about ranges of this kind.
-    fn advice(self) -> &'static str {
+    /// What ranges of this kind mean.
+    fn meaning(self) -> &'static str {
         match self {
             Kind::Missing => {
-                "missing: rows of the old table that are not in the extended table; copy them (has `csmh-proxy \
-                 migrate` run to the end?). Once READ_ONLY_FROM_CSMHE is on, deleting a learner's state reaches \
-                 only the extended table, so such rows may also be history deleted since: then delete them from \
-                 the old table too."
+                "missing: rows of the old table that are not in the extended table (has `csmh-proxy migrate` run \
+                 to the end?). Once READ_ONLY_FROM_CSMHE is on, deleting a learner's state reaches only the \
+                 extended table, so such rows may also be history deleted since: then delete them from the old \
+                 table too."
             }
             Kind::Changed => {
                 "changed: rows in both tables with different values; the old row changed after it was copied, or \
-                 the copy was altered. Compare them in both tables and copy the right values."
+                 the copy was altered."
             }
             Kind::Extra => {
                 "extra: rows in the extended table under an id of the old table's range that the old table does \
-                 not have; they were deleted from the old table after being copied, or written with that id."
+                 not have; they were deleted from the old table after being copied, or written with that id. \
+                 `migrate` never removes rows: look at them and delete them by hand if they should not be there."
             }
             Kind::NotNarrowed => {
-                "differs: ranges not narrowed down because enough differences were found already; run `csmh-proxy \
-                 verify --max-ranges N` with a larger N to see them in detail."
+                "differs: ranges not narrowed down because enough differences were found already; `csmh-proxy \
+                 verify --max-ranges N` with a larger N shows them in detail."
             }
         }
+    }
+
+    /// Whether copying the old rows again repairs ranges of this kind.
+    fn copying_repairs(self) -> bool {
+        self != Kind::Extra
     }
 }
 
@@ -180,7 +186,15 @@ pub struct Advice<'a>(pub &'a [Difference]);
 impl fmt::Display for Advice<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for kind in Kind::ALL.into_iter().filter(|kind| self.0.iter().any(|d| d.kind == *kind)) {
-            writeln!(f, "{}", kind.advice())?;
+            writeln!(f, "{}", kind.meaning())?;
+        }
+        let repairable = self.0.iter().filter(|d| d.kind.copying_repairs()).map(|d| d.ids.first).min();
+        if let Some(first) = repairable {
+            writeln!(
+                f,
+                "To copy the old rows again from the first such id on (rows already there are overwritten): \
+                 `csmh-proxy migrate --from-id {first}`, then `csmh-proxy verify` again."
+            )?;
         }
         Ok(())
     }
@@ -300,5 +314,8 @@ mod tests {
         let text = format!("{}{}", DifferenceList(&many), Advice(&many));
         assert!(text.contains("... and 10 more ranges"), "{text}");
         assert!(text.contains("changed: rows in both tables") && !text.contains("missing:"), "{text}");
+        assert!(text.contains("`csmh-proxy migrate --from-id 0`"), "{text}");
+        let extra = [difference(Kind::Extra, 7, 7, 1)];
+        assert!(!Advice(&extra).to_string().contains("--from-id"), "copying does not remove extra rows");
     }
 }
