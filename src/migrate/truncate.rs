@@ -179,7 +179,9 @@ async fn drain(
                 rows += deleted;
                 chunks += 1;
                 progress.update(chunk.last, rows, "");
-                tokio::time::sleep(args.pause).await;
+                if chunk.last < range.last {
+                    tokio::time::sleep(args.pause).await;
+                }
             }
         }
     }
