@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use mysql_async::Conn;
 
+use super::checkpoint::{self, Checkpoint, Task};
 use super::verify::table::{Read, Role, Table};
 use super::verify::{self, Advice, DifferenceList, Differences, IdRange, Pair, Progress, VerifyArgs, VerifyReport};
 use super::{MigrateError, Site};
@@ -146,11 +147,20 @@ async fn truncate(site: &Site, edxapp: &mut Conn, csmh: &mut Conn) -> Result<Tru
         }
     };
     let counter = old.stats().await?.and_then(|stats| stats.next_id);
-    let next_id = counter.into_iter().chain(verify.range.map(|ids| ids.last + 1)).max().unwrap_or(1);
+    let copied = checkpoint::load(csmh, site, Task::Migrate).await?;
+    let next_id = next_id_to_keep(counter, verify.range, copied.as_ref());
     old.execute(&format!("TRUNCATE TABLE {quoted}"), "truncate it").await?;
     old.execute(&format!("ALTER TABLE {quoted} AUTO_INCREMENT = {next_id}"), "keep its next id").await?;
     old.execute("UNLOCK TABLES", "unlock it").await?;
     Ok(TruncateReport::Truncated { verify, next_id })
+}
+
+/// The next id the old table keeps after TRUNCATE (which resets it): above its counter, its largest id, and the
+/// largest id `migrate` recorded, so that a run interrupted between the TRUNCATE and the restored counter still
+/// finds the old ids when run again.
+fn next_id_to_keep(counter: Option<u64>, ids: Option<IdRange>, copied: Option<&Checkpoint>) -> u64 {
+    let largest = [ids.map(|ids| ids.last), copied.and_then(|c| c.last_id), copied.and_then(|c| c.target_id)];
+    largest.into_iter().flatten().map(|id| id + 1).chain(counter).max().unwrap_or(1)
 }
 
 /// Verifies, then deletes the old table's rows chunk by chunk, each chunk checked again under row locks in the
@@ -288,5 +298,30 @@ impl fmt::Display for Plan {
             writeln!(f, "  3. empty it with TRUNCATE TABLE under the same lock; its next id stays{next_id}")?;
         }
         writeln!(f, "nothing has been changed: add --yes to do it")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copied(last_id: u64, target_id: u64) -> Checkpoint {
+        Checkpoint {
+            state: "done".to_owned(),
+            last_id: Some(last_id),
+            target_id: Some(target_id),
+            rows_done: 0,
+            detail: None,
+            started_at: String::new(),
+            updated_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_kept_next_id_is_above_every_id_known() {
+        assert_eq!(next_id_to_keep(Some(101), Some(IdRange::new(1, 90)), None), 101);
+        assert_eq!(next_id_to_keep(Some(1), Some(IdRange::new(1, 90)), None), 91);
+        assert_eq!(next_id_to_keep(Some(1), None, Some(&copied(500, 700))), 701, "after an interrupted run");
+        assert_eq!(next_id_to_keep(None, None, None), 1);
     }
 }
