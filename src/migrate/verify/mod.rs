@@ -10,7 +10,12 @@
 //! still holds).
 //!
 //! Each run is recorded as the `verify` checkpoint (passed or failed, the ranges, the rows, when), which
-//! `status` shows and `truncate-old` re-creates by verifying again.
+//! `status` shows; `truncate-old` verifies again before it acts, and records that run too.
+//!
+//! The hash is computed from the values as the server prints them, so both servers should run the same
+//! MySQL/MariaDB family and version: another version may print a DOUBLE grade differently and report rows as
+//! changed (never the other way round). Cost: the server reads every row once; on MariaDB 10.11 with small
+//! states, about three seconds of one core per million rows and table.
 
 mod compare;
 pub mod ids;
