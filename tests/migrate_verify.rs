@@ -5,7 +5,8 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::Output;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
 
 use csmh_proxy::config::{Config, Flags};
 use csmh_proxy::migrate::Site;
@@ -46,15 +47,21 @@ impl Migration {
 
     /// Runs `csmh-proxy <args> --config proxy.toml`.
     async fn run(&self, args: &[&str]) -> Run {
-        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_csmh-proxy"))
+        Run::from(self.command(args).output().await.expect("running csmh-proxy"))
+    }
+
+    /// The command `csmh-proxy <args> --config proxy.toml`, its output captured.
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_csmh-proxy"));
+        command
             .args(args)
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "warn")
-            .output()
-            .await
-            .expect("running csmh-proxy");
-        Run::from(output)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        command
     }
 
     /// The old table, quoted.
@@ -318,6 +325,26 @@ async fn slow_truncate_drains_the_old_table(dbs: EdxDatabases) {
     assert_eq!(migration.extended_rows().await, ROWS + NEW_IDS.1 - NEW_IDS.0 + 1);
 }
 
+async fn slow_truncate_stops_at_a_chunk_that_changed_during_the_drain(dbs: EdxDatabases) {
+    let migration = Migration::new(dbs, retired()).await;
+    let args = ["truncate-old", "--yes", "--slow", "--chunk-size", "5000", "--pause", "1.5"];
+    let drain = migration.command(&args).spawn().expect("starting csmh-proxy");
+    // Once the first chunk is gone (the verify before the drain has passed), a later chunk changes.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while migration.old_rows().await > ROWS - 5000 {
+        assert!(Instant::now() < deadline, "the drain never deleted its first chunk");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let extended = migration.extended();
+    migration.on_extended(&format!("UPDATE {extended} SET state = 'changed meanwhile' WHERE id = 19000")).await;
+
+    let run = Run::from(drain.wait_with_output().await.expect("csmh-proxy ran"));
+    run.expect_code(1);
+    assert!(run.stderr.contains("stopped before deleting ids 15001-20000"), "{}", run.stderr);
+    assert_range(&run.stderr, "id 19000", "changed", "1 row");
+    assert_eq!(migration.old_rows().await, 5000, "the changed chunk and those above it stay");
+}
+
 async fn status_shows_counts_offset_and_checkpoints(dbs: EdxDatabases) {
     let migration = Migration::new(dbs, reading_both()).await;
     let copying = Checkpoint {
@@ -395,6 +422,7 @@ on_both_topologies!(
     truncate_without_yes_changes_nothing,
     truncate_empties_the_old_table_and_keeps_its_next_id,
     slow_truncate_drains_the_old_table,
+    slow_truncate_stops_at_a_chunk_that_changed_during_the_drain,
     status_shows_counts_offset_and_checkpoints,
     a_missing_extended_table_is_named_with_what_to_run,
 );
