@@ -141,7 +141,7 @@ fn check_route(name: &str, two_servers: bool, route: &Route) {
     let fine = match (name, route) {
         ("insert", Route::Rewrite(_)) => true,
         ("cascade_delete", Route::FanOut(FanOut::Writes { .. })) => true,
-        (_, Route::FanOut(FanOut::Union(_))) => !two_servers,
+        (_, Route::FanOut(FanOut::Union { .. })) => !two_servers,
         (_, Route::FanOut(FanOut::Merge(_))) => two_servers,
         _ => false,
     };

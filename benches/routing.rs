@@ -114,7 +114,7 @@ fn routed(router: &Router, part: Part, module: u32) -> String {
     let route = router.route(history_read(OLD_TABLE, module).as_bytes());
     let sql = match (part, route) {
         (Part::Rewritten, Route::Rewrite(rewritten)) => rewritten.sql,
-        (Part::Union, Route::FanOut(FanOut::Union(sql))) => sql,
+        (Part::Union, Route::FanOut(FanOut::Union { sql, .. })) => sql,
         (Part::MergeOld, Route::FanOut(FanOut::Merge(read))) => read.old,
         (Part::MergeExtended, Route::FanOut(FanOut::Merge(read))) => read.extended,
         (_, route) => panic!("unexpected route {route:?}"),

@@ -287,3 +287,48 @@ async fn prepared_update_and_delete_reach_both_tables() {
     let missing = edxapp.exec_drop(format!("UPDATE `{OLD}` SET `nope` = ? WHERE id = ?"), (1, 1)).await;
     assert_eq!(server_error(missing).0, 1054, "a statement the server cannot prepare fails as it would directly");
 }
+
+/// The ids and state lengths of module `module`'s history, read through the proxy.
+async fn history_of(conn: &mut Conn, module: u64) -> Vec<(u64, usize)> {
+    let read = edxapp_read(&module.to_string());
+    conn.query_map(read, |r: Row| (r.get(0).unwrap(), r.get::<String, _>(3).unwrap().len())).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_read_of_both_tables_sees_its_own_transaction_and_is_whole_at_any_size() {
+    let site = Site::new(reading_both()).await;
+    let mut edxapp = site.edxapp().await;
+    let ids = |rows: Vec<(u64, usize)>| rows.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+
+    edxapp.query_drop("SET autocommit = 0").await.unwrap();
+    edxapp.query_drop(edxapp_insert(1, "{\"uncommitted\": 1}")).await.unwrap();
+    let new_id = edxapp.last_insert_id().unwrap();
+    assert_eq!(ids(history_of(&mut edxapp, 1).await), vec![new_id, 13, 7, 1], "the transaction's own row");
+    edxapp.query_drop("ROLLBACK").await.unwrap();
+    edxapp.query_drop("SET autocommit = 1").await.unwrap();
+    assert_eq!(ids(history_of(&mut edxapp, 1).await), vec![13, 7, 1]);
+
+    // Six 1 MiB states in the old table: more than the proxy holds of one side while it merges.
+    site.root()
+        .await
+        .query_drop(format!(
+            "INSERT INTO {} (id, version, created, state, grade, max_grade, student_module_id) \
+             SELECT 1000 + seq, NULL, NOW(6), REPEAT('x', 1048576), 1, 1, 1 FROM `{}`.seq_1_to_6",
+            site.old(),
+            site.dbs.edxapp_db
+        ))
+        .await
+        .unwrap();
+    site.copy_to_extended(&[1003, 7]).await;
+    let rows = history_of(&mut edxapp, 1).await;
+    assert_eq!(ids(rows.clone()), vec![1006, 1005, 1004, 1003, 1002, 1001, 13, 7, 1]);
+    assert_eq!(rows[3].1, 1048576 + " (copy)".len(), "a copied id is read from the extended table");
+    assert!(rows[..6].iter().all(|(_, len)| *len >= 1048576), "{rows:?}");
+
+    let both_fail = format!(
+        "SELECT `{OLD}`.`id` FROM `{OLD}` WHERE `{OLD}`.`student_module_id` = \
+         (SELECT `id` FROM `courseware_studentmodule`) ORDER BY `{OLD}`.`id` DESC"
+    );
+    assert_eq!(server_error(edxapp.query_drop(both_fail).await).0, 1242, "subquery returns more than 1 row");
+    assert_eq!(ids(history_of(&mut edxapp, 2).await), vec![14, 8, 2], "the connection goes on");
+}

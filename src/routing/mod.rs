@@ -77,8 +77,15 @@ pub enum Side {
 /// How a statement reaches both tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FanOut {
-    /// Both tables on one server: one statement reading a `UNION ALL` of both, on the client's connection.
-    Union(Vec<u8>),
+    /// Both tables on one server, read on the client's connection.
+    Union {
+        /// One statement reading a `UNION ALL` of both tables: for prepared statements, for reads the merge
+        /// cannot answer, and for results too large for the merge to buffer.
+        sql: Vec<u8>,
+        /// The read as one statement per table, sent together and merged in the proxy (which spares the server
+        /// the union's temporary tables), when the merge can answer it.
+        merge: Option<Box<MergeRead>>,
+    },
     /// Both tables on two servers: a read run on each, merged in the proxy as the plan says.
     Merge(Box<MergeRead>),
     /// The same UPDATE or DELETE on each table; the client gets one OK with the affected rows summed.
@@ -92,7 +99,7 @@ pub enum FanOut {
     },
 }
 
-/// A read of both tables across two servers: the statement for each side, and how to merge their rows.
+/// A read of both tables merged in the proxy: the statement for each side, and how to merge their rows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MergeRead {
     /// The statement for the old table in the text protocol, on the client's `edxapp` connection: the client's
@@ -338,7 +345,8 @@ impl Plan<'_, '_> {
                         rewrite::union_read(&alias, condition.as_deref(), &self.router.old, &self.router.extended),
                     ))
                 })?;
-                Ok(Route::FanOut(FanOut::Union(splicer.render_all()?)))
+                let merge = self.merge_read().ok().map(Box::new);
+                Ok(Route::FanOut(FanOut::Union { sql: splicer.render_all()?, merge }))
             }
         }
     }
@@ -371,16 +379,49 @@ impl Plan<'_, '_> {
         }
         let old_widened = old_statement.render_all()?;
         let as_written = self.source.bytes()[self.source.offset(read.start)..self.source.offset(read.end)].to_vec();
-        let old_sql = self.side_statement(read, as_written, &clauses)?.render_all()?;
+        let mut old_text = self.qualifiers_renamed(|_| self.router.old.table().as_bytes().to_vec());
+        if self.router.same_server {
+            self.exclude_copies(&mut old_text, read, &alias, condition.as_ref());
+        }
+        let old_sql = self.side_statement_onto(old_text, read, as_written, &clauses)?.render_all()?;
         let extended_side = rewrite::extended_read(&alias, extended, self.shape.selects_wildcard).into_bytes();
         let (extended_sql, inline) = self.finish(self.side_statement(read, extended_side, &clauses)?)?;
         Ok(MergeRead { old: old_sql, old_widened, extended: extended_sql, inline, plan })
     }
 
+    /// On one server, makes the old side skip the rows the extended table has a copy of, as the union does: each
+    /// id is then read from the extended table when it is there, whatever the copy's values.
+    fn exclude_copies(&self, side: &mut Splicer<'_>, read: &Read, alias: &str, condition: Option<&Condition>) {
+        let not_copied = rewrite::not_copied(alias, &self.router.extended);
+        match condition {
+            Some(condition) => {
+                let range = &condition.range;
+                side.replace(range.start..range.start, "(");
+                side.replace(range.end..range.end, format!(") AND {not_copied}"));
+            }
+            None => {
+                let end = self.source.offset(read.end);
+                side.replace(end..end, format!(" WHERE {not_copied}"));
+            }
+        }
+    }
+
     /// The statement with its one read replaced by `table`, the hidden id column added to the select list, and
     /// its ORDER BY and LIMIT replaced by the merge's.
     fn side_statement(&self, read: &Read, table: Vec<u8>, clauses: &SideClauses) -> Result<Splicer<'_>, Unsupported> {
-        let mut splicer = self.qualifiers_renamed(|_| self.router.old.table().as_bytes().to_vec());
+        let splicer = self.qualifiers_renamed(|_| self.router.old.table().as_bytes().to_vec());
+        self.side_statement_onto(splicer, read, table, clauses)
+    }
+
+    /// [`Plan::side_statement`] with the edits already in `splicer` (which come first where edits insert at
+    /// the same place).
+    fn side_statement_onto<'p>(
+        &'p self,
+        mut splicer: Splicer<'p>,
+        read: &Read,
+        table: Vec<u8>,
+        clauses: &SideClauses,
+    ) -> Result<Splicer<'p>, Unsupported> {
         splicer.replace(self.source.offset(read.start)..self.source.offset(read.end), table);
         let from = rewrite::top_level(self.tokens, &["FROM"]).ok_or_else(|| Unsupported("no FROM clause".into()))?;
         if let Some(extra) = &clauses.extra_column {

@@ -122,14 +122,19 @@ pub fn single_read(alias: &str, condition: Option<&[u8]>, table: &TableName, wid
     format!("(SELECT {} FROM {} AS {alias}{condition}) AS {alias}", column_list(alias, widen), table.quoted())
 }
 
+/// The condition that an old row read as `alias` has no copy in the extended table (same server), so that each
+/// id is read from the extended table when it has one there.
+pub fn not_copied(alias: &str, extended: &TableName) -> String {
+    let copy = "`csmh_proxy_copy`";
+    format!("NOT EXISTS (SELECT 1 FROM {} AS {copy} WHERE {copy}.`id` = {alias}.`id`)", extended.quoted())
+}
+
 /// A read of both tables in place of the old one (both on one server): a `UNION ALL` derived table under the
 /// name the statement used, with the statement's own condition inside each branch so each table is searched by
 /// its indexes, and each id once — from the extended table when a migrated copy exists.
 pub fn union_read(alias: &str, condition: Option<&[u8]>, old: &TableName, extended: &TableName) -> Vec<u8> {
     let condition = condition.map(|c| format!("({})", String::from_utf8_lossy(c)));
-    let copy = "`csmh_proxy_copy`";
-    let not_copied =
-        format!("NOT EXISTS (SELECT 1 FROM {} AS {copy} WHERE {copy}.`id` = {alias}.`id`)", extended.quoted());
+    let not_copied = not_copied(alias, extended);
     let old_where = match &condition {
         Some(c) => format!("{c} AND {not_copied}"),
         None => not_copied,

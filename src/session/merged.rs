@@ -1,23 +1,40 @@
-//! A read of both tables across two servers: the statement runs on the client's `edxapp` connection (old table)
-//! and on the `csmh` connection (extended table) at the same time, and the rows are merged as they stream to the
-//! client, as [`crate::merge`] directs.
+//! A read of both tables merged in the proxy, as [`crate::merge`] directs. Across two servers the statement runs
+//! on the client's `edxapp` connection (old table) and on the `csmh` connection (extended table) at the same
+//! time, and the rows are merged as they stream to the client. On one server both statements are sent together
+//! on the client's connection, which answers them one after the other: the old side's result is held (up to
+//! [`HELD_BYTES`]) while the extended side's streams.
+
+use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 use mysql_common::constants::CapabilityFlags;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::{Flow, Session, SessionError};
 use crate::backend;
 use crate::merge::{ColumnDef, Merge, MergeError, MergePlan, Origin, Protocol, Step};
 use crate::protocol::ProtocolError;
 use crate::protocol::command::COM_QUERY;
-use crate::protocol::conn::Connection;
 use crate::protocol::frame::{self, MAX_PAYLOAD, PacketSpan};
 use crate::protocol::packets::{MysqlError, OkFields, eof_status, lenenc_int, ok_status};
+use crate::protocol::response::Expect;
 use crate::routing::MergeRead;
 
 /// Rows are written to the client in batches of about this many bytes.
 const FLUSH_AT: usize = 16 * 1024;
+
+/// On one server, the most of the old side's result the proxy holds while the extended side's streams; a larger
+/// result is dropped and the read answered by the single `UNION ALL` statement instead.
+const HELD_BYTES: usize = 4 * 1024 * 1024;
+
+/// Where a merge reads each side's packets from.
+enum Feeds {
+    /// Two servers: the old side on the client's `edxapp` connection, the extended side on the `csmh` one.
+    TwoConnections,
+    /// One server: both sides on the client's connection, one after the other. The old side's packets, read
+    /// ahead, are held here.
+    Pipelined(VecDeque<Bytes>),
+}
 
 /// How one side's result begins.
 enum Head {
@@ -52,6 +69,76 @@ impl Session {
         self.merge_commands(span, seq, &old, &extended, &read.plan, Protocol::Text).await
     }
 
+    /// Runs `read` on one server: both statements sent together on the client's connection, the old side's
+    /// result held, the extended side's merged with it as it streams. A held result that would exceed
+    /// [`HELD_BYTES`] is dropped, and `union` (the same read as one statement) answers the client instead.
+    pub(super) async fn merge_read_one_server(
+        &mut self,
+        span: PacketSpan,
+        read: MergeRead,
+        union: &[u8],
+    ) -> Result<Flow, SessionError> {
+        let seq = span.last_seq.wrapping_add(1);
+        self.client.consume(span.wire_len);
+        let mut both = BytesMut::new();
+        for sql in [&read.old, &read.extended] {
+            frame::write_packet(&mut both, 0, &[&[COM_QUERY][..], sql].concat());
+        }
+        self.backend.write_all(&both).await.map_err(SessionError::Backend)?;
+        let Some(held) = self.hold_result(HELD_BYTES).await? else {
+            debug!("the old side's result is too large to hold: reading both tables with one statement instead");
+            let mut feeds = Feeds::Pipelined(VecDeque::new());
+            if let Head::Columns(_) = self.head(&mut feeds, Origin::Extended).await? {
+                self.drain_rows(&mut feeds, Origin::Extended, &mut [None, None]).await?;
+            }
+            return self.answer_with_union(union).await;
+        };
+        self.merge_heads(&mut Feeds::Pipelined(held), seq, &read.plan, Protocol::Text, Some(union)).await
+    }
+
+    /// Answers the client with `union`, the read of both tables as one statement on its connection.
+    async fn answer_with_union(&mut self, union: &[u8]) -> Result<Flow, SessionError> {
+        self.send_to_backend(COM_QUERY, union).await?;
+        self.relay_response(Expect::ResultSets).await?;
+        Ok(Flow::Continue)
+    }
+
+    /// Reads the whole result the client's connection is sending (a result set or an ERR) into memory, unless
+    /// it is larger than `limit` bytes: then reads it to its end and returns `None`.
+    async fn hold_result(&mut self, limit: usize) -> Result<Option<VecDeque<Bytes>>, SessionError> {
+        let mut feeds = Feeds::TwoConnections;
+        let mut held = VecDeque::new();
+        match self.head(&mut feeds, Origin::Old).await? {
+            Head::Failed(error) => {
+                held.push_back(error);
+                return Ok(Some(held));
+            }
+            Head::Columns(defs) => {
+                let mut count = Vec::new();
+                mysql_common::io::BufMutExt::put_lenenc_int(&mut count, defs.len() as u64);
+                held.push_back(count.into());
+                held.extend(defs);
+                if !self.caps.deprecate_eof() {
+                    held.push_back(eof_packet(0, self.status.bits()).into());
+                }
+            }
+        }
+        let mut size: usize = held.iter().map(Bytes::len).sum();
+        loop {
+            let packet = self.packet(&mut feeds, Origin::Old).await?;
+            let last = matches!(self.classify_row(&packet), Packet::End { .. } | Packet::Failed(_));
+            size += packet.len();
+            held.push_back(packet);
+            if last {
+                return Ok(Some(held));
+            }
+            if size > limit {
+                self.drain_rows(&mut feeds, Origin::Old, &mut [None, None]).await?;
+                return Ok(None);
+            }
+        }
+    }
+
     /// Sends `old` (a command payload) on `edxapp` and `extended` on the `csmh` connection, then answers the
     /// client with their results merged as `plan` says.
     pub(super) async fn merge_commands(
@@ -70,17 +157,31 @@ impl Session {
         backend::send_command(&mut self.backend, old[0], &old[1..]).await.map_err(SessionError::Backend)?;
         let csmh = self.csmh.as_mut().expect("made ready above");
         backend::send_command(&mut csmh.conn, extended[0], &extended[1..]).await.map_err(SessionError::Backend)?;
-        let old = self.head(Origin::Old).await?;
-        let new = self.head(Origin::Extended).await?;
+        self.merge_heads(&mut Feeds::TwoConnections, seq, plan, protocol, None).await
+    }
+
+    /// Reads both sides' column definitions and answers the client: with the merged rows, or with the error
+    /// of a side that failed (after reading the other side to its end). When the columns' types do not allow
+    /// an exact merge, the client gets `union`'s answer if there is one (one server), else an error.
+    async fn merge_heads(
+        &mut self,
+        feeds: &mut Feeds,
+        seq: u8,
+        plan: &MergePlan,
+        protocol: Protocol,
+        union: Option<&[u8]>,
+    ) -> Result<Flow, SessionError> {
+        let old = self.head(feeds, Origin::Old).await?;
+        let new = self.head(feeds, Origin::Extended).await?;
         let (old, new) = match (old, new) {
             (Head::Columns(old), Head::Columns(new)) => (old, new),
             (Head::Failed(error), Head::Failed(_)) => return self.answer_raw(seq, &error).await,
             (Head::Failed(error), Head::Columns(_)) => {
-                self.drain_rows(Origin::Extended, &mut [None, None]).await?;
+                self.drain_rows(feeds, Origin::Extended, &mut [None, None]).await?;
                 return self.answer_raw(seq, &error).await;
             }
             (Head::Columns(_), Head::Failed(error)) => {
-                self.drain_rows(Origin::Old, &mut [None, None]).await?;
+                self.drain_rows(feeds, Origin::Old, &mut [None, None]).await?;
                 return self.answer_raw(seq, &error).await;
             }
         };
@@ -90,16 +191,26 @@ impl Session {
         let merge = match merge {
             Ok(merge) => merge,
             Err(error) => {
-                self.drain_both().await?;
+                self.drain_both(feeds).await?;
+                if let Some(union) = union {
+                    debug!(%error, "the merge cannot combine these columns: reading both tables with one statement");
+                    return self.answer_with_union(union).await;
+                }
                 let error = merge_refusal(&error);
                 return self.answer_raw(seq, &error).await;
             }
         };
-        self.stream_merged(seq, merge, &new[..plan.visible_columns()]).await
+        self.stream_merged(feeds, seq, merge, &new[..plan.visible_columns()]).await
     }
 
     /// Sends the column definitions, then the merged rows, then the end of the result.
-    async fn stream_merged(&mut self, mut seq: u8, mut merge: Merge, defs: &[Bytes]) -> Result<Flow, SessionError> {
+    async fn stream_merged(
+        &mut self,
+        feeds: &mut Feeds,
+        mut seq: u8,
+        mut merge: Merge,
+        defs: &[Bytes],
+    ) -> Result<Flow, SessionError> {
         let mut out = BytesMut::new();
         let mut count = Vec::new();
         mysql_common::io::BufMutExt::put_lenenc_int(&mut count, defs.len() as u64);
@@ -121,14 +232,14 @@ impl Session {
                         self.flush(&mut out).await?;
                     }
                 }
-                Step::Read(origin) => match self.next_row(origin).await? {
+                Step::Read(origin) => match self.next_row(feeds, origin).await? {
                     Packet::Row(row) => merge.push(origin, row).map_err(|e| merge_failure(&e))?,
                     Packet::End { warnings, status } => {
                         ends[index(origin)] = Some((warnings, status));
                         merge.finish(origin).map_err(|e| merge_failure(&e))?;
                     }
                     Packet::Failed(error) => {
-                        self.drain_rows(other(origin), &mut ends).await?;
+                        self.drain_rows(feeds, other(origin), &mut ends).await?;
                         frame::write_packet(&mut out, seq, &error);
                         return self.flush(&mut out).await.map(|()| Flow::Continue);
                     }
@@ -137,10 +248,15 @@ impl Session {
             }
         }
         for origin in Origin::BOTH {
-            self.drain_rows(origin, &mut ends).await?;
+            self.drain_rows(feeds, origin, &mut ends).await?;
         }
         let warnings = ends.iter().flatten().fold(0u16, |sum, (w, _)| sum.saturating_add(*w));
-        let status = ends[index(Origin::Old)].map_or(self.status.bits(), |(_, s)| s);
+        // The client's connection's status: on one server, as it stands after the later (extended) statement.
+        let last_on_client_connection = match feeds {
+            Feeds::TwoConnections => Origin::Old,
+            Feeds::Pipelined(_) => Origin::Extended,
+        };
+        let status = ends[index(last_on_client_connection)].map_or(self.status.bits(), |(_, s)| s);
         self.status = mysql_common::constants::StatusFlags::from_bits_truncate(status);
         if deprecate_eof {
             let end = OkFields { affected_rows: 0, last_insert_id: 0, status, warnings };
@@ -166,15 +282,17 @@ impl Session {
         self.flush(&mut out).await.map(|()| Flow::Continue)
     }
 
-    fn side(&mut self, origin: Origin) -> &mut Connection {
-        match origin {
-            Origin::Old => &mut self.backend,
-            Origin::Extended => &mut self.csmh.as_mut().expect("the csmh connection is open").conn,
-        }
-    }
-
-    async fn packet(&mut self, origin: Origin) -> Result<Bytes, SessionError> {
-        let conn = self.side(origin);
+    /// The next packet of a side.
+    async fn packet(&mut self, feeds: &mut Feeds, origin: Origin) -> Result<Bytes, SessionError> {
+        let conn = match (feeds, origin) {
+            (Feeds::Pipelined(held), Origin::Old) => {
+                return held.pop_front().ok_or(SessionError::BackendProtocol(ProtocolError::Malformed("result")));
+            }
+            (Feeds::Pipelined(_), Origin::Extended) | (Feeds::TwoConnections, Origin::Old) => &mut self.backend,
+            (Feeds::TwoConnections, Origin::Extended) => {
+                &mut self.csmh.as_mut().expect("the csmh connection is open").conn
+            }
+        };
         let span = conn.next_packet().await.map_err(SessionError::Backend)?;
         let span = span.ok_or_else(|| SessionError::Backend(std::io::ErrorKind::UnexpectedEof.into()))?;
         let wire = conn.buf.split_to(span.wire_len).freeze();
@@ -182,8 +300,8 @@ impl Session {
     }
 
     /// Reads a side's column count and definitions (and the EOF after them), or its ERR.
-    async fn head(&mut self, origin: Origin) -> Result<Head, SessionError> {
-        let first = self.packet(origin).await?;
+    async fn head(&mut self, feeds: &mut Feeds, origin: Origin) -> Result<Head, SessionError> {
+        let first = self.packet(feeds, origin).await?;
         match first.first() {
             Some(0xFF) => return Ok(Head::Failed(first)),
             Some(0x00) => return Err(SessionError::BackendProtocol(ProtocolError::Malformed("result set (got OK)"))),
@@ -193,25 +311,30 @@ impl Session {
             lenenc_int(&first).ok_or(SessionError::BackendProtocol(ProtocolError::Malformed("column count")))?;
         let mut defs = Vec::with_capacity(count as usize);
         for _ in 0..count {
-            defs.push(self.packet(origin).await?);
+            defs.push(self.packet(feeds, origin).await?);
         }
         if !self.caps.deprecate_eof() {
-            self.packet(origin).await?;
+            self.packet(feeds, origin).await?;
         }
         Ok(Head::Columns(defs))
     }
 
-    async fn next_row(&mut self, origin: Origin) -> Result<Packet, SessionError> {
-        let packet = self.packet(origin).await?;
-        Ok(match packet.first() {
-            Some(0xFF) => Packet::Failed(packet),
+    async fn next_row(&mut self, feeds: &mut Feeds, origin: Origin) -> Result<Packet, SessionError> {
+        let packet = self.packet(feeds, origin).await?;
+        Ok(self.classify_row(&packet))
+    }
+
+    /// What a packet after the column definitions is: a row, the end of the rows, or an error.
+    fn classify_row(&self, packet: &Bytes) -> Packet {
+        match packet.first() {
+            Some(0xFF) => Packet::Failed(packet.clone()),
             Some(0xFE) if packet.len() < MAX_PAYLOAD => {
-                let status = if self.caps.deprecate_eof() { ok_status(&packet) } else { eof_status(&packet) };
-                let warnings = self.end_warnings(&packet);
+                let status = if self.caps.deprecate_eof() { ok_status(packet) } else { eof_status(packet) };
+                let warnings = self.end_warnings(packet);
                 Packet::End { warnings, status: status.unwrap_or(0) }
             }
-            _ => Packet::Row(packet),
-        })
+            _ => Packet::Row(packet.clone()),
+        }
     }
 
     fn end_warnings(&self, packet: &[u8]) -> u16 {
@@ -223,9 +346,14 @@ impl Session {
     }
 
     /// Reads and drops what remains of a side's rows, keeping its end.
-    async fn drain_rows(&mut self, origin: Origin, ends: &mut [Option<(u16, u16)>; 2]) -> Result<(), SessionError> {
+    async fn drain_rows(
+        &mut self,
+        feeds: &mut Feeds,
+        origin: Origin,
+        ends: &mut [Option<(u16, u16)>; 2],
+    ) -> Result<(), SessionError> {
         while ends[index(origin)].is_none() {
-            match self.next_row(origin).await? {
+            match self.next_row(feeds, origin).await? {
                 Packet::Row(_) => {}
                 Packet::End { warnings, status } => ends[index(origin)] = Some((warnings, status)),
                 Packet::Failed(_) => ends[index(origin)] = Some((0, 0)),
@@ -235,10 +363,10 @@ impl Session {
     }
 
     /// Reads and drops both sides' whole results, after their heads.
-    async fn drain_both(&mut self) -> Result<(), SessionError> {
+    async fn drain_both(&mut self, feeds: &mut Feeds) -> Result<(), SessionError> {
         let mut ends = [None, None];
         for origin in Origin::BOTH {
-            self.drain_rows(origin, &mut ends).await?;
+            self.drain_rows(feeds, origin, &mut ends).await?;
         }
         Ok(())
     }

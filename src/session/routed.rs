@@ -140,7 +140,10 @@ impl Session {
                 Ok(extended) => self.merge_read(span, *read, extended).await,
                 Err(error) => self.refuse(span, error).await,
             },
-            Route::FanOut(FanOut::Union(sql)) => self.send_instead(span, &sql, expect).await,
+            Route::FanOut(FanOut::Union { sql, merge: Some(read) }) if command == Command::Query => {
+                self.merge_read_one_server(span, *read, &sql).await
+            }
+            Route::FanOut(FanOut::Union { sql, .. }) => self.send_instead(span, &sql, expect).await,
             Route::FanOut(FanOut::Writes { old, extended, inline }) if command == Command::Query => {
                 match self.with_values(extended, &inline).await? {
                     Ok(extended) => self.write_both(span, &old, &extended).await,
@@ -498,7 +501,7 @@ impl Session {
         }
     }
 
-    async fn send_to_backend(&mut self, command: u8, sql: &[u8]) -> Result<(), SessionError> {
+    pub(super) async fn send_to_backend(&mut self, command: u8, sql: &[u8]) -> Result<(), SessionError> {
         backend::send_command(&mut self.backend, command, sql).await.map_err(SessionError::Backend)
     }
 }
