@@ -332,3 +332,16 @@ async fn a_read_of_both_tables_sees_its_own_transaction_and_is_whole_at_any_size
     assert_eq!(server_error(edxapp.query_drop(both_fail).await).0, 1242, "subquery returns more than 1 row");
     assert_eq!(ids(history_of(&mut edxapp, 2).await), vec![14, 8, 2], "the connection goes on");
 }
+
+#[tokio::test]
+async fn inserts_into_the_retired_stage_do_not_look_at_the_old_table() {
+    let site = Site::new(retired()).await;
+    let mut locker = site.root().await;
+    locker.query_drop(format!("LOCK TABLES {} WRITE", site.old())).await.unwrap();
+    let mut edxapp = site.edxapp().await;
+    let insert = edxapp.query_drop(edxapp_insert(1, "{}"));
+    let inserted = tokio::time::timeout(std::time::Duration::from_secs(20), insert).await;
+    assert!(inserted.is_ok_and(|r| r.is_ok()), "the insert waited for the old table's lock (truncate-old holds one)");
+    assert_eq!(site.extended_ids().await.len(), 1);
+    locker.query_drop("UNLOCK TABLES").await.unwrap();
+}

@@ -173,10 +173,12 @@ impl Session {
 
     /// Checks, once per configuration, that the extended table's next id is above every id of the old table
     /// (design §3, "offset safety"); the error to answer an insert with when it is not (or cannot be checked).
-    /// A failed check is logged and tried again on the next insert.
+    /// A failed check is logged and tried again on the next insert. Once the old table is retired nothing reads
+    /// it any more, so its ids cannot collide with anything read, and it is not looked at (`truncate-old` may be
+    /// holding it locked).
     async fn unsafe_offset(&mut self) -> Option<MysqlError> {
         let snapshot = std::sync::Arc::clone(self.pinned.as_ref().expect("routed by a snapshot"));
-        if snapshot.offset_verified.get().is_some() {
+        if snapshot.offset_verified.get().is_some() || snapshot.config.flags.read_only_from_csmhe {
             return None;
         }
         let (old, extended) = (snapshot.router.old(), snapshot.router.extended());
