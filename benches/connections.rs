@@ -4,8 +4,8 @@
 //! The proxy runs as the release binary (`csmh-proxy serve`, built by `cargo bench`) in a child process, so its
 //! CPU time and memory are its own: CPU is user + system time from `/proc/<pid>/stat`, memory is `VmRSS` from
 //! `/proc/<pid>/status`. Three configurations are measured in turn, each with a fresh proxy: every flag off
-//! (`passthrough`), the reading-both flags with both tables on server A (`both_one_server`, reads become one
-//! `UNION ALL` statement) and with the extended table on server B (`both_two_servers`, reads are merged in the
+//! (`passthrough`), the reading-both flags with both tables on server A (`both_one_server`, reads become two
+//! statements sent together on the client's connection and merged) and with the extended table on server B (`both_two_servers`, reads are merged in the
 //! proxy, and every client session gets its own connection to B).
 //!
 //! - CPU: 16 connections each run a bounded loop of one statement: a point select on `auth_user` (a pre-filter

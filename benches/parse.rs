@@ -3,11 +3,11 @@
 //! - `prefilter_miss/*`: the pre-filter on typical edxapp statements of 100–300 bytes that do not name the
 //!   history table (every statement edxapp sends pays this, and nothing more). Target: ≤ 50 ns.
 //! - `prefilter_hit/*`: the same scan on edxapp's history statements, for comparison.
-//! - `route/{union,merge}/*`: `Router::route` — tokenize, find the table, parse, classify, plan and splice the
-//!   rewritten statement(s) — on edxapp's four history statements (the INSERT, the user-state read, the
+//! - `route/{one_server,two_servers}/*`: `Router::route` — tokenize, find the table, parse, classify, plan and
+//!   splice the rewritten statement(s) — on edxapp's four history statements (the INSERT, the user-state read, the
 //!   staff view's subquery read, the cascade DELETE; texts as in `tests/support/edx.rs`) with the reading-both
-//!   flags, both tables on one server (`union`: a `UNION ALL` read) and on two servers (`merge`: a merge plan
-//!   and one statement per side). Target: ≤ 20 µs.
+//!   flags, both tables on one server (`one_server`: reads become a merge plan and one statement per side, sent
+//!   together) and on two servers (`two_servers`: a merge plan and one statement per side). Target: ≤ 20 µs.
 //! - `steps/*`: the sub-steps of `route` (tokenize, mentions, clone the tokens, parse, classify), to see where
 //!   its time goes, and sqlparser's tokenizer alone (`sqlparser_tokenize`).
 //!
@@ -23,7 +23,7 @@ use criterion::{BenchmarkId, Criterion};
 use csmh_proxy::config::Flags;
 use csmh_proxy::history::TableName;
 use csmh_proxy::routing::source::{self, Source, Tok};
-use csmh_proxy::routing::{FanOut, Route, classify};
+use csmh_proxy::routing::{FanOut, Route, Side, classify};
 use csmh_proxy::sandbox::ProxyToml;
 use csmh_proxy::shared::Snapshot;
 use sqlparser::ast::Statement;
@@ -141,8 +141,7 @@ fn check_route(name: &str, two_servers: bool, route: &Route) {
     let fine = match (name, route) {
         ("insert", Route::Rewrite(_)) => true,
         ("cascade_delete", Route::FanOut(FanOut::Writes { .. })) => true,
-        (_, Route::FanOut(FanOut::Union { .. })) => !two_servers,
-        (_, Route::FanOut(FanOut::Merge(_))) => two_servers,
+        (_, Route::FanOut(FanOut::Merge(read))) => (read.extended_on == Side::Csmh) == two_servers,
         _ => false,
     };
     assert!(fine, "{name} (two servers: {two_servers}) was routed as {route:?}");
@@ -168,7 +167,7 @@ fn bench_prefilter(c: &mut Criterion) {
 }
 
 fn bench_route(c: &mut Criterion) {
-    for (label, two_servers) in [("union", false), ("merge", true)] {
+    for (label, two_servers) in [("one_server", false), ("two_servers", true)] {
         let snapshot = reading_both(two_servers);
         let mut group = c.benchmark_group(format!("route/{label}"));
         for (name, sql) in history_statements() {

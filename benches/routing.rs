@@ -21,7 +21,8 @@
 //!   runtime — what two extra loopback hops cost without any proxy logic;
 //! - `passthrough`, `passthrough_settings`: through the proxy with every flag off, on `edxapp_all`;
 //! - `rewrite`: through the proxy, `ENABLE_CSMH_EXTENDED` only (read from the extended table on A);
-//! - `fanout_one`: reading-both flags, both tables on A (one `UNION ALL` statement);
+//! - `fanout_one`: reading-both flags, both tables on A (both statements sent together on the client's
+//!   connection, merged in the proxy);
 //! - `fanout_two`: reading-both flags, the extended table on B (both read concurrently, merged in the proxy).
 //!
 //! Targets are interleaved: each round runs every target in turn (rotating which goes first), so machine noise
@@ -111,10 +112,14 @@ impl Statement {
 
 /// The statement the proxy sends for edxapp's read of `module`, as `part` names it.
 fn routed(router: &Router, part: Part, module: u32) -> String {
-    let route = router.route(history_read(OLD_TABLE, module).as_bytes());
+    let read = history_read(OLD_TABLE, module);
+    let route = match part {
+        Part::Union => router.route_prepared(read.as_bytes()),
+        _ => router.route(read.as_bytes()),
+    };
     let sql = match (part, route) {
         (Part::Rewritten, Route::Rewrite(rewritten)) => rewritten.sql,
-        (Part::Union, Route::FanOut(FanOut::Union { sql, .. })) => sql,
+        (Part::Union, Route::FanOut(FanOut::Union(sql))) => sql,
         (Part::MergeOld, Route::FanOut(FanOut::Merge(read))) => read.old,
         (Part::MergeExtended, Route::FanOut(FanOut::Merge(read))) => read.extended,
         (_, route) => panic!("unexpected route {route:?}"),
@@ -356,7 +361,13 @@ async fn connect_targets(site: &Site) -> Vec<Target> {
         ("settings_a", "A, the proxy's session-settings read", a, EDXAPP_DB, Settings),
         ("sql_rewrite_a", "A, the rewrite's statement", a, EDXAPP_DB, routed("rewrite", Part::Rewritten)),
         ("sql_aliased_a", "A, the extended table under the old name (no derived table)", a, EDXAPP_DB, Aliased),
-        ("sql_union_a", "A, the UNION ALL statement", a, EDXAPP_DB, routed("fanout_one", Part::Union)),
+        (
+            "sql_union_a",
+            "A, the UNION ALL statement (prepared reads, fallback)",
+            a,
+            EDXAPP_DB,
+            routed("fanout_one", Part::Union),
+        ),
         ("sql_merge_old_a", "A, the merge's old side", a, EDXAPP_DB, routed("fanout_two", Part::MergeOld)),
         ("sql_merge_ext_b", "B, the merge's extended side", b, CSMH_DB, routed("fanout_two", Part::MergeExtended)),
         ("relay", "tokio TCP relay to A, one table", relay, ALL_DB, History),
@@ -364,7 +375,7 @@ async fn connect_targets(site: &Site) -> Vec<Target> {
         ("passthrough", "proxy, flags off, one table", proxy("passthrough"), ALL_DB, History),
         ("passthrough_settings", "proxy, flags off, settings read", proxy("passthrough"), ALL_DB, Settings),
         ("rewrite", "proxy, extended only (A)", proxy("rewrite"), EDXAPP_DB, History),
-        ("fanout_one", "proxy, reading both, one server (UNION ALL)", proxy("fanout_one"), EDXAPP_DB, History),
+        ("fanout_one", "proxy, reading both, one server (pipelined merge)", proxy("fanout_one"), EDXAPP_DB, History),
         ("fanout_two", "proxy, reading both, two servers (merge)", proxy("fanout_two"), EDXAPP_DB, History),
     ];
     let mut targets = Vec::new();

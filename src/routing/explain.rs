@@ -34,16 +34,17 @@ impl fmt::Display for Explained<'_> {
                 indented(f, sql)?;
                 inlined(f, inline)
             }
-            Route::FanOut(FanOut::Union { sql, merge }) => {
-                if let Some(read) = merge {
-                    writeln!(f, "fan out, both statements sent together on the client's connection and merged:")?;
-                    indented(f, &read.old)?;
-                    indented(f, &read.extended)?;
-                    writeln!(f, "  (prepared, or a result too large to merge: one statement reading both tables)")?;
-                } else {
-                    writeln!(f, "fan out, one statement reading both tables:")?;
-                }
+            Route::FanOut(FanOut::Union(sql)) => {
+                writeln!(f, "fan out, one statement reading both tables:")?;
                 indented(f, sql)
+            }
+            Route::FanOut(FanOut::Merge(read)) if read.extended_on == Side::Edxapp => {
+                writeln!(
+                    f,
+                    "fan out, both statements sent together on the client's connection, rows merged in the proxy:"
+                )?;
+                indented(f, &read.old)?;
+                indented(f, &read.extended)
             }
             Route::FanOut(FanOut::Merge(read)) => {
                 writeln!(f, "fan out across the two servers, rows merged in the proxy:")?;

@@ -77,16 +77,12 @@ pub enum Side {
 /// How a statement reaches both tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FanOut {
-    /// Both tables on one server, read on the client's connection.
-    Union {
-        /// One statement reading a `UNION ALL` of both tables: for prepared statements, for reads the merge
-        /// cannot answer, and for results too large for the merge to buffer.
-        sql: Vec<u8>,
-        /// The read as one statement per table, sent together and merged in the proxy (which spares the server
-        /// the union's temporary tables), when the merge can answer it.
-        merge: Option<Box<MergeRead>>,
-    },
-    /// Both tables on two servers: a read run on each, merged in the proxy as the plan says.
+    /// Both tables on one server: one statement reading a `UNION ALL` of both, on the client's connection. For
+    /// prepared reads ([`Router::route_prepared`]), and reads the merge cannot answer.
+    Union(Vec<u8>),
+    /// A read run on each table and merged in the proxy as the plan says: on two servers at the same time; on
+    /// one server both sent together on the client's connection (which spares the server the union's
+    /// temporary tables).
     Merge(Box<MergeRead>),
     /// The same UPDATE or DELETE on each table; the client gets one OK with the affected rows summed.
     Writes {
@@ -114,6 +110,8 @@ pub struct MergeRead {
     pub inline: Vec<Inline>,
     /// What the merge does.
     pub plan: MergePlan,
+    /// The connection `extended` runs on: the client's own on one server, the `csmh` one on two.
+    pub extended_on: Side,
 }
 
 /// The routing decisions of one configuration snapshot.
@@ -157,19 +155,30 @@ impl Router {
         StatementKind::ALL.iter().all(|&kind| self.table.route(kind) == Target::OldTable)
     }
 
-    /// The route of one statement (the text of a COM_QUERY or COM_STMT_PREPARE).
+    /// The route of one statement (the text of a COM_QUERY).
     pub fn route(&self, sql: &[u8]) -> Route {
+        self.route_with(sql, OneServerReads::Merge)
+    }
+
+    /// The route of a statement to prepare (COM_STMT_PREPARE), or of a read whose merge the session gave up:
+    /// on one server, reads of both tables are one `UNION ALL` statement, which the client's connection can
+    /// prepare and which needs no holding of results.
+    pub fn route_prepared(&self, sql: &[u8]) -> Route {
+        self.route_with(sql, OneServerReads::Union)
+    }
+
+    fn route_with(&self, sql: &[u8], reads: OneServerReads) -> Route {
         if self.is_passthrough() {
             return Route::Passthrough;
         }
         let source = Source::new(sql);
-        match self.plan(&source) {
+        match self.plan(&source, reads) {
             Ok(route) => route,
             Err(Unsupported(reason)) => Route::Refuse(self.refusal(&reason)),
         }
     }
 
-    fn plan(&self, source: &Source<'_>) -> Result<Route, Unsupported> {
+    fn plan(&self, source: &Source<'_>, reads: OneServerReads) -> Result<Route, Unsupported> {
         let tokens = source.tokens().map_err(|e| Unsupported(format!("cannot read the statement: {e}")))?;
         let mentions = source::mentions(&tokens, &self.old);
         if mentions.is_empty() {
@@ -184,6 +193,7 @@ impl Router {
             target => {
                 let plan = Plan {
                     router: self,
+                    reads,
                     source,
                     tokens: &tokens,
                     mentions: &mentions,
@@ -244,9 +254,19 @@ struct Condition {
     text: Vec<u8>,
 }
 
+/// How reads of both tables on one server are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OneServerReads {
+    /// One statement per table, merged in the proxy, when the merge can answer the read.
+    Merge,
+    /// One `UNION ALL` statement.
+    Union,
+}
+
 /// One statement being routed, with everything known about it.
 struct Plan<'r, 's> {
     router: &'r Router,
+    reads: OneServerReads,
     statement: &'r sqlparser::ast::Statement,
     source: &'r Source<'s>,
     tokens: &'r [Tok],
@@ -331,24 +351,27 @@ impl Plan<'_, '_> {
             None if !self.router.same_server => {
                 self.merge_read().map(|read| Route::FanOut(FanOut::Merge(Box::new(read))))
             }
-            None => {
-                let splicer = self.reads_replaced(|read, alias| {
-                    if !read.alone {
-                        return Err(Unsupported(
-                            "a join with the history table cannot be read from both tables; query it alone".into(),
-                        ));
-                    }
-                    let condition = self.branch_condition(read)?;
-                    let alias = String::from_utf8_lossy(alias);
-                    Ok((
-                        read,
-                        rewrite::union_read(&alias, condition.as_deref(), &self.router.old, &self.router.extended),
-                    ))
-                })?;
-                let merge = self.merge_read().ok().map(Box::new);
-                Ok(Route::FanOut(FanOut::Union { sql: splicer.render_all()?, merge }))
-            }
+            None if self.reads == OneServerReads::Merge => match self.merge_read() {
+                Ok(read) => Ok(Route::FanOut(FanOut::Merge(Box::new(read)))),
+                Err(_) => self.union_read(),
+            },
+            None => self.union_read(),
         }
+    }
+
+    /// A read of both tables on one server as one statement reading a `UNION ALL` of both.
+    fn union_read(&self) -> Result<Route, Unsupported> {
+        let splicer = self.reads_replaced(|read, alias| {
+            if !read.alone {
+                return Err(Unsupported(
+                    "a join with the history table cannot be read from both tables; query it alone".into(),
+                ));
+            }
+            let condition = self.branch_condition(read)?;
+            let alias = String::from_utf8_lossy(alias);
+            Ok((read, rewrite::union_read(&alias, condition.as_deref(), &self.router.old, &self.router.extended)))
+        })?;
+        Ok(Route::FanOut(FanOut::Union(splicer.render_all()?)))
     }
 
     /// A read of both tables across servers: each side reads its table under the statement's name for it, with
@@ -386,7 +409,7 @@ impl Plan<'_, '_> {
         let old_sql = self.side_statement_onto(old_text, read, as_written, &clauses)?.render_all()?;
         let extended_side = rewrite::extended_read(&alias, extended, self.shape.selects_wildcard).into_bytes();
         let (extended_sql, inline) = self.finish(self.side_statement(read, extended_side, &clauses)?)?;
-        Ok(MergeRead { old: old_sql, old_widened, extended: extended_sql, inline, plan })
+        Ok(MergeRead { old: old_sql, old_widened, extended: extended_sql, inline, plan, extended_on: self.side() })
     }
 
     /// On one server, makes the old side skip the rows the extended table has a copy of, as the union does: each

@@ -105,10 +105,20 @@ fn insert_without_a_column_list_names_the_columns_in_the_old_order() {
 }
 
 #[test]
-fn reading_both_on_one_server_is_one_union_with_the_condition_in_each_branch() {
-    let Route::FanOut(FanOut::Union { sql, merge: Some(_) }) = reading_both().route(EDXAPP_READ.as_bytes()) else {
-        panic!()
-    };
+fn reading_both_on_one_server_is_merged_from_both_statements_on_the_clients_connection() {
+    let Route::FanOut(FanOut::Merge(read)) = reading_both().route(EDXAPP_READ.as_bytes()) else { panic!() };
+    assert_eq!(read.extended_on, Side::Edxapp);
+    let (old, extended) = (text(&read.old), text(&read.extended));
+    let condition = "`courseware_studentmodulehistory`.`student_module_id` IN (42, 43)";
+    assert!(old.contains(&format!("WHERE ({condition}) AND NOT EXISTS (SELECT 1 FROM {EXT} AS")), "{old}");
+    assert!(old.ends_with(" ORDER BY 1 DESC") && !old.contains("CAST("), "{old}");
+    assert!(extended.contains(&format!("FROM {EXT} AS `courseware_studentmodulehistory` WHERE {condition}")));
+    assert!(read.inline.is_empty(), "edxapp's tables are on this server");
+}
+
+#[test]
+fn prepared_reads_of_both_on_one_server_are_one_union_with_the_condition_in_each_branch() {
+    let Route::FanOut(FanOut::Union(sql)) = reading_both().route_prepared(EDXAPP_READ.as_bytes()) else { panic!() };
     let sql = text(&sql);
     let condition = "(`courseware_studentmodulehistory`.`student_module_id` IN (42, 43))";
     assert_eq!(sql.matches(condition).count(), 2, "{sql}");
@@ -124,7 +134,7 @@ fn the_subquery_form_of_edxapps_read_is_pushed_into_each_branch() {
                `courseware_studentmodulehistory`.`student_module_id` IN (SELECT U0.`id` FROM `courseware_studentmodule` U0 \
                INNER JOIN `auth_user` U1 ON (U0.`student_id` = U1.`id`) WHERE (U0.`course_id` = 'c' AND U1.`username` = 'alice')) \
                ORDER BY `courseware_studentmodulehistory`.`id` DESC";
-    let Route::FanOut(FanOut::Union { sql: union, .. }) = reading_both().route(sql.as_bytes()) else { panic!() };
+    let Route::FanOut(FanOut::Union(union)) = reading_both().route_prepared(sql.as_bytes()) else { panic!() };
     let union = text(&union);
     assert_eq!(union.matches("U1.`username` = 'alice'").count(), 3, "{union}");
 }
@@ -218,12 +228,13 @@ fn escapes_and_hex_literals_are_not_reprinted() {
 
 #[test]
 fn a_prepared_condition_is_left_outside_the_union_so_the_parameter_count_stays() {
-    let route = reading_both().route(b"SELECT id FROM courseware_studentmodulehistory WHERE student_module_id = ?");
-    let Route::FanOut(FanOut::Union { sql, .. }) = route else { panic!("{route:?}") };
+    let route =
+        reading_both().route_prepared(b"SELECT id FROM courseware_studentmodulehistory WHERE student_module_id = ?");
+    let Route::FanOut(FanOut::Union(sql)) = route else { panic!("{route:?}") };
     assert_eq!(text(&sql).matches('?').count(), 1, "{}", text(&sql));
     let with_subquery = b"SELECT id FROM courseware_studentmodulehistory WHERE grade > ? AND student_module_id IN \
         (SELECT id FROM courseware_studentmodule WHERE student_id = 3)";
-    assert_eq!(code(&reading_both().route(with_subquery)), 1235);
+    assert_eq!(code(&reading_both().route_prepared(with_subquery)), 1235);
 }
 
 #[test]

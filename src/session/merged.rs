@@ -18,7 +18,7 @@ use crate::protocol::command::COM_QUERY;
 use crate::protocol::frame::{self, MAX_PAYLOAD, PacketSpan};
 use crate::protocol::packets::{MysqlError, OkFields, eof_status, lenenc_int, ok_status};
 use crate::protocol::response::Expect;
-use crate::routing::MergeRead;
+use crate::routing::{FanOut, MergeRead, Route};
 
 /// Rows are written to the client in batches of about this many bytes.
 const FLUSH_AT: usize = 16 * 1024;
@@ -71,14 +71,15 @@ impl Session {
 
     /// Runs `read` on one server: both statements sent together on the client's connection, the old side's
     /// result held, the extended side's merged with it as it streams. A held result that would exceed
-    /// [`HELD_BYTES`] is dropped, and `union` (the same read as one statement) answers the client instead.
+    /// [`HELD_BYTES`] is dropped, and the same read as one `UNION ALL` statement answers the client instead.
     pub(super) async fn merge_read_one_server(
         &mut self,
         span: PacketSpan,
         read: MergeRead,
-        union: &[u8],
     ) -> Result<Flow, SessionError> {
         let seq = span.last_seq.wrapping_add(1);
+        // Kept to build the read as one statement, should the merge give up.
+        let statement = super::statement_text(&self.client.buf, &span).into_owned();
         self.client.consume(span.wire_len);
         let mut both = BytesMut::new();
         for sql in [&read.old, &read.extended] {
@@ -91,16 +92,34 @@ impl Session {
             if let Head::Columns(_) = self.head(&mut feeds, Origin::Extended).await? {
                 self.drain_rows(&mut feeds, Origin::Extended, &mut [None, None]).await?;
             }
-            return self.answer_with_union(union).await;
+            return self.answer_with_union(seq, &statement).await;
         };
-        self.merge_heads(&mut Feeds::Pipelined(held), seq, &read.plan, Protocol::Text, Some(union)).await
+        self.merge_heads(&mut Feeds::Pipelined(held), seq, &read.plan, Protocol::Text, Some(&statement)).await
     }
 
-    /// Answers the client with `union`, the read of both tables as one statement on its connection.
-    async fn answer_with_union(&mut self, union: &[u8]) -> Result<Flow, SessionError> {
-        self.send_to_backend(COM_QUERY, union).await?;
-        self.relay_response(Expect::ResultSets).await?;
-        Ok(Flow::Continue)
+    /// Answers the client's `statement` with the read of both tables as one `UNION ALL` statement on its
+    /// connection.
+    async fn answer_with_union(&mut self, seq: u8, statement: &[u8]) -> Result<Flow, SessionError> {
+        let snapshot = std::sync::Arc::clone(self.pinned.as_ref().expect("routed by a snapshot"));
+        match snapshot.router.route_prepared(statement) {
+            Route::FanOut(FanOut::Union(sql)) => {
+                self.send_to_backend(COM_QUERY, &sql).await?;
+                self.relay_response(Expect::ResultSets).await?;
+                Ok(Flow::Continue)
+            }
+            Route::Refuse(error) => self.answer_error(seq, &error).await,
+            other => {
+                warn!(route = ?other, "a read of both tables has no single-statement form");
+                let error = MysqlError::new(1235, b"42000", "csmh-proxy cannot read both tables with this statement");
+                self.answer_error(seq, &error).await
+            }
+        }
+    }
+
+    async fn answer_error(&mut self, seq: u8, error: &MysqlError) -> Result<Flow, SessionError> {
+        let mut out = BytesMut::new();
+        error.write_packet(&mut out, seq);
+        self.flush(&mut out).await.map(|()| Flow::Continue)
     }
 
     /// Reads the whole result the client's connection is sending (a result set or an ERR) into memory, unless
@@ -162,14 +181,15 @@ impl Session {
 
     /// Reads both sides' column definitions and answers the client: with the merged rows, or with the error
     /// of a side that failed (after reading the other side to its end). When the columns' types do not allow
-    /// an exact merge, the client gets `union`'s answer if there is one (one server), else an error.
+    /// an exact merge, the client gets an error, or on one server (given the client's `statement`) the answer
+    /// of the read as one `UNION ALL` statement.
     async fn merge_heads(
         &mut self,
         feeds: &mut Feeds,
         seq: u8,
         plan: &MergePlan,
         protocol: Protocol,
-        union: Option<&[u8]>,
+        statement: Option<&[u8]>,
     ) -> Result<Flow, SessionError> {
         let old = self.head(feeds, Origin::Old).await?;
         let new = self.head(feeds, Origin::Extended).await?;
@@ -192,9 +212,9 @@ impl Session {
             Ok(merge) => merge,
             Err(error) => {
                 self.drain_both(feeds).await?;
-                if let Some(union) = union {
+                if let Some(statement) = statement {
                     debug!(%error, "the merge cannot combine these columns: reading both tables with one statement");
-                    return self.answer_with_union(union).await;
+                    return self.answer_with_union(seq, statement).await;
                 }
                 let error = merge_refusal(&error);
                 return self.answer_raw(seq, &error).await;

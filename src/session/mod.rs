@@ -262,7 +262,7 @@ impl Session {
             return self.on_csmh_statement(span, command).await;
         }
         let route = match command {
-            Command::Query | Command::StmtPrepare => self.route(&span),
+            Command::Query | Command::StmtPrepare => self.route(&span, command),
             Command::Refused(byte) => {
                 let error =
                     MysqlError::new(1047, b"08S01", format!("Unknown command {byte:#04x} (not relayed by csmh-proxy)"));
@@ -297,14 +297,17 @@ impl Session {
 
     /// The route of a statement: passthrough unless its text names the history table, then what the
     /// configuration snapshot of the statement (or of the transaction it is part of) says.
-    fn route(&mut self, span: &PacketSpan) -> Route {
+    fn route(&mut self, span: &PacketSpan, command: Command) -> Route {
         let snapshot = match &self.pinned {
             Some(pinned) if self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS) => Arc::clone(pinned),
             _ => self.shared.snapshot(),
         };
         let text = statement_text(&self.client.buf, span);
         let (route, label) = if snapshot.prefilter.matches(&text) {
-            let route = snapshot.router.route(&text);
+            let route = match command {
+                Command::StmtPrepare => snapshot.router.route_prepared(&text),
+                _ => snapshot.router.route(&text),
+            };
             let label = RouteLabel::of(&route);
             (route, label)
         } else {

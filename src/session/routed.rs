@@ -133,6 +133,9 @@ impl Session {
         match route {
             Route::Passthrough => unreachable!("passthrough is relayed by the caller"),
             Route::Rewrite(Rewritten { sql, on: Side::Edxapp, .. }) => self.send_instead(span, &sql, expect).await,
+            Route::FanOut(FanOut::Merge(read)) if read.extended_on == Side::Edxapp => {
+                self.merge_read_one_server(span, *read).await
+            }
             Route::FanOut(FanOut::Merge(read)) if command == Command::StmtPrepare => {
                 self.prepare_merged(span, *read).await
             }
@@ -140,10 +143,7 @@ impl Session {
                 Ok(extended) => self.merge_read(span, *read, extended).await,
                 Err(error) => self.refuse(span, error).await,
             },
-            Route::FanOut(FanOut::Union { sql, merge: Some(read) }) if command == Command::Query => {
-                self.merge_read_one_server(span, *read, &sql).await
-            }
-            Route::FanOut(FanOut::Union { sql, .. }) => self.send_instead(span, &sql, expect).await,
+            Route::FanOut(FanOut::Union(sql)) => self.send_instead(span, &sql, expect).await,
             Route::FanOut(FanOut::Writes { old, extended, inline }) if command == Command::Query => {
                 match self.with_values(extended, &inline).await? {
                     Ok(extended) => self.write_both(span, &old, &extended).await,
