@@ -18,7 +18,7 @@ use csmh_proxy::sandbox::SandboxArgs;
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Configuration file (for `serve` when no subcommand is given).
+    /// The configuration file every subcommand reads (`serve` is the default when no subcommand is given).
     #[arg(long, short, global = true, default_value = "proxy.toml", env = "CSMH_PROXY_CONFIG")]
     config: PathBuf,
 }
