@@ -61,9 +61,9 @@ fn main() -> anyhow::Result<()> {
     for round in 1..=options.rounds {
         let measured = Round {
             dump: dump_and_load(&a, &b)?,
-            tool_two: runtime.block_on(tool(&two_servers, &b))?,
-            insert_select: runtime.block_on(insert_select(&a))?,
-            tool_one: runtime.block_on(tool(&one_server, &a))?,
+            tool_two: runtime.block_on(tool(&two_servers, &a, &b))?,
+            insert_select: runtime.block_on(insert_select(&a, &b))?,
+            tool_one: runtime.block_on(tool(&one_server, &a, &b))?,
         };
         eprintln!("round {round}: {measured:?}");
         rounds.push(measured);
@@ -115,13 +115,66 @@ impl Options {
     }
 }
 
-/// One round's four copy times.
+/// One round's four copies.
 #[derive(Debug, Clone, Copy)]
 struct Round {
-    dump: Duration,
-    tool_two: Duration,
-    insert_select: Duration,
-    tool_one: Duration,
+    dump: Measured,
+    tool_two: Measured,
+    insert_select: Measured,
+    tool_one: Measured,
+}
+
+/// One measured copy: its wall time and the CPU time each party used meanwhile.
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    elapsed: Duration,
+    cpu: Cpu,
+}
+
+/// CPU seconds: the client (this process for the tool, `mariadb-dump` and `mariadb` for the dump), server A
+/// (the old table's) and server B.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    client: f64,
+    a: f64,
+    b: f64,
+}
+
+impl Cpu {
+    /// The counters now: this process and its waited-for children, and the two servers.
+    fn now(a: &MariaDb, b: &MariaDb) -> Cpu {
+        Cpu {
+            client: own_cpu(libc::RUSAGE_SELF) + own_cpu(libc::RUSAGE_CHILDREN),
+            a: process_cpu(a.pid()),
+            b: process_cpu(b.pid()),
+        }
+    }
+
+    /// What was used from `before` to now.
+    fn since(before: Cpu, a: &MariaDb, b: &MariaDb) -> Cpu {
+        let now = Cpu::now(a, b);
+        Cpu { client: now.client - before.client, a: now.a - before.a, b: now.b - before.b }
+    }
+}
+
+/// User and system CPU seconds of this process (`RUSAGE_SELF`) or its waited-for children.
+fn own_cpu(who: libc::c_int) -> f64 {
+    // SAFETY: getrusage writes into the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::getrusage(who, &mut usage) };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+/// User and system CPU seconds of process `pid`, from `/proc/<pid>/stat`.
+fn process_cpu(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    // Fields 14 and 15 of the file (utime, stime) are the 12th and 13th after the command name.
+    let ticks: f64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<f64>().ok()).sum();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
 /// Creates edxapp's tables on `a` and fills the old table with `rows` rows.
@@ -152,7 +205,7 @@ async fn drop_database(server: &MariaDb, database: &str) -> anyhow::Result<()> {
 }
 
 /// `mariadb-dump` of the old table on `a` piped into `mariadb` on `b`.
-fn dump_and_load(a: &MariaDb, b: &MariaDb) -> anyhow::Result<Duration> {
+fn dump_and_load(a: &MariaDb, b: &MariaDb) -> anyhow::Result<Measured> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         drop_database(b, DUMP_DB).await?;
@@ -172,37 +225,37 @@ fn dump_and_load(a: &MariaDb, b: &MariaDb) -> anyhow::Result<Duration> {
         client.display(),
         login(b)
     );
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), Cpu::now(a, b));
     let status = std::process::Command::new("bash").arg("-c").arg(&script).stdin(Stdio::null()).status()?;
-    let elapsed = started.elapsed();
+    let measured = Measured { elapsed: started.elapsed(), cpu: Cpu::since(cpu, a, b) };
     ensure!(status.success(), "{script}: {status}");
-    Ok(elapsed)
+    Ok(measured)
 }
 
-/// `init` then the measured `migrate` of `site`, into a fresh extended table on `csmh`.
-async fn tool(site: &Site, csmh: &MariaDb) -> anyhow::Result<Duration> {
-    drop_database(csmh, CSMH_DB).await?;
+/// `init` then the measured `migrate` of `site`, into a fresh extended table on its `csmh` server (`a` or `b`).
+async fn tool(site: &Site, a: &MariaDb, b: &MariaDb) -> anyhow::Result<Measured> {
+    drop_database(if site.same_server { a } else { b }, CSMH_DB).await?;
     init(site, 10_000).await?;
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), Cpu::now(a, b));
     let report = migrate(site, &MigrateArgs::default()).await?;
-    let elapsed = started.elapsed();
+    let measured = Measured { elapsed: started.elapsed(), cpu: Cpu::since(cpu, a, b) };
     eprint!("{report}");
-    Ok(elapsed)
+    Ok(measured)
 }
 
 /// One `INSERT … SELECT` of the whole old table into a fresh extended table on `a`.
-async fn insert_select(a: &MariaDb) -> anyhow::Result<Duration> {
+async fn insert_select(a: &MariaDb, b: &MariaDb) -> anyhow::Result<Measured> {
     drop_database(a, CSMH_DB).await?;
     let mut conn = mysql_async::Conn::new(a.root_opts()).await?;
     conn.query_drop(format!("CREATE DATABASE `{CSMH_DB}`")).await?;
     let extended = format!("`{CSMH_DB}`.`{EXTENDED_TABLE}`");
     conn.query_drop(extended_table_ddl(&extended, 10_000_000)).await?;
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), Cpu::now(a, b));
     conn.query_drop(format!(
         "INSERT INTO {extended} ({COLUMN_LIST}) SELECT {COLUMN_LIST} FROM `{EDXAPP_DB}`.`{OLD_TABLE}`"
     ))
     .await?;
-    Ok(started.elapsed())
+    Ok(Measured { elapsed: started.elapsed(), cpu: Cpu::since(cpu, a, b) })
 }
 
 /// The median and range of `values`.
@@ -213,19 +266,31 @@ fn median_and_range(mut values: Vec<f64>) -> (f64, f64, f64) {
     (median, values[0], values[n - 1])
 }
 
+/// Picks one of a round's copies.
+type Pick = fn(&Round) -> Measured;
+
 /// The report, as Markdown.
 fn render(options: &Options, rounds: &[Round]) -> String {
-    let rate = |pick: fn(&Round) -> Duration| {
-        median_and_range(rounds.iter().map(|r| options.rows as f64 / pick(r).as_secs_f64()).collect())
+    let rate = |pick: Pick| {
+        median_and_range(rounds.iter().map(|r| options.rows as f64 / pick(r).elapsed.as_secs_f64()).collect())
     };
-    let ratio = |ours: fn(&Round) -> Duration, theirs: fn(&Round) -> Duration| {
-        median_and_range(rounds.iter().map(|r| theirs(r).as_secs_f64() / ours(r).as_secs_f64()).collect())
+    let ratio = |ours: Pick, theirs: Pick| {
+        median_and_range(
+            rounds.iter().map(|r| theirs(r).elapsed.as_secs_f64() / ours(r).elapsed.as_secs_f64()).collect(),
+        )
     };
-    let rows = [
-        ("two servers", "`mariadb-dump \\| mariadb`", rate(|r| r.dump)),
-        ("two servers", "`csmh-proxy migrate` (streamed)", rate(|r| r.tool_two)),
-        ("one server", "one `INSERT … SELECT`", rate(|r| r.insert_select)),
-        ("one server", "`csmh-proxy migrate` (`INSERT … SELECT` per chunk)", rate(|r| r.tool_one)),
+    // CPU seconds per 100,000 rows, median of the rounds, for each party.
+    let cpu = |pick: Pick| {
+        let per = |part: fn(&Cpu) -> f64| {
+            median_and_range(rounds.iter().map(|r| part(&pick(r).cpu) * 1e5 / options.rows as f64).collect()).0
+        };
+        (per(|c| c.client), per(|c| c.a), per(|c| c.b))
+    };
+    let rows: [(&str, &str, Pick); 4] = [
+        ("two servers", "`mariadb-dump \\| mariadb`", |r| r.dump),
+        ("two servers", "`csmh-proxy migrate` (streamed)", |r| r.tool_two),
+        ("one server", "one `INSERT … SELECT`", |r| r.insert_select),
+        ("one server", "`csmh-proxy migrate` (`INSERT … SELECT` per chunk)", |r| r.tool_one),
     ];
     let two = ratio(|r| r.tool_two, |r| r.dump);
     let one = ratio(|r| r.tool_one, |r| r.insert_select);
@@ -243,9 +308,18 @@ fn render(options: &Options, rounds: &[Round]) -> String {
         mariadb_version(),
         today()
     );
-    let _ = writeln!(text, "| topology | method | rows/s (median) | range |\n|---|---|---:|---|");
-    for (topology, method, (median, low, high)) in rows {
-        let _ = writeln!(text, "| {topology} | {method} | {median:.0} | {low:.0}–{high:.0} |");
+    let _ = writeln!(
+        text,
+        "| topology | method | rows/s (median) | range | CPU s per 100k rows: client, server A, server B |\n\
+         |---|---|---:|---|---|"
+    );
+    for (topology, method, pick) in rows {
+        let (median, low, high) = rate(pick);
+        let (client, a, b) = cpu(pick);
+        let _ = writeln!(
+            text,
+            "| {topology} | {method} | {median:.0} | {low:.0}–{high:.0} | {client:.2}, {a:.2}, {b:.2} |"
+        );
     }
     let verdict = |value: f64, target: f64| if value >= target { "met" } else { "missed" };
     let _ = writeln!(

@@ -188,6 +188,7 @@ async fn copy_passes(
     let mut rate = RateLimit::new(args.max_rows_per_second);
     let mut lag = LagWatch::new(Duration::from_secs(args.max_replication_lag));
     let mut lag_conn = site.connect_csmh().await?;
+    let mut second_writer = if site.same_server { None } else { Some(site.connect_csmh().await?) };
     let builder = InsertBuilder::new(&site.extended, no_backslash_escapes(&mut servers.csmh).await?);
     let statement_bytes = statement_bytes(&mut servers.csmh).await?;
     let server_side = ServerSide::new(run);
@@ -205,11 +206,12 @@ async fn copy_passes(
         run.progress.set_target(target);
         let overlap = extended_rows_between(&mut servers.csmh, site, run.last_id, target).await?;
         let throttle = Throttle { sizer: &sizer, rate: &mut rate, lag: &mut lag, lag_conn: &mut lag_conn };
-        if site.same_server {
-            server_side.pass(&mut servers.csmh, run, throttle, overlap).await?;
-        } else {
-            let streamed = Streamed { builder: &builder, statement_bytes, overlap };
-            streamed.pass(&mut servers.edxapp, &mut servers.csmh, run, throttle).await?;
+        match &mut second_writer {
+            None => server_side.pass(&mut servers.csmh, run, throttle, overlap).await?,
+            Some(second) => {
+                let streamed = Streamed { builder: &builder, statement_bytes, overlap };
+                streamed.pass(&mut servers.edxapp, [&mut servers.csmh, second], run, throttle).await?;
+            }
         }
     }
 }

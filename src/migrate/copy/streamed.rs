@@ -1,31 +1,33 @@
 //! One pass of the copy across two servers: rows stream from the old table's server into multi-row INSERTs on
-//! the extended table's server, the next chunk read while the previous one is written.
+//! the extended table's server, the next chunks read while the previous ones are written.
 //!
-//! Two tasks run side by side on their own connections: the reader selects a chunk (`WHERE id > last AND
-//! id <= target ORDER BY id LIMIT n`, binary protocol) and turns its rows into INSERT statements of a bounded
-//! size; the writer executes them in one transaction per chunk and commits each chunk with its checkpoint. At
-//! most two statements wait between them, and their buffers go back to the reader, so memory is a few
-//! statements' worth whatever the chunk size. Throttling happens in the reader, before a chunk's SELECT, so no
-//! result set stays open while the copy pauses.
+//! A reader selects a chunk (`WHERE id > last AND id <= target ORDER BY id LIMIT n`, binary protocol) and turns
+//! its rows into INSERT statements of a bounded size; writers execute them, each chunk in one transaction, on
+//! connections of their own. With two writers, the server inserts two chunks at once (the insert is where the
+//! copy spends its time), but chunks still commit in id order: a writer commits its chunk, with the checkpoint,
+//! only once the chunk before it has committed, so the checkpoint always means "every row up to here". At most
+//! a few statements wait between the reader and the writers, and their buffers go back to the reader, so memory
+//! is a few statements' worth whatever the chunk size. Throttling happens in the reader, before a chunk's
+//! SELECT, so no result set stays open while the copy pauses.
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Statement};
-use tokio::sync::mpsc;
+use tokio::sync::{Mutex, mpsc, watch};
 use tokio::time::Instant;
 
 use super::run::{Run, csmh_error, edxapp_error};
 use super::server_side::Throttle;
 use super::sql::InsertBuilder;
 use super::throttle::ChunkSizer;
-use crate::migrate::MigrateError;
 use crate::migrate::schema::{COLUMN_LIST, COLUMNS};
+use crate::migrate::{MigrateError, Site};
 
-/// Statements waiting between the reader and the writer.
+/// Statements waiting between the reader and each writer.
 const IN_FLIGHT: usize = 2;
 /// The position of `id` among [`COLUMNS`].
 const ID_COLUMN: usize = 5;
 
-/// What the reader hands the writer.
+/// What the reader hands a writer.
 enum Piece {
     /// A complete INSERT of some of the chunk's rows.
     Statement(Vec<u8>),
@@ -35,7 +37,11 @@ enum Piece {
 
 /// The end of a chunk: the range it covered and what it held.
 struct ChunkEnd {
-    /// The chunk covered ids above the previous chunk's `to` and up to this one.
+    /// The chunk's place in the pass, from 0: the order in which chunks commit.
+    sequence: u64,
+    /// The chunk covered ids above this one ...
+    from: u64,
+    /// ... and up to this one.
     to: u64,
     /// Rows read.
     rows: u64,
@@ -55,13 +61,21 @@ pub struct Streamed<'a> {
     pub overlap: bool,
 }
 
+/// What the writers share: the run (locked only to commit) and the number of chunks committed so far.
+struct Commits<'r, 'a> {
+    run: Mutex<&'r mut Run<'a>>,
+    committed: watch::Sender<u64>,
+    sizer: &'r ChunkSizer,
+}
+
 impl Streamed<'_> {
     /// Copies every old row with an id above `run.last_id` and up to `run.target_id`, reading on `edxapp` and
-    /// writing on `csmh`.
+    /// writing on the `csmh` connections (two writers when two are given and the range holds no earlier copy;
+    /// one otherwise, so that removing extended rows the old table no longer has never races another writer).
     pub async fn pass(
         &self,
         edxapp: &mut Conn,
-        csmh: &mut Conn,
+        csmh: [&mut Conn; 2],
         run: &mut Run<'_>,
         throttle: Throttle<'_>,
     ) -> Result<(), MigrateError> {
@@ -70,37 +84,50 @@ impl Streamed<'_> {
             run.site.old.quoted()
         );
         let select = edxapp.prep(select).await.map_err(|source| edxapp_error("prepare the chunk's SELECT", source))?;
-        let (pieces_tx, pieces_rx) = mpsc::channel(IN_FLIGHT);
-        let (spare_tx, spare_rx) = mpsc::channel(IN_FLIGHT + 1);
+        let site = run.site;
         let (from, target) = (run.last_id, run.target_id);
-        let sizer = throttle.sizer;
-        let reader = self.read(edxapp, &select, (from, target), throttle, pieces_tx, spare_rx);
-        let writer = self.write(csmh, run, sizer, pieces_rx, spare_tx);
-        tokio::try_join!(reader, writer)?;
+        let [first, second] = csmh;
+        let (first_tx, first_rx) = mpsc::channel(IN_FLIGHT);
+        let (second_tx, second_rx) = mpsc::channel(IN_FLIGHT);
+        let (spare_tx, spare_rx) = mpsc::channel(IN_FLIGHT * 2 + 1);
+        let writers = if self.overlap {
+            // The second writer gets nothing, and ends at once.
+            drop(second_tx);
+            vec![first_tx]
+        } else {
+            vec![first_tx, second_tx]
+        };
+        let commits = Commits { run: Mutex::new(run), committed: watch::Sender::new(0), sizer: throttle.sizer };
+        let reader = self.read(edxapp, &select, (from, target), throttle, writers, spare_rx);
+        let first = self.write(first, site, &commits, first_rx, spare_tx.clone());
+        let second = self.write(second, site, &commits, second_rx, spare_tx);
+        tokio::try_join!(reader, first, second)?;
         Ok(())
     }
 
-    /// The reader: chunks of rows into statements.
+    /// The reader: chunks of rows into statements, chunk `n` to writer `n % writers`.
     async fn read(
         &self,
         conn: &mut Conn,
         select: &Statement,
         (from, target): (u64, u64),
         throttle: Throttle<'_>,
-        pieces: mpsc::Sender<Piece>,
+        writers: Vec<mpsc::Sender<Piece>>,
         mut spare: mpsc::Receiver<Vec<u8>>,
     ) -> Result<(), MigrateError> {
         let mut last = from;
         let mut buf = Vec::with_capacity(self.statement_bytes * 2);
+        let mut sequence = 0;
         while last < target {
             throttle.lag.wait(throttle.lag_conn).await;
+            let pieces = &writers[(sequence % writers.len() as u64) as usize];
             let limit = throttle.sizer.rows();
             let started = Instant::now();
             let mut result = conn
                 .exec_iter(select, (last, target, limit))
                 .await
                 .map_err(|source| edxapp_error("read a chunk", source))?;
-            let mut end = ChunkEnd { to: last, rows: 0, ids: Vec::new(), started };
+            let mut end = ChunkEnd { sequence, from: last, to: last, rows: 0, ids: Vec::new(), started };
             self.builder.start(&mut buf);
             while let Some(row) = result.next().await.map_err(|source| edxapp_error("read a chunk", source))? {
                 let id: u64 = row.get(ID_COLUMN).ok_or_else(|| bad_row(&row))?;
@@ -111,17 +138,18 @@ impl Streamed<'_> {
                 }
                 self.builder.push_row(&mut buf, &row);
                 if buf.len() >= self.statement_bytes {
-                    buf = self.send_statement(&pieces, &mut spare, buf).await?;
+                    buf = self.send_statement(pieces, &mut spare, buf).await?;
                 }
             }
             drop(result);
             if !self.builder.is_empty(&buf) {
-                buf = self.send_statement(&pieces, &mut spare, buf).await?;
+                buf = self.send_statement(pieces, &mut spare, buf).await?;
             }
             if end.rows < limit {
                 end.to = target;
             }
             last = end.to;
+            sequence += 1;
             let rows = end.rows;
             pieces.send(Piece::ChunkEnd(end)).await.map_err(|_| writer_gone())?;
             throttle.rate.copied(rows).await;
@@ -129,7 +157,7 @@ impl Streamed<'_> {
         Ok(())
     }
 
-    /// Ends the statement in `buf`, hands it to the writer, and returns a buffer to go on with.
+    /// Ends the statement in `buf`, hands it to a writer, and returns a buffer to go on with.
     async fn send_statement(
         &self,
         pieces: &mpsc::Sender<Piece>,
@@ -143,17 +171,17 @@ impl Streamed<'_> {
         Ok(next)
     }
 
-    /// The writer: statements into transactions, one per chunk, each committed with its checkpoint.
+    /// A writer: statements into transactions, one per chunk, each committed with its checkpoint once the
+    /// chunk before it has committed.
     async fn write(
         &self,
         conn: &mut Conn,
-        run: &mut Run<'_>,
-        sizer: &ChunkSizer,
+        site: &Site,
+        commits: &Commits<'_, '_>,
         mut pieces: mpsc::Receiver<Piece>,
         spare: mpsc::Sender<Vec<u8>>,
     ) -> Result<(), MigrateError> {
         let mut in_transaction = false;
-        let mut from = run.last_id;
         while let Some(piece) = pieces.recv().await {
             if !in_transaction {
                 conn.query_drop("BEGIN").await.map_err(|source| csmh_error("start a chunk", source))?;
@@ -166,12 +194,14 @@ impl Streamed<'_> {
                 }
                 Piece::ChunkEnd(end) => {
                     if self.overlap {
-                        remove_extra(conn, run, (from, end.to), &end.ids).await?;
+                        remove_extra(conn, site, (end.from, end.to), &end.ids).await?;
                     }
-                    run.commit_chunk(conn, end.to, end.rows).await?;
+                    let mut turn = commits.committed.subscribe();
+                    turn.wait_for(|committed| *committed == end.sequence).await.map_err(|_| writer_gone())?;
+                    commits.run.lock().await.commit_chunk(conn, end.to, end.rows).await?;
+                    commits.committed.send_replace(end.sequence + 1);
+                    commits.sizer.record(end.rows, end.started.elapsed());
                     in_transaction = false;
-                    from = end.to;
-                    sizer.record(end.rows, end.started.elapsed());
                 }
             }
         }
@@ -181,8 +211,8 @@ impl Streamed<'_> {
 
 /// Deletes the extended rows with ids in `(from, to]` that are not among the chunk's `ids` (sorted): rows
 /// deleted from the old table after an earlier copy.
-async fn remove_extra(conn: &mut Conn, run: &Run<'_>, (from, to): (u64, u64), ids: &[u64]) -> Result<(), MigrateError> {
-    let extended = run.site.extended.quoted();
+async fn remove_extra(conn: &mut Conn, site: &Site, (from, to): (u64, u64), ids: &[u64]) -> Result<(), MigrateError> {
+    let extended = site.extended.quoted();
     let present: Vec<u64> = conn
         .exec(format!("SELECT `id` FROM {extended} WHERE `id` > ? AND `id` <= ?"), (from, to))
         .await
@@ -204,7 +234,7 @@ fn bad_row(row: &mysql_async::Row) -> MigrateError {
     MigrateError::Refused(format!("the old table returned a row without an id ({} of {columns} columns)", row.len()))
 }
 
-/// The writer stopped (its error is the one reported).
+/// A writer stopped (its error is the one reported).
 fn writer_gone() -> MigrateError {
-    MigrateError::Refused("the writer stopped".to_owned())
+    MigrateError::Refused("a writer stopped".to_owned())
 }
