@@ -202,6 +202,21 @@ mod tests {
         assert_eq!(slow.rows(), MIN_CHUNK_ROWS);
     }
 
+    fn status_row(column: &str, value: mysql_async::Value) -> mysql_async::Row {
+        use mysql_async::consts::ColumnType;
+        let columns = [mysql_async::Column::new(ColumnType::MYSQL_TYPE_LONGLONG).with_name(column.as_bytes())];
+        mysql_common::row::new_row(vec![value], columns.into())
+    }
+
+    #[test]
+    fn the_lag_is_the_worst_channels_and_a_server_without_channels_is_no_replica() {
+        assert_eq!(lag_of(&[]), Lag::NotAReplica);
+        let mariadb = status_row("Seconds_Behind_Master", mysql_async::Value::Int(3));
+        let mysql = status_row("Seconds_Behind_Source", mysql_async::Value::Bytes(b"12".to_vec()));
+        assert_eq!(lag_of(&[mariadb, mysql]), Lag::Seconds(12));
+        assert_eq!(lag_of(&[status_row("Seconds_Behind_Master", mysql_async::Value::NULL)]), Lag::Unknown);
+    }
+
     #[tokio::test]
     async fn the_rate_limit_sleeps_while_ahead() {
         let mut limit = RateLimit::new(Some(10_000));
