@@ -57,6 +57,7 @@ fn main() -> anyhow::Result<()> {
     let one_server = site(&a, &a)?;
 
     let lock = BenchLock::acquire();
+    let load_before = load_average();
     let mut rounds = Vec::new();
     for round in 1..=options.rounds {
         let measured = Round {
@@ -68,7 +69,8 @@ fn main() -> anyhow::Result<()> {
         eprintln!("round {round}: {measured:?}");
         rounds.push(measured);
     }
-    let report = render(&options, &rounds);
+    let load = format!("{load_before} before, {} after", load_average());
+    let report = render(&options, &rounds, &load);
     println!("\n{report}");
     if options.write {
         write_results(Path::new(RESULTS), &report)?;
@@ -270,7 +272,7 @@ fn median_and_range(mut values: Vec<f64>) -> (f64, f64, f64) {
 type Pick = fn(&Round) -> Measured;
 
 /// The report, as Markdown.
-fn render(options: &Options, rounds: &[Round]) -> String {
+fn render(options: &Options, rounds: &[Round], load: &str) -> String {
     let rate = |pick: Pick| {
         median_and_range(rounds.iter().map(|r| options.rows as f64 / pick(r).elapsed.as_secs_f64()).collect())
     };
@@ -300,7 +302,8 @@ fn render(options: &Options, rounds: &[Round]) -> String {
         text,
         "`{}` — {} rows of edX-shaped history (`sandbox::generate_history`: ids with gaps, states up to 520 \
          bytes), {} rounds; two MariaDB servers on this machine, the sandbox's settings; machine: {}; MariaDB {}; \
-         measured {}.\n",
+         measured {}; load average (1, 5, 15 min) {load}: other work on the machine slows the copies \
+         unevenly, hence the ranges.\n",
         options.command,
         options.rows,
         options.rounds,
@@ -358,6 +361,12 @@ fn mariadb_version() -> String {
         mariadb_binaries().ok().and_then(|b| std::process::Command::new(&b.mariadbd).arg("--version").output().ok());
     let text = output.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
     text.split_whitespace().skip_while(|word| *word != "Ver").nth(1).unwrap_or("unknown").to_owned()
+}
+
+/// The 1, 5 and 15-minute load averages.
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
 /// Today's date (UTC), from `date`.

@@ -40,13 +40,15 @@ impl fmt::Display for Task {
 /// One task's recorded progress or result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checkpoint {
-    /// Free-form state of the task: `running`, `done`, `passed`, `failed`, ...
+    /// Free-form state of the task: `migrate` writes `running` with every chunk and `done` once a pass finds
+    /// nothing new; `verify` writes `passed`, `failed`, ...
     pub state: String,
     /// `migrate`: every old row with an id up to this one is in the extended table. `verify`: the last id checked.
     pub last_id: Option<u64>,
     /// `migrate`: the old table's highest id when the current pass started.
     pub target_id: Option<u64>,
-    /// Rows copied (or checked) so far by this run.
+    /// `migrate`: rows copied since the migration started, across resumed runs (reset by `--from-id`).
+    /// `verify`: rows checked so far by this run.
     pub rows_done: u64,
     /// A human-readable detail, such as the differing id ranges of a failed verify.
     pub detail: Option<String>,
