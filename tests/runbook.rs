@@ -76,7 +76,7 @@ async fn the_runbook(two_servers: bool) {
     let status = run(&site, &["status"], 0).await;
     assert!(status.contains("passed"), "the last verify is shown:\n{status}");
     edxapp.disconnect().await.unwrap();
-    proxy.shutdown().await;
+    proxy.shutdown().await.expect("the proxy shuts down");
 }
 
 /// A module with old history.
