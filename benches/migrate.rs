@@ -343,8 +343,8 @@ fn render(options: &Options, rounds: &[Round], load: &str) -> String {
     );
     let _ = writeln!(
         text,
-        "\nReading: across two servers the insert on server B costs the same CPU per row whichever client sends \
-         it, and is where both methods spend their time; the tool's client side costs about half of what \
+        "\nReading: across two servers the insert on server B costs about the same CPU per row whichever client sends \
+         it, and is where both methods spend their time (a little more with two writers inserting at once); the tool's client side costs about half of what \
          `mariadb-dump` and `mariadb` cost, and its two writers keep server B inserting on both cores while the \
          next chunk is read, chunks still committing in id order with the checkpoint. On one server the tool \
          pays, against one statement, a `LIMIT 1 OFFSET n` read per chunk to find where it ends and one commit \
