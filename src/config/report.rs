@@ -60,7 +60,8 @@ impl Report<'_> {
     fn write_tables(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let history = &self.0.history;
         writeln!(f, "old table:       {}", history.old_table)?;
-        writeln!(f, "extended table:  {}", history.extended_table)
+        writeln!(f, "extended table:  {}", history.extended_table)?;
+        writeln!(f, "id offset:       {} (where `csmh-proxy init` starts the extended table's ids)", history.id_offset)
     }
 
     /// Each flag under its edx-platform name.
