@@ -193,3 +193,35 @@ async fn a_rerun_from_an_id_repairs_rows_changed_or_deleted_after_their_copy() {
         );
     }
 }
+
+#[tokio::test]
+async fn migrate_refuses_to_overwrite_rows_when_the_old_ids_reach_the_extended_tables() {
+    let site = MigrationSite::new(true).await;
+    site.generate_old_rows(1_000).await;
+    let old_max = site.old_fingerprint().await.max_id;
+    let text = std::fs::read_to_string(&site.config_path).unwrap();
+    std::fs::write(&site.config_path, text.replace("[history]\n", "[history]\nid_offset = 10\n")).unwrap();
+    let init = site.command(&["init"]).await;
+    assert_eq!(init.status.code(), Some(0), "{}", outputs(&init));
+    // edxapp writes a new row to the extended table, then (misconfigured) keeps writing old rows past its id.
+    let new_row = format!(
+        "INSERT INTO {} (`created`, `state`, `student_module_id`) VALUES ('2024-06-01 00:00:00', 'new', 7)",
+        site.extended()
+    );
+    site.csmh().await.query_drop(new_row).await.unwrap();
+    let late_old_row = format!(
+        "INSERT INTO {} (`id`, `created`, `state`, `student_module_id`) VALUES ({}, '2024-06-02 00:00:00', 'old', 8)",
+        site.old(),
+        old_max + 10
+    );
+    site.edxapp().await.query_drop(late_old_row).await.unwrap();
+
+    let output = site.command(&["migrate"]).await;
+    assert_eq!(output.status.code(), Some(1), "{}", outputs(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("already has rows with ids between 1 and {}", old_max + 10)), "{stderr}");
+    assert!(stderr.contains("nothing was copied past id 0"), "{stderr}");
+    let state = format!("SELECT COUNT(*) FROM {} WHERE `state` = 'new' AND `id` = {}", site.extended(), old_max + 10);
+    assert_eq!(site.csmh_number(&state).await, Some(1), "the extended table's own row is untouched");
+    assert_eq!(site.extended_fingerprint(u64::MAX).await.rows, 1, "nothing copied");
+}

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tracing::info;
 
 use self::progress::Progress;
-pub use self::run::{DONE, RUNNING};
+pub use self::run::{DONE, RECOPY, RUNNING};
 use self::run::{Run, csmh_error, edxapp_error};
 use self::server_side::{ServerSide, Throttle};
 use self::sql::InsertBuilder;
@@ -135,10 +135,13 @@ pub async fn migrate(site: &Site, args: &MigrateArgs) -> Result<MigrateReport, M
     check_extended_table(&mut servers.csmh, site).await?;
     checkpoint::ensure(&mut servers.csmh, site).await?;
     let previous = checkpoint::load(&mut servers.csmh, site, Task::Migrate).await?;
-    let (resumed_from, rows_before, started_at) = match (args.from_id, previous) {
-        (Some(from), _) => (Some(from), 0, server_now(&mut servers.csmh).await?),
-        (None, Some(previous)) => (previous.last_id, previous.rows_done, previous.started_at),
-        (None, None) => (None, 0, server_now(&mut servers.csmh).await?),
+    let (resumed_from, rows_before, started_at, detail) = match (args.from_id, previous) {
+        (Some(from), _) => (Some(from), 0, server_now(&mut servers.csmh).await?, Some(format!("{RECOPY}{from}"))),
+        (None, Some(previous)) => {
+            let recopy = previous.detail.filter(|detail| detail.starts_with(RECOPY) && previous.state != DONE);
+            (previous.last_id, previous.rows_done, previous.started_at, recopy)
+        }
+        (None, None) => (None, 0, server_now(&mut servers.csmh).await?, None),
     };
     let first_id = resumed_from.unwrap_or(0);
     let mut run = Run {
@@ -148,11 +151,13 @@ pub async fn migrate(site: &Site, args: &MigrateArgs) -> Result<MigrateReport, M
         rows_done: rows_before,
         rows_this_run: 0,
         started_at,
+        detail,
         progress: Progress::new(first_id, first_id),
     };
     let passes = copy_passes(&mut servers, site, args, &mut run).await;
     run.progress.finish();
     let passes = passes?;
+    run.detail = None;
     checkpoint::save(&mut servers.csmh, site, Task::Migrate, &run.checkpoint(DONE)).await?;
     Ok(MigrateReport {
         resumed_from,
@@ -205,6 +210,9 @@ async fn copy_passes(
         run.target_id = target;
         run.progress.set_target(target);
         let overlap = extended_rows_between(&mut servers.csmh, site, run.last_id, target).await?;
+        if overlap && run.detail.is_none() {
+            return Err(ids_taken(site, run.last_id, target));
+        }
         let throttle = Throttle { sizer: &sizer, rate: &mut rate, lag: &mut lag, lag_conn: &mut lag_conn };
         match &mut second_writer {
             None => server_side.pass(&mut servers.csmh, run, throttle, overlap).await?,
@@ -214,6 +222,21 @@ async fn copy_passes(
             }
         }
     }
+}
+
+/// The refusal of a pass whose ids the extended table already has, outside a `--from-id` re-copy: the old
+/// table's ids have reached rows the extended table got from elsewhere (its starting id offset used up), and
+/// copying would overwrite them.
+fn ids_taken(site: &Site, last_id: u64, target: u64) -> MigrateError {
+    MigrateError::Refused(format!(
+        "the extended table {} already has rows with ids between {} and {target}, which old rows still to copy \
+         also have: the old table's ids have reached the extended table's own (its starting id offset is used \
+         up, or something else wrote those ids), and copying would overwrite those rows, so nothing was copied \
+         past id {last_id}. Look at them (`csmh-proxy status`, `csmh-proxy verify`); only if they are copies \
+         of these old rows, copy again with `csmh-proxy migrate --from-id {last_id}`",
+        site.extended,
+        last_id + 1,
+    ))
 }
 
 /// Sets up both sessions for the copy: chunks read committed data without locking the old table's rows (where

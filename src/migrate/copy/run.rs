@@ -12,6 +12,8 @@ use crate::migrate::{MigrateError, Site};
 pub const RUNNING: &str = "running";
 /// The checkpoint's `state` once a run has copied every row it found.
 pub const DONE: &str = "done";
+/// How the checkpoint's `detail` starts while a run copies again over rows copied before (`--from-id`).
+pub const RECOPY: &str = "re-copy from id ";
 
 /// Where a run stands.
 #[derive(Debug)]
@@ -28,6 +30,9 @@ pub struct Run<'a> {
     pub rows_this_run: u64,
     /// When the migration started (server time), kept across resumed runs.
     pub started_at: String,
+    /// The checkpoint's `detail`: [`RECOPY`] and the id while a `--from-id` run (or its resumption) copies again
+    /// over rows copied before; `None` otherwise.
+    pub detail: Option<String>,
     /// What the operator sees.
     pub progress: Progress,
 }
@@ -40,7 +45,7 @@ impl Run<'_> {
             last_id: Some(self.last_id),
             target_id: Some(self.target_id),
             rows_done: self.rows_done,
-            detail: None,
+            detail: self.detail.clone(),
             started_at: self.started_at.clone(),
             updated_at: String::new(),
         }

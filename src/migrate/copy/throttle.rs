@@ -145,7 +145,11 @@ async fn replication_lag(conn: &mut Conn) -> Lag {
             Ok(rows) => return lag_of(&rows),
             Err(mysql_async::Error::Server(error)) if error.code == ER_PARSE_ERROR => continue,
             Err(error) => {
-                warn!(%error, "cannot read the replication status; replication lag is not watched");
+                warn!(
+                    %error,
+                    "cannot read the replication status, so replication lag is not watched (the account needs \
+                     REPLICATION CLIENT, or SLAVE MONITOR on MariaDB)"
+                );
                 return Lag::NotAReplica;
             }
         }
