@@ -7,13 +7,13 @@
 
 pub mod checkpoint;
 pub mod copy;
+mod error;
 pub mod init;
 pub mod schema;
+mod site;
 pub mod status;
 pub mod truncate;
 pub mod verify;
-mod error;
-mod site;
 
 pub use error::MigrateError;
 pub use site::{Servers, Site};
