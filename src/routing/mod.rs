@@ -102,8 +102,9 @@ pub struct MergeRead {
     /// own, with the merge's ORDER BY and LIMIT (an INT and a BIGINT UNSIGNED value are the same text).
     pub old: Vec<u8>,
     /// The statement for the old table in the binary protocol, whose values must be encoded as the extended
-    /// side's are: the table read through a derived table with `id` and `student_module_id` widened.
-    pub old_widened: Vec<u8>,
+    /// side's are: the table read through a derived table with `id` and `student_module_id` widened. Only
+    /// across two servers: on one, prepared reads of both tables are a union.
+    pub old_widened: Option<Vec<u8>>,
     /// The statement for the extended table, on the `csmh` connection.
     pub extended: Vec<u8>,
     /// Subqueries of `extended` to run on `edxapp` first.
@@ -388,28 +389,42 @@ impl Plan<'_, '_> {
         let alias = String::from_utf8_lossy(rewrite::read_alias(read, self.source, self.tokens)).into_owned();
         let clauses = plan.side_clauses(&format!("{alias}.`id`"));
         let condition = self.condition(read)?;
-        let (old, extended) = (&self.router.old, &self.router.extended);
-        // The old side's condition moves inside its derived table, where it reads the table's own (uncast)
-        // columns, so the table's indexes serve it; moved rather than copied, so a prepared statement keeps its
-        // parameter count.
-        let old_side = rewrite::single_read(&alias, condition.as_ref().map(|c| &c.text[..]), old, true);
-        let mut old_statement = self.side_statement(read, old_side.into_bytes(), &clauses)?;
-        if let Some(condition) = &condition {
-            let keyword = self.tokens.iter().rev().find(|t| t.range.end <= condition.range.start);
-            let start = keyword.filter(|t| t.is_keyword("WHERE")).map(|t| t.range.start);
-            let start = start.ok_or_else(|| Unsupported("cannot locate the WHERE clause".into()))?;
-            old_statement.replace(start..condition.range.end, Vec::new());
-        }
-        let old_widened = old_statement.render_all()?;
+        let old_widened = match self.router.same_server {
+            true => None,
+            false => Some(self.widened_old_side(read, &alias, condition.as_ref(), &clauses)?),
+        };
         let as_written = self.source.bytes()[self.source.offset(read.start)..self.source.offset(read.end)].to_vec();
         let mut old_text = self.qualifiers_renamed(|_| self.router.old.table().as_bytes().to_vec());
         if self.router.same_server {
             self.exclude_copies(&mut old_text, read, &alias, condition.as_ref());
         }
         let old_sql = self.side_statement_onto(old_text, read, as_written, &clauses)?.render_all()?;
-        let extended_side = rewrite::extended_read(&alias, extended, self.shape.selects_wildcard).into_bytes();
+        let extended_side =
+            rewrite::extended_read(&alias, &self.router.extended, self.shape.selects_wildcard).into_bytes();
         let (extended_sql, inline) = self.finish(self.side_statement(read, extended_side, &clauses)?)?;
         Ok(MergeRead { old: old_sql, old_widened, extended: extended_sql, inline, plan, extended_on: self.side() })
+    }
+
+    /// The old side of a merged read in the binary protocol: the old table through a derived table with the
+    /// extended table's types. The condition moves inside the derived table, where it reads the table's own
+    /// (uncast) columns, so the table's indexes serve it; moved rather than copied, so a prepared statement keeps
+    /// its parameter count.
+    fn widened_old_side(
+        &self,
+        read: &Read,
+        alias: &str,
+        condition: Option<&Condition>,
+        clauses: &SideClauses,
+    ) -> Result<Vec<u8>, Unsupported> {
+        let old_side = rewrite::single_read(alias, condition.map(|c| &c.text[..]), &self.router.old, true);
+        let mut old_statement = self.side_statement(read, old_side.into_bytes(), clauses)?;
+        if let Some(condition) = condition {
+            let keyword = self.tokens.iter().rev().find(|t| t.range.end <= condition.range.start);
+            let start = keyword.filter(|t| t.is_keyword("WHERE")).map(|t| t.range.start);
+            let start = start.ok_or_else(|| Unsupported("cannot locate the WHERE clause".into()))?;
+            old_statement.replace(start..condition.range.end, Vec::new());
+        }
+        old_statement.render_all()
     }
 
     /// On one server, makes the old side skip the rows the extended table has a copy of, as the union does: each

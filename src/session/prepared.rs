@@ -65,8 +65,12 @@ impl Session {
         if let Some(reason) = refusal {
             return self.refuse_unsupported(span, reason).await;
         }
+        // Prepared reads of both tables on one server are routed as a union, never here.
+        let Some(old) = read.old_widened.as_deref() else {
+            return self.refuse_unsupported(span, "a prepared read of both tables merged on one server").await;
+        };
         let twin = Twin::Merge(Box::new(read.plan));
-        self.prepare_pair(span, Some(&read.old_widened), Side::Csmh, &read.extended, twin).await
+        self.prepare_pair(span, Some(old), Side::Csmh, &read.extended, twin).await
     }
 
     /// Prepares the shadow on `side` first (if it cannot be prepared, the client's statement is not either), then
