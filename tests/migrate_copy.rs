@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use csmh_proxy::config::Flags;
+use csmh_proxy::migrate::Site;
 use csmh_proxy::migrate::copy::{MigrateArgs, migrate};
 use csmh_proxy::migrate::init::init;
 use migrate_support::{MigrationSite, outputs};
@@ -185,13 +187,53 @@ async fn a_rerun_from_an_id_repairs_rows_changed_or_deleted_after_their_copy() {
 
         let repair = MigrateArgs { from_id: Some(50), ..MigrateArgs::default() };
         let report = migrate(&site.site(), &repair).await.expect("migrate --from-id");
-        assert_eq!(report.resumed_from, Some(50));
+        assert_eq!(report.resumed_from, Some(49));
         assert_eq!(
             site.extended_fingerprint(u64::MAX).await,
             site.old_fingerprint().await,
             "two servers: {two_servers}"
         );
+
+        // `--from-id N` copies row N itself again: the id verify names first is the one to give.
+        let changed: u64 = edxapp
+            .query_first(format!("SELECT MIN(`id`) FROM {} WHERE `id` > 4000", site.old()))
+            .await
+            .unwrap()
+            .unwrap();
+        edxapp
+            .query_drop(format!("UPDATE {} SET `state` = 'newest' WHERE `id` = {changed}", site.old()))
+            .await
+            .unwrap();
+        let repair = MigrateArgs { from_id: Some(changed), ..MigrateArgs::default() };
+        migrate(&site.site(), &repair).await.expect("migrate --from-id <the changed id>");
+        assert_eq!(site.extended_fingerprint(u64::MAX).await, site.old_fingerprint().await, "row {changed} too");
+
+        // The start of the old table drained (`truncate-old --slow` stopped half-way): copying again from 0 keeps
+        // the extended rows below the old table's smallest id, their only copy left.
+        edxapp.query_drop(format!("DELETE FROM {} WHERE `id` <= 3000", site.old())).await.unwrap();
+        let before = site.extended_fingerprint(u64::MAX).await;
+        migrate(&site.site(), &MigrateArgs { from_id: Some(0), ..MigrateArgs::default() }).await.expect("from 0");
+        assert_eq!(site.extended_fingerprint(u64::MAX).await, before, "no drained row removed");
     }
+}
+
+#[tokio::test]
+async fn from_id_copies_only_rows_copied_before_and_nothing_is_copied_from_a_retired_table() {
+    let site = MigrationSite::new(false).await;
+    site.generate_old_rows(1_000).await;
+    init(&site.site(), 10_000).await.expect("init");
+    let early = MigrateArgs { from_id: Some(10), ..MigrateArgs::default() };
+    let refused = migrate(&site.site(), &early).await.expect_err("nothing copied yet");
+    assert!(refused.to_string().contains("nothing has been copied yet"), "{refused}");
+    let report = migrate(&site.site(), &MigrateArgs::default()).await.expect("migrate");
+    let beyond = MigrateArgs { from_id: Some(report.last_id + 1), ..MigrateArgs::default() };
+    let refused = migrate(&site.site(), &beyond).await.expect_err("above the copied ids");
+    assert!(refused.to_string().contains("above every id copied so far"), "{refused}");
+
+    let mut retired = site.config.clone();
+    retired.flags = Flags { enable_csmh_extended: true, read_only_from_csmhe: true, ..Flags::default() };
+    let refused = migrate(&Site::new(&retired).unwrap(), &MigrateArgs::default()).await.expect_err("retired");
+    assert!(refused.to_string().contains("READ_ONLY_FROM_CSMHE is on"), "{refused}");
 }
 
 #[tokio::test]

@@ -70,7 +70,8 @@ pub fn table_for(extended: &TableName) -> String {
     format!("`{}`.`{TABLE}`", extended.schema())
 }
 
-/// Creates the checkpoint table if it is missing.
+/// Creates the checkpoint table if it is missing: InnoDB, like the extended table, so that a chunk and the
+/// checkpoint recording it commit together.
 pub async fn ensure(conn: &mut impl Queryable, site: &Site) -> Result<(), MigrateError> {
     let sql = format!(
         "CREATE TABLE IF NOT EXISTS {} (
@@ -84,7 +85,7 @@ pub async fn ensure(conn: &mut impl Queryable, site: &Site) -> Result<(), Migrat
            `detail` text NULL,
            `started_at` datetime NOT NULL,
            `updated_at` datetime NOT NULL,
-           PRIMARY KEY (`task`, `extended_table`))",
+           PRIMARY KEY (`task`, `extended_table`)) ENGINE=InnoDB",
         table_for(&site.extended)
     );
     conn.query_drop(sql).await.map_err(|source| query_error("create the checkpoint table", source))

@@ -33,6 +33,16 @@ pub enum MigrateError {
         /// The client library's error.
         source: mysql_async::Error,
     },
+    /// A backend did not complete the login in time.
+    #[error("cannot connect to [backends.{backend}] at {address}: no login within {seconds} s (connect_timeout_secs)")]
+    ConnectTimeout {
+        /// `edxapp` or `csmh`.
+        backend: &'static str,
+        /// The address tried.
+        address: String,
+        /// The timeout.
+        seconds: u64,
+    },
     /// A statement failed on a backend.
     #[error("{backend}: {what}: {source}")]
     Query {

@@ -30,7 +30,8 @@ pub fn old_table_ddl(table: &str) -> String {
 }
 
 /// `CREATE TABLE` of the extended table named `table` (already quoted), as edx-platform's migration makes it:
-/// unsigned 64-bit ids, `id` sixth, and the next id at `next_id`.
+/// unsigned 64-bit ids, `id` sixth, and the next id at `next_id`. InnoDB whatever the server's default engine:
+/// a copied chunk and its checkpoint must commit together or not at all.
 pub fn extended_table_ddl(table: &str, next_id: u64) -> String {
     format!(
         "CREATE TABLE {table} (
@@ -38,7 +39,7 @@ pub fn extended_table_ddl(table: &str, next_id: u64) -> String {
            `id` bigint unsigned NOT NULL AUTO_INCREMENT PRIMARY KEY,
            `student_module_id` bigint unsigned NOT NULL,
            KEY (`version`), KEY (`created`), KEY `student_module_idx` (`student_module_id`)
-         ) AUTO_INCREMENT={next_id}"
+         ) ENGINE=InnoDB AUTO_INCREMENT={next_id}"
     )
 }
 
@@ -57,7 +58,7 @@ mod tests {
         let ddl = extended_table_ddl("`edxapp_csmh`.`h`", 10_224);
         let positions: Vec<usize> = COLUMNS.iter().map(|column| ddl.find(&format!("`{column}` ")).unwrap()).collect();
         assert!(positions.is_sorted(), "{ddl}");
-        assert!(ddl.ends_with("AUTO_INCREMENT=10224"), "{ddl}");
+        assert!(ddl.ends_with("ENGINE=InnoDB AUTO_INCREMENT=10224"), "{ddl}");
         assert!(
             old_table_ddl("`edxapp`.`h`").find("`id` int").unwrap()
                 < old_table_ddl("`edxapp`.`h`").find("`version`").unwrap()

@@ -19,8 +19,8 @@ pub struct Site {
     pub flags: Flags,
     /// Whether both tables live on one server (then a copy can run server-side).
     pub same_server: bool,
-    edxapp: Opts,
-    csmh: Opts,
+    edxapp: Server,
+    csmh: Server,
 }
 
 /// One logged-in connection to each backend. On one server these are still two connections, so a command
@@ -47,8 +47,8 @@ impl Site {
             extended: config.history.extended()?,
             flags: config.flags,
             same_server,
-            edxapp: opts(&config.backends.edxapp, edxapp_login),
-            csmh: opts(&config.backends.csmh, csmh_login),
+            edxapp: Server::new(&config.backends.edxapp, edxapp_login),
+            csmh: Server::new(&config.backends.csmh, csmh_login),
         })
     }
 
@@ -59,12 +59,12 @@ impl Site {
 
     /// A new connection to the server of the old table.
     pub async fn connect_edxapp(&self) -> Result<Conn, MigrateError> {
-        connect("edxapp", &self.edxapp).await
+        self.edxapp.connect("edxapp").await
     }
 
     /// A new connection to the server of the extended table.
     pub async fn connect_csmh(&self) -> Result<Conn, MigrateError> {
-        connect("csmh", &self.csmh).await
+        self.csmh.connect("csmh").await
     }
 }
 
@@ -81,17 +81,45 @@ fn login(backend: &'static str, config: &Backend) -> Result<Login, MigrateError>
     Ok(Login { user, password })
 }
 
-fn opts(backend: &Backend, login: Login) -> Opts {
-    let (host, port) = split_address(&backend.address);
-    OptsBuilder::default()
-        .ip_or_hostname(host)
-        .tcp_port(port)
-        .user(Some(login.user))
-        .pass(login.password)
-        .prefer_socket(false)
-        .tcp_nodelay(true)
-        .conn_ttl(None::<Duration>)
-        .into()
+/// How to log in to one server.
+#[derive(Debug, Clone)]
+struct Server {
+    opts: Opts,
+    connect_timeout: Duration,
+}
+
+/// TCP keepalive on the commands' connections, so that a server that went away is noticed (a `truncate-old`
+/// waiting on a dead connection would otherwise keep the old table locked until the server's `wait_timeout`).
+const KEEPALIVE: Duration = Duration::from_secs(30);
+
+impl Server {
+    fn new(backend: &Backend, login: Login) -> Server {
+        let (host, port) = split_address(&backend.address);
+        let opts = OptsBuilder::default()
+            .ip_or_hostname(host)
+            .tcp_port(port)
+            .user(Some(login.user))
+            .pass(login.password)
+            .prefer_socket(false)
+            .tcp_nodelay(true)
+            .tcp_keepalive(Some(KEEPALIVE))
+            // Text crosses every connection as utf8mb4, whatever the server's defaults, so no character is
+            // converted away between the two tables.
+            .setup(vec!["SET NAMES utf8mb4"])
+            .conn_ttl(None::<Duration>)
+            .into();
+        Server { opts, connect_timeout: Duration::from_secs(backend.connect_timeout_secs) }
+    }
+
+    /// A new connection, logged in within the backend's `connect_timeout_secs`.
+    async fn connect(&self, backend: &'static str) -> Result<Conn, MigrateError> {
+        let address = format!("{}:{}", self.opts.ip_or_hostname(), self.opts.tcp_port());
+        match tokio::time::timeout(self.connect_timeout, Conn::new(self.opts.clone())).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(source)) => Err(MigrateError::Connect { backend, address, source }),
+            Err(_) => Err(MigrateError::ConnectTimeout { backend, address, seconds: self.connect_timeout.as_secs() }),
+        }
+    }
 }
 
 /// `host:port` as written in the configuration (IPv6 hosts in brackets); port 3306 when absent.
@@ -104,14 +132,6 @@ fn split_address(address: &str) -> (String, u16) {
         },
         _ => (address.to_owned(), 3306),
     }
-}
-
-async fn connect(backend: &'static str, opts: &Opts) -> Result<Conn, MigrateError> {
-    Conn::new(opts.clone()).await.map_err(|source| MigrateError::Connect {
-        backend,
-        address: format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port()),
-        source,
-    })
 }
 
 #[cfg(test)]

@@ -23,8 +23,8 @@ use tokio::time::Instant;
 use tracing::info;
 
 use self::progress::Progress;
-pub use self::run::{DONE, RECOPY, RUNNING};
-use self::run::{Run, csmh_error, edxapp_error};
+pub use self::run::{DONE, RECOPY, RUNNING, Recopy};
+use self::run::{Removal, Run, csmh_error, edxapp_error};
 use self::server_side::{ServerSide, Throttle};
 use self::sql::InsertBuilder;
 use self::streamed::Streamed;
@@ -48,8 +48,9 @@ pub struct MigrateArgs {
     /// Pause while the `csmh` server, if it is a replica, is more than this many seconds behind its source.
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     pub max_replication_lag: u64,
-    /// Copy again from this id on, ignoring the checkpoint (0: from the start), e.g. over a range `verify`
-    /// reported as different.
+    /// Copy again the rows copied before from this id on (this id included; 0: from the start), e.g. from the
+    /// first id `verify` reported as different. Extended rows in that range that the old table no longer has are
+    /// removed, never below the old table's smallest id.
     #[arg(long, value_name = "ID")]
     pub from_id: Option<u64>,
 }
@@ -128,6 +129,14 @@ pub async fn run(config: &Config, args: &MigrateArgs) -> Result<MigrateReport, M
 /// Copies every old row into the extended table; see the module's doc.
 pub async fn migrate(site: &Site, args: &MigrateArgs) -> Result<MigrateReport, MigrateError> {
     check_args(args)?;
+    if site.flags.read_only_from_csmhe {
+        return Err(MigrateError::Refused(format!(
+            "the old table {} is retired (READ_ONLY_FROM_CSMHE is on): learner state deleted since then is gone \
+             from the extended table only, and copying the old table now would bring it back. Turn the flag off \
+             first if rows really must be copied again",
+            site.old
+        )));
+    }
     let started = Instant::now();
     let mut servers = site.connect().await?;
     prepare_sessions(&mut servers, site).await?;
@@ -135,10 +144,13 @@ pub async fn migrate(site: &Site, args: &MigrateArgs) -> Result<MigrateReport, M
     check_extended_table(&mut servers.csmh, site).await?;
     checkpoint::ensure(&mut servers.csmh, site).await?;
     let previous = checkpoint::load(&mut servers.csmh, site, Task::Migrate).await?;
-    let (resumed_from, rows_before, started_at, detail) = match (args.from_id, previous) {
-        (Some(from), _) => (Some(from), 0, server_now(&mut servers.csmh).await?, Some(format!("{RECOPY}{from}"))),
+    let (resumed_from, rows_before, started_at, recopy) = match (args.from_id, previous) {
+        (Some(from), previous) => {
+            let recopy = recopy_of(from, previous.and_then(|previous| previous.last_id))?;
+            (Some(from.saturating_sub(1)), 0, server_now(&mut servers.csmh).await?, Some(recopy))
+        }
         (None, Some(previous)) => {
-            let recopy = previous.detail.filter(|detail| detail.starts_with(RECOPY) && previous.state != DONE);
+            let recopy = previous.detail.as_deref().and_then(Recopy::from_detail).filter(|_| previous.state != DONE);
             (previous.last_id, previous.rows_done, previous.started_at, recopy)
         }
         (None, None) => (None, 0, server_now(&mut servers.csmh).await?, None),
@@ -151,13 +163,13 @@ pub async fn migrate(site: &Site, args: &MigrateArgs) -> Result<MigrateReport, M
         rows_done: rows_before,
         rows_this_run: 0,
         started_at,
-        detail,
+        recopy,
         progress: Progress::new(first_id, first_id),
     };
     let passes = copy_passes(&mut servers, site, args, &mut run).await;
     run.progress.finish();
     let passes = passes?;
-    run.detail = None;
+    run.recopy = None;
     checkpoint::save(&mut servers.csmh, site, Task::Migrate, &run.checkpoint(DONE)).await?;
     Ok(MigrateReport {
         resumed_from,
@@ -168,6 +180,23 @@ pub async fn migrate(site: &Site, args: &MigrateArgs) -> Result<MigrateReport, M
         server_side: site.same_server,
         elapsed: started.elapsed(),
     })
+}
+
+/// The re-copy `--from-id from` asks for, given the highest id copied so far: only rows copied before can be
+/// copied again (the others are copied by a run without `--from-id`, from the checkpoint).
+fn recopy_of(from: u64, copied_up_to: Option<u64>) -> Result<Recopy, MigrateError> {
+    match copied_up_to {
+        Some(until) if from <= until => Ok(Recopy { from, until }),
+        Some(until) => Err(MigrateError::Refused(format!(
+            "--from-id {from} is above every id copied so far (up to {until}): run `csmh-proxy migrate` without \
+             --from-id, which continues from there"
+        ))),
+        None => Err(MigrateError::Refused(
+            "nothing has been copied yet, so there is nothing to copy again: run `csmh-proxy migrate` without \
+             --from-id"
+                .to_owned(),
+        )),
+    }
 }
 
 /// Refuses options that make no sense.
@@ -209,15 +238,21 @@ async fn copy_passes(
         }
         run.target_id = target;
         run.progress.set_target(target);
-        let overlap = extended_rows_between(&mut servers.csmh, site, run.last_id, target).await?;
-        if overlap && run.detail.is_none() {
-            return Err(ids_taken(site, run.last_id, target));
+        // Above what an earlier run copied, the extended table must have no row: its ids are its own.
+        let recopy = run.recopy.filter(|recopy| recopy.until > run.last_id);
+        let first_new = recopy.map_or(run.last_id, |recopy| recopy.until);
+        if first_new < target && extended_rows_between(&mut servers.csmh, site, first_new, target).await? {
+            return Err(ids_taken(site, first_new, target));
         }
+        let removal = match recopy {
+            Some(recopy) => Some(Removal { recopy, floor: old_smallest_id(&mut servers.edxapp, site).await? }),
+            None => None,
+        };
         let throttle = Throttle { sizer: &sizer, rate: &mut rate, lag: &mut lag, lag_conn: &mut lag_conn };
         match &mut second_writer {
-            None => server_side.pass(&mut servers.csmh, run, throttle, overlap).await?,
+            None => server_side.pass(&mut servers.csmh, run, throttle, removal).await?,
             Some(second) => {
-                let streamed = Streamed { builder: &builder, statement_bytes, overlap };
+                let streamed = Streamed { builder: &builder, statement_bytes, removal };
                 streamed.pass(&mut servers.edxapp, [&mut servers.csmh, second], run, throttle).await?;
             }
         }
@@ -232,8 +267,8 @@ fn ids_taken(site: &Site, last_id: u64, target: u64) -> MigrateError {
         "the extended table {} already has rows with ids between {} and {target}, which old rows still to copy \
          also have: the old table's ids have reached the extended table's own (its starting id offset is used \
          up, or something else wrote those ids), and copying would overwrite those rows, so nothing was copied \
-         past id {last_id}. Look at them (`csmh-proxy status`, `csmh-proxy verify`); only if they are copies \
-         of these old rows, copy again with `csmh-proxy migrate --from-id {last_id}`",
+         past id {last_id}. Look at them (`csmh-proxy status`, `csmh-proxy verify`): rows written there by \
+         anything but `migrate` must be moved out of the way before the copy can go on",
         site.extended,
         last_id + 1,
     ))
@@ -313,6 +348,14 @@ async fn server_now(csmh: &mut Conn) -> Result<String, MigrateError> {
 }
 
 /// The old table's largest id (0 when empty).
+/// The old table's smallest id; `None` when it is empty.
+async fn old_smallest_id(edxapp: &mut Conn, site: &Site) -> Result<Option<u64>, MigrateError> {
+    let sql = format!("SELECT MIN(`id`) FROM {}", site.old.quoted());
+    let smallest: Option<Option<u64>> =
+        edxapp.query_first(sql).await.map_err(|source| edxapp_error("read the old table's smallest id", source))?;
+    Ok(smallest.flatten())
+}
+
 async fn old_largest_id(edxapp: &mut Conn, site: &Site) -> Result<u64, MigrateError> {
     let sql = format!("SELECT COALESCE(MAX(`id`), 0) FROM {}", site.old.quoted());
     let largest: Option<u64> =

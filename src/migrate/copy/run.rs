@@ -14,6 +14,52 @@ pub const RUNNING: &str = "running";
 pub const DONE: &str = "done";
 /// How the checkpoint's `detail` starts while a run copies again over rows copied before (`--from-id`).
 pub const RECOPY: &str = "re-copy from id ";
+/// Between the two ids of a re-copy in the checkpoint's `detail`.
+const RECOPY_UNTIL: &str = " up to id ";
+
+/// The ids a `--from-id` run copies again: rows an earlier run copied, `from..=until`. Only here may the copy
+/// meet rows the extended table already has, and remove those the old table no longer has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recopy {
+    /// The first id copied again.
+    pub from: u64,
+    /// The highest id copied before the re-copy started.
+    pub until: u64,
+}
+
+impl Recopy {
+    /// The checkpoint's `detail` recording it, so that an interrupted re-copy resumes as one.
+    pub fn detail(self) -> String {
+        format!("{RECOPY}{}{RECOPY_UNTIL}{}", self.from, self.until)
+    }
+
+    /// The re-copy a checkpoint's `detail` records, if any.
+    pub fn from_detail(detail: &str) -> Option<Recopy> {
+        let (from, until) = detail.strip_prefix(RECOPY)?.split_once(RECOPY_UNTIL)?;
+        Some(Recopy { from: from.parse().ok()?, until: until.parse().ok()? })
+    }
+}
+
+/// Where a pass removes the extended rows that the old table no longer has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Removal {
+    /// The re-copy: nowhere else are extended rows removed.
+    pub recopy: Recopy,
+    /// The old table's smallest id when the pass started (`None`: the old table is empty). Below it, rows may
+    /// have been drained from the old table and live only in the extended one, so nothing there is removed.
+    pub floor: Option<u64>,
+}
+
+impl Removal {
+    /// The part of the chunk `(from, to]` (as `(after, up_to]`) where extended rows the old table lacks are
+    /// removed; `None` when no id of the chunk qualifies.
+    pub fn range(self, (from, to): (u64, u64)) -> Option<(u64, u64)> {
+        let floor = self.floor?;
+        let from = from.max(self.recopy.from.max(floor).saturating_sub(1));
+        let to = to.min(self.recopy.until);
+        (from < to).then_some((from, to))
+    }
+}
 
 /// Where a run stands.
 #[derive(Debug)]
@@ -30,9 +76,8 @@ pub struct Run<'a> {
     pub rows_this_run: u64,
     /// When the migration started (server time), kept across resumed runs.
     pub started_at: String,
-    /// The checkpoint's `detail`: [`RECOPY`] and the id while a `--from-id` run (or its resumption) copies again
-    /// over rows copied before; `None` otherwise.
-    pub detail: Option<String>,
+    /// While a `--from-id` run (or its resumption) copies again over rows copied before: which ones.
+    pub recopy: Option<Recopy>,
     /// What the operator sees.
     pub progress: Progress,
 }
@@ -45,7 +90,7 @@ impl Run<'_> {
             last_id: Some(self.last_id),
             target_id: Some(self.target_id),
             rows_done: self.rows_done,
-            detail: self.detail.clone(),
+            detail: self.recopy.map(Recopy::detail),
             started_at: self.started_at.clone(),
             updated_at: String::new(),
         }
@@ -72,4 +117,28 @@ pub fn csmh_error(what: &str, source: mysql_async::Error) -> MigrateError {
 /// A failed statement on the `edxapp` server.
 pub fn edxapp_error(what: &str, source: mysql_async::Error) -> MigrateError {
     MigrateError::Query { backend: "edxapp", what: what.to_owned(), source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recopy_survives_its_checkpoint() {
+        let recopy = Recopy { from: 14, until: 200_000 };
+        assert_eq!(Recopy::from_detail(&recopy.detail()), Some(recopy));
+        assert_eq!(Recopy::from_detail("something else"), None);
+    }
+
+    #[test]
+    fn rows_are_removed_only_inside_the_recopy_and_above_the_old_tables_smallest_id() {
+        let removal = Removal { recopy: Recopy { from: 100, until: 1_000 }, floor: Some(500) };
+        assert_eq!(removal.range((0, 300)), None, "below the old table's smallest id");
+        assert_eq!(removal.range((0, 600)), Some((499, 600)));
+        assert_eq!(removal.range((900, 2_000)), Some((900, 1_000)), "not above the re-copy");
+        assert_eq!(removal.range((1_000, 2_000)), None);
+        assert_eq!(Removal { floor: None, ..removal }.range((0, 2_000)), None, "an empty old table");
+        let from_start = Removal { recopy: Recopy { from: 0, until: 1_000 }, floor: Some(1) };
+        assert_eq!(from_start.range((0, 10)), Some((0, 10)));
+    }
 }

@@ -5,7 +5,7 @@ use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 use tokio::time::Instant;
 
-use super::run::{Run, csmh_error};
+use super::run::{Removal, Run, csmh_error};
 use super::throttle::{ChunkSizer, LagWatch, RateLimit};
 use crate::migrate::MigrateError;
 use crate::migrate::schema::COLUMN_LIST;
@@ -49,14 +49,14 @@ impl ServerSide {
     }
 
     /// Copies every old row with an id above `run.last_id` and up to `run.target_id`, chunk by chunk on `conn`.
-    /// With `overlap` (the extended table already has rows in that range), each chunk also removes the
-    /// extended rows of its range that the old table no longer has.
+    /// With `removal` (a re-copy), each chunk also removes the extended rows of its range that the old table
+    /// no longer has, where `removal` allows it.
     pub async fn pass(
         &self,
         conn: &mut Conn,
         run: &mut Run<'_>,
         throttle: Throttle<'_>,
-        overlap: bool,
+        removal: Option<Removal>,
     ) -> Result<(), MigrateError> {
         while run.last_id < run.target_id {
             throttle.lag.wait(throttle.lag_conn).await;
@@ -69,8 +69,8 @@ impl ServerSide {
                 .await
                 .map_err(|source| csmh_error("find the end of a chunk", source))?;
             let to = end.unwrap_or(target);
-            if overlap {
-                conn.exec_drop(&self.remove_extra, (from, to))
+            if let Some(range) = removal.and_then(|removal| removal.range((from, to))) {
+                conn.exec_drop(&self.remove_extra, range)
                     .await
                     .map_err(|source| csmh_error("remove extended rows the old table no longer has", source))?;
             }

@@ -15,7 +15,7 @@ use mysql_async::{Conn, Statement};
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio::time::Instant;
 
-use super::run::{Run, csmh_error, edxapp_error};
+use super::run::{Removal, Run, csmh_error, edxapp_error};
 use super::server_side::Throttle;
 use super::sql::InsertBuilder;
 use super::throttle::ChunkSizer;
@@ -57,8 +57,9 @@ pub struct Streamed<'a> {
     pub builder: &'a InsertBuilder,
     /// The size at which a statement is sent (the last row may take it a little over).
     pub statement_bytes: usize,
-    /// Whether the extended table already has rows in the pass's range.
-    pub overlap: bool,
+    /// In a re-copy: where the extended rows the old table no longer has are removed (then one writer only, so
+    /// that chunks commit in order with their removals).
+    pub removal: Option<Removal>,
 }
 
 /// What the writers share: the run (locked only to commit) and the number of chunks committed so far.
@@ -90,7 +91,7 @@ impl Streamed<'_> {
         let (first_tx, first_rx) = mpsc::channel(IN_FLIGHT);
         let (second_tx, second_rx) = mpsc::channel(IN_FLIGHT);
         let (spare_tx, spare_rx) = mpsc::channel(IN_FLIGHT * 2 + 1);
-        let writers = if self.overlap {
+        let writers = if self.removal.is_some() {
             // The second writer gets nothing, and ends at once.
             drop(second_tx);
             vec![first_tx]
@@ -133,7 +134,7 @@ impl Streamed<'_> {
                 let id: u64 = row.get(ID_COLUMN).ok_or_else(|| bad_row(&row))?;
                 end.to = id;
                 end.rows += 1;
-                if self.overlap {
+                if self.removal.is_some() {
                     end.ids.push(id);
                 }
                 self.builder.push_row(&mut buf, &row);
@@ -193,8 +194,8 @@ impl Streamed<'_> {
                     let _ = spare.try_send(statement);
                 }
                 Piece::ChunkEnd(end) => {
-                    if self.overlap {
-                        remove_extra(conn, site, (end.from, end.to), &end.ids).await?;
+                    if let Some(range) = self.removal.and_then(|removal| removal.range((end.from, end.to))) {
+                        remove_extra(conn, site, range, &end.ids).await?;
                     }
                     let mut turn = commits.committed.subscribe();
                     turn.wait_for(|committed| *committed == end.sequence).await.map_err(|_| writer_gone())?;
