@@ -261,6 +261,44 @@ async fn differences_are_narrowed_down_to_the_ids(dbs: EdxDatabases) {
     assert!(run.stdout.contains("verify --max-ranges N"), "{}", run.stdout);
 }
 
+async fn a_created_column_without_fractional_seconds_compares_equal(dbs: EdxDatabases) {
+    let migration = Migration::new(dbs, reading_both()).await;
+    let (old, extended) = (migration.old(), migration.extended());
+    // An install from before Django 1.8: the old table's `created` has no fractional seconds, and its copy in the
+    // extended table's `datetime(6)` has them all zero.
+    migration.on_old(&format!("ALTER TABLE {old} MODIFY created datetime NOT NULL")).await;
+    migration
+        .on_extended(&format!(
+            "UPDATE {extended} SET created = created - INTERVAL MICROSECOND(created) MICROSECOND WHERE id <= {ROWS}"
+        ))
+        .await;
+    let run = migration.run(&["verify", "--chunk-size", "5000"]).await;
+    run.expect_code(0);
+    assert!(run.stdout.contains("verify passed"), "{}", run.stdout);
+
+    // A second or a microsecond apart is still a difference.
+    migration.on_extended(&format!("UPDATE {extended} SET created = created + INTERVAL 1 SECOND WHERE id = 77")).await;
+    migration
+        .on_extended(&format!("UPDATE {extended} SET created = created + INTERVAL 1 MICROSECOND WHERE id = 12345"))
+        .await;
+    let run = migration.run(&["verify", "--chunk-size", "5000"]).await;
+    run.expect_code(1);
+    assert_range(&run.stdout, "id 77", "changed", "1 row");
+    assert_range(&run.stdout, "id 12345", "changed", "1 row");
+}
+
+async fn a_verify_stopped_by_an_error_is_recorded_as_failed(dbs: EdxDatabases) {
+    let migration = Migration::new(dbs, reading_both()).await;
+    migration.on_old(&format!("DROP TABLE {}", migration.old())).await;
+    let run = migration.run(&["verify"]).await;
+    run.expect_code(1);
+    assert!(run.stderr.contains("does not exist on [backends.edxapp]"), "{}", run.stderr);
+    let checkpoint = migration.verify_checkpoint().await;
+    assert_eq!(checkpoint.state, "failed", "not left running: {checkpoint:?}");
+    let detail = checkpoint.detail.unwrap_or_default();
+    assert!(detail.contains("stopped by an error") && detail.contains("does not exist"), "{detail}");
+}
+
 async fn truncate_is_refused_while_the_old_table_is_not_retired(dbs: EdxDatabases) {
     let migration = Migration::new(dbs, reading_both()).await;
     let before = migration.old_contents().await;
@@ -345,6 +383,63 @@ async fn slow_truncate_stops_at_a_chunk_that_changed_during_the_drain(dbs: EdxDa
     assert_eq!(migration.old_rows().await, 5000, "the changed chunk and those above it stay");
 }
 
+/// Polls `sql` (a count) on `conn` until it is above zero, for at most ten seconds.
+async fn wait_for(conn: &mut Conn, sql: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while conn.query_first::<u64, _>(sql).await.unwrap().unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "{what} never happened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// On a server whose default isolation level is READ COMMITTED, a row inserted with an explicit id into a chunk
+/// after the chunk's rows were checked and locked, before its DELETE, must not be deleted unchecked. The servers
+/// are the test's own, since it changes a server-wide default.
+async fn slow_truncate_never_deletes_a_row_inserted_into_a_checked_chunk(dbs: EdxDatabases) {
+    let migration = Migration::new(dbs, retired()).await;
+    let (old, extended) = (migration.old(), migration.extended());
+    migration.on_old("SET GLOBAL TRANSACTION ISOLATION LEVEL READ COMMITTED").await;
+    // A gap in the second chunk, in both tables: the drain's verify passes.
+    migration.on_old(&format!("DELETE FROM {old} WHERE id = 7000")).await;
+    migration.on_extended(&format!("DELETE FROM {extended} WHERE id = 7000")).await;
+    let args = ["truncate-old", "--yes", "--slow", "--chunk-size", "5000", "--pause", "2"];
+    let drain = migration.command(&args).spawn().expect("starting csmh-proxy");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while migration.old_rows().await > ROWS - 1 - 5000 {
+        assert!(Instant::now() < deadline, "the drain never deleted its first chunk");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // During the pause after the first chunk: the second chunk's check of the extended table will wait for this
+    // lock, after the old table's rows of the chunk are read and locked.
+    let mut lock = migration.csmh().await;
+    lock.query_drop(format!("LOCK TABLES {extended} WRITE")).await.unwrap();
+    let waiting = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE STATE = 'Waiting for table metadata lock'";
+    wait_for(&mut migration.csmh().await, waiting, "the check of the extended table waiting for the lock").await;
+    let locked = "SELECT COUNT(*) FROM information_schema.INNODB_TRX JOIN information_schema.PROCESSLIST \
+                  ON ID = trx_mysql_thread_id WHERE trx_rows_locked > 0 AND COMMAND = 'Sleep'";
+    wait_for(&mut migration.edxapp().await, locked, "the old rows of the second chunk being locked").await;
+
+    // Something writes to the retired old table, inside the chunk being checked.
+    let mut writer = migration.edxapp().await;
+    let insert = insert_history(&old, &migration.dbs.edxapp_db, 7000, 7000);
+    let insert = tokio::spawn(async move { writer.query_drop(insert).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    lock.query_drop("UNLOCK TABLES").await.unwrap();
+    insert.await.unwrap().expect("the insert succeeds, once the chunk is done with if it has to wait");
+
+    let run = Run::from(drain.wait_with_output().await.expect("csmh-proxy ran"));
+    run.expect_code(1);
+    assert!(run.stderr.contains("stopped"), "{}", run.stderr);
+    let kept: u64 = migration
+        .edxapp()
+        .await
+        .query_first(format!("SELECT COUNT(*) FROM {old} WHERE id = 7000"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept, 1, "the row the check never saw was deleted\nstderr:\n{}", run.stderr);
+}
+
 async fn status_shows_counts_offset_and_checkpoints(dbs: EdxDatabases) {
     let migration = Migration::new(dbs, reading_both()).await;
     let copying = Checkpoint {
@@ -417,6 +512,8 @@ macro_rules! on_both_topologies {
 on_both_topologies!(
     identical_tables_pass,
     differences_are_narrowed_down_to_the_ids,
+    a_created_column_without_fractional_seconds_compares_equal,
+    a_verify_stopped_by_an_error_is_recorded_as_failed,
     truncate_is_refused_while_the_old_table_is_not_retired,
     truncate_is_refused_when_verify_fails,
     truncate_without_yes_changes_nothing,
@@ -426,3 +523,18 @@ on_both_topologies!(
     status_shows_counts_offset_and_checkpoints,
     a_missing_extended_table_is_named_with_what_to_run,
 );
+
+/// Scenarios that change a server-wide setting, on servers of their own.
+mod own_servers {
+    #[tokio::test]
+    async fn slow_truncate_never_deletes_a_row_inserted_into_a_checked_chunk_on_one_server() {
+        let dbs = super::EdxDatabases::private_one_server().await;
+        super::slow_truncate_never_deletes_a_row_inserted_into_a_checked_chunk(dbs).await
+    }
+
+    #[tokio::test]
+    async fn slow_truncate_never_deletes_a_row_inserted_into_a_checked_chunk_on_two_servers() {
+        let dbs = super::EdxDatabases::private_two_servers().await;
+        super::slow_truncate_never_deletes_a_row_inserted_into_a_checked_chunk(dbs).await
+    }
+}

@@ -48,7 +48,7 @@ struct TableStatus {
     stats: Option<Stats>,
     ids: Option<IdRange>,
     /// With `--exact`: the row count, and for the extended table how many of its rows have ids up to the old
-    /// table's largest.
+    /// table's largest (counted in the same scan, so never more than the row count).
     exact: Option<(u64, Option<u64>)>,
 }
 
@@ -104,12 +104,13 @@ async fn table_status(
     }
     status.ids = table.bounds(None).await?;
     if exact {
-        let rows = table.count().await?;
-        let up_to_old = match (table.role, old_last) {
-            (Role::Extended, Some(last)) => Some(table.count_up_to(last).await?),
-            _ => None,
-        };
-        status.exact = Some((rows, up_to_old));
+        status.exact = Some(match (table.role, old_last) {
+            (Role::Extended, Some(last)) => {
+                let (rows, up_to_old) = table.count_split(last).await?;
+                (rows, Some(up_to_old))
+            }
+            _ => (table.count().await?, None),
+        });
     }
     Ok(status)
 }
@@ -151,7 +152,7 @@ impl fmt::Display for TableStatus {
             (Some((rows, Some(up_to_old))), _) => write!(
                 f,
                 "{rows} rows ({up_to_old} with ids up to the old table's largest, {} above it)",
-                rows - up_to_old
+                rows.saturating_sub(up_to_old)
             )?,
             (None, Some(estimate)) => write!(f, "about {estimate} rows (estimate; --exact counts them)")?,
             (None, None) => write!(f, "rows unknown (--exact counts them)")?,

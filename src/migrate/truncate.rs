@@ -8,8 +8,10 @@
 //! - by default, the old table is locked against writes (`LOCK TABLES ... WRITE`), verified through the locking
 //!   connection, and emptied with `TRUNCATE TABLE`, all under the lock;
 //! - `--slow`, for a table too large to drop at once: after a verify, rows are deleted by id in chunks with a
-//!   pause between them, each chunk checked against the extended table again under row locks (`FOR UPDATE`) in
-//!   the transaction that deletes it. An interrupted drain can simply be run again.
+//!   pause between them, each chunk checked against the extended table again under row and gap locks
+//!   (`FOR UPDATE` under REPEATABLE READ, so no row can be inserted into the chunk either) in the transaction
+//!   that deletes it, and the chunk is rolled back unless the DELETE removes exactly the rows checked. An
+//!   interrupted drain can simply be run again.
 //!
 //! Either way the old table keeps its next id (`AUTO_INCREMENT`), so ids are never reused should edxapp write to
 //! it again. Without `--yes` nothing is changed: the command says what it would do.
@@ -24,6 +26,7 @@ use super::verify::table::{Read, Role, Table};
 use super::verify::{self, Advice, DifferenceList, Differences, IdRange, Pair, Progress, VerifyArgs, VerifyReport};
 use super::{MigrateError, Site};
 use crate::config::{Config, Flag};
+use crate::history::TableName;
 
 /// How long `truncate-old` waits for the old table's lock (other sessions' open transactions on it) before it
 /// gives up with an error, rather than the server's default of a day.
@@ -179,6 +182,11 @@ async fn drain(
         old: Table { role: Role::Old, conn: edxapp, name: &site.old },
         extended: Table { role: Role::Extended, conn: csmh, name: &site.extended },
     };
+    // FOR UPDATE locks the gaps between the rows only under REPEATABLE READ: under READ COMMITTED (edxapp's
+    // choice, and maybe the server's default) a row inserted into a chunk after its check would be deleted too.
+    pair.old
+        .execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ", "lock the gaps between the rows it checks")
+        .await?;
     let (mut rows, mut chunks) = (0, 0);
     // Rows written to the old table during the drain (there should be none) are found by the next pass.
     while let Some(range) = pair.old.bounds(None).await? {
@@ -198,8 +206,9 @@ async fn drain(
     Ok(TruncateReport::Drained { verify, rows, chunks })
 }
 
-/// Deletes the old table's rows in `chunk` if, under row locks, they are exactly the extended table's; returns
-/// how many were deleted. `deleted` (rows deleted before this chunk) is for the message if it is refused.
+/// Deletes the old table's rows in `chunk` if, under row and gap locks, they are exactly the extended table's,
+/// and if the DELETE removes exactly the rows checked (otherwise nothing of the chunk is deleted); returns how
+/// many were deleted. `deleted` (rows deleted before this chunk) is for the message if it is refused.
 async fn delete_chunk(pair: &mut Pair<'_>, site: &Site, chunk: IdRange, deleted: u64) -> Result<u64, MigrateError> {
     pair.old.execute("START TRANSACTION", "start a transaction").await?;
     let (old, extended) = pair.sums(chunk, Read::Locking).await?;
@@ -223,8 +232,34 @@ async fn delete_chunk(pair: &mut Pair<'_>, site: &Site, chunk: IdRange, deleted:
     }
     let sql = format!("DELETE FROM {} WHERE `id` BETWEEN {} AND {}", site.old.quoted(), chunk.first, chunk.last);
     let rows = pair.old.affected(&sql, &format!("delete {chunk}")).await?;
+    if let Err(refusal) = deleted_as_checked(&site.old, chunk, old.rows, rows, deleted) {
+        pair.old.execute("ROLLBACK", "undo the delete").await?;
+        return Err(refusal);
+    }
     pair.old.execute("COMMIT", "commit the delete").await?;
     Ok(rows)
+}
+
+/// Refuses unless the DELETE of `chunk` removed as many rows (`removed`) as its check saw (`checked`): any
+/// other row was not compared with the extended table. `deleted` is rows deleted before this chunk.
+fn deleted_as_checked(
+    table: &TableName,
+    chunk: IdRange,
+    checked: u64,
+    removed: u64,
+    deleted: u64,
+) -> Result<(), MigrateError> {
+    if removed == checked {
+        return Ok(());
+    }
+    Err(MigrateError::Refused(format!(
+        "stopped at {chunk} of {}: its DELETE would have removed {removed} rows but only {checked} were checked \
+         against the extended table, so it was rolled back and nothing of {chunk} is deleted. Something writes to \
+         the old table although {} is on; {deleted} rows with lower ids were deleted, each checked against the \
+         extended table first. Find out what writes there, then run `csmh-proxy truncate-old --yes --slow` again",
+        table,
+        Flag::ReadOnlyFromCsmhe
+    )))
 }
 
 /// The refusal for a verify that did not pass.
@@ -307,7 +342,7 @@ mod tests {
 
     fn copied(last_id: u64, target_id: u64) -> Checkpoint {
         Checkpoint {
-            state: "done".to_owned(),
+            state: crate::migrate::copy::DONE.to_owned(),
             last_id: Some(last_id),
             target_id: Some(target_id),
             rows_done: 0,
@@ -315,6 +350,17 @@ mod tests {
             started_at: String::new(),
             updated_at: String::new(),
         }
+    }
+
+    #[test]
+    fn a_delete_that_removes_other_rows_than_were_checked_is_refused_naming_the_chunk() {
+        let table: TableName = "edxapp.courseware_studentmodulehistory".parse().unwrap();
+        let chunk = IdRange::new(5_001, 10_000);
+        assert!(deleted_as_checked(&table, chunk, 4_999, 4_999, 5_000).is_ok());
+        let refusal = deleted_as_checked(&table, chunk, 4_999, 5_000, 5_000).unwrap_err().to_string();
+        assert!(refusal.contains("stopped at ids 5001-10000 of edxapp.courseware_studentmodulehistory"), "{refusal}");
+        assert!(refusal.contains("removed 5000 rows but only 4999 were checked"), "{refusal}");
+        assert!(refusal.contains("nothing of ids 5001-10000 is deleted"), "{refusal}");
     }
 
     #[test]

@@ -9,8 +9,8 @@
 //! not compared; nor are ids below the old table's smallest (a partly drained old table compares only what it
 //! still holds).
 //!
-//! Each run is recorded as the `verify` checkpoint (passed or failed, the ranges, the rows, when), which
-//! `status` shows; `truncate-old` verifies again before it acts, and records that run too.
+//! Each run is recorded as the `verify` checkpoint (passed or failed, the ranges or the error, the rows, when),
+//! which `status` shows; `truncate-old` verifies again before it acts, and records that run too.
 //!
 //! The hash is computed from the values as the server prints them, so both servers should run the same
 //! MySQL/MariaDB family and version: another version may print a DOUBLE grade differently and report rows as
@@ -35,6 +35,14 @@ use table::{Read, Role, Table};
 use super::checkpoint::{self, Checkpoint, Task};
 use super::{MigrateError, Site};
 use crate::config::Config;
+
+/// The `verify` checkpoint's state while a run compares the tables.
+pub const RUNNING: &str = "running";
+/// The `verify` checkpoint's state after a run that found the tables equal.
+pub const PASSED: &str = "passed";
+/// The `verify` checkpoint's state after a run that found differences (listed in its detail) or stopped on an
+/// error (its detail says which).
+pub const FAILED: &str = "failed";
 
 /// Options of `csmh-proxy verify`.
 #[derive(Debug, Clone, clap::Args)]
@@ -61,7 +69,8 @@ pub async fn run(config: &Config, args: &VerifyArgs) -> Result<VerifyReport, Mig
 }
 
 /// Compares the old table, read on `edxapp`, with the extended table, read on `csmh`, and records the result as
-/// the `verify` checkpoint. `edxapp` may hold a lock on the old table: only that table is read through it.
+/// the `verify` checkpoint; a comparison stopped by an error is recorded as failed, with the error. `edxapp` may
+/// hold a lock on the old table: only that table is read through it.
 pub async fn verify(
     site: &Site,
     edxapp: &mut Conn,
@@ -72,7 +81,7 @@ pub async fn verify(
     checkpoint::ensure(csmh, site).await?;
     let started_at = server_now(csmh).await?;
     let running = Checkpoint {
-        state: "running".to_owned(),
+        state: RUNNING.to_owned(),
         last_id: None,
         target_id: None,
         rows_done: 0,
@@ -81,7 +90,15 @@ pub async fn verify(
         updated_at: String::new(),
     };
     checkpoint::save(csmh, site, Task::Verify, &running).await?;
-    let report = compare(site, edxapp, csmh, args).await?;
+    let report = match compare(site, edxapp, csmh, args).await {
+        Ok(report) => report,
+        Err(error) => {
+            // Best effort: the comparison's error is what the operator needs, even if it cannot be recorded.
+            let failed = error_checkpoint(&error, started_at);
+            let _ = checkpoint::save(csmh, site, Task::Verify, &failed).await;
+            return Err(error);
+        }
+    };
     checkpoint::save(csmh, site, Task::Verify, &result_checkpoint(&report, started_at)).await?;
     Ok(report)
 }
@@ -134,11 +151,24 @@ fn result_checkpoint(report: &VerifyReport, started_at: String) -> Checkpoint {
         format!("{}\n{}", report.scope(), DifferenceList(&report.differences))
     };
     Checkpoint {
-        state: if report.passed() { "passed" } else { "failed" }.to_owned(),
+        state: if report.passed() { PASSED } else { FAILED }.to_owned(),
         last_id: report.range.map(|range| range.last),
         target_id: report.range.map(|range| range.last),
         rows_done: report.old_rows,
         detail: Some(detail),
+        started_at,
+        updated_at: String::new(),
+    }
+}
+
+/// The checkpoint recording a run that stopped on `error`.
+fn error_checkpoint(error: &MigrateError, started_at: String) -> Checkpoint {
+    Checkpoint {
+        state: FAILED.to_owned(),
+        last_id: None,
+        target_id: None,
+        rows_done: 0,
+        detail: Some(format!("stopped by an error before the comparison finished: {error}")),
         started_at,
         updated_at: String::new(),
     }

@@ -50,7 +50,9 @@ impl Kind {
             Kind::Extra => {
                 "extra: rows in the extended table under an id of the old table's range that the old table does \
                  not have; they were deleted from the old table after being copied, or written with that id. \
-                 `migrate` never removes rows: look at them and delete them by hand if they should not be there."
+                 `csmh-proxy migrate --from-id N` removes such rows from id N on (where it copies again, it \
+                 removes the extended rows the old table no longer has, though never below the old table's \
+                 smallest id): look at them before running it; they can also be deleted by hand."
             }
             Kind::NotNarrowed => {
                 "differs: ranges not narrowed down because enough differences were found already; `csmh-proxy \
@@ -59,8 +61,9 @@ impl Kind {
         }
     }
 
-    /// Whether copying the old rows again repairs ranges of this kind.
-    fn copying_repairs(self) -> bool {
+    /// Whether the re-copy the advice suggests starts at ranges of this kind. Not at extra rows: a re-copy would
+    /// remove them, which the operator decides after looking at them.
+    fn recopy_suggested(self) -> bool {
         self != Kind::Extra
     }
 }
@@ -188,15 +191,20 @@ impl fmt::Display for Advice<'_> {
         for kind in Kind::ALL.into_iter().filter(|kind| self.0.iter().any(|d| d.kind == *kind)) {
             writeln!(f, "{}", kind.meaning())?;
         }
-        let repairable = self.0.iter().filter(|d| d.kind.copying_repairs()).map(|d| d.ids.first).min();
-        if let Some(first) = repairable {
-            writeln!(
-                f,
-                "To copy the old rows again from the first such id on (rows already there are overwritten): \
-                 `csmh-proxy migrate --from-id {first}`, then `csmh-proxy verify` again."
-            )?;
+        let repairable = self.0.iter().filter(|d| d.kind.recopy_suggested()).map(|d| d.ids.first).min();
+        let Some(first) = repairable else {
+            return Ok(());
+        };
+        write!(
+            f,
+            "To copy the old rows again from id {first} on (where the first missing, changed or not narrowed down \
+             range starts; rows already in the extended table are overwritten): `csmh-proxy migrate --from-id \
+             {first}`, then `csmh-proxy verify` again."
+        )?;
+        if self.0.iter().any(|d| d.kind == Kind::Extra && d.ids.last >= first) {
+            write!(f, " It also removes the extra rows listed from id {first} on.")?;
         }
-        Ok(())
+        writeln!(f)
     }
 }
 
@@ -314,8 +322,25 @@ mod tests {
         let text = format!("{}{}", DifferenceList(&many), Advice(&many));
         assert!(text.contains("... and 10 more ranges"), "{text}");
         assert!(text.contains("changed: rows in both tables") && !text.contains("missing:"), "{text}");
-        assert!(text.contains("`csmh-proxy migrate --from-id 0`"), "{text}");
+        assert!(text.contains("from id 0 on") && text.contains("`csmh-proxy migrate --from-id 0`"), "{text}");
+        assert!(!text.contains("removes the extra rows"), "{text}");
+    }
+
+    #[test]
+    fn the_recopy_starts_at_the_first_missing_or_changed_id_and_says_which_extra_rows_it_removes() {
         let extra = [difference(Kind::Extra, 7, 7, 1)];
-        assert!(!Advice(&extra).to_string().contains("--from-id"), "copying does not remove extra rows");
+        let text = Advice(&extra).to_string();
+        assert!(text.contains("look at them before running it") && !text.contains("To copy"), "{text}");
+
+        let mixed = [
+            difference(Kind::Extra, 7, 7, 1),
+            difference(Kind::Missing, 14, 20, 7),
+            difference(Kind::Extra, 900, 900, 1),
+        ];
+        let text = Advice(&mixed).to_string();
+        assert!(text.contains("again from id 14 on") && text.contains("`csmh-proxy migrate --from-id 14`"), "{text}");
+        assert!(text.contains("removes the extra rows listed from id 14 on"), "{text}");
+        let below = &mixed[..2];
+        assert!(!Advice(below).to_string().contains("removes the extra rows listed"), "id 7 is below the re-copy");
     }
 }

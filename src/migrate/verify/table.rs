@@ -12,8 +12,12 @@ use crate::migrate::MigrateError;
 /// matter: 64 bits of the MD5 of the values joined by `#`, after a marker of which values are NULL (so NULL and
 /// an empty string differ) and the lengths of the text columns (so a `#` inside a value cannot shift the
 /// others). Text is converted to utf8mb4 first, so tables in different character sets hash the same text alike;
-/// the integer columns (INT in the old table, BIGINT UNSIGNED in the extended one) print alike.
-const ROW_HASH: &str = "CAST(CONV(LEFT(MD5(CONCAT_WS('#', `id`, CONVERT(`version` USING utf8mb4), `created`, \
+/// the integer columns (INT in the old table, BIGINT UNSIGNED in the extended one) print alike; `created` is
+/// printed with microseconds whatever its column's precision, so an old table whose `created` is a `datetime`
+/// without fractional seconds (as installs from before Django 1.8 have it) hashes like the extended table's
+/// `datetime(6)` copy of it.
+const ROW_HASH: &str = "CAST(CONV(LEFT(MD5(CONCAT_WS('#', `id`, CONVERT(`version` USING utf8mb4), \
+     CAST(`created` AS DATETIME(6)), \
      CONVERT(`state` USING utf8mb4), `grade`, `max_grade`, `student_module_id`, \
      CONCAT(ISNULL(`version`), ISNULL(`state`), ISNULL(`grade`), ISNULL(`max_grade`)), \
      CHAR_LENGTH(`version`), CHAR_LENGTH(`state`))), 16), 16, 10) AS UNSIGNED)";
@@ -26,8 +30,9 @@ const ER_NO_SUCH_TABLE: u16 = 1146;
 pub enum Read {
     /// A plain consistent read that blocks no one.
     Plain,
-    /// `FOR UPDATE`: the rows (and the gaps between them) stay locked until the caller's transaction ends, so
-    /// nothing can change them between the check and what the caller does next.
+    /// `FOR UPDATE`: the rows stay locked until the caller's transaction ends, so nothing can change them
+    /// between the check and what the caller does next. The gaps between them are locked too (so no row can be
+    /// inserted there) only under REPEATABLE READ or SERIALIZABLE, which the caller must set.
     Locking,
 }
 
@@ -114,22 +119,23 @@ impl Table<'_> {
         self.first_row(&sql, "count its rows").await
     }
 
-    /// The exact number of rows with an id up to `last`.
-    pub async fn count_up_to(&mut self, last: u64) -> Result<u64, MigrateError> {
-        let sql = format!("SELECT COUNT(*) FROM {} WHERE `id` <= {last}", self.name.quoted());
+    /// The exact number of rows, and of those how many have an id up to `last`, in one scan (so the second is
+    /// never above the first, whatever is written meanwhile).
+    pub async fn count_split(&mut self, last: u64) -> Result<(u64, u64), MigrateError> {
+        let sql =
+            format!("SELECT COUNT(*), CAST(COALESCE(SUM(`id` <= {last}), 0) AS UNSIGNED) FROM {}", self.name.quoted());
         self.first_row(&sql, "count its rows").await
     }
 
     /// The server's statistics of the table; `None` when the table does not exist.
     pub async fn stats(&mut self) -> Result<Option<Stats>, MigrateError> {
-        let sql = format!(
-            "SELECT `TABLE_ROWS`, `AUTO_INCREMENT` FROM information_schema.`TABLES` \
-             WHERE `TABLE_SCHEMA` = '{}' AND `TABLE_NAME` = '{}'",
-            self.name.schema(),
-            self.name.table()
-        );
-        let row: Option<(Option<u64>, Option<u64>)> =
-            self.conn.query_first(sql).await.map_err(|source| self.error("read its statistics", source))?;
+        let sql = "SELECT `TABLE_ROWS`, `AUTO_INCREMENT` FROM information_schema.`TABLES` \
+                   WHERE `TABLE_SCHEMA` = ? AND `TABLE_NAME` = ?";
+        let row: Option<(Option<u64>, Option<u64>)> = self
+            .conn
+            .exec_first(sql, (self.name.schema(), self.name.table()))
+            .await
+            .map_err(|source| self.error("read its statistics", source))?;
         Ok(row.map(|(estimated_rows, next_id)| Stats { estimated_rows, next_id }))
     }
 
