@@ -6,7 +6,7 @@ use std::fmt;
 use mysql_async::prelude::{FromRow, Queryable};
 use mysql_async::{FromRowError, Row};
 
-use super::{MigrateError, Site};
+use super::{ER_NO_SUCH_TABLE, MigrateError, Site};
 use crate::history::TableName;
 
 /// Name of the checkpoint table, in the extended table's database.
@@ -140,8 +140,14 @@ pub async fn save(
     conn.exec_drop(sql, params).await.map_err(|source| query_error("write the checkpoint", source))
 }
 
-/// MySQL's "table doesn't exist".
-const ER_NO_SUCH_TABLE: u16 = 1146;
+/// The `csmh` server's clock, as the checkpoint table records times.
+pub async fn server_now(conn: &mut impl Queryable) -> Result<String, MigrateError> {
+    let now: Option<String> = conn
+        .query_first("SELECT DATE_FORMAT(NOW(), '%Y-%m-%d %H:%i:%s')")
+        .await
+        .map_err(|source| query_error("read the server's time", source))?;
+    Ok(now.unwrap_or_default())
+}
 
 fn query_error(what: &str, source: mysql_async::Error) -> MigrateError {
     MigrateError::Query { backend: "csmh", what: what.to_owned(), source }

@@ -57,3 +57,8 @@ pub enum MigrateError {
     #[error("{0}")]
     Refused(String),
 }
+
+/// MySQL's "table doesn't exist": the commands tell the operator what to run (`init`) instead of failing.
+pub(super) const ER_NO_SUCH_TABLE: u16 = 1146;
+/// MySQL's "unknown database".
+pub(super) const ER_BAD_DB: u16 = 1049;

@@ -14,7 +14,7 @@ use mysql_async::prelude::Queryable;
 
 use super::checkpoint;
 use super::schema::{COLUMNS, extended_table_ddl};
-use super::{MigrateError, Site};
+use super::{ER_NO_SUCH_TABLE, MigrateError, Site};
 use crate::config::Config;
 use crate::history::TableName;
 
@@ -255,9 +255,6 @@ async fn check_columns(conn: &mut Conn, extended: &TableName) -> Result<(), Migr
         )))
     }
 }
-
-/// MySQL's "table doesn't exist".
-const ER_NO_SUCH_TABLE: u16 = 1146;
 
 async fn csmh_query(conn: &mut Conn, sql: String, what: &str) -> Result<(), MigrateError> {
     conn.query_drop(sql).await.map_err(|source| MigrateError::Query { backend: "csmh", what: what.to_owned(), source })

@@ -16,4 +16,5 @@ pub mod truncate;
 pub mod verify;
 
 pub use error::MigrateError;
+use error::{ER_BAD_DB, ER_NO_SUCH_TABLE};
 pub use site::{Servers, Site};

@@ -30,7 +30,7 @@ use self::sql::InsertBuilder;
 use self::streamed::Streamed;
 use self::throttle::{ChunkSizer, LagWatch, RateLimit};
 use super::checkpoint::{self, Task};
-use super::{MigrateError, Servers, Site};
+use super::{ER_BAD_DB, ER_NO_SUCH_TABLE, MigrateError, Servers, Site};
 use crate::config::Config;
 
 /// Options of `csmh-proxy migrate`.
@@ -147,13 +147,13 @@ pub async fn migrate(site: &Site, args: &MigrateArgs) -> Result<MigrateReport, M
     let (resumed_from, rows_before, started_at, recopy) = match (args.from_id, previous) {
         (Some(from), previous) => {
             let recopy = recopy_of(from, previous.and_then(|previous| previous.last_id))?;
-            (Some(from.saturating_sub(1)), 0, server_now(&mut servers.csmh).await?, Some(recopy))
+            (Some(from.saturating_sub(1)), 0, checkpoint::server_now(&mut servers.csmh).await?, Some(recopy))
         }
         (None, Some(previous)) => {
             let recopy = previous.detail.as_deref().and_then(Recopy::from_detail).filter(|_| previous.state != DONE);
             (previous.last_id, previous.rows_done, previous.started_at, recopy)
         }
-        (None, None) => (None, 0, server_now(&mut servers.csmh).await?, None),
+        (None, None) => (None, 0, checkpoint::server_now(&mut servers.csmh).await?, None),
     };
     let first_id = resumed_from.unwrap_or(0);
     let mut run = Run {
@@ -334,20 +334,6 @@ async fn check_extended_table(csmh: &mut Conn, site: &Site) -> Result<(), Migrat
     }
 }
 
-/// MySQL's "table doesn't exist" and "unknown database".
-const ER_NO_SUCH_TABLE: u16 = 1146;
-const ER_BAD_DB: u16 = 1049;
-
-/// The server's clock, as the checkpoint records times.
-async fn server_now(csmh: &mut Conn) -> Result<String, MigrateError> {
-    let now: Option<String> = csmh
-        .query_first("SELECT DATE_FORMAT(NOW(), '%Y-%m-%d %H:%i:%s')")
-        .await
-        .map_err(|source| csmh_error("read the server's time", source))?;
-    Ok(now.unwrap_or_default())
-}
-
-/// The old table's largest id (0 when empty).
 /// The old table's smallest id; `None` when it is empty.
 async fn old_smallest_id(edxapp: &mut Conn, site: &Site) -> Result<Option<u64>, MigrateError> {
     let sql = format!("SELECT MIN(`id`) FROM {}", site.old.quoted());
@@ -356,6 +342,7 @@ async fn old_smallest_id(edxapp: &mut Conn, site: &Site) -> Result<Option<u64>, 
     Ok(smallest.flatten())
 }
 
+/// The old table's largest id (0 when empty).
 async fn old_largest_id(edxapp: &mut Conn, site: &Site) -> Result<u64, MigrateError> {
     let sql = format!("SELECT COALESCE(MAX(`id`), 0) FROM {}", site.old.quoted());
     let largest: Option<u64> =

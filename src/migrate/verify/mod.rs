@@ -24,7 +24,6 @@ mod report;
 pub mod table;
 
 use mysql_async::Conn;
-use mysql_async::prelude::Queryable;
 
 pub use compare::Pair;
 pub use ids::IdRange;
@@ -79,7 +78,7 @@ pub async fn verify(
 ) -> Result<VerifyReport, MigrateError> {
     Table { role: Role::Extended, conn: csmh, name: &site.extended }.require().await?;
     checkpoint::ensure(csmh, site).await?;
-    let started_at = server_now(csmh).await?;
+    let started_at = checkpoint::server_now(csmh).await?;
     let running = Checkpoint {
         state: RUNNING.to_owned(),
         last_id: None,
@@ -172,13 +171,4 @@ fn error_checkpoint(error: &MigrateError, started_at: String) -> Checkpoint {
         started_at,
         updated_at: String::new(),
     }
-}
-
-/// The server's current time, as the checkpoint table stores it.
-async fn server_now(conn: &mut Conn) -> Result<String, MigrateError> {
-    let now: Option<String> = conn
-        .query_first("SELECT DATE_FORMAT(NOW(), '%Y-%m-%d %H:%i:%s')")
-        .await
-        .map_err(|source| MigrateError::Query { backend: "csmh", what: "read the time".to_owned(), source })?;
-    Ok(now.unwrap_or_default())
 }

@@ -6,7 +6,7 @@ use mysql_async::prelude::Queryable;
 
 use super::ids::IdRange;
 use crate::history::TableName;
-use crate::migrate::MigrateError;
+use crate::migrate::{ER_NO_SUCH_TABLE, MigrateError};
 
 /// A per-row hash of the seven history columns, named so that the tables' different column order does not
 /// matter: 64 bits of the MD5 of the values joined by `#`, after a marker of which values are NULL (so NULL and
@@ -21,9 +21,6 @@ const ROW_HASH: &str = "CAST(CONV(LEFT(MD5(CONCAT_WS('#', `id`, CONVERT(`version
      CONVERT(`state` USING utf8mb4), `grade`, `max_grade`, `student_module_id`, \
      CONCAT(ISNULL(`version`), ISNULL(`state`), ISNULL(`grade`), ISNULL(`max_grade`)), \
      CHAR_LENGTH(`version`), CHAR_LENGTH(`state`))), 16), 16, 10) AS UNSIGNED)";
-
-/// MySQL's "table doesn't exist".
-const ER_NO_SUCH_TABLE: u16 = 1146;
 
 /// How a chunk's rows are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
