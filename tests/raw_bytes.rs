@@ -175,7 +175,7 @@ async fn binary_protocol_responses_are_identical() {
         (execute, Some(Expect::ResultSets)),
         // A read-only cursor (statement 3): metadata now, rows fetched in batches with COM_STMT_FETCH.
         (b"\x16SELECT id, d FROM p ORDER BY id".to_vec(), Some(Expect::Prepare)),
-        (vec![COM_STMT_EXECUTE, 3, 0, 0, 0, 1, 1, 0, 0, 0], Some(Expect::ResultSets)),
+        (vec![COM_STMT_EXECUTE, 3, 0, 0, 0, 1, 1, 0, 0, 0], Some(Expect::Cursor)),
         (vec![COM_STMT_FETCH, 3, 0, 0, 0, 1, 0, 0, 0], Some(Expect::Rows)),
         (vec![COM_STMT_FETCH, 3, 0, 0, 0, 10, 0, 0, 0], Some(Expect::Rows)),
     ];

@@ -1,8 +1,14 @@
 //! Client commands: the first byte of every request, and what kind of response each one gets.
+//!
+//! Every command a MySQL or MariaDB server answers is relayed, the obsolete ones included (the server answers
+//! those with its own error), so a client gets the server's own answer. Only commands that turn the connection
+//! into something else than a request/response session are refused: replication streams, MySQL's clone and
+//! group-replication streams, and MariaDB's removed COM_MULTI (several responses to one request).
+//! `docs/protocol.md` lists every command byte with its decision.
 
 use super::response::Expect;
 
-/// A client command, from the first byte of its packet.
+/// A client command, from the first bytes of its packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
     /// COM_QUIT: the client is leaving; no response.
@@ -11,14 +17,22 @@ pub enum Command {
     Query,
     /// COM_STMT_PREPARE: a statement to prepare.
     StmtPrepare,
+    /// COM_STMT_EXECUTE, and whether it asked the server for a read-only cursor (rows then come by
+    /// COM_STMT_FETCH).
+    StmtExecute {
+        /// The execute's flags ask for a cursor.
+        cursor: bool,
+    },
     /// COM_CHANGE_USER: re-authenticate and reset the session.
     ChangeUser,
-    /// Any command the proxy relays with a response shape it knows.
+    /// Any other command the proxy relays with a response shape it knows, obsolete and unknown bytes included.
     Relayed(u8),
-    /// A command the proxy does not relay (replication streams, MariaDB's COM_MULTI, unknown bytes).
+    /// A command the proxy does not relay, because it would leave the request/response protocol.
     Refused(u8),
 }
 
+/// COM_SLEEP: internal to the server; a client that sends it gets an error.
+pub const COM_SLEEP: u8 = 0x00;
 /// COM_QUIT.
 pub const COM_QUIT: u8 = 0x01;
 /// COM_INIT_DB.
@@ -27,6 +41,10 @@ pub const COM_INIT_DB: u8 = 0x02;
 pub const COM_QUERY: u8 = 0x03;
 /// COM_FIELD_LIST.
 pub const COM_FIELD_LIST: u8 = 0x04;
+/// COM_REFRESH (`mysql_refresh()`, FLUSH by command).
+pub const COM_REFRESH: u8 = 0x07;
+/// COM_SHUTDOWN.
+pub const COM_SHUTDOWN: u8 = 0x08;
 /// COM_STATISTICS.
 pub const COM_STATISTICS: u8 = 0x09;
 /// COM_PROCESS_INFO.
@@ -39,6 +57,10 @@ pub const COM_DEBUG: u8 = 0x0d;
 pub const COM_PING: u8 = 0x0e;
 /// COM_CHANGE_USER.
 pub const COM_CHANGE_USER: u8 = 0x11;
+/// COM_BINLOG_DUMP: the connection becomes a replication stream.
+pub const COM_BINLOG_DUMP: u8 = 0x12;
+/// COM_REGISTER_SLAVE: a replica announcing itself before it streams.
+pub const COM_REGISTER_SLAVE: u8 = 0x15;
 /// COM_STMT_PREPARE.
 pub const COM_STMT_PREPARE: u8 = 0x16;
 /// COM_STMT_EXECUTE.
@@ -53,43 +75,90 @@ pub const COM_STMT_RESET: u8 = 0x1a;
 pub const COM_SET_OPTION: u8 = 0x1b;
 /// COM_STMT_FETCH.
 pub const COM_STMT_FETCH: u8 = 0x1c;
+/// MySQL's COM_BINLOG_DUMP_GTID (MariaDB: unused, answered with an error): a replication stream.
+pub const COM_BINLOG_DUMP_GTID: u8 = 0x1e;
 /// COM_RESET_CONNECTION.
 pub const COM_RESET_CONNECTION: u8 = 0x1f;
+/// MySQL's COM_CLONE: the connection becomes a clone plugin's data stream.
+pub const COM_CLONE: u8 = 0x20;
+/// MySQL's COM_SUBSCRIBE_GROUP_REPLICATION_STREAM.
+pub const COM_SUBSCRIBE_GROUP_REPLICATION_STREAM: u8 = 0x21;
+/// MariaDB's COM_STMT_BULK_EXECUTE: one prepared statement executed for an array of parameter sets.
+pub const COM_STMT_BULK_EXECUTE: u8 = 0xfa;
+/// MariaDB's COM_MULTI (10.2 to 10.5, since removed): several commands in one packet, several responses.
+pub const COM_MULTI: u8 = 0xfe;
+
+/// The bit of COM_STMT_EXECUTE's flags byte that asks for a read-only cursor (CURSOR_TYPE_READ_ONLY; the
+/// other cursor types are that one plus modifiers).
+const CURSOR_TYPE_READ_ONLY: u8 = 0x01;
 
 impl Command {
-    /// Classifies a command byte.
+    /// Classifies a request from its payload; `None` for an empty payload, which is no command at all.
+    pub fn of(payload: &[u8]) -> Option<Command> {
+        let (&byte, rest) = payload.split_first()?;
+        Some(match byte {
+            COM_STMT_EXECUTE => {
+                // Flags follow the 4-byte statement id; an execute too short to have them asks for nothing.
+                let flags = rest.get(4).copied().unwrap_or(0);
+                Command::StmtExecute { cursor: flags & CURSOR_TYPE_READ_ONLY != 0 }
+            }
+            other => Command::from_byte(other),
+        })
+    }
+
+    /// Classifies a command byte (COM_STMT_EXECUTE as asking for no cursor: use [`Command::of`] for requests).
     pub fn from_byte(byte: u8) -> Command {
         match byte {
             COM_QUIT => Command::Quit,
             COM_QUERY => Command::Query,
             COM_STMT_PREPARE => Command::StmtPrepare,
+            COM_STMT_EXECUTE => Command::StmtExecute { cursor: false },
             COM_CHANGE_USER => Command::ChangeUser,
-            COM_INIT_DB
-            | COM_FIELD_LIST
-            | COM_STATISTICS
-            | COM_PROCESS_INFO
-            | COM_PROCESS_KILL
-            | COM_DEBUG
-            | COM_PING
-            | COM_STMT_EXECUTE
-            | COM_STMT_SEND_LONG_DATA
-            | COM_STMT_CLOSE
-            | COM_STMT_RESET
-            | COM_SET_OPTION
-            | COM_STMT_FETCH
-            | COM_RESET_CONNECTION => Command::Relayed(byte),
-            other => Command::Refused(other),
+            COM_BINLOG_DUMP
+            | COM_REGISTER_SLAVE
+            | COM_BINLOG_DUMP_GTID
+            | COM_CLONE
+            | COM_SUBSCRIBE_GROUP_REPLICATION_STREAM
+            | COM_MULTI => Command::Refused(byte),
+            other => Command::Relayed(other),
+        }
+    }
+
+    /// The command byte.
+    pub fn byte(&self) -> u8 {
+        match *self {
+            Command::Quit => COM_QUIT,
+            Command::Query => COM_QUERY,
+            Command::StmtPrepare => COM_STMT_PREPARE,
+            Command::StmtExecute { .. } => COM_STMT_EXECUTE,
+            Command::ChangeUser => COM_CHANGE_USER,
+            Command::Relayed(byte) | Command::Refused(byte) => byte,
+        }
+    }
+
+    /// Why the proxy refuses this command, if it does.
+    pub fn refusal(&self) -> Option<&'static str> {
+        match self.byte() {
+            COM_BINLOG_DUMP | COM_BINLOG_DUMP_GTID | COM_REGISTER_SLAVE => {
+                Some("replication streams are not relayed by csmh-proxy; connect replicas to the server directly")
+            }
+            COM_CLONE | COM_SUBSCRIBE_GROUP_REPLICATION_STREAM => {
+                Some("clone and group replication streams are not relayed by csmh-proxy")
+            }
+            COM_MULTI => Some("COM_MULTI is not relayed by csmh-proxy"),
+            _ => None,
         }
     }
 
     /// Whether the command acts on a prepared statement named by the 4-byte id after the command byte.
     pub fn names_statement(&self) -> bool {
-        matches!(
-            self,
-            Command::Relayed(
-                COM_STMT_EXECUTE | COM_STMT_SEND_LONG_DATA | COM_STMT_CLOSE | COM_STMT_RESET | COM_STMT_FETCH
+        matches!(self, Command::StmtExecute { .. })
+            || matches!(
+                self,
+                Command::Relayed(
+                    COM_STMT_SEND_LONG_DATA | COM_STMT_CLOSE | COM_STMT_RESET | COM_STMT_FETCH | COM_STMT_BULK_EXECUTE
+                )
             )
-        )
     }
 
     /// The shape of the server's response, or `None` when the server sends none.
@@ -98,12 +167,16 @@ impl Command {
             Command::Quit | Command::Refused(_) => None,
             Command::Query => Some(Expect::ResultSets),
             Command::StmtPrepare => Some(Expect::Prepare),
+            Command::StmtExecute { cursor: false } => Some(Expect::ResultSets),
+            Command::StmtExecute { cursor: true } => Some(Expect::Cursor),
             Command::ChangeUser => Some(Expect::Auth),
             Command::Relayed(byte) => match byte {
-                COM_STMT_EXECUTE | COM_PROCESS_INFO => Some(Expect::ResultSets),
+                COM_PROCESS_INFO | COM_STMT_BULK_EXECUTE => Some(Expect::ResultSets),
                 COM_STMT_FETCH => Some(Expect::Rows),
                 COM_FIELD_LIST => Some(Expect::FieldList),
                 COM_STMT_SEND_LONG_DATA | COM_STMT_CLOSE => None,
+                // Everything else is answered with one packet: OK, ERR, EOF (COM_SHUTDOWN, COM_DEBUG,
+                // COM_SET_OPTION), the statistics string, or the error for a command the server does not know.
                 _ => Some(Expect::OnePacket),
             },
         }
@@ -122,15 +195,42 @@ mod tests {
     }
 
     #[test]
-    fn replication_and_unknown_commands_are_refused() {
-        assert_eq!(Command::from_byte(0x12), Command::Refused(0x12));
-        assert_eq!(Command::from_byte(0xFE), Command::Refused(0xFE));
+    fn only_streams_are_refused() {
+        let refused: Vec<u8> = (0..=u8::MAX).filter(|&b| matches!(Command::from_byte(b), Command::Refused(_))).collect();
+        assert_eq!(refused, [0x12, 0x15, 0x1e, 0x20, 0x21, 0xfe]);
+        for byte in refused {
+            assert!(Command::from_byte(byte).refusal().is_some(), "command {byte:#x} says why");
+            assert_eq!(Command::from_byte(byte).response(), None);
+        }
+    }
+
+    #[test]
+    fn obsolete_and_unknown_commands_get_one_packet() {
+        for byte in [COM_SLEEP, 0x05, 0x06, COM_REFRESH, COM_SHUTDOWN, 0x0b, 0x0f, 0x10, 0x13, 0x14, 0x1d, 0x40, 0xff] {
+            assert_eq!(Command::from_byte(byte).response(), Some(Expect::OnePacket), "command {byte:#x}");
+            assert_eq!(Command::from_byte(byte).refusal(), None);
+        }
     }
 
     #[test]
     fn statements_get_result_sets() {
         assert_eq!(Command::from_byte(COM_QUERY).response(), Some(Expect::ResultSets));
         assert_eq!(Command::from_byte(COM_STMT_EXECUTE).response(), Some(Expect::ResultSets));
+        assert_eq!(Command::from_byte(COM_STMT_BULK_EXECUTE).response(), Some(Expect::ResultSets));
         assert_eq!(Command::from_byte(COM_STMT_PREPARE).response(), Some(Expect::Prepare));
+        assert!(Command::from_byte(COM_STMT_BULK_EXECUTE).names_statement());
+    }
+
+    #[test]
+    fn an_execute_asking_for_a_cursor_gets_a_cursor_response() {
+        let execute = |flags: u8| [COM_STMT_EXECUTE, 1, 0, 0, 0, flags, 1, 0, 0, 0];
+        assert_eq!(Command::of(&execute(0)), Some(Command::StmtExecute { cursor: false }));
+        assert_eq!(Command::of(&execute(1)), Some(Command::StmtExecute { cursor: true }));
+        assert_eq!(Command::of(&execute(1)).unwrap().response(), Some(Expect::Cursor));
+        // MySQL's PARAMETER_COUNT_AVAILABLE flag alone asks for no cursor.
+        assert_eq!(Command::of(&execute(8)), Some(Command::StmtExecute { cursor: false }));
+        assert_eq!(Command::of(&[COM_STMT_EXECUTE, 1]), Some(Command::StmtExecute { cursor: false }));
+        assert_eq!(Command::of(&[]), None);
+        assert_eq!(Command::of(&[COM_PING]), Some(Command::Relayed(COM_PING)));
     }
 }

@@ -16,6 +16,11 @@ use super::packets::{eof_status, lenenc_int, ok_status};
 pub enum Expect {
     /// One or more results (OK, ERR, result sets, LOCAL INFILE requests): COM_QUERY, COM_STMT_EXECUTE.
     ResultSets,
+    /// A COM_STMT_EXECUTE that asked for a cursor: like [`Expect::ResultSets`], except that a result whose
+    /// column definitions end with an EOF carrying `SERVER_STATUS_CURSOR_EXISTS` (and no further result) ends
+    /// there: its rows come later, by COM_STMT_FETCH. Only such a request may end that way: MariaDB also sets the
+    /// flag in the results of a statement whose stored program has a cursor of its own open.
+    Cursor,
     /// COM_STMT_PREPARE: an OK with parameter and column definitions, or ERR.
     Prepare,
     /// COM_STMT_FETCH: rows and a final EOF/OK, or ERR.
@@ -89,6 +94,8 @@ const ERR: u8 = 0xFF;
 const EOF: u8 = 0xFE;
 const LOCAL_INFILE: u8 = 0xFB;
 const AUTH_MORE_DATA: u8 = 0x01;
+/// The error code of a MariaDB progress report packet (`0xFF 0xFF 0xFF ...`).
+const PROGRESS_REPORT: [u8; 2] = [0xFF, 0xFF];
 /// caching_sha2_password's "fast auth succeeded": the server's OK follows without a client packet.
 const FAST_AUTH_OK: [u8; 2] = [AUTH_MORE_DATA, 0x03];
 
@@ -97,6 +104,8 @@ const FAST_AUTH_OK: [u8; 2] = [AUTH_MORE_DATA, 0x03];
 pub struct ResponseScanner {
     state: State,
     deprecate_eof: bool,
+    /// The request asked for a cursor ([`Expect::Cursor`]).
+    cursor: bool,
     /// Payload bytes of the current frame not yet passed over.
     frame_left: usize,
     /// The current packet continues in another frame.
@@ -113,7 +122,7 @@ impl ResponseScanner {
     /// A scanner for a response of shape `expect`, under the session's CLIENT_DEPRECATE_EOF setting.
     pub fn new(expect: Expect, deprecate_eof: bool) -> ResponseScanner {
         let state = match expect {
-            Expect::ResultSets => State::ResultStart,
+            Expect::ResultSets | Expect::Cursor => State::ResultStart,
             Expect::Prepare => State::PrepareStart,
             Expect::Rows => State::Rows,
             Expect::FieldList => State::FieldList,
@@ -123,6 +132,7 @@ impl ResponseScanner {
         ResponseScanner {
             state,
             deprecate_eof,
+            cursor: expect == Expect::Cursor,
             frame_left: 0,
             continues: false,
             pending: None,
@@ -185,6 +195,8 @@ impl ResponseScanner {
         // A row starting with 0xFE is at least 2^24 bytes long, so a shorter 0xFE packet ends a result.
         let is_end = first == Some(EOF) && len < MAX_PAYLOAD;
         let progress = match self.state {
+            // MariaDB's progress report (MARIADB_CLIENT_PROGRESS) looks like an ERR but the response goes on.
+            _ if is_err && head.get(1..3) == Some(&PROGRESS_REPORT[..]) => None,
             _ if is_err => {
                 self.error = head.get(1..3).map(|code| u16::from_le_bytes([code[0], code[1]]));
                 Some(Progress::Done(End::Err))
@@ -204,7 +216,7 @@ impl ResponseScanner {
             }
             State::DefsEof { then } => {
                 let status = self.record(eof_status(head), "EOF")?;
-                if then == AfterDefs::Rows && status.contains(StatusFlags::SERVER_STATUS_CURSOR_EXISTS) {
+                if then == AfterDefs::Rows && self.opened_cursor(status) {
                     Some(Progress::Done(End::Ok))
                 } else {
                     self.after_defs(then)
@@ -270,6 +282,15 @@ impl ResponseScanner {
                 None
             }
         }
+    }
+
+    /// Whether the EOF after a result's column definitions, with `status`, says the server opened the cursor the
+    /// request asked for. A statement that runs in a stored program (a prepared CALL) sends its results with
+    /// SERVER_MORE_RESULTS_EXISTS, and those rows follow whatever cursor its program holds open.
+    fn opened_cursor(&self, status: StatusFlags) -> bool {
+        self.cursor
+            && status.contains(StatusFlags::SERVER_STATUS_CURSOR_EXISTS)
+            && !status.contains(StatusFlags::SERVER_MORE_RESULTS_EXISTS)
     }
 
     fn more_results_or_done(&mut self, status: StatusFlags) -> Option<Progress> {

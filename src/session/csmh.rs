@@ -9,7 +9,7 @@ use tracing::{info, warn};
 use super::{Flow, Session, SessionError};
 use crate::backend::{self, BackendError, Credentials, LoginError, QueryError, Reply};
 use crate::protocol::capabilities::Negotiated;
-use crate::protocol::command::{COM_RESET_CONNECTION, COM_STMT_EXECUTE, Command};
+use crate::protocol::command::{COM_RESET_CONNECTION, COM_STMT_BULK_EXECUTE, Command};
 use crate::protocol::conn::Connection;
 use crate::protocol::frame::PacketSpan;
 use crate::protocol::packets::MysqlError;
@@ -328,7 +328,8 @@ pub(super) fn may_change_settings(command: Command, payload: &[u8], single_frame
     match command {
         Command::Query => !single_frame || statement_may_change_settings(payload.get(1..).unwrap_or_default()),
         Command::ChangeUser => true,
-        Command::Relayed(byte) => matches!(byte, COM_STMT_EXECUTE | COM_RESET_CONNECTION),
+        Command::StmtExecute { .. } => true,
+        Command::Relayed(byte) => matches!(byte, COM_STMT_BULK_EXECUTE | COM_RESET_CONNECTION),
         Command::Quit | Command::StmtPrepare | Command::Refused(_) => false,
     }
 }
@@ -390,7 +391,7 @@ mod tests {
         }
         assert!(may_change_settings(Command::Query, b"\x03SELECT 1", false), "a statement in several frames");
         assert!(may_change_settings(Command::ChangeUser, b"\x11", true));
-        assert!(may_change_settings(Command::Relayed(COM_STMT_EXECUTE), b"\x17", true));
+        assert!(may_change_settings(Command::StmtExecute { cursor: false }, b"\x17", true));
         assert!(!may_change_settings(Command::Relayed(crate::protocol::command::COM_INIT_DB), b"\x02edxapp", true));
     }
 

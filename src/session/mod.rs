@@ -242,10 +242,10 @@ impl Session {
     /// Handles one client request whose packet lies at the start of the client buffer.
     async fn handle(&mut self, span: PacketSpan) -> Result<Flow, SessionError> {
         self.answer_seq = Some(span.last_seq.wrapping_add(1));
-        let Some(&byte) = self.client.buf.get(HEADER_LEN).filter(|_| span.payload_len > 0) else {
+        // Only the first bytes are read (command, statement id, flags): the first frame holds them.
+        let Some(command) = Command::of(&self.client.buf[HEADER_LEN..span.wire_len]) else {
             return self.refuse(span, MysqlError::new(1835, b"08S01", "Malformed communication packet")).await;
         };
-        let command = Command::from_byte(byte);
         if command.names_statement() && !self.shadows.is_empty() {
             if let Some(shadow) = self.shadows.get(&statement_id(&self.client.buf)).cloned() {
                 return self.on_shadowed(span, command, shadow).await;
@@ -264,8 +264,9 @@ impl Session {
         let route = match command {
             Command::Query | Command::StmtPrepare => self.route(&span, command),
             Command::Refused(byte) => {
-                let error =
-                    MysqlError::new(1047, b"08S01", format!("Unknown command {byte:#04x} (not relayed by csmh-proxy)"));
+                let reason = command.refusal().unwrap_or("not relayed by csmh-proxy");
+                info!(command = byte, "command refused: {reason}");
+                let error = MysqlError::new(1047, b"08S01", format!("Command {byte:#04x} refused: {reason}"));
                 return self.refuse(span, error).await;
             }
             _ => Route::Passthrough,

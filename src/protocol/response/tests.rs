@@ -180,9 +180,37 @@ fn prepare_response_has_parameter_and_column_definitions() {
 #[test]
 fn cursor_response_ends_after_metadata() {
     let packets = vec![vec![1], column_def(), eof(AUTOCOMMIT | CURSOR)];
-    assert_single_end(Expect::ResultSets, false, &packets, End::Ok);
+    assert_single_end(Expect::Cursor, false, &packets, End::Ok);
     let packets = vec![vec![1], column_def(), ok_end(AUTOCOMMIT | CURSOR)];
-    assert_single_end(Expect::ResultSets, true, &packets, End::Ok);
+    assert_single_end(Expect::Cursor, true, &packets, End::Ok);
+}
+
+#[test]
+fn a_stored_programs_open_cursor_does_not_end_a_result() {
+    // MariaDB flags the results of a statement whose stored program holds a cursor open: the rows still follow.
+    let with_rows = vec![vec![1], column_def(), eof(AUTOCOMMIT | CURSOR), row("1"), eof(AUTOCOMMIT | CURSOR)];
+    assert_single_end(Expect::ResultSets, false, &with_rows, End::Ok);
+    // Inside a CALL (results flagged with MORE) even an execute that asked for a cursor gets its rows now.
+    let call = vec![
+        vec![1],
+        column_def(),
+        eof(AUTOCOMMIT | CURSOR | MORE),
+        row("1"),
+        eof(AUTOCOMMIT | CURSOR | MORE),
+        ok(AUTOCOMMIT),
+    ];
+    assert_single_end(Expect::Cursor, false, &call, End::Ok);
+}
+
+#[test]
+fn progress_reports_do_not_end_a_response() {
+    let progress = b"\xff\xff\xff\x01\x01\x02\x00\x10\x27\x00\x05stage".to_vec();
+    for deprecate_eof in [false, true] {
+        let mut packets = vec![progress.clone(), progress.clone()];
+        packets.extend(result_set(1, 2, deprecate_eof, AUTOCOMMIT));
+        assert_single_end(Expect::ResultSets, deprecate_eof, &packets, End::Ok);
+        assert_single_end(Expect::ResultSets, deprecate_eof, &[progress.clone(), err()], End::Err);
+    }
 }
 
 #[test]
