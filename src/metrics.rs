@@ -132,6 +132,7 @@ pub struct Metrics {
     latency: [Histogram; 6],
     connect_errors: [Counter; 2],
     query_errors: [Counter; 2],
+    client_hangups: Counter,
     reloads_applied: Counter,
     reloads_rejected: Counter,
     generation: Gauge,
@@ -181,6 +182,14 @@ impl Metrics {
             query_family,
         );
 
+        let client_hangups = Counter::default();
+        registry.register(
+            "client_hangups",
+            "Requests abandoned because the client closed its connection while they were in flight; their backend \
+             connections were closed at once, so the servers end the statements",
+            client_hangups.clone(),
+        );
+
         let reloads = Family::<Labels<1>, Counter>::default();
         let reloads_applied = reloads.get_or_create(&[("result", "applied")]).clone();
         let reloads_rejected = reloads.get_or_create(&[("result", "rejected")]).clone();
@@ -196,6 +205,7 @@ impl Metrics {
             latency: histograms,
             connect_errors,
             query_errors,
+            client_hangups,
             reloads_applied,
             reloads_rejected,
             generation,
@@ -253,6 +263,16 @@ impl Metrics {
     /// Backend connection failures during statements on `side` so far.
     pub fn backend_query_errors(&self, side: Side) -> u64 {
         self.query_errors[backend_index(side)].get()
+    }
+
+    /// A client closed its connection while a request of its was in flight.
+    pub fn client_hangup(&self) {
+        self.client_hangups.inc();
+    }
+
+    /// Requests abandoned so far because their client hung up.
+    pub fn client_hangups(&self) -> u64 {
+        self.client_hangups.get()
     }
 
     /// Every series in the Prometheus text format, with the configuration's state as `config` says.

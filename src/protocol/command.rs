@@ -196,7 +196,8 @@ mod tests {
 
     #[test]
     fn only_streams_are_refused() {
-        let refused: Vec<u8> = (0..=u8::MAX).filter(|&b| matches!(Command::from_byte(b), Command::Refused(_))).collect();
+        let refused: Vec<u8> =
+            (0..=u8::MAX).filter(|&b| matches!(Command::from_byte(b), Command::Refused(_))).collect();
         assert_eq!(refused, [0x12, 0x15, 0x1e, 0x20, 0x21, 0xfe]);
         for byte in refused {
             assert!(Command::from_byte(byte).refusal().is_some(), "command {byte:#x} says why");

@@ -1,8 +1,14 @@
-//! A socket with its read buffer: the unit both sides of a session are made of.
+//! A socket with its read buffer: the unit both sides of a session are made of; and [`HangupWatch`], which
+//! notices a peer that closed its socket while the connection is busy with something else.
 
 use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
+use socket2::SockRef;
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -71,8 +77,89 @@ impl Connection {
         Ok(())
     }
 
+    /// A watch on this connection's peer hanging up; see [`HangupWatch`].
+    pub fn hangup_watch(&self) -> io::Result<HangupWatch> {
+        Ok(HangupWatch { socket: Some(Watched::Unregistered(self.stream.as_fd().try_clone_to_owned()?)) })
+    }
+
     /// Flushes and closes the writing half.
     pub async fn shutdown(&mut self) -> io::Result<()> {
         self.stream.shutdown().await
     }
+}
+
+/// How long a request runs before [`HangupWatch::hung_up`] starts to look at the socket: a fast request costs a
+/// timer and nothing else.
+const WATCH_AFTER: Duration = Duration::from_millis(20);
+
+/// How often a peer that sent more bytes (pipelined requests) is checked for having closed behind them.
+const RECHECK_PIPELINED: Duration = Duration::from_millis(100);
+
+/// Notices that the peer of a [`Connection`] closed (or reset) its socket while the session is waiting for
+/// something else, such as a server's response, without reading the peer's bytes: whatever the peer sent stays
+/// in the socket for the connection to read in turn.
+///
+/// It watches a duplicate of the socket's descriptor, registered with the runtime only the first time a request
+/// runs longer than [`WATCH_AFTER`], so it costs one descriptor per connection and nothing per fast request.
+#[derive(Debug)]
+pub struct HangupWatch {
+    /// The duplicate descriptor; `None` once registering it failed (nothing is watched then).
+    socket: Option<Watched>,
+}
+
+/// A watched descriptor, registered with the runtime or not yet.
+#[derive(Debug)]
+enum Watched {
+    Unregistered(OwnedFd),
+    Registered(AsyncFd<OwnedFd>),
+}
+
+impl HangupWatch {
+    /// Resolves once the peer has closed or reset its side; never resolves while it is there (or when the
+    /// socket cannot be watched). Cancel-safe: drop it when the request is over.
+    pub async fn hung_up(&mut self) {
+        tokio::time::sleep(WATCH_AFTER).await;
+        let Some(socket) = self.registered() else {
+            return std::future::pending().await;
+        };
+        loop {
+            let Ok(mut ready) = socket.readable().await else { return };
+            match ready.try_io(|socket| peek(socket.get_ref())) {
+                // The end of the stream, or an error such as a reset: the peer is gone.
+                Ok(Ok(0) | Err(_)) => return,
+                // Bytes wait ahead of any end of stream; the readiness says whether the peer also closed.
+                Ok(Ok(_)) if ready.ready().is_read_closed() => return,
+                Ok(Ok(_)) => {
+                    drop(ready);
+                    tokio::time::sleep(RECHECK_PIPELINED).await;
+                }
+                // Nothing to read: the readiness is cleared, wait for the next event.
+                Err(_would_block) => {}
+            }
+        }
+    }
+
+    /// The socket registered with the runtime, registering it on first use.
+    fn registered(&mut self) -> Option<&AsyncFd<OwnedFd>> {
+        self.socket = match self.socket.take() {
+            Some(Watched::Unregistered(socket)) => {
+                // SAFETY: the `AsyncFd` owns the `OwnedFd`, which keeps the descriptor open and unchanged for as
+                // long as the registration lives.
+                let registered = unsafe { AsyncFd::register_with_interest(socket, tokio::io::Interest::READABLE) };
+                registered.ok().map(Watched::Registered)
+            }
+            other => other,
+        };
+        match &self.socket {
+            Some(Watched::Registered(socket)) => Some(socket),
+            _ => None,
+        }
+    }
+}
+
+/// Looks at the next byte of a non-blocking socket without taking it: how many bytes are there (0 at the end of
+/// the stream).
+fn peek(socket: &OwnedFd) -> io::Result<usize> {
+    let mut byte = [MaybeUninit::<u8>::uninit()];
+    SockRef::from(socket).peek(&mut byte)
 }

@@ -18,7 +18,7 @@ use crate::metrics::RouteLabel;
 use crate::protocol::ProtocolError;
 use crate::protocol::capabilities::Negotiated;
 use crate::protocol::command::{COM_RESET_CONNECTION, Command};
-use crate::protocol::conn::Connection;
+use crate::protocol::conn::{Connection, HangupWatch};
 use crate::protocol::frame::{self, HEADER_LEN, PacketSpan};
 use crate::protocol::packets::{self, MysqlError};
 use crate::protocol::response::{ClientTurn, End, Expect, Progress, ResponseScanner};
@@ -57,6 +57,10 @@ pub enum SessionError {
     /// The backend sent something that does not follow the protocol.
     #[error("backend protocol: {0}")]
     BackendProtocol(ProtocolError),
+    /// The client closed its connection while a request was in flight; the backend connections are closed with
+    /// the session, so the servers end the statement (and roll back its transaction) as they would directly.
+    #[error("the client closed its connection while a request was in flight")]
+    ClientHungUp,
 }
 
 impl SessionError {
@@ -72,7 +76,7 @@ impl SessionError {
             SessionError::Backend(_) | SessionError::BackendProtocol(_) => {
                 MysqlError::new(2013, b"HY000", format!("Lost connection to MySQL server during query ({self})"))
             }
-            SessionError::Client(_) | SessionError::HandshakeTimeout => {
+            SessionError::Client(_) | SessionError::ClientHungUp | SessionError::HandshakeTimeout => {
                 MysqlError::new(1043, b"08S01", "Bad handshake")
             }
         }
@@ -161,7 +165,7 @@ async fn connect_backend(shared: &Shared) -> Result<Connection, SessionError> {
 
 /// Sends `error` to the client as an ERR packet with sequence id `seq`.
 async fn report(client: &mut Connection, error: &SessionError, seq: u8) {
-    if matches!(error, SessionError::Client(_)) {
+    if matches!(error, SessionError::Client(_) | SessionError::ClientHungUp) {
         return;
     }
     let mut out = BytesMut::new();
@@ -178,6 +182,8 @@ impl Session {
             Ok(Ok(End::Err)) => return Ok(()),
             Ok(Ok(End::Ok)) => {}
         }
+        // Without a watch (no descriptor to spare), a client that hangs up is noticed when its answer is written.
+        let mut hangup = self.client.hangup_watch().ok();
         loop {
             let span = tokio::select! {
                 packet = self.client.next_packet() => match packet.map_err(SessionError::Client)? {
@@ -187,7 +193,7 @@ impl Session {
                 read = self.backend.fill() => return Err(self.unsolicited(read)),
                 _ = shutdown.cancelled() => return Ok(()),
             };
-            if let Flow::Quit = self.execute(span).await? {
+            if let Flow::Quit = self.execute(span, hangup.as_mut()).await? {
                 return Ok(());
             }
         }
@@ -220,12 +226,23 @@ impl Session {
     }
 
     /// Handles one client request whose packet lies at the start of the client buffer, and records it in the
-    /// metrics: a statement's route and time, a backend connection failing during it.
-    async fn execute(&mut self, span: PacketSpan) -> Result<Flow, SessionError> {
+    /// metrics: a statement's route and time, a backend connection failing during it. If the client hangs up
+    /// before the request is over, the request is abandoned where it is and the session ends.
+    async fn execute(&mut self, span: PacketSpan, hangup: Option<&mut HangupWatch>) -> Result<Flow, SessionError> {
         let arrived = Instant::now();
         let had_csmh = self.csmh.is_some();
-        let result = self.handle(span).await;
+        let result = match hangup {
+            Some(watch) => tokio::select! {
+                biased;
+                result = self.handle(span) => result,
+                () = watch.hung_up() => Err(SessionError::ClientHungUp),
+            },
+            None => self.handle(span).await,
+        };
         let metrics = &self.shared.metrics;
+        if let Err(SessionError::ClientHungUp) = &result {
+            metrics.client_hangup();
+        }
         if let Some(route) = self.statement.take() {
             metrics.statement(route, arrived.elapsed());
         }

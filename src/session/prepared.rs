@@ -9,7 +9,8 @@ use crate::backend::{self, Reply};
 use crate::merge::{MergePlan, Protocol};
 use crate::protocol::ProtocolError;
 use crate::protocol::command::{
-    COM_STMT_BULK_EXECUTE, COM_STMT_CLOSE, COM_STMT_EXECUTE, COM_STMT_PREPARE, COM_STMT_RESET, COM_STMT_SEND_LONG_DATA, Command,
+    COM_STMT_BULK_EXECUTE, COM_STMT_CLOSE, COM_STMT_EXECUTE, COM_STMT_PREPARE, COM_STMT_RESET, COM_STMT_SEND_LONG_DATA,
+    Command,
 };
 use crate::protocol::frame::{self, HEADER_LEN, PacketSpan};
 use crate::protocol::response::{Expect, Progress, ResponseScanner};
@@ -178,7 +179,11 @@ impl Session {
                 self.merge_commands(span, seq, &payload, &twin, plan, Protocol::Binary).await
             }
             (COM_STMT_BULK_EXECUTE, _) => {
-                self.refuse_unsupported(span, "a batch execution (COM_STMT_BULK_EXECUTE) of a statement on both history tables").await
+                self.refuse_unsupported(
+                    span,
+                    "a batch execution (COM_STMT_BULK_EXECUTE) of a statement on both history tables",
+                )
+                .await
             }
             (COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA, _) => {
                 if payload[0] == COM_STMT_CLOSE {
