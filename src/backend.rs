@@ -4,7 +4,7 @@ use std::io;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use mysql_common::constants::CapabilityFlags;
+use mysql_common::constants::{CapabilityFlags, MariadbCapabilities};
 use mysql_common::io::ParseBuf;
 use mysql_common::packets::{
     AuthPlugin, AuthPluginData, AuthSwitchRequest, ErrPacket, HandshakePacket, HandshakeResponse,
@@ -13,11 +13,11 @@ use mysql_common::proto::MySerialize;
 use tokio::net::TcpStream;
 
 use crate::protocol::ProtocolError;
-use crate::protocol::capabilities::Negotiated;
+use crate::protocol::capabilities::{Negotiated, announces_mariadb};
 use crate::protocol::command::COM_QUERY;
 use crate::protocol::conn::Connection;
 use crate::protocol::frame;
-use crate::protocol::packets::{OkFields, lenenc_int};
+use crate::protocol::packets::{OkFields, lenenc_int, standard_column_definition};
 use crate::protocol::response::{Expect, Progress, ResponseScanner};
 
 /// Why a backend could not be reached.
@@ -110,13 +110,27 @@ pub async fn login(
     credentials: &Credentials,
     capabilities: CapabilityFlags,
 ) -> Result<Negotiated, LoginError> {
+    login_mariadb(conn, credentials, capabilities, MariadbCapabilities::empty()).await
+}
+
+/// [`login`], asking a MariaDB server for `mariadb`'s extended capabilities too (those the relay follows).
+pub async fn login_mariadb(
+    conn: &mut Connection,
+    credentials: &Credentials,
+    capabilities: CapabilityFlags,
+    mariadb: MariadbCapabilities,
+) -> Result<Negotiated, LoginError> {
     let (payload, seq) = read_packet(conn).await?;
     refused_if_err(&payload)?;
     let greeting: HandshakePacket<'_> =
         ParseBuf(&payload).parse(()).map_err(|_| LoginError::Protocol("initial handshake"))?;
     let mut caps = capabilities;
     caps.set(CapabilityFlags::CLIENT_CONNECT_WITH_DB, credentials.database.is_some());
-    let negotiated = Negotiated::new(greeting.capabilities().bits(), caps.bits());
+    // A client says that MariaDB's extended capabilities follow by clearing CLIENT_MYSQL (CLIENT_LONG_PASSWORD).
+    caps.set(CapabilityFlags::CLIENT_LONG_PASSWORD, mariadb.is_empty());
+    let server = greeting.capabilities().bits();
+    let server_mariadb = if announces_mariadb(server) { greeting.mariadb_ext_capabilities().bits() } else { 0 };
+    let negotiated = Negotiated::new(server, caps.bits()).with_mariadb(server_mariadb, mariadb.bits());
     let nonce = greeting.nonce();
     let plugin = greeting.auth_plugin().unwrap_or(AuthPlugin::MysqlNativePassword).into_owned();
     let data = auth_data(&plugin, credentials, &nonce)?;
@@ -129,7 +143,8 @@ pub async fn login(
         negotiated.flags(),
         None,
         frame::MAX_PAYLOAD as u32,
-    );
+    )
+    .with_mariadb_ext_capabilities(negotiated.mariadb());
     send(conn, seq.wrapping_add(1), &response).await?;
     finish_auth(conn, credentials).await?;
     Ok(negotiated)
@@ -310,7 +325,7 @@ fn parse_reply(response: &[u8], caps: Negotiated) -> Result<Reply, QueryError> {
         _ => {
             let (columns, _) = lenenc_int(first).ok_or(ProtocolError::Malformed("column count"))?;
             let defs = packets.get(1..1 + columns as usize).ok_or(ProtocolError::Malformed("column definitions"))?;
-            let numeric = defs.iter().map(|def| is_numeric(def)).collect::<Result<_, _>>()?;
+            let numeric = defs.iter().map(|def| is_numeric(def, caps)).collect::<Result<_, _>>()?;
             let skip = 1 + columns as usize + usize::from(!caps.deprecate_eof());
             let rows = packets.get(skip..packets.len().saturating_sub(1)).unwrap_or_default();
             let values = rows.iter().map(|row| text_row(row)).collect::<Result<_, _>>()?;
@@ -320,9 +335,10 @@ fn parse_reply(response: &[u8], caps: Negotiated) -> Result<Reply, QueryError> {
 }
 
 /// Whether a column definition describes a number.
-fn is_numeric(def: &[u8]) -> Result<bool, ProtocolError> {
-    let column: mysql_common::packets::Column =
-        ParseBuf(def).parse(()).map_err(|_| ProtocolError::Malformed("column definition"))?;
+fn is_numeric(def: &[u8], caps: Negotiated) -> Result<bool, ProtocolError> {
+    let malformed = || ProtocolError::Malformed("column definition");
+    let def = standard_column_definition(def, caps.extended_metadata()).ok_or_else(malformed)?;
+    let column: mysql_common::packets::Column = ParseBuf(&def).parse(()).map_err(|_| malformed())?;
     Ok(column.column_type().is_numeric_type())
 }
 

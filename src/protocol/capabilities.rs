@@ -1,11 +1,12 @@
 //! Capability bits: which the proxy lets client and server negotiate, and which it masks on both sides.
 //!
 //! The proxy relays frames without decoding them, so any capability that changes the framing or the packet
-//! layout in ways the relay does not follow (compression, TLS for now, MariaDB's progress reports, metadata
-//! caching, bulk operations, query attributes, optional metadata) is removed from the server's greeting and from
-//! the client's answer, so both sides agree that it is off.
+//! layout in ways the relay does not follow (compression, TLS for now, query attributes, optional metadata,
+//! MariaDB's metadata caching and COM_MULTI) is removed from the server's greeting and from the client's answer,
+//! so both sides agree that it is off. MariaDB's other extensions (progress reports, bulk execution, extended
+//! type metadata) are relayed: `docs/protocol.md` gives the decision for each.
 
-use mysql_common::constants::CapabilityFlags;
+use mysql_common::constants::{CapabilityFlags, MariadbCapabilities};
 
 /// Capability bits the proxy does not implement.
 pub const UNSUPPORTED: CapabilityFlags = CapabilityFlags::CLIENT_COMPRESS
@@ -16,29 +17,71 @@ pub const UNSUPPORTED: CapabilityFlags = CapabilityFlags::CLIENT_COMPRESS
     .union(CapabilityFlags::CLIENT_PROGRESS_OBSOLETE)
     .union(CapabilityFlags::CLIENT_SSL_VERIFY_SERVER_CERT);
 
+/// MariaDB's extended capabilities the relay follows: progress reports (ERR-shaped packets with code 0xFFFF that
+/// do not end a response), COM_STMT_BULK_EXECUTE and its per-row results, and extended type metadata (one more
+/// field in column definitions). Metadata caching (results without column definitions) and COM_MULTI are not.
+pub const RELAYED_MARIADB: MariadbCapabilities = MariadbCapabilities::MARIADB_CLIENT_PROGRESS
+    .union(MariadbCapabilities::MARIADB_CLIENT_STMT_BULK_OPERATIONS)
+    .union(MariadbCapabilities::MARIADB_CLIENT_EXTENDED_METADATA)
+    .union(MariadbCapabilities::MARIADB_CLIENT_BULK_UNIT_RESULTS);
+
 /// Removes what the proxy does not implement from a 32-bit capability word.
 pub fn mask(bits: u32) -> u32 {
     bits & !UNSUPPORTED.bits()
 }
 
+/// Removes what the proxy does not implement from MariaDB's extended capability word.
+pub fn mask_mariadb(bits: u32) -> u32 {
+    bits & RELAYED_MARIADB.bits()
+}
+
+/// Whether a capability word says that MariaDB's extended capabilities follow it: MariaDB servers and clients
+/// clear CLIENT_MYSQL (the old CLIENT_LONG_PASSWORD bit) to say so.
+pub fn announces_mariadb(bits: u32) -> bool {
+    bits & CapabilityFlags::CLIENT_LONG_PASSWORD.bits() == 0
+}
+
 /// The capabilities a session runs with: what both sides announced, after masking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Negotiated(CapabilityFlags);
+pub struct Negotiated {
+    flags: CapabilityFlags,
+    mariadb: MariadbCapabilities,
+}
 
 impl Negotiated {
-    /// The agreement between the server's greeting and the client's answer.
+    /// The agreement between the server's greeting and the client's answer (without MariaDB's extensions).
     pub fn new(server: u32, client: u32) -> Negotiated {
-        Negotiated(CapabilityFlags::from_bits_truncate(mask(server) & mask(client)))
+        Negotiated {
+            flags: CapabilityFlags::from_bits_truncate(mask(server) & mask(client)),
+            mariadb: MariadbCapabilities::empty(),
+        }
+    }
+
+    /// The same agreement with MariaDB's extended capabilities, each side's as it announced them (zero when it
+    /// announced none).
+    pub fn with_mariadb(self, server: u32, client: u32) -> Negotiated {
+        let mariadb = MariadbCapabilities::from_bits_truncate(mask_mariadb(server) & mask_mariadb(client));
+        Negotiated { mariadb, ..self }
     }
 
     /// The flags themselves.
     pub fn flags(&self) -> CapabilityFlags {
-        self.0
+        self.flags
+    }
+
+    /// MariaDB's extended capabilities in effect.
+    pub fn mariadb(&self) -> MariadbCapabilities {
+        self.mariadb
     }
 
     /// Result sets end with an OK packet (`0xFE` header) instead of EOF, and metadata has no EOF after it.
     pub fn deprecate_eof(&self) -> bool {
-        self.0.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF)
+        self.flags.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF)
+    }
+
+    /// Column definitions carry MariaDB's extended type metadata after the original column name.
+    pub fn extended_metadata(&self) -> bool {
+        self.mariadb.contains(MariadbCapabilities::MARIADB_CLIENT_EXTENDED_METADATA)
     }
 }
 
@@ -59,6 +102,19 @@ mod tests {
         assert!(negotiated.flags().contains(CapabilityFlags::CLIENT_SESSION_TRACK));
         assert!(!negotiated.flags().contains(CapabilityFlags::CLIENT_COMPRESS));
         assert!(!negotiated.flags().contains(CapabilityFlags::CLIENT_SSL));
+    }
+
+    #[test]
+    fn mariadb_extensions_are_relayed_except_metadata_caching_and_com_multi() {
+        let all = MariadbCapabilities::all().bits();
+        let negotiated = Negotiated::new(0, 0).with_mariadb(all, all);
+        assert!(negotiated.extended_metadata());
+        assert!(negotiated.mariadb().contains(MariadbCapabilities::MARIADB_CLIENT_PROGRESS));
+        assert!(negotiated.mariadb().contains(MariadbCapabilities::MARIADB_CLIENT_STMT_BULK_OPERATIONS));
+        assert!(!negotiated.mariadb().contains(MariadbCapabilities::MARIADB_CLIENT_CACHE_METADATA));
+        assert!(!negotiated.mariadb().contains(MariadbCapabilities::MARIADB_CLIENT_RESERVED_1));
+        let client_without = MariadbCapabilities::MARIADB_CLIENT_PROGRESS.bits();
+        assert!(!Negotiated::new(0, 0).with_mariadb(all, client_without).extended_metadata());
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! mysql_common parses and validates; the patching is done on the original bytes because re-serializing
 //! through mysql_common would drop capability bits it does not know and reorder connection attributes.
 
+use std::borrow::Cow;
+
 use bytes::BytesMut;
 use mysql_common::constants::{CapabilityFlags, StatusFlags};
 use mysql_common::io::BufMutExt;
@@ -14,7 +16,7 @@ use mysql_common::packets::{
 use mysql_common::proto::MySerialize;
 
 use super::ProtocolError;
-use super::capabilities::mask;
+use super::capabilities::{announces_mariadb, mask, mask_mariadb};
 use super::frame;
 
 /// What the proxy keeps from the server's initial handshake.
@@ -22,6 +24,8 @@ use super::frame;
 pub struct Greeting {
     /// Server capabilities after masking.
     pub capabilities: u32,
+    /// MariaDB's extended capabilities after masking (0 when the server announced none).
+    pub mariadb_capabilities: u32,
     /// The backend's connection (thread) id.
     pub connection_id: u32,
     /// The backend's version string.
@@ -37,8 +41,10 @@ const GREETING_MARIADB_CAPS: usize = 27;
 pub fn patch_greeting(payload: &mut [u8]) -> Result<Greeting, ProtocolError> {
     let parsed: HandshakePacket<'_> =
         ParseBuf(payload).parse(()).map_err(|_| ProtocolError::Malformed("initial handshake"))?;
+    let capabilities = mask(parsed.capabilities().bits());
     let greeting = Greeting {
-        capabilities: mask(parsed.capabilities().bits()),
+        capabilities,
+        mariadb_capabilities: mariadb_capabilities(capabilities, parsed.mariadb_ext_capabilities().bits()),
         connection_id: parsed.connection_id(),
         server_version: parsed.server_version_str().into_owned(),
     };
@@ -48,9 +54,9 @@ pub fn patch_greeting(payload: &mut [u8]) -> Result<Greeting, ProtocolError> {
     let high = fixed + GREETING_CAPS_HIGH;
     payload[low..low + 2].copy_from_slice(&(greeting.capabilities as u16).to_le_bytes());
     payload[high..high + 2].copy_from_slice(&((greeting.capabilities >> 16) as u16).to_le_bytes());
-    // MariaDB announces its own extensions in otherwise reserved bytes; the proxy implements none of them.
+    // MariaDB announces its own extensions in otherwise reserved bytes (zero from other servers).
     let mariadb = fixed + GREETING_MARIADB_CAPS;
-    payload[mariadb..mariadb + 4].fill(0);
+    patch_mariadb_capabilities(&mut payload[mariadb..mariadb + 4]);
     Ok(greeting)
 }
 
@@ -59,6 +65,8 @@ pub fn patch_greeting(payload: &mut [u8]) -> Result<Greeting, ProtocolError> {
 pub struct ClientHello {
     /// Client capabilities after masking.
     pub capabilities: u32,
+    /// MariaDB's extended capabilities after masking (0 when the client announced none).
+    pub mariadb_capabilities: u32,
     /// The user the client logs in as.
     pub user: String,
     /// The default database the client asked for.
@@ -84,12 +92,48 @@ pub fn patch_client_response(payload: &mut [u8]) -> Result<ClientHello, Protocol
         ParseBuf(payload).parse(()).map_err(|_| ProtocolError::Malformed("handshake response"))?;
     let hello = ClientHello {
         capabilities: mask(caps),
+        mariadb_capabilities: mariadb_capabilities(caps, parsed.mariadb_ext_capabilities().bits()),
         user: String::from_utf8_lossy(parsed.user()).into_owned(),
         database: parsed.db_name().map(|db| String::from_utf8_lossy(db).into_owned()),
     };
     payload[..4].copy_from_slice(&hello.capabilities.to_le_bytes());
-    payload[RESPONSE_MARIADB_CAPS..RESPONSE_FIXED_LEN].fill(0);
+    patch_mariadb_capabilities(&mut payload[RESPONSE_MARIADB_CAPS..RESPONSE_FIXED_LEN]);
     Ok(hello)
+}
+
+/// The MariaDB extended capabilities a side announced with `capabilities`, masked: `extended` counts only when
+/// the capability word says it is there.
+fn mariadb_capabilities(capabilities: u32, extended: u32) -> u32 {
+    if announces_mariadb(capabilities) { mask_mariadb(extended) } else { 0 }
+}
+
+/// Masks MariaDB's extended capability word in place (four little-endian bytes).
+fn patch_mariadb_capabilities(word: &mut [u8]) {
+    let bits = word.first_chunk::<4>().map_or(0, |b| u32::from_le_bytes(*b));
+    word.copy_from_slice(&mask_mariadb(bits).to_le_bytes());
+}
+
+/// A column definition's payload in the standard layout: MariaDB's extended type metadata, present when
+/// `extended_metadata` was negotiated, is cut out (it follows the original column name), so that the definition
+/// parses as any other. `None` when the payload is too short to hold the fields before it.
+pub fn standard_column_definition(payload: &[u8], extended_metadata: bool) -> Option<Cow<'_, [u8]>> {
+    if !extended_metadata {
+        return Some(Cow::Borrowed(payload));
+    }
+    // catalog, schema, table, original table, name, original name: six length-encoded strings.
+    let mut at = 0;
+    for _ in 0..6 {
+        at = skip_lenenc_string(payload, at)?;
+    }
+    let end = skip_lenenc_string(payload, at)?;
+    Some(Cow::Owned([&payload[..at], &payload[end..]].concat()))
+}
+
+/// The offset just past the length-encoded string at `at`.
+fn skip_lenenc_string(payload: &[u8], at: usize) -> Option<usize> {
+    let (len, taken) = lenenc_int(payload.get(at..)?)?;
+    let end = at.checked_add(taken)?.checked_add(usize::try_from(len).ok()?)?;
+    (end <= payload.len()).then_some(end)
 }
 
 /// Reads a length-encoded integer at the start of `buf`, returning it and the bytes it took.
@@ -208,6 +252,7 @@ impl std::fmt::Display for MysqlError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::capabilities::RELAYED_MARIADB;
 
     /// A MariaDB 10.11 greeting as the server sends it (scramble replaced by fixed bytes).
     fn mariadb_greeting() -> Vec<u8> {
@@ -240,7 +285,8 @@ mod tests {
         assert!(caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF));
         let reparsed: HandshakePacket<'_> = ParseBuf(&patched).parse(()).unwrap();
         assert_eq!(reparsed.capabilities().bits(), greeting.capabilities);
-        assert!(reparsed.mariadb_ext_capabilities().is_empty());
+        assert_eq!(reparsed.mariadb_ext_capabilities().bits(), 0x1D & RELAYED_MARIADB.bits());
+        assert_eq!(greeting.mariadb_capabilities, 0x1D & RELAYED_MARIADB.bits());
         let changed: Vec<usize> = (0..original.len()).filter(|&i| original[i] != patched[i]).collect();
         assert!(changed.iter().all(|&i| (36..38).contains(&i) || (41..43).contains(&i) || (50..54).contains(&i)));
     }
@@ -270,7 +316,19 @@ mod tests {
         assert_eq!(hello.user, "edxapp001");
         assert_eq!(hello.database.as_deref(), Some("edxapp"));
         assert_eq!(u32::from_le_bytes(p[..4].try_into().unwrap()), (caps - CapabilityFlags::CLIENT_COMPRESS).bits());
-        assert_eq!(&p[28..32], &[0; 4]);
+        assert_eq!(&p[28..32], &(0x1C & RELAYED_MARIADB.bits()).to_le_bytes());
+        assert_eq!(hello.mariadb_capabilities, 0x1C & RELAYED_MARIADB.bits());
+    }
+
+    #[test]
+    fn extended_metadata_is_cut_out_of_column_definitions() {
+        let plain = b"\x03def\x02db\x01t\x01t\x02js\x02js\x0c\x3f\x00\xff\xff\xff\xff\xfc\x90\x00\x00\x00\x00".to_vec();
+        let mut extended = plain[..17].to_vec();
+        extended.extend_from_slice(b"\x06\x01\x04json");
+        extended.extend_from_slice(&plain[17..]);
+        assert_eq!(standard_column_definition(&extended, true).as_deref(), Some(&plain[..]));
+        assert_eq!(standard_column_definition(&plain, false).as_deref(), Some(&plain[..]));
+        assert_eq!(standard_column_definition(&extended[..10], true), None);
     }
 
     #[test]

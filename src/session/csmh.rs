@@ -84,8 +84,8 @@ pub enum CsmhError {
     #[error("csmh server refused to follow the session: {0}")]
     Refused(String),
     /// The server cannot answer in the layout the client expects.
-    #[error("the csmh server does not support the client's protocol features {0:?}")]
-    Capabilities(CapabilityFlags),
+    #[error("the csmh server does not support the client's protocol features {0}")]
+    Capabilities(String),
 }
 
 impl CsmhError {
@@ -146,12 +146,17 @@ impl Session {
         // The greeting and login are bounded too: a server whose accept queue overflowed never greets.
         let timeout = std::time::Duration::from_secs(config.connect_timeout_secs);
         let caps =
-            tokio::time::timeout(timeout, backend::login(&mut conn, &credentials, wanted)).await.map_err(|_| {
-                LoginError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "no login answer in time"))
-            })??;
+            tokio::time::timeout(timeout, backend::login_mariadb(&mut conn, &credentials, wanted, self.caps.mariadb()))
+                .await
+                .map_err(|_| {
+                    LoginError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "no login answer in time"))
+                })??;
         let missing = (self.caps.flags() & LAYOUT) - caps.flags();
         if !missing.is_empty() {
-            return Err(CsmhError::Capabilities(missing));
+            return Err(CsmhError::Capabilities(format!("{missing:?}")));
+        }
+        if self.caps.extended_metadata() && !caps.extended_metadata() {
+            return Err(CsmhError::Capabilities("MARIADB_CLIENT_EXTENDED_METADATA".to_owned()));
         }
         info!(address = %config.address, "opened the csmh connection");
         Ok(Csmh { conn, caps, settings: Vec::new(), transaction: None, synced: false })

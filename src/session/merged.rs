@@ -14,9 +14,10 @@ use super::{Flow, Session, SessionError};
 use crate::backend;
 use crate::merge::{ColumnDef, Merge, MergeError, MergePlan, Origin, Protocol, Step};
 use crate::protocol::ProtocolError;
+use crate::protocol::capabilities::Negotiated;
 use crate::protocol::command::COM_QUERY;
 use crate::protocol::frame::{self, MAX_PAYLOAD, PacketSpan};
-use crate::protocol::packets::{MysqlError, OkFields, eof_status, lenenc_int, ok_status};
+use crate::protocol::packets::{self, MysqlError, OkFields, eof_status, lenenc_int, ok_status};
 use crate::protocol::response::Expect;
 use crate::routing::{FanOut, MergeRead, Route};
 
@@ -205,8 +206,8 @@ impl Session {
                 return self.answer_raw(seq, &error).await;
             }
         };
-        let merge = parse_defs(&old, Origin::Old)
-            .and_then(|o| parse_defs(&new, Origin::Extended).map(|n| (o, n)))
+        let merge = parse_defs(&old, Origin::Old, self.caps)
+            .and_then(|o| parse_defs(&new, Origin::Extended, self.caps).map(|n| (o, n)))
             .and_then(|(o, n)| Merge::new(plan, protocol, &o, &n));
         let merge = match merge {
             Ok(merge) => merge,
@@ -406,8 +407,13 @@ fn other(origin: Origin) -> Origin {
     }
 }
 
-fn parse_defs(defs: &[Bytes], origin: Origin) -> Result<Vec<ColumnDef>, MergeError> {
-    defs.iter().map(|def| ColumnDef::parse(def, origin)).collect()
+/// The column definitions of one side's result, as the merge reads them.
+fn parse_defs(defs: &[Bytes], origin: Origin, caps: Negotiated) -> Result<Vec<ColumnDef>, MergeError> {
+    let parse = |def: &Bytes| match packets::standard_column_definition(def, caps.extended_metadata()) {
+        Some(def) => ColumnDef::parse(&def, origin),
+        None => Err(MergeError::ColumnDefinition { origin }),
+    };
+    defs.iter().map(parse).collect()
 }
 
 /// A classic EOF packet's payload.

@@ -220,7 +220,8 @@ impl Session {
             .and_then(|()| packets::patch_client_response(&mut self.client.buf[HEADER_LEN..span.wire_len]))
             .map_err(SessionError::ClientProtocol)?;
         debug!(user = %hello.user, database = ?hello.database, backend_thread = server.connection_id, "authenticating");
-        self.caps = Negotiated::new(server.capabilities, hello.capabilities);
+        self.caps = Negotiated::new(server.capabilities, hello.capabilities)
+            .with_mariadb(server.mariadb_capabilities, hello.mariadb_capabilities);
         self.relay_to_backend(span.wire_len).await?;
         self.relay_response(Expect::Auth).await
     }
