@@ -8,17 +8,13 @@
 
 mod support;
 
-use std::net::{Ipv4Addr, SocketAddr};
-
-use csmh_proxy::backend::{Credentials, LOGIN_CAPABILITIES};
+use csmh_proxy::backend::LOGIN_CAPABILITIES;
 use csmh_proxy::protocol::command::*;
 use csmh_proxy::protocol::frame::MAX_PAYLOAD;
 use csmh_proxy::protocol::response::Expect;
-use csmh_proxy::sandbox::ProxyToml;
-use csmh_proxy::server::ProxyHandle;
-use mysql_async::prelude::Queryable;
 use mysql_common::constants::CapabilityFlags;
 use support::raw::RawClient;
+use support::twins::{Twins, capability_sets};
 
 /// Session setup and statements whose responses do not depend on the connection (no ids, no clocks).
 const SCRIPT: &[&str] = &[
@@ -62,57 +58,10 @@ const SCRIPT: &[&str] = &[
     "DO 1",
 ];
 
-/// The same database on two servers, one reached directly and the other through the proxy, so that both
-/// sides start from the same state and name the same schema in their metadata.
-struct Twins {
-    database: String,
-    direct: SocketAddr,
-    proxy: ProxyHandle,
-}
-
-impl Twins {
-    async fn new() -> Twins {
-        let (direct, behind_proxy) = (support::server().await, support::second_server().await);
-        let database = support::fresh_database(&direct, "raw").await;
-        support::create_database(&behind_proxy, &database).await;
-        let any_port = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-        let config = ProxyToml::edx(any_port, behind_proxy.addr(), behind_proxy.addr()).config().unwrap();
-        Twins { database, direct: direct.addr(), proxy: support::start_proxy(config).await }
-    }
-
-    /// Logs in directly and through the proxy with the same capabilities.
-    async fn clients(&self, capabilities: CapabilityFlags) -> (RawClient, RawClient) {
-        let app = support::app();
-        let credentials =
-            Credentials { user: app.user, password: Some(app.password), database: Some(self.database.clone()) };
-        let direct = RawClient::connect(&self.direct.to_string(), &credentials, capabilities).await;
-        let proxied = RawClient::connect(&self.proxy.addr().to_string(), &credentials, capabilities).await;
-        (direct, proxied)
-    }
-
-    /// Runs `sql` as root on both servers, outside the comparison.
-    async fn setup(&self, sql: &str) {
-        for server in [support::server().await, support::second_server().await] {
-            let mut root = support::root_conn(&server).await;
-            root.query_drop(format!("USE `{}`", self.database)).await.unwrap();
-            root.query_drop(sql).await.unwrap();
-        }
-    }
-}
-
 async fn clients(capabilities: CapabilityFlags) -> (RawClient, RawClient, Twins) {
     let twins = Twins::new().await;
     let (direct, proxied) = twins.clients(capabilities).await;
     (direct, proxied, twins)
-}
-
-fn capability_sets() -> [CapabilityFlags; 3] {
-    let multi = CapabilityFlags::CLIENT_MULTI_STATEMENTS | CapabilityFlags::CLIENT_FOUND_ROWS;
-    [
-        LOGIN_CAPABILITIES | multi,
-        (LOGIN_CAPABILITIES | multi) - CapabilityFlags::CLIENT_DEPRECATE_EOF,
-        (LOGIN_CAPABILITIES | CapabilityFlags::CLIENT_MULTI_STATEMENTS) - CapabilityFlags::CLIENT_SESSION_TRACK,
-    ]
 }
 
 #[tokio::test]

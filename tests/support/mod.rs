@@ -13,6 +13,7 @@ pub mod clients;
 pub mod edx;
 pub mod packages;
 pub mod raw;
+pub mod twins;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Output;
