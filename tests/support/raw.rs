@@ -7,7 +7,7 @@ use csmh_proxy::protocol::capabilities::Negotiated;
 use csmh_proxy::protocol::conn::Connection;
 use csmh_proxy::protocol::frame;
 use csmh_proxy::protocol::response::{Expect, Progress, ResponseScanner};
-use mysql_common::constants::CapabilityFlags;
+use mysql_common::constants::{CapabilityFlags, MariadbCapabilities};
 
 /// How long [`RawClient::try_command`] waits for the next bytes of a response before it calls it stalled.
 const STALL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -35,9 +35,24 @@ pub struct RawClient {
 impl RawClient {
     /// Connects to `address` and logs in with `capabilities` added to the usual ones.
     pub async fn connect(address: &str, credentials: &Credentials, capabilities: CapabilityFlags) -> RawClient {
+        RawClient::connect_mariadb(address, credentials, capabilities, MariadbCapabilities::empty()).await
+    }
+
+    /// [`RawClient::connect`], asking for MariaDB's extended capabilities `mariadb` too.
+    pub async fn connect_mariadb(
+        address: &str,
+        credentials: &Credentials,
+        capabilities: CapabilityFlags,
+        mariadb: MariadbCapabilities,
+    ) -> RawClient {
         let mut conn = backend::connect(address, 5).await.expect("connect");
-        let caps = backend::login(&mut conn, credentials, capabilities).await.expect("login");
+        let caps = backend::login_mariadb(&mut conn, credentials, capabilities, mariadb).await.expect("login");
         RawClient { conn, caps }
+    }
+
+    /// The capabilities the login agreed on.
+    pub fn capabilities(&self) -> Negotiated {
+        self.caps
     }
 
     /// Sends `payload` as a command packet and returns the response's bytes, frame headers included.
