@@ -3,7 +3,7 @@
 use std::io;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use mysql_common::constants::{CapabilityFlags, MariadbCapabilities};
 use mysql_common::io::ParseBuf;
 use mysql_common::packets::{
@@ -17,7 +17,7 @@ use crate::protocol::capabilities::{Negotiated, announces_mariadb};
 use crate::protocol::command::COM_QUERY;
 use crate::protocol::conn::Connection;
 use crate::protocol::frame;
-use crate::protocol::packets::{OkFields, lenenc_int, standard_column_definition};
+use crate::protocol::packets::{OkFields, PrepareOk, lenenc_int, standard_column_definition};
 use crate::protocol::response::{Expect, Progress, ResponseScanner};
 
 /// Why a backend could not be reached.
@@ -229,8 +229,17 @@ pub enum Reply {
     Err(Vec<u8>),
     /// A result set.
     Rows(Rows),
-    /// A statement prepared under this id.
-    Prepared(u32),
+    /// A prepared statement.
+    Prepared(Prepared),
+}
+
+/// A statement the server prepared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    /// Its id on that connection.
+    pub id: u32,
+    /// The column definitions of its result (none for a statement without one).
+    pub columns: Vec<Bytes>,
 }
 
 /// A small text-protocol result set.
@@ -267,7 +276,16 @@ pub async fn command(
     expect: Expect,
 ) -> Result<Reply, QueryError> {
     send_command(conn, command, body).await?;
-    let mut scanner = ResponseScanner::new(expect, caps.deprecate_eof());
+    let response = read_response(conn, caps, expect).await?;
+    match expect {
+        Expect::Prepare => parse_prepared(&response, caps),
+        _ => parse_reply(&response, caps),
+    }
+}
+
+/// Reads one whole response of shape `expect` (a small one) from `conn` into memory, frame headers included.
+pub async fn read_response(conn: &mut Connection, caps: Negotiated, expect: Expect) -> Result<BytesMut, QueryError> {
+    let mut scanner = ResponseScanner::new(expect, caps);
     let mut response = BytesMut::new();
     loop {
         let (n, progress) = scanner.scan(&conn.buf)?;
@@ -278,26 +296,40 @@ pub async fn command(
                 return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
             }
             Progress::NeedMore => {}
-            Progress::Done(_) => break,
+            Progress::Done(_) => return Ok(response),
             Progress::ClientTurn(_) => {
                 return Err(ProtocolError::Unsupported("the server asked the proxy for data").into());
             }
         }
     }
-    match expect {
-        Expect::Prepare => parse_prepared(&response),
-        _ => parse_reply(&response, caps),
-    }
 }
 
-/// Reads the answer to a COM_STMT_PREPARE: the new statement's id, or the ERR.
-fn parse_prepared(response: &[u8]) -> Result<Reply, QueryError> {
-    let span = frame::PacketSpan::find(response).ok_or(ProtocolError::Malformed("empty response"))?;
-    match &response[frame::HEADER_LEN..span.wire_len] {
-        [0xFF, ..] => Ok(Reply::Err(response[frame::HEADER_LEN..span.wire_len].to_vec())),
-        [0x00, a, b, c, d, ..] => Ok(Reply::Prepared(u32::from_le_bytes([*a, *b, *c, *d]))),
-        _ => Err(ProtocolError::Malformed("prepare OK").into()),
+/// Reads a whole answer to a COM_STMT_PREPARE: the new statement and its result's column definitions, or the
+/// ERR.
+pub fn parse_prepared(response: &[u8], caps: Negotiated) -> Result<Reply, QueryError> {
+    let packets = split_packets(response);
+    let first = packets.first().ok_or(ProtocolError::Malformed("empty response"))?;
+    if first.first() == Some(&0xFF) {
+        return Ok(Reply::Err(first.to_vec()));
     }
+    let ok = PrepareOk::parse(first).ok_or(ProtocolError::Malformed("prepare OK"))?;
+    let eof = |defs: u16| usize::from(defs > 0 && !caps.deprecate_eof());
+    let columns_at = 1 + usize::from(ok.params) + eof(ok.params);
+    let columns = packets
+        .get(columns_at..columns_at + usize::from(ok.columns))
+        .ok_or(ProtocolError::Malformed("prepared statement's column definitions"))?;
+    Ok(Reply::Prepared(Prepared { id: ok.statement_id, columns: columns.to_vec() }))
+}
+
+/// The payloads of the packets of a whole response held in memory.
+fn split_packets(response: &[u8]) -> Vec<Bytes> {
+    let mut packets = Vec::new();
+    let mut rest = response;
+    while let Some(span) = frame::PacketSpan::find(rest) {
+        packets.push(frame::payload(Bytes::copy_from_slice(&rest[..span.wire_len]), &span));
+        rest = &rest[span.wire_len..];
+    }
+    packets
 }
 
 /// Sends one command packet (sequence id 0) with `body` after the command byte.
@@ -312,12 +344,7 @@ pub async fn send_command(conn: &mut Connection, command: u8, body: &[u8]) -> io
 
 /// Reads a whole small response: OK, ERR, or a text result set.
 fn parse_reply(response: &[u8], caps: Negotiated) -> Result<Reply, QueryError> {
-    let mut packets = Vec::new();
-    let mut rest = response;
-    while let Some(span) = frame::PacketSpan::find(rest) {
-        packets.push(frame::payload(bytes::Bytes::copy_from_slice(&rest[..span.wire_len]), &span));
-        rest = &rest[span.wire_len..];
-    }
+    let packets = split_packets(response);
     let first = packets.first().ok_or(ProtocolError::Malformed("empty response"))?;
     match first.first() {
         Some(0xFF) => Ok(Reply::Err(first.to_vec())),

@@ -1,6 +1,7 @@
-//! MariaDB's protocol extensions that the proxy relays: extended type metadata in column definitions, bulk
-//! execution of a prepared statement (COM_STMT_BULK_EXECUTE), and progress reports during long statements —
-//! passed through byte for byte, and on the routed history table as far as `docs/protocol.md` says.
+//! MariaDB's protocol extensions that the proxy relays: extended type metadata in column definitions, metadata
+//! caching (results of a prepared statement executed again without their column definitions), bulk execution of
+//! a prepared statement (COM_STMT_BULK_EXECUTE), and progress reports during long statements — passed through
+//! byte for byte, and on the routed history table as far as `docs/protocol.md` says.
 
 mod support;
 
@@ -17,6 +18,7 @@ use support::twins::Twins;
 const EXTENDED_METADATA: MariadbCapabilities = MariadbCapabilities::MARIADB_CLIENT_EXTENDED_METADATA;
 const BULK: MariadbCapabilities = MariadbCapabilities::MARIADB_CLIENT_STMT_BULK_OPERATIONS;
 const PROGRESS: MariadbCapabilities = MariadbCapabilities::MARIADB_CLIENT_PROGRESS;
+const CACHE_METADATA: MariadbCapabilities = MariadbCapabilities::MARIADB_CLIENT_CACHE_METADATA;
 
 /// COM_STMT_BULK_EXECUTE's flag saying that parameter types follow.
 const SEND_TYPES_TO_SERVER: u16 = 128;
@@ -44,9 +46,13 @@ fn payloads(response: &[u8]) -> Vec<&[u8]> {
 
 /// Prepares `sql` and returns the statement id from the raw answer.
 async fn prepare(client: &mut RawClient, sql: &str) -> u32 {
-    let response = client.command(&[&[COM_STMT_PREPARE][..], sql.as_bytes()].concat(), Expect::Prepare).await;
-    let ok = payloads(&response)[0];
-    assert_eq!(ok[0], 0x00, "prepared {sql}: {:?}", String::from_utf8_lossy(ok));
+    prepared_id(&client.command(&[&[COM_STMT_PREPARE][..], sql.as_bytes()].concat(), Expect::Prepare).await)
+}
+
+/// The statement id in the raw answer to a COM_STMT_PREPARE.
+fn prepared_id(response: &[u8]) -> u32 {
+    let ok = payloads(response)[0];
+    assert_eq!(ok[0], 0x00, "prepared: {:?}", String::from_utf8_lossy(ok));
     u32::from_le_bytes(ok[1..5].try_into().unwrap())
 }
 
@@ -73,6 +79,21 @@ fn bulk_execute(id: u32, rows: &[Vec<Option<&str>>]) -> Vec<u8> {
     packet
 }
 
+/// A COM_STMT_EXECUTE of statement `id` with one BIGINT parameter, asking for no cursor.
+fn execute_with(id: u32, parameter: i64) -> Vec<u8> {
+    let mut packet = vec![0x17];
+    packet.extend_from_slice(&id.to_le_bytes());
+    packet.extend_from_slice(&[0, 1, 0, 0, 0, 0, 1, 8, 0]);
+    packet.extend_from_slice(&parameter.to_le_bytes());
+    packet
+}
+
+/// A prepare's raw answer with the statement id zeroed (each server numbers its own statements).
+fn without_id(mut response: Vec<u8>) -> Vec<u8> {
+    response[frame::HEADER_LEN + 1..frame::HEADER_LEN + 5].fill(0);
+    response
+}
+
 /// The affected rows of an OK packet's payload.
 fn affected_rows(ok: &[u8]) -> u8 {
     assert_eq!(ok[0], 0x00, "an OK packet: {:?}", String::from_utf8_lossy(ok));
@@ -91,11 +112,6 @@ async fn extended_metadata_is_relayed_byte_for_byte() {
     assert!(expected.windows(4).any(|w| w == b"json"), "the server sent the JSON format in the metadata");
     assert_eq!(proxied.query("SELECT * FROM j").await, expected);
     let prepare = b"\x16SELECT js, u FROM j WHERE id = 1";
-    // The statement ids differ (each server numbers its own); every other byte is the same.
-    let without_id = |mut response: Vec<u8>| {
-        response[frame::HEADER_LEN + 1..frame::HEADER_LEN + 5].fill(0);
-        response
-    };
     let expected = without_id(direct.command(prepare, Expect::Prepare).await);
     assert_eq!(without_id(proxied.command(prepare, Expect::Prepare).await), expected);
 }
@@ -196,4 +212,57 @@ async fn the_cli_reads_both_history_tables_across_two_servers() {
     expected.sort();
     let lines: Vec<String> = expected.iter().map(|(id, state)| format!("{id}\t{state}")).collect();
     assert_eq!(printed, format!("id\tstate\n{}\n", lines.join("\n")));
+}
+
+#[tokio::test]
+async fn results_without_cached_metadata_are_relayed_byte_for_byte() {
+    let twins = Twins::new().await;
+    twins.setup("CREATE TABLE c (id INT PRIMARY KEY, s VARCHAR(10))").await;
+    twins.setup("INSERT INTO c VALUES (1, 'one'), (2, 'two'), (3, 'three')").await;
+    let app = support::app();
+    let credentials =
+        Credentials { user: app.user, password: Some(app.password), database: Some(twins.database.clone()) };
+    let (direct_address, proxy_address) = (twins.direct.to_string(), twins.proxy.addr().to_string());
+    for capabilities in support::twins::capability_sets() {
+        let mut direct = RawClient::connect_mariadb(&direct_address, &credentials, capabilities, CACHE_METADATA).await;
+        let mut proxied = RawClient::connect_mariadb(&proxy_address, &credentials, capabilities, CACHE_METADATA).await;
+        assert!(proxied.capabilities().cache_metadata(), "the proxy lets the client cache metadata");
+        let prepare = b"\x16SELECT id, s FROM c WHERE id >= ? ORDER BY id";
+        let (direct_prepared, proxied_prepared) =
+            (direct.command(prepare, Expect::Prepare).await, proxied.command(prepare, Expect::Prepare).await);
+        assert_eq!(without_id(proxied_prepared.clone()), without_id(direct_prepared.clone()));
+        let (direct_id, proxied_id) = (prepared_id(&direct_prepared), prepared_id(&proxied_prepared));
+        for parameter in [1, 2, 1] {
+            let expected = direct.command(&execute_with(direct_id, parameter), Expect::ResultSets).await;
+            let got = proxied.command(&execute_with(proxied_id, parameter), Expect::ResultSets).await;
+            assert_eq!(got, expected, "execution with {parameter} under {capabilities:?}");
+            let head: &[u8] = &[2, 0];
+            assert_eq!(payloads(&got)[0], head, "two columns, their definitions left out (the prepare gave them)");
+        }
+        let read = "SELECT * FROM c ORDER BY id";
+        assert_eq!(proxied.query(read).await, direct.query(read).await, "text results under {capabilities:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_prepared_read_of_both_history_tables_survives_cached_metadata() {
+    let site = Site::two_servers(reading_both()).await;
+    site.edxapp().await.query_drop(edxapp_insert(1, "{\"new\": 1}")).await.unwrap();
+    let mut raw = client(&site.proxy.addr().to_string(), &site.dbs.edxapp_db, CACHE_METADATA).await;
+    assert!(raw.capabilities().cache_metadata());
+    let read = format!("SELECT `id`, `state` FROM `{OLD}` WHERE `student_module_id` = ? ORDER BY `id`");
+    let id = prepare(&mut raw, &read).await;
+    let first = raw.command(&execute_with(id, 1), Expect::ResultSets).await;
+    let old_rows: Vec<u64> =
+        site.root().await.query(format!("SELECT id FROM {} WHERE student_module_id = 1", site.old())).await.unwrap();
+    let expected_rows = old_rows.len() + 1;
+    let packets = payloads(&first);
+    // Column count, two definitions, the rows, the end (CLIENT_DEPRECATE_EOF).
+    assert_eq!(packets.len(), 1 + 2 + expected_rows + 1, "{packets:?}");
+    let new_state = b"{\"new\": 1}";
+    assert!(first.windows(new_state.len()).any(|w| w == new_state), "the extended side's row is there");
+    for _ in 0..2 {
+        let again = raw.command(&execute_with(id, 1), Expect::ResultSets).await;
+        assert_eq!(again, first, "the servers left their column definitions out; the proxy still merges");
+    }
 }

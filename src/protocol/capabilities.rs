@@ -2,9 +2,9 @@
 //!
 //! The proxy relays frames without decoding them, so any capability that changes the framing or the packet
 //! layout in ways the relay does not follow (compression, TLS for now, query attributes, optional metadata,
-//! MariaDB's metadata caching and COM_MULTI) is removed from the server's greeting and from the client's answer,
-//! so both sides agree that it is off. MariaDB's other extensions (progress reports, bulk execution, extended
-//! type metadata) are relayed: `docs/protocol.md` gives the decision for each.
+//! MariaDB's COM_MULTI) is removed from the server's greeting and from the client's answer, so both sides agree
+//! that it is off. MariaDB's other extensions (progress reports, bulk execution, extended type metadata,
+//! metadata caching) are relayed: `docs/protocol.md` gives the decision for each.
 
 use mysql_common::constants::{CapabilityFlags, MariadbCapabilities};
 
@@ -18,12 +18,19 @@ pub const UNSUPPORTED: CapabilityFlags = CapabilityFlags::CLIENT_COMPRESS
     .union(CapabilityFlags::CLIENT_SSL_VERIFY_SERVER_CERT);
 
 /// MariaDB's extended capabilities the relay follows: progress reports (ERR-shaped packets with code 0xFFFF that
-/// do not end a response), COM_STMT_BULK_EXECUTE and its per-row results, and extended type metadata (one more
-/// field in column definitions). Metadata caching (results without column definitions) and COM_MULTI are not.
+/// do not end a response), COM_STMT_BULK_EXECUTE and its per-row results, extended type metadata (one more
+/// field in column definitions) and metadata caching (a byte after a result's column count saying whether the
+/// definitions follow; a prepared statement executed again may leave them out). COM_MULTI is not.
 pub const RELAYED_MARIADB: MariadbCapabilities = MariadbCapabilities::MARIADB_CLIENT_PROGRESS
     .union(MariadbCapabilities::MARIADB_CLIENT_STMT_BULK_OPERATIONS)
     .union(MariadbCapabilities::MARIADB_CLIENT_EXTENDED_METADATA)
+    .union(MariadbCapabilities::MARIADB_CLIENT_CACHE_METADATA)
     .union(MariadbCapabilities::MARIADB_CLIENT_BULK_UNIT_RESULTS);
+
+/// The MariaDB extensions that change the layout of responses: a connection whose responses are relayed to a
+/// client must have exactly the client's.
+pub const LAYOUT_MARIADB: MariadbCapabilities =
+    MariadbCapabilities::MARIADB_CLIENT_EXTENDED_METADATA.union(MariadbCapabilities::MARIADB_CLIENT_CACHE_METADATA);
 
 /// Removes what the proxy does not implement from a 32-bit capability word.
 pub fn mask(bits: u32) -> u32 {
@@ -79,6 +86,12 @@ impl Negotiated {
         self.flags.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF)
     }
 
+    /// A result's column count is followed by a byte saying whether its column definitions follow (MariaDB's
+    /// metadata caching).
+    pub fn cache_metadata(&self) -> bool {
+        self.mariadb.contains(MariadbCapabilities::MARIADB_CLIENT_CACHE_METADATA)
+    }
+
     /// Column definitions carry MariaDB's extended type metadata after the original column name.
     pub fn extended_metadata(&self) -> bool {
         self.mariadb.contains(MariadbCapabilities::MARIADB_CLIENT_EXTENDED_METADATA)
@@ -105,13 +118,13 @@ mod tests {
     }
 
     #[test]
-    fn mariadb_extensions_are_relayed_except_metadata_caching_and_com_multi() {
+    fn mariadb_extensions_are_relayed_except_com_multi() {
         let all = MariadbCapabilities::all().bits();
         let negotiated = Negotiated::new(0, 0).with_mariadb(all, all);
         assert!(negotiated.extended_metadata());
         assert!(negotiated.mariadb().contains(MariadbCapabilities::MARIADB_CLIENT_PROGRESS));
         assert!(negotiated.mariadb().contains(MariadbCapabilities::MARIADB_CLIENT_STMT_BULK_OPERATIONS));
-        assert!(!negotiated.mariadb().contains(MariadbCapabilities::MARIADB_CLIENT_CACHE_METADATA));
+        assert!(negotiated.cache_metadata());
         assert!(!negotiated.mariadb().contains(MariadbCapabilities::MARIADB_CLIENT_RESERVED_1));
         let client_without = MariadbCapabilities::MARIADB_CLIENT_PROGRESS.bits();
         assert!(!Negotiated::new(0, 0).with_mariadb(all, client_without).extended_metadata());

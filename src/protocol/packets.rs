@@ -143,6 +143,59 @@ pub fn lenenc_int(buf: &[u8]) -> Option<(u64, usize)> {
     Some((value, buf.len() - parse.0.len()))
 }
 
+/// The packet that begins a result set: how many columns it has, and whether their definitions follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResultHead {
+    /// The number of columns.
+    pub columns: u64,
+    /// The column definitions follow; `false` when the server left them out because the client has them
+    /// (MariaDB's metadata caching, for a prepared statement executed again).
+    pub metadata_follows: bool,
+}
+
+impl ResultHead {
+    /// Reads the first packet of a result set; `cache_metadata` says whether the session negotiated MariaDB's
+    /// metadata caching, which adds the "metadata follows" byte. `None` if it is malformed or counts no column.
+    pub fn parse(payload: &[u8], cache_metadata: bool) -> Option<ResultHead> {
+        let (columns, taken) = lenenc_int(payload).filter(|&(columns, _)| columns > 0)?;
+        let metadata_follows = if cache_metadata { *payload.get(taken)? != 0 } else { true };
+        Some(ResultHead { columns, metadata_follows })
+    }
+
+    /// The payload of a result set's first packet announcing `columns` columns whose definitions follow.
+    pub fn with_metadata(columns: u64, cache_metadata: bool) -> Vec<u8> {
+        let mut payload = Vec::with_capacity(10);
+        payload.put_lenenc_int(columns);
+        if cache_metadata {
+            payload.push(1);
+        }
+        payload
+    }
+}
+
+/// The first packet of a successful answer to COM_STMT_PREPARE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrepareOk {
+    /// The new statement's id.
+    pub statement_id: u32,
+    /// How many column definitions follow the parameter definitions.
+    pub columns: u16,
+    /// How many parameter definitions follow this packet.
+    pub params: u16,
+}
+
+impl PrepareOk {
+    /// Reads the packet (`0x00`, id, columns, parameters, ...); `None` if it is something else.
+    pub fn parse(payload: &[u8]) -> Option<PrepareOk> {
+        let fields = payload.get(..9).filter(|p| p[0] == 0x00)?;
+        Some(PrepareOk {
+            statement_id: u32::from_le_bytes([fields[1], fields[2], fields[3], fields[4]]),
+            columns: u16::from_le_bytes([fields[5], fields[6]]),
+            params: u16::from_le_bytes([fields[7], fields[8]]),
+        })
+    }
+}
+
 /// The status flags of an OK packet (`0x00`, or `0xFE` ending a result set under CLIENT_DEPRECATE_EOF).
 pub fn ok_status(payload: &[u8]) -> Option<u16> {
     let rest = payload.get(1..)?;
@@ -318,6 +371,19 @@ mod tests {
         assert_eq!(u32::from_le_bytes(p[..4].try_into().unwrap()), (caps - CapabilityFlags::CLIENT_COMPRESS).bits());
         assert_eq!(&p[28..32], &(0x1C & RELAYED_MARIADB.bits()).to_le_bytes());
         assert_eq!(hello.mariadb_capabilities, 0x1C & RELAYED_MARIADB.bits());
+    }
+
+    #[test]
+    fn result_heads_say_whether_definitions_follow() {
+        assert_eq!(ResultHead::parse(&[2], false), Some(ResultHead { columns: 2, metadata_follows: true }));
+        assert_eq!(ResultHead::parse(&[2, 1], true), Some(ResultHead { columns: 2, metadata_follows: true }));
+        assert_eq!(ResultHead::parse(&[2, 0], true), Some(ResultHead { columns: 2, metadata_follows: false }));
+        assert_eq!(ResultHead::parse(&[2], true), None);
+        assert_eq!(ResultHead::parse(&[0], false), None);
+        for cache in [false, true] {
+            let head = ResultHead::with_metadata(300, cache);
+            assert_eq!(ResultHead::parse(&head, cache), Some(ResultHead { columns: 300, metadata_follows: true }));
+        }
     }
 
     #[test]

@@ -8,8 +8,9 @@
 use mysql_common::constants::StatusFlags;
 
 use super::ProtocolError;
+use super::capabilities::Negotiated;
 use super::frame::{HEADER_LEN, Header, MAX_PAYLOAD};
-use super::packets::{eof_status, lenenc_int, ok_status};
+use super::packets::{PrepareOk, ResultHead, eof_status, ok_status};
 
 /// The shape of response a command gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +105,8 @@ const FAST_AUTH_OK: [u8; 2] = [AUTH_MORE_DATA, 0x03];
 pub struct ResponseScanner {
     state: State,
     deprecate_eof: bool,
+    /// A result's column count is followed by a byte saying whether its definitions follow.
+    cache_metadata: bool,
     /// The request asked for a cursor ([`Expect::Cursor`]).
     cursor: bool,
     /// Payload bytes of the current frame not yet passed over.
@@ -119,8 +122,8 @@ pub struct ResponseScanner {
 }
 
 impl ResponseScanner {
-    /// A scanner for a response of shape `expect`, under the session's CLIENT_DEPRECATE_EOF setting.
-    pub fn new(expect: Expect, deprecate_eof: bool) -> ResponseScanner {
+    /// A scanner for a response of shape `expect` on a connection that negotiated `caps`.
+    pub fn new(expect: Expect, caps: Negotiated) -> ResponseScanner {
         let state = match expect {
             Expect::ResultSets | Expect::Cursor => State::ResultStart,
             Expect::Prepare => State::PrepareStart,
@@ -131,7 +134,8 @@ impl ResponseScanner {
         };
         ResponseScanner {
             state,
-            deprecate_eof,
+            deprecate_eof: caps.deprecate_eof(),
+            cache_metadata: caps.cache_metadata(),
             cursor: expect == Expect::Cursor,
             frame_left: 0,
             continues: false,
@@ -248,20 +252,23 @@ impl ResponseScanner {
             }
             Some(&LOCAL_INFILE) => Ok(Some(Progress::ClientTurn(ClientTurn::LocalInfile))),
             _ => {
-                let (columns, _) = lenenc_int(head).ok_or(ProtocolError::Malformed("column count"))?;
-                if columns == 0 {
-                    return Err(ProtocolError::Malformed("column count"));
-                }
-                self.state = State::Defs { left: columns, then: AfterDefs::Rows };
+                let result =
+                    ResultHead::parse(head, self.cache_metadata).ok_or(ProtocolError::Malformed("column count"))?;
+                self.state = match result {
+                    ResultHead { metadata_follows: true, columns } => {
+                        State::Defs { left: columns, then: AfterDefs::Rows }
+                    }
+                    // Definitions left out (the client has them): under classic EOF their EOF still comes.
+                    _ if self.deprecate_eof => State::Rows,
+                    _ => State::DefsEof { then: AfterDefs::Rows },
+                };
                 Ok(None)
             }
         }
     }
 
     fn on_prepare_ok(&mut self, head: &[u8]) -> Result<Option<Progress>, ProtocolError> {
-        let fields = head.get(..9).filter(|h| h[0] == OK).ok_or(ProtocolError::Malformed("prepare OK"))?;
-        let columns = u16::from_le_bytes([fields[5], fields[6]]);
-        let params = u16::from_le_bytes([fields[7], fields[8]]);
+        let PrepareOk { columns, params, .. } = PrepareOk::parse(head).ok_or(ProtocolError::Malformed("prepare OK"))?;
         Ok(if params > 0 {
             self.state = State::Defs { left: params.into(), then: AfterDefs::PrepareColumns(columns) };
             None

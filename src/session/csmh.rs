@@ -8,7 +8,7 @@ use tracing::{info, warn};
 
 use super::{Flow, Session, SessionError};
 use crate::backend::{self, BackendError, Credentials, LoginError, QueryError, Reply};
-use crate::protocol::capabilities::Negotiated;
+use crate::protocol::capabilities::{LAYOUT_MARIADB, Negotiated};
 use crate::protocol::command::{COM_RESET_CONNECTION, COM_STMT_BULK_EXECUTE, Command};
 use crate::protocol::conn::Connection;
 use crate::protocol::frame::PacketSpan;
@@ -155,8 +155,9 @@ impl Session {
         if !missing.is_empty() {
             return Err(CsmhError::Capabilities(format!("{missing:?}")));
         }
-        if self.caps.extended_metadata() && !caps.extended_metadata() {
-            return Err(CsmhError::Capabilities("MARIADB_CLIENT_EXTENDED_METADATA".to_owned()));
+        let missing = (self.caps.mariadb() & LAYOUT_MARIADB) - caps.mariadb();
+        if !missing.is_empty() {
+            return Err(CsmhError::Capabilities(format!("{missing:?}")));
         }
         info!(address = %config.address, "opened the csmh connection");
         Ok(Csmh { conn, caps, settings: Vec::new(), transaction: None, synced: false })

@@ -17,7 +17,7 @@ use crate::protocol::ProtocolError;
 use crate::protocol::capabilities::Negotiated;
 use crate::protocol::command::COM_QUERY;
 use crate::protocol::frame::{self, MAX_PAYLOAD, PacketSpan};
-use crate::protocol::packets::{self, MysqlError, OkFields, eof_status, lenenc_int, ok_status};
+use crate::protocol::packets::{self, MysqlError, OkFields, ResultHead, eof_status, ok_status};
 use crate::protocol::response::Expect;
 use crate::routing::{FanOut, MergeRead, Route};
 
@@ -41,6 +41,9 @@ enum Feeds {
 enum Head {
     /// Column definitions of a result set.
     Columns(Vec<Bytes>),
+    /// A result set whose column definitions the server left out, as it does for a prepared statement executed
+    /// again under MariaDB's metadata caching: they are the ones it sent last time.
+    KnownColumns,
     /// The side answered with an ERR packet (its payload).
     Failed(Bytes),
 }
@@ -56,6 +59,34 @@ enum Packet {
     Failed(Bytes),
 }
 
+/// The column definitions each side of a prepared read of both tables sent last, for the executions whose
+/// results leave them out (MariaDB's metadata caching): the merge needs them every time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct KnownColumns([Option<Vec<Bytes>>; 2]);
+
+impl KnownColumns {
+    /// The definitions of a read's two statements, as their prepare answers gave them: the servers leave them
+    /// out of the first execution's result already.
+    pub(super) fn new(old: Vec<Bytes>, extended: Vec<Bytes>) -> KnownColumns {
+        KnownColumns([Some(old), Some(extended)])
+    }
+
+    /// The definitions a side's result has: those it sent, remembered for next time, or those it sent last.
+    fn resolve(&mut self, head: Head, origin: Origin) -> Result<Head, SessionError> {
+        match head {
+            Head::Columns(defs) => {
+                self.0[index(origin)] = Some(defs.clone());
+                Ok(Head::Columns(defs))
+            }
+            Head::KnownColumns => match &self.0[index(origin)] {
+                Some(defs) => Ok(Head::Columns(defs.clone())),
+                None => Err(SessionError::BackendProtocol(ProtocolError::Malformed("result without its columns"))),
+            },
+            failed => Ok(failed),
+        }
+    }
+}
+
 impl Session {
     /// Runs `read` on both servers and answers with the merged result.
     pub(super) async fn merge_read(
@@ -67,7 +98,8 @@ impl Session {
         let seq = span.last_seq.wrapping_add(1);
         let old = [&[COM_QUERY][..], &read.old].concat();
         let extended = [&[COM_QUERY][..], &extended].concat();
-        self.merge_commands(span, seq, &old, &extended, &read.plan, Protocol::Text).await
+        let text = &mut KnownColumns::default();
+        self.merge_commands(span, seq, (&old, &extended), &read.plan, Protocol::Text, text).await
     }
 
     /// Runs `read` on one server: both statements sent together on the client's connection, the old side's
@@ -90,12 +122,13 @@ impl Session {
         let Some(held) = self.hold_result(HELD_BYTES).await? else {
             debug!("the old side's result is too large to hold: reading both tables with one statement instead");
             let mut feeds = Feeds::Pipelined(VecDeque::new());
-            if let Head::Columns(_) = self.head(&mut feeds, Origin::Extended).await? {
+            if let Head::Columns(_) | Head::KnownColumns = self.head(&mut feeds, Origin::Extended).await? {
                 self.drain_rows(&mut feeds, Origin::Extended, &mut [None, None]).await?;
             }
             return self.answer_with_union(seq, &statement).await;
         };
-        self.merge_heads(&mut Feeds::Pipelined(held), seq, &read.plan, Protocol::Text, Some(&statement)).await
+        let text = &mut KnownColumns::default();
+        self.merge_heads(&mut Feeds::Pipelined(held), seq, &read.plan, Protocol::Text, Some(&statement), text).await
     }
 
     /// Answers the client's `statement` with the read of both tables as one `UNION ALL` statement on its
@@ -133,10 +166,11 @@ impl Session {
                 held.push_back(error);
                 return Ok(Some(held));
             }
+            Head::KnownColumns => {
+                return Err(SessionError::BackendProtocol(ProtocolError::Malformed("text result without its columns")));
+            }
             Head::Columns(defs) => {
-                let mut count = Vec::new();
-                mysql_common::io::BufMutExt::put_lenenc_int(&mut count, defs.len() as u64);
-                held.push_back(count.into());
+                held.push_back(ResultHead::with_metadata(defs.len() as u64, self.caps.cache_metadata()).into());
                 held.extend(defs);
                 if !self.caps.deprecate_eof() {
                     held.push_back(eof_packet(0, self.status.bits()).into());
@@ -159,16 +193,16 @@ impl Session {
         }
     }
 
-    /// Sends `old` (a command payload) on `edxapp` and `extended` on the `csmh` connection, then answers the
-    /// client with their results merged as `plan` says.
+    /// Sends the `old` command payload on `edxapp` and the `extended` one on the `csmh` connection, then answers
+    /// the client with their results merged as `plan` says (`known`: the columns their statements sent last).
     pub(super) async fn merge_commands(
         &mut self,
         span: PacketSpan,
         seq: u8,
-        old: &[u8],
-        extended: &[u8],
+        (old, extended): (&[u8], &[u8]),
         plan: &MergePlan,
         protocol: Protocol,
+        known: &mut KnownColumns,
     ) -> Result<Flow, SessionError> {
         if let Err(failure) = self.csmh_ready().await {
             return self.csmh_failed(span, failure).await;
@@ -177,7 +211,7 @@ impl Session {
         backend::send_command(&mut self.backend, old[0], &old[1..]).await.map_err(SessionError::Backend)?;
         let csmh = self.csmh.as_mut().expect("made ready above");
         backend::send_command(&mut csmh.conn, extended[0], &extended[1..]).await.map_err(SessionError::Backend)?;
-        self.merge_heads(&mut Feeds::TwoConnections, seq, plan, protocol, None).await
+        self.merge_heads(&mut Feeds::TwoConnections, seq, plan, protocol, None, known).await
     }
 
     /// Reads both sides' column definitions and answers the client: with the merged rows, or with the error
@@ -191,11 +225,13 @@ impl Session {
         plan: &MergePlan,
         protocol: Protocol,
         statement: Option<&[u8]>,
+        known: &mut KnownColumns,
     ) -> Result<Flow, SessionError> {
         let old = self.head(feeds, Origin::Old).await?;
         let new = self.head(feeds, Origin::Extended).await?;
-        let (old, new) = match (old, new) {
+        let (old, new) = match (known.resolve(old, Origin::Old)?, known.resolve(new, Origin::Extended)?) {
             (Head::Columns(old), Head::Columns(new)) => (old, new),
+            (Head::KnownColumns, _) | (_, Head::KnownColumns) => unreachable!("resolved above"),
             (Head::Failed(error), Head::Failed(_)) => return self.answer_raw(seq, &error).await,
             (Head::Failed(error), Head::Columns(_)) => {
                 self.drain_rows(feeds, Origin::Extended, &mut [None, None]).await?;
@@ -233,9 +269,9 @@ impl Session {
         defs: &[Bytes],
     ) -> Result<Flow, SessionError> {
         let mut out = BytesMut::new();
-        let mut count = Vec::new();
-        mysql_common::io::BufMutExt::put_lenenc_int(&mut count, defs.len() as u64);
-        seq = frame::write_packet(&mut out, seq, &count);
+        // The definitions always follow, whether or not the client has them cached: it takes them either way.
+        let head = ResultHead::with_metadata(defs.len() as u64, self.caps.cache_metadata());
+        seq = frame::write_packet(&mut out, seq, &head);
         for def in defs {
             seq = frame::write_packet(&mut out, seq, def);
         }
@@ -328,16 +364,18 @@ impl Session {
             Some(0x00) => return Err(SessionError::BackendProtocol(ProtocolError::Malformed("result set (got OK)"))),
             _ => {}
         }
-        let (count, _) =
-            lenenc_int(&first).ok_or(SessionError::BackendProtocol(ProtocolError::Malformed("column count")))?;
-        let mut defs = Vec::with_capacity(count as usize);
-        for _ in 0..count {
-            defs.push(self.packet(feeds, origin).await?);
+        let head = ResultHead::parse(&first, self.caps.cache_metadata())
+            .ok_or(SessionError::BackendProtocol(ProtocolError::Malformed("column count")))?;
+        let mut defs = Vec::new();
+        if head.metadata_follows {
+            for _ in 0..head.columns {
+                defs.push(self.packet(feeds, origin).await?);
+            }
         }
         if !self.caps.deprecate_eof() {
             self.packet(feeds, origin).await?;
         }
-        Ok(Head::Columns(defs))
+        Ok(if head.metadata_follows { Head::Columns(defs) } else { Head::KnownColumns })
     }
 
     async fn next_row(&mut self, feeds: &mut Feeds, origin: Origin) -> Result<Packet, SessionError> {

@@ -350,7 +350,7 @@ impl Session {
     /// Copies the backend's response to the client as it arrives, handing the turn to the client where the
     /// protocol says so, until the response ends.
     async fn relay_response(&mut self, expect: Expect) -> Result<End, SessionError> {
-        let mut scanner = ResponseScanner::new(expect, self.caps.deprecate_eof());
+        let mut scanner = ResponseScanner::new(expect, self.caps);
         loop {
             let progress = copy_response(&mut self.backend, &mut self.client, &mut scanner, &mut self.answer_seq)
                 .await

@@ -4,16 +4,17 @@
 //! sending long data to and closing it does the same to its shadow.
 
 use super::csmh::CsmhError;
-use super::{Flow, Session, SessionError, copy_response};
+use super::merged::KnownColumns;
+use super::routed::edxapp_failure;
+use super::{Flow, Session, SessionError};
 use crate::backend::{self, Reply};
 use crate::merge::{MergePlan, Protocol};
-use crate::protocol::ProtocolError;
 use crate::protocol::command::{
     COM_STMT_BULK_EXECUTE, COM_STMT_CLOSE, COM_STMT_EXECUTE, COM_STMT_PREPARE, COM_STMT_RESET, COM_STMT_SEND_LONG_DATA,
     Command,
 };
-use crate::protocol::frame::{self, HEADER_LEN, PacketSpan};
-use crate::protocol::response::{Expect, Progress, ResponseScanner};
+use crate::protocol::frame::{self, PacketSpan};
+use crate::protocol::response::Expect;
 use crate::routing::{Inline, MergeRead, Side};
 
 /// The extended-table twin of a client's prepared statement.
@@ -33,7 +34,12 @@ pub(super) enum Twin {
     /// Both write; the client gets the summed OK.
     Write,
     /// Both read (two servers); the client gets the rows merged as the plan says.
-    Merge(Box<MergePlan>),
+    Merge {
+        /// How the two results merge.
+        plan: Box<MergePlan>,
+        /// The column definitions each side sent last.
+        known: KnownColumns,
+    },
 }
 
 impl Session {
@@ -70,7 +76,7 @@ impl Session {
         let Some(old) = read.old_widened.as_deref() else {
             return self.refuse_unsupported(span, "a prepared read of both tables merged on one server").await;
         };
-        let twin = Twin::Merge(Box::new(read.plan));
+        let twin = Twin::Merge { plan: Box::new(read.plan), known: KnownColumns::default() };
         self.prepare_pair(span, Some(old), Side::Csmh, &read.extended, twin).await
     }
 
@@ -85,7 +91,7 @@ impl Session {
         twin: Twin,
     ) -> Result<Flow, SessionError> {
         let shadow = match self.prepare_shadow(side, extended).await? {
-            Ok(id) => Shadow { side, id, twin },
+            Ok(prepared) => prepared,
             Err(error) => {
                 self.client.consume(span.wire_len);
                 return self.answer_raw(span.last_seq.wrapping_add(1), &error).await;
@@ -98,38 +104,34 @@ impl Session {
             }
             None => self.relay_to_backend(span.wire_len).await?,
         }
-        let client_id = self.prepared_id().await?;
-        let mut scanner = ResponseScanner::new(Expect::Prepare, self.caps.deprecate_eof());
-        let progress = copy_response(&mut self.backend, &mut self.client, &mut scanner, &mut self.answer_seq).await;
-        match progress.map_err(|failure| failure.on_edxapp())? {
-            Progress::Done(_) => {}
-            _ => return Err(SessionError::BackendProtocol(ProtocolError::Malformed("prepare response"))),
-        }
-        match client_id {
-            Some(id) => {
-                self.shadows.insert(id, shadow);
-            }
-            None => self.close_shadow(shadow).await,
-        }
+        // A prepare's answer is small: it is read whole, for its statement id and column definitions, then relayed.
+        let response =
+            backend::read_response(&mut self.backend, self.caps, Expect::Prepare).await.map_err(edxapp_failure)?;
+        let answer = backend::parse_prepared(&response, self.caps).map_err(edxapp_failure)?;
+        self.answer_seq = None;
+        self.client.write_all(&response).await.map_err(SessionError::Client)?;
+        let Reply::Prepared(own) = answer else {
+            self.close_shadow(shadow.id, side).await;
+            return Ok(Flow::Continue);
+        };
+        let twin = match twin {
+            Twin::Merge { plan, .. } => Twin::Merge { plan, known: KnownColumns::new(own.columns, shadow.columns) },
+            write => write,
+        };
+        self.shadows.insert(own.id, Shadow { side, id: shadow.id, twin });
         Ok(Flow::Continue)
     }
 
-    /// The statement id in the `edxapp` server's answer to a COM_STMT_PREPARE, waiting for its first packet.
-    async fn prepared_id(&mut self) -> Result<Option<u32>, SessionError> {
-        let span = self.backend.next_packet().await.map_err(SessionError::Backend)?;
-        let span = span.ok_or_else(|| SessionError::Backend(std::io::ErrorKind::UnexpectedEof.into()))?;
-        Ok(match &self.backend.buf[HEADER_LEN..span.wire_len] {
-            [0x00, a, b, c, d, ..] => Some(u32::from_le_bytes([*a, *b, *c, *d])),
-            _ => None,
-        })
-    }
-
-    /// Prepares `sql` on `side` for the proxy itself: its id, or the ERR payload for the client.
-    async fn prepare_shadow(&mut self, side: Side, sql: &[u8]) -> Result<Result<u32, Vec<u8>>, SessionError> {
+    /// Prepares `sql` on `side` for the proxy itself: the statement, or the ERR payload for the client.
+    async fn prepare_shadow(
+        &mut self,
+        side: Side,
+        sql: &[u8],
+    ) -> Result<Result<backend::Prepared, Vec<u8>>, SessionError> {
         let reply = match side {
             Side::Edxapp => backend::command(&mut self.backend, self.caps, COM_STMT_PREPARE, sql, Expect::Prepare)
                 .await
-                .map_err(super::routed::edxapp_failure)?,
+                .map_err(edxapp_failure)?,
             Side::Csmh => match self.csmh_ready().await {
                 Ok(csmh) => {
                     match backend::command(&mut csmh.conn, csmh.caps, COM_STMT_PREPARE, sql, Expect::Prepare).await {
@@ -147,7 +149,7 @@ impl Session {
             },
         };
         Ok(match reply {
-            Reply::Prepared(id) => Ok(id),
+            Reply::Prepared(prepared) => Ok(prepared),
             Reply::Err(payload) => Err(payload),
             Reply::Ok(_) | Reply::Rows(_) => Err(b"\xff\x33\x04#HY000prepare answered without a statement".to_vec()),
         })
@@ -172,11 +174,18 @@ impl Session {
                     [(Side::Edxapp, COM_STMT_EXECUTE, &payload[1..]), (shadow.side, COM_STMT_EXECUTE, &twin[1..])];
                 self.write_both_commands(seq, writes).await
             }
-            (COM_STMT_EXECUTE, Twin::Merge(_)) if payload.get(5).is_some_and(|flags| *flags != 0) => {
+            (COM_STMT_EXECUTE, Twin::Merge { .. }) if command == (Command::StmtExecute { cursor: true }) => {
                 self.refuse_unsupported(span, "a cursor on a read of both tables across two servers").await
             }
-            (COM_STMT_EXECUTE, Twin::Merge(plan)) => {
-                self.merge_commands(span, seq, &payload, &twin, plan, Protocol::Binary).await
+            (COM_STMT_EXECUTE, Twin::Merge { plan, known }) => {
+                let mut known = known.clone();
+                let flow = self.merge_commands(span, seq, (&payload, &twin), plan, Protocol::Binary, &mut known).await;
+                if let Some(Shadow { twin: Twin::Merge { known: kept, .. }, .. }) =
+                    self.shadows.get_mut(&statement_id(&payload))
+                {
+                    *kept = known;
+                }
+                flow
             }
             (COM_STMT_BULK_EXECUTE, _) => {
                 self.refuse_unsupported(
@@ -208,9 +217,9 @@ impl Session {
     }
 
     /// Closes a shadow whose client statement failed to prepare.
-    async fn close_shadow(&mut self, shadow: Shadow) {
-        let close = [&[COM_STMT_CLOSE][..], &shadow.id.to_le_bytes()].concat();
-        let _ = self.send_to(shadow.side, &close).await;
+    async fn close_shadow(&mut self, id: u32, side: Side) {
+        let close = [&[COM_STMT_CLOSE][..], &id.to_le_bytes()].concat();
+        let _ = self.send_to(side, &close).await;
     }
 
     /// Sends a command that gets no answer (COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA) on `side`.

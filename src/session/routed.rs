@@ -335,7 +335,7 @@ impl Session {
     /// Copies the `csmh` connection's answer to the client.
     async fn relay_csmh_response(&mut self, expect: Expect) -> Result<Flow, SessionError> {
         let csmh = self.csmh.as_mut().expect("the statement was sent on it");
-        let mut scanner = ResponseScanner::new(expect, csmh.caps.deprecate_eof());
+        let mut scanner = ResponseScanner::new(expect, csmh.caps);
         let progress = copy_response(&mut csmh.conn, &mut self.client, &mut scanner, &mut self.answer_seq).await;
         match progress {
             Ok(Progress::Done(_)) => Ok(Flow::Continue),

@@ -72,7 +72,7 @@ impl RawClient {
 
     /// Reads one whole response.
     pub async fn response(&mut self, expect: Expect) -> Vec<u8> {
-        let mut scanner = ResponseScanner::new(expect, self.caps.deprecate_eof());
+        let mut scanner = ResponseScanner::new(expect, self.caps);
         let mut received = Vec::new();
         loop {
             let (n, progress) = scanner.scan(&self.conn.buf).expect("well-formed response");
@@ -108,7 +108,7 @@ impl RawClient {
 
     /// Like [`RawClient::response`], but see [`RawClient::try_command`].
     pub async fn try_response(&mut self, expect: Expect) -> Reply {
-        let mut scanner = ResponseScanner::new(expect, self.caps.deprecate_eof());
+        let mut scanner = ResponseScanner::new(expect, self.caps);
         let mut received = Vec::new();
         loop {
             let Ok((n, progress)) = scanner.scan(&self.conn.buf) else {

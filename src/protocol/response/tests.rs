@@ -1,11 +1,20 @@
 use bytes::BytesMut;
 
+use mysql_common::constants::{CapabilityFlags, MariadbCapabilities};
+
 use super::*;
 use crate::protocol::frame::write_packet;
 
 const MORE: u16 = 0x0008;
 const AUTOCOMMIT: u16 = 0x0002;
 const CURSOR: u16 = 0x0040;
+
+/// The capabilities of a session with or without CLIENT_DEPRECATE_EOF.
+fn caps(deprecate_eof: bool) -> Negotiated {
+    let protocol_41 = CapabilityFlags::CLIENT_PROTOCOL_41.bits();
+    let eof = if deprecate_eof { CapabilityFlags::CLIENT_DEPRECATE_EOF.bits() } else { 0 };
+    Negotiated::new(protocol_41 | eof, protocol_41 | eof)
+}
 
 /// Frames a sequence of payloads as consecutive packets.
 fn wire(packets: &[Vec<u8>]) -> Vec<u8> {
@@ -85,7 +94,7 @@ fn feed(scanner: &mut ResponseScanner, bytes: &[u8], chunk: usize) -> Vec<(usize
 fn assert_single_end(expect: Expect, deprecate_eof: bool, packets: &[Vec<u8>], end: End) {
     let bytes = wire(packets);
     for chunk in [1, 2, 3, 5, 7, 64, bytes.len()] {
-        let mut scanner = ResponseScanner::new(expect, deprecate_eof);
+        let mut scanner = ResponseScanner::new(expect, caps(deprecate_eof));
         let events = feed(&mut scanner, &bytes, chunk);
         assert_eq!(events, vec![(bytes.len(), Progress::Done(end))], "chunk size {chunk}");
     }
@@ -108,7 +117,7 @@ fn result_set_ends_at_its_final_eof_or_ok() {
 #[test]
 fn status_of_the_final_packet_is_kept() {
     let bytes = wire(&result_set(1, 1, true, AUTOCOMMIT | 0x0001));
-    let mut scanner = ResponseScanner::new(Expect::ResultSets, true);
+    let mut scanner = ResponseScanner::new(Expect::ResultSets, caps(true));
     feed(&mut scanner, &bytes, bytes.len());
     assert_eq!(scanner.status().map(|s| s.bits()), Some(AUTOCOMMIT | 0x0001));
 }
@@ -116,7 +125,7 @@ fn status_of_the_final_packet_is_kept() {
 #[test]
 fn the_error_code_that_ended_a_response_is_kept() {
     let bytes = wire(&[err()]);
-    let mut scanner = ResponseScanner::new(Expect::ResultSets, false);
+    let mut scanner = ResponseScanner::new(Expect::ResultSets, caps(false));
     feed(&mut scanner, &bytes, bytes.len());
     assert_eq!(scanner.error_code(), Some(1064));
 }
@@ -148,7 +157,7 @@ fn error_after_a_first_result_ends_the_response() {
 #[test]
 fn local_infile_hands_the_turn_to_the_client() {
     let request = wire(&[b"\xfb/tmp/data.csv".to_vec()]);
-    let mut scanner = ResponseScanner::new(Expect::ResultSets, false);
+    let mut scanner = ResponseScanner::new(Expect::ResultSets, caps(false));
     assert_eq!(feed(&mut scanner, &request, 4), vec![(request.len(), Progress::ClientTurn(ClientTurn::LocalInfile))]);
     let answer = wire(&[ok(AUTOCOMMIT)]);
     assert_eq!(feed(&mut scanner, &answer, 3), vec![(answer.len(), Progress::Done(End::Ok))]);
@@ -224,7 +233,7 @@ fn fetch_and_field_list_end_at_eof() {
 #[test]
 fn auth_exchange_alternates_until_ok() {
     let switch = wire(&[b"\xfeclient_ed25519\0nonce".to_vec()]);
-    let mut scanner = ResponseScanner::new(Expect::Auth, true);
+    let mut scanner = ResponseScanner::new(Expect::Auth, caps(true));
     assert_eq!(feed(&mut scanner, &switch, 5), vec![(switch.len(), Progress::ClientTurn(ClientTurn::Auth))]);
     let fast_ok = wire(&[vec![0x01, 0x03], ok(AUTOCOMMIT)]);
     assert_eq!(feed(&mut scanner, &fast_ok, 1), vec![(fast_ok.len(), Progress::Done(End::Ok))]);
@@ -239,13 +248,37 @@ fn a_row_beginning_with_0xfe_is_not_an_end() {
     long.resize(long.len() + MAX_PAYLOAD + 100, b'x');
     let packets = vec![vec![1], column_def(), long, ok_end(AUTOCOMMIT)];
     let bytes = wire(&packets);
-    let mut scanner = ResponseScanner::new(Expect::ResultSets, true);
+    let mut scanner = ResponseScanner::new(Expect::ResultSets, caps(true));
     assert_eq!(feed(&mut scanner, &bytes, 1 << 20), vec![(bytes.len(), Progress::Done(End::Ok))]);
 }
 
 #[test]
 fn garbage_is_an_error_not_a_hang() {
     let bytes = wire(&[Vec::new()]);
-    let mut scanner = ResponseScanner::new(Expect::ResultSets, false);
+    let mut scanner = ResponseScanner::new(Expect::ResultSets, caps(false));
     assert_eq!(scanner.scan(&bytes), Err(ProtocolError::Malformed("column count")));
+}
+
+#[test]
+fn results_without_their_cached_definitions_end_where_they_should() {
+    let cached = MariadbCapabilities::MARIADB_CLIENT_CACHE_METADATA.bits();
+    for deprecate_eof in [false, true] {
+        let caps = caps(deprecate_eof).with_mariadb(cached, cached);
+        let end = if deprecate_eof { ok_end(AUTOCOMMIT) } else { eof(AUTOCOMMIT) };
+        let mut with_defs = vec![vec![1, 1], column_def()];
+        let mut without_defs = vec![vec![1, 0]];
+        if !deprecate_eof {
+            with_defs.push(eof(AUTOCOMMIT));
+            without_defs.push(eof(AUTOCOMMIT));
+        }
+        for mut packets in [with_defs, without_defs] {
+            packets.extend([row("1"), row("2"), end.clone()]);
+            let bytes = wire(&packets);
+            for chunk in [1, 3, bytes.len()] {
+                let mut scanner = ResponseScanner::new(Expect::ResultSets, caps);
+                let events = feed(&mut scanner, &bytes, chunk);
+                assert_eq!(events, vec![(bytes.len(), Progress::Done(End::Ok))], "{packets:?}, chunk {chunk}");
+            }
+        }
+    }
 }
