@@ -17,7 +17,7 @@ use crate::protocol::capabilities::{Negotiated, announces_mariadb};
 use crate::protocol::command::COM_QUERY;
 use crate::protocol::conn::Connection;
 use crate::protocol::frame;
-use crate::protocol::packets::{OkFields, PrepareOk, lenenc_int, standard_column_definition};
+use crate::protocol::packets::{OkFields, PrepareOk, is_progress_report, lenenc_int, standard_column_definition};
 use crate::protocol::response::{Expect, Progress, ResponseScanner};
 
 /// Why a backend could not be reached.
@@ -321,12 +321,15 @@ pub fn parse_prepared(response: &[u8], caps: Negotiated) -> Result<Reply, QueryE
     Ok(Reply::Prepared(Prepared { id: ok.statement_id, columns: columns.to_vec() }))
 }
 
-/// The payloads of the packets of a whole response held in memory.
+/// The payloads of the packets of a whole response held in memory, progress reports left out.
 fn split_packets(response: &[u8]) -> Vec<Bytes> {
     let mut packets = Vec::new();
     let mut rest = response;
     while let Some(span) = frame::PacketSpan::find(rest) {
-        packets.push(frame::payload(Bytes::copy_from_slice(&rest[..span.wire_len]), &span));
+        let packet = frame::payload(Bytes::copy_from_slice(&rest[..span.wire_len]), &span);
+        if !is_progress_report(&packet) {
+            packets.push(packet);
+        }
         rest = &rest[span.wire_len..];
     }
     packets

@@ -173,6 +173,12 @@ impl ResultHead {
     }
 }
 
+/// Whether a packet is a MariaDB progress report (`0xFF 0xFF 0xFF ...`, sent to clients that negotiated
+/// MARIADB_CLIENT_PROGRESS during long statements): ERR-shaped, but the response goes on after it.
+pub fn is_progress_report(payload: &[u8]) -> bool {
+    payload.starts_with(&[0xFF, 0xFF, 0xFF])
+}
+
 /// The first packet of a successful answer to COM_STMT_PREPARE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PrepareOk {

@@ -10,7 +10,7 @@ use mysql_common::constants::StatusFlags;
 use super::ProtocolError;
 use super::capabilities::Negotiated;
 use super::frame::{HEADER_LEN, Header, MAX_PAYLOAD};
-use super::packets::{PrepareOk, ResultHead, eof_status, ok_status};
+use super::packets::{PrepareOk, ResultHead, eof_status, is_progress_report, ok_status};
 
 /// The shape of response a command gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,8 +95,6 @@ const ERR: u8 = 0xFF;
 const EOF: u8 = 0xFE;
 const LOCAL_INFILE: u8 = 0xFB;
 const AUTH_MORE_DATA: u8 = 0x01;
-/// The error code of a MariaDB progress report packet (`0xFF 0xFF 0xFF ...`).
-const PROGRESS_REPORT: [u8; 2] = [0xFF, 0xFF];
 /// caching_sha2_password's "fast auth succeeded": the server's OK follows without a client packet.
 const FAST_AUTH_OK: [u8; 2] = [AUTH_MORE_DATA, 0x03];
 
@@ -200,7 +198,7 @@ impl ResponseScanner {
         let is_end = first == Some(EOF) && len < MAX_PAYLOAD;
         let progress = match self.state {
             // MariaDB's progress report (MARIADB_CLIENT_PROGRESS) looks like an ERR but the response goes on.
-            _ if is_err && head.get(1..3) == Some(&PROGRESS_REPORT[..]) => None,
+            _ if is_progress_report(head) => None,
             _ if is_err => {
                 self.error = head.get(1..3).map(|code| u16::from_le_bytes([code[0], code[1]]));
                 Some(Progress::Done(End::Err))

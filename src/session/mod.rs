@@ -241,11 +241,11 @@ impl Session {
             None => self.handle(span).await,
         };
         let metrics = &self.shared.metrics;
-        if let Err(SessionError::ClientHungUp) = &result {
-            metrics.client_hangup();
-        }
-        if let Some(route) = self.statement.take() {
-            metrics.statement(route, arrived.elapsed());
+        match (&result, self.statement.take()) {
+            // An abandoned statement had no answer: it is counted as a hang-up, not under its route.
+            (Err(SessionError::ClientHungUp), _) => metrics.client_hangup(),
+            (_, Some(route)) => metrics.statement(route, arrived.elapsed()),
+            (_, None) => {}
         }
         if had_csmh && self.csmh.is_none() {
             // The csmh connection is dropped only when it failed.
