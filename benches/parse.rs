@@ -23,7 +23,7 @@ use criterion::{BenchmarkId, Criterion};
 use csmh_proxy::config::Flags;
 use csmh_proxy::history::TableName;
 use csmh_proxy::routing::source::{self, Source, Tok};
-use csmh_proxy::routing::{FanOut, Route, Side, classify};
+use csmh_proxy::routing::{FanOut, MergeServers, Route, classify};
 use csmh_proxy::sandbox::ProxyToml;
 use csmh_proxy::shared::Snapshot;
 use sqlparser::ast::Statement;
@@ -141,7 +141,9 @@ fn check_route(name: &str, two_servers: bool, route: &Route) {
     let fine = match (name, route) {
         ("insert", Route::Rewrite(_)) => true,
         ("cascade_delete", Route::FanOut(FanOut::Writes { .. })) => true,
-        (_, Route::FanOut(FanOut::Merge(read))) => (read.extended_on == Side::Csmh) == two_servers,
+        (_, Route::FanOut(FanOut::Merge(read))) => {
+            matches!(read.servers, MergeServers::TwoServers { .. }) == two_servers
+        }
         _ => false,
     };
     assert!(fine, "{name} (two servers: {two_servers}) was routed as {route:?}");
@@ -151,16 +153,16 @@ fn bench_prefilter(c: &mut Criterion) {
     let snapshot = reading_both(false);
     let mut group = c.benchmark_group("prefilter_miss");
     for (name, sql) in misses() {
-        assert!(!snapshot.prefilter.matches(sql.as_bytes()), "{name} must miss");
+        assert!(!snapshot.router.prefilter().matches(sql.as_bytes()), "{name} must miss");
         group.bench_with_input(BenchmarkId::new(name, sql.len()), sql.as_bytes(), |b, sql| {
-            b.iter(|| snapshot.prefilter.matches(black_box(sql)))
+            b.iter(|| snapshot.router.prefilter().matches(black_box(sql)))
         });
     }
     group.finish();
     let mut group = c.benchmark_group("prefilter_hit");
     for (name, sql) in history_statements() {
         group.bench_with_input(BenchmarkId::new(name, sql.len()), sql.as_bytes(), |b, sql| {
-            b.iter(|| snapshot.prefilter.matches(black_box(sql)))
+            b.iter(|| snapshot.router.prefilter().matches(black_box(sql)))
         });
     }
     group.finish();

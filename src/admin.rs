@@ -21,6 +21,7 @@ use crate::config::{Backend, Flag};
 use crate::history::{Stage, StatementKind, Target};
 use crate::metrics::{self, ConfigState};
 use crate::shared::{Shared, Snapshot};
+use crate::topology::Topology;
 
 /// How long `/healthz` waits for each backend to accept a TCP connection.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -258,7 +259,7 @@ pub fn config_view(snapshot: &Snapshot) -> ConfigView {
         generation: snapshot.generation,
         listen: config.listen.address.clone(),
         admin: config.admin.as_ref().map(|admin| admin.address.clone()),
-        topology: if config.backends.same_server() { "one server" } else { "two servers" },
+        topology: Topology::of(&config.backends).name(),
         backends: Backends { edxapp: backend_view(&config.backends.edxapp), csmh: backend_view(&config.backends.csmh) },
         tables: TablesView { old: config.history.old_table.clone(), extended: config.history.extended_table.clone() },
         flags: FlagsView {

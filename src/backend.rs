@@ -16,6 +16,7 @@ use crate::protocol::ProtocolError;
 use crate::protocol::capabilities::{Negotiated, announces_mariadb};
 use crate::protocol::command::COM_QUERY;
 use crate::protocol::conn::Connection;
+use crate::protocol::errors::MysqlError;
 use crate::protocol::frame;
 use crate::protocol::packets::{OkFields, PrepareOk, is_progress_report, lenenc_int, standard_column_definition};
 use crate::protocol::response::{Expect, Progress, ResponseScanner};
@@ -225,8 +226,8 @@ async fn send_raw(conn: &mut Connection, seq: u8, payload: &[u8]) -> Result<(), 
 pub enum Reply {
     /// An OK packet.
     Ok(OkFields),
-    /// An ERR packet's payload, to pass on to the client as it is.
-    Err(Vec<u8>),
+    /// An ERR packet, to pass on to the client as it is.
+    Err(MysqlError),
     /// A result set.
     Rows(Rows),
     /// A prepared statement.
@@ -309,8 +310,8 @@ pub async fn read_response(conn: &mut Connection, caps: Negotiated, expect: Expe
 pub fn parse_prepared(response: &[u8], caps: Negotiated) -> Result<Reply, QueryError> {
     let packets = split_packets(response);
     let first = packets.first().ok_or(ProtocolError::Malformed("empty response"))?;
-    if first.first() == Some(&0xFF) {
-        return Ok(Reply::Err(first.to_vec()));
+    if let Some(error) = MysqlError::parse(first) {
+        return Ok(Reply::Err(error));
     }
     let ok = PrepareOk::parse(first).ok_or(ProtocolError::Malformed("prepare OK"))?;
     let eof = |defs: u16| usize::from(defs > 0 && !caps.deprecate_eof());
@@ -349,8 +350,10 @@ pub async fn send_command(conn: &mut Connection, command: u8, body: &[u8]) -> io
 fn parse_reply(response: &[u8], caps: Negotiated) -> Result<Reply, QueryError> {
     let packets = split_packets(response);
     let first = packets.first().ok_or(ProtocolError::Malformed("empty response"))?;
+    if let Some(error) = MysqlError::parse(first) {
+        return Ok(Reply::Err(error));
+    }
     match first.first() {
-        Some(0xFF) => Ok(Reply::Err(first.to_vec())),
         Some(0x00) => OkFields::parse(first, caps.flags()).map(Reply::Ok).ok_or(ProtocolError::Malformed("OK").into()),
         _ => {
             let (columns, _) = lenenc_int(first).ok_or(ProtocolError::Malformed("column count"))?;

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod backend;
 pub mod config;
+pub mod explain;
 pub mod history;
 pub mod merge;
 pub mod metrics;
@@ -18,3 +19,4 @@ pub mod sandbox;
 pub mod server;
 pub mod session;
 pub mod shared;
+pub mod topology;

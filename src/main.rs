@@ -130,7 +130,7 @@ fn main() -> anyhow::Result<()> {
                 Some(path) => std::fs::read(path)?,
                 None => std::io::Read::bytes(std::io::stdin()).collect::<Result<_, _>>()?,
             };
-            print!("{}", csmh_proxy::routing::explain::explain_lines(config, &statements)?);
+            print!("{}", csmh_proxy::explain::explain_lines(config, &statements)?);
             Ok(())
         }
         Command::Init => {

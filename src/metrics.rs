@@ -17,7 +17,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::routing::{Route, Side};
+use crate::routing::{Classified, Route};
+use crate::topology::Server;
 
 /// The `Content-Type` of [`Metrics::render`]'s output (Prometheus text format 0.0.4).
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -54,8 +55,12 @@ impl RouteLabel {
         RouteLabel::Refuse,
     ];
 
-    /// The label of a statement that passed the pre-filter and got `route` from the router.
-    pub fn of(route: &Route) -> RouteLabel {
+    /// The label of a statement as the router classified it.
+    pub fn of(classified: &Classified) -> RouteLabel {
+        let route = match classified {
+            Classified::Unnamed => return RouteLabel::PassthroughMiss,
+            Classified::Named(route) => route,
+        };
         match route {
             Route::Passthrough => RouteLabel::PassthroughHit,
             Route::Rewrite(_) => RouteLabel::Rewrite,
@@ -93,18 +98,10 @@ impl RouteLabel {
     }
 }
 
-/// A backend's `backend` label value.
-fn backend_name(side: Side) -> &'static str {
-    match side {
-        Side::Edxapp => "edxapp",
-        Side::Csmh => "csmh",
-    }
-}
-
-fn backend_index(side: Side) -> usize {
-    match side {
-        Side::Edxapp => 0,
-        Side::Csmh => 1,
+fn backend_index(server: Server) -> usize {
+    match server {
+        Server::Edxapp => 0,
+        Server::Csmh => 1,
     }
 }
 
@@ -245,24 +242,24 @@ impl Metrics {
         self.statements[route.index()].get()
     }
 
-    /// A connection attempt to the backend on `side` failed.
-    pub fn backend_connect_error(&self, side: Side) {
-        self.connect_errors[backend_index(side)].inc();
+    /// A connection attempt to the `server` backend failed.
+    pub fn backend_connect_error(&self, server: Server) {
+        self.connect_errors[backend_index(server)].inc();
     }
 
-    /// The connection to the backend on `side` failed during a statement.
-    pub fn backend_query_error(&self, side: Side) {
-        self.query_errors[backend_index(side)].inc();
+    /// The connection to the `server` backend failed during a statement.
+    pub fn backend_query_error(&self, server: Server) {
+        self.query_errors[backend_index(server)].inc();
     }
 
-    /// Failed connection attempts to the backend on `side` so far.
-    pub fn backend_connect_errors(&self, side: Side) -> u64 {
-        self.connect_errors[backend_index(side)].get()
+    /// Failed connection attempts to the `server` backend so far.
+    pub fn backend_connect_errors(&self, server: Server) -> u64 {
+        self.connect_errors[backend_index(server)].get()
     }
 
-    /// Backend connection failures during statements on `side` so far.
-    pub fn backend_query_errors(&self, side: Side) -> u64 {
-        self.query_errors[backend_index(side)].get()
+    /// Backend connection failures during statements on `server` so far.
+    pub fn backend_query_errors(&self, server: Server) -> u64 {
+        self.query_errors[backend_index(server)].get()
     }
 
     /// A client closed its connection while a request of its was in flight.
@@ -291,8 +288,7 @@ impl Metrics {
 /// A counter per backend, and the family they are registered in.
 fn backend_counters() -> ([Counter; 2], Family<Labels<1>, Counter>) {
     let family = Family::<Labels<1>, Counter>::default();
-    let counters =
-        [Side::Edxapp, Side::Csmh].map(|side| family.get_or_create(&[("backend", backend_name(side))]).clone());
+    let counters = Server::BOTH.map(|server| family.get_or_create(&[("backend", server.name())]).clone());
     (counters, family)
 }
 
@@ -407,7 +403,7 @@ mod tests {
         metrics.connection_opened();
         metrics.connection_opened();
         metrics.connection_closed();
-        metrics.backend_connect_error(Side::Csmh);
+        metrics.backend_connect_error(Server::Csmh);
         assert_eq!(metrics.statements(RouteLabel::Rewrite), 2);
         assert_eq!(metrics.statements(RouteLabel::FanOut), 0);
         assert_eq!((metrics.connections_total(), metrics.connections_open()), (2, 1));

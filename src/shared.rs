@@ -9,19 +9,18 @@ use arc_swap::ArcSwap;
 use crate::config::Config;
 use crate::history::routing_table;
 use crate::metrics::Metrics;
-use crate::routing::{Prefilter, Router};
+use crate::routing::Router;
+use crate::topology::Topology;
 
 /// A configuration with the state derived from it, swapped as a whole so a statement sees one or the other.
 #[derive(Debug)]
 pub struct Snapshot {
     /// The configuration as read.
     pub config: Config,
-    /// The pre-filter for the old history table's name.
-    pub prefilter: Prefilter,
-    /// The routing decisions for statements that pass the pre-filter.
+    /// The routing decisions: the pre-filter, then a route for the statements that pass it.
     pub router: Router,
     /// Set once a session has checked, under this configuration, that the extended table's next id is above
-    /// every id of the old table (design §3, "offset safety").
+    /// every id of the old table (docs/routing.md, "Offset safety").
     pub offset_verified: std::sync::OnceLock<()>,
     /// Which configuration this is: 1 for the one the proxy started with, one more for each applied reload.
     pub generation: u64,
@@ -39,14 +38,8 @@ impl Snapshot {
         let old = config.history.old().map_err(|e| error(&e))?;
         let extended = config.history.extended().map_err(|e| error(&e))?;
         let table = routing_table(config.flags).map_err(|e| error(&e))?;
-        let router = Router::new(table, old.clone(), extended, config.backends.same_server());
-        Ok(Snapshot {
-            prefilter: Prefilter::new(old.table()),
-            router,
-            config,
-            offset_verified: Default::default(),
-            generation: 1,
-        })
+        let router = Router::new(table, old, extended, Topology::of(&config.backends));
+        Ok(Snapshot { router, config, offset_verified: Default::default(), generation: 1 })
     }
 }
 

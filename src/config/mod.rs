@@ -103,9 +103,8 @@ fn default_connect_timeout_secs() -> u64 {
 }
 
 impl Backends {
-    /// Whether both backends are one server (the one-server topology): same address, compared as written with
-    /// the host case-insensitively. Then the extended table is reached over the client's own `edxapp`
-    /// connection, fan-out is one `UNION ALL` statement, and writes stay atomic.
+    /// Whether both backends are one server: the same address, compared as written with the host
+    /// case-insensitively. [`crate::topology::Topology::of`] says what that means for the data path.
     pub fn same_server(&self) -> bool {
         self.edxapp.address.trim().eq_ignore_ascii_case(self.csmh.address.trim())
     }

@@ -183,6 +183,32 @@ impl Command {
     }
 }
 
+/// The id of the prepared statement a COM_STMT_* request names (the four bytes after the command byte of its
+/// payload); `None` when the payload is too short to hold one.
+pub fn statement_id(payload: &[u8]) -> Option<u32> {
+    payload.get(1..5).map(|id| u32::from_le_bytes([id[0], id[1], id[2], id[3]]))
+}
+
+/// Makes a COM_STMT_* request name statement `id` instead, in place; `false` (and nothing changed) when the
+/// payload is too short to name one.
+pub fn set_statement_id(payload: &mut [u8], id: u32) -> bool {
+    match payload.get_mut(1..5) {
+        Some(field) => {
+            field.copy_from_slice(&id.to_le_bytes());
+            true
+        }
+        None => false,
+    }
+}
+
+/// The payload of a command: its byte, then `body`.
+pub fn command_payload(command: u8, body: &[u8]) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(1 + body.len());
+    payload.push(command);
+    payload.extend_from_slice(body);
+    payload
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,5 +259,15 @@ mod tests {
         assert_eq!(Command::of(&[COM_STMT_EXECUTE, 1]), Some(Command::StmtExecute { cursor: false }));
         assert_eq!(Command::of(&[]), None);
         assert_eq!(Command::of(&[COM_PING]), Some(Command::Relayed(COM_PING)));
+    }
+
+    #[test]
+    fn statement_ids_are_read_within_the_packet() {
+        assert_eq!(statement_id(&[COM_STMT_CLOSE, 7, 0, 0, 0x80]), Some(0x8000_0007));
+        assert_eq!(statement_id(&[COM_STMT_CLOSE, 7, 0]), None);
+        let mut execute = [COM_STMT_EXECUTE, 7, 0, 0, 0x80, 0];
+        assert!(set_statement_id(&mut execute, 7));
+        assert_eq!(execute, [COM_STMT_EXECUTE, 7, 0, 0, 0, 0]);
+        assert!(!set_statement_id(&mut [COM_STMT_EXECUTE, 1], 2));
     }
 }

@@ -6,7 +6,7 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use socket2::SockRef;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -55,6 +55,14 @@ impl Connection {
                 return if self.buf.is_empty() { Ok(None) } else { Err(io::ErrorKind::UnexpectedEof.into()) };
             }
         }
+    }
+
+    /// Waits for the next whole packet and takes its payload out of the buffer (joined across frames); `None`
+    /// if the peer closed first. For the few packets the proxy reads itself rather than relays.
+    pub async fn next_payload(&mut self) -> io::Result<Option<Bytes>> {
+        let Some(span) = self.next_packet().await? else { return Ok(None) };
+        let wire = self.buf.split_to(span.wire_len).freeze();
+        Ok(Some(super::frame::payload(wire, &span)))
     }
 
     /// Drops the first `n` buffered bytes (relayed or answered), giving back a large buffer once it is empty.

@@ -4,6 +4,8 @@
 //! another frame of the same packet follows (possibly an empty one). The proxy relays frames as they are and
 //! reassembles a packet only where it must read all of it (handshakes, statement text).
 
+use std::borrow::Cow;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// Length of a frame header.
@@ -74,6 +76,28 @@ impl PacketSpan {
     /// Whether the packet fits in one frame, so its payload is one contiguous slice of the wire bytes.
     pub fn is_single_frame(&self) -> bool {
         self.wire_len == self.payload_len + HEADER_LEN
+    }
+
+    /// The payload bytes of the packet's first frame, in `buf` (where the packet was found): all of a
+    /// single-frame packet, and the head of a longer one, which is where a request's command and statement id
+    /// are.
+    pub fn first_frame<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        &buf[HEADER_LEN..HEADER_LEN + self.payload_len.min(MAX_PAYLOAD)]
+    }
+
+    /// [`PacketSpan::first_frame`], to patch in place.
+    pub fn first_frame_mut<'a>(&self, buf: &'a mut [u8]) -> &'a mut [u8] {
+        &mut buf[HEADER_LEN..HEADER_LEN + self.payload_len.min(MAX_PAYLOAD)]
+    }
+
+    /// The packet's whole payload, in `buf` (where the packet was found): borrowed when it is one frame, joined
+    /// across frames otherwise.
+    pub fn payload_in<'a>(&self, buf: &'a [u8]) -> Cow<'a, [u8]> {
+        if self.is_single_frame() {
+            Cow::Borrowed(&buf[HEADER_LEN..self.wire_len])
+        } else {
+            Cow::Owned(payload(Bytes::copy_from_slice(&buf[..self.wire_len]), self).to_vec())
+        }
     }
 }
 
@@ -166,6 +190,8 @@ mod tests {
         let wire = framed(&body, 5);
         let span = PacketSpan::find(&wire).unwrap();
         assert!(!span.is_single_frame());
+        assert_eq!(span.first_frame(&wire), &body[..MAX_PAYLOAD]);
+        assert_eq!(&span.payload_in(&wire)[..], &body[..]);
         assert_eq!(&payload(wire.freeze(), &span)[..], &body[..]);
     }
 

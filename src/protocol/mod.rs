@@ -1,11 +1,13 @@
 //! The MySQL client/server protocol as far as a relaying proxy needs it: frames, the handshake's capability
-//! bits, where a response ends, and the few packets the proxy writes itself (ERR).
+//! bits, where a response ends, and the few packets the proxy reads or writes itself (ERR, OK,
+//! EOF, prepare answers).
 //!
 //! Nothing here knows about edX, routing or configuration.
 
 pub mod capabilities;
 pub mod command;
 pub mod conn;
+pub mod errors;
 pub mod frame;
 pub mod packets;
 pub mod response;

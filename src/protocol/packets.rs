@@ -10,13 +10,11 @@ use bytes::BytesMut;
 use mysql_common::constants::{CapabilityFlags, StatusFlags};
 use mysql_common::io::BufMutExt;
 use mysql_common::io::ParseBuf;
-use mysql_common::packets::{
-    CommonOkPacket, ErrPacket, HandshakePacket, HandshakeResponse, OkPacketDeserializer, ServerError, SqlState,
-};
-use mysql_common::proto::MySerialize;
+use mysql_common::packets::{CommonOkPacket, HandshakePacket, HandshakeResponse, OkPacketDeserializer};
 
 use super::ProtocolError;
-use super::capabilities::{announces_mariadb, mask, mask_mariadb};
+use super::capabilities::{Negotiated, announces_mariadb, mask, mask_mariadb};
+use super::errors::ERR_HEADER;
 use super::frame;
 
 /// What the proxy keeps from the server's initial handshake.
@@ -200,6 +198,18 @@ impl PrepareOk {
             params: u16::from_le_bytes([fields[7], fields[8]]),
         })
     }
+
+    /// Gives the statement in a prepare answer's first packet another id, in place, so that the client knows it
+    /// by that one; `false` (and nothing changed) if the packet is not a prepare OK.
+    pub fn set_statement_id(payload: &mut [u8], id: u32) -> bool {
+        match payload.get_mut(..9) {
+            Some(fields) if fields[0] == 0x00 => {
+                fields[1..5].copy_from_slice(&id.to_le_bytes());
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// The status flags of an OK packet (`0x00`, or `0xFE` ending a result set under CLIENT_DEPRECATE_EOF).
@@ -274,38 +284,79 @@ impl OkFields {
     }
 }
 
-/// An error the proxy itself reports to a client, as MySQL would: code, SQLSTATE and message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MysqlError {
-    /// MySQL error number.
-    pub code: u16,
-    /// Five-character SQLSTATE.
-    pub sqlstate: [u8; 5],
-    /// Human-readable message.
-    pub message: String,
+/// What a packet after a result's column definitions is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowPacket {
+    /// A row.
+    Row,
+    /// The end of the rows (EOF, or OK under CLIENT_DEPRECATE_EOF), with its warning count and status flags.
+    End {
+        /// Warnings of the statement.
+        warnings: u16,
+        /// Status flags.
+        status: u16,
+    },
+    /// An ERR: the statement failed while sending rows.
+    Err,
 }
 
-impl MysqlError {
-    /// An error with the given code, SQLSTATE and message.
-    pub fn new(code: u16, sqlstate: &[u8; 5], message: impl Into<String>) -> MysqlError {
-        MysqlError { code, sqlstate: *sqlstate, message: message.into() }
-    }
-
-    /// Appends this error as an ERR packet with sequence id `seq`.
-    pub fn write_packet(&self, out: &mut BytesMut, seq: u8) {
-        let packet =
-            ErrPacket::Error(ServerError::new(self.code, Some(SqlState::new(self.sqlstate)), self.message.as_bytes()));
-        let mut payload = Vec::with_capacity(9 + self.message.len());
-        packet.serialize(&mut payload);
-        frame::write_packet(out, seq, &payload);
+impl RowPacket {
+    /// Classifies a whole packet read after a result's column definitions.
+    pub fn classify(payload: &[u8], caps: Negotiated) -> RowPacket {
+        match payload.first() {
+            Some(&ERR_HEADER) => RowPacket::Err,
+            first if ends_rows(first.copied(), payload.len()) => {
+                let (warnings, status) = if caps.deprecate_eof() {
+                    let ok = OkFields::parse_end_of_rows(payload, caps.flags());
+                    (ok.as_ref().map_or(0, |ok| ok.warnings), ok_status(payload).unwrap_or(0))
+                } else {
+                    let warnings = payload.get(1..3).map_or(0, |w| u16::from_le_bytes([w[0], w[1]]));
+                    (warnings, eof_status(payload).unwrap_or(0))
+                };
+                RowPacket::End { warnings, status }
+            }
+            _ => RowPacket::Row,
+        }
     }
 }
 
-impl std::fmt::Display for MysqlError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = String::from_utf8_lossy(&self.sqlstate);
-        write!(f, "ERROR {} ({}): {}", self.code, state, self.message)
+/// Whether a packet of `len` bytes beginning with `first` ends a result's rows: a `0xFE` packet shorter than a
+/// frame, since a row beginning with `0xFE` (a length-encoded string of 2^24 bytes or more) is longer.
+pub fn ends_rows(first: Option<u8>, len: usize) -> bool {
+    first == Some(EOF_HEADER) && len < frame::MAX_PAYLOAD
+}
+
+/// EOF packets (and the OK ending rows under CLIENT_DEPRECATE_EOF) begin with this byte.
+pub const EOF_HEADER: u8 = 0xFE;
+
+/// Appends the packet that ends the column definitions of a result whose rows follow: an EOF, unless
+/// CLIENT_DEPRECATE_EOF leaves it out. Returns the sequence id after it.
+pub fn write_end_of_definitions(out: &mut BytesMut, seq: u8, caps: Negotiated, status: u16) -> u8 {
+    if caps.deprecate_eof() { seq } else { frame::write_packet(out, seq, &eof(0, status)) }
+}
+
+/// Appends the packet that ends a result's rows: an EOF, or the OK that replaces it under CLIENT_DEPRECATE_EOF.
+/// Returns the sequence id after it.
+pub fn write_end_of_rows(out: &mut BytesMut, seq: u8, caps: Negotiated, warnings: u16, status: u16) -> u8 {
+    if caps.deprecate_eof() {
+        let end = OkFields { affected_rows: 0, last_insert_id: 0, status, warnings };
+        end.write_end_of_rows(out, seq, caps.flags().contains(CapabilityFlags::CLIENT_SESSION_TRACK));
+        seq.wrapping_add(1)
+    } else {
+        frame::write_packet(out, seq, &eof(warnings, status))
     }
+}
+
+/// Whether a packet is an OK (header `0x00`).
+pub fn is_ok_packet(payload: &[u8]) -> bool {
+    payload.first() == Some(&0x00)
+}
+
+/// A classic EOF packet's payload.
+pub fn eof(warnings: u16, status: u16) -> [u8; 5] {
+    let [w0, w1] = warnings.to_le_bytes();
+    let [s0, s1] = status.to_le_bytes();
+    [EOF_HEADER, w0, w1, s0, s1]
 }
 
 #[cfg(test)]
@@ -432,10 +483,27 @@ mod tests {
     }
 
     #[test]
-    fn err_packet_carries_code_state_and_message() {
+    fn packets_after_definitions_are_rows_ends_or_errors() {
+        let classic = Negotiated::new(0, 0);
+        let deprecate = CapabilityFlags::CLIENT_PROTOCOL_41 | CapabilityFlags::CLIENT_DEPRECATE_EOF;
+        let deprecate = Negotiated::new(deprecate.bits(), deprecate.bits());
+        assert_eq!(RowPacket::classify(b"\x01a", classic), RowPacket::Row);
+        assert_eq!(RowPacket::classify(b"\xff\x7a\x04#42S02", classic), RowPacket::Err);
+        assert_eq!(RowPacket::classify(b"\xfe\x02\x00\x22\x00", classic), RowPacket::End { warnings: 2, status: 0x22 });
+        let end = b"\xfe\x00\x00\x22\x00\x03\x00";
+        assert_eq!(RowPacket::classify(end, deprecate), RowPacket::End { warnings: 3, status: 0x22 });
         let mut out = BytesMut::new();
-        MysqlError::new(1235, b"42000", "not supported").write_packet(&mut out, 1);
-        assert_eq!(out[3], 1);
-        assert_eq!(&out[4..], b"\xff\xd3\x04#42000not supported");
+        let seq = write_end_of_rows(&mut out, 4, deprecate, 3, 0x22);
+        assert_eq!((seq, RowPacket::classify(&out[4..], deprecate)), (5, RowPacket::End { warnings: 3, status: 0x22 }));
+        assert_eq!(write_end_of_definitions(&mut out, 5, deprecate, 0), 5, "no EOF after definitions");
+        assert_eq!(write_end_of_definitions(&mut out, 5, classic, 0), 6);
+    }
+
+    #[test]
+    fn a_prepare_answer_takes_another_statement_id() {
+        let mut ok = [0x00, 7, 0, 0, 0, 2, 0, 1, 0, 0, 0, 0];
+        assert!(PrepareOk::set_statement_id(&mut ok, 0x8000_0007));
+        assert_eq!(PrepareOk::parse(&ok).map(|p| p.statement_id), Some(0x8000_0007));
+        assert!(!PrepareOk::set_statement_id(&mut [0xff, 1, 2], 1));
     }
 }

@@ -9,8 +9,9 @@ use mysql_common::constants::StatusFlags;
 
 use super::ProtocolError;
 use super::capabilities::Negotiated;
-use super::frame::{HEADER_LEN, Header, MAX_PAYLOAD};
-use super::packets::{PrepareOk, ResultHead, eof_status, is_progress_report, ok_status};
+use super::errors::ERR_HEADER;
+use super::frame::{HEADER_LEN, Header};
+use super::packets::{PrepareOk, ResultHead, ends_rows, eof_status, is_progress_report, ok_status};
 
 /// The shape of response a command gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,8 +92,6 @@ enum State {
 const PEEK: usize = 32;
 
 const OK: u8 = 0x00;
-const ERR: u8 = 0xFF;
-const EOF: u8 = 0xFE;
 const LOCAL_INFILE: u8 = 0xFB;
 const AUTH_MORE_DATA: u8 = 0x01;
 /// caching_sha2_password's "fast auth succeeded": the server's OK follows without a client packet.
@@ -193,9 +192,8 @@ impl ResponseScanner {
     /// Advances the state machine over one packet, given its first bytes and its length.
     fn on_packet(&mut self, head: &[u8], len: usize) -> Result<Option<Progress>, ProtocolError> {
         let first = head.first().copied();
-        let is_err = first == Some(ERR);
-        // A row starting with 0xFE is at least 2^24 bytes long, so a shorter 0xFE packet ends a result.
-        let is_end = first == Some(EOF) && len < MAX_PAYLOAD;
+        let is_err = first == Some(ERR_HEADER);
+        let is_end = ends_rows(first, len);
         let progress = match self.state {
             // MariaDB's progress report (MARIADB_CLIENT_PROGRESS) looks like an ERR but the response goes on.
             _ if is_progress_report(head) => None,

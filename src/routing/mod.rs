@@ -1,12 +1,13 @@
 //! Deciding what happens to a statement.
 //!
-//! Every statement passes the [`Prefilter`]; the few whose text names the old history table are parsed and get a
+//! [`Router::classify`] is the one classification step, for the session and for `csmh-proxy route` alike: every
+//! statement passes the [`Prefilter`]; the few whose text names the old history table are parsed and get a
 //! [`Route`] from the [`Router`] of the configuration snapshot in force: passed through, rewritten to the
-//! extended table, fanned out to both tables, or refused. The router is a pure function of the statement bytes
-//! and the snapshot: it never sees a socket.
+//! extended table, fanned out to both tables, or refused. A route carries the whole decision, the server each
+//! statement runs on included, so the session only carries it out. The router is a pure function of the
+//! statement bytes and the snapshot: it never sees a socket.
 
 pub mod classify;
-pub mod explain;
 pub mod prefilter;
 pub mod rewrite;
 pub mod source;
@@ -21,7 +22,8 @@ pub use prefilter::Prefilter;
 
 use crate::history::{RoutingTable, StatementKind, TableName, Target};
 use crate::merge::{MergePlan, SideClauses, TableColumns};
-use crate::protocol::packets::MysqlError;
+use crate::protocol::errors::{MysqlError, code, sqlstate};
+use crate::topology::{Server, Topology};
 use classify::{Read, Shape, Unsupported, Write};
 use rewrite::Splicer;
 use source::{Mention, Source, Tok};
@@ -47,7 +49,7 @@ pub struct Rewritten {
     /// The new statement text.
     pub sql: Vec<u8>,
     /// Which connection runs it.
-    pub on: Side,
+    pub on: Server,
     /// It inserts rows into the extended table, whose ids must not collide with the old table's.
     pub inserts: bool,
     /// Subqueries on `edxapp` tables to run there first, their rows written into `sql` as lists of values
@@ -65,24 +67,13 @@ pub struct Inline {
     pub query: Vec<u8>,
 }
 
-/// One of the two backends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// The client's own connection to the `edxapp` server (which is also the `csmh` server on one server).
-    Edxapp,
-    /// The proxy's own connection to a separate `csmh` server.
-    Csmh,
-}
-
 /// How a statement reaches both tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FanOut {
     /// Both tables on one server: one statement reading a `UNION ALL` of both, on the client's connection. For
-    /// prepared reads ([`Router::route_prepared`]), and reads the merge cannot answer.
+    /// prepared reads on one server ([`Form::Prepare`]), and reads the merge cannot answer.
     Union(Vec<u8>),
-    /// A read run on each table and merged in the proxy as the plan says: on two servers at the same time; on
-    /// one server both sent together on the client's connection (which spares the server the union's
-    /// temporary tables).
+    /// A read run on each table and merged in the proxy as the plan says.
     Merge(Box<MergeRead>),
     /// The same UPDATE or DELETE on each table; the client gets one OK with the affected rows summed.
     Writes {
@@ -92,6 +83,8 @@ pub enum FanOut {
         extended: Vec<u8>,
         /// Subqueries of `extended` to run on `edxapp` first (two servers).
         inline: Vec<Inline>,
+        /// The connection `extended` runs on: the client's own on one server, the `csmh` one on two.
+        on: Server,
     },
 }
 
@@ -101,18 +94,60 @@ pub struct MergeRead {
     /// The statement for the old table in the text protocol, on the client's `edxapp` connection: the client's
     /// own, with the merge's ORDER BY and LIMIT (an INT and a BIGINT UNSIGNED value are the same text).
     pub old: Vec<u8>,
-    /// The statement for the old table in the binary protocol, whose values must be encoded as the extended
-    /// side's are: the table read through a derived table with `id` and `student_module_id` widened. Only
-    /// across two servers: on one, prepared reads of both tables are a union.
-    pub old_widened: Option<Vec<u8>>,
-    /// The statement for the extended table, on the `csmh` connection.
+    /// The statement for the extended table.
     pub extended: Vec<u8>,
-    /// Subqueries of `extended` to run on `edxapp` first.
-    pub inline: Vec<Inline>,
     /// What the merge does.
     pub plan: MergePlan,
-    /// The connection `extended` runs on: the client's own on one server, the `csmh` one on two.
-    pub extended_on: Side,
+    /// Where the two statements run, with what each topology needs besides.
+    pub servers: MergeServers,
+}
+
+/// Where the two statements of a merged read run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MergeServers {
+    /// Both on the client's connection, sent together (which spares the server the union's temporary tables).
+    OneServer {
+        /// The read as one `UNION ALL` statement, which answers it when the merge gives up (a held result too
+        /// large, column types it cannot combine); or the refusal to answer with when there is no such form.
+        union: Result<Vec<u8>, MysqlError>,
+    },
+    /// At the same time on the `edxapp` connection (old table) and the `csmh` connection (extended table).
+    TwoServers {
+        /// The statement for the old table in the binary protocol, whose values must be encoded as the extended
+        /// side's are: the table read through a derived table with `id` and `student_module_id` widened.
+        old_widened: Vec<u8>,
+        /// Subqueries of `extended` to run on `edxapp` first.
+        inline: Vec<Inline>,
+    },
+}
+
+/// How a statement reached the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// A text statement to run (COM_QUERY).
+    Query,
+    /// A statement to prepare (COM_STMT_PREPARE): on one server, reads of both tables are one `UNION ALL`
+    /// statement, which the client's connection can prepare and which needs no holding of results.
+    Prepare,
+}
+
+/// What [`Router::classify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Classified {
+    /// The pre-filter says the text cannot name the history table: passed through without parsing.
+    Unnamed,
+    /// The text may name the history table: the route the router chose.
+    Named(Route),
+}
+
+impl Classified {
+    /// The route: [`Route::Passthrough`] for a statement that does not name the table.
+    pub fn into_route(self) -> Route {
+        match self {
+            Classified::Unnamed => Route::Passthrough,
+            Classified::Named(route) => route,
+        }
+    }
 }
 
 /// The routing decisions of one configuration snapshot.
@@ -121,13 +156,15 @@ pub struct Router {
     table: RoutingTable,
     old: TableName,
     extended: TableName,
-    same_server: bool,
+    topology: Topology,
+    prefilter: Prefilter,
 }
 
 impl Router {
-    /// A router for the design row `table`, the two tables, and whether both live on one server.
-    pub fn new(table: RoutingTable, old: TableName, extended: TableName, same_server: bool) -> Router {
-        Router { table, old, extended, same_server }
+    /// A router for the design row `table`, the two tables, and where they live.
+    pub fn new(table: RoutingTable, old: TableName, extended: TableName, topology: Topology) -> Router {
+        let prefilter = Prefilter::new(old.table());
+        Router { table, old, extended, topology, prefilter }
     }
 
     /// The routing table in force.
@@ -135,9 +172,26 @@ impl Router {
         self.table
     }
 
-    /// Whether both tables live on one server (reached over the client's own connection).
-    pub fn same_server(&self) -> bool {
-        self.same_server
+    /// The pre-filter [`Router::classify`] runs first.
+    pub fn prefilter(&self) -> &Prefilter {
+        &self.prefilter
+    }
+
+    /// Where the two tables live.
+    pub fn topology(&self) -> Topology {
+        self.topology
+    }
+
+    /// The classification of one statement, as the session and `csmh-proxy route` both make it: the pre-filter,
+    /// then, when the text may name the history table, the route.
+    pub fn classify(&self, sql: &[u8], form: Form) -> Classified {
+        if !self.prefilter.matches(sql) {
+            return Classified::Unnamed;
+        }
+        Classified::Named(match form {
+            Form::Query => self.route(sql),
+            Form::Prepare => self.route_prepared(sql),
+        })
     }
 
     /// The old history table.
@@ -161,9 +215,7 @@ impl Router {
         self.route_with(sql, OneServerReads::Merge)
     }
 
-    /// The route of a statement to prepare (COM_STMT_PREPARE), or of a read whose merge the session gave up:
-    /// on one server, reads of both tables are one `UNION ALL` statement, which the client's connection can
-    /// prepare and which needs no holding of results.
+    /// The route of a statement to prepare (COM_STMT_PREPARE), see [`Form::Prepare`].
     pub fn route_prepared(&self, sql: &[u8]) -> Route {
         self.route_with(sql, OneServerReads::Union)
     }
@@ -211,18 +263,14 @@ impl Router {
     }
 
     fn refusal(&self, reason: &str) -> MysqlError {
-        MysqlError::new(
-            1235,
-            b"42000",
-            format!("csmh-proxy cannot route this statement on {}: {reason}", self.old.quoted()),
-        )
+        MysqlError::not_supported(format!("csmh-proxy cannot route this statement on {}: {reason}", self.old.quoted()))
     }
 
     fn blocked(&self, tokens: &[Tok]) -> MysqlError {
         let verb = tokens.first().and_then(Tok::word).unwrap_or("this").to_ascii_uppercase();
         MysqlError::new(
-            1142,
-            b"42000",
+            code::ER_TABLEACCESS_DENIED_ERROR,
+            sqlstate::ACCESS_OR_SYNTAX,
             format!(
                 "{verb} command denied for table {}: the table is retired (READ_ONLY_FROM_CSMHE is on in \
                  csmh-proxy's configuration)",
@@ -245,6 +293,14 @@ fn parse_one(tokens: &[Tok]) -> Result<sqlparser::ast::Statement, Unsupported> {
             Err(Unsupported("send statements naming the history table one at a time, not as a multi-statement".into()))
         }
     }
+}
+
+fn merged(read: MergeRead) -> Route {
+    Route::FanOut(FanOut::Merge(Box::new(read)))
+}
+
+fn union(sql: Vec<u8>) -> Route {
+    Route::FanOut(FanOut::Union(sql))
 }
 
 /// A WHERE condition to copy into each branch of a union.
@@ -289,8 +345,8 @@ impl Plan<'_, '_> {
         }
     }
 
-    fn side(&self) -> Side {
-        if self.router.same_server { Side::Edxapp } else { Side::Csmh }
+    fn extended_server(&self) -> Server {
+        self.router.topology.extended_server()
     }
 
     fn to_extended(&self) -> Result<Route, Unsupported> {
@@ -308,14 +364,14 @@ impl Plan<'_, '_> {
         };
         let (sql, inline) = self.finish(splicer)?;
         let inserts = matches!(self.shape.write, Some(Write::Insert { .. }));
-        Ok(Route::Rewrite(Rewritten { sql, on: self.side(), inserts, inline }))
+        Ok(Route::Rewrite(Rewritten { sql, on: self.extended_server(), inserts, inline }))
     }
 
     /// Renders a statement for the extended table. On a separate `csmh` server only the history table exists,
     /// so subqueries on `edxapp` tables become holes the session fills with their values, and anything else
     /// that would read an `edxapp` table there is refused.
     fn finish(&self, mut splicer: Splicer<'_>) -> Result<(Vec<u8>, Vec<Inline>), Unsupported> {
-        if self.side() == Side::Edxapp {
+        if self.router.topology == Topology::OneServer {
             return Ok((splicer.render_all()?, Vec::new()));
         }
         if self.shape.reads.iter().any(|read| !read.alone) || self.shape.inserts_from_select {
@@ -346,22 +402,23 @@ impl Plan<'_, '_> {
         match &self.shape.write {
             Some(write @ Write::UpdateDelete { .. }) => {
                 let (extended, inline) = self.finish(self.extended_write(write)?)?;
-                Ok(Route::FanOut(FanOut::Writes { old: self.source.bytes().to_vec(), extended, inline }))
+                let old = self.source.bytes().to_vec();
+                Ok(Route::FanOut(FanOut::Writes { old, extended, inline, on: self.extended_server() }))
             }
             Some(Write::Insert { .. }) => Err(Unsupported("INSERT is never fanned out".into())),
-            None if !self.router.same_server => {
-                self.merge_read().map(|read| Route::FanOut(FanOut::Merge(Box::new(read))))
-            }
-            None if self.reads == OneServerReads::Merge => match self.merge_read() {
-                Ok(read) => Ok(Route::FanOut(FanOut::Merge(Box::new(read)))),
-                Err(_) => self.union_read(),
+            None => match (self.router.topology, self.reads) {
+                (Topology::TwoServers, _) => Ok(merged(self.merge_read()?)),
+                (Topology::OneServer, OneServerReads::Merge) => match self.merge_read() {
+                    Ok(read) => Ok(merged(read)),
+                    Err(_) => self.union_read().map(union),
+                },
+                (Topology::OneServer, OneServerReads::Union) => self.union_read().map(union),
             },
-            None => self.union_read(),
         }
     }
 
     /// A read of both tables on one server as one statement reading a `UNION ALL` of both.
-    fn union_read(&self) -> Result<Route, Unsupported> {
+    fn union_read(&self) -> Result<Vec<u8>, Unsupported> {
         let splicer = self.reads_replaced(|read, alias| {
             if !read.alone {
                 return Err(Unsupported(
@@ -372,12 +429,14 @@ impl Plan<'_, '_> {
             let alias = String::from_utf8_lossy(alias);
             Ok((read, rewrite::union_read(&alias, condition.as_deref(), &self.router.old, &self.router.extended)))
         })?;
-        Ok(Route::FanOut(FanOut::Union(splicer.render_all()?)))
+        splicer.render_all()
     }
 
-    /// A read of both tables across servers: each side reads its table under the statement's name for it, with
-    /// the old table's column order, and sorts and limits as the merge needs; the old side also in a form with
-    /// the extended table's types, for the binary protocol.
+    /// A read of both tables merged in the proxy: each side reads its table under the statement's name for it,
+    /// with the old table's column order, and sorts and limits as the merge needs. On one server the old side
+    /// skips the rows copied to the extended table, and the read as one `UNION ALL` statement comes along for
+    /// when the merge gives up; across two servers the old side comes also in a form with the extended table's
+    /// types, for the binary protocol.
     fn merge_read(&self) -> Result<MergeRead, Unsupported> {
         let sqlparser::ast::Statement::Query(query) = self.statement else {
             return Err(Unsupported("only a SELECT can read both tables".into()));
@@ -389,20 +448,25 @@ impl Plan<'_, '_> {
         let alias = String::from_utf8_lossy(rewrite::read_alias(read, self.source, self.tokens)).into_owned();
         let clauses = plan.side_clauses(&format!("{alias}.`id`"));
         let condition = self.condition(read)?;
-        let old_widened = match self.router.same_server {
-            true => None,
-            false => Some(self.widened_old_side(read, &alias, condition.as_ref(), &clauses)?),
-        };
         let as_written = self.source.bytes()[self.source.offset(read.start)..self.source.offset(read.end)].to_vec();
         let mut old_text = self.qualifiers_renamed(|_| self.router.old.table().as_bytes().to_vec());
-        if self.router.same_server {
+        if self.router.topology == Topology::OneServer {
             self.exclude_copies(&mut old_text, read, &alias, condition.as_ref());
         }
         let old_sql = self.side_statement_onto(old_text, read, as_written, &clauses)?.render_all()?;
         let extended_side =
             rewrite::extended_read(&alias, &self.router.extended, self.shape.selects_wildcard).into_bytes();
         let (extended_sql, inline) = self.finish(self.side_statement(read, extended_side, &clauses)?)?;
-        Ok(MergeRead { old: old_sql, old_widened, extended: extended_sql, inline, plan, extended_on: self.side() })
+        let servers = match self.router.topology {
+            Topology::OneServer => {
+                MergeServers::OneServer { union: self.union_read().map_err(|e| self.router.refusal(&e.0)) }
+            }
+            Topology::TwoServers => MergeServers::TwoServers {
+                old_widened: self.widened_old_side(read, &alias, condition.as_ref(), &clauses)?,
+                inline,
+            },
+        };
+        Ok(MergeRead { old: old_sql, extended: extended_sql, plan, servers })
     }
 
     /// The old side of a merged read in the binary protocol: the old table through a derived table with the

@@ -5,7 +5,7 @@ use crate::history::routing_table;
 const OLD: &str = "courseware_studentmodulehistory";
 const EXT: &str = "`edxapp_csmh`.`coursewarehistoryextended_studentmodulehistoryextended`";
 
-fn router(extended: bool, reading_both: bool, retired: bool, same_server: bool) -> Router {
+fn router(extended: bool, reading_both: bool, retired: bool, topology: Topology) -> Router {
     let flags = Flags {
         enable_csmh_extended: extended,
         enable_reading_from_multiple_history_tables: reading_both,
@@ -15,20 +15,20 @@ fn router(extended: bool, reading_both: bool, retired: bool, same_server: bool) 
         routing_table(flags).unwrap(),
         format!("edxapp.{OLD}").parse().unwrap(),
         "edxapp_csmh.coursewarehistoryextended_studentmodulehistoryextended".parse().unwrap(),
-        same_server,
+        topology,
     )
 }
 
 fn reading_both() -> Router {
-    router(true, true, false, true)
+    router(true, true, false, Topology::OneServer)
 }
 
 fn extended_only() -> Router {
-    router(true, false, false, true)
+    router(true, false, false, Topology::OneServer)
 }
 
 fn retired() -> Router {
-    router(true, false, true, true)
+    router(true, false, true, Topology::OneServer)
 }
 
 fn text(sql: &[u8]) -> String {
@@ -66,7 +66,7 @@ const EDXAPP_DELETE: &str = "DELETE FROM `courseware_studentmodulehistory` WHERE
 
 #[test]
 fn with_every_flag_off_nothing_is_parsed() {
-    let off = router(false, true, false, true);
+    let off = router(false, true, false, Topology::OneServer);
     assert!(off.is_passthrough());
     assert_eq!(off.route(b"HANDLER courseware_studentmodulehistory OPEN"), Route::Passthrough);
     assert_eq!(off.route(EDXAPP_INSERT.as_bytes()), Route::Passthrough);
@@ -107,13 +107,14 @@ fn insert_without_a_column_list_names_the_columns_in_the_old_order() {
 #[test]
 fn reading_both_on_one_server_is_merged_from_both_statements_on_the_clients_connection() {
     let Route::FanOut(FanOut::Merge(read)) = reading_both().route(EDXAPP_READ.as_bytes()) else { panic!() };
-    assert_eq!(read.extended_on, Side::Edxapp);
+    let MergeServers::OneServer { union: Ok(union) } = &read.servers else { panic!("{:?}", read.servers) };
+    let union = text(union);
+    assert!(union.contains("UNION ALL"), "the read as one statement, for when the merge gives up: {union}");
     let (old, extended) = (text(&read.old), text(&read.extended));
     let condition = "`courseware_studentmodulehistory`.`student_module_id` IN (42, 43)";
     assert!(old.contains(&format!("WHERE ({condition}) AND NOT EXISTS (SELECT 1 FROM {EXT} AS")), "{old}");
     assert!(old.ends_with(" ORDER BY 1 DESC") && !old.contains("CAST("), "{old}");
     assert!(extended.contains(&format!("FROM {EXT} AS `courseware_studentmodulehistory` WHERE {condition}")));
-    assert!(read.inline.is_empty(), "edxapp's tables are on this server");
 }
 
 #[test]
@@ -205,9 +206,9 @@ fn what_cannot_be_routed_exactly_is_refused() {
 
 #[test]
 fn on_two_servers_rewrites_go_to_the_csmh_connection() {
-    let two = router(true, false, false, false);
+    let two = router(true, false, false, Topology::TwoServers);
     let Route::Rewrite(Rewritten { on, .. }) = two.route(EDXAPP_INSERT.as_bytes()) else { panic!() };
-    assert_eq!(on, Side::Csmh);
+    assert_eq!(on, Server::Csmh);
 }
 
 #[test]
@@ -239,10 +240,10 @@ fn a_prepared_condition_is_left_outside_the_union_so_the_parameter_count_stays()
 
 #[test]
 fn on_two_servers_subqueries_on_edxapp_tables_are_left_for_the_session_to_fill() {
-    let two = router(true, false, false, false);
+    let two = router(true, false, false, Topology::TwoServers);
     let sql = "SELECT id FROM courseware_studentmodulehistory WHERE student_module_id IN (SELECT U0.`id` FROM \
                `courseware_studentmodule` U0 WHERE U0.`student_id` = 7) ORDER BY id DESC";
-    let Route::Rewrite(Rewritten { sql: out, inline, on: Side::Csmh, .. }) = two.route(sql.as_bytes()) else {
+    let Route::Rewrite(Rewritten { sql: out, inline, on: Server::Csmh, .. }) = two.route(sql.as_bytes()) else {
         panic!()
     };
     let [Inline { at, query }] = inline.as_slice() else { panic!("{inline:?}") };
@@ -254,7 +255,7 @@ fn on_two_servers_subqueries_on_edxapp_tables_are_left_for_the_session_to_fill()
 
 #[test]
 fn on_two_servers_what_needs_edxapp_tables_otherwise_is_refused() {
-    let two = router(true, false, false, false);
+    let two = router(true, false, false, Topology::TwoServers);
     for sql in [
         "SELECT id FROM courseware_studentmodulehistory WHERE grade = (SELECT MAX(grade) FROM courseware_studentmodule)",
         "SELECT h.id FROM courseware_studentmodulehistory h, courseware_studentmodule m WHERE m.id = h.student_module_id",
@@ -266,9 +267,10 @@ fn on_two_servers_what_needs_edxapp_tables_otherwise_is_refused() {
 
 #[test]
 fn on_two_servers_reading_both_tables_is_merged_with_each_side_sorted_by_id() {
-    let two = router(true, true, false, false);
+    let two = router(true, true, false, Topology::TwoServers);
     let Route::FanOut(FanOut::Merge(read)) = two.route(EDXAPP_READ.as_bytes()) else { panic!() };
-    let (old, widened, extended) = (text(&read.old), text(read.old_widened.as_deref().unwrap()), text(&read.extended));
+    let MergeServers::TwoServers { old_widened, inline } = &read.servers else { panic!("{:?}", read.servers) };
+    let (old, widened, extended) = (text(&read.old), text(old_widened), text(&read.extended));
     for side in [&old, &widened, &extended] {
         assert!(side.ends_with(" ORDER BY 1 DESC"), "{side}");
         assert!(side.starts_with("SELECT `courseware_studentmodulehistory`.`id`, "), "{side}");
@@ -280,12 +282,12 @@ fn on_two_servers_reading_both_tables_is_merged_with_each_side_sorted_by_id() {
     assert!(widened.contains("WHERE (`courseware_studentmodulehistory`.`student_module_id` IN (42, 43))"), "{widened}");
     assert!(extended.contains(&format!("FROM {EXT} AS `courseware_studentmodulehistory`")), "{extended}");
     assert!(!extended.contains("`edxapp`.`courseware"), "{extended}");
-    assert!(read.inline.is_empty());
+    assert!(inline.is_empty());
 }
 
 #[test]
 fn on_two_servers_a_read_the_merge_cannot_answer_exactly_is_refused() {
-    let two = router(true, true, false, false);
+    let two = router(true, true, false, Topology::TwoServers);
     let sql = b"SELECT student_module_id, AVG(grade) FROM courseware_studentmodulehistory GROUP BY student_module_id";
     assert_eq!(code(&two.route(sql)), 1235);
 }

@@ -1,20 +1,23 @@
 //! The proxy's own connection to a separate `csmh` server: opened the first time a statement needs the extended
 //! table, logged in with `[backends.csmh]`'s credentials, and kept in step with the client's session — the
 //! settings that change results before every use, and the client's transaction (BEGIN, savepoints, COMMIT and
-//! ROLLBACK are mirrored).
+//! ROLLBACK are mirrored). Where it must read the client's session, it takes the `edxapp` connection as an
+//! argument.
 
-use mysql_common::constants::{CapabilityFlags, StatusFlags};
+use mysql_common::constants::CapabilityFlags;
 use tracing::{info, warn};
 
-use super::{Flow, Session, SessionError};
+use super::edxapp::Edxapp;
+use super::error::SessionError;
 use crate::backend::{self, BackendError, Credentials, LoginError, QueryError, Reply};
+use crate::metrics::Metrics;
 use crate::protocol::capabilities::{LAYOUT_MARIADB, Negotiated};
 use crate::protocol::command::{COM_RESET_CONNECTION, COM_STMT_BULK_EXECUTE, Command};
 use crate::protocol::conn::Connection;
-use crate::protocol::frame::PacketSpan;
-use crate::protocol::packets::MysqlError;
-use crate::routing::Side;
+use crate::protocol::errors::{MysqlError, code, sqlstate};
 use crate::routing::source::Source;
+use crate::shared::Snapshot;
+use crate::topology::Server;
 
 /// The client session's settings that change what statements return, read from its `edxapp` connection.
 const SETTINGS: &str = "SELECT @@session.character_set_client, @@session.character_set_connection, \
@@ -40,29 +43,26 @@ const LAYOUT: CapabilityFlags = CapabilityFlags::CLIENT_DEPRECATE_EOF
     .union(CapabilityFlags::CLIENT_FOUND_ROWS)
     .union(CapabilityFlags::CLIENT_PROTOCOL_41);
 
-/// The proxy's connection to the `csmh` server for one client session.
-pub(super) struct Csmh {
-    pub(super) conn: Connection,
-    pub(super) caps: Negotiated,
+/// A session's link to the `csmh` server: no connection until a statement needs one, and none again after the
+/// connection failed (the next statement that needs it opens a new one).
+#[derive(Default)]
+pub(super) struct CsmhLink {
+    open: Option<CsmhConnection>,
+}
+
+/// The proxy's open connection to the `csmh` server for one client session.
+pub(super) struct CsmhConnection {
+    /// The socket.
+    pub conn: Connection,
+    /// The capabilities the proxy's login negotiated: the client's layout ones included.
+    pub caps: Negotiated,
     /// The settings last applied, as read from the client's session.
     settings: Vec<Option<Vec<u8>>>,
-    /// While a transaction mirroring the client's is open here: the client's savepoints that exist here too.
+    /// While a transaction is open here, the client's savepoints that exist here too.
     transaction: Option<Vec<String>>,
     /// The settings applied here are the client's: synced since the last request that may have changed them
     /// ([`may_change_settings`]).
-    pub(super) synced: bool,
-}
-
-impl Csmh {
-    /// Whether a transaction mirroring the client's is open on it.
-    pub(super) fn in_transaction(&self) -> bool {
-        self.transaction.is_some()
-    }
-
-    /// Records whether a transaction is open on it.
-    pub(super) fn set_transaction(&mut self, open: bool) {
-        self.transaction = open.then(Vec::new);
-    }
+    synced: bool,
 }
 
 /// Why the `csmh` connection failed.
@@ -91,7 +91,7 @@ pub enum CsmhError {
 impl CsmhError {
     /// The error the client is told for the statement that needed the connection.
     pub(super) fn to_mysql(&self) -> MysqlError {
-        MysqlError::new(2013, b"HY000", format!("Lost connection to the csmh server ({self})"))
+        MysqlError::new(code::CR_SERVER_LOST, sqlstate::HY000, format!("Lost connection to the csmh server ({self})"))
     }
 }
 
@@ -105,107 +105,100 @@ enum Control {
     Release(String),
 }
 
-impl Session {
-    /// The `csmh` connection, opened if needed, with the client's settings applied and, if the client is in a
-    /// transaction, a transaction open.
-    pub(super) async fn csmh_ready(&mut self) -> Result<&mut Csmh, CsmhError> {
-        if self.csmh.is_none() {
-            let opened = self.open_csmh().await;
-            if opened.is_err() {
-                self.shared.metrics.backend_connect_error(Side::Csmh);
-            }
-            self.csmh = Some(opened?);
+impl CsmhLink {
+    /// Whether a connection is open.
+    pub fn is_open(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// Whether a transaction mirroring the client's (or one of the proxy's own) is open on it.
+    pub fn in_transaction(&self) -> bool {
+        self.open.as_ref().is_some_and(|c| c.transaction.is_some())
+    }
+
+    /// The open connection, as it is (for commands on statements already prepared there).
+    pub fn connection(&mut self) -> Option<&mut CsmhConnection> {
+        self.open.as_mut()
+    }
+
+    /// The connection, opened if needed (under `snapshot`'s `[backends.csmh]`), with the client's settings
+    /// applied and, if the client is in a transaction, a transaction open. After an error the caller drops the
+    /// connection ([`CsmhLink::close`] or [`CsmhLink::fail`]).
+    pub async fn ready(
+        &mut self,
+        edxapp: &mut Edxapp,
+        snapshot: &Snapshot,
+        metrics: &Metrics,
+    ) -> Result<&mut CsmhConnection, CsmhError> {
+        let csmh = match self.open.take() {
+            Some(csmh) => csmh,
+            None => open(edxapp.caps, snapshot).await.inspect_err(|_| metrics.backend_connect_error(Server::Csmh))?,
+        };
+        let csmh = self.open.insert(csmh);
+        if !csmh.synced {
+            csmh.sync_settings(edxapp).await?;
         }
-        if !self.csmh.as_ref().is_some_and(|c| c.synced) {
-            self.sync_settings().await?;
-        }
-        let in_transaction = self.in_transaction();
-        let csmh = self.csmh.as_mut().expect("opened above");
-        if in_transaction && csmh.transaction.is_none() {
+        if edxapp.in_transaction() && csmh.transaction.is_none() {
             expect_ok(backend::query(&mut csmh.conn, csmh.caps, b"BEGIN").await?)?;
             csmh.transaction = Some(Vec::new());
         }
         Ok(csmh)
     }
 
-    /// Whether the client's session is inside a transaction (begun explicitly, or implicitly by autocommit off).
-    pub(super) fn in_transaction(&self) -> bool {
-        self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS)
-            || !self.status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT)
+    /// Drops the connection after a failure; whether it had a transaction open (which the client's side must
+    /// then give up too).
+    pub fn close(&mut self, failure: &CsmhError) -> bool {
+        warn!(error = %failure, "the csmh connection failed");
+        self.open.take().is_some_and(|c| c.transaction.is_some())
     }
 
-    async fn open_csmh(&self) -> Result<Csmh, CsmhError> {
-        let snapshot = self.shared.snapshot();
-        let config = &snapshot.config.backends.csmh;
-        let password = config.password().map_err(|e| CsmhError::Credentials(e.to_string()))?;
-        let user = config.user.clone().ok_or_else(|| CsmhError::Credentials("no user configured".into()))?;
-        let database = snapshot.config.history.extended().ok().map(|t| t.schema().to_owned());
-        let credentials = Credentials { user, password, database };
-        let mut conn = backend::connect(&config.address, config.connect_timeout_secs).await?;
-        let wanted = (backend::LOGIN_CAPABILITIES - LAYOUT) | (self.caps.flags() & LAYOUT);
-        // The greeting and login are bounded too: a server whose accept queue overflowed never greets.
-        let timeout = std::time::Duration::from_secs(config.connect_timeout_secs);
-        let caps =
-            tokio::time::timeout(timeout, backend::login_mariadb(&mut conn, &credentials, wanted, self.caps.mariadb()))
-                .await
-                .map_err(|_| {
-                    LoginError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "no login answer in time"))
-                })??;
-        let missing = (self.caps.flags() & LAYOUT) - caps.flags();
-        if !missing.is_empty() {
-            return Err(CsmhError::Capabilities(format!("{missing:?}")));
+    /// Drops the connection after `failure`, rolling the client's transaction back if the connection had part
+    /// of it; the error to answer the client's statement with.
+    pub async fn fail(&mut self, edxapp: &mut Edxapp, failure: CsmhError) -> Result<MysqlError, SessionError> {
+        if self.close(&failure) {
+            edxapp.rollback().await?;
         }
-        let missing = (self.caps.mariadb() & LAYOUT_MARIADB) - caps.mariadb();
-        if !missing.is_empty() {
-            return Err(CsmhError::Capabilities(format!("{missing:?}")));
-        }
-        info!(address = %config.address, "opened the csmh connection");
-        Ok(Csmh { conn, caps, settings: Vec::new(), transaction: None, synced: false })
+        Ok(failure.to_mysql())
     }
 
-    /// Applies the client's current session settings to the `csmh` connection if they changed since last time.
-    async fn sync_settings(&mut self) -> Result<(), CsmhError> {
-        let settings = match backend::query(&mut self.backend, self.caps, SETTINGS.as_bytes()).await? {
-            Reply::Rows(mut rows) if rows.values.len() == 1 => rows.values.remove(0),
-            _ => return Err(CsmhError::Refused("cannot read the client's session settings".into())),
-        };
-        let csmh = self.csmh.as_mut().expect("opened before syncing");
-        csmh.synced = true;
-        if csmh.settings == settings {
-            return Ok(());
+    /// Notes a request relayed to `edxapp`: one that may change the session settings makes the connection read
+    /// them again before its next use.
+    pub fn note_request(&mut self, command: Command, payload: &[u8], single_frame: bool) {
+        if let Some(csmh) = &mut self.open {
+            csmh.synced &= !may_change_settings(command, payload, single_frame);
         }
-        let assignments: Vec<String> =
-            SETTING_NAMES.iter().zip(&settings).map(|(name, value)| format!("{name} = {}", literal(value))).collect();
-        let set = format!("SET SESSION {}", assignments.join(", "));
-        expect_ok(backend::query(&mut csmh.conn, csmh.caps, set.as_bytes()).await?)?;
-        csmh.settings = settings;
-        Ok(())
+    }
+
+    /// Records that the proxy's own transaction is open (or over) on the connection, so that it is not mistaken
+    /// for one mirroring the client's.
+    pub fn set_own_transaction(&mut self, open: bool) {
+        if let Some(csmh) = &mut self.open {
+            csmh.transaction = open.then(Vec::new);
+        }
     }
 
     /// Before a client statement runs on `edxapp`: if it ends or steps back in the transaction the `csmh`
     /// connection mirrors, does the same there first. Returns an error for the client when the `csmh` side
-    /// cannot commit, after rolling the client's transaction back, so that neither side commits alone.
-    pub(super) async fn follow_transaction_control(
+    /// cannot follow, after rolling the client's transaction back, so that neither side commits alone.
+    pub async fn follow_transaction_control(
         &mut self,
+        edxapp: &mut Edxapp,
         statement: &[u8],
     ) -> Result<Option<MysqlError>, SessionError> {
-        let Some(Some(savepoints)) = self.csmh.as_ref().map(|c| c.transaction.clone()) else {
-            return Ok(None);
-        };
-        let Some(control) = transaction_control(statement) else {
-            return Ok(None);
-        };
+        let Some(csmh) = &mut self.open else { return Ok(None) };
+        let Some(savepoints) = csmh.transaction.clone() else { return Ok(None) };
+        let Some(control) = transaction_control(statement) else { return Ok(None) };
         let outcome = match &control {
-            Control::Commit => self.csmh_end(b"COMMIT").await,
-            Control::Rollback => self.csmh_end(b"ROLLBACK").await,
-            Control::Savepoint(name) => self.csmh_savepoint(b"SAVEPOINT", name, |s| s.push(name.clone())).await,
+            Control::Commit => csmh.end(b"COMMIT").await,
+            Control::Rollback => csmh.end(b"ROLLBACK").await,
+            Control::Savepoint(name) => csmh.savepoint(b"SAVEPOINT", name, |s| s.push(name.clone())).await,
             Control::RollbackTo(name) if savepoints.contains(name) => {
-                self.csmh_savepoint(b"ROLLBACK TO SAVEPOINT", name, |s| s.truncate(position(s, name) + 1)).await
+                csmh.savepoint(b"ROLLBACK TO SAVEPOINT", name, |s| s.truncate(position(s, name) + 1)).await
             }
             // The savepoint is older than the csmh side's part of the transaction: all of that part goes.
-            Control::RollbackTo(_) => self.csmh_end(b"ROLLBACK").await,
+            Control::RollbackTo(_) => csmh.end(b"ROLLBACK").await,
             Control::Release(name) if savepoints.contains(name) => {
-                self.csmh_savepoint(b"RELEASE SAVEPOINT", name, |s| s.truncate(position(s, name))).await
+                csmh.savepoint(b"RELEASE SAVEPOINT", name, |s| s.truncate(position(s, name))).await
             }
             Control::Release(_) => Ok(()),
         };
@@ -213,9 +206,9 @@ impl Session {
             Ok(()) => Ok(None),
             Err(error) => {
                 warn!(%error, ?control, "the csmh side could not follow the client's transaction; rolling it back");
-                self.csmh = None;
+                self.open = None;
                 if control != Control::Rollback {
-                    self.rollback_edxapp().await?;
+                    edxapp.rollback().await?;
                 }
                 Ok(Some(error.to_mysql()))
             }
@@ -225,70 +218,94 @@ impl Session {
     /// After a client statement ran on `edxapp`: if the server rolled the transaction back (a deadlock), the
     /// `csmh` side rolls back too; if it ended without COMMIT or ROLLBACK otherwise (a statement that commits
     /// implicitly, autocommit turned back on), the `csmh` side commits.
-    pub(super) async fn follow_transaction_end(&mut self) {
-        if !self.csmh.as_ref().is_some_and(Csmh::in_transaction) {
-            return;
-        }
-        let end: &[u8] = match self.last_error {
-            Some(super::ER_LOCK_DEADLOCK) => b"ROLLBACK",
-            _ if !self.in_transaction() => b"COMMIT",
+    pub async fn follow_transaction_end(&mut self, edxapp: &Edxapp) {
+        let Some(csmh) = self.open.as_mut().filter(|c| c.transaction.is_some()) else { return };
+        let end: &[u8] = match edxapp.last_error {
+            Some(code::ER_LOCK_DEADLOCK) => b"ROLLBACK",
+            _ if !edxapp.in_transaction() => b"COMMIT",
             _ => return,
         };
-        if let Err(error) = self.csmh_end(end).await {
+        if let Err(error) = csmh.end(end).await {
             warn!(%error, "the client's transaction ended on edxapp and the csmh side could not follow");
-            self.csmh = None;
+            self.open = None;
         }
     }
+}
 
-    async fn csmh_end(&mut self, sql: &[u8]) -> Result<(), CsmhError> {
-        let csmh = self.csmh.as_mut().expect("a transaction is mirrored");
-        let reply = backend::query(&mut csmh.conn, csmh.caps, sql).await;
-        csmh.transaction = None;
+impl CsmhConnection {
+    /// Applies the client's current session settings, read on `edxapp`, if they changed since last time.
+    async fn sync_settings(&mut self, edxapp: &mut Edxapp) -> Result<(), CsmhError> {
+        let settings = match backend::query(&mut edxapp.conn, edxapp.caps, SETTINGS.as_bytes()).await? {
+            Reply::Rows(mut rows) if rows.values.len() == 1 => rows.values.remove(0),
+            _ => return Err(CsmhError::Refused("cannot read the client's session settings".into())),
+        };
+        self.synced = true;
+        if self.settings == settings {
+            return Ok(());
+        }
+        let assignments: Vec<String> =
+            SETTING_NAMES.iter().zip(&settings).map(|(name, value)| format!("{name} = {}", literal(value))).collect();
+        let set = format!("SET SESSION {}", assignments.join(", "));
+        expect_ok(backend::query(&mut self.conn, self.caps, set.as_bytes()).await?)?;
+        self.settings = settings;
+        Ok(())
+    }
+
+    /// Ends the transaction open here with `sql` (COMMIT or ROLLBACK).
+    async fn end(&mut self, sql: &[u8]) -> Result<(), CsmhError> {
+        let reply = backend::query(&mut self.conn, self.caps, sql).await;
+        self.transaction = None;
         expect_ok(reply?)
     }
 
-    async fn csmh_savepoint(
+    async fn savepoint(
         &mut self,
         verb: &[u8],
         name: &str,
         track: impl FnOnce(&mut Vec<String>),
     ) -> Result<(), CsmhError> {
-        let csmh = self.csmh.as_mut().expect("a transaction is mirrored");
         let sql = [verb, b" `", name.replace('`', "``").as_bytes(), b"`"].concat();
-        expect_ok(backend::query(&mut csmh.conn, csmh.caps, &sql).await?)?;
-        if let Some(savepoints) = csmh.transaction.as_mut() {
+        expect_ok(backend::query(&mut self.conn, self.caps, &sql).await?)?;
+        if let Some(savepoints) = self.transaction.as_mut() {
             track(savepoints);
         }
         Ok(())
     }
+}
 
-    /// The `csmh` connection failed before the statement was sent: the client gets an error for it.
-    pub(super) async fn csmh_failed(&mut self, span: PacketSpan, failure: CsmhError) -> Result<Flow, SessionError> {
-        warn!(error = %failure, "the csmh connection failed");
-        let had_transaction = self.csmh.take().is_some_and(|c| c.in_transaction());
-        if had_transaction {
-            self.rollback_edxapp().await?;
-        }
-        self.refuse(span, failure.to_mysql()).await
+/// Opens and logs in a connection to the `csmh` server of `snapshot`, with the layout capabilities of the
+/// client (`client`) so that its answers can be relayed as they are.
+async fn open(client: Negotiated, snapshot: &Snapshot) -> Result<CsmhConnection, CsmhError> {
+    let config = &snapshot.config.backends.csmh;
+    let password = config.password().map_err(|e| CsmhError::Credentials(e.to_string()))?;
+    let user = config.user.clone().ok_or_else(|| CsmhError::Credentials("no user configured".into()))?;
+    let database = Some(snapshot.router.extended().schema().to_owned());
+    let credentials = Credentials { user, password, database };
+    let mut conn = backend::connect(&config.address, config.connect_timeout_secs).await?;
+    let wanted = (backend::LOGIN_CAPABILITIES - LAYOUT) | (client.flags() & LAYOUT);
+    // The greeting and login are bounded too: a server whose accept queue overflowed never greets.
+    let timeout = std::time::Duration::from_secs(config.connect_timeout_secs);
+    let login = backend::login_mariadb(&mut conn, &credentials, wanted, client.mariadb());
+    let caps = tokio::time::timeout(timeout, login)
+        .await
+        .map_err(|_| LoginError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "no login answer in time")))??;
+    let missing = (client.flags() & LAYOUT) - caps.flags();
+    if !missing.is_empty() {
+        return Err(CsmhError::Capabilities(format!("{missing:?}")));
     }
-
-    async fn rollback_edxapp(&mut self) -> Result<(), SessionError> {
-        let reply =
-            backend::query(&mut self.backend, self.caps, b"ROLLBACK").await.map_err(super::routed::edxapp_failure)?;
-        if let Reply::Ok(ok) = reply {
-            self.status = StatusFlags::from_bits_truncate(ok.status);
-        }
-        Ok(())
+    let missing = (client.mariadb() & LAYOUT_MARIADB) - caps.mariadb();
+    if !missing.is_empty() {
+        return Err(CsmhError::Capabilities(format!("{missing:?}")));
     }
+    info!(address = %config.address, "opened the csmh connection");
+    Ok(CsmhConnection { conn, caps, settings: Vec::new(), transaction: None, synced: false })
 }
 
 /// Whether `reply` is an OK; an ERR becomes the error.
 pub(super) fn expect_ok(reply: Reply) -> Result<(), CsmhError> {
     match reply {
         Reply::Ok(_) | Reply::Rows(_) | Reply::Prepared(_) => Ok(()),
-        Reply::Err(payload) => {
-            Err(CsmhError::Refused(String::from_utf8_lossy(payload.get(9..).unwrap_or(&payload)).into_owned()))
-        }
+        Reply::Err(error) => Err(CsmhError::Refused(error.message)),
     }
 }
 

@@ -1,114 +1,98 @@
-//! One client connection: the handshake relayed to the `edxapp` backend, then one command at a time, each
-//! relayed and its response copied back as it arrives.
+//! One client connection: the handshake relayed to the `edxapp` backend, then one request at a time.
+//!
+//! Each request is decided once ([`Session::decide`]): a statement by the router of its configuration snapshot,
+//! a command on a prepared statement by the session's registry of the statements it prepared twice or on the
+//! `csmh` server. The decision is then carried out by one executor ([`Session::carry_out`]), each in its own
+//! module:
+//!
+//! | decision | executor |
+//! |---|---|
+//! | passthrough, every other command | [`relay`] |
+//! | a statement rewritten to the extended table | [`rewrite`] |
+//! | a read of both tables merged in the proxy | [`merged_read`] |
+//! | a read of both tables as one `UNION ALL` statement | [`union_read`] |
+//! | an UPDATE or DELETE of both tables | [`two_table_write`] |
+//! | a statement prepared on both tables, and the commands on it | [`twins`] |
+//! | the retired table, what cannot be routed, refused commands | [`refusal`] |
+//!
+//! They share the connections ([`edxapp`], [`csmh`]), the statements the proxy runs for itself ([`own`]),
+//! the values of `edxapp` subqueries written into `csmh` statements ([`inline`]), and [`answer`], the one way
+//! the proxy answers a request itself.
 
-use std::borrow::Cow;
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use bytes::BytesMut;
-use mysql_common::constants::StatusFlags;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::backend::{self, BackendError};
+use crate::backend;
 use crate::metrics::RouteLabel;
 use crate::protocol::ProtocolError;
-use crate::protocol::capabilities::Negotiated;
-use crate::protocol::command::{COM_RESET_CONNECTION, Command};
+use crate::protocol::command::Command;
 use crate::protocol::conn::{Connection, HangupWatch};
-use crate::protocol::frame::{self, HEADER_LEN, PacketSpan};
-use crate::protocol::packets::{self, MysqlError};
-use crate::protocol::response::{ClientTurn, End, Expect, Progress, ResponseScanner};
-use crate::routing::{Route, Side};
-use crate::shared::{Shared, Snapshot};
+use crate::protocol::errors::{MysqlError, code, sqlstate};
+use crate::protocol::frame::PacketSpan;
+use crate::protocol::packets;
+use crate::protocol::response::{End, Expect};
+use crate::routing::{FanOut, Form, Route};
+use crate::shared::Shared;
+use crate::topology::Server;
 
+mod answer;
 mod csmh;
-mod merged;
-mod prepared;
-mod routed;
+mod edxapp;
+mod error;
+mod inline;
+mod merged_read;
+mod own;
+mod refusal;
+mod relay;
+mod request;
+mod rewrite;
+mod statements;
+mod transaction;
+mod twins;
+mod two_table_write;
+mod union_read;
 
-/// MySQL's "Deadlock found when trying to get lock": the server has rolled the whole transaction back.
-const ER_LOCK_DEADLOCK: u16 = 1213;
+pub use csmh::CsmhError;
+pub use error::SessionError;
 
-/// How long a client may take to answer the server's greeting.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+use csmh::CsmhLink;
+use edxapp::Edxapp;
+use error::HANDSHAKE_TIMEOUT;
+use request::Request;
+use statements::{Registered, Statements};
+use transaction::Transaction;
 
-/// Why a session ended early, tagged with the side that failed.
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    /// Reading from or writing to the client failed.
-    #[error("client connection: {0}")]
-    Client(io::Error),
-    /// The client sent something the proxy cannot relay.
-    #[error("client protocol: {0}")]
-    ClientProtocol(ProtocolError),
-    /// The client did not finish the handshake in time.
-    #[error("client did not complete the handshake within {} s", HANDSHAKE_TIMEOUT.as_secs())]
-    HandshakeTimeout,
-    /// The backend could not be reached.
-    #[error(transparent)]
-    Connect(#[from] BackendError),
-    /// Reading from or writing to the backend failed, or it closed the connection.
-    #[error("backend connection: {0}")]
-    Backend(io::Error),
-    /// The backend sent something that does not follow the protocol.
-    #[error("backend protocol: {0}")]
-    BackendProtocol(ProtocolError),
-    /// The client closed its connection while a request was in flight; the backend connections are closed with
-    /// the session, so the servers end the statement (and roll back its transaction) as they would directly.
-    #[error("the client closed its connection while a request was in flight")]
-    ClientHungUp,
-}
-
-impl SessionError {
-    /// The error the client is told before its connection closes.
-    fn to_mysql(&self) -> MysqlError {
-        match self {
-            SessionError::Connect(e) => MysqlError::new(
-                2003,
-                b"HY000",
-                format!("Can't connect to MySQL server on '{}' (through csmh-proxy: {e})", e.address()),
-            ),
-            SessionError::ClientProtocol(e) => MysqlError::new(1043, b"08S01", format!("Bad handshake: {e}")),
-            SessionError::Backend(_) | SessionError::BackendProtocol(_) => {
-                MysqlError::new(2013, b"HY000", format!("Lost connection to MySQL server during query ({self})"))
-            }
-            SessionError::Client(_) | SessionError::ClientHungUp | SessionError::HandshakeTimeout => {
-                MysqlError::new(1043, b"08S01", "Bad handshake")
-            }
-        }
-    }
-}
-
-/// Whether the command loop goes on.
+/// Whether the request loop goes on.
 enum Flow {
     Continue,
     Quit,
 }
 
+/// What the proxy does with one request: decided in one place, carried out by one executor.
+enum Decision {
+    /// Relay it to `edxapp` as it is, and the answer back.
+    Relay,
+    /// Carry out the route the router chose for a statement that may name the history table.
+    Route(Route),
+    /// A command on a prepared statement the proxy prepared twice or on the `csmh` server.
+    Registered(Registered),
+    /// Answer with the proxy's own error.
+    Refuse(MysqlError),
+}
+
 /// A client connected to its `edxapp` backend connection.
 struct Session {
     client: Connection,
-    backend: Connection,
-    caps: Negotiated,
+    edxapp: Edxapp,
+    csmh: CsmhLink,
+    statements: Statements,
+    transaction: Transaction,
     shared: Arc<Shared>,
-    /// Sequence id the proxy's own answer would take, while nothing has been relayed for the current request.
-    answer_seq: Option<u8>,
-    /// Status flags of the last response from the `edxapp` connection (transaction state, autocommit).
-    status: StatusFlags,
-    /// The configuration snapshot a transaction in progress began with; statements in it route by it.
-    pinned: Option<Arc<Snapshot>>,
-    /// The proxy's own connection to a separate `csmh` server, once a statement needed it.
-    csmh: Option<csmh::Csmh>,
-    /// The error code of the last response relayed from `edxapp`, if it was an ERR.
-    last_error: Option<u16>,
-    /// The client's prepared statements that have an extended-table twin, by the id the client knows.
-    shadows: std::collections::HashMap<u32, prepared::Shadow>,
-    /// The route the metrics count the request being handled under, when it is a statement.
-    statement: Option<RouteLabel>,
 }
 
 /// Serves one client connection until it ends, logging its opening and closing.
@@ -117,29 +101,20 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutd
     shared.metrics.connection_opened();
     info!(%peer, "connection opened");
     let mut client = Connection::new(stream);
-    let result = match connect_backend(&shared).await {
-        Ok(backend) => {
+    let result = match connect_edxapp(&shared).await {
+        Ok(conn) => {
             let mut session = Session {
                 client,
-                backend,
-                caps: Negotiated::new(0, 0),
+                edxapp: Edxapp::new(conn),
+                csmh: CsmhLink::default(),
+                statements: Statements::default(),
+                transaction: Transaction::default(),
                 shared: Arc::clone(&shared),
-                answer_seq: Some(0),
-                status: StatusFlags::SERVER_STATUS_AUTOCOMMIT,
-                pinned: None,
-                csmh: None,
-                last_error: None,
-                shadows: Default::default(),
-                statement: None,
             };
-            let result = session.run(shutdown).await;
-            if let Err(error) = &result {
-                session.report(error).await;
-            }
-            result
+            session.run(shutdown).await
         }
         Err(error) => {
-            report(&mut client, &error, 0).await;
+            answer::report(&mut client, &error, Some(0)).await;
             Err(error)
         }
     };
@@ -151,36 +126,31 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutd
 }
 
 /// Connects to the `edxapp` backend named by the configuration in force.
-async fn connect_backend(shared: &Shared) -> Result<Connection, SessionError> {
+async fn connect_edxapp(shared: &Shared) -> Result<Connection, SessionError> {
     let (address, timeout) = {
         let snapshot = shared.snapshot();
         let edxapp = &snapshot.config.backends.edxapp;
         (edxapp.address.clone(), edxapp.connect_timeout_secs)
     };
     backend::connect(&address, timeout).await.map_err(|e| {
-        shared.metrics.backend_connect_error(Side::Edxapp);
+        shared.metrics.backend_connect_error(Server::Edxapp);
         SessionError::from(e)
     })
 }
 
-/// Sends `error` to the client as an ERR packet with sequence id `seq`.
-async fn report(client: &mut Connection, error: &SessionError, seq: u8) {
-    if matches!(error, SessionError::Client(_) | SessionError::ClientHungUp) {
-        return;
-    }
-    let mut out = BytesMut::new();
-    error.to_mysql().write_packet(&mut out, seq);
-    let _ = client.write_all(&out).await;
-}
-
 impl Session {
-    /// Relays the handshake, then serves commands until the client quits, the proxy shuts down, or a side fails.
+    /// Relays the handshake, then serves requests until the client quits, the proxy shuts down, or a side fails;
+    /// the client is told why, when the proxy may still answer.
     async fn run(&mut self, shutdown: CancellationToken) -> Result<(), SessionError> {
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake()).await {
-            Err(_) => return Err(SessionError::HandshakeTimeout),
-            Ok(Err(error)) => return Err(error),
-            Ok(Ok(End::Err)) => return Ok(()),
-            Ok(Ok(End::Ok)) => {}
+        let mut answer_seq = Some(0);
+        let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&mut answer_seq)).await;
+        match handshake.unwrap_or(Err(SessionError::HandshakeTimeout)) {
+            Err(error) => {
+                answer::report(&mut self.client, &error, answer_seq).await;
+                return Err(error);
+            }
+            Ok(End::Err) => return Ok(()),
+            Ok(End::Ok) => {}
         }
         // Without a watch (no descriptor to spare), a client that hangs up is noticed when its answer is written.
         let mut hangup = self.client.hangup_watch().ok();
@@ -190,305 +160,151 @@ impl Session {
                     Some(span) => span,
                     None => return Ok(()),
                 },
-                read = self.backend.fill() => return Err(self.unsolicited(read)),
+                read = self.edxapp.conn.fill() => return Err(relay::unsolicited(read)),
                 _ = shutdown.cancelled() => return Ok(()),
             };
-            if let Flow::Quit = self.execute(span, hangup.as_mut()).await? {
-                return Ok(());
+            let Some(mut request) = self.request(span) else {
+                self.answer_empty_packet(span).await?;
+                continue;
+            };
+            match self.serve(&mut request, hangup.as_mut()).await {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Quit) => return Ok(()),
+                Err(error) => {
+                    answer::report(&mut self.client, &error, request.answer_seq).await;
+                    return Err(error);
+                }
             }
         }
     }
 
     /// Relays the server's greeting and the client's answer (both with capabilities masked), then the
     /// authentication exchange; returns how it ended.
-    async fn handshake(&mut self) -> Result<End, SessionError> {
-        let span = self.backend.next_packet().await.map_err(SessionError::Backend)?.ok_or_else(closed)?;
-        let greeting = &mut self.backend.buf[HEADER_LEN..span.wire_len];
-        if greeting.first() == Some(&0xFF) {
+    async fn handshake(&mut self, answer_seq: &mut Option<u8>) -> Result<End, SessionError> {
+        let conn = &mut self.edxapp.conn;
+        let span = conn.next_packet().await.map_err(SessionError::Backend)?.ok_or_else(SessionError::backend_closed)?;
+        if MysqlError::parse(span.first_frame(&conn.buf)).is_some() {
             // The server refused the connection outright (too many connections, host blocked): pass it on.
-            self.relay_to_client(span.wire_len).await?;
+            *answer_seq = None;
+            self.client.relay_from(conn, span.wire_len).await.map_err(SessionError::Client)?;
             return Ok(End::Err);
         }
-        let server = single_frame(&span)
-            .and_then(|()| packets::patch_greeting(greeting))
+        let greeting = single_frame(&span)
+            .and_then(|()| packets::patch_greeting(span.first_frame_mut(&mut conn.buf)))
             .map_err(SessionError::BackendProtocol)?;
-        self.relay_to_client(span.wire_len).await?;
+        *answer_seq = None;
+        self.client.relay_from(conn, span.wire_len).await.map_err(SessionError::Client)?;
 
-        let span = self.client.next_packet().await.map_err(SessionError::Client)?.ok_or_else(client_closed)?;
-        self.answer_seq = Some(span.last_seq.wrapping_add(1));
+        let span =
+            self.client.next_packet().await.map_err(SessionError::Client)?.ok_or_else(SessionError::client_closed)?;
+        *answer_seq = Some(span.last_seq.wrapping_add(1));
         let hello = single_frame(&span)
-            .and_then(|()| packets::patch_client_response(&mut self.client.buf[HEADER_LEN..span.wire_len]))
+            .and_then(|()| packets::patch_client_response(span.first_frame_mut(&mut self.client.buf)))
             .map_err(SessionError::ClientProtocol)?;
-        debug!(user = %hello.user, database = ?hello.database, backend_thread = server.connection_id, "authenticating");
-        self.caps = Negotiated::new(server.capabilities, hello.capabilities)
-            .with_mariadb(server.mariadb_capabilities, hello.mariadb_capabilities);
-        self.relay_to_backend(span.wire_len).await?;
-        self.relay_response(Expect::Auth).await
+        debug!(user = %hello.user, database = ?hello.database, backend_thread = greeting.connection_id, "authenticating");
+        self.edxapp.caps = crate::protocol::capabilities::Negotiated::new(greeting.capabilities, hello.capabilities)
+            .with_mariadb(greeting.mariadb_capabilities, hello.mariadb_capabilities);
+        self.edxapp.conn.relay_from(&mut self.client, span.wire_len).await.map_err(SessionError::Backend)?;
+        self.relay_response(answer_seq, Expect::Auth).await
     }
 
-    /// Handles one client request whose packet lies at the start of the client buffer, and records it in the
-    /// metrics: a statement's route and time, a backend connection failing during it. If the client hangs up
-    /// before the request is over, the request is abandoned where it is and the session ends.
-    async fn execute(&mut self, span: PacketSpan, hangup: Option<&mut HangupWatch>) -> Result<Flow, SessionError> {
+    /// The request whose packet lies at `span`, with the configuration snapshot that decides it; `None` for an
+    /// empty packet, which is no command at all.
+    fn request(&mut self, span: PacketSpan) -> Option<Request> {
+        let first_frame = span.first_frame(&self.client.buf);
+        let command = Command::of(first_frame)?;
+        let snapshot = self.transaction.snapshot(self.edxapp.transaction_open(), &self.shared);
+        Some(Request::new(span, command, span.first_frame(&self.client.buf), snapshot))
+    }
+
+    /// Serves one request and records it in the metrics: a statement's route and time, a backend connection
+    /// failing during it. If the client hangs up before the request is over, the request is abandoned where it
+    /// is and the session ends.
+    async fn serve(&mut self, request: &mut Request, hangup: Option<&mut HangupWatch>) -> Result<Flow, SessionError> {
         let arrived = Instant::now();
-        let had_csmh = self.csmh.is_some();
+        let had_csmh = self.csmh.is_open();
+        let decision = self.decide(request);
         let result = match hangup {
             Some(watch) => tokio::select! {
                 biased;
-                result = self.handle(span) => result,
+                result = self.carry_out(request, decision) => result,
                 () = watch.hung_up() => Err(SessionError::ClientHungUp),
             },
-            None => self.handle(span).await,
+            None => self.carry_out(request, decision).await,
         };
         let metrics = &self.shared.metrics;
-        match (&result, self.statement.take()) {
+        match (&result, request.label) {
             // An abandoned statement had no answer: it is counted as a hang-up, not under its route.
             (Err(SessionError::ClientHungUp), _) => metrics.client_hangup(),
             (_, Some(route)) => metrics.statement(route, arrived.elapsed()),
             (_, None) => {}
         }
-        if had_csmh && self.csmh.is_none() {
+        if had_csmh && !self.csmh.is_open() {
             // The csmh connection is dropped only when it failed.
-            metrics.backend_query_error(Side::Csmh);
+            metrics.backend_query_error(Server::Csmh);
         }
-        if let Err(SessionError::Backend(_) | SessionError::BackendProtocol(_)) = &result {
-            metrics.backend_query_error(Side::Edxapp);
+        if result.as_ref().is_err_and(SessionError::is_edxapp_failure) {
+            metrics.backend_query_error(Server::Edxapp);
         }
         result
     }
 
-    /// Handles one client request whose packet lies at the start of the client buffer.
-    async fn handle(&mut self, span: PacketSpan) -> Result<Flow, SessionError> {
-        self.answer_seq = Some(span.last_seq.wrapping_add(1));
-        // Only the first bytes are read (command, statement id, flags): the first frame holds them.
-        let Some(command) = Command::of(&self.client.buf[HEADER_LEN..span.wire_len]) else {
-            return self.refuse(span, MysqlError::new(1835, b"08S01", "Malformed communication packet")).await;
+    /// Decides what happens to `request`: the one place where a request's handling is chosen.
+    fn decide(&self, request: &mut Request) -> Decision {
+        let form = match request.command {
+            Command::Query => Form::Query,
+            Command::StmtPrepare => Form::Prepare,
+            Command::Refused(byte) => return Decision::Refuse(refused_command(byte, request.command)),
+            _ => {
+                let registered = request.statement_id.and_then(|id| self.statements.lookup(id, self.csmh.is_open()));
+                return registered.map_or(Decision::Relay, Decision::Registered);
+            }
         };
-        if command.names_statement() && !self.shadows.is_empty() {
-            if let Some(shadow) = self.shadows.get(&statement_id(&self.client.buf)).cloned() {
-                return self.on_shadowed(span, command, shadow).await;
+        let payload = request.span.payload_in(&self.client.buf);
+        let classified = request.snapshot.router.classify(&payload[1..], form);
+        request.label = Some(RouteLabel::of(&classified));
+        match classified.into_route() {
+            Route::Passthrough => Decision::Relay,
+            route => Decision::Route(route),
+        }
+    }
+
+    /// Carries out a decision with the executor for its kind.
+    async fn carry_out(&mut self, request: &mut Request, decision: Decision) -> Result<Flow, SessionError> {
+        let prepare = request.command == Command::StmtPrepare;
+        match decision {
+            Decision::Relay | Decision::Route(Route::Passthrough) => self.relay(request).await,
+            Decision::Refuse(error) => self.answer_error(request, error).await,
+            Decision::Registered(Registered::Twin(shadow)) => self.on_twin(request, shadow).await,
+            Decision::Registered(Registered::OnCsmh { id }) => self.on_csmh_statement(request, id).await,
+            Decision::Route(Route::Rewrite(rewritten)) => self.rewrite(request, rewritten).await,
+            Decision::Route(Route::FanOut(FanOut::Union(sql))) => self.union_read(request, &sql).await,
+            Decision::Route(Route::FanOut(FanOut::Merge(read))) if prepare => self.prepare_merged(request, *read).await,
+            Decision::Route(Route::FanOut(FanOut::Merge(read))) => self.merged_read(request, *read).await,
+            Decision::Route(Route::FanOut(FanOut::Writes { extended, inline, on, .. })) if prepare => {
+                self.prepare_writes(request, &extended, &inline, on).await
             }
-        }
-        if matches!(command, Command::ChangeUser | Command::Relayed(COM_RESET_CONNECTION)) {
-            // The server forgets the session's prepared statements; their shadows are left to the connection.
-            self.shadows.clear();
-        }
-        if self.csmh.is_some()
-            && command.names_statement()
-            && statement_id(&self.client.buf) & routed::CSMH_STATEMENT != 0
-        {
-            return self.on_csmh_statement(span, command).await;
-        }
-        let route = match command {
-            Command::Query | Command::StmtPrepare => self.route(&span, command),
-            Command::Refused(byte) => {
-                let reason = command.refusal().unwrap_or("not relayed by csmh-proxy");
-                info!(command = byte, "command refused: {reason}");
-                let error = MysqlError::new(1047, b"08S01", format!("Command {byte:#04x} refused: {reason}"));
-                return self.refuse(span, error).await;
+            Decision::Route(Route::FanOut(FanOut::Writes { old, extended, inline, on })) => {
+                self.write_both(request, &old, &extended, &inline, on).await
             }
-            _ => Route::Passthrough,
-        };
-        if route != Route::Passthrough {
-            return self.execute_routed(span, command, route).await;
-        }
-        if command == Command::Query && self.csmh.as_ref().is_some_and(csmh::Csmh::in_transaction) {
-            let text = statement_text(&self.client.buf, &span).into_owned();
-            if let Some(error) = self.follow_transaction_control(&text).await? {
-                return self.refuse(span, error).await;
-            }
-        }
-        if let Some(csmh) = self.csmh.as_mut() {
-            let payload = &self.client.buf[HEADER_LEN..span.wire_len];
-            csmh.synced &= !csmh::may_change_settings(command, payload, span.is_single_frame());
-        }
-        self.relay_to_backend(span.wire_len).await?;
-        match command.response() {
-            Some(expect) => {
-                self.relay_response(expect).await?;
-                self.follow_transaction_end().await;
-            }
-            None if command == Command::Quit => return Ok(Flow::Quit),
-            None => {}
-        }
-        Ok(Flow::Continue)
-    }
-
-    /// The route of a statement: passthrough unless its text names the history table, then what the
-    /// configuration snapshot of the statement (or of the transaction it is part of) says.
-    fn route(&mut self, span: &PacketSpan, command: Command) -> Route {
-        let snapshot = match &self.pinned {
-            Some(pinned) if self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS) => Arc::clone(pinned),
-            _ => self.shared.snapshot(),
-        };
-        let text = statement_text(&self.client.buf, span);
-        let (route, label) = if snapshot.prefilter.matches(&text) {
-            let route = match command {
-                Command::StmtPrepare => snapshot.router.route_prepared(&text),
-                _ => snapshot.router.route(&text),
-            };
-            let label = RouteLabel::of(&route);
-            (route, label)
-        } else {
-            (Route::Passthrough, RouteLabel::PassthroughMiss)
-        };
-        self.statement = Some(label);
-        self.pinned = Some(snapshot);
-        route
-    }
-
-    /// Answers the current request with the proxy's own ERR instead of relaying it.
-    async fn refuse(&mut self, span: PacketSpan, error: MysqlError) -> Result<Flow, SessionError> {
-        self.client.consume(span.wire_len);
-        let mut out = BytesMut::new();
-        error.write_packet(&mut out, span.last_seq.wrapping_add(1));
-        self.client.write_all(&out).await.map_err(SessionError::Client)?;
-        self.answer_seq = None;
-        Ok(Flow::Continue)
-    }
-
-    /// Copies the backend's response to the client as it arrives, handing the turn to the client where the
-    /// protocol says so, until the response ends.
-    async fn relay_response(&mut self, expect: Expect) -> Result<End, SessionError> {
-        let mut scanner = ResponseScanner::new(expect, self.caps);
-        loop {
-            let progress = copy_response(&mut self.backend, &mut self.client, &mut scanner, &mut self.answer_seq)
-                .await
-                .map_err(|failure| failure.on_edxapp())?;
-            match progress {
-                Progress::NeedMore => unreachable!("copy_response reads until there is progress"),
-                Progress::ClientTurn(ClientTurn::Auth) => self.relay_client_packet().await?,
-                Progress::ClientTurn(ClientTurn::LocalInfile) => self.relay_local_infile().await?,
-                Progress::Done(end) => {
-                    if let Some(status) = scanner.status() {
-                        self.status = status;
-                    }
-                    self.last_error = scanner.error_code();
-                    if self.last_error == Some(ER_LOCK_DEADLOCK) {
-                        // An ERR carries no status flags, but this one means the server left the transaction.
-                        self.status.remove(StatusFlags::SERVER_STATUS_IN_TRANS);
-                    }
-                    return Ok(end);
-                }
-            }
-        }
-    }
-
-    /// Relays one whole packet from the client to the backend.
-    async fn relay_client_packet(&mut self) -> Result<(), SessionError> {
-        let span = self.client.next_packet().await.map_err(SessionError::Client)?.ok_or_else(client_closed)?;
-        self.relay_to_backend(span.wire_len).await
-    }
-
-    /// Relays the file contents a client sends for LOAD DATA LOCAL INFILE, up to and including the empty packet
-    /// that ends them.
-    async fn relay_local_infile(&mut self) -> Result<(), SessionError> {
-        loop {
-            let span = self.client.next_packet().await.map_err(SessionError::Client)?.ok_or_else(client_closed)?;
-            self.relay_to_backend(span.wire_len).await?;
-            if span.payload_len == 0 {
-                return Ok(());
-            }
-        }
-    }
-
-    async fn relay_to_client(&mut self, n: usize) -> Result<(), SessionError> {
-        self.answer_seq = None;
-        self.client.relay_from(&mut self.backend, n).await.map_err(SessionError::Client)
-    }
-
-    async fn relay_to_backend(&mut self, n: usize) -> Result<(), SessionError> {
-        self.backend.relay_from(&mut self.client, n).await.map_err(SessionError::Backend)
-    }
-
-    /// The backend spoke while no request was pending: it is closing (idle timeout, KILL, shutdown). The
-    /// session cannot be kept in step, so it ends; the client sees its connection close, as it would directly.
-    fn unsolicited(&self, read: io::Result<usize>) -> SessionError {
-        match read {
-            Ok(0) => closed(),
-            Ok(_) => SessionError::BackendProtocol(ProtocolError::Unsupported("backend sent data while idle")),
-            Err(e) => SessionError::Backend(e),
-        }
-    }
-
-    /// Tells the client why the session ends, if no part of a response has been relayed for its request.
-    async fn report(&mut self, error: &SessionError) {
-        if let Some(seq) = self.answer_seq.take() {
-            report(&mut self.client, error, seq).await;
+            Decision::Route(Route::Block(error)) => self.block(request, error).await,
+            Decision::Route(Route::Refuse(error)) => self.refuse(request, error).await,
         }
     }
 }
 
-/// What went wrong while copying a response, by side.
-enum CopyFailure {
-    /// The server's connection failed or closed.
-    Server(io::Error),
-    /// The server's bytes do not follow the protocol.
-    Protocol(ProtocolError),
-    /// Writing to the client failed.
-    Client(io::Error),
-}
-
-impl CopyFailure {
-    /// The session error when the server was the client's own `edxapp` connection.
-    fn on_edxapp(self) -> SessionError {
-        match self {
-            CopyFailure::Server(e) => SessionError::Backend(e),
-            CopyFailure::Protocol(e) => SessionError::BackendProtocol(e),
-            CopyFailure::Client(e) => SessionError::Client(e),
-        }
-    }
-}
-
-/// Copies a response from `server` to `client` as its bytes arrive, until it ends or the client must speak.
-/// Clears `answer_seq` once anything has reached the client, since the proxy can no longer answer instead.
-async fn copy_response(
-    server: &mut Connection,
-    client: &mut Connection,
-    scanner: &mut ResponseScanner,
-    answer_seq: &mut Option<u8>,
-) -> Result<Progress, CopyFailure> {
-    loop {
-        let (n, progress) = scanner.scan(&server.buf).map_err(CopyFailure::Protocol)?;
-        if n > 0 {
-            *answer_seq = None;
-            client.relay_from(server, n).await.map_err(CopyFailure::Client)?;
-        }
-        match progress {
-            Progress::NeedMore => match server.fill().await {
-                Ok(0) => return Err(CopyFailure::Server(io::ErrorKind::UnexpectedEof.into())),
-                Ok(_) => {}
-                Err(e) => return Err(CopyFailure::Server(e)),
-            },
-            other => return Ok(other),
-        }
-    }
-}
-
-/// The statement text of a COM_QUERY or COM_STMT_PREPARE, joined across frames only when it spans several.
-fn statement_text<'a>(buf: &'a [u8], span: &PacketSpan) -> Cow<'a, [u8]> {
-    if span.is_single_frame() {
-        Cow::Borrowed(&buf[HEADER_LEN + 1..span.wire_len])
-    } else {
-        let whole = frame::payload(bytes::Bytes::copy_from_slice(&buf[..span.wire_len]), span);
-        Cow::Owned(whole[1..].to_vec())
-    }
-}
-
-/// The statement id of a COM_STMT_* packet at the start of `buf`.
-fn statement_id(buf: &[u8]) -> u32 {
-    buf.get(HEADER_LEN + 1..HEADER_LEN + 5).map_or(0, |id| u32::from_le_bytes([id[0], id[1], id[2], id[3]]))
+/// The error for a command the proxy does not relay.
+fn refused_command(byte: u8, command: Command) -> MysqlError {
+    let reason = command.refusal().unwrap_or("not relayed by csmh-proxy");
+    info!(command = byte, "command refused: {reason}");
+    MysqlError::new(
+        code::ER_UNKNOWN_COM_ERROR,
+        sqlstate::LINK_FAILURE,
+        format!("Command {byte:#04x} refused: {reason}"),
+    )
 }
 
 /// Handshake packets are small; one that spans frames is not a handshake.
 fn single_frame(span: &PacketSpan) -> Result<(), ProtocolError> {
     if span.is_single_frame() { Ok(()) } else { Err(ProtocolError::Malformed("handshake")) }
-}
-
-fn closed() -> SessionError {
-    SessionError::Backend(io::Error::new(io::ErrorKind::UnexpectedEof, "the backend closed the connection"))
-}
-
-fn client_closed() -> SessionError {
-    SessionError::Client(io::Error::new(io::ErrorKind::UnexpectedEof, "the client closed the connection"))
 }

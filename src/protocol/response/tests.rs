@@ -3,7 +3,7 @@ use bytes::BytesMut;
 use mysql_common::constants::{CapabilityFlags, MariadbCapabilities};
 
 use super::*;
-use crate::protocol::frame::write_packet;
+use crate::protocol::frame::{MAX_PAYLOAD, write_packet};
 
 const MORE: u16 = 0x0008;
 const AUTOCOMMIT: u16 = 0x0002;

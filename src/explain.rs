@@ -1,19 +1,23 @@
 //! `csmh-proxy route`: what the proxy would do with each statement, for an operator checking a flag change
-//! before making it (and for tests).
+//! before making it (and for tests). It classifies each statement with the same [`Router::classify`] step the
+//! session uses.
+//!
+//! [`Router::classify`]: crate::routing::Router::classify
 
 use std::fmt;
 
-use super::{FanOut, Inline, Rewritten, Route, Side};
 use crate::config::Config;
+use crate::routing::{FanOut, Form, Inline, MergeServers, Rewritten, Route};
 use crate::shared::{CompileError, Snapshot};
+use crate::topology::Server;
 
 /// Routes each non-empty line of `statements` under `config` and describes the result, statement by statement.
 pub fn explain_lines(config: Config, statements: &[u8]) -> Result<String, CompileError> {
     let snapshot = Snapshot::compile(config)?;
     let mut out = format!("routing: {}\n\n", snapshot.router.table().stage());
     for line in statements.split(|&b| b == b'\n').map(|l| l.trim_ascii()).filter(|l| !l.is_empty()) {
-        let route = if snapshot.prefilter.matches(line) { snapshot.router.route(line) } else { Route::Passthrough };
-        out.push_str(&format!("{}\n  -> {}\n", String::from_utf8_lossy(line), Explained(&route)));
+        let route = snapshot.router.classify(line, Form::Query);
+        out.push_str(&format!("{}\n  -> {}\n", String::from_utf8_lossy(line), Explained(&route.into_route())));
     }
     Ok(out)
 }
@@ -27,8 +31,8 @@ impl fmt::Display for Explained<'_> {
             Route::Passthrough => writeln!(f, "passthrough: sent unchanged"),
             Route::Rewrite(Rewritten { sql, on, inline, .. }) => {
                 let on = match on {
-                    Side::Edxapp => "on the client's connection",
-                    Side::Csmh => "on the proxy's csmh connection",
+                    Server::Edxapp => "on the client's connection",
+                    Server::Csmh => "on the proxy's csmh connection",
                 };
                 writeln!(f, "rewrite, {on}:")?;
                 indented(f, sql)?;
@@ -38,20 +42,23 @@ impl fmt::Display for Explained<'_> {
                 writeln!(f, "fan out, one statement reading both tables:")?;
                 indented(f, sql)
             }
-            Route::FanOut(FanOut::Merge(read)) if read.extended_on == Side::Edxapp => {
-                writeln!(
-                    f,
-                    "fan out, both statements sent together on the client's connection, rows merged in the proxy:"
-                )?;
-                indented(f, &read.old)?;
-                indented(f, &read.extended)
-            }
-            Route::FanOut(FanOut::Merge(read)) => {
-                writeln!(f, "fan out across the two servers, rows merged in the proxy:")?;
-                indented(f, &read.old)?;
-                indented(f, &read.extended)?;
-                inlined(f, &read.inline)
-            }
+            Route::FanOut(FanOut::Merge(read)) => match &read.servers {
+                MergeServers::OneServer { .. } => {
+                    writeln!(
+                        f,
+                        "fan out, both statements sent together on the client's connection, rows merged in the \
+                         proxy:"
+                    )?;
+                    indented(f, &read.old)?;
+                    indented(f, &read.extended)
+                }
+                MergeServers::TwoServers { inline, .. } => {
+                    writeln!(f, "fan out across the two servers, rows merged in the proxy:")?;
+                    indented(f, &read.old)?;
+                    indented(f, &read.extended)?;
+                    inlined(f, inline)
+                }
+            },
             Route::FanOut(FanOut::Writes { old, extended, .. }) => {
                 writeln!(f, "fan out, the write on each table, affected rows summed:")?;
                 indented(f, old)?;

@@ -1,0 +1,147 @@
+//! MySQL errors: the codes the proxy answers with or looks for, named once, and [`MysqlError`], the one type an
+//! ERR packet is read into and written from, whether a server sent it or the proxy makes it.
+
+use std::fmt;
+
+use bytes::{BufMut, BytesMut};
+
+use super::frame;
+
+/// ERR packets begin with this byte.
+pub const ERR_HEADER: u8 = 0xFF;
+
+/// Whether a packet is an ERR (MariaDB's progress reports look like one but are not: see
+/// [`super::packets::is_progress_report`]).
+pub fn is_err_packet(payload: &[u8]) -> bool {
+    payload.first() == Some(&ERR_HEADER) && !super::packets::is_progress_report(payload)
+}
+
+/// The error codes the proxy uses, under MySQL's names for them.
+pub mod code {
+    /// A handshake the proxy cannot relay (malformed, or asking for what the proxy does not offer).
+    pub const ER_HANDSHAKE_ERROR: u16 = 1043;
+    /// A command the proxy does not relay.
+    pub const ER_UNKNOWN_COM_ERROR: u16 = 1047;
+    /// A statement that server would refuse for want of a table privilege; also the retired old table.
+    pub const ER_TABLEACCESS_DENIED_ERROR: u16 = 1142;
+    /// A server error without a code of its own.
+    pub const ER_UNKNOWN_ERROR: u16 = 1105;
+    /// The server rolled the whole transaction back to break a deadlock.
+    pub const ER_LOCK_DEADLOCK: u16 = 1213;
+    /// What the proxy cannot carry out exactly.
+    pub const ER_NOT_SUPPORTED_YET: u16 = 1235;
+    /// A command on a prepared statement the connection does not have.
+    pub const ER_UNKNOWN_STMT_HANDLER: u16 = 1243;
+    /// A request packet that does not parse.
+    pub const ER_MALFORMED_PACKET: u16 = 1835;
+    /// The client library's "can't connect": the proxy could not reach the server.
+    pub const CR_CONN_HOST_ERROR: u16 = 2003;
+    /// The client library's "lost connection during query".
+    pub const CR_SERVER_LOST: u16 = 2013;
+}
+
+/// The SQLSTATEs the proxy answers with.
+pub mod sqlstate {
+    /// General error.
+    pub const HY000: &[u8; 5] = b"HY000";
+    /// Syntax error or access rule violation (MySQL uses it for privileges and unsupported statements).
+    pub const ACCESS_OR_SYNTAX: &[u8; 5] = b"42000";
+    /// Communication link failure.
+    pub const LINK_FAILURE: &[u8; 5] = b"08S01";
+}
+
+/// An error as an ERR packet carries it: code, SQLSTATE and message. One read from a server is written back
+/// byte for byte, whatever its message's character set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MysqlError {
+    /// MySQL error number.
+    pub code: u16,
+    /// Five-character SQLSTATE.
+    pub sqlstate: [u8; 5],
+    /// Human-readable message.
+    pub message: String,
+    /// The payload as a server sent it, when it came from one.
+    original: Option<Vec<u8>>,
+}
+
+impl MysqlError {
+    /// An error with the given code, SQLSTATE and message.
+    pub fn new(code: u16, sqlstate: &[u8; 5], message: impl Into<String>) -> MysqlError {
+        MysqlError { code, sqlstate: *sqlstate, message: message.into(), original: None }
+    }
+
+    /// Error 1235 for what the proxy cannot carry out exactly, as MySQL words its own: "... does not support ...".
+    pub fn not_supported(message: impl Into<String>) -> MysqlError {
+        MysqlError::new(code::ER_NOT_SUPPORTED_YET, sqlstate::ACCESS_OR_SYNTAX, message)
+    }
+
+    /// Reads an ERR packet's payload; `None` if it is not one. Without a SQLSTATE marker (servers older than
+    /// protocol 4.1 answers) the state reads as HY000.
+    pub fn parse(payload: &[u8]) -> Option<MysqlError> {
+        let (&ERR_HEADER, rest) = payload.split_first()? else { return None };
+        let code = rest.first_chunk::<2>().map(|c| u16::from_le_bytes(*c))?;
+        let rest = &rest[2..];
+        let (state, message) = match rest.split_first() {
+            Some((b'#', tail)) if tail.len() >= 5 => (tail[..5].try_into().unwrap_or(*sqlstate::HY000), &tail[5..]),
+            _ => (*sqlstate::HY000, rest),
+        };
+        Some(MysqlError {
+            code,
+            sqlstate: state,
+            message: String::from_utf8_lossy(message).into_owned(),
+            original: Some(payload.to_vec()),
+        })
+    }
+
+    /// The ERR packet's payload.
+    pub fn payload(&self) -> Vec<u8> {
+        if let Some(original) = &self.original {
+            return original.clone();
+        }
+        let mut payload = Vec::with_capacity(9 + self.message.len());
+        payload.put_u8(ERR_HEADER);
+        payload.put_u16_le(self.code);
+        payload.put_u8(b'#');
+        payload.put_slice(&self.sqlstate);
+        payload.put_slice(self.message.as_bytes());
+        payload
+    }
+
+    /// Appends this error as an ERR packet with sequence id `seq`; returns the sequence id after it.
+    pub fn write_packet(&self, out: &mut BytesMut, seq: u8) -> u8 {
+        frame::write_packet(out, seq, &self.payload())
+    }
+}
+
+impl fmt::Display for MysqlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = String::from_utf8_lossy(&self.sqlstate);
+        write!(f, "ERROR {} ({}): {}", self.code, state, self.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn err_packet_carries_code_state_and_message() {
+        let mut out = BytesMut::new();
+        MysqlError::not_supported("not supported").write_packet(&mut out, 1);
+        assert_eq!(out[3], 1);
+        assert_eq!(&out[4..], b"\xff\xd3\x04#42000not supported");
+    }
+
+    #[test]
+    fn a_servers_error_is_written_back_as_it_came() {
+        let latin1 = b"\xff\x7a\x04#42S02Table 'caf\xe9' doesn't exist";
+        let error = MysqlError::parse(latin1).unwrap();
+        assert_eq!((error.code, &error.sqlstate), (1146, b"42S02"));
+        assert_eq!(error.payload(), latin1);
+        let old_style = MysqlError::parse(b"\xff\x10\x04Too many connections").unwrap();
+        assert_eq!((error.code, old_style.code, &old_style.sqlstate[..]), (1146, 1040, &b"HY000"[..]));
+        assert_eq!(old_style.message, "Too many connections");
+        assert_eq!(MysqlError::parse(b"\x00\x00\x00"), None);
+        assert_eq!(MysqlError::parse(b"\xff\x01"), None);
+    }
+}

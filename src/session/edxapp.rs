@@ -1,0 +1,84 @@
+//! The client's own connection to the `edxapp` server, with what the proxy follows of it: the capabilities the
+//! client negotiated (every response the proxy writes has their layout), the transaction state its last answer
+//! reported, and whether that answer was an error. A failure of this connection ends the session.
+
+use mysql_common::constants::StatusFlags;
+
+use super::error::SessionError;
+use crate::backend::{self, Reply};
+use crate::protocol::capabilities::Negotiated;
+use crate::protocol::command::COM_QUERY;
+use crate::protocol::conn::Connection;
+use crate::protocol::errors::code::ER_LOCK_DEADLOCK;
+use crate::protocol::response::{Expect, ResponseScanner};
+
+/// The `edxapp` connection of one session.
+pub(super) struct Edxapp {
+    /// The socket.
+    pub conn: Connection,
+    /// The capabilities the client and the server agreed on in the handshake the proxy relayed.
+    pub caps: Negotiated,
+    /// Status flags of the last answer (transaction state, autocommit).
+    pub status: StatusFlags,
+    /// The error code of the last answer relayed to the client, if it was an ERR.
+    pub last_error: Option<u16>,
+}
+
+impl Edxapp {
+    /// A connection whose handshake has not been relayed yet.
+    pub fn new(conn: Connection) -> Edxapp {
+        Edxapp { conn, caps: Negotiated::new(0, 0), status: StatusFlags::SERVER_STATUS_AUTOCOMMIT, last_error: None }
+    }
+
+    /// Whether a transaction is open (SERVER_STATUS_IN_TRANS): the one a configuration snapshot is pinned to.
+    pub fn transaction_open(&self) -> bool {
+        self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS)
+    }
+
+    /// Whether the client's statements are part of a transaction: one is open, or autocommit is off (so the next
+    /// statement opens one).
+    pub fn in_transaction(&self) -> bool {
+        self.transaction_open() || !self.status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT)
+    }
+
+    /// Records how a response relayed to the client ended.
+    pub fn note_response(&mut self, scanner: &ResponseScanner) {
+        if let Some(status) = scanner.status() {
+            self.status = status;
+        }
+        self.last_error = scanner.error_code();
+        if self.last_error == Some(ER_LOCK_DEADLOCK) {
+            // An ERR carries no status flags, but this one means the server left the transaction.
+            self.status.remove(StatusFlags::SERVER_STATUS_IN_TRANS);
+        }
+    }
+
+    /// Records the status of an OK the proxy read itself.
+    pub fn note_status(&mut self, status: u16) {
+        self.status = StatusFlags::from_bits_truncate(status);
+    }
+
+    /// Runs one statement of the proxy's own and reads its whole (small) answer.
+    pub async fn query(&mut self, sql: &[u8]) -> Result<Reply, SessionError> {
+        self.command(COM_QUERY, sql, Expect::ResultSets).await
+    }
+
+    /// Sends one command of the proxy's own and reads its whole (small) answer, of shape `expect`.
+    pub async fn command(&mut self, command: u8, body: &[u8], expect: Expect) -> Result<Reply, SessionError> {
+        let reply = backend::command(&mut self.conn, self.caps, command, body, expect).await?;
+        if let Reply::Ok(ok) = &reply {
+            self.note_status(ok.status);
+        }
+        Ok(reply)
+    }
+
+    /// Sends one command whose answer the caller reads (or which gets none).
+    pub async fn send(&mut self, command: u8, body: &[u8]) -> Result<(), SessionError> {
+        backend::send_command(&mut self.conn, command, body).await.map_err(SessionError::Backend)
+    }
+
+    /// Rolls the client's transaction back, when the `csmh` side of it could not go on.
+    pub async fn rollback(&mut self) -> Result<(), SessionError> {
+        self.query(b"ROLLBACK").await.map(drop)
+    }
+}

@@ -1,0 +1,436 @@
+//! A read of both tables merged in the proxy, as [`crate::merge`] directs. Across two servers the statement runs
+//! on the client's `edxapp` connection (old table) and on the `csmh` connection (extended table) at the same
+//! time, and the rows are merged as they stream to the client. On one server both statements are sent together
+//! on the client's connection, which answers them one after the other: the old side's result is held (up to
+//! [`HELD_BYTES`]) while the extended side's streams; when the merge gives up, the route's `UNION ALL` form of
+//! the read answers instead.
+
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
+use tracing::{debug, warn};
+
+use super::error::SessionError;
+use super::request::Request;
+use super::statements::KnownColumns;
+use super::{Flow, Session};
+use crate::merge::{ColumnDef, Merge, MergeError, MergePlan, Origin, Protocol, Step};
+use crate::protocol::ProtocolError;
+use crate::protocol::capabilities::Negotiated;
+use crate::protocol::command::{COM_QUERY, command_payload};
+use crate::protocol::errors::{MysqlError, is_err_packet};
+use crate::protocol::frame;
+use crate::protocol::packets::{self, ResultHead, RowPacket, is_ok_packet};
+use crate::protocol::response::Expect;
+use crate::routing::{MergeRead, MergeServers};
+
+/// Rows are written to the client in batches of about this many bytes.
+const FLUSH_AT: usize = 16 * 1024;
+
+/// On one server, the most of the old side's result the proxy holds while the extended side's streams; a larger
+/// result is dropped and the read answered by the single `UNION ALL` statement instead.
+const HELD_BYTES: usize = 4 * 1024 * 1024;
+
+/// Where a merge reads each side's packets from.
+enum Feeds {
+    /// Two servers: the old side on the client's `edxapp` connection, the extended side on the `csmh` one.
+    TwoServers,
+    /// One server: both sides on the client's connection, one after the other. The old side's packets, read
+    /// ahead, are held here.
+    OneServer(VecDeque<Bytes>),
+}
+
+/// How a merged read ended, when it did not fail.
+enum Merged {
+    /// The client has its answer.
+    Answered,
+    /// The merge cannot combine the two sides' columns (on one server: the union answers instead).
+    GaveUp,
+}
+
+/// A side's result, once its column definitions are known.
+enum Resolved {
+    /// Column definitions of a result set.
+    Columns(Vec<Bytes>),
+    /// The side answered with an ERR packet (its payload).
+    Failed(Bytes),
+}
+
+/// How one side's result begins.
+enum Head {
+    /// Column definitions of a result set.
+    Columns(Vec<Bytes>),
+    /// A result set whose column definitions the server left out, as it does for a prepared statement executed
+    /// again under MariaDB's metadata caching: they are the ones it sent last time.
+    KnownColumns,
+    /// The side answered with an ERR packet (its payload).
+    Failed(Bytes),
+}
+
+impl Session {
+    /// Carries out a merged read in the text protocol, where its route says it runs.
+    pub(super) async fn merged_read(&mut self, request: &mut Request, read: MergeRead) -> Result<Flow, SessionError> {
+        let MergeRead { old, extended, plan, servers } = read;
+        match servers {
+            MergeServers::OneServer { union } => self.merge_on_one_server(request, &old, &extended, &plan, union).await,
+            MergeServers::TwoServers { inline, .. } => match self.with_values(extended, &inline).await? {
+                Ok(extended) => {
+                    let known = &mut KnownColumns::default();
+                    self.merge_commands(request, COM_QUERY, (&old, &extended), &plan, Protocol::Text, known).await
+                }
+                Err(error) => self.answer_error(request, error).await,
+            },
+        }
+    }
+
+    /// Runs a read on one server: both statements sent together on the client's connection, the old side's
+    /// result held, the extended side's merged with it as it streams. A held result that would exceed
+    /// [`HELD_BYTES`], or columns the merge cannot combine, leave the answer to `union`.
+    async fn merge_on_one_server(
+        &mut self,
+        request: &mut Request,
+        old: &[u8],
+        extended: &[u8],
+        plan: &MergePlan,
+        union: Result<Vec<u8>, MysqlError>,
+    ) -> Result<Flow, SessionError> {
+        self.consume_request(request);
+        let mut both = BytesMut::new();
+        for sql in [old, extended] {
+            frame::write_packet(&mut both, 0, &command_payload(COM_QUERY, sql));
+        }
+        self.edxapp.conn.write_all(&both).await.map_err(SessionError::Backend)?;
+        let Some(held) = self.hold_result(HELD_BYTES).await? else {
+            debug!("the old side's result is too large to hold: reading both tables with one statement instead");
+            let mut feeds = Feeds::OneServer(VecDeque::new());
+            if let Head::Columns(_) | Head::KnownColumns = self.head(&mut feeds, Origin::Extended).await? {
+                self.drain_rows(&mut feeds, Origin::Extended, &mut [None, None]).await?;
+            }
+            return self.answer_with_union(request, union).await;
+        };
+        let known = &mut KnownColumns::default();
+        match self.merge_heads(request, &mut Feeds::OneServer(held), plan, Protocol::Text, known).await? {
+            Merged::Answered => Ok(Flow::Continue),
+            Merged::GaveUp => self.answer_with_union(request, union).await,
+        }
+    }
+
+    /// Answers the client's read with its `UNION ALL` form on its connection, or with the refusal that stands in
+    /// for it.
+    async fn answer_with_union(
+        &mut self,
+        request: &mut Request,
+        union: Result<Vec<u8>, MysqlError>,
+    ) -> Result<Flow, SessionError> {
+        match union {
+            Ok(sql) => {
+                self.edxapp.send(COM_QUERY, &sql).await?;
+                self.relay_response(&mut request.answer_seq, Expect::ResultSets).await?;
+                Ok(Flow::Continue)
+            }
+            Err(error) => self.answer_error(request, error).await,
+        }
+    }
+
+    /// Reads the whole result the client's connection is sending (a result set or an ERR) into memory, unless
+    /// it is larger than `limit` bytes: then reads it to its end and returns `None`.
+    async fn hold_result(&mut self, limit: usize) -> Result<Option<VecDeque<Bytes>>, SessionError> {
+        let mut feeds = Feeds::TwoServers;
+        let mut held = VecDeque::new();
+        let caps = self.edxapp.caps;
+        match self.head(&mut feeds, Origin::Old).await? {
+            Head::Failed(error) => {
+                held.push_back(error);
+                return Ok(Some(held));
+            }
+            Head::KnownColumns => {
+                return Err(SessionError::BackendProtocol(ProtocolError::Malformed("text result without its columns")));
+            }
+            Head::Columns(defs) => {
+                held.push_back(ResultHead::with_metadata(defs.len() as u64, caps.cache_metadata()).into());
+                held.extend(defs);
+                if !caps.deprecate_eof() {
+                    held.push_back(Bytes::copy_from_slice(&packets::eof(0, self.edxapp.status.bits())));
+                }
+            }
+        }
+        let mut size: usize = held.iter().map(Bytes::len).sum();
+        loop {
+            let packet = self.packet(&mut feeds, Origin::Old).await?;
+            let last = !matches!(RowPacket::classify(&packet, caps), RowPacket::Row);
+            size += packet.len();
+            held.push_back(packet);
+            if last {
+                return Ok(Some(held));
+            }
+            if size > limit {
+                self.drain_rows(&mut feeds, Origin::Old, &mut [None, None]).await?;
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Sends `command` with the `old` body on `edxapp` and with the `extended` one on the `csmh` connection, then
+    /// answers the client with their results merged as `plan` says (`known`: the columns their statements sent
+    /// last).
+    pub(super) async fn merge_commands(
+        &mut self,
+        request: &mut Request,
+        command: u8,
+        (old, extended): (&[u8], &[u8]),
+        plan: &MergePlan,
+        protocol: Protocol,
+        known: &mut KnownColumns,
+    ) -> Result<Flow, SessionError> {
+        let sent = match self.csmh.ready(&mut self.edxapp, &request.snapshot, &self.shared.metrics).await {
+            Ok(csmh) => Ok(crate::backend::send_command(&mut csmh.conn, command, extended).await),
+            Err(failure) => Err(failure),
+        };
+        match sent {
+            Ok(sent) => sent.map_err(SessionError::Backend)?,
+            Err(failure) => {
+                let error = self.csmh.fail(&mut self.edxapp, failure).await?;
+                return self.answer_error(request, error).await;
+            }
+        }
+        self.consume_request(request);
+        self.edxapp.send(command, old).await?;
+        match self.merge_heads(request, &mut Feeds::TwoServers, plan, protocol, known).await? {
+            Merged::Answered | Merged::GaveUp => Ok(Flow::Continue),
+        }
+    }
+
+    /// Reads both sides' column definitions and answers the client: with the merged rows, or with the error
+    /// of a side that failed (after reading the other side to its end). When the columns' types do not allow
+    /// an exact merge, both results are read to their end: on one server the caller answers with the union
+    /// ([`Merged::GaveUp`]); across two servers the client gets an error.
+    async fn merge_heads(
+        &mut self,
+        request: &mut Request,
+        feeds: &mut Feeds,
+        plan: &MergePlan,
+        protocol: Protocol,
+        known: &mut KnownColumns,
+    ) -> Result<Merged, SessionError> {
+        let old = self.head(feeds, Origin::Old).await?;
+        let new = self.head(feeds, Origin::Extended).await?;
+        let (old, new) = match (resolve(known, old, Origin::Old)?, resolve(known, new, Origin::Extended)?) {
+            (Resolved::Columns(old), Resolved::Columns(new)) => (old, new),
+            (Resolved::Failed(error), Resolved::Failed(_)) => return self.answer_side_error(request, &error).await,
+            (Resolved::Failed(error), Resolved::Columns(_)) => {
+                self.drain_rows(feeds, Origin::Extended, &mut [None, None]).await?;
+                return self.answer_side_error(request, &error).await;
+            }
+            (Resolved::Columns(_), Resolved::Failed(error)) => {
+                self.drain_rows(feeds, Origin::Old, &mut [None, None]).await?;
+                return self.answer_side_error(request, &error).await;
+            }
+        };
+        let caps = self.edxapp.caps;
+        let merge = parse_defs(&old, Origin::Old, caps)
+            .and_then(|o| parse_defs(&new, Origin::Extended, caps).map(|n| (o, n)))
+            .and_then(|(o, n)| Merge::new(plan, protocol, &o, &n));
+        let merge = match merge {
+            Ok(merge) => merge,
+            Err(error) => {
+                self.drain_both(feeds).await?;
+                if let Feeds::OneServer(_) = feeds {
+                    debug!(%error, "the merge cannot combine these columns: reading both tables with one statement");
+                    return Ok(Merged::GaveUp);
+                }
+                let error =
+                    MysqlError::not_supported(format!("csmh-proxy cannot merge this read across two servers: {error}"));
+                self.answer_error(request, error).await?;
+                return Ok(Merged::Answered);
+            }
+        };
+        self.stream_merged(request, feeds, merge, &new[..plan.visible_columns()]).await?;
+        Ok(Merged::Answered)
+    }
+
+    /// Answers the client with the ERR packet one side sent.
+    async fn answer_side_error(&mut self, request: &mut Request, payload: &[u8]) -> Result<Merged, SessionError> {
+        let mut out = BytesMut::new();
+        frame::write_packet(&mut out, request.first_answer_seq(), payload);
+        self.answer(request, &out).await?;
+        Ok(Merged::Answered)
+    }
+
+    /// Sends the column definitions, then the merged rows, then the end of the result.
+    async fn stream_merged(
+        &mut self,
+        request: &mut Request,
+        feeds: &mut Feeds,
+        mut merge: Merge,
+        defs: &[Bytes],
+    ) -> Result<(), SessionError> {
+        let caps = self.edxapp.caps;
+        let mut out = BytesMut::new();
+        // The definitions always follow, whether or not the client has them cached: it takes them either way.
+        let head = ResultHead::with_metadata(defs.len() as u64, caps.cache_metadata());
+        let mut seq = frame::write_packet(&mut out, request.first_answer_seq(), &head);
+        for def in defs {
+            seq = frame::write_packet(&mut out, seq, def);
+        }
+        seq = packets::write_end_of_definitions(&mut out, seq, caps, self.edxapp.status.bits());
+        let mut ends = [None, None];
+        loop {
+            let step = merge.step().map_err(|e| merge_failure(&e))?;
+            match step {
+                Step::Row(row) => {
+                    seq = frame::write_packet(&mut out, seq, &row);
+                    if out.len() >= FLUSH_AT {
+                        self.write_to_client(request, &out).await?;
+                        out.clear();
+                    }
+                }
+                Step::Read(origin) => {
+                    let packet = self.packet(feeds, origin).await?;
+                    match RowPacket::classify(&packet, caps) {
+                        RowPacket::Row => merge.push(origin, packet).map_err(|e| merge_failure(&e))?,
+                        RowPacket::End { warnings, status } => {
+                            ends[index(origin)] = Some((warnings, status));
+                            merge.finish(origin).map_err(|e| merge_failure(&e))?;
+                        }
+                        RowPacket::Err => {
+                            self.drain_rows(feeds, other(origin), &mut ends).await?;
+                            frame::write_packet(&mut out, seq, &packet);
+                            return self.write_to_client(request, &out).await;
+                        }
+                    }
+                }
+                Step::Done => break,
+            }
+        }
+        for origin in Origin::BOTH {
+            self.drain_rows(feeds, origin, &mut ends).await?;
+        }
+        let warnings = ends.iter().flatten().fold(0u16, |sum, (w, _)| sum.saturating_add(*w));
+        // The client's connection's status: on one server, as it stands after the later (extended) statement.
+        let last_on_client_connection = match feeds {
+            Feeds::TwoServers => Origin::Old,
+            Feeds::OneServer(_) => Origin::Extended,
+        };
+        let status = ends[index(last_on_client_connection)].map_or(self.edxapp.status.bits(), |(_, s)| s);
+        self.edxapp.note_status(status);
+        packets::write_end_of_rows(&mut out, seq, caps, warnings, status);
+        self.write_to_client(request, &out).await
+    }
+
+    /// The next packet of a side, progress reports skipped.
+    async fn packet(&mut self, feeds: &mut Feeds, origin: Origin) -> Result<Bytes, SessionError> {
+        let conn = match (feeds, origin) {
+            (Feeds::OneServer(held), Origin::Old) => {
+                return held.pop_front().ok_or(SessionError::BackendProtocol(ProtocolError::Malformed("result")));
+            }
+            (Feeds::OneServer(_), Origin::Extended) | (Feeds::TwoServers, Origin::Old) => &mut self.edxapp.conn,
+            (Feeds::TwoServers, Origin::Extended) => match self.csmh.connection() {
+                Some(csmh) => &mut csmh.conn,
+                None => return Err(SessionError::backend_closed()),
+            },
+        };
+        loop {
+            let payload = conn.next_payload().await.map_err(SessionError::Backend)?;
+            let payload = payload.ok_or_else(SessionError::backend_closed)?;
+            if !packets::is_progress_report(&payload) {
+                return Ok(payload);
+            }
+        }
+    }
+
+    /// Reads a side's column count and definitions (and the EOF after them), or its ERR.
+    async fn head(&mut self, feeds: &mut Feeds, origin: Origin) -> Result<Head, SessionError> {
+        let first = self.packet(feeds, origin).await?;
+        if is_err_packet(&first) {
+            return Ok(Head::Failed(first));
+        }
+        if is_ok_packet(&first) {
+            return Err(SessionError::BackendProtocol(ProtocolError::Malformed("result set (got OK)")));
+        }
+        let caps = self.edxapp.caps;
+        let head = ResultHead::parse(&first, caps.cache_metadata())
+            .ok_or(SessionError::BackendProtocol(ProtocolError::Malformed("column count")))?;
+        let mut defs = Vec::new();
+        if head.metadata_follows {
+            for _ in 0..head.columns {
+                defs.push(self.packet(feeds, origin).await?);
+            }
+        }
+        if !caps.deprecate_eof() {
+            self.packet(feeds, origin).await?;
+        }
+        Ok(if head.metadata_follows { Head::Columns(defs) } else { Head::KnownColumns })
+    }
+
+    /// Reads and drops what remains of a side's rows, keeping its end.
+    async fn drain_rows(
+        &mut self,
+        feeds: &mut Feeds,
+        origin: Origin,
+        ends: &mut [Option<(u16, u16)>; 2],
+    ) -> Result<(), SessionError> {
+        while ends[index(origin)].is_none() {
+            let packet = self.packet(feeds, origin).await?;
+            match RowPacket::classify(&packet, self.edxapp.caps) {
+                RowPacket::Row => {}
+                RowPacket::End { warnings, status } => ends[index(origin)] = Some((warnings, status)),
+                RowPacket::Err => ends[index(origin)] = Some((0, 0)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and drops both sides' whole results, after their heads.
+    async fn drain_both(&mut self, feeds: &mut Feeds) -> Result<(), SessionError> {
+        let mut ends = [None, None];
+        for origin in Origin::BOTH {
+            self.drain_rows(feeds, origin, &mut ends).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The definitions a side's result has: those it sent, remembered in `known` for next time, or those it sent
+/// last.
+fn resolve(known: &mut KnownColumns, head: Head, origin: Origin) -> Result<Resolved, SessionError> {
+    match head {
+        Head::Columns(defs) => {
+            known.remember(origin, &defs);
+            Ok(Resolved::Columns(defs))
+        }
+        Head::KnownColumns => match known.get(origin) {
+            Some(defs) => Ok(Resolved::Columns(defs.clone())),
+            None => Err(SessionError::BackendProtocol(ProtocolError::Malformed("result without its columns"))),
+        },
+        Head::Failed(error) => Ok(Resolved::Failed(error)),
+    }
+}
+
+fn index(origin: Origin) -> usize {
+    match origin {
+        Origin::Old => 0,
+        Origin::Extended => 1,
+    }
+}
+
+fn other(origin: Origin) -> Origin {
+    match origin {
+        Origin::Old => Origin::Extended,
+        Origin::Extended => Origin::Old,
+    }
+}
+
+/// The column definitions of one side's result, as the merge reads them.
+fn parse_defs(defs: &[Bytes], origin: Origin, caps: Negotiated) -> Result<Vec<ColumnDef>, MergeError> {
+    let parse = |def: &Bytes| match packets::standard_column_definition(def, caps.extended_metadata()) {
+        Some(def) => ColumnDef::parse(&def, origin),
+        None => Err(MergeError::ColumnDefinition { origin }),
+    };
+    defs.iter().map(parse).collect()
+}
+
+/// A merge that fails once rows have started: the result cannot be finished, so the connection ends.
+fn merge_failure(error: &MergeError) -> SessionError {
+    warn!(%error, "a merged read failed in the middle of its rows");
+    SessionError::BackendProtocol(ProtocolError::Unsupported("a merged read failed in the middle of its rows"))
+}

@@ -1,0 +1,96 @@
+//! Statements and commands the proxy runs for itself, on either server: their answer is read whole and never
+//! relayed. A failure of the `csmh` connection becomes the command's error (and the connection is dropped), so
+//! the client's session goes on; a failure of `edxapp` ends the session.
+
+use super::Session;
+use super::csmh::CsmhError;
+use super::error::SessionError;
+use crate::backend::{self, Reply};
+use crate::protocol::ProtocolError;
+use crate::protocol::command::COM_QUERY;
+use crate::protocol::errors::MysqlError;
+use crate::protocol::packets::OkFields;
+use crate::protocol::response::Expect;
+use crate::shared::Snapshot;
+use crate::topology::Server;
+
+/// How a statement the proxy runs for itself ended.
+pub(super) enum Outcome {
+    /// It succeeded.
+    Ok(OkFields),
+    /// It failed: the error to pass on to the client.
+    Failed(MysqlError),
+}
+
+impl Session {
+    /// Runs one statement of the proxy's own on `server`, whose answer must be an OK or an ERR.
+    pub(super) async fn run_own(
+        &mut self,
+        snapshot: &Snapshot,
+        server: Server,
+        sql: &[u8],
+    ) -> Result<Outcome, SessionError> {
+        self.run_own_command(snapshot, server, COM_QUERY, sql).await
+    }
+
+    /// Sends one command of the proxy's own on `server`, whose answer must be an OK or an ERR.
+    pub(super) async fn run_own_command(
+        &mut self,
+        snapshot: &Snapshot,
+        server: Server,
+        command: u8,
+        body: &[u8],
+    ) -> Result<Outcome, SessionError> {
+        let reply = match server {
+            Server::Edxapp => Ok(self.edxapp.command(command, body, Expect::ResultSets).await?),
+            Server::Csmh => self.csmh_command(snapshot, command, body, Expect::ResultSets).await,
+        };
+        match reply {
+            Ok(Reply::Ok(ok)) => Ok(Outcome::Ok(ok)),
+            Ok(Reply::Err(error)) => Ok(Outcome::Failed(error)),
+            Ok(Reply::Rows(_) | Reply::Prepared(_)) if server == Server::Edxapp => {
+                Err(SessionError::BackendProtocol(ProtocolError::Malformed("OK (got rows)")))
+            }
+            Ok(_) => Ok(Outcome::Failed(CsmhError::Refused("unexpected rows".into()).to_mysql())),
+            Err(failure) => Ok(Outcome::Failed(failure)),
+        }
+    }
+
+    /// Sends one command of the proxy's own on the `csmh` connection (opened if needed) and reads its whole
+    /// answer; a failure drops the connection and is the client's error.
+    pub(super) async fn csmh_command(
+        &mut self,
+        snapshot: &Snapshot,
+        command: u8,
+        body: &[u8],
+        expect: Expect,
+    ) -> Result<Reply, MysqlError> {
+        let reply = match self.csmh.ready(&mut self.edxapp, snapshot, &self.shared.metrics).await {
+            Ok(csmh) => {
+                backend::command(&mut csmh.conn, csmh.caps, command, body, expect).await.map_err(CsmhError::Query)
+            }
+            Err(failure) => Err(failure),
+        };
+        reply.map_err(|failure| {
+            self.csmh.close(&failure);
+            failure.to_mysql()
+        })
+    }
+
+    /// The single number `sql` answers with on `server`, if it answers with one; a failure of the `csmh`
+    /// connection is the client's error for the statement.
+    pub(super) async fn number(
+        &mut self,
+        snapshot: &Snapshot,
+        server: Server,
+        sql: &str,
+    ) -> Result<Option<u64>, MysqlError> {
+        let reply = match server {
+            Server::Edxapp => self.edxapp.query(sql.as_bytes()).await.ok(),
+            Server::Csmh => Some(self.csmh_command(snapshot, COM_QUERY, sql.as_bytes(), Expect::ResultSets).await?),
+        };
+        let Some(Reply::Rows(rows)) = reply else { return Ok(None) };
+        let value = rows.values.first().and_then(|row| row.first()).cloned().flatten();
+        Ok(value.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()))
+    }
+}

@@ -1,0 +1,73 @@
+//! Statements the proxy answers with its own error instead of running them: the retired old table (1142), what
+//! the router cannot route exactly (1235), and what an executor finds it cannot carry out (1235). Each is
+//! logged at info with its reason, never with the statement (whose values are the learners' data).
+
+use tracing::{debug, info};
+
+use super::error::SessionError;
+use super::request::Request;
+use super::{Flow, Session};
+use crate::metrics::RouteLabel;
+use crate::protocol::errors::MysqlError;
+
+impl Session {
+    /// Refuses a statement that reaches the retired old table.
+    pub(super) async fn block(&mut self, request: &mut Request, error: MysqlError) -> Result<Flow, SessionError> {
+        info!(route = "block", code = error.code, "statement refused: the history table is retired");
+        debug!(%error, "blocked");
+        self.answer_error(request, error).await
+    }
+
+    /// Refuses a statement the router cannot route exactly.
+    pub(super) async fn refuse(&mut self, request: &mut Request, error: MysqlError) -> Result<Flow, SessionError> {
+        let reason = reason_for_log(&error.message);
+        info!(route = "refuse", code = error.code, reason, "statement naming the history table refused");
+        debug!(%error, "refused");
+        self.answer_error(request, error).await
+    }
+
+    /// Refuses a statement the router routed but whose route an executor cannot carry out (`what` it is), and
+    /// counts it as refused.
+    pub(super) async fn refuse_unsupported(&mut self, request: &mut Request, what: &str) -> Result<Flow, SessionError> {
+        let error = MysqlError::not_supported(format!("csmh-proxy does not support {what} yet"));
+        self.refuse_routed(request, error).await
+    }
+
+    /// Answers a statement the router routed with `error` instead, and counts it as refused.
+    pub(super) async fn refuse_routed(
+        &mut self,
+        request: &mut Request,
+        error: MysqlError,
+    ) -> Result<Flow, SessionError> {
+        if request.label.is_some() {
+            request.label = Some(RouteLabel::Refuse);
+        }
+        info!(route = "refuse", code = error.code, "statement naming the history table refused: {}", error.message);
+        self.answer_error(request, error).await
+    }
+}
+
+/// The reason of a refusal as the info-level log gives it: the router's explanation without the parser's or the
+/// merge's details, which may quote the statement (and so its values); the whole message is logged at debug.
+fn reason_for_log(message: &str) -> &str {
+    let reason = message.split_once("`: ").map_or(message, |(_, reason)| reason);
+    reason.split(" (").next().unwrap_or(reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_reasons_leave_out_the_statement() {
+        let parse = "csmh-proxy cannot route this statement on `edxapp`.`courseware_studentmodulehistory`: cannot \
+                     parse it (sql parser error: Expected: an expression, found: 'secret' at Line: 1, Column: 9)";
+        assert_eq!(reason_for_log(parse), "cannot parse it");
+        let join = "csmh-proxy cannot route this statement on `edxapp`.`courseware_studentmodulehistory`: a join with \
+                    the history table cannot be read from both tables; query it alone";
+        assert_eq!(
+            reason_for_log(join),
+            "a join with the history table cannot be read from both tables; query it alone"
+        );
+    }
+}

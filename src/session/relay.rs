@@ -1,0 +1,167 @@
+//! Passthrough: a request relayed to the client's `edxapp` connection as it is, and the answer copied back as
+//! its bytes arrive. Also the relaying steps the other executors share: copying a server's answer to the client
+//! with [`ResponseScanner`] finding its end, and sending a statement in place of the client's.
+
+use std::io;
+
+use super::error::SessionError;
+use super::request::Request;
+use super::{Flow, Session};
+use crate::protocol::ProtocolError;
+use crate::protocol::command::{COM_RESET_CONNECTION, Command};
+use crate::protocol::conn::Connection;
+use crate::protocol::response::{ClientTurn, End, Expect, Progress, ResponseScanner};
+
+impl Session {
+    /// Relays the request to `edxapp` and its answer to the client, keeping the `csmh` connection in step with
+    /// the client's session (its settings, its transaction) and forgetting the statements a reset drops.
+    pub(super) async fn relay(&mut self, request: &mut Request) -> Result<Flow, SessionError> {
+        let command = request.command;
+        if matches!(command, Command::ChangeUser | Command::Relayed(COM_RESET_CONNECTION)) {
+            // The server forgets the session's prepared statements; their shadows are left to the connection.
+            self.statements.forget_all();
+        }
+        if command == Command::Query && self.csmh.in_transaction() {
+            let statement = request.span.payload_in(&self.client.buf)[1..].to_vec();
+            if let Some(error) = self.csmh.follow_transaction_control(&mut self.edxapp, &statement).await? {
+                return self.answer_error(request, error).await;
+            }
+        }
+        let first_frame = request.span.first_frame(&self.client.buf);
+        self.csmh.note_request(command, first_frame, request.span.is_single_frame());
+        self.relay_request(request).await?;
+        match command.response() {
+            Some(expect) => {
+                self.relay_response(&mut request.answer_seq, expect).await?;
+                self.csmh.follow_transaction_end(&self.edxapp).await;
+                Ok(Flow::Continue)
+            }
+            None if command == Command::Quit => Ok(Flow::Quit),
+            None => Ok(Flow::Continue),
+        }
+    }
+
+    /// Relays the request's packet to `edxapp`.
+    pub(super) async fn relay_request(&mut self, request: &mut Request) -> Result<(), SessionError> {
+        request.buffered = false;
+        self.relay_client_packet(request.span.wire_len).await
+    }
+
+    /// Sends `sql` to `edxapp` in place of the client's statement, with its command (COM_QUERY or
+    /// COM_STMT_PREPARE), and relays the answer.
+    pub(super) async fn relay_instead(&mut self, request: &mut Request, sql: &[u8]) -> Result<Flow, SessionError> {
+        self.consume_request(request);
+        self.edxapp.send(request.command.byte(), sql).await?;
+        let expect = request.command.response().unwrap_or(Expect::ResultSets);
+        self.relay_response(&mut request.answer_seq, expect).await?;
+        Ok(Flow::Continue)
+    }
+
+    /// Copies `edxapp`'s answer to the client as it arrives, handing the turn to the client where the protocol
+    /// says so, until the answer ends; clears `answer_seq` once anything reached the client.
+    pub(super) async fn relay_response(
+        &mut self,
+        answer_seq: &mut Option<u8>,
+        expect: Expect,
+    ) -> Result<End, SessionError> {
+        let mut scanner = ResponseScanner::new(expect, self.edxapp.caps);
+        loop {
+            let progress = copy_response(&mut self.edxapp.conn, &mut self.client, &mut scanner, answer_seq)
+                .await
+                .map_err(CopyFailure::on_edxapp)?;
+            match progress {
+                Progress::NeedMore => unreachable!("copy_response reads until there is progress"),
+                Progress::ClientTurn(ClientTurn::Auth) => self.relay_next_client_packet().await?,
+                Progress::ClientTurn(ClientTurn::LocalInfile) => self.relay_local_infile().await?,
+                Progress::Done(end) => {
+                    self.edxapp.note_response(&scanner);
+                    return Ok(end);
+                }
+            }
+        }
+    }
+
+    /// Relays the next whole packet the client sends to `edxapp`.
+    async fn relay_next_client_packet(&mut self) -> Result<(), SessionError> {
+        let span =
+            self.client.next_packet().await.map_err(SessionError::Client)?.ok_or_else(SessionError::client_closed)?;
+        self.relay_client_packet(span.wire_len).await
+    }
+
+    /// Relays the file contents a client sends for LOAD DATA LOCAL INFILE, up to and including the empty packet
+    /// that ends them.
+    async fn relay_local_infile(&mut self) -> Result<(), SessionError> {
+        loop {
+            let span = self
+                .client
+                .next_packet()
+                .await
+                .map_err(SessionError::Client)?
+                .ok_or_else(SessionError::client_closed)?;
+            self.relay_client_packet(span.wire_len).await?;
+            if span.payload_len == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn relay_client_packet(&mut self, wire_len: usize) -> Result<(), SessionError> {
+        self.edxapp.conn.relay_from(&mut self.client, wire_len).await.map_err(SessionError::Backend)
+    }
+}
+
+/// The `edxapp` server spoke while no request was pending: it is closing (idle timeout, KILL, shutdown). The
+/// session cannot be kept in step, so it ends; the client sees its connection close, as it would directly.
+pub(super) fn unsolicited(read: io::Result<usize>) -> SessionError {
+    match read {
+        Ok(0) => SessionError::backend_closed(),
+        Ok(_) => SessionError::BackendProtocol(ProtocolError::Unsupported("backend sent data while idle")),
+        Err(e) => SessionError::Backend(e),
+    }
+}
+
+/// What went wrong while copying a response, by side.
+pub(super) enum CopyFailure {
+    /// The server's connection failed or closed.
+    Server(io::Error),
+    /// The server's bytes do not follow the protocol.
+    Protocol(ProtocolError),
+    /// Writing to the client failed.
+    Client(io::Error),
+}
+
+impl CopyFailure {
+    /// The session error when the server was the client's own `edxapp` connection.
+    pub(super) fn on_edxapp(self) -> SessionError {
+        match self {
+            CopyFailure::Server(e) => SessionError::Backend(e),
+            CopyFailure::Protocol(e) => SessionError::BackendProtocol(e),
+            CopyFailure::Client(e) => SessionError::Client(e),
+        }
+    }
+}
+
+/// Copies a response from `server` to `client` as its bytes arrive, until it ends or the client must speak.
+/// Clears `answer_seq` once anything has reached the client, since the proxy can no longer answer instead.
+pub(super) async fn copy_response(
+    server: &mut Connection,
+    client: &mut Connection,
+    scanner: &mut ResponseScanner,
+    answer_seq: &mut Option<u8>,
+) -> Result<Progress, CopyFailure> {
+    loop {
+        let (n, progress) = scanner.scan(&server.buf).map_err(CopyFailure::Protocol)?;
+        if n > 0 {
+            *answer_seq = None;
+            client.relay_from(server, n).await.map_err(CopyFailure::Client)?;
+        }
+        match progress {
+            Progress::NeedMore => match server.fill().await {
+                Ok(0) => return Err(CopyFailure::Server(io::ErrorKind::UnexpectedEof.into())),
+                Ok(_) => {}
+                Err(e) => return Err(CopyFailure::Server(e)),
+            },
+            other => return Ok(other),
+        }
+    }
+}

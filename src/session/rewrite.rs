@@ -1,0 +1,158 @@
+//! A statement rewritten to the extended table: sent in place of the client's on the connection that reaches
+//! that table (the client's own on one server, the `csmh` one on two), its answer relayed as it is. Statements
+//! prepared on the `csmh` connection are known to the client by their id with [`CSMH_STATEMENT`] set, and the
+//! commands on them go there too. An insert first checks, once per configuration, that the extended table's ids
+//! start above the old table's (docs/routing.md, "Offset safety").
+
+use tracing::info;
+
+use super::csmh::CsmhError;
+use super::error::SessionError;
+use super::relay::{CopyFailure, copy_response};
+use super::request::Request;
+use super::statements::CSMH_STATEMENT;
+use super::{Flow, Session};
+use crate::backend::QueryError;
+use crate::protocol::ProtocolError;
+use crate::protocol::command::{self, Command};
+use crate::protocol::errors::{MysqlError, code, sqlstate};
+use crate::protocol::packets::PrepareOk;
+use crate::protocol::response::{Expect, Progress, ResponseScanner};
+use crate::routing::Rewritten;
+use crate::topology::Server;
+
+impl Session {
+    /// Carries out a rewrite: on `edxapp` in place of the client's statement, or on the `csmh` connection.
+    pub(super) async fn rewrite(&mut self, request: &mut Request, rewritten: Rewritten) -> Result<Flow, SessionError> {
+        let Rewritten { sql, on, inserts, inline } = rewritten;
+        if inserts {
+            if let Some(error) = self.unsafe_offset(request).await {
+                return self.refuse_routed(request, error).await;
+            }
+        }
+        match on {
+            Server::Edxapp => self.relay_instead(request, &sql).await,
+            Server::Csmh => match self.with_values(sql, &inline).await? {
+                Ok(sql) => self.run_on_csmh(request, &sql).await,
+                Err(error) => self.answer_error(request, error).await,
+            },
+        }
+    }
+
+    /// Checks, once per configuration, that the extended table's next id is above every id of the old table;
+    /// the error to answer an insert with when it is not (or cannot be checked). A failed check is logged and
+    /// tried again on the next insert. Once the old table is retired nothing reads it any more, so its ids
+    /// cannot collide with anything read, and it is not looked at (`truncate-old` may be holding it locked).
+    async fn unsafe_offset(&mut self, request: &Request) -> Option<MysqlError> {
+        let snapshot = &request.snapshot;
+        if snapshot.offset_verified.get().is_some() || snapshot.config.flags.read_only_from_csmhe {
+            return None;
+        }
+        let (old, extended) = (snapshot.router.old(), snapshot.router.extended());
+        let max_old = format!("SELECT COALESCE(MAX(id), 0) FROM {}", old.quoted());
+        let next_extended = format!(
+            "SELECT AUTO_INCREMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA = '{}' AND TABLE_NAME = '{}'",
+            extended.schema(),
+            extended.table()
+        );
+        let max_old = self.number(snapshot, Server::Edxapp, &max_old).await.ok().flatten();
+        let extended_server = snapshot.router.topology().extended_server();
+        let next = match self.number(snapshot, extended_server, &next_extended).await {
+            Err(failure) => return Some(failure),
+            Ok(next) => next,
+        };
+        if let (Some(max_old), Some(next)) = (max_old, next) {
+            if next > max_old {
+                let _ = snapshot.offset_verified.set(());
+                info!(max_old, next_extended = next, "the extended table's ids start above the old table's");
+                return None;
+            }
+        }
+        tracing::error!(
+            next_extended = ?next,
+            "the extended table's next id is not above the old table's largest id: inserts are refused until \
+             `csmh-proxy init` sets its starting id"
+        );
+        Some(MysqlError::not_supported(format!(
+            "csmh-proxy does not write to {} yet: its next id is not above every id of {}, so ids could collide; \
+             run `csmh-proxy init` to set its starting id",
+            extended.quoted(),
+            old.quoted()
+        )))
+    }
+
+    /// Runs `sql` on the `csmh` connection in place of the client's statement (COM_QUERY or COM_STMT_PREPARE)
+    /// and relays the answer. If the connection fails before anything reached the client, the client gets an
+    /// error for this statement (and its transaction is rolled back if the `csmh` side was part of it); the
+    /// session goes on.
+    async fn run_on_csmh(&mut self, request: &mut Request, sql: &[u8]) -> Result<Flow, SessionError> {
+        let failure = match self.csmh.ready(&mut self.edxapp, &request.snapshot, &self.shared.metrics).await {
+            Ok(csmh) => match crate::backend::send_command(&mut csmh.conn, request.command.byte(), sql).await {
+                Ok(()) => None,
+                Err(e) => Some(CsmhError::Query(QueryError::Io(e))),
+            },
+            Err(failure) => Some(failure),
+        };
+        if let Some(failure) = failure {
+            let error = self.csmh.fail(&mut self.edxapp, failure).await?;
+            return self.answer_error(request, error).await;
+        }
+        self.consume_request(request);
+        if request.command == Command::StmtPrepare {
+            self.mark_csmh_statement().await?;
+        }
+        let expect = request.command.response().unwrap_or(Expect::ResultSets);
+        self.relay_csmh_response(request, expect).await
+    }
+
+    /// Relays a command on a statement prepared on the `csmh` connection, with the id the `csmh` server knows.
+    pub(super) async fn on_csmh_statement(&mut self, request: &mut Request, id: u32) -> Result<Flow, SessionError> {
+        if let Err(failure) = self.csmh.ready(&mut self.edxapp, &request.snapshot, &self.shared.metrics).await {
+            let error = self.csmh.fail(&mut self.edxapp, failure).await?;
+            return self.answer_error(request, error).await;
+        }
+        let Some(csmh) = self.csmh.connection() else {
+            let error = MysqlError::new(
+                code::ER_UNKNOWN_STMT_HANDLER,
+                sqlstate::HY000,
+                "Unknown prepared statement handler given to csmh-proxy",
+            );
+            return self.answer_error(request, error).await;
+        };
+        command::set_statement_id(request.span.first_frame_mut(&mut self.client.buf), id);
+        request.buffered = false;
+        csmh.conn.relay_from(&mut self.client, request.span.wire_len).await.map_err(SessionError::Backend)?;
+        match request.command.response() {
+            Some(expect) => self.relay_csmh_response(request, expect).await,
+            None => Ok(Flow::Continue),
+        }
+    }
+
+    /// Marks the statement id in the `csmh` server's answer to a COM_STMT_PREPARE, so the client's later
+    /// commands on it are recognised and sent there.
+    async fn mark_csmh_statement(&mut self) -> Result<(), SessionError> {
+        let Some(csmh) = self.csmh.connection() else { return Ok(()) };
+        let span = csmh.conn.next_packet().await.map_err(SessionError::Backend)?;
+        let span = span.ok_or_else(SessionError::backend_closed)?;
+        let payload = span.first_frame_mut(&mut csmh.conn.buf);
+        if let Some(prepared) = PrepareOk::parse(payload) {
+            PrepareOk::set_statement_id(payload, prepared.statement_id | CSMH_STATEMENT);
+        }
+        Ok(())
+    }
+
+    /// Copies the `csmh` connection's answer to the client.
+    async fn relay_csmh_response(&mut self, request: &mut Request, expect: Expect) -> Result<Flow, SessionError> {
+        let Some(csmh) = self.csmh.connection() else { return Err(SessionError::backend_closed()) };
+        let mut scanner = ResponseScanner::new(expect, csmh.caps);
+        match copy_response(&mut csmh.conn, &mut self.client, &mut scanner, &mut request.answer_seq).await {
+            Ok(Progress::Done(_)) => Ok(Flow::Continue),
+            Ok(_) => {
+                Err(SessionError::BackendProtocol(ProtocolError::Unsupported("csmh server asked for client data")))
+            }
+            Err(CopyFailure::Client(e)) => Err(SessionError::Client(e)),
+            Err(CopyFailure::Server(e)) => Err(SessionError::Backend(e)),
+            Err(CopyFailure::Protocol(e)) => Err(SessionError::BackendProtocol(e)),
+        }
+    }
+}

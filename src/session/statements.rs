@@ -1,0 +1,124 @@
+//! The session's registry of the prepared statements the proxy handles itself: those with a twin on the
+//! extended table (a shadow the client never sees), and those prepared on the `csmh` connection (known to the
+//! client by their id with [`CSMH_STATEMENT`] set). A command on a prepared statement is looked up here, beside
+//! the router's decision for statements.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+use crate::merge::{MergePlan, Origin};
+use crate::topology::Server;
+
+/// The bit set in the ids of statements prepared on the `csmh` connection, as the client sees them. Servers
+/// number a connection's statements from 1, so the client's own statements on `edxapp` never have it.
+pub(super) const CSMH_STATEMENT: u32 = 0x8000_0000;
+
+/// What a command on a prepared statement is, as the registry knows it.
+pub(super) enum Registered {
+    /// A client statement on the old table with a shadow on the extended one.
+    Twin(Shadow),
+    /// A statement prepared on the `csmh` connection, with the id the `csmh` server knows it by.
+    OnCsmh {
+        /// Its id on the `csmh` connection.
+        id: u32,
+    },
+}
+
+/// The extended-table twin of a client's prepared statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Shadow {
+    /// The client's statement's id (on `edxapp`).
+    pub own: u32,
+    /// The connection the shadow is prepared on.
+    pub server: Server,
+    /// Its id there.
+    pub id: u32,
+    /// What executing the pair does.
+    pub twin: Twin,
+}
+
+/// What executing a statement and its shadow does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Twin {
+    /// Both write; the client gets the summed OK.
+    Write,
+    /// Both read (two servers); the client gets the rows merged as the plan says.
+    Merge {
+        /// How the two results merge.
+        plan: Box<MergePlan>,
+        /// The column definitions each side sent last.
+        known: KnownColumns,
+    },
+}
+
+/// The column definitions each side of a prepared read of both tables sent last, for the executions whose
+/// results leave them out (MariaDB's metadata caching): the merge needs them every time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct KnownColumns([Option<Vec<Bytes>>; 2]);
+
+impl KnownColumns {
+    /// The definitions of a read's two statements, as their prepare answers gave them: the servers leave them
+    /// out of the first execution's result already.
+    pub fn new(old: Vec<Bytes>, extended: Vec<Bytes>) -> KnownColumns {
+        KnownColumns([Some(old), Some(extended)])
+    }
+
+    /// The definitions `origin` sent last, if any.
+    pub fn get(&self, origin: Origin) -> Option<&Vec<Bytes>> {
+        self.0[index(origin)].as_ref()
+    }
+
+    /// Remembers the definitions `origin` sent.
+    pub fn remember(&mut self, origin: Origin, defs: &[Bytes]) {
+        self.0[index(origin)] = Some(defs.to_vec());
+    }
+}
+
+fn index(origin: Origin) -> usize {
+    match origin {
+        Origin::Old => 0,
+        Origin::Extended => 1,
+    }
+}
+
+/// The statements of one session the proxy handles itself.
+#[derive(Default)]
+pub(super) struct Statements {
+    /// Shadows, by the id the client knows its statement by.
+    shadows: HashMap<u32, Shadow>,
+}
+
+impl Statements {
+    /// What the statement `id` a command names is, if the proxy handles it itself; `csmh_open` says whether the
+    /// `csmh` connection its statements live on is open.
+    pub fn lookup(&self, id: u32, csmh_open: bool) -> Option<Registered> {
+        if let Some(shadow) = self.shadows.get(&id) {
+            return Some(Registered::Twin(shadow.clone()));
+        }
+        (csmh_open && id & CSMH_STATEMENT != 0).then_some(Registered::OnCsmh { id: id & !CSMH_STATEMENT })
+    }
+
+    /// Registers a client statement's shadow.
+    pub fn insert(&mut self, shadow: Shadow) {
+        self.shadows.insert(shadow.own, shadow);
+    }
+
+    /// Forgets a client statement's shadow (the client closed the statement).
+    pub fn remove(&mut self, own: u32) {
+        self.shadows.remove(&own);
+    }
+
+    /// Keeps the column definitions a merged execution of `own` last saw.
+    pub fn remember_columns(&mut self, own: u32, columns: KnownColumns) {
+        if let Some(Shadow { twin: Twin::Merge { known, .. }, .. }) = self.shadows.get_mut(&own) {
+            *known = columns;
+        }
+    }
+
+    /// Forgets every statement: the server forgot them (COM_CHANGE_USER, COM_RESET_CONNECTION); their shadows
+    /// are left to the connection.
+    pub fn forget_all(&mut self) {
+        self.shadows.clear();
+    }
+}
