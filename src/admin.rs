@@ -17,7 +17,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::config::{Backend, Flag};
+use crate::config::Backend;
+use crate::history::Flag;
 use crate::history::{Stage, StatementKind, Target};
 use crate::metrics::{self, ConfigState};
 use crate::shared::{Shared, Snapshot};

@@ -1,6 +1,6 @@
-//! The edX knowledge in one place: the names of the two student-module history tables, and the design's
-//! routing table, which says where each kind of statement on the old table goes for a given set of
-//! edx-platform flags.
+//! The edX knowledge in one place: the names of the two student-module history tables, edx-platform's three
+//! migration flags ([`Flags`], which `proxy.toml`'s `[flags]` holds), and the design's routing table, which says
+//! where each kind of statement on the old table goes for a given set of flags.
 //!
 //! [`routing_table`] is the only place that reads the three flags together; everything downstream works with
 //! the [`RoutingTable`] it returns, so a refused flag combination can never reach the data path.
@@ -8,7 +8,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::config::{Flag, Flags};
+use serde::Deserialize;
 
 /// MySQL's limit on the length of a schema or table name.
 const MAX_IDENTIFIER_LEN: usize = 64;
@@ -185,6 +185,64 @@ impl Target {
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.describe())
+    }
+}
+
+/// `[flags]`: edx-platform's feature flags, under their edx-platform names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flags {
+    /// New history rows go to the extended table; reads include it.
+    #[serde(rename = "ENABLE_CSMH_EXTENDED", default)]
+    pub enable_csmh_extended: bool,
+    /// Reads include the old table.
+    #[serde(rename = "ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES", default)]
+    pub enable_reading_from_multiple_history_tables: bool,
+    /// The old table is retired: nothing reaches it any more.
+    #[serde(rename = "READ_ONLY_FROM_CSMHE", default)]
+    pub read_only_from_csmhe: bool,
+}
+
+impl Flags {
+    /// Whether `flag` is on.
+    pub fn is_on(&self, flag: Flag) -> bool {
+        match flag {
+            Flag::EnableCsmhExtended => self.enable_csmh_extended,
+            Flag::EnableReadingFromMultipleHistoryTables => self.enable_reading_from_multiple_history_tables,
+            Flag::ReadOnlyFromCsmhe => self.read_only_from_csmhe,
+        }
+    }
+}
+
+/// One of the `[flags]`, for naming it in messages and listing them without repeating the three fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Flag {
+    /// `ENABLE_CSMH_EXTENDED`: new history goes to the extended table.
+    EnableCsmhExtended,
+    /// `ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES`: reads include the old table.
+    EnableReadingFromMultipleHistoryTables,
+    /// `READ_ONLY_FROM_CSMHE`: the old table is retired.
+    ReadOnlyFromCsmhe,
+}
+
+impl Flag {
+    /// Every flag, in the order of the design's table.
+    pub const ALL: [Flag; 3] =
+        [Flag::EnableCsmhExtended, Flag::EnableReadingFromMultipleHistoryTables, Flag::ReadOnlyFromCsmhe];
+
+    /// The flag's key in `[flags]`, which is its edx-platform name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Flag::EnableCsmhExtended => "ENABLE_CSMH_EXTENDED",
+            Flag::EnableReadingFromMultipleHistoryTables => "ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES",
+            Flag::ReadOnlyFromCsmhe => "READ_ONLY_FROM_CSMHE",
+        }
+    }
+}
+
+impl fmt::Display for Flag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 

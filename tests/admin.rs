@@ -7,7 +7,8 @@ mod support;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use csmh_proxy::config::{Admin, Config, Flags};
+use csmh_proxy::config::{Admin, Config};
+use csmh_proxy::history::Flags;
 use csmh_proxy::sandbox::ProxyToml;
 use csmh_proxy::server::ProxyHandle;
 use mysql_async::Conn;

@@ -16,7 +16,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use csmh_proxy::config::Flags;
+use csmh_proxy::history::Flags;
 use csmh_proxy::sandbox::EXTENDED_TABLE;
 use mysql_async::prelude::*;
 use support::clients;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use csmh_proxy::config::Flags;
+use csmh_proxy::history::Flags;
 use csmh_proxy::migrate::Site;
 use csmh_proxy::migrate::copy::{MigrateArgs, migrate};
 use csmh_proxy::migrate::init::init;

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use csmh_proxy::config::{Config, Flags};
+use csmh_proxy::config::Config;
+use csmh_proxy::history::Flags;
 use csmh_proxy::migrate::Site;
 use csmh_proxy::migrate::checkpoint::{self, Checkpoint, Task};
 use mysql_async::Conn;

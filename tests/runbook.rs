@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use csmh_proxy::config::watch::Watch;
-use csmh_proxy::config::{Flag, Flags};
+use csmh_proxy::history::{Flag, Flags};
 use csmh_proxy::server::{Proxy, ProxyHandle};
 use migrate_support::{MigrationSite, outputs};
 use mysql_async::prelude::Queryable;

@@ -3,7 +3,8 @@
 
 use std::fmt;
 
-use super::{Admin, Backend, Backends, Config, Flag, Flags, HistoryTables, Listen};
+use super::{Admin, Backend, Backends, Config, HistoryTables, Listen};
+use crate::history::{Flag, Flags};
 
 /// Keys whose new value only takes effect when the proxy is restarted: the sockets it listens on.
 pub const RESTART_KEYS: [&str; 2] = ["listen.address", "admin.address"];

@@ -4,8 +4,8 @@
 use std::fmt;
 use std::path::Path;
 
-use super::{Backend, Config, ConfigError, Flag};
-use crate::history::routing_table;
+use super::{Backend, Config, ConfigError};
+use crate::history::{Flag, routing_table};
 
 /// Loads and validates the file at `path` and describes it, or returns the error a reload of it would log.
 pub fn check_file(path: &Path) -> Result<String, ConfigError> {

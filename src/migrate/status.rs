@@ -14,7 +14,8 @@ use super::checkpoint::{self, Checkpoint, Task};
 use super::verify::IdRange;
 use super::verify::table::{Role, Stats, Table};
 use super::{MigrateError, Site};
-use crate::config::{Config, Flag, Flags};
+use crate::config::Config;
+use crate::history::{Flag, Flags};
 use crate::history::{RefusedFlags, Stage, TableName, routing_table};
 
 /// Options of `csmh-proxy status`.

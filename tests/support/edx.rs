@@ -1,7 +1,7 @@
 //! edxapp as the routing tests drive it: the design's flag rows, Django's exact statements on the history table,
 //! and a test site (edX databases with sample history and a proxy in front) with direct looks at both tables.
 
-use csmh_proxy::config::Flags;
+use csmh_proxy::history::Flags;
 use csmh_proxy::server::ProxyHandle;
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Error, Params, Row};
