@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use csmh_proxy::config::watch::{POLL_INTERVAL, Watch};
 use csmh_proxy::config::{Config, check_file};
 use csmh_proxy::history::Flags;
+use csmh_proxy::reload::{POLL_INTERVAL, Watch};
 use csmh_proxy::sandbox::ProxyToml;
 use csmh_proxy::server::{Proxy, ProxyHandle};
 use csmh_proxy::shared::Shared;

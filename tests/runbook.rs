@@ -9,8 +9,8 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use csmh_proxy::config::watch::Watch;
 use csmh_proxy::history::{Flag, Flags};
+use csmh_proxy::reload::Watch;
 use csmh_proxy::server::{Proxy, ProxyHandle};
 use migrate_support::{MigrationSite, outputs};
 use mysql_async::prelude::Queryable;

@@ -2,18 +2,20 @@
 //!
 //! A file is parsed and validated as a whole; a [`Config`] that [`Config::load`] or [`Config::parse`] returns is
 //! one the proxy can run with. Errors name the line and the key at fault ([`ConfigError`]), so the same message
-//! serves `check-config` and the log line of a refused reload. A running proxy follows its file ([`watch`]) and
-//! logs what each reload changed ([`changes()`]).
+//! serves `check-config` and the log line of a refused reload. [`changes()`] lists what differs between two
+//! configurations, for the log line of an applied reload.
+//!
+//! This module is pure: it reads text and describes values, and knows nothing of the running proxy. Following the
+//! file while the proxy runs is the `reload` module's work.
 
 mod changes;
 mod document;
 mod error;
 mod report;
 mod validate;
-pub mod watch;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::fmt;
 use std::path::Path;
