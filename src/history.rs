@@ -262,6 +262,10 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// Every stage, in the order a migration goes through them.
+    pub const ALL: [Stage; 4] =
+        [Stage::OldTableOnly, Stage::ExtendedTableReadingBoth, Stage::ExtendedTableOnlyReads, Stage::OldTableRetired];
+
     /// A one-line name of the design row, with the flags that select it.
     pub fn name(self) -> &'static str {
         match self {
@@ -275,6 +279,20 @@ impl Stage {
                  ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES off)"
             }
             Stage::OldTableRetired => "old table retired (READ_ONLY_FROM_CSMHE on)",
+        }
+    }
+
+    /// The canonical flags of this stage: the ones it needs on, every other off, so that a test or an example
+    /// names a stage instead of spelling out three booleans. [`routing_table`] gives this stage for them.
+    pub fn flags(self) -> Flags {
+        let off = Flags::default();
+        match self {
+            Stage::OldTableOnly => off,
+            Stage::ExtendedTableReadingBoth => {
+                Flags { enable_csmh_extended: true, enable_reading_from_multiple_history_tables: true, ..off }
+            }
+            Stage::ExtendedTableOnlyReads => Flags { enable_csmh_extended: true, ..off },
+            Stage::OldTableRetired => Flags { enable_csmh_extended: true, read_only_from_csmhe: true, ..off },
         }
     }
 }
@@ -427,13 +445,23 @@ mod tests {
 
     #[test]
     fn stage_names_fit_on_one_line() {
-        for stage in [
-            Stage::OldTableOnly,
-            Stage::ExtendedTableReadingBoth,
-            Stage::ExtendedTableOnlyReads,
-            Stage::OldTableRetired,
-        ] {
+        for stage in Stage::ALL {
             assert!(!stage.to_string().contains('\n'));
+        }
+    }
+
+    #[test]
+    fn each_stage_has_canonical_flags_that_select_it() {
+        let canonical = [
+            (Stage::OldTableOnly, flags(false, false, false)),
+            (Stage::ExtendedTableReadingBoth, flags(true, true, false)),
+            (Stage::ExtendedTableOnlyReads, flags(true, false, false)),
+            (Stage::OldTableRetired, flags(true, false, true)),
+        ];
+        assert_eq!(canonical.map(|(stage, _)| stage), Stage::ALL);
+        for (stage, expected) in canonical {
+            assert_eq!(stage.flags(), expected, "{stage:?}");
+            assert_eq!(routing_table(stage.flags()).map(|table| table.stage()), Ok(stage));
         }
     }
 
