@@ -1,6 +1,7 @@
 //! The edX knowledge in one place: the names of the two student-module history tables, edx-platform's three
-//! migration flags ([`Flags`], which `proxy.toml`'s `[flags]` holds), and the design's routing table, which says
-//! where each kind of statement on the old table goes for a given set of flags.
+//! migration flags ([`Flags`], which `proxy.toml`'s `[flags]` holds), and the routing table (docs/routing.md,
+//! "From flags to a route"), which says where each kind of statement on the old table goes for a given set of
+//! flags.
 //!
 //! [`routing_table`] is the only place that reads the three flags together; everything downstream works with
 //! the [`RoutingTable`] it returns, so a refused flag combination can never reach the data path.
@@ -136,7 +137,7 @@ pub enum StatementKind {
 }
 
 impl StatementKind {
-    /// Every kind, in the order the design's table lists them.
+    /// Every kind, in the order of the routing table's columns in docs/routing.md.
     pub const ALL: [StatementKind; 4] =
         [StatementKind::Insert, StatementKind::Select, StatementKind::UpdateDelete, StatementKind::Other];
 
@@ -226,7 +227,7 @@ pub enum Flag {
 }
 
 impl Flag {
-    /// Every flag, in the order of the design's table.
+    /// Every flag, in the order of the routing table's columns in docs/routing.md.
     pub const ALL: [Flag; 3] =
         [Flag::EnableCsmhExtended, Flag::EnableReadingFromMultipleHistoryTables, Flag::ReadOnlyFromCsmhe];
 
@@ -246,7 +247,8 @@ impl fmt::Display for Flag {
     }
 }
 
-/// Which row of the design's routing table applies: where the site is in the migration to the extended table.
+/// Which row of the routing table (docs/routing.md, "From flags to a route") applies: where the site is in the
+/// migration to the extended table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stage {
     /// `ENABLE_CSMH_EXTENDED` off: edxapp writes and reads only the old table, and the proxy stays out of the way.
@@ -266,7 +268,7 @@ impl Stage {
     pub const ALL: [Stage; 4] =
         [Stage::OldTableOnly, Stage::ExtendedTableReadingBoth, Stage::ExtendedTableOnlyReads, Stage::OldTableRetired];
 
-    /// A one-line name of the design row, with the flags that select it.
+    /// A one-line name of the stage, with the flags that select it.
     pub fn name(self) -> &'static str {
         match self {
             Stage::OldTableOnly => "old table only (ENABLE_CSMH_EXTENDED off): everything passes through",
@@ -305,7 +307,7 @@ impl fmt::Display for Stage {
 
 /// Where each kind of statement on the old history table goes, for one set of flags.
 ///
-/// Only [`routing_table`] builds one, so every `RoutingTable` is a row of the design's table.
+/// Only [`routing_table`] builds one, so every `RoutingTable` is a row of the table in docs/routing.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RoutingTable {
     stage: Stage,
@@ -316,7 +318,7 @@ pub struct RoutingTable {
 }
 
 impl RoutingTable {
-    /// The design row this table is.
+    /// The stage whose row this is.
     pub fn stage(&self) -> Stage {
         self.stage
     }
@@ -365,11 +367,11 @@ impl RefusedFlags {
     }
 }
 
-/// The design's routing table: from edx-platform's flags to where each kind of statement goes, or the reason the
-/// combination is refused.
+/// The routing table (docs/routing.md, "From flags to a route"): from edx-platform's flags to where each kind of
+/// statement goes, or the reason the combination is refused.
 pub fn routing_table(flags: Flags) -> Result<RoutingTable, RefusedFlags> {
     use Target::{Blocked, BothTables, ExtendedTable, OldTable};
-    // Each row lists the targets of INSERT, SELECT, UPDATE/DELETE and anything else, as the design's columns do.
+    // Each row lists the targets of INSERT, SELECT, UPDATE/DELETE and anything else, in the documented columns' order.
     let row =
         |stage, insert, select, update_delete, other| Ok(RoutingTable { stage, insert, select, update_delete, other });
     match (flags.enable_csmh_extended, flags.enable_reading_from_multiple_history_tables, flags.read_only_from_csmhe) {
@@ -393,14 +395,15 @@ mod tests {
         }
     }
 
-    /// Every flag combination with the row the design's §3 table gives it, written out independently of
-    /// `routing_table`: (flags, INSERT, SELECT, UPDATE/DELETE, anything else), `None` for refused.
+    /// Every flag combination with the row the table in docs/routing.md ("From flags to a route") gives it, written
+    /// out independently of `routing_table`: (flags, INSERT, SELECT, UPDATE/DELETE, anything else), `None` for
+    /// refused.
     #[test]
-    fn all_eight_flag_combinations_follow_the_design_table() {
+    fn all_eight_flag_combinations_follow_the_documented_table() {
         use Target::{Blocked as B, BothTables as Both, ExtendedTable as Ext, OldTable as Old};
-        /// The design row and the targets of INSERT, SELECT, UPDATE/DELETE and anything else; `None` if refused.
+        /// The stage and the targets of INSERT, SELECT, UPDATE/DELETE and anything else; `None` if refused.
         type Row = Option<(Stage, [Target; 4])>;
-        let design: [((bool, bool, bool), Row); 8] = [
+        let documented: [((bool, bool, bool), Row); 8] = [
             ((false, false, false), Some((Stage::OldTableOnly, [Old, Old, Old, Old]))),
             ((false, true, false), Some((Stage::OldTableOnly, [Old, Old, Old, Old]))),
             ((true, true, false), Some((Stage::ExtendedTableReadingBoth, [Ext, Both, Both, Old]))),
@@ -410,7 +413,7 @@ mod tests {
             ((false, false, true), None),
             ((false, true, true), None),
         ];
-        for ((extended, multiple, read_only), expected) in design {
+        for ((extended, multiple, read_only), expected) in documented {
             let actual = routing_table(flags(extended, multiple, read_only))
                 .map(|table| (table.stage(), StatementKind::ALL.map(|kind| table.route(kind))))
                 .ok();

@@ -3,8 +3,8 @@
 //! connected to the proxy, driven by `tests/python/django_orm.py` — history written on save, the second save of a
 //! request updating its row, the user-state client's and the submission-history view's reads (a literal list and
 //! a subquery), slicing, `count()`, `exists()`, `get()`, `latest()`, deleting learner state (the collector's
-//! cascade), committed and rolled-back requests and nested `atomic` blocks — under each row of the design's
-//! routing table, on one server and on two. The script checks every ORM result and every write against the
+//! cascade), committed and rolled-back requests and nested `atomic` blocks — under each stage of the routing
+//! table (docs/routing.md), on one server and on two. The script checks every ORM result and every write against the
 //! tables, read directly on their servers; its report is the failure message.
 //!
 //! Across two servers the row that reads both tables exercises the proxy's merge of the two servers' results

@@ -1,7 +1,8 @@
 //! Live configuration against real servers: flag flips written to `proxy.toml` reach connections that are already
-//! open, under load and with transactions in flight as the design says; bad files are refused with the running
-//! flags kept; an editor's rename-on-save, a ConfigMap-style symlink swap, the poll alone and SIGHUP (sent to the
-//! built binary) all reload; backend addresses apply to new connections, a listen address waits for a restart.
+//! open, under load and with transactions in flight as docs/routing.md ("Transactions and flag changes") says; bad
+//! files are refused with the running flags kept; an editor's rename-on-save, a ConfigMap-style symlink swap, the
+//! poll alone and SIGHUP (sent to the built binary) all reload; backend addresses apply to new connections, a
+//! listen address waits for a restart.
 
 mod support;
 
@@ -37,7 +38,7 @@ enum Table {
     Extended,
 }
 
-/// Where an INSERT goes under `flags` (design §3).
+/// Where an INSERT goes under `flags` (docs/routing.md, "From flags to a route").
 fn insert_target(flags: Flags) -> Table {
     if flags.enable_csmh_extended { Table::Extended } else { Table::Old }
 }

@@ -1,5 +1,5 @@
 //! Routing with both history tables on one server, driven the way edxapp drives it: Django's exact statements
-//! through the proxy, checked against what the tables hold, for every row of the design's routing table.
+//! through the proxy, checked against what the tables hold, for every stage of the routing table (docs/routing.md).
 
 mod support;
 

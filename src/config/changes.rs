@@ -167,7 +167,7 @@ password = "first-secret"
     }
 
     #[test]
-    fn flags_are_listed_by_their_edx_platform_names_in_the_designs_order() {
+    fn flags_are_listed_by_their_edx_platform_names_in_the_documented_order() {
         let new = format!("{BASE}\n[flags]\nREAD_ONLY_FROM_CSMHE = true\nENABLE_CSMH_EXTENDED = true\n");
         assert_eq!(listed(BASE, &new), ["ENABLE_CSMH_EXTENDED: false -> true", "READ_ONLY_FROM_CSMHE: false -> true"]);
     }

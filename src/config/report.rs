@@ -73,7 +73,7 @@ impl Report<'_> {
         Ok(())
     }
 
-    /// The design row that applies and the route of each statement kind.
+    /// The stage (the routing table's row, docs/routing.md) that applies and the route of each statement kind.
     fn write_routing(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match routing_table(self.0.flags) {
             Ok(table) => {

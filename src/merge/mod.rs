@@ -17,7 +17,8 @@
 //! aggregate read is encoded anew. It holds at most one row of each side at a time.
 //!
 //! Each history row appears once: two rows with equal sort keys are one row, and the extended table's copy is
-//! the one emitted (design §3: an id present in both tables is returned once, from the extended table).
+//! the one emitted (docs/routing.md, "the merge": an id present in both tables is returned once, from the
+//! extended table).
 
 mod aggregate;
 mod column;
