@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use csmh_proxy::config::Flags;
+use csmh_proxy::history::Flags;
 use csmh_proxy::sandbox::{
     Account, CSMH_DB, EDXAPP_DB, EXTENDED_TABLE, MariaDb, OLD_TABLE, ProxyToml, create_edxapp_tables,
     create_extended_table,

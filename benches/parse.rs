@@ -20,7 +20,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion};
-use csmh_proxy::config::Flags;
+use csmh_proxy::history::Flags;
 use csmh_proxy::history::TableName;
 use csmh_proxy::routing::source::{self, Source, Tok};
 use csmh_proxy::routing::{FanOut, MergeServers, Route, classify};

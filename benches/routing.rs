@@ -38,7 +38,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use csmh_proxy::config::Flags;
+use csmh_proxy::history::Flags;
 use csmh_proxy::routing::{FanOut, Route, Router};
 use csmh_proxy::sandbox::{
     Account, CSMH_DB, EDXAPP_DB, EXTENDED_TABLE, MariaDb, OLD_TABLE, ProxyToml, create_edxapp_tables,

@@ -17,7 +17,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::config::{Backend, Flag};
+use crate::config::Backend;
+use crate::history::Flag;
 use crate::history::{Stage, StatementKind, Target};
 use crate::metrics::{self, ConfigState};
 use crate::shared::{Shared, Snapshot};
@@ -180,7 +181,7 @@ pub struct ConfigView {
     pub tables: TablesView,
     /// Each flag under its edx-platform name.
     pub flags: FlagsView,
-    /// The design's routing row the flags select.
+    /// The routing table's row the flags select (docs/routing.md, "From flags to a route").
     pub routing: RoutingView,
 }
 
@@ -219,10 +220,10 @@ pub struct FlagsView {
 /// The routing table in force.
 #[derive(Debug, Serialize)]
 pub struct RoutingView {
-    /// The design row, as an identifier (`old_table_only`, `extended_table_reading_both`,
+    /// The stage, as an identifier (`old_table_only`, `extended_table_reading_both`,
     /// `extended_table_only_reads`, `old_table_retired`).
     pub stage: &'static str,
-    /// The design row, in words, with the flags that select it.
+    /// The stage, in words, with the flags that select it.
     pub stage_name: &'static str,
     /// Where each kind of statement naming the old table goes.
     pub routes: Vec<RouteView>,

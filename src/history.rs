@@ -1,6 +1,7 @@
-//! The edX knowledge in one place: the names of the two student-module history tables, and the design's
-//! routing table, which says where each kind of statement on the old table goes for a given set of
-//! edx-platform flags.
+//! The edX knowledge in one place: the names of the two student-module history tables, edx-platform's three
+//! migration flags ([`Flags`], which `proxy.toml`'s `[flags]` holds), and the routing table (docs/routing.md,
+//! "From flags to a route"), which says where each kind of statement on the old table goes for a given set of
+//! flags.
 //!
 //! [`routing_table`] is the only place that reads the three flags together; everything downstream works with
 //! the [`RoutingTable`] it returns, so a refused flag combination can never reach the data path.
@@ -8,7 +9,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::config::{Flag, Flags};
+use serde::Deserialize;
 
 /// MySQL's limit on the length of a schema or table name.
 const MAX_IDENTIFIER_LEN: usize = 64;
@@ -136,7 +137,7 @@ pub enum StatementKind {
 }
 
 impl StatementKind {
-    /// Every kind, in the order the design's table lists them.
+    /// Every kind, in the order of the routing table's columns in docs/routing.md.
     pub const ALL: [StatementKind; 4] =
         [StatementKind::Insert, StatementKind::Select, StatementKind::UpdateDelete, StatementKind::Other];
 
@@ -188,7 +189,66 @@ impl fmt::Display for Target {
     }
 }
 
-/// Which row of the design's routing table applies: where the site is in the migration to the extended table.
+/// `[flags]`: edx-platform's feature flags, under their edx-platform names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flags {
+    /// New history rows go to the extended table; reads include it.
+    #[serde(rename = "ENABLE_CSMH_EXTENDED", default)]
+    pub enable_csmh_extended: bool,
+    /// Reads include the old table.
+    #[serde(rename = "ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES", default)]
+    pub enable_reading_from_multiple_history_tables: bool,
+    /// The old table is retired: nothing reaches it any more.
+    #[serde(rename = "READ_ONLY_FROM_CSMHE", default)]
+    pub read_only_from_csmhe: bool,
+}
+
+impl Flags {
+    /// Whether `flag` is on.
+    pub fn is_on(&self, flag: Flag) -> bool {
+        match flag {
+            Flag::EnableCsmhExtended => self.enable_csmh_extended,
+            Flag::EnableReadingFromMultipleHistoryTables => self.enable_reading_from_multiple_history_tables,
+            Flag::ReadOnlyFromCsmhe => self.read_only_from_csmhe,
+        }
+    }
+}
+
+/// One of the `[flags]`, for naming it in messages and listing them without repeating the three fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Flag {
+    /// `ENABLE_CSMH_EXTENDED`: new history goes to the extended table.
+    EnableCsmhExtended,
+    /// `ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES`: reads include the old table.
+    EnableReadingFromMultipleHistoryTables,
+    /// `READ_ONLY_FROM_CSMHE`: the old table is retired.
+    ReadOnlyFromCsmhe,
+}
+
+impl Flag {
+    /// Every flag, in the order of the routing table's columns in docs/routing.md.
+    pub const ALL: [Flag; 3] =
+        [Flag::EnableCsmhExtended, Flag::EnableReadingFromMultipleHistoryTables, Flag::ReadOnlyFromCsmhe];
+
+    /// The flag's key in `[flags]`, which is its edx-platform name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Flag::EnableCsmhExtended => "ENABLE_CSMH_EXTENDED",
+            Flag::EnableReadingFromMultipleHistoryTables => "ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES",
+            Flag::ReadOnlyFromCsmhe => "READ_ONLY_FROM_CSMHE",
+        }
+    }
+}
+
+impl fmt::Display for Flag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which row of the routing table (docs/routing.md, "From flags to a route") applies: where the site is in the
+/// migration to the extended table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stage {
     /// `ENABLE_CSMH_EXTENDED` off: edxapp writes and reads only the old table, and the proxy stays out of the way.
@@ -204,7 +264,11 @@ pub enum Stage {
 }
 
 impl Stage {
-    /// A one-line name of the design row, with the flags that select it.
+    /// Every stage, in the order a migration goes through them.
+    pub const ALL: [Stage; 4] =
+        [Stage::OldTableOnly, Stage::ExtendedTableReadingBoth, Stage::ExtendedTableOnlyReads, Stage::OldTableRetired];
+
+    /// A one-line name of the stage, with the flags that select it.
     pub fn name(self) -> &'static str {
         match self {
             Stage::OldTableOnly => "old table only (ENABLE_CSMH_EXTENDED off): everything passes through",
@@ -219,6 +283,20 @@ impl Stage {
             Stage::OldTableRetired => "old table retired (READ_ONLY_FROM_CSMHE on)",
         }
     }
+
+    /// The canonical flags of this stage: the ones it needs on, every other off, so that a test or an example
+    /// names a stage instead of spelling out three booleans. [`routing_table`] gives this stage for them.
+    pub fn flags(self) -> Flags {
+        let off = Flags::default();
+        match self {
+            Stage::OldTableOnly => off,
+            Stage::ExtendedTableReadingBoth => {
+                Flags { enable_csmh_extended: true, enable_reading_from_multiple_history_tables: true, ..off }
+            }
+            Stage::ExtendedTableOnlyReads => Flags { enable_csmh_extended: true, ..off },
+            Stage::OldTableRetired => Flags { enable_csmh_extended: true, read_only_from_csmhe: true, ..off },
+        }
+    }
 }
 
 impl fmt::Display for Stage {
@@ -229,7 +307,7 @@ impl fmt::Display for Stage {
 
 /// Where each kind of statement on the old history table goes, for one set of flags.
 ///
-/// Only [`routing_table`] builds one, so every `RoutingTable` is a row of the design's table.
+/// Only [`routing_table`] builds one, so every `RoutingTable` is a row of the table in docs/routing.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RoutingTable {
     stage: Stage,
@@ -240,7 +318,7 @@ pub struct RoutingTable {
 }
 
 impl RoutingTable {
-    /// The design row this table is.
+    /// The stage whose row this is.
     pub fn stage(&self) -> Stage {
         self.stage
     }
@@ -289,11 +367,11 @@ impl RefusedFlags {
     }
 }
 
-/// The design's routing table: from edx-platform's flags to where each kind of statement goes, or the reason the
-/// combination is refused.
+/// The routing table (docs/routing.md, "From flags to a route"): from edx-platform's flags to where each kind of
+/// statement goes, or the reason the combination is refused.
 pub fn routing_table(flags: Flags) -> Result<RoutingTable, RefusedFlags> {
     use Target::{Blocked, BothTables, ExtendedTable, OldTable};
-    // Each row lists the targets of INSERT, SELECT, UPDATE/DELETE and anything else, as the design's columns do.
+    // Each row lists the targets of INSERT, SELECT, UPDATE/DELETE and anything else, in the documented columns' order.
     let row =
         |stage, insert, select, update_delete, other| Ok(RoutingTable { stage, insert, select, update_delete, other });
     match (flags.enable_csmh_extended, flags.enable_reading_from_multiple_history_tables, flags.read_only_from_csmhe) {
@@ -317,14 +395,15 @@ mod tests {
         }
     }
 
-    /// Every flag combination with the row the design's §3 table gives it, written out independently of
-    /// `routing_table`: (flags, INSERT, SELECT, UPDATE/DELETE, anything else), `None` for refused.
+    /// Every flag combination with the row the table in docs/routing.md ("From flags to a route") gives it, written
+    /// out independently of `routing_table`: (flags, INSERT, SELECT, UPDATE/DELETE, anything else), `None` for
+    /// refused.
     #[test]
-    fn all_eight_flag_combinations_follow_the_design_table() {
+    fn all_eight_flag_combinations_follow_the_documented_table() {
         use Target::{Blocked as B, BothTables as Both, ExtendedTable as Ext, OldTable as Old};
-        /// The design row and the targets of INSERT, SELECT, UPDATE/DELETE and anything else; `None` if refused.
+        /// The stage and the targets of INSERT, SELECT, UPDATE/DELETE and anything else; `None` if refused.
         type Row = Option<(Stage, [Target; 4])>;
-        let design: [((bool, bool, bool), Row); 8] = [
+        let documented: [((bool, bool, bool), Row); 8] = [
             ((false, false, false), Some((Stage::OldTableOnly, [Old, Old, Old, Old]))),
             ((false, true, false), Some((Stage::OldTableOnly, [Old, Old, Old, Old]))),
             ((true, true, false), Some((Stage::ExtendedTableReadingBoth, [Ext, Both, Both, Old]))),
@@ -334,7 +413,7 @@ mod tests {
             ((false, false, true), None),
             ((false, true, true), None),
         ];
-        for ((extended, multiple, read_only), expected) in design {
+        for ((extended, multiple, read_only), expected) in documented {
             let actual = routing_table(flags(extended, multiple, read_only))
                 .map(|table| (table.stage(), StatementKind::ALL.map(|kind| table.route(kind))))
                 .ok();
@@ -369,13 +448,23 @@ mod tests {
 
     #[test]
     fn stage_names_fit_on_one_line() {
-        for stage in [
-            Stage::OldTableOnly,
-            Stage::ExtendedTableReadingBoth,
-            Stage::ExtendedTableOnlyReads,
-            Stage::OldTableRetired,
-        ] {
+        for stage in Stage::ALL {
             assert!(!stage.to_string().contains('\n'));
+        }
+    }
+
+    #[test]
+    fn each_stage_has_canonical_flags_that_select_it() {
+        let canonical = [
+            (Stage::OldTableOnly, flags(false, false, false)),
+            (Stage::ExtendedTableReadingBoth, flags(true, true, false)),
+            (Stage::ExtendedTableOnlyReads, flags(true, false, false)),
+            (Stage::OldTableRetired, flags(true, false, true)),
+        ];
+        assert_eq!(canonical.map(|(stage, _)| stage), Stage::ALL);
+        for (stage, expected) in canonical {
+            assert_eq!(stage.flags(), expected, "{stage:?}");
+            assert_eq!(routing_table(stage.flags()).map(|table| table.stage()), Ok(stage));
         }
     }
 

@@ -3,7 +3,8 @@
 //!
 //! The data path is `server` (accept) → `session` (one client) → `protocol` (frames and responses) →
 //! `backend` (the MySQL servers); `routing` decides what a statement naming the history table becomes, from the
-//! flags that `config` reads and `history` interprets.
+//! flags that `config` reads and `history` defines and interprets. While the proxy runs, `reload` follows its
+//! configuration file and puts each valid version in force in `shared`.
 
 pub mod admin;
 pub mod backend;
@@ -14,6 +15,7 @@ pub mod merge;
 pub mod metrics;
 pub mod migrate;
 pub mod protocol;
+pub mod reload;
 pub mod routing;
 pub mod sandbox;
 pub mod server;

@@ -4,12 +4,12 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use csmh_proxy::config::Config;
-use csmh_proxy::config::watch::Watch;
 use csmh_proxy::migrate::MigrateError;
 use csmh_proxy::migrate::copy::MigrateArgs;
 use csmh_proxy::migrate::status::StatusArgs;
 use csmh_proxy::migrate::truncate::TruncateArgs;
 use csmh_proxy::migrate::verify::{VerifyArgs, VerifyReport};
+use csmh_proxy::reload::Watch;
 use csmh_proxy::sandbox::SandboxArgs;
 
 /// A MySQL-protocol proxy that moves Open edX's student-module history to its extended table on the wire.

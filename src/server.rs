@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::admin::{self, AdminServer};
 use crate::config::Config;
-use crate::config::watch::{Watch, Watcher};
+use crate::reload::{Watch, Watcher};
 use crate::session;
 use crate::shared::Shared;
 

@@ -7,7 +7,8 @@ mod support;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use csmh_proxy::config::{Admin, Config, Flags};
+use csmh_proxy::config::{Admin, Config};
+use csmh_proxy::history::{Flags, Stage};
 use csmh_proxy::sandbox::ProxyToml;
 use csmh_proxy::server::ProxyHandle;
 use mysql_async::Conn;
@@ -155,7 +156,7 @@ async fn closed_port() -> SocketAddr {
 async fn statements_move_their_routes_counter_and_latency_histogram() {
     let dbs = EdxDatabases::fresh().await;
     dbs.create_edx_schema(true).await;
-    let proxy = proxy_with_admin(&dbs, reading_both()).await;
+    let proxy = proxy_with_admin(&dbs, Stage::ExtendedTableReadingBoth.flags()).await;
     let mut conn = edxapp(&dbs, &proxy).await;
     assert_counted(&proxy, &mut conn, "SELECT 1", 0, true).await;
     assert_counted(&proxy, &mut conn, &format!("SELECT '{OLD}' AS name"), 1, true).await;
@@ -164,7 +165,7 @@ async fn statements_move_their_routes_counter_and_latency_histogram() {
     let join = format!("SELECT h.id FROM `{OLD}` h JOIN courseware_studentmodule m ON m.id = h.student_module_id");
     assert_counted(&proxy, &mut conn, &join, 5, false).await;
 
-    let retired_proxy = proxy_with_admin(&dbs, retired()).await;
+    let retired_proxy = proxy_with_admin(&dbs, Stage::OldTableRetired.flags()).await;
     let mut conn = edxapp(&dbs, &retired_proxy).await;
     assert_counted(&retired_proxy, &mut conn, &format!("TRUNCATE TABLE `{OLD}`"), 4, false).await;
 
@@ -202,7 +203,7 @@ async fn healthz_is_ok_with_both_backends_up_and_503_naming_the_one_down() {
     assert_eq!(health["backends"]["csmh"]["reachable"], true, "{health}");
 
     let closed = closed_port().await;
-    let toml = ProxyToml { csmh: closed, ..dbs.proxy_toml(extended_only()) };
+    let toml = ProxyToml { csmh: closed, ..dbs.proxy_toml(Stage::ExtendedTableOnlyReads.flags()) };
     let down = support::start_proxy(with_admin(toml.config().unwrap_or_else(|e| panic!("{e}")))).await;
     let health = get_json(admin(&down), "/healthz", 503).await;
     assert_eq!(health["healthy"], false, "{health}");
@@ -221,8 +222,10 @@ async fn healthz_is_ok_with_both_backends_up_and_503_naming_the_one_down() {
 async fn config_shows_the_flags_and_routing_but_no_secret_and_follows_a_reload() {
     let dbs = EdxDatabases::fresh_two_servers().await;
     let secret = "csmh-password-never-shown";
-    let toml =
-        ProxyToml { csmh_account: Account::native("csmh_login_never_shown", secret), ..dbs.proxy_toml(reading_both()) };
+    let toml = ProxyToml {
+        csmh_account: Account::native("csmh_login_never_shown", secret),
+        ..dbs.proxy_toml(Stage::ExtendedTableReadingBoth.flags())
+    };
     let config = with_admin(toml.config().unwrap_or_else(|e| panic!("{e}")));
     let proxy = support::start_proxy(config.clone()).await;
 
@@ -244,7 +247,7 @@ async fn config_shows_the_flags_and_routing_but_no_secret_and_follows_a_reload()
     assert_eq!(select["target"], "both_tables", "{view}");
 
     let mut reloaded = config;
-    reloaded.flags = retired();
+    reloaded.flags = Stage::OldTableRetired.flags();
     proxy.shared().replace(reloaded).unwrap_or_else(|e| panic!("{e}"));
     let view = get_json(admin(&proxy), "/config", 200).await;
     assert_eq!(view["generation"], 2, "{view}");

@@ -3,8 +3,8 @@
 //! connected to the proxy, driven by `tests/python/django_orm.py` — history written on save, the second save of a
 //! request updating its row, the user-state client's and the submission-history view's reads (a literal list and
 //! a subquery), slicing, `count()`, `exists()`, `get()`, `latest()`, deleting learner state (the collector's
-//! cascade), committed and rolled-back requests and nested `atomic` blocks — under each row of the design's
-//! routing table, on one server and on two. The script checks every ORM result and every write against the
+//! cascade), committed and rolled-back requests and nested `atomic` blocks — under each stage of the routing
+//! table (docs/routing.md), on one server and on two. The script checks every ORM result and every write against the
 //! tables, read directly on their servers; its report is the failure message.
 //!
 //! Across two servers the row that reads both tables exercises the proxy's merge of the two servers' results
@@ -16,11 +16,11 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use csmh_proxy::config::Flags;
+use csmh_proxy::history::Stage;
 use csmh_proxy::sandbox::EXTENDED_TABLE;
 use mysql_async::prelude::*;
 use support::clients;
-use support::edx::{self, Site};
+use support::edx::Site;
 use support::packages::MYSQLCLIENT;
 
 /// Django's LTS release that edx-platform ran on, with MariaDB 10.11 and Python 3.11 support.
@@ -34,50 +34,25 @@ async fn python() -> PathBuf {
     .await
 }
 
-/// A row of the design's routing table.
-#[derive(Clone, Copy, Debug)]
-enum FlagRow {
-    /// Every flag off: the old table only.
-    Off,
-    /// `ENABLE_CSMH_EXTENDED` and `ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES`: writes to the extended table,
-    /// reads of both.
-    Both,
-    /// `ENABLE_CSMH_EXTENDED` only: writes and reads of the extended table, UPDATE/DELETE of both.
-    ExtendedOnly,
-    /// `ENABLE_CSMH_EXTENDED` and `READ_ONLY_FROM_CSMHE`: the old table is retired.
-    Retired,
+/// The script's name for a stage's flags.
+fn script_name(stage: Stage) -> &'static str {
+    match stage {
+        Stage::OldTableOnly => "off",
+        Stage::ExtendedTableReadingBoth => "both",
+        Stage::ExtendedTableOnlyReads => "extended",
+        Stage::OldTableRetired => "retired",
+    }
 }
 
-impl FlagRow {
-    fn flags(self) -> Flags {
-        match self {
-            FlagRow::Off => edx::old_only(),
-            FlagRow::Both => edx::reading_both(),
-            FlagRow::ExtendedOnly => edx::extended_only(),
-            FlagRow::Retired => edx::retired(),
-        }
-    }
-
-    /// The script's name for the row.
-    fn name(self) -> &'static str {
-        match self {
-            FlagRow::Off => "off",
-            FlagRow::Both => "both",
-            FlagRow::ExtendedOnly => "extended",
-            FlagRow::Retired => "retired",
-        }
-    }
-
-    /// The sample modules whose history `csmh-proxy migrate` has copied to the extended table (ids kept, state
-    /// marked) when the site runs with these flags: none before the migration, part of it while both tables are
-    /// read, all but the last module's once only the extended table is read (rows written to the old table
-    /// during the roll-out, which the catch-up pass has not copied yet).
-    fn copied_modules(self) -> &'static [u64] {
-        match self {
-            FlagRow::Off => &[],
-            FlagRow::Both => &[1, 2],
-            FlagRow::ExtendedOnly | FlagRow::Retired => &[1, 2, 3, 4, 5],
-        }
+/// The sample modules whose history `csmh-proxy migrate` has copied to the extended table (ids kept, state
+/// marked) when the site is at `stage`: none before the migration, part of it while both tables are read, all but
+/// the last module's once only the extended table is read (rows written to the old table during the roll-out,
+/// which the catch-up pass has not copied yet).
+fn copied_modules(stage: Stage) -> &'static [u64] {
+    match stage {
+        Stage::OldTableOnly => &[],
+        Stage::ExtendedTableReadingBoth => &[1, 2],
+        Stage::ExtendedTableOnlyReads | Stage::OldTableRetired => &[1, 2, 3, 4, 5],
     }
 }
 
@@ -100,14 +75,13 @@ enum Servers {
     Two,
 }
 
-/// Runs the Django scenario with `row`'s flags, the sample history copied as the row's stage of the migration
-/// has it.
-async fn django_scenario(servers: Servers, row: FlagRow) {
+/// Runs the Django scenario with `stage`'s flags, the sample history copied as that stage of the migration has it.
+async fn django_scenario(servers: Servers, stage: Stage) {
     let site = match servers {
-        Servers::One => Site::new(row.flags()).await,
-        Servers::Two => Site::two_servers(row.flags()).await,
+        Servers::One => Site::new(stage.flags()).await,
+        Servers::Two => Site::two_servers(stage.flags()).await,
     };
-    site.copy_to_extended(&history_of(&site, row.copied_modules()).await).await;
+    site.copy_to_extended(&history_of(&site, copied_modules(stage)).await).await;
     let (dbs, proxy) = (&site.dbs, &site.proxy);
     let python = python().await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/django_orm.py");
@@ -123,7 +97,7 @@ async fn django_scenario(servers: Servers, row: FlagRow) {
         .arg(format!("--edxapp-db={}", dbs.edxapp_db))
         .arg(format!("--csmh-db={}", dbs.csmh_db))
         .arg(format!("--extended-table={EXTENDED_TABLE}"))
-        .arg(format!("--flags={}", row.name()))
+        .arg(format!("--flags={}", script_name(stage)))
         .arg(format!("--first-extended-id={}", site.first_extended_id))
         .env("PYTHONDONTWRITEBYTECODE", "1");
     let output = clients::run(&mut command).await;
@@ -133,47 +107,47 @@ async fn django_scenario(servers: Servers, row: FlagRow) {
         output.status.success(),
         "Django through the proxy, flags {:?} on {servers:?} server(s): the ORM saw something else than the \
          tables hold ({}); the script's report is above",
-        row.flags(),
+        stage.flags(),
         output.status,
     );
 }
 
 #[tokio::test]
 async fn one_server_flags_off_django_reads_and_writes_the_old_table() {
-    django_scenario(Servers::One, FlagRow::Off).await;
+    django_scenario(Servers::One, Stage::OldTableOnly).await;
 }
 
 #[tokio::test]
 async fn one_server_reading_both_tables_django_sees_each_history_row_once() {
-    django_scenario(Servers::One, FlagRow::Both).await;
+    django_scenario(Servers::One, Stage::ExtendedTableReadingBoth).await;
 }
 
 #[tokio::test]
 async fn one_server_extended_table_only_django_reads_and_writes_the_extended_table() {
-    django_scenario(Servers::One, FlagRow::ExtendedOnly).await;
+    django_scenario(Servers::One, Stage::ExtendedTableOnlyReads).await;
 }
 
 #[tokio::test]
 async fn one_server_retired_old_table_django_never_reaches_it() {
-    django_scenario(Servers::One, FlagRow::Retired).await;
+    django_scenario(Servers::One, Stage::OldTableRetired).await;
 }
 
 #[tokio::test]
 async fn two_servers_flags_off_django_reads_and_writes_the_old_table() {
-    django_scenario(Servers::Two, FlagRow::Off).await;
+    django_scenario(Servers::Two, Stage::OldTableOnly).await;
 }
 
 #[tokio::test]
 async fn two_servers_extended_table_only_django_reads_and_writes_the_extended_server() {
-    django_scenario(Servers::Two, FlagRow::ExtendedOnly).await;
+    django_scenario(Servers::Two, Stage::ExtendedTableOnlyReads).await;
 }
 
 #[tokio::test]
 async fn two_servers_retired_old_table_django_never_reaches_it() {
-    django_scenario(Servers::Two, FlagRow::Retired).await;
+    django_scenario(Servers::Two, Stage::OldTableRetired).await;
 }
 
 #[tokio::test]
 async fn two_servers_reading_both_tables_django_sees_each_history_row_once() {
-    django_scenario(Servers::Two, FlagRow::Both).await;
+    django_scenario(Servers::Two, Stage::ExtendedTableReadingBoth).await;
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use csmh_proxy::backend::{Credentials, LOGIN_CAPABILITIES};
+use csmh_proxy::history::Stage;
 use csmh_proxy::protocol::command::COM_QUIT;
 use csmh_proxy::protocol::frame;
 use csmh_proxy::protocol::response::Expect;
@@ -200,7 +201,7 @@ async fn com_quit_behind_a_running_statement_waits_for_its_answer() {
 
 #[tokio::test]
 async fn a_client_gone_while_its_history_read_waits_on_the_csmh_server() {
-    for flags in [extended_only(), reading_both()] {
+    for flags in [Stage::ExtendedTableOnlyReads.flags(), Stage::ExtendedTableReadingBoth.flags()] {
         let site = Site::two_servers(flags).await;
         let module_one: Vec<u64> = site
             .root()

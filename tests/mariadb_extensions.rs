@@ -6,6 +6,7 @@
 mod support;
 
 use csmh_proxy::backend::{Credentials, LOGIN_CAPABILITIES};
+use csmh_proxy::history::Stage;
 use csmh_proxy::protocol::command::{COM_STMT_BULK_EXECUTE, COM_STMT_PREPARE};
 use csmh_proxy::protocol::frame;
 use csmh_proxy::protocol::response::Expect;
@@ -143,7 +144,7 @@ async fn bulk_execution_is_relayed_byte_for_byte() {
 
 #[tokio::test]
 async fn bulk_inserts_into_the_history_table_reach_the_extended_server() {
-    let site = Site::two_servers(extended_only()).await;
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
     let mut raw = client(&site.proxy.addr().to_string(), &site.dbs.edxapp_db, BULK).await;
     let insert = format!(
         "INSERT INTO `{OLD}` (`version`, `created`, `state`, `grade`, `max_grade`, `student_module_id`) \
@@ -159,7 +160,7 @@ async fn bulk_inserts_into_the_history_table_reach_the_extended_server() {
 
 #[tokio::test]
 async fn bulk_writes_to_both_history_tables_are_refused() {
-    let site = Site::two_servers(reading_both()).await;
+    let site = Site::two_servers(Stage::ExtendedTableReadingBoth.flags()).await;
     let mut raw = client(&site.proxy.addr().to_string(), &site.dbs.edxapp_db, BULK).await;
     let id = prepare(&mut raw, &format!("UPDATE `{OLD}` SET `state` = ? WHERE `id` = ?")).await;
     let response = raw.command(&bulk_execute(id, &[vec![Some("x"), Some("1")]]), Expect::ResultSets).await;
@@ -189,7 +190,7 @@ async fn progress_reports_reach_a_client_that_asked_for_them() {
 
 #[tokio::test]
 async fn the_cli_reads_both_history_tables_across_two_servers() {
-    let site = Site::two_servers(reading_both()).await;
+    let site = Site::two_servers(Stage::ExtendedTableReadingBoth.flags()).await;
     site.edxapp().await.query_drop(edxapp_insert(1, "{\"new\": 1}")).await.unwrap();
     let read = format!("SELECT `id`, `state` FROM `{OLD}` WHERE `student_module_id` = 1 ORDER BY `id`");
     let app = support::app();
@@ -246,7 +247,7 @@ async fn results_without_cached_metadata_are_relayed_byte_for_byte() {
 
 #[tokio::test]
 async fn a_prepared_read_of_both_history_tables_survives_cached_metadata() {
-    let site = Site::two_servers(reading_both()).await;
+    let site = Site::two_servers(Stage::ExtendedTableReadingBoth.flags()).await;
     site.edxapp().await.query_drop(edxapp_insert(1, "{\"new\": 1}")).await.unwrap();
     let mut raw = client(&site.proxy.addr().to_string(), &site.dbs.edxapp_db, CACHE_METADATA).await;
     assert!(raw.capabilities().cache_metadata());

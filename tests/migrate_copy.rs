@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use csmh_proxy::config::Flags;
+use csmh_proxy::history::Stage;
 use csmh_proxy::migrate::Site;
 use csmh_proxy::migrate::copy::{MigrateArgs, migrate};
 use csmh_proxy::migrate::init::init;
@@ -231,7 +231,7 @@ async fn from_id_copies_only_rows_copied_before_and_nothing_is_copied_from_a_ret
     assert!(refused.to_string().contains("above every id copied so far"), "{refused}");
 
     let mut retired = site.config.clone();
-    retired.flags = Flags { enable_csmh_extended: true, read_only_from_csmhe: true, ..Flags::default() };
+    retired.flags = Stage::OldTableRetired.flags();
     let refused = migrate(&Site::new(&retired).unwrap(), &MigrateArgs::default()).await.expect_err("retired");
     assert!(refused.to_string().contains("READ_ONLY_FROM_CSMHE is on"), "{refused}");
 }

@@ -8,12 +8,12 @@ use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use csmh_proxy::config::{Config, Flags};
+use csmh_proxy::config::Config;
+use csmh_proxy::history::{Flags, Stage};
 use csmh_proxy::migrate::Site;
 use csmh_proxy::migrate::checkpoint::{self, Checkpoint, Task};
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
-use support::edx::{reading_both, retired};
 use support::{EdxDatabases, app, root_conn};
 
 /// Rows of the old table, ids 1 to `ROWS`, generated server-side.
@@ -216,7 +216,7 @@ fn line<'a>(text: &'a str, label: &str) -> &'a str {
 }
 
 async fn identical_tables_pass(dbs: EdxDatabases) {
-    let migration = Migration::new(dbs, reading_both()).await;
+    let migration = Migration::new(dbs, Stage::ExtendedTableReadingBoth.flags()).await;
     let run = migration.run(&["verify", "--chunk-size", "3000"]).await;
     run.expect_code(0);
     assert!(run.stdout.contains("verify passed"), "{}", run.stdout);
@@ -226,7 +226,7 @@ async fn identical_tables_pass(dbs: EdxDatabases) {
 }
 
 async fn differences_are_narrowed_down_to_the_ids(dbs: EdxDatabases) {
-    let migration = Migration::new(dbs, reading_both()).await;
+    let migration = Migration::new(dbs, Stage::ExtendedTableReadingBoth.flags()).await;
     let (old, extended) = (migration.old(), migration.extended());
     migration.on_extended(&format!("UPDATE {extended} SET state = CONCAT(state, ' ') WHERE id = 7778")).await;
     migration.on_extended(&format!("UPDATE {extended} SET version = '' WHERE id = 14")).await;
@@ -262,7 +262,7 @@ async fn differences_are_narrowed_down_to_the_ids(dbs: EdxDatabases) {
 }
 
 async fn a_created_column_without_fractional_seconds_compares_equal(dbs: EdxDatabases) {
-    let migration = Migration::new(dbs, reading_both()).await;
+    let migration = Migration::new(dbs, Stage::ExtendedTableReadingBoth.flags()).await;
     let (old, extended) = (migration.old(), migration.extended());
     // An install from before Django 1.8: the old table's `created` has no fractional seconds, and its copy in the
     // extended table's `datetime(6)` has them all zero.
@@ -288,7 +288,7 @@ async fn a_created_column_without_fractional_seconds_compares_equal(dbs: EdxData
 }
 
 async fn a_verify_stopped_by_an_error_is_recorded_as_failed(dbs: EdxDatabases) {
-    let migration = Migration::new(dbs, reading_both()).await;
+    let migration = Migration::new(dbs, Stage::ExtendedTableReadingBoth.flags()).await;
     migration.on_old(&format!("DROP TABLE {}", migration.old())).await;
     let run = migration.run(&["verify"]).await;
     run.expect_code(1);
@@ -300,7 +300,7 @@ async fn a_verify_stopped_by_an_error_is_recorded_as_failed(dbs: EdxDatabases) {
 }
 
 async fn truncate_is_refused_while_the_old_table_is_not_retired(dbs: EdxDatabases) {
-    let migration = Migration::new(dbs, reading_both()).await;
+    let migration = Migration::new(dbs, Stage::ExtendedTableReadingBoth.flags()).await;
     let before = migration.old_contents().await;
     for args in [&["truncate-old", "--yes"][..], &["truncate-old", "--yes", "--slow", "--pause", "0"]] {
         let run = migration.run(args).await;
@@ -311,7 +311,7 @@ async fn truncate_is_refused_while_the_old_table_is_not_retired(dbs: EdxDatabase
 }
 
 async fn truncate_is_refused_when_verify_fails(dbs: EdxDatabases) {
-    let migration = Migration::new(dbs, retired()).await;
+    let migration = Migration::new(dbs, Stage::OldTableRetired.flags()).await;
     let extended = migration.extended();
     migration.on_extended(&format!("UPDATE {extended} SET grade = 0.5 WHERE id = 4242")).await;
     let before = migration.old_contents().await;
@@ -328,7 +328,7 @@ async fn truncate_is_refused_when_verify_fails(dbs: EdxDatabases) {
 }
 
 async fn truncate_without_yes_changes_nothing(dbs: EdxDatabases) {
-    let migration = Migration::new(dbs, retired()).await;
+    let migration = Migration::new(dbs, Stage::OldTableRetired.flags()).await;
     let before = migration.old_contents().await;
     let run = migration.run(&["truncate-old"]).await;
     run.expect_code(0);
@@ -341,7 +341,7 @@ async fn truncate_without_yes_changes_nothing(dbs: EdxDatabases) {
 }
 
 async fn truncate_empties_the_old_table_and_keeps_its_next_id(dbs: EdxDatabases) {
-    let migration = Migration::new(dbs, retired()).await;
+    let migration = Migration::new(dbs, Stage::OldTableRetired.flags()).await;
     let next_id = migration.old_next_id().await;
     let run = migration.run(&["truncate-old", "--yes"]).await;
     run.expect_code(0);
@@ -353,7 +353,7 @@ async fn truncate_empties_the_old_table_and_keeps_its_next_id(dbs: EdxDatabases)
 }
 
 async fn slow_truncate_drains_the_old_table(dbs: EdxDatabases) {
-    let migration = Migration::new(dbs, retired()).await;
+    let migration = Migration::new(dbs, Stage::OldTableRetired.flags()).await;
     // A drain interrupted earlier left ids 1-4000 deleted: verify compares only what the old table still holds.
     migration.on_old(&format!("DELETE FROM {} WHERE id <= 4000", migration.old())).await;
     let run = migration.run(&["truncate-old", "--yes", "--slow", "--chunk-size", "3000", "--pause", "0"]).await;
@@ -364,7 +364,7 @@ async fn slow_truncate_drains_the_old_table(dbs: EdxDatabases) {
 }
 
 async fn slow_truncate_stops_at_a_chunk_that_changed_during_the_drain(dbs: EdxDatabases) {
-    let migration = Migration::new(dbs, retired()).await;
+    let migration = Migration::new(dbs, Stage::OldTableRetired.flags()).await;
     let args = ["truncate-old", "--yes", "--slow", "--chunk-size", "5000", "--pause", "1.5"];
     let drain = migration.command(&args).spawn().expect("starting csmh-proxy");
     // Once the first chunk is gone (the verify before the drain has passed), a later chunk changes.
@@ -396,7 +396,7 @@ async fn wait_for(conn: &mut Conn, sql: &str, what: &str) {
 /// after the chunk's rows were checked and locked, before its DELETE, must not be deleted unchecked. The servers
 /// are the test's own, since it changes a server-wide default.
 async fn slow_truncate_never_deletes_a_row_inserted_into_a_checked_chunk(dbs: EdxDatabases) {
-    let migration = Migration::new(dbs, retired()).await;
+    let migration = Migration::new(dbs, Stage::OldTableRetired.flags()).await;
     let (old, extended) = (migration.old(), migration.extended());
     migration.on_old("SET GLOBAL TRANSACTION ISOLATION LEVEL READ COMMITTED").await;
     // A gap in the second chunk, in both tables: the drain's verify passes.
@@ -441,7 +441,7 @@ async fn slow_truncate_never_deletes_a_row_inserted_into_a_checked_chunk(dbs: Ed
 }
 
 async fn status_shows_counts_offset_and_checkpoints(dbs: EdxDatabases) {
-    let migration = Migration::new(dbs, reading_both()).await;
+    let migration = Migration::new(dbs, Stage::ExtendedTableReadingBoth.flags()).await;
     let copying = Checkpoint {
         state: "running".to_owned(),
         last_id: Some(12_000),
@@ -473,7 +473,7 @@ async fn status_shows_counts_offset_and_checkpoints(dbs: EdxDatabases) {
 }
 
 async fn a_missing_extended_table_is_named_with_what_to_run(dbs: EdxDatabases) {
-    let migration = Migration::new(dbs, retired()).await;
+    let migration = Migration::new(dbs, Stage::OldTableRetired.flags()).await;
     migration.on_extended(&format!("DROP TABLE {}", migration.extended())).await;
     let before = migration.old_contents().await;
     for args in [&["verify"][..], &["truncate-old", "--yes"]] {

@@ -5,7 +5,7 @@
 
 mod support;
 
-use csmh_proxy::config::Flags;
+use csmh_proxy::history::Flags;
 use csmh_proxy::server::ProxyHandle;
 use mysql_async::prelude::*;
 use mysql_async::{ChangeUserOpts, Conn, Opts, OptsBuilder, Row, Value};

@@ -1,7 +1,8 @@
 //! Live configuration against real servers: flag flips written to `proxy.toml` reach connections that are already
-//! open, under load and with transactions in flight as the design says; bad files are refused with the running
-//! flags kept; an editor's rename-on-save, a ConfigMap-style symlink swap, the poll alone and SIGHUP (sent to the
-//! built binary) all reload; backend addresses apply to new connections, a listen address waits for a restart.
+//! open, under load and with transactions in flight as docs/routing.md ("Transactions and flag changes") says; bad
+//! files are refused with the running flags kept; an editor's rename-on-save, a ConfigMap-style symlink swap, the
+//! poll alone and SIGHUP (sent to the built binary) all reload; backend addresses apply to new connections, a
+//! listen address waits for a restart.
 
 mod support;
 
@@ -12,8 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use csmh_proxy::config::watch::{POLL_INTERVAL, Watch};
-use csmh_proxy::config::{Config, Flags, check_file};
+use csmh_proxy::config::{Config, check_file};
+use csmh_proxy::history::{Flags, Stage};
+use csmh_proxy::reload::{POLL_INTERVAL, Watch};
 use csmh_proxy::sandbox::ProxyToml;
 use csmh_proxy::server::{Proxy, ProxyHandle};
 use csmh_proxy::shared::Shared;
@@ -36,7 +38,7 @@ enum Table {
     Extended,
 }
 
-/// Where an INSERT goes under `flags` (design §3).
+/// Where an INSERT goes under `flags` (docs/routing.md, "From flags to a route").
 fn insert_target(flags: Flags) -> Table {
     if flags.enable_csmh_extended { Table::Extended } else { Table::Old }
 }
@@ -158,32 +160,38 @@ fn poll_only(path: PathBuf) -> Watch {
 
 #[tokio::test]
 async fn a_flag_flip_reaches_an_already_open_connection() {
-    let live = LiveSite::new(old_only(), Watch::file).await;
+    let live = LiveSite::new(Stage::OldTableOnly.flags(), Watch::file).await;
     let mut edxapp = live.edxapp().await;
     assert_eq!(live.insert(&mut edxapp).await, Table::Old);
 
-    live.write(reading_both());
+    live.write(Stage::ExtendedTableReadingBoth.flags());
     let deadline = Instant::now() + PATIENCE;
     while live.insert(&mut edxapp).await == Table::Old {
         assert!(Instant::now() < deadline, "the open connection still writes the old table after {PATIENCE:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(live.flags(), reading_both());
+    assert_eq!(live.flags(), Stage::ExtendedTableReadingBoth.flags());
     let shared = live.shared();
     assert_eq!((shared.generation(), shared.reloads_applied(), shared.reloads_rejected()), (2, 1, 0));
 }
 
 #[tokio::test]
 async fn a_malformed_file_and_an_unknown_key_are_refused_and_a_corrected_file_is_then_picked_up() {
-    let live = LiveSite::new(old_only(), Watch::file).await;
+    let live = LiveSite::new(Stage::OldTableOnly.flags(), Watch::file).await;
     let mut edxapp = live.edxapp().await;
-    let good = live.text(reading_both());
+    let good = live.text(Stage::ExtendedTableReadingBoth.flags());
+    // No stage: the old table retired while new history is still written to it.
+    let retired_while_written = Flags {
+        enable_csmh_extended: false,
+        enable_reading_from_multiple_history_tables: false,
+        read_only_from_csmhe: true,
+    };
     // A file that is not TOML has a line and a column but no key; the others name the key too.
     let refused = [
         ("malformed", good.replacen("[flags]", "[flags", 1), false),
         ("unknown key", good.replace("READ_ONLY_FROM_CSMHE", "READ_ONLY_FROM_CSMH"), true),
         ("mistyped", good.replace("ENABLE_CSMH_EXTENDED = true", "ENABLE_CSMH_EXTENDED = \"yes\""), true),
-        ("refused combination", live.text(flags(false, false, true)), true),
+        ("refused combination", live.text(retired_while_written), true),
     ];
     for (n, (what, text, names_key)) in (1..).zip(refused) {
         write(&live.path, &text);
@@ -191,14 +199,14 @@ async fn a_malformed_file_and_an_unknown_key_are_refused_and_a_corrected_file_is
         assert!(error.contains("line "), "the {what} file's error names the line: {error}");
         assert_eq!(error.contains("key `"), names_key, "the {what} file's error and its key: {error}");
         live.wait_until(&format!("the {what} file is refused"), |shared| shared.reloads_rejected() == n).await;
-        assert_eq!(live.flags(), old_only(), "the {what} file changed nothing");
+        assert_eq!(live.flags(), Stage::OldTableOnly.flags(), "the {what} file changed nothing");
         assert_eq!(live.shared().generation(), 1);
         assert_eq!(live.insert(&mut edxapp).await, Table::Old, "the old flags still route after the {what} file");
     }
 
     write(&live.path, &good);
     live.wait_until("the corrected file is applied", |shared| shared.generation() == 2).await;
-    assert_eq!(live.flags(), reading_both());
+    assert_eq!(live.flags(), Stage::ExtendedTableReadingBoth.flags());
     assert_eq!(live.insert(&mut edxapp).await, Table::Extended);
     let shared = live.shared();
     assert_eq!((shared.reloads_applied(), shared.reloads_rejected()), (1, 4));
@@ -206,9 +214,9 @@ async fn a_malformed_file_and_an_unknown_key_are_refused_and_a_corrected_file_is
 
 #[tokio::test]
 async fn an_editors_rename_on_save_is_seen_by_the_directory_watch() {
-    let live = LiveSite::new(old_only(), events_only).await;
+    let live = LiveSite::new(Stage::OldTableOnly.flags(), events_only).await;
     let mut edxapp = live.edxapp().await;
-    live.replace(reading_both());
+    live.replace(Stage::ExtendedTableReadingBoth.flags());
     live.wait_until("the renamed file is applied", |shared| shared.generation() == 2).await;
     assert_eq!(live.insert(&mut edxapp).await, Table::Extended);
 }
@@ -227,14 +235,14 @@ fn configmap_volume(dir: &Path, text: &str) -> PathBuf {
 
 #[tokio::test]
 async fn a_configmap_update_swapping_the_data_symlink_is_seen_by_the_directory_watch() {
-    let live = LiveSite::laid_out(old_only(), events_only, configmap_volume).await;
+    let live = LiveSite::laid_out(Stage::OldTableOnly.flags(), events_only, configmap_volume).await;
     let mut edxapp = live.edxapp().await;
     // What the kubelet does: a new version's directory, a new `..data` link renamed over the old one, the old
     // version removed. `proxy.toml` itself is never written.
     let dir = live.dir.path();
     let version = dir.join("..2024_01_01_00_01_00.2");
     std::fs::create_dir(&version).expect("create the second version");
-    write(&version.join("proxy.toml"), &live.text(reading_both()));
+    write(&version.join("proxy.toml"), &live.text(Stage::ExtendedTableReadingBoth.flags()));
     std::os::unix::fs::symlink("..2024_01_01_00_01_00.2", dir.join("..data_tmp")).expect("link ..data_tmp");
     std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).expect("swap ..data");
     std::fs::remove_dir_all(dir.join("..2024_01_01_00_00_00.1")).expect("remove the first version");
@@ -245,21 +253,21 @@ async fn a_configmap_update_swapping_the_data_symlink_is_seen_by_the_directory_w
 
 #[tokio::test]
 async fn without_directory_events_the_poll_sees_the_change() {
-    let live = LiveSite::new(old_only(), poll_only).await;
+    let live = LiveSite::new(Stage::OldTableOnly.flags(), poll_only).await;
     let mut edxapp = live.edxapp().await;
-    live.write(reading_both());
+    live.write(Stage::ExtendedTableReadingBoth.flags());
     live.wait_until("the poll sees the new file", |shared| shared.generation() == 2).await;
     assert_eq!(live.insert(&mut edxapp).await, Table::Extended);
 }
 
 #[tokio::test]
 async fn a_transaction_spanning_a_flip_finishes_under_the_flags_it_began_with() {
-    let live = LiveSite::new(old_only(), Watch::file).await;
+    let live = LiveSite::new(Stage::OldTableOnly.flags(), Watch::file).await;
     let mut edxapp = live.edxapp().await;
     edxapp.query_drop("BEGIN").await.unwrap();
     assert_eq!(live.insert(&mut edxapp).await, Table::Old);
 
-    live.write(reading_both());
+    live.write(Stage::ExtendedTableReadingBoth.flags());
     live.wait_until("the flip is applied", |shared| shared.generation() == 2).await;
     let mut other = live.edxapp().await;
     assert_eq!(live.insert(&mut other).await, Table::Extended, "another connection has the new flags");
@@ -315,13 +323,20 @@ async fn load_states(live: &LiveSite, table: Table) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_flips_under_load_fail_no_statement_and_put_every_row_where_the_flags_said() {
     const FLIPS: u64 = 20;
-    let rows = [old_only(), reading_both(), extended_only(), retired(), extended_only(), reading_both()];
-    let live = Arc::new(LiveSite::new(old_only(), Watch::file).await);
+    let rows = [
+        Stage::OldTableOnly.flags(),
+        Stage::ExtendedTableReadingBoth.flags(),
+        Stage::ExtendedTableOnlyReads.flags(),
+        Stage::OldTableRetired.flags(),
+        Stage::ExtendedTableOnlyReads.flags(),
+        Stage::ExtendedTableReadingBoth.flags(),
+    ];
+    let live = Arc::new(LiveSite::new(Stage::OldTableOnly.flags(), Watch::file).await);
     let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> =
         (0..4).map(|worker| tokio::spawn(edxapp_load(Arc::clone(&live), worker, Arc::clone(&stop)))).collect();
 
-    let mut flags_of = HashMap::from([(1, old_only())]);
+    let mut flags_of = HashMap::from([(1, Stage::OldTableOnly.flags())]);
     for flip in 1..=FLIPS {
         let flags = rows[(flip as usize) % rows.len()];
         live.replace(flags);
@@ -364,7 +379,7 @@ async fn port_of(conn: &mut Conn) -> Option<u16> {
 
 #[tokio::test]
 async fn a_new_backend_address_applies_to_new_connections_and_a_new_listen_address_waits_for_a_restart() {
-    let live = LiveSite::new(old_only(), Watch::file).await;
+    let live = LiveSite::new(Stage::OldTableOnly.flags(), Watch::file).await;
     let second = support::second_server().await;
     let mut before = Conn::new(support::app().opts(live.site.proxy.addr(), None)).await.unwrap();
     assert_eq!(port_of(&mut before).await, Some(live.site.dbs.edxapp.addr().port()));
@@ -373,7 +388,7 @@ async fn a_new_backend_address_applies_to_new_connections_and_a_new_listen_addre
         edxapp: second.addr(),
         csmh: second.addr(),
         listen: "127.0.0.1:1".parse().expect("an address"),
-        ..live.site.dbs.proxy_toml(old_only())
+        ..live.site.dbs.proxy_toml(Stage::OldTableOnly.flags())
     };
     write(&live.path, &moved.render());
     live.wait_until("the new backend address is applied", |shared| shared.generation() == 2).await;
@@ -442,7 +457,7 @@ async fn sighup_reloads_the_running_binary_and_a_refused_file_is_logged_with_its
     let first_extended_id = dbs.create_edx_schema(true).await;
     let dir = tempfile::tempdir().expect("a temporary directory");
     let path = dir.path().join("proxy.toml");
-    write(&path, &dbs.proxy_toml(old_only()).render());
+    write(&path, &dbs.proxy_toml(Stage::OldTableOnly.flags()).render());
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_csmh-proxy"))
         .args(["serve", "--no-watch", "--config"])
         .arg(&path)
@@ -461,7 +476,7 @@ async fn sighup_reloads_the_running_binary_and_a_refused_file_is_logged_with_its
 
     let mut edxapp = Conn::new(support::app().opts(address, Some(&dbs.edxapp_db))).await.unwrap();
     assert_eq!(insert(&mut edxapp, first_extended_id, "{}").await, Table::Old);
-    write(&path, &dbs.proxy_toml(reading_both()).render());
+    write(&path, &dbs.proxy_toml(Stage::ExtendedTableReadingBoth.flags()).render());
     assert_eq!(insert(&mut edxapp, first_extended_id, "{}").await, Table::Old, "with --no-watch only SIGHUP reloads");
     send(&child, libc::SIGHUP);
     let reloaded = log.wait_for("reloaded").await;
@@ -469,7 +484,10 @@ async fn sighup_reloads_the_running_binary_and_a_refused_file_is_logged_with_its
     assert!(reloaded.contains("generation=2"), "{reloaded}");
     assert_eq!(insert(&mut edxapp, first_extended_id, "{}").await, Table::Extended);
 
-    let unknown = dbs.proxy_toml(reading_both()).render().replace("READ_ONLY_FROM_CSMHE", "READ_ONLY_FROM_CSMH");
+    let unknown = dbs
+        .proxy_toml(Stage::ExtendedTableReadingBoth.flags())
+        .render()
+        .replace("READ_ONLY_FROM_CSMHE", "READ_ONLY_FROM_CSMH");
     write(&path, &unknown);
     send(&child, libc::SIGHUP);
     let refused = log.wait_for("refused").await;

@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use csmh_proxy::backend::{Credentials, LOGIN_CAPABILITIES};
-use csmh_proxy::config::Flags;
+use csmh_proxy::history::Flags;
 use csmh_proxy::protocol::response::Expect;
 use csmh_proxy::sandbox::ProxyToml;
 use csmh_proxy::server::ProxyHandle;

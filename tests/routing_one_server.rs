@@ -1,15 +1,16 @@
 //! Routing with both history tables on one server, driven the way edxapp drives it: Django's exact statements
-//! through the proxy, checked against what the tables hold, for every row of the design's routing table.
+//! through the proxy, checked against what the tables hold, for every stage of the routing table (docs/routing.md).
 
 mod support;
 
+use csmh_proxy::history::Stage;
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Row};
 use support::edx::*;
 
 #[tokio::test]
 async fn with_the_flags_off_everything_reaches_the_old_table() {
-    let site = Site::new(old_only()).await;
+    let site = Site::new(Stage::OldTableOnly.flags()).await;
     let mut edxapp = site.edxapp().await;
     edxapp.query_drop(edxapp_insert(1, "{}")).await.unwrap();
     let new_id = edxapp.last_insert_id().unwrap();
@@ -22,7 +23,7 @@ async fn with_the_flags_off_everything_reaches_the_old_table() {
 
 #[tokio::test]
 async fn reading_both_writes_new_history_to_the_extended_table_and_reads_both_once() {
-    let site = Site::new(reading_both()).await;
+    let site = Site::new(Stage::ExtendedTableReadingBoth.flags()).await;
     let mut edxapp = site.edxapp().await;
     edxapp.query_drop(edxapp_insert(1, "{\"new\": true}")).await.unwrap();
     let new_id = edxapp.last_insert_id().unwrap();
@@ -56,7 +57,7 @@ async fn reading_both_writes_new_history_to_the_extended_table_and_reads_both_on
 
 #[tokio::test]
 async fn edxapps_subquery_read_returns_the_learners_history_from_both_tables() {
-    let site = Site::new(reading_both()).await;
+    let site = Site::new(Stage::ExtendedTableReadingBoth.flags()).await;
     let mut edxapp = site.edxapp().await;
     let problem = csmh_proxy::sandbox::SAMPLE_PROBLEMS[0];
     edxapp.query_drop(edxapp_insert(3, "{}")).await.unwrap();
@@ -68,7 +69,7 @@ async fn edxapps_subquery_read_returns_the_learners_history_from_both_tables() {
 
 #[tokio::test]
 async fn the_conditions_are_pushed_into_each_branch_so_other_learners_rows_are_not_read() {
-    let site = Site::new(reading_both()).await;
+    let site = Site::new(Stage::ExtendedTableReadingBoth.flags()).await;
     let mut root = site.root().await;
     for (table, offset) in [(site.old(), 100_000), (site.extended(), 200_000)] {
         root.query_drop(format!(
@@ -101,7 +102,7 @@ async fn rows_read(conn: &mut Conn) -> u64 {
 
 #[tokio::test]
 async fn update_and_delete_reach_both_tables_and_report_the_sum() {
-    let site = Site::new(extended_only()).await;
+    let site = Site::new(Stage::ExtendedTableOnlyReads.flags()).await;
     let mut edxapp = site.edxapp().await;
     edxapp.query_drop(edxapp_insert(2, "{}")).await.unwrap();
     let new_id = edxapp.last_insert_id().unwrap();
@@ -129,7 +130,7 @@ async fn update_and_delete_reach_both_tables_and_report_the_sum() {
 
 #[tokio::test]
 async fn reading_the_extended_table_alone_keeps_the_old_column_order() {
-    let site = Site::new(extended_only()).await;
+    let site = Site::new(Stage::ExtendedTableOnlyReads.flags()).await;
     let mut edxapp = site.edxapp().await;
     edxapp.query_drop(edxapp_insert(4, "{\"only\": 1}")).await.unwrap();
     let mut result = edxapp.query_iter(format!("SELECT * FROM `{OLD}`")).await.unwrap();
@@ -142,7 +143,7 @@ async fn reading_the_extended_table_alone_keeps_the_old_column_order() {
 
 #[tokio::test]
 async fn a_retired_table_refuses_what_would_reach_it_and_the_connection_goes_on() {
-    let site = Site::new(retired()).await;
+    let site = Site::new(Stage::OldTableRetired.flags()).await;
     let mut edxapp = site.edxapp().await;
     let (code, message) = server_error(edxapp.query_drop(format!("TRUNCATE TABLE `{OLD}`")).await);
     assert_eq!(code, 1142);
@@ -157,7 +158,7 @@ async fn a_retired_table_refuses_what_would_reach_it_and_the_connection_goes_on(
 
 #[tokio::test]
 async fn unroutable_statements_are_refused_and_false_positives_pass() {
-    let site = Site::new(reading_both()).await;
+    let site = Site::new(Stage::ExtendedTableReadingBoth.flags()).await;
     let mut edxapp = site.edxapp().await;
     let (code, _) = server_error(edxapp.query_drop(format!("HANDLER `{OLD}` OPEN")).await);
     assert_eq!(code, 1235);
@@ -175,7 +176,7 @@ async fn unroutable_statements_are_refused_and_false_positives_pass() {
 
 #[tokio::test]
 async fn transactions_commit_and_roll_back_both_tables_together() {
-    let site = Site::new(reading_both()).await;
+    let site = Site::new(Stage::ExtendedTableReadingBoth.flags()).await;
     let mut edxapp = site.edxapp().await;
     edxapp.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").await.unwrap();
     edxapp.query_drop("SET autocommit = 0").await.unwrap();
@@ -196,7 +197,7 @@ async fn transactions_commit_and_roll_back_both_tables_together() {
 
 #[tokio::test]
 async fn multi_row_inserts_land_in_the_extended_table() {
-    let site = Site::new(reading_both()).await;
+    let site = Site::new(Stage::ExtendedTableReadingBoth.flags()).await;
     let mut edxapp = site.edxapp().await;
     edxapp
         .query_drop(format!(
@@ -211,12 +212,12 @@ async fn multi_row_inserts_land_in_the_extended_table() {
 
 #[tokio::test]
 async fn a_flag_change_reaches_an_open_connection_but_not_a_transaction_in_flight() {
-    let site = Site::new(old_only()).await;
+    let site = Site::new(Stage::OldTableOnly.flags()).await;
     let mut edxapp = site.edxapp().await;
     edxapp.query_drop(edxapp_insert(1, "{}")).await.unwrap();
     edxapp.query_drop("BEGIN").await.unwrap();
     edxapp.query_drop(edxapp_insert(1, "{}")).await.unwrap();
-    let config = site.dbs.proxy_toml(reading_both()).config().unwrap();
+    let config = site.dbs.proxy_toml(Stage::ExtendedTableReadingBoth.flags()).config().unwrap();
     site.proxy.shared().replace(config).unwrap();
     edxapp.query_drop(edxapp_insert(1, "{}")).await.unwrap();
     edxapp.query_drop("COMMIT").await.unwrap();
@@ -227,7 +228,7 @@ async fn a_flag_change_reaches_an_open_connection_but_not_a_transaction_in_fligh
 
 #[tokio::test]
 async fn prepared_statements_are_routed_at_prepare_time() {
-    let site = Site::new(reading_both()).await;
+    let site = Site::new(Stage::ExtendedTableReadingBoth.flags()).await;
     let mut edxapp = site.edxapp().await;
     let insert = format!(
         "INSERT INTO `{OLD}` (`version`, `created`, `state`, `grade`, `max_grade`, `student_module_id`) VALUES (NULL, NOW(6), ?, 1, 1, ?)"
@@ -255,7 +256,7 @@ async fn prepared_statements_are_routed_at_prepare_time() {
 
 #[tokio::test]
 async fn inserts_wait_for_a_safe_starting_id_of_the_extended_table() {
-    let site = Site::new(reading_both()).await;
+    let site = Site::new(Stage::ExtendedTableReadingBoth.flags()).await;
     let mut root = site.root().await;
     root.query_drop(format!("ALTER TABLE {} AUTO_INCREMENT = 1", site.extended())).await.unwrap();
     let mut edxapp = site.edxapp().await;
@@ -270,7 +271,7 @@ async fn inserts_wait_for_a_safe_starting_id_of_the_extended_table() {
 
 #[tokio::test]
 async fn prepared_update_and_delete_reach_both_tables() {
-    let site = Site::new(extended_only()).await;
+    let site = Site::new(Stage::ExtendedTableOnlyReads.flags()).await;
     let mut edxapp = site.edxapp().await;
     edxapp.query_drop(edxapp_insert(3, "{}")).await.unwrap();
     site.copy_to_extended(&[3]).await;
@@ -296,7 +297,7 @@ async fn history_of(conn: &mut Conn, module: u64) -> Vec<(u64, usize)> {
 
 #[tokio::test]
 async fn a_read_of_both_tables_sees_its_own_transaction_and_is_whole_at_any_size() {
-    let site = Site::new(reading_both()).await;
+    let site = Site::new(Stage::ExtendedTableReadingBoth.flags()).await;
     let mut edxapp = site.edxapp().await;
     let ids = |rows: Vec<(u64, usize)>| rows.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
 
@@ -335,7 +336,7 @@ async fn a_read_of_both_tables_sees_its_own_transaction_and_is_whole_at_any_size
 
 #[tokio::test]
 async fn inserts_into_the_retired_stage_do_not_look_at_the_old_table() {
-    let site = Site::new(retired()).await;
+    let site = Site::new(Stage::OldTableRetired.flags()).await;
     let mut locker = site.root().await;
     locker.query_drop(format!("LOCK TABLES {} WRITE", site.old())).await.unwrap();
     let mut edxapp = site.edxapp().await;

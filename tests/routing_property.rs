@@ -20,6 +20,7 @@ mod support;
 
 use std::fmt::Write as _;
 
+use csmh_proxy::history::Stage;
 use csmh_proxy::sandbox::{EXTENDED_TABLE, OLD_TABLE};
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Row, Value};
@@ -404,7 +405,7 @@ impl Site {
         )
         .await
         .unwrap();
-        let proxy = dbs.start_proxy(support::edx::reading_both()).await;
+        let proxy = dbs.start_proxy(Stage::ExtendedTableReadingBoth.flags()).await;
         let edxapp =
             Conn::new(dbs.proxy_opts(&proxy, &support::app())).await.expect("edxapp logs in through the proxy");
         Site { dbs, proxy, edxapp: Mutex::new(edxapp), root: Mutex::new(root) }

@@ -7,6 +7,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
+use csmh_proxy::history::Stage;
 use csmh_proxy::sandbox::{SAMPLE_COURSE, SAMPLE_PROBLEMS};
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Row, Value};
@@ -24,7 +25,7 @@ async fn extended_rows(site: &Site) -> Vec<(u64, Option<String>, String)> {
 
 #[tokio::test]
 async fn writes_and_reads_of_the_extended_table_go_to_its_server() {
-    let site = Site::two_servers(flags(true, false, false)).await;
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
     let mut edxapp = site.edxapp().await;
     edxapp.query_drop(edxapp_insert(1, "{\"two\": \"servers\"}")).await.unwrap();
     let new_id = edxapp.last_insert_id().unwrap();
@@ -42,7 +43,7 @@ async fn writes_and_reads_of_the_extended_table_go_to_its_server() {
 
 #[tokio::test]
 async fn update_and_delete_reach_both_servers_and_report_the_sum() {
-    let site = Site::two_servers(flags(true, false, false)).await;
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
     let mut edxapp = site.edxapp().await;
     edxapp.query_drop(edxapp_insert(2, "{}")).await.unwrap();
     let new_id = edxapp.last_insert_id().unwrap();
@@ -59,7 +60,7 @@ async fn update_and_delete_reach_both_servers_and_report_the_sum() {
 
 #[tokio::test]
 async fn the_clients_session_settings_apply_on_the_csmh_server() {
-    let site = Site::two_servers(flags(true, false, false)).await;
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
     let mut edxapp = site.edxapp().await;
     let too_long = "v".repeat(300);
     let insert = format!(
@@ -76,7 +77,7 @@ async fn the_clients_session_settings_apply_on_the_csmh_server() {
 
 #[tokio::test]
 async fn transactions_span_both_servers() {
-    let site = Site::two_servers(flags(true, false, false)).await;
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
     let mut edxapp = site.edxapp().await;
     edxapp.query_drop("SET autocommit = 0").await.unwrap();
     edxapp.query_drop(edxapp_insert(4, "rolled back")).await.unwrap();
@@ -100,7 +101,7 @@ async fn transactions_span_both_servers() {
 
 #[tokio::test]
 async fn a_csmh_commit_failure_rolls_the_client_back_and_is_reported() {
-    let site = Site::two_servers(flags(true, false, false)).await;
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
     let mut edxapp = site.edxapp().await;
     edxapp.query_drop("BEGIN").await.unwrap();
     edxapp.query_drop("INSERT INTO auth_user (id, username) VALUES (99, 'dora')").await.unwrap();
@@ -126,7 +127,7 @@ async fn an_unreachable_csmh_server_is_an_error_for_the_statement_only() {
     let dbs = EdxDatabases::fresh_two_servers().await;
     dbs.create_edx_schema(false).await;
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let mut toml = dbs.proxy_toml(flags(true, false, false));
+    let mut toml = dbs.proxy_toml(Stage::ExtendedTableOnlyReads.flags());
     toml.csmh = closed;
     let proxy = support::start_proxy(toml.config().unwrap()).await;
     let mut edxapp = Conn::new(dbs.proxy_opts(&proxy, &support::app())).await.unwrap();
@@ -209,7 +210,7 @@ fn is_copy(row: &Values, at: usize) -> bool {
 
 #[tokio::test]
 async fn edxapps_reads_of_both_tables_return_each_id_once_newest_first() {
-    let site = Site::two_servers(reading_both()).await;
+    let site = Site::two_servers(Stage::ExtendedTableReadingBoth.flags()).await;
     site.copy_to_extended(&[7, 8, 9, 13]).await;
     let mut edxapp = site.edxapp().await;
     edxapp.query_drop(edxapp_insert(1, "{\"new\": 1}")).await.unwrap();
@@ -249,7 +250,7 @@ async fn edxapps_reads_of_both_tables_return_each_id_once_newest_first() {
 /// wholly copied, and three rows written through the proxy, for modules 1, 3 and 7 (whose history is in the
 /// extended table only), with `created` values distinct from each other and later than the old rows'.
 async fn queryset_site() -> (Site, Conn, Vec<u64>) {
-    let site = Site::two_servers(reading_both()).await;
+    let site = Site::two_servers(Stage::ExtendedTableReadingBoth.flags()).await;
     site.copy_to_extended(&[2, 7, 8, 13, 14]).await;
     let mut edxapp = site.edxapp().await;
     let mut new = Vec::new();
@@ -354,7 +355,7 @@ async fn djangos_values_list_ordered_by_an_id_it_does_not_select() {
 
 #[tokio::test]
 async fn shapes_the_merge_cannot_answer_exactly_are_refused_and_the_connection_goes_on() {
-    let site = Site::two_servers(reading_both()).await;
+    let site = Site::two_servers(Stage::ExtendedTableReadingBoth.flags()).await;
     site.copy_to_extended(&[7]).await;
     let mut edxapp = site.edxapp().await;
     let refused = [
@@ -396,7 +397,7 @@ async fn handler_reads(conn: &mut Conn) -> u64 {
 #[tokio::test]
 async fn edxapps_subquery_read_reaches_only_the_learners_rows_on_each_server() {
     // Servers of the test's own: their counters count this test's statements only.
-    let site = Site::private_two_servers(reading_both()).await;
+    let site = Site::private_two_servers(Stage::ExtendedTableReadingBoth.flags()).await;
     let other_learners = |table: String, database: &str, first: u64| {
         format!(
             "INSERT INTO {table} (id, version, created, state, grade, max_grade, student_module_id) \
@@ -448,7 +449,7 @@ async fn history_of_module(conn: &mut Conn, module: u64) -> Vec<(u64, String)> {
 
 #[tokio::test]
 async fn a_merged_read_inside_a_transaction_sees_the_transaction_on_both_servers() {
-    let site = Site::two_servers(reading_both()).await;
+    let site = Site::two_servers(Stage::ExtendedTableReadingBoth.flags()).await;
     site.copy_to_extended(&[10]).await;
     let mut edxapp = site.edxapp().await;
     let mut other = site.edxapp().await;
@@ -496,7 +497,7 @@ async fn settings_dependent_union(site: &Site, session: &[&str]) -> Vec<Values> 
 
 #[tokio::test]
 async fn a_merged_read_uses_the_clients_time_zone_and_sql_mode_on_both_servers() {
-    let site = Site::two_servers(reading_both()).await;
+    let site = Site::two_servers(Stage::ExtendedTableReadingBoth.flags()).await;
     site.copy_to_extended(&[7, 13]).await;
     let mut edxapp = site.edxapp().await;
     edxapp.query_drop(edxapp_insert(1, "{\"new\": 1}")).await.unwrap();
@@ -539,7 +540,7 @@ async fn a_merged_read_uses_the_clients_time_zone_and_sql_mode_on_both_servers()
 
 #[tokio::test]
 async fn prepared_statements_on_the_extended_table_run_on_its_server() {
-    let site = Site::two_servers(extended_only()).await;
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
     let mut edxapp = site.edxapp().await;
     let insert = format!(
         "INSERT INTO `{OLD}` (`version`, `created`, `state`, `grade`, `max_grade`, `student_module_id`) \
@@ -561,7 +562,7 @@ async fn prepared_statements_on_the_extended_table_run_on_its_server() {
 
 #[tokio::test]
 async fn a_deadlock_that_rolls_the_client_back_rolls_the_csmh_side_back_too() {
-    let site = Site::two_servers(extended_only()).await;
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
     let mut victim = site.edxapp().await;
     victim.query_drop("BEGIN").await.unwrap();
     victim.query_drop(edxapp_insert(1, "lost in a deadlock")).await.unwrap();
@@ -593,7 +594,7 @@ async fn a_deadlock_that_rolls_the_client_back_rolls_the_csmh_side_back_too() {
 
 #[tokio::test]
 async fn prepared_update_and_delete_reach_both_servers() {
-    let site = Site::two_servers(extended_only()).await;
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
     let mut edxapp = site.edxapp().await;
     edxapp.query_drop(edxapp_insert(4, "{}")).await.unwrap();
     let update = format!("UPDATE `{OLD}` SET `state` = ? WHERE `{OLD}`.`student_module_id` = ?");
@@ -609,7 +610,7 @@ async fn prepared_update_and_delete_reach_both_servers() {
 
 #[tokio::test]
 async fn prepared_reads_of_both_tables_are_merged_in_the_binary_protocol() {
-    let site = Site::two_servers(reading_both()).await;
+    let site = Site::two_servers(Stage::ExtendedTableReadingBoth.flags()).await;
     site.copy_to_extended(&[7, 13]).await;
     let mut edxapp = site.edxapp().await;
     edxapp.query_drop(edxapp_insert(1, "{\"new\": 1}")).await.unwrap();

@@ -9,13 +9,13 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use csmh_proxy::config::watch::Watch;
-use csmh_proxy::config::{Flag, Flags};
+use csmh_proxy::history::{Flag, Flags, Stage};
+use csmh_proxy::reload::Watch;
 use csmh_proxy::server::{Proxy, ProxyHandle};
 use migrate_support::{MigrationSite, outputs};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row};
-use support::edx::{edxapp_insert, edxapp_read, extended_only, old_only, reading_both, retired};
+use support::edx::{edxapp_insert, edxapp_read};
 use support::{app, connect};
 
 /// Old history rows the site starts with.
@@ -47,7 +47,7 @@ async fn the_runbook(two_servers: bool) {
     assert!(init.contains("starting id"), "{init}");
 
     // New history goes to the extended table; reads include both tables.
-    flip(&site, &proxy, reading_both()).await;
+    flip(&site, &proxy, Stage::ExtendedTableReadingBoth.flags()).await;
     edxapp.query_drop(edxapp_insert(module, "{\"after\": \"init\"}")).await.unwrap();
     let new_id = edxapp.last_insert_id().unwrap();
     assert!(new_id > history[0].0, "the new row's id {new_id} is above every old id");
@@ -60,11 +60,11 @@ async fn the_runbook(two_servers: bool) {
     assert!(verify.contains("passed") || verify.contains("identical"), "{verify}");
 
     // Reads of the extended table alone, then the old table retired.
-    flip(&site, &proxy, extended_only()).await;
+    flip(&site, &proxy, Stage::ExtendedTableOnlyReads.flags()).await;
     assert_eq!(read_history(&mut edxapp, module).await, history, "every row is in the extended table");
     let refused = run(&site, &["truncate-old", "--yes"], 1).await;
     assert!(refused.contains("READ_ONLY_FROM_CSMHE"), "{refused}");
-    flip(&site, &proxy, retired()).await;
+    flip(&site, &proxy, Stage::OldTableRetired.flags()).await;
     let plan = run(&site, &["truncate-old"], 0).await;
     assert_eq!(old_rows(&site).await, ROWS + 2, "without --yes nothing changes:\n{plan}");
     run(&site, &["truncate-old", "--yes"], 0).await;
@@ -90,7 +90,7 @@ async fn module_with_history(site: &MigrationSite) -> u64 {
 
 /// The proxy in front of the site, following its `proxy.toml`, every flag off.
 async fn serve(site: &MigrationSite) -> ProxyHandle {
-    write_flags(&site.config_path, old_only());
+    write_flags(&site.config_path, Stage::OldTableOnly.flags());
     let config = csmh_proxy::config::Config::load(&site.config_path).unwrap();
     let proxy = Proxy::bind(config).await.unwrap_or_else(|e| panic!("the proxy cannot bind: {e}"));
     proxy.watch_config(Watch::file(site.config_path.clone())).spawn()

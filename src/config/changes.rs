@@ -3,7 +3,8 @@
 
 use std::fmt;
 
-use super::{Admin, Backend, Backends, Config, Flag, Flags, HistoryTables, Listen};
+use super::{Admin, Backend, Backends, Config, HistoryTables, Listen};
+use crate::history::{Flag, Flags};
 
 /// Keys whose new value only takes effect when the proxy is restarted: the sockets it listens on.
 pub const RESTART_KEYS: [&str; 2] = ["listen.address", "admin.address"];
@@ -166,7 +167,7 @@ password = "first-secret"
     }
 
     #[test]
-    fn flags_are_listed_by_their_edx_platform_names_in_the_designs_order() {
+    fn flags_are_listed_by_their_edx_platform_names_in_the_documented_order() {
         let new = format!("{BASE}\n[flags]\nREAD_ONLY_FROM_CSMHE = true\nENABLE_CSMH_EXTENDED = true\n");
         assert_eq!(listed(BASE, &new), ["ENABLE_CSMH_EXTENDED: false -> true", "READ_ONLY_FROM_CSMHE: false -> true"]);
     }

@@ -2,25 +2,27 @@
 //!
 //! A file is parsed and validated as a whole; a [`Config`] that [`Config::load`] or [`Config::parse`] returns is
 //! one the proxy can run with. Errors name the line and the key at fault ([`ConfigError`]), so the same message
-//! serves `check-config` and the log line of a refused reload. A running proxy follows its file ([`watch`]) and
-//! logs what each reload changed ([`changes()`]).
+//! serves `check-config` and the log line of a refused reload. [`changes()`] lists what differs between two
+//! configurations, for the log line of an applied reload.
+//!
+//! This module is pure: it reads text and describes values, and knows nothing of the running proxy. Following the
+//! file while the proxy runs is the `reload` module's work.
 
 mod changes;
 mod document;
 mod error;
 mod report;
 mod validate;
-pub mod watch;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::fmt;
 use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::history::{TableName, TableNameError};
+use crate::history::{Flags, TableName, TableNameError};
 
 pub use changes::{Change, RESTART_KEYS, Values, changes};
 pub use error::{ConfigError, Location, Problem};
@@ -215,64 +217,6 @@ pub const MAX_ID_OFFSET: u64 = 1 << 32;
 
 fn default_id_offset() -> u64 {
     DEFAULT_ID_OFFSET
-}
-
-/// `[flags]`: edx-platform's feature flags, under their edx-platform names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Flags {
-    /// New history rows go to the extended table; reads include it.
-    #[serde(rename = "ENABLE_CSMH_EXTENDED", default)]
-    pub enable_csmh_extended: bool,
-    /// Reads include the old table.
-    #[serde(rename = "ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES", default)]
-    pub enable_reading_from_multiple_history_tables: bool,
-    /// The old table is retired: nothing reaches it any more.
-    #[serde(rename = "READ_ONLY_FROM_CSMHE", default)]
-    pub read_only_from_csmhe: bool,
-}
-
-impl Flags {
-    /// Whether `flag` is on.
-    pub fn is_on(&self, flag: Flag) -> bool {
-        match flag {
-            Flag::EnableCsmhExtended => self.enable_csmh_extended,
-            Flag::EnableReadingFromMultipleHistoryTables => self.enable_reading_from_multiple_history_tables,
-            Flag::ReadOnlyFromCsmhe => self.read_only_from_csmhe,
-        }
-    }
-}
-
-/// One of the `[flags]`, for naming it in messages and listing them without repeating the three fields.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Flag {
-    /// `ENABLE_CSMH_EXTENDED`: new history goes to the extended table.
-    EnableCsmhExtended,
-    /// `ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES`: reads include the old table.
-    EnableReadingFromMultipleHistoryTables,
-    /// `READ_ONLY_FROM_CSMHE`: the old table is retired.
-    ReadOnlyFromCsmhe,
-}
-
-impl Flag {
-    /// Every flag, in the order of the design's table.
-    pub const ALL: [Flag; 3] =
-        [Flag::EnableCsmhExtended, Flag::EnableReadingFromMultipleHistoryTables, Flag::ReadOnlyFromCsmhe];
-
-    /// The flag's key in `[flags]`, which is its edx-platform name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Flag::EnableCsmhExtended => "ENABLE_CSMH_EXTENDED",
-            Flag::EnableReadingFromMultipleHistoryTables => "ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES",
-            Flag::ReadOnlyFromCsmhe => "READ_ONLY_FROM_CSMHE",
-        }
-    }
-}
-
-impl fmt::Display for Flag {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
 }
 
 impl Config {

@@ -4,8 +4,8 @@
 use std::fmt;
 use std::path::Path;
 
-use super::{Backend, Config, ConfigError, Flag};
-use crate::history::routing_table;
+use super::{Backend, Config, ConfigError};
+use crate::history::{Flag, routing_table};
 
 /// Loads and validates the file at `path` and describes it, or returns the error a reload of it would log.
 pub fn check_file(path: &Path) -> Result<String, ConfigError> {
@@ -73,7 +73,7 @@ impl Report<'_> {
         Ok(())
     }
 
-    /// The design row that applies and the route of each statement kind.
+    /// The stage (the routing table's row, docs/routing.md) that applies and the route of each statement kind.
     fn write_routing(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match routing_table(self.0.flags) {
             Ok(table) => {

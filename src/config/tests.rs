@@ -2,6 +2,7 @@
 //! message names.
 
 use super::*;
+use crate::history::{Flag, Flags};
 
 /// The smallest valid file: one server, everything else defaulted. Lines 7-8 are `[backends.csmh]`.
 pub(crate) const MINIMAL: &str = r#"[listen]

@@ -152,7 +152,7 @@ fn parse_table(problems: &mut Vec<Problem>, key: &str, name: &str) -> Option<Tab
     name.parse().map_err(|error| problems.push(Problem::new(key, format!("{error}")))).ok()
 }
 
-/// Checks that the flags are a combination the design's routing table has a row for.
+/// Checks that the flags are a combination the routing table (docs/routing.md) has a row for.
 fn check_flags(problems: &mut Vec<Problem>, config: &Config) {
     if let Err(refused) = routing_table(config.flags) {
         problems.push(Problem::new(format!("flags.{}", refused.flag()), refused.to_string()));

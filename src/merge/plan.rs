@@ -1,5 +1,5 @@
-//! What a merge of one read across two servers must do, derived from the parsed statement, or why the read
-//! cannot be merged exactly.
+//! What a merge of one read of both tables must do, derived from the parsed statement, or why the read cannot be
+//! merged exactly (on one server, the read is then one `UNION ALL` statement instead; across two, it is refused).
 //!
 //! A [`MergePlan`] says what each side's rows are sorted by (the client's ORDER BY, turned into select-list
 //! positions, completed so that it tells rows apart), the LIMIT/OFFSET window the merge applies after merging,
@@ -110,7 +110,7 @@ enum Shape {
     Aggregates(Vec<Aggregate>),
 }
 
-/// What the merge of one read across two servers does.
+/// What the merge of one read of both tables does, on one server or across two.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MergePlan {
     visible: usize,

@@ -1,4 +1,4 @@
-//! The operator's migration tooling (design §5): `init`, `migrate`, `verify`, `truncate-old` and `status`, the
+//! The operator's migration tooling (docs/migration.md): `init`, `migrate`, `verify`, `truncate-old` and `status`, the
 //! steps that move every old history row into the extended table and then retire the old table.
 //!
 //! Each command reads the same `proxy.toml` as the proxy and logs in to the servers itself, with the `user` and

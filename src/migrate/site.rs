@@ -5,7 +5,8 @@ use std::time::Duration;
 use mysql_async::{Conn, Opts, OptsBuilder};
 
 use super::MigrateError;
-use crate::config::{Backend, Config, Flags};
+use crate::config::{Backend, Config};
+use crate::history::Flags;
 use crate::history::TableName;
 
 /// What a migration command acts on: the configuration's tables and flags.

@@ -14,7 +14,8 @@ use super::checkpoint::{self, Checkpoint, Task};
 use super::verify::IdRange;
 use super::verify::table::{Role, Stats, Table};
 use super::{MigrateError, Site};
-use crate::config::{Config, Flag, Flags};
+use crate::config::Config;
+use crate::history::{Flag, Flags};
 use crate::history::{RefusedFlags, Stage, TableName, routing_table};
 
 /// Options of `csmh-proxy status`.
@@ -168,7 +169,7 @@ impl fmt::Display for TableStatus {
     }
 }
 
-/// Whether the extended table's next id is above every id of the old table (design §3, offset safety).
+/// Whether the extended table's next id is above every id of the old table (docs/routing.md, "Offset safety").
 fn offset(old: &TableStatus, extended: &TableStatus) -> String {
     let Some(next) = extended.stats.and_then(|stats| stats.next_id) else {
         return "unknown: the extended table does not exist or has no AUTO_INCREMENT (`csmh-proxy init`)".to_owned();

@@ -25,7 +25,8 @@ use super::checkpoint::{self, Checkpoint, Task};
 use super::verify::table::{Read, Role, Table};
 use super::verify::{self, Advice, DifferenceList, Differences, IdRange, Pair, Progress, VerifyArgs, VerifyReport};
 use super::{MigrateError, Site};
-use crate::config::{Config, Flag};
+use crate::config::Config;
+use crate::history::Flag;
 use crate::history::TableName;
 
 /// How long `truncate-old` waits for the old table's lock (other sessions' open transactions on it) before it

@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::Flags;
+use crate::history::Flags;
 use crate::history::routing_table;
 
 const OLD: &str = "courseware_studentmodulehistory";

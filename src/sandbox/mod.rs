@@ -37,7 +37,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::path::Path;
 
 use crate::config::Config;
-use crate::config::watch::Watch;
+use crate::reload::Watch;
 use crate::server::{Proxy, shutdown_signal};
 
 use server::{free_port, owned_temp_dir};

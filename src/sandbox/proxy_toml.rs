@@ -4,7 +4,8 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
-use crate::config::{Config, ConfigError, Flag, Flags};
+use crate::config::{Config, ConfigError};
+use crate::history::{Flag, Flags};
 
 use super::accounts::Account;
 use super::schema::{CSMH_DB, EDXAPP_DB, EXTENDED_TABLE, OLD_TABLE};

@@ -7,7 +7,8 @@
 use std::path::PathBuf;
 use std::process::Output;
 
-use csmh_proxy::config::{Config, Flags};
+use csmh_proxy::config::Config;
+use csmh_proxy::history::Flags;
 use csmh_proxy::migrate::Site;
 use csmh_proxy::sandbox;
 use mysql_async::Conn;

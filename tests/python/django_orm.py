@@ -7,8 +7,8 @@ Usage: django_orm.py --proxy HOST:PORT --edxapp HOST:PORT --csmh HOST:PORT --use
 
 Django's `default` database is the proxy (ENGINE django.db.backends.mysql, isolation level READ COMMITTED), with
 edx-platform's models (edx_courseware/models.py). Two more connections go directly to the servers of the `edxapp`
-and `edxapp_csmh` databases: they are the oracle. From the rows the two tables hold and the flags (the design's
-routing table) the script computes what edxapp must see: the old table's rows when the old table is read, the
+and `edxapp_csmh` databases: they are the oracle. From the rows the two tables hold and the flags (the routing
+table of docs/routing.md) the script computes what edxapp must see: the old table's rows when the old table is read, the
 extended table's rows when it is read, an id in both read once, from the extended table. Every ORM result is
 compared with that, row by row, and every write is looked up in the tables directly.
 
@@ -38,7 +38,8 @@ ALICE_PROBLEM_0, ALICE_PROBLEM_1, BOB_PROBLEM_0, BOB_PROBLEM_1 = 1, 2, 3, 4
 # A sample row the fixture's copy leaves in the old table only, in every flag row.
 NEVER_COPIED = 6
 
-# What each design row reads and writes: (reads old, reads extended, writes extended, deletes old, deletes extended).
+# What each stage of the routing table reads and writes:
+# (reads old, reads extended, writes extended, deletes old, deletes extended).
 ROUTES = {
     "off": (True, False, False, True, False),
     "both": (True, True, True, True, True),

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::process::Output;
 
-use csmh_proxy::config::Flags;
+use csmh_proxy::history::Flags;
 use csmh_proxy::server::ProxyHandle;
 
 use super::packages::assert_succeeded;

@@ -1,7 +1,8 @@
-//! edxapp as the routing tests drive it: the design's flag rows, Django's exact statements on the history table,
-//! and a test site (edX databases with sample history and a proxy in front) with direct looks at both tables.
+//! edxapp as the routing tests drive it: Django's exact statements on the history table, and a test site (edX
+//! databases with sample history and a proxy in front) with direct looks at both tables. A site's flags are those
+//! of a stage of the migration, `Stage::….flags()`.
 
-use csmh_proxy::config::Flags;
+use csmh_proxy::history::Flags;
 use csmh_proxy::server::ProxyHandle;
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Error, Params, Row};
@@ -10,35 +11,6 @@ use super::EdxDatabases;
 
 /// The old history table's name, as edxapp writes it.
 pub const OLD: &str = "courseware_studentmodulehistory";
-
-/// The flags of one design row.
-pub fn flags(extended: bool, reading_both: bool, retired: bool) -> Flags {
-    Flags {
-        enable_csmh_extended: extended,
-        enable_reading_from_multiple_history_tables: reading_both,
-        read_only_from_csmhe: retired,
-    }
-}
-
-/// `ENABLE_CSMH_EXTENDED` off: the old table only.
-pub fn old_only() -> Flags {
-    flags(false, true, false)
-}
-
-/// New history to the extended table, reads from both.
-pub fn reading_both() -> Flags {
-    flags(true, true, false)
-}
-
-/// New history to the extended table, reads from it alone.
-pub fn extended_only() -> Flags {
-    flags(true, false, false)
-}
-
-/// The old table retired.
-pub fn retired() -> Flags {
-    flags(true, false, true)
-}
 
 /// A test's edX databases with the sample history, and a proxy with some flags in front.
 pub struct Site {

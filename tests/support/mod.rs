@@ -20,7 +20,8 @@ use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use csmh_proxy::config::{Config, Flags};
+use csmh_proxy::config::Config;
+use csmh_proxy::history::Flags;
 use csmh_proxy::sandbox::{self, EdxDatabase, EdxSchema, ProxyToml};
 use csmh_proxy::server::{Proxy, ProxyHandle};
 use mysql_async::prelude::Queryable;

@@ -17,6 +17,9 @@
 //! fault) and is counted in [`Shared::reloads_rejected`]; the next version of the file is read as usual. An
 //! applied reload logs one info line listing exactly what changed. `listen.address` and `admin.address` cannot
 //! move without a restart: a change to them is logged as a warning and the rest of the file is applied.
+//!
+//! This is runtime machinery (file events, a timer, a signal, the shared snapshot), kept out of [`crate::config`]
+//! so that the configuration stays plain values: `reload` depends on `config` and `shared`, neither on it.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io;
@@ -33,8 +36,7 @@ use tokio::time::{Instant, Interval};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, error, info, warn};
 
-use super::{Change, changes};
-use super::{Config, ConfigError};
+use crate::config::{Change, Config, ConfigError, changes};
 use crate::shared::{CompileError, Shared};
 
 /// How long the directory must stay quiet after an event before the file is read: an editor's save or a
