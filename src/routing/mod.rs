@@ -161,7 +161,7 @@ pub struct Router {
 }
 
 impl Router {
-    /// A router for the design row `table`, the two tables, and where they live.
+    /// A router for the stage `table` routes by, the two tables, and where they live.
     pub fn new(table: RoutingTable, old: TableName, extended: TableName, topology: Topology) -> Router {
         let prefilter = Prefilter::new(old.table());
         Router { table, old, extended, topology, prefilter }
