@@ -25,7 +25,7 @@ use csmh_proxy::history::TableName;
 use csmh_proxy::routing::source::{self, Source, Tok};
 use csmh_proxy::routing::{FanOut, MergeServers, Route, classify};
 use csmh_proxy::sandbox::ProxyToml;
-use csmh_proxy::shared::Snapshot;
+use csmh_proxy::state::ConfigSnapshot;
 use sqlparser::ast::Statement;
 use sqlparser::dialect::MySqlDialect;
 use sqlparser::parser::{Parser, ParserOptions};
@@ -122,7 +122,7 @@ fn history_statements() -> Vec<(&'static str, String)> {
 }
 
 /// The configuration snapshot of a proxy with the reading-both flags, both tables on one server or on two.
-fn reading_both(two_servers: bool) -> Snapshot {
+fn reading_both(two_servers: bool) -> ConfigSnapshot {
     let addr = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let flags = Flags {
         enable_csmh_extended: true,
@@ -132,7 +132,7 @@ fn reading_both(two_servers: bool) -> Snapshot {
     let csmh = if two_servers { addr(3307) } else { addr(3306) };
     let toml = ProxyToml { flags, ..ProxyToml::edx(addr(0), addr(3306), csmh) };
     let config = toml.config().expect("the bench's proxy.toml is valid");
-    Snapshot::compile(config).expect("the bench's configuration compiles")
+    ConfigSnapshot::compile(config).expect("the bench's configuration compiles")
 }
 
 /// What each statement must become, so the bench measures the routes it names: a rewrite for the INSERT, the

@@ -45,7 +45,7 @@ use csmh_proxy::sandbox::{
     create_extended_table,
 };
 use csmh_proxy::server::{Proxy, ProxyHandle};
-use csmh_proxy::shared::Snapshot;
+use csmh_proxy::state::ConfigSnapshot;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row};
 use tokio::runtime::Runtime;
@@ -347,7 +347,7 @@ async fn connect_targets(site: &Site) -> Vec<Target> {
     let relay = site.relay.expect("the relay runs");
     let router = |name: &str| {
         let toml = proxy_configs(site).into_iter().find(|(n, _)| *n == name).expect("a proxy of that name").1;
-        let snapshot = Snapshot::compile(toml.config().expect("valid")).expect("compiles");
+        let snapshot = ConfigSnapshot::compile(toml.config().expect("valid")).expect("compiles");
         Box::new(snapshot.router)
     };
     let routed = |name: &str, part| Statement::Routed(router(name), part);

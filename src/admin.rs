@@ -1,6 +1,6 @@
 //! The admin HTTP listener (`[admin] address`, off when absent): `GET /metrics` in the Prometheus text format,
 //! `GET /healthz` (both backends accept a TCP connection), and `GET /config` (the configuration in force, as JSON,
-//! without secrets). It reads the same [`Shared`] state as the sessions, so it follows reloads.
+//! without secrets). It reads the same [`ProxyState`] state as the sessions, so it follows reloads.
 
 use std::io;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use crate::config::Backend;
 use crate::history::Flag;
 use crate::history::{Stage, StatementKind, Target};
 use crate::metrics::{self, ConfigState};
-use crate::shared::{Shared, Snapshot};
+use crate::state::{ConfigSnapshot, ProxyState};
 use crate::topology::Topology;
 
 /// How long `/healthz` waits for each backend to accept a TCP connection.
@@ -58,7 +58,7 @@ pub struct AdminServer {
 }
 
 /// Serves admin requests on `listener` in the background until `shutdown` is cancelled.
-pub fn spawn(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) -> AdminServer {
+pub fn spawn(listener: TcpListener, shared: Arc<ProxyState>, shutdown: CancellationToken) -> AdminServer {
     AdminServer { task: tokio::spawn(serve(listener, shared, shutdown)) }
 }
 
@@ -75,7 +75,11 @@ impl AdminServer {
 }
 
 /// Serves admin requests on `listener` until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) -> Result<(), AdminError> {
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<ProxyState>,
+    shutdown: CancellationToken,
+) -> Result<(), AdminError> {
     axum::serve(listener, routes(shared))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
@@ -83,7 +87,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: Cancell
 }
 
 /// The admin endpoints.
-pub fn routes(shared: Arc<Shared>) -> Router {
+pub fn routes(shared: Arc<ProxyState>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_endpoint))
         .route("/healthz", get(health_endpoint))
@@ -92,7 +96,7 @@ pub fn routes(shared: Arc<Shared>) -> Router {
 }
 
 /// The configuration's generation and reload counts, as the metrics show them.
-fn config_state(shared: &Shared) -> ConfigState {
+fn config_state(shared: &ProxyState) -> ConfigState {
     ConfigState {
         generation: shared.generation(),
         reloads_applied: shared.reloads_applied(),
@@ -101,7 +105,7 @@ fn config_state(shared: &Shared) -> ConfigState {
 }
 
 /// `GET /metrics`: every metric in the Prometheus text format.
-async fn metrics_endpoint(State(shared): State<Arc<Shared>>) -> Response {
+async fn metrics_endpoint(State(shared): State<Arc<ProxyState>>) -> Response {
     match shared.metrics.render(config_state(&shared)) {
         Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "cannot render the metrics\n").into_response(),
@@ -140,14 +144,14 @@ pub struct Probe {
 
 /// `GET /healthz`: 200 when both backends accept a TCP connection within [`HEALTH_TIMEOUT`], 503 otherwise; the
 /// JSON body says which.
-async fn health_endpoint(State(shared): State<Arc<Shared>>) -> (StatusCode, axum::Json<Health>) {
+async fn health_endpoint(State(shared): State<Arc<ProxyState>>) -> (StatusCode, axum::Json<Health>) {
     let health = check_health(&shared.snapshot()).await;
     let status = if health.healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(health))
 }
 
 /// Probes both backends of `snapshot` at once.
-pub async fn check_health(snapshot: &Snapshot) -> Health {
+pub async fn check_health(snapshot: &ConfigSnapshot) -> Health {
     let backends = &snapshot.config.backends;
     let (edxapp, csmh) = tokio::join!(probe(&backends.edxapp.address), probe(&backends.csmh.address));
     Health { healthy: edxapp.reachable && csmh.reachable, backends: Backends { edxapp, csmh } }
@@ -241,12 +245,12 @@ pub struct RouteView {
 }
 
 /// `GET /config`: the configuration in force.
-async fn config_endpoint(State(shared): State<Arc<Shared>>) -> axum::Json<ConfigView> {
+async fn config_endpoint(State(shared): State<Arc<ProxyState>>) -> axum::Json<ConfigView> {
     axum::Json(config_view(&shared.snapshot()))
 }
 
 /// What `/config` shows of `snapshot`.
-pub fn config_view(snapshot: &Snapshot) -> ConfigView {
+pub fn config_view(snapshot: &ConfigSnapshot) -> ConfigView {
     let config = &snapshot.config;
     let table = snapshot.router.table();
     let routes = StatementKind::ALL
@@ -321,9 +325,9 @@ ENABLE_CSMH_EXTENDED = true
 ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES = true
 "#;
 
-    fn snapshot(text: &str) -> Snapshot {
+    fn snapshot(text: &str) -> ConfigSnapshot {
         let config = Config::parse(text).unwrap_or_else(|e| panic!("{e}"));
-        Snapshot::compile(config).unwrap_or_else(|e| panic!("{e}"))
+        ConfigSnapshot::compile(config).unwrap_or_else(|e| panic!("{e}"))
     }
 
     #[test]

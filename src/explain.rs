@@ -8,12 +8,12 @@ use std::fmt;
 
 use crate::config::Config;
 use crate::routing::{FanOut, Form, Inline, MergeServers, Rewritten, Route};
-use crate::shared::{CompileError, Snapshot};
+use crate::state::{CompileError, ConfigSnapshot};
 use crate::topology::Server;
 
 /// Routes each non-empty line of `statements` under `config` and describes the result, statement by statement.
 pub fn explain_lines(config: Config, statements: &[u8]) -> Result<String, CompileError> {
-    let snapshot = Snapshot::compile(config)?;
+    let snapshot = ConfigSnapshot::compile(config)?;
     let mut out = format!("routing: {}\n\n", snapshot.router.table().stage());
     for line in statements.split(|&b| b == b'\n').map(|l| l.trim_ascii()).filter(|l| !l.is_empty()) {
         let route = snapshot.router.classify(line, Form::Query);
@@ -65,7 +65,7 @@ impl fmt::Display for Explained<'_> {
                 indented(f, extended)
             }
             Route::Block(error) => writeln!(f, "block: {error}"),
-            Route::Refuse(error) => writeln!(f, "refuse: {error}"),
+            Route::Refuse(refusal) => writeln!(f, "refuse: {}", refusal.error),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! The data path is `server` (accept) → `session` (one client) → `protocol` (frames and responses) →
 //! `backend` (the MySQL servers); `routing` decides what a statement naming the history table becomes, from the
 //! flags that `config` reads and `history` defines and interprets. While the proxy runs, `reload` follows its
-//! configuration file and puts each valid version in force in `shared`.
+//! configuration file and puts each valid version in force in `state`; `topology` names where the two tables live.
 
 pub mod admin;
 pub mod backend;
@@ -20,5 +20,5 @@ pub mod routing;
 pub mod sandbox;
 pub mod server;
 pub mod session;
-pub mod shared;
+pub mod state;
 pub mod topology;

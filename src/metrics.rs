@@ -108,7 +108,7 @@ fn backend_index(server: Server) -> usize {
 /// A label set of `N` fixed pairs.
 type Labels<const N: usize> = [(&'static str, &'static str); N];
 
-/// The configuration's state, read from [`crate::shared::Shared`] when the metrics are rendered.
+/// The configuration's state, read from [`crate::state::ProxyState`] when the metrics are rendered.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ConfigState {
     /// The generation of the configuration in force (1 for the one the proxy started with).

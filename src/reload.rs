@@ -11,10 +11,10 @@
 //!   (NFS, some container overlays), for a watch that could not start, and for events lost to a queue overflow.
 //!
 //! A reload reads, parses and validates the file exactly as [`Config::load`] does, compiles a
-//! [`Snapshot`](crate::shared::Snapshot) and swaps it in ([`apply`]); statements that start afterwards use it,
+//! [`ConfigSnapshot`](crate::state::ConfigSnapshot) and swaps it in ([`apply`]); statements that start afterwards use it,
 //! and a transaction in flight finishes under the snapshot it began with. Any error leaves the running
 //! configuration in place, logs one error line with the message `check-config` prints (the line and key at
-//! fault) and is counted in [`Shared::reloads_rejected`]; the next version of the file is read as usual. An
+//! fault) and is counted in [`ProxyState::reloads_rejected`]; the next version of the file is read as usual. An
 //! applied reload logs one info line listing exactly what changed. `listen.address` and `admin.address` cannot
 //! move without a restart: a change to them is logged as a warning and the rest of the file is applied.
 //!
@@ -37,7 +37,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, error, info, warn};
 
 use crate::config::{Change, Config, ConfigError, changes};
-use crate::shared::{CompileError, Shared};
+use crate::state::{CompileError, ProxyState};
 
 /// How long the directory must stay quiet after an event before the file is read: an editor's save or a
 /// ConfigMap update is a burst of events, and makes one reload.
@@ -82,7 +82,7 @@ pub struct Watcher {
 impl Watcher {
     /// Starts following `watch.path` for `shared` on the current tokio runtime. SIGHUP is listened for before
     /// this returns, so a SIGHUP sent afterwards reloads rather than ending the process.
-    pub fn spawn(watch: Watch, shared: Arc<Shared>) -> Watcher {
+    pub fn spawn(watch: Watch, shared: Arc<ProxyState>) -> Watcher {
         let stop = CancellationToken::new();
         let triggers = Triggers::start(&watch);
         let reloader = Reloader { path: watch.path, shared, last: None };
@@ -124,7 +124,7 @@ pub struct Reloaded {
 
 /// Puts `file` in force in `shared`, except the listeners' addresses, which keep the values the proxy started
 /// with (so the snapshot tells what is really served). Nothing is swapped if nothing else changed.
-pub fn apply(shared: &Shared, file: Config) -> Result<Reloaded, CompileError> {
+pub fn apply(shared: &ProxyState, file: Config) -> Result<Reloaded, CompileError> {
     let running = shared.snapshot();
     let need_restart: Vec<Change> = changes(&running.config, &file).into_iter().filter(Change::needs_restart).collect();
     let effective = keep_listeners(&running.config, file);
@@ -164,7 +164,7 @@ enum Seen {
 /// Reads the file and puts it in force.
 struct Reloader {
     path: PathBuf,
-    shared: Arc<Shared>,
+    shared: Arc<ProxyState>,
     last: Option<Seen>,
 }
 
@@ -428,8 +428,8 @@ mod tests {
         Config::parse(text).unwrap_or_else(|e| panic!("{e}\n{text}"))
     }
 
-    fn shared() -> Shared {
-        Shared::new(config(BASE)).unwrap_or_else(|e| panic!("{e}"))
+    fn shared() -> ProxyState {
+        ProxyState::new(config(BASE)).unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn listed(changes: &[Change]) -> Vec<String> {

@@ -15,12 +15,12 @@ use crate::admin::{self, AdminServer};
 use crate::config::Config;
 use crate::reload::{Watch, Watcher};
 use crate::session;
-use crate::shared::Shared;
+use crate::state::ProxyState;
 
 /// A bound, not yet running proxy.
 pub struct Proxy {
     listener: TcpListener,
-    shared: Arc<Shared>,
+    shared: Arc<ProxyState>,
     watch: Option<Watch>,
     /// The admin HTTP listener, when `[admin] address` is set.
     admin: Option<TcpListener>,
@@ -30,7 +30,7 @@ pub struct Proxy {
 pub struct ProxyHandle {
     addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
-    shared: Arc<Shared>,
+    shared: Arc<ProxyState>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -45,7 +45,7 @@ impl Proxy {
             Some(settings) => Some(admin::bind(&settings.address).await?),
             None => None,
         };
-        let shared = Arc::new(Shared::new(config)?);
+        let shared = Arc::new(ProxyState::new(config)?);
         Ok(Proxy { listener, shared, watch: None, admin })
     }
 
@@ -66,7 +66,7 @@ impl Proxy {
     }
 
     /// The state shared with every session (configuration in force, counters).
-    pub fn shared(&self) -> Arc<Shared> {
+    pub fn shared(&self) -> Arc<ProxyState> {
         Arc::clone(&self.shared)
     }
 
@@ -139,7 +139,7 @@ impl ProxyHandle {
     }
 
     /// The state shared with every session (configuration in force, counters).
-    pub fn shared(&self) -> &Arc<Shared> {
+    pub fn shared(&self) -> &Arc<ProxyState> {
         &self.shared
     }
 

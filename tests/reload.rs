@@ -18,7 +18,7 @@ use csmh_proxy::history::{Flags, Stage};
 use csmh_proxy::reload::{POLL_INTERVAL, Watch};
 use csmh_proxy::sandbox::ProxyToml;
 use csmh_proxy::server::{Proxy, ProxyHandle};
-use csmh_proxy::shared::Shared;
+use csmh_proxy::state::ProxyState;
 use mysql_async::Conn;
 use mysql_async::prelude::*;
 use support::EdxDatabases;
@@ -101,7 +101,7 @@ impl LiveSite {
         std::fs::rename(&saved, &self.path).expect("rename over proxy.toml");
     }
 
-    fn shared(&self) -> &Shared {
+    fn shared(&self) -> &ProxyState {
         self.site.proxy.shared()
     }
 
@@ -116,7 +116,7 @@ impl LiveSite {
     }
 
     /// Waits until `done` holds of the proxy's shared state, failing after [`PATIENCE`].
-    async fn wait_until(&self, what: &str, done: impl Fn(&Shared) -> bool) {
+    async fn wait_until(&self, what: &str, done: impl Fn(&ProxyState) -> bool) {
         let deadline = Instant::now() + PATIENCE;
         while !done(self.shared()) {
             assert!(

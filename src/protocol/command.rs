@@ -201,6 +201,11 @@ pub fn set_statement_id(payload: &mut [u8], id: u32) -> bool {
     }
 }
 
+/// What follows the command byte in a request's payload: a statement's text, a statement id and its parameters.
+pub fn body(payload: &[u8]) -> &[u8] {
+    payload.get(1..).unwrap_or_default()
+}
+
 /// The payload of a command: its byte, then `body`.
 pub fn command_payload(command: u8, body: &[u8]) -> Vec<u8> {
     let mut payload = Vec::with_capacity(1 + body.len());

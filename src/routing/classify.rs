@@ -2,7 +2,7 @@
 //! from or written to.
 //!
 //! Only the shapes the routing can translate exactly are described; anything else is reported as
-//! [`Unsupported`] with the reason, so that it is refused rather than answered wrongly.
+//! [`Unroutable`] with the reason, so that it is refused rather than answered wrongly.
 
 use std::ops::ControlFlow;
 
@@ -76,13 +76,39 @@ pub struct Shape {
     pub schema_only: bool,
 }
 
-/// Why a statement naming the old table cannot be routed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Unsupported(pub String);
+/// Why a statement naming the old table cannot be routed: a reason the log may show, and the parser's details,
+/// which may quote the statement (and so a learner's values) and go only to the client and the debug log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unroutable {
+    /// What cannot be routed, in the proxy's words.
+    pub reason: String,
+    /// What the tokenizer or parser said, when it said something.
+    pub detail: Option<String>,
+}
+
+impl Unroutable {
+    /// A statement that cannot be routed, for `reason`.
+    pub fn new(reason: impl Into<String>) -> Unroutable {
+        Unroutable { reason: reason.into(), detail: None }
+    }
+
+    /// A statement that cannot be routed, for `reason`, with the parser's `detail`.
+    pub fn with_detail(reason: impl Into<String>, detail: String) -> Unroutable {
+        Unroutable { reason: reason.into(), detail: Some(detail) }
+    }
+}
+
+impl std::fmt::Display for Unroutable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.detail {
+            Some(detail) => write!(f, "{} ({detail})", self.reason),
+            None => f.write_str(&self.reason),
+        }
+    }
+}
 
 /// Describes `statement` as far as routing is concerned.
-pub fn shape(statement: &Statement, old: &TableName) -> Result<Shape, Unsupported> {
+pub fn shape(statement: &Statement, old: &TableName) -> Result<Shape, Unroutable> {
     let mut collector = ReadCollector { old, reads: Vec::new(), selects_wildcard: false };
     let _ = statement.visit(&mut collector);
     let ReadCollector { reads, selects_wildcard, .. } = collector;
@@ -111,7 +137,7 @@ pub fn shape(statement: &Statement, old: &TableName) -> Result<Shape, Unsupporte
         _ => (StatementKind::Other, None),
     };
     if write.is_some() && !reads.is_empty() {
-        return Err(Unsupported("a statement that writes the history table may not also read it".into()));
+        return Err(Unroutable::new("a statement that writes the history table may not also read it"));
     }
     let inserts_from_select = matches!(statement, Statement::Insert(insert)
         if insert.source.as_ref().is_some_and(|q| !matches!(*q.body, SetExpr::Values(_))));
@@ -119,19 +145,19 @@ pub fn shape(statement: &Statement, old: &TableName) -> Result<Shape, Unsupporte
 }
 
 /// The old table as the single target of an UPDATE; an error for multi-table forms that involve it.
-fn update_target(table: &TableWithJoins, has_from: bool, old: &TableName) -> Result<Option<Location>, Unsupported> {
+fn update_target(table: &TableWithJoins, has_from: bool, old: &TableName) -> Result<Option<Location>, Unroutable> {
     let target = match &table.relation {
         TableFactor::Table { name, .. } if names(name, old) => Some(first(name)),
         _ => None,
     };
     if target.is_some() && (has_from || !table.joins.is_empty()) {
-        return Err(Unsupported("a multi-table UPDATE of the history table cannot be routed".into()));
+        return Err(Unroutable::new("a multi-table UPDATE of the history table cannot be routed"));
     }
     Ok(target)
 }
 
 /// The old table as the single target of a DELETE; an error for multi-table forms that involve it.
-fn delete_target(from: &[TableWithJoins], multi_table: bool, old: &TableName) -> Result<Option<Location>, Unsupported> {
+fn delete_target(from: &[TableWithJoins], multi_table: bool, old: &TableName) -> Result<Option<Location>, Unroutable> {
     let targets: Vec<Location> = from
         .iter()
         .filter_map(|t| match &t.relation {
@@ -142,7 +168,7 @@ fn delete_target(from: &[TableWithJoins], multi_table: bool, old: &TableName) ->
     match targets.as_slice() {
         [] => Ok(None),
         [start] if from.len() == 1 && from[0].joins.is_empty() && !multi_table => Ok(Some(*start)),
-        _ => Err(Unsupported("a multi-table DELETE of the history table cannot be routed".into())),
+        _ => Err(Unroutable::new("a multi-table DELETE of the history table cannot be routed")),
     }
 }
 

@@ -24,7 +24,7 @@ use crate::history::{RoutingTable, StatementKind, TableName, Target};
 use crate::merge::{MergePlan, SideClauses, TableColumns};
 use crate::protocol::errors::{MysqlError, code, sqlstate};
 use crate::topology::{Server, Topology};
-use classify::{Read, Shape, Unsupported, Write};
+use classify::{Read, Shape, Unroutable, Write};
 use rewrite::Splicer;
 use source::{Mention, Source, Tok};
 
@@ -40,7 +40,17 @@ pub enum Route {
     /// Refuse with error 1142: the statement would reach the retired old table outside the routing.
     Block(MysqlError),
     /// Refuse with error 1235: the statement names the table but cannot be routed exactly.
-    Refuse(MysqlError),
+    Refuse(Refusal),
+}
+
+/// A statement the router refuses: the error the client gets, and the reason the log gives (without the
+/// parser's details, which may quote the statement's values).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Error 1235, with the whole explanation.
+    pub error: MysqlError,
+    /// Why, in the proxy's words.
+    pub reason: String,
 }
 
 /// A statement rewritten to the extended table, and where to send it.
@@ -227,12 +237,13 @@ impl Router {
         let source = Source::new(sql);
         match self.plan(&source, reads) {
             Ok(route) => route,
-            Err(Unsupported(reason)) => Route::Refuse(self.refusal(&reason)),
+            Err(unroutable) => Route::Refuse(self.refusal(unroutable)),
         }
     }
 
-    fn plan(&self, source: &Source<'_>, reads: OneServerReads) -> Result<Route, Unsupported> {
-        let tokens = source.tokens().map_err(|e| Unsupported(format!("cannot read the statement: {e}")))?;
+    fn plan(&self, source: &Source<'_>, reads: OneServerReads) -> Result<Route, Unroutable> {
+        let tokens =
+            source.tokens().map_err(|e| Unroutable::with_detail("cannot read the statement", e.to_string()))?;
         let mentions = source::mentions(&tokens, &self.old);
         if mentions.is_empty() {
             return Ok(Route::Passthrough);
@@ -262,8 +273,9 @@ impl Router {
         }
     }
 
-    fn refusal(&self, reason: &str) -> MysqlError {
-        MysqlError::not_supported(format!("csmh-proxy cannot route this statement on {}: {reason}", self.old.quoted()))
+    fn refusal(&self, unroutable: Unroutable) -> Refusal {
+        let message = format!("csmh-proxy cannot route this statement on {}: {unroutable}", self.old.quoted());
+        Refusal { error: MysqlError::not_supported(message), reason: unroutable.reason }
     }
 
     fn blocked(&self, tokens: &[Tok]) -> MysqlError {
@@ -280,18 +292,16 @@ impl Router {
     }
 }
 
-fn parse_one(tokens: &[Tok]) -> Result<sqlparser::ast::Statement, Unsupported> {
+fn parse_one(tokens: &[Tok]) -> Result<sqlparser::ast::Statement, Unroutable> {
     let dialect = MySqlDialect {};
     let mut statements = Parser::new(&dialect)
         .with_options(ParserOptions::new().with_unescape(false))
         .with_tokens_with_locations(tokens.iter().map(|t| t.token.clone()).collect())
         .parse_statements()
-        .map_err(|e| Unsupported(format!("cannot parse it ({e})")))?;
+        .map_err(|e| Unroutable::with_detail("cannot parse it", e.to_string()))?;
     match statements.len() {
         1 => Ok(statements.remove(0)),
-        _ => {
-            Err(Unsupported("send statements naming the history table one at a time, not as a multi-statement".into()))
-        }
+        _ => Err(Unroutable::new("send statements naming the history table one at a time, not as a multi-statement")),
     }
 }
 
@@ -334,13 +344,13 @@ struct Plan<'r, 's> {
 impl Plan<'_, '_> {
     /// Every place naming the old table as a table must be one the classification understood; otherwise a
     /// rewrite could leave a reference to the old table behind.
-    fn check_every_mention_is_routed(&self) -> Result<(), Unsupported> {
+    fn check_every_mention_is_routed(&self) -> Result<(), Unroutable> {
         let write_start = self.shape.write.as_ref().map(|w| match w {
             Write::Insert { start, .. } | Write::UpdateDelete { start } => *start,
         });
         let understood = |start| self.shape.reads.iter().any(|r| r.start == start) || write_start == Some(start);
         match self.mentions.iter().find(|m| matches!(m, Mention::Table { start, .. } if !understood(*start))) {
-            Some(_) => Err(Unsupported("the history table is named in a place csmh-proxy does not route".into())),
+            Some(_) => Err(Unroutable::new("the history table is named in a place csmh-proxy does not route")),
             None => Ok(()),
         }
     }
@@ -349,7 +359,7 @@ impl Plan<'_, '_> {
         self.router.topology.extended_server()
     }
 
-    fn to_extended(&self) -> Result<Route, Unsupported> {
+    fn to_extended(&self) -> Result<Route, Unroutable> {
         let splicer = match &self.shape.write {
             Some(write) => self.extended_write(write)?,
             None => self.reads_replaced(|read, alias| {
@@ -370,25 +380,24 @@ impl Plan<'_, '_> {
     /// Renders a statement for the extended table. On a separate `csmh` server only the history table exists,
     /// so subqueries on `edxapp` tables become holes the session fills with their values, and anything else
     /// that would read an `edxapp` table there is refused.
-    fn finish(&self, mut splicer: Splicer<'_>) -> Result<(Vec<u8>, Vec<Inline>), Unsupported> {
+    fn finish(&self, mut splicer: Splicer<'_>) -> Result<(Vec<u8>, Vec<Inline>), Unroutable> {
         if self.router.topology == Topology::OneServer {
             return Ok((splicer.render_all()?, Vec::new()));
         }
         if self.shape.reads.iter().any(|read| !read.alone) || self.shape.inserts_from_select {
-            return Err(Unsupported("the extended table's server has no edxapp tables to join or select from".into()));
+            return Err(Unroutable::new("the extended table's server has no edxapp tables to join or select from"));
         }
         let subqueries = rewrite::subqueries(self.tokens);
         let mut queries = Vec::new();
         for subquery in &subqueries {
             if !subquery.after_in {
-                return Err(Unsupported(
+                return Err(Unroutable::new(
                     "only `IN (SELECT ...)` subqueries on edxapp tables can be used with the extended table on its \
-                     own server"
-                        .into(),
+                     own server",
                 ));
             }
             if self.mentions.iter().any(|m| m.within(&subquery.range)) {
-                return Err(Unsupported("a subquery reading the history table again cannot be routed".into()));
+                return Err(Unroutable::new("a subquery reading the history table again cannot be routed"));
             }
             splicer.hole(subquery.range.clone());
             queries.push(self.source.bytes()[subquery.inner.clone()].to_vec());
@@ -398,14 +407,14 @@ impl Plan<'_, '_> {
         Ok((sql, inline))
     }
 
-    fn to_both(&self) -> Result<Route, Unsupported> {
+    fn to_both(&self) -> Result<Route, Unroutable> {
         match &self.shape.write {
             Some(write @ Write::UpdateDelete { .. }) => {
                 let (extended, inline) = self.finish(self.extended_write(write)?)?;
                 let old = self.source.bytes().to_vec();
                 Ok(Route::FanOut(FanOut::Writes { old, extended, inline, on: self.extended_server() }))
             }
-            Some(Write::Insert { .. }) => Err(Unsupported("INSERT is never fanned out".into())),
+            Some(Write::Insert { .. }) => Err(Unroutable::new("INSERT is never fanned out")),
             None => match (self.router.topology, self.reads) {
                 (Topology::TwoServers, _) => Ok(merged(self.merge_read()?)),
                 (Topology::OneServer, OneServerReads::Merge) => match self.merge_read() {
@@ -418,11 +427,11 @@ impl Plan<'_, '_> {
     }
 
     /// A read of both tables on one server as one statement reading a `UNION ALL` of both.
-    fn union_read(&self) -> Result<Vec<u8>, Unsupported> {
+    fn union_read(&self) -> Result<Vec<u8>, Unroutable> {
         let splicer = self.reads_replaced(|read, alias| {
             if !read.alone {
-                return Err(Unsupported(
-                    "a join with the history table cannot be read from both tables; query it alone".into(),
+                return Err(Unroutable::new(
+                    "a join with the history table cannot be read from both tables; query it alone",
                 ));
             }
             let condition = self.branch_condition(read)?;
@@ -437,13 +446,13 @@ impl Plan<'_, '_> {
     /// skips the rows copied to the extended table, and the read as one `UNION ALL` statement comes along for
     /// when the merge gives up; across two servers the old side comes also in a form with the extended table's
     /// types, for the binary protocol.
-    fn merge_read(&self) -> Result<MergeRead, Unsupported> {
+    fn merge_read(&self) -> Result<MergeRead, Unroutable> {
         let sqlparser::ast::Statement::Query(query) = self.statement else {
-            return Err(Unsupported("only a SELECT can read both tables".into()));
+            return Err(Unroutable::new("only a SELECT can read both tables"));
         };
-        let plan = MergePlan::for_select(query, &TableColumns::HISTORY).map_err(|e| Unsupported(e.to_string()))?;
+        let plan = MergePlan::for_select(query, &TableColumns::HISTORY).map_err(|e| Unroutable::new(e.to_string()))?;
         let [read] = self.shape.reads.as_slice() else {
-            return Err(Unsupported("the history table must be read once, alone".into()));
+            return Err(Unroutable::new("the history table must be read once, alone"));
         };
         let alias = String::from_utf8_lossy(rewrite::read_alias(read, self.source, self.tokens)).into_owned();
         let clauses = plan.side_clauses(&format!("{alias}.`id`"));
@@ -459,7 +468,7 @@ impl Plan<'_, '_> {
         let (extended_sql, inline) = self.finish(self.side_statement(read, extended_side, &clauses)?)?;
         let servers = match self.router.topology {
             Topology::OneServer => {
-                MergeServers::OneServer { union: self.union_read().map_err(|e| self.router.refusal(&e.0)) }
+                MergeServers::OneServer { union: self.union_read().map_err(|e| self.router.refusal(e).error) }
             }
             Topology::TwoServers => MergeServers::TwoServers {
                 old_widened: self.widened_old_side(read, &alias, condition.as_ref(), &clauses)?,
@@ -479,13 +488,13 @@ impl Plan<'_, '_> {
         alias: &str,
         condition: Option<&Condition>,
         clauses: &SideClauses,
-    ) -> Result<Vec<u8>, Unsupported> {
+    ) -> Result<Vec<u8>, Unroutable> {
         let old_side = rewrite::single_read(alias, condition.map(|c| &c.text[..]), &self.router.old, true);
         let mut old_statement = self.side_statement(read, old_side.into_bytes(), clauses)?;
         if let Some(condition) = condition {
             let keyword = self.tokens.iter().rev().find(|t| t.range.end <= condition.range.start);
             let start = keyword.filter(|t| t.is_keyword("WHERE")).map(|t| t.range.start);
-            let start = start.ok_or_else(|| Unsupported("cannot locate the WHERE clause".into()))?;
+            let start = start.ok_or_else(|| Unroutable::new("cannot locate the WHERE clause"))?;
             old_statement.replace(start..condition.range.end, Vec::new());
         }
         old_statement.render_all()
@@ -510,7 +519,7 @@ impl Plan<'_, '_> {
 
     /// The statement with its one read replaced by `table`, the hidden id column added to the select list, and
     /// its ORDER BY and LIMIT replaced by the merge's.
-    fn side_statement(&self, read: &Read, table: Vec<u8>, clauses: &SideClauses) -> Result<Splicer<'_>, Unsupported> {
+    fn side_statement(&self, read: &Read, table: Vec<u8>, clauses: &SideClauses) -> Result<Splicer<'_>, Unroutable> {
         let splicer = self.qualifiers_renamed(|_| self.router.old.table().as_bytes().to_vec());
         self.side_statement_onto(splicer, read, table, clauses)
     }
@@ -523,9 +532,9 @@ impl Plan<'_, '_> {
         read: &Read,
         table: Vec<u8>,
         clauses: &SideClauses,
-    ) -> Result<Splicer<'p>, Unsupported> {
+    ) -> Result<Splicer<'p>, Unroutable> {
         splicer.replace(self.source.offset(read.start)..self.source.offset(read.end), table);
-        let from = rewrite::top_level(self.tokens, &["FROM"]).ok_or_else(|| Unsupported("no FROM clause".into()))?;
+        let from = rewrite::top_level(self.tokens, &["FROM"]).ok_or_else(|| Unroutable::new("no FROM clause"))?;
         if let Some(extra) = &clauses.extra_column {
             splicer.replace(from..from, format!("{extra} "));
         }
@@ -539,8 +548,8 @@ impl Plan<'_, '_> {
     /// qualifiers that name the table with its schema reduced to the name the read is known by.
     fn reads_replaced<'p>(
         &'p self,
-        mut replacement: impl FnMut(&'p Read, &[u8]) -> Result<(&'p Read, Vec<u8>), Unsupported>,
-    ) -> Result<Splicer<'p>, Unsupported> {
+        mut replacement: impl FnMut(&'p Read, &[u8]) -> Result<(&'p Read, Vec<u8>), Unroutable>,
+    ) -> Result<Splicer<'p>, Unroutable> {
         let mut splicer = self.qualifiers_renamed(|_| self.router.old.table().as_bytes().to_vec());
         for read in &self.shape.reads {
             let alias = rewrite::read_alias(read, self.source, self.tokens);
@@ -552,7 +561,7 @@ impl Plan<'_, '_> {
 
     /// The condition of the WHERE clause of the SELECT that reads `read`: where it lies, and its text with the
     /// statement's qualifier rewrites.
-    fn condition(&self, read: &Read) -> Result<Option<Condition>, Unsupported> {
+    fn condition(&self, read: &Read) -> Result<Option<Condition>, Unroutable> {
         if !read.has_where {
             return Ok(None);
         }
@@ -564,14 +573,14 @@ impl Plan<'_, '_> {
     /// The condition to copy into each branch of a union read. A prepared statement's condition with `?`
     /// placeholders is not copied, since copies would change its parameter count: MariaDB pushes simple
     /// conditions into the union by itself, but not subqueries, so a condition with both is refused.
-    fn branch_condition(&self, read: &Read) -> Result<Option<Vec<u8>>, Unsupported> {
+    fn branch_condition(&self, read: &Read) -> Result<Option<Vec<u8>>, Unroutable> {
         let Some(condition) = self.condition(read)? else { return Ok(None) };
         if !self.has_placeholders(&condition.range) {
             return Ok(Some(condition.text));
         }
         if rewrite::subqueries(self.tokens).iter().any(|s| s.range.start >= condition.range.start) {
-            return Err(Unsupported(
-                "a prepared read of both tables whose condition has both parameters and a subquery".into(),
+            return Err(Unroutable::new(
+                "a prepared read of both tables whose condition has both parameters and a subquery",
             ));
         }
         Ok(None)
@@ -599,7 +608,7 @@ impl Plan<'_, '_> {
 
     /// The write statement aimed at the extended table: the target and every column qualifier renamed, and a
     /// column list added to an INSERT without one.
-    fn extended_write(&self, write: &Write) -> Result<Splicer<'_>, Unsupported> {
+    fn extended_write(&self, write: &Write) -> Result<Splicer<'_>, Unroutable> {
         let extended = &self.router.extended;
         let mut splicer = self.qualifiers_renamed(|with_schema| {
             if with_schema { extended.quoted() } else { format!("`{}`", extended.table()) }.into_bytes()
@@ -608,7 +617,7 @@ impl Plan<'_, '_> {
             Mention::Table { range, .. } => Some(range.clone()),
             Mention::Qualifier { .. } => None,
         });
-        let target = target.ok_or_else(|| Unsupported("the written table was not found".into()))?;
+        let target = target.ok_or_else(|| Unroutable::new("the written table was not found"))?;
         splicer.replace(target, extended.quoted());
         if let Write::Insert { end, names_columns: false, .. } = write {
             let at = self.source.offset(*end);

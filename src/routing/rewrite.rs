@@ -6,7 +6,7 @@ use std::ops::Range;
 
 use sqlparser::tokenizer::Token;
 
-use super::classify::{Read, Unsupported};
+use super::classify::{Read, Unroutable};
 use super::source::{Source, Tok};
 use crate::history::{COLUMNS, TableName, WIDENED_COLUMNS};
 
@@ -38,10 +38,10 @@ impl<'a> Splicer<'a> {
 
     /// The bytes of `range` with the edits inside it applied; an edit straddling its edges, or two edits
     /// overlapping, is an error rather than a guess.
-    pub fn render(&self, range: Range<usize>) -> Result<Vec<u8>, Unsupported> {
+    pub fn render(&self, range: Range<usize>) -> Result<Vec<u8>, Unroutable> {
         let inside = |r: &Range<usize>| r.start >= range.start && r.end <= range.end;
         if self.edits.iter().any(|(r, _)| !inside(r) && r.start < range.end && r.end > range.start) {
-            return Err(Unsupported("a rewrite straddles the part of the statement being copied".into()));
+            return Err(Unroutable::new("a rewrite straddles the part of the statement being copied"));
         }
         let mut edits: Vec<&(Range<usize>, Vec<u8>)> = self.edits.iter().filter(|(r, _)| inside(r)).collect();
         edits.sort_by_key(|(r, _)| (r.start, r.end));
@@ -49,7 +49,7 @@ impl<'a> Splicer<'a> {
         let mut at = range.start;
         for (r, text) in edits {
             if r.start < at {
-                return Err(Unsupported("overlapping rewrites of one statement".into()));
+                return Err(Unroutable::new("overlapping rewrites of one statement"));
             }
             out.extend_from_slice(&self.bytes[at..r.start]);
             out.extend_from_slice(text);
@@ -60,7 +60,7 @@ impl<'a> Splicer<'a> {
     }
 
     /// The whole statement with every edit applied, and where each hole is in it, in order.
-    pub fn render_with_holes(&self) -> Result<(Vec<u8>, Vec<usize>), Unsupported> {
+    pub fn render_with_holes(&self) -> Result<(Vec<u8>, Vec<usize>), Unroutable> {
         let out = self.render_all()?;
         let mut holes = self.holes.clone();
         holes.sort_unstable();
@@ -76,7 +76,7 @@ impl<'a> Splicer<'a> {
     }
 
     /// The whole statement with every edit applied.
-    pub fn render_all(&self) -> Result<Vec<u8>, Unsupported> {
+    pub fn render_all(&self) -> Result<Vec<u8>, Unroutable> {
         self.render(0..self.bytes.len())
     }
 }
@@ -163,8 +163,8 @@ pub fn read_alias<'s>(read: &Read, source: &Source<'s>, tokens: &[Tok]) -> &'s [
 }
 
 /// The byte range of the condition of the WHERE clause that follows the table factor ending at byte `after`.
-pub fn where_condition(tokens: &[Tok], after: usize) -> Result<Range<usize>, Unsupported> {
-    let lost = || Unsupported("cannot locate the WHERE clause next to the history table".into());
+pub fn where_condition(tokens: &[Tok], after: usize) -> Result<Range<usize>, Unroutable> {
+    let lost = || Unroutable::new("cannot locate the WHERE clause next to the history table");
     let at = tokens.iter().position(|t| t.range.start >= after).ok_or_else(lost)?;
     if !tokens[at].is_keyword("WHERE") {
         return Err(lost());

@@ -44,7 +44,7 @@ fn rewritten(route: Route) -> String {
 
 fn code(route: &Route) -> u16 {
     match route {
-        Route::Block(e) | Route::Refuse(e) => e.code,
+        Route::Block(e) | Route::Refuse(Refusal { error: e, .. }) => e.code,
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
@@ -290,4 +290,23 @@ fn on_two_servers_a_read_the_merge_cannot_answer_exactly_is_refused() {
     let two = router(true, true, false, Topology::TwoServers);
     let sql = b"SELECT student_module_id, AVG(grade) FROM courseware_studentmodulehistory GROUP BY student_module_id";
     assert_eq!(code(&two.route(sql)), 1235);
+}
+
+#[test]
+fn a_refusals_logged_reason_leaves_out_the_parsers_quote_of_the_statement() {
+    let sql = b"SELECT FROM courseware_studentmodulehistory WHERE state = 'secret' AND";
+    let Route::Refuse(Refusal { error, reason }) = reading_both().route(sql) else { panic!() };
+    assert_eq!(reason, "cannot parse it");
+    assert!(
+        error.message.starts_with(
+            "csmh-proxy cannot route this statement on `edxapp`.`courseware_studentmodulehistory`: cannot parse it ("
+        ),
+        "{}",
+        error.message
+    );
+    let join = b"SELECT h.id FROM courseware_studentmodulehistory h JOIN courseware_studentmodule m ON m.id = h.student_module_id";
+    let Route::Refuse(Refusal { reason, .. }) = router(true, true, false, Topology::TwoServers).route(join) else {
+        panic!()
+    };
+    assert!(!reason.contains('('), "{reason}");
 }

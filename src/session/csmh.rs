@@ -16,7 +16,7 @@ use crate::protocol::command::{COM_RESET_CONNECTION, COM_STMT_BULK_EXECUTE, Comm
 use crate::protocol::conn::Connection;
 use crate::protocol::errors::{MysqlError, code, sqlstate};
 use crate::routing::source::Source;
-use crate::shared::Snapshot;
+use crate::state::ConfigSnapshot;
 use crate::topology::Server;
 
 /// The client session's settings that change what statements return, read from its `edxapp` connection.
@@ -127,7 +127,7 @@ impl CsmhLink {
     pub async fn ready(
         &mut self,
         edxapp: &mut Edxapp,
-        snapshot: &Snapshot,
+        snapshot: &ConfigSnapshot,
         metrics: &Metrics,
     ) -> Result<&mut CsmhConnection, CsmhError> {
         let csmh = match self.open.take() {
@@ -275,7 +275,7 @@ impl CsmhConnection {
 
 /// Opens and logs in a connection to the `csmh` server of `snapshot`, with the layout capabilities of the
 /// client (`client`) so that its answers can be relayed as they are.
-async fn open(client: Negotiated, snapshot: &Snapshot) -> Result<CsmhConnection, CsmhError> {
+async fn open(client: Negotiated, snapshot: &ConfigSnapshot) -> Result<CsmhConnection, CsmhError> {
     let config = &snapshot.config.backends.csmh;
     let password = config.password().map_err(|e| CsmhError::Credentials(e.to_string()))?;
     let user = config.user.clone().ok_or_else(|| CsmhError::Credentials("no user configured".into()))?;

@@ -30,14 +30,14 @@ use tracing::{debug, info, warn};
 use crate::backend;
 use crate::metrics::RouteLabel;
 use crate::protocol::ProtocolError;
-use crate::protocol::command::Command;
+use crate::protocol::command::{self, Command};
 use crate::protocol::conn::{Connection, HangupWatch};
 use crate::protocol::errors::{MysqlError, code, sqlstate};
 use crate::protocol::frame::PacketSpan;
 use crate::protocol::packets;
 use crate::protocol::response::{End, Expect};
 use crate::routing::{FanOut, Form, Route};
-use crate::shared::Shared;
+use crate::state::ProxyState;
 use crate::topology::Server;
 
 mod answer;
@@ -92,11 +92,11 @@ struct Session {
     csmh: CsmhLink,
     statements: Statements,
     transaction: Transaction,
-    shared: Arc<Shared>,
+    shared: Arc<ProxyState>,
 }
 
 /// Serves one client connection until it ends, logging its opening and closing.
-pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutdown: CancellationToken) {
+pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<ProxyState>, shutdown: CancellationToken) {
     let started = Instant::now();
     shared.metrics.connection_opened();
     info!(%peer, "connection opened");
@@ -126,7 +126,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, shutd
 }
 
 /// Connects to the `edxapp` backend named by the configuration in force.
-async fn connect_edxapp(shared: &Shared) -> Result<Connection, SessionError> {
+async fn connect_edxapp(shared: &ProxyState) -> Result<Connection, SessionError> {
     let (address, timeout) = {
         let snapshot = shared.snapshot();
         let edxapp = &snapshot.config.backends.edxapp;
@@ -261,7 +261,7 @@ impl Session {
             }
         };
         let payload = request.span.payload_in(&self.client.buf);
-        let classified = request.snapshot.router.classify(&payload[1..], form);
+        let classified = request.snapshot.router.classify(command::body(&payload), form);
         request.label = Some(RouteLabel::of(&classified));
         match classified.into_route() {
             Route::Passthrough => Decision::Relay,

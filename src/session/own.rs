@@ -11,7 +11,7 @@ use crate::protocol::command::COM_QUERY;
 use crate::protocol::errors::MysqlError;
 use crate::protocol::packets::OkFields;
 use crate::protocol::response::Expect;
-use crate::shared::Snapshot;
+use crate::state::ConfigSnapshot;
 use crate::topology::Server;
 
 /// How a statement the proxy runs for itself ended.
@@ -26,7 +26,7 @@ impl Session {
     /// Runs one statement of the proxy's own on `server`, whose answer must be an OK or an ERR.
     pub(super) async fn run_own(
         &mut self,
-        snapshot: &Snapshot,
+        snapshot: &ConfigSnapshot,
         server: Server,
         sql: &[u8],
     ) -> Result<Outcome, SessionError> {
@@ -36,7 +36,7 @@ impl Session {
     /// Sends one command of the proxy's own on `server`, whose answer must be an OK or an ERR.
     pub(super) async fn run_own_command(
         &mut self,
-        snapshot: &Snapshot,
+        snapshot: &ConfigSnapshot,
         server: Server,
         command: u8,
         body: &[u8],
@@ -60,7 +60,7 @@ impl Session {
     /// answer; a failure drops the connection and is the client's error.
     pub(super) async fn csmh_command(
         &mut self,
-        snapshot: &Snapshot,
+        snapshot: &ConfigSnapshot,
         command: u8,
         body: &[u8],
         expect: Expect,
@@ -81,7 +81,7 @@ impl Session {
     /// connection is the client's error for the statement.
     pub(super) async fn number(
         &mut self,
-        snapshot: &Snapshot,
+        snapshot: &ConfigSnapshot,
         server: Server,
         sql: &str,
     ) -> Result<Option<u64>, MysqlError> {

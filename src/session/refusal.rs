@@ -9,6 +9,7 @@ use super::request::Request;
 use super::{Flow, Session};
 use crate::metrics::RouteLabel;
 use crate::protocol::errors::MysqlError;
+use crate::routing::Refusal;
 
 impl Session {
     /// Refuses a statement that reaches the retired old table.
@@ -18,9 +19,10 @@ impl Session {
         self.answer_error(request, error).await
     }
 
-    /// Refuses a statement the router cannot route exactly.
-    pub(super) async fn refuse(&mut self, request: &mut Request, error: MysqlError) -> Result<Flow, SessionError> {
-        let reason = reason_for_log(&error.message);
+    /// Refuses a statement the router cannot route exactly, logging its reason (the whole message, which may
+    /// quote the statement, only at debug).
+    pub(super) async fn refuse(&mut self, request: &mut Request, refusal: Refusal) -> Result<Flow, SessionError> {
+        let Refusal { error, reason } = refusal;
         info!(route = "refuse", code = error.code, reason, "statement naming the history table refused");
         debug!(%error, "refused");
         self.answer_error(request, error).await
@@ -44,30 +46,5 @@ impl Session {
         }
         info!(route = "refuse", code = error.code, "statement naming the history table refused: {}", error.message);
         self.answer_error(request, error).await
-    }
-}
-
-/// The reason of a refusal as the info-level log gives it: the router's explanation without the parser's or the
-/// merge's details, which may quote the statement (and so its values); the whole message is logged at debug.
-fn reason_for_log(message: &str) -> &str {
-    let reason = message.split_once("`: ").map_or(message, |(_, reason)| reason);
-    reason.split(" (").next().unwrap_or(reason)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn logged_reasons_leave_out_the_statement() {
-        let parse = "csmh-proxy cannot route this statement on `edxapp`.`courseware_studentmodulehistory`: cannot \
-                     parse it (sql parser error: Expected: an expression, found: 'secret' at Line: 1, Column: 9)";
-        assert_eq!(reason_for_log(parse), "cannot parse it");
-        let join = "csmh-proxy cannot route this statement on `edxapp`.`courseware_studentmodulehistory`: a join with \
-                    the history table cannot be read from both tables; query it alone";
-        assert_eq!(
-            reason_for_log(join),
-            "a join with the history table cannot be read from both tables; query it alone"
-        );
     }
 }

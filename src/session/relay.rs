@@ -8,7 +8,7 @@ use super::error::SessionError;
 use super::request::Request;
 use super::{Flow, Session};
 use crate::protocol::ProtocolError;
-use crate::protocol::command::{COM_RESET_CONNECTION, Command};
+use crate::protocol::command::{self, COM_RESET_CONNECTION, Command};
 use crate::protocol::conn::Connection;
 use crate::protocol::response::{ClientTurn, End, Expect, Progress, ResponseScanner};
 
@@ -22,7 +22,7 @@ impl Session {
             self.statements.forget_all();
         }
         if command == Command::Query && self.csmh.in_transaction() {
-            let statement = request.span.payload_in(&self.client.buf)[1..].to_vec();
+            let statement = command::body(&request.span.payload_in(&self.client.buf)).to_vec();
             if let Some(error) = self.csmh.follow_transaction_control(&mut self.edxapp, &statement).await? {
                 return self.answer_error(request, error).await;
             }
@@ -70,10 +70,9 @@ impl Session {
                 .await
                 .map_err(CopyFailure::on_edxapp)?;
             match progress {
-                Progress::NeedMore => unreachable!("copy_response reads until there is progress"),
-                Progress::ClientTurn(ClientTurn::Auth) => self.relay_next_client_packet().await?,
-                Progress::ClientTurn(ClientTurn::LocalInfile) => self.relay_local_infile().await?,
-                Progress::Done(end) => {
+                Copied::ClientTurn(ClientTurn::Auth) => self.relay_next_client_packet().await?,
+                Copied::ClientTurn(ClientTurn::LocalInfile) => self.relay_local_infile().await?,
+                Copied::Done(end) => {
                     self.edxapp.note_response(&scanner);
                     return Ok(end);
                 }
@@ -120,6 +119,14 @@ pub(super) fn unsolicited(read: io::Result<usize>) -> SessionError {
     }
 }
 
+/// Where copying a response stopped.
+pub(super) enum Copied {
+    /// The client must send something; then the response goes on.
+    ClientTurn(ClientTurn),
+    /// The response is complete.
+    Done(End),
+}
+
 /// What went wrong while copying a response, by side.
 pub(super) enum CopyFailure {
     /// The server's connection failed or closed.
@@ -148,7 +155,7 @@ pub(super) async fn copy_response(
     client: &mut Connection,
     scanner: &mut ResponseScanner,
     answer_seq: &mut Option<u8>,
-) -> Result<Progress, CopyFailure> {
+) -> Result<Copied, CopyFailure> {
     loop {
         let (n, progress) = scanner.scan(&server.buf).map_err(CopyFailure::Protocol)?;
         if n > 0 {
@@ -161,7 +168,8 @@ pub(super) async fn copy_response(
                 Ok(_) => {}
                 Err(e) => return Err(CopyFailure::Server(e)),
             },
-            other => return Ok(other),
+            Progress::ClientTurn(turn) => return Ok(Copied::ClientTurn(turn)),
+            Progress::Done(end) => return Ok(Copied::Done(end)),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::metrics::RouteLabel;
 use crate::protocol::command::{self, Command};
 use crate::protocol::frame::PacketSpan;
-use crate::shared::Snapshot;
+use crate::state::ConfigSnapshot;
 
 /// A request packet at the start of the client's buffer, and what handling it has decided so far.
 pub(super) struct Request {
@@ -17,7 +17,7 @@ pub(super) struct Request {
     /// The prepared statement a COM_STMT_* command names, read within the packet.
     pub statement_id: Option<u32>,
     /// The configuration snapshot that decides this request: its transaction's, or the one in force.
-    pub snapshot: Arc<Snapshot>,
+    pub snapshot: Arc<ConfigSnapshot>,
     /// The sequence id the proxy's own answer takes, while nothing of a server's answer has reached the client.
     pub answer_seq: Option<u8>,
     /// The route the metrics count the request under, when it is a statement.
@@ -28,7 +28,7 @@ pub(super) struct Request {
 
 impl Request {
     /// The request `command` in the packet at `span`, whose first frame's payload is `first_frame`.
-    pub fn new(span: PacketSpan, command: Command, first_frame: &[u8], snapshot: Arc<Snapshot>) -> Request {
+    pub fn new(span: PacketSpan, command: Command, first_frame: &[u8], snapshot: Arc<ConfigSnapshot>) -> Request {
         let statement_id = if command.names_statement() { command::statement_id(first_frame) } else { None };
         Request {
             span,

@@ -8,7 +8,7 @@ use tracing::info;
 
 use super::csmh::CsmhError;
 use super::error::SessionError;
-use super::relay::{CopyFailure, copy_response};
+use super::relay::{Copied, CopyFailure, copy_response};
 use super::request::Request;
 use super::statements::CSMH_STATEMENT;
 use super::{Flow, Session};
@@ -17,7 +17,7 @@ use crate::protocol::ProtocolError;
 use crate::protocol::command::{self, Command};
 use crate::protocol::errors::{MysqlError, code, sqlstate};
 use crate::protocol::packets::PrepareOk;
-use crate::protocol::response::{Expect, Progress, ResponseScanner};
+use crate::protocol::response::{Expect, ResponseScanner};
 use crate::routing::Rewritten;
 use crate::topology::Server;
 
@@ -146,8 +146,8 @@ impl Session {
         let Some(csmh) = self.csmh.connection() else { return Err(SessionError::backend_closed()) };
         let mut scanner = ResponseScanner::new(expect, csmh.caps);
         match copy_response(&mut csmh.conn, &mut self.client, &mut scanner, &mut request.answer_seq).await {
-            Ok(Progress::Done(_)) => Ok(Flow::Continue),
-            Ok(_) => {
+            Ok(Copied::Done(_)) => Ok(Flow::Continue),
+            Ok(Copied::ClientTurn(_)) => {
                 Err(SessionError::BackendProtocol(ProtocolError::Unsupported("csmh server asked for client data")))
             }
             Err(CopyFailure::Client(e)) => Err(SessionError::Client(e)),

@@ -4,19 +4,19 @@
 
 use std::sync::Arc;
 
-use crate::shared::{Shared, Snapshot};
+use crate::state::{ConfigSnapshot, ProxyState};
 
 /// The snapshot a transaction in progress is pinned to.
 #[derive(Default)]
 pub(super) struct Transaction {
     /// The snapshot of the last request; it stays while the client's transaction is open.
-    pinned: Option<Arc<Snapshot>>,
+    pinned: Option<Arc<ConfigSnapshot>>,
 }
 
 impl Transaction {
     /// The snapshot a request is decided by: the pinned one while a transaction is `open`, otherwise the one in
     /// force now, which is pinned in turn (a statement may begin a transaction).
-    pub fn snapshot(&mut self, open: bool, shared: &Shared) -> Arc<Snapshot> {
+    pub fn snapshot(&mut self, open: bool, shared: &ProxyState) -> Arc<ConfigSnapshot> {
         let snapshot = match &self.pinned {
             Some(pinned) if open => Arc::clone(pinned),
             _ => shared.snapshot(),

@@ -138,8 +138,8 @@ impl Session {
             (Command::StmtExecute { .. }, Twin::Write) => {
                 self.consume_request(request);
                 let writes = [
-                    Write { server: Server::Edxapp, command: COM_STMT_EXECUTE, body: &payload[1..] },
-                    Write { server: shadow.server, command: COM_STMT_EXECUTE, body: &twin[1..] },
+                    Write { server: Server::Edxapp, command: COM_STMT_EXECUTE, body: command::body(&payload) },
+                    Write { server: shadow.server, command: COM_STMT_EXECUTE, body: command::body(&twin) },
                 ];
                 self.write_pair(request, writes).await
             }
@@ -148,7 +148,7 @@ impl Session {
             }
             (Command::StmtExecute { cursor: false }, Twin::Merge { plan, known }) => {
                 let mut known = known.clone();
-                let bodies = (&payload[1..], &twin[1..]);
+                let bodies = (command::body(&payload), command::body(&twin));
                 let flow =
                     self.merge_commands(request, COM_STMT_EXECUTE, bodies, plan, Protocol::Binary, &mut known).await;
                 self.statements.remember_columns(shadow.own, known);
@@ -162,12 +162,13 @@ impl Session {
                 if byte == COM_STMT_CLOSE {
                     self.statements.remove(shadow.own);
                 }
-                self.send_without_answer(shadow.server, byte, &twin[1..]).await?;
+                self.send_without_answer(shadow.server, byte, command::body(&twin)).await?;
                 self.relay_request(request).await.map(|()| Flow::Continue)
             }
             (Command::Relayed(COM_STMT_RESET), _) => {
-                if let Outcome::Failed(error) =
-                    self.run_own_command(&request.snapshot.clone(), shadow.server, COM_STMT_RESET, &twin[1..]).await?
+                if let Outcome::Failed(error) = self
+                    .run_own_command(&request.snapshot.clone(), shadow.server, COM_STMT_RESET, command::body(&twin))
+                    .await?
                 {
                     tracing::debug!(%error, "the shadow statement was not reset");
                 }

@@ -14,7 +14,7 @@ use crate::protocol::command::COM_QUERY;
 use crate::protocol::errors::MysqlError;
 use crate::protocol::packets::OkFields;
 use crate::routing::Inline;
-use crate::shared::Snapshot;
+use crate::state::ConfigSnapshot;
 use crate::topology::Server;
 
 /// How a pair of writes is made all-or-nothing.
@@ -106,7 +106,7 @@ impl Session {
     /// what was done.
     async fn atomically(
         &mut self,
-        snapshot: &Snapshot,
+        snapshot: &ConfigSnapshot,
         atomic: Atomic,
         servers: &[Server],
         writes: &[Write<'_>],
@@ -150,7 +150,7 @@ impl Session {
     /// Undoes `atomic` on `servers` and passes `error` on.
     async fn undo(
         &mut self,
-        snapshot: &Snapshot,
+        snapshot: &ConfigSnapshot,
         atomic: Atomic,
         servers: &[Server],
         error: MysqlError,

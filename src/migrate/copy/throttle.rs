@@ -16,7 +16,7 @@ const MIN_CHUNK_ROWS: u64 = 100;
 const MAX_STEP: u64 = 2;
 
 /// The number of rows the next chunk reads: adapted after every chunk so that a chunk takes about the target
-/// time. Shared between the task that reads chunks and the one that writes them (hence the atomic).
+/// time. ProxyState between the task that reads chunks and the one that writes them (hence the atomic).
 #[derive(Debug)]
 pub struct ChunkSizer {
     rows: AtomicU64,

@@ -1,5 +1,5 @@
-//! What every session shares: the configuration snapshot in force, the counters, and the reload bookkeeping
-//! (the configuration's generation, reloads applied and rejected).
+//! The proxy's state that every session shares ([`ProxyState`]): the [`ConfigSnapshot`] in force, the counters,
+//! and the reload bookkeeping (the configuration's generation, reloads applied and rejected).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,7 +14,7 @@ use crate::topology::Topology;
 
 /// A configuration with the state derived from it, swapped as a whole so a statement sees one or the other.
 #[derive(Debug)]
-pub struct Snapshot {
+pub struct ConfigSnapshot {
     /// The configuration as read.
     pub config: Config,
     /// The routing decisions: the pre-filter, then a route for the statements that pass it.
@@ -31,22 +31,22 @@ pub struct Snapshot {
 #[error("cannot use the configuration: {0}")]
 pub struct CompileError(String);
 
-impl Snapshot {
+impl ConfigSnapshot {
     /// Derives what the data path needs from a validated `config`, as generation 1.
-    pub fn compile(config: Config) -> Result<Snapshot, CompileError> {
+    pub fn compile(config: Config) -> Result<ConfigSnapshot, CompileError> {
         let error = |e: &dyn std::fmt::Display| CompileError(e.to_string());
         let old = config.history.old().map_err(|e| error(&e))?;
         let extended = config.history.extended().map_err(|e| error(&e))?;
         let table = routing_table(config.flags).map_err(|e| error(&e))?;
         let router = Router::new(table, old, extended, Topology::of(&config.backends));
-        Ok(Snapshot { router, config, offset_verified: Default::default(), generation: 1 })
+        Ok(ConfigSnapshot { router, config, offset_verified: Default::default(), generation: 1 })
     }
 }
 
 /// State shared by the listener and every session (no process globals: tests run proxies side by side).
 #[derive(Debug)]
-pub struct Shared {
-    current: ArcSwap<Snapshot>,
+pub struct ProxyState {
+    current: ArcSwap<ConfigSnapshot>,
     /// Held while a new snapshot is compiled and stored, so generations follow each other without gaps.
     writer: Mutex<()>,
     reloads_applied: AtomicU64,
@@ -55,11 +55,11 @@ pub struct Shared {
     pub metrics: Metrics,
 }
 
-impl Shared {
-    /// Shared state starting with `config`, as generation 1.
-    pub fn new(config: Config) -> Result<Shared, CompileError> {
-        Ok(Shared {
-            current: ArcSwap::from_pointee(Snapshot::compile(config)?),
+impl ProxyState {
+    /// ProxyState state starting with `config`, as generation 1.
+    pub fn new(config: Config) -> Result<ProxyState, CompileError> {
+        Ok(ProxyState {
+            current: ArcSwap::from_pointee(ConfigSnapshot::compile(config)?),
             writer: Mutex::new(()),
             reloads_applied: AtomicU64::new(0),
             reloads_rejected: AtomicU64::new(0),
@@ -68,15 +68,15 @@ impl Shared {
     }
 
     /// The snapshot in force now; a session holds it for one statement, or for a whole transaction.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
+    pub fn snapshot(&self) -> Arc<ConfigSnapshot> {
         self.current.load_full()
     }
 
     /// Puts `config` in force for statements that start from now on, as the next generation, and counts an
     /// applied reload. Returns the snapshot now in force; on an error nothing changes.
-    pub fn replace(&self, config: Config) -> Result<Arc<Snapshot>, CompileError> {
+    pub fn replace(&self, config: Config) -> Result<Arc<ConfigSnapshot>, CompileError> {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut next = Snapshot::compile(config)?;
+        let mut next = ConfigSnapshot::compile(config)?;
         next.generation = self.current.load().generation + 1;
         let next = Arc::new(next);
         self.current.store(Arc::clone(&next));
