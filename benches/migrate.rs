@@ -36,6 +36,7 @@ use csmh_proxy::migrate::schema::{COLUMN_LIST, extended_table_ddl};
 use csmh_proxy::sandbox::{
     CSMH_DB, EDXAPP_DB, EXTENDED_TABLE, MariaDb, OLD_TABLE, create_edxapp_tables, generate_history, mariadb_binaries,
 };
+use csmh_proxy::topology::Topology;
 use mysql_async::prelude::Queryable;
 use support::BenchLock;
 
@@ -236,7 +237,7 @@ fn dump_and_load(a: &MariaDb, b: &MariaDb) -> anyhow::Result<Measured> {
 
 /// `init` then the measured `migrate` of `site`, into a fresh extended table on its `csmh` server (`a` or `b`).
 async fn tool(site: &Site, a: &MariaDb, b: &MariaDb) -> anyhow::Result<Measured> {
-    drop_database(if site.same_server { a } else { b }, CSMH_DB).await?;
+    drop_database(if site.topology == Topology::OneServer { a } else { b }, CSMH_DB).await?;
     init(site, 10_000).await?;
     let (started, cpu) = (Instant::now(), Cpu::now(a, b));
     let report = migrate(site, &MigrateArgs::default()).await?;

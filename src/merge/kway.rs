@@ -36,14 +36,14 @@ pub enum Step {
 pub struct Merge {
     protocol: Protocol,
     order: Vec<SortKey>,
-    sides: [Side; 2],
+    inputs: [Input; 2],
     window: Window,
     output: Output,
 }
 
-/// One side's state.
+/// One input of the merge: a table's result as it streams in, and what is known of its columns.
 #[derive(Debug)]
-struct Side {
+struct Input {
     layout: RowLayout,
     /// Kinds of the sort key columns, in the order of the sort keys.
     key_kinds: Vec<KeyKind>,
@@ -141,8 +141,8 @@ impl Merge {
             [] => sort_columns.iter().max().map_or(0, |c| c + 1),
             _ => plan.side_columns(),
         };
-        let side = |defs: &[ColumnDef], key_kinds, aggregate_kinds| -> Result<Side, Unsupported> {
-            Ok(Side {
+        let side = |defs: &[ColumnDef], key_kinds, aggregate_kinds| -> Result<Input, Unsupported> {
+            Ok(Input {
                 layout: RowLayout::new(protocol, defs)?,
                 key_kinds,
                 aggregate_kinds,
@@ -165,7 +165,7 @@ impl Merge {
             Some(limit) => Window { skip: limit.offset, left: Some(limit.count) },
             None => Window { skip: 0, left: None },
         };
-        Ok(Merge { protocol, order: plan.order().to_vec(), sides, window, output })
+        Ok(Merge { protocol, order: plan.order().to_vec(), inputs: sides, window, output })
     }
 
     /// What the session does next.
@@ -192,7 +192,7 @@ impl Merge {
     /// has been merged, so the session may read both sides at once; the merge holds one row per side.
     pub fn push(&mut self, origin: Origin, row: Bytes) -> Result<(), MergeError> {
         let (protocol, order) = (self.protocol, &self.order);
-        let side = &mut self.sides[origin.index()];
+        let side = &mut self.inputs[origin.index()];
         if !matches!(side.head, Head::Wanted) {
             return Err(MergeError::NotAsked { origin });
         }
@@ -216,7 +216,7 @@ impl Merge {
     /// Tells the merge that `origin` has no more rows (its end-of-rows packet arrived), when the merge holds no
     /// row of it.
     pub fn finish(&mut self, origin: Origin) -> Result<(), MergeError> {
-        let side = &mut self.sides[origin.index()];
+        let side = &mut self.inputs[origin.index()];
         match side.head {
             Head::Wanted => {
                 side.head = Head::Ended;
@@ -228,7 +228,7 @@ impl Merge {
 
     /// Takes the row that comes next in merged order, if both heads are known.
     fn pick(&mut self) -> Pick {
-        let [old, extended] = &mut self.sides;
+        let [old, extended] = &mut self.inputs;
         let from = match (&old.head, &extended.head) {
             (Head::Wanted, _) => return Pick::Read(Origin::Old),
             (_, Head::Wanted) => return Pick::Read(Origin::Extended),
@@ -245,7 +245,7 @@ impl Merge {
                 }
             },
         };
-        match self.sides[from.index()].take() {
+        match self.inputs[from.index()].take() {
             Some((row, cells)) => Pick::Row(from, row, cells),
             None => Pick::Read(from),
         }
@@ -253,7 +253,7 @@ impl Merge {
 
     /// Handles the next merged row: the step to return for it, if any.
     fn merged(&mut self, origin: Origin, row: Bytes, cells: &[Option<Cell>]) -> Result<Option<Step>, MergeError> {
-        let side = &self.sides[origin.index()];
+        let side = &self.inputs[origin.index()];
         match &mut self.output {
             Output::Rows { visible } => {
                 if !self.window.admit() {
@@ -286,7 +286,7 @@ impl Merge {
     }
 }
 
-impl Side {
+impl Input {
     /// Takes the head row, remembering its keys to check the order of the next.
     fn take(&mut self) -> Option<(Bytes, Vec<Option<Cell>>)> {
         match std::mem::replace(&mut self.head, Head::Wanted) {

@@ -8,6 +8,7 @@ use super::MigrateError;
 use crate::config::{Backend, Config};
 use crate::history::Flags;
 use crate::history::TableName;
+use crate::topology::Topology;
 
 /// What a migration command acts on: the configuration's tables and flags.
 #[derive(Debug, Clone)]
@@ -18,8 +19,8 @@ pub struct Site {
     pub extended: TableName,
     /// The flags in force in the file, which `truncate-old` and `status` consult.
     pub flags: Flags,
-    /// Whether both tables live on one server (then a copy can run server-side).
-    pub same_server: bool,
+    /// Where the two tables live (on one server a copy can run server-side).
+    pub topology: Topology,
     edxapp: Server,
     csmh: Server,
 }
@@ -38,16 +39,16 @@ impl Site {
     /// `[backends.edxapp]`'s user.
     pub fn new(config: &Config) -> Result<Site, MigrateError> {
         let edxapp_login = login("edxapp", &config.backends.edxapp)?;
-        let same_server = config.backends.same_server();
-        let csmh_login = match (&config.backends.csmh.user, same_server) {
-            (None, true) => edxapp_login.clone(),
+        let topology = Topology::of(&config.backends);
+        let csmh_login = match (&config.backends.csmh.user, topology) {
+            (None, Topology::OneServer) => edxapp_login.clone(),
             _ => login("csmh", &config.backends.csmh)?,
         };
         Ok(Site {
             old: config.history.old()?,
             extended: config.history.extended()?,
             flags: config.flags,
-            same_server,
+            topology,
             edxapp: Server::new(&config.backends.edxapp, edxapp_login),
             csmh: Server::new(&config.backends.csmh, csmh_login),
         })

@@ -17,6 +17,7 @@ use super::{MigrateError, Site};
 use crate::config::Config;
 use crate::history::{Flag, Flags};
 use crate::history::{RefusedFlags, Stage, TableName, routing_table};
+use crate::topology::Topology;
 
 /// Options of `csmh-proxy status`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -32,7 +33,7 @@ pub struct StatusArgs {
 pub struct StatusReport {
     flags: Flags,
     stage: Result<Stage, RefusedFlags>,
-    same_server: bool,
+    topology: Topology,
     old: TableStatus,
     extended: TableStatus,
     migrate: Option<Checkpoint>,
@@ -76,7 +77,7 @@ pub async fn run(config: &Config, args: &StatusArgs) -> Result<StatusReport, Mig
     Ok(StatusReport {
         flags: site.flags,
         stage: routing_table(site.flags).map(|table| table.stage()),
-        same_server: site.same_server,
+        topology: site.topology,
         old,
         extended,
         migrate,
@@ -129,8 +130,7 @@ impl fmt::Display for StatusReport {
             Ok(stage) => writeln!(f, "stage:          {stage}")?,
             Err(refused) => writeln!(f, "stage:          none, the proxy refuses these flags: {refused}")?,
         }
-        let topology = if self.same_server { "one server" } else { "two servers" };
-        writeln!(f, "topology:       {topology}")?;
+        writeln!(f, "topology:       {}", self.topology)?;
         writeln!(f, "old table:      {}", self.old)?;
         writeln!(f, "extended table: {}", self.extended)?;
         writeln!(f, "id offset:      {}", offset(&self.old, &self.extended))?;

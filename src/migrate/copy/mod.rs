@@ -32,6 +32,7 @@ use self::throttle::{ChunkSizer, LagWatch, RateLimit};
 use super::checkpoint::{self, Task};
 use super::{ER_BAD_DB, ER_NO_SUCH_TABLE, MigrateError, Servers, Site};
 use crate::config::Config;
+use crate::topology::Topology;
 
 /// Options of `csmh-proxy migrate`.
 #[derive(Debug, Clone, clap::Args)]
@@ -177,7 +178,7 @@ pub async fn migrate(site: &Site, args: &MigrateArgs) -> Result<MigrateReport, M
         rows_total: run.rows_done,
         last_id: run.last_id,
         passes,
-        server_side: site.same_server,
+        server_side: site.topology == Topology::OneServer,
         elapsed: started.elapsed(),
     })
 }
@@ -222,7 +223,10 @@ async fn copy_passes(
     let mut rate = RateLimit::new(args.max_rows_per_second);
     let mut lag = LagWatch::new(Duration::from_secs(args.max_replication_lag));
     let mut lag_conn = site.connect_csmh().await?;
-    let mut second_writer = if site.same_server { None } else { Some(site.connect_csmh().await?) };
+    let mut second_writer = match site.topology {
+        Topology::OneServer => None,
+        Topology::TwoServers => Some(site.connect_csmh().await?),
+    };
     let builder = InsertBuilder::new(&site.extended, no_backslash_escapes(&mut servers.csmh).await?);
     let statement_bytes = statement_bytes(&mut servers.csmh).await?;
     let server_side = ServerSide::new(run);
@@ -282,7 +286,7 @@ async fn prepare_sessions(servers: &mut Servers, site: &Site) -> Result<(), Migr
         .query_drop("SET SESSION net_write_timeout = 600")
         .await
         .map_err(|source| edxapp_error("set up the session", source))?;
-    if site.same_server {
+    if site.topology == Topology::OneServer {
         let (log_bin, format): (Option<String>, Option<String>) = servers
             .csmh
             .query_first("SELECT @@log_bin, @@binlog_format")

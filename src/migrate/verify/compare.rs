@@ -78,12 +78,14 @@ impl Pair<'_> {
         for (id, side) in merge_by_id(&old, &extended) {
             let one = IdRange::new(id, id);
             match side {
-                Side::Both { same: true } => found.same(1),
-                Side::Both { same: false } => {
+                Presence::Both { same: true } => found.same(1),
+                Presence::Both { same: false } => {
                     found.add(Difference { kind: Kind::Changed, ids: one, old_rows: 1, extended_rows: 1 })
                 }
-                Side::OldOnly => found.add(Difference { kind: Kind::Missing, ids: one, old_rows: 1, extended_rows: 0 }),
-                Side::ExtendedOnly => {
+                Presence::OldOnly => {
+                    found.add(Difference { kind: Kind::Missing, ids: one, old_rows: 1, extended_rows: 0 })
+                }
+                Presence::ExtendedOnly => {
                     found.add(Difference { kind: Kind::Extra, ids: one, old_rows: 0, extended_rows: 1 })
                 }
             }
@@ -94,7 +96,7 @@ impl Pair<'_> {
 
 /// Where an id was found by a row-by-row comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
+enum Presence {
     /// In both tables, with the same hash or not.
     Both { same: bool },
     /// In the old table only.
@@ -104,7 +106,7 @@ enum Side {
 }
 
 /// Walks two lists of `(id, hash)` sorted by id, and says for each id which lists have it.
-fn merge_by_id(old: &[(u64, u64)], extended: &[(u64, u64)]) -> Vec<(u64, Side)> {
+fn merge_by_id(old: &[(u64, u64)], extended: &[(u64, u64)]) -> Vec<(u64, Presence)> {
     let (mut o, mut e) = (0, 0);
     let mut merged = Vec::with_capacity(old.len().max(extended.len()));
     while o < old.len() || e < extended.len() {
@@ -115,15 +117,15 @@ fn merge_by_id(old: &[(u64, u64)], extended: &[(u64, u64)]) -> Vec<(u64, Side)> 
         };
         match order {
             Ordering::Less => {
-                merged.push((old[o].0, Side::OldOnly));
+                merged.push((old[o].0, Presence::OldOnly));
                 o += 1;
             }
             Ordering::Greater => {
-                merged.push((extended[e].0, Side::ExtendedOnly));
+                merged.push((extended[e].0, Presence::ExtendedOnly));
                 e += 1;
             }
             Ordering::Equal => {
-                merged.push((old[o].0, Side::Both { same: old[o].1 == extended[e].1 }));
+                merged.push((old[o].0, Presence::Both { same: old[o].1 == extended[e].1 }));
                 o += 1;
                 e += 1;
             }
@@ -134,7 +136,7 @@ fn merge_by_id(old: &[(u64, u64)], extended: &[(u64, u64)]) -> Vec<(u64, Side)> 
 
 #[cfg(test)]
 mod tests {
-    use super::{Side, merge_by_id};
+    use super::{Presence, merge_by_id};
 
     #[test]
     fn rows_are_matched_by_id() {
@@ -143,12 +145,12 @@ mod tests {
         assert_eq!(
             merge_by_id(&old, &extended),
             [
-                (1, Side::OldOnly),
-                (2, Side::Both { same: true }),
-                (3, Side::ExtendedOnly),
-                (4, Side::Both { same: false }),
-                (6, Side::OldOnly),
-                (7, Side::ExtendedOnly),
+                (1, Presence::OldOnly),
+                (2, Presence::Both { same: true }),
+                (3, Presence::ExtendedOnly),
+                (4, Presence::Both { same: false }),
+                (6, Presence::OldOnly),
+                (7, Presence::ExtendedOnly),
             ]
         );
     }
