@@ -3,12 +3,10 @@
 use std::io;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use mysql_common::constants::{CapabilityFlags, MariadbCapabilities};
 use mysql_common::io::ParseBuf;
-use mysql_common::packets::{
-    AuthPlugin, AuthPluginData, AuthSwitchRequest, ErrPacket, HandshakePacket, HandshakeResponse,
-};
+use mysql_common::packets::{AuthPlugin, AuthPluginData, AuthSwitchRequest, HandshakePacket, HandshakeResponse};
 use mysql_common::proto::MySerialize;
 use tokio::net::TcpStream;
 
@@ -18,7 +16,8 @@ use crate::protocol::command::COM_QUERY;
 use crate::protocol::conn::Connection;
 use crate::protocol::errors::MysqlError;
 use crate::protocol::frame;
-use crate::protocol::packets::{OkFields, PrepareOk, is_progress_report, lenenc_int, standard_column_definition};
+use crate::protocol::packets::AuthAnswer;
+use crate::protocol::reply::Reply;
 use crate::protocol::response::{Expect, Progress, ResponseScanner};
 
 /// Why a backend could not be reached.
@@ -155,9 +154,9 @@ pub async fn login_mariadb(
 async fn finish_auth(conn: &mut Connection, credentials: &Credentials) -> Result<(), LoginError> {
     loop {
         let (payload, seq) = read_packet(conn).await?;
-        match payload.first() {
-            Some(0x00) => return Ok(()),
-            Some(0xFE) => {
+        match AuthAnswer::classify(&payload) {
+            AuthAnswer::Ok => return Ok(()),
+            AuthAnswer::Switch => {
                 let switch: AuthSwitchRequest<'_> =
                     ParseBuf(&payload).parse(()).map_err(|_| LoginError::Protocol("auth switch request"))?;
                 let nonce = switch.plugin_data().strip_suffix(b"\0").unwrap_or(switch.plugin_data());
@@ -168,12 +167,13 @@ async fn finish_auth(conn: &mut Connection, credentials: &Credentials) -> Result
                 }
                 send_raw(conn, seq.wrapping_add(1), &out).await?;
             }
-            // caching_sha2_password: 3 = fast auth succeeded (OK follows), 4 = full auth needs TLS or RSA.
-            Some(0x01) if payload.get(1) == Some(&0x03) => {}
-            Some(0x01) => {
+            AuthAnswer::FastAuthOk => {}
+            AuthAnswer::MoreData => {
                 return Err(LoginError::UnsupportedAuth("caching_sha2_password full authentication".into()));
             }
-            _ => refused_if_err(&payload).and(Err(LoginError::Protocol("authentication response")))?,
+            AuthAnswer::Err | AuthAnswer::Other => {
+                refused_if_err(&payload).and(Err(LoginError::Protocol("authentication response")))?
+            }
         }
     }
 }
@@ -193,13 +193,10 @@ fn auth_data<'a>(
 }
 
 fn refused_if_err(payload: &[u8]) -> Result<(), LoginError> {
-    if payload.first() != Some(&0xFF) {
+    if AuthAnswer::classify(payload) != AuthAnswer::Err {
         return Ok(());
     }
-    let message = ParseBuf(payload)
-        .parse::<ErrPacket<'_>>(CapabilityFlags::CLIENT_PROTOCOL_41)
-        .map(|e| e.to_string())
-        .unwrap_or_else(|_| "malformed error packet".into());
+    let message = MysqlError::parse(payload).map_or_else(|| "malformed error packet".into(), |e| e.to_string());
     Err(LoginError::Refused(message))
 }
 
@@ -219,37 +216,6 @@ async fn send_raw(conn: &mut Connection, seq: u8, payload: &[u8]) -> Result<(), 
     let mut out = BytesMut::new();
     frame::write_packet(&mut out, seq, payload);
     Ok(conn.write_all(&out).await?)
-}
-
-/// A server's answer to a statement the proxy runs for itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
-    /// An OK packet.
-    Ok(OkFields),
-    /// An ERR packet, to pass on to the client as it is.
-    Err(MysqlError),
-    /// A result set.
-    Rows(Rows),
-    /// A prepared statement.
-    Prepared(Prepared),
-}
-
-/// A statement the server prepared.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Prepared {
-    /// Its id on that connection.
-    pub id: u32,
-    /// The column definitions of its result (none for a statement without one).
-    pub columns: Vec<Bytes>,
-}
-
-/// A small text-protocol result set.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Rows {
-    /// For each column, whether its type is a number (so its values are written without quotes as literals).
-    pub numeric: Vec<bool>,
-    /// Each row's values as text (`None` for NULL).
-    pub values: Vec<Vec<Option<Vec<u8>>>>,
 }
 
 /// Why a statement the proxy runs for itself got no answer.
@@ -278,10 +244,10 @@ pub async fn command(
 ) -> Result<Reply, QueryError> {
     send_command(conn, command, body).await?;
     let response = read_response(conn, caps, expect).await?;
-    match expect {
-        Expect::Prepare => parse_prepared(&response, caps),
-        _ => parse_reply(&response, caps),
-    }
+    Ok(match expect {
+        Expect::Prepare => Reply::parse_prepared(&response, caps)?,
+        _ => Reply::parse(&response, caps)?,
+    })
 }
 
 /// Reads one whole response of shape `expect` (a small one) from `conn` into memory, frame headers included.
@@ -305,37 +271,6 @@ pub async fn read_response(conn: &mut Connection, caps: Negotiated, expect: Expe
     }
 }
 
-/// Reads a whole answer to a COM_STMT_PREPARE: the new statement and its result's column definitions, or the
-/// ERR.
-pub fn parse_prepared(response: &[u8], caps: Negotiated) -> Result<Reply, QueryError> {
-    let packets = split_packets(response);
-    let first = packets.first().ok_or(ProtocolError::Malformed("empty response"))?;
-    if let Some(error) = MysqlError::parse(first) {
-        return Ok(Reply::Err(error));
-    }
-    let ok = PrepareOk::parse(first).ok_or(ProtocolError::Malformed("prepare OK"))?;
-    let eof = |defs: u16| usize::from(defs > 0 && !caps.deprecate_eof());
-    let columns_at = 1 + usize::from(ok.params) + eof(ok.params);
-    let columns = packets
-        .get(columns_at..columns_at + usize::from(ok.columns))
-        .ok_or(ProtocolError::Malformed("prepared statement's column definitions"))?;
-    Ok(Reply::Prepared(Prepared { id: ok.statement_id, columns: columns.to_vec() }))
-}
-
-/// The payloads of the packets of a whole response held in memory, progress reports left out.
-fn split_packets(response: &[u8]) -> Vec<Bytes> {
-    let mut packets = Vec::new();
-    let mut rest = response;
-    while let Some(span) = frame::PacketSpan::find(rest) {
-        let packet = frame::payload(Bytes::copy_from_slice(&rest[..span.wire_len]), &span);
-        if !is_progress_report(&packet) {
-            packets.push(packet);
-        }
-        rest = &rest[span.wire_len..];
-    }
-    packets
-}
-
 /// Sends one command packet (sequence id 0) with `body` after the command byte.
 pub async fn send_command(conn: &mut Connection, command: u8, body: &[u8]) -> io::Result<()> {
     let mut payload = Vec::with_capacity(1 + body.len());
@@ -344,51 +279,4 @@ pub async fn send_command(conn: &mut Connection, command: u8, body: &[u8]) -> io
     let mut out = BytesMut::with_capacity(payload.len() + 8);
     frame::write_packet(&mut out, 0, &payload);
     conn.write_all(&out).await
-}
-
-/// Reads a whole small response: OK, ERR, or a text result set.
-fn parse_reply(response: &[u8], caps: Negotiated) -> Result<Reply, QueryError> {
-    let packets = split_packets(response);
-    let first = packets.first().ok_or(ProtocolError::Malformed("empty response"))?;
-    if let Some(error) = MysqlError::parse(first) {
-        return Ok(Reply::Err(error));
-    }
-    match first.first() {
-        Some(0x00) => OkFields::parse(first, caps.flags()).map(Reply::Ok).ok_or(ProtocolError::Malformed("OK").into()),
-        _ => {
-            let (columns, _) = lenenc_int(first).ok_or(ProtocolError::Malformed("column count"))?;
-            let defs = packets.get(1..1 + columns as usize).ok_or(ProtocolError::Malformed("column definitions"))?;
-            let numeric = defs.iter().map(|def| is_numeric(def, caps)).collect::<Result<_, _>>()?;
-            let skip = 1 + columns as usize + usize::from(!caps.deprecate_eof());
-            let rows = packets.get(skip..packets.len().saturating_sub(1)).unwrap_or_default();
-            let values = rows.iter().map(|row| text_row(row)).collect::<Result<_, _>>()?;
-            Ok(Reply::Rows(Rows { numeric, values }))
-        }
-    }
-}
-
-/// Whether a column definition describes a number.
-fn is_numeric(def: &[u8], caps: Negotiated) -> Result<bool, ProtocolError> {
-    let malformed = || ProtocolError::Malformed("column definition");
-    let def = standard_column_definition(def, caps.extended_metadata()).ok_or_else(malformed)?;
-    let column: mysql_common::packets::Column = ParseBuf(&def).parse(()).map_err(|_| malformed())?;
-    Ok(column.column_type().is_numeric_type())
-}
-
-/// The values of a text-protocol row.
-fn text_row(mut row: &[u8]) -> Result<Vec<Option<Vec<u8>>>, ProtocolError> {
-    let mut values = Vec::new();
-    while !row.is_empty() {
-        if row[0] == 0xFB {
-            values.push(None);
-            row = &row[1..];
-            continue;
-        }
-        let (len, at) = lenenc_int(row).ok_or(ProtocolError::Malformed("row"))?;
-        let end =
-            at.checked_add(len as usize).filter(|&end| end <= row.len()).ok_or(ProtocolError::Malformed("row"))?;
-        values.push(Some(row[at..end].to_vec()));
-        row = &row[end..];
-    }
-    Ok(values)
 }

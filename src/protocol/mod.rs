@@ -10,6 +10,7 @@ pub mod conn;
 pub mod errors;
 pub mod frame;
 pub mod packets;
+pub mod reply;
 pub mod response;
 
 /// A packet that does not follow the protocol.

@@ -347,6 +347,42 @@ pub fn write_end_of_rows(out: &mut BytesMut, seq: u8, caps: Negotiated, warnings
     }
 }
 
+/// caching_sha2_password's "fast auth succeeded" (AuthMoreData `0x01` with status 3): the server's OK follows
+/// without a client packet.
+pub const FAST_AUTH_OK: [u8; 2] = [0x01, 0x03];
+
+/// What a server's packet during a login says, for the proxy's own logins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthAnswer {
+    /// OK: logged in.
+    Ok,
+    /// An authentication switch request: answer for the plugin it names.
+    Switch,
+    /// caching_sha2_password's fast authentication succeeded; the OK follows.
+    FastAuthOk,
+    /// More authentication data asked for (caching_sha2_password's full authentication, which needs TLS or the
+    /// server's RSA key).
+    MoreData,
+    /// ERR: refused.
+    Err,
+    /// Anything else, which no login answer is.
+    Other,
+}
+
+impl AuthAnswer {
+    /// Classifies a packet the server sent during a login.
+    pub fn classify(payload: &[u8]) -> AuthAnswer {
+        match payload.first() {
+            Some(0x00) => AuthAnswer::Ok,
+            Some(&EOF_HEADER) => AuthAnswer::Switch,
+            Some(0x01) if payload == FAST_AUTH_OK => AuthAnswer::FastAuthOk,
+            Some(0x01) => AuthAnswer::MoreData,
+            Some(&ERR_HEADER) => AuthAnswer::Err,
+            _ => AuthAnswer::Other,
+        }
+    }
+}
+
 /// Whether a packet is an OK (header `0x00`).
 pub fn is_ok_packet(payload: &[u8]) -> bool {
     payload.first() == Some(&0x00)

@@ -11,7 +11,7 @@ use super::ProtocolError;
 use super::capabilities::Negotiated;
 use super::errors::ERR_HEADER;
 use super::frame::{HEADER_LEN, Header};
-use super::packets::{PrepareOk, ResultHead, ends_rows, eof_status, is_progress_report, ok_status};
+use super::packets::{FAST_AUTH_OK, PrepareOk, ResultHead, ends_rows, eof_status, is_progress_report, ok_status};
 
 /// The shape of response a command gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,9 +93,6 @@ const PEEK: usize = 32;
 
 const OK: u8 = 0x00;
 const LOCAL_INFILE: u8 = 0xFB;
-const AUTH_MORE_DATA: u8 = 0x01;
-/// caching_sha2_password's "fast auth succeeded": the server's OK follows without a client packet.
-const FAST_AUTH_OK: [u8; 2] = [AUTH_MORE_DATA, 0x03];
 
 /// Follows one response frame by frame.
 #[derive(Debug)]

@@ -450,7 +450,8 @@ impl Plan<'_, '_> {
         let sqlparser::ast::Statement::Query(query) = self.statement else {
             return Err(Unroutable::new("only a SELECT can read both tables"));
         };
-        let plan = MergePlan::for_select(query, &TableColumns::HISTORY).map_err(|e| Unroutable::new(e.to_string()))?;
+        let plan = MergePlan::for_select(query, &TableColumns::HISTORY)
+            .map_err(|e| Unroutable::with_detail("the merge cannot answer this read exactly", e.to_string()))?;
         let [read] = self.shape.reads.as_slice() else {
             return Err(Unroutable::new("the history table must be read once, alone"));
         };

@@ -9,12 +9,13 @@ use tracing::{info, warn};
 
 use super::edxapp::Edxapp;
 use super::error::SessionError;
-use crate::backend::{self, BackendError, Credentials, LoginError, QueryError, Reply};
+use crate::backend::{self, BackendError, Credentials, LoginError, QueryError};
 use crate::metrics::Metrics;
 use crate::protocol::capabilities::{LAYOUT_MARIADB, Negotiated};
-use crate::protocol::command::{COM_RESET_CONNECTION, COM_STMT_BULK_EXECUTE, Command};
+use crate::protocol::command::{self, COM_RESET_CONNECTION, COM_STMT_BULK_EXECUTE, Command};
 use crate::protocol::conn::Connection;
 use crate::protocol::errors::{MysqlError, code, sqlstate};
+use crate::protocol::reply::Reply;
 use crate::routing::source::Source;
 use crate::state::ConfigSnapshot;
 use crate::topology::Server;
@@ -349,7 +350,7 @@ fn transaction_control(statement: &[u8]) -> Option<Control> {
 /// settings as they were, and the next csmh statement needs no settings read on the client's connection.
 pub(super) fn may_change_settings(command: Command, payload: &[u8], single_frame: bool) -> bool {
     match command {
-        Command::Query => !single_frame || statement_may_change_settings(payload.get(1..).unwrap_or_default()),
+        Command::Query => !single_frame || statement_may_change_settings(command::body(payload)),
         Command::ChangeUser => true,
         Command::StmtExecute { .. } => true,
         Command::Relayed(byte) => matches!(byte, COM_STMT_BULK_EXECUTE | COM_RESET_CONNECTION),

@@ -5,11 +5,12 @@
 use mysql_common::constants::StatusFlags;
 
 use super::error::SessionError;
-use crate::backend::{self, Reply};
+use crate::backend;
 use crate::protocol::capabilities::Negotiated;
 use crate::protocol::command::COM_QUERY;
 use crate::protocol::conn::Connection;
 use crate::protocol::errors::code::ER_LOCK_DEADLOCK;
+use crate::protocol::reply::Reply;
 use crate::protocol::response::{Expect, ResponseScanner};
 
 /// The `edxapp` connection of one session.

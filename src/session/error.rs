@@ -66,6 +66,11 @@ impl SessionError {
         SessionError::Backend(io::Error::new(io::ErrorKind::UnexpectedEof, "the backend closed the connection"))
     }
 
+    /// The `csmh` connection a response was expected on is not there (closed after a failure).
+    pub(super) fn csmh_closed() -> SessionError {
+        SessionError::Backend(io::Error::new(io::ErrorKind::NotConnected, "the csmh connection is closed"))
+    }
+
     /// The client closed the connection.
     pub(super) fn client_closed() -> SessionError {
         SessionError::Client(io::Error::new(io::ErrorKind::UnexpectedEof, "the client closed the connection"))

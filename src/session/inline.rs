@@ -4,8 +4,8 @@
 
 use super::Session;
 use super::error::SessionError;
-use crate::backend::{Reply, Rows};
 use crate::protocol::errors::MysqlError;
+use crate::protocol::reply::{Reply, Rows};
 use crate::routing::Inline;
 
 /// The most values an `IN (SELECT ...)` subquery may return to be written into a statement for the `csmh` side.

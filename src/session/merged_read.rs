@@ -21,7 +21,6 @@ use crate::protocol::command::{COM_QUERY, command_payload};
 use crate::protocol::errors::{MysqlError, is_err_packet};
 use crate::protocol::frame;
 use crate::protocol::packets::{self, ResultHead, RowPacket, is_ok_packet};
-use crate::protocol::response::Expect;
 use crate::routing::{MergeRead, MergeServers};
 
 /// Rows are written to the client in batches of about this many bytes.
@@ -33,11 +32,13 @@ const HELD_BYTES: usize = 4 * 1024 * 1024;
 
 /// Where a merge reads each side's packets from.
 enum Feeds {
-    /// Two servers: the old side on the client's `edxapp` connection, the extended side on the `csmh` one.
-    TwoServers,
-    /// One server: both sides on the client's connection, one after the other. The old side's packets, read
-    /// ahead, are held here.
-    OneServer(VecDeque<Bytes>),
+    /// Each side from the connection it runs on: across two servers, the old side on the client's `edxapp`
+    /// connection and the extended side on the `csmh` one (and, while its result is read ahead on one server,
+    /// the old side on the client's connection).
+    Connections,
+    /// On one server: the old side's packets, read ahead and held here; the extended side's on the client's
+    /// connection, which answers it after the old side's.
+    OldSideHeld(VecDeque<Bytes>),
 }
 
 /// How a merged read ended, when it did not fail.
@@ -102,14 +103,14 @@ impl Session {
         self.edxapp.conn.write_all(&both).await.map_err(SessionError::Backend)?;
         let Some(held) = self.hold_result(HELD_BYTES).await? else {
             debug!("the old side's result is too large to hold: reading both tables with one statement instead");
-            let mut feeds = Feeds::OneServer(VecDeque::new());
+            let mut feeds = Feeds::OldSideHeld(VecDeque::new());
             if let Head::Columns(_) | Head::KnownColumns = self.head(&mut feeds, Origin::Extended).await? {
                 self.drain_rows(&mut feeds, Origin::Extended, &mut [None, None]).await?;
             }
             return self.answer_with_union(request, union).await;
         };
         let known = &mut KnownColumns::default();
-        match self.merge_heads(request, &mut Feeds::OneServer(held), plan, Protocol::Text, known).await? {
+        match self.merge_heads(request, &mut Feeds::OldSideHeld(held), plan, Protocol::Text, known).await? {
             Merged::Answered => Ok(Flow::Continue),
             Merged::GaveUp => self.answer_with_union(request, union).await,
         }
@@ -123,11 +124,7 @@ impl Session {
         union: Result<Vec<u8>, MysqlError>,
     ) -> Result<Flow, SessionError> {
         match union {
-            Ok(sql) => {
-                self.edxapp.send(COM_QUERY, &sql).await?;
-                self.relay_response(&mut request.answer_seq, Expect::ResultSets).await?;
-                Ok(Flow::Continue)
-            }
+            Ok(sql) => self.union_read(request, &sql).await,
             Err(error) => self.answer_error(request, error).await,
         }
     }
@@ -135,7 +132,7 @@ impl Session {
     /// Reads the whole result the client's connection is sending (a result set or an ERR) into memory, unless
     /// it is larger than `limit` bytes: then reads it to its end and returns `None`.
     async fn hold_result(&mut self, limit: usize) -> Result<Option<VecDeque<Bytes>>, SessionError> {
-        let mut feeds = Feeds::TwoServers;
+        let mut feeds = Feeds::Connections;
         let mut held = VecDeque::new();
         let caps = self.edxapp.caps;
         match self.head(&mut feeds, Origin::Old).await? {
@@ -182,20 +179,16 @@ impl Session {
         protocol: Protocol,
         known: &mut KnownColumns,
     ) -> Result<Flow, SessionError> {
-        let sent = match self.csmh.ready(&mut self.edxapp, &request.snapshot, &self.shared.metrics).await {
-            Ok(csmh) => Ok(crate::backend::send_command(&mut csmh.conn, command, extended).await),
-            Err(failure) => Err(failure),
-        };
-        match sent {
-            Ok(sent) => sent.map_err(SessionError::Backend)?,
-            Err(failure) => {
-                let error = self.csmh.fail(&mut self.edxapp, failure).await?;
-                return self.answer_error(request, error).await;
-            }
+        if let Err(failure) = self.csmh.ready(&mut self.edxapp, &request.snapshot, &self.shared.metrics).await {
+            let error = self.csmh.fail(&mut self.edxapp, failure).await?;
+            return self.answer_error(request, error).await;
         }
         self.consume_request(request);
         self.edxapp.send(command, old).await?;
-        match self.merge_heads(request, &mut Feeds::TwoServers, plan, protocol, known).await? {
+        let Some(csmh) = self.csmh.connection() else { return Err(SessionError::csmh_closed()) };
+        crate::backend::send_command(&mut csmh.conn, command, extended).await.map_err(SessionError::Backend)?;
+        // Across two servers the merge never gives up for the union: it answers with an error itself.
+        match self.merge_heads(request, &mut Feeds::Connections, plan, protocol, known).await? {
             Merged::Answered | Merged::GaveUp => Ok(Flow::Continue),
         }
     }
@@ -234,7 +227,7 @@ impl Session {
             Ok(merge) => merge,
             Err(error) => {
                 self.drain_both(feeds).await?;
-                if let Feeds::OneServer(_) = feeds {
+                if let Feeds::OldSideHeld(_) = feeds {
                     debug!(%error, "the merge cannot combine these columns: reading both tables with one statement");
                     return Ok(Merged::GaveUp);
                 }
@@ -308,8 +301,8 @@ impl Session {
         let warnings = ends.iter().flatten().fold(0u16, |sum, (w, _)| sum.saturating_add(*w));
         // The client's connection's status: on one server, as it stands after the later (extended) statement.
         let last_on_client_connection = match feeds {
-            Feeds::TwoServers => Origin::Old,
-            Feeds::OneServer(_) => Origin::Extended,
+            Feeds::Connections => Origin::Old,
+            Feeds::OldSideHeld(_) => Origin::Extended,
         };
         let status = ends[index(last_on_client_connection)].map_or(self.edxapp.status.bits(), |(_, s)| s);
         self.edxapp.note_status(status);
@@ -320,13 +313,13 @@ impl Session {
     /// The next packet of a side, progress reports skipped.
     async fn packet(&mut self, feeds: &mut Feeds, origin: Origin) -> Result<Bytes, SessionError> {
         let conn = match (feeds, origin) {
-            (Feeds::OneServer(held), Origin::Old) => {
+            (Feeds::OldSideHeld(held), Origin::Old) => {
                 return held.pop_front().ok_or(SessionError::BackendProtocol(ProtocolError::Malformed("result")));
             }
-            (Feeds::OneServer(_), Origin::Extended) | (Feeds::TwoServers, Origin::Old) => &mut self.edxapp.conn,
-            (Feeds::TwoServers, Origin::Extended) => match self.csmh.connection() {
+            (Feeds::OldSideHeld(_), Origin::Extended) | (Feeds::Connections, Origin::Old) => &mut self.edxapp.conn,
+            (Feeds::Connections, Origin::Extended) => match self.csmh.connection() {
                 Some(csmh) => &mut csmh.conn,
-                None => return Err(SessionError::backend_closed()),
+                None => return Err(SessionError::csmh_closed()),
             },
         };
         loop {

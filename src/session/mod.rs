@@ -8,7 +8,7 @@
 //! | decision | executor |
 //! |---|---|
 //! | passthrough, every other command | [`relay`] |
-//! | a statement rewritten to the extended table | [`rewrite`] |
+//! | a statement rewritten to the extended table, and the commands on one it prepared on the `csmh` server | [`rewrite`] |
 //! | a read of both tables merged in the proxy | [`merged_read`] |
 //! | a read of both tables as one `UNION ALL` statement | [`union_read`] |
 //! | an UPDATE or DELETE of both tables | [`two_table_write`] |
@@ -211,10 +211,10 @@ impl Session {
     /// The request whose packet lies at `span`, with the configuration snapshot that decides it; `None` for an
     /// empty packet, which is no command at all.
     fn request(&mut self, span: PacketSpan) -> Option<Request> {
+        let snapshot = self.transaction.snapshot(self.edxapp.transaction_open(), &self.shared);
         let first_frame = span.first_frame(&self.client.buf);
         let command = Command::of(first_frame)?;
-        let snapshot = self.transaction.snapshot(self.edxapp.transaction_open(), &self.shared);
-        Some(Request::new(span, command, span.first_frame(&self.client.buf), snapshot))
+        Some(Request::new(span, command, first_frame, snapshot))
     }
 
     /// Serves one request and records it in the metrics: a statement's route and time, a backend connection
@@ -232,6 +232,7 @@ impl Session {
             },
             None => self.carry_out(request, decision).await,
         };
+        debug_assert!(result.is_err() || !request.buffered, "a request answered without leaving the client's buffer");
         let metrics = &self.shared.metrics;
         match (&result, request.label) {
             // An abandoned statement had no answer: it is counted as a hang-up, not under its route.

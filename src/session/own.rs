@@ -5,11 +5,12 @@
 use super::Session;
 use super::csmh::CsmhError;
 use super::error::SessionError;
-use crate::backend::{self, Reply};
+use crate::backend;
 use crate::protocol::ProtocolError;
 use crate::protocol::command::COM_QUERY;
 use crate::protocol::errors::MysqlError;
 use crate::protocol::packets::OkFields;
+use crate::protocol::reply::Reply;
 use crate::protocol::response::Expect;
 use crate::state::ConfigSnapshot;
 use crate::topology::Server;

@@ -31,6 +31,7 @@ impl Session {
     /// Refuses a statement the router routed but whose route an executor cannot carry out (`what` it is), and
     /// counts it as refused.
     pub(super) async fn refuse_unsupported(&mut self, request: &mut Request, what: &str) -> Result<Flow, SessionError> {
+        info!(route = "refuse", "statement naming the history table refused: {what}");
         let error = MysqlError::not_supported(format!("csmh-proxy does not support {what} yet"));
         self.refuse_routed(request, error).await
     }
@@ -44,7 +45,6 @@ impl Session {
         if request.label.is_some() {
             request.label = Some(RouteLabel::Refuse);
         }
-        info!(route = "refuse", code = error.code, "statement naming the history table refused: {}", error.message);
         self.answer_error(request, error).await
     }
 }

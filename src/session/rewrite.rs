@@ -15,7 +15,7 @@ use super::{Flow, Session};
 use crate::backend::QueryError;
 use crate::protocol::ProtocolError;
 use crate::protocol::command::{self, Command};
-use crate::protocol::errors::{MysqlError, code, sqlstate};
+use crate::protocol::errors::MysqlError;
 use crate::protocol::packets::PrepareOk;
 use crate::protocol::response::{Expect, ResponseScanner};
 use crate::routing::Rewritten;
@@ -111,14 +111,8 @@ impl Session {
             let error = self.csmh.fail(&mut self.edxapp, failure).await?;
             return self.answer_error(request, error).await;
         }
-        let Some(csmh) = self.csmh.connection() else {
-            let error = MysqlError::new(
-                code::ER_UNKNOWN_STMT_HANDLER,
-                sqlstate::HY000,
-                "Unknown prepared statement handler given to csmh-proxy",
-            );
-            return self.answer_error(request, error).await;
-        };
+        let Some(csmh) = self.csmh.connection() else { return Err(SessionError::csmh_closed()) };
+        // The registry found the id in the request, so the packet is long enough to take the other one.
         command::set_statement_id(request.span.first_frame_mut(&mut self.client.buf), id);
         request.buffered = false;
         csmh.conn.relay_from(&mut self.client, request.span.wire_len).await.map_err(SessionError::Backend)?;
@@ -143,7 +137,7 @@ impl Session {
 
     /// Copies the `csmh` connection's answer to the client.
     async fn relay_csmh_response(&mut self, request: &mut Request, expect: Expect) -> Result<Flow, SessionError> {
-        let Some(csmh) = self.csmh.connection() else { return Err(SessionError::backend_closed()) };
+        let Some(csmh) = self.csmh.connection() else { return Err(SessionError::csmh_closed()) };
         let mut scanner = ResponseScanner::new(expect, csmh.caps);
         match copy_response(&mut csmh.conn, &mut self.client, &mut scanner, &mut request.answer_seq).await {
             Ok(Copied::Done(_)) => Ok(Flow::Continue),

@@ -10,13 +10,14 @@ use super::request::Request;
 use super::statements::{KnownColumns, Shadow, Twin};
 use super::two_table_write::Write;
 use super::{Flow, Session};
-use crate::backend::{self, Prepared, Reply};
+use crate::backend;
 use crate::merge::Protocol;
 use crate::protocol::command::{
     self, COM_STMT_BULK_EXECUTE, COM_STMT_CLOSE, COM_STMT_EXECUTE, COM_STMT_PREPARE, COM_STMT_RESET,
     COM_STMT_SEND_LONG_DATA, Command,
 };
 use crate::protocol::errors::{MysqlError, code, sqlstate};
+use crate::protocol::reply::{Prepared, Reply};
 use crate::protocol::response::Expect;
 use crate::routing::{Inline, MergeRead, MergeServers};
 use crate::topology::Server;
@@ -92,7 +93,7 @@ impl Session {
         // A prepare's answer is small: it is read whole, for its statement id and column definitions, then relayed.
         let caps = self.edxapp.caps;
         let response = backend::read_response(&mut self.edxapp.conn, caps, Expect::Prepare).await?;
-        let answer = backend::parse_prepared(&response, caps)?;
+        let answer = Reply::parse_prepared(&response, caps).map_err(SessionError::BackendProtocol)?;
         self.write_to_client(request, &response).await?;
         let Reply::Prepared(own) = answer else {
             self.close_shadow(server, shadow.id).await;
