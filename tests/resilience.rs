@@ -8,7 +8,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use csmh_proxy::backend::{Credentials, LOGIN_CAPABILITIES};
-use csmh_proxy::history::Flags;
+use csmh_proxy::history::{Flags, Stage};
+use csmh_proxy::protocol::command::{COM_QUERY, COM_STMT_EXECUTE, COM_STMT_PREPARE};
 use csmh_proxy::protocol::response::Expect;
 use csmh_proxy::sandbox::ProxyToml;
 use csmh_proxy::server::ProxyHandle;
@@ -141,4 +142,34 @@ async fn shutdown_lets_the_running_statement_finish() {
     assert_eq!(running.await.unwrap(), Some(42), "the statement in flight completed");
     assert!(idle.query_drop("SELECT 1").await.is_err(), "idle connections are closed");
     assert!(Conn::new(opts).await.is_err(), "no new connections after shutdown");
+}
+
+/// A COM_STMT_EXECUTE too short to name a statement, pipelined with another request: the statement id must be
+/// read within the execute's own packet. Read from the bytes after it (the next packet's header: its length, then
+/// sequence id 0), it named the client's prepared statement, whose shadow on the extended table then took the
+/// proxy past the end of the packet and the connection was lost.
+#[tokio::test]
+async fn a_statement_id_is_never_read_from_the_next_packet() {
+    let site = support::edx::Site::two_servers(Stage::ExtendedTableReadingBoth.flags()).await;
+    let app = support::app();
+    let credentials =
+        Credentials { user: app.user, password: Some(app.password), database: Some(site.dbs.edxapp_db.clone()) };
+    let mut raw = RawClient::connect(&site.proxy.addr().to_string(), &credentials, LOGIN_CAPABILITIES).await;
+    let update = format!("UPDATE `{}` SET `state` = ? WHERE `id` = ?", support::edx::OLD);
+    let prepared = raw.command(&[&[COM_STMT_PREPARE][..], update.as_bytes()].concat(), Expect::Prepare).await;
+    assert_eq!(prepared[4], 0x00, "prepared, with a shadow on the csmh server: {prepared:?}");
+    let id = u32::from_le_bytes(prepared[5..9].try_into().unwrap());
+    assert!((1..256).contains(&id), "a small id, which a packet header can spell: {id}");
+    // A COM_QUERY of `id` bytes (blank text): its header reads, as an id, the client's statement.
+    let mut pipelined = vec![1, 0, 0, 0, COM_STMT_EXECUTE];
+    pipelined.extend_from_slice(&id.to_le_bytes());
+    pipelined.push(COM_QUERY);
+    pipelined.extend(std::iter::repeat_n(b' ', id as usize - 1));
+    raw.send_bytes(&pipelined).await;
+    let execute = raw.response(Expect::OnePacket).await;
+    assert!(err_code(&execute).is_some(), "the short execute gets the server's error: {execute:?}");
+    let empty = raw.response(Expect::OnePacket).await;
+    assert_eq!(err_code(&empty), Some(1065), "and the blank query its own: {empty:?}");
+    let ok = raw.query("SELECT 41 + 1").await;
+    assert!(ok.windows(2).any(|w| w == b"42"), "the connection still answers queries");
 }
