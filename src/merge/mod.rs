@@ -59,10 +59,18 @@ impl Origin {
     pub const BOTH: [Origin; 2] = [Origin::Old, Origin::Extended];
 
     /// A position for per-origin arrays.
-    fn index(self) -> usize {
+    pub fn index(self) -> usize {
         match self {
             Origin::Old => 0,
             Origin::Extended => 1,
+        }
+    }
+
+    /// The other origin.
+    pub fn other(self) -> Origin {
+        match self {
+            Origin::Old => Origin::Extended,
+            Origin::Extended => Origin::Old,
         }
     }
 }

@@ -282,11 +282,11 @@ impl Session {
                     match RowPacket::classify(&packet, caps) {
                         RowPacket::Row => merge.push(origin, packet).map_err(|e| merge_failure(&e))?,
                         RowPacket::End { warnings, status } => {
-                            ends[index(origin)] = Some((warnings, status));
+                            ends[origin.index()] = Some((warnings, status));
                             merge.finish(origin).map_err(|e| merge_failure(&e))?;
                         }
                         RowPacket::Err => {
-                            self.drain_rows(feeds, other(origin), &mut ends).await?;
+                            self.drain_rows(feeds, origin.other(), &mut ends).await?;
                             frame::write_packet(&mut out, seq, &packet);
                             return self.write_to_client(request, &out).await;
                         }
@@ -304,7 +304,7 @@ impl Session {
             Feeds::Connections => Origin::Old,
             Feeds::OldSideHeld(_) => Origin::Extended,
         };
-        let status = ends[index(last_on_client_connection)].map_or(self.edxapp.status.bits(), |(_, s)| s);
+        let status = ends[last_on_client_connection.index()].map_or(self.edxapp.status.bits(), |(_, s)| s);
         self.edxapp.note_status(status);
         packets::write_end_of_rows(&mut out, seq, caps, warnings, status);
         self.write_to_client(request, &out).await
@@ -362,12 +362,12 @@ impl Session {
         origin: Origin,
         ends: &mut [Option<(u16, u16)>; 2],
     ) -> Result<(), SessionError> {
-        while ends[index(origin)].is_none() {
+        while ends[origin.index()].is_none() {
             let packet = self.packet(feeds, origin).await?;
             match RowPacket::classify(&packet, self.edxapp.caps) {
                 RowPacket::Row => {}
-                RowPacket::End { warnings, status } => ends[index(origin)] = Some((warnings, status)),
-                RowPacket::Err => ends[index(origin)] = Some((0, 0)),
+                RowPacket::End { warnings, status } => ends[origin.index()] = Some((warnings, status)),
+                RowPacket::Err => ends[origin.index()] = Some((0, 0)),
             }
         }
         Ok(())
@@ -396,20 +396,6 @@ fn resolve(known: &mut KnownColumns, head: Head, origin: Origin) -> Result<Resol
             None => Err(SessionError::BackendProtocol(ProtocolError::Malformed("result without its columns"))),
         },
         Head::Failed(error) => Ok(Resolved::Failed(error)),
-    }
-}
-
-fn index(origin: Origin) -> usize {
-    match origin {
-        Origin::Old => 0,
-        Origin::Extended => 1,
-    }
-}
-
-fn other(origin: Origin) -> Origin {
-    match origin {
-        Origin::Old => Origin::Extended,
-        Origin::Extended => Origin::Old,
     }
 }
 

@@ -66,19 +66,12 @@ impl KnownColumns {
 
     /// The definitions `origin` sent last, if any.
     pub fn get(&self, origin: Origin) -> Option<&Vec<Bytes>> {
-        self.0[index(origin)].as_ref()
+        self.0[origin.index()].as_ref()
     }
 
     /// Remembers the definitions `origin` sent.
     pub fn remember(&mut self, origin: Origin, defs: &[Bytes]) {
-        self.0[index(origin)] = Some(defs.to_vec());
-    }
-}
-
-fn index(origin: Origin) -> usize {
-    match origin {
-        Origin::Old => 0,
-        Origin::Extended => 1,
+        self.0[origin.index()] = Some(defs.to_vec());
     }
 }
 
