@@ -36,17 +36,17 @@ async fn select_one(conn: &mut Conn) -> Option<i64> {
 }
 
 #[tokio::test]
-async fn an_unreachable_backend_is_a_clear_2003_error() {
+async fn an_unreachable_backend_is_a_clear_1429_error() {
     let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let any_port = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let config = ProxyToml::edx(any_port, closed_port, closed_port).config().unwrap();
     let proxy = support::start_proxy(config).await;
     let opts = support::app().opts(proxy.addr(), None);
     let (code, message) = server_error(Conn::new(opts.clone()).await);
-    assert_eq!(code, 2003);
+    assert_eq!(code, 1429);
     assert!(message.contains(&closed_port.to_string()), "the message names the backend: {message}");
     let (again, _) = server_error(Conn::new(opts).await);
-    assert_eq!(again, 2003, "the proxy keeps answering after a failed connection");
+    assert_eq!(again, 1429, "the proxy keeps answering after a failed connection");
 }
 
 #[tokio::test]

@@ -114,7 +114,7 @@ async fn a_csmh_commit_failure_rolls_the_client_back_and_is_reported() {
     assert_eq!(threads.len(), 1, "one csmh connection for the session");
     csmh_root.query_drop(format!("KILL {}", threads[0])).await.unwrap();
     let (code, message) = server_error(edxapp.query_drop("COMMIT").await);
-    assert_eq!(code, 2013, "{message}");
+    assert_eq!(code, 1430, "{message}");
     let dora: Option<String> = edxapp.query_first("SELECT username FROM auth_user WHERE id = 99").await.unwrap();
     assert_eq!(dora, None, "the edxapp side of the transaction was rolled back, not committed alone");
     assert!(extended_rows(&site).await.is_empty());
@@ -132,7 +132,7 @@ async fn an_unreachable_csmh_server_is_an_error_for_the_statement_only() {
     let proxy = support::start_proxy(toml.config().unwrap()).await;
     let mut edxapp = Conn::new(dbs.proxy_opts(&proxy, &support::app())).await.unwrap();
     let (code, message) = server_error(edxapp.query_drop(edxapp_insert(1, "{}")).await);
-    assert_eq!(code, 2013);
+    assert_eq!(code, 1429);
     assert!(message.contains("csmh"), "{message}");
     let one: Option<i64> = edxapp.query_first("SELECT 1").await.unwrap();
     assert_eq!(one, Some(1));

@@ -34,10 +34,19 @@ pub mod code {
     pub const ER_UNKNOWN_STMT_HANDLER: u16 = 1243;
     /// A request packet that does not parse.
     pub const ER_MALFORMED_PACKET: u16 = 1835;
-    /// The client library's "can't connect": the proxy could not reach the server.
-    pub const CR_CONN_HOST_ERROR: u16 = 2003;
-    /// The client library's "lost connection during query".
-    pub const CR_SERVER_LOST: u16 = 2013;
+    /// The connection to the client's own server failed during a request (the session ends), as a server
+    /// reports a client connection it lost.
+    ///
+    /// The proxy's errors about its backends use server-range codes: MariaDB Connector/C (under `mysqlclient`
+    /// and the `mariadb` CLI) replaces any ERR packet with a client-range code (2000-2999) by 2027 "Received
+    /// malformed packet" and drops its message.
+    pub const ER_NET_READ_ERROR: u16 = 1158;
+    /// A backend server could not be reached or would not log the proxy in (FEDERATED's "Unable to connect to
+    /// foreign data source").
+    pub const ER_CONNECT_TO_FOREIGN_DATA_SOURCE: u16 = 1429;
+    /// The `csmh` connection failed during a statement (FEDERATED's "problem processing the query on the
+    /// foreign data source"); the client's session goes on.
+    pub const ER_QUERY_ON_FOREIGN_DATA_SOURCE: u16 = 1430;
 }
 
 /// The SQLSTATEs the proxy answers with.

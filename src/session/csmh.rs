@@ -92,7 +92,23 @@ pub enum CsmhError {
 impl CsmhError {
     /// The error the client is told for the statement that needed the connection.
     pub(super) fn to_mysql(&self) -> MysqlError {
-        MysqlError::new(code::CR_SERVER_LOST, sqlstate::HY000, format!("Lost connection to the csmh server ({self})"))
+        match self {
+            CsmhError::Credentials(_) | CsmhError::Connect(_) | CsmhError::Login(_) | CsmhError::Capabilities(_) => {
+                MysqlError::new(
+                    code::ER_CONNECT_TO_FOREIGN_DATA_SOURCE,
+                    sqlstate::HY000,
+                    format!("csmh-proxy cannot reach the csmh server: {self}"),
+                )
+            }
+            CsmhError::Query(_) => MysqlError::new(
+                code::ER_QUERY_ON_FOREIGN_DATA_SOURCE,
+                sqlstate::HY000,
+                format!("Lost connection to the csmh server during the statement (through csmh-proxy: {self})"),
+            ),
+            CsmhError::Refused(_) => {
+                MysqlError::new(code::ER_QUERY_ON_FOREIGN_DATA_SOURCE, sqlstate::HY000, format!("csmh-proxy: {self}"))
+            }
+        }
     }
 }
 

@@ -42,7 +42,7 @@ impl SessionError {
     pub(super) fn to_mysql(&self) -> Option<MysqlError> {
         Some(match self {
             SessionError::Connect(e) => MysqlError::new(
-                code::CR_CONN_HOST_ERROR,
+                code::ER_CONNECT_TO_FOREIGN_DATA_SOURCE,
                 sqlstate::HY000,
                 format!("Can't connect to MySQL server on '{}' (through csmh-proxy: {e})", e.address()),
             ),
@@ -50,8 +50,8 @@ impl SessionError {
                 MysqlError::new(code::ER_HANDSHAKE_ERROR, sqlstate::LINK_FAILURE, format!("Bad handshake: {e}"))
             }
             SessionError::Backend(_) | SessionError::BackendProtocol(_) => MysqlError::new(
-                code::CR_SERVER_LOST,
-                sqlstate::HY000,
+                code::ER_NET_READ_ERROR,
+                sqlstate::LINK_FAILURE,
                 format!("Lost connection to MySQL server during query ({self})"),
             ),
             SessionError::HandshakeTimeout => {
