@@ -638,3 +638,28 @@ async fn prepared_reads_of_both_tables_are_merged_in_the_binary_protocol() {
     let hidden_id = edxapp.exec::<String, _, _>(format!("SELECT `state` FROM `{OLD}` WHERE `id` = ?"), (1,)).await;
     assert_eq!(server_error(hidden_id).0, 1235, "a prepared merge that would need a hidden id is refused");
 }
+
+#[tokio::test]
+async fn a_transaction_that_begins_on_the_csmh_server_keeps_the_flags_it_began_with() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop("SET autocommit = 0").await.unwrap();
+    // The transaction's first statement runs on the csmh server only; edxapp's side has no transaction open yet.
+    edxapp.query_drop(edxapp_insert(7, "first")).await.unwrap();
+    let back = site.dbs.proxy_toml(Stage::OldTableOnly.flags()).config().unwrap();
+    site.proxy.shared().replace(back).unwrap();
+    edxapp.query_drop(edxapp_insert(7, "second")).await.unwrap();
+    edxapp.query_drop("COMMIT").await.unwrap();
+    let states: Vec<String> = extended_rows(&site).await.into_iter().map(|r| r.2).collect();
+    assert_eq!(states, vec!["first", "second"], "the whole transaction wrote the table it began with");
+    let in_old: Option<u64> = site
+        .root()
+        .await
+        .query_first(format!("SELECT COUNT(*) FROM {} WHERE student_module_id = 7", site.old()))
+        .await
+        .unwrap();
+    assert_eq!(in_old, Some(0));
+    edxapp.query_drop(edxapp_insert(7, "after")).await.unwrap();
+    edxapp.query_drop("COMMIT").await.unwrap();
+    assert_eq!(extended_rows(&site).await.len(), 2, "the next transaction follows the new flags");
+}

@@ -211,7 +211,10 @@ impl Session {
     /// The request whose packet lies at `span`, with the configuration snapshot that decides it; `None` for an
     /// empty packet, which is no command at all.
     fn request(&mut self, span: PacketSpan) -> Option<Request> {
-        let snapshot = self.transaction.snapshot(self.edxapp.transaction_open(), &self.shared);
+        // A transaction is open on either server: with autocommit off, one whose statements so far ran on the
+        // `csmh` server only has none open on `edxapp` yet.
+        let open = self.edxapp.transaction_open() || self.csmh.in_transaction();
+        let snapshot = self.transaction.snapshot(open, &self.shared);
         let first_frame = span.first_frame(&self.client.buf);
         let command = Command::of(first_frame)?;
         Some(Request::new(span, command, first_frame, snapshot))

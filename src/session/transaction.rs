@@ -1,6 +1,6 @@
 //! The client's transaction, as far as routing cares: the configuration snapshot it began with, which every
 //! statement in it is routed by, so that a flag flipped in the middle never splits one transaction across two
-//! routings.
+//! routings. It is open from its first statement on either server until it ends.
 
 use std::sync::Arc;
 
