@@ -79,6 +79,7 @@ mod tests {
             password: None,
             password_env: None,
             connect_timeout_secs: 5,
+            read_timeout_secs: 30,
         };
         Backends { edxapp: backend(edxapp), csmh: backend(csmh) }
     }

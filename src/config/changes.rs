@@ -105,7 +105,7 @@ impl Found {
     }
 
     fn backend(&mut self, prefix: &str, old: &Backend, new: &Backend) {
-        let Backend { address, user, password, password_env, connect_timeout_secs } = new;
+        let Backend { address, user, password, password_env, connect_timeout_secs, read_timeout_secs } = new;
         self.shown(format!("{prefix}.address"), &old.address, address);
         self.shown(format!("{prefix}.user"), or_unset(old.user.as_deref()), or_unset(user.as_deref()));
         self.secret(format!("{prefix}.password"), &old.password, password);
@@ -115,6 +115,7 @@ impl Found {
             or_unset(password_env.as_deref()),
         );
         self.shown(format!("{prefix}.connect_timeout_secs"), old.connect_timeout_secs, *connect_timeout_secs);
+        self.shown(format!("{prefix}.read_timeout_secs"), old.read_timeout_secs, *read_timeout_secs);
     }
 
     fn listen(&mut self, old: &Listen, new: &Listen) {

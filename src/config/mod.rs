@@ -98,10 +98,21 @@ pub struct Backend {
     /// Seconds to wait for a TCP connection to the server.
     #[serde(default = "default_connect_timeout_secs")]
     pub connect_timeout_secs: u64,
+    /// Seconds the proxy waits for the server's next bytes while a statement of its connection to it is pending
+    /// (only for the `csmh` backend on its own server: a frozen server fails the statement, not the session).
+    /// `edxapp` statements are the client's own and take as long as they take there.
+    #[serde(default = "default_read_timeout_secs")]
+    pub read_timeout_secs: u64,
 }
 
 fn default_connect_timeout_secs() -> u64 {
     5
+}
+
+/// The default [`Backend::read_timeout_secs`]: longer than any history statement of edxapp's should take, well
+/// under the time a web worker waits for its request.
+fn default_read_timeout_secs() -> u64 {
+    30
 }
 
 impl Backends {
@@ -142,6 +153,7 @@ impl fmt::Debug for Backend {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("password_env", &self.password_env)
             .field("connect_timeout_secs", &self.connect_timeout_secs)
+            .field("read_timeout_secs", &self.read_timeout_secs)
             .finish()
     }
 }

@@ -65,6 +65,7 @@ fn the_example_file_documents_every_key() {
         "address",
         "shutdown_timeout_secs",
         "connect_timeout_secs",
+        "read_timeout_secs",
         "user",
         "password",
         "password_env",
@@ -85,6 +86,7 @@ fn a_minimal_file_gets_the_defaults() {
     let config = Config::parse(MINIMAL).unwrap();
     assert_eq!(config.listen.shutdown_timeout_secs, 10);
     assert_eq!(config.backends.csmh.connect_timeout_secs, 5);
+    assert_eq!(config.backends.csmh.read_timeout_secs, 30);
     assert_eq!(config.admin, None);
     assert_eq!(config.history, HistoryTables::default());
     assert_eq!(config.history.old().unwrap().table(), "courseware_studentmodulehistory");

@@ -82,6 +82,7 @@ fn check_timeout(problems: &mut Vec<Problem>, key: &str, seconds: u64) {
 fn check_backend(problems: &mut Vec<Problem>, table: &str, backend: &Backend) {
     check_address(problems, &format!("{table}.address"), &backend.address, PortZero::Refused);
     check_timeout(problems, &format!("{table}.connect_timeout_secs"), backend.connect_timeout_secs);
+    check_timeout(problems, &format!("{table}.read_timeout_secs"), backend.read_timeout_secs);
     if let Err(error) = backend.password() {
         let key = match error {
             PasswordError::BothGiven => "password",

@@ -26,13 +26,21 @@ pub struct Connection {
     stream: TcpStream,
     /// Bytes read and not yet consumed.
     pub buf: BytesMut,
+    /// The longest one read or write may wait; `None`: as long as it takes.
+    io_timeout: Option<Duration>,
 }
 
 impl Connection {
     /// Wraps a connected socket (Nagle's algorithm off: the proxy writes whole responses).
     pub fn new(stream: TcpStream) -> Connection {
         let _ = stream.set_nodelay(true);
-        Connection { stream, buf: BytesMut::with_capacity(READ_CHUNK) }
+        Connection { stream, buf: BytesMut::with_capacity(READ_CHUNK), io_timeout: None }
+    }
+
+    /// Bounds every later read and write: one that waits longer than `timeout` for the peer fails with
+    /// [`io::ErrorKind::TimedOut`]. For connections whose peer may freeze while a client waits on it.
+    pub fn set_io_timeout(&mut self, timeout: Duration) {
+        self.io_timeout = Some(timeout);
     }
 
     /// Reads whatever is available (at least one byte); `Ok(0)` means the peer closed the connection.
@@ -40,7 +48,7 @@ impl Connection {
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
             self.buf.reserve(READ_CHUNK);
         }
-        self.stream.read_buf(&mut self.buf).await
+        bounded(self.io_timeout, self.stream.read_buf(&mut self.buf)).await
     }
 
     /// Waits until a whole packet is buffered and returns where it lies; `None` if the peer closed first.
@@ -75,12 +83,12 @@ impl Connection {
 
     /// Writes all of `bytes` to the socket.
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes).await
+        bounded(self.io_timeout, self.stream.write_all(bytes)).await
     }
 
     /// Writes the first `n` buffered bytes of `from` to this socket and consumes them there.
     pub async fn relay_from(&mut self, from: &mut Connection, n: usize) -> io::Result<()> {
-        self.stream.write_all(&from.buf[..n]).await?;
+        bounded(self.io_timeout, self.stream.write_all(&from.buf[..n])).await?;
         from.consume(n);
         Ok(())
     }
@@ -93,6 +101,18 @@ impl Connection {
     /// Flushes and closes the writing half.
     pub async fn shutdown(&mut self) -> io::Result<()> {
         self.stream.shutdown().await
+    }
+}
+
+/// Runs `io`, failing with [`io::ErrorKind::TimedOut`] once it has waited `timeout`.
+async fn bounded<T>(timeout: Option<Duration>, io: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+    let Some(timeout) = timeout else { return io.await };
+    match tokio::time::timeout(timeout, io).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the server did not respond within {} s", timeout.as_secs_f64()),
+        )),
     }
 }
 

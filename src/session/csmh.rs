@@ -49,6 +49,8 @@ const LAYOUT: CapabilityFlags = CapabilityFlags::CLIENT_DEPRECATE_EOF
 #[derive(Default)]
 pub(super) struct CsmhLink {
     open: Option<CsmhConnection>,
+    /// How many connections the link has opened: the open one's number, which statements prepared on it keep.
+    opened: u64,
 }
 
 /// The proxy's open connection to the `csmh` server for one client session.
@@ -128,6 +130,12 @@ impl CsmhLink {
         self.open.is_some()
     }
 
+    /// The open connection's number, different for every connection the link opens: a statement prepared on
+    /// the `csmh` server lives as long as the connection of that number.
+    pub fn connection_number(&self) -> Option<u64> {
+        self.open.as_ref().map(|_| self.opened)
+    }
+
     /// Whether a transaction mirroring the client's (or one of the proxy's own) is open on it.
     pub fn in_transaction(&self) -> bool {
         self.open.as_ref().is_some_and(|c| c.transaction.is_some())
@@ -149,7 +157,12 @@ impl CsmhLink {
     ) -> Result<&mut CsmhConnection, CsmhError> {
         let csmh = match self.open.take() {
             Some(csmh) => csmh,
-            None => open(edxapp.caps, snapshot).await.inspect_err(|_| metrics.backend_connect_error(Server::Csmh))?,
+            None => {
+                let csmh = open(edxapp.caps, snapshot).await;
+                let csmh = csmh.inspect_err(|_| metrics.backend_connect_error(Server::Csmh))?;
+                self.opened += 1;
+                csmh
+            }
         };
         let csmh = self.open.insert(csmh);
         if !csmh.synced {
@@ -172,10 +185,12 @@ impl CsmhLink {
     /// Drops the connection after `failure`, rolling the client's transaction back if the connection had part
     /// of it; the error to answer the client's statement with.
     pub async fn fail(&mut self, edxapp: &mut Edxapp, failure: CsmhError) -> Result<MysqlError, SessionError> {
+        let mut error = failure.to_mysql();
         if self.close(&failure) {
             edxapp.rollback().await?;
+            error.message.push_str("; the transaction was rolled back");
         }
-        Ok(failure.to_mysql())
+        Ok(error)
     }
 
     /// Notes a request relayed to `edxapp`: one that may change the session settings makes the connection read
@@ -299,6 +314,7 @@ async fn open(client: Negotiated, snapshot: &ConfigSnapshot) -> Result<CsmhConne
     let database = Some(snapshot.router.extended().schema().to_owned());
     let credentials = Credentials { user, password, database };
     let mut conn = backend::connect(&config.address, config.connect_timeout_secs).await?;
+    conn.set_io_timeout(std::time::Duration::from_secs(config.read_timeout_secs));
     let wanted = (backend::LOGIN_CAPABILITIES - LAYOUT) | (client.flags() & LAYOUT);
     // The greeting and login are bounded too: a server whose accept queue overflowed never greets.
     let timeout = std::time::Duration::from_secs(config.connect_timeout_secs);

@@ -3,6 +3,7 @@
 use std::io;
 use std::time::Duration;
 
+use super::csmh::CsmhError;
 use crate::backend::{BackendError, QueryError};
 use crate::protocol::ProtocolError;
 use crate::protocol::errors::{MysqlError, code, sqlstate};
@@ -35,6 +36,10 @@ pub enum SessionError {
     /// the session, so the servers end the statement (and roll back its transaction) as they would directly.
     #[error("the client closed its connection while a request was in flight")]
     ClientHungUp,
+    /// The `csmh` connection failed during a request. Unless part of the answer has reached the client, the
+    /// session makes it the request's error and goes on (`Session::serve`).
+    #[error(transparent)]
+    Csmh(#[from] CsmhError),
 }
 
 impl SessionError {
@@ -57,6 +62,7 @@ impl SessionError {
             SessionError::HandshakeTimeout => {
                 MysqlError::new(code::ER_HANDSHAKE_ERROR, sqlstate::LINK_FAILURE, "Bad handshake")
             }
+            SessionError::Csmh(failure) => failure.to_mysql(),
             SessionError::Client(_) | SessionError::ClientHungUp => return None,
         })
     }
@@ -68,7 +74,17 @@ impl SessionError {
 
     /// The `csmh` connection a response was expected on is not there (closed after a failure).
     pub(super) fn csmh_closed() -> SessionError {
-        SessionError::Backend(io::Error::new(io::ErrorKind::NotConnected, "the csmh connection is closed"))
+        SessionError::csmh_io(io::Error::new(io::ErrorKind::NotConnected, "the csmh connection is closed"))
+    }
+
+    /// Reading from or writing to the `csmh` connection failed, or the server closed it.
+    pub(super) fn csmh_io(error: io::Error) -> SessionError {
+        SessionError::Csmh(CsmhError::Query(QueryError::Io(error)))
+    }
+
+    /// The `csmh` server sent something that does not follow the protocol.
+    pub(super) fn csmh_protocol(error: ProtocolError) -> SessionError {
+        SessionError::Csmh(CsmhError::Query(QueryError::Protocol(error)))
     }
 
     /// The client closed the connection.

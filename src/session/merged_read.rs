@@ -6,6 +6,7 @@
 //! the read answers instead.
 
 use std::collections::VecDeque;
+use std::io;
 
 use bytes::{Bytes, BytesMut};
 use tracing::{debug, warn};
@@ -184,9 +185,10 @@ impl Session {
             return self.answer_error(request, error).await;
         }
         self.consume_request(request);
-        self.edxapp.send(command, old).await?;
+        // The csmh side first: if it cannot be sent, edxapp has no answer pending.
         let Some(csmh) = self.csmh.connection() else { return Err(SessionError::csmh_closed()) };
-        crate::backend::send_command(&mut csmh.conn, command, extended).await.map_err(SessionError::Backend)?;
+        crate::backend::send_command(&mut csmh.conn, command, extended).await.map_err(SessionError::csmh_io)?;
+        self.edxapp.send(command, old).await?;
         // Across two servers the merge never gives up for the union: it answers with an error itself.
         match self.merge_heads(request, &mut Feeds::Connections, plan, protocol, known).await? {
             Merged::Answered | Merged::GaveUp => Ok(Flow::Continue),
@@ -206,7 +208,15 @@ impl Session {
         known: &mut KnownColumns,
     ) -> Result<Merged, SessionError> {
         let old = self.head(feeds, Origin::Old).await?;
-        let new = self.head(feeds, Origin::Extended).await?;
+        let new = match self.head(feeds, Origin::Extended).await {
+            Err(failure @ SessionError::Csmh(_)) => {
+                if let Head::Columns(_) | Head::KnownColumns = old {
+                    self.drain_rows(feeds, Origin::Old, &mut [None, None]).await?;
+                }
+                return Err(failure);
+            }
+            new => new?,
+        };
         let (old, new) = match (resolve(known, old, Origin::Old)?, resolve(known, new, Origin::Extended)?) {
             (Resolved::Columns(old), Resolved::Columns(new)) => (old, new),
             (Resolved::Failed(error), Resolved::Failed(_)) => return self.answer_side_error(request, &error).await,
@@ -278,7 +288,14 @@ impl Session {
                     }
                 }
                 Step::Read(origin) => {
-                    let packet = self.packet(feeds, origin).await?;
+                    let packet = match self.packet(feeds, origin).await {
+                        // The old side is read to its end while the failure can still be the client's error.
+                        Err(failure @ SessionError::Csmh(_)) if request.answer_seq.is_some() => {
+                            self.drain_rows(feeds, Origin::Old, &mut ends).await?;
+                            return Err(failure);
+                        }
+                        packet => packet?,
+                    };
                     match RowPacket::classify(&packet, caps) {
                         RowPacket::Row => merge.push(origin, packet).map_err(|e| merge_failure(&e))?,
                         RowPacket::End { warnings, status } => {
@@ -312,19 +329,21 @@ impl Session {
 
     /// The next packet of a side, progress reports skipped.
     async fn packet(&mut self, feeds: &mut Feeds, origin: Origin) -> Result<Bytes, SessionError> {
-        let conn = match (feeds, origin) {
+        let (conn, failed): (_, fn(io::Error) -> SessionError) = match (feeds, origin) {
             (Feeds::OldSideHeld(held), Origin::Old) => {
                 return held.pop_front().ok_or(SessionError::BackendProtocol(ProtocolError::Malformed("result")));
             }
-            (Feeds::OldSideHeld(_), Origin::Extended) | (Feeds::Connections, Origin::Old) => &mut self.edxapp.conn,
+            (Feeds::OldSideHeld(_), Origin::Extended) | (Feeds::Connections, Origin::Old) => {
+                (&mut self.edxapp.conn, SessionError::Backend)
+            }
             (Feeds::Connections, Origin::Extended) => match self.csmh.connection() {
-                Some(csmh) => &mut csmh.conn,
+                Some(csmh) => (&mut csmh.conn, SessionError::csmh_io),
                 None => return Err(SessionError::csmh_closed()),
             },
         };
         loop {
-            let payload = conn.next_payload().await.map_err(SessionError::Backend)?;
-            let payload = payload.ok_or_else(SessionError::backend_closed)?;
+            let payload = conn.next_payload().await.map_err(failed)?;
+            let payload = payload.ok_or_else(|| failed(io::ErrorKind::UnexpectedEof.into()))?;
             if !packets::is_progress_report(&payload) {
                 return Ok(payload);
             }

@@ -235,6 +235,10 @@ impl Session {
             },
             None => self.carry_out(request, decision).await,
         };
+        let result = match result {
+            Err(SessionError::Csmh(failure)) => self.contain_csmh_failure(request, failure).await,
+            result => result,
+        };
         debug_assert!(result.is_err() || !request.buffered, "a request answered without leaving the client's buffer");
         let metrics = &self.shared.metrics;
         match (&result, request.label) {
@@ -253,6 +257,25 @@ impl Session {
         result
     }
 
+    /// A failure of the `csmh` connection fails the request, not the session: the connection is dropped (the
+    /// client's transaction rolled back if it had part of it) and the client gets the error; the next statement
+    /// that needs the `csmh` server opens a new connection. Executors leave the `edxapp` connection with no
+    /// answer pending before they return such a failure. Once part of the answer has reached the client, the
+    /// session ends, as it would with a server that died in the middle of an answer.
+    async fn contain_csmh_failure(&mut self, request: &mut Request, failure: CsmhError) -> Result<Flow, SessionError> {
+        if request.answer_seq.is_none() {
+            self.csmh.close(&failure);
+            return Err(SessionError::Csmh(failure));
+        }
+        let error = self.csmh.fail(&mut self.edxapp, failure).await?;
+        if request.command.response().is_none() {
+            // A command that gets no answer (closing a statement, sending long data) gets no error either.
+            self.consume_request(request);
+            return Ok(Flow::Continue);
+        }
+        self.answer_error(request, error).await
+    }
+
     /// Decides what happens to `request`: the one place where a request's handling is chosen.
     fn decide(&self, request: &mut Request) -> Decision {
         let form = match request.command {
@@ -260,7 +283,8 @@ impl Session {
             Command::StmtPrepare => Form::Prepare,
             Command::Refused(byte) => return Decision::Refuse(refused_command(byte, request.command)),
             _ => {
-                let registered = request.statement_id.and_then(|id| self.statements.lookup(id, self.csmh.is_open()));
+                let csmh = self.csmh.connection_number();
+                let registered = request.statement_id.and_then(|id| self.statements.lookup(id, csmh));
                 return registered.map_or(Decision::Relay, Decision::Registered);
             }
         };
@@ -281,6 +305,7 @@ impl Session {
             Decision::Refuse(error) => self.answer_error(request, error).await,
             Decision::Registered(Registered::Twin(shadow)) => self.on_twin(request, shadow).await,
             Decision::Registered(Registered::OnCsmh { id }) => self.on_csmh_statement(request, id).await,
+            Decision::Registered(Registered::Lost { id }) => self.on_lost_statement(request, id).await,
             Decision::Route(Route::Rewrite(rewritten)) => self.rewrite(request, rewritten).await,
             Decision::Route(Route::FanOut(FanOut::Union(sql))) => self.union_read(request, &sql).await,
             Decision::Route(Route::FanOut(FanOut::Merge(read))) if prepare => self.prepare_merged(request, *read).await,

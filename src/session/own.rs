@@ -44,7 +44,7 @@ impl Session {
     ) -> Result<Outcome, SessionError> {
         let reply = match server {
             Server::Edxapp => Ok(self.edxapp.command(command, body, Expect::ResultSets).await?),
-            Server::Csmh => self.csmh_command(snapshot, command, body, Expect::ResultSets).await,
+            Server::Csmh => self.csmh_command(snapshot, command, body, Expect::ResultSets).await?,
         };
         match reply {
             Ok(Reply::Ok(ok)) => Ok(Outcome::Ok(ok)),
@@ -58,24 +58,25 @@ impl Session {
     }
 
     /// Sends one command of the proxy's own on the `csmh` connection (opened if needed) and reads its whole
-    /// answer; a failure drops the connection and is the client's error.
+    /// answer; a failure drops the connection (rolling back the client's transaction if the connection had part
+    /// of it) and is the client's error.
     pub(super) async fn csmh_command(
         &mut self,
         snapshot: &ConfigSnapshot,
         command: u8,
         body: &[u8],
         expect: Expect,
-    ) -> Result<Reply, MysqlError> {
+    ) -> Result<Result<Reply, MysqlError>, SessionError> {
         let reply = match self.csmh.ready(&mut self.edxapp, snapshot, &self.shared.metrics).await {
             Ok(csmh) => {
                 backend::command(&mut csmh.conn, csmh.caps, command, body, expect).await.map_err(CsmhError::Query)
             }
             Err(failure) => Err(failure),
         };
-        reply.map_err(|failure| {
-            self.csmh.close(&failure);
-            failure.to_mysql()
-        })
+        match reply {
+            Ok(reply) => Ok(Ok(reply)),
+            Err(failure) => Ok(Err(self.csmh.fail(&mut self.edxapp, failure).await?)),
+        }
     }
 
     /// The single number `sql` answers with on `server`, if it answers with one; a failure of the `csmh`
@@ -85,13 +86,16 @@ impl Session {
         snapshot: &ConfigSnapshot,
         server: Server,
         sql: &str,
-    ) -> Result<Option<u64>, MysqlError> {
+    ) -> Result<Result<Option<u64>, MysqlError>, SessionError> {
         let reply = match server {
             Server::Edxapp => self.edxapp.query(sql.as_bytes()).await.ok(),
-            Server::Csmh => Some(self.csmh_command(snapshot, COM_QUERY, sql.as_bytes(), Expect::ResultSets).await?),
+            Server::Csmh => match self.csmh_command(snapshot, COM_QUERY, sql.as_bytes(), Expect::ResultSets).await? {
+                Ok(reply) => Some(reply),
+                Err(error) => return Ok(Err(error)),
+            },
         };
-        let Some(Reply::Rows(rows)) = reply else { return Ok(None) };
+        let Some(Reply::Rows(rows)) = reply else { return Ok(Ok(None)) };
         let value = rows.values.first().and_then(|row| row.first()).cloned().flatten();
-        Ok(value.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()))
+        Ok(Ok(value.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())))
     }
 }

@@ -1,6 +1,7 @@
 //! Statements the proxy answers with its own error instead of running them: the retired old table (1142), what
-//! the router cannot route exactly (1235), and what an executor finds it cannot carry out (1235). Each is
-//! logged at info with its reason, never with the statement (whose values are the learners' data).
+//! the router cannot route exactly (1235), what an executor finds it cannot carry out (1235), and commands on a
+//! prepared statement lost with its `csmh` connection (1243). Each is logged at info with its reason, never
+//! with the statement (whose values are the learners' data).
 
 use tracing::{debug, info};
 
@@ -8,7 +9,8 @@ use super::error::SessionError;
 use super::request::Request;
 use super::{Flow, Session};
 use crate::metrics::RouteLabel;
-use crate::protocol::errors::MysqlError;
+use crate::protocol::command::{COM_STMT_CLOSE, Command};
+use crate::protocol::errors::{MysqlError, code, sqlstate};
 use crate::routing::Refusal;
 
 impl Session {
@@ -46,5 +48,30 @@ impl Session {
             request.label = Some(RouteLabel::Refuse);
         }
         self.answer_error(request, error).await
+    }
+
+    /// Answers a command on a prepared statement that lived on (or had its shadow on) a `csmh` connection that
+    /// failed since: an execution gets error 1243, as for a statement the server does not have; closing it
+    /// forgets it (and closes the client's own part on `edxapp`); other commands without an answer are dropped.
+    pub(super) async fn on_lost_statement(&mut self, request: &mut Request, id: u32) -> Result<Flow, SessionError> {
+        match request.command {
+            Command::Relayed(COM_STMT_CLOSE) => {
+                self.statements.remove(id);
+                self.relay_request(request).await.map(|()| Flow::Continue)
+            }
+            command if command.response().is_none() => {
+                self.consume_request(request);
+                Ok(Flow::Continue)
+            }
+            _ => {
+                info!(statement = id, "command on a prepared statement lost with its csmh connection");
+                let message = format!(
+                    "Unknown prepared statement handler ({id}): it was lost with csmh-proxy's connection to the csmh \
+                     server; prepare it again"
+                );
+                let error = MysqlError::new(code::ER_UNKNOWN_STMT_HANDLER, sqlstate::HY000, message);
+                self.answer_error(request, error).await
+            }
+        }
     }
 }

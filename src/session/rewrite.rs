@@ -1,6 +1,6 @@
 //! A statement rewritten to the extended table: sent in place of the client's on the connection that reaches
 //! that table (the client's own on one server, the `csmh` one on two), its answer relayed as it is. Statements
-//! prepared on the `csmh` connection are known to the client by their id with [`CSMH_STATEMENT`] set, and the
+//! prepared on the `csmh` connection are known to the client by an id of the registry's, and the
 //! commands on them go there too. An insert first checks, once per configuration, that the extended table's ids
 //! start above the old table's (docs/routing.md, "Offset safety").
 
@@ -10,7 +10,6 @@ use super::csmh::CsmhError;
 use super::error::SessionError;
 use super::relay::{Copied, CopyFailure, copy_response};
 use super::request::Request;
-use super::statements::CSMH_STATEMENT;
 use super::{Flow, Session};
 use crate::backend::QueryError;
 use crate::protocol::ProtocolError;
@@ -26,7 +25,7 @@ impl Session {
     pub(super) async fn rewrite(&mut self, request: &mut Request, rewritten: Rewritten) -> Result<Flow, SessionError> {
         let Rewritten { sql, on, inserts, inline } = rewritten;
         if inserts {
-            if let Some(error) = self.unsafe_offset(request).await {
+            if let Some(error) = self.unsafe_offset(request).await? {
                 return self.refuse_routed(request, error).await;
             }
         }
@@ -43,10 +42,10 @@ impl Session {
     /// the error to answer an insert with when it is not (or cannot be checked). A failed check is logged and
     /// tried again on the next insert. Once the old table is retired nothing reads it any more, so its ids
     /// cannot collide with anything read, and it is not looked at (`truncate-old` may be holding it locked).
-    async fn unsafe_offset(&mut self, request: &Request) -> Option<MysqlError> {
+    async fn unsafe_offset(&mut self, request: &Request) -> Result<Option<MysqlError>, SessionError> {
         let snapshot = &request.snapshot;
         if snapshot.offset_verified.get().is_some() || snapshot.config.flags.read_only_from_csmhe {
-            return None;
+            return Ok(None);
         }
         let (old, extended) = (snapshot.router.old(), snapshot.router.extended());
         let max_old = format!("SELECT COALESCE(MAX(id), 0) FROM {}", old.quoted());
@@ -55,17 +54,17 @@ impl Session {
             extended.schema(),
             extended.table()
         );
-        let max_old = self.number(snapshot, Server::Edxapp, &max_old).await.ok().flatten();
+        let max_old = self.number(snapshot, Server::Edxapp, &max_old).await?.ok().flatten();
         let extended_server = snapshot.router.topology().extended_server();
-        let next = match self.number(snapshot, extended_server, &next_extended).await {
-            Err(failure) => return Some(failure),
+        let next = match self.number(snapshot, extended_server, &next_extended).await? {
+            Err(failure) => return Ok(Some(failure)),
             Ok(next) => next,
         };
         if let (Some(max_old), Some(next)) = (max_old, next) {
             if next > max_old {
                 let _ = snapshot.offset_verified.set(());
                 info!(max_old, next_extended = next, "the extended table's ids start above the old table's");
-                return None;
+                return Ok(None);
             }
         }
         tracing::error!(
@@ -73,12 +72,12 @@ impl Session {
             "the extended table's next id is not above the old table's largest id: inserts are refused until \
              `csmh-proxy init` sets its starting id"
         );
-        Some(MysqlError::not_supported(format!(
+        Ok(Some(MysqlError::not_supported(format!(
             "csmh-proxy does not write to {} yet: its next id is not above every id of {}, so ids could collide; \
              run `csmh-proxy init` to set its starting id",
             extended.quoted(),
             old.quoted()
-        )))
+        ))))
     }
 
     /// Runs `sql` on the `csmh` connection in place of the client's statement (COM_QUERY or COM_STMT_PREPARE)
@@ -112,10 +111,14 @@ impl Session {
             return self.answer_error(request, error).await;
         }
         let Some(csmh) = self.csmh.connection() else { return Err(SessionError::csmh_closed()) };
+        if request.command == Command::Relayed(crate::protocol::command::COM_STMT_CLOSE) {
+            self.statements.remove(request.statement_id.unwrap_or_default());
+        }
         // The registry found the id in the request, so the packet is long enough to take the other one.
         command::set_statement_id(request.span.first_frame_mut(&mut self.client.buf), id);
+        // Until it is relayed whole, the request stays the client's to be answered.
+        csmh.conn.relay_from(&mut self.client, request.span.wire_len).await.map_err(SessionError::csmh_io)?;
         request.buffered = false;
-        csmh.conn.relay_from(&mut self.client, request.span.wire_len).await.map_err(SessionError::Backend)?;
         match request.command.response() {
             Some(expect) => self.relay_csmh_response(request, expect).await,
             None => Ok(Flow::Continue),
@@ -125,12 +128,14 @@ impl Session {
     /// Marks the statement id in the `csmh` server's answer to a COM_STMT_PREPARE, so the client's later
     /// commands on it are recognised and sent there.
     async fn mark_csmh_statement(&mut self) -> Result<(), SessionError> {
+        let Some(connection) = self.csmh.connection_number() else { return Ok(()) };
         let Some(csmh) = self.csmh.connection() else { return Ok(()) };
-        let span = csmh.conn.next_packet().await.map_err(SessionError::Backend)?;
-        let span = span.ok_or_else(SessionError::backend_closed)?;
+        let span = csmh.conn.next_packet().await.map_err(SessionError::csmh_io)?;
+        let span = span.ok_or_else(|| SessionError::csmh_io(std::io::ErrorKind::UnexpectedEof.into()))?;
         let payload = span.first_frame_mut(&mut csmh.conn.buf);
         if let Some(prepared) = PrepareOk::parse(payload) {
-            PrepareOk::set_statement_id(payload, prepared.statement_id | CSMH_STATEMENT);
+            let id = self.statements.insert_on_csmh(connection, prepared.statement_id);
+            PrepareOk::set_statement_id(payload, id);
         }
         Ok(())
     }
@@ -142,11 +147,11 @@ impl Session {
         match copy_response(&mut csmh.conn, &mut self.client, &mut scanner, &mut request.answer_seq).await {
             Ok(Copied::Done(_)) => Ok(Flow::Continue),
             Ok(Copied::ClientTurn(_)) => {
-                Err(SessionError::BackendProtocol(ProtocolError::Unsupported("csmh server asked for client data")))
+                Err(SessionError::csmh_protocol(ProtocolError::Unsupported("csmh server asked for client data")))
             }
             Err(CopyFailure::Client(e)) => Err(SessionError::Client(e)),
-            Err(CopyFailure::Server(e)) => Err(SessionError::Backend(e)),
-            Err(CopyFailure::Protocol(e)) => Err(SessionError::BackendProtocol(e)),
+            Err(CopyFailure::Server(e)) => Err(SessionError::csmh_io(e)),
+            Err(CopyFailure::Protocol(e)) => Err(SessionError::csmh_protocol(e)),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The session's registry of the prepared statements the proxy handles itself: those with a twin on the
 //! extended table (a shadow the client never sees), and those prepared on the `csmh` connection (known to the
-//! client by their id with [`CSMH_STATEMENT`] set). A command on a prepared statement is looked up here, beside
-//! the router's decision for statements.
+//! client by an id of the proxy's with [`CSMH_STATEMENT`] set). A command on a prepared statement is looked up
+//! here, beside the router's decision for statements. What lives on the `csmh` server lives as long as the
+//! connection it was prepared on: after that connection failed, the statement is lost, never confused with one
+//! of the same server id on the next connection.
 
 use std::collections::HashMap;
 
@@ -12,7 +14,7 @@ use crate::topology::Server;
 
 /// The bit set in the ids of statements prepared on the `csmh` connection, as the client sees them. Servers
 /// number a connection's statements from 1, so the client's own statements on `edxapp` never have it.
-pub(super) const CSMH_STATEMENT: u32 = 0x8000_0000;
+const CSMH_STATEMENT: u32 = 0x8000_0000;
 
 /// What a command on a prepared statement is, as the registry knows it.
 pub(super) enum Registered {
@@ -21,6 +23,11 @@ pub(super) enum Registered {
     /// A statement prepared on the `csmh` connection, with the id the `csmh` server knows it by.
     OnCsmh {
         /// Its id on the `csmh` connection.
+        id: u32,
+    },
+    /// A statement that lived on, or had a shadow on, a `csmh` connection that has failed since.
+    Lost {
+        /// The id the client knows it by.
         id: u32,
     },
 }
@@ -32,6 +39,8 @@ pub(super) struct Shadow {
     pub own: u32,
     /// The connection the shadow is prepared on.
     pub server: Server,
+    /// For a shadow on the `csmh` connection, that connection's number (`CsmhLink::connection_number`).
+    pub csmh_connection: Option<u64>,
     /// Its id there.
     pub id: u32,
     /// What executing the pair does.
@@ -80,16 +89,42 @@ impl KnownColumns {
 pub(super) struct Statements {
     /// Shadows, by the id the client knows its statement by.
     shadows: HashMap<u32, Shadow>,
+    /// Statements prepared on the `csmh` connection, by the id the client knows them by: the connection's
+    /// number and the id there.
+    on_csmh: HashMap<u32, (u64, u32)>,
+    /// The last id given to a statement prepared on the `csmh` connection, without [`CSMH_STATEMENT`].
+    last_csmh_id: u32,
 }
 
 impl Statements {
     /// What the statement `id` a command names is, if the proxy handles it itself; `csmh_open` says whether the
     /// `csmh` connection its statements live on is open.
-    pub fn lookup(&self, id: u32, csmh_open: bool) -> Option<Registered> {
+    pub fn lookup(&self, id: u32, csmh_connection: Option<u64>) -> Option<Registered> {
         if let Some(shadow) = self.shadows.get(&id) {
-            return Some(Registered::Twin(shadow.clone()));
+            return Some(match shadow.server {
+                Server::Csmh if shadow.csmh_connection != csmh_connection => Registered::Lost { id },
+                _ => Registered::Twin(shadow.clone()),
+            });
         }
-        (csmh_open && id & CSMH_STATEMENT != 0).then_some(Registered::OnCsmh { id: id & !CSMH_STATEMENT })
+        let &(connection, csmh_id) = self.on_csmh.get(&id)?;
+        Some(match Some(connection) == csmh_connection {
+            true => Registered::OnCsmh { id: csmh_id },
+            false => Registered::Lost { id },
+        })
+    }
+
+    /// Registers a statement the `csmh` connection numbered `connection` prepared as `csmh_id`; the id the
+    /// client knows it by.
+    pub fn insert_on_csmh(&mut self, connection: u64, csmh_id: u32) -> u32 {
+        // Ids are not reused before 2^31 prepares in one session; one still in use is skipped.
+        loop {
+            self.last_csmh_id = self.last_csmh_id.wrapping_add(1) & !CSMH_STATEMENT;
+            let id = self.last_csmh_id | CSMH_STATEMENT;
+            if self.last_csmh_id != 0 && !self.on_csmh.contains_key(&id) {
+                self.on_csmh.insert(id, (connection, csmh_id));
+                return id;
+            }
+        }
     }
 
     /// Registers a client statement's shadow.
@@ -97,9 +132,10 @@ impl Statements {
         self.shadows.insert(shadow.own, shadow);
     }
 
-    /// Forgets a client statement's shadow (the client closed the statement).
+    /// Forgets a client statement the proxy handles itself (the client closed it).
     pub fn remove(&mut self, own: u32) {
         self.shadows.remove(&own);
+        self.on_csmh.remove(&own);
     }
 
     /// Keeps the column definitions a merged execution of `own` last saw.
@@ -113,5 +149,6 @@ impl Statements {
     /// are left to the connection.
     pub fn forget_all(&mut self) {
         self.shadows.clear();
+        self.on_csmh.clear();
     }
 }

@@ -103,7 +103,11 @@ impl Session {
             Twin::Merge { plan, .. } => Twin::Merge { plan, known: KnownColumns::new(own.columns, shadow.columns) },
             write => write,
         };
-        self.statements.insert(Shadow { own: own.id, server, id: shadow.id, twin });
+        let csmh_connection = match server {
+            Server::Csmh => self.csmh.connection_number(),
+            Server::Edxapp => None,
+        };
+        self.statements.insert(Shadow { own: own.id, server, csmh_connection, id: shadow.id, twin });
         Ok(Flow::Continue)
     }
 
@@ -116,7 +120,7 @@ impl Session {
     ) -> Result<Result<Prepared, MysqlError>, SessionError> {
         let reply = match server {
             Server::Edxapp => self.edxapp.command(COM_STMT_PREPARE, sql, Expect::Prepare).await?,
-            Server::Csmh => match self.csmh_command(&request.snapshot, COM_STMT_PREPARE, sql, Expect::Prepare).await {
+            Server::Csmh => match self.csmh_command(&request.snapshot, COM_STMT_PREPARE, sql, Expect::Prepare).await? {
                 Ok(reply) => reply,
                 Err(error) => return Ok(Err(error)),
             },
@@ -196,7 +200,7 @@ impl Session {
         match server {
             Server::Edxapp => self.edxapp.send(command, body).await,
             Server::Csmh => match self.csmh.connection() {
-                Some(csmh) => backend::send_command(&mut csmh.conn, command, body).await.map_err(SessionError::Backend),
+                Some(csmh) => backend::send_command(&mut csmh.conn, command, body).await.map_err(SessionError::csmh_io),
                 None => Ok(()),
             },
         }

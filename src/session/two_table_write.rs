@@ -156,6 +156,10 @@ impl Session {
         error: MysqlError,
     ) -> Result<Outcome, SessionError> {
         for &server in servers {
+            if server == Server::Csmh && !self.csmh.is_open() {
+                // The connection failed, and the server rolled its side back when it went.
+                continue;
+            }
             self.run_own(snapshot, server, atomic.undo()).await?;
             self.mark_own_transaction(server, atomic, false);
             if let Atomic::Savepoint = atomic {

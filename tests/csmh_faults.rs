@@ -1,0 +1,197 @@
+//! Faults of the `csmh` server across two servers, as an operator meets them: its connection lost between
+//! statements (a restart, a KILL, an idle timeout), the server frozen, a client giving up while it is frozen.
+//! Each fails the statement that needed the `csmh` server with an error the client reads, never the client's
+//! session; nothing is half-written; the next statement opens a new connection; and nothing waits forever.
+
+mod support;
+
+use std::time::Duration;
+
+use csmh_proxy::history::Stage;
+use mysql_async::prelude::*;
+use mysql_async::{Conn, OptsBuilder};
+use support::edx::*;
+
+/// Generous bound on any one step, so that a regression fails the test instead of hanging it.
+const STEP: Duration = Duration::from_secs(60);
+
+async fn bounded<T>(what: &str, step: impl Future<Output = T>) -> T {
+    tokio::time::timeout(STEP, step).await.unwrap_or_else(|_| panic!("{what} did not finish"))
+}
+
+/// Ends the proxy's connections to the `csmh` database, as a restart of that server would.
+async fn kill_csmh_connections(site: &Site) {
+    let mut root = site.csmh_root().await;
+    let threads: Vec<u64> = root
+        .query(format!("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = '{}'", site.dbs.csmh_db))
+        .await
+        .unwrap();
+    assert!(!threads.is_empty(), "the session has a csmh connection to lose");
+    for thread in threads {
+        root.query_drop(format!("KILL {thread}")).await.unwrap();
+    }
+}
+
+async fn extended_states(site: &Site) -> Vec<String> {
+    site.csmh_root().await.query(format!("SELECT state FROM {} ORDER BY id", site.extended())).await.unwrap()
+}
+
+/// A client without mysql_async's statement cache, so that preparing a statement again prepares it anew.
+async fn uncached_client(site: &Site) -> Conn {
+    let opts = OptsBuilder::from_opts(site.dbs.proxy_opts(&site.proxy, &support::app())).stmt_cache_size(0);
+    Conn::new(opts).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_lost_csmh_connection_fails_one_rewritten_statement_and_the_session_goes_on() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop(edxapp_insert(1, "before")).await.unwrap();
+    kill_csmh_connections(&site).await;
+    let (code, message) = server_error(edxapp.query_drop(edxapp_insert(1, "lost")).await);
+    assert_eq!(code, 1430, "{message}");
+    assert!(message.contains("csmh server"), "{message}");
+    let one: Option<i64> = edxapp.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1), "the session goes on");
+    edxapp.query_drop(edxapp_insert(1, "after")).await.unwrap();
+    assert_eq!(extended_states(&site).await, ["before", "after"], "the failed statement wrote nothing");
+    assert_eq!(site.proxy.shared().metrics.backend_query_errors(csmh_proxy::topology::Server::Csmh), 1);
+}
+
+#[tokio::test]
+async fn a_lost_csmh_connection_fails_one_merged_read_and_the_next_reads_both_tables_again() {
+    let site = Site::two_servers(Stage::ExtendedTableReadingBoth.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop(edxapp_insert(1, "new")).await.unwrap();
+    let read = edxapp_read("1");
+    let before: Vec<mysql_async::Row> = edxapp.query(&read).await.unwrap();
+    assert!(before.len() > 1, "rows of both tables");
+    kill_csmh_connections(&site).await;
+    let (code, message) = server_error(edxapp.query_drop(&read).await);
+    assert_eq!(code, 1430, "{message}");
+    let after: Vec<mysql_async::Row> = edxapp.query(&read).await.unwrap();
+    assert_eq!(after.len(), before.len());
+}
+
+#[tokio::test]
+async fn a_lost_csmh_connection_fails_one_write_of_both_tables_with_nothing_written() {
+    let site = Site::two_servers(Stage::ExtendedTableReadingBoth.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop(edxapp_insert(1, "new")).await.unwrap();
+    let (old, extended) = (site.old_ids().await.len(), site.extended_ids().await.len());
+    kill_csmh_connections(&site).await;
+    let (code, message) = server_error(edxapp.query_drop(edxapp_delete("1")).await);
+    assert_eq!(code, 1430, "{message}");
+    assert_eq!((site.old_ids().await.len(), site.extended_ids().await.len()), (old, extended), "nothing deleted");
+    edxapp.query_drop(edxapp_delete("1")).await.unwrap();
+    assert!(site.old_ids().await.len() < old && site.extended_ids().await.is_empty(), "deleted from both");
+}
+
+#[tokio::test]
+async fn a_lost_csmh_connection_inside_a_transaction_rolls_it_back_and_says_so() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop("BEGIN").await.unwrap();
+    edxapp.query_drop("INSERT INTO auth_user (id, username) VALUES (77, 'eve')").await.unwrap();
+    edxapp.query_drop(edxapp_insert(1, "in the transaction")).await.unwrap();
+    kill_csmh_connections(&site).await;
+    let (code, message) = server_error(edxapp.query_drop(edxapp_insert(1, "lost")).await);
+    assert_eq!(code, 1430, "{message}");
+    assert!(message.contains("rolled back"), "{message}");
+    let eve: Option<String> = edxapp.query_first("SELECT username FROM auth_user WHERE id = 77").await.unwrap();
+    assert_eq!(eve, None, "edxapp's part of the transaction went with the csmh side's");
+    assert!(extended_states(&site).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_statement_prepared_on_a_lost_csmh_connection_is_never_confused_with_a_later_one() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = uncached_client(&site).await;
+    let insert = edxapp.prep(edxapp_insert(2, "prepared")).await.unwrap();
+    edxapp.exec_drop(&insert, ()).await.unwrap();
+    kill_csmh_connections(&site).await;
+    let (code, message) = server_error(edxapp.exec_drop(&insert, ()).await);
+    assert_eq!(code, 1430, "{message}");
+    // The next connection numbers its statements from 1 again.
+    let read = edxapp.prep(edxapp_read("2")).await.unwrap();
+    let rows: Vec<mysql_async::Row> = edxapp.exec(&read, ()).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    let (code, message) = server_error(edxapp.exec_drop(&insert, ()).await);
+    assert_eq!(code, 1243, "the lost statement is unknown, not the read that took its number: {message}");
+    edxapp.close(insert).await.unwrap();
+    let again = edxapp.prep(edxapp_insert(2, "prepared again")).await.unwrap();
+    edxapp.exec_drop(&again, ()).await.unwrap();
+    assert_eq!(extended_states(&site).await, ["prepared", "prepared again"]);
+}
+
+/// Freezes a server's process (SIGSTOP) until dropped (SIGCONT), as a stalled VM or a full disk would.
+struct Frozen(u32);
+
+impl Frozen {
+    fn server(server: &csmh_proxy::sandbox::MariaDb) -> Frozen {
+        // SAFETY: kill(2) with a pid of a process this test started.
+        assert_eq!(unsafe { libc::kill(server.pid() as i32, libc::SIGSTOP) }, 0);
+        Frozen(server.pid())
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
+    }
+}
+
+/// Two servers of the test's own (the `csmh` one gets frozen), with the proxy's `csmh` timeouts at `seconds`.
+async fn site_with_csmh_timeouts(seconds: u64) -> Site {
+    let site = Site::private_two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut config = site.dbs.proxy_toml(Stage::ExtendedTableOnlyReads.flags()).config().unwrap();
+    config.backends.csmh.read_timeout_secs = seconds;
+    config.backends.csmh.connect_timeout_secs = seconds.min(5);
+    site.proxy.shared().replace(config).unwrap();
+    site
+}
+
+#[tokio::test]
+async fn a_frozen_csmh_server_fails_the_statement_within_its_timeout_and_the_session_goes_on() {
+    let site = site_with_csmh_timeouts(1).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop(edxapp_insert(1, "before")).await.unwrap();
+    let frozen = Frozen::server(&site.dbs.csmh);
+    let (code, message) = server_error(bounded("a statement", edxapp.query_drop(edxapp_insert(1, "frozen"))).await);
+    assert_eq!(code, 1430, "{message}");
+    assert!(message.contains("did not respond within 1 s"), "{message}");
+    let one: Option<i64> = bounded("SELECT 1", edxapp.query_first("SELECT 1")).await.unwrap();
+    assert_eq!(one, Some(1), "the session goes on");
+    // A new connection to the frozen server is accepted by its kernel but never greeted: the login is bounded.
+    let (code, message) = server_error(bounded("a statement", edxapp.query_drop(edxapp_insert(1, "again"))).await);
+    assert_eq!(code, 1429, "{message}");
+    drop(frozen);
+    bounded("a statement", edxapp.query_drop(edxapp_insert(1, "thawed"))).await.unwrap();
+    let states = extended_states(&site).await;
+    assert_eq!(states.first().map(String::as_str), Some("before"));
+    assert!(states.contains(&"thawed".to_owned()), "{states:?}");
+}
+
+#[tokio::test]
+async fn a_client_that_gives_up_on_a_frozen_csmh_server_leaves_nothing_behind() {
+    // A timeout far beyond the test: only noticing the client's hang-up can end its session.
+    let site = site_with_csmh_timeouts(3600).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop(edxapp_insert(1, "before")).await.unwrap();
+    let metrics = &site.proxy.shared().metrics;
+    assert_eq!(metrics.connections_open(), 1);
+    let _frozen = Frozen::server(&site.dbs.csmh);
+    let waiting = tokio::spawn(async move { edxapp.query_drop(edxapp_insert(1, "frozen")).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The client gives up: its task, and with it its socket, goes away.
+    waiting.abort();
+    let _ = waiting.await;
+    bounded("the proxy noticing the client left", async {
+        while metrics.connections_open() > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(metrics.client_hangups(), 1);
+}
