@@ -128,11 +128,31 @@ async fn a_statement_prepared_on_a_lost_csmh_connection_is_never_confused_with_a
 struct Frozen(u32);
 
 impl Frozen {
-    fn server(server: &csmh_proxy::sandbox::MariaDb) -> Frozen {
+    /// Stops the server's process and waits until every one of its threads has stopped: a thread busy when the
+    /// signal came could otherwise still answer.
+    async fn server(server: &csmh_proxy::sandbox::MariaDb) -> Frozen {
+        let pid = server.pid();
         // SAFETY: kill(2) with a pid of a process this test started.
-        assert_eq!(unsafe { libc::kill(server.pid() as i32, libc::SIGSTOP) }, 0);
-        Frozen(server.pid())
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
+        let frozen = Frozen(pid);
+        bounded("the server stopping", async {
+            while !all_threads_stopped(pid) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        frozen
     }
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in its `stat`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the server's threads");
+    tasks.flatten().all(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses and may contain spaces.
+        stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
+    })
 }
 
 impl Drop for Frozen {
@@ -157,7 +177,7 @@ async fn a_frozen_csmh_server_fails_the_statement_within_its_timeout_and_the_ses
     let site = site_with_csmh_timeouts(1).await;
     let mut edxapp = site.edxapp().await;
     edxapp.query_drop(edxapp_insert(1, "before")).await.unwrap();
-    let frozen = Frozen::server(&site.dbs.csmh);
+    let frozen = Frozen::server(&site.dbs.csmh).await;
     let (code, message) = server_error(bounded("a statement", edxapp.query_drop(edxapp_insert(1, "frozen"))).await);
     assert_eq!(code, 1430, "{message}");
     assert!(message.contains("did not respond within 1 s"), "{message}");
@@ -181,7 +201,7 @@ async fn a_client_that_gives_up_on_a_frozen_csmh_server_leaves_nothing_behind() 
     edxapp.query_drop(edxapp_insert(1, "before")).await.unwrap();
     let metrics = &site.proxy.shared().metrics;
     assert_eq!(metrics.connections_open(), 1);
-    let _frozen = Frozen::server(&site.dbs.csmh);
+    let _frozen = Frozen::server(&site.dbs.csmh).await;
     let waiting = tokio::spawn(async move { edxapp.query_drop(edxapp_insert(1, "frozen")).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The client gives up: its task, and with it its socket, goes away.

@@ -65,6 +65,30 @@ pub struct Rewritten {
     /// Subqueries on `edxapp` tables to run there first, their rows written into `sql` as lists of values
     /// (only for the `csmh` connection of a separate server, which does not have those tables).
     pub inline: Vec<Inline>,
+    /// The rights on the old table the client's statement needs, as it wrote it.
+    pub rights: Rights,
+}
+
+/// The rights on the old table a statement needs: its verb's, and SELECT when it reads the table. Across two
+/// servers the client's own grants are checked for them on `edxapp` before the extended table serves the
+/// statement, and the check is remembered for the session by these rights (docs/routing.md, "Grants").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Rights(u8);
+
+impl Rights {
+    /// Reading rows.
+    pub const SELECT: Rights = Rights(1);
+    /// Adding rows.
+    pub const INSERT: Rights = Rights(1 << 1);
+    /// Changing rows.
+    pub const UPDATE: Rights = Rights(1 << 2);
+    /// Removing rows.
+    pub const DELETE: Rights = Rights(1 << 3);
+
+    /// Both sets of rights.
+    pub const fn union(self, other: Rights) -> Rights {
+        Rights(self.0 | other.0)
+    }
 }
 
 /// An uncorrelated `IN (SELECT ...)` subquery the `csmh` side cannot run: the proxy runs it on the client's
@@ -374,7 +398,22 @@ impl Plan<'_, '_> {
         };
         let (sql, inline) = self.finish(splicer)?;
         let inserts = matches!(self.shape.write, Some(Write::Insert { .. }));
-        Ok(Route::Rewrite(Rewritten { sql, on: self.extended_server(), inserts, inline }))
+        Ok(Route::Rewrite(Rewritten { sql, on: self.extended_server(), inserts, inline, rights: self.rights() }))
+    }
+
+    /// The rights on the old table the statement needs.
+    fn rights(&self) -> Rights {
+        use sqlparser::ast::Statement;
+        let verb = match self.statement {
+            Statement::Insert(_) => Rights::INSERT,
+            Statement::Update(_) => Rights::UPDATE,
+            Statement::Delete(_) => Rights::DELETE,
+            _ => Rights::SELECT,
+        };
+        match self.shape.reads.is_empty() {
+            true => verb,
+            false => verb.union(Rights::SELECT),
+        }
     }
 
     /// Renders a statement for the extended table. On a separate `csmh` server only the history table exists,

@@ -44,6 +44,7 @@ mod answer;
 mod csmh;
 mod edxapp;
 mod error;
+mod grants;
 mod inline;
 mod merged_read;
 mod own;
@@ -63,6 +64,7 @@ pub use error::SessionError;
 use csmh::CsmhLink;
 use edxapp::Edxapp;
 use error::HANDSHAKE_TIMEOUT;
+use grants::Grants;
 use request::Request;
 use statements::{Registered, Statements};
 use transaction::Transaction;
@@ -91,6 +93,7 @@ struct Session {
     edxapp: Edxapp,
     csmh: CsmhLink,
     statements: Statements,
+    grants: Grants,
     transaction: Transaction,
     shared: Arc<ProxyState>,
 }
@@ -108,6 +111,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<ProxyState>, s
                 edxapp: Edxapp::new(conn),
                 csmh: CsmhLink::default(),
                 statements: Statements::default(),
+                grants: Grants::default(),
                 transaction: Transaction::default(),
                 shared: Arc::clone(&shared),
             };

@@ -20,6 +20,7 @@ impl Session {
         if matches!(command, Command::ChangeUser | Command::Relayed(COM_RESET_CONNECTION)) {
             // The server forgets the session's prepared statements; their shadows are left to the connection.
             self.statements.forget_all();
+            self.grants.forget();
         }
         if command == Command::Query && self.csmh.in_transaction() {
             let statement = command::body(&request.span.payload_in(&self.client.buf)).to_vec();

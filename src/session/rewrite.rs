@@ -23,7 +23,12 @@ use crate::topology::Server;
 impl Session {
     /// Carries out a rewrite: on `edxapp` in place of the client's statement, or on the `csmh` connection.
     pub(super) async fn rewrite(&mut self, request: &mut Request, rewritten: Rewritten) -> Result<Flow, SessionError> {
-        let Rewritten { sql, on, inserts, inline } = rewritten;
+        let Rewritten { sql, on, inserts, inline, rights } = rewritten;
+        if on == Server::Csmh {
+            if let Some(denied) = self.check_grants(request, rights).await? {
+                return self.answer_error(request, denied).await;
+            }
+        }
         if inserts {
             if let Some(error) = self.unsafe_offset(request).await? {
                 return self.refuse_routed(request, error).await;

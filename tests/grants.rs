@@ -1,0 +1,100 @@
+//! The client's own grants decide what it may do to history, whatever table serves it. Across two servers the
+//! extended table is reached over the proxy's own `csmh` login; an `edxapp` account without rights on the old
+//! table must still be refused there, with the error the `edxapp` server gives (1142), and an account with
+//! rights must keep them, also after COM_CHANGE_USER switches between the two.
+
+mod support;
+
+use csmh_proxy::history::Stage;
+use mysql_async::prelude::*;
+use mysql_async::{ChangeUserOpts, Conn, Opts};
+use support::Account;
+use support::edx::*;
+
+/// An account on the `edxapp` server with `grants` (`SELECT ON {db}.table` and the like, `{db}` standing for
+/// the test's database) and nothing else.
+async fn limited_account(site: &Site, name: &str, grants: &[&str]) -> Account {
+    let account = Account::native(&format!("{name}_{}", site.dbs.edxapp_db), "limited-password");
+    site.dbs.edxapp.create_account(&account, &[]).await.unwrap();
+    let mut root = site.root().await;
+    for grant in grants {
+        let grant = grant.replace("{db}", &site.dbs.edxapp_db);
+        root.query_drop(format!("GRANT {grant} TO '{}'@'%'", account.user)).await.unwrap();
+    }
+    account
+}
+
+fn opts(site: &Site, account: &Account) -> Opts {
+    site.dbs.proxy_opts(&site.proxy, account)
+}
+
+fn change_to(account: &Account) -> ChangeUserOpts {
+    ChangeUserOpts::default().with_user(Some(account.user.clone())).with_pass(Some(account.password.clone()))
+}
+
+async fn count_extended(conn: &mut Conn) -> Result<Option<u64>, mysql_async::Error> {
+    conn.query_first(format!("SELECT COUNT(*) FROM `{OLD}` WHERE `{OLD}`.`student_module_id` = 1")).await
+}
+
+#[tokio::test]
+async fn an_account_without_rights_on_the_old_table_is_refused_on_the_extended_table_too() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let account = limited_account(&site, "modules_only", &["SELECT ON {db}.courseware_studentmodule"]).await;
+    let mut conn = Conn::new(opts(&site, &account)).await.unwrap();
+    let (code, message) = server_error(conn.query_drop(edxapp_insert(1, "not allowed")).await);
+    assert_eq!(code, 1142, "{message}");
+    assert!(message.contains("INSERT command denied") && message.contains(OLD), "the server's own words: {message}");
+    let (code, message) = server_error(count_extended(&mut conn).await);
+    assert_eq!(code, 1142, "{message}");
+    let (code, _) = server_error(conn.exec_drop(edxapp_insert(1, "prepared"), ()).await);
+    assert_eq!(code, 1142, "a prepared statement is checked too");
+    assert!(site.extended_ids().await.is_empty(), "nothing was written");
+    let modules: Option<u64> = conn.query_first("SELECT COUNT(*) FROM courseware_studentmodule").await.unwrap();
+    assert!(modules.is_some(), "what the account may do, it does");
+}
+
+#[tokio::test]
+async fn an_account_keeps_exactly_the_rights_it_has_on_the_old_table() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut app = site.edxapp().await;
+    app.query_drop(edxapp_insert(1, "by the app")).await.unwrap();
+    let reader = limited_account(&site, "history_reader", &[&format!("SELECT ON {{db}}.{OLD}")]).await;
+    let mut conn = Conn::new(opts(&site, &reader)).await.unwrap();
+    assert_eq!(count_extended(&mut conn).await.unwrap(), Some(1), "reading is allowed");
+    assert_eq!(count_extended(&mut conn).await.unwrap(), Some(1), "and stays allowed");
+    let (code, message) = server_error(conn.query_drop(edxapp_insert(1, "not allowed")).await);
+    assert_eq!(code, 1142, "{message}");
+    let (code, _) = server_error(conn.query_drop(edxapp_insert(1, "still not allowed")).await);
+    assert_eq!(code, 1142, "a refusal is not forgotten");
+    assert_eq!(site.extended_ids().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_change_of_user_forgets_what_the_previous_user_was_allowed() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let limited = limited_account(&site, "changed_to", &["SELECT ON {db}.courseware_studentmodule"]).await;
+    let mut conn = site.edxapp().await;
+    conn.query_drop(edxapp_insert(1, "as the app")).await.unwrap();
+    conn.change_user(change_to(&limited)).await.unwrap();
+    let (code, message) = server_error(conn.query_drop(edxapp_insert(1, "as the limited account")).await);
+    assert_eq!(code, 1142, "{message}");
+    conn.change_user(change_to(&support::app())).await.unwrap();
+    conn.query_drop(edxapp_insert(1, "as the app again")).await.unwrap();
+    assert_eq!(site.extended_ids().await.len(), 2);
+}
+
+#[tokio::test]
+async fn reads_and_writes_of_both_tables_are_refused_without_rights_on_the_old_table() {
+    let site = Site::two_servers(Stage::ExtendedTableReadingBoth.flags()).await;
+    site.edxapp().await.query_drop(edxapp_insert(1, "new")).await.unwrap();
+    let (old, extended) = (site.old_ids().await.len(), site.extended_ids().await.len());
+    let account = limited_account(&site, "both_tables", &["SELECT ON {db}.courseware_studentmodule"]).await;
+    let mut conn = Conn::new(opts(&site, &account)).await.unwrap();
+    let (code, message) = server_error(conn.query_drop(edxapp_read("1")).await);
+    assert_eq!(code, 1142, "{message}");
+    let (code, message) = server_error(conn.query_drop(edxapp_delete("1")).await);
+    assert_eq!(code, 1142, "{message}");
+    let (code, _) = server_error(conn.exec_drop(edxapp_read("1"), ()).await);
+    assert_eq!(code, 1142, "a prepared read of both tables");
+    assert_eq!((site.old_ids().await.len(), site.extended_ids().await.len()), (old, extended), "nothing deleted");
+}
