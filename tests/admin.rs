@@ -202,6 +202,8 @@ async fn healthz_is_ok_with_both_backends_up_and_503_naming_the_one_down() {
     assert_eq!(health["backends"]["edxapp"]["reachable"], true, "{health}");
     assert_eq!(health["backends"]["csmh"]["reachable"], true, "{health}");
 
+    // The old table is there: the client's grants on it are checked before the extended table's server is asked.
+    dbs.create_edx_schema(false).await;
     let closed = closed_port().await;
     let toml = ProxyToml { csmh: closed, ..dbs.proxy_toml(Stage::ExtendedTableOnlyReads.flags()) };
     let down = support::start_proxy(with_admin(toml.config().unwrap_or_else(|e| panic!("{e}")))).await;
