@@ -215,3 +215,44 @@ async fn a_client_that_gives_up_on_a_frozen_csmh_server_leaves_nothing_behind() 
     .await;
     assert_eq!(metrics.client_hangups(), 1);
 }
+
+#[tokio::test]
+async fn closing_a_statement_on_a_lost_csmh_connection_answers_nothing() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = uncached_client(&site).await;
+    let insert = edxapp.prep(edxapp_insert(3, "prepared")).await.unwrap();
+    edxapp.exec_drop(&insert, ()).await.unwrap();
+    kill_csmh_connections(&site).await;
+    // The csmh connection must read the session's settings again before its next use, which fails now.
+    edxapp.query_drop("SET time_zone = '+01:00'").await.unwrap();
+    edxapp.close(insert).await.unwrap();
+    let one: Option<i64> = edxapp.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1), "the next statement gets its own answer, not an error meant for the close");
+}
+
+#[tokio::test]
+async fn a_reset_connection_rolls_back_the_csmh_side_of_the_transaction() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop("BEGIN").await.unwrap();
+    edxapp.query_drop(edxapp_insert(4, "abandoned")).await.unwrap();
+    edxapp.reset().await.unwrap();
+    assert!(extended_states(&site).await.is_empty(), "the abandoned transaction's history was not committed");
+    edxapp.query_drop(edxapp_insert(4, "after the reset")).await.unwrap();
+    assert_eq!(extended_states(&site).await, ["after the reset"]);
+}
+
+#[tokio::test]
+async fn a_rollback_reaches_edxapp_when_the_csmh_side_is_lost() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop("BEGIN").await.unwrap();
+    edxapp.query_drop("INSERT INTO auth_user (id, username) VALUES (78, 'rolled')").await.unwrap();
+    edxapp.query_drop(edxapp_insert(5, "rolled back")).await.unwrap();
+    kill_csmh_connections(&site).await;
+    edxapp.query_drop("ROLLBACK").await.unwrap();
+    edxapp.query_drop("COMMIT").await.unwrap();
+    let user: Option<String> = edxapp.query_first("SELECT username FROM auth_user WHERE id = 78").await.unwrap();
+    assert_eq!(user, None, "the client's ROLLBACK undid edxapp's side");
+    assert!(extended_states(&site).await.is_empty());
+}

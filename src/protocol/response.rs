@@ -227,9 +227,16 @@ impl ResponseScanner {
             State::PrepareStart => self.on_prepare_ok(head)?,
             State::FieldList if is_end => Some(Progress::Done(End::Ok)),
             State::FieldList => None,
-            State::OnePacket => Some(Progress::Done(End::Ok)),
+            State::OnePacket => {
+                self.note_ok_status(first, head);
+                Some(Progress::Done(End::Ok))
+            }
             State::Auth => Some(match first {
-                Some(OK) => Progress::Done(End::Ok),
+                Some(OK) => {
+                    // A change of user or a login starts the session afresh: autocommit as the server says.
+                    self.note_ok_status(first, head);
+                    Progress::Done(End::Ok)
+                }
                 _ if head == FAST_AUTH_OK && len == 2 => return Ok(None),
                 _ => Progress::ClientTurn(ClientTurn::Auth),
             }),
@@ -304,6 +311,14 @@ impl ResponseScanner {
 
     fn end_status(&self, head: &[u8]) -> Option<u16> {
         if self.deprecate_eof { ok_status(head) } else { eof_status(head) }
+    }
+
+    /// Keeps the status flags of a one-packet answer when it is an OK (COM_RESET_CONNECTION's ends the
+    /// transaction, for one).
+    fn note_ok_status(&mut self, first: Option<u8>, head: &[u8]) {
+        if let (Some(OK), Some(status)) = (first, ok_status(head)) {
+            self.status = Some(StatusFlags::from_bits_truncate(status));
+        }
     }
 
     fn record(&mut self, status: Option<u16>, what: &'static str) -> Result<StatusFlags, ProtocolError> {

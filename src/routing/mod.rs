@@ -69,9 +69,11 @@ pub struct Rewritten {
     pub rights: Rights,
 }
 
-/// The rights on the old table a statement needs: its verb's, and SELECT when it reads the table. Across two
-/// servers the client's own grants are checked for them on `edxapp` before the extended table serves the
-/// statement, and the check is remembered for the session by these rights (docs/routing.md, "Grants").
+/// The rights on the old table a statement needs: its verb's (REPLACE also DELETE's, `ON DUPLICATE KEY UPDATE`
+/// also UPDATE's), and SELECT when it reads the table's columns (a subquery, a WHERE or ORDER BY, an assignment
+/// that is not a literal). Across two servers the client's own grants are checked on `edxapp` before the
+/// extended table serves the statement, and the check is remembered for the session by these rights
+/// (docs/routing.md, "Grants across two servers").
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Rights(u8);
 
@@ -401,19 +403,27 @@ impl Plan<'_, '_> {
         Ok(Route::Rewrite(Rewritten { sql, on: self.extended_server(), inserts, inline, rights: self.rights() }))
     }
 
-    /// The rights on the old table the statement needs.
+    /// The rights on the old table the statement needs: statements that need the same rights share the
+    /// session's remembered grants check, so every right a form of statement may need counts.
     fn rights(&self) -> Rights {
-        use sqlparser::ast::Statement;
+        use sqlparser::ast::{Expr, Statement};
+        let none = Rights::default();
+        let reads_columns = |condition: bool| if condition { Rights::SELECT } else { none };
         let verb = match self.statement {
-            Statement::Insert(_) => Rights::INSERT,
-            Statement::Update(_) => Rights::UPDATE,
-            Statement::Delete(_) => Rights::DELETE,
+            Statement::Insert(insert) => Rights::INSERT
+                .union(if insert.replace_into { Rights::DELETE } else { none })
+                .union(if insert.on.is_some() { Rights::UPDATE.union(Rights::SELECT) } else { none }),
+            Statement::Update(update) => Rights::UPDATE.union(reads_columns(
+                update.selection.is_some()
+                    || !update.order_by.is_empty()
+                    || update.assignments.iter().any(|a| !matches!(a.value, Expr::Value(_))),
+            )),
+            Statement::Delete(delete) => {
+                Rights::DELETE.union(reads_columns(delete.selection.is_some() || !delete.order_by.is_empty()))
+            }
             _ => Rights::SELECT,
         };
-        match self.shape.reads.is_empty() {
-            true => verb,
-            false => verb.union(Rights::SELECT),
-        }
+        verb.union(reads_columns(!self.shape.reads.is_empty()))
     }
 
     /// Renders a statement for the extended table. On a separate `csmh` server only the history table exists,

@@ -310,3 +310,30 @@ fn a_refusals_logged_reason_leaves_out_the_parsers_quote_of_the_statement() {
     };
     assert!(!reason.contains('('), "{reason}");
 }
+
+#[test]
+fn the_rights_a_statement_needs_on_the_old_table_tell_apart_every_form_that_needs_more() {
+    let retired = router(true, false, true, Topology::TwoServers);
+    let rights = |sql: &str| match retired.route(sql.as_bytes()) {
+        Route::Rewrite(Rewritten { rights, .. }) => rights,
+        other => panic!("expected a rewrite of {sql}, got {other:?}"),
+    };
+    let h = OLD;
+    let select_insert = Rights::INSERT.union(Rights::SELECT);
+    for (sql, expected) in [
+        (format!("INSERT INTO {h} (state, student_module_id) VALUES ('{{}}', 1)"), Rights::INSERT),
+        (format!("REPLACE INTO {h} (id, state) VALUES (1, '')"), Rights::INSERT.union(Rights::DELETE)),
+        (
+            format!("INSERT INTO {h} (id, state) VALUES (1, '') ON DUPLICATE KEY UPDATE state = ''"),
+            select_insert.union(Rights::UPDATE),
+        ),
+        (format!("UPDATE {h} SET grade = 1"), Rights::UPDATE),
+        (format!("UPDATE {h} SET grade = grade + 1"), Rights::UPDATE.union(Rights::SELECT)),
+        (format!("UPDATE {h} SET grade = 1 WHERE id = 2"), Rights::UPDATE.union(Rights::SELECT)),
+        (format!("DELETE FROM {h}"), Rights::DELETE),
+        (format!("DELETE FROM {h} WHERE student_module_id = 2"), Rights::DELETE.union(Rights::SELECT)),
+        (format!("SELECT id FROM {h} WHERE student_module_id = 2"), Rights::SELECT),
+    ] {
+        assert_eq!(rights(&sql), expected, "{sql}");
+    }
+}

@@ -37,6 +37,9 @@ const SETTING_NAMES: [&str; 8] = [
     "autocommit",
 ];
 
+/// What the error of a statement says when the client's transaction was rolled back with the `csmh` side.
+const ROLLED_BACK: &str = "; the transaction was rolled back";
+
 /// Capabilities that decide the layout of the responses relayed to the client: the `csmh` connection must have
 /// exactly the client's.
 const LAYOUT: CapabilityFlags = CapabilityFlags::CLIENT_DEPRECATE_EOF
@@ -51,6 +54,8 @@ pub(super) struct CsmhLink {
     open: Option<CsmhConnection>,
     /// How many connections the link has opened: the open one's number, which statements prepared on it keep.
     opened: u64,
+    /// How many of them failed.
+    failed: u64,
 }
 
 /// The proxy's open connection to the `csmh` server for one client session.
@@ -179,7 +184,27 @@ impl CsmhLink {
     /// then give up too).
     pub fn close(&mut self, failure: &CsmhError) -> bool {
         warn!(error = %failure, "the csmh connection failed");
+        self.failed += 1;
         self.open.take().is_some_and(|c| c.transaction.is_some())
+    }
+
+    /// Records that the server rolled back the transaction the connection held (after a deadlock).
+    pub fn server_rolled_back(&mut self) {
+        if let Some(csmh) = &mut self.open {
+            csmh.transaction = None;
+        }
+    }
+
+    /// How many of the link's connections failed (for the metrics).
+    pub fn failures(&self) -> u64 {
+        self.failed
+    }
+
+    /// Closes the connection because the client's session starts over (COM_CHANGE_USER, COM_RESET_CONNECTION):
+    /// the server rolls back the `csmh` side of the client's transaction, as `edxapp` does the client's, and
+    /// forgets the statements prepared there.
+    pub fn discard(&mut self) {
+        self.open = None;
     }
 
     /// Drops the connection after `failure`, rolling the client's transaction back if the connection had part
@@ -188,7 +213,7 @@ impl CsmhLink {
         let mut error = failure.to_mysql();
         if self.close(&failure) {
             edxapp.rollback().await?;
-            error.message.push_str("; the transaction was rolled back");
+            error.message.push_str(ROLLED_BACK);
         }
         Ok(error)
     }
@@ -236,13 +261,18 @@ impl CsmhLink {
         };
         match outcome {
             Ok(()) => Ok(None),
+            // The client's ROLLBACK goes on to edxapp; the csmh side's part goes with its connection.
+            Err(error) if control == Control::Rollback => {
+                self.close(&error);
+                Ok(None)
+            }
             Err(error) => {
-                warn!(%error, ?control, "the csmh side could not follow the client's transaction; rolling it back");
-                self.open = None;
-                if control != Control::Rollback {
-                    edxapp.rollback().await?;
-                }
-                Ok(Some(error.to_mysql()))
+                warn!(?control, "the csmh side could not follow the client's transaction; rolling it back");
+                self.close(&error);
+                edxapp.rollback().await?;
+                let mut error = error.to_mysql();
+                error.message.push_str(ROLLED_BACK);
+                Ok(Some(error))
             }
         }
     }
@@ -258,8 +288,8 @@ impl CsmhLink {
             _ => return,
         };
         if let Err(error) = csmh.end(end).await {
-            warn!(%error, "the client's transaction ended on edxapp and the csmh side could not follow");
-            self.open = None;
+            tracing::error!("the client's transaction ended on edxapp and the csmh side could not follow");
+            self.close(&error);
         }
     }
 }

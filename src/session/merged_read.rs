@@ -180,10 +180,7 @@ impl Session {
         protocol: Protocol,
         known: &mut KnownColumns,
     ) -> Result<Flow, SessionError> {
-        if let Err(failure) = self.csmh.ready(&mut self.edxapp, &request.snapshot, &self.shared.metrics).await {
-            let error = self.csmh.fail(&mut self.edxapp, failure).await?;
-            return self.answer_error(request, error).await;
-        }
+        self.csmh.ready(&mut self.edxapp, &request.snapshot, &self.shared.metrics).await?;
         self.consume_request(request);
         // The csmh side first: if it cannot be sent, edxapp has no answer pending.
         let Some(csmh) = self.csmh.connection() else { return Err(SessionError::csmh_closed()) };

@@ -229,8 +229,11 @@ impl Session {
     /// is and the session ends.
     async fn serve(&mut self, request: &mut Request, hangup: Option<&mut HangupWatch>) -> Result<Flow, SessionError> {
         let arrived = Instant::now();
-        let had_csmh = self.csmh.is_open();
-        let decision = self.decide(request);
+        let csmh_failures = self.csmh.failures();
+        let decision = match self.transaction.take_rollback_error(request.command) {
+            Some(error) => Decision::Refuse(error),
+            None => self.decide(request),
+        };
         let result = match hangup {
             Some(watch) => tokio::select! {
                 biased;
@@ -251,8 +254,7 @@ impl Session {
             (_, Some(route)) => metrics.statement(route, arrived.elapsed()),
             (_, None) => {}
         }
-        if had_csmh && !self.csmh.is_open() {
-            // The csmh connection is dropped only when it failed.
+        if self.csmh.failures() > csmh_failures {
             metrics.backend_query_error(Server::Csmh);
         }
         if result.as_ref().is_err_and(SessionError::is_edxapp_failure) {
@@ -271,10 +273,15 @@ impl Session {
             self.csmh.close(&failure);
             return Err(SessionError::Csmh(failure));
         }
+        let rolls_back = self.csmh.in_transaction();
         let error = self.csmh.fail(&mut self.edxapp, failure).await?;
         if request.command.response().is_none() {
-            // A command that gets no answer (closing a statement, sending long data) gets no error either.
+            // A command that gets no answer (closing a statement, sending long data) gets no error either; a
+            // transaction rolled back meanwhile is the error of the client's next statement.
             self.consume_request(request);
+            if rolls_back {
+                self.transaction.rolled_back(error);
+            }
             return Ok(Flow::Continue);
         }
         self.answer_error(request, error).await

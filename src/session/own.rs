@@ -9,6 +9,7 @@ use crate::backend;
 use crate::protocol::ProtocolError;
 use crate::protocol::command::COM_QUERY;
 use crate::protocol::errors::MysqlError;
+use crate::protocol::errors::code::ER_LOCK_DEADLOCK;
 use crate::protocol::packets::OkFields;
 use crate::protocol::reply::Reply;
 use crate::protocol::response::Expect;
@@ -74,9 +75,26 @@ impl Session {
             Err(failure) => Err(failure),
         };
         match reply {
-            Ok(reply) => Ok(Ok(reply)),
+            Ok(reply) => {
+                if let Reply::Err(error) = &reply {
+                    self.follow_csmh_rollback(Some(error.code)).await?;
+                }
+                Ok(Ok(reply))
+            }
             Err(failure) => Ok(Err(self.csmh.fail(&mut self.edxapp, failure).await?)),
         }
+    }
+
+    /// After a statement on the `csmh` connection failed with `code`: if the server rolled back the transaction
+    /// the connection held (a deadlock), the client's transaction on `edxapp` is rolled back too, as one server
+    /// would have rolled back all of it; the client has the server's error.
+    pub(super) async fn follow_csmh_rollback(&mut self, code: Option<u16>) -> Result<(), SessionError> {
+        if code == Some(ER_LOCK_DEADLOCK) && self.csmh.in_transaction() {
+            tracing::info!("the csmh server rolled back its side of the transaction: rolling back edxapp's");
+            self.csmh.server_rolled_back();
+            self.edxapp.rollback().await?;
+        }
+        Ok(())
     }
 
     /// The single number `sql` answers with on `server`, if it answers with one; a failure of the `csmh`

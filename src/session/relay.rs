@@ -18,9 +18,11 @@ impl Session {
     pub(super) async fn relay(&mut self, request: &mut Request) -> Result<Flow, SessionError> {
         let command = request.command;
         if matches!(command, Command::ChangeUser | Command::Relayed(COM_RESET_CONNECTION)) {
-            // The server forgets the session's prepared statements; their shadows are left to the connection.
+            // The server forgets the session's prepared statements and rolls back its transaction: so does the
+            // csmh side, whose connection closes (the next history statement opens a new one).
             self.statements.forget_all();
             self.grants.forget();
+            self.csmh.discard();
         }
         if command == Command::Query && self.csmh.in_transaction() {
             let statement = command::body(&request.span.payload_in(&self.client.buf)).to_vec();

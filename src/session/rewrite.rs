@@ -6,14 +6,12 @@
 
 use tracing::info;
 
-use super::csmh::CsmhError;
 use super::error::SessionError;
 use super::relay::{Copied, CopyFailure, copy_response};
 use super::request::Request;
 use super::{Flow, Session};
-use crate::backend::QueryError;
 use crate::protocol::ProtocolError;
-use crate::protocol::command::{self, Command};
+use crate::protocol::command::{self, COM_STMT_CLOSE, Command};
 use crate::protocol::errors::MysqlError;
 use crate::protocol::packets::PrepareOk;
 use crate::protocol::response::{Expect, ResponseScanner};
@@ -90,17 +88,10 @@ impl Session {
     /// error for this statement (and its transaction is rolled back if the `csmh` side was part of it); the
     /// session goes on.
     async fn run_on_csmh(&mut self, request: &mut Request, sql: &[u8]) -> Result<Flow, SessionError> {
-        let failure = match self.csmh.ready(&mut self.edxapp, &request.snapshot, &self.shared.metrics).await {
-            Ok(csmh) => match crate::backend::send_command(&mut csmh.conn, request.command.byte(), sql).await {
-                Ok(()) => None,
-                Err(e) => Some(CsmhError::Query(QueryError::Io(e))),
-            },
-            Err(failure) => Some(failure),
-        };
-        if let Some(failure) = failure {
-            let error = self.csmh.fail(&mut self.edxapp, failure).await?;
-            return self.answer_error(request, error).await;
-        }
+        let csmh = self.csmh.ready(&mut self.edxapp, &request.snapshot, &self.shared.metrics).await?;
+        crate::backend::send_command(&mut csmh.conn, request.command.byte(), sql)
+            .await
+            .map_err(SessionError::csmh_io)?;
         self.consume_request(request);
         if request.command == Command::StmtPrepare {
             self.mark_csmh_statement().await?;
@@ -111,14 +102,15 @@ impl Session {
 
     /// Relays a command on a statement prepared on the `csmh` connection, with the id the `csmh` server knows.
     pub(super) async fn on_csmh_statement(&mut self, request: &mut Request, id: u32) -> Result<Flow, SessionError> {
-        if let Err(failure) = self.csmh.ready(&mut self.edxapp, &request.snapshot, &self.shared.metrics).await {
-            let error = self.csmh.fail(&mut self.edxapp, failure).await?;
-            return self.answer_error(request, error).await;
-        }
-        let Some(csmh) = self.csmh.connection() else { return Err(SessionError::csmh_closed()) };
-        if request.command == Command::Relayed(crate::protocol::command::COM_STMT_CLOSE) {
+        if request.command == Command::Relayed(COM_STMT_CLOSE) {
             self.statements.remove(request.statement_id.unwrap_or_default());
         }
+        // A command that gets an answer runs in the client's session (settings, transaction); one that gets none
+        // (closing the statement, sending it long data) only needs the connection.
+        if request.command.response().is_some() {
+            self.csmh.ready(&mut self.edxapp, &request.snapshot, &self.shared.metrics).await?;
+        }
+        let Some(csmh) = self.csmh.connection() else { return Err(SessionError::csmh_closed()) };
         // The registry found the id in the request, so the packet is long enough to take the other one.
         command::set_statement_id(request.span.first_frame_mut(&mut self.client.buf), id);
         // Until it is relayed whole, the request stays the client's to be answered.
@@ -150,7 +142,10 @@ impl Session {
         let Some(csmh) = self.csmh.connection() else { return Err(SessionError::csmh_closed()) };
         let mut scanner = ResponseScanner::new(expect, csmh.caps);
         match copy_response(&mut csmh.conn, &mut self.client, &mut scanner, &mut request.answer_seq).await {
-            Ok(Copied::Done(_)) => Ok(Flow::Continue),
+            Ok(Copied::Done(_)) => {
+                self.follow_csmh_rollback(scanner.error_code()).await?;
+                Ok(Flow::Continue)
+            }
             Ok(Copied::ClientTurn(_)) => {
                 Err(SessionError::csmh_protocol(ProtocolError::Unsupported("csmh server asked for client data")))
             }

@@ -167,18 +167,21 @@ impl Session {
                 if byte == COM_STMT_CLOSE {
                     self.statements.remove(shadow.own);
                 }
-                self.send_without_answer(shadow.server, byte, command::body(&twin)).await?;
-                self.relay_request(request).await.map(|()| Flow::Continue)
+                // The client's own statement first: it is closed on edxapp even when the shadow's side fails.
+                self.relay_request(request).await?;
+                self.send_without_answer(shadow.server, byte, command::body(&twin)).await.map(|()| Flow::Continue)
             }
             (Command::Relayed(COM_STMT_RESET), _) => {
-                if let Outcome::Failed(error) = self
-                    .run_own_command(&request.snapshot.clone(), shadow.server, COM_STMT_RESET, command::body(&twin))
-                    .await?
-                {
-                    tracing::debug!(%error, "the shadow statement was not reset");
+                let snapshot = request.snapshot.clone();
+                match self.run_own_command(&snapshot, shadow.server, COM_STMT_RESET, command::body(&twin)).await? {
+                    // The shadow is lost with its connection (or the server refused): the client hears of it.
+                    Outcome::Failed(error) => self.answer_error(request, error).await,
+                    Outcome::Ok(_) => {
+                        self.relay_request(request).await?;
+                        let answer = &mut request.answer_seq;
+                        self.relay_response(answer, Expect::OnePacket).await.map(|_| Flow::Continue)
+                    }
                 }
-                self.relay_request(request).await?;
-                self.relay_response(&mut request.answer_seq, Expect::OnePacket).await.map(|_| Flow::Continue)
             }
             _ => {
                 self.relay_request(request).await?;
