@@ -10,6 +10,7 @@ pub mod admin;
 pub mod backend;
 pub mod config;
 pub mod explain;
+pub mod grant_cache;
 pub mod history;
 pub mod merge;
 pub mod metrics;

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
+use crate::grant_cache::GrantCache;
 use crate::history::routing_table;
 use crate::metrics::Metrics;
 use crate::routing::Router;
@@ -53,6 +54,8 @@ pub struct ProxyState {
     reloads_rejected: AtomicU64,
     /// The proxy's counters.
     pub metrics: Metrics,
+    /// The grants checks remembered across sessions.
+    pub grants: GrantCache,
 }
 
 impl ProxyState {
@@ -64,6 +67,7 @@ impl ProxyState {
             reloads_applied: AtomicU64::new(0),
             reloads_rejected: AtomicU64::new(0),
             metrics: Metrics::default(),
+            grants: GrantCache::default(),
         })
     }
 

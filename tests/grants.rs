@@ -98,3 +98,32 @@ async fn reads_and_writes_of_both_tables_are_refused_without_rights_on_the_old_t
     assert_eq!(code, 1142, "a prepared read of both tables");
     assert_eq!((site.old_ids().await.len(), site.extended_ids().await.len()), (old, extended), "nothing deleted");
 }
+
+async fn prepares_on(server: &support::MariaDb) -> u64 {
+    let mut root = support::root_conn(server).await;
+    let row: Option<(String, u64)> = root.query_first("SHOW GLOBAL STATUS LIKE 'Com_stmt_prepare'").await.unwrap();
+    row.map(|(_, n)| n).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn an_accounts_check_is_shared_by_its_connections_and_a_refusal_is_not_remembered() {
+    let site = Site::private_two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let before = prepares_on(&site.dbs.edxapp).await;
+    site.edxapp().await.query_drop(edxapp_insert(1, "first request")).await.unwrap();
+    let after_first = prepares_on(&site.dbs.edxapp).await;
+    assert_eq!(after_first - before, 1, "the first statement of its kind is checked");
+    for request in 0..3 {
+        // edxapp opens a connection per web request.
+        site.edxapp().await.query_drop(edxapp_insert(1, &format!("request {request}"))).await.unwrap();
+    }
+    assert_eq!(prepares_on(&site.dbs.edxapp).await, after_first, "later connections of the account are not");
+
+    let account = limited_account(&site, "granted_later", &["SELECT ON {db}.courseware_studentmodule"]).await;
+    let mut conn = Conn::new(opts(&site, &account)).await.unwrap();
+    let (code, _) = server_error(conn.query_drop(edxapp_insert(1, "refused")).await);
+    assert_eq!(code, 1142);
+    let grant = format!("GRANT INSERT ON {}.{OLD} TO '{}'@'%'", site.dbs.edxapp_db, account.user);
+    site.root().await.query_drop(grant).await.unwrap();
+    conn.query_drop(edxapp_insert(1, "granted")).await.unwrap();
+    assert_eq!(site.extended_ids().await.len(), 5);
+}

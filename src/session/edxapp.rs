@@ -23,12 +23,15 @@ pub(super) struct Edxapp {
     pub status: StatusFlags,
     /// The error code of the last answer relayed to the client, if it was an ERR.
     pub last_error: Option<u16>,
+    /// The server's address, as the connection was made to it.
+    pub address: String,
 }
 
 impl Edxapp {
-    /// A connection whose handshake has not been relayed yet.
-    pub fn new(conn: Connection) -> Edxapp {
-        Edxapp { conn, caps: Negotiated::new(0, 0), status: StatusFlags::SERVER_STATUS_AUTOCOMMIT, last_error: None }
+    /// A connection to the server at `address` whose handshake has not been relayed yet.
+    pub fn new(conn: Connection, address: String) -> Edxapp {
+        let status = StatusFlags::SERVER_STATUS_AUTOCOMMIT;
+        Edxapp { conn, caps: Negotiated::new(0, 0), status, last_error: None, address }
     }
 
     /// Whether a transaction is open (SERVER_STATUS_IN_TRANS): the one a configuration snapshot is pinned to.

@@ -1,16 +1,18 @@
 //! The client's own grants on the old table, for statements the extended table serves on another server. There
 //! the proxy's `csmh` login would run them whatever the client may do, so before it does, the client's own
 //! `edxapp` connection prepares the statement as the client wrote it: preparing checks the privileges without
-//! running anything, and a refusal is the server's own error (1142, 1143). What was allowed is remembered for
-//! the session by the rights the statement needs, and forgotten when the client changes user or resets its
-//! connection.
+//! running anything, and a refusal is the server's own error (1142, 1143). What was allowed is remembered by
+//! the rights the statement needs: for the account, across sessions ([`crate::grant_cache`]); after a change of
+//! user, for the session alone, until it changes user or resets again.
 
 use std::collections::HashSet;
+use std::time::Instant;
 
 use tracing::info;
 
 use super::error::SessionError;
 use super::{Request, Session};
+use crate::grant_cache::{GrantKey, Verdict};
 use crate::protocol::ProtocolError;
 use crate::protocol::command::{self, COM_STMT_CLOSE, COM_STMT_PREPARE};
 use crate::protocol::errors::MysqlError;
@@ -18,16 +20,31 @@ use crate::protocol::reply::Reply;
 use crate::protocol::response::Expect;
 use crate::routing::Rights;
 
-/// The rights on the old table the session's client was found to have.
+/// Whose grants the session's statements are checked with, and what this session found.
 #[derive(Default)]
 pub(super) struct Grants {
+    /// The `edxapp` server and the user the client logged in as; `None` after a change of user, whose outcome
+    /// the proxy does not follow.
+    account: Option<(String, String)>,
+    /// What was allowed in this session.
     allowed: HashSet<Rights>,
 }
 
 impl Grants {
+    /// The grants of `user` on the `edxapp` server at `server`, as the client logged in.
+    pub fn logged_in(&mut self, server: &str, user: &str) {
+        self.account = Some((server.to_owned(), user.to_owned()));
+    }
+
     /// Forgets what was found: the client is someone else now, or its session was reset.
     pub fn forget(&mut self) {
+        self.account = None;
         self.allowed.clear();
+    }
+
+    fn key(&self, rights: Rights) -> Option<GrantKey> {
+        let (server, user) = self.account.clone()?;
+        Some(GrantKey { server, user, rights })
     }
 }
 
@@ -39,18 +56,30 @@ impl Session {
         request: &Request,
         rights: Rights,
     ) -> Result<Option<MysqlError>, SessionError> {
-        if self.grants.allowed.contains(&rights) {
+        let key = self.grants.key(rights);
+        let shared = &self.shared.grants;
+        let allowed = match &key {
+            Some(key) => shared.verdict(key, Instant::now()) == Verdict::Allowed,
+            None => self.grants.allowed.contains(&rights),
+        };
+        if allowed {
             return Ok(None);
         }
         let statement = command::body(&request.span.payload_in(&self.client.buf)).to_vec();
         match self.edxapp.command(COM_STMT_PREPARE, &statement, Expect::Prepare).await? {
             Reply::Prepared(prepared) => {
                 self.edxapp.send(COM_STMT_CLOSE, &prepared.id.to_le_bytes()).await?;
-                self.grants.allowed.insert(rights);
+                match key {
+                    Some(key) => self.shared.grants.allowed(key, Instant::now()),
+                    None => drop(self.grants.allowed.insert(rights)),
+                }
                 Ok(None)
             }
             Reply::Err(error) => {
                 info!(code = error.code, "history statement refused: the client's grants on the old table");
+                if let Some(key) = &key {
+                    self.shared.grants.refused(key);
+                }
                 Ok(Some(error))
             }
             Reply::Ok(_) | Reply::Rows(_) => {

@@ -105,10 +105,10 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<ProxyState>, s
     info!(%peer, "connection opened");
     let mut client = Connection::new(stream);
     let result = match connect_edxapp(&shared).await {
-        Ok(conn) => {
+        Ok(edxapp) => {
             let mut session = Session {
                 client,
-                edxapp: Edxapp::new(conn),
+                edxapp,
                 csmh: CsmhLink::default(),
                 statements: Statements::default(),
                 grants: Grants::default(),
@@ -130,16 +130,19 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<ProxyState>, s
 }
 
 /// Connects to the `edxapp` backend named by the configuration in force.
-async fn connect_edxapp(shared: &ProxyState) -> Result<Connection, SessionError> {
+async fn connect_edxapp(shared: &ProxyState) -> Result<Edxapp, SessionError> {
     let (address, timeout) = {
         let snapshot = shared.snapshot();
         let edxapp = &snapshot.config.backends.edxapp;
         (edxapp.address.clone(), edxapp.connect_timeout_secs)
     };
-    backend::connect(&address, timeout).await.map_err(|e| {
-        shared.metrics.backend_connect_error(Server::Edxapp);
-        SessionError::from(e)
-    })
+    match backend::connect(&address, timeout).await {
+        Ok(conn) => Ok(Edxapp::new(conn, address)),
+        Err(error) => {
+            shared.metrics.backend_connect_error(Server::Edxapp);
+            Err(SessionError::from(error))
+        }
+    }
 }
 
 impl Session {
@@ -206,6 +209,7 @@ impl Session {
             .and_then(|()| packets::patch_client_response(span.first_frame_mut(&mut self.client.buf)))
             .map_err(SessionError::ClientProtocol)?;
         debug!(user = %hello.user, database = ?hello.database, backend_thread = greeting.connection_id, "authenticating");
+        self.grants.logged_in(&self.edxapp.address, &hello.user);
         self.edxapp.caps = crate::protocol::capabilities::Negotiated::new(greeting.capabilities, hello.capabilities)
             .with_mariadb(greeting.mariadb_capabilities, hello.mariadb_capabilities);
         self.edxapp.conn.relay_from(&mut self.client, span.wire_len).await.map_err(SessionError::Backend)?;
