@@ -88,6 +88,10 @@ pub enum CsmhError {
     /// A statement the proxy ran for itself failed on the connection.
     #[error("csmh server: {0}")]
     Query(#[from] QueryError),
+    /// Reading the client's session settings on its own `edxapp` connection failed: that connection cannot be
+    /// kept in step, and the session ends.
+    #[error("edxapp server: {0}")]
+    Edxapp(QueryError),
     /// The server refused a statement the proxy needs to keep it in step.
     #[error("csmh server refused to follow the session: {0}")]
     Refused(String),
@@ -111,6 +115,11 @@ impl CsmhError {
                 code::ER_QUERY_ON_FOREIGN_DATA_SOURCE,
                 sqlstate::HY000,
                 format!("Lost connection to the csmh server during the statement (through csmh-proxy: {self})"),
+            ),
+            CsmhError::Edxapp(_) => MysqlError::new(
+                code::ER_NET_READ_ERROR,
+                sqlstate::LINK_FAILURE,
+                format!("Lost connection to MySQL server during query ({self})"),
             ),
             CsmhError::Refused(_) => {
                 MysqlError::new(code::ER_QUERY_ON_FOREIGN_DATA_SOURCE, sqlstate::HY000, format!("csmh-proxy: {self}"))
@@ -208,8 +217,12 @@ impl CsmhLink {
     }
 
     /// Drops the connection after `failure`, rolling the client's transaction back if the connection had part
-    /// of it; the error to answer the client's statement with.
+    /// of it; the error to answer the client's statement with. A failure of the client's own `edxapp`
+    /// connection ends the session.
     pub async fn fail(&mut self, edxapp: &mut Edxapp, failure: CsmhError) -> Result<MysqlError, SessionError> {
+        if let CsmhError::Edxapp(error) = failure {
+            return Err(SessionError::from(error));
+        }
         let mut error = failure.to_mysql();
         if self.close(&failure) {
             edxapp.rollback().await?;
@@ -246,7 +259,14 @@ impl CsmhLink {
         let Some(savepoints) = csmh.transaction.clone() else { return Ok(None) };
         let Some(control) = transaction_control(statement) else { return Ok(None) };
         let outcome = match &control {
-            Control::Commit => csmh.end(b"COMMIT").await,
+            Control::Commit => csmh.end(b"COMMIT").await.inspect_err(|error| {
+                if let CsmhError::Query(QueryError::Io(_)) = error {
+                    tracing::error!(
+                        "the csmh server's answer to COMMIT was lost: if it committed, the extended table holds \
+                         history rows of a transaction rolled back on edxapp"
+                    );
+                }
+            }),
             Control::Rollback => csmh.end(b"ROLLBACK").await,
             Control::Savepoint(name) => csmh.savepoint(b"SAVEPOINT", name, |s| s.push(name.clone())).await,
             Control::RollbackTo(name) if savepoints.contains(name) => {
@@ -297,7 +317,8 @@ impl CsmhLink {
 impl CsmhConnection {
     /// Applies the client's current session settings, read on `edxapp`, if they changed since last time.
     async fn sync_settings(&mut self, edxapp: &mut Edxapp) -> Result<(), CsmhError> {
-        let settings = match backend::query(&mut edxapp.conn, edxapp.caps, SETTINGS.as_bytes()).await? {
+        let read = backend::query(&mut edxapp.conn, edxapp.caps, SETTINGS.as_bytes()).await;
+        let settings = match read.map_err(CsmhError::Edxapp)? {
             Reply::Rows(mut rows) if rows.values.len() == 1 => rows.values.remove(0),
             _ => return Err(CsmhError::Refused("cannot read the client's session settings".into())),
         };
