@@ -663,3 +663,50 @@ async fn a_transaction_that_begins_on_the_csmh_server_keeps_the_flags_it_began_w
     edxapp.query_drop("COMMIT").await.unwrap();
     assert_eq!(extended_rows(&site).await.len(), 2, "the next transaction follows the new flags");
 }
+
+#[tokio::test]
+async fn a_deadlock_on_the_csmh_server_rolls_the_clients_edxapp_side_back_too() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut victim = site.edxapp().await;
+    victim.query_drop(edxapp_insert(1, "x")).await.unwrap();
+    victim.query_drop(edxapp_insert(2, "y")).await.unwrap();
+    let ids: Vec<u64> = extended_rows(&site).await.into_iter().map(|r| r.0).collect();
+    let (x, y) = (ids[0], ids[1]);
+    let update = |id: u64, grade: u8| format!("UPDATE {OLD} SET grade = {grade} WHERE id = {id}");
+    victim.query_drop("BEGIN").await.unwrap();
+    victim.query_drop("INSERT INTO auth_user (id, username) VALUES (79, 'deadlocked')").await.unwrap();
+    victim.query_drop(update(x, 5)).await.unwrap();
+
+    // The other transaction, on the csmh server, does more work, so InnoDB picks the proxy's connection there.
+    let mut other = site.csmh_root().await;
+    let extended = site.extended();
+    other.query_drop(format!("USE {}", site.dbs.csmh_db)).await.unwrap();
+    other.query_drop("BEGIN").await.unwrap();
+    other
+        .query_drop(format!(
+            "INSERT INTO {extended} (created, state, student_module_id) SELECT NOW(6), 's', 1000 + seq FROM seq_1_to_200"
+        ))
+        .await
+        .unwrap();
+    other.query_drop(format!("UPDATE {extended} SET grade = 2 WHERE id = {y}")).await.unwrap();
+    let blocked = tokio::spawn(async move {
+        let result = other.query_drop(format!("UPDATE {extended} SET grade = 2 WHERE id = {x}")).await;
+        (other, result)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (code, _) = server_error(victim.query_drop(update(y, 5)).await);
+    assert_eq!(code, 1213, "the proxy's csmh connection is the deadlock victim");
+    let (mut other, result) = blocked.await.unwrap();
+    result.unwrap();
+    other.query_drop("ROLLBACK").await.unwrap();
+    let user: Option<String> = victim.query_first("SELECT username FROM auth_user WHERE id = 79").await.unwrap();
+    assert_eq!(user, None, "the whole transaction was rolled back, as one server would have done");
+    victim.query_drop("COMMIT").await.unwrap();
+    let grades: Vec<Option<f64>> = site
+        .csmh_root()
+        .await
+        .query(format!("SELECT grade FROM {} WHERE id IN ({x}, {y})", site.extended()))
+        .await
+        .unwrap();
+    assert_eq!(grades, vec![Some(1.0), Some(1.0)], "nothing of the transaction was committed on csmh");
+}
