@@ -84,7 +84,18 @@ impl Proxy {
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        sessions.spawn(session::run(stream, peer, Arc::clone(&self.shared), stop.child_token()));
+                        let limits = &self.shared.snapshot().config.listen;
+                        match self.shared.admission.admit(limits) {
+                            Ok(permit) => {
+                                let shared = Arc::clone(&self.shared);
+                                sessions.spawn(session::run(stream, peer, permit, shared, stop.child_token()));
+                            }
+                            Err(refused) => {
+                                self.shared.metrics.connection_refused(refused.reason());
+                                warn!(%peer, %refused, "connection refused");
+                                sessions.spawn(session::refuse(stream, refused));
+                            }
+                        }
                     }
                     Err(error) => {
                         // Out of file descriptors and the like: keep serving the connections we have.

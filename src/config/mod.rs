@@ -56,11 +56,70 @@ pub struct Listen {
     /// Seconds a shutdown waits for in-flight statements before closing connections.
     #[serde(default = "default_shutdown_timeout_secs")]
     pub shutdown_timeout_secs: u64,
+    /// Client connections served at once; a client beyond them gets error 1040 and no backend connection.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Client connections at once that have not finished logging in; a client beyond them gets error 1040 and no
+    /// backend connection.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: usize,
+    /// Seconds a client has from its connection to the end of its login; then it gets error 1043.
+    #[serde(default = "default_handshake_timeout_secs")]
+    pub handshake_timeout_secs: u64,
+    /// The largest client packet the proxy buffers after login; a larger one gets error 1153 and the connection
+    /// closes.
+    #[serde(default = "default_max_packet_bytes")]
+    pub max_packet_bytes: usize,
+    /// The largest statement naming the history table that the proxy parses to route it; a larger one gets
+    /// error 1235. Statements the pre-filter lets through unparsed are not limited by it.
+    #[serde(default = "default_max_parsed_statement_bytes")]
+    pub max_parsed_statement_bytes: usize,
 }
 
 fn default_shutdown_timeout_secs() -> u64 {
     10
 }
+
+/// The default [`Listen::max_connections`]: twice the 1,000 connections the proxy is measured with, above what a
+/// MySQL server usually accepts (151 by default), while the proxy's memory and descriptors stay bounded.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 2_000;
+
+fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS
+}
+
+/// The default [`Listen::max_handshakes`]: a whole fleet of web workers restarting at once logs in within it
+/// (each login takes milliseconds), while clients that stall before logging in cannot hold more.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 256;
+
+fn default_max_handshakes() -> usize {
+    DEFAULT_MAX_HANDSHAKES
+}
+
+/// The default [`Listen::handshake_timeout_secs`]: a login takes milliseconds; 5 s is half of a server's own
+/// `connect_timeout` (10 s), so the proxy ends a stalled login and tells the client before the server does.
+fn default_handshake_timeout_secs() -> u64 {
+    5
+}
+
+/// The default [`Listen::max_packet_bytes`]: 64 MiB, MySQL 8.4's default `max_allowed_packet` (MariaDB's is
+/// 16 MiB): a packet larger than the server accepts anyway.
+pub const DEFAULT_MAX_PACKET_BYTES: usize = 64 << 20;
+
+fn default_max_packet_bytes() -> usize {
+    DEFAULT_MAX_PACKET_BYTES
+}
+
+/// The default [`Listen::max_parsed_statement_bytes`]: 4 MiB, far above an edxapp history row (its `state` is
+/// a learner's problem state, usually a few KiB), while parsing one costs a few times its size for a moment.
+pub const DEFAULT_MAX_PARSED_STATEMENT_BYTES: usize = 4 << 20;
+
+fn default_max_parsed_statement_bytes() -> usize {
+    DEFAULT_MAX_PARSED_STATEMENT_BYTES
+}
+
+/// The largest [`Listen::max_packet_bytes`]: 1 GiB, the protocol's (and MySQL's `max_allowed_packet`'s) limit.
+pub const MAX_PACKET_BYTES_LIMIT: usize = 1 << 30;
 
 /// `[admin]`: the operator's HTTP listener.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

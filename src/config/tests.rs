@@ -64,6 +64,11 @@ fn the_example_file_documents_every_key() {
     let keys = [
         "address",
         "shutdown_timeout_secs",
+        "max_connections",
+        "max_handshakes",
+        "handshake_timeout_secs",
+        "max_packet_bytes",
+        "max_parsed_statement_bytes",
         "connect_timeout_secs",
         "read_timeout_secs",
         "user",
@@ -85,6 +90,9 @@ fn the_example_file_documents_every_key() {
 fn a_minimal_file_gets_the_defaults() {
     let config = Config::parse(MINIMAL).unwrap();
     assert_eq!(config.listen.shutdown_timeout_secs, 10);
+    assert_eq!((config.listen.max_connections, config.listen.max_handshakes), (2000, 256));
+    assert_eq!(config.listen.handshake_timeout_secs, 5);
+    assert_eq!((config.listen.max_packet_bytes, config.listen.max_parsed_statement_bytes), (64 << 20, 4 << 20));
     assert_eq!(config.backends.csmh.connect_timeout_secs, 5);
     assert_eq!(config.backends.csmh.read_timeout_secs, 30);
     assert_eq!(config.admin, None);
@@ -243,6 +251,18 @@ fn timeouts_must_be_positive() {
     let text =
         MINIMAL.replace("address = \"127.0.0.1:6033\"", "address = \"127.0.0.1:6033\"\nshutdown_timeout_secs = 0");
     assert_refused(&text, 3, "listen.shutdown_timeout_secs", "at least 1");
+}
+
+#[test]
+fn listen_limits_must_let_clients_in() {
+    let with =
+        |line: &str| MINIMAL.replace("address = \"127.0.0.1:6033\"", &format!("address = \"127.0.0.1:6033\"\n{line}"));
+    assert_refused(&with("handshake_timeout_secs = 0"), 3, "listen.handshake_timeout_secs", "at least 1");
+    assert_refused(&with("max_connections = 0"), 3, "listen.max_connections", "at least 1");
+    assert_refused(&with("max_handshakes = 0"), 3, "listen.max_handshakes", "at least 1");
+    assert_refused(&with("max_parsed_statement_bytes = 0"), 3, "listen.max_parsed_statement_bytes", "at least 1");
+    assert_refused(&with("max_packet_bytes = 100"), 3, "listen.max_packet_bytes", "at least 1024");
+    assert_refused(&with("max_packet_bytes = 2147483648"), 3, "listen.max_packet_bytes", "at most 1073741824");
 }
 
 #[test]
