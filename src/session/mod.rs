@@ -211,6 +211,8 @@ impl Session {
             packets::patch_greeting(span.first_frame_mut(&mut conn.buf)).map_err(SessionError::BackendProtocol)?;
         *answer_seq = None;
         self.client.relay_from(conn, span.wire_len).await.map_err(SessionError::Client)?;
+        // Until the client answers, the proxy may end the handshake with an error of its own, as a server would.
+        *answer_seq = Some(span.last_seq.wrapping_add(1));
 
         let span = self
             .client
