@@ -37,7 +37,7 @@ async fn greeted(proxy: &ProxyHandle) -> TcpStream {
     let len = u32::from_le_bytes([header[0], header[1], header[2], 0]) as usize;
     let mut greeting = vec![0u8; len];
     stream.read_exact(&mut greeting).await.expect("the whole greeting");
-    assert_ne!(greeting.get(0), Some(&0xFF), "a greeting, not an error");
+    assert_ne!(greeting[..].first(), Some(&0xFF), "a greeting, not an error");
     stream
 }
 
