@@ -57,6 +57,21 @@ fn a_bad_file_prints_the_line_and_key_and_exits_non_zero() {
 }
 
 #[test]
+fn a_syntax_error_on_the_password_line_names_the_line_but_never_the_password() {
+    let secret = "s3cret-Pa55word";
+    for written in [format!("password = \"{secret}"), format!("password = {secret}")] {
+        let text = include_str!("../proxy.toml").replace("# password = \"...\"", &written);
+        let line = text.lines().position(|line| line.starts_with("password =")).expect("the password's line") + 1;
+        let (_dir, path) = config_file(&text);
+        let output = check_config(&path);
+        let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
+        assert!(printed.contains(&format!("line {line}")), "the line is named: {printed}");
+        assert!(!printed.contains(secret), "the password is printed: {printed}");
+    }
+}
+
+#[test]
 fn a_missing_file_exits_non_zero() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let output = check_config(&dir.path().join("absent.toml"));

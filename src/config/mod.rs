@@ -2,8 +2,8 @@
 //!
 //! A file is parsed and validated as a whole; a [`Config`] that [`Config::load`] or [`Config::parse`] returns is
 //! one the proxy can run with. Errors name the line and the key at fault ([`ConfigError`]), so the same message
-//! serves `check-config` and the log line of a refused reload. [`changes()`] lists what differs between two
-//! configurations, for the log line of an applied reload.
+//! serves `check-config` and the log line of a refused reload; the values of secret keys are redacted from every
+//! message. [`changes()`] lists what differs between two configurations, for the log line of an applied reload.
 //!
 //! This module is pure: it reads text and describes values, and knows nothing of the running proxy. Following the
 //! file while the proxy runs is the `reload` module's work.
@@ -12,6 +12,7 @@ mod changes;
 mod document;
 mod error;
 mod report;
+mod secrets;
 mod validate;
 
 #[cfg(test)]
@@ -298,8 +299,13 @@ impl Config {
         Config::parse(&text)
     }
 
-    /// Parses and validates the text of a `proxy.toml`; errors carry the line and key at fault.
+    /// Parses and validates the text of a `proxy.toml`; errors carry the line and key at fault, and never the
+    /// value of a secret key such as `password`, whatever is wrong with the file.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_and_validate(text).map_err(|error| secrets::Secrets::scan(text).redact_error(error))
+    }
+
+    fn parse_and_validate(text: &str) -> Result<Config, ConfigError> {
         let document = document::Document::parse(text)?;
         let config: Config = document.deserialize()?;
         let problems = validate::problems(&config);

@@ -368,3 +368,26 @@ fn an_unreadable_file_names_the_path() {
     assert!(matches!(error, ConfigError::Read { .. }));
     assert!(error.to_string().contains("does-not-exist/proxy.toml"));
 }
+
+/// `text` must be refused with a message naming `line` and never showing `secret`.
+fn assert_refused_without(text: &str, line: usize, secret: &str) {
+    let message = refused(text).to_string();
+    assert!(message.contains(&format!("line {line}")), "no line {line} in: {message}");
+    assert!(!message.contains(secret), "the secret is shown: {message}");
+}
+
+#[test]
+fn no_message_about_the_file_shows_a_password() {
+    let secret = "s3cret-Pa55";
+    let on_line_10 = |value: &str| two_servers_with(&format!("user = \"edxapp001\"\npassword = {value}\n"));
+    assert_refused_without(&on_line_10(&format!("\"{secret}")), 10, secret);
+    assert_refused_without(&on_line_10(secret), 10, secret);
+    assert_refused_without(&on_line_10(&format!("'{secret}' extra")), 10, secret);
+    assert_refused_without(&on_line_10("123456789"), 10, "123456789");
+    let misspelled = two_servers_with(&format!("user = \"edxapp001\"\npasword = \"{secret}\n"));
+    assert_refused_without(&misspelled, 10, secret);
+    let inline = format!("{MINIMAL}\n[admin]\naddress = \"x\"\nbad = {{ password = \"{secret}\", = }}\n");
+    assert_refused_without(&inline, 12, secret);
+    let invalid = refused(&two_servers_with(&format!("password = \"{secret}\"\n"))).to_string();
+    assert!(invalid.contains("backends.csmh.user") && !invalid.contains(secret), "{invalid}");
+}
