@@ -112,7 +112,8 @@ fn default_max_packet_bytes() -> usize {
 }
 
 /// The default [`Listen::max_parsed_statement_bytes`]: 4 MiB, far above an edxapp history row (its `state` is
-/// a learner's problem state, usually a few KiB), while parsing one costs a few times its size for a moment.
+/// a learner's problem state, usually a few KiB), while routing one takes several times its size for a moment
+/// (a 4 MiB INSERT: 50 ms and 28 MiB).
 pub const DEFAULT_MAX_PARSED_STATEMENT_BYTES: usize = 4 << 20;
 
 fn default_max_parsed_statement_bytes() -> usize {
