@@ -30,6 +30,7 @@ fn a_good_file_prints_the_routing_and_exits_zero() {
     assert!(output.status.success(), "{output:?}");
     for expected in [
         "configuration OK",
+        "limits:        2000 connections, 256 logging in at once within 5 s; packets up to 67108864 bytes",
         "topology:        one server, 127.0.0.1:3306",
         "old table:       edxapp.courseware_studentmodulehistory",
         "ENABLE_CSMH_EXTENDED = true",
