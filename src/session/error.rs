@@ -9,8 +9,6 @@ use crate::protocol::ProtocolError;
 use crate::protocol::conn::ReadError;
 use crate::protocol::errors::{MysqlError, code, sqlstate};
 use crate::protocol::frame::Oversized;
-#[cfg(doc)]
-use crate::protocol::packets::MAX_HANDSHAKE_PACKET;
 
 /// How long the proxy goes on reading (and throwing away) what a client sends after refusing a packet too large,
 /// so that the client reads the error rather than a reset connection.
@@ -19,7 +17,8 @@ pub(super) const DRAIN_LINGER: Duration = Duration::from_secs(2);
 /// Which limit a client packet went over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Oversize {
-    /// A packet of the login or of COM_CHANGE_USER's authentication ([`MAX_HANDSHAKE_PACKET`]).
+    /// A packet of the login or of COM_CHANGE_USER's authentication
+    /// ([`MAX_HANDSHAKE_PACKET`](crate::protocol::packets::MAX_HANDSHAKE_PACKET)).
     Handshake,
     /// A request after login (`listen.max_packet_bytes`).
     Request,
