@@ -61,7 +61,7 @@ pub async fn connect(address: &str, timeout_secs: u64) -> Result<Connection, Bac
 }
 
 /// Who the proxy logs in as on a server it authenticates to itself (the `csmh` backend on its own server).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     /// User name.
     pub user: String,
@@ -69,6 +69,17 @@ pub struct Credentials {
     pub password: Option<String>,
     /// Default database.
     pub database: Option<String>,
+}
+
+/// Debug output that never shows the password, so that logging credentials leaks no secret.
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("database", &self.database)
+            .finish()
+    }
 }
 
 /// Capabilities the proxy asks for when it logs in by itself; callers add session-specific ones such as
@@ -279,4 +290,17 @@ pub async fn send_command(conn: &mut Connection, command: u8, body: &[u8]) -> io
     let mut out = BytesMut::with_capacity(payload.len() + 8);
     frame::write_packet(&mut out, 0, &payload);
     conn.write_all(&out).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_show_their_password() {
+        let credentials =
+            Credentials { user: "proxy".to_owned(), password: Some("s3cret-Pa55".to_owned()), database: None };
+        let shown = format!("{credentials:?}");
+        assert!(shown.contains("proxy") && !shown.contains("s3cret"), "{shown}");
+    }
 }

@@ -105,6 +105,9 @@ fn backend_index(server: Server) -> usize {
     }
 }
 
+/// The `reason` labels of refused connections: the limit that was reached.
+pub const REFUSAL_REASONS: [&str; 2] = ["max_connections", "max_handshakes"];
+
 /// A label set of `N` fixed pairs.
 type Labels<const N: usize> = [(&'static str, &'static str); N];
 
@@ -125,6 +128,7 @@ pub struct Metrics {
     registry: Registry,
     connections_total: Counter,
     connections_open: Gauge,
+    connections_refused: [Counter; 2],
     statements: [Counter; 6],
     latency: [Histogram; 6],
     connect_errors: [Counter; 2],
@@ -149,6 +153,14 @@ impl Metrics {
         registry.register("connections", "Client connections accepted", connections_total.clone());
         let connections_open = Gauge::default();
         registry.register("connections_open", "Client connections open now", connections_open.clone());
+        let refused = Family::<Labels<1>, Counter>::default();
+        let connections_refused = REFUSAL_REASONS.map(|reason| refused.get_or_create(&[("reason", reason)]).clone());
+        registry.register(
+            "connections_refused",
+            "Client connections refused with error 1040 before a backend connection was opened, by the limit \
+             reached (listen.max_connections, listen.max_handshakes)",
+            refused,
+        );
 
         let statements = Family::<Labels<2>, Counter>::default();
         let latency = Family::<Labels<2>, Histogram>::default();
@@ -198,6 +210,7 @@ impl Metrics {
             registry,
             connections_total,
             connections_open,
+            connections_refused,
             statements: statement_counters,
             latency: histograms,
             connect_errors,
@@ -218,6 +231,18 @@ impl Metrics {
     /// A client connection ended.
     pub fn connection_closed(&self) {
         self.connections_open.dec();
+    }
+
+    /// A client connection was refused because of the limit `reason` names (see [`REFUSAL_REASONS`]).
+    pub fn connection_refused(&self, reason: &'static str) {
+        if let Some(index) = REFUSAL_REASONS.iter().position(|known| *known == reason) {
+            self.connections_refused[index].inc();
+        }
+    }
+
+    /// Client connections refused so far because of the limit `reason` names.
+    pub fn connections_refused(&self, reason: &str) -> u64 {
+        REFUSAL_REASONS.iter().position(|known| *known == reason).map_or(0, |i| self.connections_refused[i].get())
     }
 
     /// Client connections accepted so far.

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -83,9 +83,7 @@ impl Proxy {
             tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        sessions.spawn(session::run(stream, peer, Arc::clone(&self.shared), stop.child_token()));
-                    }
+                    Ok((stream, peer)) => start_session(&self.shared, stream, peer, &mut sessions, &stop),
                     Err(error) => {
                         // Out of file descriptors and the like: keep serving the connections we have.
                         warn!(%error, "accept failed");
@@ -149,6 +147,27 @@ impl ProxyHandle {
             let _ = tx.send(());
         }
         self.task.await?
+    }
+}
+
+/// Starts a session for a client just accepted, or refuses it (error 1040, no backend connection) when the
+/// limits in force say there is no place for it.
+fn start_session(
+    shared: &Arc<ProxyState>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    sessions: &mut JoinSet<()>,
+    stop: &CancellationToken,
+) {
+    match shared.admission.admit(&shared.snapshot().config.listen) {
+        Ok(permit) => {
+            sessions.spawn(session::run(stream, peer, permit, Arc::clone(shared), stop.child_token()));
+        }
+        Err(refused) => {
+            shared.metrics.connection_refused(refused.reason());
+            warn!(%peer, %refused, "connection refused");
+            sessions.spawn(session::refuse(stream, refused));
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
 
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::grant_cache::GrantCache;
 use crate::history::routing_table;
@@ -39,7 +40,8 @@ impl ConfigSnapshot {
         let old = config.history.old().map_err(|e| error(&e))?;
         let extended = config.history.extended().map_err(|e| error(&e))?;
         let table = routing_table(config.flags).map_err(|e| error(&e))?;
-        let router = Router::new(table, old, extended, Topology::of(&config.backends));
+        let router = Router::new(table, old, extended, Topology::of(&config.backends))
+            .with_parse_limit(config.listen.max_parsed_statement_bytes);
         Ok(ConfigSnapshot { router, config, offset_verified: Default::default(), generation: 1 })
     }
 }
@@ -56,6 +58,8 @@ pub struct ProxyState {
     pub metrics: Metrics,
     /// The grants checks remembered across sessions.
     pub grants: GrantCache,
+    /// The clients connected and logging in, against `[listen]`'s limits.
+    pub admission: Admission,
 }
 
 impl ProxyState {
@@ -68,6 +72,7 @@ impl ProxyState {
             reloads_rejected: AtomicU64::new(0),
             metrics: Metrics::default(),
             grants: GrantCache::default(),
+            admission: Admission::default(),
         })
     }
 
@@ -91,6 +96,11 @@ impl ProxyState {
     /// Counts a reload that was refused (the running configuration stayed).
     pub fn record_rejected_reload(&self) {
         self.reloads_rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `listen.max_packet_bytes` in force: the largest client packet a session reads next.
+    pub fn max_packet_bytes(&self) -> usize {
+        self.current.load().config.listen.max_packet_bytes
     }
 
     /// The generation of the configuration in force: 1 at start, one more for each applied reload. It is the

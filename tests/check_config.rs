@@ -30,6 +30,7 @@ fn a_good_file_prints_the_routing_and_exits_zero() {
     assert!(output.status.success(), "{output:?}");
     for expected in [
         "configuration OK",
+        "limits:        2000 connections, 256 logging in at once within 5 s; packets up to 67108864 bytes",
         "topology:        one server, 127.0.0.1:3306",
         "old table:       edxapp.courseware_studentmodulehistory",
         "ENABLE_CSMH_EXTENDED = true",
@@ -54,6 +55,21 @@ fn a_bad_file_prints_the_line_and_key_and_exits_non_zero() {
     let expected = format!("configuration refused: line {line}, key `flags.READ_ONLY_FROM_CSMHE`: ");
     assert!(stderr.starts_with(&expected), "no `{expected}` in:\n{stderr}");
     assert!(stderr.contains("cannot be retired"), "{stderr}");
+}
+
+#[test]
+fn a_syntax_error_on_the_password_line_names_the_line_but_never_the_password() {
+    let secret = "s3cret-Pa55word";
+    for written in [format!("password = \"{secret}"), format!("password = {secret}")] {
+        let text = include_str!("../proxy.toml").replace("# password = \"...\"", &written);
+        let line = text.lines().position(|line| line.starts_with("password =")).expect("the password's line") + 1;
+        let (_dir, path) = config_file(&text);
+        let output = check_config(&path);
+        let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
+        assert!(printed.contains(&format!("line {line}")), "the line is named: {printed}");
+        assert!(!printed.contains(secret), "the password is printed: {printed}");
+    }
 }
 
 #[test]

@@ -452,7 +452,7 @@ fn send(child: &tokio::process::Child, signal: libc::c_int) {
 }
 
 #[tokio::test]
-async fn sighup_reloads_the_running_binary_and_a_refused_file_is_logged_with_its_line_and_key() {
+async fn sighup_reloads_the_running_binary_and_a_refused_file_is_logged_with_its_line_and_key_never_a_password() {
     let dbs = EdxDatabases::fresh().await;
     let first_extended_id = dbs.create_edx_schema(true).await;
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -494,6 +494,17 @@ async fn sighup_reloads_the_running_binary_and_a_refused_file_is_logged_with_its
     let error = check_file(&path).expect_err("the unknown key is refused").to_string();
     assert!(refused.contains(&error), "the log line says what check-config says: {error}\n{refused}");
     assert!(refused.contains("key `flags.READ_ONLY_FROM_CSMH`"), "{refused}");
+    assert_eq!(insert(&mut edxapp, first_extended_id, "{}").await, Table::Extended, "the running flags stay");
+
+    let secret = "s3cret-Pa55word";
+    let unterminated =
+        format!("{}\n[admin]\npassword = \"{secret}\n", dbs.proxy_toml(Stage::OldTableOnly.flags()).render());
+    write(&path, &unterminated);
+    send(&child, libc::SIGHUP);
+    let refused = log.wait_for("refused").await;
+    let line = unterminated.lines().count();
+    assert!(refused.contains(&format!("line {line}")), "the line is named: {refused}");
+    assert!(!refused.contains(secret), "the password is logged: {refused}");
     assert_eq!(insert(&mut edxapp, first_extended_id, "{}").await, Table::Extended, "the running flags stay");
 
     edxapp.disconnect().await.unwrap();

@@ -119,9 +119,22 @@ impl Found {
     }
 
     fn listen(&mut self, old: &Listen, new: &Listen) {
-        let Listen { address, shutdown_timeout_secs } = new;
+        let Listen {
+            address,
+            shutdown_timeout_secs,
+            max_connections,
+            max_handshakes,
+            handshake_timeout_secs,
+            max_packet_bytes,
+            max_parsed_statement_bytes,
+        } = new;
         self.shown("listen.address", &old.address, address);
         self.shown("listen.shutdown_timeout_secs", old.shutdown_timeout_secs, *shutdown_timeout_secs);
+        self.shown("listen.max_connections", old.max_connections, *max_connections);
+        self.shown("listen.max_handshakes", old.max_handshakes, *max_handshakes);
+        self.shown("listen.handshake_timeout_secs", old.handshake_timeout_secs, *handshake_timeout_secs);
+        self.shown("listen.max_packet_bytes", old.max_packet_bytes, *max_packet_bytes);
+        self.shown("listen.max_parsed_statement_bytes", old.max_parsed_statement_bytes, *max_parsed_statement_bytes);
     }
 }
 
@@ -202,8 +215,10 @@ password = "first-secret"
     }
 
     #[test]
-    fn listener_changes_are_the_ones_that_need_a_restart() {
-        let new = BASE.replace("127.0.0.1:6033\"", "127.0.0.1:6034\"\nshutdown_timeout_secs = 3")
+    fn listener_addresses_need_a_restart_and_its_limits_do_not() {
+        let limits = "shutdown_timeout_secs = 3\nmax_connections = 10\nmax_handshakes = 2\nhandshake_timeout_secs = 1\n\
+                      max_packet_bytes = 4096\nmax_parsed_statement_bytes = 1024";
+        let new = BASE.replace("127.0.0.1:6033\"", &format!("127.0.0.1:6034\"\n{limits}"))
             + "\n[admin]\naddress = \"127.0.0.1:6080\"\n";
         let found = changes(&config(BASE), &config(&new));
         let described: Vec<(String, bool)> = found.iter().map(|c| (c.to_string(), c.needs_restart())).collect();
@@ -212,6 +227,11 @@ password = "first-secret"
             [
                 ("listen.address: 127.0.0.1:6033 -> 127.0.0.1:6034".to_owned(), true),
                 ("listen.shutdown_timeout_secs: 10 -> 3".to_owned(), false),
+                ("listen.max_connections: 2000 -> 10".to_owned(), false),
+                ("listen.max_handshakes: 256 -> 2".to_owned(), false),
+                ("listen.handshake_timeout_secs: 5 -> 1".to_owned(), false),
+                ("listen.max_packet_bytes: 67108864 -> 4096".to_owned(), false),
+                ("listen.max_parsed_statement_bytes: 4194304 -> 1024".to_owned(), false),
                 ("admin.address: off -> 127.0.0.1:6080".to_owned(), true),
             ]
         );

@@ -2,8 +2,8 @@
 //!
 //! A file is parsed and validated as a whole; a [`Config`] that [`Config::load`] or [`Config::parse`] returns is
 //! one the proxy can run with. Errors name the line and the key at fault ([`ConfigError`]), so the same message
-//! serves `check-config` and the log line of a refused reload. [`changes()`] lists what differs between two
-//! configurations, for the log line of an applied reload.
+//! serves `check-config` and the log line of a refused reload; the values of secret keys are redacted from every
+//! message. [`changes()`] lists what differs between two configurations, for the log line of an applied reload.
 //!
 //! This module is pure: it reads text and describes values, and knows nothing of the running proxy. Following the
 //! file while the proxy runs is the `reload` module's work.
@@ -12,6 +12,7 @@ mod changes;
 mod document;
 mod error;
 mod report;
+mod secrets;
 mod validate;
 
 #[cfg(test)]
@@ -56,11 +57,71 @@ pub struct Listen {
     /// Seconds a shutdown waits for in-flight statements before closing connections.
     #[serde(default = "default_shutdown_timeout_secs")]
     pub shutdown_timeout_secs: u64,
+    /// Client connections served at once; a client beyond them gets error 1040 and no backend connection.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Client connections at once that have not finished logging in; a client beyond them gets error 1040 and no
+    /// backend connection.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: usize,
+    /// Seconds a client has from its connection to the end of its login; then it gets error 1043.
+    #[serde(default = "default_handshake_timeout_secs")]
+    pub handshake_timeout_secs: u64,
+    /// The largest client packet the proxy buffers after login; a larger one gets error 1153 and the connection
+    /// closes.
+    #[serde(default = "default_max_packet_bytes")]
+    pub max_packet_bytes: usize,
+    /// The largest statement naming the history table that the proxy parses to route it; a larger one gets
+    /// error 1235. Statements the pre-filter lets through unparsed are not limited by it.
+    #[serde(default = "default_max_parsed_statement_bytes")]
+    pub max_parsed_statement_bytes: usize,
 }
 
 fn default_shutdown_timeout_secs() -> u64 {
     10
 }
+
+/// The default [`Listen::max_connections`]: twice the 1,000 connections the proxy is measured with, above what a
+/// MySQL server usually accepts (151 by default), while the proxy's memory and descriptors stay bounded.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 2_000;
+
+fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS
+}
+
+/// The default [`Listen::max_handshakes`]: a whole fleet of web workers restarting at once logs in within it
+/// (each login takes milliseconds), while clients that stall before logging in cannot hold more.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 256;
+
+fn default_max_handshakes() -> usize {
+    DEFAULT_MAX_HANDSHAKES
+}
+
+/// The default [`Listen::handshake_timeout_secs`]: a login takes milliseconds; 5 s is half of a server's own
+/// `connect_timeout` (10 s), so the proxy ends a stalled login and tells the client before the server does.
+fn default_handshake_timeout_secs() -> u64 {
+    5
+}
+
+/// The default [`Listen::max_packet_bytes`]: 64 MiB, MySQL 8.4's default `max_allowed_packet` (MariaDB's is
+/// 16 MiB): a packet larger than the server accepts anyway.
+pub const DEFAULT_MAX_PACKET_BYTES: usize = 64 << 20;
+
+fn default_max_packet_bytes() -> usize {
+    DEFAULT_MAX_PACKET_BYTES
+}
+
+/// The default [`Listen::max_parsed_statement_bytes`]: 4 MiB, far above an edxapp history row (its `state` is
+/// a learner's problem state, usually a few KiB), while routing one takes several times its size for a moment
+/// (a 4 MiB INSERT: 50 ms and 28 MiB).
+pub const DEFAULT_MAX_PARSED_STATEMENT_BYTES: usize = 4 << 20;
+
+fn default_max_parsed_statement_bytes() -> usize {
+    DEFAULT_MAX_PARSED_STATEMENT_BYTES
+}
+
+/// The largest [`Listen::max_packet_bytes`]: 1 GiB, the protocol's (and MySQL's `max_allowed_packet`'s) limit.
+pub const MAX_PACKET_BYTES_LIMIT: usize = 1 << 30;
 
 /// `[admin]`: the operator's HTTP listener.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -239,8 +300,13 @@ impl Config {
         Config::parse(&text)
     }
 
-    /// Parses and validates the text of a `proxy.toml`; errors carry the line and key at fault.
+    /// Parses and validates the text of a `proxy.toml`; errors carry the line and key at fault, and never the
+    /// value of a secret key such as `password`, whatever is wrong with the file.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_and_validate(text).map_err(|error| secrets::Secrets::scan(text).redact_error(error))
+    }
+
+    fn parse_and_validate(text: &str) -> Result<Config, ConfigError> {
         let document = document::Document::parse(text)?;
         let config: Config = document.deserialize()?;
         let problems = validate::problems(&config);

@@ -36,7 +36,18 @@ impl Report<'_> {
     /// The client and admin listeners.
     fn write_listeners(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let config = self.0;
-        writeln!(f, "listen:          {}", config.listen.address)?;
+        let listen = &config.listen;
+        writeln!(f, "listen:          {}", listen.address)?;
+        writeln!(
+            f,
+            "  limits:        {} connections, {} logging in at once within {} s; packets up to {} bytes, history \
+             statements parsed up to {} bytes",
+            listen.max_connections,
+            listen.max_handshakes,
+            listen.handshake_timeout_secs,
+            listen.max_packet_bytes,
+            listen.max_parsed_statement_bytes
+        )?;
         match &config.admin {
             Some(admin) => writeln!(f, "admin:           {}", admin.address),
             None => writeln!(f, "admin:           off"),

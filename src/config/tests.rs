@@ -64,6 +64,11 @@ fn the_example_file_documents_every_key() {
     let keys = [
         "address",
         "shutdown_timeout_secs",
+        "max_connections",
+        "max_handshakes",
+        "handshake_timeout_secs",
+        "max_packet_bytes",
+        "max_parsed_statement_bytes",
         "connect_timeout_secs",
         "read_timeout_secs",
         "user",
@@ -85,6 +90,9 @@ fn the_example_file_documents_every_key() {
 fn a_minimal_file_gets_the_defaults() {
     let config = Config::parse(MINIMAL).unwrap();
     assert_eq!(config.listen.shutdown_timeout_secs, 10);
+    assert_eq!((config.listen.max_connections, config.listen.max_handshakes), (2000, 256));
+    assert_eq!(config.listen.handshake_timeout_secs, 5);
+    assert_eq!((config.listen.max_packet_bytes, config.listen.max_parsed_statement_bytes), (64 << 20, 4 << 20));
     assert_eq!(config.backends.csmh.connect_timeout_secs, 5);
     assert_eq!(config.backends.csmh.read_timeout_secs, 30);
     assert_eq!(config.admin, None);
@@ -246,6 +254,18 @@ fn timeouts_must_be_positive() {
 }
 
 #[test]
+fn listen_limits_must_let_clients_in() {
+    let with =
+        |line: &str| MINIMAL.replace("address = \"127.0.0.1:6033\"", &format!("address = \"127.0.0.1:6033\"\n{line}"));
+    assert_refused(&with("handshake_timeout_secs = 0"), 3, "listen.handshake_timeout_secs", "at least 1");
+    assert_refused(&with("max_connections = 0"), 3, "listen.max_connections", "at least 1");
+    assert_refused(&with("max_handshakes = 0"), 3, "listen.max_handshakes", "at least 1");
+    assert_refused(&with("max_parsed_statement_bytes = 0"), 3, "listen.max_parsed_statement_bytes", "at least 1");
+    assert_refused(&with("max_packet_bytes = 100"), 3, "listen.max_packet_bytes", "at least 1024");
+    assert_refused(&with("max_packet_bytes = 2147483648"), 3, "listen.max_packet_bytes", "at most 1073741824");
+}
+
+#[test]
 fn password_and_password_env_are_exclusive() {
     let text = minimal_with("user = \"edxapp001\"\npassword = \"secret\"\npassword_env = \"PATH\"\n");
     assert_refused(&text, 10, "backends.csmh.password", "keep only one");
@@ -347,4 +367,27 @@ fn an_unreadable_file_names_the_path() {
     let error = Config::load(Path::new("does-not-exist/proxy.toml")).unwrap_err();
     assert!(matches!(error, ConfigError::Read { .. }));
     assert!(error.to_string().contains("does-not-exist/proxy.toml"));
+}
+
+/// `text` must be refused with a message naming `line` and never showing `secret`.
+fn assert_refused_without(text: &str, line: usize, secret: &str) {
+    let message = refused(text).to_string();
+    assert!(message.contains(&format!("line {line}")), "no line {line} in: {message}");
+    assert!(!message.contains(secret), "the secret is shown: {message}");
+}
+
+#[test]
+fn no_message_about_the_file_shows_a_password() {
+    let secret = "s3cret-Pa55";
+    let on_line_10 = |value: &str| two_servers_with(&format!("user = \"edxapp001\"\npassword = {value}\n"));
+    assert_refused_without(&on_line_10(&format!("\"{secret}")), 10, secret);
+    assert_refused_without(&on_line_10(secret), 10, secret);
+    assert_refused_without(&on_line_10(&format!("'{secret}' extra")), 10, secret);
+    assert_refused_without(&on_line_10("123456789"), 10, "123456789");
+    let misspelled = two_servers_with(&format!("user = \"edxapp001\"\npasword = \"{secret}\n"));
+    assert_refused_without(&misspelled, 10, secret);
+    let inline = format!("{MINIMAL}\n[admin]\naddress = \"x\"\nbad = {{ password = \"{secret}\", = }}\n");
+    assert_refused_without(&inline, 12, secret);
+    let invalid = refused(&two_servers_with(&format!("password = \"{secret}\"\n"))).to_string();
+    assert!(invalid.contains("backends.csmh.user") && !invalid.contains(secret), "{invalid}");
 }

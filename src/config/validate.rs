@@ -4,14 +4,14 @@
 use std::net::Ipv6Addr;
 
 use super::error::Problem;
-use super::{Backend, Config, MAX_ID_OFFSET, PasswordError};
+use super::{Backend, Config, Listen, MAX_ID_OFFSET, MAX_PACKET_BYTES_LIMIT, PasswordError};
 use crate::history::{TableName, routing_table};
 
 /// Every problem with `config`, section by section; empty when the proxy can run with it.
 pub(super) fn problems(config: &Config) -> Vec<Problem> {
     let mut problems = Vec::new();
     check_address(&mut problems, "listen.address", &config.listen.address, PortZero::PicksAFreePort);
-    check_timeout(&mut problems, "listen.shutdown_timeout_secs", config.listen.shutdown_timeout_secs);
+    check_listen_limits(&mut problems, &config.listen);
     if let Some(admin) = &config.admin {
         check_address(&mut problems, "admin.address", &admin.address, PortZero::PicksAFreePort);
     }
@@ -75,6 +75,33 @@ fn check_host(host: &str) -> Result<(), String> {
 fn check_timeout(problems: &mut Vec<Problem>, key: &str, seconds: u64) {
     if seconds == 0 {
         problems.push(Problem::new(key, "must be at least 1 second"));
+    }
+}
+
+/// Checks `[listen]`'s timeouts and limits: a zero would refuse every client, and a packet limit must lie
+/// within what the protocol can carry.
+fn check_listen_limits(problems: &mut Vec<Problem>, listen: &Listen) {
+    check_timeout(problems, "listen.shutdown_timeout_secs", listen.shutdown_timeout_secs);
+    check_timeout(problems, "listen.handshake_timeout_secs", listen.handshake_timeout_secs);
+    check_at_least(problems, "listen.max_connections", listen.max_connections, 1);
+    check_at_least(problems, "listen.max_handshakes", listen.max_handshakes, 1);
+    check_at_least(problems, "listen.max_parsed_statement_bytes", listen.max_parsed_statement_bytes, 1);
+    check_at_least(problems, "listen.max_packet_bytes", listen.max_packet_bytes, MIN_PACKET_BYTES);
+    if listen.max_packet_bytes > MAX_PACKET_BYTES_LIMIT {
+        problems.push(Problem::new(
+            "listen.max_packet_bytes",
+            format!("must be at most {MAX_PACKET_BYTES_LIMIT} (1 GiB, the largest packet MySQL accepts)"),
+        ));
+    }
+}
+
+/// The smallest `listen.max_packet_bytes`: room for any ordinary statement.
+const MIN_PACKET_BYTES: usize = 1024;
+
+/// Checks that a count or size is at least `least`.
+fn check_at_least(problems: &mut Vec<Problem>, key: &str, value: usize, least: usize) {
+    if value < least {
+        problems.push(Problem::new(key, format!("must be at least {least}")));
     }
 }
 

@@ -12,7 +12,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::frame::PacketSpan;
+use super::frame::{Oversized, PacketSpan};
 
 /// Spare room a read asks for; also the buffer size an idle connection shrinks back to.
 const READ_CHUNK: usize = 16 * 1024;
@@ -65,6 +65,43 @@ impl Connection {
         }
     }
 
+    /// [`Connection::next_packet`] for a packet of at most `limit` payload bytes. A larger one is refused as soon
+    /// as a frame header announces it, so no more than about one read of it is ever buffered.
+    pub async fn next_packet_within(&mut self, limit: usize) -> Result<Option<PacketSpan>, ReadError> {
+        loop {
+            if let Some(span) = PacketSpan::find_within(&self.buf, limit)? {
+                return Ok(Some(span));
+            }
+            if self.fill().await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ReadError::Io(io::ErrorKind::UnexpectedEof.into()))
+                };
+            }
+        }
+    }
+
+    /// Closes the connection after a last answer when the peer may still be sending (the rest of a packet the
+    /// proxy refused): the writing half is closed at once, and what the peer sends is read and thrown away until
+    /// it closes too or `linger` has passed. Closing with unread bytes would reset the connection, and a reset can
+    /// destroy the answer before the peer reads it.
+    pub async fn close_draining(&mut self, linger: Duration) {
+        let _ = self.stream.shutdown().await;
+        self.buf.clear();
+        let drain = async {
+            loop {
+                self.buf.clear();
+                match self.stream.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        let _ = tokio::time::timeout(linger, drain).await;
+        self.buf = BytesMut::new();
+    }
+
     /// Waits for the next whole packet and takes its payload out of the buffer (joined across frames); `None`
     /// if the peer closed first. For the few packets the proxy reads itself rather than relays.
     pub async fn next_payload(&mut self) -> io::Result<Option<Bytes>> {
@@ -102,6 +139,17 @@ impl Connection {
     pub async fn shutdown(&mut self) -> io::Result<()> {
         self.stream.shutdown().await
     }
+}
+
+/// Why [`Connection::next_packet_within`] has no packet to give.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Reading failed, or the peer closed in the middle of a packet.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// The packet is larger than the reader accepts; its body was not read.
+    #[error(transparent)]
+    Oversized(#[from] Oversized),
 }
 
 /// Runs `io`, failing with [`io::ErrorKind::TimedOut`] once it has waited `timeout`.

@@ -18,12 +18,18 @@ pub fn is_err_packet(payload: &[u8]) -> bool {
 
 /// The error codes the proxy uses, under MySQL's names for them.
 pub mod code {
+    /// The proxy already serves as many connections (or unauthenticated handshakes) as it may: the new one is
+    /// refused before the greeting, as a server at `max_connections` refuses it.
+    pub const ER_CON_COUNT_ERROR: u16 = 1040;
     /// A handshake the proxy cannot relay (malformed, or asking for what the proxy does not offer).
     pub const ER_HANDSHAKE_ERROR: u16 = 1043;
     /// A command the proxy does not relay.
     pub const ER_UNKNOWN_COM_ERROR: u16 = 1047;
     /// A statement that server would refuse for want of a table privilege; also the retired old table.
     pub const ER_TABLEACCESS_DENIED_ERROR: u16 = 1142;
+    /// A client packet larger than the proxy buffers (`listen.max_packet_bytes`); the connection closes, as a
+    /// server closes it for a packet over its `max_allowed_packet`.
+    pub const ER_NET_PACKET_TOO_LARGE: u16 = 1153;
     /// A server error without a code of its own.
     pub const ER_UNKNOWN_ERROR: u16 = 1105;
     /// The server rolled the whole transaction back to break a deadlock.
@@ -55,6 +61,8 @@ pub mod sqlstate {
     pub const HY000: &[u8; 5] = b"HY000";
     /// Syntax error or access rule violation (MySQL uses it for privileges and unsupported statements).
     pub const ACCESS_OR_SYNTAX: &[u8; 5] = b"42000";
+    /// The server rejected the connection.
+    pub const CONNECTION_REJECTED: &[u8; 5] = b"08004";
     /// Communication link failure.
     pub const LINK_FAILURE: &[u8; 5] = b"08S01";
 }

@@ -40,6 +40,14 @@ impl Header {
     }
 }
 
+/// A packet whose frame headers announce more payload than the reader accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a packet larger than the limit (its frame with sequence id {seq})")]
+pub struct Oversized {
+    /// The sequence id of the frame whose header went over the limit; an answer takes the next one.
+    pub seq: u8,
+}
+
 /// Where a whole packet lies at the start of a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PacketSpan {
@@ -56,19 +64,28 @@ pub struct PacketSpan {
 impl PacketSpan {
     /// Finds the whole packet at the start of `buf`, or `None` if more bytes are needed.
     pub fn find(buf: &[u8]) -> Option<PacketSpan> {
+        PacketSpan::find_within(buf, usize::MAX).unwrap_or(None)
+    }
+
+    /// [`PacketSpan::find`] for a packet whose payload may be at most `limit` bytes: as soon as the frame
+    /// headers buffered so far announce more, it is [`Oversized`], before its body has been read.
+    pub fn find_within(buf: &[u8], limit: usize) -> Result<Option<PacketSpan>, Oversized> {
         let mut pos = 0;
-        let mut payload_len = 0;
-        let first_seq = Header::parse(buf)?.seq;
+        let mut payload_len: usize = 0;
+        let Some(first) = Header::parse(buf) else { return Ok(None) };
         loop {
-            let header = Header::parse(&buf[pos..])?;
+            let Some(header) = Header::parse(&buf[pos..]) else { return Ok(None) };
+            payload_len = payload_len.saturating_add(header.len);
+            if payload_len > limit {
+                return Err(Oversized { seq: header.seq });
+            }
             let end = pos + HEADER_LEN + header.len;
             if buf.len() < end {
-                return None;
+                return Ok(None);
             }
             pos = end;
-            payload_len += header.len;
             if !header.continues() {
-                return Some(PacketSpan { wire_len: pos, payload_len, first_seq, last_seq: header.seq });
+                return Ok(Some(PacketSpan { wire_len: pos, payload_len, first_seq: first.seq, last_seq: header.seq }));
             }
         }
     }
@@ -193,6 +210,21 @@ mod tests {
         assert_eq!(span.first_frame(&wire), &body[..MAX_PAYLOAD]);
         assert_eq!(&span.payload_in(&wire)[..], &body[..]);
         assert_eq!(&payload(wire.freeze(), &span)[..], &body[..]);
+    }
+
+    #[test]
+    fn an_oversized_packet_is_known_by_its_header_alone() {
+        let wire = framed(&[b'x'; 100], 3);
+        assert_eq!(PacketSpan::find_within(&wire[..HEADER_LEN], 99), Err(Oversized { seq: 3 }));
+        assert_eq!(PacketSpan::find_within(&wire[..HEADER_LEN], 100), Ok(None));
+        assert_eq!(PacketSpan::find_within(&wire, 100).map(|span| span.map(|s| s.payload_len)), Ok(Some(100)));
+        let long = framed(&vec![0u8; MAX_PAYLOAD + 10], 0);
+        let second_header = MAX_PAYLOAD + HEADER_LEN;
+        assert_eq!(PacketSpan::find_within(&long[..second_header], MAX_PAYLOAD), Ok(None));
+        assert_eq!(
+            PacketSpan::find_within(&long[..second_header + HEADER_LEN], MAX_PAYLOAD),
+            Err(Oversized { seq: 1 })
+        );
     }
 
     #[test]

@@ -17,6 +17,12 @@ use super::capabilities::{Negotiated, announces_mariadb, mask, mask_mariadb};
 use super::errors::ERR_HEADER;
 use super::frame;
 
+/// The largest handshake packet the proxy reads, either side's: the greeting, the client's handshake response
+/// and each packet of the authentication exchange. A real one is at most a few hundred bytes (a response with
+/// every connection attribute a driver sends is under 1 KiB, an RSA-encrypted password 512 bytes); reading stops
+/// at the header of a larger one, before its body is buffered.
+pub const MAX_HANDSHAKE_PACKET: usize = 16 * 1024;
+
 /// What the proxy keeps from the server's initial handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Greeting {

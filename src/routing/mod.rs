@@ -194,13 +194,21 @@ pub struct Router {
     extended: TableName,
     topology: Topology,
     prefilter: Prefilter,
+    /// The longest statement it parses; a longer one that may name the history table is refused.
+    parse_limit: usize,
 }
 
 impl Router {
     /// A router for the stage `table` routes by, the two tables, and where they live.
     pub fn new(table: RoutingTable, old: TableName, extended: TableName, topology: Topology) -> Router {
         let prefilter = Prefilter::new(old.table());
-        Router { table, old, extended, topology, prefilter }
+        Router { table, old, extended, topology, prefilter, parse_limit: usize::MAX }
+    }
+
+    /// This router, refusing with error 1235 rather than parsing a statement longer than `bytes` that may name
+    /// the history table (`listen.max_parsed_statement_bytes`): parsing costs a few times a statement's size.
+    pub fn with_parse_limit(self, bytes: usize) -> Router {
+        Router { parse_limit: bytes, ..self }
     }
 
     /// The routing table in force.
@@ -260,6 +268,9 @@ impl Router {
         if self.is_passthrough() {
             return Route::Passthrough;
         }
+        if sql.len() > self.parse_limit {
+            return Route::Refuse(self.too_long(sql.len()));
+        }
         let source = Source::new(sql);
         match self.plan(&source, reads) {
             Ok(route) => route,
@@ -302,6 +313,20 @@ impl Router {
     fn refusal(&self, unroutable: Unroutable) -> Refusal {
         let message = format!("csmh-proxy cannot route this statement on {}: {unroutable}", self.old.quoted());
         Refusal { error: MysqlError::not_supported(message), reason: unroutable.reason }
+    }
+
+    fn too_long(&self, len: usize) -> Refusal {
+        let reason = format!(
+            "the statement is {len} bytes, more than the {} bytes csmh-proxy parses to route it",
+            self.parse_limit
+        );
+        let message = format!(
+            "csmh-proxy does not support statements naming {} longer than {} bytes \
+             (listen.max_parsed_statement_bytes): this one is {len} bytes",
+            self.old.quoted(),
+            self.parse_limit
+        );
+        Refusal { error: MysqlError::not_supported(message), reason }
     }
 
     fn blocked(&self, tokens: &[Tok]) -> MysqlError {

@@ -73,6 +73,23 @@ fn with_every_flag_off_nothing_is_parsed() {
 }
 
 #[test]
+fn a_statement_longer_than_the_parse_limit_is_refused_unparsed_when_it_may_name_the_table() {
+    let limit = EDXAPP_INSERT.len() - 1;
+    let route = reading_both().with_parse_limit(limit).route(EDXAPP_INSERT.as_bytes());
+    let Route::Refuse(Refusal { error, reason }) = route else { panic!("{route:?}") };
+    assert_eq!(error.code, 1235);
+    assert!(error.message.contains("listen.max_parsed_statement_bytes"), "{}", error.message);
+    assert!(reason.contains(&EDXAPP_INSERT.len().to_string()), "{reason}");
+    let within = reading_both().with_parse_limit(EDXAPP_INSERT.len()).route(EDXAPP_INSERT.as_bytes());
+    assert!(matches!(within, Route::Rewrite(_)), "{within:?}");
+    let off = router(false, false, false, Topology::OneServer).with_parse_limit(1);
+    assert_eq!(off.route(EDXAPP_INSERT.as_bytes()), Route::Passthrough, "nothing is parsed with every flag off");
+    let long_miss = format!("SELECT '{}'", "x".repeat(100));
+    let classified = reading_both().with_parse_limit(10).classify(long_miss.as_bytes(), Form::Query);
+    assert_eq!(classified, Classified::Unnamed, "statements the pre-filter lets through are not limited");
+}
+
+#[test]
 fn names_in_literals_and_comments_pass_through() {
     for sql in [
         "SELECT 'courseware_studentmodulehistory'",

@@ -2,11 +2,15 @@
 //! answer would have gone (the sequence id after the request's). Only here does a session write to its client
 //! other than by relaying.
 
-use bytes::BytesMut;
+use std::time::Duration;
 
-use super::error::SessionError;
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+
+use super::error::{DRAIN_LINGER, SessionError};
 use super::request::Request;
 use super::{Flow, Session};
+use crate::admission::Refused;
 use crate::protocol::conn::Connection;
 use crate::protocol::errors::{MysqlError, code, sqlstate};
 use crate::protocol::frame::PacketSpan;
@@ -66,11 +70,32 @@ impl Session {
     }
 }
 
-/// Tells the client why its session ends, if the proxy may still answer (`answer_seq`) and the client is there.
+/// Tells the client why its session ends, if the proxy may still answer (`answer_seq`) and the client is there;
+/// a client that may still be sending a refused packet is read until it stops, so that it gets the answer.
 pub(super) async fn report(client: &mut Connection, error: &SessionError, answer_seq: Option<u8>) {
-    if let (Some(seq), Some(error)) = (answer_seq, error.to_mysql()) {
+    if let (Some(seq), Some(mysql)) = (error.answer_seq(answer_seq), error.to_mysql()) {
         let mut out = BytesMut::new();
-        error.write_packet(&mut out, seq);
+        mysql.write_packet(&mut out, seq);
         let _ = client.write_all(&out).await;
     }
+    if error.client_still_sending() {
+        client.close_draining(DRAIN_LINGER).await;
+    }
+}
+
+/// How long the proxy tries to tell a refused client why before it closes the connection.
+const REFUSAL_WRITE: Duration = Duration::from_secs(1);
+
+/// Refuses a client the admission did not let in: error 1040 as its first packet (sequence id 0, where the
+/// greeting would be, as a server at its `max_connections` answers), then the connection closes. No backend
+/// connection is opened for it.
+pub async fn refuse(stream: TcpStream, refused: Refused) {
+    let mut client = Connection::new(stream);
+    let mut out = BytesMut::new();
+    refused.to_mysql().write_packet(&mut out, 0);
+    let told = async {
+        client.write_all(&out).await?;
+        client.shutdown().await
+    };
+    let _ = tokio::time::timeout(REFUSAL_WRITE, told).await;
 }

@@ -1,15 +1,47 @@
 //! Why a session ends early, and what its client is told then.
 
-use std::io;
 use std::time::Duration;
+use std::{fmt, io};
 
 use super::csmh::CsmhError;
 use crate::backend::{BackendError, QueryError};
 use crate::protocol::ProtocolError;
+use crate::protocol::conn::ReadError;
 use crate::protocol::errors::{MysqlError, code, sqlstate};
+use crate::protocol::frame::Oversized;
 
-/// How long a client may take to answer the server's greeting.
-pub(super) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the proxy goes on reading (and throwing away) what a client sends after refusing a packet too large,
+/// so that the client reads the error rather than a reset connection.
+pub(super) const DRAIN_LINGER: Duration = Duration::from_secs(2);
+
+/// Which limit a client packet went over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Oversize {
+    /// A packet of the login or of COM_CHANGE_USER's authentication
+    /// ([`MAX_HANDSHAKE_PACKET`](crate::protocol::packets::MAX_HANDSHAKE_PACKET)).
+    Handshake,
+    /// A request after login (`listen.max_packet_bytes`).
+    Request,
+}
+
+impl Oversize {
+    /// The session error for a failed read of a client packet of at most `limit` bytes.
+    pub(super) fn of_client(self, limit: usize) -> impl Fn(ReadError) -> SessionError {
+        move |error| match error {
+            ReadError::Io(e) => SessionError::Client(e),
+            ReadError::Oversized(Oversized { seq }) => SessionError::ClientPacketTooLarge { what: self, limit, seq },
+        }
+    }
+}
+
+impl fmt::Display for Oversize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Oversize::Handshake => "handshake packet",
+            Oversize::Request => "request packet",
+        })
+    }
+}
 
 /// Why a session ended early, tagged with the side that failed.
 #[derive(Debug, thiserror::Error)]
@@ -20,9 +52,23 @@ pub enum SessionError {
     /// The client sent something the proxy cannot relay.
     #[error("client protocol: {0}")]
     ClientProtocol(ProtocolError),
-    /// The client did not finish the handshake in time.
-    #[error("client did not complete the handshake within {} s", HANDSHAKE_TIMEOUT.as_secs())]
-    HandshakeTimeout,
+    /// The client did not finish the handshake in time (`listen.handshake_timeout_secs`).
+    #[error("client did not complete the handshake within {secs} s")]
+    HandshakeTimeout {
+        /// The limit, in seconds.
+        secs: u64,
+    },
+    /// The client's frame headers announced a packet larger than the proxy reads; its body was not read and the
+    /// connection closes.
+    #[error("client sent a {what} larger than {limit} bytes")]
+    ClientPacketTooLarge {
+        /// Which limit.
+        what: Oversize,
+        /// The limit, in bytes.
+        limit: usize,
+        /// The sequence id of the frame that went over it.
+        seq: u8,
+    },
     /// The backend could not be reached.
     #[error(transparent)]
     Connect(#[from] BackendError),
@@ -59,12 +105,48 @@ impl SessionError {
                 sqlstate::LINK_FAILURE,
                 format!("Lost connection to MySQL server during query ({self})"),
             ),
-            SessionError::HandshakeTimeout => {
-                MysqlError::new(code::ER_HANDSHAKE_ERROR, sqlstate::LINK_FAILURE, "Bad handshake")
-            }
+            SessionError::HandshakeTimeout { secs } => MysqlError::new(
+                code::ER_HANDSHAKE_ERROR,
+                sqlstate::LINK_FAILURE,
+                format!("Bad handshake: no login within {secs} s (csmh-proxy's listen.handshake_timeout_secs)"),
+            ),
+            SessionError::ClientPacketTooLarge { what: Oversize::Handshake, limit, .. } => MysqlError::new(
+                code::ER_HANDSHAKE_ERROR,
+                sqlstate::LINK_FAILURE,
+                format!("Bad handshake: a handshake packet larger than {limit} bytes"),
+            ),
+            SessionError::ClientPacketTooLarge { what: Oversize::Request, limit, .. } => MysqlError::new(
+                code::ER_NET_PACKET_TOO_LARGE,
+                sqlstate::LINK_FAILURE,
+                format!("Got a packet bigger than 'listen.max_packet_bytes' ({limit} bytes) of csmh-proxy"),
+            ),
             SessionError::Csmh(failure) => failure.to_mysql(),
             SessionError::Client(_) | SessionError::ClientHungUp => return None,
         })
+    }
+
+    /// The sequence id the client's answer takes: after the frame that went over a limit, which may follow the
+    /// request's first frames, or else `otherwise`.
+    pub(super) fn answer_seq(&self, otherwise: Option<u8>) -> Option<u8> {
+        match self {
+            SessionError::ClientPacketTooLarge { seq, .. } => Some(seq.wrapping_add(1)),
+            _ => otherwise,
+        }
+    }
+
+    /// Whether the client may still be sending the rest of a packet the proxy refused.
+    pub(super) fn client_still_sending(&self) -> bool {
+        matches!(self, SessionError::ClientPacketTooLarge { .. })
+    }
+
+    /// A failed read of the `edxapp` server's greeting; one larger than any greeting is a protocol error.
+    pub(super) fn from_backend_handshake(error: ReadError) -> SessionError {
+        match error {
+            ReadError::Io(e) => SessionError::Backend(e),
+            ReadError::Oversized(_) => SessionError::BackendProtocol(ProtocolError::Unsupported(
+                "the server's greeting is larger than any handshake packet",
+            )),
+        }
     }
 
     /// The `edxapp` server closed the connection.

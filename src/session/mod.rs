@@ -21,20 +21,20 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::admission::Permit;
 use crate::backend;
 use crate::metrics::RouteLabel;
-use crate::protocol::ProtocolError;
 use crate::protocol::command::{self, Command};
 use crate::protocol::conn::{Connection, HangupWatch};
 use crate::protocol::errors::{MysqlError, code, sqlstate};
 use crate::protocol::frame::PacketSpan;
-use crate::protocol::packets;
+use crate::protocol::packets::{self, MAX_HANDSHAKE_PACKET};
 use crate::protocol::response::{End, Expect};
 use crate::routing::{FanOut, Form, Route};
 use crate::state::ProxyState;
@@ -58,12 +58,13 @@ mod twins;
 mod two_table_write;
 mod union_read;
 
+pub use answer::refuse;
 pub use csmh::CsmhError;
 pub use error::SessionError;
 
 use csmh::CsmhLink;
 use edxapp::Edxapp;
-use error::HANDSHAKE_TIMEOUT;
+use error::Oversize;
 use grants::Grants;
 use request::Request;
 use statements::{Registered, Statements};
@@ -98,8 +99,15 @@ struct Session {
     shared: Arc<ProxyState>,
 }
 
-/// Serves one client connection until it ends, logging its opening and closing.
-pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<ProxyState>, shutdown: CancellationToken) {
+/// Serves one client connection until it ends, logging its opening and closing. `permit` is its place among
+/// the connections `admission` let in; it is given back when the session ends.
+pub async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut permit: Permit,
+    shared: Arc<ProxyState>,
+    shutdown: CancellationToken,
+) {
     let started = Instant::now();
     shared.metrics.connection_opened();
     info!(%peer, "connection opened");
@@ -115,7 +123,7 @@ pub async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<ProxyState>, s
                 transaction: Transaction::default(),
                 shared: Arc::clone(&shared),
             };
-            session.run(shutdown).await
+            session.run(&mut permit, shutdown).await
         }
         Err(error) => {
             answer::report(&mut client, &error, Some(0)).await;
@@ -148,10 +156,12 @@ async fn connect_edxapp(shared: &ProxyState) -> Result<Edxapp, SessionError> {
 impl Session {
     /// Relays the handshake, then serves requests until the client quits, the proxy shuts down, or a side fails;
     /// the client is told why, when the proxy may still answer.
-    async fn run(&mut self, shutdown: CancellationToken) -> Result<(), SessionError> {
+    async fn run(&mut self, permit: &mut Permit, shutdown: CancellationToken) -> Result<(), SessionError> {
         let mut answer_seq = Some(0);
-        let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(&mut answer_seq)).await;
-        match handshake.unwrap_or(Err(SessionError::HandshakeTimeout)) {
+        let secs = self.shared.snapshot().config.listen.handshake_timeout_secs;
+        let handshake = tokio::time::timeout(Duration::from_secs(secs), self.handshake(&mut answer_seq)).await;
+        permit.logged_in();
+        match handshake.unwrap_or(Err(SessionError::HandshakeTimeout { secs })) {
             Err(error) => {
                 answer::report(&mut self.client, &error, answer_seq).await;
                 return Err(error);
@@ -163,7 +173,7 @@ impl Session {
         let mut hangup = self.client.hangup_watch().ok();
         loop {
             let span = tokio::select! {
-                packet = self.client.next_packet() => match packet.map_err(SessionError::Client)? {
+                packet = next_request_packet(&mut self.client, &self.shared) => match packet? {
                     Some(span) => span,
                     None => return Ok(()),
                 },
@@ -189,24 +199,32 @@ impl Session {
     /// authentication exchange; returns how it ended.
     async fn handshake(&mut self, answer_seq: &mut Option<u8>) -> Result<End, SessionError> {
         let conn = &mut self.edxapp.conn;
-        let span = conn.next_packet().await.map_err(SessionError::Backend)?.ok_or_else(SessionError::backend_closed)?;
+        let span = conn
+            .next_packet_within(MAX_HANDSHAKE_PACKET)
+            .await
+            .map_err(SessionError::from_backend_handshake)?
+            .ok_or_else(SessionError::backend_closed)?;
         if MysqlError::parse(span.first_frame(&conn.buf)).is_some() {
             // The server refused the connection outright (too many connections, host blocked): pass it on.
             *answer_seq = None;
             self.client.relay_from(conn, span.wire_len).await.map_err(SessionError::Client)?;
             return Ok(End::Err);
         }
-        let greeting = single_frame(&span)
-            .and_then(|()| packets::patch_greeting(span.first_frame_mut(&mut conn.buf)))
-            .map_err(SessionError::BackendProtocol)?;
+        let greeting =
+            packets::patch_greeting(span.first_frame_mut(&mut conn.buf)).map_err(SessionError::BackendProtocol)?;
         *answer_seq = None;
         self.client.relay_from(conn, span.wire_len).await.map_err(SessionError::Client)?;
-
-        let span =
-            self.client.next_packet().await.map_err(SessionError::Client)?.ok_or_else(SessionError::client_closed)?;
+        // Until the client answers, the proxy may end the handshake with an error of its own, as a server would.
         *answer_seq = Some(span.last_seq.wrapping_add(1));
-        let hello = single_frame(&span)
-            .and_then(|()| packets::patch_client_response(span.first_frame_mut(&mut self.client.buf)))
+
+        let span = self
+            .client
+            .next_packet_within(MAX_HANDSHAKE_PACKET)
+            .await
+            .map_err(Oversize::Handshake.of_client(MAX_HANDSHAKE_PACKET))?
+            .ok_or_else(SessionError::client_closed)?;
+        *answer_seq = Some(span.last_seq.wrapping_add(1));
+        let hello = packets::patch_client_response(span.first_frame_mut(&mut self.client.buf))
             .map_err(SessionError::ClientProtocol)?;
         debug!(user = %hello.user, database = ?hello.database, backend_thread = greeting.connection_id, "authenticating");
         self.grants.logged_in(&self.edxapp.address, &hello.user);
@@ -348,7 +366,15 @@ fn refused_command(byte: u8, command: Command) -> MysqlError {
     )
 }
 
-/// Handshake packets are small; one that spans frames is not a handshake.
-fn single_frame(span: &PacketSpan) -> Result<(), ProtocolError> {
-    if span.is_single_frame() { Ok(()) } else { Err(ProtocolError::Malformed("handshake")) }
+/// Waits for the client's next request packet; `None` when the client closed. A packet larger than
+/// `listen.max_packet_bytes` is answered with error 1153 before it is read, and ends the session.
+async fn next_request_packet(client: &mut Connection, shared: &ProxyState) -> Result<Option<PacketSpan>, SessionError> {
+    let limit = shared.max_packet_bytes();
+    let read = client.next_packet_within(limit).await;
+    let error = match read.map_err(Oversize::Request.of_client(limit)) {
+        Ok(packet) => return Ok(packet),
+        Err(error) => error,
+    };
+    answer::report(client, &error, None).await;
+    Err(error)
 }

@@ -4,12 +4,13 @@
 
 use std::io;
 
-use super::error::SessionError;
+use super::error::{Oversize, SessionError};
 use super::request::Request;
 use super::{Flow, Session};
 use crate::protocol::ProtocolError;
 use crate::protocol::command::{self, COM_RESET_CONNECTION, Command};
 use crate::protocol::conn::Connection;
+use crate::protocol::packets::MAX_HANDSHAKE_PACKET;
 use crate::protocol::response::{ClientTurn, End, Expect, Progress, ResponseScanner};
 
 impl Session {
@@ -85,8 +86,12 @@ impl Session {
 
     /// Relays the next whole packet the client sends to `edxapp`.
     async fn relay_next_client_packet(&mut self) -> Result<(), SessionError> {
-        let span =
-            self.client.next_packet().await.map_err(SessionError::Client)?.ok_or_else(SessionError::client_closed)?;
+        let span = self
+            .client
+            .next_packet_within(MAX_HANDSHAKE_PACKET)
+            .await
+            .map_err(Oversize::Handshake.of_client(MAX_HANDSHAKE_PACKET))?
+            .ok_or_else(SessionError::client_closed)?;
         self.relay_client_packet(span.wire_len).await
     }
 
@@ -94,11 +99,12 @@ impl Session {
     /// that ends them.
     async fn relay_local_infile(&mut self) -> Result<(), SessionError> {
         loop {
+            let limit = self.shared.max_packet_bytes();
             let span = self
                 .client
-                .next_packet()
+                .next_packet_within(limit)
                 .await
-                .map_err(SessionError::Client)?
+                .map_err(Oversize::Request.of_client(limit))?
                 .ok_or_else(SessionError::client_closed)?;
             self.relay_client_packet(span.wire_len).await?;
             if span.payload_len == 0 {
