@@ -259,7 +259,7 @@ impl Router {
             return Route::Passthrough;
         }
         let source = Source::new(sql);
-        match self.plan(&source, reads) {
+        match stacker::grow(PARSE_STACK, || self.plan(&source, reads)) {
             Ok(route) => route,
             Err(unroutable) => Route::Refuse(self.refusal(unroutable)),
         }
@@ -315,6 +315,12 @@ impl Router {
         )
     }
 }
+
+/// The stack the parser, the classification and the rewrites of one statement run on. Their recursion follows the
+/// statement's nesting, which the parser bounds (sqlparser's recursion limit), but a statement nested to that
+/// limit needs more than the 2 MiB of a runtime worker thread in a debug build, and overflowing it would abort
+/// the whole proxy. Only the pages a parse touches are ever committed.
+const PARSE_STACK: usize = 16 << 20;
 
 fn parse_one(tokens: &[Tok]) -> Result<sqlparser::ast::Statement, Unroutable> {
     let dialect = MySqlDialect {};

@@ -11,6 +11,7 @@
 
 pub mod clients;
 pub mod edx;
+pub mod mutate;
 pub mod packages;
 pub mod raw;
 pub mod twins;
