@@ -503,7 +503,8 @@ impl Plan<'_, '_> {
         let alias = String::from_utf8_lossy(rewrite::read_alias(read, self.source, self.tokens)).into_owned();
         let clauses = plan.side_clauses(&format!("{alias}.`id`"));
         let condition = self.condition(read)?;
-        let as_written = self.source.bytes()[self.source.offset(read.start)..self.source.offset(read.end)].to_vec();
+        let as_written = self.source.bytes().get(self.source.offset(read.start)..self.source.offset(read.end));
+        let as_written = as_written.ok_or_else(|| Unroutable::new("cannot locate the history table"))?.to_vec();
         let mut old_text = self.qualifiers_renamed(|_| self.router.old.table().as_bytes().to_vec());
         if self.router.topology == Topology::OneServer {
             self.exclude_copies(&mut old_text, read, &alias, condition.as_ref());
