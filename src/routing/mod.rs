@@ -259,7 +259,7 @@ impl Router {
             return Route::Passthrough;
         }
         let source = Source::new(sql);
-        match stacker::grow(PARSE_STACK, || self.plan(&source, reads)) {
+        match stacker::maybe_grow(PARSE_RED_ZONE, PARSE_STACK, || self.plan(&source, reads)) {
             Ok(route) => route,
             Err(unroutable) => Route::Refuse(self.refusal(unroutable)),
         }
@@ -316,10 +316,16 @@ impl Router {
     }
 }
 
-/// The stack the parser, the classification and the rewrites of one statement run on. Their recursion follows the
-/// statement's nesting, which the parser bounds (sqlparser's recursion limit), but a statement nested to that
-/// limit needs more than the 2 MiB of a runtime worker thread in a debug build, and overflowing it would abort
-/// the whole proxy. Only the pages a parse touches are ever committed.
+/// The stack the parser, the classification and the rewrites of one statement need. Their recursion follows the
+/// statement's nesting, which the parser bounds (sqlparser's recursion limit), and sqlparser moves to a new stack
+/// segment when less than 128 KiB is left. An optimized build's frames are small: a statement nested to the limit
+/// runs in 64 KiB, so with 1 MiB left (a runtime worker thread has 2 MiB) the router parses where it is. An
+/// unoptimized build's frames are many times larger, some of sqlparser's steps outgrow its 128 KiB margin, and a
+/// statement nested 15 subqueries deep overflowed the worker's stack, aborting the whole proxy: there the router
+/// always parses on a stack of its own. Only the pages a parse touches are ever committed.
+const PARSE_RED_ZONE: usize = if cfg!(debug_assertions) { PARSE_STACK } else { 1 << 20 };
+
+/// The size of the stack the router parses on when it needs one of its own.
 const PARSE_STACK: usize = 16 << 20;
 
 fn parse_one(tokens: &[Tok]) -> Result<sqlparser::ast::Statement, Unroutable> {
