@@ -5,7 +5,7 @@
 //! login. Whatever arrives, no task of the proxy may panic, every connection must be closed by the proxy once the
 //! client half-closes it, and the proxy must go on serving new clients.
 //!
-//! Deeply nested history statements, which overflowed a worker thread's stack before the router parsed on a stack
+//! Deeply nested history statements, which could overflow a worker thread's stack before the router parsed on a stack
 //! of its own (aborting the whole proxy), get error 1235 and the session goes on.
 //!
 //! A bounded run in `cargo test`; docs/reliability.md ("Malformed input") gives the long one.
