@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use mysql_common::constants::{CapabilityFlags, MariadbCapabilities};
 use mysql_common::io::ParseBuf;
-use mysql_common::packets::{AuthPlugin, AuthPluginData, AuthSwitchRequest, HandshakePacket, HandshakeResponse};
+use mysql_common::packets::{AuthPlugin, AuthPluginData, AuthSwitchRequest, HandshakeResponse};
 use mysql_common::proto::MySerialize;
 use tokio::net::TcpStream;
 
@@ -16,7 +16,7 @@ use crate::protocol::command::COM_QUERY;
 use crate::protocol::conn::Connection;
 use crate::protocol::errors::MysqlError;
 use crate::protocol::frame;
-use crate::protocol::packets::AuthAnswer;
+use crate::protocol::packets::{self, AuthAnswer};
 use crate::protocol::reply::Reply;
 use crate::protocol::response::{Expect, Progress, ResponseScanner};
 
@@ -133,8 +133,7 @@ pub async fn login_mariadb(
 ) -> Result<Negotiated, LoginError> {
     let (payload, seq) = read_packet(conn).await?;
     refused_if_err(&payload)?;
-    let greeting: HandshakePacket<'_> =
-        ParseBuf(&payload).parse(()).map_err(|_| LoginError::Protocol("initial handshake"))?;
+    let greeting = packets::parse_greeting(&payload).map_err(|_| LoginError::Protocol("initial handshake"))?;
     let mut caps = capabilities;
     caps.set(CapabilityFlags::CLIENT_CONNECT_WITH_DB, credentials.database.is_some());
     // A client says that MariaDB's extended capabilities follow by clearing CLIENT_MYSQL (CLIENT_LONG_PASSWORD).

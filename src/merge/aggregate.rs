@@ -81,7 +81,8 @@ impl Running {
         match (self, key) {
             (_, Key::Null) => {}
             (Running::Count(count), Key::Integer(n)) => {
-                *count += u128::try_from(n).map_err(|_| "a negative count")?;
+                let n = u128::try_from(n).map_err(|_| "a negative count")?;
+                *count = count.checked_add(n).ok_or("a count past 2^128")?;
             }
             (Running::Count(_), _) => return Err("a count that is not an integer"),
             (Running::Sum(sum), Key::Integer(n)) => add_to(sum, &Decimal::from_integer(n)),

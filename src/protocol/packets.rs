@@ -41,10 +41,35 @@ const GREETING_CAPS_LOW: usize = 13;
 const GREETING_CAPS_HIGH: usize = 18;
 const GREETING_MARIADB_CAPS: usize = 27;
 
+/// Offset of the length of the scramble's second part, counted like the fields above, and the fixed part's length.
+const GREETING_AUTH_DATA_LEN: usize = 20;
+const GREETING_FIXED_LEN: usize = 31;
+
+/// Reads the server's initial handshake.
+///
+/// The fields are checked before mysql_common parses them: it subtracts from the scramble length as a signed
+/// byte, which overflows (a panic in a debug build) for lengths from 0x80 on, which no server sends.
+pub fn parse_greeting(payload: &[u8]) -> Result<HandshakePacket<'_>, ProtocolError> {
+    let malformed = || ProtocolError::Malformed("initial handshake");
+    let fixed = greeting_fixed_start(payload).ok_or_else(malformed)?;
+    match payload.get(fixed + GREETING_AUTH_DATA_LEN) {
+        Some(&len) if len < 0x80 && payload.len() >= fixed + GREETING_FIXED_LEN => {
+            ParseBuf(payload).parse(()).map_err(|_| malformed())
+        }
+        _ => Err(malformed()),
+    }
+}
+
+/// Where the greeting's fields after the server version start: past the protocol version byte and the version's
+/// NUL.
+fn greeting_fixed_start(payload: &[u8]) -> Option<usize> {
+    let version_nul = payload.get(1..)?.iter().position(|&b| b == 0)?;
+    Some(1 + version_nul + 1)
+}
+
 /// Validates the server's initial handshake and masks the capabilities the proxy does not implement, in place.
 pub fn patch_greeting(payload: &mut [u8]) -> Result<Greeting, ProtocolError> {
-    let parsed: HandshakePacket<'_> =
-        ParseBuf(payload).parse(()).map_err(|_| ProtocolError::Malformed("initial handshake"))?;
+    let parsed = parse_greeting(payload)?;
     let capabilities = mask(parsed.capabilities().bits());
     let greeting = Greeting {
         capabilities,
@@ -52,8 +77,8 @@ pub fn patch_greeting(payload: &mut [u8]) -> Result<Greeting, ProtocolError> {
         connection_id: parsed.connection_id(),
         server_version: parsed.server_version_str().into_owned(),
     };
-    let version_nul = payload[1..].iter().position(|&b| b == 0).ok_or(ProtocolError::Malformed("initial handshake"))?;
-    let fixed = 1 + version_nul + 1;
+    // parse_greeting checked that the fixed part is there.
+    let fixed = greeting_fixed_start(payload).ok_or(ProtocolError::Malformed("initial handshake"))?;
     let low = fixed + GREETING_CAPS_LOW;
     let high = fixed + GREETING_CAPS_HIGH;
     payload[low..low + 2].copy_from_slice(&(greeting.capabilities as u16).to_le_bytes());
@@ -447,6 +472,17 @@ mod tests {
     fn truncated_greeting_is_malformed() {
         let mut short = mariadb_greeting()[..20].to_vec();
         assert_eq!(patch_greeting(&mut short), Err(ProtocolError::Malformed("initial handshake")));
+    }
+
+    #[test]
+    fn a_scramble_length_from_0x80_on_is_malformed_not_an_overflow() {
+        // The byte after the upper capabilities: mysql_common reads it as a signed byte and subtracts 8.
+        let at = 1 + b"5.5.5-10.11.6-MariaDB\0".len() + GREETING_AUTH_DATA_LEN;
+        for len in [0x80, 0x87, 0xff] {
+            let mut greeting = mariadb_greeting();
+            greeting[at] = len;
+            assert_eq!(patch_greeting(&mut greeting), Err(ProtocolError::Malformed("initial handshake")));
+        }
     }
 
     #[test]

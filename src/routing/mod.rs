@@ -272,7 +272,7 @@ impl Router {
             return Route::Refuse(self.too_long(sql.len()));
         }
         let source = Source::new(sql);
-        match self.plan(&source, reads) {
+        match stacker::maybe_grow(PARSE_RED_ZONE, PARSE_STACK, || self.plan(&source, reads)) {
             Ok(route) => route,
             Err(unroutable) => Route::Refuse(self.refusal(unroutable)),
         }
@@ -342,6 +342,18 @@ impl Router {
         )
     }
 }
+
+/// The stack the parser, the classification and the rewrites of one statement need. Their recursion follows the
+/// statement's nesting, which the parser bounds (sqlparser's recursion limit), and sqlparser moves to a new stack
+/// segment when less than 128 KiB is left. An optimized build's frames are small: a statement nested to the limit
+/// runs in 64 KiB, so with 1 MiB left (a runtime worker thread has 2 MiB) the router parses where it is. An
+/// unoptimized build's frames are many times larger, some of sqlparser's steps outgrow its 128 KiB margin, and a
+/// statement nested 15 subqueries deep overflowed the worker's stack, aborting the whole proxy: there the router
+/// always parses on a stack of its own. Only the pages a parse touches are ever committed.
+const PARSE_RED_ZONE: usize = if cfg!(debug_assertions) { PARSE_STACK } else { 1 << 20 };
+
+/// The size of the stack the router parses on when it needs one of its own.
+const PARSE_STACK: usize = 16 << 20;
 
 fn parse_one(tokens: &[Tok]) -> Result<sqlparser::ast::Statement, Unroutable> {
     let dialect = MySqlDialect {};
@@ -532,7 +544,8 @@ impl Plan<'_, '_> {
         let alias = String::from_utf8_lossy(rewrite::read_alias(read, self.source, self.tokens)).into_owned();
         let clauses = plan.side_clauses(&format!("{alias}.`id`"));
         let condition = self.condition(read)?;
-        let as_written = self.source.bytes()[self.source.offset(read.start)..self.source.offset(read.end)].to_vec();
+        let as_written = self.source.bytes().get(self.source.offset(read.start)..self.source.offset(read.end));
+        let as_written = as_written.ok_or_else(|| Unroutable::new("cannot locate the history table"))?.to_vec();
         let mut old_text = self.qualifiers_renamed(|_| self.router.old.table().as_bytes().to_vec());
         if self.router.topology == Topology::OneServer {
             self.exclude_copies(&mut old_text, read, &alias, condition.as_ref());

@@ -36,9 +36,13 @@ impl<'a> Splicer<'a> {
         self.edits.push((range, text.into()));
     }
 
-    /// The bytes of `range` with the edits inside it applied; an edit straddling its edges, or two edits
-    /// overlapping, is an error rather than a guess.
+    /// The bytes of `range` with the edits inside it applied; an edit straddling its edges, two edits
+    /// overlapping, or a range outside the statement is an error rather than a guess.
     pub fn render(&self, range: Range<usize>) -> Result<Vec<u8>, Unroutable> {
+        let within_statement = |r: &Range<usize>| r.start <= r.end && r.end <= self.bytes.len();
+        if !within_statement(&range) || !self.edits.iter().all(|(r, _)| within_statement(r)) {
+            return Err(Unroutable::new("a rewrite reaches outside the statement"));
+        }
         let inside = |r: &Range<usize>| r.start >= range.start && r.end <= range.end;
         if self.edits.iter().any(|(r, _)| !inside(r) && r.start < range.end && r.end > range.start) {
             return Err(Unroutable::new("a rewrite straddles the part of the statement being copied"));
@@ -278,6 +282,18 @@ mod tests {
 
     fn text(bytes: Vec<u8>) -> String {
         String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn edits_outside_the_statement_are_errors_not_panics() {
+        let sql = b"SELECT a FROM t";
+        for (start, end) in [(9, 7), (14, 99), (99, 99)] {
+            let mut s = Splicer::new(sql);
+            s.replace(start..end, "x");
+            assert!(s.render_all().is_err(), "an edit of {start}..{end}");
+            assert!(s.render_with_holes().is_err());
+        }
+        assert!(Splicer::new(sql).render(3..99).is_err());
     }
 
     #[test]

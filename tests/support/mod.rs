@@ -11,8 +11,10 @@
 
 pub mod clients;
 pub mod edx;
+pub mod mutate;
 pub mod packages;
 pub mod raw;
+pub mod record;
 pub mod twins;
 
 use std::net::{Ipv4Addr, SocketAddr};

@@ -159,6 +159,12 @@ impl RawClient {
         self.conn.write_all(bytes).await.expect("send bytes");
     }
 
+    /// Sends raw bytes, framed or not, then half-closes the connection, as a client that sent its last request;
+    /// `false` if the connection was closed before.
+    pub async fn send_last(&mut self, bytes: &[u8]) -> bool {
+        self.conn.write_all(bytes).await.is_ok() && self.conn.shutdown().await.is_ok()
+    }
+
     /// Reads whatever the server has sent (waiting for at least one byte) and discards it; returns how much.
     pub async fn read_some(&mut self) -> usize {
         let n = self.conn.fill().await.expect("read");

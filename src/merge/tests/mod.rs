@@ -3,6 +3,7 @@
 
 mod aggregates;
 mod decimals;
+mod malformed;
 mod merging;
 mod planning;
 mod properties;
