@@ -163,20 +163,7 @@ fn nested(open: &str, close: &str, depth: usize) -> String {
 async fn deeply_nested_statements_get_an_error_and_the_session_goes_on() {
     let site = Site::two_servers(Stage::ExtendedTableReadingBoth.flags()).await;
     let mut conn = site.edxapp().await;
-    let subquery = format!("(SELECT id FROM {OLD} WHERE id IN ");
-    let join = format!("(SELECT id FROM {OLD} h JOIN (courseware_studentmodule m JOIN t ON ");
-    let nestings = [
-        ("(", ")"),
-        ("- ", ""),
-        ("NOT ", ""),
-        ("ABS(", ")"),
-        ("CASE WHEN 1 THEN ", " END"),
-        ("(SELECT ", ")"),
-        ("(SELECT * FROM (SELECT ", ") AS d)"),
-        (subquery.as_str(), ")"),
-        (join.as_str(), ") ON 1)"),
-    ];
-    for (open, close) in nestings {
+    for (open, close) in mutate::NESTINGS {
         // Depths up to the parser's recursion limit, where the parse reaches deepest, and far past it.
         for depth in [1, 4, 8, 12, 16, 20, 24, 32, 48, 10_000] {
             let sql = nested(open, close, depth);

@@ -161,19 +161,6 @@ fn the_router_never_panics_on_malformed_statements() {
     });
 }
 
-/// Ways to nest a statement: each wraps the value `1` in `WHERE id = 1` one level deeper.
-const NESTINGS: [(&str, &str); 9] = [
-    ("(", ")"),
-    ("- ", ""),
-    ("NOT ", ""),
-    ("ABS(", ")"),
-    ("CASE WHEN 1 THEN ", " END"),
-    ("(SELECT ", ")"),
-    ("(SELECT * FROM (SELECT ", ") AS d)"),
-    ("(SELECT id FROM courseware_studentmodulehistory WHERE id IN ", ")"),
-    ("(SELECT id FROM courseware_studentmodulehistory h JOIN (courseware_studentmodule m JOIN t ON ", ") ON 1)"),
-];
-
 /// A history read whose condition nests `depth` levels of `nesting`.
 fn nested(nesting: (&str, &str), depth: usize) -> Vec<u8> {
     let (open, close) = nesting;
@@ -189,7 +176,7 @@ fn deeply_nested_statements_are_refused_without_overflowing_the_stack() {
         // The parse is the same at every stage that routes: reading both tables, one server and two.
         let routers: Vec<Router> =
             routers().into_iter().filter(|r| r.table().route(StatementKind::Select) == Target::BothTables).collect();
-        for nesting in NESTINGS {
+        for nesting in mutate::NESTINGS {
             // Every depth up to past the parser's recursion limit, where the parse reaches deepest.
             for depth in (0..=64).chain([10_000]) {
                 let sql = nested(nesting, depth);

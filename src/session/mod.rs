@@ -217,12 +217,7 @@ impl Session {
         // Until the client answers, the proxy may end the handshake with an error of its own, as a server would.
         *answer_seq = Some(span.last_seq.wrapping_add(1));
 
-        let span = self
-            .client
-            .next_packet_within(MAX_HANDSHAKE_PACKET)
-            .await
-            .map_err(Oversize::Handshake.of_client(MAX_HANDSHAKE_PACKET))?
-            .ok_or_else(SessionError::client_closed)?;
+        let span = self.next_handshake_packet().await?;
         *answer_seq = Some(span.last_seq.wrapping_add(1));
         let hello = packets::patch_client_response(span.first_frame_mut(&mut self.client.buf))
             .map_err(SessionError::ClientProtocol)?;

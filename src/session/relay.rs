@@ -10,6 +10,7 @@ use super::{Flow, Session};
 use crate::protocol::ProtocolError;
 use crate::protocol::command::{self, COM_RESET_CONNECTION, Command};
 use crate::protocol::conn::Connection;
+use crate::protocol::frame::PacketSpan;
 use crate::protocol::packets::MAX_HANDSHAKE_PACKET;
 use crate::protocol::response::{ClientTurn, End, Expect, Progress, ResponseScanner};
 
@@ -86,13 +87,17 @@ impl Session {
 
     /// Relays the next whole packet the client sends to `edxapp`.
     async fn relay_next_client_packet(&mut self) -> Result<(), SessionError> {
-        let span = self
-            .client
+        let span = self.next_handshake_packet().await?;
+        self.relay_client_packet(span.wire_len).await
+    }
+
+    /// The client's next packet of a login or an authentication exchange, no larger than a handshake packet.
+    pub(super) async fn next_handshake_packet(&mut self) -> Result<PacketSpan, SessionError> {
+        self.client
             .next_packet_within(MAX_HANDSHAKE_PACKET)
             .await
             .map_err(Oversize::Handshake.of_client(MAX_HANDSHAKE_PACKET))?
-            .ok_or_else(SessionError::client_closed)?;
-        self.relay_client_packet(span.wire_len).await
+            .ok_or_else(SessionError::client_closed)
     }
 
     /// Relays the file contents a client sends for LOAD DATA LOCAL INFILE, up to and including the empty packet

@@ -161,3 +161,16 @@ pub fn run<S: Strategy>(
         Err(TestError::Abort(reason)) => panic!("aborted: {reason}"),
     }
 }
+
+/// Ways to nest a statement: each wraps the value `1` in `WHERE id = 1` one level deeper.
+pub const NESTINGS: [(&str, &str); 9] = [
+    ("(", ")"),
+    ("- ", ""),
+    ("NOT ", ""),
+    ("ABS(", ")"),
+    ("CASE WHEN 1 THEN ", " END"),
+    ("(SELECT ", ")"),
+    ("(SELECT * FROM (SELECT ", ") AS d)"),
+    ("(SELECT id FROM courseware_studentmodulehistory WHERE id IN ", ")"),
+    ("(SELECT id FROM courseware_studentmodulehistory h JOIN (courseware_studentmodule m JOIN t ON ", ") ON 1)"),
+];
