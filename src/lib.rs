@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod auth_key;
 pub mod backend;
 pub mod config;
 pub mod explain;
@@ -23,4 +24,5 @@ pub mod sandbox;
 pub mod server;
 pub mod session;
 pub mod state;
+pub mod tls;
 pub mod topology;

@@ -108,6 +108,9 @@ fn backend_index(server: Server) -> usize {
 /// The `reason` labels of refused connections: the limit that was reached.
 pub const REFUSAL_REASONS: [&str; 2] = ["max_connections", "max_handshakes"];
 
+/// The `leg` labels of the connections counted by transport: the client's, and the proxy's to each backend.
+pub const LEGS: [&str; 3] = ["client", "edxapp", "csmh"];
+
 /// A label set of `N` fixed pairs.
 type Labels<const N: usize> = [(&'static str, &'static str); N];
 
@@ -134,6 +137,8 @@ pub struct Metrics {
     connect_errors: [Counter; 2],
     query_errors: [Counter; 2],
     client_hangups: Counter,
+    /// By leg ([`LEGS`]), then plaintext and TLS.
+    transports: [[Counter; 2]; 3],
     reloads_applied: Counter,
     reloads_rejected: Counter,
     generation: Gauge,
@@ -199,6 +204,17 @@ impl Metrics {
             client_hangups.clone(),
         );
 
+        let transport = Family::<Labels<2>, Counter>::default();
+        let transports = LEGS.map(|leg| {
+            ["plaintext", "tls"].map(|kind| transport.get_or_create(&[("leg", leg), ("transport", kind)]).clone())
+        });
+        registry.register(
+            "connections_by_transport",
+            "Logins by leg (the client's connection to the proxy, the proxy's to edxapp and to csmh) and transport \
+             (plaintext or tls)",
+            transport,
+        );
+
         let reloads = Family::<Labels<1>, Counter>::default();
         let reloads_applied = reloads.get_or_create(&[("result", "applied")]).clone();
         let reloads_rejected = reloads.get_or_create(&[("result", "rejected")]).clone();
@@ -216,6 +232,7 @@ impl Metrics {
             connect_errors,
             query_errors,
             client_hangups,
+            transports,
             reloads_applied,
             reloads_rejected,
             generation,
@@ -226,6 +243,21 @@ impl Metrics {
     pub fn connection_opened(&self) {
         self.connections_total.inc();
         self.connections_open.inc();
+    }
+
+    /// A client logged in over `tls` or plaintext.
+    pub fn client_connection(&self, tls: bool) {
+        self.transports[0][usize::from(tls)].inc();
+    }
+
+    /// The proxy logged in to `server` over `tls` or plaintext.
+    pub fn backend_connection(&self, server: Server, tls: bool) {
+        self.transports[1 + backend_index(server)][usize::from(tls)].inc();
+    }
+
+    /// Logins so far on `leg` (one of [`LEGS`]) over TLS (`tls`) or plaintext.
+    pub fn connections_by_transport(&self, leg: &str, tls: bool) -> u64 {
+        LEGS.iter().position(|known| *known == leg).map_or(0, |i| self.transports[i][usize::from(tls)].get())
     }
 
     /// A client connection ended.

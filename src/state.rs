@@ -7,11 +7,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use arc_swap::ArcSwap;
 
 use crate::admission::Admission;
+use crate::auth_key::AuthKey;
 use crate::config::Config;
 use crate::grant_cache::GrantCache;
 use crate::history::routing_table;
 use crate::metrics::Metrics;
 use crate::routing::Router;
+use crate::tls::Tls;
 use crate::topology::Topology;
 
 /// A configuration with the state derived from it, swapped as a whole so a statement sees one or the other.
@@ -26,6 +28,8 @@ pub struct ConfigSnapshot {
     pub offset_verified: std::sync::OnceLock<()>,
     /// Which configuration this is: 1 for the one the proxy started with, one more for each applied reload.
     pub generation: u64,
+    /// TLS on both legs, built from the certificate files the configuration names when it was compiled.
+    pub tls: Tls,
 }
 
 /// A configuration that passed validation but from which the data path cannot be derived.
@@ -42,7 +46,8 @@ impl ConfigSnapshot {
         let table = routing_table(config.flags).map_err(|e| error(&e))?;
         let router = Router::new(table, old, extended, Topology::of(&config.backends))
             .with_parse_limit(config.listen.max_parsed_statement_bytes);
-        Ok(ConfigSnapshot { router, config, offset_verified: Default::default(), generation: 1 })
+        let tls = Tls::load(&config).map_err(|e| error(&e))?;
+        Ok(ConfigSnapshot { router, config, offset_verified: Default::default(), generation: 1, tls })
     }
 }
 
@@ -60,6 +65,8 @@ pub struct ProxyState {
     pub grants: GrantCache,
     /// The clients connected and logging in, against `[listen]`'s limits.
     pub admission: Admission,
+    /// The RSA key for caching_sha2_password's full authentication of plaintext clients, made on first use.
+    auth_key: tokio::sync::OnceCell<Option<AuthKey>>,
 }
 
 impl ProxyState {
@@ -73,7 +80,18 @@ impl ProxyState {
             metrics: Metrics::default(),
             grants: GrantCache::default(),
             admission: Admission::default(),
+            auth_key: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// The proxy's RSA key for caching_sha2_password's full authentication, generated the first time a session
+    /// needs it; `None` if it could not be generated.
+    pub async fn auth_key(&self) -> Option<&AuthKey> {
+        let generate = || async {
+            let generated = tokio::task::spawn_blocking(AuthKey::generate).await;
+            generated.ok().and_then(Result::ok)
+        };
+        self.auth_key.get_or_init(generate).await.as_ref()
     }
 
     /// The snapshot in force now; a session holds it for one statement, or for a whole transaction.

@@ -67,6 +67,13 @@ impl Server {
     }
 }
 
+/// The name of its `[backends]` section.
+impl std::fmt::Display for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +87,7 @@ mod tests {
             password_env: None,
             connect_timeout_secs: 5,
             read_timeout_secs: 30,
+            tls: Default::default(),
         };
         Backends { edxapp: backend(edxapp), csmh: backend(csmh) }
     }

@@ -298,10 +298,10 @@ async fn handshake_patching_never_panics() {
     let seeds = [greetings(sessions), handshake_responses(sessions)].concat();
     mutate::run(CASES, mutate::inputs(seeds, wire_pieces()), |payload| {
         let (mut greeting, mut response) = (payload.clone(), payload.clone());
-        if packets::patch_greeting(&mut greeting).is_ok() {
+        if packets::patch_greeting(&mut greeting, true).is_ok() {
             prop_assert_eq!(greeting.len(), payload.len());
         }
-        if packets::patch_client_response(&mut response).is_ok() {
+        if packets::patch_client_response(&mut response, true).is_ok() {
             prop_assert_eq!(response.len(), payload.len());
         }
         // What the proxy's own logins read of a greeting, and of an authentication switch.

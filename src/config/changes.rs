@@ -2,8 +2,9 @@
 //! edx-platform names, everything else by its dotted key, passwords never by value.
 
 use std::fmt;
+use std::path::Path;
 
-use super::{Admin, Backend, Backends, Config, HistoryTables, Listen};
+use super::{Admin, Backend, BackendTls, Backends, Config, HistoryTables, Listen, ListenTls};
 use crate::history::{Flag, Flags};
 
 /// Keys whose new value only takes effect when the proxy is restarted: the sockets it listens on.
@@ -105,7 +106,7 @@ impl Found {
     }
 
     fn backend(&mut self, prefix: &str, old: &Backend, new: &Backend) {
-        let Backend { address, user, password, password_env, connect_timeout_secs, read_timeout_secs } = new;
+        let Backend { address, user, password, password_env, connect_timeout_secs, read_timeout_secs, tls } = new;
         self.shown(format!("{prefix}.address"), &old.address, address);
         self.shown(format!("{prefix}.user"), or_unset(old.user.as_deref()), or_unset(user.as_deref()));
         self.secret(format!("{prefix}.password"), &old.password, password);
@@ -116,6 +117,34 @@ impl Found {
         );
         self.shown(format!("{prefix}.connect_timeout_secs"), old.connect_timeout_secs, *connect_timeout_secs);
         self.shown(format!("{prefix}.read_timeout_secs"), old.read_timeout_secs, *read_timeout_secs);
+        self.backend_tls(&format!("{prefix}.tls"), &old.tls, tls);
+    }
+
+    fn backend_tls(&mut self, prefix: &str, old: &BackendTls, new: &BackendTls) {
+        let BackendTls { mode, ca, certificate, key, server_name } = new;
+        self.shown(format!("{prefix}.mode"), old.mode.as_str(), mode.as_str());
+        self.shown(format!("{prefix}.ca"), path_or_unset(old.ca.as_deref()), path_or_unset(ca.as_deref()));
+        self.shown(
+            format!("{prefix}.certificate"),
+            path_or_unset(old.certificate.as_deref()),
+            path_or_unset(certificate.as_deref()),
+        );
+        self.shown(format!("{prefix}.key"), path_or_unset(old.key.as_deref()), path_or_unset(key.as_deref()));
+        self.shown(
+            format!("{prefix}.server_name"),
+            or_unset(old.server_name.as_deref()),
+            or_unset(server_name.as_deref()),
+        );
+    }
+
+    fn listen_tls(&mut self, old: Option<&ListenTls>, new: Option<&ListenTls>) {
+        let path = |tls: Option<&ListenTls>, pick: fn(&ListenTls) -> &Path| {
+            tls.map_or_else(|| "off".to_owned(), |tls| pick(tls).display().to_string())
+        };
+        self.shown("listen.tls.certificate", path(old, |tls| &tls.certificate), path(new, |tls| &tls.certificate));
+        self.shown("listen.tls.key", path(old, |tls| &tls.key), path(new, |tls| &tls.key));
+        let required = |tls: Option<&ListenTls>| tls.is_some_and(|tls| tls.required);
+        self.shown("listen.tls.required", required(old), required(new));
     }
 
     fn listen(&mut self, old: &Listen, new: &Listen) {
@@ -127,6 +156,7 @@ impl Found {
             handshake_timeout_secs,
             max_packet_bytes,
             max_parsed_statement_bytes,
+            tls,
         } = new;
         self.shown("listen.address", &old.address, address);
         self.shown("listen.shutdown_timeout_secs", old.shutdown_timeout_secs, *shutdown_timeout_secs);
@@ -135,12 +165,18 @@ impl Found {
         self.shown("listen.handshake_timeout_secs", old.handshake_timeout_secs, *handshake_timeout_secs);
         self.shown("listen.max_packet_bytes", old.max_packet_bytes, *max_packet_bytes);
         self.shown("listen.max_parsed_statement_bytes", old.max_parsed_statement_bytes, *max_parsed_statement_bytes);
+        self.listen_tls(old.tls.as_ref(), tls.as_ref());
     }
 }
 
 /// An optional value as the log shows it.
 fn or_unset(value: Option<&str>) -> &str {
     value.unwrap_or("unset")
+}
+
+/// A file's path as the log shows it.
+fn path_or_unset(path: Option<&Path>) -> String {
+    path.map_or_else(|| "unset".to_owned(), |path| path.display().to_string())
 }
 
 /// The admin listener's address, or `off`.

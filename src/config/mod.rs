@@ -19,7 +19,7 @@ mod validate;
 pub(crate) mod tests;
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -75,6 +75,82 @@ pub struct Listen {
     /// error 1235. Statements the pre-filter lets through unparsed are not limited by it.
     #[serde(default = "default_max_parsed_statement_bytes")]
     pub max_parsed_statement_bytes: usize,
+    /// TLS for clients; plaintext only when absent.
+    #[serde(default)]
+    pub tls: Option<ListenTls>,
+}
+
+/// `[listen.tls]`: the certificate the proxy shows clients that ask for TLS.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenTls {
+    /// PEM file of the certificate chain, the proxy's own certificate first.
+    pub certificate: PathBuf,
+    /// PEM file of the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Refuse clients that do not ask for TLS (error 3159), as a server with `require_secure_transport` does.
+    #[serde(default)]
+    pub required: bool,
+}
+
+/// `[backends.<name>.tls]`: whether and how the proxy's connections to a server use TLS, in the spirit of
+/// MySQL's `--ssl-mode` and its companions.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTls {
+    /// When TLS is used, and what of the server's certificate is checked.
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// PEM file of the certificate authorities the server's certificate must chain to (`verify-ca`,
+    /// `verify-identity`).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// PEM file of a client certificate the proxy shows the server (with `key`), for accounts that require one.
+    #[serde(default)]
+    pub certificate: Option<PathBuf>,
+    /// PEM file of the client certificate's private key.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// The name the server's certificate must be valid for (`verify-identity`); the host of `address` when
+    /// absent.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+/// When a backend connection uses TLS: MySQL's `--ssl-mode` values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Never; a client that connected with TLS is refused, since its traffic would cross in plaintext.
+    Disabled,
+    /// When the server offers it (MySQL's default); the certificate is not checked. Plaintext with a server
+    /// that does not offer TLS, unless the client connected with TLS.
+    #[default]
+    Preferred,
+    /// Always: a server that does not offer TLS is refused; the certificate is not checked.
+    Required,
+    /// Always, with a certificate that chains to `ca`.
+    VerifyCa,
+    /// Always, with a certificate that chains to `ca` and is valid for the server's name.
+    VerifyIdentity,
+}
+
+impl TlsMode {
+    /// The mode as written in `proxy.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Disabled => "disabled",
+            TlsMode::Preferred => "preferred",
+            TlsMode::Required => "required",
+            TlsMode::VerifyCa => "verify-ca",
+            TlsMode::VerifyIdentity => "verify-identity",
+        }
+    }
+
+    /// Whether the server's certificate is checked against `ca`.
+    pub fn verifies(self) -> bool {
+        matches!(self, TlsMode::VerifyCa | TlsMode::VerifyIdentity)
+    }
 }
 
 fn default_shutdown_timeout_secs() -> u64 {
@@ -164,6 +240,9 @@ pub struct Backend {
     /// `edxapp` statements are the client's own and take as long as they take there.
     #[serde(default = "default_read_timeout_secs")]
     pub read_timeout_secs: u64,
+    /// TLS on the proxy's connections to the server.
+    #[serde(default)]
+    pub tls: BackendTls,
 }
 
 fn default_connect_timeout_secs() -> u64 {
@@ -215,6 +294,7 @@ impl fmt::Debug for Backend {
             .field("password_env", &self.password_env)
             .field("connect_timeout_secs", &self.connect_timeout_secs)
             .field("read_timeout_secs", &self.read_timeout_secs)
+            .field("tls", &self.tls)
             .finish()
     }
 }

@@ -121,7 +121,30 @@ fn an_unknown_flag_names_its_line_and_path() {
 
 #[test]
 fn an_unknown_table_names_its_line() {
-    assert_refused(&minimal_with("\n[listen.tls]\ncert = 'x'\n"), 10, "listen.tls", "unknown field `tls`");
+    assert_refused(&minimal_with("\n[listen.proxy_protocol]\nv = 2\n"), 10, "listen.proxy_protocol", "unknown field");
+}
+
+#[test]
+fn tls_settings_are_read_and_checked() {
+    let config = Config::parse(&minimal_with(
+        "\n[listen.tls]\ncertificate = 'proxy.pem'\nkey = 'proxy.key'\nrequired = true\n\n\
+         [backends.edxapp.tls]\nmode = 'verify-identity'\nca = 'ca.pem'\n",
+    ))
+    .unwrap();
+    let listen = config.listen.tls.unwrap();
+    assert!(listen.required);
+    assert_eq!(config.backends.edxapp.tls.mode, crate::config::TlsMode::VerifyIdentity);
+    assert_eq!(config.backends.csmh.tls.mode, crate::config::TlsMode::Preferred, "MySQL's default");
+    let refused = Config::parse(&minimal_with("\n[backends.edxapp.tls]\nmode = 'verify-ca'\n")).unwrap_err();
+    assert!(
+        refused.to_string().contains("backends.edxapp.tls.mode") && refused.to_string().contains("`ca`"),
+        "{refused}"
+    );
+    let refused = Config::parse(&minimal_with("\n[backends.csmh.tls]\nmode = 'sometimes'\n")).unwrap_err();
+    assert!(refused.to_string().contains("unknown variant"), "{refused}");
+    let refused =
+        Config::parse(&minimal_with("\n[backends.csmh.tls]\nmode = 'required'\ncertificate = 'c.pem'\n")).unwrap_err();
+    assert!(refused.to_string().contains("backends.csmh.tls.certificate"), "{refused}");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use std::net::Ipv6Addr;
 
 use super::error::Problem;
-use super::{Backend, Config, Listen, MAX_ID_OFFSET, MAX_PACKET_BYTES_LIMIT, PasswordError};
+use super::{Backend, Config, Listen, MAX_ID_OFFSET, MAX_PACKET_BYTES_LIMIT, PasswordError, TlsMode};
 use crate::history::{TableName, routing_table};
 
 /// Every problem with `config`, section by section; empty when the proxy can run with it.
@@ -110,12 +110,43 @@ fn check_backend(problems: &mut Vec<Problem>, table: &str, backend: &Backend) {
     check_address(problems, &format!("{table}.address"), &backend.address, PortZero::Refused);
     check_timeout(problems, &format!("{table}.connect_timeout_secs"), backend.connect_timeout_secs);
     check_timeout(problems, &format!("{table}.read_timeout_secs"), backend.read_timeout_secs);
+    check_backend_tls(problems, table, backend);
     if let Err(error) = backend.password() {
         let key = match error {
             PasswordError::BothGiven => "password",
             PasswordError::VariableUnset { .. } | PasswordError::VariableNotUnicode { .. } => "password_env",
         };
         problems.push(Problem::new(format!("{table}.{key}"), error.to_string()));
+    }
+}
+
+/// Checks `[<table>.tls]`: a mode that checks the certificate needs the authorities to check it against, and a
+/// client certificate needs its key (and the other way round).
+fn check_backend_tls(problems: &mut Vec<Problem>, table: &str, backend: &Backend) {
+    let tls = &backend.tls;
+    if tls.mode.verifies() && tls.ca.is_none() {
+        problems.push(Problem::new(
+            format!("{table}.tls.mode"),
+            format!(
+                "`{}` checks the server's certificate and needs `ca`, the PEM file of the authorities it must chain to",
+                tls.mode.as_str()
+            ),
+        ));
+    }
+    match (&tls.certificate, &tls.key) {
+        (Some(_), None) => {
+            problems.push(Problem::new(format!("{table}.tls.certificate"), "a client certificate needs its `key`"))
+        }
+        (None, Some(_)) => {
+            problems.push(Problem::new(format!("{table}.tls.key"), "a `key` needs its client `certificate`"))
+        }
+        _ => {}
+    }
+    if tls.mode == TlsMode::Disabled && (tls.ca.is_some() || tls.certificate.is_some()) {
+        problems.push(Problem::new(
+            format!("{table}.tls.mode"),
+            "is `disabled`, but certificates are given: say `required`, `verify-ca` or `verify-identity` to use them",
+        ));
     }
 }
 

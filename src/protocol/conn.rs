@@ -1,16 +1,21 @@
-//! A socket with its read buffer: the unit both sides of a session are made of; and [`HangupWatch`], which
-//! notices a peer that closed its socket while the connection is busy with something else.
+//! A socket with its read buffer: the unit both sides of a session are made of, in plaintext or inside TLS once
+//! the handshake asked for it ([`Connection::accept_tls`], [`Connection::connect_tls`]); and [`HangupWatch`],
+//! which notices a peer that closed its socket while the connection is busy with something else.
 
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use rustls::pki_types::ServerName;
 use socket2::SockRef;
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
 
 use super::frame::{Oversized, PacketSpan};
 
@@ -23,7 +28,7 @@ const SHRINK_ABOVE: usize = 1024 * 1024;
 /// A TCP socket and the bytes read from it that have not been relayed yet.
 #[derive(Debug)]
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     /// Bytes read and not yet consumed.
     pub buf: BytesMut,
     /// The longest one read or write may wait; `None`: as long as it takes.
@@ -34,7 +39,62 @@ impl Connection {
     /// Wraps a connected socket (Nagle's algorithm off: the proxy writes whole responses).
     pub fn new(stream: TcpStream) -> Connection {
         let _ = stream.set_nodelay(true);
-        Connection { stream, buf: BytesMut::with_capacity(READ_CHUNK), io_timeout: None }
+        Connection { stream: Stream::Plain(stream), buf: BytesMut::with_capacity(READ_CHUNK), io_timeout: None }
+    }
+
+    /// Whether the connection runs inside TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.stream, Stream::Tls(_))
+    }
+
+    /// The TLS version and cipher suite in use, as `("TLSv1.3", "TLS13_AES_256_GCM_SHA384")`; `None` in plaintext.
+    pub fn tls_parameters(&self) -> Option<(&'static str, String)> {
+        let Stream::Tls(tls) = &self.stream else { return None };
+        let (_, state) = tls.get_ref();
+        let version = match state.protocol_version()? {
+            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+            rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+            _ => "TLS",
+        };
+        let suite = state.negotiated_cipher_suite()?.suite();
+        Some((version, format!("{suite:?}")))
+    }
+
+    /// Runs the server's side of a TLS handshake on this plaintext connection (the client asked for TLS with an
+    /// SSLRequest packet) and carries on inside TLS. Bytes the client sent after its request and that were read
+    /// already (the start of its TLS handshake) are handed to TLS first. On an error the connection is unusable.
+    pub async fn accept_tls(&mut self, acceptor: &TlsAcceptor) -> io::Result<()> {
+        let tcp = self.take_plain()?;
+        let early = self.buf.split().freeze();
+        let mut fed: io::Result<()> = Ok(());
+        let accept = acceptor.accept_with(tcp, |tls| fed = feed_tls(tls, &early));
+        let tls = bounded(self.io_timeout, accept).await?;
+        fed?;
+        self.stream = Stream::Tls(Box::new(TlsStream::Server(tls)));
+        Ok(())
+    }
+
+    /// Runs the client's side of a TLS handshake with a server that was just sent an SSLRequest packet, and
+    /// carries on inside TLS. On an error the connection is unusable.
+    pub async fn connect_tls(&mut self, connector: &TlsConnector, server: ServerName<'static>) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "the server spoke before the TLS handshake"));
+        }
+        let tcp = self.take_plain()?;
+        let tls = bounded(self.io_timeout, connector.connect(server, tcp)).await?;
+        self.stream = Stream::Tls(Box::new(TlsStream::Client(tls)));
+        Ok(())
+    }
+
+    /// The plaintext socket, taken out for a TLS handshake; the connection is [`Stream::Lost`] until it ends.
+    fn take_plain(&mut self) -> io::Result<TcpStream> {
+        match std::mem::replace(&mut self.stream, Stream::Lost) {
+            Stream::Plain(tcp) => Ok(tcp),
+            other => {
+                self.stream = other;
+                Err(io::Error::new(io::ErrorKind::InvalidInput, "the connection is not in plaintext"))
+            }
+        }
     }
 
     /// Bounds every later read and write: one that waits longer than `timeout` for the peer fails with
@@ -118,26 +178,107 @@ impl Connection {
         }
     }
 
-    /// Writes all of `bytes` to the socket.
+    /// Writes all of `bytes` to the socket (through TLS, flushed: nothing stays in TLS's buffer).
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        bounded(self.io_timeout, self.stream.write_all(bytes)).await
+        bounded(self.io_timeout, write_flushed(&mut self.stream, bytes)).await
     }
 
     /// Writes the first `n` buffered bytes of `from` to this socket and consumes them there.
     pub async fn relay_from(&mut self, from: &mut Connection, n: usize) -> io::Result<()> {
-        bounded(self.io_timeout, self.stream.write_all(&from.buf[..n])).await?;
+        bounded(self.io_timeout, write_flushed(&mut self.stream, &from.buf[..n])).await?;
         from.consume(n);
         Ok(())
     }
 
     /// A watch on this connection's peer hanging up; see [`HangupWatch`].
     pub fn hangup_watch(&self) -> io::Result<HangupWatch> {
-        Ok(HangupWatch { socket: Some(Watched::Unregistered(self.stream.as_fd().try_clone_to_owned()?)) })
+        let socket = self.stream.tcp()?.as_fd().try_clone_to_owned()?;
+        Ok(HangupWatch { socket: Some(Watched::Unregistered(socket)) })
     }
 
     /// Flushes and closes the writing half.
     pub async fn shutdown(&mut self) -> io::Result<()> {
         self.stream.shutdown().await
+    }
+}
+
+/// Writes all of `bytes` and flushes: a TLS stream may keep encrypted bytes it could not send yet until it is
+/// flushed (a plaintext socket's flush does nothing).
+async fn write_flushed(stream: &mut Stream, bytes: &[u8]) -> io::Result<()> {
+    stream.write_all(bytes).await?;
+    if let Stream::Tls(_) = stream {
+        stream.flush().await?;
+    }
+    Ok(())
+}
+
+/// Hands bytes already read from the socket to a TLS connection before its handshake reads the socket itself.
+fn feed_tls(tls: &mut rustls::ServerConnection, mut early: &[u8]) -> io::Result<()> {
+    while !early.is_empty() {
+        tls.read_tls(&mut early)?;
+        tls.process_new_packets().map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+    }
+    Ok(())
+}
+
+/// The socket under a [`Connection`]: plaintext, or inside TLS (either side's).
+#[derive(Debug)]
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// The socket was handed to a TLS handshake that failed: nothing can be read or written any more.
+    Lost,
+}
+
+impl Stream {
+    /// The TCP socket itself, under TLS or not.
+    fn tcp(&self) -> io::Result<&TcpStream> {
+        match self {
+            Stream::Plain(tcp) => Ok(tcp),
+            Stream::Tls(tls) => Ok(tls.get_ref().0),
+            Stream::Lost => Err(lost()),
+        }
+    }
+}
+
+/// The error of I/O on a [`Stream::Lost`].
+fn lost() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the connection was lost in a failed TLS handshake")
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+            Stream::Lost => Poll::Ready(Err(lost())),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+            Stream::Lost => Poll::Ready(Err(lost())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+            Stream::Lost => Poll::Ready(Err(lost())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Stream::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+            Stream::Lost => Poll::Ready(Ok(())),
+        }
     }
 }
 

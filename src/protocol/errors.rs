@@ -21,6 +21,8 @@ pub mod code {
     /// The proxy already serves as many connections (or unauthenticated handshakes) as it may: the new one is
     /// refused before the greeting, as a server at `max_connections` refuses it.
     pub const ER_CON_COUNT_ERROR: u16 = 1040;
+    /// Access denied: a login the proxy cannot carry out safely (a password in cleartext over plaintext).
+    pub const ER_ACCESS_DENIED_ERROR: u16 = 1045;
     /// A handshake the proxy cannot relay (malformed, or asking for what the proxy does not offer).
     pub const ER_HANDSHAKE_ERROR: u16 = 1043;
     /// A command the proxy does not relay.
@@ -53,6 +55,8 @@ pub mod code {
     /// The `csmh` connection failed during a statement (FEDERATED's "problem processing the query on the
     /// foreign data source"); the client's session goes on.
     pub const ER_QUERY_ON_FOREIGN_DATA_SOURCE: u16 = 1430;
+    /// MySQL's "Connections using insecure transport are prohibited": a plaintext client where TLS is required.
+    pub const ER_SECURE_TRANSPORT_REQUIRED: u16 = 3159;
 }
 
 /// The SQLSTATEs the proxy answers with.
@@ -63,6 +67,8 @@ pub mod sqlstate {
     pub const ACCESS_OR_SYNTAX: &[u8; 5] = b"42000";
     /// The server rejected the connection.
     pub const CONNECTION_REJECTED: &[u8; 5] = b"08004";
+    /// Access denied (a refused login).
+    pub const ACCESS_DENIED: &[u8; 5] = b"28000";
     /// Communication link failure.
     pub const LINK_FAILURE: &[u8; 5] = b"08S01";
 }

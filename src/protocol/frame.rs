@@ -102,6 +102,20 @@ impl PacketSpan {
         &buf[HEADER_LEN..HEADER_LEN + self.payload_len.min(MAX_PAYLOAD)]
     }
 
+    /// Gives the packet, in `buf` (where it was found), the sequence id `seq`, and its frames after the first the
+    /// ids that follow; returns the id after the last. For a relay whose two legs count differently (a TLS
+    /// request on one leg only, a packet one leg gets from the proxy instead).
+    pub fn renumber(&self, buf: &mut [u8], mut seq: u8) -> u8 {
+        let mut pos = 0;
+        while pos < self.wire_len {
+            let Some(header) = Header::parse(&buf[pos..]) else { break };
+            buf[pos + 3] = seq;
+            seq = seq.wrapping_add(1);
+            pos += HEADER_LEN + header.len;
+        }
+        seq
+    }
+
     /// [`PacketSpan::first_frame`], to patch in place.
     pub fn first_frame_mut<'a>(&self, buf: &'a mut [u8]) -> &'a mut [u8] {
         &mut buf[HEADER_LEN..HEADER_LEN + self.payload_len.min(MAX_PAYLOAD)]

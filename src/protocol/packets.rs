@@ -28,6 +28,10 @@ pub const MAX_HANDSHAKE_PACKET: usize = 16 * 1024;
 pub struct Greeting {
     /// Server capabilities after masking.
     pub capabilities: u32,
+    /// The server offers TLS (CLIENT_SSL), whatever the client is told.
+    pub offers_tls: bool,
+    /// The scramble (nonce) the client's authentication answers, both parts joined, without the NUL after it.
+    pub scramble: Vec<u8>,
     /// MariaDB's extended capabilities after masking (0 when the server announced none).
     pub mariadb_capabilities: u32,
     /// The backend's connection (thread) id.
@@ -67,12 +71,20 @@ fn greeting_fixed_start(payload: &[u8]) -> Option<usize> {
     Some(1 + version_nul + 1)
 }
 
-/// Validates the server's initial handshake and masks the capabilities the proxy does not implement, in place.
-pub fn patch_greeting(payload: &mut [u8]) -> Result<Greeting, ProtocolError> {
+/// Validates the server's initial handshake and masks the capabilities the proxy does not implement, in place;
+/// CLIENT_SSL is offered to the client when `offer_tls` (the proxy has a certificate), whatever the server
+/// offers the proxy.
+pub fn patch_greeting(payload: &mut [u8], offer_tls: bool) -> Result<Greeting, ProtocolError> {
     let parsed = parse_greeting(payload)?;
-    let capabilities = mask(parsed.capabilities().bits());
+    let server = parsed.capabilities().bits();
+    let mut capabilities = mask(server);
+    if offer_tls {
+        capabilities |= CapabilityFlags::CLIENT_SSL.bits();
+    }
     let greeting = Greeting {
         capabilities,
+        offers_tls: server & CapabilityFlags::CLIENT_SSL.bits() != 0,
+        scramble: parsed.nonce(),
         mariadb_capabilities: mariadb_capabilities(capabilities, parsed.mariadb_ext_capabilities().bits()),
         connection_id: parsed.connection_id(),
         server_version: parsed.server_version_str().into_owned(),
@@ -106,26 +118,48 @@ pub struct ClientHello {
 const RESPONSE_FIXED_LEN: usize = 32;
 const RESPONSE_MARIADB_CAPS: usize = 28;
 
-/// Validates the client's handshake response and masks the capabilities the proxy does not implement, in place.
-pub fn patch_client_response(payload: &mut [u8]) -> Result<ClientHello, ProtocolError> {
+/// Whether the client's first packet is an SSLRequest: the fixed part of a handshake response alone, with
+/// CLIENT_SSL, after which the client starts a TLS handshake.
+pub fn is_tls_request(payload: &[u8]) -> bool {
+    let caps = payload.first_chunk::<4>().map_or(0, |b| u32::from_le_bytes(*b));
+    payload.len() == RESPONSE_FIXED_LEN && caps & CapabilityFlags::CLIENT_SSL.bits() != 0
+}
+
+/// The SSLRequest the proxy sends a server before its TLS handshake: the fixed part of the handshake response it
+/// relays next (patched with CLIENT_SSL by [`patch_client_response`]), as a client sends it.
+pub fn tls_request(response: &[u8]) -> Result<&[u8], ProtocolError> {
+    response.get(..RESPONSE_FIXED_LEN).ok_or(ProtocolError::Malformed("handshake response"))
+}
+
+/// Validates the client's handshake response and masks the capabilities the proxy does not implement, in place;
+/// CLIENT_SSL is set when the proxy's connection to the server runs inside TLS (`tls`), whatever the client's
+/// connection to the proxy does.
+pub fn patch_client_response(payload: &mut [u8], tls: bool) -> Result<ClientHello, ProtocolError> {
     let Some(caps) = payload.first_chunk::<4>().map(|b| u32::from_le_bytes(*b)) else {
         return Err(ProtocolError::Malformed("handshake response"));
     };
     if caps & CapabilityFlags::CLIENT_PROTOCOL_41.bits() == 0 {
         return Err(ProtocolError::Unsupported("the client does not speak protocol 4.1"));
     }
-    if payload.len() == RESPONSE_FIXED_LEN && caps & CapabilityFlags::CLIENT_SSL.bits() != 0 {
-        return Err(ProtocolError::Unsupported("TLS between client and proxy is not enabled"));
+    if is_tls_request(payload) {
+        return Err(ProtocolError::Unsupported("a second TLS request"));
     }
     let parsed: HandshakeResponse<'_> =
         ParseBuf(payload).parse(()).map_err(|_| ProtocolError::Malformed("handshake response"))?;
+    if payload.len() < RESPONSE_FIXED_LEN {
+        return Err(ProtocolError::Malformed("handshake response"));
+    }
+    let mut relayed = mask(caps);
+    if tls {
+        relayed |= CapabilityFlags::CLIENT_SSL.bits();
+    }
     let hello = ClientHello {
         capabilities: mask(caps),
         mariadb_capabilities: mariadb_capabilities(caps, parsed.mariadb_ext_capabilities().bits()),
         user: String::from_utf8_lossy(parsed.user()).into_owned(),
         database: parsed.db_name().map(|db| String::from_utf8_lossy(db).into_owned()),
     };
-    payload[..4].copy_from_slice(&hello.capabilities.to_le_bytes());
+    payload[..4].copy_from_slice(&relayed.to_le_bytes());
     patch_mariadb_capabilities(&mut payload[RESPONSE_MARIADB_CAPS..RESPONSE_FIXED_LEN]);
     Ok(hello)
 }
@@ -382,6 +416,47 @@ pub fn write_end_of_rows(out: &mut BytesMut, seq: u8, caps: Negotiated, warnings
 /// without a client packet.
 pub const FAST_AUTH_OK: [u8; 2] = [0x01, 0x03];
 
+/// caching_sha2_password's "perform full authentication" (AuthMoreData with status 4): the server wants the
+/// password itself, in cleartext over TLS or encrypted with its RSA key.
+pub const FULL_AUTH: [u8; 2] = [0x01, 0x04];
+
+/// A client's request for the server's RSA public key during caching_sha2_password's full authentication.
+pub const REQUEST_PUBLIC_KEY: [u8; 1] = [0x02];
+
+/// Writes an AuthMoreData packet carrying `data` (the answer to [`REQUEST_PUBLIC_KEY`] carries the PEM key);
+/// returns the sequence id after it.
+pub fn write_auth_more_data(out: &mut BytesMut, seq: u8, data: &[u8]) -> u8 {
+    let payload: Vec<u8> = [&[0x01][..], data].concat();
+    frame::write_packet(out, seq, &payload)
+}
+
+/// A server's authentication switch request: the method the client must answer with, and its new scramble.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthSwitch {
+    /// The authentication plugin's name.
+    pub plugin: Vec<u8>,
+    /// The plugin's data (a scramble), without the NUL some servers end it with.
+    pub scramble: Vec<u8>,
+}
+
+impl AuthSwitch {
+    /// Reads an authentication switch request (header `0xFE`).
+    pub fn parse(payload: &[u8]) -> Result<AuthSwitch, ProtocolError> {
+        let malformed = || ProtocolError::Malformed("authentication switch request");
+        let rest = payload.strip_prefix(&[0xFE]).ok_or_else(malformed)?;
+        let nul = rest.iter().position(|&b| b == 0).ok_or_else(malformed)?;
+        let data = &rest[nul + 1..];
+        let scramble = data.strip_suffix(&[0]).unwrap_or(data);
+        Ok(AuthSwitch { plugin: rest[..nul].to_vec(), scramble: scramble.to_vec() })
+    }
+
+    /// Whether the client answers with its password in cleartext (`mysql_clear_password`, and MariaDB's PAM
+    /// `dialog` method, which asks for it the same way).
+    pub fn sends_cleartext(&self) -> bool {
+        matches!(self.plugin.as_slice(), b"mysql_clear_password" | b"dialog")
+    }
+}
+
 /// What a server's packet during a login says, for the proxy's own logins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthAnswer {
@@ -453,7 +528,7 @@ mod tests {
     fn greeting_loses_unsupported_capabilities_and_nothing_else() {
         let original = mariadb_greeting();
         let mut patched = original.clone();
-        let greeting = patch_greeting(&mut patched).unwrap();
+        let greeting = patch_greeting(&mut patched, false).unwrap();
         assert_eq!(greeting.connection_id, 7);
         assert_eq!(greeting.server_version, "5.5.5-10.11.6-MariaDB");
         let caps = CapabilityFlags::from_bits_truncate(greeting.capabilities);
@@ -471,7 +546,7 @@ mod tests {
     #[test]
     fn truncated_greeting_is_malformed() {
         let mut short = mariadb_greeting()[..20].to_vec();
-        assert_eq!(patch_greeting(&mut short), Err(ProtocolError::Malformed("initial handshake")));
+        assert_eq!(patch_greeting(&mut short, false), Err(ProtocolError::Malformed("initial handshake")));
     }
 
     #[test]
@@ -481,7 +556,7 @@ mod tests {
         for len in [0x80, 0x87, 0xff] {
             let mut greeting = mariadb_greeting();
             greeting[at] = len;
-            assert_eq!(patch_greeting(&mut greeting), Err(ProtocolError::Malformed("initial handshake")));
+            assert_eq!(patch_greeting(&mut greeting, false), Err(ProtocolError::Malformed("initial handshake")));
         }
     }
 
@@ -500,7 +575,7 @@ mod tests {
         p.push(20);
         p.extend_from_slice(&[9; 20]);
         p.extend_from_slice(b"edxapp\0");
-        let hello = patch_client_response(&mut p).unwrap();
+        let hello = patch_client_response(&mut p, false).unwrap();
         assert_eq!(hello.user, "edxapp001");
         assert_eq!(hello.database.as_deref(), Some("edxapp"));
         assert_eq!(u32::from_le_bytes(p[..4].try_into().unwrap()), (caps - CapabilityFlags::CLIENT_COMPRESS).bits());
@@ -533,11 +608,42 @@ mod tests {
     }
 
     #[test]
-    fn tls_request_is_refused() {
+    fn a_tls_request_is_told_from_a_handshake_response() {
         let caps = CapabilityFlags::CLIENT_PROTOCOL_41 | CapabilityFlags::CLIENT_SSL;
         let mut p = caps.bits().to_le_bytes().to_vec();
         p.resize(32, 0);
-        assert!(matches!(patch_client_response(&mut p), Err(ProtocolError::Unsupported(_))));
+        assert!(is_tls_request(&p));
+        assert!(matches!(patch_client_response(&mut p, true), Err(ProtocolError::Unsupported(_))));
+        p.extend_from_slice(b"edxapp001\0\0");
+        assert!(!is_tls_request(&p));
+    }
+
+    #[test]
+    fn an_auth_switch_names_its_method_and_scramble() {
+        let switch = AuthSwitch::parse(b"\xfecaching_sha2_password\0abcdefghijklmnopqrst\0").unwrap();
+        assert_eq!(switch.plugin, b"caching_sha2_password");
+        assert_eq!(switch.scramble, b"abcdefghijklmnopqrst");
+        assert!(!switch.sends_cleartext());
+        assert!(AuthSwitch::parse(b"\xfemysql_clear_password\0").unwrap().sends_cleartext());
+        assert!(AuthSwitch::parse(b"\xfe").is_err());
+        assert!(AuthSwitch::parse(b"\x00").is_err());
+    }
+
+    #[test]
+    fn tls_is_offered_and_asked_for_only_where_the_proxy_speaks_it() {
+        let mut greeting = mariadb_greeting();
+        let offered = patch_greeting(&mut greeting, true).unwrap();
+        assert!(CapabilityFlags::from_bits_truncate(offered.capabilities).contains(CapabilityFlags::CLIENT_SSL));
+        assert!(!offered.offers_tls, "the server of the sample greeting offers no TLS");
+        assert_eq!(offered.scramble, b"abcdefghijklmnopqrst");
+        let caps = CapabilityFlags::CLIENT_PROTOCOL_41 | CapabilityFlags::CLIENT_SECURE_CONNECTION;
+        let mut response = caps.bits().to_le_bytes().to_vec();
+        response.resize(32, 0);
+        response.extend_from_slice(b"edxapp001\0\0");
+        patch_client_response(&mut response, true).unwrap();
+        let request = tls_request(&response).unwrap();
+        assert!(is_tls_request(request));
+        assert_eq!(&request[4..], &response[4..32]);
     }
 
     #[test]

@@ -25,13 +25,16 @@ pub(super) struct Edxapp {
     pub last_error: Option<u16>,
     /// The server's address, as the connection was made to it.
     pub address: String,
+    /// The scramble of the login's last authentication round (the greeting's, or an auth switch's): what a
+    /// client's RSA-encrypted password is XORed with.
+    pub scramble: Vec<u8>,
 }
 
 impl Edxapp {
     /// A connection to the server at `address` whose handshake has not been relayed yet.
     pub fn new(conn: Connection, address: String) -> Edxapp {
         let status = StatusFlags::SERVER_STATUS_AUTOCOMMIT;
-        Edxapp { conn, caps: Negotiated::new(0, 0), status, last_error: None, address }
+        Edxapp { conn, caps: Negotiated::new(0, 0), status, last_error: None, address, scramble: Vec::new() }
     }
 
     /// Whether a transaction is open (SERVER_STATUS_IN_TRANS): the one a configuration snapshot is pinned to.

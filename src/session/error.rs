@@ -4,11 +4,13 @@ use std::time::Duration;
 use std::{fmt, io};
 
 use super::csmh::CsmhError;
+use super::full_auth::FullAuthFailure;
 use crate::backend::{BackendError, QueryError};
 use crate::protocol::ProtocolError;
 use crate::protocol::conn::ReadError;
 use crate::protocol::errors::{MysqlError, code, sqlstate};
 use crate::protocol::frame::Oversized;
+use crate::topology::Server;
 
 /// How long the proxy goes on reading (and throwing away) what a client sends after refusing a packet too large,
 /// so that the client reads the error rather than a reset connection.
@@ -69,9 +71,31 @@ pub enum SessionError {
         /// The sequence id of the frame that went over it.
         seq: u8,
     },
+    /// The client did not ask for TLS, which `listen.tls.required` demands.
+    #[error("the client did not ask for TLS, which listen.tls.required demands")]
+    InsecureClient,
+    /// The TLS handshake with the client failed (the client is told by TLS itself, not by a MySQL error).
+    #[error("TLS handshake with the client: {0}")]
+    ClientTls(io::Error),
+    /// The server asked for the password in cleartext, and the client's connection to the proxy is plaintext.
+    #[error("the server asked for the password in cleartext, over a client connection without TLS")]
+    ClearPasswordInPlaintext,
+    /// A plaintext client's caching_sha2_password full authentication could not be carried to a server over TLS.
+    #[error("full authentication: {0}")]
+    FullAuth(#[from] FullAuthFailure),
     /// The backend could not be reached.
     #[error(transparent)]
     Connect(#[from] BackendError),
+    /// The backend connection cannot run with the TLS it needs: refused by the rule, or its TLS handshake failed.
+    #[error("TLS to the {server} server at {address}: {reason}")]
+    BackendTls {
+        /// The backend.
+        server: Server,
+        /// Its address.
+        address: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// Reading from or writing to the backend failed, or it closed the connection.
     #[error("backend connection: {0}")]
     Backend(io::Error),
@@ -97,6 +121,27 @@ impl SessionError {
                 sqlstate::HY000,
                 format!("Can't connect to MySQL server on '{}' (through csmh-proxy: {e})", e.address()),
             ),
+            SessionError::InsecureClient => MysqlError::new(
+                code::ER_SECURE_TRANSPORT_REQUIRED,
+                sqlstate::HY000,
+                "Connections using insecure transport are prohibited while csmh-proxy's listen.tls.required is on",
+            ),
+            SessionError::BackendTls { address, .. } => MysqlError::new(
+                code::ER_CONNECT_TO_FOREIGN_DATA_SOURCE,
+                sqlstate::HY000,
+                format!("Can't connect to MySQL server on '{address}' (through csmh-proxy: {self})"),
+            ),
+            SessionError::ClearPasswordInPlaintext => MysqlError::new(
+                code::ER_ACCESS_DENIED_ERROR,
+                sqlstate::ACCESS_DENIED,
+                "Access denied: the server asks for the password in cleartext (mysql_clear_password), which \
+                 csmh-proxy passes on only from a client connected with TLS",
+            ),
+            SessionError::FullAuth(failure) => MysqlError::new(
+                code::ER_ACCESS_DENIED_ERROR,
+                sqlstate::ACCESS_DENIED,
+                format!("Access denied: {failure}; connect to csmh-proxy with TLS instead"),
+            ),
             SessionError::ClientProtocol(e) => {
                 MysqlError::new(code::ER_HANDSHAKE_ERROR, sqlstate::LINK_FAILURE, format!("Bad handshake: {e}"))
             }
@@ -121,7 +166,7 @@ impl SessionError {
                 format!("Got a packet bigger than 'listen.max_packet_bytes' ({limit} bytes) of csmh-proxy"),
             ),
             SessionError::Csmh(failure) => failure.to_mysql(),
-            SessionError::Client(_) | SessionError::ClientHungUp => return None,
+            SessionError::Client(_) | SessionError::ClientTls(_) | SessionError::ClientHungUp => return None,
         })
     }
 

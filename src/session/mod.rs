@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::admission::Permit;
 use crate::backend;
@@ -34,8 +34,7 @@ use crate::protocol::command::{self, Command};
 use crate::protocol::conn::{Connection, HangupWatch};
 use crate::protocol::errors::{MysqlError, code, sqlstate};
 use crate::protocol::frame::PacketSpan;
-use crate::protocol::packets::{self, MAX_HANDSHAKE_PACKET};
-use crate::protocol::response::{End, Expect};
+use crate::protocol::response::End;
 use crate::routing::{FanOut, Form, Route};
 use crate::state::ProxyState;
 use crate::topology::Server;
@@ -44,7 +43,9 @@ mod answer;
 mod csmh;
 mod edxapp;
 mod error;
+mod full_auth;
 mod grants;
+mod handshake;
 mod inline;
 mod merged_read;
 mod own;
@@ -193,40 +194,6 @@ impl Session {
                 }
             }
         }
-    }
-
-    /// Relays the server's greeting and the client's answer (both with capabilities masked), then the
-    /// authentication exchange; returns how it ended.
-    async fn handshake(&mut self, answer_seq: &mut Option<u8>) -> Result<End, SessionError> {
-        let conn = &mut self.edxapp.conn;
-        let span = conn
-            .next_packet_within(MAX_HANDSHAKE_PACKET)
-            .await
-            .map_err(SessionError::from_backend_handshake)?
-            .ok_or_else(SessionError::backend_closed)?;
-        if MysqlError::parse(span.first_frame(&conn.buf)).is_some() {
-            // The server refused the connection outright (too many connections, host blocked): pass it on.
-            *answer_seq = None;
-            self.client.relay_from(conn, span.wire_len).await.map_err(SessionError::Client)?;
-            return Ok(End::Err);
-        }
-        let greeting =
-            packets::patch_greeting(span.first_frame_mut(&mut conn.buf)).map_err(SessionError::BackendProtocol)?;
-        *answer_seq = None;
-        self.client.relay_from(conn, span.wire_len).await.map_err(SessionError::Client)?;
-        // Until the client answers, the proxy may end the handshake with an error of its own, as a server would.
-        *answer_seq = Some(span.last_seq.wrapping_add(1));
-
-        let span = self.next_handshake_packet().await?;
-        *answer_seq = Some(span.last_seq.wrapping_add(1));
-        let hello = packets::patch_client_response(span.first_frame_mut(&mut self.client.buf))
-            .map_err(SessionError::ClientProtocol)?;
-        debug!(user = %hello.user, database = ?hello.database, backend_thread = greeting.connection_id, "authenticating");
-        self.grants.logged_in(&self.edxapp.address, &hello.user);
-        self.edxapp.caps = crate::protocol::capabilities::Negotiated::new(greeting.capabilities, hello.capabilities)
-            .with_mariadb(greeting.mariadb_capabilities, hello.mariadb_capabilities);
-        self.edxapp.conn.relay_from(&mut self.client, span.wire_len).await.map_err(SessionError::Backend)?;
-        self.relay_response(answer_seq, Expect::Auth).await
     }
 
     /// The request whose packet lies at `span`, with the configuration snapshot that decides it; `None` for an

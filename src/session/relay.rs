@@ -5,6 +5,7 @@
 use std::io;
 
 use super::error::{Oversize, SessionError};
+use super::handshake::Sequence;
 use super::request::Request;
 use super::{Flow, Session};
 use crate::protocol::ProtocolError;
@@ -36,6 +37,12 @@ impl Session {
         self.csmh.note_request(command, first_frame, request.span.is_single_frame());
         self.relay_request(request).await?;
         match command.response() {
+            Some(_) if command == Command::ChangeUser => {
+                let seq = Sequence::after(request.span.last_seq);
+                self.authenticate(seq, &mut request.answer_seq).await?;
+                self.csmh.follow_transaction_end(&self.edxapp).await;
+                Ok(Flow::Continue)
+            }
             Some(expect) => {
                 self.relay_response(&mut request.answer_seq, expect).await?;
                 self.csmh.follow_transaction_end(&self.edxapp).await;

@@ -1,0 +1,56 @@
+//! caching_sha2_password's full authentication of a plaintext client whose server leg is encrypted: the client's
+//! request for an RSA key is answered with the proxy's own ([`crate::auth_key`]), and the password it sends
+//! encrypted with it reaches the server in cleartext inside TLS. Every other combination of legs relays the
+//! exchange unchanged.
+
+use bytes::BytesMut;
+
+use super::Session;
+use super::error::SessionError;
+use super::handshake::Sequence;
+use crate::protocol::frame::{self, PacketSpan};
+use crate::protocol::packets;
+
+impl Session {
+    /// Carries on a full authentication from the client's packet at `span` (its first after the server asked for
+    /// the password), returning the legs' sequence ids once the server has the password to answer.
+    pub(super) async fn full_auth_for_plaintext_client(
+        &mut self,
+        span: PacketSpan,
+        mut seq: Sequence,
+    ) -> Result<Sequence, SessionError> {
+        let mut encrypted = self.client.buf.split_to(span.wire_len);
+        if span.first_frame(&encrypted) == packets::REQUEST_PUBLIC_KEY {
+            let key = self.shared.auth_key().await.ok_or(SessionError::FullAuth(FullAuthFailure::NoKey))?;
+            let mut out = BytesMut::new();
+            seq.client = packets::write_auth_more_data(&mut out, seq.client, key.public_pem());
+            self.client.write_all(&out).await.map_err(SessionError::Client)?;
+            let span = self.next_handshake_packet().await?;
+            seq.client = span.last_seq.wrapping_add(1);
+            encrypted = self.client.buf.split_to(span.wire_len);
+        }
+        let span = PacketSpan::find(&encrypted)
+            .ok_or(SessionError::FullAuth(FullAuthFailure::Undecryptable(crate::auth_key::UndecryptablePassword)))?;
+        let key = self.shared.auth_key().await.ok_or(SessionError::FullAuth(FullAuthFailure::NoKey))?;
+        let password = key.decrypt_password(span.first_frame(&encrypted), &self.edxapp.scramble).map_err(|_| {
+            SessionError::FullAuth(FullAuthFailure::Undecryptable(crate::auth_key::UndecryptablePassword))
+        })?;
+        let mut out = BytesMut::new();
+        seq.server = frame::write_packet(&mut out, seq.server, &password);
+        let sent = self.edxapp.conn.write_all(&out).await;
+        out.fill(0);
+        sent.map_err(SessionError::Backend)?;
+        Ok(seq)
+    }
+}
+
+/// Why the proxy could not carry a plaintext client's full authentication to a server reached over TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FullAuthFailure {
+    /// The proxy's RSA key could not be generated.
+    #[error("csmh-proxy has no RSA key to offer the client")]
+    NoKey,
+    /// What the client sent does not decrypt with the proxy's key.
+    #[error(transparent)]
+    Undecryptable(#[from] crate::auth_key::UndecryptablePassword),
+}

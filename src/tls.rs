@@ -1,0 +1,386 @@
+//! TLS on both legs of a session: the certificate the proxy shows clients that ask for TLS (`[listen.tls]`), and
+//! how it connects to each backend (`[backends.<name>.tls]`), built into rustls configurations once per
+//! configuration snapshot, so that a reload with new certificate files serves new connections with them while
+//! the running ones keep theirs.
+//!
+//! The rule the session enforces with [`BackendTls::leg`]: what a client sent over TLS never crosses a plaintext
+//! backend connection.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use crate::config::{self, Config, TlsMode};
+use crate::topology::Server;
+
+/// Why the TLS files of a configuration cannot be used: the key at fault and what is wrong, with the file's path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct TlsError {
+    /// The dotted key of `proxy.toml` naming the file (or the setting) at fault.
+    pub key: String,
+    /// What is wrong, naming the file.
+    pub reason: String,
+}
+
+impl TlsError {
+    fn new(key: impl Into<String>, reason: impl Into<String>) -> TlsError {
+        TlsError { key: key.into(), reason: reason.into() }
+    }
+}
+
+/// The TLS side of a configuration: the client listener's, and each backend's.
+#[derive(Clone)]
+pub struct Tls {
+    /// TLS for clients; `None`: plaintext only (CLIENT_SSL is not offered).
+    pub listener: Option<ListenerTls>,
+    /// The `edxapp` backend's.
+    pub edxapp: BackendTls,
+    /// The `csmh` backend's, for the proxy's own connections to a separate server.
+    pub csmh: BackendTls,
+}
+
+impl Tls {
+    /// Reads the certificate and key files `config` names and builds the rustls configurations.
+    pub fn load(config: &Config) -> Result<Tls, TlsError> {
+        Ok(Tls {
+            listener: config.listen.tls.as_ref().map(ListenerTls::load).transpose()?,
+            edxapp: BackendTls::load(Server::Edxapp, &config.backends.edxapp)?,
+            csmh: BackendTls::load(Server::Csmh, &config.backends.csmh)?,
+        })
+    }
+
+    /// The settings of the backend `server`.
+    pub fn backend(&self, server: Server) -> &BackendTls {
+        match server {
+            Server::Edxapp => &self.edxapp,
+            Server::Csmh => &self.csmh,
+        }
+    }
+}
+
+impl fmt::Debug for Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tls")
+            .field("listener", &self.listener.as_ref().map(|listener| listener.required))
+            .field("edxapp", &self.edxapp.mode)
+            .field("csmh", &self.csmh.mode)
+            .finish()
+    }
+}
+
+/// TLS for clients: the certificate to show, and whether plaintext clients are refused.
+#[derive(Clone)]
+pub struct ListenerTls {
+    /// Runs the server side of a client's TLS handshake.
+    pub acceptor: TlsAcceptor,
+    /// Clients that do not ask for TLS are refused.
+    pub required: bool,
+}
+
+impl ListenerTls {
+    fn load(tls: &config::ListenTls) -> Result<ListenerTls, TlsError> {
+        let chain = certificates("listen.tls.certificate", &tls.certificate)?;
+        let key = private_key("listen.tls.key", &tls.key)?;
+        let config = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::new("listen.tls", e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| TlsError::new("listen.tls.key", format!("does not go with the certificate: {e}")))?;
+        Ok(ListenerTls { acceptor: TlsAcceptor::from(Arc::new(config)), required: tls.required })
+    }
+}
+
+/// How the proxy's connections to one backend use TLS.
+#[derive(Clone)]
+pub struct BackendTls {
+    server: Server,
+    mode: TlsMode,
+    /// `None` when the mode is `disabled`.
+    connector: Option<TlsConnector>,
+    /// The name sent in the handshake and, with `verify-identity`, checked against the certificate.
+    server_name: ServerName<'static>,
+}
+
+/// Whether one backend connection runs in plaintext or inside TLS.
+pub enum Leg<'a> {
+    /// Plaintext.
+    Plain,
+    /// TLS, with this connector and server name.
+    Tls(&'a TlsConnector, ServerName<'static>),
+}
+
+/// Why a backend connection cannot be made with the TLS it needs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LegRefusal {
+    /// The mode requires TLS and the server does not offer it.
+    #[error("the {server} server does not offer TLS, which backends.{server}.tls.mode = \"{mode}\" requires")]
+    ServerWithoutTls {
+        /// The backend.
+        server: Server,
+        /// Its mode, as written.
+        mode: &'static str,
+    },
+    /// The client connected with TLS, and the backend connection would be plaintext.
+    #[error(
+        "the client connected with TLS, and its traffic would cross to the {server} server in plaintext ({reason}); \
+         set backends.{server}.tls.mode to \"required\" or stronger on a server that offers TLS"
+    )]
+    WouldDowngrade {
+        /// The backend.
+        server: Server,
+        /// Why the backend connection would be plaintext.
+        reason: &'static str,
+    },
+}
+
+impl BackendTls {
+    fn load(server: Server, backend: &config::Backend) -> Result<BackendTls, TlsError> {
+        let tls = &backend.tls;
+        let key = |field: &str| format!("backends.{server}.tls.{field}");
+        let name = tls.server_name.clone().unwrap_or_else(|| host_of(&backend.address).to_owned());
+        let server_name = ServerName::try_from(name.clone())
+            .map_err(|_| TlsError::new(key("server_name"), format!("`{name}` is not a host name or IP address")))?;
+        let connector = match tls.mode {
+            TlsMode::Disabled => None,
+            mode => Some(TlsConnector::from(Arc::new(client_config(server, mode, tls)?))),
+        };
+        Ok(BackendTls { server, mode: tls.mode, connector, server_name })
+    }
+
+    /// The mode in force.
+    pub fn mode(&self) -> TlsMode {
+        self.mode
+    }
+
+    /// Whether the connection to a server that `offers_tls` (CLIENT_SSL in its greeting) runs inside TLS, for a
+    /// client that connected with TLS or not (`client_tls`; `false` for the proxy's own connections).
+    pub fn leg(&self, offers_tls: bool, client_tls: bool) -> Result<Leg<'_>, LegRefusal> {
+        let server = self.server;
+        match (&self.connector, offers_tls) {
+            (Some(connector), true) => Ok(Leg::Tls(connector, self.server_name.clone())),
+            (None, _) if client_tls => {
+                Err(LegRefusal::WouldDowngrade { server, reason: "its tls.mode is \"disabled\"" })
+            }
+            (None, _) => Ok(Leg::Plain),
+            (Some(_), false) => match self.mode {
+                TlsMode::Preferred if client_tls => {
+                    Err(LegRefusal::WouldDowngrade { server, reason: "the server does not offer TLS" })
+                }
+                TlsMode::Preferred => Ok(Leg::Plain),
+                mode => Err(LegRefusal::ServerWithoutTls { server, mode: mode.as_str() }),
+            },
+        }
+    }
+}
+
+impl fmt::Debug for BackendTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackendTls").field("server", &self.server).field("mode", &self.mode).finish()
+    }
+}
+
+/// The host part of `host:port` (brackets of an IPv6 address removed).
+fn host_of(address: &str) -> &str {
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+    host.strip_prefix('[').and_then(|inner| inner.strip_suffix(']')).unwrap_or(host)
+}
+
+/// The rustls client configuration for a backend in `mode` (not `disabled`).
+fn client_config(server: Server, mode: TlsMode, tls: &config::BackendTls) -> Result<ClientConfig, TlsError> {
+    let key = |field: &str| format!("backends.{server}.tls.{field}");
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::new(key("mode"), e.to_string()))?;
+    let verifier: Arc<dyn ServerCertVerifier> = match (mode, &tls.ca) {
+        (TlsMode::VerifyCa | TlsMode::VerifyIdentity, Some(ca)) => {
+            let mut roots = RootCertStore::empty();
+            for certificate in certificates(&key("ca"), ca)? {
+                roots.add(certificate).map_err(|e| TlsError::new(key("ca"), format!("{}: {e}", ca.display())))?;
+            }
+            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| TlsError::new(key("ca"), format!("{}: {e}", ca.display())))?;
+            if mode == TlsMode::VerifyCa { Arc::new(AnyName(webpki)) } else { webpki }
+        }
+        (TlsMode::VerifyCa | TlsMode::VerifyIdentity, None) => {
+            return Err(TlsError::new(key("ca"), "is needed to verify the server's certificate"));
+        }
+        _ => Arc::new(Unverified(provider().signature_verification_algorithms)),
+    };
+    let builder = builder.dangerous().with_custom_certificate_verifier(verifier);
+    match (&tls.certificate, &tls.key) {
+        (Some(certificate), Some(private)) => builder
+            .with_client_auth_cert(certificates(&key("certificate"), certificate)?, private_key(&key("key"), private)?)
+            .map_err(|e| TlsError::new(key("key"), format!("does not go with the client certificate: {e}"))),
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// The one cryptography provider of the proxy's TLS: rustls's default, aws-lc-rs.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Reads a PEM file of certificates (at least one).
+fn certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let unreadable = |e: &dyn fmt::Display| TlsError::new(key, format!("cannot read {}: {e}", path.display()));
+    let chain: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| unreadable(&e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| unreadable(&e))?;
+    if chain.is_empty() {
+        return Err(TlsError::new(key, format!("{} holds no PEM certificate", path.display())));
+    }
+    Ok(chain)
+}
+
+/// Reads a PEM file holding a private key. The key's bytes never appear in an error.
+fn private_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| TlsError::new(key, format!("cannot read a PEM private key from {}: {e}", path.display())))
+}
+
+/// The verifier of the `preferred` and `required` modes: encryption without checking who the server is, as
+/// MySQL's clients do in those modes. The handshake's signatures are still checked against the certificate.
+#[derive(Debug)]
+struct Unverified(WebPkiSupportedAlgorithms);
+
+impl ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
+
+/// The verifier of `verify-ca`: the certificate must chain to the configured authorities and be valid now, for
+/// whatever name it carries.
+#[derive(Debug)]
+struct AnyName(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for AnyName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            verdict => verdict,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(mode: TlsMode) -> BackendTls {
+        let connector = (mode != TlsMode::Disabled).then(|| {
+            TlsConnector::from(Arc::new(client_config(Server::Edxapp, TlsMode::Required, &Default::default()).unwrap()))
+        });
+        BackendTls { server: Server::Edxapp, mode, connector, server_name: ServerName::try_from("db").unwrap() }
+    }
+
+    fn tls(leg: Result<Leg<'_>, LegRefusal>) -> Result<bool, LegRefusal> {
+        leg.map(|leg| matches!(leg, Leg::Tls(..)))
+    }
+
+    #[test]
+    fn preferred_follows_the_server_unless_the_client_used_tls() {
+        let preferred = backend(TlsMode::Preferred);
+        assert_eq!(tls(preferred.leg(true, false)), Ok(true));
+        assert_eq!(tls(preferred.leg(true, true)), Ok(true));
+        assert_eq!(tls(preferred.leg(false, false)), Ok(false));
+        assert!(matches!(preferred.leg(false, true), Err(LegRefusal::WouldDowngrade { .. })));
+    }
+
+    #[test]
+    fn required_modes_refuse_a_server_without_tls() {
+        for mode in [TlsMode::Required, TlsMode::VerifyCa, TlsMode::VerifyIdentity] {
+            let backend = backend(mode);
+            assert_eq!(tls(backend.leg(true, false)), Ok(true));
+            assert!(matches!(backend.leg(false, false), Err(LegRefusal::ServerWithoutTls { .. })));
+            assert!(matches!(backend.leg(false, true), Err(LegRefusal::ServerWithoutTls { .. })));
+        }
+    }
+
+    #[test]
+    fn disabled_is_plaintext_and_refuses_tls_clients() {
+        let disabled = backend(TlsMode::Disabled);
+        assert_eq!(tls(disabled.leg(true, false)), Ok(false));
+        let refusal = disabled.leg(true, true).err().unwrap();
+        assert!(refusal.to_string().contains("backends.edxapp.tls.mode"), "{refusal}");
+    }
+
+    #[test]
+    fn the_server_name_is_the_host_of_the_address() {
+        assert_eq!(host_of("db.example.org:3306"), "db.example.org");
+        assert_eq!(host_of("[::1]:3306"), "::1");
+        assert_eq!(host_of("10.0.0.1:3306"), "10.0.0.1");
+    }
+}
