@@ -19,6 +19,7 @@ use crate::protocol::frame;
 use crate::protocol::packets::{self, AuthAnswer};
 use crate::protocol::reply::Reply;
 use crate::protocol::response::{Expect, Progress, ResponseScanner};
+use crate::tls::{BackendTls, Leg, LegRefusal};
 
 /// Why a backend could not be reached.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +112,12 @@ pub enum LoginError {
     /// The server asked for an authentication method the proxy cannot perform.
     #[error("unsupported authentication method {0}")]
     UnsupportedAuth(String),
+    /// The connection cannot have the TLS its settings require.
+    #[error(transparent)]
+    TlsRefused(#[from] LegRefusal),
+    /// The TLS handshake with the server failed (its certificate did not verify, or the handshake broke).
+    #[error("TLS handshake: {0}")]
+    Tls(io::Error),
 }
 
 /// Logs in on a freshly connected server as `credentials`, asking for `capabilities` (usually
@@ -124,12 +131,34 @@ pub async fn login(
     login_mariadb(conn, credentials, capabilities, MariadbCapabilities::empty()).await
 }
 
-/// [`login`], asking a MariaDB server for `mariadb`'s extended capabilities too (those the relay follows).
+/// [`login`], asking a MariaDB server for `mariadb`'s extended capabilities too (those the relay follows), in
+/// plaintext.
 pub async fn login_mariadb(
     conn: &mut Connection,
     credentials: &Credentials,
     capabilities: CapabilityFlags,
     mariadb: MariadbCapabilities,
+) -> Result<Negotiated, LoginError> {
+    login_over(conn, credentials, capabilities, mariadb, None).await
+}
+
+/// The TLS a login of the proxy's own runs with: a backend's settings, and whether the client the connection
+/// serves reached the proxy over TLS (its traffic then never crosses in plaintext).
+#[derive(Debug, Clone, Copy)]
+pub struct LoginTls<'a> {
+    /// The backend's `[backends.<name>.tls]`, built.
+    pub settings: &'a BackendTls,
+    /// The client's own connection runs inside TLS.
+    pub client_tls: bool,
+}
+
+/// [`login_mariadb`] with TLS as `tls` says (plaintext when `None`); returns the capabilities in effect.
+pub async fn login_over(
+    conn: &mut Connection,
+    credentials: &Credentials,
+    capabilities: CapabilityFlags,
+    mariadb: MariadbCapabilities,
+    tls: Option<LoginTls<'_>>,
 ) -> Result<Negotiated, LoginError> {
     let (payload, seq) = read_packet(conn).await?;
     refused_if_err(&payload)?;
@@ -141,7 +170,14 @@ pub async fn login_mariadb(
     let server = greeting.capabilities().bits();
     let server_mariadb = if announces_mariadb(server) { greeting.mariadb_ext_capabilities().bits() } else { 0 };
     let negotiated = Negotiated::new(server, caps.bits()).with_mariadb(server_mariadb, mariadb.bits());
-    let nonce = greeting.nonce();
+    let offers_tls = greeting.capabilities().contains(CapabilityFlags::CLIENT_SSL);
+    let leg = match tls {
+        Some(tls) => tls.settings.leg(offers_tls, tls.client_tls)?,
+        None => Leg::Plain,
+    };
+    let mut flags = negotiated.flags();
+    flags.set(CapabilityFlags::CLIENT_SSL, matches!(leg, Leg::Tls(..)));
+    let mut nonce = greeting.nonce();
     let plugin = greeting.auth_plugin().unwrap_or(AuthPlugin::MysqlNativePassword).into_owned();
     let data = auth_data(&plugin, credentials, &nonce)?;
     let response = HandshakeResponse::new(
@@ -150,18 +186,28 @@ pub async fn login_mariadb(
         Some(credentials.user.as_bytes()),
         credentials.database.as_deref().map(str::as_bytes),
         Some(plugin),
-        negotiated.flags(),
+        flags,
         None,
         frame::MAX_PAYLOAD as u32,
     )
     .with_mariadb_ext_capabilities(negotiated.mariadb());
-    send(conn, seq.wrapping_add(1), &response).await?;
-    finish_auth(conn, credentials).await?;
+    let mut payload = Vec::new();
+    response.serialize(&mut payload);
+    let mut seq = seq.wrapping_add(1);
+    if let Leg::Tls(connector, name) = leg {
+        let request = packets::tls_request(&payload).map_err(|_| LoginError::Protocol("handshake response"))?;
+        send_raw(conn, seq, request).await?;
+        conn.connect_tls(connector, name).await.map_err(LoginError::Tls)?;
+        seq = seq.wrapping_add(1);
+    }
+    send_raw(conn, seq, &payload).await?;
+    finish_auth(conn, credentials, &mut nonce).await?;
     Ok(negotiated)
 }
 
-/// Answers auth switches and extra rounds until the server says OK or ERR.
-async fn finish_auth(conn: &mut Connection, credentials: &Credentials) -> Result<(), LoginError> {
+/// Answers auth switches and extra rounds until the server says OK or ERR; `nonce` is the scramble in force
+/// (an auth switch brings a new one).
+async fn finish_auth(conn: &mut Connection, credentials: &Credentials, nonce: &mut Vec<u8>) -> Result<(), LoginError> {
     loop {
         let (payload, seq) = read_packet(conn).await?;
         match AuthAnswer::classify(&payload) {
@@ -169,7 +215,8 @@ async fn finish_auth(conn: &mut Connection, credentials: &Credentials) -> Result
             AuthAnswer::Switch => {
                 let switch: AuthSwitchRequest<'_> =
                     ParseBuf(&payload).parse(()).map_err(|_| LoginError::Protocol("auth switch request"))?;
-                let nonce = switch.plugin_data().strip_suffix(b"\0").unwrap_or(switch.plugin_data());
+                let data = switch.plugin_data();
+                *nonce = data.strip_suffix(b"\0").unwrap_or(data).to_vec();
                 let data = auth_data(&switch.auth_plugin(), credentials, nonce)?;
                 let mut out = Vec::new();
                 if let Some(data) = data {
@@ -178,14 +225,40 @@ async fn finish_auth(conn: &mut Connection, credentials: &Credentials) -> Result
                 send_raw(conn, seq.wrapping_add(1), &out).await?;
             }
             AuthAnswer::FastAuthOk => {}
+            AuthAnswer::MoreData if payload[..] == packets::FULL_AUTH => {
+                full_authentication(conn, credentials, nonce, seq.wrapping_add(1)).await?;
+            }
             AuthAnswer::MoreData => {
-                return Err(LoginError::UnsupportedAuth("caching_sha2_password full authentication".into()));
+                return Err(LoginError::Protocol("unexpected authentication data"));
             }
             AuthAnswer::Err | AuthAnswer::Other => {
                 refused_if_err(&payload).and(Err(LoginError::Protocol("authentication response")))?
             }
         }
     }
+}
+
+/// caching_sha2_password's full authentication, the server having asked for the password (packet `seq` is the
+/// proxy's): in cleartext over TLS; in plaintext encrypted with the server's RSA public key, asked for first.
+async fn full_authentication(
+    conn: &mut Connection,
+    credentials: &Credentials,
+    nonce: &[u8],
+    seq: u8,
+) -> Result<(), LoginError> {
+    let password: Vec<u8> = credentials.password.as_deref().unwrap_or("").bytes().chain([0]).collect();
+    if conn.is_tls() {
+        return send_raw(conn, seq, &password).await;
+    }
+    send_raw(conn, seq, &packets::REQUEST_PUBLIC_KEY).await?;
+    let (key, seq) = read_packet(conn).await?;
+    let pem = key.strip_prefix(&[0x01]).ok_or(LoginError::Protocol("the server's public key"))?;
+    let mut masked = password;
+    for (byte, mask) in masked.iter_mut().zip(nonce.iter().cycle()) {
+        *byte ^= mask;
+    }
+    let encrypted = mysql_common::crypto::encrypt(&masked, pem);
+    send_raw(conn, seq.wrapping_add(1), &encrypted).await
 }
 
 /// Computes the auth response for `plugin`, refusing methods the proxy does not implement.
@@ -214,12 +287,6 @@ async fn read_packet(conn: &mut Connection) -> Result<(bytes::Bytes, u8), LoginE
     let span = conn.next_packet().await?.ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
     let wire = conn.buf.split_to(span.wire_len).freeze();
     Ok((frame::payload(wire, &span), span.last_seq))
-}
-
-async fn send(conn: &mut Connection, seq: u8, packet: &impl MySerialize) -> Result<(), LoginError> {
-    let mut payload = Vec::new();
-    packet.serialize(&mut payload);
-    send_raw(conn, seq, &payload).await
 }
 
 async fn send_raw(conn: &mut Connection, seq: u8, payload: &[u8]) -> Result<(), LoginError> {

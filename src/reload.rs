@@ -38,6 +38,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{Change, Config, ConfigError, changes};
 use crate::state::{CompileError, ProxyState};
+use crate::tls::files_fingerprint;
 
 /// How long the directory must stay quiet after an event before the file is read: an editor's save or a
 /// ConfigMap update is a burst of events, and makes one reload.
@@ -111,11 +112,22 @@ pub enum ReloadError {
     Compile(#[from] CompileError),
 }
 
+/// Whether the certificate and key files the running configuration names changed on disk since they were read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFiles {
+    /// As they were: nothing to reread unless the configuration changed.
+    Unchanged,
+    /// Rewritten (a rotated certificate): the configuration is compiled again, rereading them.
+    Changed,
+}
+
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reloaded {
     /// The changes now in force; empty if the file says nothing new.
     pub applied: Vec<Change>,
+    /// The certificate and key files were read again (their content changed).
+    pub tls_files_reread: bool,
     /// Changes the file asks for that wait for a restart (the listeners' addresses).
     pub need_restart: Vec<Change>,
     /// The generation in force after the reload.
@@ -123,14 +135,21 @@ pub struct Reloaded {
 }
 
 /// Puts `file` in force in `shared`, except the listeners' addresses, which keep the values the proxy started
-/// with (so the snapshot tells what is really served). Nothing is swapped if nothing else changed.
-pub fn apply(shared: &ProxyState, file: Config) -> Result<Reloaded, CompileError> {
+/// with (so the snapshot tells what is really served). Nothing is swapped if nothing else changed, unless the
+/// TLS files did (`tls_files`): then the configuration is compiled again with their new content, for new
+/// connections (those running keep the certificates they were made with).
+pub fn apply(shared: &ProxyState, file: Config, tls_files: TlsFiles) -> Result<Reloaded, CompileError> {
     let running = shared.snapshot();
     let need_restart: Vec<Change> = changes(&running.config, &file).into_iter().filter(Change::needs_restart).collect();
     let effective = keep_listeners(&running.config, file);
     let applied = changes(&running.config, &effective);
-    let generation = if applied.is_empty() { running.generation } else { shared.replace(effective)?.generation };
-    Ok(Reloaded { applied, need_restart, generation })
+    let tls_files_reread = tls_files == TlsFiles::Changed;
+    let generation = if applied.is_empty() && !tls_files_reread {
+        running.generation
+    } else {
+        shared.replace(effective)?.generation
+    };
+    Ok(Reloaded { applied, tls_files_reread, need_restart, generation })
 }
 
 /// `file` with the listeners' addresses of `running`, which a reload cannot move.
@@ -152,9 +171,17 @@ enum Cause {
     Sighup,
 }
 
+/// What was last seen on disk: the configuration file, and the TLS files the running configuration names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    file: FileSeen,
+    /// The fingerprint of the TLS files ([`files_fingerprint`]).
+    tls_files: u64,
+}
+
 /// What was last seen at the file's path, to tell a change from a write of the same bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Seen {
+enum FileSeen {
     /// The hash of the content.
     Content(u64),
     /// The file could not be read, for this reason.
@@ -169,22 +196,34 @@ struct Reloader {
 }
 
 impl Reloader {
-    /// Whether the file's content differs from what was last read.
+    /// Whether the file's content, or that of the TLS files, differs from what was last read.
     async fn changed_on_disk(&self) -> bool {
-        self.last != Some(read(&self.path).await.0)
+        self.last != Some(self.read().await.0)
     }
 
-    /// Reads the file and, unless it is what was last read (and this is not a SIGHUP), reloads it and logs how
-    /// it went.
+    /// Reads the file, and the fingerprint of the TLS files the running configuration names.
+    async fn read(&self) -> (Seen, Result<String, ConfigError>) {
+        let (file, text) = read(&self.path).await;
+        let running = self.shared.snapshot();
+        let tls_files = tokio::task::spawn_blocking(move || files_fingerprint(&running.config)).await.unwrap_or(0);
+        (Seen { file, tls_files }, text)
+    }
+
+    /// Reads the file and, unless it and the TLS files are what was last read (and this is not a SIGHUP), reloads
+    /// it and logs how it went.
     async fn reload(&mut self, cause: Cause) {
-        let (seen, text) = read(&self.path).await;
+        let (seen, text) = self.read().await;
         if cause == Cause::Changed && self.last == Some(seen) {
             return;
         }
+        // Compared with what the running configuration was compiled from, so that a rotation just before the
+        // watcher started is not missed.
+        let tls_files =
+            if seen.tls_files == self.shared.snapshot().tls_files { TlsFiles::Unchanged } else { TlsFiles::Changed };
         self.last = Some(seen);
         let outcome = text.map_err(ReloadError::from).and_then(|text| {
             let file = Config::parse(&text)?;
-            Ok(apply(&self.shared, file)?)
+            Ok(apply(&self.shared, file, tls_files)?)
         });
         match outcome {
             Ok(reloaded) => self.report(cause, &reloaded),
@@ -206,6 +245,12 @@ impl Reloader {
                 list(&reloaded.need_restart)
             );
         }
+        if reloaded.tls_files_reread {
+            info!(
+                generation = reloaded.generation,
+                "{path}: the TLS certificate and key files changed and were reloaded"
+            );
+        }
         match (reloaded.applied.is_empty(), cause) {
             (false, _) => info!(generation = reloaded.generation, "reloaded {path}{by}: {}", list(&reloaded.applied)),
             (true, Cause::Sighup) => info!(generation = reloaded.generation, "{path} reread on SIGHUP: no changes"),
@@ -220,15 +265,15 @@ fn list(changes: &[Change]) -> String {
 }
 
 /// Reads the file at `path` as [`Config::load`] does, with what was seen there.
-async fn read(path: &Path) -> (Seen, Result<String, ConfigError>) {
+async fn read(path: &Path) -> (FileSeen, Result<String, ConfigError>) {
     match tokio::fs::read_to_string(path).await {
         Ok(text) => {
             let mut hasher = DefaultHasher::new();
             text.hash(&mut hasher);
-            (Seen::Content(hasher.finish()), Ok(text))
+            (FileSeen::Content(hasher.finish()), Ok(text))
         }
         Err(source) => {
-            let seen = Seen::Unreadable(source.kind());
+            let seen = FileSeen::Unreadable(source.kind());
             (seen, Err(ConfigError::Read { path: path.display().to_string(), source }))
         }
     }
@@ -439,7 +484,9 @@ mod tests {
     #[test]
     fn a_flag_change_is_a_new_generation() {
         let shared = shared();
-        let reloaded = apply(&shared, config(&format!("{BASE}[flags]\nENABLE_CSMH_EXTENDED = true\n"))).unwrap();
+        let reloaded =
+            apply(&shared, config(&format!("{BASE}[flags]\nENABLE_CSMH_EXTENDED = true\n")), TlsFiles::Unchanged)
+                .unwrap();
         assert_eq!(listed(&reloaded.applied), ["ENABLE_CSMH_EXTENDED: false -> true"]);
         assert!(reloaded.need_restart.is_empty());
         assert_eq!((reloaded.generation, shared.generation(), shared.reloads_applied()), (2, 2, 1));
@@ -449,7 +496,7 @@ mod tests {
     #[test]
     fn the_same_settings_change_nothing() {
         let shared = shared();
-        let reloaded = apply(&shared, config(&format!("# only a comment\n{BASE}"))).unwrap();
+        let reloaded = apply(&shared, config(&format!("# only a comment\n{BASE}")), TlsFiles::Unchanged).unwrap();
         assert!(reloaded.applied.is_empty() && reloaded.need_restart.is_empty());
         assert_eq!((reloaded.generation, shared.generation(), shared.reloads_applied()), (1, 1, 0));
     }
@@ -458,7 +505,9 @@ mod tests {
     fn a_new_listen_address_waits_for_a_restart_and_the_rest_applies() {
         let shared = shared();
         let text = BASE.replace("127.0.0.1:6033\"", "127.0.0.1:7033\"\nshutdown_timeout_secs = 3");
-        let reloaded = apply(&shared, config(&format!("{text}[admin]\naddress = \"127.0.0.1:6080\"\n"))).unwrap();
+        let reloaded =
+            apply(&shared, config(&format!("{text}[admin]\naddress = \"127.0.0.1:6080\"\n")), TlsFiles::Unchanged)
+                .unwrap();
         assert_eq!(
             listed(&reloaded.need_restart),
             ["listen.address: 127.0.0.1:6033 -> 127.0.0.1:7033", "admin.address: off -> 127.0.0.1:6080"]
@@ -473,7 +522,8 @@ mod tests {
     #[test]
     fn only_a_listen_change_swaps_nothing() {
         let shared = shared();
-        let reloaded = apply(&shared, config(&BASE.replace("127.0.0.1:6033", "127.0.0.1:7033"))).unwrap();
+        let reloaded =
+            apply(&shared, config(&BASE.replace("127.0.0.1:6033", "127.0.0.1:7033")), TlsFiles::Unchanged).unwrap();
         assert!(reloaded.applied.is_empty());
         assert_eq!(reloaded.need_restart.len(), 1);
         assert_eq!(shared.generation(), 1);

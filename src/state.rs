@@ -13,7 +13,7 @@ use crate::grant_cache::GrantCache;
 use crate::history::routing_table;
 use crate::metrics::Metrics;
 use crate::routing::Router;
-use crate::tls::Tls;
+use crate::tls::{Tls, files_fingerprint};
 use crate::topology::Topology;
 
 /// A configuration with the state derived from it, swapped as a whole so a statement sees one or the other.
@@ -30,6 +30,8 @@ pub struct ConfigSnapshot {
     pub generation: u64,
     /// TLS on both legs, built from the certificate files the configuration names when it was compiled.
     pub tls: Tls,
+    /// The fingerprint of those files as they were read ([`crate::tls::files_fingerprint`]).
+    pub tls_files: u64,
 }
 
 /// A configuration that passed validation but from which the data path cannot be derived.
@@ -46,8 +48,9 @@ impl ConfigSnapshot {
         let table = routing_table(config.flags).map_err(|e| error(&e))?;
         let router = Router::new(table, old, extended, Topology::of(&config.backends))
             .with_parse_limit(config.listen.max_parsed_statement_bytes);
+        let tls_files = files_fingerprint(&config);
         let tls = Tls::load(&config).map_err(|e| error(&e))?;
-        Ok(ConfigSnapshot { router, config, offset_verified: Default::default(), generation: 1, tls })
+        Ok(ConfigSnapshot { router, config, offset_verified: Default::default(), generation: 1, tls, tls_files })
     }
 }
 

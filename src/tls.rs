@@ -37,6 +37,20 @@ impl TlsError {
     }
 }
 
+/// A fingerprint of the contents of the certificate and key files `config` names (a file that cannot be read
+/// counts by its error), to tell when a certificate was rotated on disk while `proxy.toml` stayed the same.
+pub fn files_fingerprint(config: &Config) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    for path in config.tls_files() {
+        match std::fs::read(path) {
+            Ok(bytes) => bytes.hash(&mut hasher),
+            Err(error) => error.kind().hash(&mut hasher),
+        }
+    }
+    hasher.finish()
+}
+
 /// The TLS side of a configuration: the client listener's, and each backend's.
 #[derive(Clone)]
 pub struct Tls {

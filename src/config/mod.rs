@@ -399,6 +399,16 @@ impl Config {
         }
     }
 
+    /// The certificate and key files the configuration names, the listener's and each backend's.
+    pub fn tls_files(&self) -> Vec<&Path> {
+        let listener = self.listen.tls.iter().flat_map(|tls| [tls.certificate.as_path(), tls.key.as_path()]);
+        let backends = [&self.backends.edxapp.tls, &self.backends.csmh.tls]
+            .into_iter()
+            .flat_map(|tls| [&tls.ca, &tls.certificate, &tls.key])
+            .filter_map(|path| path.as_deref());
+        listener.chain(backends).collect()
+    }
+
     /// Checks a configuration built in code rather than read from a file; errors name the key but no line.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let problems = validate::problems(self);

@@ -287,6 +287,12 @@ impl MariaDb {
     /// Installs MariaDB if needed, creates a data directory and starts a server on a free port, returning once
     /// root can log in.
     pub async fn start() -> Result<MariaDb, SandboxError> {
+        MariaDb::start_with(&[]).await
+    }
+
+    /// [`MariaDb::start`] with more `mariadbd` options, such as `--ssl-cert=<path>`: a server with TLS. Root must
+    /// still be able to log in over plaintext TCP to start it (set `require_secure_transport` once it runs).
+    pub async fn start_with(options: &[OsString]) -> Result<MariaDb, SandboxError> {
         let binaries = tokio::task::spawn_blocking(mariadb_binaries)
             .await
             .map_err(|e| io_error("look for MariaDB")(io::Error::other(e)))??;
@@ -300,7 +306,7 @@ impl MariaDb {
         init_datadir(binaries, &paths).await?;
         for _ in 0..PORT_ATTEMPTS {
             let port = free_port()?;
-            match launch(binaries, &paths, port).await {
+            match launch(binaries, &paths, port, options).await {
                 Ok(process) => {
                     return Ok(MariaDb { process, port, datadir: paths.data, error_log: paths.error_log, dir });
                 }
@@ -431,12 +437,19 @@ fn server_command(binaries: &Binaries, paths: &ServerPaths, port: u16) -> Comman
 }
 
 /// Starts the server on `port` and waits until root can log in.
-async fn launch(binaries: &Binaries, paths: &ServerPaths, port: u16) -> Result<ServerProcess, LaunchError> {
+async fn launch(
+    binaries: &Binaries,
+    paths: &ServerPaths,
+    port: u16,
+    options: &[OsString],
+) -> Result<ServerProcess, LaunchError> {
     match std::fs::remove_file(&paths.error_log) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_error("reset the error log")(e).into()),
         _ => {}
     }
-    let mut process = ServerProcess::spawn(server_command(binaries, paths, port), paths)?;
+    let mut command = server_command(binaries, paths, port);
+    command.args(options);
+    let mut process = ServerProcess::spawn(command, paths)?;
     wait_until_ready(&mut process, paths, port).await?;
     Ok(process)
 }

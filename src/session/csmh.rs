@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use super::edxapp::Edxapp;
 use super::error::SessionError;
-use crate::backend::{self, BackendError, Credentials, LoginError, QueryError};
+use crate::backend::{self, BackendError, Credentials, LoginError, LoginTls, QueryError};
 use crate::metrics::Metrics;
 use crate::protocol::capabilities::{LAYOUT_MARIADB, Negotiated};
 use crate::protocol::command::{self, COM_RESET_CONNECTION, COM_STMT_BULK_EXECUTE, Command};
@@ -56,6 +56,8 @@ pub(super) struct CsmhLink {
     opened: u64,
     /// How many of them failed.
     failed: u64,
+    /// The client reached the proxy over TLS, so the `csmh` connection must be encrypted too.
+    client_tls: bool,
 }
 
 /// The proxy's open connection to the `csmh` server for one client session.
@@ -155,6 +157,11 @@ impl CsmhLink {
         self.open.as_ref().is_some_and(|c| c.transaction.is_some())
     }
 
+    /// Records whether the client logged in over TLS: the connections the link opens then use TLS too (or fail).
+    pub fn serve_client_over(&mut self, tls: bool) {
+        self.client_tls = tls;
+    }
+
     /// The open connection, as it is (for commands on statements already prepared there).
     pub fn connection(&mut self) -> Option<&mut CsmhConnection> {
         self.open.as_mut()
@@ -172,8 +179,9 @@ impl CsmhLink {
         let csmh = match self.open.take() {
             Some(csmh) => csmh,
             None => {
-                let csmh = open(edxapp.caps, snapshot).await;
+                let csmh = open(edxapp.caps, snapshot, self.client_tls).await;
                 let csmh = csmh.inspect_err(|_| metrics.backend_connect_error(Server::Csmh))?;
+                metrics.backend_connection(Server::Csmh, csmh.conn.is_tls());
                 self.opened += 1;
                 csmh
             }
@@ -358,7 +366,7 @@ impl CsmhConnection {
 
 /// Opens and logs in a connection to the `csmh` server of `snapshot`, with the layout capabilities of the
 /// client (`client`) so that its answers can be relayed as they are.
-async fn open(client: Negotiated, snapshot: &ConfigSnapshot) -> Result<CsmhConnection, CsmhError> {
+async fn open(client: Negotiated, snapshot: &ConfigSnapshot, client_tls: bool) -> Result<CsmhConnection, CsmhError> {
     let config = &snapshot.config.backends.csmh;
     let password = config.password().map_err(|e| CsmhError::Credentials(e.to_string()))?;
     let user = config.user.clone().ok_or_else(|| CsmhError::Credentials("no user configured".into()))?;
@@ -369,7 +377,8 @@ async fn open(client: Negotiated, snapshot: &ConfigSnapshot) -> Result<CsmhConne
     let wanted = (backend::LOGIN_CAPABILITIES - LAYOUT) | (client.flags() & LAYOUT);
     // The greeting and login are bounded too: a server whose accept queue overflowed never greets.
     let timeout = std::time::Duration::from_secs(config.connect_timeout_secs);
-    let login = backend::login_mariadb(&mut conn, &credentials, wanted, client.mariadb());
+    let tls = LoginTls { settings: &snapshot.tls.csmh, client_tls };
+    let login = backend::login_over(&mut conn, &credentials, wanted, client.mariadb(), Some(tls));
     let caps = tokio::time::timeout(timeout, login)
         .await
         .map_err(|_| LoginError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "no login answer in time")))??;

@@ -62,6 +62,7 @@ impl Session {
         *answer_seq = Some(span.last_seq.wrapping_add(1));
 
         let mut span = self.next_handshake_packet().await?;
+        *answer_seq = Some(span.last_seq.wrapping_add(1));
         if packets::is_tls_request(span.first_frame(&self.client.buf)) {
             let Some(listener) = &tls.listener else {
                 return Err(SessionError::ClientProtocol(ProtocolError::Unsupported(
@@ -77,6 +78,7 @@ impl Session {
         }
         *answer_seq = Some(span.last_seq.wrapping_add(1));
         self.shared.metrics.client_connection(self.client.is_tls());
+        self.csmh.serve_client_over(self.client.is_tls());
 
         let leg =
             tls.edxapp.leg(greeting.offers_tls, self.client.is_tls()).map_err(|refusal| SessionError::BackendTls {

@@ -15,6 +15,7 @@ pub mod mutate;
 pub mod packages;
 pub mod raw;
 pub mod record;
+pub mod tls;
 pub mod twins;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -155,7 +156,8 @@ impl EdxDatabases {
         EdxDatabases::named(edxapp, csmh, sandbox::EDXAPP_DB, sandbox::CSMH_DB).await
     }
 
-    async fn fresh_on(edxapp: Arc<MariaDb>, csmh: Arc<MariaDb>) -> EdxDatabases {
+    /// Two new empty databases, `t<n>_edxapp` on `edxapp` and `t<n>_edxapp_csmh` on `csmh`.
+    pub async fn fresh_on(edxapp: Arc<MariaDb>, csmh: Arc<MariaDb>) -> EdxDatabases {
         let n = unique_number();
         EdxDatabases::named(edxapp, csmh, &format!("t{n}_edxapp"), &format!("t{n}_edxapp_csmh")).await
     }
