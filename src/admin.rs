@@ -177,6 +177,8 @@ pub struct ConfigView {
     pub listen: String,
     /// `[admin] address`.
     pub admin: Option<String>,
+    /// `[listen.tls]`; `None`: clients connect in plaintext only.
+    pub listen_tls: Option<ListenTlsView>,
     /// `"one server"` or `"two servers"`.
     pub topology: &'static str,
     /// Each backend's address and connect timeout.
@@ -189,6 +191,15 @@ pub struct ConfigView {
     pub routing: RoutingView,
 }
 
+/// TLS for clients: where its certificate is read from (never the key's content), and whether it is required.
+#[derive(Debug, Serialize)]
+pub struct ListenTlsView {
+    /// The certificate file.
+    pub certificate: String,
+    /// Plaintext clients are refused.
+    pub required: bool,
+}
+
 /// A backend without its credentials.
 #[derive(Debug, Serialize)]
 pub struct BackendView {
@@ -196,6 +207,8 @@ pub struct BackendView {
     pub address: String,
     /// Seconds to wait for a TCP connection.
     pub connect_timeout_secs: u64,
+    /// `tls.mode` (`disabled`, `preferred`, `required`, `verify-ca`, `verify-identity`).
+    pub tls_mode: &'static str,
 }
 
 /// The history tables' schema-qualified names.
@@ -264,6 +277,11 @@ pub fn config_view(snapshot: &ConfigSnapshot) -> ConfigView {
         generation: snapshot.generation,
         listen: config.listen.address.clone(),
         admin: config.admin.as_ref().map(|admin| admin.address.clone()),
+        listen_tls: config
+            .listen
+            .tls
+            .as_ref()
+            .map(|tls| ListenTlsView { certificate: tls.certificate.display().to_string(), required: tls.required }),
         topology: Topology::of(&config.backends).name(),
         backends: Backends { edxapp: backend_view(&config.backends.edxapp), csmh: backend_view(&config.backends.csmh) },
         tables: TablesView { old: config.history.old_table.clone(), extended: config.history.extended_table.clone() },
@@ -279,7 +297,11 @@ pub fn config_view(snapshot: &ConfigSnapshot) -> ConfigView {
 }
 
 fn backend_view(backend: &Backend) -> BackendView {
-    BackendView { address: backend.address.clone(), connect_timeout_secs: backend.connect_timeout_secs }
+    BackendView {
+        address: backend.address.clone(),
+        connect_timeout_secs: backend.connect_timeout_secs,
+        tls_mode: backend.tls.mode.as_str(),
+    }
 }
 
 fn stage_id(stage: Stage) -> &'static str {

@@ -113,7 +113,7 @@ fn main() -> anyhow::Result<()> {
             let config = csmh_proxy::config::Config::load(&cli.config)?;
             runtime.block_on(csmh_proxy::server::serve(config, args.watch(cli.config)))
         }
-        Command::CheckConfig => match csmh_proxy::config::check_file(&cli.config) {
+        Command::CheckConfig => match check_config(&cli.config) {
             Ok(report) => {
                 print!("{report}");
                 Ok(())
@@ -182,4 +182,13 @@ fn finish<R: std::fmt::Display>(result: Result<R, MigrateError>, succeeded: impl
             std::process::exit(2)
         }
     }
+}
+
+/// `check-config`: the report of a configuration that loads, validates, and whose TLS files can be used; or why
+/// not, naming the line or key at fault.
+fn check_config(path: &std::path::Path) -> Result<String, String> {
+    let report = csmh_proxy::config::check_file(path).map_err(|error| error.to_string())?;
+    let config = csmh_proxy::config::Config::load(path).map_err(|error| error.to_string())?;
+    csmh_proxy::tls::Tls::load(&config).map_err(|error| error.to_string())?;
+    Ok(report)
 }

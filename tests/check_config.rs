@@ -79,3 +79,24 @@ fn a_missing_file_exits_non_zero() {
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read"), "{output:?}");
 }
+
+#[test]
+fn unusable_tls_files_are_refused_naming_the_key_and_the_file() {
+    let (dir, path) = config_file("");
+    let certificate = dir.path().join("proxy.pem");
+    std::fs::write(&certificate, "-----BEGIN CERTIFICATE-----\n!!! not base64 !!!\n-----END CERTIFICATE-----\n")
+        .expect("a broken certificate");
+    let text = include_str!("../proxy.toml").replacen(
+        "\n[backends.edxapp]\n",
+        &format!(
+            "\n[listen.tls]\ncertificate = \"{}\"\nkey = \"missing.key\"\n\n[backends.edxapp]\n",
+            certificate.display()
+        ),
+        1,
+    );
+    std::fs::write(&path, text).expect("the file is written");
+    let output = check_config(&path);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(stderr.contains("listen.tls.certificate") && stderr.contains("proxy.pem"), "{stderr}");
+}

@@ -48,6 +48,11 @@ impl Report<'_> {
             listen.max_packet_bytes,
             listen.max_parsed_statement_bytes
         )?;
+        match &listen.tls {
+            Some(tls) if tls.required => writeln!(f, "  tls:           required, {}", tls.certificate.display())?,
+            Some(tls) => writeln!(f, "  tls:           offered, {}", tls.certificate.display())?,
+            None => writeln!(f, "  tls:           off (plaintext only)")?,
+        }
         match &config.admin {
             Some(admin) => writeln!(f, "admin:           {}", admin.address),
             None => writeln!(f, "admin:           off"),
@@ -59,11 +64,23 @@ impl Report<'_> {
         let backends = &self.0.backends;
         if backends.same_server() {
             writeln!(f, "topology:        one server, {}", backends.edxapp.address)?;
-            writeln!(f, "  edxapp, csmh:  the client's own connection (fan-out is one UNION ALL; writes stay atomic)")
+            writeln!(f, "  edxapp, csmh:  the client's own connection (fan-out is one UNION ALL; writes stay atomic)")?;
+            writeln!(f, "  tls:           {}", backends.edxapp.tls.mode.as_str())
         } else {
             writeln!(f, "topology:        two servers")?;
-            writeln!(f, "  edxapp:        {} (clients' own logins, relayed)", backends.edxapp.address)?;
-            writeln!(f, "  csmh:          {} ({})", backends.csmh.address, login(&backends.csmh))
+            writeln!(
+                f,
+                "  edxapp:        {} (clients' own logins, relayed; tls {})",
+                backends.edxapp.address,
+                backends.edxapp.tls.mode.as_str()
+            )?;
+            writeln!(
+                f,
+                "  csmh:          {} ({}; tls {})",
+                backends.csmh.address,
+                login(&backends.csmh),
+                backends.csmh.tls.mode.as_str()
+            )
         }
     }
 

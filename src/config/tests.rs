@@ -377,7 +377,7 @@ fn the_report_shows_two_servers_without_secrets() {
     assert!(report.contains("topology:        two servers"), "{report}");
     assert!(
         report.contains("edxapp:        127.0.0.1:3306")
-            && report.contains("csmh-db:3306 (user csmh, password in the file)"),
+            && report.contains("csmh-db:3306 (user csmh, password in the file; tls preferred)"),
         "{report}"
     );
     assert!(!report.contains("hunter2"), "{report}");
