@@ -112,6 +112,8 @@ pub struct ClientHello {
     pub user: String,
     /// The default database the client asked for.
     pub database: Option<String>,
+    /// The authentication method the client answered with (empty without CLIENT_PLUGIN_AUTH).
+    pub plugin: Vec<u8>,
 }
 
 /// Length of the fixed part of a protocol-4.1 handshake response (and of a whole TLS request).
@@ -158,6 +160,7 @@ pub fn patch_client_response(payload: &mut [u8], tls: bool) -> Result<ClientHell
         mariadb_capabilities: mariadb_capabilities(caps, parsed.mariadb_ext_capabilities().bits()),
         user: String::from_utf8_lossy(parsed.user()).into_owned(),
         database: parsed.db_name().map(|db| String::from_utf8_lossy(db).into_owned()),
+        plugin: parsed.auth_plugin().map(|plugin| plugin.as_bytes().to_vec()).unwrap_or_default(),
     };
     payload[..4].copy_from_slice(&relayed.to_le_bytes());
     patch_mariadb_capabilities(&mut payload[RESPONSE_MARIADB_CAPS..RESPONSE_FIXED_LEN]);
@@ -419,6 +422,9 @@ pub const FAST_AUTH_OK: [u8; 2] = [0x01, 0x03];
 /// caching_sha2_password's "perform full authentication" (AuthMoreData with status 4): the server wants the
 /// password itself, in cleartext over TLS or encrypted with its RSA key.
 pub const FULL_AUTH: [u8; 2] = [0x01, 0x04];
+
+/// The authentication method whose full authentication the proxy may have to carry ([`FULL_AUTH`]).
+pub const CACHING_SHA2_PASSWORD: &[u8] = b"caching_sha2_password";
 
 /// A client's request for the server's RSA public key during caching_sha2_password's full authentication.
 pub const REQUEST_PUBLIC_KEY: [u8; 1] = [0x02];

@@ -28,13 +28,23 @@ pub(super) struct Edxapp {
     /// The scramble of the login's last authentication round (the greeting's, or an auth switch's): what a
     /// client's RSA-encrypted password is XORed with.
     pub scramble: Vec<u8>,
+    /// The authentication method in force in the login's last round: the client's, or an auth switch's.
+    pub plugin: Vec<u8>,
 }
 
 impl Edxapp {
     /// A connection to the server at `address` whose handshake has not been relayed yet.
     pub fn new(conn: Connection, address: String) -> Edxapp {
         let status = StatusFlags::SERVER_STATUS_AUTOCOMMIT;
-        Edxapp { conn, caps: Negotiated::new(0, 0), status, last_error: None, address, scramble: Vec::new() }
+        Edxapp {
+            conn,
+            caps: Negotiated::new(0, 0),
+            status,
+            last_error: None,
+            address,
+            scramble: Vec::new(),
+            plugin: Vec::new(),
+        }
     }
 
     /// Whether a transaction is open (SERVER_STATUS_IN_TRANS): the one a configuration snapshot is pinned to.

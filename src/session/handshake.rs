@@ -101,6 +101,7 @@ impl Session {
         self.edxapp.caps = Negotiated::new(greeting.capabilities, hello.capabilities)
             .with_mariadb(greeting.mariadb_capabilities, hello.mariadb_capabilities);
         self.edxapp.scramble = greeting.scramble;
+        self.edxapp.plugin = hello.plugin;
 
         // The server's count: its greeting was 0, then the TLS request if its leg has one.
         let server_seq = match leg {
@@ -164,13 +165,14 @@ impl Session {
                         return Err(SessionError::ClearPasswordInPlaintext);
                     }
                     self.edxapp.scramble = switch.scramble;
+                    self.edxapp.plugin = switch.plugin;
                 }
-                AuthAnswer::MoreData => full_auth = payload == packets::FULL_AUTH,
+                AuthAnswer::MoreData => {
+                    full_auth = payload == packets::FULL_AUTH && self.edxapp.plugin == packets::CACHING_SHA2_PASSWORD;
+                }
                 AuthAnswer::Ok => self.edxapp.note_status(packets::ok_status(payload).unwrap_or_default()),
-                AuthAnswer::FastAuthOk | AuthAnswer::Err => {}
-                AuthAnswer::Other => {
-                    return Err(SessionError::BackendProtocol(ProtocolError::Malformed("authentication answer")));
-                }
+                // Anything else is a plugin's own data, relayed for the client to answer.
+                AuthAnswer::FastAuthOk | AuthAnswer::Err | AuthAnswer::Other => {}
             }
             seq.server = span.last_seq.wrapping_add(1);
             seq.client = span.renumber(&mut self.edxapp.conn.buf, seq.client);
