@@ -399,3 +399,73 @@ async fn the_csmh_connection_has_tls_settings_of_its_own() {
     let stderr = clients::text(&output.stderr);
     assert!(stderr.contains("ERROR 1429") && stderr.contains("backends.csmh.tls.mode"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_certificate_logs_the_proxy_in_to_an_account_that_requires_one() {
+    let pki = TestPki::new("csmh-proxy test CA");
+    let server = tls_server(&pki, &pki.localhost("server")).await;
+    let mut root = support::root_conn(&server).await;
+    let account = Account::native("x509_app", "x509-password");
+    root.query_drop("CREATE USER x509_app@'%' IDENTIFIED BY 'x509-password' REQUIRE X509").await.expect("CREATE USER");
+    let login = |tls: BackendTls| {
+        let (server, account) = (Arc::clone(&server), account.clone());
+        async move {
+            let proxy = support::start_proxy(proxy_config(server.addr(), None, tls)).await;
+            mysql_async::Conn::new(account.opts(proxy.addr(), None)).await.map(drop)
+        }
+    };
+    let (code, message) = support::edx::server_error(login(backend_tls(TlsMode::Required, None)).await);
+    assert_eq!(code, 1045, "no client certificate, no login: {message}");
+    let client = pki.issue("proxy-client", &["csmh-proxy"]);
+    let with_certificate = BackendTls {
+        certificate: Some(client.certificate.clone()),
+        key: Some(client.key.clone()),
+        ..backend_tls(TlsMode::VerifyIdentity, Some(&pki.ca))
+    };
+    login(with_certificate).await.expect("the proxy's client certificate satisfies REQUIRE X509");
+}
+
+/// Connects to `addr`, reads the greeting and sends an SSLRequest: a client about to start its TLS handshake.
+async fn start_tls_request(addr: SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncReadExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut header = [0; 4];
+    stream.read_exact(&mut header).await.expect("the greeting's header");
+    let mut greeting = vec![0; usize::from(u16::from_le_bytes([header[0], header[1]]))];
+    stream.read_exact(&mut greeting).await.expect("the greeting");
+    let caps = (mysql_common::constants::CapabilityFlags::CLIENT_PROTOCOL_41
+        | mysql_common::constants::CapabilityFlags::CLIENT_SSL
+        | mysql_common::constants::CapabilityFlags::CLIENT_SECURE_CONNECTION)
+        .bits();
+    let mut request = vec![32, 0, 0, 1];
+    request.extend_from_slice(&caps.to_le_bytes());
+    request.resize(4 + 32, 0);
+    stream.write_all(&request).await.expect("the SSLRequest");
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_or_stalled_tls_handshake_ends_only_that_connection() {
+    use tokio::io::AsyncReadExt;
+    let pki = TestPki::new("csmh-proxy test CA");
+    let server = tls_server(&pki, &pki.localhost("server")).await;
+    let mut config = proxy_config(server.addr(), listen_tls(&pki.localhost("proxy"), false), BackendTls::default());
+    config.listen.handshake_timeout_secs = 1;
+    let proxy = support::start_proxy(config).await;
+
+    let mut garbage = start_tls_request(proxy.addr()).await;
+    garbage.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5]).await.expect("a broken ClientHello");
+    let mut stalled = start_tls_request(proxy.addr()).await;
+    for stream in [&mut garbage, &mut stalled] {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "the proxy closes the connection (a TLS alert at most, no MySQL packet)");
+    }
+    let output = run_sql(cli_with_tls(proxy.addr(), &support::app(), &pki.ca), "SELECT 'still serving'").await;
+    assert!(support::cli_stdout(&output).contains("still serving"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while proxy.shared().metrics.connections_open() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "every session ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
