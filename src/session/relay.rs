@@ -37,7 +37,8 @@ impl Session {
         self.csmh.note_request(command, first_frame, request.span.is_single_frame());
         self.relay_request(request).await?;
         match command.response() {
-            Some(_) if command == Command::ChangeUser => {
+            // An authentication exchange (COM_CHANGE_USER) is relayed packet by packet, as the login's is.
+            Some(Expect::Auth) => {
                 let seq = Sequence::after(request.span.last_seq);
                 self.authenticate(seq, &mut request.answer_seq).await?;
                 self.csmh.follow_transaction_end(&self.edxapp).await;
