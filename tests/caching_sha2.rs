@@ -13,8 +13,9 @@
 //! - TLS on both legs: full authentication with the password in cleartext inside TLS on each leg, then fast;
 //! - a plaintext client and a server over TLS (`[backends.edxapp.tls] mode = "required"`): the proxy answers the
 //!   client's request for an RSA key with its own key and hands the server the password in cleartext over TLS;
-//!   a wrong password is refused by the server (1045); hand-written packets check each packet's sequence id on
-//!   both legs, for a full and a fast authentication;
+//!   a wrong password is refused by the server (1045); a client that encrypts with the server's own key, given to
+//!   it as a file, is refused by the proxy (1045, saying why); hand-written packets check each packet's sequence
+//!   id on both legs, for a full and a fast authentication;
 //! - a TLS client whose `edxapp` leg would be plaintext (`mode = "disabled"`, or a server without TLS): refused
 //!   with 1429 naming the setting, and nothing of the client's reaches the server;
 //! - COM_CHANGE_USER with full authentication on each combination of legs, the server answering with or without
@@ -400,6 +401,24 @@ async fn a_plaintext_clients_password_reaches_a_tls_server_through_the_proxys_ke
         "the server read each password in cleartext over TLS, and refused the wrong ones itself"
     );
     assert_eq!((site.logins_over("client", false), site.logins_over("edxapp", true)), (6, 6));
+}
+
+#[tokio::test]
+async fn a_client_with_the_servers_own_key_is_refused_when_the_proxy_carries_the_password() {
+    let site = Site::start(Legs::SERVER_TLS, ChangeUser::SameNonce).await;
+    let key = site.pki.dir().join("mysql84-public-key.pem");
+    std::fs::write(&key, site.server.public_key_pem()).expect("write the server's public key");
+
+    let login = PythonLogin { server_public_key: Some(&key), ..PythonLogin::new(None) };
+    let steps = login.run("pymysql", site.proxy.addr()).await;
+    assert_refused("pymysql", &steps, mysql84::ER_ACCESS_DENIED_ERROR, "does not decrypt with csmh-proxy's key");
+    let seen = site.server.ended(0).await;
+    assert!(
+        seen.packets.iter().all(|packet| packet.payload != format!("{PASSWORD}\0").as_bytes()),
+        "the server never got a password: {:?}",
+        seen.packets
+    );
+    assert_eq!(site.server_logins(), [], "the login ended before the server's verdict");
 }
 
 /// A plaintext client's logins through the proxy to a server over TLS, packet by packet, with the sequence ids
