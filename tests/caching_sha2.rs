@@ -52,8 +52,8 @@ use mysql_common::proto::MySerialize;
 use serde_json::Value;
 use support::clients;
 use support::mysql84::{
-    self, AuthPath, ChangeUser, FAST_AUTH_OK, Login, Mysql84, Options, PERFORM_FULL_AUTH, REQUEST_PUBLIC_KEY, Side,
-    Start,
+    self, Account, AuthPath, ChangeUser, FAST_AUTH_OK, Login, Mysql84, Options, PERFORM_FULL_AUTH, REQUEST_PUBLIC_KEY,
+    Side, Start,
 };
 use support::packages::MYSQLCLIENT;
 use support::tls::TestPki;
@@ -68,6 +68,10 @@ const PASSWORD: &str = "a password longer than the twenty-byte nonce";
 const OTHER_USER: &str = "edxapp002";
 /// Its password.
 const OTHER_PASSWORD: &str = "another password";
+/// An account that still uses mysql_native_password.
+const NATIVE_USER: &str = "edxapp_native";
+/// Its password.
+const NATIVE_PASSWORD: &str = "a native password";
 /// A password that is not [`USER`]'s.
 const WRONG_PASSWORD: &str = "not the password";
 /// What the server answers `SELECT CURRENT_USER()` with for [`USER`].
@@ -103,12 +107,17 @@ struct Site {
 }
 
 impl Site {
-    /// A server with [`USER`] and [`OTHER_USER`], both uncached, and the proxy in front of it.
+    /// A server with [`USER`] and [`OTHER_USER`] (caching_sha2_password, both uncached) and [`NATIVE_USER`], and
+    /// the proxy in front of it.
     async fn start(legs: Legs, change_user: ChangeUser) -> Site {
         let pki = TestPki::new("caching_sha2 test authority");
         let certificate = legs.server_tls.then(|| pki.localhost("mysql84"));
         let server = Mysql84::start(Options {
-            accounts: vec![(USER.to_owned(), PASSWORD.to_owned()), (OTHER_USER.to_owned(), OTHER_PASSWORD.to_owned())],
+            accounts: vec![
+                Account::caching_sha2(USER, PASSWORD),
+                Account::caching_sha2(OTHER_USER, OTHER_PASSWORD),
+                Account::native(NATIVE_USER, NATIVE_PASSWORD),
+            ],
             certificate,
             change_user,
         })
@@ -287,7 +296,7 @@ fn assert_refused(driver: &str, steps: &[Value], code: u16, part: &str) {
 #[tokio::test]
 async fn real_clients_log_in_to_the_scripted_server_as_to_mysql() {
     let pki = TestPki::new("scripted server authority");
-    let accounts = vec![(USER.to_owned(), PASSWORD.to_owned())];
+    let accounts = vec![Account::caching_sha2(USER, PASSWORD)];
     let plaintext = Mysql84::start(Options { accounts: accounts.clone(), ..Options::default() }).await;
     let tls =
         Mysql84::start(Options { accounts, certificate: Some(pki.localhost("mysql84")), ..Options::default() }).await;
@@ -429,14 +438,7 @@ async fn each_packet_of_a_login_through_the_proxys_key_has_its_legs_sequence_id(
 
     let (mut client, nonce) = RawLogin::start(&site).await;
     assert_eq!(client.read().await, (2, PERFORM_FULL_AUTH.to_vec()));
-    client.write(3, &REQUEST_PUBLIC_KEY).await;
-    let (seq, key) = client.read().await;
-    assert_eq!(seq, 4);
-    let pem = key.strip_prefix(&[0x01]).expect("AuthMoreData");
-    assert!(pem.starts_with(b"-----BEGIN PUBLIC KEY-----\n"), "{}", String::from_utf8_lossy(pem));
-    assert_ne!(pem, site.server.public_key_pem(), "the proxy's own key, not the server's");
-    client.write(5, &encrypt_password(PASSWORD, &nonce, pem)).await;
-    client.read_ok(6).await;
+    client.send_password_with_the_proxys_key(3, &nonce, &site).await;
     client.select_current_user().await;
     client.quit().await;
 
@@ -479,9 +481,8 @@ struct RawLogin {
 }
 
 impl RawLogin {
-    /// Connects to the proxy, reads its greeting and answers it as [`USER`] with the fast authentication's
-    /// scramble of [`PASSWORD`]; returns the connection and the greeting's nonce.
-    async fn start(site: &Site) -> (RawLogin, Vec<u8>) {
+    /// Connects to the proxy and reads its greeting; returns the connection and the greeting's nonce.
+    async fn connect(site: &Site) -> (RawLogin, Vec<u8>) {
         let stream = TcpStream::connect(site.proxy.addr()).await.expect("connect to the proxy");
         let mut client = RawLogin { stream };
         let (seq, greeting) = client.read().await;
@@ -490,9 +491,29 @@ impl RawLogin {
         assert_eq!(greeting.server_version_str(), mysql84::VERSION);
         assert_eq!(greeting.auth_plugin_name_ref(), Some(mysql84::CACHING_SHA2));
         assert!(!greeting.capabilities().contains(CapabilityFlags::CLIENT_SSL), "the proxy has no [listen.tls]");
-        let nonce = greeting.nonce();
-        client.write(1, &handshake_response(&nonce)).await;
+        (client, greeting.nonce())
+    }
+
+    /// Connects to the proxy and answers its greeting as [`USER`] with caching_sha2_password's scramble of
+    /// [`PASSWORD`]; returns the connection and the greeting's nonce.
+    async fn start(site: &Site) -> (RawLogin, Vec<u8>) {
+        let (mut client, nonce) = RawLogin::connect(site).await;
+        let scramble = mysql84::scramble(PASSWORD.as_bytes(), &nonce);
+        client.write(1, &handshake_response(USER, AuthPlugin::CachingSha2Password, &scramble)).await;
         (client, nonce)
+    }
+
+    /// After the server asked for [`PASSWORD`]: asks for the RSA key with sequence id `seq`, checks that the
+    /// proxy answers with its own, sends the password encrypted with it (XORed with `nonce`) and reads the OK.
+    async fn send_password_with_the_proxys_key(&mut self, seq: u8, nonce: &[u8], site: &Site) {
+        self.write(seq, &REQUEST_PUBLIC_KEY).await;
+        let (read, key) = self.read().await;
+        assert_eq!(read, seq + 1);
+        let pem = key.strip_prefix(&[0x01]).expect("AuthMoreData");
+        assert!(pem.starts_with(b"-----BEGIN PUBLIC KEY-----\n"), "{}", String::from_utf8_lossy(pem));
+        assert_ne!(pem, site.server.public_key_pem(), "the proxy's own key, not the server's");
+        self.write(seq + 2, &encrypt_password(PASSWORD, nonce, pem)).await;
+        self.read_ok(seq + 3).await;
     }
 
     /// Reads one packet: its sequence id and payload.
@@ -562,21 +583,20 @@ fn summary(packets: &[mysql84::Packet]) -> Vec<(Side, u8, &'static str)> {
         .collect()
 }
 
-/// A handshake response for [`USER`] answering `nonce` with caching_sha2_password's scramble of [`PASSWORD`].
-fn handshake_response(nonce: &[u8]) -> Vec<u8> {
+/// A handshake response for `user` answering with `scramble` for `plugin`.
+fn handshake_response(user: &str, plugin: AuthPlugin<'_>, scramble: &[u8]) -> Vec<u8> {
     let caps = CapabilityFlags::CLIENT_PROTOCOL_41
         | CapabilityFlags::CLIENT_SECURE_CONNECTION
         | CapabilityFlags::CLIENT_LONG_PASSWORD
         | CapabilityFlags::CLIENT_TRANSACTIONS
         | CapabilityFlags::CLIENT_PLUGIN_AUTH
         | CapabilityFlags::CLIENT_DEPRECATE_EOF;
-    let scramble = mysql84::scramble(PASSWORD.as_bytes(), nonce);
     let response = HandshakeResponse::new(
-        Some(scramble.as_slice()),
+        Some(scramble),
         (8, 4, 3),
-        Some(USER.as_bytes()),
+        Some(user.as_bytes()),
         None::<&[u8]>,
-        Some(AuthPlugin::CachingSha2Password),
+        Some(plugin),
         caps,
         None,
         16 * 1024 * 1024,

@@ -6,7 +6,10 @@
 //! - a greeting (protocol 10, version `8.4.3`, a 20-byte nonce, MySQL 8.4's capabilities, with CLIENT_SSL when
 //!   the server has a certificate, and `caching_sha2_password` as the authentication method);
 //! - an optional SSLRequest, then TLS;
-//! - the handshake response, whose scramble `XOR(SHA256(pw), SHA256(SHA256(SHA256(pw)) || nonce))` is checked
+//! - the handshake response, answered with an AuthSwitchRequest if the client used another method than the
+//!   account's (caching_sha2_password, or mysql_native_password for accounts created with it);
+//! - for mysql_native_password, the scramble is checked in that one round: OK or ERR 1045;
+//! - for caching_sha2_password, the scramble `XOR(SHA256(pw), SHA256(SHA256(SHA256(pw)) || nonce))` is checked
 //!   when the account's hash is cached ("fast" authentication: `[0x01, 0x03]` then OK). Otherwise, or when the
 //!   scramble does not match, the server asks for the password (`[0x01, 0x04]`): over TLS it reads the password
 //!   in cleartext; in plaintext it reads either a request for its RSA public key (`[0x02]`, answered with the
@@ -26,7 +29,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use aws_lc_rs::digest::{SHA256, digest};
+use aws_lc_rs::digest::{SHA1_FOR_LEGACY_USE_ONLY, SHA256, digest};
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rsa::{KeySize, OAEP_SHA1_MGF1SHA1, OaepPrivateDecryptingKey, PrivateDecryptingKey};
 use base64::Engine;
@@ -46,8 +49,11 @@ use super::tls::CertFiles;
 /// The version the server announces.
 pub const VERSION: &str = "8.4.3";
 
-/// The one authentication method of the server's accounts.
+/// The default authentication method, the one the greeting names.
 pub const CACHING_SHA2: &[u8] = b"caching_sha2_password";
+
+/// The legacy authentication method some accounts still use.
+pub const NATIVE_PASSWORD: &[u8] = b"mysql_native_password";
 
 /// AuthMoreData: fast authentication succeeded, an OK follows.
 pub const FAST_AUTH_OK: [u8; 2] = [0x01, 0x03];
@@ -116,11 +122,53 @@ pub enum ChangeUser {
     NewNonce,
 }
 
+/// An account's authentication method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// `caching_sha2_password`, MySQL 8.4's default.
+    CachingSha2,
+    /// `mysql_native_password`: `SHA1(pw) XOR SHA1(nonce || SHA1(SHA1(pw)))`, checked in one round.
+    NativePassword,
+}
+
+impl Method {
+    /// The method's name on the wire.
+    pub fn name(self) -> &'static [u8] {
+        match self {
+            Method::CachingSha2 => CACHING_SHA2,
+            Method::NativePassword => NATIVE_PASSWORD,
+        }
+    }
+}
+
+/// An account of the server.
+#[derive(Debug, Clone)]
+pub struct Account {
+    /// Its user name (any host).
+    pub user: String,
+    /// Its password.
+    pub password: String,
+    /// How it authenticates.
+    pub method: Method,
+}
+
+impl Account {
+    /// A caching_sha2_password account.
+    pub fn caching_sha2(user: &str, password: &str) -> Account {
+        Account { user: user.to_owned(), password: password.to_owned(), method: Method::CachingSha2 }
+    }
+
+    /// A mysql_native_password account.
+    pub fn native(user: &str, password: &str) -> Account {
+        Account { user: user.to_owned(), password: password.to_owned(), method: Method::NativePassword }
+    }
+}
+
 /// What the server is started with.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
-    /// Its accounts: user and password.
-    pub accounts: Vec<(String, String)>,
+    /// Its accounts.
+    pub accounts: Vec<Account>,
     /// Its certificate: CLIENT_SSL is offered when there is one.
     pub certificate: Option<CertFiles>,
     /// How it answers COM_CHANGE_USER.
@@ -162,6 +210,8 @@ pub enum AuthPath {
     },
     /// The client sent an empty scramble: no password.
     NoPassword,
+    /// mysql_native_password's one round.
+    NativePassword,
 }
 
 /// What started an authentication.
@@ -302,6 +352,14 @@ pub fn scramble(password: &[u8], nonce: &[u8]) -> Vec<u8> {
     stage1.as_ref().iter().zip(salted.as_ref()).map(|(a, b)| a ^ b).collect()
 }
 
+/// `SHA1(password) XOR SHA1(nonce || SHA1(SHA1(password)))`: mysql_native_password's scramble.
+pub fn native_scramble(password: &[u8], nonce: &[u8]) -> Vec<u8> {
+    let stage1 = digest(&SHA1_FOR_LEGACY_USE_ONLY, password);
+    let stage2 = digest(&SHA1_FOR_LEGACY_USE_ONLY, stage1.as_ref());
+    let salted = digest(&SHA1_FOR_LEGACY_USE_ONLY, &[nonce, stage2.as_ref()].concat());
+    stage1.as_ref().iter().zip(salted.as_ref()).map(|(a, b)| a ^ b).collect()
+}
+
 /// The server's RSA key pair, one per test process (a key takes a while to generate in a debug build).
 struct ServerKey {
     key: OaepPrivateDecryptingKey,
@@ -368,8 +426,13 @@ impl Shared {
         self.record.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn password_of(&self, user: &str) -> Option<&str> {
-        self.options.accounts.iter().find(|(name, _)| name == user).map(|(_, password)| password.as_str())
+    fn account(&self, user: &str) -> Option<&Account> {
+        self.options.accounts.iter().find(|account| account.user == user)
+    }
+
+    /// The method `user` authenticates with: caching_sha2_password for an unknown user, as for a new account.
+    fn method_of(&self, user: &str) -> Method {
+        self.account(user).map_or(Method::CachingSha2, |account| account.method)
     }
 
     fn is_cached(&self, user: &str) -> bool {
@@ -542,17 +605,18 @@ impl Conn {
     }
 
     /// Runs an authentication from the client's first answer (`scramble`, computed for `plugin`), switching the
-    /// client to caching_sha2_password if it used another method; returns whether it was granted.
+    /// client to the account's method if it used another; returns whether it was granted.
     async fn authenticate(&mut self, start: Start, user: &str, plugin: &[u8], mut scramble: Vec<u8>) -> Step<bool> {
+        let method = self.shared.method_of(user);
         let new_nonce = start == Start::ChangeUser && self.shared.options.change_user == ChangeUser::NewNonce;
         if new_nonce {
             self.nonce = nonce();
         }
-        if new_nonce || plugin != CACHING_SHA2 {
-            self.write(&[&[0xFE], CACHING_SHA2, &[0], &self.nonce, &[0]].concat()).await?;
+        if new_nonce || plugin != method.name() {
+            self.write(&[&[0xFE], method.name(), &[0], &self.nonce, &[0]].concat()).await?;
             scramble = self.read().await?;
         }
-        let password = self.shared.password_of(user).map(str::to_owned);
+        let password = self.shared.account(user).map(|account| account.password.clone());
         let mut login = Login {
             connection: self.id,
             start,
@@ -565,6 +629,10 @@ impl Conn {
         if scramble.is_empty() {
             login.path = AuthPath::NoPassword;
             login.granted = password.as_deref() == Some("");
+        } else if method == Method::NativePassword {
+            login.path = AuthPath::NativePassword;
+            login.granted =
+                password.is_some_and(|password| native_scramble(password.as_bytes(), &self.nonce) == scramble);
         } else if self.shared.is_cached(user)
             && password.as_ref().is_some_and(|password| self::scramble(password.as_bytes(), &self.nonce) == scramble)
         {
