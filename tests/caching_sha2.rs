@@ -21,8 +21,10 @@
 //! - COM_CHANGE_USER with full authentication on each combination of legs, the server answering with or without
 //!   an AuthSwitchRequest carrying a new nonce (mysql_async answers with the key it kept from the login;
 //!   Connector/C asks for the key again, and its COM_CHANGE_USER names `mysql_native_password`, so the server
-//!   switches it to caching_sha2_password with the same nonce). PyMySQL has no COM_CHANGE_USER, and mysql_async
-//!   is built without TLS here, so the TLS client legs are PyMySQL's and mysqlclient's.
+//!   switches it to caching_sha2_password with the same nonce), and with hand-written packets a COM_CHANGE_USER
+//!   naming caching_sha2_password after a login under mysql_native_password, as libmysqlclient sends it. PyMySQL
+//!   has no COM_CHANGE_USER, and mysql_async is built without TLS here, so the TLS client legs are PyMySQL's and
+//!   mysqlclient's.
 //!
 //! What relies on the protocol being relayed unchanged: every caching_sha2_password exchange except a plaintext
 //! client's full authentication with a server over TLS is relayed packet for packet, only the sequence ids
@@ -46,8 +48,9 @@ use csmh_proxy::server::ProxyHandle;
 use mysql_async::prelude::Queryable;
 use mysql_async::{ChangeUserOpts, Conn, OptsBuilder};
 use mysql_common::constants::CapabilityFlags;
+use mysql_common::constants::UTF8MB4_GENERAL_CI;
 use mysql_common::io::ParseBuf;
-use mysql_common::packets::{AuthPlugin, HandshakePacket, HandshakeResponse};
+use mysql_common::packets::{AuthPlugin, ComChangeUser, ComChangeUserMoreData, HandshakePacket, HandshakeResponse};
 use mysql_common::proto::MySerialize;
 use serde_json::Value;
 use support::clients;
@@ -475,7 +478,7 @@ async fn each_packet_of_a_login_through_the_proxys_key_has_its_legs_sequence_id(
     );
 }
 
-/// A hand-written client's connection to the proxy, for [`each_packet_of_a_login_through_the_proxys_key_has_its_legs_sequence_id`].
+/// A hand-written client's connection to the proxy, for the packet-level tests.
 struct RawLogin {
     stream: TcpStream,
 }
@@ -606,6 +609,18 @@ fn handshake_response(user: &str, plugin: AuthPlugin<'_>, scramble: &[u8]) -> Ve
     payload
 }
 
+/// A COM_CHANGE_USER to `user` answering with caching_sha2_password's `scramble`, naming that method.
+fn change_user_command(user: &str, scramble: &[u8]) -> Vec<u8> {
+    let more = ComChangeUserMoreData::new(UTF8MB4_GENERAL_CI).with_auth_plugin(Some(AuthPlugin::CachingSha2Password));
+    let command = ComChangeUser::new()
+        .with_user(Some(user.as_bytes()))
+        .with_auth_plugin_data(Some(scramble))
+        .with_more_data(Some(more));
+    let mut payload = Vec::new();
+    command.serialize(&mut payload);
+    payload
+}
+
 /// What a client sends with the key `pem`: `password\0` XORed with the nonce, encrypted with RSA-OAEP.
 fn encrypt_password(password: &str, nonce: &[u8], pem: &[u8]) -> Vec<u8> {
     let block: Vec<u8> =
@@ -709,4 +724,36 @@ async fn change_user_over_tls_legs_carries_the_password_in_cleartext() {
         let full = |start, user| full_login(0, start, user, password_of(user), AuthPath::FullCleartext);
         assert_eq!(site.server_logins(), [full(Start::Login, USER), full(Start::ChangeUser, OTHER_USER)], "{change:?}");
     }
+}
+
+/// A COM_CHANGE_USER naming caching_sha2_password after a login under mysql_native_password, as libmysqlclient's
+/// `mysql_change_user` sends it (it answers with its default method), to an account of that method whose hash
+/// is not cached: the server asks for the password without switching methods, and the proxy carries the full
+/// authentication as at a login.
+#[tokio::test]
+async fn change_user_to_caching_sha2_after_a_native_login_carries_the_full_authentication() {
+    let site = Site::start(Legs::SERVER_TLS, ChangeUser::SameNonce).await;
+    let (mut client, nonce) = RawLogin::connect(&site).await;
+    let native = mysql84::native_scramble(NATIVE_PASSWORD.as_bytes(), &nonce);
+    client.write(1, &handshake_response(NATIVE_USER, AuthPlugin::MysqlNativePassword, &native)).await;
+    client.read_ok(2).await;
+    client.write(0, &change_user_command(USER, &mysql84::scramble(PASSWORD.as_bytes(), &nonce))).await;
+    assert_eq!(client.read().await, (1, PERFORM_FULL_AUTH.to_vec()));
+    client.send_password_with_the_proxys_key(2, &nonce, &site).await;
+    client.select_current_user().await;
+    client.quit().await;
+
+    let native_login = Login {
+        connection: 0,
+        start: Start::Login,
+        user: NATIVE_USER.to_owned(),
+        tls: true,
+        path: AuthPath::NativePassword,
+        password: None,
+        granted: true,
+    };
+    assert_eq!(
+        site.server_logins(),
+        [native_login, full_login(0, Start::ChangeUser, USER, PASSWORD, AuthPath::FullCleartext)]
+    );
 }
