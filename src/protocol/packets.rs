@@ -463,6 +463,31 @@ impl AuthSwitch {
     }
 }
 
+/// The authentication method a COM_CHANGE_USER answers with, which is in force until the server switches it: the
+/// name after the user, the scramble, the database and the character set, under CLIENT_PLUGIN_AUTH. Empty when
+/// the command names none (or cannot be read: the server then refuses it).
+pub fn change_user_plugin(payload: &[u8], capabilities: CapabilityFlags) -> Vec<u8> {
+    let name = || {
+        let (_user, rest) = until_nul(payload.strip_prefix(&[super::command::COM_CHANGE_USER])?)?;
+        let rest = if capabilities.contains(CapabilityFlags::CLIENT_SECURE_CONNECTION) {
+            let (&len, rest) = rest.split_first()?;
+            rest.get(usize::from(len)..)?
+        } else {
+            until_nul(rest)?.1
+        };
+        let (_database, rest) = until_nul(rest)?;
+        let rest = rest.get(2..)?;
+        capabilities.contains(CapabilityFlags::CLIENT_PLUGIN_AUTH).then_some(until_nul(rest)?.0)
+    };
+    name().map(<[u8]>::to_vec).unwrap_or_default()
+}
+
+/// The bytes before the first NUL, and those after it.
+fn until_nul(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let nul = bytes.iter().position(|&b| b == 0)?;
+    Some((&bytes[..nul], &bytes[nul + 1..]))
+}
+
 /// What a server's packet during a login says, for the proxy's own logins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthAnswer {
@@ -695,5 +720,30 @@ mod tests {
         assert!(PrepareOk::set_statement_id(&mut ok, 0x8000_0007));
         assert_eq!(PrepareOk::parse(&ok).map(|p| p.statement_id), Some(0x8000_0007));
         assert!(!PrepareOk::set_statement_id(&mut [0xff, 1, 2], 1));
+    }
+
+    #[test]
+    fn the_method_a_change_user_answers_with_is_read() {
+        use mysql_common::packets::{AuthPlugin, ComChangeUser, ComChangeUserMoreData};
+        use mysql_common::proto::MySerialize;
+        let command = |plugin: Option<AuthPlugin<'static>>| {
+            let more = ComChangeUserMoreData::new(45).with_auth_plugin(plugin);
+            let command = ComChangeUser::new()
+                .with_user(Some(&b"edxapp001"[..]))
+                .with_auth_plugin_data(Some(&[7u8; 32][..]))
+                .with_database(Some(&b"edxapp"[..]))
+                .with_more_data(Some(more));
+            let mut payload = Vec::new();
+            command.serialize(&mut payload);
+            payload
+        };
+        let caps = CapabilityFlags::CLIENT_PROTOCOL_41
+            | CapabilityFlags::CLIENT_SECURE_CONNECTION
+            | CapabilityFlags::CLIENT_PLUGIN_AUTH;
+        let sha2 = command(Some(AuthPlugin::CachingSha2Password));
+        assert_eq!(change_user_plugin(&sha2, caps), CACHING_SHA2_PASSWORD);
+        assert_eq!(change_user_plugin(&command(None), caps), b"");
+        assert_eq!(change_user_plugin(&sha2, caps - CapabilityFlags::CLIENT_PLUGIN_AUTH), b"");
+        assert_eq!(change_user_plugin(&sha2[..12], caps), b"");
     }
 }

@@ -13,11 +13,14 @@ use crate::protocol::packets;
 
 impl Session {
     /// Carries on a full authentication from the client's packet at `span` (its first after the server asked for
-    /// the password), returning the legs' sequence ids once the server has the password to answer.
+    /// the password), returning the legs' sequence ids once the server has the password to answer. `answer_seq`
+    /// follows the client's packets, so that a password the proxy cannot pass on is refused with an error the
+    /// client reads.
     pub(super) async fn full_auth_for_plaintext_client(
         &mut self,
         span: PacketSpan,
         mut seq: Sequence,
+        answer_seq: &mut Option<u8>,
     ) -> Result<Sequence, SessionError> {
         let mut encrypted = self.client.buf.split_to(span.wire_len);
         if span.first_frame(&encrypted) == packets::REQUEST_PUBLIC_KEY {
@@ -27,6 +30,7 @@ impl Session {
             self.client.write_all(&out).await.map_err(SessionError::Client)?;
             let span = self.next_handshake_packet().await?;
             seq.client = span.last_seq.wrapping_add(1);
+            *answer_seq = Some(seq.client);
             encrypted = self.client.buf.split_to(span.wire_len);
         }
         let span = PacketSpan::find(&encrypted)

@@ -186,8 +186,10 @@ impl Session {
             }
             let span = self.next_handshake_packet().await?;
             seq.client = span.last_seq.wrapping_add(1);
+            // The client waits for the server's answer to its packet, which the proxy may give in its place.
+            *answer_seq = Some(seq.client);
             if full_auth && self.edxapp.conn.is_tls() && !self.client.is_tls() {
-                seq = self.full_auth_for_plaintext_client(span, seq).await?;
+                seq = self.full_auth_for_plaintext_client(span, seq, answer_seq).await?;
                 continue;
             }
             seq.server = span.renumber(&mut self.client.buf, seq.server);

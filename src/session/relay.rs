@@ -12,7 +12,7 @@ use crate::protocol::ProtocolError;
 use crate::protocol::command::{self, COM_RESET_CONNECTION, Command};
 use crate::protocol::conn::Connection;
 use crate::protocol::frame::PacketSpan;
-use crate::protocol::packets::MAX_HANDSHAKE_PACKET;
+use crate::protocol::packets::{self, MAX_HANDSHAKE_PACKET};
 use crate::protocol::response::{ClientTurn, End, Expect, Progress, ResponseScanner};
 
 impl Session {
@@ -35,6 +35,9 @@ impl Session {
         }
         let first_frame = request.span.first_frame(&self.client.buf);
         self.csmh.note_request(command, first_frame, request.span.is_single_frame());
+        if command == Command::ChangeUser {
+            self.edxapp.plugin = packets::change_user_plugin(first_frame, self.edxapp.caps.flags());
+        }
         self.relay_request(request).await?;
         match command.response() {
             // An authentication exchange (COM_CHANGE_USER) is relayed packet by packet, as the login's is.

@@ -12,6 +12,7 @@
 pub mod clients;
 pub mod edx;
 pub mod mutate;
+pub mod mysql84;
 pub mod packages;
 pub mod raw;
 pub mod record;

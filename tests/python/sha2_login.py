@@ -1,0 +1,91 @@
+"""Logs in with one Python driver, runs statements, and reports what the application sees as one JSON line per
+step: the login, then each statement's rows, or the exception's class and the code and message the driver reports.
+
+Usage: sha2_login.py DRIVER --address HOST:PORT --user U --password P [--ca PATH] [--server-public-key PATH]
+                     [--change-user U --change-password P] SQL...
+
+DRIVER is `pymysql` (which needs `cryptography` for caching_sha2_password's RSA exchange) or `mysqlclient`
+(MySQLdb on MariaDB Connector/C, whose caching_sha2_password plugin uses OpenSSL). With --ca the driver asks for
+TLS and verifies the server's certificate against the authority in PATH and the host name; without it, the
+connection is plaintext. --server-public-key gives PyMySQL the server's RSA public key (PEM), so that it does not
+ask for it. The login step also says whether the driver's connection is encrypted, where the driver tells
+(PyMySQL). With --change-user, step "change_user" logs in again as that user on the same connection
+(COM_CHANGE_USER; mysqlclient only: PyMySQL has no such call). A step that fails ends the script, except a
+statement's. The exit status is 0 whatever happened.
+"""
+
+import argparse
+import json
+
+
+def connect(driver, host, port, user, password, ca, server_public_key):
+    if driver == "mysqlclient":
+        import MySQLdb
+
+        # Connector/C has no MYSQL_OPT_SSL_MODE: mysqlclient turns VERIFY_IDENTITY into its "enforce TLS" and
+        # "verify the server's certificate" options.
+        tls = {"ssl": {"ca": ca}, "ssl_mode": "VERIFY_IDENTITY"} if ca else {}
+        return MySQLdb.connect(host=host, port=port, user=user, password=password, **tls)
+    import pymysql
+
+    tls = {"ssl_ca": ca, "ssl_verify_cert": True, "ssl_verify_identity": True} if ca else {}
+    if server_public_key:
+        with open(server_public_key, "rb") as pem:
+            tls["server_public_key"] = pem.read()
+    return pymysql.connect(host=host, port=port, user=user, password=password, **tls)
+
+
+def encrypted(conn):
+    """Whether the driver says its connection is encrypted; None where it does not tell."""
+    return getattr(conn, "_secure", None)
+
+
+def report(step, error=None, **fields):
+    line = {"step": step, **fields}
+    if error is not None:
+        line["class"] = type(error).__name__
+        line["code"] = error.args[0] if error.args else None
+        line["message"] = error.args[1] if len(error.args) > 1 else str(error)
+    print(json.dumps(line), flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("driver", choices=["mysqlclient", "pymysql"])
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--user", required=True)
+    parser.add_argument("--password", required=True)
+    parser.add_argument("--ca")
+    parser.add_argument("--server-public-key")
+    parser.add_argument("--change-user")
+    parser.add_argument("--change-password")
+    parser.add_argument("sql", nargs="*")
+    args = parser.parse_intermixed_args()
+    host, port = args.address.rsplit(":", 1)
+    try:
+        conn = connect(args.driver, host, int(port), args.user, args.password, args.ca, args.server_public_key)
+    except Exception as error:  # noqa: BLE001 - the class is what is reported
+        report("connect", error=error)
+        return 0
+    report("connect", encrypted=encrypted(conn))
+    if args.change_user:
+        try:
+            conn.change_user(args.change_user, args.change_password)
+        except Exception as error:  # noqa: BLE001
+            report("change_user", error=error)
+            return 0
+        report("change_user")
+    for sql in args.sql:
+        try:
+            cursor = conn.cursor()
+            cursor.execute(sql)
+            rows = [[str(value) for value in row] for row in cursor.fetchall()] if cursor.description else []
+            report(sql, rows=rows)
+        except Exception as error:  # noqa: BLE001
+            report(sql, error=error)
+    conn.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
