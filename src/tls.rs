@@ -158,7 +158,9 @@ pub enum LegRefusal {
 }
 
 impl BackendTls {
-    fn load(server: Server, backend: &config::Backend) -> Result<BackendTls, TlsError> {
+    /// Reads the files `backend`'s `[tls]` names and builds the connector for the backend `server`: the checks
+    /// every user of these settings (the proxy, and the migration commands before they log in) makes first.
+    pub fn load(server: Server, backend: &config::Backend) -> Result<BackendTls, TlsError> {
         let tls = &backend.tls;
         let key = |field: &str| format!("backends.{server}.tls.{field}");
         let name = tls.server_name.clone().unwrap_or_else(|| host_of(&backend.address).to_owned());
@@ -174,6 +176,12 @@ impl BackendTls {
     /// The mode in force.
     pub fn mode(&self) -> TlsMode {
         self.mode
+    }
+
+    /// The name sent in the handshake and, with `verify-identity`, checked against the certificate: `server_name`,
+    /// or the host of `address`.
+    pub fn server_name(&self) -> &ServerName<'static> {
+        &self.server_name
     }
 
     /// Whether the connection to a server that `offers_tls` (CLIENT_SSL in its greeting) runs inside TLS, for a

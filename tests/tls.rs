@@ -20,27 +20,11 @@ use serde_json::Value;
 use support::clients;
 use support::packages::MYSQLCLIENT;
 use support::tls::{CertFiles, TestPki};
-use support::{Account, MariaDb};
+use support::{Account, MariaDb, require_secure_transport, tls_server};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 /// PyMySQL, beside mysqlclient in the same environment.
 const PYMYSQL: &str = "PyMySQL==1.1.1";
-
-/// A MariaDB server serving `cert` (signed by `pki`), with the fixture's accounts and a database of its own.
-async fn tls_server(pki: &TestPki, cert: &CertFiles) -> Arc<MariaDb> {
-    let server = MariaDb::start_with(&pki.mariadb_options(cert)).await.expect("a MariaDB server with TLS");
-    for account in support::accounts() {
-        server.create_account(&account, &[]).await.expect("the fixture's accounts");
-    }
-    support::create_database(&server, "tls_data").await;
-    Arc::new(server)
-}
-
-/// Makes `server` refuse plaintext TCP logins, as a managed server with TLS required does.
-async fn require_secure_transport(server: &MariaDb) {
-    let mut root = support::root_conn(server).await;
-    root.query_drop("SET GLOBAL require_secure_transport = ON").await.expect("require_secure_transport");
-}
 
 /// A proxy configuration in front of `backend` (both backends on it), with TLS as given.
 fn proxy_config(backend: SocketAddr, listen: Option<ListenTls>, edxapp: BackendTls) -> Config {

@@ -1,7 +1,9 @@
 //! What can stop a migration command, each with the message the operator reads.
 
+use super::tls::LoginError;
 use crate::config::PasswordError;
 use crate::history::TableNameError;
+use crate::tls::TlsError;
 
 /// Why a migration command could not run or stopped; displayed as the command's error line.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +25,9 @@ pub enum MigrateError {
         /// `edxapp` or `csmh`.
         backend: &'static str,
     },
+    /// A file of a backend's `[tls]` cannot be used (the message names the key).
+    #[error("{0}")]
+    Tls(#[from] TlsError),
     /// Logging in to a backend failed.
     #[error("cannot connect to [backends.{backend}] at {address}: {source}")]
     Connect {
@@ -30,8 +35,8 @@ pub enum MigrateError {
         backend: &'static str,
         /// The address tried.
         address: String,
-        /// The client library's error.
-        source: mysql_async::Error,
+        /// Why: TLS as `[backends.<name>.tls]` asks for it, or the client library's error (boxed: it is large).
+        source: Box<LoginError>,
     },
     /// A backend did not complete the login in time.
     #[error("cannot connect to [backends.{backend}] at {address}: no login within {seconds} s (connect_timeout_secs)")]

@@ -1,14 +1,16 @@
 //! The two tables and the two server connections every migration command works with.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use mysql_async::{Conn, Opts, OptsBuilder};
 
 use super::MigrateError;
+use super::tls::LoginTls;
 use crate::config::{Backend, Config};
 use crate::history::Flags;
 use crate::history::TableName;
-use crate::topology::Topology;
+use crate::topology::{self, Topology};
 
 /// What a migration command acts on: the configuration's tables and flags.
 #[derive(Debug, Clone)]
@@ -35,22 +37,23 @@ pub struct Servers {
 }
 
 impl Site {
-    /// The site `config` describes. On one server, `[backends.csmh]` without a `user` logs in as
-    /// `[backends.edxapp]`'s user.
+    /// The site `config` describes, with the TLS files of both backends read and checked. On one server,
+    /// `[backends.csmh]` without a `user` logs in as `[backends.edxapp]` does: with its user, and its `[tls]`
+    /// (the only one the proxy uses there).
     pub fn new(config: &Config) -> Result<Site, MigrateError> {
-        let edxapp_login = login("edxapp", &config.backends.edxapp)?;
+        let edxapp = &config.backends.edxapp;
         let topology = Topology::of(&config.backends);
-        let csmh_login = match (&config.backends.csmh.user, topology) {
-            (None, Topology::OneServer) => edxapp_login.clone(),
-            _ => login("csmh", &config.backends.csmh)?,
+        let (csmh_section, csmh_settings) = match (&config.backends.csmh.user, topology) {
+            (None, Topology::OneServer) => (topology::Server::Edxapp, edxapp),
+            _ => (topology::Server::Csmh, &config.backends.csmh),
         };
         Ok(Site {
             old: config.history.old()?,
             extended: config.history.extended()?,
             flags: config.flags,
             topology,
-            edxapp: Server::new(&config.backends.edxapp, edxapp_login),
-            csmh: Server::new(&config.backends.csmh, csmh_login),
+            edxapp: Server::new(edxapp, topology::Server::Edxapp, edxapp)?,
+            csmh: Server::new(&config.backends.csmh, csmh_section, csmh_settings)?,
         })
     }
 
@@ -70,23 +73,13 @@ impl Site {
     }
 }
 
-/// A user and password.
-#[derive(Clone)]
-struct Login {
-    user: String,
-    password: Option<String>,
-}
-
-fn login(backend: &'static str, config: &Backend) -> Result<Login, MigrateError> {
-    let user = config.user.clone().ok_or(MigrateError::NoUser { backend })?;
-    let password = config.password().map_err(|source| MigrateError::Password { backend, source })?;
-    Ok(Login { user, password })
-}
-
 /// How to log in to one server.
 #[derive(Debug, Clone)]
 struct Server {
+    /// Everything but TLS.
     opts: Opts,
+    /// Shared by the clones, like `opts`.
+    tls: Arc<LoginTls>,
     connect_timeout: Duration,
 }
 
@@ -95,13 +88,19 @@ struct Server {
 const KEEPALIVE: Duration = Duration::from_secs(30);
 
 impl Server {
-    fn new(backend: &Backend, login: Login) -> Server {
+    /// The server at `backend`'s address and within its timeout, logged in to with the user, password and TLS
+    /// of `settings`, the section `[backends.<section>]`.
+    fn new(backend: &Backend, section: topology::Server, settings: &Backend) -> Result<Server, MigrateError> {
+        let user = settings.user.clone().ok_or(MigrateError::NoUser { backend: section.name() })?;
+        let password =
+            settings.password().map_err(|source| MigrateError::Password { backend: section.name(), source })?;
+        let tls = Arc::new(LoginTls::new(section, settings)?);
         let (host, port) = split_address(&backend.address);
         let opts = OptsBuilder::default()
             .ip_or_hostname(host)
             .tcp_port(port)
-            .user(Some(login.user))
-            .pass(login.password)
+            .user(Some(user))
+            .pass(password)
             .prefer_socket(false)
             .tcp_nodelay(true)
             .tcp_keepalive(Some(KEEPALIVE))
@@ -110,15 +109,15 @@ impl Server {
             .setup(vec!["SET NAMES utf8mb4"])
             .conn_ttl(None::<Duration>)
             .into();
-        Server { opts, connect_timeout: Duration::from_secs(backend.connect_timeout_secs) }
+        Ok(Server { opts, tls, connect_timeout: Duration::from_secs(backend.connect_timeout_secs) })
     }
 
-    /// A new connection, logged in within the backend's `connect_timeout_secs`.
+    /// A new connection, logged in within the backend's `connect_timeout_secs` (retries that TLS needs included).
     async fn connect(&self, backend: &'static str) -> Result<Conn, MigrateError> {
         let address = format!("{}:{}", self.opts.ip_or_hostname(), self.opts.tcp_port());
-        match tokio::time::timeout(self.connect_timeout, Conn::new(self.opts.clone())).await {
+        match tokio::time::timeout(self.connect_timeout, self.tls.connect(&self.opts)).await {
             Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(source)) => Err(MigrateError::Connect { backend, address, source }),
+            Ok(Err(source)) => Err(MigrateError::Connect { backend, address, source: Box::new(source) }),
             Err(_) => Err(MigrateError::ConnectTimeout { backend, address, seconds: self.connect_timeout.as_secs() }),
         }
     }

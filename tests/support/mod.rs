@@ -82,6 +82,22 @@ pub async fn private_server() -> Arc<MariaDb> {
     Arc::new(server)
 }
 
+/// A MariaDB server serving `cert` (signed by `pki`), with the fixture's accounts and a database of its own.
+pub async fn tls_server(pki: &tls::TestPki, cert: &tls::CertFiles) -> Arc<MariaDb> {
+    let server = MariaDb::start_with(&pki.mariadb_options(cert)).await.expect("a MariaDB server with TLS");
+    for account in accounts() {
+        server.create_account(&account, &[]).await.expect("the fixture's accounts");
+    }
+    create_database(&server, "tls_data").await;
+    Arc::new(server)
+}
+
+/// Makes `server` refuse plaintext TCP logins, as a managed server with TLS required does.
+pub async fn require_secure_transport(server: &MariaDb) {
+    let mut root = root_conn(server).await;
+    root.query_drop("SET GLOBAL require_secure_transport = ON").await.expect("require_secure_transport");
+}
+
 /// A root connection to `server`.
 pub async fn root_conn(server: &MariaDb) -> Conn {
     Conn::new(server.root_opts()).await.unwrap_or_else(|e| panic!("root cannot log in to {}: {e}", server.addr()))
