@@ -453,3 +453,25 @@ async fn a_broken_or_stalled_tls_handshake_ends_only_that_connection() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mysql_async_with_rustls_changes_user_with_tls_on_both_legs() {
+    let site = Site::new(true).await;
+    let ssl = mysql_async::SslOpts::default().with_root_certs(vec![site.pki.ca.clone().into()]);
+    let account = support::app();
+    let opts = mysql_async::OptsBuilder::from_opts(account.opts(site.proxy.addr(), Some("tls_data")))
+        .ip_or_hostname("localhost")
+        .ssl_opts(Some(ssl));
+    let mut conn = mysql_async::Conn::new(opts).await.expect("mysql_async logs in over TLS, verifying the proxy");
+    let other = support::other_app();
+    let options =
+        mysql_async::ChangeUserOpts::default().with_user(Some(other.user.clone())).with_pass(Some(other.password));
+    conn.change_user(options).await.expect("COM_CHANGE_USER inside TLS on both legs");
+    let user: Option<String> = conn.query_first("SELECT CURRENT_USER()").await.expect("a query after it");
+    assert!(user.is_some_and(|user| user.starts_with(&other.user)));
+    let cipher: Option<(String, String)> =
+        conn.query_first("SHOW SESSION STATUS LIKE 'Ssl_cipher'").await.expect("the server's leg");
+    assert!(cipher.is_some_and(|(_, cipher)| !cipher.is_empty()));
+    conn.disconnect().await.expect("disconnect");
+    assert_eq!(site.transports("client"), (1, 0));
+}
