@@ -232,12 +232,12 @@ fn client_config(server: Server, mode: TlsMode, tls: &config::BackendTls) -> Res
             let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
                 .build()
                 .map_err(|e| TlsError::new(key("ca"), format!("{}: {e}", ca.display())))?;
-            if mode == TlsMode::VerifyCa { Arc::new(AnyName(webpki)) } else { webpki }
+            if mode == TlsMode::VerifyCa { name_blind(Some(webpki)) } else { webpki }
         }
         (TlsMode::VerifyCa | TlsMode::VerifyIdentity, None) => {
             return Err(TlsError::new(key("ca"), "is needed to verify the server's certificate"));
         }
-        _ => Arc::new(Unverified(provider().signature_verification_algorithms)),
+        _ => name_blind(None),
     };
     let builder = builder.dangerous().with_custom_certificate_verifier(verifier);
     match (&tls.certificate, &tls.key) {
@@ -246,6 +246,11 @@ fn client_config(server: Server, mode: TlsMode, tls: &config::BackendTls) -> Res
             .map_err(|e| TlsError::new(key("key"), format!("does not go with the client certificate: {e}"))),
         _ => Ok(builder.with_no_client_auth()),
     }
+}
+
+/// A [`NameBlind`] verifier checking the chain against `authorities`, or nothing of the certificate without.
+fn name_blind(authorities: Option<Arc<WebPkiServerVerifier>>) -> Arc<dyn ServerCertVerifier> {
+    Arc::new(NameBlind { authorities, algorithms: provider().signature_verification_algorithms })
 }
 
 /// The one cryptography provider of the proxy's TLS: rustls's default, aws-lc-rs.
@@ -272,52 +277,17 @@ fn private_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsErro
         .map_err(|e| TlsError::new(key, format!("cannot read a PEM private key from {}: {e}", path.display())))
 }
 
-/// The verifier of the `preferred` and `required` modes: encryption without checking who the server is, as
-/// MySQL's clients do in those modes. The handshake's signatures are still checked against the certificate.
+/// The verifier of the modes that do not check the server's name: `preferred` and `required` (encryption
+/// without checking who the server is, as MySQL's clients do in those modes: `authorities` is `None`), and
+/// `verify-ca` (a certificate that chains to the configured authorities and is valid now, for whatever name it
+/// carries). The handshake's signatures are always checked against the certificate.
 #[derive(Debug)]
-struct Unverified(WebPkiSupportedAlgorithms);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
-    }
+struct NameBlind {
+    authorities: Option<Arc<WebPkiServerVerifier>>,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
-/// The verifier of `verify-ca`: the certificate must chain to the configured authorities and be valid now, for
-/// whatever name it carries.
-#[derive(Debug)]
-struct AnyName(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for AnyName {
+impl ServerCertVerifier for NameBlind {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -326,7 +296,8 @@ impl ServerCertVerifier for AnyName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+        let Some(authorities) = &self.authorities else { return Ok(ServerCertVerified::assertion()) };
+        match authorities.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -340,7 +311,7 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -349,11 +320,11 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 

@@ -232,7 +232,7 @@ async fn python() -> PathBuf {
     .await
 }
 
-/// A login with a Python driver (`tests/python/sha2_login.py`) as [`USER`].
+/// A login with a Python driver (`tests/python/client.py`) as [`USER`].
 #[derive(Debug, Clone, Copy)]
 struct PythonLogin<'a> {
     /// The password it gives.
@@ -254,7 +254,7 @@ impl<'a> PythonLogin<'a> {
     /// What `driver` reports of this login to `addr` and of `SELECT CURRENT_USER()` after it: one JSON object per
     /// step.
     async fn run(self, driver: &str, addr: SocketAddr) -> Vec<Value> {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/sha2_login.py");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/client.py");
         let mut command = tokio::process::Command::new(python().await);
         command
             .arg(script)

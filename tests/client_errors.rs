@@ -30,7 +30,7 @@ async fn python() -> PathBuf {
 
 /// What `driver` reports of connecting to `address` and running `statements`: one JSON object per step.
 async fn python_sees(driver: &str, address: SocketAddr, database: Option<&str>, statements: &[&str]) -> Vec<Value> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/client_error.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/client.py");
     let account = support::app();
     let mut command = tokio::process::Command::new(python().await);
     command
@@ -95,9 +95,10 @@ async fn every_client_reads_the_proxys_error_for_an_unreachable_csmh_server_and_
     let insert = edxapp_insert(1, "{}");
     for driver in DRIVERS {
         let steps = python_sees(driver, proxy.addr(), Some(&dbs.edxapp_db), &[&insert, "SELECT 1"]).await;
-        assert_eq!(steps.len(), 2, "{driver}: {steps:?}");
-        assert_error(&steps[0], 1429, "csmh server");
-        assert_eq!(steps[1]["rows"], serde_json::json!([["1"]]), "{driver}: the session goes on: {steps:?}");
+        assert_eq!(steps.len(), 3, "{driver}: {steps:?}");
+        assert_eq!(steps[0]["step"], "connect", "{driver}: {steps:?}");
+        assert_error(&steps[1], 1429, "csmh server");
+        assert_eq!(steps[2]["rows"], serde_json::json!([["1"]]), "{driver}: the session goes on: {steps:?}");
     }
     let (output, stderr) = cli_sees(proxy.addr(), Some(&dbs.edxapp_db), &format!("{insert}; SELECT 41 + 1")).await;
     assert!(stderr.contains("ERROR 1429") && stderr.contains("csmh server"), "mariadb printed: {stderr}");

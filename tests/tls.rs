@@ -68,10 +68,11 @@ fn ssl_cipher_in(output: &str) -> String {
     line["Ssl_cipher\t".len()..].trim().to_owned()
 }
 
-/// What `driver` (`mysqlclient` or `pymysql`) reports, one JSON value per step (see tests/python/client_error.py).
+/// What `driver` (`mysqlclient` or `pymysql`) reports, one JSON value per step (see tests/python/client.py); with
+/// `ca`, the driver requires TLS (mysqlclient with `ssl_mode="REQUIRED"`, PyMySQL verifying the certificate).
 async fn python_sees(driver: &str, addr: SocketAddr, ca: Option<&Path>, statements: &[&str]) -> Vec<Value> {
     let python = clients::blocking(|| MYSQLCLIENT.python_with(&[PYMYSQL], "import MySQLdb, pymysql")).await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/client_error.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/client.py");
     let account = support::app();
     let mut command = tokio::process::Command::new(python);
     command
@@ -80,7 +81,8 @@ async fn python_sees(driver: &str, addr: SocketAddr, ca: Option<&Path>, statemen
         .arg(format!("--address={addr}"))
         .arg(format!("--user={}", account.user))
         .arg(format!("--password={}", account.password))
-        .args(ca.map(|ca| format!("--ssl-ca={}", ca.display())))
+        .args(ca.map(|ca| format!("--ca={}", ca.display())))
+        .arg("--ssl-mode=REQUIRED")
         .args(statements);
     let output = clients::run_ok(&mut command).await;
     clients::text(&output.stdout).lines().map(|line| serde_json::from_str(line).expect("a JSON line")).collect()
@@ -131,9 +133,9 @@ async fn python_drivers_require_tls_and_get_a_cipher() {
         let steps =
             python_sees(driver, site.proxy.addr(), Some(&site.pki.ca), &["SHOW SESSION STATUS LIKE 'Ssl_cipher'"])
                 .await;
-        assert_eq!(steps[0]["step"], "tls", "{driver}: {steps:?}");
+        assert_eq!(steps[0]["step"], "connect", "{driver}: {steps:?}");
         if driver == "pymysql" {
-            assert!(steps[0]["rows"][0][0].as_str().is_some_and(|c| !c.is_empty()), "{steps:?}");
+            assert!(steps[0]["cipher"].as_str().is_some_and(|c| !c.is_empty()), "the client's leg: {steps:?}");
         }
         let cipher = &steps[1]["rows"][0][1];
         assert!(cipher.as_str().is_some_and(|c| !c.is_empty()), "{driver}: the server's leg: {steps:?}");

@@ -1,15 +1,15 @@
 """Logs in with one Python driver, runs statements, and reports what the application sees as one JSON line per
 step: the login, then each statement's rows, or the exception's class and the code and message the driver reports.
 
-Usage: sha2_login.py DRIVER --address HOST:PORT --user U --password P [--ca PATH] [--server-public-key PATH]
-                     [--change-user U --change-password P] SQL...
+Usage: client.py DRIVER --address HOST:PORT --user U --password P [--database DB] [--ca PATH [--ssl-mode MODE]]
+                 [--server-public-key PATH] [--change-user U --change-password P] SQL...
 
 DRIVER is `pymysql` (which needs `cryptography` for caching_sha2_password's RSA exchange) or `mysqlclient`
 (MySQLdb on MariaDB Connector/C, whose caching_sha2_password plugin uses OpenSSL). With --ca the driver asks for
-TLS and verifies the server's certificate against the authority in PATH and the host name; without it, the
-connection is plaintext. --server-public-key gives PyMySQL the server's RSA public key (PEM), so that it does not
-ask for it. The login step also says whether the driver's connection is encrypted, where the driver tells
-(PyMySQL). With --change-user, step "change_user" logs in again as that user on the same connection
+TLS and verifies the server's certificate against the authority in PATH and the host name (mysqlclient: as
+--ssl-mode says, VERIFY_IDENTITY by default; REQUIRED verifies nothing); without it, the connection is plaintext. --server-public-key gives PyMySQL the server's RSA public key (PEM), so that it does not
+ask for it. The login step also says whether the driver's connection is encrypted and its cipher, where the
+driver tells (PyMySQL). With --change-user, step "change_user" logs in again as that user on the same connection
 (COM_CHANGE_USER; mysqlclient only: PyMySQL has no such call). A step that fails ends the script, except a
 statement's. The exit status is 0 whatever happened.
 """
@@ -18,26 +18,34 @@ import argparse
 import json
 
 
-def connect(driver, host, port, user, password, ca, server_public_key):
-    if driver == "mysqlclient":
+def connect(args, host, port):
+    if args.driver == "mysqlclient":
         import MySQLdb
 
-        # Connector/C has no MYSQL_OPT_SSL_MODE: mysqlclient turns VERIFY_IDENTITY into its "enforce TLS" and
-        # "verify the server's certificate" options.
-        tls = {"ssl": {"ca": ca}, "ssl_mode": "VERIFY_IDENTITY"} if ca else {}
-        return MySQLdb.connect(host=host, port=port, user=user, password=password, **tls)
+        # Connector/C has no MYSQL_OPT_SSL_MODE: mysqlclient turns REQUIRED into its "enforce TLS" option, and
+        # VERIFY_IDENTITY into that and "verify the server's certificate".
+        tls = {"ssl": {"ca": args.ca}, "ssl_mode": args.ssl_mode} if args.ca else {}
+        database = {"database": args.database} if args.database else {}
+        return MySQLdb.connect(host=host, port=port, user=args.user, password=args.password, **database, **tls)
     import pymysql
 
-    tls = {"ssl_ca": ca, "ssl_verify_cert": True, "ssl_verify_identity": True} if ca else {}
-    if server_public_key:
-        with open(server_public_key, "rb") as pem:
+    tls = {"ssl_ca": args.ca, "ssl_verify_cert": True, "ssl_verify_identity": True} if args.ca else {}
+    if args.server_public_key:
+        with open(args.server_public_key, "rb") as pem:
             tls["server_public_key"] = pem.read()
-    return pymysql.connect(host=host, port=port, user=user, password=password, **tls)
+    return pymysql.connect(host=host, port=port, user=args.user, password=args.password, database=args.database, **tls)
 
 
 def encrypted(conn):
     """Whether the driver says its connection is encrypted; None where it does not tell."""
     return getattr(conn, "_secure", None)
+
+
+def cipher(conn):
+    """The cipher of the driver's own connection, where the driver exposes its socket (PyMySQL); else None."""
+    sock = getattr(conn, "_sock", None)
+    of_socket = getattr(sock, "cipher", None)
+    return of_socket()[0] if of_socket else None
 
 
 def report(step, error=None, **fields):
@@ -55,7 +63,9 @@ def main():
     parser.add_argument("--address", required=True)
     parser.add_argument("--user", required=True)
     parser.add_argument("--password", required=True)
+    parser.add_argument("--database")
     parser.add_argument("--ca")
+    parser.add_argument("--ssl-mode", default="VERIFY_IDENTITY")
     parser.add_argument("--server-public-key")
     parser.add_argument("--change-user")
     parser.add_argument("--change-password")
@@ -63,11 +73,11 @@ def main():
     args = parser.parse_intermixed_args()
     host, port = args.address.rsplit(":", 1)
     try:
-        conn = connect(args.driver, host, int(port), args.user, args.password, args.ca, args.server_public_key)
+        conn = connect(args, host, int(port))
     except Exception as error:  # noqa: BLE001 - the class is what is reported
         report("connect", error=error)
         return 0
-    report("connect", encrypted=encrypted(conn))
+    report("connect", encrypted=encrypted(conn), cipher=cipher(conn))
     if args.change_user:
         try:
             conn.change_user(args.change_user, args.change_password)
