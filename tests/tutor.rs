@@ -30,6 +30,14 @@ const TUTOR: Venv<'static> = Venv {
     build_packages: &[],
 };
 
+/// Tutor 21 (Ulmo), the previous major, which the plugin supports too.
+const TUTOR_21: Venv<'static> = Venv {
+    name: "tutor21-venv",
+    requirements: &["tutor==21.0.9"],
+    check: "import tutor, yaml",
+    build_packages: &[],
+};
+
 /// edxapp's database password in every rendered configuration.
 const OPENEDX_PASSWORD: &str = "openedx-password";
 
@@ -54,6 +62,8 @@ fn plugin_dir() -> &'static Path {
 
 /// A Tutor project root of the test's own, with the plugin enabled and the environment rendered.
 struct Tutor {
+    /// The virtual environment with this Tutor.
+    venv: &'static Venv<'static>,
     root: tempfile::TempDir,
     /// A `docker` that records its arguments instead of running anything (see [`Tutor::docker_runs`]).
     fake_bin: tempfile::TempDir,
@@ -62,7 +72,12 @@ struct Tutor {
 impl Tutor {
     /// Enables the plugin and runs `tutor config save` with `settings` (`KEY=VALUE`, as `--set` takes them).
     fn new(settings: &[&str]) -> Tutor {
-        let tutor = Tutor { root: tempfile::tempdir().expect("a root"), fake_bin: tempfile::tempdir().expect("a dir") };
+        Tutor::of(&TUTOR, settings)
+    }
+
+    /// The same as [`Tutor::new`] with the Tutor of `venv`.
+    fn of(venv: &'static Venv<'static>, settings: &[&str]) -> Tutor {
+        let tutor = Tutor { venv, root: tempfile::tempdir().expect("a root"), fake_bin: tempfile::tempdir().expect("a dir") };
         let docker = "#!/bin/sh\ncase \"$*\" in *' ls --format json'*) echo '[]'; exit 0;; esac\n\
                       n=$(ls \"$FAKE_DOCKER_RUNS\" | wc -l); printf '%s\\0' \"$@\" > \"$FAKE_DOCKER_RUNS/$n\"\n";
         let path = tutor.fake_bin.path().join("docker");
@@ -84,7 +99,7 @@ impl Tutor {
 
     /// Runs `tutor ARGS` and returns its output, which must show success.
     fn run(&self, args: &[&str]) -> Output {
-        let tutor = TUTOR.python().with_file_name("tutor");
+        let tutor = self.venv.python().with_file_name("tutor");
         let path = format!("{}:{}", self.fake_bin.path().display(), std::env::var("PATH").unwrap_or_default());
         let output = Command::new(tutor)
             .args(args)
@@ -111,7 +126,7 @@ impl Tutor {
     /// The YAML documents of a rendered file, as JSON values (PyYAML parses them).
     fn yaml(&self, path: &str) -> Vec<Value> {
         let code = "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))";
-        let output = Command::new(TUTOR.python()).args(["-c", code]).arg(self.env(path)).output().unwrap();
+        let output = Command::new(self.venv.python()).args(["-c", code]).arg(self.env(path)).output().unwrap();
         assert_succeeded(&output, &format!("parsing {path}"));
         serde_json::from_slice(&output.stdout).expect("JSON")
     }
@@ -185,6 +200,18 @@ fn compose_runs_the_proxy_and_points_edxapp_at_it() {
     }
     let lms_yml = tutor.read("apps/openedx/config/lms.env.yml");
     assert!(lms_yml.contains("HOST: \"mysql\""), "MYSQL_HOST is not overridden:\n{lms_yml}");
+}
+
+#[test]
+fn tutor_21_renders_the_same() {
+    let (current, previous) = (Tutor::new(&[]), Tutor::of(&TUTOR_21, &[]));
+    for path in [PROXY_TOML, "plugins/csmh-proxy/k8s/migrate-job.yml"] {
+        assert_eq!(current.read(path), previous.read(path), "{path}");
+    }
+    let services = &previous.yaml("local/docker-compose.yml")[0]["services"];
+    assert!(services["lms"]["depends_on"].as_array().unwrap().contains(&"csmh-proxy".into()));
+    assert!(previous.read("apps/openedx/settings/lms/production.py").contains("= \"csmh-proxy\""));
+    assert_succeeded(&check_config(&previous.env(PROXY_TOML)), "check-config on Tutor 21's rendering");
 }
 
 #[test]
