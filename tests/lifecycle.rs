@@ -129,3 +129,19 @@ async fn sigterm_drains_then_lets_transactions_finish_and_answers_idle_sessions_
     assert_eq!(committed, vec![1, 2], "the transaction in flight at SIGTERM committed whole");
     assert!(!healthcheck(&probes, "livez").await.status.success(), "nothing answers once it has exited");
 }
+
+#[test]
+fn the_images_health_check_runs_the_binarys_own_probe() {
+    let dockerfile = include_str!("../Dockerfile");
+    let line = dockerfile.lines().skip_while(|line| !line.starts_with("HEALTHCHECK")).nth(1).expect("HEALTHCHECK");
+    let exec = line.trim().strip_prefix("CMD ").expect("HEALTHCHECK … CMD");
+    let argv: Vec<String> = serde_json::from_str(exec).expect("the exec form: no shell in the image");
+    assert_eq!(argv[0], "/usr/local/bin/csmh-proxy");
+    assert!(dockerfile.contains("COPY --from=build /src/target/release/csmh-proxy /usr/local/bin/csmh-proxy"));
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_csmh-proxy"))
+        .args(&argv[1..])
+        .arg("--help")
+        .output()
+        .expect("the binary runs");
+    assert!(help.status.success(), "`{}` is a subcommand: {help:?}", argv[1..].join(" "));
+}
