@@ -1,6 +1,8 @@
 //! The admin HTTP listener (`[admin] address`, off when absent): `GET /metrics` in the Prometheus text format,
-//! `GET /healthz` (both backends accept a TCP connection), and `GET /config` (the configuration in force, as JSON,
-//! without secrets). It reads the same [`ProxyState`] state as the sessions, so it follows reloads.
+//! `GET /livez` (the process serves: a liveness probe), `GET /readyz` (it accepts clients and is not shutting
+//! down: a readiness probe, which asks nothing of the backends), `GET /healthz` (both backends accept a TCP
+//! connection), and `GET /config` (the configuration in force, as JSON, without secrets). It reads the same
+//! [`ProxyState`] state as the sessions, so it follows reloads, and it serves until the sessions are done.
 
 use std::io;
 use std::sync::Arc;
@@ -90,6 +92,8 @@ pub async fn serve(
 pub fn routes(shared: Arc<ProxyState>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_endpoint))
+        .route("/livez", get(live_endpoint))
+        .route("/readyz", get(ready_endpoint))
         .route("/healthz", get(health_endpoint))
         .route("/config", get(config_endpoint))
         .with_state(shared)
@@ -140,6 +144,23 @@ pub struct Probe {
     /// Why not, when it did not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// `GET /livez`: 200 while the process serves HTTP at all (a restart would not help otherwise).
+async fn live_endpoint() -> &'static str {
+    "live\n"
+}
+
+/// `GET /readyz`: 200 while the proxy accepts clients with a configuration in force; 503 from the moment it
+/// begins to shut down, so a load balancer sends new clients elsewhere while it drains. The backends are not
+/// probed: a server outage would make every replica unready at once, and clients would get nothing instead of
+/// the proxy's error naming the server.
+async fn ready_endpoint(State(shared): State<Arc<ProxyState>>) -> (StatusCode, &'static str) {
+    if shared.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining: shutting down\n")
+    } else {
+        (StatusCode::OK, "ready\n")
+    }
 }
 
 /// `GET /healthz`: 200 when both backends accept a TCP connection within [`HEALTH_TIMEOUT`], 503 otherwise; the
@@ -319,6 +340,91 @@ fn target_id(target: Target) -> &'static str {
         Target::ExtendedTable => "extended_table",
         Target::BothTables => "both_tables",
         Target::Blocked => "blocked",
+    }
+}
+
+/// Which of the proxy's own probes `csmh-proxy healthcheck` asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HealthProbe {
+    /// `/livez`: the process serves.
+    Livez,
+    /// `/readyz`: it accepts clients and is not shutting down.
+    Readyz,
+}
+
+impl HealthProbe {
+    fn path(self) -> &'static str {
+        match self {
+            HealthProbe::Livez => "/livez",
+            HealthProbe::Readyz => "/readyz",
+        }
+    }
+}
+
+/// Why `csmh-proxy healthcheck` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The configuration has no `[admin]` listener to ask.
+    #[error("no [admin] address in the configuration: the probes are served by the admin listener")]
+    NoAdmin,
+    /// The admin listener could not be reached or did not answer in time.
+    #[error("{address}: {source}")]
+    Unreachable {
+        /// Where it was asked.
+        address: String,
+        /// What failed.
+        source: io::Error,
+    },
+    /// It answered with another status than 200.
+    #[error("{address}{path} answered: {status_line}")]
+    NotOk {
+        /// Where it was asked.
+        address: String,
+        /// The probe's path.
+        path: &'static str,
+        /// The answer's status line.
+        status_line: String,
+    },
+}
+
+/// How long `csmh-proxy healthcheck` waits for the whole answer.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Asks the running proxy's admin listener at `admin` (`[admin] address`; a wildcard host is asked on loopback)
+/// for `probe`, as a container's exec health check does: `Ok` on a 200.
+///
+/// A request this small is written by hand rather than with an HTTP client crate: the image has no shell or
+/// curl, and the binary needs only one status line.
+pub async fn probe_self(admin: &str, probe: HealthProbe) -> Result<(), ProbeError> {
+    let address = loopback_for_wildcard(admin);
+    let unreachable = |source| ProbeError::Unreachable { address: address.clone(), source };
+    let ask = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = TcpStream::connect(&address).await?;
+        let request = format!("GET {} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n", probe.path());
+        stream.write_all(request.as_bytes()).await?;
+        let mut answer = Vec::new();
+        stream.take(4096).read_to_end(&mut answer).await?;
+        Ok::<_, io::Error>(answer)
+    };
+    let answer = match tokio::time::timeout(PROBE_TIMEOUT, ask).await {
+        Ok(answer) => answer.map_err(unreachable)?,
+        Err(_) => return Err(unreachable(io::Error::new(io::ErrorKind::TimedOut, "no answer in time"))),
+    };
+    let status_line = String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_owned();
+    if status_line.split_whitespace().nth(1) == Some("200") {
+        Ok(())
+    } else {
+        Err(ProbeError::NotOk { address, path: probe.path(), status_line })
+    }
+}
+
+/// `admin` with a wildcard host (`0.0.0.0`, `[::]`) replaced by the loopback address of its family.
+fn loopback_for_wildcard(admin: &str) -> String {
+    match admin.rsplit_once(':') {
+        Some(("0.0.0.0", port)) => format!("127.0.0.1:{port}"),
+        Some(("[::]", port)) => format!("[::1]:{port}"),
+        _ => admin.to_owned(),
     }
 }
 

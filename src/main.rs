@@ -30,6 +30,13 @@ enum Command {
     Serve(ServeArgs),
     /// Validate the configuration and print the routing it implies.
     CheckConfig,
+    /// Ask the running proxy's admin listener (`[admin] address` of the configuration) for a probe: exit 0 when it
+    /// answers 200. For a container's exec health check: the image needs no shell or curl.
+    Healthcheck {
+        /// The probe: `livez` (the process serves) or `readyz` (it accepts clients and is not shutting down).
+        #[arg(long, value_enum, default_value = "livez")]
+        probe: csmh_proxy::admin::HealthProbe,
+    },
     /// Start local MariaDB servers with the edX tables and serve the proxy in front of them.
     Sandbox(SandboxArgs),
     /// Print what the proxy would do with each statement (one per line) of FILE, or of standard input.
@@ -123,6 +130,12 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(1)
             }
         },
+        Command::Healthcheck { probe } => {
+            let config = csmh_proxy::config::Config::load(&cli.config)?;
+            let admin = config.admin.ok_or(csmh_proxy::admin::ProbeError::NoAdmin)?;
+            runtime.block_on(csmh_proxy::admin::probe_self(&admin.address, probe))?;
+            Ok(())
+        }
         Command::Sandbox(args) => runtime.block_on(csmh_proxy::sandbox::run(args)),
         Command::Route { file } => {
             let config = csmh_proxy::config::Config::load(&cli.config)?;

@@ -70,18 +70,28 @@ impl Proxy {
         Arc::clone(&self.shared)
     }
 
-    /// Serves clients until `shutdown` resolves; then stops accepting, lets sessions finish the statement they
-    /// are running (up to `listen.shutdown_timeout_secs`), and closes the rest.
+    /// Serves clients until `shutdown` resolves; then drains: unready at once (`/readyz` 503) while it goes on
+    /// accepting for `listen.drain_secs`, then stops accepting, lets sessions finish the statement and the
+    /// transaction they are in (up to `listen.shutdown_timeout_secs`; an idle session's next request gets 1053),
+    /// and closes the rest.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let watcher = self.watch.map(|watch| Watcher::spawn(watch, Arc::clone(&self.shared)));
         let stop = CancellationToken::new();
         let admin: Option<AdminServer> =
             self.admin.map(|listener| admin::spawn(listener, Arc::clone(&self.shared), stop.child_token()));
         let mut sessions = JoinSet::new();
-        tokio::pin!(shutdown);
+        let shared = Arc::clone(&self.shared);
+        let drained = async move {
+            shutdown.await;
+            shared.start_draining();
+            let drain = Duration::from_secs(shared.snapshot().config.listen.drain_secs);
+            info!(drain_secs = drain.as_secs(), "shutdown requested: unready, still accepting while draining");
+            tokio::time::sleep(drain).await;
+        };
+        tokio::pin!(drained);
         loop {
             tokio::select! {
-                _ = &mut shutdown => break,
+                () = &mut drained => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, peer)) => start_session(&self.shared, stream, peer, &mut sessions, &stop),
                     Err(error) => {
@@ -176,7 +186,7 @@ pub async fn serve(config: Config, watch: Watch) -> anyhow::Result<()> {
     let proxy = Proxy::bind(config).await?.watch_config(watch);
     info!(address = %proxy.local_addr(), "listening");
     if let Some(address) = proxy.admin_addr() {
-        info!(%address, "admin listening (/metrics, /healthz, /config)");
+        info!(%address, "admin listening (/metrics, /livez, /readyz, /healthz, /config)");
     }
     proxy.run(shutdown_signal()).await
 }

@@ -1,7 +1,7 @@
 //! The proxy's state that every session shares ([`ProxyState`]): the [`ConfigSnapshot`] in force, the counters,
 //! and the reload bookkeeping (the configuration's generation, reloads applied and rejected).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
@@ -70,6 +70,8 @@ pub struct ProxyState {
     pub admission: Admission,
     /// The RSA key for caching_sha2_password's full authentication of plaintext clients, made on first use.
     auth_key: tokio::sync::OnceCell<Option<AuthKey>>,
+    /// Set once the proxy began to shut down: it is no longer ready for new clients.
+    draining: AtomicBool,
 }
 
 impl ProxyState {
@@ -84,7 +86,18 @@ impl ProxyState {
             grants: GrantCache::default(),
             admission: Admission::default(),
             auth_key: tokio::sync::OnceCell::new(),
+            draining: AtomicBool::new(false),
         })
+    }
+
+    /// Marks the proxy as shutting down: `/readyz` answers 503 from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the proxy is shutting down.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// The proxy's RSA key for caching_sha2_password's full authentication, generated the first time a session

@@ -151,6 +151,7 @@ impl Found {
         let Listen {
             address,
             shutdown_timeout_secs,
+            drain_secs,
             max_connections,
             max_handshakes,
             handshake_timeout_secs,
@@ -160,6 +161,7 @@ impl Found {
         } = new;
         self.shown("listen.address", &old.address, address);
         self.shown("listen.shutdown_timeout_secs", old.shutdown_timeout_secs, *shutdown_timeout_secs);
+        self.shown("listen.drain_secs", old.drain_secs, *drain_secs);
         self.shown("listen.max_connections", old.max_connections, *max_connections);
         self.shown("listen.max_handshakes", old.max_handshakes, *max_handshakes);
         self.shown("listen.handshake_timeout_secs", old.handshake_timeout_secs, *handshake_timeout_secs);

@@ -54,9 +54,13 @@ pub struct Config {
 pub struct Listen {
     /// `host:port` to accept MySQL clients on.
     pub address: String,
-    /// Seconds a shutdown waits for in-flight statements before closing connections.
+    /// Seconds a shutdown waits for in-flight statements and open transactions before closing connections.
     #[serde(default = "default_shutdown_timeout_secs")]
     pub shutdown_timeout_secs: u64,
+    /// Seconds the proxy goes on accepting and serving after SIGTERM, already unready (`/readyz` 503), while a
+    /// load balancer (a Kubernetes Service) stops sending it new clients; then the shutdown proper begins.
+    #[serde(default)]
+    pub drain_secs: u64,
     /// Client connections served at once; a client beyond them gets error 1040 and no backend connection.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,

@@ -18,6 +18,8 @@ pub fn is_err_packet(payload: &[u8]) -> bool {
 
 /// The error codes the proxy uses, under MySQL's names for them.
 pub mod code {
+    /// The proxy is shutting down: a session's next request outside a transaction is answered with it.
+    pub const ER_SERVER_SHUTDOWN: u16 = 1053;
     /// The proxy already serves as many connections (or unauthenticated handshakes) as it may: the new one is
     /// refused before the greeting, as a server at `max_connections` refuses it.
     pub const ER_CON_COUNT_ERROR: u16 = 1040;

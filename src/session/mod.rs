@@ -179,12 +179,18 @@ impl Session {
                     None => return Ok(()),
                 },
                 read = self.edxapp.conn.fill() => return Err(relay::unsolicited(read)),
-                _ = shutdown.cancelled() => return Ok(()),
+                // From now on the session only finishes what it is in: see below.
+                () = shutdown.cancelled(), if !shutdown.is_cancelled() => continue,
             };
             let Some(mut request) = self.request(span) else {
                 self.answer_empty_packet(span).await?;
                 continue;
             };
+            if shutdown.is_cancelled() && !self.in_open_transaction() && request.command != Command::Quit {
+                // The proxy is shutting down: a session's next request outside a transaction is its last.
+                let _ = self.answer_error(&mut request, server_shutdown()).await;
+                return Ok(());
+            }
             match self.serve(&mut request, hangup.as_mut()).await {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Quit) => return Ok(()),
@@ -196,12 +202,16 @@ impl Session {
         }
     }
 
+    /// Whether a transaction is open on either server: with autocommit off, one whose statements so far ran on
+    /// the `csmh` server only has none open on `edxapp` yet.
+    fn in_open_transaction(&self) -> bool {
+        self.edxapp.transaction_open() || self.csmh.in_transaction()
+    }
+
     /// The request whose packet lies at `span`, with the configuration snapshot that decides it; `None` for an
     /// empty packet, which is no command at all.
     fn request(&mut self, span: PacketSpan) -> Option<Request> {
-        // A transaction is open on either server: with autocommit off, one whose statements so far ran on the
-        // `csmh` server only has none open on `edxapp` yet.
-        let open = self.edxapp.transaction_open() || self.csmh.in_transaction();
+        let open = self.in_open_transaction();
         let snapshot = self.transaction.snapshot(open, &self.shared);
         let first_frame = span.first_frame(&self.client.buf);
         let command = Command::of(first_frame)?;
@@ -315,6 +325,16 @@ impl Session {
             Decision::Route(Route::Refuse(error)) => self.refuse(request, error).await,
         }
     }
+}
+
+/// The answer to a request outside a transaction once the proxy is shutting down, as a server shutting down
+/// answers.
+fn server_shutdown() -> MysqlError {
+    MysqlError::new(
+        code::ER_SERVER_SHUTDOWN,
+        sqlstate::LINK_FAILURE,
+        "Server shutdown in progress (csmh-proxy is stopping)",
+    )
 }
 
 /// The error for a command the proxy does not relay.
