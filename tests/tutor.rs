@@ -31,33 +31,49 @@ const TUTOR: Venv<'static> = Venv {
 };
 
 /// Tutor 21 (Ulmo), the previous major, which the plugin supports too.
-const TUTOR_21: Venv<'static> = Venv {
-    name: "tutor21-venv",
-    requirements: &["tutor==21.0.9"],
-    check: "import tutor, yaml",
-    build_packages: &[],
-};
+const TUTOR_21: Venv<'static> =
+    Venv { name: "tutor21-venv", requirements: &["tutor==21.0.9"], check: "import tutor, yaml", build_packages: &[] };
 
 /// edxapp's database password in every rendered configuration.
 const OPENEDX_PASSWORD: &str = "openedx-password";
 
 /// The directory the plugin is installed in (`pip install --target`), once per test binary.
 fn plugin_dir() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
+    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &DIR.get_or_init(|| {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let plugin = Path::new(env!("CARGO_MANIFEST_DIR")).join("tutor-contrib-csmh-proxy");
+        // pip builds in the source tree: build a copy, so that the tests write nothing into the repository.
+        let plugin = dir.path().join("source");
+        copy_tree(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tutor-contrib-csmh-proxy"), &plugin);
         let pip = Command::new(TUTOR.python())
             .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--quiet"])
             .args(["--no-deps", "--no-build-isolation", "--target"])
-            .arg(dir.path())
+            .arg(dir.path().join("site"))
             .arg(&plugin)
             .output()
             .expect("pip runs");
         assert_succeeded(&pip, "pip install ./tutor-contrib-csmh-proxy");
-        dir
+        let site = dir.path().join("site");
+        (dir, site)
     })
-    .path()
+    .1
+}
+
+/// Copies the files of `from` to `to`, leaving out what a build left there.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == "build" || name.ends_with(".egg-info") || name == "__pycache__" {
+            continue;
+        }
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &to.join(&name));
+        } else {
+            std::fs::copy(entry.path(), to.join(&name)).unwrap();
+        }
+    }
 }
 
 /// A Tutor project root of the test's own, with the plugin enabled and the environment rendered.
@@ -77,7 +93,8 @@ impl Tutor {
 
     /// The same as [`Tutor::new`] with the Tutor of `venv`.
     fn of(venv: &'static Venv<'static>, settings: &[&str]) -> Tutor {
-        let tutor = Tutor { venv, root: tempfile::tempdir().expect("a root"), fake_bin: tempfile::tempdir().expect("a dir") };
+        let tutor =
+            Tutor { venv, root: tempfile::tempdir().expect("a root"), fake_bin: tempfile::tempdir().expect("a dir") };
         let docker = "#!/bin/sh\ncase \"$*\" in *' ls --format json'*) echo '[]'; exit 0;; esac\n\
                       n=$(ls \"$FAKE_DOCKER_RUNS\" | wc -l); printf '%s\\0' \"$@\" > \"$FAKE_DOCKER_RUNS/$n\"\n";
         let path = tutor.fake_bin.path().join("docker");
@@ -186,6 +203,7 @@ fn compose_runs_the_proxy_and_points_edxapp_at_it() {
         assert!(depends.contains(&"csmh-proxy".into()), "{service}: {depends:?}");
     }
     let jobs = &tutor.yaml("local/docker-compose.jobs.yml")[0]["services"];
+    assert_eq!(jobs["csmh-proxy-job"]["image"], "docker.io/csmh/csmh-proxy:0.1.0-jobs", "an image with a shell");
     assert_eq!(jobs["csmh-proxy-job"]["entrypoint"], serde_json::json!([]), "Tutor runs tasks with sh -e -c");
     let dev = &tutor.yaml("dev/docker-compose.yml")[0]["services"];
     assert_eq!(dev["csmh-proxy"]["ports"], serde_json::json!(["127.0.0.1:6080:6080"]));
@@ -217,7 +235,8 @@ fn tutor_21_renders_the_same() {
 #[test]
 fn kubernetes_manifests_validate() {
     let tutor = Tutor::new(&["CSMH_PROXY_LISTEN_TLS=true", "CSMH_PROXY_MIGRATE_ARGS=--max-rows-per-second 5000"]);
-    let manifests = ["k8s/deployments.yml", "k8s/services.yml", "k8s/jobs.yml", "plugins/csmh-proxy/k8s/migrate-job.yml"];
+    let manifests =
+        ["k8s/deployments.yml", "k8s/services.yml", "k8s/jobs.yml", "plugins/csmh-proxy/k8s/migrate-job.yml"];
     let validate = Command::new(TUTOR.python().with_file_name("kubernetes-validate"))
         .args(["--strict", "--quiet"])
         .args(manifests.map(|path| tutor.env(path)))
@@ -264,7 +283,9 @@ fn the_rendered_proxy_toml_passes_check_config() {
     let output = check_config(&tutor.env(PROXY_TOML));
     assert_succeeded(&output, "check-config on the default rendering");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    for expected in ["topology:        one server, mysql:3306", "old table:       openedx.courseware_studentmodulehistory"] {
+    for expected in
+        ["topology:        one server, mysql:3306", "old table:       openedx.courseware_studentmodulehistory"]
+    {
         assert!(stdout.contains(expected), "no `{expected}` in:\n{stdout}");
     }
 
@@ -304,7 +325,13 @@ fn a_truncated_proxy_toml_is_refused() {
 fn flags_set_changes_only_the_proxys_configuration() {
     let tutor = Tutor::new(&[]);
     let before = rendered_files(&tutor.env(""));
-    tutor.run(&["csmh-proxy", "flags", "set", "ENABLE_CSMH_EXTENDED=true", "ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES=true"]);
+    tutor.run(&[
+        "csmh-proxy",
+        "flags",
+        "set",
+        "ENABLE_CSMH_EXTENDED=true",
+        "ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES=true",
+    ]);
     let after = rendered_files(&tutor.env(""));
     let changed: Vec<&String> = after.keys().filter(|path| before.get(*path) != after.get(*path)).collect();
     assert_eq!(changed, [PROXY_TOML], "only the proxy's file changes");
@@ -432,7 +459,13 @@ fn the_init_task_and_the_proxy_on_a_server_laid_out_as_tutors() {
         assert_succeeded(&output, &format!("the init task in {service}"));
     }
 
-    tutor.run(&["csmh-proxy", "flags", "set", "ENABLE_CSMH_EXTENDED=true", "ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES=true"]);
+    tutor.run(&[
+        "csmh-proxy",
+        "flags",
+        "set",
+        "ENABLE_CSMH_EXTENDED=true",
+        "ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES=true",
+    ]);
     let text = tutor.read(PROXY_TOML).replace("password_env = \"EDXAPP_DB_PASSWORD\"", "password = \"unused\"");
     let config = Config::parse(&text).expect("the rendered proxy.toml");
     runtime.block_on(async {

@@ -32,8 +32,9 @@ hooks.Filters.CONFIG_DEFAULTS.add_items(
     [
         ("CSMH_PROXY_VERSION", __version__),
         ("CSMH_PROXY_DOCKER_IMAGE", "{{ DOCKER_REGISTRY }}csmh/csmh-proxy:{{ CSMH_PROXY_VERSION }}"),
-        # Tutor runs every `do` task as `sh -e -c SCRIPT`: this image needs a shell (see the README).
-        ("CSMH_PROXY_JOB_DOCKER_IMAGE", "{{ CSMH_PROXY_DOCKER_IMAGE }}"),
+        # Tutor runs every `do` task as `sh -e -c SCRIPT`, and the proxy's image has no shell: the Dockerfile's
+        # target tutor-jobs adds busybox's.
+        ("CSMH_PROXY_JOB_DOCKER_IMAGE", "{{ CSMH_PROXY_DOCKER_IMAGE }}-jobs"),
         # Where edxapp connects: the compose service and the Kubernetes Service are named after the host.
         ("CSMH_PROXY_HOST", "csmh-proxy"),
         ("CSMH_PROXY_PORT", 3306),
@@ -86,8 +87,9 @@ hooks.Filters.ENV_TEMPLATE_TARGETS.add_items(
 for patch in sorted((HERE / "patches").iterdir()):
     hooks.Filters.ENV_PATCHES.add_item((patch.name, patch.read_text(encoding="utf-8")))
 
-hooks.Filters.IMAGES_PULL.add_item(("csmh-proxy", "{{ CSMH_PROXY_DOCKER_IMAGE }}"))
-hooks.Filters.IMAGES_PUSH.add_item(("csmh-proxy", "{{ CSMH_PROXY_DOCKER_IMAGE }}"))
+IMAGES = [("csmh-proxy", "{{ CSMH_PROXY_DOCKER_IMAGE }}"), ("csmh-proxy-jobs", "{{ CSMH_PROXY_JOB_DOCKER_IMAGE }}")]
+hooks.Filters.IMAGES_PULL.add_items(IMAGES)
+hooks.Filters.IMAGES_PUSH.add_items(IMAGES)
 
 # After Tutor's own tasks (the LMS migrations create the old table, whose ids `init` reads): as MySQL's root,
 # the extended database and the grants; then, as edxapp's user, the extended table above the old ids.
