@@ -144,15 +144,16 @@ def set_flags(context: t.Any, assignments: tuple[str, ...]) -> None:
     config = tutor_config.load_minimal(context.root)
     for flag, value in changes.items():
         config[f"CSMH_PROXY_{flag}"] = value
-    full = tutor_config.load_full(context.root) | config
-    if full["CSMH_PROXY_READ_ONLY_FROM_CSMHE"] and not full["CSMH_PROXY_ENABLE_CSMH_EXTENDED"]:
+    flags_now = {flag: config.get(f"CSMH_PROXY_{flag}", False) for flag in FLAGS}
+    if flags_now["READ_ONLY_FROM_CSMHE"] and not flags_now["ENABLE_CSMH_EXTENDED"]:
         raise click.UsageError("READ_ONLY_FROM_CSMHE=true needs ENABLE_CSMH_EXTENDED=true")
     tutor_config.save_config_file(context.root, config)
     path = render_proxy_toml(context.root, tutor_config.load_full(context.root))
     fmt.echo_info(f"Rendered {path}: running proxies follow it within a second (docker compose).")
     fmt.echo_info(
-        "On Kubernetes, apply the ConfigMap: kubectl apply -k $(tutor config printroot)/env "
-        "(or tutor k8s start); the pods see it when the kubelet syncs, within about a minute."
+        "On Kubernetes, apply the ConfigMap (only the proxy's objects: a bare `apply -k` would start Tutor's jobs):\n"
+        f"    kubectl apply -k {tutor_env.base_dir(context.root)} --selector app.kubernetes.io/name=csmh-proxy\n"
+        "The pods see the new file when the kubelet syncs the volume, within a minute or two."
     )
 
 
