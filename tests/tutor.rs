@@ -406,10 +406,26 @@ fn rendered_files(dir: &Path) -> BTreeMap<String, String> {
 /// Tutor's `--set` cannot express).
 const ADMIN: (&str, &str) = ("tutor_admin", "admin-password");
 
+/// The password of the plugin's account on a separate `csmh` server.
+const CSMH_PASSWORD: &str = "csmh-password";
+
 #[test]
 fn the_init_task_and_the_proxy_on_a_server_laid_out_as_tutors() {
+    init_and_route(false);
+}
+
+#[test]
+fn the_init_task_and_the_proxy_with_a_separate_csmh_server() {
+    init_and_route(true);
+}
+
+/// Lays a MariaDB out as Tutor's MySQL (and, with `separate_csmh`, starts a second, empty one for the extended
+/// table), runs the plugin's init task as `tutor local do init` would, flips the first flags with `tutor
+/// csmh-proxy flags set`, and sends edxapp's history statements through a proxy with the rendered `proxy.toml`.
+fn init_and_route(separate_csmh: bool) {
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     let server = runtime.block_on(support::private_server());
+    let csmh = if separate_csmh { runtime.block_on(support::private_server()) } else { server.clone() };
     let old_max: u64 = runtime.block_on(async {
         // As Tutor's jobs/init/mysql.sh leaves it: database openedx, user openedx granted openedx.* only; then
         // edx-platform's tables with some history.
@@ -418,28 +434,42 @@ fn the_init_task_and_the_proxy_on_a_server_laid_out_as_tutors() {
             "CREATE DATABASE openedx".to_owned(),
             format!("CREATE USER 'openedx'@'%' IDENTIFIED BY '{OPENEDX_PASSWORD}'"),
             "GRANT ALL ON openedx.* TO 'openedx'@'%'".to_owned(),
-            format!("CREATE USER '{}'@'%' IDENTIFIED BY '{}'", ADMIN.0, ADMIN.1),
-            format!("GRANT ALL ON *.* TO '{}'@'%' WITH GRANT OPTION", ADMIN.0),
         ] {
             root.query_drop(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+        for server in [&server, &csmh] {
+            let mut root = root_conn(server).await;
+            root.query_drop(format!("CREATE USER IF NOT EXISTS '{}'@'%' IDENTIFIED BY '{}'", ADMIN.0, ADMIN.1))
+                .await
+                .expect("the administrator");
+            root.query_drop(format!("GRANT ALL ON *.* TO '{}'@'%' WITH GRANT OPTION", ADMIN.0)).await.unwrap();
         }
         csmh_proxy::sandbox::create_edxapp_tables(&mut root, "openedx").await.expect("edxapp's tables");
         csmh_proxy::sandbox::insert_sample_history(&mut root, "openedx").await.expect("history");
         root.query_first("SELECT MAX(id) FROM openedx.courseware_studentmodulehistory").await.unwrap().unwrap()
     });
 
-    let addr = server.addr();
-    let tutor = Tutor::new(&[
-        &format!("MYSQL_HOST={}", addr.ip()),
-        &format!("MYSQL_PORT={}", addr.port()),
-        &format!("MYSQL_ROOT_USERNAME={}", ADMIN.0),
-        &format!("MYSQL_ROOT_PASSWORD={}", ADMIN.1),
-        "CSMH_PROXY_PORT=0",
-        "CSMH_PROXY_ADMIN_PORT=0",
-    ]);
+    let (addr, csmh_addr) = (server.addr(), csmh.addr());
+    let mut settings = vec![
+        format!("MYSQL_HOST={}", addr.ip()),
+        format!("MYSQL_PORT={}", addr.port()),
+        format!("MYSQL_ROOT_USERNAME={}", ADMIN.0),
+        format!("MYSQL_ROOT_PASSWORD={}", ADMIN.1),
+        "CSMH_PROXY_PORT=0".to_owned(),
+        "CSMH_PROXY_ADMIN_PORT=0".to_owned(),
+    ];
+    if separate_csmh {
+        settings.extend([
+            format!("CSMH_PROXY_CSMH_HOST={}", csmh_addr.ip()),
+            format!("CSMH_PROXY_CSMH_PORT={}", csmh_addr.port()),
+            format!("CSMH_PROXY_CSMH_PASSWORD={CSMH_PASSWORD}"),
+        ]);
+    }
+    let tutor = Tutor::new(&settings.iter().map(String::as_str).collect::<Vec<_>>());
 
-    // What `tutor local do init --limit csmh-proxy` runs, run here: the SQL with the mysql client of the
-    // mysql-job container, then `csmh-proxy init` with the environment of the csmh-proxy-job container.
+    // What `tutor local do init --limit csmh-proxy` runs, run here (twice: it changes nothing the second time):
+    // the SQL with the mysql client of the mysql-job container, then `csmh-proxy init` with the environment of
+    // the csmh-proxy-job container.
     tutor.run(&["local", "do", "init", "--limit", "csmh-proxy"]);
     let runs = tutor.docker_runs();
     assert_eq!(runs.len(), 2, "{runs:?}");
@@ -449,7 +479,7 @@ fn the_init_task_and_the_proxy_on_a_server_laid_out_as_tutors() {
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_csmh-proxy"), bin.path().join("csmh-proxy")).unwrap();
     let job = &tutor.yaml("local/docker-compose.jobs.yml")[0]["services"]["csmh-proxy-job"]["environment"];
     let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap_or_default());
-    for (run, service) in runs.iter().zip(["mysql-job", "csmh-proxy-job"]) {
+    for (run, service) in [&runs, &runs].into_iter().flatten().zip(["mysql-job", "csmh-proxy-job"].iter().cycle()) {
         let mut task = Command::new("sh");
         task.args(["-e", "-c", &task_of(run, service)]).env("PATH", &path);
         for (name, value) in job.as_object().unwrap() {
@@ -466,13 +496,18 @@ fn the_init_task_and_the_proxy_on_a_server_laid_out_as_tutors() {
         "ENABLE_CSMH_EXTENDED=true",
         "ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES=true",
     ]);
-    let text = tutor.read(PROXY_TOML).replace("password_env = \"EDXAPP_DB_PASSWORD\"", "password = \"unused\"");
+    // In-process, the passwords' variables are not set: write the passwords themselves.
+    let text = tutor
+        .read(PROXY_TOML)
+        .replace("password_env = \"EDXAPP_DB_PASSWORD\"", &format!("password = \"{OPENEDX_PASSWORD}\""))
+        .replace("password_env = \"CSMH_DB_PASSWORD\"", &format!("password = \"{CSMH_PASSWORD}\""));
     let config = Config::parse(&text).expect("the rendered proxy.toml");
     runtime.block_on(async {
-        let mut root = root_conn(&server).await;
-        let grants: Vec<String> = root.query("SHOW GRANTS FOR 'openedx'@'%'").await.unwrap();
+        let mut csmh_root = root_conn(&csmh).await;
+        // The same account on both servers: CSMH_PROXY_CSMH_USER defaults to OPENEDX_MYSQL_USERNAME.
+        let grants: Vec<String> = csmh_root.query("SHOW GRANTS FOR 'openedx'@'%'").await.unwrap();
         assert!(grants.iter().any(|grant| grant.contains("ON `edxapp_csmh`.*")), "{grants:?}");
-        let next: u64 = root
+        let next: u64 = csmh_root
             .query_first(
                 "SELECT AUTO_INCREMENT FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'edxapp_csmh' \
                  AND TABLE_NAME = 'coursewarehistoryextended_studentmodulehistoryextended'",
@@ -512,7 +547,7 @@ fn the_init_task_and_the_proxy_on_a_server_laid_out_as_tutors() {
         let ids: Vec<u64> = ids.into_iter().map(|row| row.get(0).unwrap()).collect();
         assert_eq!(ids[0], new_id, "newest first, across both tables: {ids:?}");
         assert!(ids.len() > 1 && ids[1..].iter().all(|id| *id <= old_max), "{ids:?}");
-        let extended: u64 = root
+        let extended: u64 = csmh_root
             .query_first(format!(
                 "SELECT COUNT(*) FROM edxapp_csmh.coursewarehistoryextended_studentmodulehistoryextended WHERE id = {new_id}"
             ))
