@@ -114,19 +114,23 @@ impl Tutor {
         self.fake_bin.path().join("runs")
     }
 
-    /// Runs `tutor ARGS` and returns its output, which must show success.
-    fn run(&self, args: &[&str]) -> Output {
-        let tutor = self.venv.python().with_file_name("tutor");
+    /// `tutor ARGS` in this project root, with the plugin and the fake `docker`.
+    fn command(&self, args: &[&str]) -> Command {
         let path = format!("{}:{}", self.fake_bin.path().display(), std::env::var("PATH").unwrap_or_default());
-        let output = Command::new(tutor)
+        let mut command = Command::new(self.venv.python().with_file_name("tutor"));
+        command
             .args(args)
             .env("TUTOR_ROOT", self.root.path())
             .env("TUTOR_PLUGINS_ROOT", self.root.path().join("plugins"))
             .env("PYTHONPATH", plugin_dir())
             .env("PATH", path)
-            .env("FAKE_DOCKER_RUNS", self.runs_dir())
-            .output()
-            .expect("tutor runs");
+            .env("FAKE_DOCKER_RUNS", self.runs_dir());
+        command
+    }
+
+    /// Runs `tutor ARGS` and returns its output, which must show success.
+    fn run(&self, args: &[&str]) -> Output {
+        let output = self.command(args).output().expect("tutor runs");
         assert_succeeded(&output, &format!("tutor {}", args.join(" ")));
         output
     }
@@ -352,13 +356,7 @@ fn flags_set_changes_only_the_proxys_configuration() {
 fn flags_set_refuses_what_the_proxy_would_refuse() {
     let tutor = Tutor::new(&[]);
     for args in [["READ_ONLY_FROM_CSMHE=true"], ["ENABLE_CSMH_EXTENDED=yes"], ["NO_SUCH_FLAG=true"]] {
-        let output = Command::new(TUTOR.python().with_file_name("tutor"))
-            .args(["csmh-proxy", "flags", "set"])
-            .args(args)
-            .env("TUTOR_ROOT", tutor.root.path())
-            .env("PYTHONPATH", plugin_dir())
-            .output()
-            .unwrap();
+        let output = tutor.command(&[&["csmh-proxy", "flags", "set"][..], &args].concat()).output().unwrap();
         assert!(!output.status.success(), "{args:?} accepted");
     }
     assert!(tutor.read(PROXY_TOML).contains("READ_ONLY_FROM_CSMHE = false"));
