@@ -80,9 +80,7 @@ hooks.Filters.CONFIG_DEFAULTS.add_items(
 )
 
 hooks.Filters.ENV_TEMPLATE_ROOTS.add_item(str(HERE / "templates"))
-hooks.Filters.ENV_TEMPLATE_TARGETS.add_items(
-    [("csmh-proxy/apps", "plugins"), ("csmh-proxy/k8s", "plugins")]
-)
+hooks.Filters.ENV_TEMPLATE_TARGETS.add_items([("csmh-proxy/apps", "plugins"), ("csmh-proxy/k8s", "plugins")])
 
 for patch in sorted((HERE / "patches").iterdir()):
     hooks.Filters.ENV_PATCHES.add_item((patch.name, patch.read_text(encoding="utf-8")))
