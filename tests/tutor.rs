@@ -373,6 +373,14 @@ fn do_jobs_run_the_proxys_commands_in_the_job_container() {
         scripts,
         ["csmh-proxy status --exact", "csmh-proxy verify --chunk-size 1000", "csmh-proxy truncate-old --yes --slow"]
     );
+
+    // The README's copy with docker compose: the proxy's service, whose entrypoint is the binary.
+    tutor.run(&["local", "run", "csmh-proxy", "migrate", "--max-rows-per-second", "100"]);
+    let runs = tutor.docker_runs();
+    let run = runs.last().expect("the run");
+    assert!(run.ends_with(&["csmh-proxy", "migrate", "--max-rows-per-second", "100"].map(String::from)), "{run:?}");
+    let service = &tutor.yaml("local/docker-compose.yml")[0]["services"]["csmh-proxy"];
+    assert_eq!(service["entrypoint"], serde_json::json!(["csmh-proxy"]));
 }
 
 /// The script of a `docker compose ... run ... <service> sh -e -c SCRIPT` run.
