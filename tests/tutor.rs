@@ -80,6 +80,7 @@ fn copy_tree(from: &Path, to: &Path) {
 struct Tutor {
     /// The virtual environment with this Tutor.
     venv: &'static Venv<'static>,
+    /// `TUTOR_ROOT`: `config.yml` and the rendered `env/`.
     root: tempfile::TempDir,
     /// A `docker` that records its arguments instead of running anything (see [`Tutor::docker_runs`]).
     fake_bin: tempfile::TempDir,
@@ -189,6 +190,7 @@ fn check_config(path: &Path) -> Output {
         .expect("the binary runs")
 }
 
+/// Where the plugin renders the proxy's configuration, under `env/`.
 const PROXY_TOML: &str = "plugins/csmh-proxy/apps/config/proxy.toml";
 
 #[test]
