@@ -1,8 +1,9 @@
 //! The Grafana dashboard and the Prometheus alert rules under `deploy/` against the metrics the proxy actually
 //! exports: the proxy's exposition is rendered in-process as `/metrics` renders it, and every metric, label and
 //! label value the dashboard's queries and the rules' expressions use must be in it. The dashboard must parse
-//! and show the views operators look for; the rules must have Prometheus's rule-group shape, and promtool (Debian
-//! package `prometheus`, installed when missing) must accept them and every query of the dashboard.
+//! and show the views operators look for; the rules must have Prometheus's rule-group shape, promtool (Debian
+//! package `prometheus`, installed when missing) must accept them and every query of the dashboard, and the
+//! scenarios of `tests/observability/alerts.test.yml` must pass (`promtool test rules`).
 
 mod observability;
 mod support;
@@ -27,6 +28,9 @@ const DASHBOARD: &str = "deploy/grafana/csmh-proxy.json";
 
 /// The alert rules, relative to the repository.
 const RULES: &str = "deploy/prometheus/csmh-proxy-rules.yml";
+
+/// The promtool unit tests of the alert rules, relative to the repository.
+const ALERT_TESTS: &str = "tests/observability/alerts.test.yml";
 
 /// The views the dashboard must have, by panel title.
 const PANELS: [&str; 14] = [
@@ -297,13 +301,18 @@ fn every_alert_rule_has_the_prometheus_shape_and_uses_series_the_proxy_exports()
     assert!(found.is_empty(), "{RULES}:\n{}", found.join("\n"));
 }
 
+/// Runs `promtool` with `args` (installing Debian's `prometheus` package first if needed); panics unless it
+/// succeeds.
+fn promtool(args: &[&std::ffi::OsStr]) {
+    ensure_packages(&["prometheus"]);
+    let output = Command::new("promtool").args(args).output();
+    let shown = format!("promtool {}", args.iter().map(|arg| arg.to_string_lossy()).collect::<Vec<_>>().join(" "));
+    assert_succeeded(&output.unwrap_or_else(|e| panic!("cannot run promtool: {e}")), &shown);
+}
+
 #[test]
 fn promtool_accepts_the_rules_and_every_query_of_the_dashboard() {
-    ensure_packages(&["prometheus"]);
-    let check = |path: &Path| {
-        let output = Command::new("promtool").arg("check").arg("rules").arg(path).output();
-        assert_succeeded(&output.unwrap_or_else(|e| panic!("cannot run promtool: {e}")), "promtool check rules");
-    };
+    let check = |path: &Path| promtool(&["check".as_ref(), "rules".as_ref(), path.as_os_str()]);
     check(&repository(RULES));
 
     // promtool parses PromQL only in rule files: the dashboard's queries become recording rules.
@@ -316,4 +325,32 @@ fn promtool_accepts_the_rules_and_every_query_of_the_dashboard() {
     let file = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(file.path(), recording).unwrap_or_else(|e| panic!("{e}"));
     check(file.path());
+}
+
+#[test]
+fn each_alert_fires_when_it_should_and_stays_quiet_otherwise() {
+    let scenarios = read(ALERT_TESTS);
+    // The scenarios' input series must be ones the proxy exports (`changes` reads counters and gauges alike).
+    let parsed: serde_yaml_ng::Value = serde_yaml_ng::from_str(&scenarios).unwrap_or_else(|e| panic!("{e}"));
+    let exposition = exposition();
+    let tests = parsed["tests"].as_sequence().unwrap_or_else(|| panic!("{ALERT_TESTS} has no tests"));
+    let series = tests.iter().flat_map(|test| test["input_series"].as_sequence().into_iter().flatten());
+    let found: Vec<String> = series
+        .flat_map(|input| problems(&format!("changes({}[1m])", input["series"].as_str().unwrap_or("")), &exposition))
+        .collect();
+    assert!(found.is_empty(), "{ALERT_TESTS}:\n{}", found.join("\n"));
+
+    // promtool compares annotations word for word: the scenarios test the rules without theirs.
+    let mut rules: serde_yaml_ng::Value = serde_yaml_ng::from_str(&read(RULES)).unwrap_or_else(|e| panic!("{e}"));
+    let groups = rules["groups"].as_sequence_mut().unwrap_or_else(|| panic!("{RULES} has no groups"));
+    for rule in groups.iter_mut().flat_map(|group| group["rules"].as_sequence_mut().into_iter().flatten()) {
+        rule.as_mapping_mut().map(|rule| rule.remove("annotations"));
+    }
+    let directory = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let rules_name = Path::new(RULES).file_name().unwrap_or_default();
+    let stripped = serde_yaml_ng::to_string(&rules).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(directory.path().join(rules_name), stripped).unwrap_or_else(|e| panic!("{e}"));
+    let test_file = directory.path().join("alerts.test.yml");
+    std::fs::write(&test_file, scenarios).unwrap_or_else(|e| panic!("{e}"));
+    promtool(&["test".as_ref(), "rules".as_ref(), test_file.as_os_str()]);
 }
