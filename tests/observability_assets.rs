@@ -63,10 +63,12 @@ const ALERTS: [&str; 5] = [
 const GRAFANA_VARIABLES: [(&str, &str); 4] =
     [("$__rate_interval", "5m"), ("$__range", "1h"), ("$job", ".*"), ("$instance", ".*")];
 
+/// `path` in the repository.
 fn repository(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
+/// The text of the repository's file `path`.
 fn read(path: &str) -> String {
     std::fs::read_to_string(repository(path)).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
 }
@@ -113,6 +115,7 @@ fn exposition() -> Exposition {
     Exposition::parse(&text)
 }
 
+/// The dashboard, parsed.
 fn dashboard() -> Value {
     serde_json::from_str(&read(DASHBOARD)).unwrap_or_else(|e| panic!("{DASHBOARD} is not JSON: {e}"))
 }

@@ -47,6 +47,7 @@ pub fn is_target_label(label: &str) -> bool {
     TARGET_LABELS.contains(&label)
 }
 
+/// What is wrong with one selector against `exposition`.
 fn selector_problems(selector: &Selector, exposition: &Exposition) -> Vec<String> {
     let metric = &selector.metric;
     if SYNTHETIC.contains(&metric.as_str()) {

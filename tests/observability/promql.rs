@@ -56,6 +56,7 @@ struct Scanner {
 }
 
 impl Scanner {
+    /// Reads the whole expression.
     fn scan(mut self) -> Result<References, String> {
         let mut found = References::default();
         // The function each open parenthesis belongs to ("" for plain grouping), and the one whose parenthesis
@@ -120,10 +121,12 @@ impl Scanner {
         if open.is_empty() { Ok(found) } else { Err(format!("unbalanced ( in {}", self.text())) }
     }
 
+    /// The whole expression, for error messages.
     fn text(&self) -> String {
         self.chars.iter().collect()
     }
 
+    /// The character at the cursor.
     fn peek(&self) -> Option<char> {
         self.chars.get(self.at).copied()
     }
@@ -134,6 +137,7 @@ impl Scanner {
         self.peek() == Some(c)
     }
 
+    /// Consumes and returns the characters from the cursor on that `keep` accepts.
     fn take_while(&mut self, keep: impl Fn(char) -> bool) -> String {
         let start = self.at;
         while self.peek().is_some_and(&keep) {
@@ -142,6 +146,7 @@ impl Scanner {
         self.chars[start..self.at].iter().collect()
     }
 
+    /// Moves the cursor past the next `end`.
     fn skip_past(&mut self, end: char) {
         self.take_while(|c| c != end);
         self.at += 1;
