@@ -376,14 +376,14 @@ pub enum ProbeError {
         source: io::Error,
     },
     /// It answered with another status than 200.
-    #[error("{address}{path} answered: {status_line}")]
+    #[error("{address}{path} answered {status}")]
     NotOk {
         /// Where it was asked.
         address: String,
         /// The probe's path.
         path: &'static str,
-        /// The answer's status line.
-        status_line: String,
+        /// The answer's status code.
+        status: u16,
     },
 }
 
@@ -398,25 +398,33 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub async fn probe_self(admin: &str, probe: HealthProbe) -> Result<(), ProbeError> {
     let address = loopback_for_wildcard(admin);
     let unreachable = |source| ProbeError::Unreachable { address: address.clone(), source };
-    let ask = async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = TcpStream::connect(&address).await?;
-        let request = format!("GET {} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n", probe.path());
-        stream.write_all(request.as_bytes()).await?;
-        let mut answer = Vec::new();
-        stream.take(4096).read_to_end(&mut answer).await?;
-        Ok::<_, io::Error>(answer)
-    };
-    let answer = match tokio::time::timeout(PROBE_TIMEOUT, ask).await {
+    let (status, _) = match tokio::time::timeout(PROBE_TIMEOUT, http_get(&address, probe.path())).await {
         Ok(answer) => answer.map_err(unreachable)?,
         Err(_) => return Err(unreachable(io::Error::new(io::ErrorKind::TimedOut, "no answer in time"))),
     };
-    let status_line = String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_owned();
-    if status_line.split_whitespace().nth(1) == Some("200") {
-        Ok(())
-    } else {
-        Err(ProbeError::NotOk { address, path: probe.path(), status_line })
-    }
+    if status == 200 { Ok(()) } else { Err(ProbeError::NotOk { address, path: probe.path(), status }) }
+}
+
+/// The largest answer [`http_get`] reads.
+const MAX_ANSWER: u64 = 1 << 20;
+
+/// `GET path` from another proxy's admin listener at `address` (or this one's): the status code and the body.
+///
+/// The admin listener's own answers are all this client reads (one status line, a small body, the connection
+/// closed after it), so it is written by hand rather than with an HTTP client crate: the container image has no
+/// shell or curl, and the binary needs no more.
+pub async fn http_get(address: &str, path: &str) -> io::Result<(u16, Vec<u8>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(address).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    stream.take(MAX_ANSWER).read_to_end(&mut answer).await?;
+    let malformed = || io::Error::new(io::ErrorKind::InvalidData, "not an HTTP answer");
+    let head_end = answer.windows(4).position(|window| window == b"\r\n\r\n").ok_or_else(malformed)?;
+    let status_line = String::from_utf8_lossy(&answer[..head_end]).lines().next().unwrap_or_default().to_owned();
+    let status = status_line.split_whitespace().nth(1).and_then(|code| code.parse().ok()).ok_or_else(malformed)?;
+    Ok((status, answer[head_end + 4..].to_vec()))
 }
 
 /// `admin` with a wildcard host (`0.0.0.0`, `[::]`) replaced by the loopback address of its family.

@@ -12,6 +12,7 @@ pub mod auth_key;
 pub mod backend;
 pub mod config;
 pub mod explain;
+pub mod fleet;
 pub mod grant_cache;
 pub mod history;
 pub mod merge;

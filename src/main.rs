@@ -30,6 +30,9 @@ enum Command {
     Serve(ServeArgs),
     /// Validate the configuration and print the routing it implies.
     CheckConfig,
+    /// Ask every proxy (its admin listener's /config) which configuration and flags it runs, and say whether
+    /// they agree. Exit status: 0 when every proxy answered and all run the same flags, 1 otherwise.
+    Fleet(csmh_proxy::fleet::FleetArgs),
     /// Ask the running proxy's admin listener (`[admin] address` of the configuration) for a probe: exit 0 when it
     /// answers 200. For a container's exec health check: the image needs no shell or curl.
     Healthcheck {
@@ -130,6 +133,15 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(1)
             }
         },
+        Command::Fleet(args) => {
+            let config = cli.config.exists().then(|| csmh_proxy::config::Config::load(&cli.config)).transpose()?;
+            let fleet = runtime.block_on(csmh_proxy::fleet::Fleet::survey(&args, config.as_ref()));
+            print!("{fleet}");
+            if !fleet.agrees() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Healthcheck { probe } => {
             let config = csmh_proxy::config::Config::load(&cli.config)?;
             let admin = config.admin.ok_or(csmh_proxy::admin::ProbeError::NoAdmin)?;

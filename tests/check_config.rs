@@ -100,3 +100,16 @@ fn unusable_tls_files_are_refused_naming_the_key_and_the_file() {
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert!(stderr.contains("listen.tls.certificate") && stderr.contains("proxy.pem"), "{stderr}");
 }
+
+#[test]
+fn the_kubernetes_example_configuration_is_valid() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_csmh-proxy"))
+        .args(["check-config", "--config"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/proxy.toml"))
+        .env("CSMH_PROXY_EDXAPP_PASSWORD", "from-the-secret")
+        .output()
+        .expect("the binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(stdout.contains("admin:           0.0.0.0:6080"), "{stdout}");
+}

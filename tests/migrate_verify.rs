@@ -524,6 +524,62 @@ on_both_topologies!(
     a_missing_extended_table_is_named_with_what_to_run,
 );
 
+/// A proxy of a fleet, in front of `dbs` with `flags` and an admin listener, started in-process.
+async fn fleet_proxy(dbs: &EdxDatabases, flags: Flags) -> csmh_proxy::server::ProxyHandle {
+    let text = format!("{}\n[admin]\naddress = \"127.0.0.1:0\"\n", proxy_toml(dbs, flags));
+    support::start_proxy(Config::parse(&text).expect("the fleet's proxy.toml")).await
+}
+
+/// The `--admin` options naming `proxies`.
+fn admin_options(proxies: &[&csmh_proxy::server::ProxyHandle]) -> Vec<String> {
+    proxies
+        .iter()
+        .flat_map(|proxy| ["--admin".to_owned(), proxy.admin_addr().expect("an admin listener").to_string()])
+        .collect()
+}
+
+#[tokio::test]
+async fn fleet_and_truncate_wait_for_every_proxy_to_retire_the_old_table() {
+    let dbs = EdxDatabases::fresh().await;
+    let retired = Stage::OldTableRetired.flags();
+    let migration = Migration::new(dbs.clone(), retired).await;
+    let (first, second) = (fleet_proxy(&dbs, retired).await, fleet_proxy(&dbs, retired).await);
+    let lagging = fleet_proxy(&dbs, Stage::ExtendedTableOnlyReads.flags()).await;
+    let admins = admin_options(&[&first, &second, &lagging]);
+    let admins: Vec<&str> = admins.iter().map(String::as_str).collect();
+    let before = migration.old_contents().await;
+
+    let fleet = migration.run(&[&["fleet"][..], &admins].concat()).await;
+    fleet.expect_code(1);
+    assert!(
+        fleet.stdout.contains("agree: NO") && fleet.stdout.contains("extended_table_only_reads"),
+        "{}",
+        fleet.stdout
+    );
+    let refused = migration.run(&[&["truncate-old", "--yes"][..], &admins].concat()).await;
+    refused.expect_code(1);
+    let lagging_admin = lagging.admin_addr().expect("an admin listener").to_string();
+    assert!(
+        refused.stderr.contains("not every proxy has retired it") && refused.stderr.contains(&lagging_admin),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(migration.old_contents().await, before, "nothing emptied while a proxy may use the old table");
+
+    // The lagging proxy reloads the file: the fleet agrees, and the old table can go.
+    let file = Config::parse(&format!("{}\n[admin]\naddress = \"127.0.0.1:0\"\n", proxy_toml(&dbs, retired))).unwrap();
+    csmh_proxy::reload::apply(lagging.shared(), file, csmh_proxy::reload::TlsFiles::Unchanged).expect("reload");
+    let fleet = migration.run(&[&["fleet"][..], &admins].concat()).await;
+    fleet.expect_code(0);
+    assert!(fleet.stdout.contains("agree: yes, 3 proxies"), "{}", fleet.stdout);
+    assert!(fleet.stdout.contains(&format!("{lagging_admin:<24} generation 2")), "{}", fleet.stdout);
+    let by_dns = format!("--dns={}", first.admin_addr().expect("an admin listener"));
+    let fleet = migration.run(&["fleet", &by_dns]).await;
+    assert!(fleet.stdout.contains("agree: yes, 1 proxies"), "a name's addresses are the fleet: {}", fleet.stdout);
+    migration.run(&[&["truncate-old", "--yes"][..], &admins].concat()).await.expect_code(0);
+    assert_eq!(migration.old_rows().await, 0, "emptied once every proxy retired it");
+}
+
 /// Scenarios that change a server-wide setting, on servers of their own.
 mod own_servers {
     #[tokio::test]

@@ -26,6 +26,7 @@ use super::verify::table::{Read, Role, Table};
 use super::verify::{self, Advice, DifferenceList, Differences, IdRange, Pair, Progress, VerifyArgs, VerifyReport};
 use super::{MigrateError, Site};
 use crate::config::Config;
+use crate::fleet::{Fleet, FleetArgs};
 use crate::history::Flag;
 use crate::history::TableName;
 
@@ -49,6 +50,9 @@ pub struct TruncateArgs {
     /// With --slow: seconds to pause after each DELETE (fractions allowed, e.g. 0.5).
     #[arg(long, default_value = "3", value_parser = parse_seconds, requires = "slow")]
     pub pause: Duration,
+    /// The proxies that must all have retired the old table first (besides `[admin] address`).
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }
 
 /// Parses a number of seconds.
@@ -97,6 +101,7 @@ pub async fn run(config: &Config, args: &TruncateArgs) -> Result<TruncateReport,
         return plan(site, args).await.map(TruncateReport::Plan);
     }
     require_retired(&site)?;
+    require_fleet_retired(config, &args.fleet).await?;
     let mut servers = site.connect().await?;
     if args.slow {
         drain(&site, &mut servers.edxapp, &mut servers.csmh, args).await
@@ -116,6 +121,34 @@ fn require_retired(site: &Site) -> Result<(), MigrateError> {
          reloaded it, and run `csmh-proxy truncate-old --yes` again",
         site.old,
         Flag::ReadOnlyFromCsmhe,
+        Flag::ReadOnlyFromCsmhe
+    )))
+}
+
+/// Refuses while a proxy it knows of (`[admin] address`, `--admin`, `--dns`) may still read or write the old
+/// table, or cannot be asked: the file says the table is retired, but a proxy that has not reloaded it yet (or
+/// reads another copy) would go on using it.
+async fn require_fleet_retired(config: &Config, args: &FleetArgs) -> Result<(), MigrateError> {
+    let fleet = Fleet::survey(args, Some(config)).await;
+    if fleet.members.is_empty() {
+        tracing::warn!("no proxy was asked whether it retired the old table: give --admin or --dns to check them");
+    }
+    let holding: Vec<String> = fleet
+        .not_retired()
+        .into_iter()
+        .map(|member| match &member.answer {
+            Ok(running) => format!("{} (generation {}, {})", member.address, running.generation, running.routing.stage),
+            Err(error) => format!("{} ({error})", member.address),
+        })
+        .collect();
+    if holding.is_empty() && fleet.dns_error.is_none() {
+        return Ok(());
+    }
+    let dns = fleet.dns_error.map(|error| format!("; DNS: {error}")).unwrap_or_default();
+    Err(MigrateError::Refused(format!(
+        "refusing to empty the old table: not every proxy has retired it: {}{dns}. Wait until `csmh-proxy fleet` \
+         shows every proxy with {} = true, then run `csmh-proxy truncate-old --yes` again",
+        holding.join(", "),
         Flag::ReadOnlyFromCsmhe
     )))
 }

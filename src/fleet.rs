@@ -1,0 +1,165 @@
+//! A fleet of proxies reading the same configuration file (replicas, or one per LMS pod): what each one runs,
+//! asked of its admin listener's `/config`, and whether they agree. `csmh-proxy fleet` prints it; `truncate-old`
+//! refuses to empty the old table while any proxy it knows of may still read or write it.
+//!
+//! Proxies are found from a list of admin addresses, the configuration's own `[admin] address`, and the addresses
+//! of one DNS name (a Kubernetes headless Service resolves to every ready pod).
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::admin::http_get;
+use crate::config::Config;
+
+/// How long one proxy has to answer `/config`.
+const ASK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Where to find the fleet's admin listeners, on the command line.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct FleetArgs {
+    /// A proxy's admin listener, `host:port` (may be given several times).
+    #[arg(long = "admin", value_name = "HOST:PORT")]
+    pub admins: Vec<String>,
+    /// A DNS name whose addresses are the proxies' admin listeners, with their port (`name:port`), such as a
+    /// Kubernetes headless Service.
+    #[arg(long, value_name = "NAME:PORT")]
+    pub dns: Option<String>,
+}
+
+/// What one proxy said it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Running {
+    /// The generation of its configuration.
+    pub generation: u64,
+    /// Its flags, under their edx-platform names.
+    pub flags: RunningFlags,
+    /// Its stage.
+    pub routing: RunningRouting,
+}
+
+/// The flags of a [`Running`] proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct RunningFlags {
+    /// `ENABLE_CSMH_EXTENDED`.
+    #[serde(rename = "ENABLE_CSMH_EXTENDED")]
+    pub enable_csmh_extended: bool,
+    /// `ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES`.
+    #[serde(rename = "ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES")]
+    pub enable_reading_from_multiple_history_tables: bool,
+    /// `READ_ONLY_FROM_CSMHE`.
+    #[serde(rename = "READ_ONLY_FROM_CSMHE")]
+    pub read_only_from_csmhe: bool,
+}
+
+/// The stage of a [`Running`] proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RunningRouting {
+    /// The stage's identifier, as `/config` gives it (`old_table_retired` once the old table is retired).
+    pub stage: String,
+}
+
+/// The stage at which no statement reaches the old table any more.
+const RETIRED: &str = "old_table_retired";
+
+/// One proxy of the fleet: where it was asked, and what it answered.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// Its admin listener.
+    pub address: String,
+    /// What it runs, or why it could not be asked.
+    pub answer: Result<Running, String>,
+}
+
+/// The fleet as surveyed.
+#[derive(Debug, Clone, Default)]
+pub struct Fleet {
+    /// Each proxy, in the order found.
+    pub members: Vec<Member>,
+    /// Why the DNS name could not be resolved, if it could not.
+    pub dns_error: Option<String>,
+}
+
+impl Fleet {
+    /// Asks every proxy `args` and `config` name at once.
+    pub async fn survey(args: &FleetArgs, config: Option<&Config>) -> Fleet {
+        let mut addresses: Vec<String> =
+            config.and_then(|c| c.admin.as_ref()).map(|a| a.address.clone()).into_iter().collect();
+        addresses.extend(args.admins.iter().cloned());
+        let mut dns_error = None;
+        if let Some(name) = &args.dns {
+            match tokio::net::lookup_host(name.as_str()).await {
+                Ok(found) => addresses.extend(found.map(|address| address.to_string())),
+                Err(error) => dns_error = Some(format!("{name}: {error}")),
+            }
+        }
+        addresses.dedup();
+        let mut asks = tokio::task::JoinSet::new();
+        for (index, address) in addresses.into_iter().enumerate() {
+            asks.spawn(async move { (index, Member { answer: ask(&address).await, address }) });
+        }
+        let mut members: Vec<(usize, Member)> = asks.join_all().await;
+        members.sort_by_key(|(index, _)| *index);
+        Fleet { members: members.into_iter().map(|(_, member)| member).collect(), dns_error }
+    }
+
+    /// Whether every proxy answered, and all run the same flags.
+    pub fn agrees(&self) -> bool {
+        let mut flags = self.members.iter().map(|member| member.answer.as_ref().map(|running| running.flags));
+        let Some(Ok(first)) = flags.next() else { return false };
+        self.dns_error.is_none() && flags.all(|other| other == Ok(first))
+    }
+
+    /// The proxies that may still read or write the old table, or could not be asked: `truncate-old` refuses
+    /// while there is any.
+    pub fn not_retired(&self) -> Vec<&Member> {
+        let retired = |member: &&Member| member.answer.as_ref().is_ok_and(|running| running.routing.stage == RETIRED);
+        self.members.iter().filter(|member| !retired(member)).collect()
+    }
+}
+
+/// Asks one proxy's `/config`.
+async fn ask(address: &str) -> Result<Running, String> {
+    let (status, body) = tokio::time::timeout(ASK_TIMEOUT, http_get(address, "/config"))
+        .await
+        .map_err(|_| format!("no answer within {} s", ASK_TIMEOUT.as_secs()))?
+        .map_err(|error| error.to_string())?;
+    if status != 200 {
+        return Err(format!("/config answered {status}"));
+    }
+    serde_json::from_slice(&body).map_err(|error| format!("/config is not a csmh-proxy's: {error}"))
+}
+
+/// The fleet as `csmh-proxy fleet` prints it: a line per proxy, then the verdict.
+impl fmt::Display for Fleet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(error) = &self.dns_error {
+            writeln!(f, "DNS: {error}")?;
+        }
+        if self.members.is_empty() {
+            return writeln!(f, "no proxy to ask: give --admin HOST:PORT or --dns NAME:PORT, or [admin] address");
+        }
+        for member in &self.members {
+            match &member.answer {
+                Ok(running) => writeln!(
+                    f,
+                    "{:<24} generation {:<4} {:<28} ENABLE_CSMH_EXTENDED={} ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES={} \
+                     READ_ONLY_FROM_CSMHE={}",
+                    member.address,
+                    running.generation,
+                    running.routing.stage,
+                    running.flags.enable_csmh_extended,
+                    running.flags.enable_reading_from_multiple_history_tables,
+                    running.flags.read_only_from_csmhe
+                )?,
+                Err(error) => writeln!(f, "{:<24} unreachable: {error}", member.address)?,
+            }
+        }
+        if self.agrees() {
+            writeln!(f, "agree: yes, {} proxies run the same flags", self.members.len())
+        } else {
+            writeln!(f, "agree: NO: wait until every proxy runs the same flags before the next step")
+        }
+    }
+}
