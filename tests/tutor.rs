@@ -204,6 +204,7 @@ fn compose_runs_the_proxy_and_points_edxapp_at_it() {
     assert_eq!(proxy["volumes"][0], "../plugins/csmh-proxy/apps/config:/etc/csmh-proxy:ro", "a directory mount");
     assert_eq!(proxy["healthcheck"]["test"], serde_json::json!(["CMD", "csmh-proxy", "healthcheck"]));
     assert_eq!(proxy["stop_grace_period"], "20s", "drain 5 s + shutdown 10 s + 5 s");
+    assert_eq!(proxy["networks"]["default"]["aliases"], serde_json::json!(["csmh-proxy-admin"]), "for fleet --dns");
     for service in ["lms", "cms"] {
         let depends = local[service]["depends_on"].as_array().unwrap();
         assert!(depends.contains(&"csmh-proxy".into()), "{service}: {depends:?}");
@@ -369,11 +370,18 @@ fn do_jobs_run_the_proxys_commands_in_the_job_container() {
     let tutor = Tutor::new(&[]);
     tutor.run(&["local", "do", "csmh-status", "--exact"]);
     tutor.run(&["local", "do", "csmh-verify", "--chunk-size", "1000"]);
+    tutor.run(&["local", "do", "csmh-fleet"]);
     tutor.run(&["local", "do", "csmh-truncate-old", "--yes", "--slow"]);
     let scripts: Vec<String> = tutor.docker_runs().iter().map(|run| task_of(run, "csmh-proxy-job")).collect();
     assert_eq!(
         scripts,
-        ["csmh-proxy status --exact", "csmh-proxy verify --chunk-size 1000", "csmh-proxy truncate-old --yes --slow"]
+        [
+            "csmh-proxy status --exact",
+            "csmh-proxy verify --chunk-size 1000",
+            // Every proxy, found by the name the compose service and the headless Service both answer to.
+            "csmh-proxy fleet --dns 'csmh-proxy-admin:6080'",
+            "csmh-proxy truncate-old --dns 'csmh-proxy-admin:6080' --yes --slow"
+        ]
     );
 
     // The README's copy with docker compose: the proxy's service, whose entrypoint is the binary.

@@ -100,8 +100,12 @@ hooks.Filters.CLI_DO_INIT_TASKS.add_items(
 )
 
 
-def _proxy_command(subcommand: str, help_text: str) -> click.Command:
-    """A `do` job that runs `csmh-proxy SUBCOMMAND [ARGS]...` in the csmh-proxy-job container."""
+# Every proxy's admin listener: the headless Service on Kubernetes, a network alias of the service with compose.
+FLEET = ["--dns", "csmh-proxy-admin:{{ CSMH_PROXY_ADMIN_PORT }}"]
+
+
+def _proxy_command(subcommand: str, help_text: str, fixed: t.Sequence[str] = ()) -> click.Command:
+    """A `do` job that runs `csmh-proxy SUBCOMMAND [FIXED...] [ARGS]...` in the csmh-proxy-job container."""
 
     @click.command(
         name=f"csmh-{subcommand}",
@@ -110,7 +114,7 @@ def _proxy_command(subcommand: str, help_text: str) -> click.Command:
     )
     @click.argument("args", nargs=-1, type=click.UNPROCESSED)
     def command(args: tuple[str, ...]) -> t.Iterable[tuple[str, str]]:
-        yield ("csmh-proxy", shlex.join(["csmh-proxy", subcommand, *args]))
+        yield ("csmh-proxy", shlex.join(["csmh-proxy", subcommand, *fixed, *args]))
 
     return command
 
@@ -119,7 +123,10 @@ hooks.Filters.CLI_DO_COMMANDS.add_items(
     [
         _proxy_command("status", "Where the migration stands: flags, both tables, offset, last migrate and verify"),
         _proxy_command("verify", "Compare the old table with the extended table; print the ranges that differ"),
-        _proxy_command("truncate-old", "Empty the retired old table (prints the plan unless --yes)"),
+        _proxy_command("fleet", "Whether every running proxy has the same flags", FLEET),
+        _proxy_command(
+            "truncate-old", "Empty the retired old table once every proxy retired it (plan unless --yes)", FLEET
+        ),
     ]
 )
 
