@@ -3,7 +3,7 @@ courseware_studentmodulehistory to its extended table as the flags say.
 
 What it adds: settings (CSMH_PROXY_*), the proxy's rendered proxy.toml, a compose service and a Kubernetes
 Deployment with their Services, the patches that point LMS, CMS and their workers at the proxy, an init task,
-`tutor local|dev|k8s do csmh-status|csmh-verify|csmh-truncate-old`, and `tutor csmh-proxy flags set`.
+`tutor local|dev|k8s do csmh-status|csmh-verify|csmh-fleet|csmh-truncate-old`, and `tutor csmh-proxy flags set|show`.
 """
 
 from __future__ import annotations
