@@ -13,6 +13,13 @@ COPY src ./src
 COPY benches ./benches
 RUN cargo build --release --locked --bin csmh-proxy
 
+# The image of Tutor's `do` tasks (tutor-contrib-csmh-proxy), which Tutor runs as `sh -e -c SCRIPT`: the same
+# binary beside busybox's shell. Build it with `--target tutor-jobs` and tag it as the proxy's tag plus `-jobs`.
+FROM gcr.io/distroless/cc-debian12:debug-nonroot AS tutor-jobs
+COPY --from=build /src/target/release/csmh-proxy /usr/local/bin/csmh-proxy
+ENV CSMH_PROXY_CONFIG=/etc/csmh-proxy/proxy.toml
+USER nonroot:nonroot
+
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/csmh-proxy /usr/local/bin/csmh-proxy
 ENV CSMH_PROXY_CONFIG=/etc/csmh-proxy/proxy.toml

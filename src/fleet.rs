@@ -84,8 +84,8 @@ pub struct Fleet {
 impl Fleet {
     /// Asks every proxy `args` and `config` name at once.
     pub async fn survey(args: &FleetArgs, config: Option<&Config>) -> Fleet {
-        let mut addresses: Vec<String> =
-            config.and_then(|c| c.admin.as_ref()).map(|a| a.address.clone()).into_iter().collect();
+        let configured = config.and_then(|c| c.admin.as_ref()).map(|a| a.address.as_str());
+        let mut addresses: Vec<String> = configured_member(configured, args).into_iter().collect();
         addresses.extend(args.admins.iter().cloned());
         let mut dns_error = None;
         if let Some(name) = &args.dns {
@@ -120,6 +120,17 @@ impl Fleet {
 }
 
 /// Asks one proxy's `/config`.
+/// The configuration's own `[admin] address`, as a proxy to ask besides those `args` name. A wildcard host
+/// (`0.0.0.0`, `[::]`) names whatever machine reads the file: the proxy there when nothing else is named, but none
+/// at all from another container reading the same file (a Tutor or Kubernetes job), so it is left out when `args`
+/// name the proxies.
+fn configured_member(admin: Option<&str>, args: &FleetArgs) -> Option<String> {
+    let admin = admin?;
+    let wildcard = admin.parse::<std::net::SocketAddr>().is_ok_and(|address| address.ip().is_unspecified());
+    let named = !args.admins.is_empty() || args.dns.is_some();
+    (!(wildcard && named)).then(|| admin.to_owned())
+}
+
 async fn ask(address: &str) -> Result<Running, String> {
     let (status, body) = tokio::time::timeout(ASK_TIMEOUT, http_get(address, "/config"))
         .await
@@ -161,5 +172,23 @@ impl fmt::Display for Fleet {
         } else {
             writeln!(f, "agree: NO: wait until every proxy runs the same flags before the next step")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wildcard_admin_address_is_asked_only_when_nothing_else_is_named() {
+        let none = FleetArgs::default();
+        let dns = FleetArgs { dns: Some("csmh-proxy-admin:6080".to_owned()), ..FleetArgs::default() };
+        let admin = FleetArgs { admins: vec!["10.0.0.7:6080".to_owned()], ..FleetArgs::default() };
+        assert_eq!(configured_member(Some("0.0.0.0:6080"), &none).as_deref(), Some("0.0.0.0:6080"));
+        assert_eq!(configured_member(Some("0.0.0.0:6080"), &dns), None);
+        assert_eq!(configured_member(Some("[::]:6080"), &admin), None);
+        assert_eq!(configured_member(Some("127.0.0.1:6080"), &dns).as_deref(), Some("127.0.0.1:6080"));
+        assert_eq!(configured_member(Some("proxy.internal:6080"), &dns).as_deref(), Some("proxy.internal:6080"));
+        assert_eq!(configured_member(None, &none), None);
     }
 }
