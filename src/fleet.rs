@@ -119,7 +119,6 @@ impl Fleet {
     }
 }
 
-/// Asks one proxy's `/config`.
 /// The configuration's own `[admin] address`, as a proxy to ask besides those `args` name. A wildcard host
 /// (`0.0.0.0`, `[::]`) names whatever machine reads the file: the proxy there when nothing else is named, but none
 /// at all from another container reading the same file (a Tutor or Kubernetes job), so it is left out when `args`
@@ -131,6 +130,7 @@ fn configured_member(admin: Option<&str>, args: &FleetArgs) -> Option<String> {
     (!(wildcard && named)).then(|| admin.to_owned())
 }
 
+/// Asks one proxy's `/config`.
 async fn ask(address: &str) -> Result<Running, String> {
     let (status, body) = tokio::time::timeout(ASK_TIMEOUT, http_get(address, "/config"))
         .await
