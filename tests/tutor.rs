@@ -578,3 +578,17 @@ fn init_and_route(separate_csmh: bool) {
         proxy.shutdown().await.expect("the proxy stops");
     });
 }
+
+#[test]
+fn the_kubernetes_manifests_without_tutor_validate() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let manifests = ["deployment.yaml", "service.yaml", "service-admin.yaml", "migrate-job.yaml"];
+    for version in ["1.37.0", "1.28.0"] {
+        let validate = Command::new(TUTOR.python().with_file_name("kubernetes-validate"))
+            .args(["--strict", "--quiet", "--kubernetes-version", version])
+            .args(manifests.map(|file| dir.join(file)))
+            .output()
+            .expect("kubernetes-validate runs");
+        assert_succeeded(&validate, &format!("deploy/kubernetes with kubernetes-validate --strict for {version}"));
+    }
+}
