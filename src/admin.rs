@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -241,8 +241,8 @@ pub struct TablesView {
     pub extended: String,
 }
 
-/// The flags, under their `proxy.toml` keys.
-#[derive(Debug, Serialize)]
+/// The flags, under their `proxy.toml` keys (also read back from other proxies by [`crate::fleet`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlagsView {
     /// `ENABLE_CSMH_EXTENDED`.
     #[serde(rename = "ENABLE_CSMH_EXTENDED")]

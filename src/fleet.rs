@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::admin::http_get;
+use crate::admin::{FlagsView, http_get};
 use crate::config::Config;
 
 /// How long one proxy has to answer `/config`.
@@ -34,23 +34,9 @@ pub struct Running {
     /// The generation of its configuration.
     pub generation: u64,
     /// Its flags, under their edx-platform names.
-    pub flags: RunningFlags,
+    pub flags: FlagsView,
     /// Its stage.
     pub routing: RunningRouting,
-}
-
-/// The flags of a [`Running`] proxy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub struct RunningFlags {
-    /// `ENABLE_CSMH_EXTENDED`.
-    #[serde(rename = "ENABLE_CSMH_EXTENDED")]
-    pub enable_csmh_extended: bool,
-    /// `ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES`.
-    #[serde(rename = "ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES")]
-    pub enable_reading_from_multiple_history_tables: bool,
-    /// `READ_ONLY_FROM_CSMHE`.
-    #[serde(rename = "READ_ONLY_FROM_CSMHE")]
-    pub read_only_from_csmhe: bool,
 }
 
 /// The stage of a [`Running`] proxy.

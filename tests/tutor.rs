@@ -244,15 +244,7 @@ fn kubernetes_manifests_validate() {
     let tutor = Tutor::new(&["CSMH_PROXY_LISTEN_TLS=true", "CSMH_PROXY_MIGRATE_ARGS=--max-rows-per-second 5000"]);
     let manifests =
         ["k8s/deployments.yml", "k8s/services.yml", "k8s/jobs.yml", "plugins/csmh-proxy/k8s/migrate-job.yml"];
-    // The newest schemas kubernetes-validate has, and those of a cluster a few years old.
-    for version in ["1.37.0", "1.28.0"] {
-        let validate = Command::new(TUTOR.python().with_file_name("kubernetes-validate"))
-            .args(["--strict", "--quiet", "--kubernetes-version", version])
-            .args(manifests.map(|path| tutor.env(path)))
-            .output()
-            .expect("kubernetes-validate runs");
-        assert_succeeded(&validate, &format!("kubernetes-validate --strict for Kubernetes {version}"));
-    }
+    kubernetes_validate(&manifests.map(|path| tutor.env(path)));
 
     let deployments = tutor.yaml("k8s/deployments.yml");
     let pod = &named(&deployments, "Deployment", "csmh-proxy")["spec"]["template"]["spec"];
@@ -583,12 +575,18 @@ fn init_and_route(separate_csmh: bool) {
 fn the_kubernetes_manifests_without_tutor_validate() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
     let manifests = ["deployment.yaml", "service.yaml", "service-admin.yaml", "migrate-job.yaml"];
+    kubernetes_validate(&manifests.map(|file| dir.join(file)));
+}
+
+/// Validates `manifests` with `kubernetes-validate --strict` against the newest schemas it has and those of a
+/// cluster a few years old.
+fn kubernetes_validate(manifests: &[PathBuf]) {
     for version in ["1.37.0", "1.28.0"] {
         let validate = Command::new(TUTOR.python().with_file_name("kubernetes-validate"))
             .args(["--strict", "--quiet", "--kubernetes-version", version])
-            .args(manifests.map(|file| dir.join(file)))
+            .args(manifests)
             .output()
             .expect("kubernetes-validate runs");
-        assert_succeeded(&validate, &format!("deploy/kubernetes with kubernetes-validate --strict for {version}"));
+        assert_succeeded(&validate, &format!("kubernetes-validate --strict for Kubernetes {version}"));
     }
 }
