@@ -21,6 +21,9 @@ pub struct ProxyToml {
     pub csmh: SocketAddr,
     /// The account the proxy logs in to `csmh` with; written only when it is another server.
     pub csmh_account: Account,
+    /// The account the migration commands log in to `edxapp` with (`[backends.edxapp] user`), so that `status`,
+    /// `init`, `migrate` and the rest run against the same file; `None` writes none.
+    pub migration_account: Option<Account>,
     /// `[history] old_table`, schema-qualified.
     pub old_table: String,
     /// `[history] extended_table`, schema-qualified.
@@ -37,6 +40,7 @@ impl ProxyToml {
             edxapp,
             csmh,
             csmh_account: Account::app(),
+            migration_account: Some(Account::app()),
             old_table: format!("{EDXAPP_DB}.{OLD_TABLE}"),
             extended_table: format!("{CSMH_DB}.{EXTENDED_TABLE}"),
             flags: Flags::default(),
@@ -47,7 +51,12 @@ impl ProxyToml {
     pub fn render(&self) -> String {
         let quoted = |text: &str| toml::Value::String(text.to_owned()).to_string();
         let mut text =
-            format!("[listen]\naddress = \"{}\"\n\n[backends.edxapp]\naddress = \"{}\"\n\n", self.listen, self.edxapp);
+            format!("[listen]\naddress = \"{}\"\n\n[backends.edxapp]\naddress = \"{}\"\n", self.listen, self.edxapp);
+        if let Some(account) = &self.migration_account {
+            let (user, password) = (quoted(&account.user), quoted(&account.password));
+            let _ = writeln!(text, "user = {user}\npassword = {password}");
+        }
+        text.push('\n');
         let _ = writeln!(text, "[backends.csmh]\naddress = \"{}\"", self.csmh);
         if self.csmh != self.edxapp {
             let (user, password) = (quoted(&self.csmh_account.user), quoted(&self.csmh_account.password));

@@ -168,12 +168,7 @@ async fn fingerprint(conn: &mut Conn, table: &str, up_to: u64) -> Fingerprint {
 
 /// A `proxy.toml` for `dbs` in which both backends have the application account's login.
 fn migration_toml(dbs: &EdxDatabases) -> String {
-    let text = dbs.proxy_toml(Flags::default()).render();
-    let account = app();
-    let edxapp = format!("[backends.edxapp]\naddress = \"{}\"\n", dbs.edxapp.addr());
-    let login = format!("user = \"{}\"\npassword = \"{}\"\n", account.user, account.password);
-    assert!(text.contains(&edxapp), "{text}");
-    text.replacen(&edxapp, &format!("{edxapp}{login}"), 1)
+    dbs.proxy_toml(Flags::default()).render()
 }
 
 /// The process's standard output and error, for assertion messages.
