@@ -464,6 +464,11 @@ async fn status_shows_counts_offset_and_checkpoints(dbs: EdxDatabases) {
     assert!(extended.contains("20010 rows (20000 with ids up to the old table's largest, 10 above it)"), "{out}");
     assert!(extended.contains(&format!("next id {}", NEW_IDS.1 + 1)), "{out}");
     assert!(line(out, "id offset:").contains("safe: the extended table's next id 30011"), "{out}");
+    assert_eq!(
+        line(out, "32-bit ids:"),
+        "32-bit ids:     2147453636 ids left below 2147483647 (next id 30011)",
+        "{out}"
+    );
     assert!(line(out, "migrate:").contains("running") && out.contains("ids up to 12000 of 20000 (60.0%)"), "{out}");
     assert!(line(out, "verify:").contains("passed") && out.contains("20000 rows compared"), "{out}");
 

@@ -134,6 +134,7 @@ impl fmt::Display for StatusReport {
         writeln!(f, "old table:      {}", self.old)?;
         writeln!(f, "extended table: {}", self.extended)?;
         writeln!(f, "id offset:      {}", offset(&self.old, &self.extended))?;
+        writeln!(f, "32-bit ids:     {}", headroom(self.extended.stats.and_then(|stats| stats.next_id)))?;
         writeln!(f, "migrate:        {}", CheckpointLine(Task::Migrate, self.migrate.as_ref()))?;
         writeln!(f, "verify:         {}", CheckpointLine(Task::Verify, self.verify.as_ref()))
     }
@@ -192,6 +193,33 @@ fn offset(old: &TableStatus, extended: &TableStatus) -> String {
     }
 }
 
+/// The largest id edxapp's history model (a 32-bit `AutoField`) can look up: on Django 5.0 and later a lookup by a
+/// larger id returns nothing without reaching the database (docs/migration.md, "The 2^31 boundary").
+pub const LARGEST_32_BIT_ID: u64 = i32::MAX as u64;
+
+/// Below this many ids left under [`LARGEST_32_BIT_ID`] (a tenth of them), `status` warns.
+const HEADROOM_WARNING: u64 = LARGEST_32_BIT_ID / 10;
+
+/// How many ids the extended table, whose next id is `next_id`, has left below [`LARGEST_32_BIT_ID`], and a
+/// warning as they run out.
+fn headroom(next_id: Option<u64>) -> String {
+    let Some(next) = next_id else {
+        return "unknown: the extended table does not exist or has no AUTO_INCREMENT".to_owned();
+    };
+    match LARGEST_32_BIT_ID.checked_sub(next) {
+        None => format!(
+            "PAST 2^31: the extended table's next id {next} is above {LARGEST_32_BIT_ID}; edxapp on Django 5.0 or \
+             later writes an extra history row for each second save of a problem in one request (see \
+             docs/migration.md, \"The 2^31 boundary\")"
+        ),
+        Some(left) if left < HEADROOM_WARNING => format!(
+            "WARNING: {left} ids left below {LARGEST_32_BIT_ID} (next id {next}); plan for the boundary now (see \
+             docs/migration.md, \"The 2^31 boundary\")"
+        ),
+        Some(left) => format!("{left} ids left below {LARGEST_32_BIT_ID} (next id {next})"),
+    }
+}
+
 /// One checkpoint as `status` shows it.
 struct CheckpointLine<'a>(Task, Option<&'a Checkpoint>);
 
@@ -224,5 +252,18 @@ impl fmt::Display for CheckpointLine<'_> {
             write!(f, "\n                {line}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ids_left_below_2_31_are_counted_and_warned_about_as_they_run_out() {
+        assert_eq!(headroom(Some(10_001)), "2147473646 ids left below 2147483647 (next id 10001)");
+        assert!(headroom(Some(2_000_000_000)).starts_with("WARNING: 147483647 ids left"));
+        assert!(headroom(Some(LARGEST_32_BIT_ID + 1)).starts_with("PAST 2^31"));
+        assert!(headroom(None).starts_with("unknown"));
     }
 }
