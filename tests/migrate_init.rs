@@ -34,6 +34,7 @@ async fn init_creates_the_extended_table_above_the_old_ids_and_prints_the_offset
         assert!(stdout.contains(&format!("highest id {old_max}\n")), "{stdout}");
         assert!(stdout.contains(&format!("extended table's next id: {}\n", old_max + 10_000)), "{stdout}");
         assert!(stdout.contains("starting id offset: 10000 (history.id_offset = 10000)"), "{stdout}");
+        assert!(stdout.contains("32-bit ids: ") && stdout.contains(" ids left below 2147483647"), "{stdout}");
         assert_eq!(next_extended_id(&site).await, old_max + 10_000);
 
         let columns: Vec<String> = site

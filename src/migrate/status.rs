@@ -202,7 +202,7 @@ const HEADROOM_WARNING: u64 = LARGEST_32_BIT_ID / 10;
 
 /// How many ids the extended table, whose next id is `next_id`, has left below [`LARGEST_32_BIT_ID`], and a
 /// warning as they run out.
-fn headroom(next_id: Option<u64>) -> String {
+pub fn headroom(next_id: Option<u64>) -> String {
     let Some(next) = next_id else {
         return "unknown: the extended table does not exist or has no AUTO_INCREMENT".to_owned();
     };
