@@ -7,7 +7,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
@@ -62,16 +62,7 @@ async fn sigterm_drains_then_lets_transactions_finish_and_answers_idle_sessions_
         addr = server.addr()
     );
     std::fs::write(&config, text).expect("write proxy.toml");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_csmh-proxy"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the proxy");
+    let mut child = support::serve_binary(&[], &config);
     let mut log = BufReader::new(child.stderr.take().expect("its log")).lines();
     let proxy = address_logged(&mut log, "listening").await;
     let admin = address_logged(&mut log, "admin listening").await;

@@ -8,7 +8,6 @@ mod support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -458,16 +457,7 @@ async fn sighup_reloads_the_running_binary_and_a_refused_file_is_logged_with_its
     let dir = tempfile::tempdir().expect("a temporary directory");
     let path = dir.path().join("proxy.toml");
     write(&path, &dbs.proxy_toml(Stage::OldTableOnly.flags()).render());
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_csmh-proxy"))
-        .args(["serve", "--no-watch", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the proxy");
+    let mut child = support::serve_binary(&["--no-watch"], &path);
     let mut log = Log::new(child.stderr.take().expect("piped stderr"));
     let listening = log.wait_for("listening").await;
     let address = listening.split("address=").nth(1).and_then(|rest| rest.split_whitespace().next());

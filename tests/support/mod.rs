@@ -282,3 +282,20 @@ pub fn cli_stdout(output: &Output) -> String {
     assert!(output.status.success(), "mariadb failed: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
+
+/// Starts the built `csmh-proxy serve` with `options` and the configuration at `config`, logging at info level to
+/// a pipe (its `stderr`), killed when dropped.
+pub fn serve_binary(options: &[&str], config: &std::path::Path) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_csmh-proxy"))
+        .arg("serve")
+        .args(options)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the proxy")
+}
