@@ -68,13 +68,19 @@ impl AuthKey {
             .map_err(|_| UndecryptablePassword)?
             .len();
         plain.truncate(len);
-        for (byte, mask) in plain.iter_mut().zip(scramble.iter().cycle()) {
-            *byte ^= mask;
-        }
+        xor_with_scramble(&mut plain, scramble);
         if plain.last() != Some(&0) {
             return Err(UndecryptablePassword);
         }
         Ok(plain)
+    }
+}
+
+/// XORs `bytes` (a password and its NUL) with `scramble`, repeated: what caching_sha2_password's RSA exchange
+/// encrypts, and what a decryption gives back.
+pub fn xor_with_scramble(bytes: &mut [u8], scramble: &[u8]) {
+    for (byte, mask) in bytes.iter_mut().zip(scramble.iter().cycle()) {
+        *byte ^= mask;
     }
 }
 
@@ -97,9 +103,7 @@ mod tests {
     /// What a client sends: the password and its NUL, XORed with the scramble, encrypted with the key.
     fn client_sends(pem: &[u8], password: &[u8], scramble: &[u8]) -> Vec<u8> {
         let mut block: Vec<u8> = password.iter().chain([&0]).copied().collect();
-        for (byte, mask) in block.iter_mut().zip(scramble.iter().cycle()) {
-            *byte ^= mask;
-        }
+        xor_with_scramble(&mut block, scramble);
         mysql_common::crypto::encrypt(&block, pem)
     }
 

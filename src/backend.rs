@@ -254,9 +254,7 @@ async fn full_authentication(
     let (key, seq) = read_packet(conn).await?;
     let pem = key.strip_prefix(&[0x01]).ok_or(LoginError::Protocol("the server's public key"))?;
     let mut masked = password;
-    for (byte, mask) in masked.iter_mut().zip(nonce.iter().cycle()) {
-        *byte ^= mask;
-    }
+    crate::auth_key::xor_with_scramble(&mut masked, nonce);
     let encrypted = mysql_common::crypto::encrypt(&masked, pem);
     send_raw(conn, seq.wrapping_add(1), &encrypted).await
 }

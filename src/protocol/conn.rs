@@ -47,19 +47,6 @@ impl Connection {
         matches!(self.stream, Stream::Tls(_))
     }
 
-    /// The TLS version and cipher suite in use, as `("TLSv1.3", "TLS13_AES_256_GCM_SHA384")`; `None` in plaintext.
-    pub fn tls_parameters(&self) -> Option<(&'static str, String)> {
-        let Stream::Tls(tls) = &self.stream else { return None };
-        let (_, state) = tls.get_ref();
-        let version = match state.protocol_version()? {
-            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
-            rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
-            _ => "TLS",
-        };
-        let suite = state.negotiated_cipher_suite()?.suite();
-        Some((version, format!("{suite:?}")))
-    }
-
     /// Runs the server's side of a TLS handshake on this plaintext connection (the client asked for TLS with an
     /// SSLRequest packet) and carries on inside TLS. Bytes the client sent after its request and that were read
     /// already (the start of its TLS handshake) are handed to TLS first. On an error the connection is unusable.

@@ -18,27 +18,24 @@ impl Session {
     /// client reads.
     pub(super) async fn full_auth_for_plaintext_client(
         &mut self,
-        span: PacketSpan,
+        mut span: PacketSpan,
         mut seq: Sequence,
         answer_seq: &mut Option<u8>,
     ) -> Result<Sequence, SessionError> {
-        let mut encrypted = self.client.buf.split_to(span.wire_len);
-        if span.first_frame(&encrypted) == packets::REQUEST_PUBLIC_KEY {
-            let key = self.shared.auth_key().await.ok_or(SessionError::FullAuth(FullAuthFailure::NoKey))?;
+        let shared = std::sync::Arc::clone(&self.shared);
+        let key = shared.auth_key().await.ok_or(FullAuthFailure::NoKey)?;
+        let mut packet = self.client.buf.split_to(span.wire_len);
+        if span.first_frame(&packet) == packets::REQUEST_PUBLIC_KEY {
             let mut out = BytesMut::new();
             seq.client = packets::write_auth_more_data(&mut out, seq.client, key.public_pem());
             self.client.write_all(&out).await.map_err(SessionError::Client)?;
-            let span = self.next_handshake_packet().await?;
+            span = self.next_handshake_packet().await?;
             seq.client = span.last_seq.wrapping_add(1);
             *answer_seq = Some(seq.client);
-            encrypted = self.client.buf.split_to(span.wire_len);
+            packet = self.client.buf.split_to(span.wire_len);
         }
-        let span = PacketSpan::find(&encrypted)
-            .ok_or(SessionError::FullAuth(FullAuthFailure::Undecryptable(crate::auth_key::UndecryptablePassword)))?;
-        let key = self.shared.auth_key().await.ok_or(SessionError::FullAuth(FullAuthFailure::NoKey))?;
-        let password = key.decrypt_password(span.first_frame(&encrypted), &self.edxapp.scramble).map_err(|_| {
-            SessionError::FullAuth(FullAuthFailure::Undecryptable(crate::auth_key::UndecryptablePassword))
-        })?;
+        let password =
+            key.decrypt_password(span.first_frame(&packet), &self.edxapp.scramble).map_err(FullAuthFailure::from)?;
         let mut out = BytesMut::new();
         seq.server = frame::write_packet(&mut out, seq.server, &password);
         let sent = self.edxapp.conn.write_all(&out).await;

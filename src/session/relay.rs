@@ -86,7 +86,12 @@ impl Session {
                 .await
                 .map_err(CopyFailure::on_edxapp)?;
             match progress {
-                Copied::ClientTurn(ClientTurn::Auth) => self.relay_next_client_packet().await?,
+                // Authentication exchanges are relayed by `Session::authenticate`, never through here.
+                Copied::ClientTurn(ClientTurn::Auth) => {
+                    return Err(SessionError::BackendProtocol(ProtocolError::Unsupported(
+                        "an authentication exchange outside a login or COM_CHANGE_USER",
+                    )));
+                }
                 Copied::ClientTurn(ClientTurn::LocalInfile) => self.relay_local_infile().await?,
                 Copied::Done(end) => {
                     self.edxapp.note_response(&scanner);
@@ -94,12 +99,6 @@ impl Session {
                 }
             }
         }
-    }
-
-    /// Relays the next whole packet the client sends to `edxapp`.
-    async fn relay_next_client_packet(&mut self) -> Result<(), SessionError> {
-        let span = self.next_handshake_packet().await?;
-        self.relay_client_packet(span.wire_len).await
     }
 
     /// The client's next packet of a login or an authentication exchange, no larger than a handshake packet.
