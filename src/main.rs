@@ -67,6 +67,16 @@ enum Command {
     ///
     /// Exit status: 0 when every row found has been copied, 1 when refused, 2 when it could not run.
     Migrate(MigrateArgs),
+    /// Pause a running `migrate` before its next chunk (and any `migrate` started later) until `csmh-proxy resume`.
+    ///
+    /// Writes the control row in the checkpoint table on the `csmh` server, which a running `migrate` reads once a
+    /// second: it works from any machine or pod with the configuration.
+    Pause(csmh_proxy::migrate::control::PauseArgs),
+    /// Lift `csmh-proxy pause`: a waiting `migrate` copies again within a second.
+    Resume,
+    /// Change the throttles of a running `migrate` (and of later runs), replacing its command line's; with no
+    /// option, show them. `none` lifts a limit; `--reset` goes back to the command line's.
+    Throttle(csmh_proxy::migrate::control::ThrottleArgs),
     /// Compare the old table with the extended table and print the id ranges that differ.
     ///
     /// Every id of the old table, from its smallest to its largest, is compared chunk by chunk: both servers
@@ -165,6 +175,18 @@ fn main() -> anyhow::Result<()> {
         Command::Migrate(args) => {
             let config = migration_config(&cli.config);
             finish(runtime.block_on(csmh_proxy::migrate::copy::run(&config, &args)), |_| true)
+        }
+        Command::Pause(args) => {
+            let config = migration_config(&cli.config);
+            finish(runtime.block_on(csmh_proxy::migrate::control::pause(&config, &args)), |_| true)
+        }
+        Command::Resume => {
+            let config = migration_config(&cli.config);
+            finish(runtime.block_on(csmh_proxy::migrate::control::resume(&config)), |_| true)
+        }
+        Command::Throttle(args) => {
+            let config = migration_config(&cli.config);
+            finish(runtime.block_on(csmh_proxy::migrate::control::throttle(&config, &args)), |_| true)
         }
         Command::Verify(args) => {
             let config = migration_config(&cli.config);

@@ -19,6 +19,9 @@ pub enum Task {
     Migrate,
     /// `csmh-proxy verify`.
     Verify,
+    /// Not a task: the row `csmh-proxy pause`, `resume` and `throttle` write for a running `migrate` to read
+    /// ([`super::control`]).
+    Control,
 }
 
 impl Task {
@@ -27,6 +30,7 @@ impl Task {
         match self {
             Task::Migrate => "migrate",
             Task::Verify => "verify",
+            Task::Control => "control",
         }
     }
 }
@@ -138,6 +142,24 @@ pub async fn save(
         checkpoint.started_at.as_str().into(),
     ];
     conn.exec_drop(sql, params).await.map_err(|source| query_error("write the checkpoint", source))
+}
+
+/// Changes the `state` and `detail` of `task`'s checkpoint, if it has one, and nothing else: for a run that is
+/// waiting to copy, while its writers may still commit chunks that move `last_id` on.
+pub async fn mark(
+    conn: &mut impl Queryable,
+    site: &Site,
+    task: Task,
+    state: &str,
+    detail: Option<&str>,
+) -> Result<(), MigrateError> {
+    let sql = format!(
+        "UPDATE {} SET `state` = ?, `detail` = ?, `updated_at` = NOW() WHERE `task` = ? AND `extended_table` = ?",
+        table_for(&site.extended)
+    );
+    conn.exec_drop(sql, (state, detail, task.name(), site.extended.to_string()))
+        .await
+        .map_err(|source| query_error("write the checkpoint", source))
 }
 
 /// The `csmh` server's clock, as the checkpoint table records times.

@@ -7,6 +7,7 @@
 //! interrupted at any point can be run again.
 
 pub mod checkpoint;
+pub mod control;
 pub mod copy;
 mod error;
 pub mod init;

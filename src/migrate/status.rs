@@ -11,6 +11,7 @@ use std::fmt;
 use mysql_async::Conn;
 
 use super::checkpoint::{self, Checkpoint, Task};
+use super::control::{self, Control};
 use super::verify::IdRange;
 use super::verify::table::{Role, Stats, Table};
 use super::{MigrateError, Site};
@@ -38,6 +39,7 @@ pub struct StatusReport {
     extended: TableStatus,
     migrate: Option<Checkpoint>,
     verify: Option<Checkpoint>,
+    control: Control,
 }
 
 /// What is known of one table.
@@ -74,6 +76,7 @@ pub async fn run(config: &Config, args: &StatusArgs) -> Result<StatusReport, Mig
     )
     .await?;
     let (migrate, verify) = checkpoints(&mut servers.csmh, &site).await?;
+    let (control, _) = control::load(&mut servers.csmh, &site).await?;
     Ok(StatusReport {
         flags: site.flags,
         stage: routing_table(site.flags).map(|table| table.stage()),
@@ -82,6 +85,7 @@ pub async fn run(config: &Config, args: &StatusArgs) -> Result<StatusReport, Mig
         extended,
         migrate,
         verify,
+        control,
     })
 }
 
@@ -136,7 +140,8 @@ impl fmt::Display for StatusReport {
         writeln!(f, "id offset:      {}", offset(&self.old, &self.extended))?;
         writeln!(f, "32-bit ids:     {}", headroom(self.extended.stats.and_then(|stats| stats.next_id)))?;
         writeln!(f, "migrate:        {}", CheckpointLine(Task::Migrate, self.migrate.as_ref()))?;
-        writeln!(f, "verify:         {}", CheckpointLine(Task::Verify, self.verify.as_ref()))
+        writeln!(f, "verify:         {}", CheckpointLine(Task::Verify, self.verify.as_ref()))?;
+        writeln!(f, "control:        {}", self.control)
     }
 }
 
@@ -247,6 +252,7 @@ impl fmt::Display for CheckpointLine<'_> {
                 }
             }
             (Task::Verify, _, _) => write!(f, "; {} rows compared", checkpoint.rows_done)?,
+            (Task::Control, _, _) => {}
         }
         for line in checkpoint.detail.iter().flat_map(|detail| detail.lines()) {
             write!(f, "\n                {line}")?;

@@ -7,12 +7,16 @@
 //! transaction on the `csmh` server ([`run`]), so a run killed at any point resumes from its checkpoint with
 //! nothing lost or copied twice.
 
+mod lag;
+pub mod load;
+mod pace;
 mod progress;
 mod run;
 mod server_side;
 pub mod sql;
 mod streamed;
-mod throttle;
+pub mod throttle;
+pub mod window;
 
 use std::fmt;
 use std::time::Duration;
@@ -22,13 +26,16 @@ use mysql_async::prelude::Queryable;
 use tokio::time::Instant;
 use tracing::info;
 
+use self::load::LoadLimit;
+use self::pace::ChunkSizer;
 use self::progress::Progress;
 pub use self::run::{DONE, RECOPY, RUNNING, Recopy};
 use self::run::{Removal, Run, csmh_error, edxapp_error};
-use self::server_side::{ServerSide, Throttle};
+use self::server_side::ServerSide;
 use self::sql::InsertBuilder;
 use self::streamed::Streamed;
-use self::throttle::{ChunkSizer, LagWatch, RateLimit};
+use self::throttle::Throttle;
+use self::window::Window;
 use super::checkpoint::{self, Task};
 use super::{ER_BAD_DB, ER_NO_SUCH_TABLE, MigrateError, Servers, Site};
 use crate::config::Config;
@@ -54,6 +61,18 @@ pub struct MigrateArgs {
     /// removed, never below the old table's smallest id.
     #[arg(long, value_name = "ID")]
     pub from_id: Option<u64>,
+    /// Pause while this file exists (as gh-ost's --throttle-flag-file); its first line, if any, is shown as the
+    /// reason. `csmh-proxy pause` does the same from any machine with the configuration.
+    #[arg(long, value_name = "PATH")]
+    pub pause_file: Option<std::path::PathBuf>,
+    /// Pause while a global status variable of either server is above its bound: `Threads_running=50`, several
+    /// separated by commas.
+    #[arg(long, value_name = "VARIABLE=N,...")]
+    pub max_load: Option<LoadLimit>,
+    /// Copy only between these hours, in the named time zone or the process's own (`TZ`): `22:00-06:00`,
+    /// `22:00-06:00 Europe/Paris`. Outside them the copy pauses between chunks.
+    #[arg(long, value_name = "HH:MM-HH:MM [ZONE]")]
+    pub run_between: Option<Window>,
 }
 
 impl Default for MigrateArgs {
@@ -64,6 +83,9 @@ impl Default for MigrateArgs {
             max_rows_per_second: None,
             max_replication_lag: 10,
             from_id: None,
+            pause_file: None,
+            max_load: None,
+            run_between: None,
         }
     }
 }
@@ -166,7 +188,9 @@ pub async fn migrate(site: &Site, args: &MigrateArgs) -> Result<MigrateReport, M
         started_at,
         recopy,
         progress: Progress::new(first_id, first_id),
+        waiting: Default::default(),
     };
+    checkpoint::save(&mut servers.csmh, site, Task::Migrate, &run.checkpoint(RUNNING)).await?;
     let passes = copy_passes(&mut servers, site, args, &mut run).await;
     run.progress.finish();
     let passes = passes?;
@@ -220,9 +244,8 @@ async fn copy_passes(
     run: &mut Run<'_>,
 ) -> Result<u32, MigrateError> {
     let sizer = ChunkSizer::new(INITIAL_CHUNK_ROWS, args.max_chunk_rows, Duration::from_secs_f64(args.chunk_seconds));
-    let mut rate = RateLimit::new(args.max_rows_per_second);
-    let mut lag = LagWatch::new(Duration::from_secs(args.max_replication_lag));
-    let mut lag_conn = site.connect_csmh().await?;
+    let notes = (run.recopy, run.waiting.clone(), run.progress.notice());
+    let mut throttle = Throttle::new(site, args, &sizer, site.connect_csmh().await?, notes).await?;
     let mut second_writer = match site.topology {
         Topology::OneServer => None,
         Topology::TwoServers => Some(site.connect_csmh().await?),
@@ -232,6 +255,7 @@ async fn copy_passes(
     let server_side = ServerSide::new(run);
     let mut passes = 0;
     loop {
+        reconnect_if_lost(&mut servers.edxapp, site).await?;
         let target = old_largest_id(&mut servers.edxapp, site).await?;
         if target <= run.last_id {
             return Ok(passes);
@@ -252,12 +276,11 @@ async fn copy_passes(
             Some(recopy) => Some(Removal { recopy, floor: old_smallest_id(&mut servers.edxapp, site).await? }),
             None => None,
         };
-        let throttle = Throttle { sizer: &sizer, rate: &mut rate, lag: &mut lag, lag_conn: &mut lag_conn };
         match &mut second_writer {
-            None => server_side.pass(&mut servers.csmh, run, throttle, removal).await?,
+            None => server_side.pass(&mut servers.csmh, run, &mut throttle, removal).await?,
             Some(second) => {
                 let streamed = Streamed { builder: &builder, statement_bytes, removal };
-                streamed.pass(&mut servers.edxapp, [&mut servers.csmh, second], run, throttle).await?;
+                streamed.pass(&mut servers.edxapp, [&mut servers.csmh, second], run, &mut throttle).await?;
             }
         }
     }
@@ -281,11 +304,7 @@ fn ids_taken(site: &Site, last_id: u64, target: u64) -> MigrateError {
 /// Sets up both sessions for the copy: chunks read committed data without locking the old table's rows (where
 /// the binary log allows it), and a reader may wait on a slow writer without the server timing it out.
 async fn prepare_sessions(servers: &mut Servers, site: &Site) -> Result<(), MigrateError> {
-    servers
-        .edxapp
-        .query_drop("SET SESSION net_write_timeout = 600")
-        .await
-        .map_err(|source| edxapp_error("set up the session", source))?;
+    prepare_edxapp(&mut servers.edxapp).await?;
     if site.topology == Topology::OneServer {
         let (log_bin, format): (Option<String>, Option<String>) = servers
             .csmh
@@ -303,6 +322,15 @@ async fn prepare_sessions(servers: &mut Servers, site: &Site) -> Result<(), Migr
         }
     }
     Ok(())
+}
+
+/// Sets up the session that reads the old table: a reader may wait on a slow writer without the server timing it
+/// out.
+async fn prepare_edxapp(edxapp: &mut Conn) -> Result<(), MigrateError> {
+    edxapp
+        .query_drop("SET SESSION net_write_timeout = 600")
+        .await
+        .map_err(|source| edxapp_error("set up the session", source))
 }
 
 /// Makes sure no other run of `migrate` copies into the same table at the same time: a named lock on the `csmh`
@@ -336,6 +364,17 @@ async fn check_extended_table(csmh: &mut Conn, site: &Site) -> Result<(), Migrat
         }
         Err(source) => Err(csmh_error("look for the extended table", source)),
     }
+}
+
+/// Opens `edxapp` again if the server closed it: on one server it sits idle through a whole pass, which on a large
+/// table outlasts the server's `wait_timeout`.
+async fn reconnect_if_lost(edxapp: &mut Conn, site: &Site) -> Result<(), MigrateError> {
+    if edxapp.ping().await.is_err() {
+        info!("the connection to [backends.edxapp] was closed while idle; opening another");
+        *edxapp = site.connect_edxapp().await?;
+        prepare_edxapp(edxapp).await?;
+    }
+    Ok(())
 }
 
 /// The old table's smallest id; `None` when it is empty.

@@ -79,10 +79,30 @@ impl Progress {
         self.rows as f64 / self.started.elapsed().as_secs_f64().max(1e-3)
     }
 
+    /// A handle that shows on the bar why the copy waits, for the throttle that decides it.
+    pub fn notice(&self) -> Notice {
+        Notice { bar: self.bar.clone() }
+    }
+
     /// Removes the bar.
     pub fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
+        }
+    }
+}
+
+/// Shows on the progress bar, if there is one, why the copy waits (log lines say it otherwise).
+#[derive(Debug, Clone)]
+pub struct Notice {
+    bar: Option<ProgressBar>,
+}
+
+impl Notice {
+    /// The copy waits for `reason`; the next chunk's progress replaces it.
+    pub fn waiting(&self, reason: &str) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!("paused: {reason}"));
         }
     }
 }

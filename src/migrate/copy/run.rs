@@ -1,6 +1,8 @@
 //! One run of `migrate`: where it stands (the last id copied, rows copied), and the commit of a chunk together
 //! with the checkpoint that records it, in one transaction on the `csmh` server.
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 
@@ -10,8 +12,13 @@ use crate::migrate::{MigrateError, Site};
 
 /// The checkpoint's `state` while a run copies.
 pub const RUNNING: &str = "running";
+/// The checkpoint's `state` while a run waits to copy (`csmh-proxy pause`, `--max-load`, ...); its `detail`
+/// then has a line that starts with [`WAITING`] and says why.
+pub const PAUSED: &str = "paused";
 /// The checkpoint's `state` once a run has copied every row it found.
 pub const DONE: &str = "done";
+/// How the line of a paused checkpoint's `detail` that says why starts.
+pub const WAITING: &str = "paused: ";
 /// How the checkpoint's `detail` starts while a run copies again over rows copied before (`--from-id`).
 pub const RECOPY: &str = "re-copy from id ";
 /// Between the two ids of a re-copy in the checkpoint's `detail`.
@@ -33,11 +40,43 @@ impl Recopy {
         format!("{RECOPY}{}{RECOPY_UNTIL}{}", self.from, self.until)
     }
 
-    /// The re-copy a checkpoint's `detail` records, if any.
+    /// The re-copy a checkpoint's `detail` records, if any (on its first line).
     pub fn from_detail(detail: &str) -> Option<Recopy> {
-        let (from, until) = detail.strip_prefix(RECOPY)?.split_once(RECOPY_UNTIL)?;
+        let first = detail.lines().next()?;
+        let (from, until) = first.strip_prefix(RECOPY)?.split_once(RECOPY_UNTIL)?;
         Some(Recopy { from: from.parse().ok()?, until: until.parse().ok()? })
     }
+}
+
+/// Why the copy waits, if it does: set by the throttle that decides it, read by whoever writes the checkpoint
+/// (the writers of a streamed copy commit chunks still in flight while the reader waits).
+#[derive(Debug, Clone, Default)]
+pub struct WaitNote(Arc<Mutex<Option<String>>>);
+
+impl WaitNote {
+    /// Records why the copy waits; `None` once it copies again.
+    pub fn set(&self, reason: Option<String>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = reason;
+    }
+
+    /// Why the copy waits, if it does.
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// The checkpoint's `state` and `detail` for a run in `state`, re-copying `recopy`, waiting for `waiting`: a
+/// running copy that waits is recorded as [`PAUSED`], with the reason on the detail's last line.
+pub fn state_and_detail<'a>(
+    state: &'a str,
+    recopy: Option<Recopy>,
+    waiting: Option<&str>,
+) -> (&'a str, Option<String>) {
+    let waiting = waiting.filter(|_| state == RUNNING);
+    let state = if waiting.is_some() { PAUSED } else { state };
+    let lines: Vec<String> =
+        recopy.map(Recopy::detail).into_iter().chain(waiting.map(|reason| format!("{WAITING}{reason}"))).collect();
+    (state, (!lines.is_empty()).then(|| lines.join("\n")))
 }
 
 /// Where a pass removes the extended rows that the old table no longer has.
@@ -80,17 +119,20 @@ pub struct Run<'a> {
     pub recopy: Option<Recopy>,
     /// What the operator sees.
     pub progress: Progress,
+    /// Why the copy waits, if it does.
+    pub waiting: WaitNote,
 }
 
 impl Run<'_> {
     /// The checkpoint recording this position, in `state`.
     pub fn checkpoint(&self, state: &str) -> Checkpoint {
+        let (state, detail) = state_and_detail(state, self.recopy, self.waiting.get().as_deref());
         Checkpoint {
             state: state.to_owned(),
             last_id: Some(self.last_id),
             target_id: Some(self.target_id),
             rows_done: self.rows_done,
-            detail: self.recopy.map(Recopy::detail),
+            detail,
             started_at: self.started_at.clone(),
             updated_at: String::new(),
         }
@@ -128,6 +170,12 @@ mod tests {
         let recopy = Recopy { from: 14, until: 200_000 };
         assert_eq!(Recopy::from_detail(&recopy.detail()), Some(recopy));
         assert_eq!(Recopy::from_detail("something else"), None);
+        let (state, detail) = state_and_detail(RUNNING, Some(recopy), Some("pause file /run/pause exists"));
+        assert_eq!(state, PAUSED);
+        let detail = detail.expect("a detail");
+        assert_eq!(detail, "re-copy from id 14 up to id 200000\npaused: pause file /run/pause exists");
+        assert_eq!(Recopy::from_detail(&detail), Some(recopy));
+        assert_eq!(state_and_detail(DONE, None, Some("late")), (DONE, None), "a finished run is not paused");
     }
 
     #[test]

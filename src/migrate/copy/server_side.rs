@@ -6,7 +6,7 @@ use mysql_async::prelude::Queryable;
 use tokio::time::Instant;
 
 use super::run::{Removal, Run, csmh_error};
-use super::throttle::{ChunkSizer, LagWatch, RateLimit};
+use super::throttle::Throttle;
 use crate::migrate::MigrateError;
 use crate::migrate::schema::COLUMN_LIST;
 
@@ -16,18 +16,6 @@ pub struct ServerSide {
     chunk_end: String,
     copy: String,
     remove_extra: String,
-}
-
-/// What keeps a pass within its limits.
-pub struct Throttle<'a> {
-    /// The chunk size.
-    pub sizer: &'a ChunkSizer,
-    /// The rows-per-second ceiling.
-    pub rate: &'a mut RateLimit,
-    /// The replication lag limit.
-    pub lag: &'a mut LagWatch,
-    /// A connection to the server that is idle during the pass, to ask it for its replication lag.
-    pub lag_conn: &'a mut Conn,
 }
 
 impl ServerSide {
@@ -55,12 +43,12 @@ impl ServerSide {
         &self,
         conn: &mut Conn,
         run: &mut Run<'_>,
-        throttle: Throttle<'_>,
+        throttle: &mut Throttle<'_>,
         removal: Option<Removal>,
     ) -> Result<(), MigrateError> {
         while run.last_id < run.target_id {
-            throttle.lag.wait(throttle.lag_conn).await;
-            let rows = throttle.sizer.rows();
+            throttle.before_chunk(conn, "csmh").await?;
+            let rows = throttle.sizer().rows();
             let started = Instant::now();
             let (from, target) = (run.last_id, run.target_id);
             conn.query_drop("BEGIN").await.map_err(|source| csmh_error("start a chunk", source))?;
@@ -77,8 +65,8 @@ impl ServerSide {
             conn.exec_drop(&self.copy, (from, to)).await.map_err(|source| csmh_error("copy a chunk", source))?;
             let copied = records(&conn.info()).unwrap_or_else(|| conn.affected_rows());
             run.commit_chunk(conn, to, copied).await?;
-            throttle.sizer.record(copied, started.elapsed());
-            throttle.rate.copied(copied).await;
+            throttle.sizer().record(copied, started.elapsed());
+            throttle.copied(copied).await;
         }
         Ok(())
     }

@@ -15,10 +15,10 @@ use mysql_async::{Conn, Statement};
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio::time::Instant;
 
+use super::pace::ChunkSizer;
 use super::run::{Removal, Run, csmh_error, edxapp_error};
-use super::server_side::Throttle;
 use super::sql::InsertBuilder;
-use super::throttle::ChunkSizer;
+use super::throttle::{KEEP_ALIVE, Throttle};
 use crate::migrate::schema::{COLUMN_LIST, COLUMNS};
 use crate::migrate::{MigrateError, Site};
 
@@ -78,7 +78,7 @@ impl Streamed<'_> {
         edxapp: &mut Conn,
         csmh: [&mut Conn; 2],
         run: &mut Run<'_>,
-        throttle: Throttle<'_>,
+        throttle: &mut Throttle<'_>,
     ) -> Result<(), MigrateError> {
         let select = format!(
             "SELECT {COLUMN_LIST} FROM {} WHERE `id` > ? AND `id` <= ? ORDER BY `id` LIMIT ?",
@@ -98,7 +98,7 @@ impl Streamed<'_> {
         } else {
             vec![first_tx, second_tx]
         };
-        let commits = Commits { run: Mutex::new(run), committed: watch::Sender::new(0), sizer: throttle.sizer };
+        let commits = Commits { run: Mutex::new(run), committed: watch::Sender::new(0), sizer: throttle.sizer() };
         let reader = self.read(edxapp, &select, (from, target), throttle, writers, spare_rx);
         let first = self.write(first, site, &commits, first_rx, spare_tx.clone());
         let second = self.write(second, site, &commits, second_rx, spare_tx);
@@ -112,7 +112,7 @@ impl Streamed<'_> {
         conn: &mut Conn,
         select: &Statement,
         (from, target): (u64, u64),
-        throttle: Throttle<'_>,
+        throttle: &mut Throttle<'_>,
         writers: Vec<mpsc::Sender<Piece>>,
         mut spare: mpsc::Receiver<Vec<u8>>,
     ) -> Result<(), MigrateError> {
@@ -120,9 +120,9 @@ impl Streamed<'_> {
         let mut buf = Vec::with_capacity(self.statement_bytes * 2);
         let mut sequence = 0;
         while last < target {
-            throttle.lag.wait(throttle.lag_conn).await;
+            throttle.before_chunk(conn, "edxapp").await?;
             let pieces = &writers[(sequence % writers.len() as u64) as usize];
-            let limit = throttle.sizer.rows();
+            let limit = throttle.sizer().rows();
             let started = Instant::now();
             let mut result = conn
                 .exec_iter(select, (last, target, limit))
@@ -153,7 +153,7 @@ impl Streamed<'_> {
             sequence += 1;
             let rows = end.rows;
             pieces.send(Piece::ChunkEnd(end)).await.map_err(|_| writer_gone())?;
-            throttle.rate.copied(rows).await;
+            throttle.copied(rows).await;
         }
         Ok(())
     }
@@ -183,7 +183,7 @@ impl Streamed<'_> {
         spare: mpsc::Sender<Vec<u8>>,
     ) -> Result<(), MigrateError> {
         let mut in_transaction = false;
-        while let Some(piece) = pieces.recv().await {
+        while let Some(piece) = next_piece(conn, &mut pieces).await? {
             if !in_transaction {
                 conn.query_drop("BEGIN").await.map_err(|source| csmh_error("start a chunk", source))?;
                 in_transaction = true;
@@ -207,6 +207,19 @@ impl Streamed<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// The next piece for a writer, or `None` when the reader is done; pings `conn` while none comes, so that the
+/// connection outlives a long pause of the reader.
+async fn next_piece(conn: &mut Conn, pieces: &mut mpsc::Receiver<Piece>) -> Result<Option<Piece>, MigrateError> {
+    loop {
+        tokio::select! {
+            piece = pieces.recv() => return Ok(piece),
+            () = tokio::time::sleep(KEEP_ALIVE) => {
+                conn.ping().await.map_err(|source| csmh_error("keep the connection open", source))?;
+            }
+        }
     }
 }
 

@@ -1,235 +1,391 @@
-//! How fast `migrate` goes: the chunk size that keeps each chunk near a target time, an optional ceiling on
-//! rows per second, and a pause while the `csmh` server reports replication lag above a limit.
+//! When `migrate` may copy its next chunk, and how fast: the throttles in force (the command line, replaced by
+//! `csmh-proxy throttle`), and every reason to wait — `csmh-proxy pause`, a pause file, hours outside
+//! `--run-between`, a server above `--max-load`, a replica behind by more than `--max-replication-lag`.
+//!
+//! The copy asks [`Throttle::before_chunk`] before each chunk, so it never waits inside a transaction or with a
+//! result set open. While it waits, the reason shows in the progress line, in the log and in the checkpoint (so
+//! `csmh-proxy status` shows it), and the copy's connections are pinged so that a night-long wait does not outlast
+//! the server's `wait_timeout`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fmt;
+use std::mem::discriminant;
+use std::path::PathBuf;
 use std::time::Duration;
-
-use tokio::time::Instant;
 
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
-/// The smallest chunk, whatever the timing says.
-const MIN_CHUNK_ROWS: u64 = 100;
-/// How much one chunk's timing may change the next chunk's size, up or down.
-const MAX_STEP: u64 = 2;
+use super::MigrateArgs;
+use super::lag::{Lag, replication_lag};
+use super::load::{LoadLimit, Overload};
+use super::pace::{ChunkSizer, RateLimit};
+use super::progress::Notice;
+use super::run::{Recopy, WaitNote, csmh_error, edxapp_error, state_and_detail};
+use super::window::Window;
+use crate::migrate::checkpoint::{self, Task};
+use crate::migrate::control::{self, Control, Pause};
+use crate::migrate::{MigrateError, Site};
+use crate::topology::Topology;
 
-/// The number of rows the next chunk reads: adapted after every chunk so that a chunk takes about the target
-/// time. ProxyState between the task that reads chunks and the one that writes them (hence the atomic).
-#[derive(Debug)]
-pub struct ChunkSizer {
-    rows: AtomicU64,
-    target: Duration,
-    max_rows: u64,
+/// How often the control row, the load and the lag are read, at most; and how often a waiting copy looks again.
+const POLL: Duration = Duration::from_secs(1);
+/// How often a waiting copy pings its connections, and logs that it still waits.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(60);
+/// How often a waiting copy rewrites its checkpoint (so `status` shows it alive and why it waits).
+const MARK_EVERY: Duration = Duration::from_secs(10);
+
+/// The throttles in force.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Throttles {
+    /// Aim for chunks of about this many seconds.
+    pub chunk_seconds: f64,
+    /// At most this many rows per second.
+    pub max_rows_per_second: Option<u64>,
+    /// Wait while the `csmh` server lags its source by more than this many seconds.
+    pub max_replication_lag: u64,
+    /// Wait while a server is busier than this.
+    pub max_load: Option<LoadLimit>,
+    /// Copy only in these hours.
+    pub run_between: Option<Window>,
 }
 
-impl ChunkSizer {
-    /// Starts at `initial` rows (at most `max_rows`), aiming at chunks of `target`.
-    pub fn new(initial: u64, max_rows: u64, target: Duration) -> ChunkSizer {
-        let max_rows = max_rows.max(MIN_CHUNK_ROWS);
-        ChunkSizer { rows: AtomicU64::new(initial.clamp(MIN_CHUNK_ROWS, max_rows)), target, max_rows }
-    }
-
-    /// The size of the next chunk.
-    pub fn rows(&self) -> u64 {
-        self.rows.load(Ordering::Relaxed)
-    }
-
-    /// Records that a chunk of `rows` took `elapsed`, and sizes the next one from that rate: at most twice or
-    /// half the current size, so one slow or fast chunk does not swing it.
-    pub fn record(&self, rows: u64, elapsed: Duration) {
-        let current = self.rows();
-        if rows < current / 2 {
-            // A short chunk (the end of a pass) says little about the rate.
-            return;
+impl Throttles {
+    /// The throttles of `migrate`'s command line.
+    pub fn from_args(args: &MigrateArgs) -> Throttles {
+        Throttles {
+            chunk_seconds: args.chunk_seconds,
+            max_rows_per_second: args.max_rows_per_second,
+            max_replication_lag: args.max_replication_lag,
+            max_load: args.max_load.clone(),
+            run_between: args.run_between.clone(),
         }
-        let rate = rows as f64 / elapsed.as_secs_f64().max(1e-3);
-        let wanted = (rate * self.target.as_secs_f64()) as u64;
-        let next = wanted.clamp(current / MAX_STEP, current.saturating_mul(MAX_STEP));
-        self.rows.store(next.clamp(MIN_CHUNK_ROWS, self.max_rows), Ordering::Relaxed);
+    }
+
+    /// These throttles, with those `control` sets in their place.
+    pub fn with(&self, control: &control::Overrides) -> Throttles {
+        Throttles {
+            chunk_seconds: control.chunk_seconds.unwrap_or(self.chunk_seconds),
+            max_rows_per_second: control
+                .max_rows_per_second
+                .clone()
+                .map_or(self.max_rows_per_second, |limit| limit.into_option()),
+            max_replication_lag: control.max_replication_lag.unwrap_or(self.max_replication_lag),
+            max_load: control.max_load.clone().map_or_else(|| self.max_load.clone(), |limit| limit.into_option()),
+            run_between: control
+                .run_between
+                .clone()
+                .map_or_else(|| self.run_between.clone(), |limit| limit.into_option()),
+        }
     }
 }
 
-/// Holds the copy to at most a number of rows per second, on average since it started.
-#[derive(Debug)]
-pub struct RateLimit {
-    max_per_second: Option<u64>,
-    started: Instant,
-    rows: u64,
+impl fmt::Display for Throttles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let none = || "none".to_owned();
+        write!(
+            f,
+            "chunks of {} s, max {} rows/s, max replication lag {} s, max load {}, run between {}",
+            self.chunk_seconds,
+            self.max_rows_per_second.map_or_else(none, |max| max.to_string()),
+            self.max_replication_lag,
+            self.max_load.as_ref().map_or_else(none, ToString::to_string),
+            self.run_between.as_ref().map_or_else(|| "any hours".to_owned(), ToString::to_string),
+        )
+    }
 }
 
-impl RateLimit {
-    /// No more than `max_per_second` rows a second; no limit with `None`.
-    pub fn new(max_per_second: Option<u64>) -> RateLimit {
-        RateLimit { max_per_second, started: Instant::now(), rows: 0 }
+/// Why the copy waits.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reason {
+    /// `csmh-proxy pause`.
+    Paused(Pause),
+    /// `--pause-file` exists; with the first line written in it, if any.
+    PauseFile(PathBuf, String),
+    /// Now is outside `--run-between`.
+    OutsideWindow(Window),
+    /// A server is above `--max-load`.
+    Load {
+        /// Which server.
+        server: &'static str,
+        /// What is above its bound.
+        over: Overload,
+    },
+    /// The `csmh` server lags its source by more than `--max-replication-lag`.
+    Lag {
+        /// Its lag.
+        seconds: u64,
+        /// The limit.
+        limit: u64,
+    },
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Paused(pause) => write!(f, "{pause} (`csmh-proxy resume` goes on)"),
+            Reason::PauseFile(path, said) => {
+                write!(f, "the pause file {} exists (remove it to go on)", path.display())?;
+                if !said.is_empty() {
+                    write!(f, ": {said}")?;
+                }
+                Ok(())
+            }
+            Reason::OutsideWindow(window) => write!(f, "outside --run-between {window}"),
+            Reason::Load { server, over } => {
+                write!(f, "{} = {} on {server}, above --max-load {}", over.variable, over.value, over.limit)
+            }
+            Reason::Lag { seconds, limit } => {
+                write!(f, "replication lag {seconds} s on [backends.csmh], above --max-replication-lag {limit}")
+            }
+        }
+    }
+}
+
+/// The first line of the file at `path` (of its first 200 bytes), trimmed; empty if it cannot be read.
+fn first_line(path: &std::path::Path) -> String {
+    use std::io::Read;
+    let mut start = Vec::new();
+    let read = std::fs::File::open(path).and_then(|file| file.take(200).read_to_end(&mut start));
+    let text = if read.is_ok() { String::from_utf8_lossy(&start).into_owned() } else { String::new() };
+    text.lines().next().unwrap_or("").trim().to_owned()
+}
+
+/// Decides, before each chunk, whether the copy may go on, and how fast; see the module's doc.
+pub struct Throttle<'a> {
+    site: &'a Site,
+    base: Throttles,
+    settings: Throttles,
+    sizer: &'a ChunkSizer,
+    rate: RateLimit,
+    pause_file: Option<PathBuf>,
+    /// A connection to the `csmh` server for the control row, its load and its lag, and the checkpoint's state
+    /// while the copy waits.
+    csmh: Conn,
+    /// A connection to the `edxapp` server when it is another server and its load is watched.
+    edxapp: Option<Conn>,
+    control: Control,
+    control_read: Option<Instant>,
+    probed: Option<Instant>,
+    lag_watched: bool,
+    unknown_warned: bool,
+    recopy: Option<Recopy>,
+    waiting: WaitNote,
+    notice: Notice,
+}
+
+/// Where a wait stands.
+struct Wait {
+    reason: Reason,
+    since: Instant,
+    marked: Instant,
+    pinged: Instant,
+}
+
+impl<'a> Throttle<'a> {
+    /// The throttle of a run of `site` with the command line `args`, sizing chunks with `sizer`, waiting on its
+    /// own connection `csmh`, and telling why it waits to `waiting` (for the checkpoint) and `notice` (on
+    /// screen). The control row is read at once, so a paused migration says so before anything is copied.
+    pub async fn new(
+        site: &'a Site,
+        args: &MigrateArgs,
+        sizer: &'a ChunkSizer,
+        csmh: Conn,
+        run: (Option<Recopy>, WaitNote, Notice),
+    ) -> Result<Throttle<'a>, MigrateError> {
+        let base = Throttles::from_args(args);
+        let (recopy, waiting, notice) = run;
+        let mut throttle = Throttle {
+            site,
+            settings: base.clone(),
+            base,
+            sizer,
+            rate: RateLimit::new(args.max_rows_per_second),
+            pause_file: args.pause_file.clone(),
+            csmh,
+            edxapp: None,
+            control: Control::default(),
+            control_read: None,
+            probed: None,
+            lag_watched: true,
+            unknown_warned: false,
+            recopy,
+            waiting,
+            notice,
+        };
+        throttle.read_control().await?;
+        info!(throttles = %throttle.settings, "copy throttles");
+        Ok(throttle)
     }
 
-    /// Counts `rows` copied, then sleeps for as long as the copy is ahead of the limit.
+    /// The chunk size.
+    pub fn sizer(&self) -> &'a ChunkSizer {
+        self.sizer
+    }
+
+    /// Counts `rows` copied, and sleeps while the copy is ahead of its rows-per-second limit.
     pub async fn copied(&mut self, rows: u64) {
-        self.rows += rows;
-        let Some(max) = self.max_per_second.filter(|max| *max > 0) else { return };
-        let due = Duration::from_secs_f64(self.rows as f64 / max as f64);
-        if let Some(ahead) = due.checked_sub(self.started.elapsed()) {
-            tokio::time::sleep(ahead).await;
-        }
-    }
-}
-
-/// Waits while the server reports replication lag above a limit. Asks at most once a second; a server that is
-/// not a replica, or that does not let this account ask, is not watched.
-#[derive(Debug)]
-pub struct LagWatch {
-    limit: Duration,
-    watching: bool,
-    last_asked: Option<Instant>,
-}
-
-/// How often a lagging server is asked again.
-const LAG_POLL: Duration = Duration::from_secs(1);
-
-impl LagWatch {
-    /// Pauses while the lag is above `limit`.
-    pub fn new(limit: Duration) -> LagWatch {
-        LagWatch { limit, watching: true, last_asked: None }
+        self.rate.copied(rows).await;
     }
 
-    /// Returns once `conn`'s server lags no more than the limit (at once when it is not a replica, or was
-    /// asked less than a second ago).
-    pub async fn wait(&mut self, conn: &mut Conn) {
-        if !self.watching || self.last_asked.is_some_and(|at| at.elapsed() < LAG_POLL) {
-            return;
-        }
-        let mut paused = false;
+    /// Returns once the next chunk may be copied, pinging `idle` (the caller's connection to `backend`) while it
+    /// waits.
+    pub async fn before_chunk(&mut self, idle: &mut Conn, backend: &'static str) -> Result<(), MigrateError> {
+        let mut wait: Option<Wait> = None;
         loop {
-            self.last_asked = Some(Instant::now());
-            match replication_lag(conn).await {
-                Lag::NotAReplica => {
-                    self.watching = false;
-                    return;
+            let reason = self.reason(wait.is_some()).await?;
+            match (reason, &mut wait) {
+                (None, None) => return Ok(()),
+                (None, Some(ended)) => {
+                    info!(waited_seconds = ended.since.elapsed().as_secs(), "copying again");
+                    self.waiting.set(None);
+                    self.rate.restart();
+                    return Ok(());
                 }
-                Lag::Seconds(lag) if Duration::from_secs(lag) > self.limit => {
-                    if !paused {
-                        let limit = self.limit.as_secs();
-                        info!(lag_seconds = lag, limit_seconds = limit, "replication lag above the limit; pausing");
-                    }
-                    paused = true;
-                    tokio::time::sleep(LAG_POLL).await;
+                (Some(reason), None) => {
+                    info!(%reason, "pausing the copy");
+                    let now = Instant::now();
+                    wait = Some(Wait { reason, since: now, marked: now, pinged: now });
+                    self.show(wait.as_ref()).await?;
                 }
-                Lag::Seconds(_) | Lag::Unknown => {
-                    if paused {
-                        info!("replication lag back under the limit; copying again");
+                (Some(reason), Some(going)) => {
+                    let changed = discriminant(&reason) != discriminant(&going.reason);
+                    if changed {
+                        info!(%reason, "still pausing the copy, now because");
                     }
-                    return;
+                    going.reason = reason;
+                    if changed || going.marked.elapsed() >= MARK_EVERY {
+                        going.marked = Instant::now();
+                        self.show(Some(going)).await?;
+                    }
+                    if going.pinged.elapsed() >= KEEP_ALIVE {
+                        going.pinged = Instant::now();
+                        info!(reason = %going.reason, waited_seconds = going.since.elapsed().as_secs(), "still paused");
+                        idle.ping().await.map_err(|source| MigrateError::Query {
+                            backend,
+                            what: "keep the connection open".to_owned(),
+                            source,
+                        })?;
+                    }
                 }
             }
+            tokio::time::sleep(POLL).await;
         }
     }
-}
 
-/// What a server says of its replication.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Lag {
-    /// It replicates from no one (or will not say): nothing to wait for, ever.
-    NotAReplica,
-    /// It is a replica whose lag is unknown (replication stopped): copying goes on.
-    Unknown,
-    /// The replica's lag in seconds (the largest of its channels).
-    Seconds(u64),
-}
+    /// Tells the operator why the copy waits: on screen and in the checkpoint.
+    async fn show(&mut self, wait: Option<&Wait>) -> Result<(), MigrateError> {
+        let Some(wait) = wait else { return Ok(()) };
+        let reason = wait.reason.to_string();
+        self.notice.waiting(&reason);
+        self.waiting.set(Some(reason.clone()));
+        let (state, detail) = state_and_detail(super::RUNNING, self.recopy, Some(&reason));
+        checkpoint::mark(&mut self.csmh, self.site, Task::Migrate, state, detail.as_deref()).await
+    }
 
-/// Asks `SHOW REPLICA STATUS`, or `SHOW SLAVE STATUS` on servers too old for it.
-async fn replication_lag(conn: &mut Conn) -> Lag {
-    for statement in ["SHOW REPLICA STATUS", "SHOW SLAVE STATUS"] {
-        match conn.query::<mysql_async::Row, _>(statement).await {
-            Ok(rows) => return lag_of(&rows),
-            Err(mysql_async::Error::Server(error)) if error.code == ER_PARSE_ERROR => continue,
-            Err(error) => {
-                warn!(
-                    %error,
-                    "cannot read the replication status, so replication lag is not watched (the account needs \
-                     REPLICATION CLIENT, or SLAVE MONITOR on MariaDB)"
-                );
-                return Lag::NotAReplica;
+    /// The first reason to wait now, if any. The load and lag are read at most once a [`POLL`] unless `waiting`.
+    async fn reason(&mut self, waiting: bool) -> Result<Option<Reason>, MigrateError> {
+        self.read_control().await?;
+        if let Some(pause) = &self.control.pause {
+            return Ok(Some(Reason::Paused(pause.clone())));
+        }
+        if let Some(path) = self.pause_file.as_ref().filter(|path| path.exists()) {
+            return Ok(Some(Reason::PauseFile(path.clone(), first_line(path))));
+        }
+        if let Some(window) = self.settings.run_between.as_ref().filter(|window| !window.is_open()) {
+            return Ok(Some(Reason::OutsideWindow(window.clone())));
+        }
+        if !waiting && self.probed.is_some_and(|at| at.elapsed() < POLL) {
+            return Ok(None);
+        }
+        self.probed = Some(Instant::now());
+        if let Some(reason) = self.overload().await? {
+            return Ok(Some(reason));
+        }
+        Ok(self.lag().await)
+    }
+
+    /// Reads the control row, at most once a [`POLL`], and applies the throttles it sets.
+    async fn read_control(&mut self) -> Result<(), MigrateError> {
+        if self.control_read.is_some_and(|at| at.elapsed() < POLL) {
+            return Ok(());
+        }
+        self.control_read = Some(Instant::now());
+        let (control, skipped) = control::load(&mut self.csmh, self.site).await?;
+        if control == self.control {
+            return Ok(());
+        }
+        for skipped in skipped {
+            warn!(setting = %skipped, "the control row has a setting that is not valid; it is ignored");
+        }
+        let settings = self.base.with(&control.overrides);
+        if settings != self.settings {
+            info!(throttles = %settings, "copy throttles changed");
+            self.sizer.set_target(Duration::from_secs_f64(settings.chunk_seconds));
+            if settings.max_rows_per_second != self.rate.max_per_second() {
+                self.rate.set_max(settings.max_rows_per_second);
+            }
+            if settings.max_replication_lag != self.settings.max_replication_lag {
+                self.lag_watched = true;
+            }
+            self.unknown_warned = false;
+            self.settings = settings;
+        }
+        self.control = control;
+        Ok(())
+    }
+
+    /// The first server above `--max-load`, if any.
+    async fn overload(&mut self) -> Result<Option<Reason>, MigrateError> {
+        let Some(limit) = self.settings.max_load.clone() else { return Ok(None) };
+        let one_server = self.site.topology == Topology::OneServer;
+        let csmh_name = if one_server { "the server" } else { "[backends.csmh]" };
+        let check = limit.check(&mut self.csmh).await.map_err(|source| csmh_error("read the server's load", source))?;
+        let mut unknown = check.unknown;
+        if let Some(over) = check.over {
+            return Ok(Some(Reason::Load { server: csmh_name, over }));
+        }
+        if !one_server {
+            let check = self.edxapp_load(&limit).await?;
+            unknown.extend(check.unknown);
+            if let Some(over) = check.over {
+                return Ok(Some(Reason::Load { server: "[backends.edxapp]", over }));
             }
         }
-    }
-    Lag::NotAReplica
-}
-
-/// MySQL's syntax error, the answer of servers that know only `SHOW SLAVE STATUS`.
-const ER_PARSE_ERROR: u16 = 1064;
-
-fn lag_of(rows: &[mysql_async::Row]) -> Lag {
-    if rows.is_empty() {
-        return Lag::NotAReplica;
-    }
-    let mut lag = Lag::Unknown;
-    for row in rows {
-        let seconds = ["Seconds_Behind_Master", "Seconds_Behind_Source"]
-            .iter()
-            .find_map(|column| row.get_opt::<Option<u64>, _>(*column).and_then(Result::ok).flatten());
-        if let Some(seconds) = seconds {
-            lag = match lag {
-                Lag::Seconds(worst) => Lag::Seconds(worst.max(seconds)),
-                _ => Lag::Seconds(seconds),
-            };
+        if !unknown.is_empty() && !self.unknown_warned {
+            self.unknown_warned = true;
+            warn!(variables = ?unknown, "--max-load names status variables the server does not have; they are not watched");
         }
-    }
-    lag
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunks_grow_toward_the_target_time_at_most_twofold() {
-        let sizer = ChunkSizer::new(1_000, 1_000_000, Duration::from_millis(500));
-        sizer.record(1_000, Duration::from_millis(10));
-        assert_eq!(sizer.rows(), 2_000);
-        sizer.record(2_000, Duration::from_millis(400));
-        assert_eq!(sizer.rows(), 2_500);
-        sizer.record(2_500, Duration::from_secs(10));
-        assert_eq!(sizer.rows(), 1_250);
+        Ok(None)
     }
 
-    #[test]
-    fn chunks_stay_within_bounds_and_short_chunks_say_nothing() {
-        let sizer = ChunkSizer::new(150, 300, Duration::from_millis(500));
-        sizer.record(150, Duration::from_millis(1));
-        assert_eq!(sizer.rows(), 300);
-        sizer.record(10, Duration::from_secs(60));
-        assert_eq!(sizer.rows(), 300);
-        let slow = ChunkSizer::new(100, 300, Duration::from_millis(500));
-        slow.record(100, Duration::from_secs(60));
-        assert_eq!(slow.rows(), MIN_CHUNK_ROWS);
+    /// `limit` on the `edxapp` server, on a connection opened at first need and opened again if it was lost.
+    async fn edxapp_load(&mut self, limit: &LoadLimit) -> Result<super::load::LoadCheck, MigrateError> {
+        if let Some(conn) = &mut self.edxapp
+            && let Ok(check) = limit.check(conn).await
+        {
+            return Ok(check);
+        }
+        let conn = self.edxapp.insert(self.site.connect_edxapp().await?);
+        limit.check(conn).await.map_err(|source| edxapp_error("read the server's load", source))
     }
 
-    fn status_row(column: &str, value: mysql_async::Value) -> mysql_async::Row {
-        use mysql_async::consts::ColumnType;
-        let columns = [mysql_async::Column::new(ColumnType::MYSQL_TYPE_LONGLONG).with_name(column.as_bytes())];
-        mysql_common::row::new_row(vec![value], columns.into())
-    }
-
-    #[test]
-    fn the_lag_is_the_worst_channels_and_a_server_without_channels_is_no_replica() {
-        assert_eq!(lag_of(&[]), Lag::NotAReplica);
-        let mariadb = status_row("Seconds_Behind_Master", mysql_async::Value::Int(3));
-        let mysql = status_row("Seconds_Behind_Source", mysql_async::Value::Bytes(b"12".to_vec()));
-        assert_eq!(lag_of(&[mariadb, mysql]), Lag::Seconds(12));
-        assert_eq!(lag_of(&[status_row("Seconds_Behind_Master", mysql_async::Value::NULL)]), Lag::Unknown);
-    }
-
-    #[tokio::test]
-    async fn the_rate_limit_sleeps_while_ahead() {
-        let mut limit = RateLimit::new(Some(10_000));
-        let started = Instant::now();
-        limit.copied(500).await;
-        assert!(started.elapsed() >= Duration::from_millis(45), "{:?}", started.elapsed());
-        let mut unlimited = RateLimit::new(None);
-        let started = Instant::now();
-        unlimited.copied(1_000_000).await;
-        assert!(started.elapsed() < Duration::from_millis(45));
+    /// Whether the `csmh` server lags more than `--max-replication-lag`. A server that is not a replica, or does
+    /// not let this account ask, is not asked again until the limit changes.
+    async fn lag(&mut self) -> Option<Reason> {
+        if !self.lag_watched {
+            return None;
+        }
+        match replication_lag(&mut self.csmh).await {
+            Lag::NotAReplica => {
+                self.lag_watched = false;
+                None
+            }
+            Lag::Seconds(seconds) if seconds > self.settings.max_replication_lag => {
+                Some(Reason::Lag { seconds, limit: self.settings.max_replication_lag })
+            }
+            Lag::Seconds(_) | Lag::Unknown => None,
+        }
     }
 }
