@@ -61,9 +61,10 @@ enum Command {
     /// Each chunk commits together with a checkpoint on the csmh server, so an interrupted run (even killed)
     /// resumes where it stopped when run again, with nothing lost or copied twice. After the first pass, catch-up
     /// passes copy rows written to the old table meanwhile, until one finds nothing new. The chunk size adapts
-    /// to --chunk-seconds; --max-rows-per-second and --max-replication-lag slow it down. On one server each chunk
-    /// is an INSERT ... SELECT; across two servers rows stream from one to the other. Shows a progress bar on a
-    /// terminal, log lines otherwise. Run `verify` afterwards.
+    /// to --chunk-seconds; --max-rows-per-second, --max-replication-lag, --max-load, --run-between and
+    /// --pause-file slow or pause it, and `csmh-proxy pause`, `resume` and `throttle` steer it while it runs. On
+    /// one server each chunk is an INSERT ... SELECT; across two servers rows stream from one to the other. Shows
+    /// a progress bar on a terminal, log lines otherwise, with the reason of every pause. Run `verify` afterwards.
     ///
     /// Exit status: 0 when every row found has been copied, 1 when refused, 2 when it could not run.
     Migrate(MigrateArgs),

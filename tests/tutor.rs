@@ -365,6 +365,9 @@ fn do_jobs_run_the_proxys_commands_in_the_job_container() {
     let tutor = Tutor::new(&[]);
     tutor.run(&["local", "do", "csmh-status", "--exact"]);
     tutor.run(&["local", "do", "csmh-verify", "--chunk-size", "1000"]);
+    tutor.run(&["local", "do", "csmh-pause", "--reason", "exam week"]);
+    tutor.run(&["local", "do", "csmh-throttle", "--max-load", "Threads_running=40"]);
+    tutor.run(&["local", "do", "csmh-resume"]);
     tutor.run(&["local", "do", "csmh-fleet"]);
     tutor.run(&["local", "do", "csmh-truncate-old", "--yes", "--slow"]);
     let scripts: Vec<String> = tutor.docker_runs().iter().map(|run| task_of(run, "csmh-proxy-job")).collect();
@@ -373,6 +376,9 @@ fn do_jobs_run_the_proxys_commands_in_the_job_container() {
         [
             "csmh-proxy status --exact",
             "csmh-proxy verify --chunk-size 1000",
+            "csmh-proxy pause --reason 'exam week'",
+            "csmh-proxy throttle --max-load Threads_running=40",
+            "csmh-proxy resume",
             // Every proxy, found by the name the compose service and the headless Service both answer to.
             "csmh-proxy fleet --dns 'csmh-proxy-admin:6080'",
             "csmh-proxy truncate-old --dns 'csmh-proxy-admin:6080' --yes --slow"

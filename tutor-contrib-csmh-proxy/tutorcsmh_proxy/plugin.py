@@ -3,7 +3,7 @@ courseware_studentmodulehistory to its extended table as the flags say.
 
 What it adds: settings (CSMH_PROXY_*), the proxy's rendered proxy.toml, a compose service and a Kubernetes
 Deployment with their Services, the patches that point LMS, CMS and their workers at the proxy, an init task,
-`tutor local|dev|k8s do csmh-status|csmh-verify|csmh-fleet|csmh-truncate-old`, and `tutor csmh-proxy flags set|show`.
+`tutor local|dev|k8s do csmh-status|csmh-verify|csmh-pause|csmh-resume|csmh-throttle|csmh-fleet|csmh-truncate-old`, and `tutor csmh-proxy flags set|show`.
 """
 
 from __future__ import annotations
@@ -123,6 +123,9 @@ hooks.Filters.CLI_DO_COMMANDS.add_items(
     [
         _proxy_command("status", "Where the migration stands: flags, both tables, offset, last migrate and verify"),
         _proxy_command("verify", "Compare the old table with the extended table; print the ranges that differ"),
+        _proxy_command("pause", "Pause the running migrate before its next chunk (--reason TEXT)"),
+        _proxy_command("resume", "Let a paused migrate go on"),
+        _proxy_command("throttle", "Change the running migrate's throttles (--max-rows-per-second N, --max-load ...)"),
         _proxy_command("fleet", "Whether every running proxy has the same flags", FLEET),
         _proxy_command(
             "truncate-old", "Empty the retired old table once every proxy retired it (plan unless --yes)", FLEET
