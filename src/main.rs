@@ -97,7 +97,8 @@ enum Command {
     /// Exit status: 0 when done (or nothing to do without --yes), 1 when refused, 2 when it could not run.
     TruncateOld(TruncateArgs),
     /// Show where the migration stands: the flags and their stage, each table's rows and ids, whether the id
-    /// offset is safe, and the migrate and verify checkpoints.
+    /// offset is safe, the migrate and verify checkpoints, the control row, and the runbook's next step (with
+    /// --json, as one JSON object with stable field names).
     ///
     /// Exit status: 0, or 2 when the servers could not be read.
     Status(StatusArgs),
@@ -199,7 +200,8 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Status(args) => {
             let config = migration_config(&cli.config);
-            finish(runtime.block_on(csmh_proxy::migrate::status::run(&config, &args)), |_| true)
+            let report = runtime.block_on(csmh_proxy::migrate::status::run(&config, &args));
+            finish(report.map(|report| if args.json { report.json() } else { report.to_string() }), |_| true)
         }
     }
 }

@@ -9,6 +9,7 @@ mod support;
 use std::process::Stdio;
 use std::time::Duration;
 
+use csmh_proxy::history::Stage;
 use migrate_support::{MigrationSite, outputs};
 use mysql_async::prelude::Queryable;
 use tokio::process::Child;
@@ -16,9 +17,10 @@ use tokio::process::Child;
 /// Old rows in each test: enough for many chunks at the throttles the tests set.
 const ROWS: u64 = 20_000;
 
-/// A site with [`ROWS`] old rows and the extended table created.
+/// A site with [`ROWS`] old rows, the extended table created, and the flags of the stage in which the copy runs.
 async fn site_ready(two_servers: bool) -> MigrationSite {
-    let site = MigrationSite::new(two_servers).await;
+    let mut site = MigrationSite::new(two_servers).await;
+    site.set_flags(Stage::ExtendedTableReadingBoth.flags());
     site.generate_old_rows(ROWS).await;
     let init = site.command(&["init"]).await;
     assert_eq!(init.status.code(), Some(0), "{}", outputs(&init));
@@ -111,6 +113,16 @@ async fn pause_from_another_process_holds_the_copy_until_resume_on_either_topolo
         assert!(status.contains("paused: paused by `csmh-proxy pause` at "), "{status}");
         assert!(status.contains("exam week (`csmh-proxy resume` goes on)"), "{status}");
         assert!(status.contains("control:        paused by `csmh-proxy pause`"), "{status}");
+        assert!(status.contains("next step:      csmh-proxy resume"), "{status}");
+        let json: serde_json::Value = serde_json::from_str(&control(&site, &["status", "--json"]).await).expect("JSON");
+        assert_eq!(json["migrate"]["state"], "paused", "{json:#}");
+        let reason = json["migrate"]["paused_reason"].as_str().expect("a reason");
+        assert!(reason.starts_with("paused by `csmh-proxy pause` at ") && reason.contains("exam week"), "{json:#}");
+        assert_eq!(json["migrate"]["last_id"], last_id);
+        assert_eq!(json["control"]["paused"], true);
+        assert_eq!(json["control"]["pause_reason"], "exam week");
+        assert_eq!(json["next_step"]["step"], "resume");
+        assert_eq!(json["next_step"]["command"], "csmh-proxy resume");
 
         let resumed = control(&site, &["resume"]).await;
         assert!(resumed.contains("migrate: not paused"), "{resumed}");

@@ -43,10 +43,13 @@ async fn the_runbook(two_servers: bool) {
     let mut history = read_history(&mut edxapp, module).await;
     assert_eq!(history.len(), 3, "module {module}'s old history: {history:?}");
 
+    assert_next_step(&site, "init", &[]).await;
     let init = run(&site, &["init"], 0).await;
     assert!(init.contains("starting id"), "{init}");
 
     // New history goes to the extended table; reads include both tables.
+    let both = [("ENABLE_CSMH_EXTENDED", true), ("ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES", true)];
+    assert_next_step(&site, "set_flags", &both).await;
     flip(&site, &proxy, Stage::ExtendedTableReadingBoth.flags()).await;
     edxapp.query_drop(edxapp_insert(module, "{\"after\": \"init\"}")).await.unwrap();
     let new_id = edxapp.last_insert_id().unwrap();
@@ -54,17 +57,28 @@ async fn the_runbook(two_servers: bool) {
     history.insert(0, (new_id, "{\"after\": \"init\"}".to_owned()));
     assert_eq!(read_history(&mut edxapp, module).await, history);
 
+    assert_next_step(&site, "migrate", &[]).await;
     run(&site, &["migrate"], 0).await;
     assert_eq!(read_history(&mut edxapp, module).await, history, "copied rows are not shown twice");
+    let status = assert_next_step(&site, "verify", &[]).await;
+    assert_eq!(status["migrate"]["state"], "done");
+    assert_eq!(status["migrate"]["rows_copied"], ROWS + 2);
+    assert_eq!(status["migrate"]["percent"], 100.0);
+    assert_eq!(status["migrate"]["eta_seconds"], 0);
     let verify = run(&site, &["verify"], 0).await;
     assert!(verify.contains("passed") || verify.contains("identical"), "{verify}");
 
     // Reads of the extended table alone, then the old table retired.
+    let status = assert_next_step(&site, "set_flags", &[("ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES", false)]).await;
+    assert_eq!(status["verify"]["state"], "passed");
+    assert_eq!(status["stage"], "extended_table_reading_both");
     flip(&site, &proxy, Stage::ExtendedTableOnlyReads.flags()).await;
+    assert_next_step(&site, "set_flags", &[("READ_ONLY_FROM_CSMHE", true)]).await;
     assert_eq!(read_history(&mut edxapp, module).await, history, "every row is in the extended table");
     let refused = run(&site, &["truncate-old", "--yes"], 1).await;
     assert!(refused.contains("READ_ONLY_FROM_CSMHE"), "{refused}");
     flip(&site, &proxy, Stage::OldTableRetired.flags()).await;
+    assert_next_step(&site, "truncate_old", &[]).await;
     let plan = run(&site, &["truncate-old"], 0).await;
     assert_eq!(old_rows(&site).await, ROWS + 2, "without --yes nothing changes:\n{plan}");
     run(&site, &["truncate-old", "--yes"], 0).await;
@@ -75,8 +89,28 @@ async fn the_runbook(two_servers: bool) {
     assert_eq!(read_history(&mut edxapp, module).await.len(), history.len() + 1);
     let status = run(&site, &["status"], 0).await;
     assert!(status.contains("passed"), "the last verify is shown:\n{status}");
+    assert!(status.contains("next step:      none: the old table is retired and empty"), "{status}");
+    let status = assert_next_step(&site, "done", &[]).await;
+    assert_eq!(status["old_table"]["exists"], true);
+    assert_eq!(status["old_table"]["last_id"], serde_json::Value::Null, "emptied");
     edxapp.disconnect().await.unwrap();
     proxy.shutdown().await.expect("the proxy shuts down");
+}
+
+/// Asserts that `status --json` names `step` as the next one (with the flags to set), and returns the report.
+async fn assert_next_step(site: &MigrationSite, step: &str, flags: &[(&str, bool)]) -> serde_json::Value {
+    let output = site.command(&["status", "--json"]).await;
+    assert_eq!(output.status.code(), Some(0), "{}", outputs(&output));
+    let status: serde_json::Value =
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {}", outputs(&output)));
+    assert_eq!(status["format"], 1, "{status:#}");
+    assert_eq!(status["next_step"]["step"], step, "{status:#}");
+    let expected: serde_json::Map<String, serde_json::Value> =
+        flags.iter().map(|(flag, on)| ((*flag).to_owned(), serde_json::Value::Bool(*on))).collect();
+    assert_eq!(status["next_step"]["set_flags"], serde_json::Value::Object(expected), "{status:#}");
+    assert_eq!(status["ids_below_2_31"]["warning"], if step == "init" { "unknown" } else { "plenty" });
+    assert_eq!(status["control"]["paused"], false);
+    status
 }
 
 /// A module with old history.

@@ -88,7 +88,7 @@ const KEYS: [&str; 5] = ["chunk_seconds", "max_rows_per_second", "max_replicatio
 
 impl Overrides {
     /// Each set override as its key and the text its option takes.
-    fn entries(&self) -> Vec<(&'static str, String)> {
+    pub fn entries(&self) -> Vec<(&'static str, String)> {
         let values = [
             self.chunk_seconds.map(|value| value.to_string()),
             self.max_rows_per_second.as_ref().map(ToString::to_string),

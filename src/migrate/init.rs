@@ -78,7 +78,7 @@ impl fmt::Display for InitReport {
                 self.offset()
             )?;
         }
-        writeln!(f, "32-bit ids: {}", super::status::headroom(Some(self.next_extended_id)))?;
+        writeln!(f, "32-bit ids: {}", super::status::Headroom::of(Some(self.next_extended_id)))?;
         writeln!(f, "checkpoint table {}: ready", checkpoint::table_for(&self.extended))
     }
 }

@@ -47,6 +47,13 @@ impl MigrationSite {
         MigrationSite { dbs, config, config_path, text, dir }
     }
 
+    /// Rewrites the site's `proxy.toml` with `flags` in force.
+    pub fn set_flags(&mut self, flags: Flags) {
+        self.text = self.dbs.proxy_toml(flags).render();
+        self.config = Config::parse(&self.text).unwrap_or_else(|e| panic!("{e}\n{}", self.text));
+        std::fs::write(&self.config_path, &self.text).expect("write proxy.toml");
+    }
+
     /// The site the library's commands act on.
     pub fn site(&self) -> Site {
         Site::new(&self.config).expect("the site")

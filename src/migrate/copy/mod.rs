@@ -29,7 +29,7 @@ use tracing::info;
 use self::load::LoadLimit;
 use self::pace::ChunkSizer;
 use self::progress::Progress;
-pub use self::run::{DONE, RECOPY, RUNNING, Recopy};
+pub use self::run::{DONE, PAUSED, RECOPY, RUNNING, Recopy, WAITING};
 use self::run::{Removal, Run, csmh_error, edxapp_error};
 use self::server_side::ServerSide;
 use self::sql::InsertBuilder;

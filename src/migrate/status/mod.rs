@@ -6,6 +6,9 @@
 //! which takes minutes on billions of rows. The smallest and largest ids are always exact (read from the primary
 //! key).
 
+mod json;
+pub mod next;
+
 use std::fmt;
 
 use mysql_async::Conn;
@@ -19,6 +22,7 @@ use crate::config::Config;
 use crate::history::{Flag, Flags};
 use crate::history::{RefusedFlags, Stage, TableName, routing_table};
 use crate::topology::Topology;
+use next::{Facts, NextStep};
 
 /// Options of `csmh-proxy status`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -27,6 +31,10 @@ pub struct StatusArgs {
     /// the server's estimate.
     #[arg(long)]
     pub exact: bool,
+    /// Print the report as one JSON object with stable field names (docs/migration.md, "`status --json`"), for
+    /// scripts and dashboards.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Everything `status` shows.
@@ -40,6 +48,8 @@ pub struct StatusReport {
     migrate: Option<Checkpoint>,
     verify: Option<Checkpoint>,
     control: Control,
+    /// The `csmh` server's clock when the report was read, which the checkpoints' times are on.
+    now: String,
 }
 
 /// What is known of one table.
@@ -77,6 +87,7 @@ pub async fn run(config: &Config, args: &StatusArgs) -> Result<StatusReport, Mig
     .await?;
     let (migrate, verify) = checkpoints(&mut servers.csmh, &site).await?;
     let (control, _) = control::load(&mut servers.csmh, &site).await?;
+    let now = checkpoint::server_now(&mut servers.csmh).await?;
     Ok(StatusReport {
         flags: site.flags,
         stage: routing_table(site.flags).map(|table| table.stage()),
@@ -86,6 +97,7 @@ pub async fn run(config: &Config, args: &StatusArgs) -> Result<StatusReport, Mig
         migrate,
         verify,
         control,
+        now,
     })
 }
 
@@ -126,6 +138,44 @@ async fn checkpoints(csmh: &mut Conn, site: &Site) -> Result<(Option<Checkpoint>
     Ok((checkpoint::load(csmh, site, Task::Migrate).await?, checkpoint::load(csmh, site, Task::Verify).await?))
 }
 
+impl StatusReport {
+    /// The report as one line of JSON (docs/migration.md, "`status --json`").
+    pub fn json(&self) -> String {
+        json::Status::of(self).to_string()
+    }
+
+    /// The runbook's next step.
+    pub fn next_step(&self) -> NextStep {
+        NextStep::of(&Facts {
+            stage: self.stage.as_ref().ok().copied(),
+            extended_ready: self.extended_ready(),
+            old_has_rows: self.old.ids.is_some(),
+            migrate: self.migrate.as_ref().map(|checkpoint| (checkpoint, self.age(checkpoint).unwrap_or(u64::MAX))),
+            verify: self.verify.as_ref().map(|checkpoint| (checkpoint, self.age(checkpoint).unwrap_or(u64::MAX))),
+            paused: self.control.pause.is_some(),
+        })
+    }
+
+    /// Whether the extended table exists with its next id above every old id.
+    fn extended_ready(&self) -> bool {
+        let largest = self.old.ids.map_or(0, |ids| ids.last);
+        self.extended.stats.and_then(|stats| stats.next_id).is_some_and(|next| next > largest)
+    }
+
+    /// Seconds since `checkpoint` was written, by the `csmh` server's clock.
+    fn age(&self, checkpoint: &Checkpoint) -> Option<u64> {
+        seconds_between(&checkpoint.updated_at, &self.now)
+    }
+}
+
+/// Seconds from `earlier` to `later`, both `YYYY-MM-DD hh:mm:ss` on one clock; `None` if either does not parse
+/// or `later` is earlier.
+fn seconds_between(earlier: &str, later: &str) -> Option<u64> {
+    let (earlier, later): (jiff::civil::DateTime, jiff::civil::DateTime) = (earlier.parse().ok()?, later.parse().ok()?);
+    let span = later.duration_since(earlier);
+    u64::try_from(span.as_secs()).ok()
+}
+
 impl fmt::Display for StatusReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let flags: Vec<String> = Flag::ALL.iter().map(|flag| format!("{flag} = {}", self.flags.is_on(*flag))).collect();
@@ -138,10 +188,11 @@ impl fmt::Display for StatusReport {
         writeln!(f, "old table:      {}", self.old)?;
         writeln!(f, "extended table: {}", self.extended)?;
         writeln!(f, "id offset:      {}", offset(&self.old, &self.extended))?;
-        writeln!(f, "32-bit ids:     {}", headroom(self.extended.stats.and_then(|stats| stats.next_id)))?;
+        writeln!(f, "32-bit ids:     {}", Headroom::of(self.extended.stats.and_then(|stats| stats.next_id)))?;
         writeln!(f, "migrate:        {}", CheckpointLine(Task::Migrate, self.migrate.as_ref()))?;
         writeln!(f, "verify:         {}", CheckpointLine(Task::Verify, self.verify.as_ref()))?;
-        writeln!(f, "control:        {}", self.control)
+        writeln!(f, "control:        {}", self.control)?;
+        writeln!(f, "next step:      {}", self.next_step())
     }
 }
 
@@ -205,23 +256,80 @@ pub const LARGEST_32_BIT_ID: u64 = i32::MAX as u64;
 /// Below this many ids left under [`LARGEST_32_BIT_ID`] (a tenth of them), `status` warns.
 const HEADROOM_WARNING: u64 = LARGEST_32_BIT_ID / 10;
 
-/// How many ids the extended table, whose next id is `next_id`, has left below [`LARGEST_32_BIT_ID`], and a
-/// warning as they run out.
-pub fn headroom(next_id: Option<u64>) -> String {
-    let Some(next) = next_id else {
-        return "unknown: the extended table does not exist or has no AUTO_INCREMENT".to_owned();
-    };
-    match LARGEST_32_BIT_ID.checked_sub(next) {
-        None => format!(
-            "PAST 2^31: the extended table's next id {next} is above {LARGEST_32_BIT_ID}; edxapp on Django 5.0 or \
-             later writes an extra history row for each second save of a problem in one request (see \
-             docs/migration.md, \"The 2^31 boundary\")"
-        ),
-        Some(left) if left < HEADROOM_WARNING => format!(
-            "WARNING: {left} ids left below {LARGEST_32_BIT_ID} (next id {next}); plan for the boundary now (see \
-             docs/migration.md, \"The 2^31 boundary\")"
-        ),
-        Some(left) => format!("{left} ids left below {LARGEST_32_BIT_ID} (next id {next})"),
+/// Where the extended table's ids stand against [`LARGEST_32_BIT_ID`], with a warning as they run out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Headroom {
+    /// The extended table does not exist or has no `AUTO_INCREMENT`.
+    Unknown,
+    /// More than a tenth of the ids are left.
+    Plenty {
+        /// Ids left below the boundary.
+        left: u64,
+        /// The extended table's next id.
+        next: u64,
+    },
+    /// Less than a tenth of the ids are left: plan for the boundary.
+    Low {
+        /// Ids left below the boundary.
+        left: u64,
+        /// The extended table's next id.
+        next: u64,
+    },
+    /// The next id is past the boundary.
+    Past {
+        /// The extended table's next id.
+        next: u64,
+    },
+}
+
+impl Headroom {
+    /// The headroom of an extended table whose next id is `next_id`.
+    pub fn of(next_id: Option<u64>) -> Headroom {
+        let Some(next) = next_id else { return Headroom::Unknown };
+        match LARGEST_32_BIT_ID.checked_sub(next) {
+            None => Headroom::Past { next },
+            Some(left) if left < HEADROOM_WARNING => Headroom::Low { left, next },
+            Some(left) => Headroom::Plenty { left, next },
+        }
+    }
+
+    /// A stable one-word name, for scripts (`status --json`).
+    pub fn key(self) -> &'static str {
+        match self {
+            Headroom::Unknown => "unknown",
+            Headroom::Plenty { .. } => "plenty",
+            Headroom::Low { .. } => "low",
+            Headroom::Past { .. } => "past",
+        }
+    }
+
+    /// Ids left below the boundary, when known (0 past it).
+    pub fn left(self) -> Option<u64> {
+        match self {
+            Headroom::Unknown => None,
+            Headroom::Plenty { left, .. } | Headroom::Low { left, .. } => Some(left),
+            Headroom::Past { .. } => Some(0),
+        }
+    }
+}
+
+impl fmt::Display for Headroom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Headroom::Unknown => write!(f, "unknown: the extended table does not exist or has no AUTO_INCREMENT"),
+            Headroom::Past { next } => write!(
+                f,
+                "PAST 2^31: the extended table's next id {next} is above {LARGEST_32_BIT_ID}; edxapp on Django 5.0 or \
+                 later writes an extra history row for each second save of a problem in one request (see \
+                 docs/migration.md, \"The 2^31 boundary\")"
+            ),
+            Headroom::Low { left, next } => write!(
+                f,
+                "WARNING: {left} ids left below {LARGEST_32_BIT_ID} (next id {next}); plan for the boundary now (see \
+                 docs/migration.md, \"The 2^31 boundary\")"
+            ),
+            Headroom::Plenty { left, next } => write!(f, "{left} ids left below {LARGEST_32_BIT_ID} (next id {next})"),
+        }
     }
 }
 
@@ -267,9 +375,12 @@ mod tests {
 
     #[test]
     fn the_ids_left_below_2_31_are_counted_and_warned_about_as_they_run_out() {
+        let headroom = |next| Headroom::of(next).to_string();
         assert_eq!(headroom(Some(10_001)), "2147473646 ids left below 2147483647 (next id 10001)");
         assert!(headroom(Some(2_000_000_000)).starts_with("WARNING: 147483647 ids left"));
         assert!(headroom(Some(LARGEST_32_BIT_ID + 1)).starts_with("PAST 2^31"));
         assert!(headroom(None).starts_with("unknown"));
+        assert_eq!(Headroom::of(Some(2_000_000_000)).key(), "low");
+        assert_eq!(Headroom::of(Some(LARGEST_32_BIT_ID + 1)).left(), Some(0));
     }
 }

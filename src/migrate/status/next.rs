@@ -1,0 +1,247 @@
+//! The next step of the runbook ("Migrating a large instance" in the README), decided from what `status` read:
+//! the flags' stage, the extended table, the checkpoints and the control row. A pure decision, so that every
+//! situation is unit-tested and `status` and `status --json` say the same thing.
+
+use std::fmt;
+
+use crate::history::{Flag, Stage};
+use crate::migrate::checkpoint::Checkpoint;
+use crate::migrate::copy::DONE;
+use crate::migrate::verify::{FAILED, PASSED};
+
+/// A checkpoint written less than this many seconds ago belongs to a run that is still going: a copying
+/// `migrate` writes it with every chunk, a waiting one every 10 seconds, `verify` with every chunk.
+pub const ACTIVE_SECS: u64 = 60;
+
+/// What `status` knows that the next step depends on.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    /// The flags' stage, `None` when the proxy refuses the flags.
+    pub stage: Option<Stage>,
+    /// Whether the extended table exists with its next id above every old id.
+    pub extended_ready: bool,
+    /// Whether the old table still has rows.
+    pub old_has_rows: bool,
+    /// The `migrate` checkpoint, and how many seconds ago it was written.
+    pub migrate: Option<(&'a Checkpoint, u64)>,
+    /// The `verify` checkpoint, and how many seconds ago it was written.
+    pub verify: Option<(&'a Checkpoint, u64)>,
+    /// Whether `csmh-proxy pause` is in force.
+    pub paused: bool,
+}
+
+/// The step to run next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextStep {
+    /// The proxy refuses the flags in the file: fix them.
+    FixFlags,
+    /// Create the extended table, or make its ids start above the old ones: `csmh-proxy init`.
+    Init,
+    /// Change flags in `proxy.toml` (and wait until every proxy runs them: `csmh-proxy fleet`).
+    SetFlags(Vec<(Flag, bool)>),
+    /// `csmh-proxy pause` holds the copy: `csmh-proxy resume`.
+    Resume,
+    /// A `migrate` is running: wait for it.
+    WaitForMigrate,
+    /// Copy the old rows, or go on copying: `csmh-proxy migrate`.
+    Migrate,
+    /// A `verify` is running: wait for it.
+    WaitForVerify,
+    /// Compare the tables now that the copy is done: `csmh-proxy verify`.
+    Verify,
+    /// `verify` found differences: repair them as it said, then verify again.
+    Repair,
+    /// Empty the retired old table: `csmh-proxy truncate-old --yes`.
+    TruncateOld,
+    /// Nothing left to do.
+    Done,
+}
+
+impl NextStep {
+    /// The step for `facts`.
+    pub fn of(facts: &Facts<'_>) -> NextStep {
+        let Some(stage) = facts.stage else { return NextStep::FixFlags };
+        if !facts.extended_ready && stage != Stage::OldTableRetired {
+            return NextStep::Init;
+        }
+        match stage {
+            Stage::OldTableOnly => NextStep::SetFlags(vec![
+                (Flag::EnableCsmhExtended, true),
+                (Flag::EnableReadingFromMultipleHistoryTables, true),
+            ]),
+            Stage::ExtendedTableReadingBoth => copy_step(facts),
+            Stage::ExtendedTableOnlyReads => NextStep::SetFlags(vec![(Flag::ReadOnlyFromCsmhe, true)]),
+            Stage::OldTableRetired if facts.old_has_rows => NextStep::TruncateOld,
+            Stage::OldTableRetired => NextStep::Done,
+        }
+    }
+
+    /// A stable one-word name, for scripts (`status --json`).
+    pub fn key(&self) -> &'static str {
+        match self {
+            NextStep::FixFlags => "fix_flags",
+            NextStep::Init => "init",
+            NextStep::SetFlags(_) => "set_flags",
+            NextStep::Resume => "resume",
+            NextStep::WaitForMigrate => "wait_for_migrate",
+            NextStep::Migrate => "migrate",
+            NextStep::WaitForVerify => "wait_for_verify",
+            NextStep::Verify => "verify",
+            NextStep::Repair => "repair",
+            NextStep::TruncateOld => "truncate_old",
+            NextStep::Done => "done",
+        }
+    }
+
+    /// The command to run, when the step is one.
+    pub fn command(&self) -> Option<&'static str> {
+        match self {
+            NextStep::Init => Some("csmh-proxy init"),
+            NextStep::Resume => Some("csmh-proxy resume"),
+            NextStep::Migrate => Some("csmh-proxy migrate"),
+            NextStep::Verify => Some("csmh-proxy verify"),
+            NextStep::TruncateOld => Some("csmh-proxy truncate-old --yes"),
+            NextStep::FixFlags
+            | NextStep::SetFlags(_)
+            | NextStep::WaitForMigrate
+            | NextStep::WaitForVerify
+            | NextStep::Repair
+            | NextStep::Done => None,
+        }
+    }
+
+    /// The flags to set, for [`NextStep::SetFlags`].
+    pub fn flags(&self) -> &[(Flag, bool)] {
+        match self {
+            NextStep::SetFlags(flags) => flags,
+            _ => &[],
+        }
+    }
+}
+
+/// The step while new history goes to the extended table and reads cover both: copy, verify, then stop reading
+/// the old table.
+fn copy_step(facts: &Facts<'_>) -> NextStep {
+    let active = |age: u64| age < ACTIVE_SECS;
+    match facts.migrate {
+        Some((migrate, _)) if migrate.state != DONE && facts.paused => return NextStep::Resume,
+        Some((migrate, age)) if migrate.state != DONE && active(age) => return NextStep::WaitForMigrate,
+        Some((migrate, _)) if migrate.state != DONE => return NextStep::Migrate,
+        None => return NextStep::Migrate,
+        Some(_) => {}
+    }
+    let copied_at = facts.migrate.map(|(migrate, _)| migrate.updated_at.as_str()).unwrap_or_default();
+    match facts.verify {
+        // Times are `YYYY-MM-DD hh:mm:ss` on one clock, so they compare as text.
+        Some((verify, _)) if verify.started_at.as_str() < copied_at => NextStep::Verify,
+        Some((verify, age)) if verify.state != PASSED && verify.state != FAILED && active(age) => {
+            NextStep::WaitForVerify
+        }
+        Some((verify, _)) if verify.state == PASSED => {
+            NextStep::SetFlags(vec![(Flag::EnableReadingFromMultipleHistoryTables, false)])
+        }
+        Some((verify, _)) if verify.state == FAILED => NextStep::Repair,
+        Some(_) | None => NextStep::Verify,
+    }
+}
+
+impl fmt::Display for NextStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let flags = || -> String {
+            let set: Vec<String> = self.flags().iter().map(|(flag, on)| format!("{flag} = {on}")).collect();
+            set.join(", ")
+        };
+        match self {
+            NextStep::FixFlags => write!(f, "fix [flags] in the configuration: the proxy refuses them"),
+            NextStep::Init => write!(f, "csmh-proxy init: the extended table is missing or its ids would collide"),
+            NextStep::SetFlags(_) => write!(
+                f,
+                "set {} in [flags] (`tutor csmh-proxy flags set` with Tutor), then `csmh-proxy fleet` until every \
+                 proxy runs it",
+                flags()
+            ),
+            NextStep::Resume => write!(f, "csmh-proxy resume: the copy is paused by `csmh-proxy pause`"),
+            NextStep::WaitForMigrate => write!(f, "wait: `csmh-proxy migrate` is running"),
+            NextStep::Migrate => write!(f, "csmh-proxy migrate: old rows are still to be copied"),
+            NextStep::WaitForVerify => write!(f, "wait: `csmh-proxy verify` is running"),
+            NextStep::Verify => write!(f, "csmh-proxy verify: the copy is done and not yet verified since"),
+            NextStep::Repair => write!(
+                f,
+                "repair what the last `csmh-proxy verify` found (usually `csmh-proxy migrate --from-id N`, as it \
+                 printed), then verify again"
+            ),
+            NextStep::TruncateOld => write!(f, "csmh-proxy truncate-old --yes: the retired old table still has rows"),
+            NextStep::Done => write!(f, "none: the old table is retired and empty"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checkpoint(state: &str, started_at: &str, updated_at: &str) -> Checkpoint {
+        Checkpoint {
+            state: state.to_owned(),
+            last_id: Some(10),
+            target_id: Some(20),
+            rows_done: 10,
+            detail: None,
+            started_at: started_at.to_owned(),
+            updated_at: updated_at.to_owned(),
+        }
+    }
+
+    fn facts(stage: Stage) -> Facts<'static> {
+        Facts {
+            stage: Some(stage),
+            extended_ready: true,
+            old_has_rows: true,
+            migrate: None,
+            verify: None,
+            paused: false,
+        }
+    }
+
+    #[test]
+    fn each_stage_leads_to_the_next() {
+        assert_eq!(NextStep::of(&Facts { stage: None, ..facts(Stage::OldTableOnly) }), NextStep::FixFlags);
+        assert_eq!(NextStep::of(&Facts { extended_ready: false, ..facts(Stage::OldTableOnly) }), NextStep::Init);
+        let first = NextStep::of(&facts(Stage::OldTableOnly));
+        assert_eq!(first.flags().len(), 2);
+        assert!(first.to_string().starts_with("set ENABLE_CSMH_EXTENDED = true, "), "{first}");
+        assert_eq!(NextStep::of(&facts(Stage::ExtendedTableReadingBoth)), NextStep::Migrate);
+        assert_eq!(
+            NextStep::of(&facts(Stage::ExtendedTableOnlyReads)),
+            NextStep::SetFlags(vec![(Flag::ReadOnlyFromCsmhe, true)])
+        );
+        assert_eq!(NextStep::of(&facts(Stage::OldTableRetired)), NextStep::TruncateOld);
+        let emptied = Facts { old_has_rows: false, extended_ready: false, ..facts(Stage::OldTableRetired) };
+        assert_eq!(NextStep::of(&emptied), NextStep::Done);
+    }
+
+    #[test]
+    fn while_reading_both_copy_then_verify_then_stop_reading_the_old_table() {
+        let reading_both = facts(Stage::ExtendedTableReadingBoth);
+        let running = checkpoint("running", "2026-12-01 10:00:00", "2026-12-01 11:00:00");
+        let paused = checkpoint("paused", "2026-12-01 10:00:00", "2026-12-01 11:00:00");
+        let done = checkpoint("done", "2026-12-01 10:00:00", "2026-12-01 12:00:00");
+        let step = |migrate, verify, paused| NextStep::of(&Facts { migrate, verify, paused, ..reading_both });
+        assert_eq!(step(Some((&running, 5)), None, false), NextStep::WaitForMigrate);
+        assert_eq!(step(Some((&running, 3600)), None, false), NextStep::Migrate, "a run that stopped");
+        assert_eq!(step(Some((&paused, 5)), None, true), NextStep::Resume);
+        assert_eq!(step(Some((&done, 5)), None, false), NextStep::Verify);
+        let stale = checkpoint(PASSED, "2026-12-01 09:00:00", "2026-12-01 09:30:00");
+        assert_eq!(step(Some((&done, 5)), Some((&stale, 5)), false), NextStep::Verify, "verified before the copy");
+        let verifying = checkpoint("running", "2026-12-01 12:10:00", "2026-12-01 12:11:00");
+        assert_eq!(step(Some((&done, 5)), Some((&verifying, 5)), false), NextStep::WaitForVerify);
+        let failed = checkpoint(FAILED, "2026-12-01 12:10:00", "2026-12-01 12:30:00");
+        assert_eq!(step(Some((&done, 5)), Some((&failed, 5)), false), NextStep::Repair);
+        let passed = checkpoint(PASSED, "2026-12-01 12:10:00", "2026-12-01 12:30:00");
+        assert_eq!(
+            step(Some((&done, 5)), Some((&passed, 5)), true),
+            NextStep::SetFlags(vec![(Flag::EnableReadingFromMultipleHistoryTables, false)]),
+            "a pause left over after the copy does not matter"
+        );
+    }
+}
