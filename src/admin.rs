@@ -22,7 +22,7 @@ use tracing::warn;
 use crate::config::Backend;
 use crate::history::Flag;
 use crate::history::{Stage, StatementKind, Target};
-use crate::metrics::{self, ConfigState};
+use crate::metrics::{self, ConfigState, ShadowCounters};
 use crate::state::{ConfigSnapshot, ProxyState};
 use crate::topology::Topology;
 
@@ -210,6 +210,42 @@ pub struct ConfigView {
     pub flags: FlagsView,
     /// The routing table's row the flags select (docs/routing.md, "From flags to a route").
     pub routing: RoutingView,
+    /// The shadow comparison of merged reads (`[shadow]`) and its counts since the proxy started.
+    pub shadow: ShadowView,
+}
+
+/// The shadow comparison as `/config` shows it (docs/routing.md, "Shadow comparison").
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShadowView {
+    /// `[shadow] sample`: the fraction of merged reads compared (0: off).
+    pub sample: f64,
+    /// Reads compared: `matching` + `differing` + `inconclusive`.
+    pub compared: u64,
+    /// The extended table alone gave the client's answer.
+    pub matching: u64,
+    /// The extended table alone would have left out or changed rows the client got.
+    pub differing: u64,
+    /// Only newer rows, or another order: likely a write between the two reads.
+    pub inconclusive: u64,
+    /// Sampled but not compared.
+    pub skipped: u64,
+    /// The shadow read failed.
+    pub failed: u64,
+}
+
+impl ShadowView {
+    /// The view of `[shadow] sample` = `sample` with `counters`' counts.
+    pub fn of(sample: f64, counters: &ShadowCounters) -> ShadowView {
+        ShadowView {
+            sample,
+            compared: counters.compared(),
+            matching: counters.matching.get(),
+            differing: counters.differing.get(),
+            inconclusive: counters.inconclusive.get(),
+            skipped: counters.skipped.get(),
+            failed: counters.failed.get(),
+        }
+    }
 }
 
 /// TLS for clients: where its certificate is read from (never the key's content), and whether it is required.
@@ -280,11 +316,11 @@ pub struct RouteView {
 
 /// `GET /config`: the configuration in force.
 async fn config_endpoint(State(shared): State<Arc<ProxyState>>) -> axum::Json<ConfigView> {
-    axum::Json(config_view(&shared.snapshot()))
+    axum::Json(config_view(&shared.snapshot(), shared.metrics.shadow()))
 }
 
-/// What `/config` shows of `snapshot`.
-pub fn config_view(snapshot: &ConfigSnapshot) -> ConfigView {
+/// What `/config` shows of `snapshot`, with the shadow comparison's `counters`.
+pub fn config_view(snapshot: &ConfigSnapshot, counters: &ShadowCounters) -> ConfigView {
     let config = &snapshot.config;
     let table = snapshot.router.table();
     let routes = StatementKind::ALL
@@ -314,6 +350,7 @@ pub fn config_view(snapshot: &ConfigSnapshot) -> ConfigView {
             read_only_from_csmhe: config.flags.is_on(Flag::ReadOnlyFromCsmhe),
         },
         routing: RoutingView { stage: stage_id(table.stage()), stage_name: table.stage().name(), routes },
+        shadow: ShadowView::of(config.shadow.sample, counters),
     }
 }
 
@@ -468,7 +505,7 @@ ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES = true
 
     #[test]
     fn the_config_view_shows_flags_and_routing_but_no_secrets() {
-        let view = config_view(&snapshot(TWO_SERVERS));
+        let view = config_view(&snapshot(TWO_SERVERS), &ShadowCounters::default());
         let json = serde_json::to_string(&view).unwrap_or_default();
         assert!(!json.contains("not-to-be-shown") && !json.contains("csmh_writer"), "{json}");
         assert_eq!(view.generation, 1);

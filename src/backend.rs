@@ -302,6 +302,22 @@ pub enum QueryError {
     /// The answer does not follow the protocol.
     #[error("malformed answer: {0}")]
     Protocol(#[from] ProtocolError),
+    /// The answer is larger than the caller keeps in memory.
+    #[error("the answer is larger than {0} bytes")]
+    TooLarge(usize),
+}
+
+/// Runs `sql` as a COM_QUERY on `conn` and reads the whole answer, refusing one larger than `limit` bytes (the
+/// rest is read and dropped, so the connection stays usable).
+pub async fn query_within(
+    conn: &mut Connection,
+    caps: Negotiated,
+    sql: &[u8],
+    limit: usize,
+) -> Result<Reply, QueryError> {
+    send_command(conn, COM_QUERY, sql).await?;
+    let response = read_response_within(conn, caps, Expect::ResultSets, limit).await?;
+    Ok(Reply::parse(&response, caps)?)
 }
 
 /// Runs `sql` as a COM_QUERY on `conn` and reads the whole answer (a small one: an OK, an ERR, or a few rows).
@@ -327,17 +343,34 @@ pub async fn command(
 
 /// Reads one whole response of shape `expect` (a small one) from `conn` into memory, frame headers included.
 pub async fn read_response(conn: &mut Connection, caps: Negotiated, expect: Expect) -> Result<BytesMut, QueryError> {
+    read_response_within(conn, caps, expect, usize::MAX).await
+}
+
+/// [`read_response`], refusing a response larger than `limit` bytes once it has been read to its end.
+async fn read_response_within(
+    conn: &mut Connection,
+    caps: Negotiated,
+    expect: Expect,
+    limit: usize,
+) -> Result<BytesMut, QueryError> {
     let mut scanner = ResponseScanner::new(expect, caps);
     let mut response = BytesMut::new();
+    let mut too_large = false;
     loop {
         let (n, progress) = scanner.scan(&conn.buf)?;
-        response.extend_from_slice(&conn.buf[..n]);
+        too_large |= response.len() + n > limit;
+        if too_large {
+            response.clear();
+        } else {
+            response.extend_from_slice(&conn.buf[..n]);
+        }
         conn.consume(n);
         match progress {
             Progress::NeedMore if conn.fill().await? == 0 => {
                 return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
             }
             Progress::NeedMore => {}
+            Progress::Done(_) if too_large => return Err(QueryError::TooLarge(limit)),
             Progress::Done(_) => return Ok(response),
             Progress::ClientTurn(_) => {
                 return Err(ProtocolError::Unsupported("the server asked the proxy for data").into());

@@ -24,6 +24,7 @@ pub mod routing;
 pub mod sandbox;
 pub mod server;
 pub mod session;
+pub mod shadow;
 pub mod state;
 pub mod tls;
 pub mod topology;

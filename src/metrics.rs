@@ -142,6 +142,34 @@ pub struct Metrics {
     reloads_applied: Counter,
     reloads_rejected: Counter,
     generation: Gauge,
+    shadow: ShadowCounters,
+}
+
+/// The `result` label of the shadow comparison's counts, in [`ShadowCounters`]' order.
+const SHADOW_RESULTS: [&str; 5] = ["matching", "differing", "inconclusive", "skipped", "failed"];
+
+/// The shadow comparison's counts ([`crate::shadow`]), by how a sampled read ended; clones count into the same
+/// series.
+#[derive(Debug, Clone, Default)]
+pub struct ShadowCounters {
+    /// The extended table alone gave the client's answer.
+    pub matching: Counter,
+    /// It would have left out or changed rows the client got.
+    pub differing: Counter,
+    /// It gave only newer rows, or the same rows in another order: likely a write between the two reads.
+    pub inconclusive: Counter,
+    /// Sampled but not compared: the worker was behind, the answer too large, or the read not one statement
+    /// in the next stage.
+    pub skipped: Counter,
+    /// The comparison could not run (the shadow read failed).
+    pub failed: Counter,
+}
+
+impl ShadowCounters {
+    /// Reads compared: matching, differing or inconclusive.
+    pub fn compared(&self) -> u64 {
+        self.matching.get() + self.differing.get() + self.inconclusive.get()
+    }
 }
 
 impl Default for Metrics {
@@ -222,6 +250,20 @@ impl Metrics {
         let generation = Gauge::default();
         registry.register("config_generation", "Generation of the configuration in force", generation.clone());
 
+        let shadow_reads = Family::<Labels<1>, Counter>::default();
+        // One statement per series: `get_or_create`'s guard lives to the end of its statement, and creating the
+        // next series while it is held would deadlock.
+        let [matching, differing, inconclusive, skipped, failed] =
+            SHADOW_RESULTS.map(|result| shadow_reads.get_or_create(&[("result", result)]).clone());
+        let shadow = ShadowCounters { matching, differing, inconclusive, skipped, failed };
+        registry.register(
+            "shadow_reads",
+            "Merged history reads sampled by [shadow] and answered from the extended table alone too, by result: \
+             matching, differing (rows the client got would be missing or changed), inconclusive (only newer rows \
+             or another order), skipped (not compared), failed",
+            shadow_reads,
+        );
+
         Metrics {
             registry,
             connections_total,
@@ -236,7 +278,13 @@ impl Metrics {
             reloads_applied,
             reloads_rejected,
             generation,
+            shadow,
         }
+    }
+
+    /// The shadow comparison's counters.
+    pub fn shadow(&self) -> &ShadowCounters {
+        &self.shadow
     }
 
     /// A client connection was accepted.

@@ -13,6 +13,7 @@ use crate::grant_cache::GrantCache;
 use crate::history::routing_table;
 use crate::metrics::Metrics;
 use crate::routing::Router;
+use crate::shadow::{Shadow, ShadowPlan};
 use crate::tls::{Tls, files_fingerprint};
 use crate::topology::Topology;
 
@@ -32,6 +33,8 @@ pub struct ConfigSnapshot {
     pub tls: Tls,
     /// The fingerprint of those files as they were read ([`crate::tls::files_fingerprint`]).
     pub tls_files: u64,
+    /// How merged reads are compared with the extended table alone (`[shadow]`); `None` when off.
+    pub shadow: Option<ShadowPlan>,
 }
 
 /// A configuration that passed validation but from which the data path cannot be derived.
@@ -50,7 +53,16 @@ impl ConfigSnapshot {
             .with_parse_limit(config.listen.max_parsed_statement_bytes);
         let tls_files = files_fingerprint(&config);
         let tls = Tls::load(&config).map_err(|e| error(&e))?;
-        Ok(ConfigSnapshot { router, config, offset_verified: Default::default(), generation: 1, tls, tls_files })
+        let shadow = ShadowPlan::new(config.shadow.sample, &router);
+        Ok(ConfigSnapshot {
+            router,
+            config,
+            offset_verified: Default::default(),
+            generation: 1,
+            tls,
+            tls_files,
+            shadow,
+        })
     }
 }
 
@@ -72,17 +84,21 @@ pub struct ProxyState {
     auth_key: tokio::sync::OnceCell<Option<AuthKey>>,
     /// Set once the proxy began to shut down: it is no longer ready for new clients.
     draining: AtomicBool,
+    /// The shadow comparison of merged reads.
+    pub shadow: Shadow,
 }
 
 impl ProxyState {
-    /// ProxyState state starting with `config`, as generation 1.
+    /// The state of a proxy starting with `config`, as generation 1.
     pub fn new(config: Config) -> Result<ProxyState, CompileError> {
+        let metrics = Metrics::default();
         Ok(ProxyState {
             current: ArcSwap::from_pointee(ConfigSnapshot::compile(config)?),
             writer: Mutex::new(()),
             reloads_applied: AtomicU64::new(0),
             reloads_rejected: AtomicU64::new(0),
-            metrics: Metrics::default(),
+            shadow: Shadow::new(metrics.shadow().clone()),
+            metrics,
             grants: GrantCache::default(),
             admission: Admission::default(),
             auth_key: tokio::sync::OnceCell::new(),

@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
@@ -13,7 +12,7 @@ use std::time::Duration;
 use mysql_async::prelude::Queryable;
 use support::edx::server_error;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStderr};
+use tokio::process::Child;
 
 /// The generous bound on anything that should happen within a second or two.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -26,18 +25,6 @@ async fn healthcheck(config: &Path, probe: &str) -> Output {
         .output()
         .await
         .expect("the binary runs")
-}
-
-/// Reads the proxy's log until a line contains `what`, and returns the value after `address=` on it.
-async fn address_logged(log: &mut tokio::io::Lines<BufReader<ChildStderr>>, what: &str) -> SocketAddr {
-    loop {
-        let line = tokio::time::timeout(PATIENCE, log.next_line()).await.expect("the log goes on");
-        let line = line.expect("the proxy's log").unwrap_or_else(|| panic!("the log ended before {what:?}"));
-        if line.contains(what) {
-            let address = line.split("address=").nth(1).and_then(|rest| rest.split_whitespace().next());
-            return address.and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("no address in {line:?}"));
-        }
-    }
 }
 
 /// Sends `signal` to the child.
@@ -64,8 +51,8 @@ async fn sigterm_drains_then_lets_transactions_finish_and_answers_idle_sessions_
     std::fs::write(&config, text).expect("write proxy.toml");
     let mut child = support::serve_binary(&[], &config);
     let mut log = BufReader::new(child.stderr.take().expect("its log")).lines();
-    let proxy = address_logged(&mut log, "listening").await;
-    let admin = address_logged(&mut log, "admin listening").await;
+    let proxy = support::address_logged(&mut log, "listening").await;
+    let admin = support::address_logged(&mut log, "admin listening").await;
     // The probes read the admin address from the file: give them the one the proxy bound.
     std::fs::write(
         dir.path().join("probe.toml"),

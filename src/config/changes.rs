@@ -54,9 +54,10 @@ impl fmt::Display for Change {
 /// tables, the backends and the listeners. Empty exactly when the two are equal.
 pub fn changes(old: &Config, new: &Config) -> Vec<Change> {
     // Taken apart field by field, so that a key added to `Config` cannot be forgotten here.
-    let Config { listen, admin, backends, history, flags } = new;
+    let Config { listen, admin, backends, history, flags, shadow } = new;
     let mut found = Found::default();
     found.flags(&old.flags, flags);
+    found.shown("shadow.sample", old.shadow.sample, shadow.sample);
     found.history(&old.history, history);
     found.backends(&old.backends, backends);
     found.listen(&old.listen, listen);

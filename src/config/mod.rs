@@ -46,6 +46,9 @@ pub struct Config {
     /// edx-platform's migration flags.
     #[serde(default)]
     pub flags: Flags,
+    /// Shadow comparison of merged reads with the extended table alone; off by default.
+    #[serde(default)]
+    pub shadow: ShadowReads,
 }
 
 /// `[listen]`: the client-facing socket.
@@ -321,6 +324,23 @@ pub enum PasswordError {
         /// The variable's name.
         variable: String,
     },
+}
+
+/// `[shadow]`: while reads come from both tables, answer a sample of edxapp's history reads from the extended
+/// table alone too, off the client's path, and compare the two answers (docs/routing.md, "Shadow comparison").
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowReads {
+    /// The fraction of merged reads compared, from 0 (off, the default) to 1 (every one).
+    #[serde(default)]
+    pub sample: f64,
+}
+
+impl ShadowReads {
+    /// Whether any read is compared.
+    pub fn is_on(&self) -> bool {
+        self.sample > 0.0
+    }
 }
 
 /// `[history]`: schema-qualified names of the two history tables.

@@ -23,6 +23,7 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
     check_history_tables(&mut problems, &config.history.old_table, &config.history.extended_table);
     check_id_offset(&mut problems, config.history.id_offset);
     check_flags(&mut problems, config);
+    check_shadow(&mut problems, config);
     problems
 }
 
@@ -212,6 +213,22 @@ fn parse_table(problems: &mut Vec<Problem>, key: &str, name: &str) -> Option<Tab
 }
 
 /// Checks that the flags are a combination the routing table (docs/routing.md) has a row for.
+/// Checks `[shadow]`: a fraction, and a login for the reads it runs itself on the `csmh` server.
+fn check_shadow(problems: &mut Vec<Problem>, config: &Config) {
+    let sample = config.shadow.sample;
+    if !(0.0..=1.0).contains(&sample) {
+        problems
+            .push(Problem::new("shadow.sample", format!("{sample} is not a fraction from 0 (off) to 1 (every read)")));
+    }
+    if config.shadow.is_on() && config.backends.csmh.user.is_none() {
+        problems.push(Problem::new(
+            "shadow.sample",
+            "shadow reads log in to the csmh server as [backends.csmh] does: give it a `user` (and `password` or \
+             `password_env`), with SELECT on the extended table",
+        ));
+    }
+}
+
 fn check_flags(problems: &mut Vec<Problem>, config: &Config) {
     if let Err(refused) = routing_table(config.flags) {
         problems.push(Problem::new(format!("flags.{}", refused.flag()), refused.to_string()));

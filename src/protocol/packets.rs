@@ -195,6 +195,17 @@ pub fn standard_column_definition(payload: &[u8], extended_metadata: bool) -> Op
     Some(Cow::Owned([&payload[..at], &payload[end..]].concat()))
 }
 
+/// The name a column definition gives its column (the `AS` alias, or the column's own name): the fifth of its
+/// length-encoded strings, after catalog, schema, table and original table.
+pub fn column_name(payload: &[u8]) -> Option<&[u8]> {
+    let mut at = 0;
+    for _ in 0..4 {
+        at = skip_lenenc_string(payload, at)?;
+    }
+    let (len, taken) = lenenc_int(payload.get(at..)?)?;
+    payload.get(at + taken..skip_lenenc_string(payload, at)?).filter(|name| name.len() as u64 == len)
+}
+
 /// The offset just past the length-encoded string at `at`.
 fn skip_lenenc_string(payload: &[u8], at: usize) -> Option<usize> {
     let (len, taken) = lenenc_int(payload.get(at..)?)?;

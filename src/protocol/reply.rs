@@ -107,7 +107,8 @@ fn is_numeric(def: &[u8], caps: Negotiated) -> Result<bool, ProtocolError> {
 }
 
 /// The values of a text-protocol row.
-fn text_row(mut row: &[u8]) -> Result<Vec<Option<Vec<u8>>>, ProtocolError> {
+/// The values of a text protocol row (`None` for NULL).
+pub fn text_row(mut row: &[u8]) -> Result<Vec<Option<Vec<u8>>>, ProtocolError> {
     let mut values = Vec::new();
     while let Some(&first) = row.first() {
         if first == NULL {

@@ -232,6 +232,7 @@ impl From<QueryError> for SessionError {
         match error {
             QueryError::Io(e) => SessionError::Backend(e),
             QueryError::Protocol(e) => SessionError::BackendProtocol(e),
+            QueryError::TooLarge(_) => SessionError::BackendProtocol(ProtocolError::Malformed("an answer too large")),
         }
     }
 }

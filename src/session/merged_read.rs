@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tracing::{debug, warn};
@@ -18,11 +19,13 @@ use super::{Flow, Session};
 use crate::merge::{ColumnDef, Merge, MergeError, MergePlan, Origin, Protocol, Step};
 use crate::protocol::ProtocolError;
 use crate::protocol::capabilities::Negotiated;
-use crate::protocol::command::{COM_QUERY, command_payload};
+use crate::protocol::command::{COM_QUERY, body as command_body, command_payload};
 use crate::protocol::errors::{MysqlError, is_err_packet};
 use crate::protocol::frame;
 use crate::protocol::packets::{self, ResultHead, RowPacket, is_ok_packet};
 use crate::routing::{MergeRead, MergeServers};
+use crate::shadow::Capture;
+use crate::state::ConfigSnapshot;
 
 /// Rows are written to the client in batches of about this many bytes.
 const FLUSH_AT: usize = 16 * 1024;
@@ -40,6 +43,18 @@ enum Feeds {
     /// On one server: the old side's packets, read ahead and held here; the extended side's on the client's
     /// connection, which answers it after the old side's.
     OldSideHeld(VecDeque<Bytes>),
+}
+
+/// How a merged read's two results are combined, and who else sees the rows.
+pub(super) struct Merging<'a> {
+    /// The merge the router planned.
+    pub plan: &'a MergePlan,
+    /// The protocol both sides answer in.
+    pub protocol: Protocol,
+    /// The column definitions the statements sent last (for a prepared statement whose result may leave them out).
+    pub known: &'a mut KnownColumns,
+    /// A sampled read keeps the rows the client gets here, to compare them with the extended table alone.
+    pub capture: Option<&'a mut Capture>,
 }
 
 /// How a merged read ended, when it did not fail.
@@ -73,15 +88,44 @@ impl Session {
     /// Carries out a merged read in the text protocol, where its route says it runs.
     pub(super) async fn merged_read(&mut self, request: &mut Request, read: MergeRead) -> Result<Flow, SessionError> {
         let MergeRead { old, extended, plan, servers } = read;
-        match servers {
-            MergeServers::OneServer { union } => self.merge_on_one_server(request, &old, &extended, &plan, union).await,
+        let mut capture = self.shadow_capture(request);
+        let known = &mut KnownColumns::default();
+        let merging = Merging { plan: &plan, protocol: Protocol::Text, known, capture: capture.as_mut() };
+        let flow = match servers {
+            MergeServers::OneServer { union } => {
+                self.merge_on_one_server(request, &old, &extended, merging, union).await
+            }
             MergeServers::TwoServers { inline, .. } => match self.with_values(extended, &inline).await? {
-                Ok(extended) => {
-                    let known = &mut KnownColumns::default();
-                    self.merge_commands(request, COM_QUERY, (&old, &extended), &plan, Protocol::Text, known).await
-                }
+                Ok(extended) => self.merge_commands(request, COM_QUERY, (&old, &extended), merging).await,
                 Err(error) => self.answer_error(request, error).await,
             },
+        };
+        if let Some(capture) = capture {
+            self.submit_shadow(capture, &request.snapshot);
+        }
+        flow
+    }
+
+    /// A capture of this read's answer when `[shadow]` samples it: the statement that reads the extended table
+    /// alone, as the next stage would, is found now, while the client's statement is still in the buffer.
+    fn shadow_capture(&self, request: &Request) -> Option<Capture> {
+        let plan = request.snapshot.shadow.as_ref()?;
+        if !self.shared.shadow.samples_next(plan.sample) {
+            return None;
+        }
+        let payload = request.span.payload_in(&self.client.buf);
+        let statement = plan.statement(command_body(&payload));
+        if statement.is_none() {
+            self.shared.shadow.skipped();
+        }
+        statement.map(Capture::new)
+    }
+
+    /// Hands a finished capture to the shadow worker; one that cannot be compared is counted as skipped.
+    fn submit_shadow(&self, capture: Capture, snapshot: &Arc<ConfigSnapshot>) {
+        match capture.into_sample(Arc::clone(snapshot)) {
+            Some(sample) => self.shared.shadow.submit(sample),
+            None => self.shared.shadow.skipped(),
         }
     }
 
@@ -93,7 +137,7 @@ impl Session {
         request: &mut Request,
         old: &[u8],
         extended: &[u8],
-        plan: &MergePlan,
+        merging: Merging<'_>,
         union: Result<Vec<u8>, MysqlError>,
     ) -> Result<Flow, SessionError> {
         self.consume_request(request);
@@ -110,8 +154,7 @@ impl Session {
             }
             return self.answer_with_union(request, union).await;
         };
-        let known = &mut KnownColumns::default();
-        match self.merge_heads(request, &mut Feeds::OldSideHeld(held), plan, Protocol::Text, known).await? {
+        match self.merge_heads(request, &mut Feeds::OldSideHeld(held), merging).await? {
             Merged::Answered => Ok(Flow::Continue),
             Merged::GaveUp => self.answer_with_union(request, union).await,
         }
@@ -169,16 +212,13 @@ impl Session {
     }
 
     /// Sends `command` with the `old` body on `edxapp` and with the `extended` one on the `csmh` connection, then
-    /// answers the client with their results merged as `plan` says (`known`: the columns their statements sent
-    /// last).
+    /// answers the client with their results merged as `merging` says.
     pub(super) async fn merge_commands(
         &mut self,
         request: &mut Request,
         command: u8,
         (old, extended): (&[u8], &[u8]),
-        plan: &MergePlan,
-        protocol: Protocol,
-        known: &mut KnownColumns,
+        merging: Merging<'_>,
     ) -> Result<Flow, SessionError> {
         self.csmh.ready(&mut self.edxapp, &request.snapshot, &self.shared.metrics).await?;
         self.consume_request(request);
@@ -187,7 +227,7 @@ impl Session {
         crate::backend::send_command(&mut csmh.conn, command, extended).await.map_err(SessionError::csmh_io)?;
         self.edxapp.send(command, old).await?;
         // Across two servers the merge never gives up for the union: it answers with an error itself.
-        match self.merge_heads(request, &mut Feeds::Connections, plan, protocol, known).await? {
+        match self.merge_heads(request, &mut Feeds::Connections, merging).await? {
             Merged::Answered | Merged::GaveUp => Ok(Flow::Continue),
         }
     }
@@ -200,10 +240,9 @@ impl Session {
         &mut self,
         request: &mut Request,
         feeds: &mut Feeds,
-        plan: &MergePlan,
-        protocol: Protocol,
-        known: &mut KnownColumns,
+        merging: Merging<'_>,
     ) -> Result<Merged, SessionError> {
+        let Merging { plan, protocol, known, capture } = merging;
         let old = self.head(feeds, Origin::Old).await?;
         let new = match self.head(feeds, Origin::Extended).await {
             Err(failure @ SessionError::Csmh(_)) => {
@@ -244,7 +283,7 @@ impl Session {
                 return Ok(Merged::Answered);
             }
         };
-        self.stream_merged(request, feeds, merge, &new[..plan.visible_columns()]).await?;
+        self.stream_merged(request, feeds, merge, &new[..plan.visible_columns()], capture).await?;
         Ok(Merged::Answered)
     }
 
@@ -256,15 +295,20 @@ impl Session {
         Ok(Merged::Answered)
     }
 
-    /// Sends the column definitions, then the merged rows, then the end of the result.
+    /// Sends the column definitions, then the merged rows, then the end of the result; `capture` keeps what the
+    /// client gets.
     async fn stream_merged(
         &mut self,
         request: &mut Request,
         feeds: &mut Feeds,
         mut merge: Merge,
         defs: &[Bytes],
+        mut capture: Option<&mut Capture>,
     ) -> Result<(), SessionError> {
         let caps = self.edxapp.caps;
+        if let Some(capture) = capture.as_deref_mut() {
+            capture.columns(defs, caps);
+        }
         let mut out = BytesMut::new();
         // The definitions always follow, whether or not the client has them cached: it takes them either way.
         let head = ResultHead::with_metadata(defs.len() as u64, caps.cache_metadata());
@@ -279,6 +323,9 @@ impl Session {
             match step {
                 Step::Row(row) => {
                     seq = frame::write_packet(&mut out, seq, &row);
+                    if let Some(capture) = capture.as_deref_mut() {
+                        capture.row(&row);
+                    }
                     if out.len() >= FLUSH_AT {
                         self.write_to_client(request, &out).await?;
                         out.clear();
@@ -321,7 +368,11 @@ impl Session {
         let status = ends[last_on_client_connection.index()].map_or(self.edxapp.status.bits(), |(_, s)| s);
         self.edxapp.note_status(status);
         packets::write_end_of_rows(&mut out, seq, caps, warnings, status);
-        self.write_to_client(request, &out).await
+        self.write_to_client(request, &out).await?;
+        if let Some(capture) = capture {
+            capture.complete();
+        }
+        Ok(())
     }
 
     /// The next packet of a side, progress reports skipped.

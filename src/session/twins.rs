@@ -5,6 +5,7 @@
 //! reads merged); resetting, sending long data to and closing it does the same to its shadow.
 
 use super::error::SessionError;
+use super::merged_read::Merging;
 use super::own::Outcome;
 use super::request::Request;
 use super::statements::{KnownColumns, Shadow, Twin};
@@ -154,8 +155,8 @@ impl Session {
             (Command::StmtExecute { cursor: false }, Twin::Merge { plan, known }) => {
                 let mut known = known.clone();
                 let bodies = (command::body(&payload), command::body(&twin));
-                let flow =
-                    self.merge_commands(request, COM_STMT_EXECUTE, bodies, plan, Protocol::Binary, &mut known).await;
+                let merging = Merging { plan, protocol: Protocol::Binary, known: &mut known, capture: None };
+                let flow = self.merge_commands(request, COM_STMT_EXECUTE, bodies, merging).await;
                 self.statements.remember_columns(shadow.own, known);
                 flow
             }

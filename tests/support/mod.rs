@@ -283,6 +283,22 @@ pub fn cli_stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// Reads the proxy's log until a line contains `what`, and returns the value after `address=` on it.
+pub async fn address_logged(
+    log: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    what: &str,
+) -> SocketAddr {
+    loop {
+        let line =
+            tokio::time::timeout(std::time::Duration::from_secs(20), log.next_line()).await.expect("the log goes on");
+        let line = line.expect("the proxy's log").unwrap_or_else(|| panic!("the log ended before {what:?}"));
+        if line.contains(what) {
+            let address = line.split("address=").nth(1).and_then(|rest| rest.split_whitespace().next());
+            return address.and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("no address in {line:?}"));
+        }
+    }
+}
+
 /// Starts the built `csmh-proxy serve` with `options` and the configuration at `config`, logging at info level to
 /// a pipe (its `stderr`), killed when dropped.
 pub fn serve_binary(options: &[&str], config: &std::path::Path) -> tokio::process::Child {
