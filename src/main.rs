@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use csmh_proxy::config::Config;
 use csmh_proxy::migrate::MigrateError;
 use csmh_proxy::migrate::copy::MigrateArgs;
+use csmh_proxy::migrate::init::InitArgs;
 use csmh_proxy::migrate::status::StatusArgs;
 use csmh_proxy::migrate::truncate::TruncateArgs;
 use csmh_proxy::migrate::verify::{VerifyArgs, VerifyReport};
@@ -54,8 +55,11 @@ enum Command {
     /// Safe to run again: an existing extended table is kept when its next id is above the old table's highest
     /// id, has its starting id raised when it is still empty, and is refused otherwise (ids could collide).
     ///
-    /// Exit status: 0 when the extended table is ready, 1 when refused, 2 when it could not run.
-    Init,
+    /// With --dry-run, changes nothing: reads the same state, refuses what init would refuse, and prints what it
+    /// would do with the exact statements it would run (or that nothing would change).
+    ///
+    /// Exit status: 0 when the extended table is ready (or would be), 1 when refused, 2 when it could not run.
+    Init(InitArgs),
     /// Copy every old history row into the extended table, with the same ids, in primary-key chunks.
     ///
     /// Each chunk commits together with a checkpoint on the csmh server, so an interrupted run (even killed)
@@ -158,9 +162,9 @@ fn main() -> anyhow::Result<()> {
             print!("{}", csmh_proxy::explain::explain_lines(config, &statements)?);
             Ok(())
         }
-        Command::Init => {
+        Command::Init(args) => {
             let config = migration_config(&cli.config);
-            finish(runtime.block_on(csmh_proxy::migrate::init::run(&config)), |_| true)
+            finish(runtime.block_on(csmh_proxy::migrate::init::run(&config, &args)), |_| true)
         }
         Command::Migrate(args) => {
             let config = migration_config(&cli.config);
