@@ -69,7 +69,11 @@ enum Command {
     /// is an INSERT ... SELECT; across two servers rows stream from one to the other. Shows a progress bar on a
     /// terminal, log lines otherwise. Run `verify` afterwards.
     ///
-    /// Exit status: 0 when every row found has been copied, 1 when refused, 2 when it could not run.
+    /// With --dry-run, changes nothing: refuses what a run would refuse, and prints the plan (where it would
+    /// start, up to which id, how, the throttles) and the exact statements of the first chunks.
+    ///
+    /// Exit status: 0 when every row found has been copied (or the plan is printed), 1 when refused, 2 when it
+    /// could not run.
     Migrate(MigrateArgs),
     /// Compare the old table with the extended table and print the id ranges that differ.
     ///

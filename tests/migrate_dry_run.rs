@@ -1,4 +1,4 @@
-//! `--dry-run` of `csmh-proxy init` against real MariaDB servers, with both tables on
+//! `--dry-run` of `csmh-proxy init` and `migrate` against real MariaDB servers, with both tables on
 //! one server and on two: the built binary prints the plan and the statements a run would send, refuses what a
 //! run would refuse, and leaves both servers exactly as they were (databases, tables, definitions with their
 //! AUTO_INCREMENT, checksums). Each scenario also shows that the servers' state would have shown a change: the
@@ -9,7 +9,10 @@ mod support;
 
 use std::process::Output;
 
+use csmh_proxy::history::Stage;
 use csmh_proxy::migrate::checkpoint;
+use csmh_proxy::migrate::copy::{MigrateArgs, migrate};
+use csmh_proxy::migrate::init::init;
 use csmh_proxy::migrate::schema::extended_table_ddl;
 use migrate_support::{MigrationSite, outputs};
 use mysql_async::prelude::Queryable;
@@ -37,6 +40,12 @@ fn assert_contains(text: &str, parts: &[&str]) {
     for part in parts {
         assert!(text.contains(part), "no `{part}` in:\n{text}");
     }
+}
+
+/// The id of the old table's row at `offset` (from 0) in id order.
+async fn old_id_at(site: &MigrationSite, offset: u64) -> u64 {
+    let sql = format!("SELECT `id` FROM {} ORDER BY `id` LIMIT 1 OFFSET {offset}", site.old());
+    site.edxapp().await.query_first(sql).await.unwrap().expect("a row there")
 }
 
 /// Runs `sql` on the extended table's server.
@@ -110,6 +119,139 @@ async fn init_dry_run(two_servers: bool) {
     assert_contains(&refused, &["does not exist on [backends.edxapp]: check `history.old_table`"]);
 }
 
+async fn migrate_dry_run(two_servers: bool) {
+    let mut site = MigrationSite::new(two_servers).await;
+    site.generate_old_rows(ROWS).await;
+    init(&site.site(), site.config.history.id_offset).await.expect("init");
+    // No checkpoint table yet: a dry run reads none, and must not create it.
+    let checkpoint_table = checkpoint::table_for(&site.site().extended);
+    on_csmh(&site, &format!("DROP TABLE {checkpoint_table}")).await;
+    let (old, extended) = (site.old(), site.extended());
+    let old_max = site.old_fingerprint().await.max_id;
+    let ends = [old_id_at(&site, 999).await, old_id_at(&site, 1_999).await, old_id_at(&site, 2_999).await];
+
+    let out = changes_nothing(&site, &["migrate", "--dry-run", "--max-rows-per-second", "5000"], 0).await;
+    assert_contains(
+        &out,
+        &[
+            "dry run: nothing has been changed\n",
+            &format!(
+                "checkpoint table {checkpoint_table}: missing; a run creates it first:\nCREATE TABLE IF NOT EXISTS"
+            ),
+            "start: no checkpoint yet, so from the first id\n",
+            &format!("first pass: ids 1-{old_max}, up to the old table's largest id now"),
+            "chunks: 1000 rows to start",
+            "at most 5000 rows per second on average",
+            "is more than 10 s behind its source",
+            &format!("chunk 1: ids 1-{} (1000 rows)\n", ends[0]),
+            &format!("chunk 2: ids {}-{} (1000 rows)\n", ends[0] + 1, ends[1]),
+            &format!("chunk 3: ids {}-{} (1000 rows)\n", ends[1] + 1, ends[2]),
+            "(task 'migrate', state 'running', last_id ",
+        ],
+    );
+    assert!(!out.contains("chunk 4:"), "{out}");
+    let columns = "`version`, `created`, `state`, `grade`, `max_grade`, `id`, `student_module_id`";
+    if two_servers {
+        assert_contains(
+            &out,
+            &[
+                "how: streamed across two servers",
+                &format!(
+                    "SELECT {columns} FROM {old} WHERE `id` > 0 AND `id` <= {old_max} ORDER BY `id` LIMIT 1000;\n"
+                ),
+                &format!(
+                    "SELECT {columns} FROM {old} WHERE `id` > {} AND `id` <= {old_max} ORDER BY `id` LIMIT 1000;\n",
+                    ends[1]
+                ),
+                "-- on [backends.csmh], writer 1 of 2:\nBEGIN;\n",
+                "-- on [backends.csmh], writer 2 of 2:\nBEGIN;\n",
+                &format!(
+                    "INSERT INTO {extended} ({columns}) VALUES (<version>, <created>, <state>, <grade>, <max_grade>, <id>, <student_module_id>), "
+                ),
+                "ON DUPLICATE KEY UPDATE `version` = VALUES(`version`)",
+            ],
+        );
+    } else {
+        assert_contains(
+            &out,
+            &[
+                "how: INSERT ... SELECT on one server",
+                &format!(
+                    "BEGIN;\nSELECT `id` FROM {old} WHERE `id` > 0 AND `id` <= {old_max} ORDER BY `id` LIMIT 1 OFFSET 999;\n"
+                ),
+                &format!(
+                    "INSERT INTO {extended} ({columns}) SELECT {columns} FROM {old} WHERE `id` > 0 AND `id` <= {} ORDER BY `id` ON DUPLICATE KEY UPDATE",
+                    ends[0]
+                ),
+                &format!("WHERE `id` > {} AND `id` <= {} ORDER BY `id` ON DUPLICATE KEY UPDATE", ends[1], ends[2]),
+            ],
+        );
+    }
+
+    // The servers' state would show the checkpoint table a dry run must not create.
+    let before = site.servers_state().await;
+    checkpoint::ensure(&mut site.csmh().await, &site.site()).await.unwrap();
+    assert_ne!(site.servers_state().await, before, "a checkpoint table shows in the servers' state");
+
+    // After a run, rows written meanwhile: the dry run starts after the checkpoint.
+    migrate(&site.site(), &MigrateArgs::default()).await.expect("migrate");
+    let insert = format!(
+        "INSERT INTO {old} (`id`, `version`, `created`, `state`, `grade`, `max_grade`, `student_module_id`) \
+         SELECT `id` + {old_max}, `version`, `created`, `state`, `grade`, `max_grade`, `student_module_id` FROM {old} \
+         WHERE `id` <= 600"
+    );
+    site.edxapp().await.query_drop(insert).await.unwrap();
+    let new_max = site.old_fingerprint().await.max_id;
+    let out = changes_nothing(&site, &["migrate", "--dry-run"], 0).await;
+    assert_contains(
+        &out,
+        &[
+            &format!("start: after id {old_max}, the checkpoint's last id (state done, {ROWS} rows copied since "),
+            &format!("chunk 1: ids {}-{new_max} (the rest of the pass)\n", old_max + 1),
+        ],
+    );
+    assert!(!out.contains("chunk 2:"), "{out}");
+
+    // A re-copy from an id: on one server each chunk also removes the extended rows the old table lost.
+    let out = changes_nothing(&site, &["migrate", "--dry-run", "--from-id", "10"], 0).await;
+    assert_contains(
+        &out,
+        &[
+            &format!("start: --from-id 10: copies again ids 10 to {old_max} (the highest id copied before)"),
+            &format!(
+                "re-copy: ids up to {old_max} are copied over their earlier copies; each chunk of them also removes"
+            ),
+        ],
+    );
+    if !two_servers {
+        assert_contains(&out, &[&format!("DELETE FROM {extended} WHERE `id` > 9 AND `id` <= ")]);
+    }
+
+    // What a run refuses, a dry run refuses too: ids the extended table already has ...
+    let far = old_max + 100_000;
+    site.edxapp()
+        .await
+        .query_drop(format!(
+            "INSERT INTO {old} (`id`, `created`, `student_module_id`) VALUES ({far}, '2024-05-01 00:00:00', 1)"
+        ))
+        .await
+        .unwrap();
+    on_csmh(
+        &site,
+        &format!("INSERT INTO {extended} (`created`, `student_module_id`) VALUES ('2024-05-01 00:00:00', 1)"),
+    )
+    .await;
+    let refused = changes_nothing(&site, &["migrate", "--dry-run"], 1).await;
+    assert_contains(&refused, &[&format!("already has rows with ids between {} and {far}", old_max + 1)]);
+    // ... a missing extended table, and a retired old table.
+    on_csmh(&site, &format!("DROP TABLE {extended}")).await;
+    let refused = changes_nothing(&site, &["migrate", "--dry-run"], 1).await;
+    assert_contains(&refused, &["does not exist: run `csmh-proxy init` first"]);
+    site.set_flags(Stage::OldTableRetired.flags());
+    let refused = changes_nothing(&site, &["migrate", "--dry-run"], 1).await;
+    assert_contains(&refused, &["is retired (READ_ONLY_FROM_CSMHE is on)"]);
+}
+
 #[tokio::test]
 async fn init_dry_run_on_one_server() {
     init_dry_run(false).await;
@@ -118,5 +260,15 @@ async fn init_dry_run_on_one_server() {
 #[tokio::test]
 async fn init_dry_run_on_two_servers() {
     init_dry_run(true).await;
+}
+
+#[tokio::test]
+async fn migrate_dry_run_on_one_server() {
+    migrate_dry_run(false).await;
+}
+
+#[tokio::test]
+async fn migrate_dry_run_on_two_servers() {
+    migrate_dry_run(true).await;
 }
 

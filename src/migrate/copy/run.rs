@@ -38,6 +38,12 @@ impl Recopy {
         let (from, until) = detail.strip_prefix(RECOPY)?.split_once(RECOPY_UNTIL)?;
         Some(Recopy { from: from.parse().ok()?, until: until.parse().ok()? })
     }
+
+    /// The re-copy a run resumes from `previous` (the checkpoint of the run before): one it recorded and did not
+    /// finish.
+    pub fn resumed(previous: &Checkpoint) -> Option<Recopy> {
+        previous.detail.as_deref().and_then(Recopy::from_detail).filter(|_| previous.state != DONE)
+    }
 }
 
 /// Where a pass removes the extended rows that the old table no longer has.
