@@ -89,7 +89,9 @@ enum Command {
     /// Refuses unless READ_ONLY_FROM_CSMHE is on in the configuration and a verify run at that moment passes.
     /// By default the old table is locked against writes, verified and truncated under the lock; with --slow its
     /// rows are deleted in throttled chunks by id, each checked against the extended table again just before.
-    /// The old table keeps its next id. Without --yes, prints what it would do and changes nothing.
+    /// The old table keeps its next id. Without --yes, prints what it would do and the statements it would run,
+    /// and changes nothing; --dry-run does the same after the checks --yes makes first (READ_ONLY_FROM_CSMHE, every
+    /// proxy it can ask), refusing where --yes would.
     ///
     /// Exit status: 0 when done (or nothing to do without --yes), 1 when refused, 2 when it could not run.
     TruncateOld(TruncateArgs),

@@ -1,4 +1,4 @@
-//! `--dry-run` of `csmh-proxy init` and `migrate` against real MariaDB servers, with both tables on
+//! `--dry-run` of `csmh-proxy init`, `migrate` and `truncate-old` against real MariaDB servers, with both tables on
 //! one server and on two: the built binary prints the plan and the statements a run would send, refuses what a
 //! run would refuse, and leaves both servers exactly as they were (databases, tables, definitions with their
 //! AUTO_INCREMENT, checksums). Each scenario also shows that the servers' state would have shown a change: the
@@ -51,6 +51,12 @@ async fn old_id_at(site: &MigrationSite, offset: u64) -> u64 {
 /// Runs `sql` on the extended table's server.
 async fn on_csmh(site: &MigrationSite, sql: &str) {
     site.csmh().await.query_drop(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// Copies every old row with the library, as `init` and `migrate` do.
+async fn init_and_migrate(site: &MigrationSite) {
+    init(&site.site(), site.config.history.id_offset).await.expect("init");
+    migrate(&site.site(), &MigrateArgs::default()).await.expect("migrate");
 }
 
 async fn init_dry_run(two_servers: bool) {
@@ -252,6 +258,69 @@ async fn migrate_dry_run(two_servers: bool) {
     assert_contains(&refused, &["is retired (READ_ONLY_FROM_CSMHE is on)"]);
 }
 
+async fn truncate_dry_run(two_servers: bool) {
+    let mut site = MigrationSite::new(two_servers).await;
+    site.generate_old_rows(ROWS).await;
+    init_and_migrate(&site).await;
+    let old = site.old();
+    let (first, old_max) = (old_id_at(&site, 0).await, site.old_fingerprint().await.max_id);
+
+    // Not retired: the plan says it would refuse; a dry run refuses, as --yes would.
+    let out = changes_nothing(&site, &["truncate-old"], 0).await;
+    assert_contains(&out, &["it is OFF, so it would refuse", &format!("TRUNCATE TABLE {old};\n")]);
+    let refused = changes_nothing(&site, &["truncate-old", "--dry-run"], 1).await;
+    assert_contains(&refused, &["READ_ONLY_FROM_CSMHE is off"]);
+
+    site.set_flags(Stage::OldTableRetired.flags());
+    let out = changes_nothing(&site, &["truncate-old", "--dry-run"], 0).await;
+    let next_id = old_max + 1;
+    assert_contains(
+        &out,
+        &[
+            "checked now, none does",
+            &format!("its next id stays at {next_id}\n"),
+            &format!(
+                "SET SESSION lock_wait_timeout = 60;\nLOCK TABLES {old} WRITE;\n-- the verify, as `csmh-proxy verify` runs \
+                 it (it records its result in the checkpoint table), through this connection\nTRUNCATE TABLE {old};\n\
+                 ALTER TABLE {old} AUTO_INCREMENT = {next_id};\nUNLOCK TABLES;\n"
+            ),
+            "nothing has been changed",
+        ],
+    );
+
+    let out =
+        changes_nothing(&site, &["truncate-old", "--dry-run", "--slow", "--chunk-size", "2000", "--pause", "0.5"], 0)
+            .await;
+    let chunk = |n: u64| (first + n * 2_000, first + n * 2_000 + 1_999);
+    assert_contains(&out, &["SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ;\n", "-- a pause of 0.5 s\n"]);
+    for n in 0..3 {
+        let (from, to) = chunk(n);
+        assert_contains(
+            &out,
+            &[
+                &format!("-- ids {from}-{to}\nSTART TRANSACTION;\nSELECT COUNT(*), COALESCE(BIT_XOR("),
+                &format!("FROM {old} WHERE `id` BETWEEN {from} AND {to} FOR UPDATE;\n"),
+                &format!("FROM {} WHERE `id` BETWEEN {from} AND {to};\n", site.extended()),
+                &format!("DELETE FROM {old} WHERE `id` BETWEEN {from} AND {to};\nCOMMIT;\n"),
+            ],
+        );
+    }
+    assert!(!out.contains(&format!("-- ids {}-", chunk(3).0)), "only the first chunks: {out}");
+    assert_contains(&out, &["-- and so on, up to "]);
+
+    // A proxy that cannot be asked may still use the old table: refused, as --yes would.
+    let refused = changes_nothing(&site, &["truncate-old", "--dry-run", "--admin", "127.0.0.1:9"], 1).await;
+    assert_contains(&refused, &["not every proxy has retired it", "127.0.0.1:9"]);
+    let both = site.command(&["truncate-old", "--dry-run", "--yes"]).await;
+    assert_eq!(both.status.code(), Some(2), "--dry-run and --yes conflict: {}", outputs(&both));
+
+    // The servers' state shows what --yes does.
+    let before = site.servers_state().await;
+    let output = site.command(&["truncate-old", "--yes"]).await;
+    assert_eq!(output.status.code(), Some(0), "{}", outputs(&output));
+    assert_ne!(site.servers_state().await, before, "the truncate shows in the servers' state");
+}
+
 #[tokio::test]
 async fn init_dry_run_on_one_server() {
     init_dry_run(false).await;
@@ -272,3 +341,12 @@ async fn migrate_dry_run_on_two_servers() {
     migrate_dry_run(true).await;
 }
 
+#[tokio::test]
+async fn truncate_dry_run_on_one_server() {
+    truncate_dry_run(false).await;
+}
+
+#[tokio::test]
+async fn truncate_dry_run_on_two_servers() {
+    truncate_dry_run(true).await;
+}
