@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use csmh_proxy::config::Config;
 use csmh_proxy::migrate::MigrateError;
 use csmh_proxy::migrate::copy::MigrateArgs;
+use csmh_proxy::migrate::init::InitArgs;
 use csmh_proxy::migrate::status::StatusArgs;
 use csmh_proxy::migrate::truncate::TruncateArgs;
 use csmh_proxy::migrate::verify::{VerifyArgs, VerifyReport};
@@ -54,8 +55,11 @@ enum Command {
     /// Safe to run again: an existing extended table is kept when its next id is above the old table's highest
     /// id, has its starting id raised when it is still empty, and is refused otherwise (ids could collide).
     ///
-    /// Exit status: 0 when the extended table is ready, 1 when refused, 2 when it could not run.
-    Init,
+    /// With --dry-run, changes nothing: reads the same state, refuses what init would refuse, and prints what it
+    /// would do with the exact statements it would run (or that nothing would change).
+    ///
+    /// Exit status: 0 when the extended table is ready (or would be), 1 when refused, 2 when it could not run.
+    Init(InitArgs),
     /// Copy every old history row into the extended table, with the same ids, in primary-key chunks.
     ///
     /// Each chunk commits together with a checkpoint on the csmh server, so an interrupted run (even killed)
@@ -66,7 +70,11 @@ enum Command {
     /// one server each chunk is an INSERT ... SELECT; across two servers rows stream from one to the other. Shows
     /// a progress bar on a terminal, log lines otherwise, with the reason of every pause. Run `verify` afterwards.
     ///
-    /// Exit status: 0 when every row found has been copied, 1 when refused, 2 when it could not run.
+    /// With --dry-run, changes nothing: refuses what a run would refuse, and prints the plan (where it would
+    /// start, up to which id, how, the throttles) and the exact statements of the first chunks.
+    ///
+    /// Exit status: 0 when every row found has been copied (or the plan is printed), 1 when refused, 2 when it
+    /// could not run.
     Migrate(MigrateArgs),
     /// Pause a running `migrate` before its next chunk (and any `migrate` started later) until `csmh-proxy resume`.
     ///
@@ -92,7 +100,9 @@ enum Command {
     /// Refuses unless READ_ONLY_FROM_CSMHE is on in the configuration and a verify run at that moment passes.
     /// By default the old table is locked against writes, verified and truncated under the lock; with --slow its
     /// rows are deleted in throttled chunks by id, each checked against the extended table again just before.
-    /// The old table keeps its next id. Without --yes, prints what it would do and changes nothing.
+    /// The old table keeps its next id. Without --yes, prints what it would do and the statements it would run,
+    /// and changes nothing; --dry-run does the same after the checks --yes makes first (READ_ONLY_FROM_CSMHE, every
+    /// proxy it can ask), refusing where --yes would.
     ///
     /// Exit status: 0 when done (or nothing to do without --yes), 1 when refused, 2 when it could not run.
     TruncateOld(TruncateArgs),
@@ -170,9 +180,9 @@ fn main() -> anyhow::Result<()> {
             print!("{}", csmh_proxy::explain::explain_lines(config, &statements)?);
             Ok(())
         }
-        Command::Init => {
+        Command::Init(args) => {
             let config = migration_config(&cli.config);
-            finish(runtime.block_on(csmh_proxy::migrate::init::run(&config)), |_| true)
+            finish(runtime.block_on(csmh_proxy::migrate::init::run(&config, &args)), |_| true)
         }
         Command::Migrate(args) => {
             let config = migration_config(&cli.config);

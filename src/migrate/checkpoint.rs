@@ -6,7 +6,7 @@ use std::fmt;
 use mysql_async::prelude::{FromRow, Queryable};
 use mysql_async::{FromRowError, Row};
 
-use super::{ER_NO_SUCH_TABLE, MigrateError, Site};
+use super::{ER_BAD_DB, ER_NO_SUCH_TABLE, MigrateError, Site};
 use crate::history::TableName;
 
 /// Name of the checkpoint table, in the extended table's database.
@@ -74,10 +74,11 @@ pub fn table_for(extended: &TableName) -> String {
     format!("`{}`.`{TABLE}`", extended.schema())
 }
 
-/// Creates the checkpoint table if it is missing: InnoDB, like the extended table, so that a chunk and the
-/// checkpoint recording it commit together.
-pub async fn ensure(conn: &mut impl Queryable, site: &Site) -> Result<(), MigrateError> {
-    let sql = format!(
+/// The statement that creates the checkpoint table beside `extended` if it is missing: InnoDB, like the extended
+/// table, so that a chunk and the checkpoint recording it commit together. What [`ensure`] runs, and what the
+/// dry runs print.
+pub fn create_table_sql(extended: &TableName) -> String {
+    format!(
         "CREATE TABLE IF NOT EXISTS {} (
            `task` varchar(32) NOT NULL,
            `extended_table` varchar(129) NOT NULL,
@@ -90,12 +91,28 @@ pub async fn ensure(conn: &mut impl Queryable, site: &Site) -> Result<(), Migrat
            `started_at` datetime NOT NULL,
            `updated_at` datetime NOT NULL,
            PRIMARY KEY (`task`, `extended_table`)) ENGINE=InnoDB",
-        table_for(&site.extended)
-    );
+        table_for(extended)
+    )
+}
+
+/// Creates the checkpoint table if it is missing ([`create_table_sql`]).
+pub async fn ensure(conn: &mut impl Queryable, site: &Site) -> Result<(), MigrateError> {
+    let sql = create_table_sql(&site.extended);
     conn.query_drop(sql).await.map_err(|source| query_error("create the checkpoint table", source))
 }
 
-/// The recorded checkpoint of `task`, if any (`None` also when the table does not exist yet).
+/// Whether the checkpoint table exists, read without changing anything (for the dry runs, which must not create
+/// it).
+pub async fn exists(conn: &mut impl Queryable, site: &Site) -> Result<bool, MigrateError> {
+    let sql = "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?";
+    let found: Option<u8> = conn
+        .exec_first(sql, (site.extended.schema(), TABLE))
+        .await
+        .map_err(|source| query_error("look for the checkpoint table", source))?;
+    Ok(found.is_some())
+}
+
+/// The recorded checkpoint of `task`, if any (`None` also when the table, or its database, does not exist yet).
 pub async fn load(conn: &mut impl Queryable, site: &Site, task: Task) -> Result<Option<Checkpoint>, MigrateError> {
     let sql = format!(
         "SELECT `state`, `last_id`, `target_id`, `rows_done`, `detail`,
@@ -105,7 +122,7 @@ pub async fn load(conn: &mut impl Queryable, site: &Site, task: Task) -> Result<
     );
     match conn.exec_first(sql, (task.name(), site.extended.to_string())).await {
         Ok(checkpoint) => Ok(checkpoint),
-        Err(mysql_async::Error::Server(error)) if error.code == ER_NO_SUCH_TABLE => Ok(None),
+        Err(mysql_async::Error::Server(error)) if error.code == ER_NO_SUCH_TABLE || error.code == ER_BAD_DB => Ok(None),
         Err(source) => Err(query_error("read the checkpoint", source)),
     }
 }

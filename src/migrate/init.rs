@@ -1,6 +1,8 @@
 //! `csmh-proxy init`: creates the extended table's database and the table itself on the `csmh` server, with its
 //! ids starting `history.id_offset` above the old table's (edx-platform's "Verify the Starting ID Offset", done
-//! by the tool), and the checkpoint table. Running it again changes nothing and prints the same check.
+//! by the tool), and the checkpoint table. Running it again changes nothing and prints the same check. With
+//! `--dry-run` it reads and refuses as a run would, and prints the statements it would run instead of running
+//! them: a run and a dry run build them in the same step, so what is printed is what a run sends.
 //!
 //! The offset is what keeps the two tables' ids apart: copied old rows keep their ids, and every row written to
 //! the extended table gets an id above all of them. An existing extended table whose next id is not above the
@@ -14,11 +16,20 @@ use mysql_async::prelude::Queryable;
 
 use super::checkpoint;
 use super::schema::{COLUMNS, extended_table_ddl};
-use super::{ER_NO_SUCH_TABLE, MigrateError, Site};
+use super::{ER_NO_SUCH_TABLE, MigrateError, Servers, Site};
 use crate::config::Config;
 use crate::history::TableName;
 
-/// What `init` found and did; its `Display` is what the command prints.
+/// Options of `csmh-proxy init`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct InitArgs {
+    /// Read what init needs (the old table's highest id, the extended table's state) and print what it would do,
+    /// with the exact statements it would run, changing nothing. Refuses what init would refuse.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// What `init` found and did (or, in a dry run, would do); its `Display` is what the command prints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InitReport {
     /// The old table.
@@ -29,19 +40,31 @@ pub struct InitReport {
     pub created_database: bool,
     /// What happened to the extended table.
     pub table: TableAction,
+    /// Whether the checkpoint table had to be created.
+    pub created_checkpoint: bool,
     /// The highest id the old table has given out: its largest id, or its AUTO_INCREMENT less one if that is
     /// higher (rows at the end deleted); 0 when it never held a row.
     pub old_highest_id: u64,
-    /// The id the extended table gives its next row.
+    /// The id the extended table gives its next row (in a dry run: would give, once the statements ran).
     pub next_extended_id: u64,
     /// `history.id_offset`.
     pub configured_offset: u64,
+    /// The statements run on the `csmh` server, in order (in a dry run: that would run); empty when nothing had
+    /// to change.
+    pub statements: Vec<Statement>,
+    /// Whether this was a dry run: nothing was changed.
+    pub dry_run: bool,
 }
 
 impl InitReport {
     /// The starting id offset in force: how far the extended table's next id is above the old table's highest.
     pub fn offset(&self) -> u64 {
         self.next_extended_id - self.old_highest_id
+    }
+
+    /// `done` after a run, `would` after a dry run.
+    fn said<'a>(&self, done: &'a str, would: &'a str) -> &'a str {
+        if self.dry_run { would } else { done }
     }
 }
 
@@ -56,15 +79,29 @@ pub enum TableAction {
     Kept,
 }
 
+/// A statement `init` runs on the `csmh` server: built once, then run, or printed by a dry run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    /// What it is for, in the operator's words (also the error's wording should it fail).
+    pub what: &'static str,
+    /// Its text.
+    pub sql: String,
+}
+
 impl fmt::Display for InitReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.dry_run {
+            writeln!(f, "dry run: nothing has been changed")?;
+        }
         if self.created_database {
-            writeln!(f, "created database {}", self.extended.schema())?;
+            writeln!(f, "{} {}", self.said("created database", "would create database"), self.extended.schema())?;
         }
         let action = match self.table {
-            TableAction::Created => "created",
-            TableAction::StartRaised => "existed empty; starting id raised",
-            TableAction::Kept => "already exists; left as it is",
+            TableAction::Created => self.said("created", "would be created"),
+            TableAction::StartRaised => {
+                self.said("existed empty; starting id raised", "exists empty; starting id would be raised")
+            }
+            TableAction::Kept => self.said("already exists; left as it is", "already exists; would be left as it is"),
         };
         writeln!(f, "extended table {}: {action}", self.extended)?;
         writeln!(f, "old table {}: highest id {}", self.old, self.old_highest_id)?;
@@ -79,54 +116,97 @@ impl fmt::Display for InitReport {
             )?;
         }
         writeln!(f, "32-bit ids: {}", super::status::Headroom::of(Some(self.next_extended_id)))?;
-        writeln!(f, "checkpoint table {}: ready", checkpoint::table_for(&self.extended))
+        let checkpoint = match (self.dry_run, self.created_checkpoint) {
+            (false, _) => "ready",
+            (true, true) => "would be created",
+            (true, false) => "already exists",
+        };
+        writeln!(f, "checkpoint table {}: {checkpoint}", checkpoint::table_for(&self.extended))?;
+        if !self.dry_run {
+            return Ok(());
+        }
+        if self.statements.is_empty() {
+            return writeln!(f, "nothing would change: init would run no statement");
+        }
+        writeln!(f, "statements init would run on [backends.csmh], in order:")?;
+        for statement in &self.statements {
+            writeln!(f, "-- {}\n{};", statement.what, statement.sql)?;
+        }
+        Ok(())
     }
 }
 
-/// Runs `init` for the site `config` describes.
-pub async fn run(config: &Config) -> Result<InitReport, MigrateError> {
+/// Runs `init` for the site `config` describes, or with `--dry-run` says what it would do.
+pub async fn run(config: &Config, args: &InitArgs) -> Result<InitReport, MigrateError> {
     let site = Site::new(config)?;
-    init(&site, config.history.id_offset).await
+    if args.dry_run {
+        dry_run(&site, config.history.id_offset).await
+    } else {
+        init(&site, config.history.id_offset).await
+    }
 }
 
 /// Creates what is missing on the `csmh` server and checks the starting id offset; see the module's doc.
 pub async fn init(site: &Site, offset: u64) -> Result<InitReport, MigrateError> {
     let mut servers = site.connect().await?;
-    let old = &site.old;
-    let old_highest_id = old_highest_id(&mut servers.edxapp, old).await?;
+    let plan = plan(&mut servers, site, offset).await?;
+    for statement in &plan.statements {
+        csmh_query(&mut servers.csmh, &statement.sql, statement.what).await?;
+    }
     let extended = &site.extended;
-    let created_database = ensure_database(&mut servers.csmh, &mut servers.edxapp, site).await?;
-    let start = old_highest_id + offset;
-    let table = match extended_ids(&mut servers.csmh, extended).await? {
-        None => {
-            csmh_query(&mut servers.csmh, extended_table_ddl(&extended.quoted(), start), "create the extended table")
-                .await?;
-            TableAction::Created
-        }
-        Some(ids) if ids.next > old_highest_id => TableAction::Kept,
-        Some(ExtendedIds { largest: None, .. }) => {
-            let sql = format!("ALTER TABLE {} AUTO_INCREMENT = {start}", extended.quoted());
-            csmh_query(&mut servers.csmh, sql, "set the extended table's starting id").await?;
-            TableAction::StartRaised
-        }
-        Some(ids) => return Err(unsafe_offset(site, old_highest_id, &ids)),
-    };
-    check_columns(&mut servers.csmh, extended).await?;
     let ids = extended_ids(&mut servers.csmh, extended).await?.ok_or_else(|| {
         MigrateError::Refused(format!("the extended table {extended} disappeared while `init` was running"))
     })?;
-    if ids.next <= old_highest_id {
-        return Err(unsafe_offset(site, old_highest_id, &ids));
+    if ids.next <= plan.old_highest_id {
+        return Err(unsafe_offset(site, plan.old_highest_id, &ids));
     }
-    checkpoint::ensure(&mut servers.csmh, site).await?;
+    Ok(InitReport { next_extended_id: ids.next, ..plan })
+}
+
+/// What [`init`] would do, changing nothing: the same reads and refusals, and the statements it would run.
+pub async fn dry_run(site: &Site, offset: u64) -> Result<InitReport, MigrateError> {
+    let mut servers = site.connect().await?;
+    let plan = plan(&mut servers, site, offset).await?;
+    Ok(InitReport { dry_run: true, ..plan })
+}
+
+/// Reads what `init` needs and decides what it has to change, refusing what it must not touch; changes nothing.
+/// The report's next id is the one the statements would give the extended table (a run reads it back).
+async fn plan(servers: &mut Servers, site: &Site, offset: u64) -> Result<InitReport, MigrateError> {
+    let (old, extended) = (&site.old, &site.extended);
+    let old_highest_id = old_highest_id(&mut servers.edxapp, old).await?;
+    let database = database_statement(&mut servers.csmh, &mut servers.edxapp, site).await?;
+    let start = old_highest_id + offset;
+    // A database still to be created holds no table yet.
+    let existing = if database.is_some() { None } else { extended_ids(&mut servers.csmh, extended).await? };
+    if existing.is_some() {
+        check_columns(&mut servers.csmh, extended).await?;
+    }
+    let (table, next_extended_id, table_statement) = match existing {
+        None => {
+            let sql = extended_table_ddl(&extended.quoted(), start);
+            (TableAction::Created, start, Some(Statement { what: "create the extended table", sql }))
+        }
+        Some(ids) if ids.next > old_highest_id => (TableAction::Kept, ids.next, None),
+        Some(ExtendedIds { largest: None, .. }) => {
+            let sql = format!("ALTER TABLE {} AUTO_INCREMENT = {start}", extended.quoted());
+            (TableAction::StartRaised, start, Some(Statement { what: "set the extended table's starting id", sql }))
+        }
+        Some(ids) => return Err(unsafe_offset(site, old_highest_id, &ids)),
+    };
+    let checkpoint = (!checkpoint::exists(&mut servers.csmh, site).await?)
+        .then(|| Statement { what: "create the checkpoint table", sql: checkpoint::create_table_sql(extended) });
     Ok(InitReport {
         old: old.clone(),
         extended: extended.clone(),
-        created_database,
+        created_database: database.is_some(),
         table,
+        created_checkpoint: checkpoint.is_some(),
         old_highest_id,
-        next_extended_id: ids.next,
+        next_extended_id,
         configured_offset: offset,
+        statements: [database, table_statement, checkpoint].into_iter().flatten().collect(),
+        dry_run: false,
     })
 }
 
@@ -205,9 +285,13 @@ fn auto_increment_of(ddl: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// Creates the extended table's database if it is missing, in the character set of the old table so that every
-/// value converts without loss; whether it was created.
-async fn ensure_database(csmh: &mut Conn, edxapp: &mut Conn, site: &Site) -> Result<bool, MigrateError> {
+/// The statement that creates the extended table's database when it is missing, in the character set of the old
+/// table so that every value converts without loss; `None` when it exists.
+async fn database_statement(
+    csmh: &mut Conn,
+    edxapp: &mut Conn,
+    site: &Site,
+) -> Result<Option<Statement>, MigrateError> {
     let schema = site.extended.schema();
     let exists: Option<u8> = exec_first(
         csmh,
@@ -218,7 +302,7 @@ async fn ensure_database(csmh: &mut Conn, edxapp: &mut Conn, site: &Site) -> Res
     )
     .await?;
     if exists.is_some() {
-        return Ok(false);
+        return Ok(None);
     }
     let collation: Option<Option<String>> = exec_first(
         edxapp,
@@ -235,8 +319,7 @@ async fn ensure_database(csmh: &mut Conn, edxapp: &mut Conn, site: &Site) -> Res
         }
         _ => format!("CREATE DATABASE IF NOT EXISTS `{schema}`"),
     };
-    csmh_query(csmh, sql, "create the extended table's database").await?;
-    Ok(true)
+    Ok(Some(Statement { what: "create the extended table's database", sql }))
 }
 
 /// Refuses an extended table that lacks one of edx-platform's columns (another table under that name).
@@ -257,7 +340,7 @@ async fn check_columns(conn: &mut Conn, extended: &TableName) -> Result<(), Migr
     }
 }
 
-async fn csmh_query(conn: &mut Conn, sql: String, what: &str) -> Result<(), MigrateError> {
+async fn csmh_query(conn: &mut Conn, sql: &str, what: &str) -> Result<(), MigrateError> {
     conn.query_drop(sql).await.map_err(|source| MigrateError::Query { backend: "csmh", what: what.to_owned(), source })
 }
 

@@ -14,7 +14,9 @@
 //!   interrupted drain can simply be run again.
 //!
 //! Either way the old table keeps its next id (`AUTO_INCREMENT`), so ids are never reused should edxapp write to
-//! it again. Without `--yes` nothing is changed: the command says what it would do.
+//! it again. Without `--yes` nothing is changed: the command prints what it would do and the statements it would
+//! run (one set of builders makes them for the plan and for the run). `--dry-run` also checks first what `--yes`
+//! checks before it acts (the flag, the fleet), and refuses as it would.
 
 use std::fmt;
 use std::time::Duration;
@@ -22,7 +24,7 @@ use std::time::Duration;
 use mysql_async::Conn;
 
 use super::checkpoint::{self, Checkpoint, Task};
-use super::verify::table::{Read, Role, Table};
+use super::verify::table::{Read, Role, Table, sum_sql};
 use super::verify::{self, Advice, DifferenceList, Differences, IdRange, Pair, Progress, VerifyArgs, VerifyReport};
 use super::{MigrateError, Site};
 use crate::config::Config;
@@ -33,13 +35,27 @@ use crate::history::TableName;
 /// How long `truncate-old` waits for the old table's lock (other sessions' open transactions on it) before it
 /// gives up with an error, rather than the server's default of a day.
 const LOCK_WAIT: Duration = Duration::from_secs(60);
+/// How many of `--slow`'s chunks the plan shows the statements of.
+const FIRST_CHUNKS: usize = 3;
+/// Opens a chunk's transaction (`--slow`).
+const START_TRANSACTION: &str = "START TRANSACTION";
+/// Ends a chunk's transaction, keeping its DELETE (`--slow`).
+const COMMIT: &str = "COMMIT";
+/// Releases the lock on the old table.
+const UNLOCK_TABLES: &str = "UNLOCK TABLES";
+/// `--slow`'s isolation level, under which `FOR UPDATE` locks the gaps between the rows too.
+const REPEATABLE_READ: &str = "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ";
 
 /// Options of `csmh-proxy truncate-old`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TruncateArgs {
-    /// Do it. Without --yes, print what would be done and change nothing.
+    /// Do it. Without --yes, print what would be done, with the statements, and change nothing.
     #[arg(long)]
     pub yes: bool,
+    /// Change nothing, but refuse where --yes would refuse before acting (READ_ONLY_FROM_CSMHE off, a proxy
+    /// still using the old table), then print what would be done, with the statements.
+    #[arg(long, conflicts_with = "yes")]
+    pub dry_run: bool,
     /// Delete the rows in throttled chunks by id instead of one TRUNCATE TABLE, for a table too large to drop
     /// at once.
     #[arg(long)]
@@ -64,7 +80,7 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
 /// What `truncate-old` did, or would do.
 #[derive(Debug, Clone)]
 pub enum TruncateReport {
-    /// Without `--yes`: the plan, nothing changed.
+    /// Without `--yes` (or with `--dry-run`): the plan, nothing changed.
     Plan(Plan),
     /// The old table was emptied with `TRUNCATE TABLE`.
     Truncated {
@@ -84,24 +100,29 @@ pub enum TruncateReport {
     },
 }
 
-/// What `truncate-old --yes` would do, with what is known of the table now.
+/// What `truncate-old --yes` would do, with what is known of the tables now.
 #[derive(Debug, Clone)]
 pub struct Plan {
     site: Site,
     args: TruncateArgs,
     estimated_rows: Option<u64>,
     ids: Option<IdRange>,
+    /// The old table's next id now.
     next_id: Option<u64>,
+    /// The next id TRUNCATE TABLE would keep, as of now.
+    kept_next_id: u64,
 }
 
 /// Runs `csmh-proxy truncate-old` for the site `config` describes.
 pub async fn run(config: &Config, args: &TruncateArgs) -> Result<TruncateReport, MigrateError> {
     let site = Site::new(config)?;
+    if args.yes || args.dry_run {
+        require_retired(&site)?;
+        require_fleet_retired(config, &args.fleet).await?;
+    }
     if !args.yes {
         return plan(site, args).await.map(TruncateReport::Plan);
     }
-    require_retired(&site)?;
-    require_fleet_retired(config, &args.fleet).await?;
     let mut servers = site.connect().await?;
     if args.slow {
         drain(&site, &mut servers.edxapp, &mut servers.csmh, args).await
@@ -153,42 +174,69 @@ async fn require_fleet_retired(config: &Config, args: &FleetArgs) -> Result<(), 
     )))
 }
 
-/// Reads what the plan needs to say about the old table.
+/// Reads what the plan needs to say about the tables; changes nothing.
 async fn plan(site: Site, args: &TruncateArgs) -> Result<Plan, MigrateError> {
-    let mut edxapp = site.connect_edxapp().await?;
-    let mut old = Table { role: Role::Old, conn: &mut edxapp, name: &site.old };
+    let mut servers = site.connect().await?;
+    Table { role: Role::Extended, conn: &mut servers.csmh, name: &site.extended }.require().await?;
+    let mut old = Table { role: Role::Old, conn: &mut servers.edxapp, name: &site.old };
     let stats = old.stats().await?;
     let ids = old.bounds(None).await?;
+    let next_id = stats.and_then(|stats| stats.next_id);
+    let copied = checkpoint::load(&mut servers.csmh, &site, Task::Migrate).await?;
     Ok(Plan {
         estimated_rows: stats.and_then(|stats| stats.estimated_rows),
-        next_id: stats.and_then(|stats| stats.next_id),
+        next_id,
+        kept_next_id: next_id_to_keep(next_id, ids, copied.as_ref()),
         ids,
         args: args.clone(),
         site,
     })
 }
 
+/// `SET SESSION lock_wait_timeout`: how long the lock is waited for.
+fn lock_wait_sql() -> String {
+    format!("SET SESSION lock_wait_timeout = {}", LOCK_WAIT.as_secs())
+}
+
+/// `LOCK TABLES ... WRITE` of the old table.
+fn lock_sql(old: &TableName) -> String {
+    format!("LOCK TABLES {} WRITE", old.quoted())
+}
+
+/// `TRUNCATE TABLE` of the old table.
+fn truncate_sql(old: &TableName) -> String {
+    format!("TRUNCATE TABLE {}", old.quoted())
+}
+
+/// The `ALTER TABLE` that gives the old table back its next id after TRUNCATE.
+fn keep_next_id_sql(old: &TableName, next_id: u64) -> String {
+    format!("ALTER TABLE {} AUTO_INCREMENT = {next_id}", old.quoted())
+}
+
+/// `--slow`'s DELETE of the old table's rows in `chunk`.
+fn delete_sql(old: &TableName, chunk: IdRange) -> String {
+    format!("DELETE FROM {} WHERE `id` BETWEEN {} AND {}", old.quoted(), chunk.first, chunk.last)
+}
+
 /// Locks the old table, verifies it through the lock, and truncates it, keeping its next id.
 async fn truncate(site: &Site, edxapp: &mut Conn, csmh: &mut Conn) -> Result<TruncateReport, MigrateError> {
-    let quoted = site.old.quoted();
     let mut old = Table { role: Role::Old, conn: edxapp, name: &site.old };
-    let wait = format!("SET SESSION lock_wait_timeout = {}", LOCK_WAIT.as_secs());
-    old.execute(&wait, "limit the wait for its lock").await?;
-    old.execute(&format!("LOCK TABLES {quoted} WRITE"), "lock it against writes").await?;
+    old.execute(&lock_wait_sql(), "limit the wait for its lock").await?;
+    old.execute(&lock_sql(&site.old), "lock it against writes").await?;
     let verify = verify::verify(site, old.conn, csmh, &VerifyArgs::default()).await;
     let verify = match verify {
         Ok(report) if report.passed() => report,
         outcome => {
-            old.execute("UNLOCK TABLES", "unlock it").await?;
+            old.execute(UNLOCK_TABLES, "unlock it").await?;
             return Err(refusal_for(outcome?));
         }
     };
     let counter = old.stats().await?.and_then(|stats| stats.next_id);
     let copied = checkpoint::load(csmh, site, Task::Migrate).await?;
     let next_id = next_id_to_keep(counter, verify.range, copied.as_ref());
-    old.execute(&format!("TRUNCATE TABLE {quoted}"), "truncate it").await?;
-    old.execute(&format!("ALTER TABLE {quoted} AUTO_INCREMENT = {next_id}"), "keep its next id").await?;
-    old.execute("UNLOCK TABLES", "unlock it").await?;
+    old.execute(&truncate_sql(&site.old), "truncate it").await?;
+    old.execute(&keep_next_id_sql(&site.old, next_id), "keep its next id").await?;
+    old.execute(UNLOCK_TABLES, "unlock it").await?;
     Ok(TruncateReport::Truncated { verify, next_id })
 }
 
@@ -218,9 +266,7 @@ async fn drain(
     };
     // FOR UPDATE locks the gaps between the rows only under REPEATABLE READ: under READ COMMITTED (edxapp's
     // choice, and maybe the server's default) a row inserted into a chunk after its check would be deleted too.
-    pair.old
-        .execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ", "lock the gaps between the rows it checks")
-        .await?;
+    pair.old.execute(REPEATABLE_READ, "lock the gaps between the rows it checks").await?;
     let (mut rows, mut chunks) = (0, 0);
     // Rows written to the old table during the drain (there should be none) are found by the next pass.
     while let Some(range) = pair.old.bounds(None).await? {
@@ -244,10 +290,10 @@ async fn drain(
 /// and if the DELETE removes exactly the rows checked (otherwise nothing of the chunk is deleted); returns how
 /// many were deleted. `deleted` (rows deleted before this chunk) is for the message if it is refused.
 async fn delete_chunk(pair: &mut Pair<'_>, site: &Site, chunk: IdRange, deleted: u64) -> Result<u64, MigrateError> {
-    pair.old.execute("START TRANSACTION", "start a transaction").await?;
+    pair.old.execute(START_TRANSACTION, "start a transaction").await?;
     let (old, extended) = pair.sums(chunk, Read::Locking).await?;
     if old.rows == 0 {
-        pair.old.execute("COMMIT", "end the transaction").await?;
+        pair.old.execute(COMMIT, "end the transaction").await?;
         return Ok(0);
     }
     if !old.matches(&extended) {
@@ -264,13 +310,12 @@ async fn delete_chunk(pair: &mut Pair<'_>, site: &Site, chunk: IdRange, deleted:
             Advice(&found)
         )));
     }
-    let sql = format!("DELETE FROM {} WHERE `id` BETWEEN {} AND {}", site.old.quoted(), chunk.first, chunk.last);
-    let rows = pair.old.affected(&sql, &format!("delete {chunk}")).await?;
+    let rows = pair.old.affected(&delete_sql(&site.old, chunk), &format!("delete {chunk}")).await?;
     if let Err(refusal) = deleted_as_checked(&site.old, chunk, old.rows, rows, deleted) {
         pair.old.execute("ROLLBACK", "undo the delete").await?;
         return Err(refusal);
     }
-    pair.old.execute("COMMIT", "commit the delete").await?;
+    pair.old.execute(COMMIT, "commit the delete").await?;
     Ok(rows)
 }
 
@@ -337,7 +382,13 @@ impl fmt::Display for Plan {
         let (old, extended) = (&self.site.old, &self.site.extended);
         let flag = Flag::ReadOnlyFromCsmhe;
         writeln!(f, "truncate-old --yes would:")?;
-        if self.site.flags.read_only_from_csmhe {
+        if self.args.dry_run {
+            writeln!(
+                f,
+                "  1. check that {flag} is on in the configuration and that no proxy it can ask still uses the old \
+                 table: checked now, none does"
+            )?;
+        } else if self.site.flags.read_only_from_csmhe {
             writeln!(f, "  1. check that {flag} is on in the configuration: it is")?;
         } else {
             writeln!(f, "  1. check that {flag} is on in the configuration: it is OFF, so it would refuse")?;
@@ -347,8 +398,8 @@ impl fmt::Display for Plan {
             (Some(rows), Some(ids)) => format!("about {rows} rows, {ids}"),
             (None, Some(ids)) => ids.to_string(),
         };
-        let next_id = self.next_id.map_or(String::new(), |id| format!(" at {id}"));
         if self.args.slow {
+            let next_id = self.next_id.map_or(String::new(), |id| format!(" at {id}"));
             writeln!(f, "  2. verify {old} against {extended} ({size}), and refuse if they differ")?;
             let chunks = self.ids.map_or(0, |ids| ids.chunk_count(self.args.chunk_size));
             writeln!(
@@ -364,9 +415,49 @@ impl fmt::Display for Plan {
                 f,
                 "  2. lock {old} against writes and verify it against {extended} ({size}), and refuse if they differ"
             )?;
-            writeln!(f, "  3. empty it with TRUNCATE TABLE under the same lock; its next id stays{next_id}")?;
+            writeln!(
+                f,
+                "  3. empty it with TRUNCATE TABLE under the same lock; its next id stays at {}",
+                self.kept_next_id
+            )?;
         }
+        self.statements(f)?;
         writeln!(f, "nothing has been changed: add --yes to do it")
+    }
+}
+
+impl Plan {
+    /// The statements `--yes` would run on the old table's connection, with the ids known now.
+    fn statements(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (old, extended) = (&self.site.old, &self.site.extended);
+        let verify = "the verify, as `csmh-proxy verify` runs it (it records its result in the checkpoint table)";
+        writeln!(f, "statements on [backends.edxapp], in order:")?;
+        if !self.args.slow {
+            writeln!(f, "{};\n{};", lock_wait_sql(), lock_sql(old))?;
+            writeln!(f, "-- {verify}, through this connection")?;
+            writeln!(f, "{};\n{};", truncate_sql(old), keep_next_id_sql(old, self.kept_next_id))?;
+            return writeln!(f, "{UNLOCK_TABLES};");
+        }
+        writeln!(f, "-- {verify}")?;
+        writeln!(f, "{REPEATABLE_READ};")?;
+        let Some(ids) = self.ids else {
+            return writeln!(f, "-- nothing to delete: the old table is empty");
+        };
+        for chunk in ids.chunks(self.args.chunk_size).take(FIRST_CHUNKS) {
+            writeln!(f, "-- {chunk}")?;
+            writeln!(f, "{START_TRANSACTION};\n{};", sum_sql(old, chunk, Read::Locking))?;
+            writeln!(f, "-- at the same time on [backends.csmh]:\n{};", sum_sql(extended, chunk, Read::Plain))?;
+            writeln!(f, "-- if both match (a chunk without rows is only committed):")?;
+            writeln!(f, "{};\n{COMMIT};", delete_sql(old, chunk))?;
+            if chunk.last < ids.last {
+                writeln!(f, "-- a pause of {:.1} s", self.args.pause.as_secs_f64())?;
+            }
+        }
+        let chunks = ids.chunk_count(self.args.chunk_size);
+        if chunks > FIRST_CHUNKS as u64 {
+            writeln!(f, "-- and so on, up to {chunks} chunks in all, until the table is empty")?;
+        }
+        Ok(())
     }
 }
 

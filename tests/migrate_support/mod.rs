@@ -1,6 +1,7 @@
 //! What the migration tests share: a site of edX databases with a `proxy.toml` that carries the migration
-//! commands' logins, edX-shaped old history generated on the server, the `csmh-proxy` binary, and a fingerprint
-//! of a table's rows to compare the old and the extended table by.
+//! commands' logins, edX-shaped old history generated on the server, the `csmh-proxy` binary, a fingerprint
+//! of a table's rows to compare the old and the extended table by, and a fingerprint of a whole server's state
+//! to show that a command changed nothing.
 
 #![allow(dead_code)]
 
@@ -14,7 +15,7 @@ use csmh_proxy::sandbox;
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 
-use crate::support::{EdxDatabases, app, connect, root_conn};
+use crate::support::{EdxDatabases, MariaDb, app, connect, root_conn};
 
 /// A test's edX databases, with the old tables created (and the extended table not yet), and its `proxy.toml`.
 pub struct MigrationSite {
@@ -47,13 +48,6 @@ impl MigrationSite {
         MigrationSite { dbs, config, config_path, text, dir }
     }
 
-    /// Rewrites the site's `proxy.toml` with `flags` in force.
-    pub fn set_flags(&mut self, flags: Flags) {
-        self.text = self.dbs.proxy_toml(flags).render();
-        self.config = Config::parse(&self.text).unwrap_or_else(|e| panic!("{e}\n{}", self.text));
-        std::fs::write(&self.config_path, &self.text).expect("write proxy.toml");
-    }
-
     /// The site the library's commands act on.
     pub fn site(&self) -> Site {
         Site::new(&self.config).expect("the site")
@@ -77,6 +71,18 @@ impl MigrationSite {
     /// The extended table, quoted.
     pub fn extended(&self) -> String {
         format!("`{}`.`{}`", self.dbs.csmh_db, sandbox::EXTENDED_TABLE)
+    }
+
+    /// Writes `flags` into this site's configuration (the library's copy and the binary's file).
+    pub fn set_flags(&mut self, flags: Flags) {
+        self.text = self.dbs.proxy_toml(flags).render();
+        self.config = Config::parse(&self.text).unwrap_or_else(|e| panic!("{e}\n{}", self.text));
+        std::fs::write(&self.config_path, &self.text).expect("write proxy.toml");
+    }
+
+    /// The state of both servers ([`ServerState`]): the `edxapp` one's, then the `csmh` one's.
+    pub async fn servers_state(&self) -> [ServerState; 2] {
+        [server_state(&self.dbs.edxapp, &self.dbs).await, server_state(&self.dbs.csmh, &self.dbs).await]
     }
 
     /// Runs the `csmh-proxy` binary with `args` and this site's configuration.
@@ -186,4 +192,60 @@ pub fn outputs(output: &Output) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
+}
+
+/// What a server holds that a migration command could change: its databases and their tables, and for each
+/// table of the test's databases its definition as `SHOW CREATE TABLE` gives it (with its `AUTO_INCREMENT`) and
+/// its `CHECKSUM TABLE`. Other tests' databases on a shared server (`t<n>_...` of another `n`) are left out: they
+/// change as those tests run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerState {
+    /// Every database, by name.
+    pub databases: Vec<String>,
+    /// Every table of those databases, as `schema.table`.
+    pub tables: Vec<String>,
+    /// Each table of the test's databases (every database but the server's own): its name, definition and
+    /// checksum.
+    pub contents: Vec<(String, String, Option<u64>)>,
+}
+
+/// The server's own databases, whose tables' contents the server changes itself.
+const SYSTEM_DATABASES: [&str; 4] = ["information_schema", "mysql", "performance_schema", "sys"];
+
+/// The state of `server` as the test of `dbs` sees it ([`ServerState`]).
+pub async fn server_state(server: &MariaDb, dbs: &EdxDatabases) -> ServerState {
+    let mut root = root_conn(server).await;
+    let own = test_prefix(&dbs.edxapp_db);
+    let all: Vec<String> = root.query("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA").await.expect("databases");
+    let mut databases: Vec<String> =
+        all.into_iter().filter(|name| test_prefix(name).is_none_or(|prefix| Some(prefix) == own)).collect();
+    databases.sort();
+    let mut tables = Vec::new();
+    let mut contents = Vec::new();
+    for database in &databases {
+        let sql = "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? ORDER BY TABLE_NAME";
+        let names: Vec<String> = root.exec(sql, (database,)).await.expect("tables");
+        for name in names {
+            let table = format!("`{database}`.`{name}`");
+            tables.push(format!("{database}.{name}"));
+            if SYSTEM_DATABASES.contains(&database.as_str()) {
+                continue;
+            }
+            let (_, definition): (String, String) = root
+                .query_first(format!("SHOW CREATE TABLE {table}"))
+                .await
+                .expect("SHOW CREATE TABLE")
+                .expect("a row");
+            let (_, checksum): (String, Option<u64>) =
+                root.query_first(format!("CHECKSUM TABLE {table}")).await.expect("CHECKSUM TABLE").expect("a row");
+            contents.push((table, definition, checksum));
+        }
+    }
+    ServerState { databases, tables, contents }
+}
+
+/// The `t<n>_` a fixture database's name starts with, if it is one.
+fn test_prefix(database: &str) -> Option<&str> {
+    let (number, _) = database.strip_prefix('t')?.split_once('_')?;
+    (!number.is_empty() && number.bytes().all(|b| b.is_ascii_digit())).then(|| &database[..number.len() + 2])
 }

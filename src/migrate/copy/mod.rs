@@ -10,6 +10,7 @@
 mod lag;
 pub mod load;
 mod pace;
+pub mod plan;
 mod progress;
 mod run;
 mod server_side;
@@ -73,6 +74,10 @@ pub struct MigrateArgs {
     /// `22:00-06:00 Europe/Paris`. Outside them the copy pauses between chunks.
     #[arg(long, value_name = "HH:MM-HH:MM [ZONE]")]
     pub run_between: Option<Window>,
+    /// Change nothing: print the plan (where the copy would start, up to which id, how, with which throttles) and
+    /// the exact statements of its first chunks, found with read-only queries. Refuses what a run would refuse.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 impl Default for MigrateArgs {
@@ -86,6 +91,7 @@ impl Default for MigrateArgs {
             pause_file: None,
             max_load: None,
             run_between: None,
+            dry_run: false,
         }
     }
 }
@@ -143,23 +149,21 @@ impl fmt::Display for MigrateReport {
     }
 }
 
-/// Runs `migrate` for the site `config` describes.
-pub async fn run(config: &Config, args: &MigrateArgs) -> Result<MigrateReport, MigrateError> {
+/// Runs `migrate` for the site `config` describes, or with `--dry-run` plans it ([`plan::plan`]).
+pub async fn run(config: &Config, args: &MigrateArgs) -> Result<plan::Outcome, MigrateError> {
     let site = Site::new(config)?;
-    migrate(&site, args).await
+    if args.dry_run {
+        return plan::plan(&site, args).await.map(|plan| plan::Outcome::Planned(Box::new(plan)));
+    }
+    migrate(&site, args).await.map(plan::Outcome::Copied)
 }
 
-/// Copies every old row into the extended table; see the module's doc.
+/// Copies every old row into the extended table; see the module's doc. A dry run (`args.dry_run`) is refused
+/// here, since it copies nothing: [`plan::plan`] makes it.
 pub async fn migrate(site: &Site, args: &MigrateArgs) -> Result<MigrateReport, MigrateError> {
+    plan::refuse_dry_run(args)?;
     check_args(args)?;
-    if site.flags.read_only_from_csmhe {
-        return Err(MigrateError::Refused(format!(
-            "the old table {} is retired (READ_ONLY_FROM_CSMHE is on): learner state deleted since then is gone \
-             from the extended table only, and copying the old table now would bring it back. Turn the flag off \
-             first if rows really must be copied again",
-            site.old
-        )));
-    }
+    refuse_retired(site)?;
     let started = Instant::now();
     let mut servers = site.connect().await?;
     prepare_sessions(&mut servers, site).await?;
@@ -173,7 +177,7 @@ pub async fn migrate(site: &Site, args: &MigrateArgs) -> Result<MigrateReport, M
             (Some(from.saturating_sub(1)), 0, checkpoint::server_now(&mut servers.csmh).await?, Some(recopy))
         }
         (None, Some(previous)) => {
-            let recopy = previous.detail.as_deref().and_then(Recopy::from_detail).filter(|_| previous.state != DONE);
+            let recopy = Recopy::resumed(&previous);
             (previous.last_id, previous.rows_done, previous.started_at, recopy)
         }
         (None, None) => (None, 0, checkpoint::server_now(&mut servers.csmh).await?, None),
@@ -224,6 +228,19 @@ fn recopy_of(from: u64, copied_up_to: Option<u64>) -> Result<Recopy, MigrateErro
     }
 }
 
+/// Refuses to copy from a retired old table.
+fn refuse_retired(site: &Site) -> Result<(), MigrateError> {
+    if !site.flags.read_only_from_csmhe {
+        return Ok(());
+    }
+    Err(MigrateError::Refused(format!(
+        "the old table {} is retired (READ_ONLY_FROM_CSMHE is on): learner state deleted since then is gone from \
+         the extended table only, and copying the old table now would bring it back. Turn the flag off first if \
+         rows really must be copied again",
+        site.old
+    )))
+}
+
 /// Refuses options that make no sense.
 fn check_args(args: &MigrateArgs) -> Result<(), MigrateError> {
     if !(args.chunk_seconds > 0.0 && args.chunk_seconds.is_finite()) {
@@ -252,7 +269,7 @@ async fn copy_passes(
     };
     let builder = InsertBuilder::new(&site.extended, no_backslash_escapes(&mut servers.csmh).await?);
     let statement_bytes = statement_bytes(&mut servers.csmh).await?;
-    let server_side = ServerSide::new(run);
+    let server_side = ServerSide::new(site);
     let mut passes = 0;
     loop {
         reconnect_if_lost(&mut servers.edxapp, site).await?;
@@ -266,12 +283,7 @@ async fn copy_passes(
         }
         run.target_id = target;
         run.progress.set_target(target);
-        // Above what an earlier run copied, the extended table must have no row: its ids are its own.
-        let recopy = run.recopy.filter(|recopy| recopy.until > run.last_id);
-        let first_new = recopy.map_or(run.last_id, |recopy| recopy.until);
-        if first_new < target && extended_rows_between(&mut servers.csmh, site, first_new, target).await? {
-            return Err(ids_taken(site, first_new, target));
-        }
+        let recopy = check_ids_free(&mut servers.csmh, site, run.recopy, run.last_id, target).await?;
         let removal = match recopy {
             Some(recopy) => Some(Removal { recopy, floor: old_smallest_id(&mut servers.edxapp, site).await? }),
             None => None,
@@ -284,6 +296,23 @@ async fn copy_passes(
             }
         }
     }
+}
+
+/// Refuses a pass up to `target`, from `last_id`, if the extended table has rows above what an earlier run copied
+/// (`recopy`): those ids are its own. Returns the part of `recopy` the pass re-copies.
+async fn check_ids_free(
+    csmh: &mut Conn,
+    site: &Site,
+    recopy: Option<Recopy>,
+    last_id: u64,
+    target: u64,
+) -> Result<Option<Recopy>, MigrateError> {
+    let recopy = recopy.filter(|recopy| recopy.until > last_id);
+    let first_new = recopy.map_or(last_id, |recopy| recopy.until);
+    if first_new < target && extended_rows_between(csmh, site, first_new, target).await? {
+        return Err(ids_taken(site, first_new, target));
+    }
+    Ok(recopy)
 }
 
 /// The refusal of a pass whose ids the extended table already has, outside a `--from-id` re-copy: the old
@@ -336,19 +365,24 @@ async fn prepare_edxapp(edxapp: &mut Conn) -> Result<(), MigrateError> {
 /// Makes sure no other run of `migrate` copies into the same table at the same time: a named lock on the `csmh`
 /// server, held by the copy's connection (released when it closes, even if the process is killed).
 async fn take_lock(csmh: &mut Conn, site: &Site) -> Result<(), MigrateError> {
-    let name: String = format!("csmh-proxy migrate {}", site.extended).chars().take(64).collect();
     let got: Option<Option<u8>> = csmh
-        .exec_first("SELECT GET_LOCK(?, ?)", (name, LOCK_WAIT_SECS))
+        .exec_first("SELECT GET_LOCK(?, ?)", (lock_name(site), LOCK_WAIT_SECS))
         .await
         .map_err(|source| csmh_error("take the migration lock", source))?;
-    if got.flatten() == Some(1) {
-        Ok(())
-    } else {
-        Err(MigrateError::Refused(format!(
-            "another `csmh-proxy migrate` is copying into {}: wait for it to end (or stop it) and run again",
-            site.extended
-        )))
-    }
+    if got.flatten() == Some(1) { Ok(()) } else { Err(another_run(site)) }
+}
+
+/// The name of the lock [`take_lock`] takes (names are at most 64 characters).
+fn lock_name(site: &Site) -> String {
+    format!("csmh-proxy migrate {}", site.extended).chars().take(64).collect()
+}
+
+/// The refusal while another run of `migrate` holds the lock.
+fn another_run(site: &Site) -> MigrateError {
+    MigrateError::Refused(format!(
+        "another `csmh-proxy migrate` is copying into {}: wait for it to end (or stop it) and run again",
+        site.extended
+    ))
 }
 
 /// Refuses to copy into an extended table that does not exist.

@@ -46,6 +46,12 @@ impl Recopy {
         let (from, until) = first.strip_prefix(RECOPY)?.split_once(RECOPY_UNTIL)?;
         Some(Recopy { from: from.parse().ok()?, until: until.parse().ok()? })
     }
+
+    /// The re-copy a run resumes from `previous` (the checkpoint of the run before): one it recorded and did not
+    /// finish.
+    pub fn resumed(previous: &Checkpoint) -> Option<Recopy> {
+        previous.detail.as_deref().and_then(Recopy::from_detail).filter(|_| previous.state != DONE)
+    }
 }
 
 /// Why the copy waits, if it does: set by the throttle that decides it, read by whoever writes the checkpoint

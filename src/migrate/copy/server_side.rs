@@ -7,21 +7,24 @@ use tokio::time::Instant;
 
 use super::run::{Removal, Run, csmh_error};
 use super::throttle::Throttle;
-use crate::migrate::MigrateError;
 use crate::migrate::schema::COLUMN_LIST;
+use crate::migrate::{MigrateError, Site};
 
-/// The statements of one site, built once.
+/// The statements of one site, built once (and printed by a dry run, [`super::plan`]), each with `?` for the ids.
 #[derive(Debug)]
 pub struct ServerSide {
-    chunk_end: String,
-    copy: String,
-    remove_extra: String,
+    /// The last id of a chunk: after, up to, rows less one.
+    pub(super) chunk_end: String,
+    /// The copy of a chunk: after, up to.
+    pub(super) copy: String,
+    /// The removal of extended rows the old table no longer has: after, up to.
+    pub(super) remove_extra: String,
 }
 
 impl ServerSide {
-    /// The statements for `run`'s tables.
-    pub fn new(run: &Run<'_>) -> ServerSide {
-        let (old, extended) = (run.site.old.quoted(), run.site.extended.quoted());
+    /// The statements for `site`'s tables.
+    pub fn new(site: &Site) -> ServerSide {
+        let (old, extended) = (site.old.quoted(), site.extended.quoted());
         let updates = super::sql::on_duplicate_key_update();
         ServerSide {
             chunk_end: format!("SELECT `id` FROM {old} WHERE `id` > ? AND `id` <= ? ORDER BY `id` LIMIT 1 OFFSET ?"),

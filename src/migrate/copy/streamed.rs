@@ -80,11 +80,10 @@ impl Streamed<'_> {
         run: &mut Run<'_>,
         throttle: &mut Throttle<'_>,
     ) -> Result<(), MigrateError> {
-        let select = format!(
-            "SELECT {COLUMN_LIST} FROM {} WHERE `id` > ? AND `id` <= ? ORDER BY `id` LIMIT ?",
-            run.site.old.quoted()
-        );
-        let select = edxapp.prep(select).await.map_err(|source| edxapp_error("prepare the chunk's SELECT", source))?;
+        let select = edxapp
+            .prep(chunk_select(run.site))
+            .await
+            .map_err(|source| edxapp_error("prepare the chunk's SELECT", source))?;
         let site = run.site;
         let (from, target) = (run.last_id, run.target_id);
         let [first, second] = csmh;
@@ -221,6 +220,11 @@ async fn next_piece(conn: &mut Conn, pieces: &mut mpsc::Receiver<Piece>) -> Resu
             }
         }
     }
+}
+
+/// The reader's SELECT of a chunk: after, up to (the pass's target), rows.
+pub(super) fn chunk_select(site: &Site) -> String {
+    format!("SELECT {COLUMN_LIST} FROM {} WHERE `id` > ? AND `id` <= ? ORDER BY `id` LIMIT ?", site.old.quoted())
 }
 
 /// Deletes the extended rows with ids in `(from, to]` that are not among the chunk's `ids` (sorted): rows

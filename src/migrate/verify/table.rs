@@ -22,6 +22,18 @@ const ROW_HASH: &str = "CAST(CONV(LEFT(MD5(CONCAT_WS('#', `id`, CONVERT(`version
      CONCAT(ISNULL(`version`), ISNULL(`state`), ISNULL(`grade`), ISNULL(`max_grade`)), \
      CHAR_LENGTH(`version`), CHAR_LENGTH(`state`))), 16), 16, 10) AS UNSIGNED)";
 
+/// The statement [`Table::sum`] sends: the row count, checksum, smallest and largest id of `table`'s ids in
+/// `range`, read as `read` says (and printed by `truncate-old`'s plan).
+pub fn sum_sql(table: &TableName, range: IdRange, read: Read) -> String {
+    let lock = if read == Read::Locking { " FOR UPDATE" } else { "" };
+    format!(
+        "SELECT COUNT(*), COALESCE(BIT_XOR({ROW_HASH}), 0), MIN(`id`), MAX(`id`) FROM {} WHERE `id` BETWEEN {} AND {}{lock}",
+        table.quoted(),
+        range.first,
+        range.last
+    )
+}
+
 /// How a chunk's rows are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Read {
@@ -138,14 +150,7 @@ impl Table<'_> {
 
     /// The row count and checksum of the ids in `range`.
     pub async fn sum(&mut self, range: IdRange, read: Read) -> Result<Sum, MigrateError> {
-        let lock = if read == Read::Locking { " FOR UPDATE" } else { "" };
-        let sql = format!(
-            "SELECT COUNT(*), COALESCE(BIT_XOR({ROW_HASH}), 0), MIN(`id`), MAX(`id`) FROM {} \
-             WHERE `id` BETWEEN {} AND {}{lock}",
-            self.name.quoted(),
-            range.first,
-            range.last
-        );
+        let sql = sum_sql(self.name, range, read);
         let (rows, hash, min, max): (u64, u64, Option<u64>, Option<u64>) =
             self.first_row(&sql, &format!("checksum {range}")).await?;
         let ids = min.zip(max).map(|(min, max)| IdRange::new(min, max));
