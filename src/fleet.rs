@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::admin::{FlagsView, http_get};
+use crate::admin::{FlagsView, ShadowView, http_get};
 use crate::config::Config;
 
 /// How long one proxy has to answer `/config`.
@@ -29,7 +29,7 @@ pub struct FleetArgs {
 }
 
 /// What one proxy said it runs.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Running {
     /// The generation of its configuration.
     pub generation: u64,
@@ -37,6 +37,9 @@ pub struct Running {
     pub flags: FlagsView,
     /// Its stage.
     pub routing: RunningRouting,
+    /// Its shadow comparison (absent from proxies older than `[shadow]`: off).
+    #[serde(default)]
+    pub shadow: ShadowView,
 }
 
 /// The stage of a [`Running`] proxy.
@@ -97,6 +100,31 @@ impl Fleet {
         self.dns_error.is_none() && flags.all(|other| other == Ok(first))
     }
 
+    /// The shadow comparison's counts added up over the proxies that answered and compare reads; `None` when
+    /// none does.
+    pub fn shadow(&self) -> Option<ShadowTotals> {
+        let comparing: Vec<&ShadowView> = self
+            .members
+            .iter()
+            .filter_map(|member| member.answer.as_ref().ok())
+            .map(|running| &running.shadow)
+            .filter(|shadow| shadow.sample > 0.0)
+            .collect();
+        if comparing.is_empty() {
+            return None;
+        }
+        let sum = |count: fn(&ShadowView) -> u64| comparing.iter().map(|shadow| count(shadow)).sum();
+        Some(ShadowTotals {
+            proxies: comparing.len(),
+            compared: sum(|shadow| shadow.compared),
+            matching: sum(|shadow| shadow.matching),
+            differing: sum(|shadow| shadow.differing),
+            inconclusive: sum(|shadow| shadow.inconclusive),
+            skipped: sum(|shadow| shadow.skipped),
+            failed: sum(|shadow| shadow.failed),
+        })
+    }
+
     /// The proxies that may still read or write the old table, or could not be asked: `truncate-old` refuses
     /// while there is any.
     pub fn not_retired(&self) -> Vec<&Member> {
@@ -114,6 +142,43 @@ fn configured_member(admin: Option<&str>, args: &FleetArgs) -> Option<String> {
     let wildcard = admin.parse::<std::net::SocketAddr>().is_ok_and(|address| address.ip().is_unspecified());
     let named = !args.admins.is_empty() || args.dns.is_some();
     (!(wildcard && named)).then(|| admin.to_owned())
+}
+
+/// The shadow comparison's counts over a fleet (docs/routing.md, "Shadow comparison").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ShadowTotals {
+    /// Proxies that compare reads.
+    pub proxies: usize,
+    /// Reads compared.
+    pub compared: u64,
+    /// Reads the extended table alone answered as the client got them.
+    pub matching: u64,
+    /// Reads the extended table alone would have answered with rows missing or changed.
+    pub differing: u64,
+    /// Reads with only newer rows or another order.
+    pub inconclusive: u64,
+    /// Reads sampled but not compared.
+    pub skipped: u64,
+    /// Comparisons that failed.
+    pub failed: u64,
+}
+
+impl fmt::Display for ShadowTotals {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} reads compared on {} proxies since they started: {} matching, {} differing, {} inconclusive ({} \
+             skipped, {} failed)",
+            self.compared, self.proxies, self.matching, self.differing, self.inconclusive, self.skipped, self.failed
+        )?;
+        if self.differing > 0 {
+            write!(
+                f,
+                "; DIFFERENCES: the extended table alone would not give every read its answer (the proxies' logs name the ids; run `csmh-proxy verify`)"
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// Asks one proxy's `/config`.
@@ -152,6 +217,9 @@ impl fmt::Display for Fleet {
                 )?,
                 Err(error) => writeln!(f, "{:<24} unreachable: {error}", member.address)?,
             }
+        }
+        if let Some(shadow) = self.shadow() {
+            writeln!(f, "shadow reads: {shadow}")?;
         }
         if self.agrees() {
             writeln!(f, "agree: yes, {} proxies run the same flags", self.members.len())

@@ -34,7 +34,7 @@ async fn shadow_reads(two_servers: bool) {
     site.generate_old_rows(ROWS).await;
     site.set_flags(Stage::ExtendedTableReadingBoth.flags());
     let (module, ids) = a_module_with_history(&site).await;
-    for command in [&["init"][..], &["migrate"]] {
+    for command in [&["init"][..], &["migrate"], &["verify"]] {
         let output = site.command(command).await;
         assert_eq!(output.status.code(), Some(0), "{}", outputs(&output));
     }
@@ -73,6 +73,23 @@ async fn shadow_reads(two_servers: bool) {
     assert!(logged.contains(&format!("ids {planted})")), "the id is named: {logged}");
     let state = answer[1].1.clone().expect("a state");
     assert!(!logged.contains(&state), "never a value: {logged}");
+
+    // `fleet` and `status` add the counts up; the runbook's next step is to look at the difference first.
+    let admin_arg = admin.to_string();
+    let fleet = site.command(&["fleet", "--admin", &admin_arg]).await;
+    let fleet_text = String::from_utf8_lossy(&fleet.stdout);
+    assert!(
+        fleet_text.contains("shadow reads: 6 reads compared on 1 proxies since they started: 5 matching, 1 differing"),
+        "{}",
+        outputs(&fleet)
+    );
+    assert!(fleet_text.contains("DIFFERENCES"), "{fleet_text}");
+    let status = site.command(&["status", "--json", "--admin", &admin_arg]).await;
+    assert_eq!(status.status.code(), Some(0), "{}", outputs(&status));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
+    assert_eq!(status["shadow"]["compared"], 6, "{status:#}");
+    assert_eq!(status["shadow"]["differing"], 1, "{status:#}");
+    assert_eq!(status["next_step"]["step"], "investigate_shadow", "{status:#}");
 
     // Reads of other modules, and statements that are not merged reads, are not counted as differing.
     edxapp.query_drop("SELECT 1").await.expect("a passthrough");

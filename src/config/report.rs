@@ -28,7 +28,8 @@ impl fmt::Display for Report<'_> {
         self.write_topology(f)?;
         self.write_tables(f)?;
         self.write_flags(f)?;
-        self.write_routing(f)
+        self.write_routing(f)?;
+        self.write_shadow(f)
     }
 }
 
@@ -90,6 +91,20 @@ impl Report<'_> {
         writeln!(f, "old table:       {}", history.old_table)?;
         writeln!(f, "extended table:  {}", history.extended_table)?;
         writeln!(f, "id offset:       {} (where `csmh-proxy init` starts the extended table's ids)", history.id_offset)
+    }
+
+    /// `[shadow]`: which share of merged reads is compared with the extended table alone.
+    fn write_shadow(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sample = self.0.shadow.sample;
+        if !self.0.shadow.is_on() {
+            return writeln!(f, "shadow reads:    off");
+        }
+        writeln!(
+            f,
+            "shadow reads:    {}% of the reads of both tables also answered from the extended table alone and \
+             compared (logging in as [backends.csmh])",
+            sample * 100.0
+        )
     }
 
     /// Each flag under its edx-platform name.

@@ -8,6 +8,7 @@ use std::fmt;
 use serde::Serialize;
 
 use super::{Headroom, StatusReport, TableStatus, seconds_between};
+use crate::fleet::ShadowTotals;
 use crate::history::Flag;
 use crate::migrate::checkpoint::Checkpoint;
 use crate::migrate::copy::{DONE, Recopy, WAITING};
@@ -32,6 +33,7 @@ pub struct Status {
     migrate: Option<Migrate>,
     verify: Option<Verify>,
     control: Control,
+    shadow: Option<ShadowTotals>,
     next_step: NextStep,
 }
 
@@ -138,6 +140,7 @@ impl Status {
                 paused_since: report.control.pause.as_ref().map(|pause| pause.since.clone()),
                 throttles: report.control.overrides.entries().into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
             },
+            shadow: report.shadow,
             next_step: NextStep {
                 step: next.key(),
                 command: next.command(),

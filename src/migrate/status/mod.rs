@@ -19,6 +19,7 @@ use super::verify::IdRange;
 use super::verify::table::{Role, Stats, Table};
 use super::{MigrateError, Site};
 use crate::config::Config;
+use crate::fleet::{Fleet, FleetArgs, ShadowTotals};
 use crate::history::{Flag, Flags};
 use crate::history::{RefusedFlags, Stage, TableName, routing_table};
 use crate::topology::Topology;
@@ -35,6 +36,9 @@ pub struct StatusArgs {
     /// scripts and dashboards.
     #[arg(long)]
     pub json: bool,
+    /// The proxies whose shadow comparison to add up (besides `[admin] address`).
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }
 
 /// Everything `status` shows.
@@ -50,6 +54,8 @@ pub struct StatusReport {
     control: Control,
     /// The `csmh` server's clock when the report was read, which the checkpoints' times are on.
     now: String,
+    /// The shadow comparison over the proxies asked, when any compares reads.
+    shadow: Option<ShadowTotals>,
 }
 
 /// What is known of one table.
@@ -88,6 +94,7 @@ pub async fn run(config: &Config, args: &StatusArgs) -> Result<StatusReport, Mig
     let (migrate, verify) = checkpoints(&mut servers.csmh, &site).await?;
     let (control, _) = control::load(&mut servers.csmh, &site).await?;
     let now = checkpoint::server_now(&mut servers.csmh).await?;
+    let shadow = Fleet::survey(&args.fleet, Some(config)).await.shadow();
     Ok(StatusReport {
         flags: site.flags,
         stage: routing_table(site.flags).map(|table| table.stage()),
@@ -98,6 +105,7 @@ pub async fn run(config: &Config, args: &StatusArgs) -> Result<StatusReport, Mig
         verify,
         control,
         now,
+        shadow,
     })
 }
 
@@ -153,6 +161,7 @@ impl StatusReport {
             migrate: self.migrate.as_ref().map(|checkpoint| (checkpoint, self.age(checkpoint).unwrap_or(u64::MAX))),
             verify: self.verify.as_ref().map(|checkpoint| (checkpoint, self.age(checkpoint).unwrap_or(u64::MAX))),
             paused: self.control.pause.is_some(),
+            shadow: self.shadow,
         })
     }
 
@@ -192,6 +201,13 @@ impl fmt::Display for StatusReport {
         writeln!(f, "migrate:        {}", CheckpointLine(Task::Migrate, self.migrate.as_ref()))?;
         writeln!(f, "verify:         {}", CheckpointLine(Task::Verify, self.verify.as_ref()))?;
         writeln!(f, "control:        {}", self.control)?;
+        match &self.shadow {
+            Some(shadow) => writeln!(f, "shadow reads:   {shadow}")?,
+            None => writeln!(
+                f,
+                "shadow reads:   no proxy asked compares reads ([shadow] sample; [admin] address or --admin/--dns)"
+            )?,
+        }
         writeln!(f, "next step:      {}", self.next_step())
     }
 }

@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use crate::fleet::ShadowTotals;
 use crate::history::{Flag, Stage};
 use crate::migrate::checkpoint::Checkpoint;
 use crate::migrate::copy::DONE;
@@ -28,6 +29,8 @@ pub struct Facts<'a> {
     pub verify: Option<(&'a Checkpoint, u64)>,
     /// Whether `csmh-proxy pause` is in force.
     pub paused: bool,
+    /// The shadow comparison over the proxies asked, when any compares reads.
+    pub shadow: Option<ShadowTotals>,
 }
 
 /// The step to run next.
@@ -51,6 +54,9 @@ pub enum NextStep {
     Verify,
     /// `verify` found differences: repair them as it said, then verify again.
     Repair,
+    /// `verify` passed, but shadow reads found answers the extended table alone would not give: look at the ids
+    /// the proxies logged before reading the extended table alone.
+    InvestigateShadow,
     /// Empty the retired old table: `csmh-proxy truncate-old --yes`.
     TruncateOld,
     /// Nothing left to do.
@@ -88,6 +94,7 @@ impl NextStep {
             NextStep::WaitForVerify => "wait_for_verify",
             NextStep::Verify => "verify",
             NextStep::Repair => "repair",
+            NextStep::InvestigateShadow => "investigate_shadow",
             NextStep::TruncateOld => "truncate_old",
             NextStep::Done => "done",
         }
@@ -106,6 +113,7 @@ impl NextStep {
             | NextStep::WaitForMigrate
             | NextStep::WaitForVerify
             | NextStep::Repair
+            | NextStep::InvestigateShadow
             | NextStep::Done => None,
         }
     }
@@ -136,6 +144,9 @@ fn copy_step(facts: &Facts<'_>) -> NextStep {
         Some((verify, _)) if verify.started_at.as_str() < copied_at => NextStep::Verify,
         Some((verify, age)) if verify.state != PASSED && verify.state != FAILED && active(age) => {
             NextStep::WaitForVerify
+        }
+        Some((verify, _)) if verify.state == PASSED && facts.shadow.is_some_and(|shadow| shadow.differing > 0) => {
+            NextStep::InvestigateShadow
         }
         Some((verify, _)) if verify.state == PASSED => {
             NextStep::SetFlags(vec![(Flag::EnableReadingFromMultipleHistoryTables, false)])
@@ -170,6 +181,11 @@ impl fmt::Display for NextStep {
                 "repair what the last `csmh-proxy verify` found (usually `csmh-proxy migrate --from-id N`, as it \
                  printed), then verify again"
             ),
+            NextStep::InvestigateShadow => write!(
+                f,
+                "look at the reads the shadow comparison found differing (the proxies' logs name the ids; \
+                 `csmh-proxy migrate --from-id N` copies them again) before reading the extended table alone"
+            ),
             NextStep::TruncateOld => write!(f, "csmh-proxy truncate-old --yes: the retired old table still has rows"),
             NextStep::Done => write!(f, "none: the old table is retired and empty"),
         }
@@ -200,6 +216,7 @@ mod tests {
             migrate: None,
             verify: None,
             paused: false,
+            shadow: None,
         }
     }
 
@@ -243,5 +260,9 @@ mod tests {
             NextStep::SetFlags(vec![(Flag::EnableReadingFromMultipleHistoryTables, false)]),
             "a pause left over after the copy does not matter"
         );
+        let differing = ShadowTotals { proxies: 1, compared: 10, differing: 1, ..ShadowTotals::default() };
+        let shadowed =
+            Facts { shadow: Some(differing), migrate: Some((&done, 5)), verify: Some((&passed, 5)), ..reading_both };
+        assert_eq!(NextStep::of(&shadowed), NextStep::InvestigateShadow);
     }
 }
