@@ -48,6 +48,11 @@ pub struct SandboxArgs {
     /// Port the proxy listens on; when it is taken, a free one is used instead.
     #[arg(long, default_value_t = 6033)]
     pub port: u16,
+    /// Also generate this many rows of edX-shaped old history (ids with gaps, every column's edge cases) before
+    /// the extended table is created: enough to watch `migrate` make progress, pause it, and see `verify` and
+    /// the shadow comparison at work (the server generates them itself, before the proxy starts).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub rows: u64,
 }
 
 /// `csmh-proxy sandbox`: two local MariaDB servers (`edxapp` with sample history, `edxapp_csmh` with the
@@ -57,15 +62,23 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     let app = Account::app();
     edxapp.create_account(&app, &[EDXAPP_DB]).await?;
     csmh.create_account(&app, &[CSMH_DB]).await?;
-    create_edx_schema(&EdxSchema::two_servers(edxapp.root_opts(), csmh.root_opts())).await?;
+    if args.rows > 0 {
+        println!("generating {} rows of old history", args.rows);
+    }
+    let schema =
+        EdxSchema { generated_rows: args.rows, ..EdxSchema::two_servers(edxapp.root_opts(), csmh.root_opts()) };
+    create_edx_schema(&schema).await?;
     let dir = owned_temp_dir()?;
     let config_path = dir.path().join("proxy.toml");
     let port = proxy_port(args.port)?;
     let listen = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
-    let text = ProxyToml::edx(listen, edxapp.addr(), csmh.addr()).render();
+    let admin = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, free_port()?));
+    let toml =
+        ProxyToml { admin: Some(admin), shadow_sample: 1.0, ..ProxyToml::edx(listen, edxapp.addr(), csmh.addr()) };
+    let text = toml.render();
     std::fs::write(&config_path, format!("# Written by `csmh-proxy sandbox`.\n{text}"))?;
     let proxy = Proxy::bind(Config::load(&config_path)?).await?.watch_config(Watch::file(&config_path));
-    print_banner(proxy.local_addr(), &edxapp, &csmh, &app, &config_path);
+    print_banner(proxy.local_addr(), &edxapp, &csmh, &app, &config_path, admin);
     let served = proxy.run(shutdown_signal()).await;
     println!("stopping the MariaDB servers and removing their data");
     edxapp.stop()?;
@@ -88,7 +101,7 @@ fn proxy_port(wanted: u16) -> anyhow::Result<u16> {
 }
 
 /// Tells the operator how to connect, through the proxy and directly.
-fn print_banner(proxy: SocketAddr, edxapp: &MariaDb, csmh: &MariaDb, app: &Account, config: &Path) {
+fn print_banner(proxy: SocketAddr, edxapp: &MariaDb, csmh: &MariaDb, app: &Account, config: &Path, admin: SocketAddr) {
     let cli = |port: u16, db: &str| format!("mariadb -h127.0.0.1 -P{port} -u{} -p{} {db}", app.user, app.password);
     println!();
     println!("csmh-proxy sandbox is running. Connect through the proxy:");
@@ -98,7 +111,12 @@ fn print_banner(proxy: SocketAddr, edxapp: &MariaDb, csmh: &MariaDb, app: &Accou
     println!("directly to the edxapp server:       {}", cli(edxapp.port(), EDXAPP_DB));
     println!("directly to the edxapp_csmh server:  {}", cli(csmh.port(), CSMH_DB));
     println!("proxy configuration:                 {}", config.display());
+    println!("admin listener (/metrics, /config):  http://{admin}");
     println!();
     println!("Edit the configuration's [flags] to move the history to the extended table: the proxy follows the file.");
+    println!("Rehearse the migration with the same file: export CSMH_PROXY_CONFIG={}", config.display());
+    println!(
+        "then csmh-proxy status, init, migrate, pause, resume, verify, truncate-old (README, \"Rehearsing on the sandbox\")."
+    );
     println!("Press Ctrl-C to stop; the servers and their data are removed.");
 }

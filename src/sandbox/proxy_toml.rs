@@ -30,6 +30,10 @@ pub struct ProxyToml {
     pub extended_table: String,
     /// `[flags]`.
     pub flags: Flags,
+    /// `[admin] address`; none when `None`.
+    pub admin: Option<SocketAddr>,
+    /// `[shadow] sample`; written when above 0.
+    pub shadow_sample: f64,
 }
 
 impl ProxyToml {
@@ -44,6 +48,8 @@ impl ProxyToml {
             old_table: format!("{EDXAPP_DB}.{OLD_TABLE}"),
             extended_table: format!("{CSMH_DB}.{EXTENDED_TABLE}"),
             flags: Flags::default(),
+            admin: None,
+            shadow_sample: 0.0,
         }
     }
 
@@ -66,6 +72,12 @@ impl ProxyToml {
         let _ = writeln!(text, "\n[history]\nold_table = {old}\nextended_table = {extended}\n\n[flags]");
         for flag in Flag::ALL {
             let _ = writeln!(text, "{flag} = {}", self.flags.is_on(flag));
+        }
+        if let Some(admin) = self.admin {
+            let _ = writeln!(text, "\n[admin]\naddress = \"{admin}\"");
+        }
+        if self.shadow_sample > 0.0 {
+            let _ = writeln!(text, "\n[shadow]\nsample = {:?}", self.shadow_sample);
         }
         text
     }

@@ -197,6 +197,7 @@ impl EdxDatabases {
             edxapp: EdxDatabase { server: self.edxapp.root_opts(), name: self.edxapp_db.clone() },
             csmh: Some(EdxDatabase { server: self.csmh.root_opts(), name: self.csmh_db.clone() }),
             sample_history,
+            generated_rows: 0,
         };
         let start =
             sandbox::create_edx_schema(&schema).await.unwrap_or_else(|e| panic!("creating the edX schema: {e}"));
