@@ -22,7 +22,7 @@ use tracing::warn;
 use crate::config::Backend;
 use crate::history::Flag;
 use crate::history::{Stage, StatementKind, Target};
-use crate::metrics::{self, ConfigState, ShadowCounters};
+use crate::metrics::{self, ConfigState, ShadowCounters, ShadowCounts};
 use crate::state::{ConfigSnapshot, ProxyState};
 use crate::topology::Topology;
 
@@ -219,33 +219,9 @@ pub struct ConfigView {
 pub struct ShadowView {
     /// `[shadow] sample`: the fraction of merged reads compared (0: off).
     pub sample: f64,
-    /// Reads compared: `matching` + `differing` + `inconclusive`.
-    pub compared: u64,
-    /// The extended table alone gave the client's answer.
-    pub matching: u64,
-    /// The extended table alone would have left out or changed rows the client got.
-    pub differing: u64,
-    /// Only newer rows, or another order: likely a write between the two reads.
-    pub inconclusive: u64,
-    /// Sampled but not compared.
-    pub skipped: u64,
-    /// The shadow read failed.
-    pub failed: u64,
-}
-
-impl ShadowView {
-    /// The view of `[shadow] sample` = `sample` with `counters`' counts.
-    pub fn of(sample: f64, counters: &ShadowCounters) -> ShadowView {
-        ShadowView {
-            sample,
-            compared: counters.compared(),
-            matching: counters.matching.get(),
-            differing: counters.differing.get(),
-            inconclusive: counters.inconclusive.get(),
-            skipped: counters.skipped.get(),
-            failed: counters.failed.get(),
-        }
-    }
+    /// The counts since the proxy started.
+    #[serde(flatten)]
+    pub counts: ShadowCounts,
 }
 
 /// TLS for clients: where its certificate is read from (never the key's content), and whether it is required.
@@ -350,7 +326,7 @@ pub fn config_view(snapshot: &ConfigSnapshot, counters: &ShadowCounters) -> Conf
             read_only_from_csmhe: config.flags.is_on(Flag::ReadOnlyFromCsmhe),
         },
         routing: RoutingView { stage: stage_id(table.stage()), stage_name: table.stage().name(), routes },
-        shadow: ShadowView::of(config.shadow.sample, counters),
+        shadow: ShadowView { sample: config.shadow.sample, counts: counters.counts() },
     }
 }
 

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::admin::{FlagsView, ShadowView, http_get};
 use crate::config::Config;
+use crate::metrics::ShadowCounts;
 
 /// How long one proxy has to answer `/config`.
 const ASK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -103,25 +104,17 @@ impl Fleet {
     /// The shadow comparison's counts added up over the proxies that answered and compare reads; `None` when
     /// none does.
     pub fn shadow(&self) -> Option<ShadowTotals> {
-        let comparing: Vec<&ShadowView> = self
+        let comparing = self
             .members
             .iter()
             .filter_map(|member| member.answer.as_ref().ok())
             .map(|running| &running.shadow)
-            .filter(|shadow| shadow.sample > 0.0)
-            .collect();
-        if comparing.is_empty() {
-            return None;
-        }
-        let sum = |count: fn(&ShadowView) -> u64| comparing.iter().map(|shadow| count(shadow)).sum();
-        Some(ShadowTotals {
-            proxies: comparing.len(),
-            compared: sum(|shadow| shadow.compared),
-            matching: sum(|shadow| shadow.matching),
-            differing: sum(|shadow| shadow.differing),
-            inconclusive: sum(|shadow| shadow.inconclusive),
-            skipped: sum(|shadow| shadow.skipped),
-            failed: sum(|shadow| shadow.failed),
+            .filter(|shadow| shadow.sample > 0.0);
+        comparing.fold(None, |totals: Option<ShadowTotals>, shadow| {
+            let mut totals = totals.unwrap_or_default();
+            totals.proxies += 1;
+            totals.counts += shadow.counts;
+            Some(totals)
         })
     }
 
@@ -149,29 +142,27 @@ fn configured_member(admin: Option<&str>, args: &FleetArgs) -> Option<String> {
 pub struct ShadowTotals {
     /// Proxies that compare reads.
     pub proxies: usize,
-    /// Reads compared.
-    pub compared: u64,
-    /// Reads the extended table alone answered as the client got them.
-    pub matching: u64,
-    /// Reads the extended table alone would have answered with rows missing or changed.
-    pub differing: u64,
-    /// Reads with only newer rows or another order.
-    pub inconclusive: u64,
-    /// Reads sampled but not compared.
-    pub skipped: u64,
-    /// Comparisons that failed.
-    pub failed: u64,
+    /// Their counts added up.
+    #[serde(flatten)]
+    pub counts: ShadowCounts,
 }
 
 impl fmt::Display for ShadowTotals {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let counts = &self.counts;
         write!(
             f,
             "{} reads compared on {} proxies since they started: {} matching, {} differing, {} inconclusive ({} \
              skipped, {} failed)",
-            self.compared, self.proxies, self.matching, self.differing, self.inconclusive, self.skipped, self.failed
+            counts.compared,
+            self.proxies,
+            counts.matching,
+            counts.differing,
+            counts.inconclusive,
+            counts.skipped,
+            counts.failed
         )?;
-        if self.differing > 0 {
+        if counts.differing > 0 {
             write!(
                 f,
                 "; DIFFERENCES: the extended table alone would not give every read its answer (the proxies' logs name the ids; run `csmh-proxy verify`)"

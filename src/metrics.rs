@@ -166,9 +166,45 @@ pub struct ShadowCounters {
 }
 
 impl ShadowCounters {
-    /// Reads compared: matching, differing or inconclusive.
-    pub fn compared(&self) -> u64 {
-        self.matching.get() + self.differing.get() + self.inconclusive.get()
+    /// The counts now.
+    pub fn counts(&self) -> ShadowCounts {
+        ShadowCounts {
+            compared: self.matching.get() + self.differing.get() + self.inconclusive.get(),
+            matching: self.matching.get(),
+            differing: self.differing.get(),
+            inconclusive: self.inconclusive.get(),
+            skipped: self.skipped.get(),
+            failed: self.failed.get(),
+        }
+    }
+}
+
+/// The shadow comparison's counts at one moment, as `/config`, `fleet` and `status --json` show them (and add
+/// up over proxies).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ShadowCounts {
+    /// Reads compared: `matching` + `differing` + `inconclusive`.
+    pub compared: u64,
+    /// The extended table alone gave the client's answer.
+    pub matching: u64,
+    /// The extended table alone would have left out or changed rows the client got.
+    pub differing: u64,
+    /// Only newer rows, or another order: likely a write between the two reads.
+    pub inconclusive: u64,
+    /// Sampled but not compared.
+    pub skipped: u64,
+    /// The shadow read failed.
+    pub failed: u64,
+}
+
+impl std::ops::AddAssign for ShadowCounts {
+    fn add_assign(&mut self, other: ShadowCounts) {
+        self.compared += other.compared;
+        self.matching += other.matching;
+        self.differing += other.differing;
+        self.inconclusive += other.inconclusive;
+        self.skipped += other.skipped;
+        self.failed += other.failed;
     }
 }
 

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use csmh_proxy::history::Stage;
 use migrate_support::{MigrationSite, outputs};
-use mysql_async::prelude::Queryable;
 use tokio::process::Child;
 
 /// Old rows in each test: enough for many chunks at the throttles the tests set.
@@ -38,15 +37,7 @@ fn start_migrate(site: &MigrationSite, extra: &[&str]) -> Child {
 
 /// The migrate checkpoint's state, detail and last id.
 async fn checkpoint(site: &MigrationSite) -> Option<(String, Option<String>, Option<u64>)> {
-    let sql = format!(
-        "SELECT `state`, `detail`, `last_id` FROM `{}`.`csmh_proxy_checkpoint` WHERE `task` = 'migrate'",
-        site.dbs.csmh_db
-    );
-    match site.csmh().await.query_first(sql).await {
-        Ok(row) => row,
-        Err(mysql_async::Error::Server(error)) if error.code == 1146 => None,
-        Err(error) => panic!("read the checkpoint: {error}"),
-    }
+    site.migrate_checkpoint_columns("`state`, `detail`, `last_id`").await
 }
 
 /// Waits until the checkpoint says the copy is paused with a reason containing `reason`, and returns its last id.

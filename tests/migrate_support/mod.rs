@@ -133,10 +133,16 @@ impl MigrationSite {
 
     /// The migration's checkpoint: `last_id` and `rows_done`, if there is one.
     pub async fn migrate_checkpoint(&self) -> Option<(Option<u64>, u64)> {
-        let sql = format!(
-            "SELECT `last_id`, `rows_done` FROM `{}`.`csmh_proxy_checkpoint` WHERE `task` = 'migrate'",
-            self.dbs.csmh_db
-        );
+        self.migrate_checkpoint_columns("`last_id`, `rows_done`").await
+    }
+
+    /// `columns` of the migration's checkpoint row, if there is one.
+    pub async fn migrate_checkpoint_columns<T: mysql_async::prelude::FromRow + Send + 'static>(
+        &self,
+        columns: &str,
+    ) -> Option<T> {
+        let sql =
+            format!("SELECT {columns} FROM `{}`.`csmh_proxy_checkpoint` WHERE `task` = 'migrate'", self.dbs.csmh_db);
         match self.csmh().await.query_first(sql).await {
             Ok(row) => row,
             Err(mysql_async::Error::Server(error)) if error.code == 1146 => None,

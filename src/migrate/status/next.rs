@@ -145,7 +145,9 @@ fn copy_step(facts: &Facts<'_>) -> NextStep {
         Some((verify, age)) if verify.state != PASSED && verify.state != FAILED && active(age) => {
             NextStep::WaitForVerify
         }
-        Some((verify, _)) if verify.state == PASSED && facts.shadow.is_some_and(|shadow| shadow.differing > 0) => {
+        Some((verify, _))
+            if verify.state == PASSED && facts.shadow.is_some_and(|shadow| shadow.counts.differing > 0) =>
+        {
             NextStep::InvestigateShadow
         }
         Some((verify, _)) if verify.state == PASSED => {
@@ -260,7 +262,8 @@ mod tests {
             NextStep::SetFlags(vec![(Flag::EnableReadingFromMultipleHistoryTables, false)]),
             "a pause left over after the copy does not matter"
         );
-        let differing = ShadowTotals { proxies: 1, compared: 10, differing: 1, ..ShadowTotals::default() };
+        let counts = crate::metrics::ShadowCounts { compared: 10, differing: 1, ..Default::default() };
+        let differing = ShadowTotals { proxies: 1, counts };
         let shadowed =
             Facts { shadow: Some(differing), migrate: Some((&done, 5)), verify: Some((&passed, 5)), ..reading_both };
         assert_eq!(NextStep::of(&shadowed), NextStep::InvestigateShadow);
