@@ -548,6 +548,18 @@ mod tests {
     use super::*;
     use crate::protocol::capabilities::RELAYED_MARIADB;
 
+    #[test]
+    fn a_column_definition_names_its_column() {
+        let mut definition = Vec::new();
+        for part in [&b"def"[..], b"edxapp", b"h", b"courseware_studentmodulehistory", b"id", b"id"] {
+            definition.push(part.len() as u8);
+            definition.extend_from_slice(part);
+        }
+        definition.extend_from_slice(&[0x0c, 0x3f, 0, 11, 0, 0, 0, 3, 0, 0, 0, 0, 0]);
+        assert_eq!(column_name(&definition), Some(&b"id"[..]));
+        assert_eq!(column_name(&definition[..20]), None, "cut short");
+    }
+
     /// A MariaDB 10.11 greeting as the server sends it (scramble replaced by fixed bytes).
     fn mariadb_greeting() -> Vec<u8> {
         let mut p = vec![10];
