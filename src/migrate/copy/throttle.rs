@@ -252,7 +252,7 @@ impl<'a> Throttle<'a> {
                 (Some(reason), Some(going)) => {
                     let changed = discriminant(&reason) != discriminant(&going.reason);
                     if changed {
-                        info!(%reason, "still pausing the copy, now because");
+                        info!(%reason, "the copy goes on waiting, for another reason");
                     }
                     going.reason = reason;
                     if changed || going.marked.elapsed() >= MARK_EVERY {
