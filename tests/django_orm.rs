@@ -14,25 +14,14 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use csmh_proxy::history::Stage;
 use csmh_proxy::sandbox::EXTENDED_TABLE;
 use mysql_async::prelude::*;
 use support::clients;
 use support::edx::Site;
-use support::packages::MYSQLCLIENT;
-
-/// Django's LTS release that edx-platform ran on, with MariaDB 10.11 and Python 3.11 support.
-const DJANGO: &str = "Django==4.2.30";
-
-/// The Python interpreter of the `mysqlclient` virtual environment, with Django installed in it.
-async fn python() -> PathBuf {
-    clients::blocking(|| {
-        MYSQLCLIENT.python_with(&[DJANGO], "import django, sys; sys.exit(django.get_version() != '4.2.30')")
-    })
-    .await
-}
+use support::packages;
 
 /// The script's name for a stage's flags.
 fn script_name(stage: Stage) -> &'static str {
@@ -83,7 +72,7 @@ async fn django_scenario(servers: Servers, stage: Stage) {
     };
     site.copy_to_extended(&history_of(&site, copied_modules(stage)).await).await;
     let (dbs, proxy) = (&site.dbs, &site.proxy);
-    let python = python().await;
+    let python = clients::blocking(packages::django_4_2_python).await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/django_orm.py");
     let account = support::app();
     let mut command = tokio::process::Command::new(python);

@@ -77,7 +77,8 @@ def host_port(address):
     return host, int(port)
 
 
-def configure_django(args):
+def configure_django(args, **extra_settings):
+    """Django with edx-platform's models, its `default` database the proxy, and `extra_settings` on top."""
     host, port = host_port(args.proxy)
     settings.configure(
         DEBUG=False,
@@ -96,8 +97,17 @@ def configure_django(args):
         USE_TZ=True,
         TIME_ZONE="UTC",
         DEFAULT_AUTO_FIELD="django.db.models.AutoField",
+        **extra_settings,
     )
     django.setup()
+
+
+def statement_text(sql, params):
+    """A statement as Django sent it, its values interpolated as mysqlclient does."""
+    try:
+        return sql % tuple(repr(p) for p in params) if params else sql
+    except (TypeError, ValueError):
+        return f"{sql} with {params!r}"
 
 
 def naive(value):
@@ -203,11 +213,7 @@ class Scenario:
 
     def record(self, execute, sql, params, many, context):
         """Django's execute wrapper: remembers each statement (values interpolated as mysqlclient does)."""
-        try:
-            text = sql % tuple(repr(p) for p in params) if params else sql
-        except (TypeError, ValueError):
-            text = f"{sql} with {params!r}"
-        self.statements.append(text)
+        self.statements.append(statement_text(sql, params))
         return execute(sql, params, many, context)
 
     # -- helpers ----------------------------------------------------------------------------------------------

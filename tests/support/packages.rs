@@ -81,13 +81,47 @@ pub struct Venv<'a> {
     pub build_packages: &'a [&'a str],
 }
 
-/// The virtual environment with Python's `mysqlclient` (Django's MySQL driver), at the version the tests were
-/// written against; building it needs the MariaDB client library's headers and a C compiler.
+/// Python's `mysqlclient` (Django's MySQL driver), at the version the tests were written against.
+const MYSQLCLIENT_REQUIREMENT: &str = "mysqlclient==2.2.7";
+
+/// The virtual environment with Python's `mysqlclient`; building it needs the MariaDB client library's headers and
+/// a C compiler.
 pub const MYSQLCLIENT: Venv<'static> = Venv {
     name: "mysqlclient-venv",
-    requirements: &["mysqlclient==2.2.7"],
+    requirements: &[MYSQLCLIENT_REQUIREMENT],
     check: "import MySQLdb",
     build_packages: &["libmariadb-dev", "pkg-config", "gcc"],
+};
+
+/// Django's LTS release that edx-platform ran on up to Teak (MariaDB 10.11 and Python 3.11 supported), installed
+/// into [`MYSQLCLIENT`] by [`django_4_2_python`].
+pub const DJANGO_4_2: &str = "4.2.30";
+
+/// The Python interpreter of the [`MYSQLCLIENT`] environment with Django [`DJANGO_4_2`] installed in it. Blocking,
+/// like [`ensure_packages`].
+pub fn django_4_2_python() -> PathBuf {
+    let check = format!("import django, sys; sys.exit(django.get_version() != '{DJANGO_4_2}')");
+    MYSQLCLIENT.python_with(&[&format!("Django=={DJANGO_4_2}")], &check)
+}
+
+/// Django's release that Open edX runs from Ulmo on (edx-platform pins Django 5.2, an LTS release), as a literal
+/// for [`DJANGO_5_2`] and [`DJANGO_5_2_VENV`]'s requirement.
+macro_rules! django_5_2 {
+    () => {
+        "5.2.19"
+    };
+}
+
+/// Django's release that Open edX runs from Ulmo on, installed in [`DJANGO_5_2_VENV`].
+pub const DJANGO_5_2: &str = django_5_2!();
+
+/// A virtual environment of its own with `mysqlclient` and Django [`DJANGO_5_2`], so that the [`MYSQLCLIENT`]
+/// environment keeps Django 4.2.
+pub const DJANGO_5_2_VENV: Venv<'static> = Venv {
+    name: "django52-venv",
+    requirements: &[MYSQLCLIENT_REQUIREMENT, concat!("Django==", django_5_2!())],
+    check: "import MySQLdb, django",
+    build_packages: MYSQLCLIENT.build_packages,
 };
 
 /// Virtual environments this process has already checked: name → interpreter.
