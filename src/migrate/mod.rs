@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod control;
 pub mod copy;
 mod error;
+pub mod figures;
 pub mod init;
 pub mod schema;
 mod site;

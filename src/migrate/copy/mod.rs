@@ -37,6 +37,7 @@ use self::streamed::Streamed;
 use self::throttle::Throttle;
 use self::window::Window;
 use super::checkpoint::{self, Task};
+use super::figures::Figures;
 use super::{ER_BAD_DB, ER_NO_SUCH_TABLE, MigrateError, Servers, Site};
 use crate::config::Config;
 use crate::topology::Topology;
@@ -151,6 +152,11 @@ pub async fn run(config: &Config, args: &MigrateArgs) -> Result<MigrateReport, M
 
 /// Copies every old row into the extended table; see the module's doc.
 pub async fn migrate(site: &Site, args: &MigrateArgs) -> Result<MigrateReport, MigrateError> {
+    migrate_with(site, args, &Figures::new()).await
+}
+
+/// [`migrate`], keeping where it stands in `figures` for the metrics and the hooks.
+pub async fn migrate_with(site: &Site, args: &MigrateArgs, figures: &Figures) -> Result<MigrateReport, MigrateError> {
     check_args(args)?;
     if site.flags.read_only_from_csmhe {
         return Err(MigrateError::Refused(format!(
@@ -187,8 +193,7 @@ pub async fn migrate(site: &Site, args: &MigrateArgs) -> Result<MigrateReport, M
         rows_this_run: 0,
         started_at,
         recopy,
-        progress: Progress::new(first_id, first_id),
-        waiting: Default::default(),
+        progress: Progress::new(first_id, figures.clone()),
     };
     checkpoint::save(&mut servers.csmh, site, Task::Migrate, &run.checkpoint(RUNNING)).await?;
     let passes = copy_passes(&mut servers, site, args, &mut run).await;
@@ -244,7 +249,7 @@ async fn copy_passes(
     run: &mut Run<'_>,
 ) -> Result<u32, MigrateError> {
     let sizer = ChunkSizer::new(INITIAL_CHUNK_ROWS, args.max_chunk_rows, Duration::from_secs_f64(args.chunk_seconds));
-    let notes = (run.recopy, run.waiting.clone(), run.progress.notice());
+    let notes = (run.recopy, run.progress.figures().clone(), run.progress.notice());
     let mut throttle = Throttle::new(site, args, &sizer, site.connect_csmh().await?, notes).await?;
     let mut second_writer = match site.topology {
         Topology::OneServer => None,
@@ -257,6 +262,10 @@ async fn copy_passes(
     loop {
         reconnect_if_lost(&mut servers.edxapp, site).await?;
         let target = old_largest_id(&mut servers.edxapp, site).await?;
+        if passes == 0 {
+            // The first time round: the run now knows where it starts and where it goes (`on-start` runs).
+            run.progress.begin(target, run.rows_done);
+        }
         if target <= run.last_id {
             return Ok(passes);
         }

@@ -32,6 +32,7 @@ pub use report::{Advice, Difference, DifferenceList, Differences, Kind, VerifyRe
 use table::{Read, Role, Table};
 
 use super::checkpoint::{self, Checkpoint, Task};
+use super::figures::Figures;
 use super::{MigrateError, Site};
 use crate::config::Config;
 
@@ -76,6 +77,16 @@ pub async fn verify(
     csmh: &mut Conn,
     args: &VerifyArgs,
 ) -> Result<VerifyReport, MigrateError> {
+    verify_with(site, (edxapp, csmh), args, &Figures::new()).await
+}
+
+/// [`verify`], keeping where it stands in `figures` for the metrics and the hooks.
+pub async fn verify_with(
+    site: &Site,
+    (edxapp, csmh): (&mut Conn, &mut Conn),
+    args: &VerifyArgs,
+    figures: &Figures,
+) -> Result<VerifyReport, MigrateError> {
     Table { role: Role::Extended, conn: csmh, name: &site.extended }.require().await?;
     checkpoint::ensure(csmh, site).await?;
     let started_at = checkpoint::server_now(csmh).await?;
@@ -89,7 +100,7 @@ pub async fn verify(
         updated_at: String::new(),
     };
     checkpoint::save(csmh, site, Task::Verify, &running).await?;
-    let report = match compare(site, edxapp, csmh, args).await {
+    let report = match compare(site, edxapp, csmh, args, figures).await {
         Ok(report) => report,
         Err(error) => {
             // Best effort: the comparison's error is what the operator needs, even if it cannot be recorded.
@@ -108,6 +119,7 @@ async fn compare(
     edxapp: &mut Conn,
     csmh: &mut Conn,
     args: &VerifyArgs,
+    figures: &Figures,
 ) -> Result<VerifyReport, MigrateError> {
     let mut pair = Pair {
         old: Table { role: Role::Old, conn: edxapp, name: &site.old },
@@ -124,17 +136,21 @@ async fn compare(
         elapsed: Default::default(),
     };
     let Some(range) = report.range else {
+        figures.begin(0, 0, 0, 0);
         return Ok(report);
     };
+    let before = range.first.saturating_sub(1);
+    figures.begin(before, before, range.last, 0);
     let limit = usize::try_from(args.max_ranges).unwrap_or(usize::MAX);
     let mut found = Differences::new(limit);
-    let mut progress = Progress::start("verify", range);
+    let mut progress = Progress::start("verify", range, figures.clone());
     for chunk in range.chunks(args.chunk_size) {
         let (old, extended) = pair.sums(chunk, Read::Plain).await?;
         report.old_rows += old.rows;
         report.extended_rows += extended.rows;
         report.chunks += 1;
         pair.narrow(chunk, (old, extended), &mut found).await?;
+        figures.set_differences(found.count() as u64);
         progress.update(chunk.last, report.old_rows, &format!(", {} differing ranges so far", found.count()));
     }
     report.differences = found.into_vec();
