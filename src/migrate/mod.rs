@@ -12,6 +12,7 @@ pub mod copy;
 mod error;
 pub mod figures;
 pub mod init;
+pub mod observe;
 pub mod schema;
 mod site;
 pub mod status;

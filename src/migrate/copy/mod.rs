@@ -38,6 +38,7 @@ use self::throttle::Throttle;
 use self::window::Window;
 use super::checkpoint::{self, Task};
 use super::figures::Figures;
+use super::observe::{Command, ObserveArgs, Observers, Outcome};
 use super::{ER_BAD_DB, ER_NO_SUCH_TABLE, MigrateError, Servers, Site};
 use crate::config::Config;
 use crate::topology::Topology;
@@ -74,6 +75,9 @@ pub struct MigrateArgs {
     /// `22:00-06:00 Europe/Paris`. Outside them the copy pauses between chunks.
     #[arg(long, value_name = "HH:MM-HH:MM [ZONE]")]
     pub run_between: Option<Window>,
+    /// Metrics and hooks.
+    #[command(flatten)]
+    pub observe: ObserveArgs,
 }
 
 impl Default for MigrateArgs {
@@ -87,6 +91,7 @@ impl Default for MigrateArgs {
             pause_file: None,
             max_load: None,
             run_between: None,
+            observe: ObserveArgs::default(),
         }
     }
 }
@@ -144,10 +149,17 @@ impl fmt::Display for MigrateReport {
     }
 }
 
-/// Runs `migrate` for the site `config` describes.
+/// Runs `migrate` for the site `config` describes, with the metrics and hooks `args` ask for.
 pub async fn run(config: &Config, args: &MigrateArgs) -> Result<MigrateReport, MigrateError> {
     let site = Site::new(config)?;
-    migrate(&site, args).await
+    let observers = Observers::start(Command::Migrate, &args.observe, config).await?;
+    let result = migrate_with(&site, args, observers.figures()).await;
+    let outcome = match &result {
+        Ok(_) => Outcome::Succeeded,
+        Err(error) => Outcome::of_error(error),
+    };
+    observers.finish(outcome).await;
+    result
 }
 
 /// Copies every old row into the extended table; see the module's doc.

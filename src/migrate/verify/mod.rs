@@ -33,6 +33,7 @@ use table::{Read, Role, Table};
 
 use super::checkpoint::{self, Checkpoint, Task};
 use super::figures::Figures;
+use super::observe::{Command, ObserveArgs, Observers, Outcome};
 use super::{MigrateError, Site};
 use crate::config::Config;
 
@@ -53,19 +54,36 @@ pub struct VerifyArgs {
     /// Differing ranges to narrow down to single ids before further differing chunks are listed whole.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_ranges: u64,
+    /// Metrics and hooks.
+    #[command(flatten)]
+    pub observe: ObserveArgs,
 }
 
 impl Default for VerifyArgs {
     fn default() -> VerifyArgs {
-        VerifyArgs { chunk_size: 50_000, max_ranges: 100 }
+        VerifyArgs { chunk_size: 50_000, max_ranges: 100, observe: ObserveArgs::default() }
     }
 }
 
-/// Runs `csmh-proxy verify` for the site `config` describes: compares the tables and records the result.
+/// Runs `csmh-proxy verify` for the site `config` describes: compares the tables and records the result, with
+/// the metrics and hooks `args` ask for (differences found run `on-failure`, as they end the command with exit
+/// status 1).
 pub async fn run(config: &Config, args: &VerifyArgs) -> Result<VerifyReport, MigrateError> {
     let site = Site::new(config)?;
-    let mut servers = site.connect().await?;
-    verify(&site, &mut servers.edxapp, &mut servers.csmh, args).await
+    let observers = Observers::start(Command::Verify, &args.observe, config).await?;
+    let result = match site.connect().await {
+        Ok(mut servers) => {
+            verify_with(&site, (&mut servers.edxapp, &mut servers.csmh), args, observers.figures()).await
+        }
+        Err(error) => Err(error),
+    };
+    let outcome = match &result {
+        Ok(report) if report.passed() => Outcome::Succeeded,
+        Ok(report) => Outcome::Failed { exit_status: 1, error: report.failure() },
+        Err(error) => Outcome::of_error(error),
+    };
+    observers.finish(outcome).await;
+    result
 }
 
 /// Compares the old table, read on `edxapp`, with the extended table, read on `csmh`, and records the result as
