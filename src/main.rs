@@ -68,7 +68,9 @@ enum Command {
     /// to --chunk-seconds; --max-rows-per-second, --max-replication-lag, --max-load, --run-between and
     /// --pause-file slow or pause it, and `csmh-proxy pause`, `resume` and `throttle` steer it while it runs. On
     /// one server each chunk is an INSERT ... SELECT; across two servers rows stream from one to the other. Shows
-    /// a progress bar on a terminal, log lines otherwise, with the reason of every pause. Run `verify` afterwards.
+    /// a progress bar on a terminal, log lines otherwise, with the reason of every pause; --metrics-address serves
+    /// Prometheus metrics of the run, and --hooks-path runs commands on start, progress, success and failure with
+    /// its figures in their environment (docs/migration.md). Run `verify` afterwards.
     ///
     /// With --dry-run, changes nothing: refuses what a run would refuse, and prints the plan (where it would
     /// start, up to which id, how, the throttles) and the exact statements of the first chunks.
@@ -92,6 +94,7 @@ enum Command {
     /// compute each chunk's row count and checksum of all columns at the same time, and a chunk that differs is
     /// narrowed down to the ids that are missing from the extended table, extra in it, or changed. Higher ids of
     /// the extended table are new history and are not compared. The result is recorded for `status`.
+    /// --metrics-address and --hooks-path work as for `migrate`; differences run the on-failure hook.
     ///
     /// Exit status: 0 when the tables match, 1 when they differ, 2 when the comparison could not run.
     Verify(VerifyArgs),
@@ -235,11 +238,11 @@ fn finish<R: std::fmt::Display>(result: Result<R, MigrateError>, succeeded: impl
         }
         Err(refused @ MigrateError::Refused(_)) => {
             eprintln!("{refused}");
-            std::process::exit(1)
+            std::process::exit(refused.exit_status())
         }
         Err(error) => {
             eprintln!("error: {error}");
-            std::process::exit(2)
+            std::process::exit(error.exit_status())
         }
     }
 }

@@ -6,33 +6,19 @@
 mod migrate_support;
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use csmh_proxy::history::Stage;
 use migrate_support::{MigrationSite, outputs};
 use tokio::process::Child;
 
 /// Old rows in each test: enough for many chunks at the throttles the tests set.
 const ROWS: u64 = 20_000;
 
-/// A site with [`ROWS`] old rows, the extended table created, and the flags of the stage in which the copy runs.
-async fn site_ready(two_servers: bool) -> MigrationSite {
-    let mut site = MigrationSite::new(two_servers).await;
-    site.set_flags(Stage::ExtendedTableReadingBoth.flags());
-    site.generate_old_rows(ROWS).await;
-    let init = site.command(&["init"]).await;
-    assert_eq!(init.status.code(), Some(0), "{}", outputs(&init));
-    site
-}
-
 /// `migrate` started in the background with small chunks at a modest pace, and `extra` options.
 fn start_migrate(site: &MigrationSite, extra: &[&str]) -> Child {
     let mut args = vec!["migrate", "--max-chunk-rows", "500", "--max-rows-per-second", "4000"];
     args.extend_from_slice(extra);
-    let mut command = site.binary(&args);
-    command.env("RUST_LOG", "info").stdout(Stdio::piped()).stderr(Stdio::piped());
-    command.spawn().expect("start csmh-proxy migrate")
+    site.spawn(&args)
 }
 
 /// The migrate checkpoint's state, detail and last id.
@@ -77,35 +63,28 @@ async fn finishes(site: &MigrationSite, child: Child) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// Runs a control command and returns what it printed, asserting it succeeded.
-async fn control(site: &MigrationSite, args: &[&str]) -> String {
-    let output = site.command(args).await;
-    assert_eq!(output.status.code(), Some(0), "{args:?}: {}", outputs(&output));
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 #[tokio::test]
 async fn pause_from_another_process_holds_the_copy_until_resume_on_either_topology() {
     for two_servers in [true, false] {
-        let site = site_ready(two_servers).await;
+        let site = MigrationSite::ready(two_servers, ROWS).await;
         let mut child = start_migrate(&site, &[]);
         while checkpoint(&site).await.and_then(|(_, _, last_id)| last_id).unwrap_or(0) == 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let paused = control(&site, &["pause", "--reason", "exam week"]).await;
+        let paused = site.succeeds(&["pause", "--reason", "exam week"]).await;
         assert!(paused.contains("migrate: paused by `csmh-proxy pause` at "), "{paused}");
         assert!(paused.contains(": exam week"), "{paused}");
 
         let last_id = paused_with(&site, &mut child, "paused by `csmh-proxy pause`").await;
         stays_at(&site, last_id).await;
         assert!(last_id < site.old_fingerprint().await.max_id, "paused before the end");
-        let status = control(&site, &["status"]).await;
+        let status = site.succeeds(&["status"]).await;
         assert!(status.contains("migrate:        paused, last written"), "{status}");
         assert!(status.contains("paused: paused by `csmh-proxy pause` at "), "{status}");
         assert!(status.contains("exam week (`csmh-proxy resume` goes on)"), "{status}");
         assert!(status.contains("control:        paused by `csmh-proxy pause`"), "{status}");
         assert!(status.contains("next step:      csmh-proxy resume"), "{status}");
-        let json: serde_json::Value = serde_json::from_str(&control(&site, &["status", "--json"]).await).expect("JSON");
+        let json: serde_json::Value = serde_json::from_str(&site.succeeds(&["status", "--json"]).await).expect("JSON");
         assert_eq!(json["migrate"]["state"], "paused", "{json:#}");
         let reason = json["migrate"]["paused_reason"].as_str().expect("a reason");
         assert!(reason.starts_with("paused by `csmh-proxy pause` at ") && reason.contains("exam week"), "{json:#}");
@@ -115,7 +94,7 @@ async fn pause_from_another_process_holds_the_copy_until_resume_on_either_topolo
         assert_eq!(json["next_step"]["step"], "resume");
         assert_eq!(json["next_step"]["command"], "csmh-proxy resume");
 
-        let resumed = control(&site, &["resume"]).await;
+        let resumed = site.succeeds(&["resume"]).await;
         assert!(resumed.contains("migrate: not paused"), "{resumed}");
         finishes(&site, child).await;
     }
@@ -123,19 +102,19 @@ async fn pause_from_another_process_holds_the_copy_until_resume_on_either_topolo
 
 #[tokio::test]
 async fn a_migrate_started_while_paused_waits_and_says_why() {
-    let site = site_ready(false).await;
-    control(&site, &["pause"]).await;
+    let site = MigrationSite::ready(false, ROWS).await;
+    site.succeeds(&["pause"]).await;
     let mut child = start_migrate(&site, &[]);
     let last_id = paused_with(&site, &mut child, "paused by `csmh-proxy pause`").await;
     assert_eq!(last_id, 0, "nothing copied while paused");
     stays_at(&site, 0).await;
-    control(&site, &["resume"]).await;
+    site.succeeds(&["resume"]).await;
     finishes(&site, child).await;
 }
 
 #[tokio::test]
 async fn a_pause_file_holds_the_copy_while_it_exists() {
-    let site = site_ready(true).await;
+    let site = MigrationSite::ready(true, ROWS).await;
     let dir = tempfile::tempdir().expect("a directory");
     let pause_file = dir.path().join("pause");
     std::fs::write(&pause_file, "db maintenance until 06:00\nsecond line").expect("the pause file");
@@ -154,7 +133,7 @@ async fn a_pause_file_holds_the_copy_while_it_exists() {
 #[tokio::test]
 async fn max_load_holds_the_copy_with_the_reading_and_throttle_lifts_it_while_it_runs() {
     for two_servers in [true, false] {
-        let site = site_ready(two_servers).await;
+        let site = MigrationSite::ready(two_servers, ROWS).await;
         // At least one thread runs whenever the server is asked: above any bound of 0.
         let mut child = start_migrate(&site, &["--max-load", "Threads_running=0"]);
         let server = if two_servers { "[backends.csmh]" } else { "the server" };
@@ -169,32 +148,32 @@ async fn max_load_holds_the_copy_with_the_reading_and_throttle_lifts_it_while_it
         );
         stays_at(&site, last_id).await;
 
-        let changed = control(&site, &["throttle", "--max-load", "none"]).await;
+        let changed = site.succeeds(&["throttle", "--max-load", "none"]).await;
         assert!(changed.contains("throttle overrides: max_load = none"), "{changed}");
         finishes(&site, child).await;
-        let shown = control(&site, &["throttle"]).await;
+        let shown = site.succeeds(&["throttle"]).await;
         assert!(shown.contains("throttle overrides: max_load = none"), "the override stays: {shown}");
-        let reset = control(&site, &["throttle", "--reset"]).await;
+        let reset = site.succeeds(&["throttle", "--reset"]).await;
         assert!(reset.contains("throttle overrides: none (migrate's command line is in force)"), "{reset}");
     }
 }
 
 #[tokio::test]
 async fn outside_run_between_the_copy_waits_until_the_window_is_lifted() {
-    let site = site_ready(true).await;
+    let site = MigrationSite::ready(true, ROWS).await;
     let hour = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).hour();
     let window = format!("{:02}:00-{:02}:00 UTC", (hour + 2) % 24, (hour + 3) % 24);
     let mut child = start_migrate(&site, &["--run-between", &window]);
     let last_id = paused_with(&site, &mut child, &format!("outside --run-between {window}")).await;
     assert_eq!(last_id, 0);
     stays_at(&site, 0).await;
-    control(&site, &["throttle", "--run-between", "none"]).await;
+    site.succeeds(&["throttle", "--run-between", "none"]).await;
     finishes(&site, child).await;
 }
 
 #[tokio::test]
 async fn throttle_refuses_what_migrate_would_and_pause_needs_no_running_copy() {
-    let site = site_ready(false).await;
+    let site = MigrationSite::ready(false, ROWS).await;
     let zero = site.command(&["throttle", "--chunk-seconds", "0"]).await;
     assert_eq!(zero.status.code(), Some(1), "{}", outputs(&zero));
     assert!(String::from_utf8_lossy(&zero.stderr).contains("--chunk-seconds must be a positive number"));
@@ -207,9 +186,9 @@ async fn throttle_refuses_what_migrate_would_and_pause_needs_no_running_copy() {
     assert_eq!(bad_window.status.code(), Some(2), "{}", outputs(&bad_window));
     assert!(String::from_utf8_lossy(&bad_window.stderr).contains("no time zone is called Mars/Olympus"));
 
-    let set = control(&site, &["throttle", "--max-rows-per-second", "900", "--run-between", "22:00-06:00 UTC"]).await;
+    let set = site.succeeds(&["throttle", "--max-rows-per-second", "900", "--run-between", "22:00-06:00 UTC"]).await;
     assert!(set.contains("max_rows_per_second = 900, run_between = 22:00-06:00 UTC"), "{set}");
-    let status = control(&site, &["status"]).await;
+    let status = site.succeeds(&["status"]).await;
     assert!(
         status.contains("control:        not paused; throttle overrides: max_rows_per_second = 900, run_between = "),
         "{status}"

@@ -1,5 +1,6 @@
 //! The Grafana dashboard and the Prometheus alert rules under `deploy/` against the metrics the proxy actually
-//! exports: the proxy's exposition is rendered in-process as `/metrics` renders it, and every metric, label and
+//! exports, and the migration commands (`migrate`, `verify` with `--metrics-address`): the expositions are rendered
+//! in-process as each `/metrics` renders them, and every metric, label and
 //! label value the dashboard's queries and the rules' expressions use must be in it. The dashboard must parse
 //! and show the views operators look for; the rules must have Prometheus's rule-group shape, promtool (Debian
 //! package `prometheus`, installed when missing) must accept them and every query of the dashboard, and the
@@ -15,6 +16,10 @@ use std::time::Duration;
 
 use csmh_proxy::config::Config;
 use csmh_proxy::metrics::{ConfigState, LEGS, Metrics, REFUSAL_REASONS, RouteLabel};
+use csmh_proxy::migrate::copy::throttle::Reason;
+use csmh_proxy::migrate::figures::{Figures, Waiting};
+use csmh_proxy::migrate::observe::Command as MigrationCommand;
+use csmh_proxy::migrate::observe::metrics::render;
 use csmh_proxy::state::ProxyState;
 use csmh_proxy::topology::Server;
 use observability::exposition::Exposition;
@@ -33,7 +38,7 @@ const RULES: &str = "deploy/prometheus/csmh-proxy-rules.yml";
 const ALERT_TESTS: &str = "tests/observability/alerts.test.yml";
 
 /// The views the dashboard must have, by panel title.
-const PANELS: [&str; 14] = [
+const PANELS: [&str; 20] = [
     "Statements/s by route",
     "History statements/s by route",
     "Blocked and refused statements/s",
@@ -48,6 +53,12 @@ const PANELS: [&str; 14] = [
     "Generations in force",
     "Reloads applied and rejected",
     "Logins/s by leg and transport (TLS vs plaintext)",
+    "Migration: old ids copied",
+    "Migration: rows copied/s",
+    "Migration: paused, by reason",
+    "Migration: replication lag of csmh",
+    "Verify: ids compared",
+    "Verify: differing ranges found",
 ];
 
 /// The alerts the rules must define.
@@ -112,7 +123,23 @@ fn exposition() -> Exposition {
     for leg in LEGS {
         assert!(text.contains(&format!("leg=\"{leg}\",transport=\"tls\"}} 1")), "{leg} over TLS not counted:\n{text}");
     }
-    Exposition::parse(&text)
+    Exposition::parse(&(text + &migration_exposition()))
+}
+
+/// The `/metrics` text of a `migrate` paused by replication lag (so that every series it may show is there) and of
+/// a `verify`, as their `--metrics-address` renders them.
+fn migration_exposition() -> String {
+    let figures = Figures::new();
+    figures.begin(0, 0, 20_000, 0);
+    figures.advance(5_000, 4_000);
+    figures.set_replication_lag(Some(12));
+    figures.set_waiting(Some(Waiting { key: "replication_lag", reason: "replication lag 12 s".to_owned() }));
+    let migrate = render(MigrationCommand::Migrate, &figures).unwrap_or_else(|e| panic!("{e}"));
+    for key in Reason::KEYS {
+        assert!(migrate.contains(&format!("reason=\"{key}\"")), "no reason {key}:\n{migrate}");
+    }
+    let verify = render(MigrationCommand::Verify, &figures).unwrap_or_else(|e| panic!("{e}"));
+    migrate + &verify
 }
 
 /// The dashboard, parsed.

@@ -58,9 +58,28 @@ pub enum MigrateError {
         /// The server's (or the client library's) error.
         source: mysql_async::Error,
     },
+    /// The metrics endpoint (`--metrics-address`) cannot listen.
+    #[error("cannot serve metrics on {address} (--metrics-address): {source}")]
+    Metrics {
+        /// The address asked for.
+        address: String,
+        /// Why it cannot be bound.
+        source: std::io::Error,
+    },
     /// The command refuses to act, and says why and what to do instead.
     #[error("{0}")]
     Refused(String),
+}
+
+impl MigrateError {
+    /// The command's exit status for this error: 1 when it refused to act (running it again as it is would
+    /// refuse again), 2 when it could not run.
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            MigrateError::Refused(_) => 1,
+            _ => 2,
+        }
+    }
 }
 
 /// MySQL's "table doesn't exist": the commands tell the operator what to run (`init`) instead of failing.

@@ -24,6 +24,7 @@ use std::time::Duration;
 use mysql_async::Conn;
 
 use super::checkpoint::{self, Checkpoint, Task};
+use super::figures::Figures;
 use super::verify::table::{Read, Role, Table, sum_sql};
 use super::verify::{self, Advice, DifferenceList, Differences, IdRange, Pair, Progress, VerifyArgs, VerifyReport};
 use super::{MigrateError, Site};
@@ -270,7 +271,7 @@ async fn drain(
     let (mut rows, mut chunks) = (0, 0);
     // Rows written to the old table during the drain (there should be none) are found by the next pass.
     while let Some(range) = pair.old.bounds(None).await? {
-        let mut progress = Progress::start("truncate-old", range);
+        let mut progress = Progress::start("truncate-old", range, Figures::new());
         for chunk in range.chunks(args.chunk_size) {
             let deleted = delete_chunk(&mut pair, site, chunk, rows).await?;
             if deleted > 0 {

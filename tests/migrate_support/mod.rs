@@ -6,14 +6,15 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Output, Stdio};
 
 use csmh_proxy::config::Config;
-use csmh_proxy::history::Flags;
+use csmh_proxy::history::{Flags, Stage};
 use csmh_proxy::migrate::Site;
 use csmh_proxy::sandbox;
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
+use tokio::process::Child;
 
 use crate::support::{EdxDatabases, MariaDb, app, connect, root_conn};
 
@@ -46,6 +47,17 @@ impl MigrationSite {
         let config_path = dir.path().join("proxy.toml");
         std::fs::write(&config_path, &text).expect("write proxy.toml");
         MigrationSite { dbs, config, config_path, text, dir }
+    }
+
+    /// A site with `rows` old rows, the extended table created (`init`), and the flags of the stage in which the
+    /// copy runs.
+    pub async fn ready(two_servers: bool, rows: u64) -> MigrationSite {
+        let mut site = MigrationSite::new(two_servers).await;
+        site.set_flags(Stage::ExtendedTableReadingBoth.flags());
+        site.generate_old_rows(rows).await;
+        let init = site.command(&["init"]).await;
+        assert_eq!(init.status.code(), Some(0), "{}", outputs(&init));
+        site
     }
 
     /// The site the library's commands act on.
@@ -93,6 +105,33 @@ impl MigrationSite {
     /// The `csmh-proxy` binary with `args` and this site's configuration, not yet started.
     pub fn binary(&self, args: &[&str]) -> tokio::process::Command {
         binary(&self.config_path, args)
+    }
+
+    /// Starts the `csmh-proxy` binary with `args` and this site's configuration in the background, logging at info
+    /// level, its output piped.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        let mut command = self.binary(args);
+        command.env("RUST_LOG", "info").stdout(Stdio::piped()).stderr(Stdio::piped());
+        command.spawn().expect("start csmh-proxy")
+    }
+
+    /// Runs a command that must succeed (a control command, `status`) and returns what it printed.
+    pub async fn succeeds(&self, args: &[&str]) -> String {
+        let output = self.command(args).await;
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {}", outputs(&output));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// This site's `proxy.toml` with the `edxapp` login's password read from the environment variable `variable`
+    /// (`password_env`) instead of the file, written to a file of its own; and the password.
+    pub fn config_with_password_env(&self, variable: &str) -> (PathBuf, String) {
+        let password = self.config.backends.edxapp.password.clone().expect("a password in the file");
+        let written = format!("password = {}", toml::Value::String(password.clone()));
+        assert!(self.text.contains(&written), "{}", self.text);
+        let text = self.text.replacen(&written, &format!("password_env = \"{variable}\""), 1);
+        let path = self.dir.path().join("proxy-password-env.toml");
+        std::fs::write(&path, text).expect("write the configuration");
+        (path, password)
     }
 
     /// Runs the `csmh-proxy` binary with `args` and this site's configuration followed by `extra` (more TOML
@@ -157,7 +196,7 @@ impl MigrationSite {
 }
 
 /// The `csmh-proxy` binary with `args` and the configuration at `config`, not yet started.
-fn binary(config: &Path, args: &[&str]) -> tokio::process::Command {
+pub fn binary(config: &Path, args: &[&str]) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_csmh-proxy"));
     command.arg("--config").arg(config).args(args).env("RUST_LOG", "warn").kill_on_drop(true);
     command

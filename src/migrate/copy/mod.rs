@@ -38,6 +38,8 @@ use self::streamed::Streamed;
 use self::throttle::Throttle;
 use self::window::Window;
 use super::checkpoint::{self, Task};
+use super::figures::Figures;
+use super::observe::{Command, ObserveArgs, Observers, Outcome};
 use super::{ER_BAD_DB, ER_NO_SUCH_TABLE, MigrateError, Servers, Site};
 use crate::config::Config;
 use crate::topology::Topology;
@@ -78,6 +80,9 @@ pub struct MigrateArgs {
     /// the exact statements of its first chunks, found with read-only queries. Refuses what a run would refuse.
     #[arg(long)]
     pub dry_run: bool,
+    /// Metrics and hooks.
+    #[command(flatten)]
+    pub observe: ObserveArgs,
 }
 
 impl Default for MigrateArgs {
@@ -92,6 +97,7 @@ impl Default for MigrateArgs {
             max_load: None,
             run_between: None,
             dry_run: false,
+            observe: ObserveArgs::default(),
         }
     }
 }
@@ -149,18 +155,31 @@ impl fmt::Display for MigrateReport {
     }
 }
 
-/// Runs `migrate` for the site `config` describes, or with `--dry-run` plans it ([`plan::plan`]).
+/// Runs `migrate` for the site `config` describes, with the metrics and hooks `args` ask for; or with `--dry-run`
+/// plans it ([`plan::plan`]).
 pub async fn run(config: &Config, args: &MigrateArgs) -> Result<plan::Outcome, MigrateError> {
     let site = Site::new(config)?;
     if args.dry_run {
         return plan::plan(&site, args).await.map(|plan| plan::Outcome::Planned(Box::new(plan)));
     }
-    migrate(&site, args).await.map(plan::Outcome::Copied)
+    let observers = Observers::start(Command::Migrate, &args.observe, config).await?;
+    let result = migrate_with(&site, args, observers.figures()).await;
+    let outcome = match &result {
+        Ok(_) => Outcome::Succeeded,
+        Err(error) => Outcome::of_error(error),
+    };
+    observers.finish(outcome).await;
+    result.map(plan::Outcome::Copied)
 }
 
 /// Copies every old row into the extended table; see the module's doc. A dry run (`args.dry_run`) is refused
 /// here, since it copies nothing: [`plan::plan`] makes it.
 pub async fn migrate(site: &Site, args: &MigrateArgs) -> Result<MigrateReport, MigrateError> {
+    migrate_with(site, args, &Figures::new()).await
+}
+
+/// [`migrate`], keeping where it stands in `figures` for the metrics and the hooks.
+pub async fn migrate_with(site: &Site, args: &MigrateArgs, figures: &Figures) -> Result<MigrateReport, MigrateError> {
     plan::refuse_dry_run(args)?;
     check_args(args)?;
     refuse_retired(site)?;
@@ -191,8 +210,7 @@ pub async fn migrate(site: &Site, args: &MigrateArgs) -> Result<MigrateReport, M
         rows_this_run: 0,
         started_at,
         recopy,
-        progress: Progress::new(first_id, first_id),
-        waiting: Default::default(),
+        progress: Progress::new(first_id, figures.clone()),
     };
     checkpoint::save(&mut servers.csmh, site, Task::Migrate, &run.checkpoint(RUNNING)).await?;
     let passes = copy_passes(&mut servers, site, args, &mut run).await;
@@ -261,7 +279,7 @@ async fn copy_passes(
     run: &mut Run<'_>,
 ) -> Result<u32, MigrateError> {
     let sizer = ChunkSizer::new(INITIAL_CHUNK_ROWS, args.max_chunk_rows, Duration::from_secs_f64(args.chunk_seconds));
-    let notes = (run.recopy, run.waiting.clone(), run.progress.notice());
+    let notes = (run.recopy, run.progress.figures().clone(), run.progress.notice());
     let mut throttle = Throttle::new(site, args, &sizer, site.connect_csmh().await?, notes).await?;
     let mut second_writer = match site.topology {
         Topology::OneServer => None,
@@ -274,6 +292,10 @@ async fn copy_passes(
     loop {
         reconnect_if_lost(&mut servers.edxapp, site).await?;
         let target = old_largest_id(&mut servers.edxapp, site).await?;
+        if passes == 0 {
+            // The first time round: the run now knows where it starts and where it goes (`on-start` runs).
+            run.progress.begin(target, run.rows_done);
+        }
         if target <= run.last_id {
             return Ok(passes);
         }

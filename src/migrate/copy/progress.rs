@@ -11,39 +11,42 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::time::Instant;
 use tracing::info;
 
+use crate::migrate::figures::Figures;
+
 /// How often a log line is written when standard error is not a terminal.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Reports the copy's progress.
+/// Reports the copy's progress, from the run's [`Figures`] (which the metrics and the hooks read too).
 #[derive(Debug)]
 pub struct Progress {
     bar: Option<ProgressBar>,
-    started: Instant,
     last_logged: Instant,
     first_id: u64,
-    target_id: u64,
-    rows: u64,
+    figures: Figures,
 }
 
 impl Progress {
-    /// Progress from `first_id` (the position the run starts at) toward `target_id`, drawn as a bar when
-    /// standard error is a terminal.
-    pub fn new(first_id: u64, target_id: u64) -> Progress {
+    /// Progress from `first_id` (the position the run starts at), drawn as a bar when standard error is a
+    /// terminal, kept in `figures`.
+    pub fn new(first_id: u64, figures: Figures) -> Progress {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
             let template = "{bar:40} {percent:>3}%  {msg}  ETA {eta}";
             bar.set_style(ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()));
             bar
         });
-        let now = Instant::now();
-        let mut progress = Progress { bar, started: now, last_logged: now, first_id, target_id, rows: 0 };
-        progress.set_target(target_id);
-        progress
+        Progress { bar, last_logged: Instant::now(), first_id, figures }
+    }
+
+    /// The run knows where it goes: the first pass's `target_id`, with `rows_before` rows copied by earlier runs.
+    pub fn begin(&mut self, target_id: u64, rows_before: u64) {
+        self.figures.begin(0, self.first_id, target_id, rows_before);
+        self.set_target(target_id);
     }
 
     /// A new pass goes on to `target_id`.
     pub fn set_target(&mut self, target_id: u64) {
-        self.target_id = target_id;
+        self.figures.set_target(target_id);
         if let Some(bar) = &self.bar {
             bar.set_length(target_id.saturating_sub(self.first_id));
         }
@@ -51,21 +54,22 @@ impl Progress {
 
     /// Every row up to `last_id` is copied; `rows` more rows were copied since the last call.
     pub fn copied(&mut self, last_id: u64, rows: u64) {
-        self.rows += rows;
-        let rate = self.rate();
+        self.figures.advance(last_id, rows);
+        let now = self.figures.snapshot();
+        let rate = self.figures.rows_per_second();
         match &self.bar {
             Some(bar) => {
                 bar.set_position(last_id.saturating_sub(self.first_id));
-                bar.set_message(format!("{} rows, {rate:.0} rows/s, id {last_id} of {}", self.rows, self.target_id));
+                bar.set_message(format!("{} rows, {rate:.0} rows/s, id {last_id} of {}", now.rows, now.target_id));
             }
             None if self.last_logged.elapsed() >= LOG_EVERY => {
                 self.last_logged = Instant::now();
-                let left = self.target_id.saturating_sub(last_id);
+                let left = now.target_id.saturating_sub(last_id);
                 info!(
-                    rows = self.rows,
+                    rows = now.rows,
                     rows_per_second = rate as u64,
                     last_id,
-                    target_id = self.target_id,
+                    target_id = now.target_id,
                     ids_left = left,
                     "copying"
                 );
@@ -74,9 +78,9 @@ impl Progress {
         }
     }
 
-    /// Rows copied per second so far.
-    pub fn rate(&self) -> f64 {
-        self.rows as f64 / self.started.elapsed().as_secs_f64().max(1e-3)
+    /// The run's figures.
+    pub fn figures(&self) -> &Figures {
+        &self.figures
     }
 
     /// A handle that shows on the bar why the copy waits, for the throttle that decides it.

@@ -1,8 +1,6 @@
 //! One run of `migrate`: where it stands (the last id copied, rows copied), and the commit of a chunk together
 //! with the checkpoint that records it, in one transaction on the `csmh` server.
 
-use std::sync::{Arc, Mutex, PoisonError};
-
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 
@@ -51,23 +49,6 @@ impl Recopy {
     /// finish.
     pub fn resumed(previous: &Checkpoint) -> Option<Recopy> {
         previous.detail.as_deref().and_then(Recopy::from_detail).filter(|_| previous.state != DONE)
-    }
-}
-
-/// Why the copy waits, if it does: set by the throttle that decides it, read by whoever writes the checkpoint
-/// (the writers of a streamed copy commit chunks still in flight while the reader waits).
-#[derive(Debug, Clone, Default)]
-pub struct WaitNote(Arc<Mutex<Option<String>>>);
-
-impl WaitNote {
-    /// Records why the copy waits; `None` once it copies again.
-    pub fn set(&self, reason: Option<String>) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = reason;
-    }
-
-    /// Why the copy waits, if it does.
-    pub fn get(&self) -> Option<String> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 }
 
@@ -123,16 +104,16 @@ pub struct Run<'a> {
     pub started_at: String,
     /// While a `--from-id` run (or its resumption) copies again over rows copied before: which ones.
     pub recopy: Option<Recopy>,
-    /// What the operator sees.
+    /// What the operator sees, and the run's figures (why the copy waits among them, set by the throttle and
+    /// read here when the checkpoint is written: the writers of a streamed copy commit chunks still in flight
+    /// while the reader waits).
     pub progress: Progress,
-    /// Why the copy waits, if it does.
-    pub waiting: WaitNote,
 }
 
 impl Run<'_> {
     /// The checkpoint recording this position, in `state`.
     pub fn checkpoint(&self, state: &str) -> Checkpoint {
-        let (state, detail) = state_and_detail(state, self.recopy, self.waiting.get().as_deref());
+        let (state, detail) = state_and_detail(state, self.recopy, self.progress.figures().waiting_reason().as_deref());
         Checkpoint {
             state: state.to_owned(),
             last_id: Some(self.last_id),

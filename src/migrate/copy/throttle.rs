@@ -22,10 +22,11 @@ use super::lag::{Lag, replication_lag};
 use super::load::{LoadLimit, Overload};
 use super::pace::{ChunkSizer, RateLimit};
 use super::progress::Notice;
-use super::run::{Recopy, WaitNote, csmh_error, edxapp_error, state_and_detail};
+use super::run::{Recopy, csmh_error, edxapp_error, state_and_detail};
 use super::window::Window;
 use crate::migrate::checkpoint::{self, Task};
 use crate::migrate::control::{self, Control, Pause};
+use crate::migrate::figures::{Figures, Waiting};
 use crate::migrate::{MigrateError, Site};
 use crate::topology::Topology;
 
@@ -121,6 +122,23 @@ pub enum Reason {
     },
 }
 
+impl Reason {
+    /// Every kind of reason by its key, as the metrics label it (`csmh_migrate_pause_reason{reason="..."}`) and
+    /// the hooks' `CSMH_PAUSED` names it: a small fixed set.
+    pub const KEYS: [&'static str; 5] = ["pause", "pause_file", "run_between", "max_load", "replication_lag"];
+
+    /// The kind of reason, one of [`Reason::KEYS`].
+    pub fn key(&self) -> &'static str {
+        match self {
+            Reason::Paused(_) => "pause",
+            Reason::PauseFile(..) => "pause_file",
+            Reason::OutsideWindow(_) => "run_between",
+            Reason::Load { .. } => "max_load",
+            Reason::Lag { .. } => "replication_lag",
+        }
+    }
+}
+
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -171,7 +189,7 @@ pub struct Throttle<'a> {
     lag_watched: bool,
     unknown_warned: bool,
     recopy: Option<Recopy>,
-    waiting: WaitNote,
+    figures: Figures,
     notice: Notice,
 }
 
@@ -185,17 +203,17 @@ struct Wait {
 
 impl<'a> Throttle<'a> {
     /// The throttle of a run of `site` with the command line `args`, sizing chunks with `sizer`, waiting on its
-    /// own connection `csmh`, and telling why it waits to `waiting` (for the checkpoint) and `notice` (on
-    /// screen). The control row is read at once, so a paused migration says so before anything is copied.
+    /// own connection `csmh`, and telling why it waits to `figures` (for the checkpoint, the metrics and the
+    /// hooks) and `notice` (on screen); the replication lag it reads goes to `figures` too. The control row is read at once, so a paused migration says so before anything is copied.
     pub async fn new(
         site: &'a Site,
         args: &MigrateArgs,
         sizer: &'a ChunkSizer,
         csmh: Conn,
-        run: (Option<Recopy>, WaitNote, Notice),
+        run: (Option<Recopy>, Figures, Notice),
     ) -> Result<Throttle<'a>, MigrateError> {
         let base = Throttles::from_args(args);
-        let (recopy, waiting, notice) = run;
+        let (recopy, figures, notice) = run;
         let mut throttle = Throttle {
             site,
             settings: base.clone(),
@@ -211,7 +229,7 @@ impl<'a> Throttle<'a> {
             lag_watched: true,
             unknown_warned: false,
             recopy,
-            waiting,
+            figures,
             notice,
         };
         throttle.read_control().await?;
@@ -239,7 +257,7 @@ impl<'a> Throttle<'a> {
                 (None, None) => return Ok(()),
                 (None, Some(ended)) => {
                     info!(waited_seconds = ended.since.elapsed().as_secs(), "copying again");
-                    self.waiting.set(None);
+                    self.figures.set_waiting(None);
                     self.rate.restart();
                     return Ok(());
                 }
@@ -279,7 +297,7 @@ impl<'a> Throttle<'a> {
         let Some(wait) = wait else { return Ok(()) };
         let reason = wait.reason.to_string();
         self.notice.waiting(&reason);
-        self.waiting.set(Some(reason.clone()));
+        self.figures.set_waiting(Some(Waiting { key: wait.reason.key(), reason: reason.clone() }));
         let (state, detail) = state_and_detail(super::RUNNING, self.recopy, Some(&reason));
         checkpoint::mark(&mut self.csmh, self.site, Task::Migrate, state, detail.as_deref()).await
     }
@@ -377,7 +395,12 @@ impl<'a> Throttle<'a> {
         if !self.lag_watched {
             return None;
         }
-        match replication_lag(&mut self.csmh).await {
+        let lag = replication_lag(&mut self.csmh).await;
+        self.figures.set_replication_lag(match lag {
+            Lag::Seconds(seconds) => Some(seconds),
+            Lag::NotAReplica | Lag::Unknown => None,
+        });
+        match lag {
             Lag::NotAReplica => {
                 self.lag_watched = false;
                 None

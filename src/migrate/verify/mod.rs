@@ -32,6 +32,8 @@ pub use report::{Advice, Difference, DifferenceList, Differences, Kind, VerifyRe
 use table::{Read, Role, Table};
 
 use super::checkpoint::{self, Checkpoint, Task};
+use super::figures::Figures;
+use super::observe::{Command, ObserveArgs, Observers, Outcome};
 use super::{MigrateError, Site};
 use crate::config::Config;
 
@@ -52,19 +54,36 @@ pub struct VerifyArgs {
     /// Differing ranges to narrow down to single ids before further differing chunks are listed whole.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_ranges: u64,
+    /// Metrics and hooks.
+    #[command(flatten)]
+    pub observe: ObserveArgs,
 }
 
 impl Default for VerifyArgs {
     fn default() -> VerifyArgs {
-        VerifyArgs { chunk_size: 50_000, max_ranges: 100 }
+        VerifyArgs { chunk_size: 50_000, max_ranges: 100, observe: ObserveArgs::default() }
     }
 }
 
-/// Runs `csmh-proxy verify` for the site `config` describes: compares the tables and records the result.
+/// Runs `csmh-proxy verify` for the site `config` describes: compares the tables and records the result, with
+/// the metrics and hooks `args` ask for (differences found run `on-failure`, as they end the command with exit
+/// status 1).
 pub async fn run(config: &Config, args: &VerifyArgs) -> Result<VerifyReport, MigrateError> {
     let site = Site::new(config)?;
-    let mut servers = site.connect().await?;
-    verify(&site, &mut servers.edxapp, &mut servers.csmh, args).await
+    let observers = Observers::start(Command::Verify, &args.observe, config).await?;
+    let result = match site.connect().await {
+        Ok(mut servers) => {
+            verify_with(&site, (&mut servers.edxapp, &mut servers.csmh), args, observers.figures()).await
+        }
+        Err(error) => Err(error),
+    };
+    let outcome = match &result {
+        Ok(report) if report.passed() => Outcome::Succeeded,
+        Ok(report) => Outcome::Failed { exit_status: 1, error: report.failure() },
+        Err(error) => Outcome::of_error(error),
+    };
+    observers.finish(outcome).await;
+    result
 }
 
 /// Compares the old table, read on `edxapp`, with the extended table, read on `csmh`, and records the result as
@@ -75,6 +94,16 @@ pub async fn verify(
     edxapp: &mut Conn,
     csmh: &mut Conn,
     args: &VerifyArgs,
+) -> Result<VerifyReport, MigrateError> {
+    verify_with(site, (edxapp, csmh), args, &Figures::new()).await
+}
+
+/// [`verify`], keeping where it stands in `figures` for the metrics and the hooks.
+pub async fn verify_with(
+    site: &Site,
+    (edxapp, csmh): (&mut Conn, &mut Conn),
+    args: &VerifyArgs,
+    figures: &Figures,
 ) -> Result<VerifyReport, MigrateError> {
     Table { role: Role::Extended, conn: csmh, name: &site.extended }.require().await?;
     checkpoint::ensure(csmh, site).await?;
@@ -89,7 +118,7 @@ pub async fn verify(
         updated_at: String::new(),
     };
     checkpoint::save(csmh, site, Task::Verify, &running).await?;
-    let report = match compare(site, edxapp, csmh, args).await {
+    let report = match compare(site, edxapp, csmh, args, figures).await {
         Ok(report) => report,
         Err(error) => {
             // Best effort: the comparison's error is what the operator needs, even if it cannot be recorded.
@@ -108,6 +137,7 @@ async fn compare(
     edxapp: &mut Conn,
     csmh: &mut Conn,
     args: &VerifyArgs,
+    figures: &Figures,
 ) -> Result<VerifyReport, MigrateError> {
     let mut pair = Pair {
         old: Table { role: Role::Old, conn: edxapp, name: &site.old },
@@ -124,17 +154,21 @@ async fn compare(
         elapsed: Default::default(),
     };
     let Some(range) = report.range else {
+        figures.begin(0, 0, 0, 0);
         return Ok(report);
     };
+    let before = range.first.saturating_sub(1);
+    figures.begin(before, before, range.last, 0);
     let limit = usize::try_from(args.max_ranges).unwrap_or(usize::MAX);
     let mut found = Differences::new(limit);
-    let mut progress = Progress::start("verify", range);
+    let mut progress = Progress::start("verify", range, figures.clone());
     for chunk in range.chunks(args.chunk_size) {
         let (old, extended) = pair.sums(chunk, Read::Plain).await?;
         report.old_rows += old.rows;
         report.extended_rows += extended.rows;
         report.chunks += 1;
         pair.narrow(chunk, (old, extended), &mut found).await?;
+        figures.set_differences(found.count() as u64);
         progress.update(chunk.last, report.old_rows, &format!(", {} differing ranges so far", found.count()));
     }
     report.differences = found.into_vec();

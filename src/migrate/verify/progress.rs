@@ -1,10 +1,12 @@
-//! Progress of a long pass over the ids, as a log line every few seconds: how far, how many rows, how long is left.
+//! Progress of a long pass over the ids, as a log line every few seconds: how far, how many rows, how long is left;
+//! kept in the run's [`Figures`] too, which the metrics and the hooks read.
 
 use std::time::{Duration, Instant};
 
 use tracing::info;
 
 use super::ids::IdRange;
+use crate::migrate::figures::Figures;
 
 /// How often a progress line is logged.
 const EVERY: Duration = Duration::from_secs(5);
@@ -15,18 +17,21 @@ pub struct Progress {
     range: IdRange,
     started: Instant,
     logged: Instant,
+    figures: Figures,
 }
 
 impl Progress {
-    /// Starts timing a pass of `task` (`verify`, `truncate-old`) over `range`.
-    pub fn start(task: &'static str, range: IdRange) -> Progress {
+    /// Starts timing a pass of `task` (`verify`, `truncate-old`) over `range`, keeping where it stands in
+    /// `figures`.
+    pub fn start(task: &'static str, range: IdRange, figures: Figures) -> Progress {
         let now = Instant::now();
-        Progress { task, range, started: now, logged: now }
+        Progress { task, range, started: now, logged: now, figures }
     }
 
     /// Notes that every id up to `done` has been handled, `rows` rows so far, and logs a line if the last one is
     /// old enough. `note` is appended (e.g. differences found so far).
     pub fn update(&mut self, done: u64, rows: u64, note: &str) {
+        self.figures.reach(done, rows);
         if self.logged.elapsed() < EVERY {
             return;
         }

@@ -236,6 +236,15 @@ impl VerifyReport {
         self.differences.is_empty()
     }
 
+    /// What a failed comparison found: how many id ranges differ, and the first of them, one per line.
+    pub fn failure(&self) -> String {
+        format!(
+            "verify FAILED: the tables differ in {} id ranges:\n{}",
+            self.differences.len(),
+            DifferenceList(&self.differences)
+        )
+    }
+
     /// One line saying what was compared.
     pub fn scope(&self) -> String {
         match self.range {
@@ -263,8 +272,7 @@ impl fmt::Display for VerifyReport {
                 "verify passed: every row of the old table is in the extended table with the same values"
             );
         }
-        writeln!(f, "verify FAILED: the tables differ in {} id ranges:", self.differences.len())?;
-        write!(f, "{}{}", DifferenceList(&self.differences), Advice(&self.differences))
+        write!(f, "{}{}", self.failure(), Advice(&self.differences))
     }
 }
 
