@@ -99,8 +99,10 @@ enum Command {
     ///
     /// Refuses unless READ_ONLY_FROM_CSMHE is on in the configuration and a verify run at that moment passes.
     /// By default the old table is locked against writes, verified and truncated under the lock; with --slow its
-    /// rows are deleted in throttled chunks by id, each checked against the extended table again just before.
-    /// The old table keeps its next id. Without --yes, prints what it would do and the statements it would run,
+    /// rows are deleted in throttled chunks by id, each checked against the extended table again just before;
+    /// with --keep it is verified under the lock as by default, then swapped for an empty copy in one RENAME
+    /// TABLE, its rows kept aside as <old>_retired_<YYYYMMDD> (drop it later, or put it back to go back: see
+    /// docs/migration.md, "Going back"). The old table keeps its next id. Without --yes, prints what it would do and the statements it would run,
     /// and changes nothing; --dry-run does the same after the checks --yes makes first (READ_ONLY_FROM_CSMHE, every
     /// proxy it can ask), refusing where --yes would.
     ///
