@@ -73,6 +73,12 @@ enum Command {
     /// With --dry-run, changes nothing: refuses what a run would refuse, and prints the plan (where it would
     /// start, up to which id, how, the throttles) and the exact statements of the first chunks.
     ///
+    /// With --back, goes back: copies the extended table into the old table, so that the flags can go back a
+    /// stage (docs/migration.md, "Going back"), with the same throttles, pause and checkpoint. Reading the extended
+    /// table alone, the old table is made the same as it; reading both, every extended row is copied and the old
+    /// table's own rows kept; back on the old table alone, the rows the extended table got meanwhile are copied.
+    /// Chunks already in line are compared and left as they are. Refused while the old table is retired.
+    ///
     /// Exit status: 0 when every row found has been copied (or the plan is printed), 1 when refused, 2 when it
     /// could not run.
     Migrate(MigrateArgs),

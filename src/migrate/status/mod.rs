@@ -347,13 +347,13 @@ impl fmt::Display for CheckpointLine<'_> {
             checkpoint.state, checkpoint.updated_at, checkpoint.started_at
         )?;
         match (self.0, checkpoint.last_id, checkpoint.target_id) {
-            (Task::Migrate, Some(last), Some(target)) if target > 0 => write!(
+            (Task::Migrate | Task::MigrateBack, Some(last), Some(target)) if target > 0 => write!(
                 f,
                 "; ids up to {last} of {target} ({:.1}%), {} rows",
                 last.min(target) as f64 * 100.0 / target as f64,
                 checkpoint.rows_done
             )?,
-            (Task::Migrate, last, _) => {
+            (Task::Migrate | Task::MigrateBack, last, _) => {
                 write!(f, "; {} rows", checkpoint.rows_done)?;
                 if let Some(last) = last {
                     write!(f, ", ids up to {last}")?;
