@@ -217,6 +217,39 @@ async fn from_reading_the_extended_table_alone(two_servers: bool) {
     way.back_to_the_old_table(history).await;
 }
 
+/// A `migrate --back` killed part-way resumes from its checkpoint, and the old table ends up the same as the
+/// extended table.
+async fn an_interrupted_way_back_resumes(two_servers: bool) {
+    let mut way = WayBack::new(two_servers).await;
+    way.forward_to_extended_reads().await;
+    flip(&way.site, &way.proxy, Stage::OldTableRetired).await;
+    run(&way.site, &["truncate-old", "--yes"], 0).await;
+    flip(&way.site, &way.proxy, Stage::ExtendedTableOnlyReads).await;
+    let history = way.histories().await;
+
+    let mut copying = way.site.binary(&["migrate", "--back", "--max-rows-per-second", "4000"]);
+    let mut copying = copying.stderr(std::process::Stdio::null()).spawn().unwrap();
+    let checkpoint = format!(
+        "SELECT COALESCE(MAX(last_id), 0) FROM `{}`.csmh_proxy_checkpoint WHERE task = 'migrate-back'",
+        way.site.dbs.csmh_db
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while way.site.csmh_number(&checkpoint).await.unwrap_or(0) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the copy back never recorded a chunk");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    copying.kill().await.unwrap();
+    let stopped = way.site.csmh_number(&checkpoint).await.unwrap();
+    let rows = way.site.csmh_number(&format!("SELECT COUNT(*) FROM {}", way.site.extended())).await.unwrap();
+    assert!(way.site.old_fingerprint().await.rows < rows, "killed before the end");
+
+    let resumed = run(&way.site, &["migrate", "--back"], 0).await;
+    assert!(resumed.contains(&format!("resumed after id {stopped}")), "{resumed}");
+    assert!(way.old_is_the_extended_table().await, "{resumed}");
+    flip(&way.site, &way.proxy, Stage::ExtendedTableReadingBoth).await;
+    assert_eq!(way.histories().await, history);
+}
+
 /// What `migrate --back` refuses, and its dry run.
 async fn refusals_and_dry_run(two_servers: bool) {
     let mut site = MigrationSite::new(two_servers).await;
@@ -323,6 +356,16 @@ async fn from_reading_the_extended_table_alone_on_one_server() {
 #[tokio::test]
 async fn from_reading_the_extended_table_alone_on_two_servers() {
     from_reading_the_extended_table_alone(true).await;
+}
+
+#[tokio::test]
+async fn an_interrupted_way_back_resumes_on_one_server() {
+    an_interrupted_way_back_resumes(false).await;
+}
+
+#[tokio::test]
+async fn an_interrupted_way_back_resumes_on_two_servers() {
+    an_interrupted_way_back_resumes(true).await;
 }
 
 #[tokio::test]

@@ -151,6 +151,8 @@ pub fn floor_of(checkpoint: &Checkpoint) -> Option<u64> {
 pub struct BackReport {
     /// How it copied.
     pub mode: Mode,
+    /// Whether it went on from where the way back's last run stopped (its checkpoint).
+    pub resumed: bool,
     /// It went over the ids above this one.
     pub after: u64,
     /// Old rows above this id are copies (see the module's doc).
@@ -176,6 +178,9 @@ pub struct BackReport {
 impl fmt::Display for BackReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "going back, {}", self.mode.describe())?;
+        if self.resumed {
+            writeln!(f, "resumed after id {}", self.after)?;
+        }
         if self.chunks == 0 {
             writeln!(f, "nothing new: the extended table has no id above {}", self.after)?;
         } else {
@@ -245,6 +250,7 @@ pub async fn migrate_back(site: &Site, args: &MigrateArgs, offset: u64) -> Resul
         progress: Progress::new(start.after, start.after),
         report: BackReport {
             mode,
+            resumed: start.resumed,
             after: start.after,
             floor: start.floor,
             last_id: start.after,
