@@ -276,8 +276,8 @@ fn refuse_retired(site: &Site) -> Result<(), MigrateError> {
     }
     Err(MigrateError::Refused(format!(
         "the old table {} is retired (READ_ONLY_FROM_CSMHE is on): learner state deleted since then is gone from \
-         the extended table only, and copying the old table now would bring it back. Turn the flag off first if \
-         rows really must be copied again",
+         the extended table only, and copying the old table now would bring it back. To go back to the old \
+         table, the copy goes the other way: `csmh-proxy migrate --back` (docs/migration.md, \"Going back\")",
         site.old
     )))
 }

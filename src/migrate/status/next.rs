@@ -3,8 +3,8 @@
 //! situation is unit-tested and `status` and `status --json` say the same thing.
 //!
 //! An operator going back (docs/migration.md, "Going back") is told the steps of the way back instead: the way
-//! back is under way once `migrate --back` has run, and more recently than `migrate` (which going forward again
-//! runs).
+//! back is under way once `migrate --back` has run, and more recently than `migrate` and `verify` (either of which
+//! going forward again runs).
 
 use std::fmt;
 
@@ -44,14 +44,12 @@ pub struct Facts<'a> {
 }
 
 impl Facts<'_> {
-    /// Whether the operator is going back: `migrate --back` has run, and more recently than `migrate`.
+    /// Whether the operator is going back: `migrate --back` has run, and more recently than `migrate` and
+    /// `verify`.
     pub fn going_back(&self) -> bool {
-        match (self.migrate_back, self.migrate) {
-            (None, _) => false,
-            (Some(_), None) => true,
-            // Times are `YYYY-MM-DD hh:mm:ss` on one clock, so they compare as text.
-            (Some((back, _)), Some((forward, _))) => back.updated_at >= forward.updated_at,
-        }
+        let Some((back, _)) = self.migrate_back else { return false };
+        // Times are `YYYY-MM-DD hh:mm:ss` on one clock, so they compare as text.
+        [self.migrate, self.verify].into_iter().flatten().all(|(forward, _)| back.updated_at >= forward.updated_at)
     }
 }
 
@@ -313,11 +311,17 @@ mod tests {
         let (same, merged, running) =
             (back_checkpoint("done", 0), back_checkpoint("done", 20_000), back_checkpoint("running", 0));
 
-        // Forward again: a `migrate` after the way back.
+        // Forward again: a `migrate`, or a `verify`, after the way back.
         let again = checkpoint("done", "2026-12-03 10:00:00", "2026-12-03 11:00:00");
         let forward_again = going_back(Stage::ExtendedTableOnlyReads, &again, &same, 5);
         assert!(!forward_again.going_back());
         assert_eq!(NextStep::of(&forward_again), NextStep::SetFlags(vec![(Flag::ReadOnlyFromCsmhe, true)]));
+        let verified = checkpoint(PASSED, "2026-12-03 10:00:00", "2026-12-03 11:00:00");
+        let forward_again =
+            Facts { verify: Some((&verified, 5)), ..going_back(Stage::ExtendedTableReadingBoth, &forward, &same, 5) };
+        assert!(!forward_again.going_back());
+        let verified_before = checkpoint(PASSED, "2026-12-01 12:10:00", "2026-12-01 12:30:00");
+        assert!(Facts { verify: Some((&verified_before, 5)), ..forward_again }.going_back());
 
         // Reading the extended table alone: the old table made the same from the first id, then reads of both.
         let only_reads = Stage::ExtendedTableOnlyReads;
