@@ -45,6 +45,15 @@ impl TableName {
     pub fn same_table_as(&self, other: &TableName) -> bool {
         self.schema.eq_ignore_ascii_case(&other.schema) && self.table.eq_ignore_ascii_case(&other.table)
     }
+
+    /// A table beside this one (same schema) named after it with `suffix` (letters, digits and underscores)
+    /// appended, such as the copy `truncate-old --keep` retires it to. The name is shortened first where the
+    /// whole would pass MySQL's 64 characters, so the suffix is always kept.
+    pub fn with_suffix(&self, suffix: &str) -> TableName {
+        debug_assert!(suffix.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'), "{suffix}");
+        let keep = MAX_IDENTIFIER_LEN.saturating_sub(suffix.len()).min(self.table.len());
+        TableName { schema: self.schema.clone(), table: format!("{}{suffix}", &self.table[..keep]) }
+    }
 }
 
 impl FromStr for TableName {
@@ -386,6 +395,20 @@ pub fn routing_table(flags: Flags) -> Result<RoutingTable, RefusedFlags> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_suffixed_name_keeps_its_suffix_within_64_characters() {
+        let old: TableName = "edxapp.courseware_studentmodulehistory".parse().unwrap();
+        assert_eq!(
+            old.with_suffix("_retired_20260101").to_string(),
+            "edxapp.courseware_studentmodulehistory_retired_20260101"
+        );
+        let long: TableName = format!("edxapp.{}", "h".repeat(64)).parse().unwrap();
+        let suffixed = long.with_suffix("_new");
+        assert_eq!(suffixed.table().len(), 64);
+        assert!(suffixed.table().ends_with("h_new"), "{suffixed}");
+        assert_eq!(suffixed.to_string().parse::<TableName>(), Ok(suffixed));
+    }
 
     fn flags(extended: bool, multiple: bool, read_only: bool) -> Flags {
         Flags {

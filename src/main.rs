@@ -75,6 +75,12 @@ enum Command {
     /// With --dry-run, changes nothing: refuses what a run would refuse, and prints the plan (where it would
     /// start, up to which id, how, the throttles) and the exact statements of the first chunks.
     ///
+    /// With --back, goes back: copies the extended table into the old table, so that the flags can go back a
+    /// stage (docs/migration.md, "Going back"), with the same throttles, pause and checkpoint. Reading the extended
+    /// table alone, the old table is made the same as it; reading both, every extended row is copied and the old
+    /// table's own rows kept; back on the old table alone, the rows the extended table got meanwhile are copied.
+    /// Chunks already in line are compared and left as they are. Refused while the old table is retired.
+    ///
     /// Exit status: 0 when every row found has been copied (or the plan is printed), 1 when refused, 2 when it
     /// could not run.
     Migrate(MigrateArgs),
@@ -102,8 +108,10 @@ enum Command {
     ///
     /// Refuses unless READ_ONLY_FROM_CSMHE is on in the configuration and a verify run at that moment passes.
     /// By default the old table is locked against writes, verified and truncated under the lock; with --slow its
-    /// rows are deleted in throttled chunks by id, each checked against the extended table again just before.
-    /// The old table keeps its next id. Without --yes, prints what it would do and the statements it would run,
+    /// rows are deleted in throttled chunks by id, each checked against the extended table again just before;
+    /// with --keep it is verified under the lock as by default, then swapped for an empty copy in one RENAME
+    /// TABLE, its rows kept aside as <old>_retired_<YYYYMMDD> (drop it later, or put it back to go back: see
+    /// docs/migration.md, "Going back"). The old table keeps its next id. Without --yes, prints what it would do and the statements it would run,
     /// and changes nothing; --dry-run does the same after the checks --yes makes first (READ_ONLY_FROM_CSMHE, every
     /// proxy it can ask), refusing where --yes would.
     ///

@@ -308,6 +308,26 @@ async fn truncate_dry_run(two_servers: bool) {
     assert!(!out.contains(&format!("-- ids {}-", chunk(3).0)), "only the first chunks: {out}");
     assert_contains(&out, &["-- and so on, up to "]);
 
+    // --keep: the empty copy, the lock and the verify, then the swap in one RENAME TABLE.
+    let out = changes_nothing(&site, &["truncate-old", "--dry-run", "--keep"], 0).await;
+    let (fresh, retired) =
+        (format!("{}_new`", old.trim_end_matches('`')), format!("{}_retired_", old.trim_end_matches('`')));
+    assert_contains(
+        &out,
+        &[
+            &format!(
+                "CREATE TABLE {fresh} LIKE {old};\n-- on the first connection:\nSET SESSION lock_wait_timeout = 60;\nLOCK TABLES {old} WRITE;\n"
+            ),
+            &format!("ALTER TABLE {fresh} AUTO_INCREMENT = {next_id};\nRENAME TABLE {old} TO {retired}"),
+            &format!(", {fresh} TO {old};\n-- which waits for the lock"),
+            "UNLOCK TABLES;\n-- the RENAME TABLE goes before any statement waiting for the old table\n",
+            "nothing has been changed",
+        ],
+    );
+    assert!(!out.contains("TRUNCATE TABLE"), "{out}");
+    let both = site.command(&["truncate-old", "--dry-run", "--keep", "--slow"]).await;
+    assert_eq!(both.status.code(), Some(2), "--keep and --slow conflict: {}", outputs(&both));
+
     // A proxy that cannot be asked may still use the old table: refused, as --yes would.
     let refused = changes_nothing(&site, &["truncate-old", "--dry-run", "--admin", "127.0.0.1:9"], 1).await;
     assert_contains(&refused, &["not every proxy has retired it", "127.0.0.1:9"]);

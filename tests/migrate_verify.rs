@@ -96,12 +96,7 @@ impl Migration {
 
     /// The old table's row count, and a checksum of its contents, to show it was left untouched.
     async fn old_contents(&self) -> (u64, u64) {
-        let sql = format!(
-            "SELECT COUNT(*), BIT_XOR(CRC32(CONCAT_WS('#', id, version, created, state, grade, max_grade, \
-             student_module_id))) FROM {}",
-            self.old()
-        );
-        self.edxapp().await.query_first::<(u64, u64), _>(sql).await.unwrap().unwrap()
+        self.contents(&self.old()).await
     }
 
     /// The old table's row count.
@@ -122,6 +117,35 @@ impl Migration {
             self.dbs.edxapp_db
         );
         self.edxapp().await.query_first(sql).await.unwrap().unwrap()
+    }
+
+    /// The old table's definition, its `AUTO_INCREMENT` left out.
+    async fn old_definition(&self) -> String {
+        let sql = format!("SHOW CREATE TABLE {}", self.old());
+        let (_, definition): (String, String) = self.edxapp().await.query_first(sql).await.unwrap().unwrap();
+        definition.split(' ').filter(|word| !word.starts_with("AUTO_INCREMENT=")).collect::<Vec<_>>().join(" ")
+    }
+
+    /// The row count and checksum of `table` (quoted), as [`Migration::old_contents`] gives the old table's.
+    async fn contents(&self, table: &str) -> (u64, u64) {
+        let sql = format!(
+            "SELECT COUNT(*), BIT_XOR(CRC32(CONCAT_WS('#', id, version, created, state, grade, max_grade, \
+             student_module_id))) FROM {table}"
+        );
+        self.edxapp().await.query_first::<(u64, u64), _>(sql).await.unwrap().unwrap()
+    }
+
+    /// The tables of the old table's database, by name.
+    async fn edxapp_tables(&self) -> Vec<String> {
+        let sql = "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? ORDER BY TABLE_NAME";
+        self.edxapp().await.exec(sql, (&self.dbs.edxapp_db,)).await.unwrap()
+    }
+
+    /// The retired copies `truncate-old --keep` made, quoted.
+    async fn retired_tables(&self) -> Vec<String> {
+        let tables = self.edxapp_tables().await;
+        let retired = tables.into_iter().filter(|name| name.starts_with("courseware_studentmodulehistory_retired_"));
+        retired.map(|name| format!("`{}`.`{name}`", self.dbs.edxapp_db)).collect()
     }
 
     /// The recorded `verify` checkpoint.
@@ -352,6 +376,92 @@ async fn truncate_empties_the_old_table_and_keeps_its_next_id(dbs: EdxDatabases)
     assert_eq!(migration.verify_checkpoint().await.state, "passed");
 }
 
+async fn truncate_keep_swaps_the_old_table_for_an_empty_copy(dbs: EdxDatabases) {
+    let migration = Migration::new(dbs, Stage::OldTableRetired.flags()).await;
+    // The highest ids were deleted: the next id is above every id left, and must stay there.
+    migration.on_old(&format!("DELETE FROM {} WHERE id > {}", migration.old(), ROWS - 5)).await;
+    migration
+        .on_extended(&format!("DELETE FROM {} WHERE id BETWEEN {} AND {ROWS}", migration.extended(), ROWS - 4))
+        .await;
+    let (next_id, before) = (migration.old_next_id().await, migration.old_contents().await);
+    let definition = migration.old_definition().await;
+
+    let plan = migration.run(&["truncate-old", "--keep"]).await;
+    plan.expect_code(0);
+    let retired = format!("`{}`.`courseware_studentmodulehistory_retired_", migration.dbs.edxapp_db);
+    assert!(plan.stdout.contains(&format!("RENAME TABLE {} TO {retired}", migration.old())), "{}", plan.stdout);
+    assert!(plan.stdout.contains(&format!("AUTO_INCREMENT = {next_id}")), "{}", plan.stdout);
+    assert_eq!(migration.old_contents().await, before, "the plan changes nothing");
+
+    let run = migration.run(&["truncate-old", "--yes", "--keep"]).await;
+    run.expect_code(0);
+    assert!(run.stdout.contains("swapped for an empty copy in one RENAME TABLE"), "{}", run.stdout);
+    let retired = migration.retired_tables().await;
+    assert_eq!(retired.len(), 1, "{retired:?}");
+    assert!(run.stdout.contains(&format!("DROP TABLE {};", retired[0])), "{}", run.stdout);
+    assert_eq!(migration.old_rows().await, 0, "the old table's place holds the empty copy");
+    assert_eq!(migration.old_next_id().await, next_id, "the empty copy keeps the old table's next id");
+    assert_eq!(migration.old_definition().await, definition, "the empty copy is the old table's twin");
+    assert_eq!(migration.contents(&retired[0]).await, before, "the retired copy holds every old row");
+    assert_eq!(migration.verify_checkpoint().await.state, "passed");
+
+    // Again: the old table is empty, so nothing is kept and nothing changes.
+    let run = migration.run(&["truncate-old", "--yes", "--keep"]).await;
+    run.expect_code(0);
+    assert!(run.stdout.contains("there is nothing to keep"), "{}", run.stdout);
+    assert_eq!(migration.retired_tables().await, retired);
+    assert_eq!(migration.old_next_id().await, next_id);
+}
+
+/// A write that waits for the old table while `--keep` holds it locked lands in the empty copy, after the swap:
+/// the retired copy holds exactly the rows that were verified.
+async fn truncate_keep_swaps_before_a_waiting_write(dbs: EdxDatabases) {
+    let migration = Migration::new(dbs, Stage::OldTableRetired.flags()).await;
+    let (old, extended) = (migration.old(), migration.extended());
+    let before = migration.old_contents().await;
+    // The verify under the old table's lock waits for this one, so the lock is held long enough.
+    let mut lock = migration.csmh().await;
+    lock.query_drop(format!("LOCK TABLES {extended} WRITE")).await.unwrap();
+    let keep = migration.command(&["truncate-old", "--yes", "--keep"]).spawn().expect("starting csmh-proxy");
+    let waiting = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE STATE = 'Waiting for table metadata lock'";
+    let verifying = format!("{waiting} AND INFO LIKE '%{extended}%'");
+    wait_for(&mut migration.csmh().await, &verifying, "the verify waiting for the extended table").await;
+    let mut writer = migration.edxapp().await;
+    let insert = format!(
+        "INSERT INTO {old} (version, created, state, grade, max_grade, student_module_id) \
+                          VALUES (NULL, '2024-06-01 12:00:00', 'written meanwhile', 1, 2, 42)"
+    );
+    let insert = tokio::spawn(async move { writer.query_drop(insert).await });
+    let writing = format!("{waiting} AND INFO LIKE 'INSERT INTO {old}%'");
+    wait_for(&mut migration.edxapp().await, &writing, "the write waiting for the old table").await;
+    lock.query_drop("UNLOCK TABLES").await.unwrap();
+
+    let run = Run::from(keep.wait_with_output().await.expect("csmh-proxy ran"));
+    run.expect_code(0);
+    insert.await.unwrap().expect("the write goes through once the tables are swapped");
+    let retired = migration.retired_tables().await;
+    assert_eq!(migration.contents(&retired[0]).await, before, "only the verified rows are retired");
+    let kept: Vec<String> = migration.edxapp().await.query(format!("SELECT state FROM {old}")).await.unwrap();
+    assert_eq!(kept, ["written meanwhile"], "the write reached the empty copy");
+}
+
+/// A `--keep` whose verify fails changes nothing, and leaves no empty copy behind; an empty copy an interrupted
+/// run left is replaced.
+async fn truncate_keep_is_refused_when_verify_fails(dbs: EdxDatabases) {
+    let migration = Migration::new(dbs, Stage::OldTableRetired.flags()).await;
+    let leftover = format!("`{}`.`courseware_studentmodulehistory_new`", migration.dbs.edxapp_db);
+    migration.on_old(&format!("CREATE TABLE {leftover} LIKE {}", migration.old())).await;
+    migration.on_extended(&format!("DELETE FROM {} WHERE id = 4242", migration.extended())).await;
+    let before = migration.old_contents().await;
+    let run = migration.run(&["truncate-old", "--yes", "--keep"]).await;
+    run.expect_code(1);
+    assert_range(&run.stderr, "id 4242", "missing", "1 row");
+    assert_eq!(migration.old_contents().await, before);
+    assert!(migration.retired_tables().await.is_empty());
+    let tables = migration.edxapp_tables().await;
+    assert!(!tables.iter().any(|name| name.ends_with("_new")), "no copy is left: {tables:?}");
+}
+
 async fn slow_truncate_drains_the_old_table(dbs: EdxDatabases) {
     let migration = Migration::new(dbs, Stage::OldTableRetired.flags()).await;
     // A drain interrupted earlier left ids 1-4000 deleted: verify compares only what the old table still holds.
@@ -523,6 +633,9 @@ on_both_topologies!(
     truncate_is_refused_when_verify_fails,
     truncate_without_yes_changes_nothing,
     truncate_empties_the_old_table_and_keeps_its_next_id,
+    truncate_keep_swaps_the_old_table_for_an_empty_copy,
+    truncate_keep_is_refused_when_verify_fails,
+    truncate_keep_swaps_before_a_waiting_write,
     slow_truncate_drains_the_old_table,
     slow_truncate_stops_at_a_chunk_that_changed_during_the_drain,
     status_shows_counts_offset_and_checkpoints,

@@ -17,6 +17,8 @@ pub const TABLE: &str = "csmh_proxy_checkpoint";
 pub enum Task {
     /// `csmh-proxy migrate`.
     Migrate,
+    /// `csmh-proxy migrate --back`: the extended table copied back into the old table, on the way back.
+    MigrateBack,
     /// `csmh-proxy verify`.
     Verify,
     /// Not a task: the row `csmh-proxy pause`, `resume` and `throttle` write for a running `migrate` to read
@@ -29,6 +31,7 @@ impl Task {
     pub fn name(self) -> &'static str {
         match self {
             Task::Migrate => "migrate",
+            Task::MigrateBack => "migrate-back",
             Task::Verify => "verify",
             Task::Control => "control",
         }

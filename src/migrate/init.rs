@@ -227,7 +227,7 @@ fn unsafe_offset(site: &Site, old_highest_id: u64, ids: &ExtendedIds) -> Migrate
 }
 
 /// The old table's highest id given out; refused when the table does not exist.
-async fn old_highest_id(conn: &mut Conn, old: &TableName) -> Result<u64, MigrateError> {
+pub(crate) async fn old_highest_id(conn: &mut Conn, old: &TableName) -> Result<u64, MigrateError> {
     let Some(next) = next_auto_increment(conn, old, "edxapp").await? else {
         return Err(MigrateError::Refused(format!(
             "the old table {old} does not exist on [backends.edxapp]: check `history.old_table`"
@@ -245,14 +245,16 @@ async fn old_highest_id(conn: &mut Conn, old: &TableName) -> Result<u64, Migrate
 
 /// The extended table's ids, when it exists.
 #[derive(Debug, Clone, Copy)]
-struct ExtendedIds {
+pub(crate) struct ExtendedIds {
     /// The id its next row gets.
-    next: u64,
+    pub(crate) next: u64,
     /// Its largest id; `None` when it is empty.
-    largest: Option<u64>,
+    pub(crate) largest: Option<u64>,
 }
 
-async fn extended_ids(conn: &mut Conn, extended: &TableName) -> Result<Option<ExtendedIds>, MigrateError> {
+/// The extended table's next id (the larger of its `AUTO_INCREMENT` and its largest id plus one) and largest id;
+/// `None` when it does not exist.
+pub(crate) async fn extended_ids(conn: &mut Conn, extended: &TableName) -> Result<Option<ExtendedIds>, MigrateError> {
     let Some(auto_increment) = next_auto_increment(conn, extended, "csmh").await? else { return Ok(None) };
     let sql = format!("SELECT MAX(`id`) FROM {}", extended.quoted());
     let largest: Option<u64> = query_first(conn, "csmh", sql, "read the extended table's largest id").await?;
@@ -262,7 +264,7 @@ async fn extended_ids(conn: &mut Conn, extended: &TableName) -> Result<Option<Ex
 
 /// The table's AUTO_INCREMENT as `SHOW CREATE TABLE` gives it (exact on MySQL 8, whose `information_schema`
 /// caches it); 1 when the statement shows none; `None` when the table does not exist.
-async fn next_auto_increment(
+pub(crate) async fn next_auto_increment(
     conn: &mut Conn,
     table: &TableName,
     backend: &'static str,

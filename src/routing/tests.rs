@@ -210,6 +210,18 @@ fn the_retired_table_refuses_what_would_reach_it_but_allows_schema_changes() {
 }
 
 #[test]
+fn a_retired_copy_kept_by_truncate_old_is_another_table() {
+    for sql in [
+        "SELECT * FROM courseware_studentmodulehistory_retired_20260101 WHERE id = 7",
+        "DROP TABLE edxapp.courseware_studentmodulehistory_retired_20260101",
+        "DELETE FROM `courseware_studentmodulehistory_retired_20260101_2` WHERE student_module_id IN (42)",
+    ] {
+        assert_eq!(retired().route(sql.as_bytes()), Route::Passthrough, "{sql}");
+        assert_eq!(reading_both().route(sql.as_bytes()), Route::Passthrough, "{sql}");
+    }
+}
+
+#[test]
 fn what_cannot_be_routed_exactly_is_refused() {
     for sql in [
         "HANDLER courseware_studentmodulehistory OPEN",

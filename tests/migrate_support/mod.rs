@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod runbook;
+
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 

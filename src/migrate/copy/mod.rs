@@ -7,6 +7,7 @@
 //! transaction on the `csmh` server ([`run`]), so a run killed at any point resumes from its checkpoint with
 //! nothing lost or copied twice.
 
+pub mod back;
 mod lag;
 pub mod load;
 mod pace;
@@ -31,18 +32,18 @@ use self::load::LoadLimit;
 use self::pace::ChunkSizer;
 use self::progress::Progress;
 pub use self::run::{DONE, PAUSED, RECOPY, RUNNING, Recopy, WAITING};
-use self::run::{Removal, Run, csmh_error, edxapp_error};
+use self::run::{Removal, Run, csmh_error, edxapp_error, query_error};
 use self::server_side::ServerSide;
-use self::sql::InsertBuilder;
+use self::sql::{InsertBuilder, OnDuplicate};
 use self::streamed::Streamed;
-use self::throttle::Throttle;
+use self::throttle::{Steered, Throttle};
 use self::window::Window;
 use super::checkpoint::{self, Task};
 use super::figures::Figures;
 use super::observe::{Command, ObserveArgs, Observers, Outcome};
 use super::{ER_BAD_DB, ER_NO_SUCH_TABLE, MigrateError, Servers, Site};
 use crate::config::Config;
-use crate::topology::Topology;
+use crate::topology::{self, Topology};
 
 /// Options of `csmh-proxy migrate`.
 #[derive(Debug, Clone, clap::Args)]
@@ -83,6 +84,13 @@ pub struct MigrateArgs {
     /// Metrics and hooks.
     #[command(flatten)]
     pub observe: ObserveArgs,
+    /// Go back: copy the extended table into the old table instead, as the stage the flags are at asks (the old
+    /// table made the same as the extended table while reads come from it alone; every extended row copied while
+    /// reads come from both; the rows it got meanwhile once the flags are back on the old table), then raise the
+    /// old table's next id above the extended table's by history.id_offset. Refused while the old table is
+    /// retired. See docs/migration.md, "Going back".
+    #[arg(long)]
+    pub back: bool,
 }
 
 impl Default for MigrateArgs {
@@ -98,6 +106,34 @@ impl Default for MigrateArgs {
             run_between: None,
             dry_run: false,
             observe: ObserveArgs::default(),
+            back: false,
+        }
+    }
+}
+
+/// Which way a copy goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the old table into the extended table: `csmh-proxy migrate`.
+    Forward,
+    /// From the extended table back into the old table: `csmh-proxy migrate --back` ([`back`]).
+    Back,
+}
+
+impl Direction {
+    /// The task whose checkpoint records a copy this way.
+    pub fn task(self) -> Task {
+        match self {
+            Direction::Forward => Task::Migrate,
+            Direction::Back => Task::MigrateBack,
+        }
+    }
+
+    /// The server a copy this way writes to.
+    pub fn destination(self) -> topology::Server {
+        match self {
+            Direction::Forward => topology::Server::Csmh,
+            Direction::Back => topology::Server::Edxapp,
         }
     }
 }
@@ -159,17 +195,21 @@ impl fmt::Display for MigrateReport {
 /// plans it ([`plan::plan`]).
 pub async fn run(config: &Config, args: &MigrateArgs) -> Result<plan::Outcome, MigrateError> {
     let site = Site::new(config)?;
-    if args.dry_run {
-        return plan::plan(&site, args).await.map(|plan| plan::Outcome::Planned(Box::new(plan)));
+    match (args.back, args.dry_run) {
+        (true, true) => back::plan(&site, args, config.history.id_offset).await.map(plan::Outcome::BackPlanned),
+        (true, false) => back::migrate_back(&site, args, config.history.id_offset).await.map(plan::Outcome::Back),
+        (false, true) => plan::plan(&site, args).await.map(|plan| plan::Outcome::Planned(Box::new(plan))),
+        (false, false) => {
+            let observers = Observers::start(Command::Migrate, &args.observe, config).await?;
+            let result = migrate_with(&site, args, observers.figures()).await;
+            let outcome = match &result {
+                Ok(_) => Outcome::Succeeded,
+                Err(error) => Outcome::of_error(error),
+            };
+            observers.finish(outcome).await;
+            result.map(plan::Outcome::Copied)
+        }
     }
-    let observers = Observers::start(Command::Migrate, &args.observe, config).await?;
-    let result = migrate_with(&site, args, observers.figures()).await;
-    let outcome = match &result {
-        Ok(_) => Outcome::Succeeded,
-        Err(error) => Outcome::of_error(error),
-    };
-    observers.finish(outcome).await;
-    result.map(plan::Outcome::Copied)
 }
 
 /// Copies every old row into the extended table; see the module's doc. A dry run (`args.dry_run`) is refused
@@ -181,6 +221,9 @@ pub async fn migrate(site: &Site, args: &MigrateArgs) -> Result<MigrateReport, M
 /// [`migrate`], keeping where it stands in `figures` for the metrics and the hooks.
 pub async fn migrate_with(site: &Site, args: &MigrateArgs, figures: &Figures) -> Result<MigrateReport, MigrateError> {
     plan::refuse_dry_run(args)?;
+    if args.back {
+        return Err(MigrateError::Refused("copying back is `migrate::copy::back::migrate_back`".to_owned()));
+    }
     check_args(args)?;
     refuse_retired(site)?;
     let started = Instant::now();
@@ -253,8 +296,8 @@ fn refuse_retired(site: &Site) -> Result<(), MigrateError> {
     }
     Err(MigrateError::Refused(format!(
         "the old table {} is retired (READ_ONLY_FROM_CSMHE is on): learner state deleted since then is gone from \
-         the extended table only, and copying the old table now would bring it back. Turn the flag off first if \
-         rows really must be copied again",
+         the extended table only, and copying the old table now would bring it back. To go back to the old \
+         table, the copy goes the other way: `csmh-proxy migrate --back` (docs/migration.md, \"Going back\")",
         site.old
     )))
 }
@@ -279,15 +322,21 @@ async fn copy_passes(
     run: &mut Run<'_>,
 ) -> Result<u32, MigrateError> {
     let sizer = ChunkSizer::new(INITIAL_CHUNK_ROWS, args.max_chunk_rows, Duration::from_secs_f64(args.chunk_seconds));
-    let notes = (run.recopy, run.progress.figures().clone(), run.progress.notice());
-    let mut throttle = Throttle::new(site, args, &sizer, site.connect_csmh().await?, notes).await?;
+    let steered = Steered {
+        direction: Direction::Forward,
+        note: run.recopy.map(Recopy::detail),
+        figures: run.progress.figures().clone(),
+        notice: run.progress.notice(),
+    };
+    let mut throttle = Throttle::new(site, args, &sizer, site.connect_csmh().await?, steered).await?;
     let mut second_writer = match site.topology {
         Topology::OneServer => None,
         Topology::TwoServers => Some(site.connect_csmh().await?),
     };
-    let builder = InsertBuilder::new(&site.extended, no_backslash_escapes(&mut servers.csmh).await?);
-    let statement_bytes = statement_bytes(&mut servers.csmh).await?;
-    let server_side = ServerSide::new(site);
+    let escapes = no_backslash_escapes(&mut servers.csmh, topology::Server::Csmh).await?;
+    let builder = InsertBuilder::new(&site.extended, escapes, OnDuplicate::Overwrite);
+    let statement_bytes = statement_bytes(&mut servers.csmh, topology::Server::Csmh).await?;
+    let server_side = ServerSide::forward(site);
     let mut passes = 0;
     loop {
         reconnect_if_lost(&mut servers.edxapp, site).await?;
@@ -357,22 +406,28 @@ fn ids_taken(site: &Site, last_id: u64, target: u64) -> MigrateError {
 async fn prepare_sessions(servers: &mut Servers, site: &Site) -> Result<(), MigrateError> {
     prepare_edxapp(&mut servers.edxapp).await?;
     if site.topology == Topology::OneServer {
-        let (log_bin, format): (Option<String>, Option<String>) = servers
-            .csmh
-            .query_first("SELECT @@log_bin, @@binlog_format")
-            .await
-            .map_err(|source| csmh_error("read the binary log's settings", source))?
-            .unwrap_or((None, None));
-        let statement_based = log_bin.as_deref() == Some("1") && format.as_deref() == Some("STATEMENT");
-        if !statement_based {
-            servers
-                .csmh
-                .query_drop("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                .await
-                .map_err(|source| csmh_error("set up the session", source))?;
-        }
+        read_committed_unless_statement_binlog(&mut servers.csmh, topology::Server::Csmh).await?;
     }
     Ok(())
+}
+
+/// Sets the session of `conn` (on `server`, which runs the one-server copy's `INSERT ... SELECT`) to READ
+/// COMMITTED, so that a chunk reads committed data without locking the rows it reads; unless the binary log is
+/// statement-based, which forbids it: then REPEATABLE READ is kept, and the rows read are share-locked for the
+/// chunk's duration.
+async fn read_committed_unless_statement_binlog(conn: &mut Conn, server: topology::Server) -> Result<(), MigrateError> {
+    let (log_bin, format): (Option<String>, Option<String>) = conn
+        .query_first("SELECT @@log_bin, @@binlog_format")
+        .await
+        .map_err(|source| query_error(server, "read the binary log's settings", source))?
+        .unwrap_or((None, None));
+    let statement_based = log_bin.as_deref() == Some("1") && format.as_deref() == Some("STATEMENT");
+    if statement_based {
+        return Ok(());
+    }
+    conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .await
+        .map_err(|source| query_error(server, "set up the session", source))
 }
 
 /// Sets up the session that reads the old table: a reader may wait on a slow writer without the server timing it
@@ -397,6 +452,15 @@ async fn take_lock(csmh: &mut Conn, site: &Site) -> Result<(), MigrateError> {
 /// The name of the lock [`take_lock`] takes (names are at most 64 characters).
 fn lock_name(site: &Site) -> String {
     format!("csmh-proxy migrate {}", site.extended).chars().take(64).collect()
+}
+
+/// Refuses, without taking it, while another run of `migrate` (either way) holds the lock: for the dry runs.
+async fn refuse_while_running(csmh: &mut Conn, site: &Site) -> Result<(), MigrateError> {
+    let holder: Option<Option<u64>> = csmh
+        .exec_first("SELECT IS_USED_LOCK(?)", (lock_name(site),))
+        .await
+        .map_err(|source| csmh_error("look for the migration lock", source))?;
+    if holder.flatten().is_some() { Err(another_run(site)) } else { Ok(()) }
 }
 
 /// The refusal while another run of `migrate` holds the lock.
@@ -458,21 +522,23 @@ async fn extended_rows_between(csmh: &mut Conn, site: &Site, from: u64, to: u64)
     Ok(found.is_some())
 }
 
-/// Whether the `csmh` session's `sql_mode` has `NO_BACKSLASH_ESCAPES` (string literals are escaped accordingly).
-async fn no_backslash_escapes(csmh: &mut Conn) -> Result<bool, MigrateError> {
-    let mode: Option<String> = csmh
+/// Whether the `sql_mode` of `conn`'s session, on `server` (the one the copy writes to), has
+/// `NO_BACKSLASH_ESCAPES` (string literals are escaped accordingly).
+async fn no_backslash_escapes(conn: &mut Conn, server: topology::Server) -> Result<bool, MigrateError> {
+    let mode: Option<String> = conn
         .query_first("SELECT @@SESSION.sql_mode")
         .await
-        .map_err(|source| csmh_error("read the sql_mode", source))?;
+        .map_err(|source| query_error(server, "read the sql_mode", source))?;
     Ok(mode.is_some_and(|mode| mode.split(',').any(|flag| flag.eq_ignore_ascii_case("NO_BACKSLASH_ESCAPES"))))
 }
 
-/// How large an INSERT may grow: [`STATEMENT_BYTES`], or half the server's `max_allowed_packet` if smaller.
-async fn statement_bytes(csmh: &mut Conn) -> Result<usize, MigrateError> {
-    let max: Option<u64> = csmh
+/// How large an INSERT may grow: [`STATEMENT_BYTES`], or half the `max_allowed_packet` of `server` (which `conn`
+/// reaches, the one the copy writes to) if smaller.
+async fn statement_bytes(conn: &mut Conn, server: topology::Server) -> Result<usize, MigrateError> {
+    let max: Option<u64> = conn
         .query_first("SELECT @@max_allowed_packet")
         .await
-        .map_err(|source| csmh_error("read max_allowed_packet", source))?;
+        .map_err(|source| query_error(server, "read max_allowed_packet", source))?;
     let half = usize::try_from(max.unwrap_or(0) / 2).unwrap_or(usize::MAX);
     Ok(STATEMENT_BYTES.min(half.max(64 << 10)))
 }

@@ -16,19 +16,20 @@ use mysql_async::prelude::Queryable;
 use super::pace::ChunkSizer;
 use super::run::{Recopy, Removal, csmh_error, edxapp_error};
 use super::server_side::ServerSide;
-use super::sql::InsertBuilder;
+use super::sql::{InsertBuilder, OnDuplicate};
 use super::streamed::chunk_select;
 use super::throttle::Throttles;
 use super::{
-    INITIAL_CHUNK_ROWS, MigrateArgs, MigrateReport, another_run, check_args, check_extended_table, check_ids_free,
-    lock_name, no_backslash_escapes, old_largest_id, old_smallest_id, recopy_of, refuse_retired, statement_bytes,
+    INITIAL_CHUNK_ROWS, MigrateArgs, MigrateReport, check_args, check_extended_table, check_ids_free,
+    no_backslash_escapes, old_largest_id, old_smallest_id, recopy_of, refuse_retired, refuse_while_running,
+    statement_bytes,
 };
 use crate::migrate::checkpoint::{self, Checkpoint, Task};
 use crate::migrate::control::{self, Control};
 use crate::migrate::schema::COLUMNS;
 use crate::migrate::verify::IdRange;
 use crate::migrate::{MigrateError, Site};
-use crate::topology::Topology;
+use crate::topology::{self, Topology};
 
 /// How many chunks a dry run shows the statements of.
 const FIRST_CHUNKS: usize = 3;
@@ -40,6 +41,10 @@ pub enum Outcome {
     Copied(MigrateReport),
     /// A dry run's plan (boxed: it is large).
     Planned(Box<Plan>),
+    /// A run of `--back`'s report.
+    Back(super::back::BackReport),
+    /// A dry run of `--back`'s plan.
+    BackPlanned(super::back::BackPlan),
 }
 
 impl fmt::Display for Outcome {
@@ -47,6 +52,8 @@ impl fmt::Display for Outcome {
         match self {
             Outcome::Copied(report) => report.fmt(f),
             Outcome::Planned(plan) => plan.fmt(f),
+            Outcome::Back(report) => report.fmt(f),
+            Outcome::BackPlanned(plan) => plan.fmt(f),
         }
     }
 }
@@ -153,13 +160,7 @@ pub async fn plan(site: &Site, args: &MigrateArgs) -> Result<Plan, MigrateError>
     let mut servers = site.connect().await?;
     let csmh = &mut servers.csmh;
     check_extended_table(csmh, site).await?;
-    let holder: Option<Option<u64>> = csmh
-        .exec_first("SELECT IS_USED_LOCK(?)", (lock_name(site),))
-        .await
-        .map_err(|source| csmh_error("look for the migration lock", source))?;
-    if holder.flatten().is_some() {
-        return Err(another_run(site));
-    }
+    refuse_while_running(csmh, site).await?;
     let create_checkpoint =
         (!checkpoint::exists(csmh, site).await?).then(|| checkpoint::create_table_sql(&site.extended));
     let start = Start::of(args, checkpoint::load(csmh, site, Task::Migrate).await?)?;
@@ -177,10 +178,11 @@ pub async fn plan(site: &Site, args: &MigrateArgs) -> Result<Plan, MigrateError>
         ChunkSizer::new(INITIAL_CHUNK_ROWS, args.max_chunk_rows, Duration::from_secs_f64(args.chunk_seconds)).rows();
     let statement_bytes = match site.topology {
         Topology::OneServer => None,
-        Topology::TwoServers => Some(statement_bytes(&mut servers.csmh).await?),
+        Topology::TwoServers => Some(statement_bytes(&mut servers.csmh, topology::Server::Csmh).await?),
     };
-    let insert = InsertBuilder::new(&site.extended, no_backslash_escapes(&mut servers.csmh).await?);
-    let statements = ServerSide::new(site);
+    let escapes = no_backslash_escapes(&mut servers.csmh, topology::Server::Csmh).await?;
+    let insert = InsertBuilder::new(&site.extended, escapes, OnDuplicate::Overwrite);
+    let statements = ServerSide::forward(site);
     let mut chunks = Vec::new();
     let mut from = after;
     while from < target && chunks.len() < FIRST_CHUNKS {
@@ -252,7 +254,7 @@ impl ChunkStatements<'_> {
         };
         let mut lines = vec![
             Line::Note("on [backends.edxapp], the reader:".to_owned()),
-            Line::Sql(bind(&chunk_select(self.site), &[from, self.target, self.rows])),
+            Line::Sql(bind(&chunk_select(&self.site.old), &[from, self.target, self.rows])),
             Line::Note(format!("on [backends.csmh], {writer}:")),
             Line::Sql("BEGIN".to_owned()),
             Line::Note("the chunk's rows as they are read, in as many statements as their size needs:".to_owned()),
@@ -286,7 +288,7 @@ impl ChunkStatements<'_> {
 
 /// `sql` with each `?` replaced by the next of `ids`, as the server sees the prepared statement run with them.
 /// The statements name tables by plain identifiers, so a `?` is always a placeholder.
-fn bind(sql: &str, ids: &[u64]) -> String {
+pub(super) fn bind(sql: &str, ids: &[u64]) -> String {
     let mut parts = sql.split('?');
     let mut bound = parts.next().unwrap_or_default().to_owned();
     for (part, id) in parts.zip(ids) {
@@ -297,7 +299,7 @@ fn bind(sql: &str, ids: &[u64]) -> String {
 }
 
 /// The INSERT a writer sends, with placeholders for the rows' values.
-fn insert_shape(insert: &InsertBuilder) -> String {
+pub(super) fn insert_shape(insert: &InsertBuilder) -> String {
     let row = format!("({})", COLUMNS.map(|column| format!("<{column}>")).join(", "));
     let mut buf = Vec::new();
     insert.start(&mut buf);

@@ -7,6 +7,7 @@ use mysql_async::prelude::Queryable;
 use super::progress::Progress;
 use crate::migrate::checkpoint::{self, Checkpoint, Task};
 use crate::migrate::{MigrateError, Site};
+use crate::topology;
 
 /// The checkpoint's `state` while a run copies.
 pub const RUNNING: &str = "running";
@@ -52,17 +53,13 @@ impl Recopy {
     }
 }
 
-/// The checkpoint's `state` and `detail` for a run in `state`, re-copying `recopy`, waiting for `waiting`: a
-/// running copy that waits is recorded as [`PAUSED`], with the reason on the detail's last line.
-pub fn state_and_detail<'a>(
-    state: &'a str,
-    recopy: Option<Recopy>,
-    waiting: Option<&str>,
-) -> (&'a str, Option<String>) {
+/// The checkpoint's `state` and `detail` for a run in `state`, whose detail starts with `note` (what the run is,
+/// such as a re-copy's [`Recopy::detail`]), waiting for `waiting`: a running copy that waits is recorded as
+/// [`PAUSED`], with the reason on the detail's last line.
+pub fn state_and_detail<'a>(state: &'a str, note: Option<String>, waiting: Option<&str>) -> (&'a str, Option<String>) {
     let waiting = waiting.filter(|_| state == RUNNING);
     let state = if waiting.is_some() { PAUSED } else { state };
-    let lines: Vec<String> =
-        recopy.map(Recopy::detail).into_iter().chain(waiting.map(|reason| format!("{WAITING}{reason}"))).collect();
+    let lines: Vec<String> = note.into_iter().chain(waiting.map(|reason| format!("{WAITING}{reason}"))).collect();
     (state, (!lines.is_empty()).then(|| lines.join("\n")))
 }
 
@@ -113,7 +110,11 @@ pub struct Run<'a> {
 impl Run<'_> {
     /// The checkpoint recording this position, in `state`.
     pub fn checkpoint(&self, state: &str) -> Checkpoint {
-        let (state, detail) = state_and_detail(state, self.recopy, self.progress.figures().waiting_reason().as_deref());
+        let (state, detail) = state_and_detail(
+            state,
+            self.recopy.map(Recopy::detail),
+            self.progress.figures().waiting_reason().as_deref(),
+        );
         Checkpoint {
             state: state.to_owned(),
             last_id: Some(self.last_id),
@@ -138,14 +139,19 @@ impl Run<'_> {
     }
 }
 
+/// A failed statement on `server`.
+pub fn query_error(server: topology::Server, what: &str, source: mysql_async::Error) -> MigrateError {
+    MigrateError::Query { backend: server.name(), what: what.to_owned(), source }
+}
+
 /// A failed statement on the `csmh` server.
 pub fn csmh_error(what: &str, source: mysql_async::Error) -> MigrateError {
-    MigrateError::Query { backend: "csmh", what: what.to_owned(), source }
+    query_error(topology::Server::Csmh, what, source)
 }
 
 /// A failed statement on the `edxapp` server.
 pub fn edxapp_error(what: &str, source: mysql_async::Error) -> MigrateError {
-    MigrateError::Query { backend: "edxapp", what: what.to_owned(), source }
+    query_error(topology::Server::Edxapp, what, source)
 }
 
 #[cfg(test)]
@@ -157,7 +163,7 @@ mod tests {
         let recopy = Recopy { from: 14, until: 200_000 };
         assert_eq!(Recopy::from_detail(&recopy.detail()), Some(recopy));
         assert_eq!(Recopy::from_detail("something else"), None);
-        let (state, detail) = state_and_detail(RUNNING, Some(recopy), Some("pause file /run/pause exists"));
+        let (state, detail) = state_and_detail(RUNNING, Some(recopy.detail()), Some("pause file /run/pause exists"));
         assert_eq!(state, PAUSED);
         let detail = detail.expect("a detail");
         assert_eq!(detail, "re-copy from id 14 up to id 200000\npaused: pause file /run/pause exists");

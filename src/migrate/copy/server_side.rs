@@ -6,35 +6,42 @@ use mysql_async::prelude::Queryable;
 use tokio::time::Instant;
 
 use super::run::{Removal, Run, csmh_error};
+use super::sql::OnDuplicate;
 use super::throttle::Throttle;
+use crate::history::TableName;
 use crate::migrate::schema::COLUMN_LIST;
 use crate::migrate::{MigrateError, Site};
 
 /// The statements of one site, built once (and printed by a dry run, [`super::plan`]), each with `?` for the ids.
 #[derive(Debug)]
 pub struct ServerSide {
-    /// The last id of a chunk: after, up to, rows less one.
+    /// The last id of a chunk, in the source: after, up to, rows less one.
     pub(super) chunk_end: String,
-    /// The copy of a chunk: after, up to.
+    /// The copy of a chunk from the source into the destination: after, up to.
     pub(super) copy: String,
-    /// The removal of extended rows the old table no longer has: after, up to.
+    /// The removal of the destination's rows that the source no longer has: after, up to.
     pub(super) remove_extra: String,
 }
 
 impl ServerSide {
-    /// The statements for `site`'s tables.
-    pub fn new(site: &Site) -> ServerSide {
-        let (old, extended) = (site.old.quoted(), site.extended.quoted());
-        let updates = super::sql::on_duplicate_key_update();
+    /// The statements of `migrate` for `site`'s tables: from the old table into the extended one, overwriting.
+    pub fn forward(site: &Site) -> ServerSide {
+        ServerSide::between(&site.old, &site.extended, OnDuplicate::Overwrite)
+    }
+
+    /// The statements that copy from `source` into `destination`, doing `on_duplicate` with rows already there.
+    pub fn between(source: &TableName, destination: &TableName, on_duplicate: OnDuplicate) -> ServerSide {
+        let (source, destination) = (source.quoted(), destination.quoted());
+        let updates = on_duplicate.clause();
         ServerSide {
-            chunk_end: format!("SELECT `id` FROM {old} WHERE `id` > ? AND `id` <= ? ORDER BY `id` LIMIT 1 OFFSET ?"),
+            chunk_end: format!("SELECT `id` FROM {source} WHERE `id` > ? AND `id` <= ? ORDER BY `id` LIMIT 1 OFFSET ?"),
             copy: format!(
-                "INSERT INTO {extended} ({COLUMN_LIST}) SELECT {COLUMN_LIST} FROM {old} WHERE `id` > ? AND `id` <= ? \
-                 ORDER BY `id`{updates}"
+                "INSERT INTO {destination} ({COLUMN_LIST}) SELECT {COLUMN_LIST} FROM {source} \
+                 WHERE `id` > ? AND `id` <= ? ORDER BY `id`{updates}"
             ),
             remove_extra: format!(
-                "DELETE FROM {extended} WHERE `id` > ? AND `id` <= ? \
-                 AND NOT EXISTS (SELECT 1 FROM {old} AS `o` WHERE `o`.`id` = {extended}.`id`)"
+                "DELETE FROM {destination} WHERE `id` > ? AND `id` <= ? \
+                 AND NOT EXISTS (SELECT 1 FROM {source} AS `o` WHERE `o`.`id` = {destination}.`id`)"
             ),
         }
     }
@@ -77,7 +84,7 @@ impl ServerSide {
 
 /// The `Records: n` of an `INSERT ... SELECT`'s information string: the rows it selected, whether inserted or
 /// updated.
-fn records(info: &str) -> Option<u64> {
+pub(super) fn records(info: &str) -> Option<u64> {
     let rest = info.split_once("Records:")?.1.trim_start();
     let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
     rest[..end].parse().ok()

@@ -13,6 +13,29 @@ use mysql_async::{Row, Value};
 use crate::history::TableName;
 use crate::migrate::schema::{COLUMN_LIST, COLUMNS};
 
+/// What an INSERT of the copy does with a row whose id the table it writes to already has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDuplicate {
+    /// Overwrites it with the values copied, which are the newer ones (see docs/migration.md): every copy but
+    /// the last catch-up of `migrate --back`.
+    Overwrite,
+    /// Keeps it: once edxapp writes the old table alone again, the old table's row is the newer one
+    /// (`migrate --back` with the flags back on the old table alone).
+    Keep,
+}
+
+impl OnDuplicate {
+    /// The ` ON DUPLICATE KEY UPDATE ...` clause that does it.
+    pub fn clause(self) -> String {
+        match self {
+            OnDuplicate::Overwrite => on_duplicate_key_update(),
+            // A no-op update (the id is the duplicate one): unlike INSERT IGNORE, it leaves every other error (a
+            // value out of range) an error.
+            OnDuplicate::Keep => " ON DUPLICATE KEY UPDATE `id` = VALUES(`id`)".to_owned(),
+        }
+    }
+}
+
 /// Builds the copy's INSERT statements into the caller's buffer.
 #[derive(Debug, Clone)]
 pub struct InsertBuilder {
@@ -22,12 +45,12 @@ pub struct InsertBuilder {
 }
 
 impl InsertBuilder {
-    /// INSERTs into `extended`, escaping strings for a server whose `sql_mode` has (or has not)
-    /// `NO_BACKSLASH_ESCAPES`.
-    pub fn new(extended: &TableName, no_backslash_escapes: bool) -> InsertBuilder {
+    /// INSERTs into `table` (the extended table, or the old one copying back), escaping strings for a server
+    /// whose `sql_mode` has (or has not) `NO_BACKSLASH_ESCAPES`, doing `on_duplicate` with rows already there.
+    pub fn new(table: &TableName, no_backslash_escapes: bool, on_duplicate: OnDuplicate) -> InsertBuilder {
         InsertBuilder {
-            prefix: format!("INSERT INTO {} ({COLUMN_LIST}) VALUES ", extended.quoted()),
-            suffix: on_duplicate_key_update(),
+            prefix: format!("INSERT INTO {} ({COLUMN_LIST}) VALUES ", table.quoted()),
+            suffix: on_duplicate.clause(),
             no_backslash_escapes,
         }
     }
@@ -161,7 +184,7 @@ mod tests {
     #[test]
     fn rows_are_joined_into_one_statement() {
         let table: TableName = "edxapp_csmh.h".parse().unwrap();
-        let builder = InsertBuilder::new(&table, false);
+        let builder = InsertBuilder::new(&table, false, OnDuplicate::Overwrite);
         let mut buf = Vec::new();
         builder.start(&mut buf);
         assert!(builder.is_empty(&buf));

@@ -16,16 +16,18 @@ use tokio::sync::{Mutex, mpsc, watch};
 use tokio::time::Instant;
 
 use super::pace::ChunkSizer;
-use super::run::{Removal, Run, csmh_error, edxapp_error};
+use super::run::{Removal, Run, csmh_error, edxapp_error, query_error};
 use super::sql::InsertBuilder;
 use super::throttle::{KEEP_ALIVE, Throttle};
+use crate::history::TableName;
 use crate::migrate::schema::{COLUMN_LIST, COLUMNS};
 use crate::migrate::{MigrateError, Site};
+use crate::topology;
 
 /// Statements waiting between the reader and each writer.
 const IN_FLIGHT: usize = 2;
 /// The position of `id` among [`COLUMNS`].
-const ID_COLUMN: usize = 5;
+pub(super) const ID_COLUMN: usize = 5;
 
 /// What the reader hands a writer.
 enum Piece {
@@ -81,7 +83,7 @@ impl Streamed<'_> {
         throttle: &mut Throttle<'_>,
     ) -> Result<(), MigrateError> {
         let select = edxapp
-            .prep(chunk_select(run.site))
+            .prep(chunk_select(&run.site.old))
             .await
             .map_err(|source| edxapp_error("prepare the chunk's SELECT", source))?;
         let site = run.site;
@@ -194,7 +196,7 @@ impl Streamed<'_> {
                 }
                 Piece::ChunkEnd(end) => {
                     if let Some(range) = self.removal.and_then(|removal| removal.range((end.from, end.to))) {
-                        remove_extra(conn, site, range, &end.ids).await?;
+                        remove_extra(conn, topology::Server::Csmh, &site.extended, range, &end.ids).await?;
                     }
                     let mut turn = commits.committed.subscribe();
                     turn.wait_for(|committed| *committed == end.sequence).await.map_err(|_| writer_gone())?;
@@ -222,34 +224,46 @@ async fn next_piece(conn: &mut Conn, pieces: &mut mpsc::Receiver<Piece>) -> Resu
     }
 }
 
-/// The reader's SELECT of a chunk: after, up to (the pass's target), rows.
-pub(super) fn chunk_select(site: &Site) -> String {
-    format!("SELECT {COLUMN_LIST} FROM {} WHERE `id` > ? AND `id` <= ? ORDER BY `id` LIMIT ?", site.old.quoted())
+/// The reader's SELECT of a chunk of `table` (the table copied from): after, up to (the pass's target), rows.
+pub(super) fn chunk_select(table: &TableName) -> String {
+    format!("SELECT {COLUMN_LIST} FROM {} WHERE `id` > ? AND `id` <= ? ORDER BY `id` LIMIT ?", table.quoted())
 }
 
-/// Deletes the extended rows with ids in `(from, to]` that are not among the chunk's `ids` (sorted): rows
-/// deleted from the old table after an earlier copy.
-async fn remove_extra(conn: &mut Conn, site: &Site, (from, to): (u64, u64), ids: &[u64]) -> Result<(), MigrateError> {
-    let extended = site.extended.quoted();
+/// Deletes the rows of `table`, on `server` (the one the copy writes to, which `conn` reaches), with ids in
+/// `(from, to]` that are not among the chunk's `ids` (sorted, read from the other table): rows deleted there after
+/// an earlier copy. Returns how many were deleted.
+pub(super) async fn remove_extra(
+    conn: &mut Conn,
+    server: topology::Server,
+    table: &TableName,
+    (from, to): (u64, u64),
+    ids: &[u64],
+) -> Result<u64, MigrateError> {
+    let quoted = table.quoted();
     let present: Vec<u64> = conn
-        .exec(format!("SELECT `id` FROM {extended} WHERE `id` > ? AND `id` <= ?"), (from, to))
+        .exec(format!("SELECT `id` FROM {quoted} WHERE `id` > ? AND `id` <= ?"), (from, to))
         .await
-        .map_err(|source| csmh_error("read the extended table's ids of a chunk", source))?;
+        .map_err(|source| query_error(server, &format!("read the ids of a chunk of {table}"), source))?;
     let extra: Vec<String> =
         present.into_iter().filter(|id| ids.binary_search(id).is_err()).map(|id| id.to_string()).collect();
+    let mut removed = 0;
     for batch in extra.chunks(10_000) {
-        let sql = format!("DELETE FROM {extended} WHERE `id` IN ({})", batch.join(","));
+        let sql = format!("DELETE FROM {quoted} WHERE `id` IN ({})", batch.join(","));
         conn.query_drop(sql)
             .await
-            .map_err(|source| csmh_error("remove extended rows the old table no longer has", source))?;
+            .map_err(|source| query_error(server, "remove rows the table copied from no longer has", source))?;
+        removed += conn.affected_rows();
     }
-    Ok(())
+    Ok(removed)
 }
 
-/// A row of the old table without a usable id.
-fn bad_row(row: &mysql_async::Row) -> MigrateError {
+/// A row of the table copied from without a usable id.
+pub(super) fn bad_row(row: &mysql_async::Row) -> MigrateError {
     let columns = COLUMNS.len();
-    MigrateError::Refused(format!("the old table returned a row without an id ({} of {columns} columns)", row.len()))
+    MigrateError::Refused(format!(
+        "the table copied from returned a row without an id ({} of {columns} columns)",
+        row.len()
+    ))
 }
 
 /// A writer stopped (its error is the one reported).

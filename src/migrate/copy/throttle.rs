@@ -17,18 +17,18 @@ use mysql_async::prelude::Queryable;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::MigrateArgs;
 use super::lag::{Lag, replication_lag};
 use super::load::{LoadLimit, Overload};
 use super::pace::{ChunkSizer, RateLimit};
 use super::progress::Notice;
-use super::run::{Recopy, csmh_error, edxapp_error, state_and_detail};
+use super::run::{csmh_error, edxapp_error, state_and_detail};
 use super::window::Window;
-use crate::migrate::checkpoint::{self, Task};
+use super::{Direction, MigrateArgs};
+use crate::migrate::checkpoint;
 use crate::migrate::control::{self, Control, Pause};
 use crate::migrate::figures::{Figures, Waiting};
 use crate::migrate::{MigrateError, Site};
-use crate::topology::Topology;
+use crate::topology::{self, Topology};
 
 /// How often the control row, the load and the lag are read, at most; and how often a waiting copy looks again.
 const POLL: Duration = Duration::from_secs(1);
@@ -44,7 +44,7 @@ pub struct Throttles {
     pub chunk_seconds: f64,
     /// At most this many rows per second.
     pub max_rows_per_second: Option<u64>,
-    /// Wait while the `csmh` server lags its source by more than this many seconds.
+    /// Wait while the server the copy writes to lags its source by more than this many seconds.
     pub max_replication_lag: u64,
     /// Wait while a server is busier than this.
     pub max_load: Option<LoadLimit>,
@@ -113,8 +113,10 @@ pub enum Reason {
         /// What is above its bound.
         over: Overload,
     },
-    /// The `csmh` server lags its source by more than `--max-replication-lag`.
+    /// The server the copy writes to lags its source by more than `--max-replication-lag`.
     Lag {
+        /// Which server.
+        server: &'static str,
         /// Its lag.
         seconds: u64,
         /// The limit.
@@ -154,8 +156,8 @@ impl fmt::Display for Reason {
             Reason::Load { server, over } => {
                 write!(f, "{} = {} on {server}, above --max-load {}", over.variable, over.value, over.limit)
             }
-            Reason::Lag { seconds, limit } => {
-                write!(f, "replication lag {seconds} s on [backends.csmh], above --max-replication-lag {limit}")
+            Reason::Lag { server, seconds, limit } => {
+                write!(f, "replication lag {seconds} s on {server}, above --max-replication-lag {limit}")
             }
         }
     }
@@ -170,6 +172,20 @@ fn first_line(path: &std::path::Path) -> String {
     text.lines().next().unwrap_or("").trim().to_owned()
 }
 
+/// Whose copy a throttle steers, and where it says why the copy waits.
+#[derive(Debug, Clone)]
+pub struct Steered {
+    /// Which way the copy goes: the checkpoint it marks while it waits, and the server it writes to, whose
+    /// replication lag is watched.
+    pub direction: Direction,
+    /// The first line of that checkpoint's detail (a re-copy's, say), kept while the copy waits.
+    pub note: Option<String>,
+    /// Where the copy stands, and why it waits, for whoever writes the checkpoint, the metrics and the hooks.
+    pub figures: Figures,
+    /// The progress bar, which shows why the copy waits.
+    pub notice: Notice,
+}
+
 /// Decides, before each chunk, whether the copy may go on, and how fast; see the module's doc.
 pub struct Throttle<'a> {
     site: &'a Site,
@@ -181,16 +197,15 @@ pub struct Throttle<'a> {
     /// A connection to the `csmh` server for the control row, its load and its lag, and the checkpoint's state
     /// while the copy waits.
     csmh: Conn,
-    /// A connection to the `edxapp` server when it is another server and its load is watched.
+    /// A connection to the `edxapp` server when it is another server and its load (or, copying back, its lag)
+    /// is watched.
     edxapp: Option<Conn>,
     control: Control,
     control_read: Option<Instant>,
     probed: Option<Instant>,
     lag_watched: bool,
     unknown_warned: bool,
-    recopy: Option<Recopy>,
-    figures: Figures,
-    notice: Notice,
+    steered: Steered,
 }
 
 /// Where a wait stands.
@@ -203,17 +218,16 @@ struct Wait {
 
 impl<'a> Throttle<'a> {
     /// The throttle of a run of `site` with the command line `args`, sizing chunks with `sizer`, waiting on its
-    /// own connection `csmh`, and telling why it waits to `figures` (for the checkpoint, the metrics and the
-    /// hooks) and `notice` (on screen); the replication lag it reads goes to `figures` too. The control row is read at once, so a paused migration says so before anything is copied.
+    /// own connection `csmh`, and telling why it waits as `steered` says (the checkpoint, the screen, the metrics
+    /// and the hooks). The control row is read at once, so a paused migration says so before anything is copied.
     pub async fn new(
         site: &'a Site,
         args: &MigrateArgs,
         sizer: &'a ChunkSizer,
         csmh: Conn,
-        run: (Option<Recopy>, Figures, Notice),
+        steered: Steered,
     ) -> Result<Throttle<'a>, MigrateError> {
         let base = Throttles::from_args(args);
-        let (recopy, figures, notice) = run;
         let mut throttle = Throttle {
             site,
             settings: base.clone(),
@@ -228,9 +242,7 @@ impl<'a> Throttle<'a> {
             probed: None,
             lag_watched: true,
             unknown_warned: false,
-            recopy,
-            figures,
-            notice,
+            steered,
         };
         throttle.read_control().await?;
         info!(throttles = %throttle.settings, "copy throttles");
@@ -257,7 +269,7 @@ impl<'a> Throttle<'a> {
                 (None, None) => return Ok(()),
                 (None, Some(ended)) => {
                     info!(waited_seconds = ended.since.elapsed().as_secs(), "copying again");
-                    self.figures.set_waiting(None);
+                    self.steered.figures.set_waiting(None);
                     self.rate.restart();
                     return Ok(());
                 }
@@ -296,10 +308,11 @@ impl<'a> Throttle<'a> {
     async fn show(&mut self, wait: Option<&Wait>) -> Result<(), MigrateError> {
         let Some(wait) = wait else { return Ok(()) };
         let reason = wait.reason.to_string();
-        self.notice.waiting(&reason);
-        self.figures.set_waiting(Some(Waiting { key: wait.reason.key(), reason: reason.clone() }));
-        let (state, detail) = state_and_detail(super::RUNNING, self.recopy, Some(&reason));
-        checkpoint::mark(&mut self.csmh, self.site, Task::Migrate, state, detail.as_deref()).await
+        self.steered.notice.waiting(&reason);
+        self.steered.figures.set_waiting(Some(Waiting { key: wait.reason.key(), reason: reason.clone() }));
+        let (state, detail) = state_and_detail(super::RUNNING, self.steered.note.clone(), Some(&reason));
+        let task = self.steered.direction.task();
+        checkpoint::mark(&mut self.csmh, self.site, task, state, detail.as_deref()).await
     }
 
     /// The first reason to wait now, if any. The load and lag are read at most once a [`POLL`] unless `waiting`.
@@ -321,7 +334,7 @@ impl<'a> Throttle<'a> {
         if let Some(reason) = self.overload().await? {
             return Ok(Some(reason));
         }
-        Ok(self.lag().await)
+        self.lag().await
     }
 
     /// Reads the control row, at most once a [`POLL`], and applies the throttles it sets.
@@ -389,26 +402,42 @@ impl<'a> Throttle<'a> {
         limit.check(conn).await.map_err(|source| edxapp_error("read the server's load", source))
     }
 
-    /// Whether the `csmh` server lags more than `--max-replication-lag`. A server that is not a replica, or does
-    /// not let this account ask, is not asked again until the limit changes.
-    async fn lag(&mut self) -> Option<Reason> {
+    /// Whether the server the copy writes to lags more than `--max-replication-lag`. A server that is not a
+    /// replica, or does not let this account ask, is not asked again until the limit changes.
+    async fn lag(&mut self) -> Result<Option<Reason>, MigrateError> {
         if !self.lag_watched {
-            return None;
+            return Ok(None);
         }
-        let lag = replication_lag(&mut self.csmh).await;
-        self.figures.set_replication_lag(match lag {
+        // On one server, the `csmh` connection reaches the server the copy writes to either way.
+        let server = self.steered.direction.destination();
+        let conn = match server {
+            topology::Server::Edxapp if self.site.topology == Topology::TwoServers => {
+                let conn = match self.edxapp.take() {
+                    Some(conn) => conn,
+                    None => self.site.connect_edxapp().await?,
+                };
+                self.edxapp.insert(conn)
+            }
+            _ => &mut self.csmh,
+        };
+        let server = match server {
+            topology::Server::Edxapp => "[backends.edxapp]",
+            topology::Server::Csmh => "[backends.csmh]",
+        };
+        let lag = replication_lag(conn).await;
+        self.steered.figures.set_replication_lag(match lag {
             Lag::Seconds(seconds) => Some(seconds),
             Lag::NotAReplica | Lag::Unknown => None,
         });
         match lag {
             Lag::NotAReplica => {
                 self.lag_watched = false;
-                None
+                Ok(None)
             }
             Lag::Seconds(seconds) if seconds > self.settings.max_replication_lag => {
-                Some(Reason::Lag { seconds, limit: self.settings.max_replication_lag })
+                Ok(Some(Reason::Lag { server, seconds, limit: self.settings.max_replication_lag }))
             }
-            Lag::Seconds(_) | Lag::Unknown => None,
+            Lag::Seconds(_) | Lag::Unknown => Ok(None),
         }
     }
 }

@@ -11,6 +11,7 @@ use super::{Headroom, StatusReport, TableStatus, seconds_between};
 use crate::fleet::ShadowTotals;
 use crate::history::Flag;
 use crate::migrate::checkpoint::Checkpoint;
+use crate::migrate::copy::back::floor_of;
 use crate::migrate::copy::{DONE, Recopy, WAITING};
 use crate::topology::Topology;
 
@@ -32,6 +33,7 @@ pub struct Status {
     ids_below_2_31: IdsBelow231,
     migrate: Option<Migrate>,
     verify: Option<Verify>,
+    migrate_back: Option<MigrateBack>,
     control: Control,
     shadow: Option<ShadowTotals>,
     next_step: NextStep,
@@ -87,6 +89,20 @@ struct Verify {
     detail: Option<String>,
 }
 
+/// The `migrate --back` checkpoint.
+#[derive(Debug, Serialize)]
+struct MigrateBack {
+    state: String,
+    last_id: Option<u64>,
+    target_id: Option<u64>,
+    old_own_ids_up_to: Option<u64>,
+    rows_copied: u64,
+    started_at: String,
+    updated_at: String,
+    seconds_since_update: Option<u64>,
+    paused_reason: Option<String>,
+}
+
 /// The control row.
 #[derive(Debug, Serialize)]
 struct Control {
@@ -133,6 +149,17 @@ impl Status {
                 updated_at: checkpoint.updated_at.clone(),
                 seconds_since_update: report.age(checkpoint),
                 detail: checkpoint.detail.clone(),
+            }),
+            migrate_back: report.migrate_back.as_ref().map(|checkpoint| MigrateBack {
+                state: checkpoint.state.clone(),
+                last_id: checkpoint.last_id,
+                target_id: checkpoint.target_id,
+                old_own_ids_up_to: floor_of(checkpoint),
+                rows_copied: checkpoint.rows_done,
+                started_at: checkpoint.started_at.clone(),
+                updated_at: checkpoint.updated_at.clone(),
+                seconds_since_update: report.age(checkpoint),
+                paused_reason: paused_reason(checkpoint),
             }),
             control: Control {
                 paused: report.control.pause.is_some(),
@@ -214,10 +241,16 @@ impl Migrate {
             started_at: checkpoint.started_at.clone(),
             updated_at: checkpoint.updated_at.clone(),
             seconds_since_update: report.age(checkpoint),
-            paused_reason: detail.lines().find_map(|line| line.strip_prefix(WAITING)).map(str::to_owned),
+            paused_reason: paused_reason(checkpoint),
             recopy_from_id: Recopy::from_detail(detail).map(|recopy| recopy.from),
             rows_per_second,
             eta_seconds,
         }
     }
+}
+
+/// Why a copy waits, from its checkpoint's detail, while it does.
+fn paused_reason(checkpoint: &Checkpoint) -> Option<String> {
+    let detail = checkpoint.detail.as_deref()?;
+    detail.lines().find_map(|line| line.strip_prefix(WAITING)).map(str::to_owned)
 }

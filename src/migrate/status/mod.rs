@@ -51,6 +51,7 @@ pub struct StatusReport {
     extended: TableStatus,
     migrate: Option<Checkpoint>,
     verify: Option<Checkpoint>,
+    migrate_back: Option<Checkpoint>,
     control: Control,
     /// The `csmh` server's clock when the report was read, which the checkpoints' times are on.
     now: String,
@@ -92,6 +93,7 @@ pub async fn run(config: &Config, args: &StatusArgs) -> Result<StatusReport, Mig
     )
     .await?;
     let (migrate, verify) = checkpoints(&mut servers.csmh, &site).await?;
+    let migrate_back = checkpoint::load(&mut servers.csmh, &site, Task::MigrateBack).await?;
     let (control, _) = control::load(&mut servers.csmh, &site).await?;
     let now = checkpoint::server_now(&mut servers.csmh).await?;
     let shadow = Fleet::survey(&args.fleet, Some(config)).await.shadow();
@@ -103,6 +105,7 @@ pub async fn run(config: &Config, args: &StatusArgs) -> Result<StatusReport, Mig
         extended,
         migrate,
         verify,
+        migrate_back,
         control,
         now,
         shadow,
@@ -154,21 +157,35 @@ impl StatusReport {
 
     /// The runbook's next step.
     pub fn next_step(&self) -> NextStep {
-        NextStep::of(&Facts {
+        NextStep::of(&self.facts())
+    }
+
+    /// What the next step is decided from.
+    fn facts(&self) -> Facts<'_> {
+        Facts {
             stage: self.stage.as_ref().ok().copied(),
             extended_ready: self.extended_ready(),
             old_has_rows: self.old.ids.is_some(),
-            migrate: self.migrate.as_ref().map(|checkpoint| (checkpoint, self.age(checkpoint).unwrap_or(u64::MAX))),
-            verify: self.verify.as_ref().map(|checkpoint| (checkpoint, self.age(checkpoint).unwrap_or(u64::MAX))),
+            migrate: self.aged(self.migrate.as_ref()),
+            verify: self.aged(self.verify.as_ref()),
+            migrate_back: self.aged(self.migrate_back.as_ref()),
+            extended_last_id: self.extended.ids.map(|ids| ids.last),
+            old_next_id: self.old.stats.and_then(|stats| stats.next_id),
+            extended_next_id: self.extended.stats.and_then(|stats| stats.next_id),
             paused: self.control.pause.is_some(),
             shadow: self.shadow,
-        })
+        }
     }
 
     /// Whether the extended table exists with its next id above every old id.
     fn extended_ready(&self) -> bool {
         let largest = self.old.ids.map_or(0, |ids| ids.last);
         self.extended.stats.and_then(|stats| stats.next_id).is_some_and(|next| next > largest)
+    }
+
+    /// `checkpoint`, with the seconds since it was written (the most there are when unknown).
+    fn aged<'a>(&self, checkpoint: Option<&'a Checkpoint>) -> Option<(&'a Checkpoint, u64)> {
+        checkpoint.map(|checkpoint| (checkpoint, self.age(checkpoint).unwrap_or(u64::MAX)))
     }
 
     /// Seconds since `checkpoint` was written, by the `csmh` server's clock.
@@ -196,10 +213,13 @@ impl fmt::Display for StatusReport {
         writeln!(f, "topology:       {}", self.topology)?;
         writeln!(f, "old table:      {}", self.old)?;
         writeln!(f, "extended table: {}", self.extended)?;
-        writeln!(f, "id offset:      {}", offset(&self.old, &self.extended))?;
+        writeln!(f, "id offset:      {}", offset(&self.old, &self.extended, self.facts().going_back()))?;
         writeln!(f, "32-bit ids:     {}", Headroom::of(self.extended.stats.and_then(|stats| stats.next_id)))?;
         writeln!(f, "migrate:        {}", CheckpointLine(Task::Migrate, self.migrate.as_ref()))?;
         writeln!(f, "verify:         {}", CheckpointLine(Task::Verify, self.verify.as_ref()))?;
+        if let Some(back) = &self.migrate_back {
+            writeln!(f, "migrate back:   {}", CheckpointLine(Task::MigrateBack, Some(back)))?;
+        }
         writeln!(f, "control:        {}", self.control)?;
         match &self.shadow {
             Some(shadow) => writeln!(f, "shadow reads:   {shadow}")?,
@@ -242,8 +262,9 @@ impl fmt::Display for TableStatus {
     }
 }
 
-/// Whether the extended table's next id is above every id of the old table (docs/routing.md, "Offset safety").
-fn offset(old: &TableStatus, extended: &TableStatus) -> String {
+/// Whether the extended table's next id is above every id of the old table (docs/routing.md, "Offset safety");
+/// `going_back` says whether the old table's own next id is meant to be above it.
+fn offset(old: &TableStatus, extended: &TableStatus, going_back: bool) -> String {
     let Some(next) = extended.stats.and_then(|stats| stats.next_id) else {
         return "unknown: the extended table does not exist or has no AUTO_INCREMENT (`csmh-proxy init`)".to_owned();
     };
@@ -256,6 +277,10 @@ fn offset(old: &TableStatus, extended: &TableStatus) -> String {
     }
     let safe = format!("safe: the extended table's next id {next} is above the old table's largest id {largest}");
     match old.stats.and_then(|stats| stats.next_id) {
+        Some(old_next) if old_next >= next && going_back => format!(
+            "{safe}; going back, the old table's own next id {old_next} is above it, as `csmh-proxy migrate --back` \
+             set it, so edxapp's rows on the old table never take an id the extended table gave"
+        ),
         Some(old_next) if old_next >= next => format!(
             "{safe}, but the old table's own next id {old_next} is not below it: ids the old table gives from now on \
              could collide"
@@ -363,13 +388,13 @@ impl fmt::Display for CheckpointLine<'_> {
             checkpoint.state, checkpoint.updated_at, checkpoint.started_at
         )?;
         match (self.0, checkpoint.last_id, checkpoint.target_id) {
-            (Task::Migrate, Some(last), Some(target)) if target > 0 => write!(
+            (Task::Migrate | Task::MigrateBack, Some(last), Some(target)) if target > 0 => write!(
                 f,
                 "; ids up to {last} of {target} ({:.1}%), {} rows",
                 last.min(target) as f64 * 100.0 / target as f64,
                 checkpoint.rows_done
             )?,
-            (Task::Migrate, last, _) => {
+            (Task::Migrate | Task::MigrateBack, last, _) => {
                 write!(f, "; {} rows", checkpoint.rows_done)?;
                 if let Some(last) = last {
                     write!(f, ", ids up to {last}")?;

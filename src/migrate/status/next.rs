@@ -1,6 +1,10 @@
 //! The next step of the runbook ("Migrating a large instance" in the README), decided from what `status` read:
 //! the flags' stage, the extended table, the checkpoints and the control row. A pure decision, so that every
 //! situation is unit-tested and `status` and `status --json` say the same thing.
+//!
+//! An operator going back (docs/migration.md, "Going back") is told the steps of the way back instead: the way
+//! back is under way once `migrate --back` has run, and more recently than `migrate` and `verify` (either of which
+//! going forward again runs).
 
 use std::fmt;
 
@@ -8,6 +12,7 @@ use crate::fleet::ShadowTotals;
 use crate::history::{Flag, Stage};
 use crate::migrate::checkpoint::Checkpoint;
 use crate::migrate::copy::DONE;
+use crate::migrate::copy::back::floor_of;
 use crate::migrate::verify::{FAILED, PASSED};
 
 /// A checkpoint written less than this many seconds ago belongs to a run that is still going: a copying
@@ -27,10 +32,28 @@ pub struct Facts<'a> {
     pub migrate: Option<(&'a Checkpoint, u64)>,
     /// The `verify` checkpoint, and how many seconds ago it was written.
     pub verify: Option<(&'a Checkpoint, u64)>,
+    /// The `migrate --back` checkpoint, and how many seconds ago it was written.
+    pub migrate_back: Option<(&'a Checkpoint, u64)>,
+    /// The extended table's largest id (`None`: empty or missing).
+    pub extended_last_id: Option<u64>,
+    /// The old table's next id (`AUTO_INCREMENT`), when known.
+    pub old_next_id: Option<u64>,
+    /// The extended table's next id, when known.
+    pub extended_next_id: Option<u64>,
     /// Whether `csmh-proxy pause` is in force.
     pub paused: bool,
     /// The shadow comparison over the proxies asked, when any compares reads.
     pub shadow: Option<ShadowTotals>,
+}
+
+impl Facts<'_> {
+    /// Whether the operator is going back: `migrate --back` has run, and more recently than `migrate` and
+    /// `verify`.
+    pub fn going_back(&self) -> bool {
+        let Some((back, _)) = self.migrate_back else { return false };
+        // Times are `YYYY-MM-DD hh:mm:ss` on one clock, so they compare as text.
+        [self.migrate, self.verify].into_iter().flatten().all(|(forward, _)| back.updated_at >= forward.updated_at)
+    }
 }
 
 /// The step to run next.
@@ -61,14 +84,29 @@ pub enum NextStep {
     TruncateOld,
     /// Nothing left to do.
     Done,
+    /// Going back: a `migrate --back` is running: wait for it.
+    WaitForMigrateBack,
+    /// Going back: copy the extended table back into the old table as the stage asks, or catch up once the flags
+    /// are on the old table alone: `csmh-proxy migrate --back`.
+    MigrateBack,
+    /// Gone back: edxapp reads and writes the old table alone, which has every history row.
+    WentBack,
 }
 
 impl NextStep {
     /// The step for `facts`.
     pub fn of(facts: &Facts<'_>) -> NextStep {
         let Some(stage) = facts.stage else { return NextStep::FixFlags };
+        let back = facts.going_back();
+        // Back on the old table, edxapp's new rows take ids above the extended table's: not a reason for `init`.
+        if back && stage == Stage::OldTableOnly {
+            return back_step(facts, stage);
+        }
         if !facts.extended_ready && stage != Stage::OldTableRetired {
             return NextStep::Init;
+        }
+        if back && stage != Stage::OldTableRetired {
+            return back_step(facts, stage);
         }
         match stage {
             Stage::OldTableOnly => NextStep::SetFlags(vec![
@@ -97,6 +135,9 @@ impl NextStep {
             NextStep::InvestigateShadow => "investigate_shadow",
             NextStep::TruncateOld => "truncate_old",
             NextStep::Done => "done",
+            NextStep::WaitForMigrateBack => "wait_for_migrate_back",
+            NextStep::MigrateBack => "migrate_back",
+            NextStep::WentBack => "went_back",
         }
     }
 
@@ -108,13 +149,16 @@ impl NextStep {
             NextStep::Migrate => Some("csmh-proxy migrate"),
             NextStep::Verify => Some("csmh-proxy verify"),
             NextStep::TruncateOld => Some("csmh-proxy truncate-old --yes"),
+            NextStep::MigrateBack => Some("csmh-proxy migrate --back"),
             NextStep::FixFlags
             | NextStep::SetFlags(_)
             | NextStep::WaitForMigrate
             | NextStep::WaitForVerify
             | NextStep::Repair
             | NextStep::InvestigateShadow
-            | NextStep::Done => None,
+            | NextStep::Done
+            | NextStep::WaitForMigrateBack
+            | NextStep::WentBack => None,
         }
     }
 
@@ -124,6 +168,35 @@ impl NextStep {
             NextStep::SetFlags(flags) => flags,
             _ => &[],
         }
+    }
+}
+
+/// The step of the way back at `stage` (not the retired one): at each stage `migrate --back` first, then the flag
+/// of the stage before; back on the old table alone, a catch-up while the extended table has rows above what was
+/// copied back.
+fn back_step(facts: &Facts<'_>, stage: Stage) -> NextStep {
+    let Some((back, age)) = facts.migrate_back else { return NextStep::MigrateBack };
+    if back.state != DONE {
+        return if age < ACTIVE_SECS { NextStep::WaitForMigrateBack } else { NextStep::MigrateBack };
+    }
+    match stage {
+        // Reading the extended table alone: the old table must have been made the same as it from the first id.
+        Stage::ExtendedTableOnlyReads if floor_of(back) == Some(0) => {
+            NextStep::SetFlags(vec![(Flag::EnableReadingFromMultipleHistoryTables, true)])
+        }
+        Stage::ExtendedTableOnlyReads => NextStep::MigrateBack,
+        // Reading both: once the old table's next id is above the extended table's, the flags may go back.
+        Stage::ExtendedTableReadingBoth => match (facts.old_next_id, facts.extended_next_id) {
+            (Some(old), Some(extended)) if old > extended => {
+                NextStep::SetFlags(vec![(Flag::EnableCsmhExtended, false)])
+            }
+            _ => NextStep::MigrateBack,
+        },
+        Stage::OldTableOnly | Stage::OldTableRetired => match (facts.extended_last_id, back.last_id) {
+            (Some(extended), Some(copied)) if extended > copied => NextStep::MigrateBack,
+            (Some(_), None) => NextStep::MigrateBack,
+            _ => NextStep::WentBack,
+        },
     }
 }
 
@@ -190,6 +263,16 @@ impl fmt::Display for NextStep {
             ),
             NextStep::TruncateOld => write!(f, "csmh-proxy truncate-old --yes: the retired old table still has rows"),
             NextStep::Done => write!(f, "none: the old table is retired and empty"),
+            NextStep::WaitForMigrateBack => write!(f, "wait: `csmh-proxy migrate --back` is running"),
+            NextStep::MigrateBack => write!(
+                f,
+                "csmh-proxy migrate --back: going back, and the old table is not yet in line with the extended table"
+            ),
+            NextStep::WentBack => write!(
+                f,
+                "none: gone back, edxapp reads and writes the old table alone, which has every history row (to \
+                 migrate again, see docs/migration.md, \"Going back\")"
+            ),
         }
     }
 }
@@ -217,9 +300,77 @@ mod tests {
             old_has_rows: true,
             migrate: None,
             verify: None,
+            migrate_back: None,
+            extended_last_id: Some(30_000),
+            old_next_id: Some(20_001),
+            extended_next_id: Some(30_001),
             paused: false,
             shadow: None,
         }
+    }
+
+    /// The facts at `stage` after a forward copy `forward` and a way back recorded by `back`, written `age`
+    /// seconds ago.
+    fn going_back<'a>(stage: Stage, forward: &'a Checkpoint, back: &'a Checkpoint, age: u64) -> Facts<'a> {
+        Facts { migrate: Some((forward, 3_600)), migrate_back: Some((back, age)), ..facts(stage) }
+    }
+
+    /// A `migrate --back` checkpoint in `state`, up to id 30000, whose old table's own rows end at `floor`.
+    fn back_checkpoint(state: &str, floor: u64) -> Checkpoint {
+        Checkpoint {
+            last_id: Some(30_000),
+            detail: Some(crate::migrate::copy::back::series_detail(floor)),
+            ..checkpoint(state, "2026-12-02 10:00:00", "2026-12-02 11:00:00")
+        }
+    }
+
+    #[test]
+    fn going_back_each_stage_leads_to_the_one_before() {
+        let forward = checkpoint("done", "2026-12-01 10:00:00", "2026-12-01 12:00:00");
+        let (same, merged, running) =
+            (back_checkpoint("done", 0), back_checkpoint("done", 20_000), back_checkpoint("running", 0));
+
+        // Forward again: a `migrate`, or a `verify`, after the way back.
+        let again = checkpoint("done", "2026-12-03 10:00:00", "2026-12-03 11:00:00");
+        let forward_again = going_back(Stage::ExtendedTableOnlyReads, &again, &same, 5);
+        assert!(!forward_again.going_back());
+        assert_eq!(NextStep::of(&forward_again), NextStep::SetFlags(vec![(Flag::ReadOnlyFromCsmhe, true)]));
+        let verified = checkpoint(PASSED, "2026-12-03 10:00:00", "2026-12-03 11:00:00");
+        let forward_again =
+            Facts { verify: Some((&verified, 5)), ..going_back(Stage::ExtendedTableReadingBoth, &forward, &same, 5) };
+        assert!(!forward_again.going_back());
+        let verified_before = checkpoint(PASSED, "2026-12-01 12:10:00", "2026-12-01 12:30:00");
+        assert!(Facts { verify: Some((&verified_before, 5)), ..forward_again }.going_back());
+
+        // Reading the extended table alone: the old table made the same from the first id, then reads of both.
+        let only_reads = Stage::ExtendedTableOnlyReads;
+        assert_eq!(NextStep::of(&going_back(only_reads, &forward, &running, 5)), NextStep::WaitForMigrateBack);
+        assert_eq!(NextStep::of(&going_back(only_reads, &forward, &running, 3_600)), NextStep::MigrateBack);
+        assert_eq!(NextStep::of(&going_back(only_reads, &forward, &merged, 5)), NextStep::MigrateBack);
+        assert_eq!(
+            NextStep::of(&going_back(only_reads, &forward, &same, 5)),
+            NextStep::SetFlags(vec![(Flag::EnableReadingFromMultipleHistoryTables, true)])
+        );
+
+        // Reading both: once the old table's next id is above the extended table's, the old table alone.
+        let raised =
+            Facts { old_next_id: Some(40_001), ..going_back(Stage::ExtendedTableReadingBoth, &forward, &merged, 5) };
+        assert_eq!(NextStep::of(&raised), NextStep::SetFlags(vec![(Flag::EnableCsmhExtended, false)]));
+        let used_up = Facts { extended_next_id: Some(40_001), ..raised };
+        assert_eq!(NextStep::of(&used_up), NextStep::MigrateBack, "the room above the extended ids is used up");
+
+        // The old table alone: catch up while the extended table has rows above what was copied back.
+        let newer = Facts {
+            extended_last_id: Some(30_005),
+            extended_ready: false,
+            ..going_back(Stage::OldTableOnly, &forward, &merged, 5)
+        };
+        assert_eq!(NextStep::of(&newer), NextStep::MigrateBack);
+        let caught_up = NextStep::of(&Facts { extended_last_id: Some(30_000), ..newer });
+        assert_eq!((caught_up.key(), caught_up.command()), ("went_back", None));
+
+        // Retired, the runbook goes forward whatever came before.
+        assert_eq!(NextStep::of(&going_back(Stage::OldTableRetired, &forward, &same, 5)), NextStep::TruncateOld);
     }
 
     #[test]

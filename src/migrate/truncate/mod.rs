@@ -2,7 +2,7 @@
 //! extended table.
 //!
 //! It acts only when `READ_ONLY_FROM_CSMHE` is on in the configuration (so the proxy sends nothing to the old
-//! table any more) and a verify run at that moment passes. Two ways, both guarded against writes between the
+//! table any more) and a verify run at that moment passes. Three ways, each guarded against writes between the
 //! check and the removal:
 //!
 //! - by default, the old table is locked against writes (`LOCK TABLES ... WRITE`), verified through the locking
@@ -11,9 +11,12 @@
 //!   pause between them, each chunk checked against the extended table again under row and gap locks
 //!   (`FOR UPDATE` under REPEATABLE READ, so no row can be inserted into the chunk either) in the transaction
 //!   that deletes it, and the chunk is rolled back unless the DELETE removes exactly the rows checked. An
-//!   interrupted drain can simply be run again.
+//!   interrupted drain can simply be run again;
+//! - `--keep` ([`keep`]): as by default, but instead of `TRUNCATE TABLE` the locked table is swapped for an
+//!   empty copy in one `RENAME TABLE`, and its rows are kept aside as `<old>_retired_<YYYYMMDD>`, to be dropped
+//!   later or put back.
 //!
-//! Either way the old table keeps its next id (`AUTO_INCREMENT`), so ids are never reused should edxapp write to
+//! Every way the old table keeps its next id (`AUTO_INCREMENT`), so ids are never reused should edxapp write to
 //! it again. Without `--yes` nothing is changed: the command prints what it would do and the statements it would
 //! run (one set of builders makes them for the plan and for the run). `--dry-run` also checks first what `--yes`
 //! checks before it acts (the flag, the fleet), and refuses as it would.
@@ -22,6 +25,8 @@ use std::fmt;
 use std::time::Duration;
 
 use mysql_async::Conn;
+
+pub mod keep;
 
 use super::checkpoint::{self, Checkpoint, Task};
 use super::figures::Figures;
@@ -61,6 +66,11 @@ pub struct TruncateArgs {
     /// at once.
     #[arg(long)]
     pub slow: bool,
+    /// Keep the old rows: instead of TRUNCATE TABLE, swap the locked old table for an empty copy with the same
+    /// next id, in one RENAME TABLE, and keep it as <old>_retired_<YYYYMMDD>, which nothing reads or writes and
+    /// which can be dropped later or put back (docs/migration.md, "Going back").
+    #[arg(long, conflicts_with = "slow")]
+    pub keep: bool,
     /// With --slow: ids per DELETE.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..), requires = "slow")]
     pub chunk_size: u64,
@@ -90,6 +100,20 @@ pub enum TruncateReport {
         /// The old table's next id, kept.
         next_id: u64,
     },
+    /// The old table was swapped for an empty copy, and its rows kept aside (`--keep`).
+    Kept {
+        /// The verify run under the lock, which passed.
+        verify: VerifyReport,
+        /// Where the old rows are now.
+        retired: TableName,
+        /// The next id of the empty copy in the old table's place: the old table's, kept.
+        next_id: u64,
+    },
+    /// `--keep` found the old table empty: there was nothing to keep, and nothing was changed.
+    NothingToKeep {
+        /// The verify run under the lock, which passed.
+        verify: VerifyReport,
+    },
     /// The old table was drained by chunked deletes.
     Drained {
         /// The verify run before the drain, which passed.
@@ -112,6 +136,8 @@ pub struct Plan {
     next_id: Option<u64>,
     /// The next id TRUNCATE TABLE would keep, as of now.
     kept_next_id: u64,
+    /// With `--keep`: the tables the swap would name.
+    keep: Option<keep::Names>,
 }
 
 /// Runs `csmh-proxy truncate-old` for the site `config` describes.
@@ -127,6 +153,8 @@ pub async fn run(config: &Config, args: &TruncateArgs) -> Result<TruncateReport,
     let mut servers = site.connect().await?;
     if args.slow {
         drain(&site, &mut servers.edxapp, &mut servers.csmh, args).await
+    } else if args.keep {
+        keep::keep(&site, &mut servers.edxapp, &mut servers.csmh).await
     } else {
         truncate(&site, &mut servers.edxapp, &mut servers.csmh).await
     }
@@ -184,7 +212,12 @@ async fn plan(site: Site, args: &TruncateArgs) -> Result<Plan, MigrateError> {
     let ids = old.bounds(None).await?;
     let next_id = stats.and_then(|stats| stats.next_id);
     let copied = checkpoint::load(&mut servers.csmh, &site, Task::Migrate).await?;
+    let keep = match args.keep {
+        true => Some(keep::Names::of(&mut servers.edxapp, &site.old).await?),
+        false => None,
+    };
     Ok(Plan {
+        keep,
         estimated_rows: stats.and_then(|stats| stats.estimated_rows),
         next_id,
         kept_next_id: next_id_to_keep(next_id, ids, copied.as_ref()),
@@ -209,9 +242,10 @@ fn truncate_sql(old: &TableName) -> String {
     format!("TRUNCATE TABLE {}", old.quoted())
 }
 
-/// The `ALTER TABLE` that gives the old table back its next id after TRUNCATE.
-fn keep_next_id_sql(old: &TableName, next_id: u64) -> String {
-    format!("ALTER TABLE {} AUTO_INCREMENT = {next_id}", old.quoted())
+/// The `ALTER TABLE` that gives `table` the old table's next id: the old table itself after TRUNCATE, or its
+/// empty copy before `--keep` swaps them.
+fn keep_next_id_sql(table: &TableName, next_id: u64) -> String {
+    format!("ALTER TABLE {} AUTO_INCREMENT = {next_id}", table.quoted())
 }
 
 /// `--slow`'s DELETE of the old table's rows in `chunk`.
@@ -365,6 +399,19 @@ impl fmt::Display for TruncateReport {
                 writeln!(f, "verify passed under a write lock; {} emptied with TRUNCATE TABLE", verify.old)?;
                 writeln!(f, "its next id stays {next_id}, so old ids are never reused")
             }
+            TruncateReport::Kept { verify, retired, next_id } => {
+                let old = &verify.old;
+                writeln!(f, "{}", verify.scope())?;
+                writeln!(f, "verify passed under a write lock; {old} swapped for an empty copy in one RENAME TABLE")?;
+                writeln!(f, "its next id stays {next_id}, so old ids are never reused")?;
+                writeln!(f, "the old rows are kept in {retired}; the proxy never reads or writes it")?;
+                writeln!(f, "to drop it once it is no longer wanted: DROP TABLE {};", retired.quoted())?;
+                writeln!(f, "to put it back (docs/migration.md, \"Going back\"): {};", keep::put_back_sql(old, retired))
+            }
+            TruncateReport::NothingToKeep { verify } => {
+                writeln!(f, "{}", verify.scope())?;
+                writeln!(f, "{} is empty: there is nothing to keep, and nothing was changed", verify.old)
+            }
             TruncateReport::Drained { verify, rows, chunks } => {
                 writeln!(f, "{}", verify.scope())?;
                 writeln!(
@@ -416,11 +463,19 @@ impl fmt::Display for Plan {
                 f,
                 "  2. lock {old} against writes and verify it against {extended} ({size}), and refuse if they differ"
             )?;
-            writeln!(
-                f,
-                "  3. empty it with TRUNCATE TABLE under the same lock; its next id stays at {}",
-                self.kept_next_id
-            )?;
+            match &self.keep {
+                Some(names) => writeln!(
+                    f,
+                    "  3. swap it, as the lock is released, for an empty copy whose next id is {}, in one RENAME \
+                     TABLE, keeping its rows in {}",
+                    self.kept_next_id, names.retired
+                )?,
+                None => writeln!(
+                    f,
+                    "  3. empty it with TRUNCATE TABLE under the same lock; its next id stays at {}",
+                    self.kept_next_id
+                )?,
+            }
         }
         self.statements(f)?;
         writeln!(f, "nothing has been changed: add --yes to do it")
@@ -433,6 +488,18 @@ impl Plan {
         let (old, extended) = (&self.site.old, &self.site.extended);
         let verify = "the verify, as `csmh-proxy verify` runs it (it records its result in the checkpoint table)";
         writeln!(f, "statements on [backends.edxapp], in order:")?;
+        if let Some(names) = &self.keep {
+            writeln!(f, "-- on a second connection, the empty copy:")?;
+            writeln!(f, "{};\n{};", lock_wait_sql(), keep::create_copy_sql(old, &names.fresh))?;
+            writeln!(f, "-- on the first connection:\n{};\n{};", lock_wait_sql(), lock_sql(old))?;
+            writeln!(f, "-- {verify}, through this connection")?;
+            writeln!(f, "-- on the second connection, with the next id read under the lock:")?;
+            writeln!(f, "{};", keep_next_id_sql(&names.fresh, self.kept_next_id))?;
+            writeln!(f, "{};", keep::rename_sql(old, names))?;
+            writeln!(f, "-- which waits for the lock; once the server shows it waiting, on the first connection:")?;
+            writeln!(f, "{UNLOCK_TABLES};")?;
+            return writeln!(f, "-- the RENAME TABLE goes before any statement waiting for the old table");
+        }
         if !self.args.slow {
             writeln!(f, "{};\n{};", lock_wait_sql(), lock_sql(old))?;
             writeln!(f, "-- {verify}, through this connection")?;
