@@ -63,6 +63,27 @@ pub fn state_and_detail<'a>(state: &'a str, note: Option<String>, waiting: Optio
     (state, (!lines.is_empty()).then(|| lines.join("\n")))
 }
 
+/// The checkpoint of a copy (either way) in `state`, whose detail starts with `note`, waiting for `waiting`, at
+/// `(last_id, target_id, rows_done)`, started at `started_at`.
+pub fn copy_checkpoint(
+    state: &str,
+    note: Option<String>,
+    waiting: Option<&str>,
+    (last_id, target_id, rows_done): (u64, u64, u64),
+    started_at: &str,
+) -> Checkpoint {
+    let (state, detail) = state_and_detail(state, note, waiting);
+    Checkpoint {
+        state: state.to_owned(),
+        last_id: Some(last_id),
+        target_id: Some(target_id),
+        rows_done,
+        detail,
+        started_at: started_at.to_owned(),
+        updated_at: String::new(),
+    }
+}
+
 /// Where a pass removes the extended rows that the old table no longer has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Removal {
@@ -110,20 +131,9 @@ pub struct Run<'a> {
 impl Run<'_> {
     /// The checkpoint recording this position, in `state`.
     pub fn checkpoint(&self, state: &str) -> Checkpoint {
-        let (state, detail) = state_and_detail(
-            state,
-            self.recopy.map(Recopy::detail),
-            self.progress.figures().waiting_reason().as_deref(),
-        );
-        Checkpoint {
-            state: state.to_owned(),
-            last_id: Some(self.last_id),
-            target_id: Some(self.target_id),
-            rows_done: self.rows_done,
-            detail,
-            started_at: self.started_at.clone(),
-            updated_at: String::new(),
-        }
+        let position = (self.last_id, self.target_id, self.rows_done);
+        let waiting = self.progress.figures().waiting_reason();
+        copy_checkpoint(state, self.recopy.map(Recopy::detail), waiting.as_deref(), position, &self.started_at)
     }
 
     /// Records the chunk of `rows` rows up to `last_id` in the checkpoint and commits the transaction open on

@@ -33,7 +33,7 @@ use tracing::info;
 
 use super::pace::ChunkSizer;
 use super::progress::Progress;
-use super::run::{DONE, RUNNING, csmh_error, edxapp_error, state_and_detail};
+use super::run::{DONE, RUNNING, copy_checkpoint, csmh_error, edxapp_error};
 use super::server_side::{ServerSide, records};
 use super::sql::{InsertBuilder, OnDuplicate};
 use super::streamed::{ID_COLUMN, bad_row, chunk_select, remove_extra};
@@ -476,17 +476,9 @@ enum Copier {
 impl Walk<'_> {
     /// The checkpoint recording this position, in `state`.
     fn checkpoint(&self, state: &str) -> Checkpoint {
-        let (state, detail) =
-            state_and_detail(state, Some(series_detail(self.floor)), self.waiting.waiting_reason().as_deref());
-        Checkpoint {
-            state: state.to_owned(),
-            last_id: Some(self.last_id),
-            target_id: Some(self.target_id),
-            rows_done: self.rows_done,
-            detail,
-            started_at: self.started_at.clone(),
-            updated_at: String::new(),
-        }
+        let position = (self.last_id, self.target_id, self.rows_done);
+        let waiting = self.waiting.waiting_reason();
+        copy_checkpoint(state, Some(series_detail(self.floor)), waiting.as_deref(), position, &self.started_at)
     }
 
     /// Passes until one finds nothing new: each goes up to the extended table's largest id when it starts (at
@@ -680,6 +672,7 @@ impl RowCopy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::migrate::copy::run::state_and_detail;
 
     #[test]
     fn old_rows_are_removed_everywhere_when_the_tables_are_made_the_same_and_above_the_floor_when_merged() {
