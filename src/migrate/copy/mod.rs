@@ -38,7 +38,7 @@ use self::sql::{InsertBuilder, OnDuplicate};
 use self::streamed::Streamed;
 use self::throttle::{Steered, Throttle};
 use self::window::Window;
-use super::checkpoint::{self, Task};
+use super::checkpoint::{self, Checkpoint, Task};
 use super::figures::Figures;
 use super::observe::{Command, ObserveArgs, Observers, Outcome};
 use super::{ER_BAD_DB, ER_NO_SUCH_TABLE, MigrateError, Servers, Site};
@@ -227,12 +227,8 @@ pub async fn migrate_with(site: &Site, args: &MigrateArgs, figures: &Figures) ->
     check_args(args)?;
     refuse_retired(site)?;
     let started = Instant::now();
-    let mut servers = site.connect().await?;
+    let (mut servers, previous) = open_copy(site, Task::Migrate).await?;
     prepare_sessions(&mut servers, site).await?;
-    take_lock(&mut servers.csmh, site).await?;
-    check_extended_table(&mut servers.csmh, site).await?;
-    checkpoint::ensure(&mut servers.csmh, site).await?;
-    let previous = checkpoint::load(&mut servers.csmh, site, Task::Migrate).await?;
     let (resumed_from, rows_before, started_at, recopy) = match (args.from_id, previous) {
         (Some(from), previous) => {
             let recopy = recopy_of(from, previous.and_then(|previous| previous.last_id))?;
@@ -270,6 +266,18 @@ pub async fn migrate_with(site: &Site, args: &MigrateArgs, figures: &Figures) ->
         server_side: site.topology == Topology::OneServer,
         elapsed: started.elapsed(),
     })
+}
+
+/// The start of a copy either way: both servers logged in (their sessions set up by the caller, as its direction
+/// needs), the migration lock taken, the extended table checked, the checkpoint table made sure of, and `task`'s
+/// checkpoint from the run before.
+pub(super) async fn open_copy(site: &Site, task: Task) -> Result<(Servers, Option<Checkpoint>), MigrateError> {
+    let mut servers = site.connect().await?;
+    take_lock(&mut servers.csmh, site).await?;
+    check_extended_table(&mut servers.csmh, site).await?;
+    checkpoint::ensure(&mut servers.csmh, site).await?;
+    let previous = checkpoint::load(&mut servers.csmh, site, task).await?;
+    Ok((servers, previous))
 }
 
 /// The re-copy `--from-id from` asks for, given the highest id copied so far: only rows copied before can be

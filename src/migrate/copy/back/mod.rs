@@ -38,10 +38,7 @@ use super::server_side::{ServerSide, records};
 use super::sql::{InsertBuilder, OnDuplicate};
 use super::streamed::{ID_COLUMN, bad_row, chunk_select, remove_extra};
 use super::throttle::{Steered, Throttle};
-use super::{
-    Direction, INITIAL_CHUNK_ROWS, MigrateArgs, check_args, check_extended_table, no_backslash_escapes,
-    statement_bytes, take_lock,
-};
+use super::{Direction, INITIAL_CHUNK_ROWS, MigrateArgs, check_args, no_backslash_escapes, open_copy, statement_bytes};
 use crate::history::{Flag, Stage, TableName, routing_table};
 use crate::migrate::checkpoint::{self, Checkpoint, Task};
 use crate::migrate::figures::Figures;
@@ -231,12 +228,8 @@ pub async fn migrate_back(site: &Site, args: &MigrateArgs, offset: u64) -> Resul
     check_args(args)?;
     let mode = Mode::of(site)?;
     let started = Instant::now();
-    let mut servers = site.connect().await?;
+    let (mut servers, previous) = open_copy(site, Task::MigrateBack).await?;
     prepare_sessions(&mut servers, site).await?;
-    take_lock(&mut servers.csmh, site).await?;
-    check_extended_table(&mut servers.csmh, site).await?;
-    checkpoint::ensure(&mut servers.csmh, site).await?;
-    let previous = checkpoint::load(&mut servers.csmh, site, Task::MigrateBack).await?;
     let start = start(&mut servers, site, mode, args.from_id, previous).await?;
     check_ids_fit(&mut servers.csmh, site, mode, offset).await?;
     let figures = Figures::new();
