@@ -18,6 +18,7 @@ pub mod history;
 pub mod merge;
 pub mod metrics;
 pub mod migrate;
+pub mod preconnect;
 pub mod protocol;
 pub mod reload;
 pub mod routing;

@@ -143,7 +143,33 @@ pub struct Metrics {
     reloads_rejected: Counter,
     generation: Gauge,
     shadow: ShadowCounters,
+    preconnect: PreconnectCounters,
 }
+
+/// What became of the connections opened ahead of clients ([`crate::preconnect`]), and how many are ready; clones
+/// count into the same series.
+#[derive(Debug, Clone, Default)]
+pub struct PreconnectCounters {
+    /// A client logged in on it.
+    pub used: Counter,
+    /// Closed unused at its `max_age_ms`; the server counts it in `Aborted_connects`.
+    pub expired: Counter,
+    /// The server closed it (or spoke) before a client took it.
+    pub lost: Counter,
+    /// Closed unused because the configuration named another server, or the proxy stopped.
+    pub discarded: Counter,
+    /// Opening one failed: no connection, or the server refused it in its greeting.
+    pub failed: Counter,
+    /// Clients that found none ready while preconnecting was on, and connected themselves.
+    pub misses: Counter,
+    /// Connections ready now.
+    pub ready: Gauge,
+    /// How many the proxy keeps ready now, from the recent rate of new clients.
+    pub target: Gauge,
+}
+
+/// The `outcome` label of [`PreconnectCounters`]' connections, in its fields' order.
+const PRECONNECT_OUTCOMES: [&str; 5] = ["used", "expired", "lost", "discarded", "failed"];
 
 /// The `result` label of the shadow comparison's counts, in [`ShadowCounters`]' order.
 const SHADOW_RESULTS: [&str; 5] = ["matching", "differing", "inconclusive", "skipped", "failed"];
@@ -300,6 +326,8 @@ impl Metrics {
             shadow_reads,
         );
 
+        let preconnect = preconnect_counters(&mut registry);
+
         Metrics {
             registry,
             connections_total,
@@ -315,7 +343,13 @@ impl Metrics {
             reloads_rejected,
             generation,
             shadow,
+            preconnect,
         }
+    }
+
+    /// The counters of connections opened ahead of clients.
+    pub fn preconnect(&self) -> &PreconnectCounters {
+        &self.preconnect
     }
 
     /// The shadow comparison's counters.
@@ -424,6 +458,34 @@ impl Metrics {
         prometheus_text::encode(&mut text, &self.registry)?;
         Ok(text)
     }
+}
+
+/// The preconnect series, registered in `registry`.
+fn preconnect_counters(registry: &mut Registry) -> PreconnectCounters {
+    let connections = Family::<Labels<1>, Counter>::default();
+    // One statement per series: see the shadow counters above.
+    let [used, expired, lost, discarded, failed] =
+        PRECONNECT_OUTCOMES.map(|outcome| connections.get_or_create(&[("outcome", outcome)]).clone());
+    registry.register(
+        "preconnect_connections",
+        "Connections to edxapp opened ahead of clients, by outcome: used (a client logged in on it), expired \
+         (closed unused at max_age_ms; the server counts an aborted connect), lost (the server closed it first), \
+         discarded (another server configured, or shutdown), failed (could not be opened)",
+        connections,
+    );
+    let counters = PreconnectCounters { used, expired, lost, discarded, failed, ..PreconnectCounters::default() };
+    registry.register(
+        "preconnect_misses",
+        "Clients that found no connection ready while preconnecting was on, and waited for their own",
+        counters.misses.clone(),
+    );
+    registry.register("preconnect_ready", "Connections to edxapp ready for the next clients", counters.ready.clone());
+    registry.register(
+        "preconnect_target",
+        "How many connections to edxapp the proxy keeps ready, from the recent rate of new clients",
+        counters.target.clone(),
+    );
+    counters
 }
 
 /// A counter per backend, and the family they are registered in.

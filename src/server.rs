@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::admin::{self, AdminServer};
 use crate::config::Config;
+use crate::preconnect::Target;
 use crate::reload::{Watch, Watcher};
 use crate::session;
 use crate::state::ProxyState;
@@ -79,6 +80,7 @@ impl Proxy {
         let stop = CancellationToken::new();
         let admin: Option<AdminServer> =
             self.admin.map(|listener| admin::spawn(listener, Arc::clone(&self.shared), stop.child_token()));
+        let preconnect = tokio::spawn(keep_connections_ready(Arc::clone(&self.shared), stop.child_token()));
         let mut sessions = JoinSet::new();
         let shared = Arc::clone(&self.shared);
         let drained = async move {
@@ -108,6 +110,7 @@ impl Proxy {
             watcher.stop().await;
         }
         stop.cancel();
+        let _ = preconnect.await;
         let grace = Duration::from_secs(self.shared.snapshot().config.listen.shutdown_timeout_secs);
         info!(connections = sessions.len(), grace_secs = grace.as_secs(), "shutting down");
         let drained = tokio::time::timeout(grace, async { while sessions.join_next().await.is_some() {} }).await;
@@ -179,6 +182,12 @@ fn start_session(
             sessions.spawn(session::refuse(stream, refused));
         }
     }
+}
+
+/// Keeps connections to the `edxapp` server of the configuration in force ready for new clients, until `stop`.
+async fn keep_connections_ready(shared: Arc<ProxyState>, stop: CancellationToken) {
+    let current = || Target::of(&shared.snapshot().config.backends);
+    shared.preconnect.keep_ready(current, stop).await;
 }
 
 /// Binds and serves until SIGINT or SIGTERM, reloading the configuration file as `watch` says.

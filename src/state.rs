@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::grant_cache::GrantCache;
 use crate::history::routing_table;
 use crate::metrics::Metrics;
+use crate::preconnect::Preconnect;
 use crate::routing::Router;
 use crate::shadow::{Shadow, ShadowPlan};
 use crate::tls::{Tls, files_fingerprint};
@@ -86,6 +87,8 @@ pub struct ProxyState {
     draining: AtomicBool,
     /// The shadow comparison of merged reads.
     pub shadow: Shadow,
+    /// The connections to `edxapp` opened ahead of clients.
+    pub preconnect: Preconnect,
 }
 
 impl ProxyState {
@@ -98,6 +101,7 @@ impl ProxyState {
             reloads_applied: AtomicU64::new(0),
             reloads_rejected: AtomicU64::new(0),
             shadow: Shadow::new(metrics.shadow().clone()),
+            preconnect: Preconnect::new(metrics.preconnect().clone()),
             metrics,
             grants: GrantCache::default(),
             admission: Admission::default(),

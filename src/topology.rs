@@ -88,6 +88,7 @@ mod tests {
             connect_timeout_secs: 5,
             read_timeout_secs: 30,
             tls: Default::default(),
+            preconnect: None,
         };
         Backends { edxapp: backend(edxapp), csmh: backend(csmh) }
     }

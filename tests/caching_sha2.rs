@@ -42,7 +42,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use bytes::BytesMut;
-use csmh_proxy::config::{BackendTls, Config, ListenTls, TlsMode};
+use csmh_proxy::config::{BackendTls, Config, ListenTls, Preconnect, TlsMode};
 use csmh_proxy::protocol::frame;
 use csmh_proxy::server::ProxyHandle;
 use mysql_async::prelude::Queryable;
@@ -158,6 +158,9 @@ fn proxy_config(pki: &TestPki, server: SocketAddr, legs: Legs) -> Config {
         config.listen.tls = Some(ListenTls { certificate: proxy.certificate, key: proxy.key, required: false });
     }
     config.backends.edxapp.tls = BackendTls { mode: legs.mode, ca: Some(pki.ca.clone()), ..BackendTls::default() };
+    // The server numbers its connections in the order it accepts them, and the tests expect each login on the
+    // next one: connections opened ahead of clients would take numbers no login uses (tests/preconnect.rs).
+    config.backends.edxapp.preconnect = Some(Preconnect { max: 0, ..Preconnect::default() });
     config
 }
 

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::path::Path;
 
-use super::{Admin, Backend, BackendTls, Backends, Config, HistoryTables, Listen, ListenTls};
+use super::{Admin, Backend, BackendTls, Backends, Config, HistoryTables, Listen, ListenTls, Preconnect};
 use crate::history::{Flag, Flags};
 
 /// Keys whose new value only takes effect when the proxy is restarted: the sockets it listens on.
@@ -107,7 +107,8 @@ impl Found {
     }
 
     fn backend(&mut self, prefix: &str, old: &Backend, new: &Backend) {
-        let Backend { address, user, password, password_env, connect_timeout_secs, read_timeout_secs, tls } = new;
+        let Backend { address, user, password, password_env, connect_timeout_secs, read_timeout_secs, tls, preconnect } =
+            new;
         self.shown(format!("{prefix}.address"), &old.address, address);
         self.shown(format!("{prefix}.user"), or_unset(old.user.as_deref()), or_unset(user.as_deref()));
         self.secret(format!("{prefix}.password"), &old.password, password);
@@ -119,6 +120,14 @@ impl Found {
         self.shown(format!("{prefix}.connect_timeout_secs"), old.connect_timeout_secs, *connect_timeout_secs);
         self.shown(format!("{prefix}.read_timeout_secs"), old.read_timeout_secs, *read_timeout_secs);
         self.backend_tls(&format!("{prefix}.tls"), &old.tls, tls);
+        self.preconnect(&format!("{prefix}.preconnect"), old.preconnect, *preconnect);
+    }
+
+    fn preconnect(&mut self, prefix: &str, old: Option<Preconnect>, new: Option<Preconnect>) {
+        let Preconnect { max, max_age_ms } = new.unwrap_or_default();
+        let old = old.unwrap_or_default();
+        self.shown(format!("{prefix}.max"), old.max, max);
+        self.shown(format!("{prefix}.max_age_ms"), old.max_age_ms, max_age_ms);
     }
 
     fn backend_tls(&mut self, prefix: &str, old: &BackendTls, new: &BackendTls) {

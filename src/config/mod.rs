@@ -250,6 +250,55 @@ pub struct Backend {
     /// TLS on the proxy's connections to the server.
     #[serde(default)]
     pub tls: BackendTls,
+    /// Connections opened ahead of clients (`edxapp` only; see [`Preconnect`]). `None`: not written, which on
+    /// `edxapp` means the defaults.
+    #[serde(default)]
+    pub preconnect: Option<Preconnect>,
+}
+
+/// `[backends.edxapp.preconnect]`: how many connections to the `edxapp` server the proxy keeps connected and
+/// greeted, not logged in, for the next clients' logins (docs/reliability.md, "Connections opened ahead").
+/// How many it actually keeps follows the rate of new clients, up to `max`, and is zero while clients are rare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preconnect {
+    /// The most connections kept ready; 0 turns preconnecting off.
+    #[serde(default = "default_preconnect_max")]
+    pub max: usize,
+    /// A ready connection not taken within this many milliseconds of its greeting is closed. It must stay below
+    /// the server's `connect_timeout` (10 s by default), after which the server closes the connection itself.
+    #[serde(default = "default_preconnect_max_age_ms")]
+    pub max_age_ms: u64,
+}
+
+impl Default for Preconnect {
+    fn default() -> Self {
+        Preconnect { max: default_preconnect_max(), max_age_ms: default_preconnect_max_age_ms() }
+    }
+}
+
+impl Preconnect {
+    /// Whether connections are opened ahead at all.
+    pub fn is_on(&self) -> bool {
+        self.max > 0
+    }
+
+    /// `max_age_ms` as a duration.
+    pub fn max_age(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.max_age_ms)
+    }
+}
+
+/// The default [`Preconnect::max`]: enough for the bursts of a few LMS replicas' workers between two refills
+/// (each refill is one connect and greeting, well under a millisecond on a local network).
+fn default_preconnect_max() -> usize {
+    4
+}
+
+/// The default [`Preconnect::max_age_ms`]: half of MySQL's and MariaDB's default `connect_timeout` (10 s), so a
+/// client taking a connection at the end of its age still has 5 s to log in.
+fn default_preconnect_max_age_ms() -> u64 {
+    5000
 }
 
 fn default_connect_timeout_secs() -> u64 {
@@ -267,6 +316,11 @@ impl Backends {
     /// case-insensitively. [`crate::topology::Topology::of`] says what that means for the data path.
     pub fn same_server(&self) -> bool {
         self.edxapp.address.trim().eq_ignore_ascii_case(self.csmh.address.trim())
+    }
+
+    /// The preconnecting in force for `edxapp`: as written, or the defaults.
+    pub fn edxapp_preconnect(&self) -> Preconnect {
+        self.edxapp.preconnect.unwrap_or_default()
     }
 }
 
@@ -302,6 +356,7 @@ impl fmt::Debug for Backend {
             .field("connect_timeout_secs", &self.connect_timeout_secs)
             .field("read_timeout_secs", &self.read_timeout_secs)
             .field("tls", &self.tls)
+            .field("preconnect", &self.preconnect)
             .finish()
     }
 }

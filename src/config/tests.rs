@@ -289,6 +289,30 @@ fn listen_limits_must_let_clients_in() {
 }
 
 #[test]
+fn preconnect_defaults_and_limits() {
+    let config = Config::parse(MINIMAL).unwrap();
+    assert_eq!(config.backends.edxapp_preconnect(), Preconnect { max: 4, max_age_ms: 5000 });
+    let edxapp = |lines: &str| {
+        MINIMAL.replace(
+            "[backends.edxapp]\naddress = \"127.0.0.1:3306\"\n",
+            &format!("[backends.edxapp]\naddress = \"127.0.0.1:3306\"\n\n[backends.edxapp.preconnect]\n{lines}\n"),
+        )
+    };
+    let off = Config::parse(&edxapp("max = 0")).unwrap();
+    assert!(!off.backends.edxapp_preconnect().is_on());
+    assert_eq!(off.backends.edxapp_preconnect().max_age_ms, 5000, "an unwritten key keeps its default");
+    assert_refused(&edxapp("max = 33"), 8, "backends.edxapp.preconnect.max", "at most 32");
+    assert_refused(&edxapp("max_age_ms = 50"), 8, "backends.edxapp.preconnect.max_age_ms", "connect_timeout");
+    assert_refused(&edxapp("max_age_ms = 60001"), 8, "backends.edxapp.preconnect.max_age_ms", "from 100 to 60000");
+    assert_refused(
+        &minimal_with("\n[backends.csmh.preconnect]\nmax = 2\n"),
+        10,
+        "backends.csmh.preconnect",
+        "`backends.edxapp` only",
+    );
+}
+
+#[test]
 fn password_and_password_env_are_exclusive() {
     let text = minimal_with("user = \"edxapp001\"\npassword = \"secret\"\npassword_env = \"PATH\"\n");
     assert_refused(&text, 10, "backends.csmh.password", "keep only one");

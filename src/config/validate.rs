@@ -4,7 +4,7 @@
 use std::net::Ipv6Addr;
 
 use super::error::Problem;
-use super::{Backend, Config, Listen, MAX_ID_OFFSET, MAX_PACKET_BYTES_LIMIT, PasswordError, TlsMode};
+use super::{Backend, Backends, Config, Listen, MAX_ID_OFFSET, MAX_PACKET_BYTES_LIMIT, PasswordError, TlsMode};
 use crate::history::{TableName, routing_table};
 
 /// Every problem with `config`, section by section; empty when the proxy can run with it.
@@ -20,6 +20,7 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
     check_user(&mut problems, "backends.edxapp", &config.backends.edxapp, Login::RelayedFromClients);
     let csmh_login = if config.backends.same_server() { Login::RelayedFromClients } else { Login::ByTheProxy };
     check_user(&mut problems, "backends.csmh", &config.backends.csmh, csmh_login);
+    check_preconnect(&mut problems, &config.backends);
     check_history_tables(&mut problems, &config.history.old_table, &config.history.extended_table);
     check_id_offset(&mut problems, config.history.id_offset);
     check_flags(&mut problems, config);
@@ -118,6 +119,40 @@ fn check_backend(problems: &mut Vec<Problem>, table: &str, backend: &Backend) {
             PasswordError::VariableUnset { .. } | PasswordError::VariableNotUnicode { .. } => "password_env",
         };
         problems.push(Problem::new(format!("{table}.{key}"), error.to_string()));
+    }
+}
+
+/// The most connections `[backends.edxapp.preconnect]` may keep ready: each is a server thread, and each one
+/// closed unused counts against the proxy's host in the server's `max_connect_errors` (100 by default) until a
+/// login succeeds.
+const MAX_PRECONNECT: usize = 32;
+
+/// The ages `[backends.edxapp.preconnect] max_age_ms` may have: long enough to be of use, and within the range
+/// of a server's `connect_timeout` that any deployment keeps.
+const PRECONNECT_AGES_MS: std::ops::RangeInclusive<u64> = 100..=60_000;
+
+/// Checks `[backends.edxapp.preconnect]`, and that `csmh` has none (the proxy opens that connection for its own
+/// login, on a session's first history read).
+fn check_preconnect(problems: &mut Vec<Problem>, backends: &Backends) {
+    if backends.csmh.preconnect.is_some() {
+        problems.push(Problem::new(
+            "backends.csmh.preconnect",
+            "preconnecting applies to `backends.edxapp` only, whose connections clients log in on",
+        ));
+    }
+    let preconnect = backends.edxapp_preconnect();
+    if preconnect.max > MAX_PRECONNECT {
+        problems.push(Problem::new("backends.edxapp.preconnect.max", format!("must be at most {MAX_PRECONNECT}")));
+    }
+    if !PRECONNECT_AGES_MS.contains(&preconnect.max_age_ms) {
+        problems.push(Problem::new(
+            "backends.edxapp.preconnect.max_age_ms",
+            format!(
+                "must be from {} to {} ms, and below the server's connect_timeout",
+                PRECONNECT_AGES_MS.start(),
+                PRECONNECT_AGES_MS.end()
+            ),
+        ));
     }
 }
 

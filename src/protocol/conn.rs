@@ -129,6 +129,18 @@ impl Connection {
         }
     }
 
+    /// Whether the peer has neither sent more bytes nor closed since the last read, checked without waiting (one
+    /// non-blocking read, into the buffer). For a connection that waited unused: one that fails the check is not
+    /// the connection its buffer describes any more. Always false inside TLS.
+    pub fn is_quiet(&mut self) -> bool {
+        let Stream::Plain(tcp) = &self.stream else { return false };
+        if self.buf.capacity() == self.buf.len() {
+            // A read into no room would say 0, which means a closed peer.
+            self.buf.reserve(READ_CHUNK);
+        }
+        matches!(tcp.try_read_buf(&mut self.buf), Err(error) if error.kind() == io::ErrorKind::WouldBlock)
+    }
+
     /// Closes the connection after a last answer when the peer may still be sending (the rest of a packet the
     /// proxy refused): the writing half is closed at once, and what the peer sends is read and thrown away until
     /// it closes too or `linger` has passed. Closing with unread bytes would reset the connection, and a reset can

@@ -30,6 +30,7 @@ use tracing::{info, warn};
 use crate::admission::Permit;
 use crate::backend;
 use crate::metrics::RouteLabel;
+use crate::preconnect::Target;
 use crate::protocol::command::{self, Command};
 use crate::protocol::conn::{Connection, HangupWatch};
 use crate::protocol::errors::{MysqlError, code, sqlstate};
@@ -138,15 +139,15 @@ pub async fn run(
     info!(%peer, duration_ms = started.elapsed().as_millis() as u64, "connection closed");
 }
 
-/// Connects to the `edxapp` backend named by the configuration in force.
+/// Connects to the `edxapp` backend named by the configuration in force, on a connection opened ahead if one is
+/// ready.
 async fn connect_edxapp(shared: &ProxyState) -> Result<Edxapp, SessionError> {
-    let (address, timeout) = {
-        let snapshot = shared.snapshot();
-        let edxapp = &snapshot.config.backends.edxapp;
-        (edxapp.address.clone(), edxapp.connect_timeout_secs)
-    };
-    match backend::connect(&address, timeout).await {
-        Ok(conn) => Ok(Edxapp::new(conn, address)),
+    let target = Target::of(&shared.snapshot().config.backends);
+    if let Some(conn) = shared.preconnect.take(&target) {
+        return Ok(Edxapp::new(conn, target.address));
+    }
+    match backend::connect(&target.address, target.connect_timeout_secs).await {
+        Ok(conn) => Ok(Edxapp::new(conn, target.address)),
         Err(error) => {
             shared.metrics.backend_connect_error(Server::Edxapp);
             Err(SessionError::from(error))
