@@ -8,6 +8,8 @@
 //! statement bytes and the snapshot: it never sees a socket.
 
 pub mod classify;
+pub mod literals;
+pub mod masking;
 pub mod prefilter;
 pub mod rewrite;
 pub mod source;
