@@ -14,7 +14,7 @@
 //! map's order) to make room. A key is cached the second time it is seen, so a statement seen once costs no more
 //! than routing it, and one seen again costs a second route (the probe) and a comparison, once.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -59,7 +59,7 @@ const ENTRIES_PER_SHARD: usize = 64;
 /// Bytes of entries a shard holds: 16 MiB in all. An entry larger than a quarter of it is not kept.
 const BYTES_PER_SHARD: usize = 1 << 20;
 
-/// Keys a shard remembers having seen once, before they are forgotten all at once.
+/// Keys a shard remembers having seen without an entry, before they are forgotten all at once.
 const SEEN_PER_SHARD: usize = 1024;
 
 /// The longest statement the cache keeps.
@@ -75,8 +75,17 @@ pub struct RouteCache {
 struct Shard {
     entries: HashMap<u64, Arc<Entry>>,
     bytes: usize,
-    /// Keys seen once and not cached yet.
-    seen: HashSet<u64>,
+    /// Keys seen and not cached.
+    seen: HashMap<u64, Sighting>,
+}
+
+/// What a shard remembers of a key it has no entry for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sighting {
+    /// Seen once: the next statement with it is cached.
+    Once,
+    /// Its entry was rejected (its template did not give the router's route back): not tried again.
+    Rejected,
 }
 
 /// One cached route.
@@ -109,13 +118,14 @@ impl RouteCache {
         let hash = self.hasher.hash_one(&scan.key);
         match self.lookup(hash, &scan) {
             Lookup::Found(entry) if entry.matches(sql, &scan) => return (entry.render(sql, &scan), CacheOutcome::Hit),
-            Lookup::Found(_) => return (router.route(sql), CacheOutcome::Miss),
             Lookup::SeenOnce => {}
-            Lookup::New => return (router.route(sql), CacheOutcome::Miss),
+            Lookup::Found(_) | Lookup::Other => return (router.route(sql), CacheOutcome::Miss),
         }
         let route = router.route(sql);
-        if let Some(entry) = Entry::new(router, sql, scan, &route) {
-            self.insert(hash, entry);
+        match Entry::new(router, sql, scan, &route) {
+            Admission::Entry(entry) => self.insert(hash, entry),
+            Admission::Rejected => self.remember(hash, Sighting::Rejected),
+            Admission::NotThisOne => {}
         }
         (route, CacheOutcome::Miss)
     }
@@ -134,21 +144,28 @@ impl RouteCache {
         self.shards[(hash as usize) % SHARDS].lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The entry under `hash` if it is `scan`'s key; otherwise whether the key was seen before (it is
-    /// remembered as seen now).
+    /// The entry under `hash` if it is `scan`'s key; otherwise whether the key was seen once before (a key not
+    /// seen before is remembered as seen once now).
     fn lookup(&self, hash: u64, scan: &Scan) -> Lookup {
         let mut shard = self.shard(hash);
         if let Some(entry) = shard.entries.get(&hash).filter(|e| *e.key == scan.key[..]) {
             return Lookup::Found(Arc::clone(entry));
         }
-        if shard.seen.remove(&hash) {
-            return Lookup::SeenOnce;
+        match shard.seen.get(&hash) {
+            Some(Sighting::Once) => {
+                shard.seen.remove(&hash);
+                Lookup::SeenOnce
+            }
+            Some(Sighting::Rejected) => Lookup::Other,
+            None => {
+                shard.remember(hash, Sighting::Once);
+                Lookup::Other
+            }
         }
-        if shard.seen.len() >= SEEN_PER_SHARD {
-            shard.seen.clear();
-        }
-        shard.seen.insert(hash);
-        Lookup::New
+    }
+
+    fn remember(&self, hash: u64, sighting: Sighting) {
+        self.shard(hash).remember(hash, sighting);
     }
 
     fn insert(&self, hash: u64, entry: Entry) {
@@ -169,32 +186,60 @@ impl RouteCache {
     }
 }
 
+impl Shard {
+    /// Remembers a key without an entry; all are forgotten when there are too many.
+    fn remember(&mut self, hash: u64, sighting: Sighting) {
+        if self.seen.len() >= SEEN_PER_SHARD {
+            self.seen.clear();
+        }
+        self.seen.insert(hash, sighting);
+    }
+}
+
+/// What a shard has for a key.
 enum Lookup {
+    /// An entry.
     Found(Arc<Entry>),
+    /// No entry, and the key was seen once before.
     SeenOnce,
-    New,
+    /// No entry: the key is new, or its entry was rejected.
+    Other,
+}
+
+/// What became of a statement seen a second time.
+enum Admission {
+    /// Its entry.
+    Entry(Entry),
+    /// Its template did not give its route back: the key is not tried again.
+    Rejected,
+    /// This statement cannot make the entry (its route is a refusal, it holds the markers' digits, or it does
+    /// not parse), but another with the same key may.
+    NotThisOne,
 }
 
 impl Entry {
-    /// The entry for `sql` (scanned as `scan`) whose route is `route`, or `None` when it cannot be cached
-    /// soundly: the router's parse of it is needed to know which literals it reads, the route of the probe gives
-    /// the template, and the template must give `route` back with the statement's own literals.
-    fn new(router: &Router, sql: &[u8], scan: Scan, route: &Route) -> Option<Entry> {
-        if scan.literals.len() > template::MAX_LITERALS || template::find(sql, MARKER_CORE).is_some() {
-            return None;
+    /// The entry for `sql` (scanned as `scan`) whose route is `route`, if it can be cached soundly: the router's
+    /// parse of it tells which literals it reads, the route of the probe gives the template, and the template
+    /// must give `route` back with the statement's own literals.
+    fn new(router: &Router, sql: &[u8], scan: Scan, route: &Route) -> Admission {
+        let unsure = scan.literals.len() > template::MAX_LITERALS || template::find(sql, MARKER_CORE).is_some();
+        if unsure || !template::is_cacheable(route) {
+            return Admission::NotThisOne;
         }
-        let masked = stacker::maybe_grow(PARSE_RED_ZONE, PARSE_STACK, || maskable(sql, &scan))?;
+        let Some(masked) = stacker::maybe_grow(PARSE_RED_ZONE, PARSE_STACK, || maskable(sql, &scan)) else {
+            return Admission::NotThisOne;
+        };
         let probe = router.route(&probe(sql, &scan, &masked));
-        let template = RouteTemplate::from_probe(probe, &scan.literals, &masked)?;
-        if template.render(|i| &sql[scan.literals[i].range.clone()]) != *route {
-            return None;
-        }
+        let template = RouteTemplate::from_probe(probe, &scan.literals, &masked);
+        let Some(template) = template.filter(|t| t.render(|i| &sql[scan.literals[i].range.clone()]) == *route) else {
+            return Admission::Rejected;
+        };
         let pinned: Box<[(usize, Box<[u8]>)]> = (scan.literals.iter().enumerate())
             .filter(|(i, _)| !masked[*i])
             .map(|(i, literal)| (i, sql[literal.range.clone()].into()))
             .collect();
         let size = scan.key.len() + template.size() + pinned.iter().map(|(_, v)| v.len() + 32).sum::<usize>();
-        Some(Entry { key: scan.key.into(), pinned, template, size })
+        Admission::Entry(Entry { key: scan.key.into(), pinned, template, size })
     }
 
     /// Whether `sql` has the entry's values where the router reads them.

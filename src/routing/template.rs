@@ -74,14 +74,24 @@ impl RouteTemplate {
     }
 }
 
+/// Whether the cache may keep `route`: not a refusal, whose message may quote the statement's values, nor a merged
+/// read carrying one.
+pub fn is_cacheable(route: &Route) -> bool {
+    match route {
+        Route::Refuse(_) => false,
+        Route::FanOut(FanOut::Merge(read)) => !matches!(read.servers, MergeServers::OneServer { union: Err(_) }),
+        _ => true,
+    }
+}
+
 /// One statement text of a route and the byte offsets into it the route carries ([`Inline::at`]).
 struct TextSlot<'r> {
     text: &'r mut Vec<u8>,
     positions: Vec<&'r mut usize>,
 }
 
-/// Every statement text of `route`, in a fixed order; `None` for a route the cache does not keep: a refusal,
-/// whose message may quote the statement's values, and a merged read carrying one.
+/// Every statement text of `route`, in a fixed order; `None` for a route the cache does not keep
+/// ([`is_cacheable`]).
 fn texts(route: &mut Route) -> Option<Vec<TextSlot<'_>>> {
     let slot = |text| TextSlot { text, positions: Vec::new() };
     Some(match route {
@@ -97,8 +107,7 @@ fn texts(route: &mut Route) -> Option<Vec<TextSlot<'_>>> {
         Route::FanOut(FanOut::Merge(read)) => {
             let MergeRead { old, extended, servers, .. } = &mut **read;
             match servers {
-                MergeServers::OneServer { union: Ok(union) } => vec![slot(old), slot(extended), slot(union)],
-                MergeServers::OneServer { union: Err(_) } => return None,
+                MergeServers::OneServer { union } => vec![slot(old), slot(extended), slot(union.as_mut().ok()?)],
                 MergeServers::TwoServers { old_widened, inline } => {
                     let mut slots = vec![slot(old), slot(old_widened)];
                     slots.extend(holed(extended, inline));
@@ -234,4 +243,51 @@ fn markers_in(text: &[u8], literals: &[Literal], masked: &[bool]) -> Option<Vec<
 /// The offset of `needle` in `haystack`.
 pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|window| window == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::Rights;
+    use crate::topology::Server;
+
+    fn literals() -> Vec<Literal> {
+        let literal = |range, kind| Literal { range, kind };
+        vec![
+            literal(0..1, LiteralKind::Number),
+            literal(1..2, LiteralKind::Quoted(b'\'')),
+            literal(2..3, LiteralKind::Number),
+        ]
+    }
+
+    fn rewrite(sql: Vec<u8>, at: usize, query: Vec<u8>) -> Route {
+        let inline = vec![Inline { at, query }];
+        Route::Rewrite(Rewritten { sql, on: Server::Csmh, inserts: false, inline, rights: Rights::default() })
+    }
+
+    #[test]
+    fn a_route_is_cut_at_its_markers_and_filled_with_other_literals() {
+        let (number, string) = (marker(0, LiteralKind::Number), marker(1, LiteralKind::Quoted(b'\'')));
+        let sql = [b"SELECT ".as_slice(), &number, b", ", &string, b" FROM t WHERE a IN "].concat();
+        let query = [b"SELECT b FROM u WHERE c = ".as_slice(), &string].concat();
+        let probe = rewrite(sql.clone(), sql.len(), query);
+        let template = RouteTemplate::from_probe(probe, &literals(), &[true, true, false]).unwrap();
+        let values: [&[u8]; 3] = [b"4242", b"'it''s'", b"7"];
+        let route = template.render(|i| values[i]);
+        let sql = b"SELECT 4242, 'it''s' FROM t WHERE a IN ".to_vec();
+        assert_eq!(route, rewrite(sql.clone(), sql.len(), b"SELECT b FROM u WHERE c = 'it''s'".to_vec()));
+    }
+
+    #[test]
+    fn markers_that_are_cut_or_unknown_spoil_the_template() {
+        let number = marker(0, LiteralKind::Number);
+        let cut = [b"SELECT 1".as_slice(), &number].concat();
+        let unmasked = [b"SELECT ".as_slice(), &marker(2, LiteralKind::Number)].concat();
+        let unquoted = [b"SELECT ".as_slice(), &marker(1, LiteralKind::Number)].concat();
+        let inside = [b"SELECT ".as_slice(), &number].concat();
+        for (sql, at) in [(cut, 0), (unmasked, 0), (unquoted, 0), (inside.clone(), inside.len() - 2)] {
+            let probe = rewrite(sql.clone(), at, Vec::new());
+            assert!(RouteTemplate::from_probe(probe, &literals(), &[true, true, false]).is_none(), "{sql:?}");
+        }
+    }
 }
