@@ -122,7 +122,7 @@ impl RouteCache {
             Lookup::Found(_) | Lookup::Other => return (router.route(sql), CacheOutcome::Miss),
         }
         let route = router.route(sql);
-        match Entry::new(router, sql, scan, &route) {
+        match Admission::of(router, sql, scan, &route) {
             Admission::Entry(entry) => self.insert(hash, entry),
             Admission::Rejected => self.remember(hash, Sighting::Rejected),
             Admission::NotThisOne => {}
@@ -217,11 +217,11 @@ enum Admission {
     NotThisOne,
 }
 
-impl Entry {
+impl Admission {
     /// The entry for `sql` (scanned as `scan`) whose route is `route`, if it can be cached soundly: the router's
     /// parse of it tells which literals it reads, the route of the probe gives the template, and the template
     /// must give `route` back with the statement's own literals.
-    fn new(router: &Router, sql: &[u8], scan: Scan, route: &Route) -> Admission {
+    fn of(router: &Router, sql: &[u8], scan: Scan, route: &Route) -> Admission {
         let unsure = scan.literals.len() > template::MAX_LITERALS || template::find(sql, MARKER_CORE).is_some();
         if unsure || !template::is_cacheable(route) {
             return Admission::NotThisOne;
@@ -241,7 +241,9 @@ impl Entry {
         let size = scan.key.len() + template.size() + pinned.iter().map(|(_, v)| v.len() + 32).sum::<usize>();
         Admission::Entry(Entry { key: scan.key.into(), pinned, template, size })
     }
+}
 
+impl Entry {
     /// Whether `sql` has the entry's values where the router reads them.
     fn matches(&self, sql: &[u8], scan: &Scan) -> bool {
         self.pinned.iter().all(|(i, value)| sql[scan.literals[*i].range.clone()] == **value)
