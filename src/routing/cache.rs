@@ -12,7 +12,8 @@
 //! into shards, each behind its own lock held only to look up or insert an entry, and bounded: entries per shard,
 //! bytes per shard, and the size of a statement it keeps. A full shard drops entries at random (in the hash
 //! map's order) to make room. A key is cached the second time it is seen, so a statement seen once costs no more
-//! than routing it, and one seen again costs a second route (the probe) and a comparison, once.
+//! than routing it, and one seen again costs the router twice more (the parse that tells which literals it reads,
+//! the probe's route) and a comparison, once; a key whose entry was rejected is not tried again.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -231,14 +232,14 @@ impl Admission {
         };
         let probe = router.route(&probe(sql, &scan, &masked));
         let template = RouteTemplate::from_probe(probe, &scan.literals, &masked);
-        let Some(template) = template.filter(|t| t.render(|i| &sql[scan.literals[i].range.clone()]) == *route) else {
+        let Some(template) = template.filter(|t| t.render(|i| scan.literal(sql, i)) == *route) else {
             return Admission::Rejected;
         };
-        let pinned: Box<[(usize, Box<[u8]>)]> = (scan.literals.iter().enumerate())
-            .filter(|(i, _)| !masked[*i])
-            .map(|(i, literal)| (i, sql[literal.range.clone()].into()))
-            .collect();
-        let size = scan.key.len() + template.size() + pinned.iter().map(|(_, v)| v.len() + 32).sum::<usize>();
+        let pinned: Box<[(usize, Box<[u8]>)]> =
+            (0..scan.literals.len()).filter(|&i| !masked[i]).map(|i| (i, scan.literal(sql, i).into())).collect();
+        let pinned_size =
+            pinned.iter().map(|(_, v)| v.len() + std::mem::size_of::<(usize, Box<[u8]>)>()).sum::<usize>();
+        let size = scan.key.len() + template.size() + pinned_size;
         Admission::Entry(Entry { key: scan.key.into(), pinned, template, size })
     }
 }
@@ -246,12 +247,12 @@ impl Admission {
 impl Entry {
     /// Whether `sql` has the entry's values where the router reads them.
     fn matches(&self, sql: &[u8], scan: &Scan) -> bool {
-        self.pinned.iter().all(|(i, value)| sql[scan.literals[*i].range.clone()] == **value)
+        self.pinned.iter().all(|(i, value)| scan.literal(sql, *i) == &**value)
     }
 
     /// The route of `sql`, the entry's literals replaced by its own.
     fn render(&self, sql: &[u8], scan: &Scan) -> Route {
-        self.template.render(|i| &sql[scan.literals[i].range.clone()])
+        self.template.render(|i| scan.literal(sql, i))
     }
 }
 

@@ -64,6 +64,13 @@ pub struct Scan {
     pub literals: Vec<Literal>,
 }
 
+impl Scan {
+    /// The bytes of literal `index` in `sql`, the statement scanned.
+    pub fn literal<'s>(&self, sql: &'s [u8], index: usize) -> &'s [u8] {
+        &sql[self.literals[index].range.clone()]
+    }
+}
+
 /// The literals and key of `sql`, or `None` where the scanner might disagree with sqlparser's tokenizer.
 pub fn scan(sql: &[u8]) -> Option<Scan> {
     std::str::from_utf8(sql).ok()?;
