@@ -8,6 +8,9 @@
 //!   staff view's subquery read, the cascade DELETE; texts as in `tests/support/edx.rs`) with the reading-both
 //!   flags, both tables on one server (`one_server`: reads become a merge plan and one statement per side, sent
 //!   together) and on two servers (`two_servers`: a merge plan and one statement per side). Target: ≤ 20 µs.
+//! - `route_cached/{one_server,two_servers}/*`: `Router::classify` of the same four statements once the route
+//!   cache has them (each seen twice before), every iteration with other literals (module ids, usernames): scan the
+//!   literals, look the key up, splice the literals into the cached statements. Target: ≤ 10 µs for the reads.
 //! - `steps/*`: the sub-steps of `route` (tokenize, mentions, clone the tokens, parse, classify), to see where
 //!   its time goes, and sqlparser's tokenizer alone (`sqlparser_tokenize`).
 //!
@@ -23,7 +26,7 @@ use criterion::{BenchmarkId, Criterion};
 use csmh_proxy::history::Flags;
 use csmh_proxy::history::TableName;
 use csmh_proxy::routing::source::{self, Source, Tok};
-use csmh_proxy::routing::{FanOut, MergeServers, Route, classify};
+use csmh_proxy::routing::{CacheOutcome, FanOut, Form, MergeServers, Route, classify};
 use csmh_proxy::sandbox::ProxyToml;
 use csmh_proxy::state::ConfigSnapshot;
 use sqlparser::ast::Statement;
@@ -121,6 +124,20 @@ fn history_statements() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The history statements with other literals: module ids and usernames as edxapp varies them.
+fn history_variants() -> Vec<Vec<(&'static str, String)>> {
+    let variants = [("123456", "alice"), ("654321", "bob"), ("42", "carol_the_instructor"), ("7777777", "dave")];
+    variants
+        .iter()
+        .map(|(module, user)| {
+            history_statements()
+                .into_iter()
+                .map(|(name, sql)| (name, sql.replace("123456", module).replace("'alice'", &format!("'{user}'"))))
+                .collect()
+        })
+        .collect()
+}
+
 /// The configuration snapshot of a proxy with the reading-both flags, both tables on one server or on two.
 fn reading_both(two_servers: bool) -> ConfigSnapshot {
     let addr = |port| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
@@ -182,6 +199,31 @@ fn bench_route(c: &mut Criterion) {
     }
 }
 
+fn bench_route_cached(c: &mut Criterion) {
+    let variants = history_variants();
+    for (label, two_servers) in [("one_server", false), ("two_servers", true)] {
+        let snapshot = reading_both(two_servers);
+        let router = &snapshot.router;
+        let mut group = c.benchmark_group(format!("route_cached/{label}"));
+        for (index, (name, sql)) in history_statements().into_iter().enumerate() {
+            let statements: Vec<&[u8]> = variants.iter().map(|v| v[index].1.as_bytes()).collect();
+            for sql in &statements {
+                router.classify(sql, Form::Query);
+            }
+            for sql in &statements {
+                let (classified, outcome) = router.classify_reporting(sql, Form::Query);
+                assert_eq!(outcome, Some(CacheOutcome::Hit), "{name} is routed from the cache");
+                assert_eq!(classified.into_route(), router.route(sql), "{name}: the cache's route is the router's");
+            }
+            let mut next = statements.iter().cycle();
+            group.bench_function(BenchmarkId::new(name, sql.len()), |b| {
+                b.iter(|| router.classify(black_box(next.next().expect("a cycle never ends")), Form::Query))
+            });
+        }
+        group.finish();
+    }
+}
+
 /// The sub-steps of `Router::route` that do not depend on the topology, each on its own, and sqlparser's
 /// tokenizer without the byte-range mapping of `Source::tokens` (`sqlparser_tokenize`).
 fn bench_steps(c: &mut Criterion) {
@@ -231,6 +273,7 @@ fn main() {
         .configure_from_args();
     bench_prefilter(&mut criterion);
     bench_route(&mut criterion);
+    bench_route_cached(&mut criterion);
     bench_steps(&mut criterion);
     criterion.final_summary();
 }

@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::routing::{Classified, Route};
+use crate::routing::{CacheOutcome, Classified, Route};
 use crate::topology::Server;
 
 /// The `Content-Type` of [`Metrics::render`]'s output (Prometheus text format 0.0.4).
@@ -144,6 +144,8 @@ pub struct Metrics {
     generation: Gauge,
     shadow: ShadowCounters,
     preconnect: PreconnectCounters,
+    /// By [`CacheOutcome::ALL`]'s order.
+    route_cache: [Counter; 3],
 }
 
 /// What became of the connections opened ahead of clients ([`crate::preconnect`]), and how many are ready; clones
@@ -327,6 +329,16 @@ impl Metrics {
         );
 
         let preconnect = preconnect_counters(&mut registry);
+        let route_cache = Family::<Labels<1>, Counter>::default();
+        let route_cache_counters =
+            CacheOutcome::ALL.map(|outcome| route_cache.get_or_create(&[("result", outcome.label())]).clone());
+        registry.register(
+            "route_cache",
+            "History statements (COM_QUERY, COM_STMT_PREPARE naming the history table) by how the route cache served \
+             them: hit (routed from the cache), miss (parsed and routed), skipped (not looked up: prepared, too long, \
+             or text the cache's scanner is not sure of)",
+            route_cache,
+        );
 
         Metrics {
             registry,
@@ -344,6 +356,7 @@ impl Metrics {
             generation,
             shadow,
             preconnect,
+            route_cache: route_cache_counters,
         }
     }
 
@@ -435,6 +448,17 @@ impl Metrics {
     /// Backend connection failures during statements on `server` so far.
     pub fn backend_query_errors(&self, server: Server) -> u64 {
         self.query_errors[backend_index(server)].get()
+    }
+
+    /// The route cache served a statement as `outcome` says.
+    #[inline]
+    pub fn route_cache(&self, outcome: CacheOutcome) {
+        self.route_cache[outcome as usize].inc();
+    }
+
+    /// Statements the route cache served as `outcome` says, so far.
+    pub fn route_cache_count(&self, outcome: CacheOutcome) -> u64 {
+        self.route_cache[outcome as usize].get()
     }
 
     /// A client closed its connection while a request of its was in flight.

@@ -20,6 +20,7 @@ use csmh_proxy::migrate::copy::throttle::Reason;
 use csmh_proxy::migrate::figures::{Figures, Waiting};
 use csmh_proxy::migrate::observe::Command as MigrationCommand;
 use csmh_proxy::migrate::observe::metrics::render;
+use csmh_proxy::routing::CacheOutcome;
 use csmh_proxy::state::ProxyState;
 use csmh_proxy::topology::Server;
 use observability::exposition::Exposition;
@@ -38,9 +39,10 @@ const RULES: &str = "deploy/prometheus/csmh-proxy-rules.yml";
 const ALERT_TESTS: &str = "tests/observability/alerts.test.yml";
 
 /// The views the dashboard must have, by panel title.
-const PANELS: [&str; 20] = [
+const PANELS: [&str; 21] = [
     "Statements/s by route",
     "History statements/s by route",
+    "Route cache: history statements/s by result",
     "Blocked and refused statements/s",
     "Latency p50 by route",
     "Latency p99 by route",
@@ -104,6 +106,9 @@ fn exercise(metrics: &Metrics) {
         metrics.backend_query_error(server);
     }
     metrics.client_hangup();
+    for outcome in CacheOutcome::ALL {
+        metrics.route_cache(outcome);
+    }
 }
 
 /// The exposition of a proxy started with the repository's `proxy.toml` that has routed a statement of each route,

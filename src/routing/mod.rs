@@ -7,17 +7,23 @@
 //! statement runs on included, so the session only carries it out. The router is a pure function of the
 //! statement bytes and the snapshot: it never sees a socket.
 
+pub mod cache;
 pub mod classify;
+pub mod literals;
+pub mod masking;
 pub mod prefilter;
 pub mod rewrite;
 pub mod source;
+pub mod template;
 
 use sqlparser::dialect::MySqlDialect;
 use std::ops::Range;
+use std::sync::Arc;
 
 use sqlparser::parser::{Parser, ParserOptions};
 use sqlparser::tokenizer::Token;
 
+pub use cache::{CacheOutcome, RouteCache};
 pub use prefilter::Prefilter;
 
 use crate::history::{RoutingTable, StatementKind, TableName, Target};
@@ -196,13 +202,15 @@ pub struct Router {
     prefilter: Prefilter,
     /// The longest statement it parses; a longer one that may name the history table is refused.
     parse_limit: usize,
+    /// Routes of the text statements it has routed, by their masked literals.
+    cache: Arc<RouteCache>,
 }
 
 impl Router {
     /// A router for the stage `table` routes by, the two tables, and where they live.
     pub fn new(table: RoutingTable, old: TableName, extended: TableName, topology: Topology) -> Router {
         let prefilter = Prefilter::new(old.table());
-        Router { table, old, extended, topology, prefilter, parse_limit: usize::MAX }
+        Router { table, old, extended, topology, prefilter, parse_limit: usize::MAX, cache: Arc::default() }
     }
 
     /// This router, refusing with error 1235 rather than parsing a statement longer than `bytes` that may name
@@ -227,15 +235,31 @@ impl Router {
     }
 
     /// The classification of one statement, as the session and `csmh-proxy route` both make it: the pre-filter,
-    /// then, when the text may name the history table, the route.
+    /// then, when the text may name the history table, the route (from the route cache when it has it).
     pub fn classify(&self, sql: &[u8], form: Form) -> Classified {
+        self.classify_reporting(sql, form).0
+    }
+
+    /// [`Router::classify`], and how the route cache served the statement: `None` when it was not asked, because
+    /// the pre-filter let the statement pass or the flags route nothing. Only text statements are cached; a
+    /// statement to prepare is [`CacheOutcome::Skipped`].
+    pub fn classify_reporting(&self, sql: &[u8], form: Form) -> (Classified, Option<CacheOutcome>) {
         if !self.prefilter.matches(sql) {
-            return Classified::Unnamed;
+            return (Classified::Unnamed, None);
         }
-        Classified::Named(match form {
-            Form::Query => self.route(sql),
-            Form::Prepare => self.route_prepared(sql),
-        })
+        if self.is_passthrough() {
+            return (Classified::Named(Route::Passthrough), None);
+        }
+        let (route, outcome) = match form {
+            Form::Query => self.cache.route(self, sql),
+            Form::Prepare => (self.route_prepared(sql), CacheOutcome::Skipped),
+        };
+        (Classified::Named(route), Some(outcome))
+    }
+
+    /// The route cache [`Router::classify`] uses.
+    pub fn cache(&self) -> &RouteCache {
+        &self.cache
     }
 
     /// The old history table.
@@ -254,7 +278,8 @@ impl Router {
         StatementKind::ALL.iter().all(|&kind| self.table.route(kind) == Target::OldTable)
     }
 
-    /// The route of one statement (the text of a COM_QUERY).
+    /// The route of one statement (the text of a COM_QUERY), made by tokenizing and parsing it (the route cache
+    /// is [`Router::classify`]'s).
     pub fn route(&self, sql: &[u8]) -> Route {
         self.route_with(sql, OneServerReads::Merge)
     }

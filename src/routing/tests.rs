@@ -5,7 +5,7 @@ use crate::history::routing_table;
 const OLD: &str = "courseware_studentmodulehistory";
 const EXT: &str = "`edxapp_csmh`.`coursewarehistoryextended_studentmodulehistoryextended`";
 
-fn router(extended: bool, reading_both: bool, retired: bool, topology: Topology) -> Router {
+pub(super) fn router(extended: bool, reading_both: bool, retired: bool, topology: Topology) -> Router {
     let flags = Flags {
         enable_csmh_extended: extended,
         enable_reading_from_multiple_history_tables: reading_both,
@@ -63,6 +63,46 @@ const EDXAPP_READ: &str = "SELECT `courseware_studentmodulehistory`.`id`, `cours
 /// edxapp's cascade delete.
 const EDXAPP_DELETE: &str = "DELETE FROM `courseware_studentmodulehistory` WHERE \
     `courseware_studentmodulehistory`.`student_module_id` IN (42, 43)";
+
+/// The statements of these tests and edxapp's, for the route cache's differential test
+/// (`routing/cache/tests.rs`): each with other literals must route from the cache as the router routes it.
+pub(super) const CORPUS: &[&str] = &[
+    EDXAPP_INSERT,
+    EDXAPP_READ,
+    EDXAPP_DELETE,
+    "SELECT 'courseware_studentmodulehistory'",
+    "INSERT INTO log (msg) VALUES (\"from courseware_studentmodulehistory\")",
+    "INSERT INTO edxapp.courseware_studentmodulehistory VALUES (1, NULL, NOW(), 's', 1, 2, 42)",
+    "SELECT `courseware_studentmodulehistory`.`id` FROM `courseware_studentmodulehistory` WHERE \
+     `courseware_studentmodulehistory`.`student_module_id` IN (SELECT U0.`id` FROM `courseware_studentmodule` U0 \
+     INNER JOIN `auth_user` U1 ON (U0.`student_id` = U1.`id`) WHERE (U0.`course_id` = 'c' AND U1.`username` = 'alice')) \
+     ORDER BY `courseware_studentmodulehistory`.`id` DESC",
+    "SELECT * FROM courseware_studentmodulehistory h WHERE h.id = 5",
+    "UPDATE courseware_studentmodulehistory SET state = 'x' WHERE edxapp.courseware_studentmodulehistory.id = 7",
+    "UPDATE courseware_studentmodulehistory SET grade = grade + 1 WHERE id = 2",
+    "TRUNCATE TABLE courseware_studentmodulehistory",
+    "ALTER TABLE courseware_studentmodulehistory ADD COLUMN x INT",
+    "SELECT * FROM courseware_studentmodulehistory_retired_20260101 WHERE id = 7",
+    "DELETE FROM `courseware_studentmodulehistory_retired_20260101_2` WHERE student_module_id IN (42)",
+    "SELECT * FROM courseware_studentmodulehistory h JOIN courseware_studentmodule m ON m.id = h.student_module_id",
+    "INSERT INTO courseware_studentmodulehistory (state, created, student_module_id) VALUES ('caf\u{e9} \\'', NOW(), 1)",
+    r"INSERT INTO courseware_studentmodulehistory (state, version, student_module_id) VALUES ('a\'b\\c', X'00ff', 0x2A)",
+    "SELECT id FROM courseware_studentmodulehistory WHERE student_module_id IN (SELECT U0.`id` FROM \
+     `courseware_studentmodule` U0 WHERE U0.`student_id` = 7) ORDER BY id DESC",
+    "SELECT id FROM courseware_studentmodulehistory WHERE grade = (SELECT MAX(grade) FROM courseware_studentmodule)",
+    "SELECT student_module_id, AVG(grade) FROM courseware_studentmodulehistory WHERE grade > 0.5 GROUP BY student_module_id",
+    "SELECT FROM courseware_studentmodulehistory WHERE state = 'secret' AND",
+    "REPLACE INTO courseware_studentmodulehistory (id, state) VALUES (1, '')",
+    "INSERT INTO courseware_studentmodulehistory (id, state) VALUES (1, '') ON DUPLICATE KEY UPDATE state = ''",
+    "DELETE FROM courseware_studentmodulehistory WHERE student_module_id = 2 ORDER BY id LIMIT 10",
+    "SELECT `courseware_studentmodulehistory`.`id` FROM `courseware_studentmodulehistory` \
+     ORDER BY `courseware_studentmodulehistory`.`id` DESC LIMIT 2 OFFSET 1",
+    "SELECT 1 AS `a` FROM `courseware_studentmodulehistory` WHERE `courseware_studentmodulehistory`.`id` = 19 LIMIT 1",
+    "SELECT COUNT(*) AS `__count` FROM `courseware_studentmodulehistory` WHERE student_module_id = 3",
+    "SELECT id, grade + 1 FROM courseware_studentmodulehistory WHERE student_module_id = 4 ORDER BY grade + 1, 1",
+    "SELECT id FROM courseware_studentmodulehistory WHERE created > DATE '2020-01-01' AND state LIKE _utf8mb4'%x%' \
+     /* a comment with 'quotes' */ AND grade BETWEEN 0.5 AND 1 -- and 2\n",
+];
 
 #[test]
 fn with_every_flag_off_nothing_is_parsed() {

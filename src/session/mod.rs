@@ -295,7 +295,10 @@ impl Session {
             }
         };
         let payload = request.span.payload_in(&self.client.buf);
-        let classified = request.snapshot.router.classify(command::body(&payload), form);
+        let (classified, cache) = request.snapshot.router.classify_reporting(command::body(&payload), form);
+        if let Some(outcome) = cache {
+            self.shared.metrics.route_cache(outcome);
+        }
         request.label = Some(RouteLabel::of(&classified));
         match classified.into_route() {
             Route::Passthrough => Decision::Relay,
