@@ -239,8 +239,8 @@ impl Target {
         match self.kind {
             Kind::Direct => "direct",
             Kind::HaProxy => "HAProxy",
-            Kind::PoolOff => "proxy, pool off",
-            Kind::PoolOn => "proxy, pool on",
+            Kind::PoolOff => "proxy (pool off)",
+            Kind::PoolOn => "proxy (pool on)",
         }
     }
 
@@ -817,6 +817,10 @@ impl Report {
                     "- {}: pool on / {name} {ratio:.3} ≤ {limit:.2}: {verdict} ({scope})",
                     m.workload.label(self.setup.rate)
                 );
+            }
+            if let Some(off) = self.index(Kind::PoolOff) {
+                let gain = m.p50_ratio(on, off);
+                let _ = writeln!(out, "- {}: pool on / pool off {}", m.workload.label(self.setup.rate), gain.ratio());
             }
         }
         out.push('\n');
