@@ -77,8 +77,9 @@ const PAUSE_US: u32 = 1000;
 const FIRST: usize = 10;
 /// How long after a client exits the server's counters are read, so that its last connection has gone.
 const SETTLE: Duration = Duration::from_millis(100);
-/// The Python loop and the sysbench script.
+/// The timed mysqlclient loop.
 const PYTHON_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/connect.py");
+/// sysbench's script: a new connection per event.
 const LUA_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/connect.lua");
 /// This bench's section of the results file, and the part of it each run rewrites.
 const SECTION: Section = Section {
@@ -86,8 +87,9 @@ const SECTION: Section = Section {
     measured: ("<!-- connect:measured:begin -->", "<!-- connect:measured:end -->"),
     heading: "## Connect: a new connection per request, direct, HAProxy, proxy (issue 15)",
 };
-/// Issue 15's targets on the paced mysqlclient p50: proxy pool on over HAProxy, and over direct, at most.
+/// Issue 15's target on the paced mysqlclient p50: proxy pool on over HAProxy, at most.
 const VS_HAPROXY: f64 = 0.85;
+/// Issue 15's target on the paced mysqlclient p50: proxy pool on over direct, at most.
 const VS_DIRECT: f64 = 1.3;
 
 fn main() -> anyhow::Result<()> {
@@ -537,7 +539,7 @@ fn run_once(
 /// A short run of each client against each target, not counted: the server's caches, the relays' code paths
 /// and Python's imports are warm before the first measured run.
 fn warm_up(clients: &Clients, targets: &[Target]) -> anyhow::Result<()> {
-    let options = Options { iterations: 100, rate: 200, seconds: 1, ..Options::parse(std::iter::empty())? };
+    let options = Options { rounds: 1, iterations: 100, rate: 200, seconds: 1, write: false, command: String::new() };
     let quick = Clients { python: clients.python.clone(), options: &options };
     for target in targets {
         quick.run(&WORKLOADS[0], target)?;
