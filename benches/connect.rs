@@ -136,9 +136,11 @@ struct Options {
 }
 
 impl Options {
+    /// The options that take a number, and their defaults.
     const DEFAULTS: [(&'static str, usize); 4] =
         [("--rounds", 5), ("--iterations", 2000), ("--rate", 200), ("--seconds", 3)];
 
+    /// Reads `args`, the command line after the program's name.
     fn parse(mut args: impl Iterator<Item = String>) -> anyhow::Result<Options> {
         let mut values = Options::DEFAULTS;
         let mut write = true;
@@ -194,6 +196,7 @@ struct Relays {
 }
 
 impl Relays {
+    /// Starts HAProxy and the proxies (the pool-off one only if [`POOL_OFF_MEASURED`]) in front of `server`.
     fn start(server: SocketAddr) -> anyhow::Result<Relays> {
         let pool_off = POOL_OFF_MEASURED.then(|| ProxyProcess::start(server, POOL_OFF)).transpose()?;
         Ok(Relays { haproxy: HaProxy::start(server)?, pool_off, pool_on: ProxyProcess::start(server, "")? })
@@ -237,6 +240,7 @@ struct Target {
 }
 
 impl Target {
+    /// Its name in the report.
     fn name(&self) -> &'static str {
         match self.kind {
             Kind::Direct => "direct",

@@ -76,6 +76,7 @@ pub struct HaProxy {
 }
 
 impl HaProxy {
+    /// Starts HAProxy in front of `server`, returning once it listens.
     pub fn start(server: SocketAddr) -> anyhow::Result<HaProxy> {
         let dir = tempfile::Builder::new().prefix("csmh-bench-haproxy-").tempdir()?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
@@ -123,12 +124,14 @@ pub struct ChildGuard {
 }
 
 impl ChildGuard {
+    /// Starts `command`, named `name` in errors.
     fn spawn(mut command: Command, name: &'static str) -> anyhow::Result<ChildGuard> {
         die_with_bench(&mut command);
         let child = command.spawn().with_context(|| format!("start {name}"))?;
         Ok(ChildGuard { child, name })
     }
 
+    /// The process's id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -181,6 +184,7 @@ pub fn sysbench(script: &str, port: u16, database: &str) -> Command {
 
 /// Runs a command to completion, failing with its output unless it succeeded.
 pub trait OutputOk {
+    /// The command's output, once it exited successfully (and killed with the bench if the bench dies first).
     fn output_ok(&mut self) -> anyhow::Result<Output>;
 }
 
