@@ -192,13 +192,10 @@ impl OutputOk for Command {
     fn output_ok(&mut self) -> anyhow::Result<Output> {
         die_with_bench(self);
         let output = self.output().with_context(|| format!("run {:?}", self.get_program()))?;
-        ensure!(
-            output.status.success(),
-            "{self:?} failed ({}):\n{}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        if !output.status.success() {
+            let [stdout, stderr] = [&output.stdout, &output.stderr].map(|bytes| String::from_utf8_lossy(bytes));
+            bail!("{self:?} failed ({}):\n{stdout}{stderr}", output.status);
+        }
         Ok(output)
     }
 }
