@@ -3,7 +3,7 @@
 //! direct connection to MariaDB and with HAProxy in `mode tcp`, with the proxy's preconnect pool off and on.
 //!
 //! ```sh
-//! cargo bench --bench connect                          # 5 rounds, about 3½ minutes (4½ with the pool-off proxy)
+//! cargo bench --bench connect                          # 5 rounds, about 3½ minutes (7 with the pool)
 //! cargo bench --bench connect -- --rounds 3 --iterations 1000 --seconds 2 --no-write
 //! ```
 //!
@@ -11,7 +11,7 @@
 //! settings, no TLS); HAProxy in TCP mode; and `csmh-proxy serve` (the binary cargo builds beside this bench)
 //! once per pool setting, every flag off: "pool on" is the default configuration (`[backends.edxapp.preconnect]
 //! max` defaults to 4), "pool off" appends `max = 0` ([`POOL_OFF`]). The targets, in this order: direct, HAProxy,
-//! proxy pool off (only once the configuration has the table: [`POOL_OFF_MEASURED`]), proxy pool on.
+//! proxy pool off (only once the proxy has the pool: [`PRECONNECT`]), proxy pool on.
 //!
 //! Four workloads, each in interleaved rounds: every round runs each target once, the order turned by one target
 //! per round, so that machine noise and the time since a target last ran fall on all targets alike.
@@ -25,19 +25,21 @@
 //!
 //! What makes the pool visible: a client finds a ready backend connection only if the pool opened one since the
 //! client before it (the rate must be above 0, and the gap between two clients longer than a backend connect
-//! and greeting), and if that connection is younger than `max_age_ms`. Each target stays idle while the others
-//! run, longer than `max_age_ms`, so every run starts cold; the median of a run's first 10 connections shows
-//! that start, p50 the steady state, and the server's counters what the pool costs it: connections opened
+//! and greeting), and if that connection is younger than `max_age_ms`. A pool-on run's window goes on until
+//! its unused connections have expired (`max_age_ms` and half a second after the last client), so every run
+//! of every target starts with no pool connection left; the median of a run's first 10 connections shows that
+//! cold start, p50 the steady state, and the server's counters what the pool costs it: connections opened
 //! beyond the clients', and those closed unused (each is an `Aborted_connects`, the server's count of
-//! connections that ended before a login).
+//! connections that ended before a login), all within the pool-on row.
 //!
 //! Per run: p50, p95 and p99 latency (mysqlclient: from every iteration's time; sysbench: from its latency
 //! histogram), connections per second, the relay's CPU time per connection, and the deltas of the server's
-//! `Connections`, `Aborted_connects`, `Threads_created` and `Threads_connected` (end minus start, read 100 ms
-//! after the client exits) over the run, from one root connection held open for the whole bench. The report
-//! gives per target the median over rounds (min–max), the proxies' ratios to direct and to HAProxy (median of
-//! the per-round ratios: each round's runs are neighbours in time), and issue 15's targets on the paced
-//! mysqlclient p50: proxy pool on ≤ 0.85 × HAProxy and ≤ 1.3 × direct, met or not.
+//! `Connections`, `Aborted_connects` and `Threads_created` over the run's window and of `Threads_connected`
+//! from the start to 100 ms after the client exits (connections held ready show there), from one root
+//! connection held open for the whole bench. The report gives per target the median over rounds (min–max),
+//! the proxies' ratios to direct and to HAProxy (median of the per-round ratios: each round's runs are
+//! neighbours in time), and issue 15's targets on the paced mysqlclient p50: proxy pool on ≤ 0.85 × HAProxy
+//! and ≤ 1.3 × direct, met or not.
 //!
 //! The measurements run under the benchmarks' lock ([`BenchLock`]); the report is printed and written between
 //! `<!-- connect:measured:begin -->` and `<!-- connect:measured:end -->` in `benches/RESULTS.md` (the first time
@@ -72,9 +74,12 @@ use tokio::runtime::Runtime;
 
 /// The database the clients log in to.
 const DATABASE: &str = "connect_bench";
-/// Whether the proxy's configuration has `[backends.edxapp.preconnect]`: the pool-off target is measured only
-/// then (a proxy without the table refuses it, as it refuses every unknown key).
-const POOL_OFF_MEASURED: bool = false;
+/// Whether the proxy has its preconnect pool (`[backends.edxapp.preconnect]` in its configuration; a proxy without
+/// it refuses the table, as it refuses every unknown key). It decides whether the pool-off target is measured, and
+/// whether the pool-on runs wait for the pool's unused connections to expire ([`Target::drain`]).
+const PRECONNECT: bool = false;
+/// The pool's default `max_age_ms`: a ready connection older than this is closed.
+const POOL_MAX_AGE: Duration = Duration::from_millis(5000);
 /// What the pool-off proxy's `proxy.toml` appends to the default configuration.
 const POOL_OFF: &str = "\n[backends.edxapp.preconnect]\nmax = 0\n";
 /// How long after a client exits the server's counters are read, so that its last connection has gone.
@@ -194,9 +199,9 @@ struct Relays {
 }
 
 impl Relays {
-    /// Starts HAProxy and the proxies (the pool-off one only if [`POOL_OFF_MEASURED`]) in front of `server`.
+    /// Starts HAProxy and the proxies (the pool-off one only if [`PRECONNECT`]) in front of `server`.
     fn start(server: SocketAddr) -> anyhow::Result<Relays> {
-        let pool_off = POOL_OFF_MEASURED.then(|| ProxyProcess::start(server, POOL_OFF)).transpose()?;
+        let pool_off = PRECONNECT.then(|| ProxyProcess::start(server, POOL_OFF)).transpose()?;
         Ok(Relays { haproxy: HaProxy::start(server)?, pool_off, pool_on: ProxyProcess::start(server, "")? })
     }
 
@@ -245,6 +250,16 @@ impl Target {
             Kind::HaProxy => "HAProxy",
             Kind::PoolOff => "proxy (pool off)",
             Kind::PoolOn => "proxy (pool on)",
+        }
+    }
+
+    /// How long after a run the target may still open or close connections of its own: the pool-on proxy's
+    /// ready connections expire [`POOL_MAX_AGE`] after the last client, so its run's window extends past that.
+    /// What the pool opened and closed unused then counts in its own row, and none of it in the next target's.
+    fn drain(&self) -> Duration {
+        match self.kind == Kind::PoolOn && PRECONNECT {
+            true => POOL_MAX_AGE + Duration::from_millis(500),
+            false => Duration::ZERO,
         }
     }
 
@@ -338,7 +353,8 @@ impl Sample {
     }
 }
 
-/// Runs `workload` once against `target`, reading the relay's CPU time and the server's counters around it.
+/// Runs `workload` once against `target`, reading the relay's CPU time and the server's counters around it:
+/// `Threads_connected` just after the client exits, the rest once the target has drained ([`Target::drain`]).
 fn run_once(
     workload: &Workload,
     target: &Target,
@@ -349,8 +365,13 @@ fn run_once(
     let cpu_before = target.relay.map(process_cpu_ns).transpose()?;
     let client = clients.run(workload, target)?;
     std::thread::sleep(SETTLE);
+    let at_end = status.read()?;
+    std::thread::sleep(target.drain());
     let cpu_after = target.relay.map(process_cpu_ns).transpose()?;
-    let server = status.read()?.since(&before);
+    let server = Counters {
+        threads_connected: at_end.threads_connected - before.threads_connected,
+        ..status.read()?.since(&before)
+    };
     let relay_cpu_ns = cpu_before.zip(cpu_after).map(|(before, after)| after.saturating_sub(before));
     Ok(Sample { client, relay_cpu_ns, server })
 }

@@ -7,7 +7,7 @@ use csmh_proxy::sandbox::MariaDb;
 use super::clients::{Clients, FIRST, PAUSE_US, Pacing, Workload};
 use super::support::processes::Busy;
 use super::support::report::{Header, Spread, mariadb_version, versions};
-use super::{Kind, Measured, POOL_OFF_MEASURED, ServerStatus, Target, VS_DIRECT, VS_HAPROXY};
+use super::{Kind, Measured, PRECONNECT, ServerStatus, Target, VS_DIRECT, VS_HAPROXY};
 
 /// The machine, the versions and the settings of a run.
 pub struct Setup {
@@ -84,7 +84,7 @@ impl Report {
             "- One MariaDB server (sandbox settings, no TLS; {}); HAProxy in `mode tcp`; `csmh-proxy serve` (the \
              `bench` profile = `release`), every flag off, pool on = the default configuration{}. Targets: {}.",
             s.host_cache,
-            if POOL_OFF_MEASURED { ", pool off = `[backends.edxapp.preconnect] max = 0`" } else { "" },
+            if PRECONNECT { ", pool off = `[backends.edxapp.preconnect] max = 0`" } else { "" },
             names.join(", ")
         );
         let _ = writeln!(
@@ -104,8 +104,8 @@ impl Report {
             out,
             "Medians (min–max) over the rounds; ratios are the median (min–max) of the per-round ratios. Latency \
              is per connection: connect, login, `SELECT 1`, fetch, close. \"First {FIRST}\" is the median of each \
-             run's first {FIRST} connections (each target is idle while the others run). CPU is the relay \
-             process's CPU time (all threads) per connection.\n"
+             run's first {FIRST} connections (a cold start: no pool connection is left from the run before). CPU \
+             is the relay process's CPU time (all threads) per connection.\n"
         );
     }
 
@@ -143,8 +143,9 @@ impl Report {
     fn render_counters(&self, out: &mut String) {
         let _ = writeln!(
             out,
-            "Server counters, deltas over each target's runs summed over the rounds (Threads_connected: end minus \
-             start of a run, min–max over the rounds):\n"
+            "Server counters, deltas over each target's runs summed over the rounds, a pool-on run's until its \
+             unused connections have expired (Threads_connected: 100 ms after the client's end minus the run's \
+             start, min–max over the rounds):\n"
         );
         let columns: [Column; 5] = [
             ("client connections", &|m, i| m.client_connections(i).to_string()),
