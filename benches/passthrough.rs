@@ -50,8 +50,8 @@
 //! The measurements run under an exclusive `flock` on `/tmp/csmh-bench.lock`, shared with the other benchmarks,
 //! so two benchmarks never measure at the same time (do not also wrap the command in `flock` on that file: the
 //! bench would wait for itself). The report is printed and written to the part of `benches/RESULTS.md` between
-//! `<!-- passthrough:measured:begin -->` and `<!-- passthrough:measured:end -->` (or, the first time, into the
-//! `passthrough` section), unless `--no-write` is given.
+//! `<!-- passthrough:measured:begin -->` and `<!-- passthrough:measured:end -->` (or, the first time, as the
+//! `passthrough` section, added at the end of the file if it has none), unless `--no-write` is given.
 //!
 //! Every process started here is killed when the bench ends, panics included (guards' `Drop`), and with the
 //! bench if it is killed (`PR_SET_PDEATHSIG`).
