@@ -50,24 +50,25 @@
 //! The measurements run under an exclusive `flock` on `/tmp/csmh-bench.lock`, shared with the other benchmarks,
 //! so two benchmarks never measure at the same time (do not also wrap the command in `flock` on that file: the
 //! bench would wait for itself). The report is printed and written to the part of `benches/RESULTS.md` between
-//! `<!-- passthrough:measured:begin -->` and `<!-- passthrough:measured:end -->` (or, the first time, into the
-//! `passthrough` section), unless `--no-write` is given.
+//! `<!-- passthrough:measured:begin -->` and `<!-- passthrough:measured:end -->` (or, the first time, as the
+//! `passthrough` section, added at the end of the file if it has none), unless `--no-write` is given.
 //!
 //! Every process started here is killed when the bench ends, panics included (guards' `Drop`), and with the
 //! bench if it is killed (`PR_SET_PDEATHSIG`).
 
+mod support;
+
 use std::fmt::Write as _;
-use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use anyhow::{Context, bail, ensure};
-use csmh_proxy::sandbox::{Account, MariaDb, ProxyToml, find_program, install_packages, is_root};
+use csmh_proxy::sandbox::{Account, MariaDb};
 use mysql_async::prelude::Queryable;
+use support::BenchLock;
+use support::processes::{Busy, BusyWatch, HaProxy, OutputOk, ProxyProcess, ensure_tools, process_cpu_ns};
+use support::report::{Header, Section, Spread, mariadb_version, publish, threads, versions};
 use tls::{CertFiles, TestPki};
 use tokio::runtime::Runtime;
 
@@ -79,14 +80,12 @@ mod tls;
 const DATABASE: &str = "sbtest";
 /// Rows of sysbench's one table (its default size).
 const TABLE_SIZE: u32 = 10_000;
-/// The lock every benchmark of this project measures under.
-const BENCH_LOCK: &str = "/tmp/csmh-bench.lock";
-/// The results file, and the markers of the part this bench rewrites.
-const RESULTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/RESULTS.md");
-const SECTION: (&str, &str) = ("<!-- passthrough:begin -->", "<!-- passthrough:end -->");
-const MEASURED: (&str, &str) = ("<!-- passthrough:measured:begin -->", "<!-- passthrough:measured:end -->");
-/// The other benchmarks' section, written when this bench creates the file.
-const ROUTING_SECTION: (&str, &str) = ("<!-- routing:begin -->", "<!-- routing:end -->");
+/// This bench's section of the results file, and the part of it each run rewrites.
+const SECTION: Section = Section {
+    markers: ("<!-- passthrough:begin -->", "<!-- passthrough:end -->"),
+    measured: ("<!-- passthrough:measured:begin -->", "<!-- passthrough:measured:end -->"),
+    heading: "## Passthrough: direct, HAProxy, proxy (benchmarks 1 and 2, and over TLS)",
+};
 
 /// Issue 5's targets and the floors below which the proxy is not acceptable at all.
 const VS_DIRECT_AT_1: Target = Target { goal: 0.90, floor: 0.85 };
@@ -94,12 +93,12 @@ const VS_HAPROXY_AT_8: Target = Target { goal: 1.2, floor: 1.0 };
 
 fn main() -> anyhow::Result<()> {
     let options = Options::parse(std::env::args().skip(1))?;
-    ensure_tools()?;
+    ensure_tools(&["sysbench", "haproxy"])?;
     let certificates = Certificates::make()?;
     let harness = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let server = harness.block_on(start_server(&certificates))?;
-    let proxy = ProxyProcess::start(server.addr(), None)?;
-    let tls_proxy = ProxyProcess::start(server.addr(), Some(&certificates.proxy))?;
+    let proxy = ProxyProcess::start(server.addr(), &proxy_tls(None))?;
+    let tls_proxy = ProxyProcess::start(server.addr(), &proxy_tls(Some(&certificates.proxy)))?;
     let haproxy = HaProxy::start(server.addr())?;
     let endpoints = Endpoints::new(&server, &haproxy, &proxy, &tls_proxy, &certificates.sysbench_dir);
     for endpoint in &endpoints.plaintext {
@@ -107,23 +106,14 @@ fn main() -> anyhow::Result<()> {
     }
     sysbench(&WORKLOADS[0], &endpoints.plaintext[0]).arg("prepare").output_ok()?;
 
-    let lock = BenchLock::acquire()?;
+    let lock = BenchLock::acquire();
     let setup = Setup::describe(&harness, &server, &options)?;
     let ours = [server.pid(), haproxy.process.pid(), proxy.process.pid(), tls_proxy.process.pid()];
-    let before = CpuLedger::read(&ours);
+    let watch = BusyWatch::start(ours.to_vec());
     warm_up(&harness, &server, &endpoints)?;
     let results = measure_all(&endpoints, &options)?;
-    let interference = CpuLedger::read(&ours).others_share_since(&before);
-    let load_after = load_average();
-
-    let report = Report { setup, results, load_after, interference };
-    let text = report.render();
-    println!("\n{text}");
-    if options.write {
-        // Still under the lock, so that two benchmarks never rewrite the shared file at once.
-        write_results(Path::new(RESULTS), &text)?;
-        println!("written to {RESULTS}");
-    }
+    let report = Report { setup, results, busy: watch.stop() };
+    publish(&report.render(), &SECTION, options.write)?;
     drop(lock);
     Ok(())
 }
@@ -171,19 +161,6 @@ impl Options {
 
 // ---------------------------------------------------------------------------------------------------------------
 // The processes: MariaDB, the proxy, HAProxy
-
-/// Installs sysbench and HAProxy with apt-get when they are missing (MariaDB is installed by the sandbox).
-fn ensure_tools() -> anyhow::Result<()> {
-    let missing: Vec<&str> = ["sysbench", "haproxy"].into_iter().filter(|p| find_program(p).is_none()).collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let list = missing.join(" ");
-    ensure!(is_root(), "{list} not installed; install with: sudo apt-get install -y {list}");
-    eprintln!("installing {list} with apt-get");
-    install_packages(&missing)?;
-    Ok(())
-}
 
 /// The certificates of a run, made at bench time by one test authority ([`TestPki`], rcgen): the server's and
 /// the TLS proxy's for `localhost` and `127.0.0.1`, and sysbench's client certificate.
@@ -235,33 +212,6 @@ async fn tls_handshakes(server: &MariaDb) -> anyhow::Result<u64> {
     Ok(row.context("the server has no Ssl_accepts status variable")?.1)
 }
 
-/// The `csmh-proxy` binary cargo built beside this bench (same profile), serving a `proxy.toml` in a temporary
-/// directory: the proxy exactly as `csmh-proxy serve` runs in production, in a process of its own like HAProxy.
-struct ProxyProcess {
-    // Before `dir`: the process goes before its files.
-    process: ChildGuard,
-    _dir: tempfile::TempDir,
-    addr: SocketAddr,
-}
-
-impl ProxyProcess {
-    /// Serves a free port on 127.0.0.1 in front of `server`, every flag off: in plaintext on both legs without
-    /// `tls`, else with TLS on both legs, `tls` being the certificate it shows clients (see [`proxy_tls`]).
-    fn start(server: SocketAddr, tls: Option<&CertFiles>) -> anyhow::Result<ProxyProcess> {
-        let dir = tempfile::Builder::new().prefix("csmh-bench-proxy-").tempdir()?;
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
-        let config = dir.path().join("proxy.toml");
-        std::fs::write(&config, ProxyToml::edx(addr, server, server).render() + &proxy_tls(tls))?;
-        let log = File::create(dir.path().join("proxy.log"))?;
-        let mut command = Command::new(env!("CARGO_BIN_EXE_csmh-proxy"));
-        command.arg("serve").arg("--no-watch").arg("--config").arg(&config);
-        command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-        let mut process = ChildGuard::spawn(command, "csmh-proxy")?;
-        wait_until_listening(&mut process, addr)?;
-        Ok(ProxyProcess { process, _dir: dir, addr })
-    }
-}
-
 /// The TLS tables of a proxy's `proxy.toml`. Without `listen`: no `[listen.tls]`, and `mode = "disabled"` to the
 /// server, which offers TLS (under `preferred`, the default, plaintext clients' traffic would cross to it in
 /// TLS). With `listen`: that certificate for clients, which must use TLS (`required`), and `mode = "required"` to
@@ -284,103 +234,6 @@ fn proxy_tls(listen: Option<&CertFiles>) -> String {
     format!("{client}\n[backends.edxapp.tls]\nmode = \"{mode}\"\n\n[backends.csmh.tls]\nmode = \"{mode}\"\n")
 }
 
-/// HAProxy relaying TCP from a free port on 127.0.0.1 to the server, with its configuration in a temporary
-/// directory.
-struct HaProxy {
-    // Before `dir`: the process goes before its files.
-    process: ChildGuard,
-    _dir: tempfile::TempDir,
-    addr: SocketAddr,
-}
-
-impl HaProxy {
-    fn start(server: SocketAddr) -> anyhow::Result<HaProxy> {
-        let dir = tempfile::Builder::new().prefix("csmh-bench-haproxy-").tempdir()?;
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
-        let config = dir.path().join("haproxy.cfg");
-        std::fs::write(&config, haproxy_config(addr, server))?;
-        let log = File::create(dir.path().join("haproxy.log"))?;
-        let mut command = Command::new(find_program("haproxy").context("haproxy not found")?);
-        // -db: stay in the foreground, as this process's child.
-        command.arg("-db").arg("-f").arg(&config).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-        let mut process = ChildGuard::spawn(command, "haproxy")?;
-        wait_until_listening(&mut process, addr)?;
-        Ok(HaProxy { process, _dir: dir, addr })
-    }
-}
-
-/// Polls until `addr` accepts TCP connections, failing if `process` exits or 10 s pass.
-fn wait_until_listening(process: &mut ChildGuard, addr: SocketAddr) -> anyhow::Result<()> {
-    let started = Instant::now();
-    while std::net::TcpStream::connect(addr).is_err() {
-        process.check_alive()?;
-        ensure!(started.elapsed() < Duration::from_secs(10), "{} does not listen on {addr}", process.name);
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
-/// The smallest HAProxy configuration that relays TCP; threads and buffers are HAProxy's defaults.
-fn haproxy_config(listen: SocketAddr, server: SocketAddr) -> String {
-    format!(
-        "global\n    maxconn 1000\n\n\
-         defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 1h\n    timeout server 1h\n\n\
-         listen mysql\n    bind {listen}\n    server mariadb {server}\n"
-    )
-}
-
-/// A port no one listens on right now on 127.0.0.1.
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
-}
-
-/// A child process killed and reaped when this guard is dropped, and killed by the kernel if the bench dies.
-struct ChildGuard {
-    child: Child,
-    name: &'static str,
-}
-
-impl ChildGuard {
-    fn spawn(mut command: Command, name: &'static str) -> anyhow::Result<ChildGuard> {
-        die_with_bench(&mut command);
-        let child = command.spawn().with_context(|| format!("start {name}"))?;
-        Ok(ChildGuard { child, name })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Fails, naming the process, if it has exited.
-    fn check_alive(&mut self) -> anyhow::Result<()> {
-        match self.child.try_wait()? {
-            Some(status) => bail!("{} exited: {status}", self.name),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Makes the kernel kill `command`'s process when the thread that forks it (the bench's main thread) exits.
-fn die_with_bench(command: &mut Command) {
-    // SAFETY: the hook makes one async-signal-safe system call and does not allocate.
-    unsafe {
-        command.pre_exec(|| {
-            // SAFETY: prctl(PR_SET_PDEATHSIG) only changes the calling process's own attribute.
-            match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) {
-                0 => Ok(()),
-                _ => Err(std::io::Error::last_os_error()),
-            }
-        })
-    };
-}
-
 /// Logs in through `endpoint` as the application account, as sysbench will (in plaintext: this build of
 /// mysql_async has no TLS; the warm-up run checks the TLS endpoints).
 async fn check_login(endpoint: &Endpoint) -> anyhow::Result<()> {
@@ -388,26 +241,6 @@ async fn check_login(endpoint: &Endpoint) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("log in through {} at {}", endpoint.name, endpoint.addr))?;
     Ok(conn.disconnect().await?)
-}
-
-/// An exclusive `flock` on [`BENCH_LOCK`], held until dropped (closing the file releases it).
-struct BenchLock {
-    _file: File,
-}
-
-impl BenchLock {
-    fn acquire() -> anyhow::Result<BenchLock> {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(BENCH_LOCK)?;
-        // SAFETY: flock on a descriptor this function owns.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            eprintln!("waiting for {BENCH_LOCK}: another benchmark is measuring");
-            // SAFETY: as above; blocks until the lock is free.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-                return Err(std::io::Error::last_os_error()).context(BENCH_LOCK);
-            }
-        }
-        Ok(BenchLock { _file: file })
-    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -573,43 +406,15 @@ const WORKLOADS: [Workload; 8] = [
 /// sysbench with `workload`'s options against `endpoint`, over TLS if the endpoint is; the caller adds the
 /// command (`prepare`, `run`).
 fn sysbench(workload: &Workload, endpoint: &Endpoint) -> Command {
-    let account = Account::app();
-    let mut command = Command::new(find_program("sysbench").unwrap_or_else(|| "sysbench".into()));
+    let mut command = support::processes::sysbench(workload.script, endpoint.addr.port(), DATABASE);
     command
-        .arg(workload.script)
-        .args(["--db-driver=mysql", "--mysql-host=127.0.0.1"])
-        .arg(format!("--mysql-port={}", endpoint.addr.port()))
-        .arg(format!("--mysql-user={}", account.user))
-        .arg(format!("--mysql-password={}", account.password))
-        .arg(format!("--mysql-db={DATABASE}"))
         .arg(format!("--db-ps-mode={}", workload.ps_mode))
         .args(["--tables=1", &format!("--table-size={TABLE_SIZE}")])
-        .arg(format!("--threads={}", workload.threads))
-        .stdin(Stdio::null());
+        .arg(format!("--threads={}", workload.threads));
     if let Some(dir) = &endpoint.tls {
         command.arg("--mysql-ssl=on").current_dir(dir);
     }
     command
-}
-
-/// Runs a command to completion, failing with its output unless it succeeded.
-trait OutputOk {
-    fn output_ok(&mut self) -> anyhow::Result<Output>;
-}
-
-impl OutputOk for Command {
-    fn output_ok(&mut self) -> anyhow::Result<Output> {
-        die_with_bench(self);
-        let output = self.output().with_context(|| format!("run {:?}", self.get_program()))?;
-        ensure!(
-            output.status.success(),
-            "{self:?} failed ({}):\n{}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Ok(output)
-    }
 }
 
 /// What one sysbench run reports, and what the relay spent on it.
@@ -657,62 +462,6 @@ fn parse_run(output: &str, metric: Metric) -> anyhow::Result<Run> {
     let rate = rest.split('(').nth(1).and_then(|r| r.split_whitespace().next()).context("no rate")?.parse()?;
     ensure!(count("reconnects:")? == 0, "sysbench reconnected");
     Ok(Run { rate, queries: count("queries:")?, ignored_errors: count("ignored errors:")?, relay_cpu_ns: None })
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// CPU accounting
-
-/// The CPU time of every thread of process `pid` so far, in nanoseconds (the scheduler's own count).
-fn process_cpu_ns(pid: u32) -> anyhow::Result<u64> {
-    let mut total = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let schedstat = std::fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
-        total += schedstat.split_whitespace().next().and_then(|ns| ns.parse::<u64>().ok()).unwrap_or(0);
-    }
-    Ok(total)
-}
-
-/// Clock ticks of CPU time: the whole machine's busy time, and what this bench's processes used of it.
-struct CpuLedger {
-    at: Instant,
-    machine_busy: u64,
-    ours: u64,
-}
-
-impl CpuLedger {
-    /// Reads the counters; `ours` are the long-lived processes, beside this one and its waited-for children
-    /// (the sysbench runs).
-    fn read(ours: &[u32]) -> CpuLedger {
-        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-        let cpu: Vec<u64> =
-            stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|n| n.parse().ok()).collect();
-        // user, nice, system, idle, iowait, irq, softirq: busy is all but idle and iowait.
-        let machine_busy = cpu.iter().take(7).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, n)| n).sum();
-        let me = process_ticks("self", true);
-        let ours = me + ours.iter().map(|pid| process_ticks(&pid.to_string(), false)).sum::<u64>();
-        CpuLedger { at: Instant::now(), machine_busy, ours }
-    }
-
-    /// The share of the machine's CPU time that other processes (and interrupts outside ours) used since
-    /// `before`: a concurrent build would show as tens of percent.
-    fn others_share_since(&self, before: &CpuLedger) -> f64 {
-        // SAFETY: sysconf has no preconditions.
-        let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
-        let available = self.at.duration_since(before.at).as_secs_f64() * ticks_per_second * cpus;
-        let others = (self.machine_busy - before.machine_busy).saturating_sub(self.ours - before.ours);
-        others as f64 / available.max(1.0)
-    }
-}
-
-/// User and system ticks of `/proc/<pid>/stat`, with those of waited-for children if `children`.
-fn process_ticks(pid: &str, children: bool) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The fields after the command name, which is in parentheses and may hold spaces: state is the first.
-    let fields: Vec<u64> =
-        stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
-    let take = if children { 11..15 } else { 11..13 };
-    fields.get(take).map_or(0, |ticks| ticks.iter().sum())
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -770,35 +519,6 @@ fn measure(workload: &'static Workload, endpoints: &[Endpoint; 3], options: &Opt
     Ok(Measured { workload, runs })
 }
 
-/// A median with the smallest and largest value.
-#[derive(Clone, Copy)]
-struct Spread {
-    median: f64,
-    min: f64,
-    max: f64,
-}
-
-impl Spread {
-    fn of(mut values: Vec<f64>) -> Spread {
-        values.sort_by(f64::total_cmp);
-        let n = values.len();
-        let median = if n % 2 == 1 { values[n / 2] } else { (values[n / 2 - 1] + values[n / 2]) / 2.0 };
-        Spread { median, min: values[0], max: values[n - 1] }
-    }
-
-    fn rate(&self) -> String {
-        format!("{:.0} ({:.0}–{:.0})", self.median, self.min, self.max)
-    }
-
-    fn ratio(&self) -> String {
-        format!("**{:.3}** ({:.3}–{:.3})", self.median, self.min, self.max)
-    }
-
-    fn micros(spread: Option<Spread>) -> String {
-        spread.map_or_else(|| "–".to_owned(), |s| format!("{:.1} ({:.1}–{:.1})", s.median, s.min, s.max))
-    }
-}
-
 impl Measured {
     /// The rates of endpoint `i` over the rounds.
     fn rates(&self, i: usize) -> Spread {
@@ -845,90 +565,24 @@ impl Target {
 
 /// The machine, the versions and the settings of a run.
 struct Setup {
-    date: String,
-    command: String,
-    machine: String,
-    versions: String,
+    header: Header,
     rounds: usize,
     seconds: u32,
-    load_before: String,
 }
 
 impl Setup {
     fn describe(harness: &Runtime, server: &MariaDb, options: &Options) -> anyhow::Result<Setup> {
-        let mariadb: Option<String> = harness.block_on(async {
-            let mut root = mysql_async::Conn::new(server.root_opts()).await?;
-            let version = root.query_first("SELECT VERSION()").await?;
-            root.disconnect().await?;
-            Ok::<_, mysql_async::Error>(version)
-        })?;
-        let versions = format!(
-            "MariaDB {}, {}, {}, {}",
-            mariadb.unwrap_or_default(),
-            first_line(Command::new(find_program("haproxy").context("haproxy")?).arg("-v"))
-                .split(" - ")
-                .next()
-                .unwrap_or_default(),
-            first_line(Command::new(find_program("sysbench").context("sysbench")?).arg("--version")),
-            first_line(Command::new("rustc").arg("-V")),
-        );
-        Ok(Setup {
-            date: first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
-            command: options.command.clone(),
-            machine: machine(),
-            versions,
-            rounds: options.rounds,
-            seconds: options.seconds,
-            load_before: load_average(),
-        })
+        let mariadb = harness.block_on(mariadb_version(server))?;
+        let header = Header::new(&options.command, versions(&mariadb)?);
+        Ok(Setup { header, rounds: options.rounds, seconds: options.seconds })
     }
-}
-
-/// The first line a command prints, or `unknown`.
-fn first_line(command: &mut Command) -> String {
-    let output = command.stderr(Stdio::null()).output().ok();
-    let text = output.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-    text.lines().next().map_or_else(|| "unknown".to_owned(), |line| line.trim().to_owned())
-}
-
-/// `1 thread`, `8 threads`.
-fn threads(n: u32) -> String {
-    if n == 1 { "1 thread".to_owned() } else { format!("{n} threads") }
-}
-
-/// `2 × <CPU model>, <memory> GiB, Linux <release>`.
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = proc_field(&cpuinfo, "model name").unwrap_or("unknown CPU");
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let kib: f64 =
-        proc_field(&meminfo, "MemTotal").and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0.0);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{cpus} × {model}, {:.1} GiB RAM, Linux {}", kib / 1024.0 / 1024.0, kernel.trim())
-}
-
-/// The value of the first `name: value` line of a `/proc` file.
-fn proc_field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
-    text.lines().find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        (key.trim() == name).then(|| value.trim())
-    })
-}
-
-/// The 1, 5 and 15-minute load averages.
-fn load_average() -> String {
-    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
 /// Everything the bench prints and writes.
 struct Report {
     setup: Setup,
     results: Vec<Measured>,
-    load_after: String,
-    /// The share of the machine's CPU time other processes used while this bench measured.
-    interference: f64,
+    busy: Busy,
 }
 
 impl Report {
@@ -944,9 +598,7 @@ impl Report {
 
     fn render_setup(&self, out: &mut String) {
         let s = &self.setup;
-        let _ = writeln!(out, "Measured {} with `{}`.\n", s.date, s.command);
-        let _ = writeln!(out, "- Machine: {}.", s.machine);
-        let _ = writeln!(out, "- Versions: {}.", s.versions);
+        s.header.render(out);
         let _ = writeln!(
             out,
             "- One MariaDB server (sandbox settings) serving TLS with certificates made at bench time; HAProxy in \
@@ -958,14 +610,10 @@ impl Report {
         let _ = writeln!(
             out,
             "- Round(s) per workload: {}, each running direct, HAProxy, proxy for {} s apiece, after a 2 s \
-             warm-up run of each of the six (three plaintext, three TLS). Load average before / after: {} / {} \
-             (sysbench's threads count in it). Other processes used {:.1} % of the machine's CPU time while the \
-             bench measured.\n",
+             warm-up run of each of the six (three plaintext, three TLS). {}\n",
             s.rounds,
             s.seconds,
-            s.load_before,
-            self.load_after,
-            self.interference * 100.0
+            self.busy.sentence()
         );
         let _ = writeln!(
             out,
@@ -1077,39 +725,4 @@ impl Report {
         }
         let _ = writeln!(out, "\n</details>");
     }
-}
-
-/// Puts `measured` into the results file: between this bench's `measured` markers if they are there (keeping
-/// the notes around them), else as the whole `passthrough` section; creates the file with both benchmarks'
-/// sections when it does not exist.
-fn write_results(path: &Path, measured: &str) -> anyhow::Result<()> {
-    let skeleton = format!(
-        "# Benchmarks (issue 5)\n\n{}\n{}\n\n{}\n{}\n",
-        ROUTING_SECTION.0, ROUTING_SECTION.1, SECTION.0, SECTION.1
-    );
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => skeleton,
-        Err(e) => return Err(e).context(path.display().to_string()),
-    };
-    let block = format!("{}\n{measured}{}", MEASURED.0, MEASURED.1);
-    let updated = replace_between(&text, MEASURED, &block).or_else(|| {
-        let section = format!(
-            "{}\n## Passthrough: direct, HAProxy, proxy (benchmarks 1 and 2, and over TLS)\n\n{block}\n{}",
-            SECTION.0, SECTION.1
-        );
-        replace_between(&text, SECTION, &section)
-    });
-    let updated = updated.with_context(|| format!("no {} … {} in {}", SECTION.0, SECTION.1, path.display()))?;
-    let temporary = PathBuf::from(format!("{}.passthrough.tmp", path.display()));
-    std::fs::write(&temporary, updated)?;
-    std::fs::rename(&temporary, path)?;
-    Ok(())
-}
-
-/// `text` with everything from `markers.0` to `markers.1` (both included) replaced by `with`.
-fn replace_between(text: &str, markers: (&str, &str), with: &str) -> Option<String> {
-    let start = text.find(markers.0)?;
-    let end = start + text[start..].find(markers.1)? + markers.1.len();
-    Some(format!("{}{with}{}", &text[..start], &text[end..]))
 }

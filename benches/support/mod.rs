@@ -1,6 +1,10 @@
-//! What the benchmarks share: the lock that keeps two of them from measuring at the same time.
+//! What the benchmarks share: the lock that keeps two of them from measuring at the same time, and for the
+//! end-to-end benchmarks (`passthrough`, `connect`) the relays they start and the parts of their reports.
 
 use std::os::fd::AsRawFd;
+
+pub mod processes;
+pub mod report;
 
 /// Holds `/tmp/csmh-bench.lock` exclusively until dropped, so that no other benchmark measures meanwhile.
 pub struct BenchLock {

@@ -1,0 +1,201 @@
+//! The clients of the `connect` bench: the workloads, and what runs them, `connect.py` (mysqlclient) and sysbench
+//! with `connect.lua`, each reading back what it measured.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, ensure};
+use csmh_proxy::sandbox::Account;
+
+use super::support::processes::{OutputOk, sysbench};
+use super::support::report::threads;
+use super::{DATABASE, Options, Target};
+
+/// The pause after each paced mysqlclient connection.
+pub const PAUSE_US: u32 = 1000;
+/// The connections of a run whose median shows its cold start.
+pub const FIRST: usize = 10;
+/// The timed mysqlclient loop.
+const PYTHON_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/connect/connect.py");
+/// sysbench's script: a new connection per event.
+const LUA_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/connect/connect.lua");
+
+/// The workloads, in the order they run.
+pub const WORKLOADS: [Workload; 4] = [
+    Workload::Mysqlclient(Pacing::Pause),
+    Workload::Mysqlclient(Pacing::Steady),
+    Workload::Sysbench { threads: 1 },
+    Workload::Sysbench { threads: 4 },
+];
+
+/// One way of opening connections.
+#[derive(Clone, Copy)]
+pub enum Workload {
+    /// `connect.py`, one client.
+    Mysqlclient(Pacing),
+    /// sysbench with `connect.lua`.
+    Sysbench { threads: u32 },
+}
+
+/// How the mysqlclient loop spaces its connections.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Pacing {
+    /// [`PAUSE_US`] after each connection.
+    Pause,
+    /// On a fixed schedule of `--rate` a second.
+    Steady,
+}
+
+impl Workload {
+    /// `mysqlclient, 1 ms pause`, `mysqlclient, steady 200/s` (`rate`), `sysbench, 4 threads`.
+    pub fn label(&self, rate: u32) -> String {
+        match self {
+            Workload::Mysqlclient(Pacing::Pause) => format!("mysqlclient, {} ms pause", PAUSE_US / 1000),
+            Workload::Mysqlclient(Pacing::Steady) => format!("mysqlclient, steady {rate}/s"),
+            Workload::Sysbench { threads: n } => format!("sysbench, {}", threads(*n)),
+        }
+    }
+}
+
+/// What runs the clients: the Python of the mysqlclient environment, and the options.
+pub struct Clients<'a> {
+    pub python: PathBuf,
+    pub options: &'a Options,
+}
+
+/// What one client run measured: its connections, their rate, and their latencies in microseconds.
+#[derive(Clone, Copy, Default)]
+pub struct ClientRun {
+    pub connections: u64,
+    pub per_second: f64,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    /// The median of the first [`FIRST`] connections (mysqlclient only: sysbench gives a histogram).
+    pub first: Option<f64>,
+}
+
+impl Clients<'_> {
+    /// Runs `workload` against `target` once.
+    pub fn run(&self, workload: &Workload, target: &Target) -> anyhow::Result<ClientRun> {
+        match *workload {
+            Workload::Mysqlclient(Pacing::Pause) => {
+                self.mysqlclient(target, self.options.iterations, &[format!("--pause-us={PAUSE_US}")])
+            }
+            Workload::Mysqlclient(Pacing::Steady) => {
+                self.mysqlclient(target, self.options.iterations / 2, &[format!("--rate={}", self.options.rate)])
+            }
+            Workload::Sysbench { threads } => self.sysbench(target, threads, self.options.seconds),
+        }
+    }
+
+    /// `connect.py` against `target`: `iterations` timed connections paced by `pacing` (its options).
+    fn mysqlclient(&self, target: &Target, iterations: usize, pacing: &[String]) -> anyhow::Result<ClientRun> {
+        let account = Account::app();
+        let output = Command::new(&self.python)
+            .arg(PYTHON_SCRIPT)
+            .arg(format!("--port={}", target.addr.port()))
+            .arg(format!("--user={}", account.user))
+            .arg(format!("--password={}", account.password))
+            .arg(format!("--database={DATABASE}"))
+            .arg(format!("--iterations={}", iterations.max(1)))
+            .args(pacing)
+            .stdin(Stdio::null())
+            .output_ok()?;
+        let loop_run: LoopRun = serde_json::from_slice(&output.stdout).context("connect.py's output")?;
+        Ok(loop_run.summary())
+    }
+
+    /// sysbench with `connect.lua` against `target`, at `threads` for `seconds`.
+    fn sysbench(&self, target: &Target, threads: u32, seconds: u32) -> anyhow::Result<ClientRun> {
+        let output = sysbench(LUA_SCRIPT, target.addr.port(), DATABASE)
+            .arg(format!("--threads={threads}"))
+            .arg(format!("--time={seconds}"))
+            .args(["--events=0", "--report-interval=0", "--histogram=on", "run"])
+            .output_ok()?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        parse_sysbench(&text).with_context(|| format!("sysbench's output against {}:\n{text}", target.name()))
+    }
+
+    /// `Python <version>, mysqlclient <version> on MariaDB Connector/C <version>`.
+    pub fn versions(&self) -> anyhow::Result<String> {
+        let code = "import sys, importlib.metadata, MySQLdb; \
+                    print('Python', sys.version.split()[0] + ', mysqlclient', \
+                    importlib.metadata.version('mysqlclient'), 'on MariaDB Connector/C', MySQLdb.get_client_info())";
+        let output = Command::new(&self.python).args(["-c", code]).stdin(Stdio::null()).output_ok()?;
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    }
+}
+
+/// What `connect.py` prints.
+#[derive(serde::Deserialize)]
+struct LoopRun {
+    elapsed_ns: u64,
+    latencies_ns: Vec<u64>,
+}
+
+impl LoopRun {
+    fn summary(&self) -> ClientRun {
+        let micros = |ns: &[u64]| -> Vec<f64> {
+            let mut us: Vec<f64> = ns.iter().map(|&n| n as f64 / 1000.0).collect();
+            us.sort_by(f64::total_cmp);
+            us
+        };
+        let all = micros(&self.latencies_ns);
+        let first = micros(&self.latencies_ns[..FIRST.min(self.latencies_ns.len())]);
+        ClientRun {
+            connections: all.len() as u64,
+            per_second: all.len() as f64 / (self.elapsed_ns.max(1) as f64 / 1e9),
+            p50: percentile(&all, 0.50),
+            p95: percentile(&all, 0.95),
+            p99: percentile(&all, 0.99),
+            first: Some(percentile(&first, 0.50)),
+        }
+    }
+}
+
+/// The nearest-rank `q` percentile of `sorted` (ascending, not empty).
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Reads a sysbench run's events (connections), their rate and latency percentiles (from `--histogram=on`, in
+/// milliseconds, buckets about 2 % wide); a reconnect or an error fails the run.
+fn parse_sysbench(output: &str) -> anyhow::Result<ClientRun> {
+    let line = |label: &str| output.lines().map(str::trim).find_map(|line| line.strip_prefix(label));
+    let count = |label: &str| -> anyhow::Result<u64> {
+        let rest = line(label).with_context(|| format!("no `{label}`"))?;
+        Ok(rest.split_whitespace().next().context("no count")?.parse()?)
+    };
+    ensure!(count("reconnects:")? == 0 && count("ignored errors:")? == 0, "sysbench reconnected or failed");
+    let rest = line("transactions:").context("no `transactions:`")?;
+    let per_second = rest.split('(').nth(1).and_then(|r| r.split_whitespace().next()).context("no rate")?.parse()?;
+    let histogram: Vec<(f64, u64)> = output
+        .lines()
+        .skip_while(|line| !line.starts_with("Latency histogram"))
+        .filter_map(|line| {
+            let (value, bar) = line.split_once('|')?;
+            Some((value.trim().parse::<f64>().ok()? * 1000.0, bar.split_whitespace().last()?.parse().ok()?))
+        })
+        .collect();
+    let total: u64 = histogram.iter().map(|(_, n)| n).sum();
+    ensure!(total > 0, "no latency histogram");
+    let at = |q: f64| {
+        let rank = (q * total as f64).ceil() as u64;
+        let mut seen = 0;
+        histogram.iter().find(|(_, n)| {
+            seen += n;
+            seen >= rank
+        })
+    };
+    let at = |q| at(q).map_or(f64::NAN, |(value, _)| *value);
+    Ok(ClientRun {
+        connections: count("transactions:")?,
+        per_second,
+        p50: at(0.50),
+        p95: at(0.95),
+        p99: at(0.99),
+        first: None,
+    })
+}

@@ -1,0 +1,229 @@
+//! The `connect` bench's report: the setup of a run, its tables, and issue 15's targets.
+
+use std::fmt::Write as _;
+
+use csmh_proxy::sandbox::MariaDb;
+
+use super::clients::{Clients, FIRST, PAUSE_US, Pacing, Workload};
+use super::support::processes::Busy;
+use super::support::report::{Header, Spread, mariadb_version, versions};
+use super::{Kind, Measured, PRECONNECT, ServerStatus, Target, VS_DIRECT, VS_HAPROXY};
+
+/// The machine, the versions and the settings of a run.
+pub struct Setup {
+    pub header: Header,
+    /// The server's settings that decide whether it counts connect errors per host.
+    pub host_cache: String,
+    pub rounds: usize,
+    pub iterations: usize,
+    pub rate: u32,
+    pub seconds: u32,
+}
+
+impl Setup {
+    pub fn describe(status: &mut ServerStatus, server: &MariaDb, clients: &Clients) -> anyhow::Result<Setup> {
+        let mariadb = status.harness.block_on(mariadb_version(server))?;
+        let host_cache = status.text(
+            "SELECT CONCAT('skip_name_resolve = ', @@skip_name_resolve, ', host_cache_size = ', \
+             @@host_cache_size, ', max_connect_errors = ', @@max_connect_errors, ', performance_schema = ', \
+             @@performance_schema)",
+        )?;
+        let options = clients.options;
+        let versions = format!("{}, {}", versions(&mariadb)?, clients.versions()?);
+        Ok(Setup {
+            header: Header::new(&options.command, versions),
+            host_cache,
+            rounds: options.rounds,
+            iterations: options.iterations,
+            rate: options.rate,
+            seconds: options.seconds,
+        })
+    }
+}
+
+/// A column of a report's table: its heading, and its cell for target `i`'s runs of a workload.
+pub type Column<'a> = (&'a str, &'a dyn Fn(&Measured, usize) -> String);
+
+/// Everything the bench prints and writes.
+pub struct Report {
+    pub setup: Setup,
+    pub targets: Vec<Target>,
+    pub results: Vec<Measured>,
+    pub busy: Busy,
+}
+
+impl Report {
+    /// The Markdown of the measured part of the `connect` section.
+    pub fn render(&self) -> String {
+        let parts: [fn(&Report, &mut String); 6] = [
+            Report::render_setup,
+            Report::render_latencies,
+            Report::render_rates,
+            Report::render_counters,
+            Report::render_targets,
+            Report::render_runs,
+        ];
+        let mut out = String::new();
+        for part in parts {
+            part(self, &mut out);
+        }
+        out
+    }
+
+    /// The index of the target of `kind`.
+    fn index(&self, kind: Kind) -> Option<usize> {
+        self.targets.iter().position(|t| t.kind == kind)
+    }
+
+    fn render_setup(&self, out: &mut String) {
+        let s = &self.setup;
+        let names: Vec<&str> = self.targets.iter().map(Target::name).collect();
+        s.header.render(out);
+        let _ = writeln!(
+            out,
+            "- One MariaDB server (sandbox settings, no TLS; {}); HAProxy in `mode tcp`; `csmh-proxy serve` (the \
+             `bench` profile = `release`), every flag off, pool on = the default configuration{}. Targets: {}.",
+            s.host_cache,
+            if PRECONNECT { ", pool off = `[backends.edxapp.preconnect] max = 0`" } else { "" },
+            names.join(", ")
+        );
+        let _ = writeln!(
+            out,
+            "- {} round(s) per workload, every target once a round (the order turned by one each round): \
+             mysqlclient {} connections with a {} ms pause after each, and {} at a steady {}/s; sysbench {} s \
+             per run. {}\n",
+            s.rounds,
+            s.iterations,
+            PAUSE_US / 1000,
+            s.iterations / 2,
+            s.rate,
+            s.seconds,
+            self.busy.sentence()
+        );
+        let _ = writeln!(
+            out,
+            "Medians (min–max) over the rounds; ratios are the median (min–max) of the per-round ratios. Latency \
+             is per connection: connect, login, `SELECT 1`, fetch, close. \"First {FIRST}\" is the median of each \
+             run's first {FIRST} connections (a cold start: no pool connection is left from the run before). CPU \
+             is the relay process's CPU time (all threads) per connection.\n"
+        );
+    }
+
+    /// The mysqlclient table: one row per workload and target.
+    fn render_latencies(&self, out: &mut String) {
+        let (direct, haproxy) = (self.index(Kind::Direct), self.index(Kind::HaProxy));
+        let columns: [Column; 7] = [
+            ("p50 µs", &|m, i| m.spread(i, |s| s.client.p50).rate()),
+            ("p99 µs", &|m, i| m.spread(i, |s| s.client.p99).rate()),
+            (&format!("first {FIRST} µs"), &|m, i| m.spread(i, |s| s.client.first.unwrap_or(f64::NAN)).rate()),
+            ("conn/s", &|m, i| m.spread(i, |s| s.client.per_second).rate()),
+            ("relay CPU µs/conn", &|m, i| Spread::micros(m.relay_cpu(i))),
+            ("p50 / direct", &|m, i| self.proxy_ratio(i, direct, |j| m.p50_ratio(i, j))),
+            ("p50 / HAProxy", &|m, i| self.proxy_ratio(i, haproxy, |j| m.p50_ratio(i, j))),
+        ];
+        self.render_table(out, "workload", |w| matches!(w, Workload::Mysqlclient(_)), &columns);
+    }
+
+    /// The sysbench table: one row per thread count and target.
+    fn render_rates(&self, out: &mut String) {
+        let (direct, haproxy) = (self.index(Kind::Direct), self.index(Kind::HaProxy));
+        let columns: [Column; 7] = [
+            ("conn/s", &|m, i| m.spread(i, |s| s.client.per_second).rate()),
+            ("p50 µs", &|m, i| m.spread(i, |s| s.client.p50).rate()),
+            ("p95 µs", &|m, i| m.spread(i, |s| s.client.p95).rate()),
+            ("p99 µs", &|m, i| m.spread(i, |s| s.client.p99).rate()),
+            ("relay CPU µs/conn", &|m, i| Spread::micros(m.relay_cpu(i))),
+            ("rate / direct", &|m, i| self.proxy_ratio(i, direct, |j| m.rate_ratio(i, j))),
+            ("rate / HAProxy", &|m, i| self.proxy_ratio(i, haproxy, |j| m.rate_ratio(i, j))),
+        ];
+        self.render_table(out, "sysbench", |w| matches!(w, Workload::Sysbench { .. }), &columns);
+    }
+
+    /// The server's counters per workload and target, summed over the rounds.
+    fn render_counters(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "Server counters, deltas over each target's runs summed over the rounds, a pool-on run's until its \
+             unused connections have expired (Threads_connected: 100 ms after the client's end minus the run's \
+             start, min–max over the rounds):\n"
+        );
+        let columns: [Column; 5] = [
+            ("client connections", &|m, i| m.client_connections(i).to_string()),
+            ("Connections", &|m, i| m.counters(i).0.connections.to_string()),
+            ("Aborted_connects", &|m, i| m.counters(i).0.aborted_connects.to_string()),
+            ("Threads_created", &|m, i| m.counters(i).0.threads_created.to_string()),
+            ("Threads_connected", &|m, i| format!("{:.0}–{:.0}", m.counters(i).1.min, m.counters(i).1.max)),
+        ];
+        self.render_table(out, "workload", |_| true, &columns);
+    }
+
+    /// A table with a row per target of each workload `rows` keeps: the workload, the target, then `columns`.
+    fn render_table(&self, out: &mut String, first: &str, rows: impl Fn(&Workload) -> bool, columns: &[Column]) {
+        let headings: Vec<&str> = columns.iter().map(|(heading, _)| *heading).collect();
+        let _ = writeln!(out, "| {first} | target | {} |", headings.join(" | "));
+        let _ = writeln!(out, "|---|---|{}", "--:|".repeat(columns.len()));
+        for m in self.results.iter().filter(|m| rows(m.workload)) {
+            for (i, target) in self.targets.iter().enumerate() {
+                let cells: Vec<String> = columns.iter().map(|(_, cell)| cell(m, i)).collect();
+                let label = m.workload.label(self.setup.rate);
+                let _ = writeln!(out, "| {label} | {} | {} |", target.name(), cells.join(" | "));
+            }
+        }
+        out.push('\n');
+    }
+
+    /// Target `i`'s ratio to target `to` (`ratio(to)`) if `i` is a proxy, else `–`.
+    fn proxy_ratio(&self, i: usize, to: Option<usize>, ratio: impl Fn(usize) -> Spread) -> String {
+        match (self.targets[i].is_proxy(), to) {
+            (true, Some(to)) => ratio(to).ratio(),
+            _ => "–".to_owned(),
+        }
+    }
+
+    /// Issue 15's targets on the paced mysqlclient runs, and the same yardstick on the steady ones.
+    fn render_targets(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "Targets (issue 15, mysqlclient paced): proxy pool on p50 ≤ {VS_HAPROXY:.2} × HAProxy p50 and ≤ \
+             {VS_DIRECT:.2} × direct p50.\n"
+        );
+        let (Some(on), Some(haproxy), Some(direct)) =
+            (self.index(Kind::PoolOn), self.index(Kind::HaProxy), self.index(Kind::Direct))
+        else {
+            return;
+        };
+        for m in &self.results {
+            let Workload::Mysqlclient(pacing) = m.workload else { continue };
+            let scope = if *pacing == Pacing::Pause { "target" } else { "same yardstick" };
+            for (name, over, limit) in [("HAProxy", haproxy, VS_HAPROXY), ("direct", direct, VS_DIRECT)] {
+                let ratio = m.p50_ratio(on, over).median;
+                let verdict = if ratio <= limit { "met" } else { "**not met**" };
+                let _ = writeln!(
+                    out,
+                    "- {}: pool on / {name} {ratio:.3} ≤ {limit:.2}: {verdict} ({scope})",
+                    m.workload.label(self.setup.rate)
+                );
+            }
+            if let Some(off) = self.index(Kind::PoolOff) {
+                let gain = m.p50_ratio(on, off);
+                let _ = writeln!(out, "- {}: pool on / pool off {}", m.workload.label(self.setup.rate), gain.ratio());
+            }
+        }
+        out.push('\n');
+    }
+
+    /// Every run's p50, for whoever wants more than medians.
+    fn render_runs(&self, out: &mut String) {
+        let names: Vec<&str> = self.targets.iter().map(Target::name).collect();
+        let _ = writeln!(out, "<details><summary>Every run's p50 in µs ({}, by round)</summary>\n", names.join(" / "));
+        for m in &self.results {
+            let rounds: Vec<String> = m
+                .runs
+                .iter()
+                .map(|round| round.iter().map(|s| format!("{:.0}", s.client.p50)).collect::<Vec<_>>().join(" / "))
+                .collect();
+            let _ = writeln!(out, "- {}: {}", m.workload.label(self.setup.rate), rounds.join(" · "));
+        }
+        let _ = writeln!(out, "\n</details>");
+    }
+}
