@@ -2,7 +2,7 @@
 //! ahead"): a stream of new clients logs in on connections the proxy connected and had greeted before they came,
 //! each client on a connection of its own; one the server closed meanwhile is never handed out; one not taken is
 //! closed at its age, and the server is left with none; a reload to another server or to `max = 0` closes those
-//! ready; and a server that cannot be reached costs one attempt a second, not one per client.
+//! ready; after the last client at most `max` close unused; and a server that cannot be reached costs one attempt a second, not one per client.
 
 mod support;
 
@@ -125,6 +125,34 @@ async fn connections_not_taken_close_at_their_age_and_leave_the_server_none() {
         "the server counts each connection closed at its age, and nothing else, as an aborted connect"
     );
     assert!(counters.used.get() >= 10, "the stream used connections opened ahead: {counters:?}");
+}
+
+/// Connections the pool closed without a client's login on them: what a server that resolves names counts
+/// against the proxy's host.
+fn closed_unused(counters: &PreconnectCounters) -> u64 {
+    counters.expired.get() + counters.lost.get() + counters.discarded.get()
+}
+
+#[tokio::test]
+async fn after_the_last_client_at_most_max_connections_close_unused() {
+    let dbs = EdxDatabases::fresh().await;
+    store_marker(&dbs).await;
+    // A short age: while the rate of a stream that stopped takes its 2 s to fall, connections would expire and be
+    // replaced several times over, were it not for the bound.
+    let max = 2;
+    let proxy = proxy_with(&dbs, Preconnect { max, max_age_ms: 100 }).await;
+
+    stream_of_clients(&dbs.proxy_opts(&proxy, &support::app()), 60).await;
+    let counters = proxy.shared().metrics.preconnect();
+    let at_last_client = closed_unused(counters);
+    until(&proxy, "emptied after the rate fell", |c| c.target.get() == 0 && c.ready.get() == 0).await;
+
+    assert!(counters.used.get() >= 8, "the stream used connections opened ahead: {counters:?}");
+    let after = closed_unused(counters) - at_last_client;
+    assert!(
+        after <= max as u64,
+        "{after} connections closed unused after the last client, more than max: {counters:?}"
+    );
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@
 //! settings, no TLS); HAProxy in TCP mode; and `csmh-proxy serve` (the binary cargo builds beside this bench)
 //! once per pool setting, every flag off: "pool on" is the default configuration (`[backends.edxapp.preconnect]
 //! max` defaults to 4), "pool off" appends `max = 0` ([`POOL_OFF`]). The targets, in this order: direct, HAProxy,
-//! proxy pool off (only once the proxy has the pool: [`PRECONNECT`]), proxy pool on.
+//! proxy pool off, proxy pool on.
 //!
 //! Four workloads, each in interleaved rounds: every round runs each target once, the order turned by one target
 //! per round, so that machine noise and the time since a target last ran fall on all targets alike.
@@ -74,10 +74,6 @@ use tokio::runtime::Runtime;
 
 /// The database the clients log in to.
 const DATABASE: &str = "connect_bench";
-/// Whether the proxy has its preconnect pool (`[backends.edxapp.preconnect]` in its configuration; a proxy without
-/// it refuses the table, as it refuses every unknown key). It decides whether the pool-off target is measured, and
-/// whether the pool-on runs wait for the pool's unused connections to expire ([`Target::drain`]).
-const PRECONNECT: bool = false;
 /// The pool's default `max_age_ms`: a ready connection older than this is closed.
 const POOL_MAX_AGE: Duration = Duration::from_millis(5000);
 /// What the pool-off proxy's `proxy.toml` appends to the default configuration.
@@ -194,34 +190,34 @@ async fn start_server() -> anyhow::Result<MariaDb> {
 /// HAProxy and the proxies in front of the server.
 struct Relays {
     haproxy: HaProxy,
-    pool_off: Option<ProxyProcess>,
+    pool_off: ProxyProcess,
     pool_on: ProxyProcess,
 }
 
 impl Relays {
-    /// Starts HAProxy and the proxies (the pool-off one only if [`PRECONNECT`]) in front of `server`.
+    /// Starts HAProxy and the two proxies in front of `server`.
     fn start(server: SocketAddr) -> anyhow::Result<Relays> {
-        let pool_off = PRECONNECT.then(|| ProxyProcess::start(server, POOL_OFF)).transpose()?;
-        Ok(Relays { haproxy: HaProxy::start(server)?, pool_off, pool_on: ProxyProcess::start(server, "")? })
+        Ok(Relays {
+            haproxy: HaProxy::start(server)?,
+            pool_off: ProxyProcess::start(server, POOL_OFF)?,
+            pool_on: ProxyProcess::start(server, "")?,
+        })
     }
 
-    /// Direct, HAProxy, proxy pool off (when measured), proxy pool on.
+    /// Direct, HAProxy, proxy pool off, proxy pool on.
     fn targets(&self, server: SocketAddr) -> Vec<Target> {
         let relay = |kind, addr, pid| Target { kind, addr, relay: Some(pid) };
-        let mut targets = vec![
+        vec![
             Target { kind: Kind::Direct, addr: server, relay: None },
             relay(Kind::HaProxy, self.haproxy.addr, self.haproxy.process.pid()),
-        ];
-        targets.extend(self.pool_off.as_ref().map(|p| relay(Kind::PoolOff, p.addr, p.process.pid())));
-        targets.push(relay(Kind::PoolOn, self.pool_on.addr, self.pool_on.process.pid()));
-        targets
+            relay(Kind::PoolOff, self.pool_off.addr, self.pool_off.process.pid()),
+            relay(Kind::PoolOn, self.pool_on.addr, self.pool_on.process.pid()),
+        ]
     }
 
     /// The long-lived processes of the bench: the server's and the relays'.
     fn pids(&self, server: u32) -> Vec<u32> {
-        let mut pids = vec![server, self.haproxy.process.pid(), self.pool_on.process.pid()];
-        pids.extend(self.pool_off.as_ref().map(|p| p.process.pid()));
-        pids
+        vec![server, self.haproxy.process.pid(), self.pool_off.process.pid(), self.pool_on.process.pid()]
     }
 }
 
@@ -257,7 +253,7 @@ impl Target {
     /// ready connections expire [`POOL_MAX_AGE`] after the last client, so its run's window extends past that.
     /// What the pool opened and closed unused then counts in its own row, and none of it in the next target's.
     fn drain(&self) -> Duration {
-        match self.kind == Kind::PoolOn && PRECONNECT {
+        match self.kind == Kind::PoolOn {
             true => POOL_MAX_AGE + Duration::from_millis(500),
             false => Duration::ZERO,
         }

@@ -11,7 +11,7 @@
 pub mod sizing;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -38,6 +38,10 @@ pub struct Preconnect {
     ready: Mutex<VecDeque<Ready>>,
     /// Clients that asked for a connection since the proxy started, the rate's raw count.
     arrivals: AtomicU64,
+    /// Connections closed unused (expired, lost or discarded) since the last client asked for one. Nothing more
+    /// is opened while it is at `max`: between two clients the pool ends at most `max` connections without a
+    /// login, which is what a server that resolves names counts against the proxy's host ([`Preconnect::fill`]).
+    unused_since_client: AtomicUsize,
     /// Woken when a client took (or looked for) a connection, so the pool is refilled at once.
     wake: Notify,
     counters: PreconnectCounters,
@@ -121,13 +125,20 @@ enum OpenError {
 impl Preconnect {
     /// An empty pool counting into `counters`.
     pub fn new(counters: PreconnectCounters) -> Preconnect {
-        Preconnect { ready: Mutex::default(), arrivals: AtomicU64::new(0), wake: Notify::new(), counters }
+        Preconnect {
+            ready: Mutex::default(),
+            arrivals: AtomicU64::new(0),
+            unused_since_client: AtomicUsize::new(0),
+            wake: Notify::new(),
+            counters,
+        }
     }
 
     /// A greeted connection to `target`'s server for a new client, if one is ready; `None`: the client connects
     /// itself. Every call counts in the rate of new clients.
     pub fn take(&self, target: &Target) -> Option<Connection> {
         self.arrivals.fetch_add(1, Ordering::Relaxed);
+        self.unused_since_client.store(0, Ordering::Relaxed);
         if !target.settings.is_on() {
             return None;
         }
@@ -175,9 +186,15 @@ impl Preconnect {
         self.close_all();
     }
 
-    /// Opens connections until `wanted` are ready; `Err` after a failure (logged and counted).
+    /// Opens connections until `wanted` are ready, or until `max` have been closed unused since the last client
+    /// (they would only be closed unused in turn); `Err` after a failure (logged and counted).
+    ///
+    /// The second bound is for the server: one that resolves names counts each connection closed before its
+    /// login against the proxy's host, and refuses the host at `max_connect_errors` (100 by default) until a login
+    /// resets the count. The rate alone does not bound that: with a short `max_age_ms`, a rate that falls slowly
+    /// after a burst would keep opening connections that expire, `max` at a time, for the whole window.
     async fn fill(&self, target: &Target, wanted: usize) -> Result<(), ()> {
-        while self.len() < wanted {
+        while self.len() < wanted && self.unused_since_client.load(Ordering::Relaxed) < target.settings.max {
             match open(target).await {
                 Ok(ready) => self.push(ready),
                 Err(error) => {
@@ -219,6 +236,7 @@ impl Preconnect {
 
     fn count_closed(&self, fate: Fate) {
         debug!(?fate, "closing a connection opened ahead of clients");
+        self.unused_since_client.fetch_add(1, Ordering::Relaxed);
         match fate {
             Fate::Expired => self.counters.expired.inc(),
             Fate::Discarded => self.counters.discarded.inc(),

@@ -44,8 +44,8 @@ const MIN_RATE: f64 = 1.0;
 /// a connection's `max_age`, up to `max`; none below [`MIN_RATE`].
 ///
 /// Taken oldest first, a connection then waits half its age on average, so at a steady rate few expire: expiry
-/// (which the server counts as an aborted connect) mostly follows a drop in the rate, and costs at most `max`
-/// connections per drop.
+/// (which the server counts as an aborted connect) mostly follows a drop in the rate; the pool itself closes at
+/// most `max` unused between two clients (`Preconnect::fill`).
 pub fn wanted(rate: f64, settings: Settings) -> usize {
     if rate < MIN_RATE {
         return 0;
