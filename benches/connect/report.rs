@@ -7,7 +7,7 @@ use csmh_proxy::sandbox::MariaDb;
 use super::clients::{Clients, FIRST, PAUSE_US, Pacing, Workload};
 use super::support::processes::Busy;
 use super::support::report::{Header, Spread, mariadb_version, versions};
-use super::{Kind, Measured, PRECONNECT, ServerStatus, Target, VS_DIRECT, VS_HAPROXY};
+use super::{Kind, Measured, ServerStatus, Target, VS_DIRECT, VS_HAPROXY};
 
 /// The machine, the versions and the settings of a run.
 pub struct Setup {
@@ -82,9 +82,9 @@ impl Report {
         let _ = writeln!(
             out,
             "- One MariaDB server (sandbox settings, no TLS; {}); HAProxy in `mode tcp`; `csmh-proxy serve` (the \
-             `bench` profile = `release`), every flag off, pool on = the default configuration{}. Targets: {}.",
+             `bench` profile = `release`), every flag off, pool on = the default configuration, pool off = \
+             `[backends.edxapp.preconnect] max = 0`. Targets: {}.",
             s.host_cache,
-            if PRECONNECT { ", pool off = `[backends.edxapp.preconnect] max = 0`" } else { "" },
             names.join(", ")
         );
         let _ = writeln!(
