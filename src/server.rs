@@ -197,7 +197,9 @@ pub async fn serve(config: Config, watch: Watch) -> anyhow::Result<()> {
     if let Some(address) = proxy.admin_addr() {
         info!(%address, "admin listening (/metrics, /livez, /readyz, /healthz, /config)");
     }
-    proxy.run(shutdown_signal()).await
+    // The accept loop runs on a worker thread rather than on the thread blocking on `serve`: a session spawned
+    // from a worker starts on that worker (tokio's LIFO slot), with no cross-thread wake-up per new client.
+    tokio::spawn(proxy.run(shutdown_signal())).await?
 }
 
 /// Resolves on the first SIGINT or SIGTERM.
