@@ -52,6 +52,16 @@ async fn stream_of_clients(opts: &Opts, clients: usize) -> Vec<u64> {
     ids
 }
 
+/// The proxy in front of `dbs` with the default preconnecting, after a stream of clients that left connections
+/// ready; and the options its clients log in with.
+async fn proxy_with_connections_ready(dbs: &EdxDatabases) -> (ProxyHandle, Opts) {
+    let proxy = proxy_with(dbs, Preconnect::default()).await;
+    let opts = dbs.proxy_opts(&proxy, &support::app());
+    stream_of_clients(&opts, 30).await;
+    until(&proxy, "ready", |c| c.ready.get() > 0).await;
+    (proxy, opts)
+}
+
 /// Creates the table [`stream_of_clients`] reads in the test's `edxapp` database.
 async fn store_marker(dbs: &EdxDatabases) {
     let mut conn = Conn::new(dbs.direct_opts(&support::app())).await.expect("direct login");
@@ -159,10 +169,7 @@ async fn after_the_last_client_at_most_max_connections_close_unused() {
 async fn a_connection_the_server_closed_meanwhile_is_never_handed_to_a_client() {
     let dbs = EdxDatabases::private_one_server().await;
     store_marker(&dbs).await;
-    let proxy = proxy_with(&dbs, Preconnect::default()).await;
-    let opts = dbs.proxy_opts(&proxy, &support::app());
-    stream_of_clients(&opts, 30).await;
-    until(&proxy, "ready", |c| c.ready.get() > 0).await;
+    let (proxy, opts) = proxy_with_connections_ready(&dbs).await;
 
     let mut root = support::root_conn(&dbs.edxapp).await;
     let waiting = unauthenticated(&mut root).await;
@@ -179,10 +186,7 @@ async fn a_connection_the_server_closed_meanwhile_is_never_handed_to_a_client() 
 async fn a_reload_to_another_server_or_to_max_zero_closes_the_connections_ready() {
     let dbs = EdxDatabases::fresh().await;
     store_marker(&dbs).await;
-    let proxy = proxy_with(&dbs, Preconnect::default()).await;
-    let opts = dbs.proxy_opts(&proxy, &support::app());
-    stream_of_clients(&opts, 30).await;
-    until(&proxy, "ready", |c| c.ready.get() > 0).await;
+    let (proxy, opts) = proxy_with_connections_ready(&dbs).await;
 
     proxy.shared().replace(config_with(&dbs, Preconnect { max: 0, ..Preconnect::default() })).expect("reload");
     until(&proxy, "discarded", |c| c.discarded.get() > 0 && c.ready.get() == 0).await;

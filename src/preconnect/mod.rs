@@ -93,16 +93,24 @@ enum Fate {
 }
 
 impl Ready {
-    /// Whether a client bound for `target` may have it now.
-    fn fate(&mut self, target: &Target, now: Instant) -> Fate {
+    /// What the configuration in force and the connection's age say of it: no system call, so the pool looks
+    /// its connections over with it at every step.
+    fn fate(&self, target: &Target, now: Instant) -> Fate {
         if self.address != target.address || !target.settings.is_on() {
             Fate::Discarded
         } else if now.duration_since(self.opened) >= target.settings.max_age() {
             Fate::Expired
-        } else if !self.conn.is_quiet() {
-            Fate::Lost
         } else {
             Fate::Usable
+        }
+    }
+
+    /// [`Ready::fate`], then, for one a client is about to have, whether the server closed it or wrote to it
+    /// meanwhile (one non-blocking read).
+    fn fate_for_client(&mut self, target: &Target, now: Instant) -> Fate {
+        match self.fate(target, now) {
+            Fate::Usable if !self.conn.is_quiet() => Fate::Lost,
+            fate => fate,
         }
     }
 }
@@ -145,7 +153,7 @@ impl Preconnect {
         let now = Instant::now();
         let taken = loop {
             let Some(mut ready) = self.pop() else { break None };
-            match ready.fate(target, now) {
+            match ready.fate_for_client(target, now) {
                 Fate::Usable => break Some(ready.conn),
                 fate => self.count_closed(fate),
             }
@@ -207,13 +215,14 @@ impl Preconnect {
         Ok(())
     }
 
-    /// Closes the ready connections a client could no longer have.
+    /// Closes the ready connections a client could no longer have by the configuration or their age (one the
+    /// server closed meanwhile is found when a client takes it).
     fn look_over(&self, target: &Target) {
         let now = Instant::now();
         let mut closing = Vec::new();
         {
             let mut ready = self.lock();
-            ready.retain_mut(|ready| match ready.fate(target, now) {
+            ready.retain(|ready| match ready.fate(target, now) {
                 Fate::Usable => true,
                 fate => {
                     closing.push(fate);
