@@ -15,6 +15,7 @@ use socket2::SockRef;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
 
 use super::frame::{Oversized, PacketSpan};
@@ -192,7 +193,8 @@ impl Connection {
     /// A watch on this connection's peer hanging up; see [`HangupWatch`].
     pub fn hangup_watch(&self) -> io::Result<HangupWatch> {
         let socket = self.stream.tcp()?.as_fd().try_clone_to_owned()?;
-        Ok(HangupWatch { socket: Some(Watched::Unregistered(socket)) })
+        let timer = Box::pin(tokio::time::sleep_until(Instant::now()));
+        Ok(HangupWatch { socket: Some(Watched::Unregistered(socket)), timer })
     }
 
     /// Flushes and closes the writing half.
@@ -316,11 +318,15 @@ const RECHECK_PIPELINED: Duration = Duration::from_millis(100);
 /// in the socket for the connection to read in turn.
 ///
 /// It watches a duplicate of the socket's descriptor, registered with the runtime only the first time a request
-/// runs longer than [`WATCH_AFTER`], so it costs one descriptor per connection and nothing per fast request.
+/// runs longer than [`WATCH_AFTER`], so it costs one descriptor per connection. A fast request costs no more than
+/// reading the clock: the watch's one timer is kept from request to request and moved at most once per
+/// [`WATCH_AFTER`] (see [`HangupWatch::wait_until`]).
 #[derive(Debug)]
 pub struct HangupWatch {
     /// The duplicate descriptor; `None` once registering it failed (nothing is watched then).
     socket: Option<Watched>,
+    /// The timer requests wait on before the socket is looked at.
+    timer: Pin<Box<Sleep>>,
 }
 
 /// A watched descriptor, registered with the runtime or not yet.
@@ -334,7 +340,7 @@ impl HangupWatch {
     /// Resolves once the peer has closed or reset its side; never resolves while it is there (or when the
     /// socket cannot be watched). Cancel-safe: drop it when the request is over.
     pub async fn hung_up(&mut self) {
-        tokio::time::sleep(WATCH_AFTER).await;
+        self.wait_until(Instant::now() + WATCH_AFTER).await;
         let Some(socket) = self.registered() else {
             return std::future::pending().await;
         };
@@ -352,6 +358,24 @@ impl HangupWatch {
                 // Nothing to read: the readiness is cleared, wait for the next event.
                 Err(_would_block) => {}
             }
+        }
+    }
+
+    /// Waits until `due` on the watch's timer. A timer still set for an earlier request (due sooner) is waited
+    /// out first and only then moved to `due`; one that has fired is moved at once. Setting a timer that becomes
+    /// the runtime's earliest wakes the thread parked on its event loop (a write to an eventfd and a wake-up on
+    /// another core): a fresh timer per request paid that on nearly every statement of a lone connection, this
+    /// at most once per [`WATCH_AFTER`]. The timer may fire after the request is over; that wakes the session
+    /// once, for nothing.
+    async fn wait_until(&mut self, due: Instant) {
+        loop {
+            if self.timer.is_elapsed() {
+                if self.timer.deadline() >= due {
+                    return;
+                }
+                self.timer.as_mut().reset(due);
+            }
+            self.timer.as_mut().await;
         }
     }
 
