@@ -5,8 +5,10 @@
 //! does nothing:
 //! - **events** on the file's *directory* (the `notify` crate: inotify on Linux). Watching the directory rather
 //!   than the file sees an editor's rename-on-save and a Kubernetes ConfigMap update (a `..data` symlink swapped
-//!   by a rename), both of which replace the file instead of writing it. Events come in bursts, so the file is
-//!   read once the directory has been quiet for [`DEBOUNCE`] (at most [`MAX_DELAY`] after the first event);
+//!   by a rename), both of which replace the file instead of writing it. Only events naming the file, its
+//!   symlink's first step or the file the links reach count ([`EntryNames`]), so other files written in the
+//!   same directory cost nothing. Events come in bursts, so the file is read once the directory has been quiet
+//!   for [`DEBOUNCE`] (at most [`MAX_DELAY`] after the first event);
 //! - a **poll** of the hash every [`POLL_INTERVAL`], always on as a backstop: for file systems without events
 //!   (NFS, some container overlays), for a watch that could not start, and for events lost to a queue overflow.
 //!
@@ -21,9 +23,10 @@
 //! This is runtime machinery (file events, a timer, a signal, the shared snapshot), kept out of [`crate::config`]
 //! so that the configuration stays plain values: `reload` depends on `config` and `shared`, neither on it.
 
+use std::ffi::{OsStr, OsString};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -403,7 +406,7 @@ impl DirectoryEvents {
     /// `None` (with a warning saying the poll is what is left) if the watch cannot start.
     fn start(path: &Path) -> Option<DirectoryEvents> {
         let directory = directory_of(path);
-        match DirectoryEvents::watch(&directory) {
+        match DirectoryEvents::watch(path, &directory) {
             Ok(mut events) => {
                 events.also_watch_symlink_target(path, &directory);
                 Some(events)
@@ -419,10 +422,13 @@ impl DirectoryEvents {
         }
     }
 
-    fn watch(directory: &Path) -> notify::Result<DirectoryEvents> {
+    fn watch(path: &Path, directory: &Path) -> notify::Result<DirectoryEvents> {
         let (sender, changes) = mpsc::channel(1);
+        let names = EntryNames::of(path);
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.as_ref().map_or(true, |event| may_change_content(&event.kind)) {
+            // Filtered here, on the watcher's own thread: an event on another file of the directory (a log
+            // written next to the configuration, say) does not wake the runtime.
+            if event.as_ref().map_or(true, |event| may_change_content(&event.kind) && names.concern(event)) {
                 // A full channel already holds a wake-up, which is all a burst needs.
                 let _ = sender.try_send(());
             }
@@ -443,6 +449,37 @@ impl DirectoryEvents {
         if let Err(error) = self.watcher.watch(&target_directory, RecursiveMode::NonRecursive) {
             debug!(%error, directory = %target_directory.display(), "cannot watch the symlink target's directory");
         }
+    }
+}
+
+/// The names of the directory entries whose events can mean new content for the configuration file: the file's
+/// own name; when it is a symlink, the first step of the link (Kubernetes' `..data`, which a ConfigMap update
+/// renames over); and the name of the file the links finally reach, in its own directory.
+#[derive(Debug)]
+struct EntryNames(Vec<OsString>);
+
+impl EntryNames {
+    /// The names for the file at `path`, as it is laid out now. A layout changed later is still seen by the poll.
+    fn of(path: &Path) -> EntryNames {
+        let mut names: Vec<OsString> = path.file_name().map(OsStr::to_os_string).into_iter().collect();
+        if let Ok(link) = std::fs::read_link(path)
+            && let Some(Component::Normal(first)) = link.components().next()
+        {
+            names.push(first.to_os_string());
+        }
+        if let Ok(target) = std::fs::canonicalize(path) {
+            names.extend(target.file_name().map(OsStr::to_os_string));
+        }
+        names.sort();
+        names.dedup();
+        EntryNames(names)
+    }
+
+    /// Whether `event` may concern the file: it names one of the entries, or names none at all (the watcher lost
+    /// events and asks for a rescan).
+    fn concern(&self, event: &notify::Event) -> bool {
+        let named = |path: &PathBuf| path.file_name().is_some_and(|name| self.0.iter().any(|entry| entry == name));
+        event.paths.is_empty() || event.paths.iter().any(named)
     }
 }
 
@@ -551,6 +588,41 @@ mod tests {
         assert!(may_change_content(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
         assert!(may_change_content(&EventKind::Modify(notify::event::ModifyKind::Name(notify::event::RenameMode::To))));
         assert!(may_change_content(&EventKind::Other));
+    }
+
+    fn event_on(paths: &[&Path]) -> notify::Event {
+        let kind = EventKind::Modify(notify::event::ModifyKind::Data(notify::event::DataChange::Any));
+        paths.iter().fold(notify::Event::new(kind), |event, path| event.add_path(path.to_path_buf()))
+    }
+
+    #[test]
+    fn events_on_other_files_of_the_directory_are_not_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(&path, "").unwrap();
+        let names = EntryNames::of(&path);
+        assert!(names.concern(&event_on(&[&path])));
+        assert!(!names.concern(&event_on(&[&dir.path().join("proxy.log")])));
+        assert!(!names.concern(&event_on(&[&dir.path().join("proxy.toml.swp")])));
+        // A rename over the file names it as the rename's destination.
+        assert!(names.concern(&event_on(&[&dir.path().join("proxy.toml.tmp"), &path])));
+        // No path: the watcher lost events and asks for a rescan.
+        assert!(names.concern(&event_on(&[])));
+    }
+
+    #[test]
+    fn a_configmap_files_data_link_and_target_are_its_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let version = dir.path().join("..2024_01_01_00_00_00.1");
+        std::fs::create_dir(&version).unwrap();
+        std::fs::write(version.join("real.toml"), "").unwrap();
+        std::os::unix::fs::symlink("..2024_01_01_00_00_00.1", dir.path().join("..data")).unwrap();
+        let path = dir.path().join("proxy.toml");
+        std::os::unix::fs::symlink("..data/real.toml", &path).unwrap();
+        let names = EntryNames::of(&path);
+        assert!(names.concern(&event_on(&[&dir.path().join("..data_tmp"), &dir.path().join("..data")])));
+        assert!(names.concern(&event_on(&[&version.join("real.toml")])));
+        assert!(!names.concern(&event_on(&[&dir.path().join("..data_tmp")])));
     }
 
     #[test]
