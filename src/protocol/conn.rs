@@ -193,8 +193,7 @@ impl Connection {
     /// A watch on this connection's peer hanging up; see [`HangupWatch`].
     pub fn hangup_watch(&self) -> io::Result<HangupWatch> {
         let socket = self.stream.tcp()?.as_fd().try_clone_to_owned()?;
-        let timer = Box::pin(tokio::time::sleep_until(Instant::now()));
-        Ok(HangupWatch { socket: Some(Watched::Unregistered(socket)), timer })
+        Ok(HangupWatch { socket: Some(Watched::Unregistered(socket)), timer: None })
     }
 
     /// Flushes and closes the writing half.
@@ -325,8 +324,8 @@ const RECHECK_PIPELINED: Duration = Duration::from_millis(100);
 pub struct HangupWatch {
     /// The duplicate descriptor; `None` once registering it failed (nothing is watched then).
     socket: Option<Watched>,
-    /// The timer requests wait on before the socket is looked at.
-    timer: Pin<Box<Sleep>>,
+    /// The timer requests wait on before the socket is looked at; set by the first request.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// A watched descriptor, registered with the runtime or not yet.
@@ -368,14 +367,15 @@ impl HangupWatch {
     /// at most once per [`WATCH_AFTER`]. The timer may fire after the request is over; that wakes the session
     /// once, for nothing.
     async fn wait_until(&mut self, due: Instant) {
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
         loop {
-            if self.timer.is_elapsed() {
-                if self.timer.deadline() >= due {
+            if timer.is_elapsed() {
+                if timer.deadline() >= due {
                     return;
                 }
-                self.timer.as_mut().reset(due);
+                timer.as_mut().reset(due);
             }
-            self.timer.as_mut().await;
+            timer.as_mut().await;
         }
     }
 
