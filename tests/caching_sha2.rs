@@ -16,6 +16,8 @@
 //!   a wrong password is refused by the server (1045); a client that encrypts with the server's own key, given to
 //!   it as a file, is refused by the proxy (1045, saying why); hand-written packets check each packet's sequence
 //!   id on both legs, for a full and a fast authentication;
+//! - a login on a connection the proxy opened ahead of its client (greeted, not logged in): full authentication
+//!   with the server's key over plaintext legs, and through the proxy's key to a server over TLS;
 //! - a TLS client whose `edxapp` leg would be plaintext (`mode = "disabled"`, or a server without TLS): refused
 //!   with 1429 naming the setting, and nothing of the client's reaches the server;
 //! - COM_CHANGE_USER with full authentication on each combination of legs, the server answering with or without
@@ -113,6 +115,13 @@ impl Site {
     /// A server with [`USER`] and [`OTHER_USER`] (caching_sha2_password, both uncached) and [`NATIVE_USER`], and
     /// the proxy in front of it.
     async fn start(legs: Legs, change_user: ChangeUser) -> Site {
+        // The server numbers its connections in the order it accepts them, and the tests expect each login on the
+        // next one: connections opened ahead of clients would take numbers no login uses (tests/preconnect.rs).
+        Site::start_with(legs, change_user, Preconnect { max: 0, ..Preconnect::default() }).await
+    }
+
+    /// [`Site::start`] with the proxy opening connections ahead as `preconnect` says.
+    async fn start_with(legs: Legs, change_user: ChangeUser, preconnect: Preconnect) -> Site {
         let pki = TestPki::new("caching_sha2 test authority");
         let certificate = legs.server_tls.then(|| pki.localhost("mysql84"));
         let server = Mysql84::start(Options {
@@ -125,7 +134,7 @@ impl Site {
             change_user,
         })
         .await;
-        let proxy = support::start_proxy(proxy_config(&pki, server.addr(), legs)).await;
+        let proxy = support::start_proxy(proxy_config(&pki, server.addr(), legs, preconnect)).await;
         Site { pki, server, proxy, legs }
     }
 
@@ -146,8 +155,9 @@ impl Site {
     }
 }
 
-/// A `proxy.toml` with both backends at `server` and the legs' TLS.
-fn proxy_config(pki: &TestPki, server: SocketAddr, legs: Legs) -> Config {
+/// A `proxy.toml` with both backends at `server`, the legs' TLS, and `edxapp`'s connections opened ahead as
+/// `preconnect` says.
+fn proxy_config(pki: &TestPki, server: SocketAddr, legs: Legs, preconnect: Preconnect) -> Config {
     let mut config = Config::parse(&format!(
         "[listen]\naddress = \"127.0.0.1:0\"\n\n[backends.edxapp]\naddress = \"{server}\"\n\n\
          [backends.csmh]\naddress = \"{server}\"\n"
@@ -158,9 +168,7 @@ fn proxy_config(pki: &TestPki, server: SocketAddr, legs: Legs) -> Config {
         config.listen.tls = Some(ListenTls { certificate: proxy.certificate, key: proxy.key, required: false });
     }
     config.backends.edxapp.tls = BackendTls { mode: legs.mode, ca: Some(pki.ca.clone()), ..BackendTls::default() };
-    // The server numbers its connections in the order it accepts them, and the tests expect each login on the
-    // next one: connections opened ahead of clients would take numbers no login uses (tests/preconnect.rs).
-    config.backends.edxapp.preconnect = Some(Preconnect { max: 0, ..Preconnect::default() });
+    config.backends.edxapp.preconnect = Some(preconnect);
     config
 }
 
@@ -416,6 +424,35 @@ async fn a_plaintext_clients_password_reaches_a_tls_server_through_the_proxys_ke
         "the server read each password in cleartext over TLS, and refused the wrong ones itself"
     );
     assert_eq!((site.logins_over("client", false), site.logins_over("edxapp", true)), (6, 6));
+}
+
+/// A connection the proxy opened ahead of its client (greeted, not logged in) carries a full authentication as a
+/// fresh one does: the client answers the nonce of the greeting the proxy read before the client came, with the
+/// server's key over plaintext legs and through the proxy's key to a server over TLS.
+#[tokio::test]
+async fn a_connection_opened_ahead_carries_a_full_authentication() {
+    for (legs, path) in
+        [(Legs::PLAINTEXT, AuthPath::FullRsa { key_requested: true }), (Legs::SERVER_TLS, AuthPath::FullCleartext)]
+    {
+        let site = Site::start_with(legs, ChangeUser::SameNonce, Preconnect::default()).await;
+        let addr = site.proxy.addr();
+        let pool = site.proxy.shared().metrics.preconnect();
+        // A stream of new clients, which the pool sizes itself from, until a connection is ready.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while pool.ready.get() == 0 {
+            assert!(std::time::Instant::now() < deadline, "{legs:?}: no connection was opened ahead: {pool:?}");
+            let conn = rust_login(addr, PASSWORD).await.expect("a login of the stream");
+            conn.disconnect().await.expect("the login of the stream ends");
+        }
+        site.server.flush_cache();
+        let used = pool.used.get();
+
+        let mut conn = rust_login(addr, PASSWORD).await.expect("the login on a connection opened ahead");
+        assert_eq!(current_user(&mut conn).await, CURRENT_USER);
+        assert_eq!(pool.used.get(), used + 1, "{legs:?}: the login went over a connection opened ahead");
+        let last = site.server_logins().pop().expect("the server saw the login");
+        assert_eq!(last, full_login(last.connection, Start::Login, USER, PASSWORD, path), "{legs:?}");
+    }
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use csmh_proxy::config::Config;
+use csmh_proxy::config::{Config, Preconnect};
 use csmh_proxy::history::{Flags, Stage};
 use csmh_proxy::server::ProxyHandle;
 use mysql_async::prelude::*;
@@ -21,9 +21,12 @@ use tokio::net::TcpStream;
 /// hanging it.
 const BOUND: Duration = Duration::from_secs(20);
 
-/// The proxy in front of `dbs` with `flags`, its configuration changed by `limits`.
+/// The proxy in front of `dbs` with `flags`, its configuration changed by `limits`. It opens no connections
+/// ahead of clients: these tests count the server's connection attempts to show that a refused client costs
+/// none, and two clients in quick succession are a rate at which the pool would open some for clients to come.
 async fn proxy_with(dbs: &EdxDatabases, flags: Flags, limits: impl FnOnce(&mut Config)) -> ProxyHandle {
     let mut config = dbs.proxy_toml(flags).config().expect("the fixture's proxy.toml");
+    config.backends.edxapp.preconnect = Some(Preconnect { max: 0, ..Preconnect::default() });
     limits(&mut config);
     config.validate().expect("valid limits");
     support::start_proxy(config).await
