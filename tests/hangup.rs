@@ -108,13 +108,12 @@ async fn backend_thread(client: &mut RawClient) -> u64 {
     std::str::from_utf8(&row[1..1 + usize::from(row[0])]).unwrap().parse().unwrap()
 }
 
-#[tokio::test]
-async fn a_client_gone_mid_statement_ends_it_on_the_server() {
-    let (proxy, database) = passthrough().await;
+/// Has `client` run a statement that waits for a lock held meanwhile, hangs the client up, and asserts that the
+/// statement ends on the server and that the hang-up is counted.
+async fn hang_up_mid_statement(proxy: &ProxyHandle, database: &str, mut client: RawClient) {
     let mut root = root().await;
     let lock = format!("{database}_lock");
     root.query_drop(format!("SELECT GET_LOCK('{lock}', 10)")).await.unwrap();
-    let mut client = raw_client(&proxy, &database, CapabilityFlags::empty()).await;
     let marker = format!("GET_LOCK('{lock}', 3600)");
     send_query(&mut client, &format!("SELECT {marker}")).await;
     wait_until_running(&mut root, &marker).await;
@@ -123,24 +122,23 @@ async fn a_client_gone_mid_statement_ends_it_on_the_server() {
     assert_eq!(proxy.shared().metrics.client_hangups(), 1, "the hang-up is counted");
 }
 
+#[tokio::test]
+async fn a_client_gone_mid_statement_ends_it_on_the_server() {
+    let (proxy, database) = passthrough().await;
+    let client = raw_client(&proxy, &database, CapabilityFlags::empty()).await;
+    hang_up_mid_statement(&proxy, &database, client).await;
+}
+
 /// The watch keeps one timer from request to request: a long statement right behind fast ones (whose timer is
 /// still set, due sooner than the long one's) is watched all the same.
 #[tokio::test]
 async fn a_client_gone_mid_statement_right_after_fast_ones_ends_it() {
     let (proxy, database) = passthrough().await;
-    let mut root = root().await;
-    let lock = format!("{database}_lock");
-    root.query_drop(format!("SELECT GET_LOCK('{lock}', 10)")).await.unwrap();
     let mut client = raw_client(&proxy, &database, CapabilityFlags::empty()).await;
     for _ in 0..50 {
         client.query("SELECT 1").await;
     }
-    let marker = format!("GET_LOCK('{lock}', 3600)");
-    send_query(&mut client, &format!("SELECT {marker}")).await;
-    wait_until_running(&mut root, &marker).await;
-    drop(client);
-    assert_ends(&mut root, &marker).await;
-    assert_eq!(proxy.shared().metrics.client_hangups(), 1, "the hang-up is counted");
+    hang_up_mid_statement(&proxy, &database, client).await;
 }
 
 #[tokio::test]
