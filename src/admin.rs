@@ -19,10 +19,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::config::Backend;
+use crate::config::{Backend, Preconnect};
 use crate::history::Flag;
 use crate::history::{Stage, StatementKind, Target};
-use crate::metrics::{self, ConfigState, ShadowCounters, ShadowCounts};
+use crate::metrics::{self, ConfigState, PreconnectCounters, ShadowCounters, ShadowCounts};
 use crate::state::{ConfigSnapshot, ProxyState};
 use crate::topology::Topology;
 
@@ -204,6 +204,8 @@ pub struct ConfigView {
     pub topology: &'static str,
     /// Each backend's address and connect timeout.
     pub backends: Backends<BackendView>,
+    /// `[backends.edxapp.preconnect]` in force, and the connections ready now.
+    pub preconnect: PreconnectView,
     /// The two history tables.
     pub tables: TablesView,
     /// Each flag under its edx-platform name.
@@ -242,6 +244,20 @@ pub struct BackendView {
     pub connect_timeout_secs: u64,
     /// `tls.mode` (`disabled`, `preferred`, `required`, `verify-ca`, `verify-identity`).
     pub tls_mode: &'static str,
+}
+
+/// The connections opened ahead of clients (docs/reliability.md, "Connections opened ahead"): the settings in
+/// force and what the pool holds now.
+#[derive(Debug, Serialize)]
+pub struct PreconnectView {
+    /// `max`: the most connections kept ready; 0 when preconnecting is off.
+    pub max: usize,
+    /// `max_age_ms`: how long a ready connection may wait for a client.
+    pub max_age_ms: u64,
+    /// How many the pool keeps ready now, from the recent rate of new clients.
+    pub target: i64,
+    /// Connections ready now.
+    pub ready: i64,
 }
 
 /// The history tables' schema-qualified names.
@@ -292,11 +308,11 @@ pub struct RouteView {
 
 /// `GET /config`: the configuration in force.
 async fn config_endpoint(State(shared): State<Arc<ProxyState>>) -> axum::Json<ConfigView> {
-    axum::Json(config_view(&shared.snapshot(), shared.metrics.shadow()))
+    axum::Json(config_view(&shared.snapshot(), shared.metrics.shadow(), shared.metrics.preconnect()))
 }
 
-/// What `/config` shows of `snapshot`, with the shadow comparison's `counters`.
-pub fn config_view(snapshot: &ConfigSnapshot, counters: &ShadowCounters) -> ConfigView {
+/// What `/config` shows of `snapshot`, with the shadow comparison's `counters` and the pool's state.
+pub fn config_view(snapshot: &ConfigSnapshot, counters: &ShadowCounters, pool: &PreconnectCounters) -> ConfigView {
     let config = &snapshot.config;
     let table = snapshot.router.table();
     let routes = StatementKind::ALL
@@ -317,6 +333,7 @@ pub fn config_view(snapshot: &ConfigSnapshot, counters: &ShadowCounters) -> Conf
             .map(|tls| ListenTlsView { certificate: tls.certificate.display().to_string(), required: tls.required }),
         topology: Topology::of(&config.backends).name(),
         backends: Backends { edxapp: backend_view(&config.backends.edxapp), csmh: backend_view(&config.backends.csmh) },
+        preconnect: preconnect_view(config.backends.edxapp_preconnect(), pool),
         tables: TablesView { old: config.history.old_table.clone(), extended: config.history.extended_table.clone() },
         flags: FlagsView {
             enable_csmh_extended: config.flags.is_on(Flag::EnableCsmhExtended),
@@ -335,6 +352,15 @@ fn backend_view(backend: &Backend) -> BackendView {
         address: backend.address.clone(),
         connect_timeout_secs: backend.connect_timeout_secs,
         tls_mode: backend.tls.mode.as_str(),
+    }
+}
+
+fn preconnect_view(settings: Preconnect, pool: &PreconnectCounters) -> PreconnectView {
+    PreconnectView {
+        max: settings.max,
+        max_age_ms: settings.max_age_ms,
+        target: pool.target.get(),
+        ready: pool.ready.get(),
     }
 }
 
@@ -481,7 +507,7 @@ ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES = true
 
     #[test]
     fn the_config_view_shows_flags_and_routing_but_no_secrets() {
-        let view = config_view(&snapshot(TWO_SERVERS), &ShadowCounters::default());
+        let view = config_view(&snapshot(TWO_SERVERS), &ShadowCounters::default(), &PreconnectCounters::default());
         let json = serde_json::to_string(&view).unwrap_or_default();
         assert!(!json.contains("not-to-be-shown") && !json.contains("csmh_writer"), "{json}");
         assert_eq!(view.generation, 1);

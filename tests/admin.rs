@@ -7,13 +7,13 @@ mod support;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use csmh_proxy::config::{Admin, Config};
+use csmh_proxy::config::{Admin, Config, Preconnect};
 use csmh_proxy::history::{Flags, Stage};
 use csmh_proxy::sandbox::ProxyToml;
 use csmh_proxy::server::ProxyHandle;
 use mysql_async::Conn;
 use mysql_async::prelude::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 use support::edx::*;
 use support::{Account, EdxDatabases};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -247,13 +247,17 @@ async fn config_shows_the_flags_and_routing_but_no_secret_and_follows_a_reload()
     let routes = view["routing"]["routes"].as_array().unwrap_or_else(|| panic!("{view}"));
     let select = routes.iter().find(|r| r["statements"] == "SELECT").unwrap_or_else(|| panic!("{view}"));
     assert_eq!(select["target"], "both_tables", "{view}");
+    assert_eq!((&view["preconnect"]["max"], &view["preconnect"]["max_age_ms"]), (&json!(4), &json!(5000)), "{view}");
+    assert!(view["preconnect"]["ready"].is_i64() && view["preconnect"]["target"].is_i64(), "{view}");
 
     let mut reloaded = config;
     reloaded.flags = Stage::OldTableRetired.flags();
+    reloaded.backends.edxapp.preconnect = Some(Preconnect { max: 0, max_age_ms: 2000 });
     proxy.shared().replace(reloaded).unwrap_or_else(|e| panic!("{e}"));
     let view = get_json(admin(&proxy), "/config", 200).await;
     assert_eq!(view["generation"], 2, "{view}");
     assert_eq!(view["routing"]["stage"], "old_table_retired", "{view}");
+    assert_eq!((&view["preconnect"]["max"], &view["preconnect"]["max_age_ms"]), (&json!(0), &json!(2000)), "{view}");
     let scrape = Scrape::of(&proxy).await;
     assert_eq!(scrape.value("csmh_proxy_config_generation"), 2);
     assert_eq!(scrape.value("csmh_proxy_config_reloads_total{result=\"applied\"}"), 1);
