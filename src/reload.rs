@@ -459,11 +459,12 @@ impl DirectoryEvents {
 struct EntryNames(Vec<OsString>);
 
 impl EntryNames {
-    /// The names for the file at `path`, as it is laid out now. A layout changed later is still seen by the poll.
+    /// The names for the file at `path`, as it is laid out now. A layout changed later (a symlink pointed at a
+    /// file of another name) is still seen, by the poll: events on the new name are not watched for.
     fn of(path: &Path) -> EntryNames {
         let mut names: Vec<OsString> = path.file_name().map(OsStr::to_os_string).into_iter().collect();
         if let Ok(link) = std::fs::read_link(path)
-            && let Some(Component::Normal(first)) = link.components().next()
+            && let Some(first) = first_step_in(&link, &directory_of(path))
         {
             names.push(first.to_os_string());
         }
@@ -481,6 +482,17 @@ impl EntryNames {
         let named = |path: &PathBuf| path.file_name().is_some_and(|name| self.0.iter().any(|entry| entry == name));
         event.paths.is_empty() || event.paths.iter().any(named)
     }
+}
+
+/// The entry of `directory` a symlink's target `link` goes through first: `..data` for `..data/proxy.toml` or
+/// `./..data/proxy.toml`, and for an absolute target inside `directory` as written; `None` for a target elsewhere.
+fn first_step_in<'a>(link: &'a Path, directory: &Path) -> Option<&'a OsStr> {
+    let relative = if link.is_absolute() { link.strip_prefix(directory).ok()? } else { link };
+    relative.components().find_map(|step| match step {
+        Component::CurDir => None,
+        Component::Normal(name) => Some(Some(name)),
+        _ => Some(None),
+    })?
 }
 
 /// The directory a file is in (`.` for a bare file name).
@@ -623,6 +635,17 @@ mod tests {
         assert!(names.concern(&event_on(&[&dir.path().join("..data_tmp"), &dir.path().join("..data")])));
         assert!(names.concern(&event_on(&[&version.join("real.toml")])));
         assert!(!names.concern(&event_on(&[&dir.path().join("..data_tmp")])));
+    }
+
+    #[test]
+    fn a_links_first_step_is_found_however_the_link_is_written() {
+        let dir = Path::new("/etc/csmh");
+        let step = |link: &str| first_step_in(Path::new(link), dir).map(|name| name.to_os_string());
+        assert_eq!(step("..data/proxy.toml"), Some("..data".into()));
+        assert_eq!(step("./current/proxy.toml"), Some("current".into()));
+        assert_eq!(step("/etc/csmh/current/proxy.toml"), Some("current".into()));
+        assert_eq!(step("/srv/elsewhere/proxy.toml"), None);
+        assert_eq!(step("../proxy.toml"), None);
     }
 
     #[test]

@@ -446,11 +446,13 @@ async fn a_connection_opened_ahead_carries_a_full_authentication() {
         }
         site.server.flush_cache();
         let used = pool.used.get();
+        let accepted = site.server.record().connections.len();
 
         let mut conn = rust_login(addr, PASSWORD).await.expect("the login on a connection opened ahead");
         assert_eq!(current_user(&mut conn).await, CURRENT_USER);
         assert_eq!(pool.used.get(), used + 1, "{legs:?}: the login went over a connection opened ahead");
         let last = site.server_logins().pop().expect("the server saw the login");
+        assert!(last.connection < accepted, "{legs:?}: the server accepted the login's connection before the client");
         assert_eq!(last, full_login(last.connection, Start::Login, USER, PASSWORD, path), "{legs:?}");
     }
 }

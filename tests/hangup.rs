@@ -108,12 +108,17 @@ async fn backend_thread(client: &mut RawClient) -> u64 {
     std::str::from_utf8(&row[1..1 + usize::from(row[0])]).unwrap().parse().unwrap()
 }
 
-/// Has `client` run a statement that waits for a lock held meanwhile, hangs the client up, and asserts that the
-/// statement ends on the server and that the hang-up is counted.
-async fn hang_up_mid_statement(proxy: &ProxyHandle, database: &str, mut client: RawClient) {
+/// A root connection holding a lock named after `database`, and the lock's name.
+async fn hold_lock(database: &str) -> (Conn, String) {
     let mut root = root().await;
     let lock = format!("{database}_lock");
     root.query_drop(format!("SELECT GET_LOCK('{lock}', 10)")).await.unwrap();
+    (root, lock)
+}
+
+/// Has `client` run a statement that waits for the lock `root` holds, hangs the client up, and asserts that the
+/// statement ends on the server and that the hang-up is counted.
+async fn hang_up_waiting_for_lock(proxy: &ProxyHandle, (mut root, lock): (Conn, String), mut client: RawClient) {
     let marker = format!("GET_LOCK('{lock}', 3600)");
     send_query(&mut client, &format!("SELECT {marker}")).await;
     wait_until_running(&mut root, &marker).await;
@@ -125,8 +130,9 @@ async fn hang_up_mid_statement(proxy: &ProxyHandle, database: &str, mut client: 
 #[tokio::test]
 async fn a_client_gone_mid_statement_ends_it_on_the_server() {
     let (proxy, database) = passthrough().await;
+    let lock = hold_lock(&database).await;
     let client = raw_client(&proxy, &database, CapabilityFlags::empty()).await;
-    hang_up_mid_statement(&proxy, &database, client).await;
+    hang_up_waiting_for_lock(&proxy, lock, client).await;
 }
 
 /// The watch keeps one timer from request to request: a long statement right behind fast ones (whose timer is
@@ -134,11 +140,13 @@ async fn a_client_gone_mid_statement_ends_it_on_the_server() {
 #[tokio::test]
 async fn a_client_gone_mid_statement_right_after_fast_ones_ends_it() {
     let (proxy, database) = passthrough().await;
+    let lock = hold_lock(&database).await;
     let mut client = raw_client(&proxy, &database, CapabilityFlags::empty()).await;
     for _ in 0..50 {
         client.query("SELECT 1").await;
     }
-    hang_up_mid_statement(&proxy, &database, client).await;
+    // The long statement follows the last fast one at once, while the timer that one set is still pending.
+    hang_up_waiting_for_lock(&proxy, lock, client).await;
 }
 
 #[tokio::test]

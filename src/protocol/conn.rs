@@ -305,8 +305,7 @@ async fn bounded<T>(timeout: Option<Duration>, io: impl Future<Output = io::Resu
     }
 }
 
-/// How long a request runs before [`HangupWatch::hung_up`] starts to look at the socket: a fast request costs a
-/// timer and nothing else.
+/// How long a request runs before [`HangupWatch::hung_up`] starts to look at the socket.
 const WATCH_AFTER: Duration = Duration::from_millis(20);
 
 /// How often a peer that sent more bytes (pipelined requests) is checked for having closed behind them.
@@ -317,9 +316,9 @@ const RECHECK_PIPELINED: Duration = Duration::from_millis(100);
 /// in the socket for the connection to read in turn.
 ///
 /// It watches a duplicate of the socket's descriptor, registered with the runtime only the first time a request
-/// runs longer than [`WATCH_AFTER`], so it costs one descriptor per connection. A fast request costs no more than
-/// reading the clock: the watch's one timer is kept from request to request and moved at most once per
-/// [`WATCH_AFTER`] (see [`HangupWatch::wait_until`]).
+/// runs longer than [`WATCH_AFTER`], so it costs one descriptor per connection. A fast request costs little more
+/// than reading the clock and polling a timer: the watch's one timer is kept from request to request and moved at
+/// most once per [`WATCH_AFTER`] (see [`HangupWatch::wait_until`]).
 #[derive(Debug)]
 pub struct HangupWatch {
     /// The duplicate descriptor; `None` once registering it failed (nothing is watched then).
@@ -402,4 +401,33 @@ impl HangupWatch {
 fn peek(socket: &OwnedFd) -> io::Result<usize> {
     let mut byte = [MaybeUninit::<u8>::uninit()];
     SockRef::from(socket).peek(&mut byte)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A watch with nothing to look at: only its timer is exercised.
+    fn watch_without_socket() -> HangupWatch {
+        HangupWatch { socket: None, timer: None }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_waits_its_full_delay_behind_the_timer_an_earlier_one_set() {
+        let mut watch = watch_without_socket();
+        let start = Instant::now();
+        // A fast request: its wait is dropped at 5 ms, leaving the timer set for 20 ms.
+        let fast = tokio::time::timeout(Duration::from_millis(5), watch.wait_until(start + WATCH_AFTER)).await;
+        assert!(fast.is_err(), "the first request's wait ended before its 20 ms");
+        // The next request starts at 5 ms: its wait ends at 25 ms, not when the earlier timer fires at 20 ms.
+        let due = Instant::now() + WATCH_AFTER;
+        let early = tokio::time::timeout(Duration::from_millis(19), watch.wait_until(due)).await;
+        assert!(early.is_err(), "the second request's wait ended {:?} into it", Instant::now() - (due - WATCH_AFTER));
+        watch.wait_until(due).await;
+        assert!(Instant::now() >= due, "the second request's wait ended before its 20 ms");
+        // After a wait that ended, the next one is due 20 ms after its own start again.
+        let due = Instant::now() + WATCH_AFTER;
+        watch.wait_until(due).await;
+        assert_eq!(Instant::now(), due);
+    }
 }
