@@ -488,11 +488,10 @@ impl EntryNames {
 /// `./..data/proxy.toml`, and for an absolute target inside `directory` as written; `None` for a target elsewhere.
 fn first_step_in<'a>(link: &'a Path, directory: &Path) -> Option<&'a OsStr> {
     let relative = if link.is_absolute() { link.strip_prefix(directory).ok()? } else { link };
-    relative.components().find_map(|step| match step {
-        Component::CurDir => None,
-        Component::Normal(name) => Some(Some(name)),
-        _ => Some(None),
-    })?
+    match relative.components().find(|step| *step != Component::CurDir)? {
+        Component::Normal(name) => Some(name),
+        _ => None,
+    }
 }
 
 /// The directory a file is in (`.` for a bare file name).

@@ -13,7 +13,7 @@
 
 use std::ops::{ControlFlow, Range};
 
-use sqlparser::ast::{Expr, OrderBy, OrderByExpr, Query, Select, Statement, Visit, Visitor};
+use sqlparser::ast::{Expr, OrderByExpr, Query, Select, Statement, Visit, Visitor};
 use sqlparser::tokenizer::Span;
 
 use super::literals::Literal;
@@ -76,16 +76,8 @@ impl Visitor for Values<'_, '_> {
         ControlFlow::Continue(())
     }
 
-    fn pre_visit_order_by(&mut self, _order_by: &OrderBy) -> ControlFlow<()> {
-        self.reading += 1;
-        ControlFlow::Continue(())
-    }
-
-    fn post_visit_order_by(&mut self, _order_by: &OrderBy) -> ControlFlow<()> {
-        self.reading -= 1;
-        ControlFlow::Continue(())
-    }
-
+    // Every value of an ORDER BY (a query's, a window's, an aggregate's, a DELETE's or UPDATE's) lies in one of
+    // its `OrderByExpr`s: MySQL's dialect parses nothing else there.
     fn pre_visit_order_by_expr(&mut self, _order_by_expr: &OrderByExpr) -> ControlFlow<()> {
         self.reading += 1;
         ControlFlow::Continue(())
