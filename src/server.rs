@@ -125,6 +125,13 @@ impl Proxy {
         Ok(())
     }
 
+    /// [`Proxy::run`] on a worker thread of the current runtime, waiting for it from the caller's thread (the one
+    /// blocking on the runtime, for `serve` and `sandbox`). A session spawned from a worker starts on that worker
+    /// (tokio's LIFO slot); from the blocking thread, every new client would cost a cross-thread wake-up.
+    pub async fn run_on_worker(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        tokio::spawn(self.run(shutdown)).await?
+    }
+
     /// Runs the proxy on the current tokio runtime in the background.
     pub fn spawn(self) -> ProxyHandle {
         let addr = self.local_addr();
@@ -197,9 +204,7 @@ pub async fn serve(config: Config, watch: Watch) -> anyhow::Result<()> {
     if let Some(address) = proxy.admin_addr() {
         info!(%address, "admin listening (/metrics, /livez, /readyz, /healthz, /config)");
     }
-    // The accept loop runs on a worker thread rather than on the thread blocking on `serve`: a session spawned
-    // from a worker starts on that worker (tokio's LIFO slot), with no cross-thread wake-up per new client.
-    tokio::spawn(proxy.run(shutdown_signal())).await?
+    proxy.run_on_worker(shutdown_signal()).await
 }
 
 /// Resolves on the first SIGINT or SIGTERM.

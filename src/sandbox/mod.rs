@@ -79,7 +79,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     std::fs::write(&config_path, format!("# Written by `csmh-proxy sandbox`.\n{text}"))?;
     let proxy = Proxy::bind(Config::load(&config_path)?).await?.watch_config(Watch::file(&config_path));
     print_banner(proxy.local_addr(), &edxapp, &csmh, &app, &config_path, admin);
-    let served = proxy.run(shutdown_signal()).await;
+    let served = proxy.run_on_worker(shutdown_signal()).await;
     println!("stopping the MariaDB servers and removing their data");
     edxapp.stop()?;
     csmh.stop()?;
