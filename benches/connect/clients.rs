@@ -1,5 +1,5 @@
-//! The clients of the `connect` bench: the workloads, and what runs them, `connect.py` (mysqlclient) and sysbench
-//! with `connect.lua`, each reading back what it measured.
+//! The clients of the `connect` bench: the workloads, and what runs them, `connect.py` (mysqlclient), `steps.py`
+//! (PyMySQL, step by step) and sysbench with `connect.lua`, each reading back what it measured.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -16,14 +16,19 @@ pub const PAUSE_US: u32 = 1000;
 /// The connections of a run whose median shows its cold start.
 pub const FIRST: usize = 10;
 /// The timed mysqlclient loop.
-const PYTHON_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/connect/connect.py");
+const CONNECT_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/connect/connect.py");
+/// The timed PyMySQL loop, step by step.
+const STEPS_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/connect/steps.py");
+/// The steps `steps.py` times, in its order.
+pub const STEPS: [&str; 6] = ["tcp", "greeting", "login", "setup", "statement", "close"];
 /// sysbench's script: a new connection per event.
 const LUA_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/connect/connect.lua");
 
 /// The workloads, in the order they run.
-pub const WORKLOADS: [Workload; 4] = [
+pub const WORKLOADS: [Workload; 5] = [
     Workload::Mysqlclient(Pacing::Pause),
     Workload::Mysqlclient(Pacing::Steady),
+    Workload::Steps,
     Workload::Sysbench { threads: 1 },
     Workload::Sysbench { threads: 4 },
 ];
@@ -33,6 +38,8 @@ pub const WORKLOADS: [Workload; 4] = [
 pub enum Workload {
     /// `connect.py`, one client.
     Mysqlclient(Pacing),
+    /// `steps.py`, one client, [`PAUSE_US`] after each connection, half as many as the paced mysqlclient runs.
+    Steps,
     /// sysbench with `connect.lua`.
     Sysbench { threads: u32 },
 }
@@ -52,6 +59,7 @@ impl Workload {
         match self {
             Workload::Mysqlclient(Pacing::Pause) => format!("mysqlclient, {} ms pause", PAUSE_US / 1000),
             Workload::Mysqlclient(Pacing::Steady) => format!("mysqlclient, steady {rate}/s"),
+            Workload::Steps => format!("PyMySQL, {} ms pause", PAUSE_US / 1000),
             Workload::Sysbench { threads: n } => format!("sysbench, {}", threads(*n)),
         }
     }
@@ -73,6 +81,8 @@ pub struct ClientRun {
     pub p99: f64,
     /// The median of the first [`FIRST`] connections (mysqlclient only: sysbench gives a histogram).
     pub first: Option<f64>,
+    /// The p50 of each of the [`STEPS`] (`steps.py` only).
+    pub steps: Option<[f64; STEPS.len()]>,
 }
 
 impl Clients<'_> {
@@ -80,29 +90,34 @@ impl Clients<'_> {
     pub fn run(&self, workload: &Workload, target: &Target) -> anyhow::Result<ClientRun> {
         match *workload {
             Workload::Mysqlclient(Pacing::Pause) => {
-                self.mysqlclient(target, self.options.iterations, &[format!("--pause-us={PAUSE_US}")])
+                self.python(CONNECT_SCRIPT, target, self.options.iterations, &format!("--pause-us={PAUSE_US}"))
             }
             Workload::Mysqlclient(Pacing::Steady) => {
-                self.mysqlclient(target, self.options.iterations / 2, &[format!("--rate={}", self.options.rate)])
+                let rate = format!("--rate={}", self.options.rate);
+                self.python(CONNECT_SCRIPT, target, self.options.iterations / 2, &rate)
+            }
+            Workload::Steps => {
+                self.python(STEPS_SCRIPT, target, self.options.iterations / 2, &format!("--pause-us={PAUSE_US}"))
             }
             Workload::Sysbench { threads } => self.sysbench(target, threads, self.options.seconds),
         }
     }
 
-    /// `connect.py` against `target`: `iterations` timed connections paced by `pacing` (its options).
-    fn mysqlclient(&self, target: &Target, iterations: usize, pacing: &[String]) -> anyhow::Result<ClientRun> {
+    /// `script` (`connect.py` or `steps.py`) against `target`: `iterations` timed connections paced by `pacing`
+    /// (its option).
+    fn python(&self, script: &str, target: &Target, iterations: usize, pacing: &str) -> anyhow::Result<ClientRun> {
         let account = Account::app();
         let output = Command::new(&self.python)
-            .arg(PYTHON_SCRIPT)
+            .arg(script)
             .arg(format!("--port={}", target.addr.port()))
             .arg(format!("--user={}", account.user))
             .arg(format!("--password={}", account.password))
             .arg(format!("--database={DATABASE}"))
             .arg(format!("--iterations={}", iterations.max(1)))
-            .args(pacing)
+            .arg(pacing)
             .stdin(Stdio::null())
             .output_ok()?;
-        let loop_run: LoopRun = serde_json::from_slice(&output.stdout).context("connect.py's output")?;
+        let loop_run: LoopRun = serde_json::from_slice(&output.stdout).with_context(|| format!("{script}'s output"))?;
         Ok(loop_run.summary())
     }
 
@@ -117,32 +132,31 @@ impl Clients<'_> {
         parse_sysbench(&text).with_context(|| format!("sysbench's output against {}:\n{text}", target.name()))
     }
 
-    /// `Python <version>, mysqlclient <version> on MariaDB Connector/C <version>`.
+    /// `Python <version>, mysqlclient <version> on MariaDB Connector/C <version>, PyMySQL <version>`.
     pub fn versions(&self) -> anyhow::Result<String> {
         let code = "import sys, importlib.metadata, MySQLdb; \
                     print('Python', sys.version.split()[0] + ', mysqlclient', \
-                    importlib.metadata.version('mysqlclient'), 'on MariaDB Connector/C', MySQLdb.get_client_info())";
+                    importlib.metadata.version('mysqlclient'), 'on MariaDB Connector/C', \
+                    MySQLdb.get_client_info() + ', PyMySQL', importlib.metadata.version('PyMySQL'))";
         let output = Command::new(&self.python).args(["-c", code]).stdin(Stdio::null()).output_ok()?;
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
     }
 }
 
-/// What `connect.py` prints.
+/// What `connect.py` and `steps.py` print.
 #[derive(serde::Deserialize)]
 struct LoopRun {
     elapsed_ns: u64,
     latencies_ns: Vec<u64>,
+    /// Each connection's [`STEPS`] (`steps.py` only).
+    #[serde(default)]
+    steps_ns: Vec<[u64; STEPS.len()]>,
 }
 
 impl LoopRun {
     fn summary(&self) -> ClientRun {
-        let micros = |ns: &[u64]| -> Vec<f64> {
-            let mut us: Vec<f64> = ns.iter().map(|&n| n as f64 / 1000.0).collect();
-            us.sort_by(f64::total_cmp);
-            us
-        };
-        let all = micros(&self.latencies_ns);
-        let first = micros(&self.latencies_ns[..FIRST.min(self.latencies_ns.len())]);
+        let all = sorted_micros(self.latencies_ns.iter().copied());
+        let first = sorted_micros(self.latencies_ns.iter().copied().take(FIRST));
         ClientRun {
             connections: all.len() as u64,
             per_second: all.len() as f64 / (self.elapsed_ns.max(1) as f64 / 1e9),
@@ -150,8 +164,21 @@ impl LoopRun {
             p95: percentile(&all, 0.95),
             p99: percentile(&all, 0.99),
             first: Some(percentile(&first, 0.50)),
+            steps: (!self.steps_ns.is_empty()).then(|| self.step_p50s()),
         }
     }
+
+    /// The p50 of each step, in microseconds.
+    fn step_p50s(&self) -> [f64; STEPS.len()] {
+        std::array::from_fn(|step| percentile(&sorted_micros(self.steps_ns.iter().map(|one| one[step])), 0.50))
+    }
+}
+
+/// `ns` in microseconds, ascending.
+fn sorted_micros(ns: impl Iterator<Item = u64>) -> Vec<f64> {
+    let mut us: Vec<f64> = ns.map(|n| n as f64 / 1000.0).collect();
+    us.sort_by(f64::total_cmp);
+    us
 }
 
 /// The nearest-rank `q` percentile of `sorted` (ascending, not empty).
@@ -197,5 +224,6 @@ fn parse_sysbench(output: &str) -> anyhow::Result<ClientRun> {
         p95: at(0.95),
         p99: at(0.99),
         first: None,
+        steps: None,
     })
 }

@@ -3,7 +3,7 @@
 //! direct connection to MariaDB and with HAProxy in `mode tcp`, with the proxy's preconnect pool off and on.
 //!
 //! ```sh
-//! cargo bench --bench connect                          # 5 rounds, about 3½ minutes (7 with the pool)
+//! cargo bench --bench connect                          # 5 rounds, about 9 minutes
 //! cargo bench --bench connect -- --rounds 3 --iterations 1000 --seconds 2 --no-write
 //! ```
 //!
@@ -13,14 +13,18 @@
 //! max` defaults to 4), "pool off" appends `max = 0` ([`POOL_OFF`]). The targets, in this order: direct, HAProxy,
 //! proxy pool off, proxy pool on.
 //!
-//! Four workloads, each in interleaved rounds: every round runs each target once, the order turned by one target
+//! Five workloads, each in interleaved rounds: every round runs each target once, the order turned by one target
 //! per round, so that machine noise and the time since a target last ran fall on all targets alike.
 //! 1. mysqlclient, paced: `benches/connect/connect.py` (Python's `MySQLdb`, what Django uses, from the tests'
 //!    virtual environment) times `--iterations` connections, each connect + login, `SELECT 1`, fetch, close,
 //!    with a 1 ms pause after each, the rate of a few busy Django workers together (about 600 a second);
 //! 2. mysqlclient, steady: the same on a fixed schedule of `--rate` connections a second (200), half as many
 //!    iterations: a steady rate of new clients for the pool to size itself from;
-//! 3. and 4. sysbench with `benches/connect/connect.lua`, whose every event disconnects, connects again and
+//! 3. PyMySQL, paced as 1. with half as many iterations: `benches/connect/steps.py` makes the same connection
+//!    with PyMySQL (the same statements as mysqlclient: `SET NAMES`, `SET AUTOCOMMIT = 0`), whose steps are
+//!    Python methods, and times each: the TCP connect, the greeting, the login, the setup statements, `SELECT 1`,
+//!    the close. It shows where a relay's time goes, and what the pool saves (the greeting) and costs;
+//! 4. and 5. sysbench with `benches/connect/connect.lua`, whose every event disconnects, connects again and
 //!    runs `SELECT 1`, for `--seconds` at 1 and 4 threads: connections per second, back to back.
 //!
 //! What makes the pool visible: a client finds a ready backend connection only if the pool opened one since the
@@ -63,7 +67,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use clients::{ClientRun, Clients, WORKLOADS, Workload};
+use clients::{ClientRun, Clients, Pacing, WORKLOADS, Workload};
 use csmh_proxy::sandbox::{Account, MariaDb};
 use mysql_async::prelude::Queryable;
 use report::{Report, Setup};
@@ -72,6 +76,8 @@ use support::processes::{BusyWatch, HaProxy, ProxyProcess, ensure_tools, process
 use support::report::{Section, Spread, publish};
 use tokio::runtime::Runtime;
 
+/// PyMySQL, for `steps.py`, at the version the tests use.
+const PYMYSQL: &str = "PyMySQL==1.1.1";
 /// The database the clients log in to.
 const DATABASE: &str = "connect_bench";
 /// The pool's default `max_age_ms`: a ready connection older than this is closed.
@@ -94,7 +100,7 @@ const VS_DIRECT: f64 = 1.3;
 fn main() -> anyhow::Result<()> {
     let options = Options::parse(std::env::args().skip(1))?;
     ensure_tools(&["sysbench", "haproxy"])?;
-    let python = packages::MYSQLCLIENT.python();
+    let python = packages::MYSQLCLIENT.python_with(&[PYMYSQL], "import MySQLdb, pymysql");
     let harness = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let server = harness.block_on(start_server())?;
     let relays = Relays::start(server.addr())?;
@@ -378,8 +384,9 @@ fn warm_up(clients: &Clients, targets: &[Target]) -> anyhow::Result<()> {
     let options = Options { rounds: 1, iterations: 100, rate: 200, seconds: 1, write: false, command: String::new() };
     let quick = Clients { python: clients.python.clone(), options: &options };
     for target in targets {
-        quick.run(&WORKLOADS[0], target)?;
-        quick.run(&WORKLOADS[2], target)?;
+        for workload in [Workload::Mysqlclient(Pacing::Pause), Workload::Steps, Workload::Sysbench { threads: 1 }] {
+            quick.run(&workload, target)?;
+        }
     }
     Ok(())
 }

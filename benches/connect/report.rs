@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use csmh_proxy::sandbox::MariaDb;
 
-use super::clients::{Clients, FIRST, PAUSE_US, Pacing, Workload};
+use super::clients::{Clients, FIRST, PAUSE_US, Pacing, STEPS, Workload};
 use super::support::processes::Busy;
 use super::support::report::{Header, Spread, mariadb_version, versions};
 use super::{Kind, Measured, ServerStatus, Target, VS_DIRECT, VS_HAPROXY};
@@ -55,9 +55,10 @@ pub struct Report {
 impl Report {
     /// The Markdown of the measured part of the `connect` section.
     pub fn render(&self) -> String {
-        let parts: [fn(&Report, &mut String); 6] = [
+        let parts: [fn(&Report, &mut String); 7] = [
             Report::render_setup,
             Report::render_latencies,
+            Report::render_steps,
             Report::render_rates,
             Report::render_counters,
             Report::render_targets,
@@ -90,13 +91,14 @@ impl Report {
         let _ = writeln!(
             out,
             "- {} round(s) per workload, every target once a round (the order turned by one each round): \
-             mysqlclient {} connections with a {} ms pause after each, and {} at a steady {}/s; sysbench {} s \
-             per run. {}\n",
+             mysqlclient {} connections with a {} ms pause after each, and {} at a steady {}/s; PyMySQL {} with \
+             the same pause, timed step by step; sysbench {} s per run. {}\n",
             s.rounds,
             s.iterations,
             PAUSE_US / 1000,
             s.iterations / 2,
             s.rate,
+            s.iterations / 2,
             s.seconds,
             self.busy.sentence()
         );
@@ -121,7 +123,30 @@ impl Report {
             ("p50 / direct", &|m, i| self.proxy_ratio(i, direct, |j| m.p50_ratio(i, j))),
             ("p50 / HAProxy", &|m, i| self.proxy_ratio(i, haproxy, |j| m.p50_ratio(i, j))),
         ];
-        self.render_table(out, "workload", |w| matches!(w, Workload::Mysqlclient(_)), &columns);
+        self.render_table(out, "workload", |w| matches!(w, Workload::Mysqlclient(_) | Workload::Steps), &columns);
+    }
+
+    /// The PyMySQL runs step by step: one row per step, one column per target, each cell the median over the
+    /// rounds of the step's p50 (min–max).
+    fn render_steps(&self, out: &mut String) {
+        let Some(m) = self.results.iter().find(|m| matches!(m.workload, Workload::Steps)) else { return };
+        let names: Vec<&str> = self.targets.iter().map(Target::name).collect();
+        let _ = writeln!(
+            out,
+            "{}, step by step (p50 µs of each step; tcp: the TCP connect, greeting: reading the server's \
+             greeting, login: its round trip, setup: `SET NAMES` and `SET AUTOCOMMIT = 0`, statement: `SELECT 1`, \
+             close: `COM_QUIT` and the socket's close):\n",
+            m.workload.label(self.setup.rate)
+        );
+        let _ = writeln!(out, "| step | {} |", names.join(" | "));
+        let _ = writeln!(out, "|---|{}", "--:|".repeat(names.len()));
+        for (step, name) in STEPS.iter().enumerate() {
+            let cells: Vec<String> = (0..self.targets.len())
+                .map(|i| m.spread(i, |s| s.client.steps.map_or(f64::NAN, |steps| steps[step])).rate())
+                .collect();
+            let _ = writeln!(out, "| {name} | {} |", cells.join(" | "));
+        }
+        out.push('\n');
     }
 
     /// The sysbench table: one row per thread count and target.
