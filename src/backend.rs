@@ -19,6 +19,7 @@ use crate::protocol::frame;
 use crate::protocol::packets::{self, AuthAnswer};
 use crate::protocol::reply::Reply;
 use crate::protocol::response::{Expect, Progress, ResponseScanner};
+use crate::resolver::Resolver;
 use crate::tls::{BackendTls, Leg, LegRefusal};
 
 /// Why a backend could not be reached.
@@ -51,14 +52,20 @@ impl BackendError {
     }
 }
 
-/// Opens a TCP connection to `address`, giving up after `timeout_secs`.
-pub async fn connect(address: &str, timeout_secs: u64) -> Result<Connection, BackendError> {
-    let attempt = tokio::time::timeout(Duration::from_secs(timeout_secs), TcpStream::connect(address));
-    match attempt.await {
-        Ok(Ok(stream)) => Ok(Connection::new(stream)),
+/// Opens a TCP connection to `address`, its host name looked up through `resolver`, giving up after
+/// `timeout_secs` (the lookup included). A failed attempt makes `resolver` forget the name's addresses.
+pub async fn connect(resolver: &Resolver, address: &str, timeout_secs: u64) -> Result<Connection, BackendError> {
+    let attempt = tokio::time::timeout(Duration::from_secs(timeout_secs), async {
+        let addresses = resolver.addresses(address).await?;
+        TcpStream::connect(&addresses[..]).await
+    });
+    let result = match attempt.await {
+        Ok(Ok(stream)) => return Ok(Connection::new(stream)),
         Ok(Err(source)) => Err(BackendError::Connect { address: address.to_owned(), source }),
         Err(_) => Err(BackendError::Timeout { address: address.to_owned(), seconds: timeout_secs }),
-    }
+    };
+    resolver.forget(address);
+    result
 }
 
 /// Who the proxy logs in as on a server it authenticates to itself (the `csmh` backend on its own server).

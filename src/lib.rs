@@ -2,7 +2,7 @@
 //! table on the wire.
 //!
 //! The data path is `server` (accept, with `admission` limiting who gets in) → `session` (one client) → `protocol` (frames and responses) →
-//! `backend` (the MySQL servers); `routing` decides what a statement naming the history table becomes, from the
+//! `backend` (the MySQL servers, their host names looked up through `resolver`); `routing` decides what a statement naming the history table becomes, from the
 //! flags that `config` reads and `history` defines and interprets. While the proxy runs, `reload` follows its
 //! configuration file and puts each valid version in force in `state`; `topology` names where the two tables live.
 
@@ -21,6 +21,7 @@ pub mod migrate;
 pub mod preconnect;
 pub mod protocol;
 pub mod reload;
+pub mod resolver;
 pub mod routing;
 pub mod sandbox;
 pub mod server;

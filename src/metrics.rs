@@ -144,6 +144,7 @@ pub struct Metrics {
     generation: Gauge,
     shadow: ShadowCounters,
     preconnect: PreconnectCounters,
+    resolver: ResolverCounters,
     /// By [`CacheOutcome::ALL`]'s order.
     route_cache: [Counter; 3],
 }
@@ -169,6 +170,20 @@ pub struct PreconnectCounters {
     /// How many the proxy keeps ready now, from the recent rate of new clients.
     pub target: Gauge,
 }
+
+/// The lookups of the backends' host names ([`crate::resolver`]); clones count into the same series.
+#[derive(Debug, Clone, Default)]
+pub struct ResolverCounters {
+    /// The name was looked up and had addresses.
+    pub resolved: Counter,
+    /// The lookup failed; the addresses the name had before were used.
+    pub stale: Counter,
+    /// The lookup failed, and the connection with it.
+    pub failed: Counter,
+}
+
+/// The `result` label of [`ResolverCounters`], in its fields' order.
+const RESOLVER_RESULTS: [&str; 3] = ["resolved", "stale", "failed"];
 
 /// The `outcome` label of [`PreconnectCounters`]' connections, in its fields' order.
 const PRECONNECT_OUTCOMES: [&str; 5] = ["used", "expired", "lost", "discarded", "failed"];
@@ -329,6 +344,16 @@ impl Metrics {
         );
 
         let preconnect = preconnect_counters(&mut registry);
+        let lookups = Family::<Labels<1>, Counter>::default();
+        let [resolved, stale, failed] =
+            RESOLVER_RESULTS.map(|result| lookups.get_or_create(&[("result", result)]).clone());
+        let resolver = ResolverCounters { resolved, stale, failed };
+        registry.register(
+            "backend_dns_lookups",
+            "Lookups of backend host names (at most one per name every 10 s, and after a failed connect), by result: \
+             resolved, stale (the lookup failed and the name's earlier addresses were used), failed",
+            lookups,
+        );
         let route_cache = Family::<Labels<1>, Counter>::default();
         let route_cache_counters =
             CacheOutcome::ALL.map(|outcome| route_cache.get_or_create(&[("result", outcome.label())]).clone());
@@ -356,6 +381,7 @@ impl Metrics {
             generation,
             shadow,
             preconnect,
+            resolver,
             route_cache: route_cache_counters,
         }
     }
@@ -363,6 +389,11 @@ impl Metrics {
     /// The counters of connections opened ahead of clients.
     pub fn preconnect(&self) -> &PreconnectCounters {
         &self.preconnect
+    }
+
+    /// The counters of the backends' host name lookups.
+    pub fn resolver(&self) -> &ResolverCounters {
+        &self.resolver
     }
 
     /// The shadow comparison's counters.
@@ -616,6 +647,9 @@ mod tests {
             "csmh_proxy_config_reloads_total{result=\"applied\"} 2",
             "csmh_proxy_config_reloads_total{result=\"rejected\"} 1",
             "csmh_proxy_config_generation 3",
+            "csmh_proxy_backend_dns_lookups_total{result=\"resolved\"} 0",
+            "csmh_proxy_backend_dns_lookups_total{result=\"stale\"} 0",
+            "csmh_proxy_backend_dns_lookups_total{result=\"failed\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "no line `{line}` in\n{text}");
         }

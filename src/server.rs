@@ -194,7 +194,7 @@ fn start_session(
 /// Keeps connections to the `edxapp` server of the configuration in force ready for new clients, until `stop`.
 async fn keep_connections_ready(shared: Arc<ProxyState>, stop: CancellationToken) {
     let current = || Target::of(&shared.snapshot().config.backends);
-    shared.preconnect.keep_ready(current, stop).await;
+    shared.preconnect.keep_ready(&shared.resolver, current, stop).await;
 }
 
 /// Binds and serves until SIGINT or SIGTERM, reloading the configuration file as `watch` says.

@@ -13,6 +13,7 @@ use crate::grant_cache::GrantCache;
 use crate::history::routing_table;
 use crate::metrics::Metrics;
 use crate::preconnect::Preconnect;
+use crate::resolver::Resolver;
 use crate::routing::Router;
 use crate::shadow::{Shadow, ShadowPlan};
 use crate::tls::{Tls, files_fingerprint};
@@ -89,18 +90,22 @@ pub struct ProxyState {
     pub shadow: Shadow,
     /// The connections to `edxapp` opened ahead of clients.
     pub preconnect: Preconnect,
+    /// The backends' host names, as last looked up (shared with the shadow comparison's worker).
+    pub resolver: Arc<Resolver>,
 }
 
 impl ProxyState {
     /// The state of a proxy starting with `config`, as generation 1.
     pub fn new(config: Config) -> Result<ProxyState, CompileError> {
         let metrics = Metrics::default();
+        let resolver = Arc::new(Resolver::new(metrics.resolver().clone()));
         Ok(ProxyState {
             current: ArcSwap::from_pointee(ConfigSnapshot::compile(config)?),
             writer: Mutex::new(()),
             reloads_applied: AtomicU64::new(0),
             reloads_rejected: AtomicU64::new(0),
-            shadow: Shadow::new(metrics.shadow().clone()),
+            shadow: Shadow::new(metrics.shadow().clone(), Arc::clone(&resolver)),
+            resolver,
             preconnect: Preconnect::new(metrics.preconnect().clone()),
             metrics,
             grants: GrantCache::default(),

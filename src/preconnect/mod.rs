@@ -25,6 +25,7 @@ use crate::metrics::PreconnectCounters;
 use crate::protocol::conn::{Connection, ReadError};
 use crate::protocol::errors::MysqlError;
 use crate::protocol::packets::MAX_HANDSHAKE_PACKET;
+use crate::resolver::Resolver;
 use sizing::{ArrivalRate, TICK};
 
 /// After a failure to open a connection ahead, the next attempt waits this long (clients meanwhile connect
@@ -168,7 +169,7 @@ impl Preconnect {
 
     /// Keeps connections ready for the clients of the configuration `current` returns, until `stop`; then
     /// closes those left. Runs as one task per proxy.
-    pub async fn keep_ready(&self, current: impl Fn() -> Target, stop: CancellationToken) {
+    pub async fn keep_ready(&self, resolver: &Resolver, current: impl Fn() -> Target, stop: CancellationToken) {
         let mut rate = ArrivalRate::default();
         let mut ticks = tokio::time::interval(TICK);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -188,7 +189,7 @@ impl Preconnect {
             }
             tokio::select! {
                 () = stop.cancelled() => break,
-                filled = self.fill(&target, wanted) => retry_at = filled.err().map(|()| Instant::now() + RETRY_AFTER),
+                filled = self.fill(resolver, &target, wanted) => retry_at = filled.err().map(|()| Instant::now() + RETRY_AFTER),
             }
         }
         self.close_all();
@@ -201,9 +202,9 @@ impl Preconnect {
     /// login against the proxy's host, and refuses the host at `max_connect_errors` (100 by default) until a login
     /// resets the count. The rate alone does not bound that: with a short `max_age_ms`, a rate that falls slowly
     /// after a burst would keep opening connections that expire, `max` at a time, for the whole window.
-    async fn fill(&self, target: &Target, wanted: usize) -> Result<(), ()> {
+    async fn fill(&self, resolver: &Resolver, target: &Target, wanted: usize) -> Result<(), ()> {
         while self.len() < wanted && self.unused_since_client.load(Ordering::Relaxed) < target.settings.max {
-            match open(target).await {
+            match open(resolver, target).await {
                 Ok(ready) => self.push(ready),
                 Err(error) => {
                     self.counters.failed.inc();
@@ -280,11 +281,12 @@ impl Preconnect {
     }
 }
 
-/// Connects to `target`'s server and reads its greeting into the connection's buffer.
-async fn open(target: &Target) -> Result<Ready, OpenError> {
+/// Connects to `target`'s server (its name looked up through `resolver`) and reads its greeting into the
+/// connection's buffer.
+async fn open(resolver: &Resolver, target: &Target) -> Result<Ready, OpenError> {
     let address = &target.address;
     let opened = Instant::now();
-    let mut conn = backend::connect(address, target.connect_timeout_secs).await?;
+    let mut conn = backend::connect(resolver, address, target.connect_timeout_secs).await?;
     let limit = Duration::from_secs(target.connect_timeout_secs);
     let greeting = tokio::time::timeout(limit, conn.next_packet_within(MAX_HANDSHAKE_PACKET))
         .await

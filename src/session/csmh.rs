@@ -10,14 +10,15 @@ use tracing::{info, warn};
 use super::edxapp::Edxapp;
 use super::error::SessionError;
 use crate::backend::{self, BackendError, Credentials, LoginError, LoginTls, QueryError};
-use crate::metrics::Metrics;
 use crate::protocol::capabilities::{LAYOUT_MARIADB, Negotiated};
 use crate::protocol::command::{self, COM_RESET_CONNECTION, COM_STMT_BULK_EXECUTE, Command};
 use crate::protocol::conn::Connection;
 use crate::protocol::errors::{MysqlError, code, sqlstate};
 use crate::protocol::reply::Reply;
+use crate::resolver::Resolver;
 use crate::routing::source::Source;
 use crate::state::ConfigSnapshot;
+use crate::state::ProxyState;
 use crate::topology::Server;
 
 /// The client session's settings that change what statements return, read from its `edxapp` connection.
@@ -167,19 +168,21 @@ impl CsmhLink {
         self.open.as_mut()
     }
 
-    /// The connection, opened if needed (under `snapshot`'s `[backends.csmh]`), with the client's settings
+    /// The connection, opened if needed (under `snapshot`'s `[backends.csmh]`, counted in `shared`'s metrics),
+    /// with the client's settings
     /// applied and, if the client is in a transaction, a transaction open. After an error the caller drops the
     /// connection ([`CsmhLink::close`] or [`CsmhLink::fail`]).
     pub async fn ready(
         &mut self,
         edxapp: &mut Edxapp,
         snapshot: &ConfigSnapshot,
-        metrics: &Metrics,
+        shared: &ProxyState,
     ) -> Result<&mut CsmhConnection, CsmhError> {
+        let metrics = &shared.metrics;
         let csmh = match self.open.take() {
             Some(csmh) => csmh,
             None => {
-                let csmh = open(edxapp.caps, snapshot, self.client_tls).await;
+                let csmh = open(edxapp.caps, snapshot, self.client_tls, &shared.resolver).await;
                 let csmh = csmh.inspect_err(|_| metrics.backend_connect_error(Server::Csmh))?;
                 metrics.backend_connection(Server::Csmh, csmh.conn.is_tls());
                 self.opened += 1;
@@ -364,15 +367,20 @@ impl CsmhConnection {
     }
 }
 
-/// Opens and logs in a connection to the `csmh` server of `snapshot`, with the layout capabilities of the
-/// client (`client`) so that its answers can be relayed as they are.
-async fn open(client: Negotiated, snapshot: &ConfigSnapshot, client_tls: bool) -> Result<CsmhConnection, CsmhError> {
+/// Opens and logs in a connection to the `csmh` server of `snapshot` (its name looked up through `resolver`),
+/// with the layout capabilities of the client (`client`) so that its answers can be relayed as they are.
+async fn open(
+    client: Negotiated,
+    snapshot: &ConfigSnapshot,
+    client_tls: bool,
+    resolver: &Resolver,
+) -> Result<CsmhConnection, CsmhError> {
     let config = &snapshot.config.backends.csmh;
     let password = config.password().map_err(|e| CsmhError::Credentials(e.to_string()))?;
     let user = config.user.clone().ok_or_else(|| CsmhError::Credentials("no user configured".into()))?;
     let database = Some(snapshot.router.extended().schema().to_owned());
     let credentials = Credentials { user, password, database };
-    let mut conn = backend::connect(&config.address, config.connect_timeout_secs).await?;
+    let mut conn = backend::connect(resolver, &config.address, config.connect_timeout_secs).await?;
     conn.set_io_timeout(std::time::Duration::from_secs(config.read_timeout_secs));
     let wanted = (backend::LOGIN_CAPABILITIES - LAYOUT) | (client.flags() & LAYOUT);
     // The greeting and login are bounded too: a server whose accept queue overflowed never greets.

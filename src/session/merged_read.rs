@@ -220,7 +220,7 @@ impl Session {
         (old, extended): (&[u8], &[u8]),
         merging: Merging<'_>,
     ) -> Result<Flow, SessionError> {
-        self.csmh.ready(&mut self.edxapp, &request.snapshot, &self.shared.metrics).await?;
+        self.csmh.ready(&mut self.edxapp, &request.snapshot, &self.shared).await?;
         self.consume_request(request);
         // The csmh side first: if it cannot be sent, edxapp has no answer pending.
         let Some(csmh) = self.csmh.connection() else { return Err(SessionError::csmh_closed()) };

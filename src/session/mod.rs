@@ -146,7 +146,7 @@ async fn connect_edxapp(shared: &ProxyState) -> Result<Edxapp, SessionError> {
     if let Some(conn) = shared.preconnect.take(&target) {
         return Ok(Edxapp::new(conn, target.address));
     }
-    match backend::connect(&target.address, target.connect_timeout_secs).await {
+    match backend::connect(&shared.resolver, &target.address, target.connect_timeout_secs).await {
         Ok(conn) => Ok(Edxapp::new(conn, target.address)),
         Err(error) => {
             shared.metrics.backend_connect_error(Server::Edxapp);

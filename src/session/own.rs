@@ -68,7 +68,7 @@ impl Session {
         body: &[u8],
         expect: Expect,
     ) -> Result<Result<Reply, MysqlError>, SessionError> {
-        let reply = match self.csmh.ready(&mut self.edxapp, snapshot, &self.shared.metrics).await {
+        let reply = match self.csmh.ready(&mut self.edxapp, snapshot, &self.shared).await {
             Ok(csmh) => {
                 backend::command(&mut csmh.conn, csmh.caps, command, body, expect).await.map_err(CsmhError::Query)
             }

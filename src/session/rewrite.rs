@@ -88,7 +88,7 @@ impl Session {
     /// error for this statement (and its transaction is rolled back if the `csmh` side was part of it); the
     /// session goes on.
     async fn run_on_csmh(&mut self, request: &mut Request, sql: &[u8]) -> Result<Flow, SessionError> {
-        let csmh = self.csmh.ready(&mut self.edxapp, &request.snapshot, &self.shared.metrics).await?;
+        let csmh = self.csmh.ready(&mut self.edxapp, &request.snapshot, &self.shared).await?;
         crate::backend::send_command(&mut csmh.conn, request.command.byte(), sql)
             .await
             .map_err(SessionError::csmh_io)?;
@@ -108,7 +108,7 @@ impl Session {
         // A command that gets an answer runs in the client's session (settings, transaction); one that gets none
         // (closing the statement, sending it long data) only needs the connection.
         if request.command.response().is_some() {
-            self.csmh.ready(&mut self.edxapp, &request.snapshot, &self.shared.metrics).await?;
+            self.csmh.ready(&mut self.edxapp, &request.snapshot, &self.shared).await?;
         }
         let Some(csmh) = self.csmh.connection() else { return Err(SessionError::csmh_closed()) };
         // The registry found the id in the request, so the packet is long enough to take the other one.

@@ -21,6 +21,7 @@ use crate::history::{Stage, routing_table};
 use crate::metrics::ShadowCounters;
 use crate::protocol::capabilities::Negotiated;
 use crate::protocol::packets;
+use crate::resolver::Resolver;
 use crate::routing::{Form, Route, Router};
 use crate::state::ConfigSnapshot;
 
@@ -69,13 +70,16 @@ pub struct Shadow {
     /// The worker's end of the queue, until the first sample starts it.
     waiting: Mutex<Option<mpsc::Receiver<Sample>>>,
     counters: ShadowCounters,
+    /// Where the worker looks the `csmh` server's name up.
+    resolver: Arc<Resolver>,
 }
 
 impl Shadow {
-    /// A shadow comparison counting into `counters`, its worker not yet started.
-    pub fn new(counters: ShadowCounters) -> Shadow {
+    /// A shadow comparison counting into `counters`, its worker not yet started; the worker looks the `csmh`
+    /// server's name up through `resolver`.
+    pub fn new(counters: ShadowCounters, resolver: Arc<Resolver>) -> Shadow {
         let (queue, waiting) = mpsc::channel(QUEUE);
-        Shadow { seen: AtomicU64::new(0), queue, waiting: Mutex::new(Some(waiting)), counters }
+        Shadow { seen: AtomicU64::new(0), queue, waiting: Mutex::new(Some(waiting)), counters, resolver }
     }
 
     /// Whether the next merged read is compared, `fraction` of them being: spread evenly (the `n`th read is
@@ -88,7 +92,7 @@ impl Shadow {
     /// Hands `sample` to the worker (started on first use), or drops and counts it when the worker is behind.
     pub fn submit(&self, sample: Sample) {
         if let Some(receiver) = self.waiting.lock().unwrap_or_else(PoisonError::into_inner).take() {
-            tokio::spawn(worker::run(receiver, self.counters.clone()));
+            tokio::spawn(worker::run(receiver, self.counters.clone(), Arc::clone(&self.resolver)));
         }
         if self.queue.try_send(sample).is_err() {
             self.counters.skipped.inc();
@@ -191,11 +195,11 @@ mod tests {
 
     #[test]
     fn samples_are_spread_evenly() {
-        let shadow = Shadow::new(ShadowCounters::default());
+        let shadow = Shadow::new(ShadowCounters::default(), Arc::default());
         let picked: Vec<bool> = (0..10).map(|_| shadow.samples_next(0.25)).collect();
         assert_eq!(picked.iter().filter(|picked| **picked).count(), 2);
         assert_eq!(picked, [false, false, false, true, false, false, false, true, false, false]);
-        let every = Shadow::new(ShadowCounters::default());
+        let every = Shadow::new(ShadowCounters::default(), Arc::default());
         assert!((0..5).all(|_| every.samples_next(1.0)));
     }
 

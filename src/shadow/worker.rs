@@ -5,6 +5,7 @@
 //! when the configuration changes or a statement fails. A failure is counted and logged and never reaches a
 //! client.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -17,6 +18,7 @@ use crate::metrics::ShadowCounters;
 use crate::protocol::capabilities::Negotiated;
 use crate::protocol::conn::Connection;
 use crate::protocol::reply::{Reply, text_row};
+use crate::resolver::Resolver;
 use crate::state::ConfigSnapshot;
 
 /// The largest answer from the extended table the worker reads into memory: twice the client's largest kept
@@ -41,10 +43,10 @@ enum Outcome {
 }
 
 /// Compares samples until the proxy (the queue's sender) goes away.
-pub async fn run(mut samples: mpsc::Receiver<Sample>, counters: ShadowCounters) {
+pub async fn run(mut samples: mpsc::Receiver<Sample>, counters: ShadowCounters, resolver: Arc<Resolver>) {
     let mut link: Option<Link> = None;
     while let Some(sample) = samples.recv().await {
-        match compare_sample(&mut link, &sample).await {
+        match compare_sample(&mut link, &sample, &resolver).await {
             Outcome::Matching => {
                 counters.matching.inc();
                 debug!(rows = sample.rows.len(), "shadow read: the extended table alone gave the same answer");
@@ -71,12 +73,12 @@ pub async fn run(mut samples: mpsc::Receiver<Sample>, counters: ShadowCounters) 
 }
 
 /// Runs the sample's statement on the extended table and compares.
-async fn compare_sample(link: &mut Option<Link>, sample: &Sample) -> Outcome {
+async fn compare_sample(link: &mut Option<Link>, sample: &Sample, resolver: &Resolver) -> Outcome {
     let answered: Result<Vec<Row>, _> = sample.rows.iter().map(|row| text_row(row)).collect();
     let Ok(answered) = answered else { return Outcome::Failed("the client's answer did not parse".to_owned()) };
     let snapshot = &sample.snapshot;
     if link.as_ref().is_none_or(|open| open.generation != snapshot.generation) {
-        match open(snapshot).await {
+        match open(snapshot, resolver).await {
             Ok(opened) => *link = Some(opened),
             Err(why) => return Outcome::Failed(why),
         }
@@ -99,13 +101,14 @@ async fn compare_sample(link: &mut Option<Link>, sample: &Sample) -> Outcome {
 }
 
 /// Opens and logs in the worker's connection as `[backends.csmh]`.
-async fn open(snapshot: &ConfigSnapshot) -> Result<Link, String> {
+async fn open(snapshot: &ConfigSnapshot, resolver: &Resolver) -> Result<Link, String> {
     let backend = &snapshot.config.backends.csmh;
     let user = backend.user.clone().ok_or("[backends.csmh] has no user")?;
     let password = backend.password().map_err(|error| error.to_string())?;
     let database = Some(snapshot.router.extended().schema().to_owned());
     let credentials = Credentials { user, password, database };
-    let mut conn = backend::connect(&backend.address, backend.connect_timeout_secs).await.map_err(|e| e.to_string())?;
+    let mut conn =
+        backend::connect(resolver, &backend.address, backend.connect_timeout_secs).await.map_err(|e| e.to_string())?;
     conn.set_io_timeout(Duration::from_secs(backend.read_timeout_secs));
     let tls = LoginTls { settings: &snapshot.tls.csmh, client_tls: snapshot.config.listen.tls.is_some() };
     let login =

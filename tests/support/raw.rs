@@ -7,6 +7,7 @@ use csmh_proxy::protocol::capabilities::Negotiated;
 use csmh_proxy::protocol::conn::Connection;
 use csmh_proxy::protocol::frame;
 use csmh_proxy::protocol::response::{Expect, Progress, ResponseScanner};
+use csmh_proxy::resolver::Resolver;
 use mysql_common::constants::{CapabilityFlags, MariadbCapabilities};
 
 /// How long [`RawClient::try_command`] waits for the next bytes of a response before it calls it stalled.
@@ -45,7 +46,7 @@ impl RawClient {
         capabilities: CapabilityFlags,
         mariadb: MariadbCapabilities,
     ) -> RawClient {
-        let mut conn = backend::connect(address, 5).await.expect("connect");
+        let mut conn = backend::connect(&Resolver::default(), address, 5).await.expect("connect");
         let caps = backend::login_mariadb(&mut conn, credentials, capabilities, mariadb).await.expect("login");
         RawClient { conn, caps }
     }
