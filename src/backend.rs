@@ -53,7 +53,7 @@ impl BackendError {
 }
 
 /// Opens a TCP connection to `address`, its host name looked up through `resolver`, giving up after
-/// `timeout_secs` (the lookup included). A failed attempt makes `resolver` forget the name's addresses.
+/// `timeout_secs` (the lookup included). After a failed attempt the next connection looks the name up again.
 pub async fn connect(resolver: &Resolver, address: &str, timeout_secs: u64) -> Result<Connection, BackendError> {
     let attempt = tokio::time::timeout(Duration::from_secs(timeout_secs), async {
         let addresses = resolver.addresses(address).await?;

@@ -1,10 +1,11 @@
 //! csmh-proxy: a MySQL-protocol proxy that moves Open edX's `courseware_studentmodulehistory` to its extended
 //! table on the wire.
 //!
-//! The data path is `server` (accept, with `admission` limiting who gets in) → `session` (one client) → `protocol` (frames and responses) →
-//! `backend` (the MySQL servers, their host names looked up through `resolver`); `routing` decides what a statement naming the history table becomes, from the
-//! flags that `config` reads and `history` defines and interprets. While the proxy runs, `reload` follows its
-//! configuration file and puts each valid version in force in `state`; `topology` names where the two tables live.
+//! The data path is `server` (accept, with `admission` limiting who gets in) → `session` (one client) →
+//! `protocol` (frames and responses) → `backend` (the MySQL servers, their host names looked up through
+//! `resolver`); `routing` decides what a statement naming the history table becomes, from the flags that `config`
+//! reads and `history` defines and interprets. While the proxy runs, `reload` follows its configuration file and
+//! puts each valid version in force in `state`; `topology` names where the two tables live.
 
 pub mod admin;
 pub mod admission;

@@ -350,8 +350,9 @@ impl Metrics {
         let resolver = ResolverCounters { resolved, stale, failed };
         registry.register(
             "backend_dns_lookups",
-            "Lookups of backend host names (at most one per name every 10 s, and after a failed connect), by result: \
-             resolved, stale (the lookup failed and the name's earlier addresses were used), failed",
+            "Lookups of backend host names (one at a time per name, again after 10 s, or 1 s after a failure, or \
+             after a failed connect), by result: resolved, stale (the lookup failed or got no answer within 2 s, and \
+             the name's earlier addresses were used), failed",
             lookups,
         );
         let route_cache = Family::<Labels<1>, Counter>::default();

@@ -20,7 +20,7 @@ const CONNECT_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/conne
 /// The timed PyMySQL loop, step by step.
 const STEPS_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/connect/steps.py");
 /// The steps `steps.py` times, in its order.
-pub const STEPS: [&str; 6] = ["tcp", "greeting", "login", "setup", "statement", "close"];
+pub const STEPS: [&str; 6] = ["connect", "greeting", "login", "setup", "statement", "close"];
 /// sysbench's script: a new connection per event.
 const LUA_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/connect/connect.lua");
 

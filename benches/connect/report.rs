@@ -105,7 +105,8 @@ impl Report {
         let _ = writeln!(
             out,
             "Medians (min–max) over the rounds; ratios are the median (min–max) of the per-round ratios. Latency \
-             is per connection: connect, login, `SELECT 1`, fetch, close. \"First {FIRST}\" is the median of each \
+             is per connection: connect, login, the driver's `SET NAMES` and `SET autocommit = 0`, `SELECT 1`, \
+             fetch, close. \"First {FIRST}\" is the median of each \
              run's first {FIRST} connections (a cold start: no pool connection is left from the run before). CPU \
              is the relay process's CPU time (all threads) per connection.\n"
         );
@@ -133,7 +134,7 @@ impl Report {
         let names: Vec<&str> = self.targets.iter().map(Target::name).collect();
         let _ = writeln!(
             out,
-            "{}, step by step (p50 µs of each step; tcp: the TCP connect, greeting: reading the server's \
+            "{}, step by step (p50 µs of each step; connect: PyMySQL's set-up and the TCP connect, greeting: reading the server's \
              greeting, login: its round trip, setup: `SET NAMES` and `SET AUTOCOMMIT = 0`, statement: `SELECT 1`, \
              close: `COM_QUIT` and the socket's close):\n",
             m.workload.label(self.setup.rate)

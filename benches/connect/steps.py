@@ -4,7 +4,7 @@ The connection is the one connect.py makes with mysqlclient, made by PyMySQL the
 login, `SET NAMES`, `SET AUTOCOMMIT = 0`, `SELECT 1`, quit), with a pause of --pause-us after each. Each
 iteration's time is split into its steps, timed with time.perf_counter_ns():
 
-- tcp: the TCP connect;
+- connect: PyMySQL's setting up of the connection object and the TCP connect;
 - greeting: reading the server's greeting (what a relay pays a backend connect and a round trip for, and what
   the proxy's preconnect pool has ready);
 - login: sending the login and reading its answer;
@@ -22,7 +22,7 @@ import time
 
 import pymysql
 
-STEPS = ("tcp", "greeting", "login", "setup", "statement", "close")
+STEPS = ("connect", "greeting", "login", "setup", "statement", "close")
 
 
 class TimedConnection(pymysql.connections.Connection):
@@ -56,8 +56,8 @@ def one_connection(args):
     answered = time.perf_counter_ns()
     connection.close()
     closed = time.perf_counter_ns()
-    tcp, greeted, logged_in = connection.marks
-    times = [started, tcp, greeted, logged_in, set_up, answered, closed]
+    connected, greeted, logged_in = connection.marks
+    times = [started, connected, greeted, logged_in, set_up, answered, closed]
     return [later - earlier for earlier, later in zip(times, times[1:])]
 
 
@@ -76,7 +76,8 @@ def main():
     began = time.perf_counter_ns()
     for _ in range(args.iterations):
         steps.append(one_connection(args))
-        time.sleep(pause)
+        if pause:
+            time.sleep(pause)
     elapsed = time.perf_counter_ns() - began
     latencies = [sum(one) for one in steps]
     print(json.dumps({"elapsed_ns": elapsed, "latencies_ns": latencies, "steps_ns": steps}))

@@ -189,7 +189,9 @@ impl Preconnect {
             }
             tokio::select! {
                 () = stop.cancelled() => break,
-                filled = self.fill(resolver, &target, wanted) => retry_at = filled.err().map(|()| Instant::now() + RETRY_AFTER),
+                filled = self.fill(resolver, &target, wanted) => {
+                    retry_at = filled.err().map(|()| Instant::now() + RETRY_AFTER);
+                }
             }
         }
         self.close_all();

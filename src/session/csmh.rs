@@ -17,8 +17,7 @@ use crate::protocol::errors::{MysqlError, code, sqlstate};
 use crate::protocol::reply::Reply;
 use crate::resolver::Resolver;
 use crate::routing::source::Source;
-use crate::state::ConfigSnapshot;
-use crate::state::ProxyState;
+use crate::state::{ConfigSnapshot, ProxyState};
 use crate::topology::Server;
 
 /// The client session's settings that change what statements return, read from its `edxapp` connection.
@@ -169,8 +168,7 @@ impl CsmhLink {
     }
 
     /// The connection, opened if needed (under `snapshot`'s `[backends.csmh]`, counted in `shared`'s metrics),
-    /// with the client's settings
-    /// applied and, if the client is in a transaction, a transaction open. After an error the caller drops the
+    /// with the client's settings applied and, if the client is in a transaction, a transaction open. After an error the caller drops the
     /// connection ([`CsmhLink::close`] or [`CsmhLink::fail`]).
     pub async fn ready(
         &mut self,
