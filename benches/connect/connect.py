@@ -48,8 +48,9 @@ def timed_loop(args):
     return latencies
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__)
+def argument_parser(description):
+    """The options of this script, which steps.py shares: where to connect, as whom, how often, how paced."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--user", required=True)
@@ -57,6 +58,11 @@ def main():
     parser.add_argument("--database", required=True)
     parser.add_argument("--iterations", type=int, required=True)
     parser.add_argument("--pause-us", type=int, default=0)
+    return parser
+
+
+def main():
+    parser = argument_parser(__doc__)
     parser.add_argument("--rate", type=int, default=0)
     args = parser.parse_args()
     started = time.perf_counter_ns()

@@ -16,11 +16,12 @@ Prints one JSON object: the loop's wall time, every iteration's latency, and eve
 nanoseconds.
 """
 
-import argparse
 import json
 import time
 
 import pymysql
+
+from connect import argument_parser
 
 STEPS = ("connect", "greeting", "login", "setup", "statement", "close")
 
@@ -62,15 +63,7 @@ def one_connection(args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--user", required=True)
-    parser.add_argument("--password", required=True)
-    parser.add_argument("--database", required=True)
-    parser.add_argument("--iterations", type=int, required=True)
-    parser.add_argument("--pause-us", type=int, default=0)
-    args = parser.parse_args()
+    args = argument_parser(__doc__).parse_args()
     pause = args.pause_us / 1_000_000
     steps = []
     began = time.perf_counter_ns()
