@@ -23,6 +23,7 @@ use crate::config::{Backend, Preconnect};
 use crate::history::Flag;
 use crate::history::{Stage, StatementKind, Target};
 use crate::metrics::{self, ConfigState, PreconnectCounters, ShadowCounters, ShadowCounts};
+use crate::resolver::Resolver;
 use crate::state::{ConfigSnapshot, ProxyState};
 use crate::topology::Topology;
 
@@ -244,6 +245,9 @@ pub struct BackendView {
     pub connect_timeout_secs: u64,
     /// `tls.mode` (`disabled`, `preferred`, `required`, `verify-ca`, `verify-identity`).
     pub tls_mode: &'static str,
+    /// What the host name in `address` resolves to now (docs/reliability.md, "Backends named by host name");
+    /// `null` for an `ip:port` address, or a name that never resolved or no connection has looked up yet.
+    pub resolved: Option<Vec<String>>,
 }
 
 /// The connections opened ahead of clients (docs/reliability.md, "Connections opened ahead"): the settings in
@@ -308,11 +312,17 @@ pub struct RouteView {
 
 /// `GET /config`: the configuration in force.
 async fn config_endpoint(State(shared): State<Arc<ProxyState>>) -> axum::Json<ConfigView> {
-    axum::Json(config_view(&shared.snapshot(), shared.metrics.shadow(), shared.metrics.preconnect()))
+    axum::Json(config_view(&shared.snapshot(), shared.metrics.shadow(), shared.metrics.preconnect(), &shared.resolver))
 }
 
-/// What `/config` shows of `snapshot`, with the shadow comparison's `counters` and the pool's state.
-pub fn config_view(snapshot: &ConfigSnapshot, counters: &ShadowCounters, pool: &PreconnectCounters) -> ConfigView {
+/// What `/config` shows of `snapshot`, with the shadow comparison's `counters`, the pool's state and what the
+/// backends' names resolve to.
+pub fn config_view(
+    snapshot: &ConfigSnapshot,
+    counters: &ShadowCounters,
+    pool: &PreconnectCounters,
+    resolver: &Resolver,
+) -> ConfigView {
     let config = &snapshot.config;
     let table = snapshot.router.table();
     let routes = StatementKind::ALL
@@ -332,7 +342,10 @@ pub fn config_view(snapshot: &ConfigSnapshot, counters: &ShadowCounters, pool: &
             .as_ref()
             .map(|tls| ListenTlsView { certificate: tls.certificate.display().to_string(), required: tls.required }),
         topology: Topology::of(&config.backends).name(),
-        backends: Backends { edxapp: backend_view(&config.backends.edxapp), csmh: backend_view(&config.backends.csmh) },
+        backends: Backends {
+            edxapp: backend_view(&config.backends.edxapp, resolver),
+            csmh: backend_view(&config.backends.csmh, resolver),
+        },
         preconnect: preconnect_view(config.backends.edxapp_preconnect(), pool),
         tables: TablesView { old: config.history.old_table.clone(), extended: config.history.extended_table.clone() },
         flags: FlagsView {
@@ -347,11 +360,13 @@ pub fn config_view(snapshot: &ConfigSnapshot, counters: &ShadowCounters, pool: &
     }
 }
 
-fn backend_view(backend: &Backend) -> BackendView {
+fn backend_view(backend: &Backend, resolver: &Resolver) -> BackendView {
+    let resolved = resolver.resolved(&backend.address);
     BackendView {
         address: backend.address.clone(),
         connect_timeout_secs: backend.connect_timeout_secs,
         tls_mode: backend.tls.mode.as_str(),
+        resolved: resolved.map(|addresses| addresses.iter().map(ToString::to_string).collect()),
     }
 }
 
@@ -507,7 +522,12 @@ ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES = true
 
     #[test]
     fn the_config_view_shows_flags_and_routing_but_no_secrets() {
-        let view = config_view(&snapshot(TWO_SERVERS), &ShadowCounters::default(), &PreconnectCounters::default());
+        let view = config_view(
+            &snapshot(TWO_SERVERS),
+            &ShadowCounters::default(),
+            &PreconnectCounters::default(),
+            &Resolver::default(),
+        );
         let json = serde_json::to_string(&view).unwrap_or_default();
         assert!(!json.contains("not-to-be-shown") && !json.contains("csmh_writer"), "{json}");
         assert_eq!(view.generation, 1);

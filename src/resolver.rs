@@ -113,6 +113,13 @@ impl Resolver {
         self.addresses_with(address, system_lookup).await
     }
 
+    /// What `address`'s name resolves to now: its last lookup's addresses, or those kept through a failed one;
+    /// `None` for an `ip:port` address, or a name that never resolved or no connection has looked up yet.
+    pub fn resolved(&self, address: &str) -> Option<Addresses> {
+        let names = lock(&self.names);
+        names.get(address)?.known.as_ref()?.answer.clone().ok()
+    }
+
     /// Marks `address`'s name for a new lookup by the next connection (a connect to it failed), keeping its
     /// addresses for the case that lookup fails.
     pub fn forget(&self, address: &str) {

@@ -1,6 +1,7 @@
 //! The admin HTTP listener against real servers, scraped over HTTP as Prometheus and an operator would: the route
 //! counters and latency histograms moving as statements are routed, connections and backend errors counted,
-//! `/healthz` following the backends, and `/config` showing the flags and routing table but no secret.
+//! `/healthz` following the backends, and `/config` showing the flags and routing table but no secret, and what
+//! a backend's host name resolves to.
 
 mod support;
 
@@ -262,6 +263,24 @@ async fn config_shows_the_flags_and_routing_but_no_secret_and_follows_a_reload()
     assert_eq!(scrape.value("csmh_proxy_config_generation"), 2);
     assert_eq!(scrape.value("csmh_proxy_config_reloads_total{result=\"applied\"}"), 1);
     assert_eq!(scrape.value("csmh_proxy_config_reloads_total{result=\"rejected\"}"), 0);
+}
+
+#[tokio::test]
+async fn config_shows_what_a_backend_named_by_host_name_resolves_to() {
+    let dbs = EdxDatabases::fresh().await;
+    let mut config = with_admin(dbs.proxy_toml(Flags::default()).config().unwrap_or_else(|e| panic!("{e}")));
+    let port = dbs.edxapp.addr().port();
+    config.backends.edxapp.address = format!("localhost:{port}");
+    config.backends.edxapp.preconnect = Some(Preconnect { max: 0, max_age_ms: 5000 });
+    let proxy = support::start_proxy(config).await;
+
+    let view = get_json(admin(&proxy), "/config", 200).await;
+    assert_eq!(view["backends"]["edxapp"]["resolved"], Value::Null, "not looked up before a client came: {view}");
+    assert_eq!(view["backends"]["csmh"]["resolved"], Value::Null, "an ip:port is never looked up: {view}");
+    edxapp(&dbs, &proxy).await.disconnect().await.expect("quit");
+    let view = get_json(admin(&proxy), "/config", 200).await;
+    let resolved = view["backends"]["edxapp"]["resolved"].as_array().unwrap_or_else(|| panic!("{view}"));
+    assert!(resolved.contains(&json!(format!("127.0.0.1:{port}"))), "localhost's addresses: {view}");
 }
 
 #[tokio::test]
