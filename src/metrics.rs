@@ -17,6 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::protocol::conn::TlsHandshake;
 use crate::routing::{CacheOutcome, Classified, Route};
 use crate::topology::Server;
 
@@ -139,6 +140,8 @@ pub struct Metrics {
     client_hangups: Counter,
     /// By leg ([`LEGS`]), then plaintext and TLS.
     transports: [[Counter; 2]; 3],
+    /// By backend ([`Server::BOTH`]), then by [`TLS_HANDSHAKES`].
+    tls_handshakes: [[Counter; 2]; 2],
     reloads_applied: Counter,
     reloads_rejected: Counter,
     generation: Gauge,
@@ -181,6 +184,9 @@ pub struct ResolverCounters {
     /// The lookup failed, and the connection with it.
     pub failed: Counter,
 }
+
+/// The TLS handshakes counted, in the order of their counters.
+const TLS_HANDSHAKES: [TlsHandshake; 2] = [TlsHandshake::Full, TlsHandshake::Resumed];
 
 /// The `result` label of [`ResolverCounters`], in its fields' order.
 const RESOLVER_RESULTS: [&str; 3] = ["resolved", "stale", "failed"];
@@ -322,6 +328,18 @@ impl Metrics {
             transport,
         );
 
+        let handshakes = Family::<Labels<2>, Counter>::default();
+        let tls_handshakes = Server::BOTH.map(|server| {
+            TLS_HANDSHAKES
+                .map(|kind| handshakes.get_or_create(&[("backend", server.name()), ("kind", kind.label())]).clone())
+        });
+        registry.register(
+            "backend_tls_handshakes",
+            "TLS handshakes of the proxy's connections to a backend, by kind: full, or resumed (a session of an \
+             earlier connection to the server, with no signature or certificate check)",
+            handshakes,
+        );
+
         let reloads = Family::<Labels<1>, Counter>::default();
         let reloads_applied = reloads.get_or_create(&[("result", "applied")]).clone();
         let reloads_rejected = reloads.get_or_create(&[("result", "rejected")]).clone();
@@ -377,6 +395,7 @@ impl Metrics {
             query_errors,
             client_hangups,
             transports,
+            tls_handshakes,
             reloads_applied,
             reloads_rejected,
             generation,
@@ -413,9 +432,17 @@ impl Metrics {
         self.transports[0][usize::from(tls)].inc();
     }
 
-    /// The proxy logged in to `server` over `tls` or plaintext.
-    pub fn backend_connection(&self, server: Server, tls: bool) {
-        self.transports[1 + backend_index(server)][usize::from(tls)].inc();
+    /// The proxy logged in to `server` in plaintext (`tls` is `None`) or after a TLS handshake of that kind.
+    pub fn backend_connection(&self, server: Server, tls: Option<TlsHandshake>) {
+        self.transports[1 + backend_index(server)][usize::from(tls.is_some())].inc();
+        if let Some(kind) = tls {
+            self.tls_handshakes[backend_index(server)][kind as usize].inc();
+        }
+    }
+
+    /// TLS handshakes of that `kind` so far on connections to `server`.
+    pub fn backend_tls_handshakes(&self, server: Server, kind: TlsHandshake) -> u64 {
+        self.tls_handshakes[backend_index(server)][kind as usize].get()
     }
 
     /// Logins so far on `leg` (one of [`LEGS`]) over TLS (`tls`) or plaintext.
@@ -651,6 +678,8 @@ mod tests {
             "csmh_proxy_backend_dns_lookups_total{result=\"resolved\"} 0",
             "csmh_proxy_backend_dns_lookups_total{result=\"stale\"} 0",
             "csmh_proxy_backend_dns_lookups_total{result=\"failed\"} 0",
+            "csmh_proxy_backend_tls_handshakes_total{backend=\"edxapp\",kind=\"full\"} 0",
+            "csmh_proxy_backend_tls_handshakes_total{backend=\"csmh\",kind=\"resumed\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "no line `{line}` in\n{text}");
         }

@@ -20,6 +20,7 @@ use csmh_proxy::migrate::copy::throttle::Reason;
 use csmh_proxy::migrate::figures::{Figures, Waiting};
 use csmh_proxy::migrate::observe::Command as MigrationCommand;
 use csmh_proxy::migrate::observe::metrics::render;
+use csmh_proxy::protocol::conn::TlsHandshake;
 use csmh_proxy::routing::CacheOutcome;
 use csmh_proxy::state::ProxyState;
 use csmh_proxy::topology::Server;
@@ -94,6 +95,8 @@ fn exercise(metrics: &Metrics) {
     metrics.connection_opened();
     for tls in [false, true] {
         metrics.client_connection(tls);
+    }
+    for tls in [None, Some(TlsHandshake::Full)] {
         for server in Server::BOTH {
             metrics.backend_connection(server, tls);
         }

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use csmh_proxy::config::{BackendTls, Config, ListenTls, TlsMode};
+use csmh_proxy::protocol::conn::TlsHandshake;
 use csmh_proxy::server::ProxyHandle;
+use csmh_proxy::topology::Server;
 use mysql_async::prelude::Queryable;
 use serde_json::Value;
 use support::clients;
@@ -25,6 +27,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 /// PyMySQL, beside mysqlclient in the same environment.
 const PYMYSQL: &str = "PyMySQL==1.1.1";
+/// The kinds of TLS handshake, in the order the assertions list their counts.
+const TLS_KINDS: [TlsHandshake; 2] = [TlsHandshake::Full, TlsHandshake::Resumed];
 
 /// A proxy configuration in front of `backend` (both backends on it), with TLS as given.
 fn proxy_config(backend: SocketAddr, listen: Option<ListenTls>, edxapp: BackendTls) -> Config {
@@ -195,6 +199,9 @@ async fn plaintext_clients_reach_a_server_that_requires_tls() {
         assert!(user.is_some_and(|user| user.starts_with(&other.user)));
         conn.disconnect().await.expect("disconnect");
     }
+    let metrics = &proxy.shared().metrics;
+    let handshakes = TLS_KINDS.map(|kind| metrics.backend_tls_handshakes(Server::Edxapp, kind));
+    assert_eq!(handshakes, [1, 1], "the second connection resumed the first one's TLS session (full, resumed)");
     let disabled = support::start_proxy(proxy_config(server.addr(), None, backend_tls(TlsMode::Disabled, None))).await;
     let mut plaintext = support::mariadb_cli(disabled.addr(), &support::app(), None);
     plaintext.arg("--skip-ssl");

@@ -48,6 +48,17 @@ impl Connection {
         matches!(self.stream, Stream::Tls(_))
     }
 
+    /// How the TLS handshake of a connection the proxy opened went; `None` in plaintext, and on a connection the
+    /// proxy accepted.
+    pub fn tls_handshake(&self) -> Option<TlsHandshake> {
+        let Stream::Tls(tls) = &self.stream else { return None };
+        let TlsStream::Client(client) = &**tls else { return None };
+        Some(match client.get_ref().1.handshake_kind()? {
+            rustls::HandshakeKind::Resumed => TlsHandshake::Resumed,
+            rustls::HandshakeKind::Full | rustls::HandshakeKind::FullWithHelloRetryRequest => TlsHandshake::Full,
+        })
+    }
+
     /// Runs the server's side of a TLS handshake on this plaintext connection (the client asked for TLS with an
     /// SSLRequest packet) and carries on inside TLS. Bytes the client sent after its request and that were read
     /// already (the start of its TLS handshake) are handed to TLS first. On an error the connection is unusable.
@@ -219,6 +230,26 @@ fn feed_tls(tls: &mut rustls::ServerConnection, mut early: &[u8]) -> io::Result<
         tls.process_new_packets().map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
     }
     Ok(())
+}
+
+/// How a TLS handshake with a server went: in full, or resuming a session of an earlier connection to it (the
+/// server signs nothing and the proxy checks no certificate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsHandshake {
+    /// A new session.
+    Full,
+    /// An earlier session resumed.
+    Resumed,
+}
+
+impl TlsHandshake {
+    /// Its `kind` label in the metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            TlsHandshake::Full => "full",
+            TlsHandshake::Resumed => "resumed",
+        }
+    }
 }
 
 /// The socket under a [`Connection`]: plaintext, or inside TLS (either side's).

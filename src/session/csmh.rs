@@ -182,7 +182,7 @@ impl CsmhLink {
             None => {
                 let csmh = open(edxapp.caps, snapshot, self.client_tls, &shared.resolver).await;
                 let csmh = csmh.inspect_err(|_| metrics.backend_connect_error(Server::Csmh))?;
-                metrics.backend_connection(Server::Csmh, csmh.conn.is_tls());
+                metrics.backend_connection(Server::Csmh, csmh.conn.tls_handshake());
                 self.opened += 1;
                 csmh
             }

@@ -111,7 +111,7 @@ impl Session {
             }
             Leg::Plain => 1,
         };
-        self.shared.metrics.backend_connection(Server::Edxapp, backend_tls);
+        self.shared.metrics.backend_connection(Server::Edxapp, self.edxapp.conn.tls_handshake());
         let next = span.renumber(&mut self.client.buf, server_seq);
         self.edxapp.conn.relay_from(&mut self.client, span.wire_len).await.map_err(SessionError::Backend)?;
         self.authenticate(Sequence { client: span.last_seq.wrapping_add(1), server: next }, answer_seq).await
