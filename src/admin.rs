@@ -245,9 +245,12 @@ pub struct BackendView {
     pub connect_timeout_secs: u64,
     /// `tls.mode` (`disabled`, `preferred`, `required`, `verify-ca`, `verify-identity`).
     pub tls_mode: &'static str,
-    /// What the host name in `address` resolves to now (docs/reliability.md, "Backends named by host name");
-    /// `null` for an `ip:port` address, or a name that never resolved or no connection has looked up yet.
+    /// The addresses new connections use for the host name in `address` (docs/reliability.md, "Backends named
+    /// by host name"): its last lookup's, or those kept through a failed one; `null` for an `ip:port` address,
+    /// a name no connection has looked up yet, or one that never resolved.
     pub resolved: Option<Vec<String>>,
+    /// Why the host name has no address (its lookups failed from the start); `null` otherwise.
+    pub resolve_error: Option<String>,
 }
 
 /// The connections opened ahead of clients (docs/reliability.md, "Connections opened ahead"): the settings in
@@ -361,12 +364,17 @@ pub fn config_view(
 }
 
 fn backend_view(backend: &Backend, resolver: &Resolver) -> BackendView {
-    let resolved = resolver.resolved(&backend.address);
+    let (resolved, resolve_error) = match resolver.resolved(&backend.address) {
+        None => (None, None),
+        Some(Ok(addresses)) => (Some(addresses.iter().map(ToString::to_string).collect()), None),
+        Some(Err(error)) => (None, Some(error)),
+    };
     BackendView {
         address: backend.address.clone(),
         connect_timeout_secs: backend.connect_timeout_secs,
         tls_mode: backend.tls.mode.as_str(),
-        resolved: resolved.map(|addresses| addresses.iter().map(ToString::to_string).collect()),
+        resolved,
+        resolve_error,
     }
 }
 

@@ -106,6 +106,22 @@ fn backend_index(server: Server) -> usize {
     }
 }
 
+/// The index of `kind`'s counter, in [`TLS_HANDSHAKES`]' order.
+fn handshake_index(kind: TlsHandshake) -> usize {
+    match kind {
+        TlsHandshake::Full => 0,
+        TlsHandshake::Resumed => 1,
+    }
+}
+
+/// The `kind` label of a TLS handshake.
+fn handshake_label(kind: TlsHandshake) -> &'static str {
+    match kind {
+        TlsHandshake::Full => "full",
+        TlsHandshake::Resumed => "resumed",
+    }
+}
+
 /// The `reason` labels of refused connections: the limit that was reached.
 pub const REFUSAL_REASONS: [&str; 2] = ["max_connections", "max_handshakes"];
 
@@ -330,13 +346,14 @@ impl Metrics {
 
         let handshakes = Family::<Labels<2>, Counter>::default();
         let tls_handshakes = Server::BOTH.map(|server| {
-            TLS_HANDSHAKES
-                .map(|kind| handshakes.get_or_create(&[("backend", server.name()), ("kind", kind.label())]).clone())
+            TLS_HANDSHAKES.map(|kind| {
+                handshakes.get_or_create(&[("backend", server.name()), ("kind", handshake_label(kind))]).clone()
+            })
         });
         registry.register(
             "backend_tls_handshakes",
-            "TLS handshakes of the proxy's connections to a backend, by kind: full, or resumed (a session of an \
-             earlier connection to the server, with no signature or certificate check)",
+            "TLS handshakes of the connections the proxy opens to a backend for its clients, by kind: full, or \
+             resumed (the session of an earlier connection to the server: no certificate signed or checked)",
             handshakes,
         );
 
@@ -436,13 +453,13 @@ impl Metrics {
     pub fn backend_connection(&self, server: Server, tls: Option<TlsHandshake>) {
         self.transports[1 + backend_index(server)][usize::from(tls.is_some())].inc();
         if let Some(kind) = tls {
-            self.tls_handshakes[backend_index(server)][kind as usize].inc();
+            self.tls_handshakes[backend_index(server)][handshake_index(kind)].inc();
         }
     }
 
     /// TLS handshakes of that `kind` so far on connections to `server`.
     pub fn backend_tls_handshakes(&self, server: Server, kind: TlsHandshake) -> u64 {
-        self.tls_handshakes[backend_index(server)][kind as usize].get()
+        self.tls_handshakes[backend_index(server)][handshake_index(kind)].get()
     }
 
     /// Logins so far on `leg` (one of [`LEGS`]) over TLS (`tls`) or plaintext.
@@ -695,6 +712,7 @@ mod tests {
         metrics.connection_opened();
         metrics.connection_closed();
         metrics.backend_connect_error(Server::Csmh);
+        metrics.backend_connection(Server::Csmh, Some(TlsHandshake::Resumed));
         assert_eq!(metrics.statements(RouteLabel::Rewrite), 2);
         assert_eq!(metrics.statements(RouteLabel::FanOut), 0);
         assert_eq!((metrics.connections_total(), metrics.connections_open()), (2, 1));
@@ -710,6 +728,9 @@ mod tests {
             "csmh_proxy_connections_total 2",
             "csmh_proxy_connections_open 1",
             "csmh_proxy_backend_connect_errors_total{backend=\"csmh\"} 1",
+            "csmh_proxy_backend_tls_handshakes_total{backend=\"csmh\",kind=\"resumed\"} 1",
+            "csmh_proxy_backend_tls_handshakes_total{backend=\"csmh\",kind=\"full\"} 0",
+            "csmh_proxy_connections_by_transport_total{leg=\"csmh\",transport=\"tls\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "no line `{line}` in\n{text}");
         }

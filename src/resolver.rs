@@ -113,11 +113,13 @@ impl Resolver {
         self.addresses_with(address, system_lookup).await
     }
 
-    /// What `address`'s name resolves to now: its last lookup's addresses, or those kept through a failed one;
-    /// `None` for an `ip:port` address, or a name that never resolved or no connection has looked up yet.
-    pub fn resolved(&self, address: &str) -> Option<Addresses> {
+    /// What new connections to `address` use: the addresses of its name's last lookup (or those kept through a
+    /// failed one), or why the name has none; `None` for an `ip:port` address, or a name no connection has looked
+    /// up yet.
+    pub fn resolved(&self, address: &str) -> Option<Result<Addresses, String>> {
         let names = lock(&self.names);
-        names.get(address)?.known.as_ref()?.answer.clone().ok()
+        let known = names.get(address)?.known.as_ref()?;
+        Some(known.answer.clone().map_err(|failure| failure.message))
     }
 
     /// Marks `address`'s name for a new lookup by the next connection (a connect to it failed), keeping its

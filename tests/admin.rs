@@ -281,6 +281,7 @@ async fn config_shows_what_a_backend_named_by_host_name_resolves_to() {
     let view = get_json(admin(&proxy), "/config", 200).await;
     let resolved = view["backends"]["edxapp"]["resolved"].as_array().unwrap_or_else(|| panic!("{view}"));
     assert!(resolved.contains(&json!(format!("127.0.0.1:{port}"))), "localhost's addresses: {view}");
+    assert_eq!(view["backends"]["edxapp"]["resolve_error"], Value::Null, "{view}");
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 //! What the clients see is asserted: the cipher of each leg, logins that work (native and ed25519 accounts,
 //! COM_CHANGE_USER), logins refused with the code the client library reports (a plaintext client where TLS is
 //! required, a TLS client whose traffic would cross in plaintext, a server certificate that does not verify),
-//! and a certificate rotated while a client keeps working.
+//! a certificate rotated while a client keeps working, and connections to a server resuming its TLS session.
 
 mod support;
 
@@ -199,15 +199,26 @@ async fn plaintext_clients_reach_a_server_that_requires_tls() {
         assert!(user.is_some_and(|user| user.starts_with(&other.user)));
         conn.disconnect().await.expect("disconnect");
     }
-    let metrics = &proxy.shared().metrics;
-    let handshakes = TLS_KINDS.map(|kind| metrics.backend_tls_handshakes(Server::Edxapp, kind));
-    assert_eq!(handshakes, [1, 1], "the second connection resumed the first one's TLS session (full, resumed)");
     let disabled = support::start_proxy(proxy_config(server.addr(), None, backend_tls(TlsMode::Disabled, None))).await;
     let mut plaintext = support::mariadb_cli(disabled.addr(), &support::app(), None);
     plaintext.arg("--skip-ssl");
     let refused = run_sql(plaintext, "SELECT 1").await;
     let stderr = clients::text(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("ERROR 1045"), "the server's own refusal: {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_to_a_server_resume_its_tls_session() {
+    let pki = TestPki::new("csmh-proxy test CA");
+    let server = tls_server(&pki, &pki.localhost("server")).await;
+    let proxy = support::start_proxy(proxy_config(server.addr(), None, backend_tls(TlsMode::Required, None))).await;
+    for _ in 0..3 {
+        let conn = support::connect(proxy.addr(), &support::app(), Some("tls_data")).await;
+        conn.disconnect().await.expect("disconnect");
+    }
+    let metrics = &proxy.shared().metrics;
+    let handshakes = TLS_KINDS.map(|kind| metrics.backend_tls_handshakes(Server::Edxapp, kind));
+    assert_eq!(handshakes, [1, 2], "the next connections resume the first one's TLS session (full, resumed)");
 }
 
 #[tokio::test(flavor = "multi_thread")]

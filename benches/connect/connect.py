@@ -8,11 +8,12 @@ start, and the next ones catch up without waiting). Prints one JSON object: the 
 iteration's latency, both in nanoseconds.
 """
 
-import argparse
 import json
 import time
 
 import MySQLdb
+
+from options import argument_parser
 
 
 def one_connection(args):
@@ -46,19 +47,6 @@ def timed_loop(args):
         if pause:
             time.sleep(pause)
     return latencies
-
-
-def argument_parser(description):
-    """The options of this script, which steps.py shares: where to connect, as whom, how often, how paced."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--user", required=True)
-    parser.add_argument("--password", required=True)
-    parser.add_argument("--database", required=True)
-    parser.add_argument("--iterations", type=int, required=True)
-    parser.add_argument("--pause-us", type=int, default=0)
-    return parser
 
 
 def main():

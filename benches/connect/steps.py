@@ -21,7 +21,7 @@ import time
 
 import pymysql
 
-from connect import argument_parser
+from options import argument_parser
 
 STEPS = ("connect", "greeting", "login", "setup", "statement", "close")
 

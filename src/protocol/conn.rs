@@ -48,14 +48,13 @@ impl Connection {
         matches!(self.stream, Stream::Tls(_))
     }
 
-    /// How the TLS handshake of a connection the proxy opened went; `None` in plaintext, and on a connection the
-    /// proxy accepted.
+    /// How this connection's TLS handshake went; `None` in plaintext.
     pub fn tls_handshake(&self) -> Option<TlsHandshake> {
         let Stream::Tls(tls) = &self.stream else { return None };
-        let TlsStream::Client(client) = &**tls else { return None };
-        Some(match client.get_ref().1.handshake_kind()? {
-            rustls::HandshakeKind::Resumed => TlsHandshake::Resumed,
-            rustls::HandshakeKind::Full | rustls::HandshakeKind::FullWithHelloRetryRequest => TlsHandshake::Full,
+        // A finished handshake always has a kind; none would be a full one.
+        Some(match tls.get_ref().1.handshake_kind() {
+            Some(rustls::HandshakeKind::Resumed) => TlsHandshake::Resumed,
+            _ => TlsHandshake::Full,
         })
     }
 
@@ -232,24 +231,14 @@ fn feed_tls(tls: &mut rustls::ServerConnection, mut early: &[u8]) -> io::Result<
     Ok(())
 }
 
-/// How a TLS handshake with a server went: in full, or resuming a session of an earlier connection to it (the
-/// server signs nothing and the proxy checks no certificate).
+/// How a TLS handshake went: in full, or resuming the session of an earlier connection between the same peers
+/// (no certificate is sent, so none is signed or checked).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TlsHandshake {
     /// A new session.
     Full,
     /// An earlier session resumed.
     Resumed,
-}
-
-impl TlsHandshake {
-    /// Its `kind` label in the metrics.
-    pub fn label(self) -> &'static str {
-        match self {
-            TlsHandshake::Full => "full",
-            TlsHandshake::Resumed => "resumed",
-        }
-    }
 }
 
 /// The socket under a [`Connection`]: plaintext, or inside TLS (either side's).
