@@ -1,7 +1,7 @@
 //! The clients of the `connect` bench: the workloads, and what runs them, `connect.py` (mysqlclient), `steps.py`
 //! (PyMySQL, step by step) and sysbench with `connect.lua`, each reading back what it measured.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, ensure};
@@ -90,31 +90,40 @@ impl Clients<'_> {
     pub fn run(&self, workload: &Workload, target: &Target) -> anyhow::Result<ClientRun> {
         match *workload {
             Workload::Mysqlclient(Pacing::Pause) => {
-                self.python(CONNECT_SCRIPT, target, self.options.iterations, &format!("--pause-us={PAUSE_US}"))
+                self.mysqlclient_paced(target.addr.port(), self.options.iterations, None)
             }
             Workload::Mysqlclient(Pacing::Steady) => {
-                let rate = format!("--rate={}", self.options.rate);
-                self.python(CONNECT_SCRIPT, target, self.options.iterations / 2, &rate)
+                let rate = [format!("--rate={}", self.options.rate)];
+                self.python(CONNECT_SCRIPT, target.addr.port(), self.options.iterations / 2, &rate)
             }
             Workload::Steps => {
-                self.python(STEPS_SCRIPT, target, self.options.iterations / 2, &format!("--pause-us={PAUSE_US}"))
+                let pause = [format!("--pause-us={PAUSE_US}")];
+                self.python(STEPS_SCRIPT, target.addr.port(), self.options.iterations / 2, &pause)
             }
             Workload::Sysbench { threads } => self.sysbench(target, threads, self.options.seconds),
         }
     }
 
-    /// `script` (`connect.py` or `steps.py`) against `target`: `iterations` timed connections paced by `pacing`
-    /// (its option).
-    fn python(&self, script: &str, target: &Target, iterations: usize, pacing: &str) -> anyhow::Result<ClientRun> {
+    /// `connect.py` against 127.0.0.1:`port`: `iterations` connections with [`PAUSE_US`] after each, with TLS
+    /// verified by the authority `ca` if there is one.
+    pub fn mysqlclient_paced(&self, port: u16, iterations: usize, ca: Option<&Path>) -> anyhow::Result<ClientRun> {
+        let mut options = vec![format!("--pause-us={PAUSE_US}")];
+        options.extend(ca.map(|ca| format!("--ssl-ca={}", ca.display())));
+        self.python(CONNECT_SCRIPT, port, iterations, &options)
+    }
+
+    /// `script` (`connect.py` or `steps.py`) against 127.0.0.1:`port`: `iterations` timed connections, with
+    /// `options` (pacing, TLS).
+    fn python(&self, script: &str, port: u16, iterations: usize, options: &[String]) -> anyhow::Result<ClientRun> {
         let account = Account::app();
         let output = Command::new(&self.python)
             .arg(script)
-            .arg(format!("--port={}", target.addr.port()))
+            .arg(format!("--port={port}"))
             .arg(format!("--user={}", account.user))
             .arg(format!("--password={}", account.password))
             .arg(format!("--database={DATABASE}"))
             .arg(format!("--iterations={}", iterations.max(1)))
-            .arg(pacing)
+            .args(options)
             .stdin(Stdio::null())
             .output_ok()?;
         let loop_run: LoopRun = serde_json::from_slice(&output.stdout).with_context(|| format!("{script}'s output"))?;

@@ -4,8 +4,9 @@ Each iteration connects and logs in, runs `SELECT 1`, fetches its row and closes
 time.perf_counter_ns() from before the connect to after the close. Iterations are paced one of two ways:
 --pause-us waits that long after each iteration (a short gap, as between a few workers' requests); --rate starts
 the iterations on a fixed schedule of that many per second (an iteration that starts late is timed from its own
-start, and the next ones catch up without waiting). Prints one JSON object: the loop's wall time and every
-iteration's latency, both in nanoseconds.
+start, and the next ones catch up without waiting). --ssl-ca connects with TLS, verifying the server's certificate
+with that authority. Prints one JSON object: the loop's wall time and every iteration's latency, both in
+nanoseconds.
 """
 
 import json
@@ -18,8 +19,9 @@ from options import argument_parser
 
 def one_connection(args):
     """Connect, log in, `SELECT 1`, fetch, close: what one Django request does with its database connection."""
+    tls = {"ssl": {"ca": args.ssl_ca}} if args.ssl_ca else {}
     connection = MySQLdb.connect(
-        host=args.host, port=args.port, user=args.user, password=args.password, database=args.database
+        host=args.host, port=args.port, user=args.user, password=args.password, database=args.database, **tls
     )
     cursor = connection.cursor()
     cursor.execute("SELECT 1")
@@ -52,6 +54,7 @@ def timed_loop(args):
 def main():
     parser = argument_parser(__doc__)
     parser.add_argument("--rate", type=int, default=0)
+    parser.add_argument("--ssl-ca", help="connect with TLS, verifying the server's certificate with this authority")
     args = parser.parse_args()
     started = time.perf_counter_ns()
     latencies = timed_loop(args)

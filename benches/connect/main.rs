@@ -3,7 +3,7 @@
 //! direct connection to MariaDB and with HAProxy in `mode tcp`, with the proxy's preconnect pool off and on.
 //!
 //! ```sh
-//! cargo bench --bench connect                          # 5 rounds, about 9 minutes
+//! cargo bench --bench connect                          # 5 rounds, about 10 minutes
 //! cargo bench --bench connect -- --rounds 3 --iterations 1000 --seconds 2 --no-write
 //! ```
 //!
@@ -26,6 +26,13 @@
 //!    the close. It shows where a relay's time goes, and what the pool saves (the greeting) and costs;
 //! 4. and 5. sysbench with `benches/connect/connect.lua`, whose every event disconnects, connects again and
 //!    runs `SELECT 1`, for `--seconds` at 1 and 4 threads: connections per second, back to back.
+//!
+//! Then a TLS workload with targets of its own ([`tls`]): a second server with a certificate from the tests'
+//! authority, and paced mysqlclient connections (a quarter of `--iterations`) to it directly with TLS, through
+//! HAProxy passing the client's TLS through, through a proxy whose client is in plaintext and whose leg to the
+//! server is TLS (`verify-identity`), and through a proxy with TLS on both legs: what a new connection costs
+//! where the server requires TLS, as managed servers do, and what the proxy's resumed TLS sessions to the server
+//! save.
 //!
 //! What makes the pool visible: a client finds a ready backend connection only if the pool opened one since the
 //! client before it (the rate must be above 0, and the gap between two clients longer than a backend connect
@@ -60,8 +67,14 @@ mod support;
 #[path = "../../tests/support/packages.rs"]
 mod packages;
 
+/// The tests' certificate authority, for the TLS workload's server and proxy certificates.
+#[path = "../../tests/support/tls.rs"]
+#[allow(dead_code, reason = "shared with the tests, whose client certificates the bench does not use")]
+mod tls_pki;
+
 mod clients;
 mod report;
+mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -103,6 +116,7 @@ fn main() -> anyhow::Result<()> {
     let python = packages::MYSQLCLIENT.python_with(&[PYMYSQL], "import MySQLdb, pymysql");
     let harness = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let server = harness.block_on(start_server())?;
+    let tls_site = harness.block_on(tls::TlsSite::start())?;
     let relays = Relays::start(server.addr())?;
     let targets = relays.targets(server.addr());
     let clients = Clients { python, options: &options };
@@ -116,7 +130,8 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|workload| measure(workload, &targets, &clients, &mut status))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let report = Report { setup, targets, results, busy: watch.stop() };
+    let tls = tls::measure(&tls_site, &clients, &options)?;
+    let report = Report { setup, targets, results, tls, busy: watch.stop() };
     publish(&report.render(), &SECTION, options.write)?;
     drop(lock);
     Ok(())

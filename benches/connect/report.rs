@@ -7,6 +7,7 @@ use csmh_proxy::sandbox::MariaDb;
 use super::clients::{Clients, FIRST, PAUSE_US, Pacing, STEPS, Workload};
 use super::support::processes::Busy;
 use super::support::report::{Header, Spread, mariadb_version, versions};
+use super::tls::{self, TlsMeasured};
 use super::{Kind, Measured, ServerStatus, Target, VS_DIRECT, VS_HAPROXY};
 
 /// The machine, the versions and the settings of a run.
@@ -49,16 +50,19 @@ pub struct Report {
     pub setup: Setup,
     pub targets: Vec<Target>,
     pub results: Vec<Measured>,
+    /// The TLS workload, with targets of its own.
+    pub tls: TlsMeasured,
     pub busy: Busy,
 }
 
 impl Report {
     /// The Markdown of the measured part of the `connect` section.
     pub fn render(&self) -> String {
-        let parts: [fn(&Report, &mut String); 7] = [
+        let parts: [fn(&Report, &mut String); 8] = [
             Report::render_setup,
             Report::render_latencies,
             Report::render_steps,
+            Report::render_tls,
             Report::render_rates,
             Report::render_counters,
             Report::render_targets,
@@ -146,6 +150,36 @@ impl Report {
                 .map(|i| m.spread(i, |s| s.client.steps.map_or(f64::NAN, |steps| steps[step])).rate())
                 .collect();
             let _ = writeln!(out, "| {name} | {} |", cells.join(" | "));
+        }
+        out.push('\n');
+    }
+
+    /// The TLS workload: one row per target, with ratios to HAProxy and to the direct TLS connection.
+    fn render_tls(&self, out: &mut String) {
+        let m = &self.tls;
+        let _ = writeln!(
+            out,
+            "mysqlclient to a server with TLS (a certificate from a test authority, which every TLS client verifies), \
+             {} connections a run with a {} ms pause after each; relay CPU µs per connection:\n",
+            self.setup.iterations / 4,
+            PAUSE_US / 1000
+        );
+        let _ = writeln!(out, "| target | p50 µs | p99 µs | relay CPU µs/conn | p50 / HAProxy | p50 / direct TLS |");
+        let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|");
+        for (i, target) in m.targets.iter().enumerate() {
+            let relay: Vec<f64> = m.runs.iter().filter_map(|round| round[i].relay_us).collect();
+            let relay = (!relay.is_empty()).then(|| Spread::of(relay));
+            let ratio = |j: usize| if i == j { "–".to_owned() } else { m.p50_ratio(i, j).ratio() };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} |",
+                target.name,
+                m.spread(i, |s| s.client.p50).rate(),
+                m.spread(i, |s| s.client.p99).rate(),
+                Spread::micros(relay),
+                ratio(tls::HAPROXY),
+                ratio(tls::DIRECT)
+            );
         }
         out.push('\n');
     }
