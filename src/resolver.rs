@@ -172,10 +172,14 @@ impl Resolver {
         lookup.await.map_err(io::Error::other)?.map_err(Failure::into_error)
     }
 
-    /// The plan for `address` now, and the turn its lookups take.
+    /// The plan for `address` now, and the turn its lookups take (the name is added on its first use only, so a
+    /// known name costs no allocation).
     fn plan(&self, address: &str) -> (Plan, Arc<tokio::sync::Mutex<()>>) {
         let mut names = lock(&self.names);
-        let name = names.entry(address.to_owned()).or_default();
+        if !names.contains_key(address) {
+            names.insert(address.to_owned(), Name::default());
+        }
+        let name = &names[address];
         (plan(name.known.as_ref(), Instant::now()), Arc::clone(&name.turn))
     }
 }
@@ -196,7 +200,8 @@ fn settle(
         }
         (Err(failure), Some(stale)) => {
             counters.stale.inc();
-            warn!(address, error = %failure.message, "cannot resolve the backend's name; connecting to the addresses it had");
+            let error = &failure.message;
+            warn!(address, error, "cannot resolve the backend's name; connecting to the addresses it had");
             (Ok(stale), RETRY_AFTER_FAILURE)
         }
         (Err(failure), None) => {

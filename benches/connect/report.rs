@@ -138,9 +138,9 @@ impl Report {
         let names: Vec<&str> = self.targets.iter().map(Target::name).collect();
         let _ = writeln!(
             out,
-            "{}, step by step (p50 µs of each step; connect: PyMySQL's set-up and the TCP connect, greeting: reading the server's \
-             greeting, login: its round trip, setup: `SET NAMES` and `SET AUTOCOMMIT = 0`, statement: `SELECT 1`, \
-             close: `COM_QUIT` and the socket's close):\n",
+            "{}, step by step (p50 µs of each step; connect: PyMySQL's set-up and the TCP connect, greeting: \
+             reading the server's greeting, login: its round trip, setup: `SET NAMES` and `SET AUTOCOMMIT = 0`, \
+             statement: `SELECT 1`, close: `COM_QUIT` and the socket's close):\n",
             m.workload.label(self.setup.rate)
         );
         let _ = writeln!(out, "| step | {} |", names.join(" | "));

@@ -168,8 +168,8 @@ impl CsmhLink {
     }
 
     /// The connection, opened if needed (under `snapshot`'s `[backends.csmh]`, counted in `shared`'s metrics),
-    /// with the client's settings applied and, if the client is in a transaction, a transaction open. After an error the caller drops the
-    /// connection ([`CsmhLink::close`] or [`CsmhLink::fail`]).
+    /// with the client's settings applied and, if the client is in a transaction, a transaction open. After an
+    /// error the caller drops the connection ([`CsmhLink::close`] or [`CsmhLink::fail`]).
     pub async fn ready(
         &mut self,
         edxapp: &mut Edxapp,
