@@ -3,7 +3,7 @@
 //! direct connection to MariaDB and with HAProxy in `mode tcp`, with the proxy's preconnect pool off and on.
 //!
 //! ```sh
-//! cargo bench --bench connect                          # 5 rounds, about 10 minutes
+//! cargo bench --bench connect                          # 5 rounds, about 13 minutes
 //! cargo bench --bench connect -- --rounds 3 --iterations 1000 --seconds 2 --no-write
 //! ```
 //!
@@ -27,12 +27,18 @@
 //! 4. and 5. sysbench with `benches/connect/connect.lua`, whose every event disconnects, connects again and
 //!    runs `SELECT 1`, for `--seconds` at 1 and 4 threads: connections per second, back to back.
 //!
-//! Then a TLS workload with targets of its own ([`tls`]): a second server with a certificate from the tests'
-//! authority, and paced mysqlclient connections (a quarter of `--iterations`) to it directly with TLS, through
-//! HAProxy passing the client's TLS through, through a proxy whose client is in plaintext and whose leg to the
-//! server is TLS (`verify-identity`), and through a proxy with TLS on both legs: what a new connection costs
-//! where the server requires TLS, as managed servers do, and what the proxy's resumed TLS sessions to the server
-//! save.
+//! Then workloads on sites of their own ([`site`]), each a server reached four ways, each way measured with paced
+//! mysqlclient connections (a quarter of `--iterations` a run) after the main workloads:
+//! - TLS ([`tls`]): a second server with a certificate from the tests' authority, reached directly with TLS,
+//!   through HAProxy passing the client's TLS through, through a proxy whose client is in plaintext and whose leg
+//!   to the server is TLS (`verify-identity`), and through a proxy with TLS on both legs: what a new connection
+//!   costs where the server requires TLS, as managed servers do, and what the proxy's resumed TLS sessions to the
+//!   server save;
+//! - a server across a network ([`remote`]), once per round trip of [`ROUND_TRIPS`]: a [`delay::DelayLine`]
+//!   before the main server holds every byte half a round trip each way (this machine's kernel has no `netem`),
+//!   and it is reached through the line directly, through HAProxy, and through the proxy with its pool off and
+//!   on, the relays beside the client. On 127.0.0.1 a TCP connect and a greeting cost a few µs, and a pool can
+//!   save little; here they cost two of the network's round trips, as in production.
 //!
 //! What makes the pool visible: a client finds a ready backend connection only if the pool opened one since the
 //! client before it (the rate must be above 0, and the gap between two clients longer than a backend connect
@@ -73,7 +79,10 @@ mod packages;
 mod tls_pki;
 
 mod clients;
+mod delay;
+mod remote;
 mod report;
+mod site;
 mod tls;
 
 use std::net::SocketAddr;
@@ -83,6 +92,7 @@ use anyhow::{Context, ensure};
 use clients::{ClientRun, Clients, Pacing, WORKLOADS, Workload};
 use csmh_proxy::sandbox::{Account, MariaDb};
 use mysql_async::prelude::Queryable;
+use remote::{ROUND_TRIPS, RemoteSite};
 use report::{Report, Setup};
 use support::BenchLock;
 use support::processes::{BusyWatch, HaProxy, ProxyProcess, ensure_tools, process_cpu_ns};
@@ -95,6 +105,8 @@ const PYMYSQL: &str = "PyMySQL==1.1.1";
 const DATABASE: &str = "connect_bench";
 /// The pool's default `max_age_ms`: a ready connection older than this is closed.
 const POOL_MAX_AGE: Duration = Duration::from_millis(5000);
+/// What the report calls the TLS workload.
+const TLS_LABEL: &str = "mysqlclient to a server with TLS";
 /// What the pool-off proxy's `proxy.toml` appends to the default configuration.
 const POOL_OFF: &str = "\n[backends.edxapp.preconnect]\nmax = 0\n";
 /// How long after a client exits the server's counters are read, so that its last connection has gone.
@@ -118,20 +130,31 @@ fn main() -> anyhow::Result<()> {
     let server = harness.block_on(start_server())?;
     let tls_site = harness.block_on(tls::TlsSite::start())?;
     let relays = Relays::start(server.addr())?;
+    let remote_sites =
+        ROUND_TRIPS.into_iter().map(|rtt| RemoteSite::start(server.addr(), rtt)).collect::<anyhow::Result<Vec<_>>>()?;
     let targets = relays.targets(server.addr());
     let clients = Clients { python, options: &options };
 
     let lock = BenchLock::acquire();
     let mut status = ServerStatus::open(harness, &server)?;
     let setup = Setup::describe(&mut status, &server, &clients)?;
-    let watch = BusyWatch::start(relays.pids(server.pid()));
+    let mut ours = relays.pids(server.pid());
+    ours.extend(tls_site.pids().into_iter().chain(remote_sites.iter().flat_map(RemoteSite::pids)));
+    let watch = BusyWatch::start(ours);
     warm_up(&clients, &targets)?;
     let results = WORKLOADS
         .iter()
         .map(|workload| measure(workload, &targets, &clients, &mut status))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let tls = tls::measure(&tls_site, &clients, &options)?;
-    let report = Report { setup, targets, results, tls, busy: watch.stop() };
+    // The sites' runs come after the main workloads: the pools of the remote sites' proxies, which reach the
+    // same server, hold none of its connections while the main workloads count them.
+    let site_iterations = options.iterations / 4;
+    let tls = site::measure(TLS_LABEL.to_owned(), tls_site.targets(), &clients, options.rounds, site_iterations)?;
+    let remote = remote_sites
+        .iter()
+        .map(|site| site::measure(site.label(), site.targets(), &clients, options.rounds, site_iterations))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let report = Report { setup, targets, results, tls, remote, busy: watch.stop() };
     publish(&report.render(), &SECTION, options.write)?;
     drop(lock);
     Ok(())

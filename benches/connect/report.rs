@@ -5,9 +5,10 @@ use std::fmt::Write as _;
 use csmh_proxy::sandbox::MariaDb;
 
 use super::clients::{Clients, FIRST, PAUSE_US, Pacing, STEPS, Workload};
+use super::remote;
+use super::site::{self, SiteMeasured};
 use super::support::processes::Busy;
 use super::support::report::{Header, Spread, mariadb_version, versions};
-use super::tls::{self, TlsMeasured};
 use super::{Kind, Measured, ServerStatus, Target, VS_DIRECT, VS_HAPROXY};
 
 /// The machine, the versions and the settings of a run.
@@ -51,7 +52,9 @@ pub struct Report {
     pub targets: Vec<Target>,
     pub results: Vec<Measured>,
     /// The TLS workload, with targets of its own.
-    pub tls: TlsMeasured,
+    pub tls: SiteMeasured,
+    /// The workloads with the server across a network, one per round trip.
+    pub remote: Vec<SiteMeasured>,
     pub busy: Busy,
 }
 
@@ -62,7 +65,7 @@ impl Report {
             Report::render_setup,
             Report::render_latencies,
             Report::render_steps,
-            Report::render_tls,
+            Report::render_sites,
             Report::render_rates,
             Report::render_counters,
             Report::render_targets,
@@ -154,34 +157,31 @@ impl Report {
         out.push('\n');
     }
 
-    /// The TLS workload: one row per target, with ratios to HAProxy and to the direct TLS connection.
-    fn render_tls(&self, out: &mut String) {
-        let m = &self.tls;
+    /// The workloads on sites of their own: the TLS one, then those with the server across a network.
+    fn render_sites(&self, out: &mut String) {
+        let iterations = self.setup.iterations / 4;
         let _ = writeln!(
             out,
-            "mysqlclient to a server with TLS (a certificate from a test authority, which every TLS client verifies), \
-             {} connections a run with a {} ms pause after each; relay CPU µs per connection:\n",
-            self.setup.iterations / 4,
+            "{}: a server with TLS (a certificate from a test authority, which every TLS client verifies), {} \
+             connections a run with a {} ms pause after each:\n",
+            self.tls.label,
+            iterations,
             PAUSE_US / 1000
         );
-        let _ = writeln!(out, "| target | p50 µs | p99 µs | relay CPU µs/conn | p50 / HAProxy | p50 / direct TLS |");
-        let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|");
-        for (i, target) in m.targets.iter().enumerate() {
-            let relay: Vec<f64> = m.runs.iter().filter_map(|round| round[i].relay_us).collect();
-            let relay = (!relay.is_empty()).then(|| Spread::of(relay));
-            let ratio = |j: usize| if i == j { "–".to_owned() } else { m.p50_ratio(i, j).ratio() };
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} | {} |",
-                target.name,
-                m.spread(i, |s| s.client.p50).rate(),
-                m.spread(i, |s| s.client.p99).rate(),
-                Spread::micros(relay),
-                ratio(tls::HAPROXY),
-                ratio(tls::DIRECT)
-            );
+        render_site(out, &self.tls);
+        let Some(first) = self.remote.first() else { return };
+        let _ = writeln!(
+            out,
+            "The server across a network (a delay line before it holds every byte half the round trip each way, and \
+             a new connection's greeting two round trips; direct clients cross it too, the relays run beside the \
+             client), {} connections a run with a {} ms pause after each, e.g. {}:\n",
+            iterations,
+            PAUSE_US / 1000,
+            first.label
+        );
+        for m in &self.remote {
+            render_site(out, m);
         }
-        out.push('\n');
     }
 
     /// The sysbench table: one row per thread count and target.
@@ -269,6 +269,17 @@ impl Report {
                 let _ = writeln!(out, "- {}: pool on / pool off {}", m.workload.label(self.setup.rate), gain.ratio());
             }
         }
+        for m in &self.remote {
+            for (name, over, limit) in [("HAProxy", site::HAPROXY, VS_HAPROXY), ("direct", site::DIRECT, VS_DIRECT)] {
+                let ratio = m.p50_ratio(remote::POOL_ON, over).median;
+                let verdict = if ratio <= limit { "met" } else { "**not met**" };
+                let _ = writeln!(
+                    out,
+                    "- {}: pool on / {name} {ratio:.3} ≤ {limit:.2}: {verdict} (same yardstick)",
+                    m.label
+                );
+            }
+        }
         out.push('\n');
     }
 
@@ -277,13 +288,41 @@ impl Report {
         let names: Vec<&str> = self.targets.iter().map(Target::name).collect();
         let _ = writeln!(out, "<details><summary>Every run's p50 in µs ({}, by round)</summary>\n", names.join(" / "));
         for m in &self.results {
-            let rounds: Vec<String> = m
-                .runs
-                .iter()
-                .map(|round| round.iter().map(|s| format!("{:.0}", s.client.p50)).collect::<Vec<_>>().join(" / "))
-                .collect();
-            let _ = writeln!(out, "- {}: {}", m.workload.label(self.setup.rate), rounds.join(" · "));
+            let p50s = m.runs.iter().map(|round| round.iter().map(|s| s.client.p50).collect());
+            let _ = writeln!(out, "- {}: {}", m.workload.label(self.setup.rate), by_round(p50s));
+        }
+        for m in std::iter::once(&self.tls).chain(&self.remote) {
+            let names: Vec<&str> = m.targets.iter().map(|t| t.name).collect();
+            let p50s = m.runs.iter().map(|round| round.iter().map(|s| s.client.p50).collect());
+            let _ = writeln!(out, "- {} ({}): {}", m.label, names.join(" / "), by_round(p50s));
         }
         let _ = writeln!(out, "\n</details>");
     }
+}
+
+/// A site's table: one row per target, with its ratios to HAProxy and to the direct connection.
+fn render_site(out: &mut String, m: &SiteMeasured) {
+    let _ = writeln!(out, "| {} | p50 µs | p99 µs | relay CPU µs/conn | p50 / HAProxy | p50 / direct |", m.label);
+    let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|");
+    for (i, target) in m.targets.iter().enumerate() {
+        let ratio = |j: usize| if i == j { "–".to_owned() } else { m.p50_ratio(i, j).ratio() };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} |",
+            target.name,
+            m.spread(i, |s| s.client.p50).rate(),
+            m.spread(i, |s| s.client.p99).rate(),
+            Spread::micros(m.relay_cpu(i)),
+            ratio(site::HAPROXY),
+            ratio(site::DIRECT)
+        );
+    }
+    out.push('\n');
+}
+
+/// Each round's values, rounded to µs and joined by " / ", the rounds by " · ".
+fn by_round(rounds: impl Iterator<Item = Vec<f64>>) -> String {
+    let rounds: Vec<String> =
+        rounds.map(|round| round.iter().map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(" / ")).collect();
+    rounds.join(" · ")
 }
