@@ -417,7 +417,8 @@ fn run_once(
 }
 
 /// A short run of each client against each target, not counted: the server's caches, the relays' code paths
-/// and Python's imports are warm before the first measured run.
+/// and Python's imports are warm before the first measured run. It ends once the targets have drained, so that
+/// no connection the pool opened during it closes in the first measured run.
 fn warm_up(clients: &Clients, targets: &[Target]) -> anyhow::Result<()> {
     let options = Options { rounds: 1, iterations: 100, rate: 200, seconds: 1, write: false, command: String::new() };
     let quick = Clients { python: clients.python.clone(), options: &options };
@@ -426,6 +427,7 @@ fn warm_up(clients: &Clients, targets: &[Target]) -> anyhow::Result<()> {
             quick.run(&workload, target)?;
         }
     }
+    std::thread::sleep(targets.iter().map(Target::drain).max().unwrap_or_default());
     Ok(())
 }
 
