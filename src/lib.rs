@@ -12,6 +12,7 @@ pub mod admission;
 pub mod auth_key;
 pub mod backend;
 pub mod config;
+pub mod csmh_pool;
 pub mod explain;
 pub mod fleet;
 pub mod grant_cache;

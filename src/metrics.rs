@@ -163,6 +163,7 @@ pub struct Metrics {
     generation: Gauge,
     shadow: ShadowCounters,
     preconnect: PreconnectCounters,
+    kept: KeptCounters,
     resolver: ResolverCounters,
     /// By [`CacheOutcome::ALL`]'s order.
     route_cache: [Counter; 3],
@@ -190,6 +191,22 @@ pub struct PreconnectCounters {
     pub target: Gauge,
 }
 
+/// What became of the connections to a separate `csmh` server kept between sessions ([`crate::csmh_pool`]), and
+/// how many are kept; clones count into the same series.
+#[derive(Debug, Clone, Default)]
+pub struct KeptCounters {
+    /// A session took it.
+    pub reused: Counter,
+    /// Closed unused after [`crate::csmh_pool::KEPT_FOR`].
+    pub expired: Counter,
+    /// The server closed it (or spoke) while it was kept, or it failed when a session first used it.
+    pub lost: Counter,
+    /// Closed unused: beyond `keep_idle`, or kept under an earlier configuration.
+    pub discarded: Counter,
+    /// Connections kept now.
+    pub kept: Gauge,
+}
+
 /// The lookups of the backends' host names ([`crate::resolver`]); clones count into the same series.
 #[derive(Debug, Clone, Default)]
 pub struct ResolverCounters {
@@ -209,6 +226,9 @@ const RESOLVER_RESULTS: [&str; 3] = ["resolved", "stale", "failed"];
 
 /// The `outcome` label of [`PreconnectCounters`]' connections, in its fields' order.
 const PRECONNECT_OUTCOMES: [&str; 5] = ["used", "expired", "lost", "discarded", "failed"];
+
+/// The `outcome` label of [`KeptCounters`]' connections, in its fields' order.
+const KEPT_OUTCOMES: [&str; 4] = ["reused", "expired", "lost", "discarded"];
 
 /// The `result` label of the shadow comparison's counts, in [`ShadowCounters`]' order.
 const SHADOW_RESULTS: [&str; 5] = ["matching", "differing", "inconclusive", "skipped", "failed"];
@@ -379,6 +399,7 @@ impl Metrics {
         );
 
         let preconnect = preconnect_counters(&mut registry);
+        let kept = kept_counters(&mut registry);
         let lookups = Family::<Labels<1>, Counter>::default();
         let [resolved, stale, failed] =
             RESOLVER_RESULTS.map(|result| lookups.get_or_create(&[("result", result)]).clone());
@@ -418,6 +439,7 @@ impl Metrics {
             generation,
             shadow,
             preconnect,
+            kept,
             resolver,
             route_cache: route_cache_counters,
         }
@@ -426,6 +448,11 @@ impl Metrics {
     /// The counters of connections opened ahead of clients.
     pub fn preconnect(&self) -> &PreconnectCounters {
         &self.preconnect
+    }
+
+    /// The counters of the connections to the `csmh` server kept between sessions.
+    pub fn kept(&self) -> &KeptCounters {
+        &self.kept
     }
 
     /// The counters of the backends' host name lookups.
@@ -584,6 +611,27 @@ fn preconnect_counters(registry: &mut Registry) -> PreconnectCounters {
         "preconnect_target",
         "How many connections to edxapp the proxy keeps ready, from the recent rate of new clients",
         counters.target.clone(),
+    );
+    counters
+}
+
+/// The series of the `csmh` connections kept between sessions, registered in `registry`.
+fn kept_counters(registry: &mut Registry) -> KeptCounters {
+    let connections = Family::<Labels<1>, Counter>::default();
+    let [reused, expired, lost, discarded] =
+        KEPT_OUTCOMES.map(|outcome| connections.get_or_create(&[("outcome", outcome)]).clone());
+    registry.register(
+        "csmh_kept_connections",
+        "Connections to a separate csmh server kept between client sessions, by outcome: reused (a session took \
+         it), expired (closed unused after 30 s), lost (the server closed it first, or it failed on first use), \
+         discarded (beyond keep_idle, or kept under an earlier configuration)",
+        connections,
+    );
+    let counters = KeptCounters { reused, expired, lost, discarded, ..KeptCounters::default() };
+    registry.register(
+        "csmh_kept",
+        "Connections to a separate csmh server kept for the next sessions",
+        counters.kept.clone(),
     );
     counters
 }

@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use crate::admission::Admission;
 use crate::auth_key::AuthKey;
 use crate::config::Config;
+use crate::csmh_pool::CsmhPool;
 use crate::grant_cache::GrantCache;
 use crate::history::routing_table;
 use crate::metrics::Metrics;
@@ -90,6 +91,8 @@ pub struct ProxyState {
     pub shadow: Shadow,
     /// The connections to `edxapp` opened ahead of clients.
     pub preconnect: Preconnect,
+    /// The connections to a separate `csmh` server kept between sessions.
+    pub csmh_pool: Arc<CsmhPool>,
     /// The backends' host names, as last looked up (shared with the shadow comparison's worker).
     pub resolver: Arc<Resolver>,
 }
@@ -107,6 +110,7 @@ impl ProxyState {
             shadow: Shadow::new(metrics.shadow().clone(), Arc::clone(&resolver)),
             resolver,
             preconnect: Preconnect::new(metrics.preconnect().clone()),
+            csmh_pool: Arc::new(CsmhPool::new(metrics.kept().clone())),
             metrics,
             grants: GrantCache::default(),
             admission: Admission::default(),

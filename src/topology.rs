@@ -89,6 +89,7 @@ mod tests {
             read_timeout_secs: 30,
             tls: Default::default(),
             preconnect: None,
+            keep_idle: None,
         };
         Backends { edxapp: backend(edxapp), csmh: backend(csmh) }
     }

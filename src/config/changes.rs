@@ -107,8 +107,17 @@ impl Found {
     }
 
     fn backend(&mut self, prefix: &str, old: &Backend, new: &Backend) {
-        let Backend { address, user, password, password_env, connect_timeout_secs, read_timeout_secs, tls, preconnect } =
-            new;
+        let Backend {
+            address,
+            user,
+            password,
+            password_env,
+            connect_timeout_secs,
+            read_timeout_secs,
+            tls,
+            preconnect,
+            keep_idle,
+        } = new;
         self.shown(format!("{prefix}.address"), &old.address, address);
         self.shown(format!("{prefix}.user"), or_unset(old.user.as_deref()), or_unset(user.as_deref()));
         self.secret(format!("{prefix}.password"), &old.password, password);
@@ -121,6 +130,8 @@ impl Found {
         self.shown(format!("{prefix}.read_timeout_secs"), old.read_timeout_secs, *read_timeout_secs);
         self.backend_tls(&format!("{prefix}.tls"), &old.tls, tls);
         self.preconnect(&format!("{prefix}.preconnect"), old.preconnect, *preconnect);
+        let default = super::DEFAULT_KEEP_IDLE;
+        self.shown(format!("{prefix}.keep_idle"), old.keep_idle.unwrap_or(default), keep_idle.unwrap_or(default));
     }
 
     fn preconnect(&mut self, prefix: &str, old: Option<Preconnect>, new: Option<Preconnect>) {

@@ -254,7 +254,16 @@ pub struct Backend {
     /// `edxapp` means the defaults.
     #[serde(default)]
     pub preconnect: Option<Preconnect>,
+    /// The most connections to the server kept open between client sessions, for the next sessions to use
+    /// (`csmh` on its own server only; see [`crate::csmh_pool`]). `None`: not written, the default
+    /// ([`DEFAULT_KEEP_IDLE`]); 0 keeps none.
+    #[serde(default)]
+    pub keep_idle: Option<usize>,
 }
+
+/// The default `[backends.csmh] keep_idle`: the sessions of a few LMS replicas' workers that touch the history at
+/// the same time.
+pub const DEFAULT_KEEP_IDLE: usize = 8;
 
 /// `[backends.edxapp.preconnect]`: how many connections to the `edxapp` server the proxy keeps connected and
 /// greeted, not logged in, for the next clients' logins (docs/reliability.md, "Connections opened ahead").
@@ -318,6 +327,11 @@ impl Backends {
         self.edxapp.address.trim().eq_ignore_ascii_case(self.csmh.address.trim())
     }
 
+    /// How many connections to a separate `csmh` server are kept between sessions: as written, or the default.
+    pub fn csmh_keep_idle(&self) -> usize {
+        self.csmh.keep_idle.unwrap_or(DEFAULT_KEEP_IDLE)
+    }
+
     /// The preconnecting in force for `edxapp`: as written, or the defaults.
     pub fn edxapp_preconnect(&self) -> Preconnect {
         self.edxapp.preconnect.unwrap_or_default()
@@ -357,6 +371,7 @@ impl fmt::Debug for Backend {
             .field("read_timeout_secs", &self.read_timeout_secs)
             .field("tls", &self.tls)
             .field("preconnect", &self.preconnect)
+            .field("keep_idle", &self.keep_idle)
             .finish()
     }
 }

@@ -71,6 +71,7 @@ fn the_example_file_documents_every_key() {
         "max_parsed_statement_bytes",
         "connect_timeout_secs",
         "read_timeout_secs",
+        "keep_idle",
         "user",
         "password",
         "password_env",
@@ -84,6 +85,23 @@ fn the_example_file_documents_every_key() {
     for key in keys {
         assert!(example.contains(&format!("{key} =")), "{key} is not in the example");
     }
+}
+
+#[test]
+fn keep_idle_applies_to_csmh_only_and_is_bounded() {
+    let config = Config::parse(MINIMAL).unwrap();
+    assert_eq!(config.backends.csmh_keep_idle(), 8, "the default");
+    let with = |table: &str, value: usize| {
+        let text = format!("[backends.{table}]\naddress = \"127.0.0.1:3306\"\nkeep_idle = {value}\n");
+        let text = MINIMAL.replacen(&format!("[backends.{table}]\naddress = \"127.0.0.1:3306\"\n"), &text, 1);
+        Config::parse(&text).map(|config| config.backends.csmh_keep_idle())
+    };
+    assert_eq!(with("csmh", 0).expect("0 keeps none"), 0);
+    assert_eq!(with("csmh", 64).expect("the most"), 64);
+    let too_many = with("csmh", 65).expect_err("more than 64").to_string();
+    assert!(too_many.contains("backends.csmh.keep_idle") && too_many.contains("at most 64"), "{too_many}");
+    let on_edxapp = with("edxapp", 2).expect_err("not on edxapp").to_string();
+    assert!(on_edxapp.contains("backends.edxapp.keep_idle"), "{on_edxapp}");
 }
 
 #[test]

@@ -21,6 +21,7 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
     let csmh_login = if config.backends.same_server() { Login::RelayedFromClients } else { Login::ByTheProxy };
     check_user(&mut problems, "backends.csmh", &config.backends.csmh, csmh_login);
     check_preconnect(&mut problems, &config.backends);
+    check_keep_idle(&mut problems, &config.backends);
     check_history_tables(&mut problems, &config.history.old_table, &config.history.extended_table);
     check_id_offset(&mut problems, config.history.id_offset);
     check_flags(&mut problems, config);
@@ -153,6 +154,23 @@ fn check_preconnect(problems: &mut Vec<Problem>, backends: &Backends) {
                 PRECONNECT_AGES_MS.end()
             ),
         ));
+    }
+}
+
+/// The most connections `[backends.csmh] keep_idle` may keep: each is a server thread and one of its
+/// `max_connections`, per proxy replica.
+const MAX_KEEP_IDLE: usize = 64;
+
+/// Checks `[backends.csmh] keep_idle`, and that `edxapp` has none (clients log in on their own connections there).
+fn check_keep_idle(problems: &mut Vec<Problem>, backends: &Backends) {
+    if backends.edxapp.keep_idle.is_some() {
+        problems.push(Problem::new(
+            "backends.edxapp.keep_idle",
+            "applies to `backends.csmh` only, which the proxy logs in to with its own account",
+        ));
+    }
+    if backends.csmh_keep_idle() > MAX_KEEP_IDLE {
+        problems.push(Problem::new("backends.csmh.keep_idle", format!("must be at most {MAX_KEEP_IDLE}")));
     }
 }
 

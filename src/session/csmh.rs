@@ -4,17 +4,21 @@
 //! ROLLBACK are mirrored). Where it must read the client's session, it takes the `edxapp` connection as an
 //! argument.
 
-use mysql_common::constants::CapabilityFlags;
-use tracing::{info, warn};
+use mysql_common::constants::{CapabilityFlags, MariadbCapabilities};
+use std::sync::Arc;
+
+use tracing::{debug, info, warn};
 
 use super::edxapp::Edxapp;
 use super::error::SessionError;
 use crate::backend::{self, BackendError, Credentials, LoginError, LoginTls, QueryError};
+use crate::csmh_pool::Kept;
 use crate::protocol::capabilities::{LAYOUT_MARIADB, Negotiated};
 use crate::protocol::command::{self, COM_RESET_CONNECTION, COM_STMT_BULK_EXECUTE, Command};
 use crate::protocol::conn::Connection;
 use crate::protocol::errors::{MysqlError, code, sqlstate};
 use crate::protocol::reply::Reply;
+use crate::protocol::response::Expect;
 use crate::resolver::Resolver;
 use crate::routing::source::Source;
 use crate::state::{ConfigSnapshot, ProxyState};
@@ -73,6 +77,16 @@ pub(super) struct CsmhConnection {
     /// The settings applied here are the client's: synced since the last request that may have changed them
     /// ([`may_change_settings`]).
     synced: bool,
+    /// The configuration generation it was opened under.
+    generation: u64,
+}
+
+impl From<Kept> for CsmhConnection {
+    /// A connection kept from an earlier session: reset by the server, so none of the client's settings is applied.
+    fn from(kept: Kept) -> CsmhConnection {
+        let Kept { conn, caps, generation, .. } = kept;
+        CsmhConnection { conn, caps, settings: Vec::new(), transaction: None, synced: false, generation }
+    }
 }
 
 /// Why the `csmh` connection failed.
@@ -176,16 +190,9 @@ impl CsmhLink {
         snapshot: &ConfigSnapshot,
         shared: &ProxyState,
     ) -> Result<&mut CsmhConnection, CsmhError> {
-        let metrics = &shared.metrics;
         let csmh = match self.open.take() {
             Some(csmh) => csmh,
-            None => {
-                let csmh = open(edxapp.caps, snapshot, self.client_tls, &shared.resolver).await;
-                let csmh = csmh.inspect_err(|_| metrics.backend_connect_error(Server::Csmh))?;
-                metrics.backend_connection(Server::Csmh, csmh.conn.tls_handshake());
-                self.opened += 1;
-                csmh
-            }
+            None => self.connect(edxapp, snapshot, shared).await?,
         };
         let csmh = self.open.insert(csmh);
         if !csmh.synced {
@@ -196,6 +203,59 @@ impl CsmhLink {
             csmh.transaction = Some(Vec::new());
         }
         Ok(csmh)
+    }
+
+    /// A connection for this session: one kept from an earlier session ([`crate::csmh_pool`]) with the client's
+    /// settings applied, or else a new one. A kept connection that fails at that first step (the server closed
+    /// it while it waited) is dropped for a new one: nothing of the client's had been sent on it.
+    async fn connect(
+        &mut self,
+        edxapp: &mut Edxapp,
+        snapshot: &ConfigSnapshot,
+        shared: &ProxyState,
+    ) -> Result<CsmhConnection, CsmhError> {
+        let metrics = &shared.metrics;
+        let fits =
+            |kept: &Kept| layout_of(kept.caps) == layout_of(edxapp.caps) && (!self.client_tls || kept.encrypted());
+        if let Some(kept) = shared.csmh_pool.take(snapshot.generation, fits) {
+            self.opened += 1;
+            let mut csmh = CsmhConnection::from(kept);
+            match csmh.sync_settings(edxapp).await {
+                Ok(()) => return Ok(csmh),
+                Err(error @ CsmhError::Edxapp(_)) => return Err(error),
+                Err(error) => {
+                    info!(%error, "a kept csmh connection failed on first use; opening a new one");
+                    metrics.kept().lost.inc();
+                }
+            }
+        }
+        let csmh = open(edxapp.caps, snapshot, self.client_tls, &shared.resolver).await;
+        let csmh = csmh.inspect_err(|_| metrics.backend_connect_error(Server::Csmh))?;
+        metrics.backend_connection(Server::Csmh, csmh.conn.tls_handshake());
+        self.opened += 1;
+        Ok(csmh)
+    }
+
+    /// At the clean end of the session (between two requests): hands the open connection to the proxy's pool for
+    /// a later session, once the server has reset it. The reset rolls back a transaction the connection mirrored,
+    /// as closing it would, when the client's ends with its connection to `edxapp`. A connection of an earlier
+    /// configuration, or with `keep_idle = 0`, is closed instead.
+    pub fn keep_for_later(&mut self, shared: &Arc<ProxyState>) {
+        // Unread bytes would mean the connection is not between two statements: it is closed.
+        let Some(csmh) = self.open.take().filter(|csmh| csmh.conn.buf.is_empty()) else { return };
+        let snapshot = shared.snapshot();
+        let max = snapshot.config.backends.csmh_keep_idle();
+        if max == 0 || csmh.generation != snapshot.generation {
+            return;
+        }
+        let pool = Arc::clone(&shared.csmh_pool);
+        tokio::spawn(async move {
+            let CsmhConnection { mut conn, caps, generation, .. } = csmh;
+            match backend::command(&mut conn, caps, COM_RESET_CONNECTION, b"", Expect::ResultSets).await {
+                Ok(Reply::Ok(_)) => pool.keep(Kept::new(conn, caps, generation), max),
+                other => debug!(?other, "the csmh connection could not be reset; closing it"),
+            }
+        });
     }
 
     /// Drops the connection after a failure; whether it had a transaction open (which the client's side must
@@ -397,7 +457,13 @@ async fn open(
         return Err(CsmhError::Capabilities(format!("{missing:?}")));
     }
     info!(address = %config.address, "opened the csmh connection");
-    Ok(CsmhConnection { conn, caps, settings: Vec::new(), transaction: None, synced: false })
+    let generation = snapshot.generation;
+    Ok(CsmhConnection { conn, caps, settings: Vec::new(), transaction: None, synced: false, generation })
+}
+
+/// The capabilities of `caps` that decide the layout of a response, the MariaDB ones included.
+fn layout_of(caps: Negotiated) -> (CapabilityFlags, MariadbCapabilities) {
+    (caps.flags() & LAYOUT, caps.mariadb() & LAYOUT_MARIADB)
 }
 
 /// Whether `reply` is an OK; an ERR becomes the error.

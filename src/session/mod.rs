@@ -125,7 +125,11 @@ pub async fn run(
                 transaction: Transaction::default(),
                 shared: Arc::clone(&shared),
             };
-            session.run(&mut permit, shutdown).await
+            let result = session.run(&mut permit, shutdown.clone()).await;
+            if result.is_ok() && !shutdown.is_cancelled() {
+                session.csmh.keep_for_later(&shared);
+            }
+            result
         }
         Err(error) => {
             answer::report(&mut client, &error, Some(0)).await;

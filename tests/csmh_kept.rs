@@ -1,0 +1,115 @@
+//! Connections to a separate `csmh` server kept between client sessions (`[backends.csmh] keep_idle`,
+//! docs/reliability.md "Connections kept between sessions"): edxapp opens a connection per request, and each
+//! request that touches the history would otherwise open its own connection to the `csmh` server. Which server
+//! connection a session used is seen from the client: `CONNECTION_ID()` in a history read that runs on the `csmh`
+//! server.
+
+mod support;
+
+use std::time::Duration;
+
+use csmh_proxy::history::Stage;
+use csmh_proxy::server::ProxyHandle;
+use mysql_async::prelude::*;
+use support::edx::{Site, edxapp_insert};
+
+/// A history read that runs on the `csmh` server (the stage reads the extended table only) and says which of its
+/// connections ran it.
+const CSMH_CONNECTION_ID: &str = "SELECT CONNECTION_ID(), COUNT(*) FROM courseware_studentmodulehistory";
+
+/// The id of the `csmh` server connection a new client session's history read runs on; the session then quits.
+async fn csmh_connection_of_a_new_session(site: &Site) -> u64 {
+    let mut client = site.edxapp().await;
+    let row: Option<(u64, u64)> = client.query_first(CSMH_CONNECTION_ID).await.expect("a read on the csmh server");
+    client.disconnect().await.expect("quit");
+    row.expect("a count has a row").0
+}
+
+/// Waits until the proxy keeps `n` connections to the `csmh` server (a session's connection is reset by the
+/// server before it is kept, after the session ended).
+async fn wait_until_kept(proxy: &ProxyHandle, n: usize) {
+    for _ in 0..500 {
+        if proxy.shared().csmh_pool.len() == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the proxy keeps {} csmh connections, not {n}", proxy.shared().csmh_pool.len());
+}
+
+#[tokio::test]
+async fn sessions_one_after_another_run_on_one_csmh_connection() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let first = csmh_connection_of_a_new_session(&site).await;
+    for _ in 0..4 {
+        wait_until_kept(&site.proxy, 1).await;
+        assert_eq!(csmh_connection_of_a_new_session(&site).await, first, "the next session reuses the connection");
+    }
+    let kept = site.proxy.shared().metrics.kept().clone();
+    assert_eq!((kept.reused.get(), kept.lost.get()), (4, 0));
+    assert_eq!(site.proxy.shared().metrics.connections_by_transport("csmh", false), 1, "one csmh login");
+}
+
+#[tokio::test]
+async fn with_keep_idle_0_every_session_opens_its_own_csmh_connection() {
+    let dbs = support::EdxDatabases::fresh_two_servers().await;
+    dbs.create_edx_schema(true).await;
+    let mut config = dbs.proxy_toml(Stage::ExtendedTableOnlyReads.flags()).config().expect("the fixture's config");
+    config.backends.csmh.keep_idle = Some(0);
+    let site = Site { proxy: support::start_proxy(config).await, first_extended_id: 0, dbs };
+    let first = csmh_connection_of_a_new_session(&site).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_ne!(csmh_connection_of_a_new_session(&site).await, first);
+    assert!(site.proxy.shared().csmh_pool.is_empty());
+    assert_eq!(site.proxy.shared().metrics.connections_by_transport("csmh", false), 2);
+}
+
+#[tokio::test]
+async fn a_transaction_a_session_left_open_is_rolled_back_not_committed_by_the_next_session() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut client = site.edxapp().await;
+    client.query_drop("BEGIN").await.expect("BEGIN");
+    client.query_drop(edxapp_insert(1, "left open")).await.expect("a history write in the transaction");
+    client.disconnect().await.expect("quit without COMMIT");
+    wait_until_kept(&site.proxy, 1).await;
+
+    // The next session's statements run in autocommit on the same connection: had the transaction stayed open
+    // there, they would have run inside it.
+    let mut next = site.edxapp().await;
+    next.query_drop(edxapp_insert(2, "committed")).await.expect("a history write in autocommit");
+    next.disconnect().await.expect("quit");
+    assert_eq!(site.proxy.shared().metrics.kept().reused.get(), 1, "the second session reused the connection");
+
+    let states: Vec<String> = site
+        .csmh_root()
+        .await
+        .query(format!("SELECT state FROM {} WHERE state IN ('left open', 'committed')", site.extended()))
+        .await
+        .expect("the extended table");
+    assert_eq!(states, ["committed"], "the first session's row was rolled back with its transaction");
+}
+
+#[tokio::test]
+async fn a_kept_connection_the_server_closed_is_replaced() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let first = csmh_connection_of_a_new_session(&site).await;
+    wait_until_kept(&site.proxy, 1).await;
+    site.csmh_root().await.query_drop(format!("KILL {first}")).await.expect("KILL the kept connection");
+
+    let next = csmh_connection_of_a_new_session(&site).await;
+    assert_ne!(next, first, "a new connection");
+    let kept = site.proxy.shared().metrics.kept().clone();
+    assert_eq!((kept.reused.get(), kept.lost.get()), (0, 1));
+}
+
+#[tokio::test]
+async fn a_reload_closes_the_connections_kept_under_the_configuration_before() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let first = csmh_connection_of_a_new_session(&site).await;
+    wait_until_kept(&site.proxy, 1).await;
+    let config = site.proxy.shared().snapshot().config.clone();
+    site.proxy.shared().replace(config).expect("a reload");
+
+    assert_ne!(csmh_connection_of_a_new_session(&site).await, first, "a connection of the new configuration");
+    assert_eq!(site.proxy.shared().metrics.kept().discarded.get(), 1);
+}
