@@ -388,12 +388,41 @@ async fn read_response_within(
 
 /// Sends one command packet (sequence id 0) with `body` after the command byte.
 pub async fn send_command(conn: &mut Connection, command: u8, body: &[u8]) -> io::Result<()> {
+    let mut out = BytesMut::with_capacity(body.len() + 8);
+    put_command(&mut out, command, body);
+    conn.write_all(&out).await
+}
+
+/// Runs `statements` as COM_QUERY commands sent in one write, and reads their answers in order (small ones: OKs,
+/// ERRs, a few rows). The server answers one command after the other, so the whole costs one round trip; every
+/// answer is read, an ERR among them included, so that the connection is between commands again.
+pub async fn query_pipeline(
+    conn: &mut Connection,
+    caps: Negotiated,
+    statements: &[&[u8]],
+) -> Result<Vec<Reply>, QueryError> {
+    if statements.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut out = BytesMut::new();
+    for sql in statements {
+        put_command(&mut out, COM_QUERY, sql);
+    }
+    conn.write_all(&out).await?;
+    let mut replies = Vec::with_capacity(statements.len());
+    for _ in statements {
+        let response = read_response(conn, caps, Expect::ResultSets).await?;
+        replies.push(Reply::parse(&response, caps)?);
+    }
+    Ok(replies)
+}
+
+/// Appends a command packet (sequence id 0) with `body` after the command byte to `out`.
+fn put_command(out: &mut BytesMut, command: u8, body: &[u8]) {
     let mut payload = Vec::with_capacity(1 + body.len());
     payload.push(command);
     payload.extend_from_slice(body);
-    let mut out = BytesMut::with_capacity(payload.len() + 8);
-    frame::write_packet(&mut out, 0, &payload);
-    conn.write_all(&out).await
+    frame::write_packet(out, 0, &payload);
 }
 
 #[cfg(test)]

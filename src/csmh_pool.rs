@@ -6,12 +6,14 @@
 //! account, the same for every session, so a connection whose session ended cleanly can serve the next one: it
 //! is reset first (`COM_RESET_CONNECTION`: the server rolls back, forgets prepared statements, temporary tables
 //! and variables, and puts the session's settings back to the account's defaults), and the next session applies
-//! its client's settings on it as on a new connection. A connection is kept for [`KEPT_FOR`] at most, under the
-//! configuration generation it was opened with; the newest is taken first, so that in quiet times the others
-//! age out.
+//! its client's settings on it as on a new connection. A connection is kept for [`KEPT_FOR`] (up to half as long
+//! again, between two sweeps), under the configuration generation it was opened with; the newest is taken first,
+//! so that in quiet times the others age out.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use mysql_common::constants::{CapabilityFlags, MariadbCapabilities};
 
 use crate::metrics::KeptCounters;
 use crate::protocol::capabilities::Negotiated;
@@ -23,18 +25,26 @@ pub const KEPT_FOR: Duration = Duration::from_secs(30);
 
 /// A connection to the `csmh` server, logged in and reset, waiting for a session.
 pub struct Kept {
+    /// The socket.
     pub conn: Connection,
     /// The capabilities its login negotiated.
     pub caps: Negotiated,
+    /// What its login asked for on behalf of the client that opened it: a session whose client asks the same
+    /// can use it.
+    pub asked: LoginAsked,
     /// The configuration generation it was opened under.
     pub generation: u64,
     since: Instant,
 }
 
+/// The client's protocol features a `csmh` login asks for (those that decide the layout of the answers the
+/// proxy relays, and MariaDB's extensions), so that the connection answers as the client expects.
+pub type LoginAsked = (CapabilityFlags, MariadbCapabilities);
+
 impl Kept {
-    /// A connection of `generation` ready to be kept from now.
-    pub fn new(conn: Connection, caps: Negotiated, generation: u64) -> Kept {
-        Kept { conn, caps, generation, since: Instant::now() }
+    /// A connection of `generation`, asked for `asked`, ready to be kept from now.
+    pub fn new(conn: Connection, caps: Negotiated, asked: LoginAsked, generation: u64) -> Kept {
+        Kept { conn, caps, asked, generation, since: Instant::now() }
     }
 
     /// Whether it runs over TLS, as a session whose client came over TLS needs.
@@ -61,6 +71,8 @@ struct PoolState {
     kept: Vec<Kept>,
     /// A task closes the connections that outlive [`KEPT_FOR`] while any are kept.
     sweeping: bool,
+    /// The proxy stopped: nothing is kept any more.
+    closed: bool,
 }
 
 impl CsmhPool {
@@ -69,31 +81,33 @@ impl CsmhPool {
         CsmhPool { state: Mutex::default(), counters }
     }
 
-    /// The newest kept connection of `generation` that `fits` the session, counted as reused. Connections of
-    /// older generations, and those kept longer than [`KEPT_FOR`], are closed on the way.
+    /// The newest kept connection of `generation` that `fits` the session and that the server has not closed
+    /// (checked for a plaintext one; a TLS one is checked by its first use). Connections of older generations,
+    /// those kept longer than [`KEPT_FOR`] and those the server closed are closed on the way.
     pub fn take(&self, generation: u64, fits: impl Fn(&Kept) -> bool) -> Option<Kept> {
-        let mut state = self.lock();
-        self.close_outdated(&mut state, generation);
-        let index = state.kept.iter().rposition(|kept| kept.generation == generation && fits(kept))?;
-        let mut kept = state.kept.remove(index);
-        self.counters.kept.set(state.kept.len() as i64);
-        drop(state);
-        match kept.encrypted() || kept.conn.is_quiet() {
-            true => {
-                self.counters.reused.inc();
-                Some(kept)
+        loop {
+            let mut state = self.lock();
+            self.close_outdated(&mut state, generation);
+            let index = state.kept.iter().rposition(|kept| kept.generation == generation && fits(kept))?;
+            let mut kept = state.kept.remove(index);
+            self.counters.kept.set(state.kept.len() as i64);
+            drop(state);
+            if kept.encrypted() || kept.conn.is_quiet() {
+                return Some(kept);
             }
-            // The server closed it or spoke (a KILL, its wait_timeout): the session opens a new one.
-            false => {
-                self.counters.lost.inc();
-                None
-            }
+            // The server closed it or spoke (a KILL, its wait_timeout).
+            self.counters.lost.inc();
         }
     }
 
-    /// Keeps `kept` for a later session, closing the oldest beyond `max`.
+    /// Keeps `kept` for a later session, closing the oldest beyond `max`; after [`CsmhPool::close_all`], closes
+    /// it instead.
     pub fn keep(self: &Arc<Self>, kept: Kept, max: usize) {
         let mut state = self.lock();
+        if state.closed {
+            self.counters.discarded.inc();
+            return;
+        }
         state.kept.push(kept);
         let beyond = state.kept.len().saturating_sub(max);
         state.kept.drain(..beyond);
@@ -103,6 +117,15 @@ impl CsmhPool {
             state.sweeping = true;
             tokio::spawn(Arc::clone(self).sweep());
         }
+    }
+
+    /// Closes every kept connection, and keeps none from now on: the proxy is stopping.
+    pub fn close_all(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        self.counters.discarded.inc_by(state.kept.len() as u64);
+        state.kept.clear();
+        self.counters.kept.set(0);
     }
 
     /// How many connections are kept now.
@@ -115,7 +138,8 @@ impl CsmhPool {
         self.len() == 0
     }
 
-    /// Closes the connections kept longer than [`KEPT_FOR`] every half of it, until none is kept.
+    /// Closes the connections kept longer than [`KEPT_FOR`] every half of it, until none is kept: a connection
+    /// lives at most one and a half times [`KEPT_FOR`] unused.
     async fn sweep(self: Arc<Self>) {
         loop {
             tokio::time::sleep(KEPT_FOR / 2).await;

@@ -623,7 +623,7 @@ fn kept_counters(registry: &mut Registry) -> KeptCounters {
     registry.register(
         "csmh_kept_connections",
         "Connections to a separate csmh server kept between client sessions, by outcome: reused (a session took \
-         it), expired (closed unused after 30 s), lost (the server closed it first, or it failed on first use), \
+         it), expired (closed unused after 30-45 s), lost (the server closed it first, or it failed on first use), \
          discarded (beyond keep_idle, or kept under an earlier configuration)",
         connections,
     );

@@ -118,6 +118,7 @@ impl Proxy {
             warn!(connections = sessions.len(), "closing connections still busy after the shutdown timeout");
             sessions.shutdown().await;
         }
+        self.shared.csmh_pool.close_all();
         if let Some(admin) = admin {
             admin.stopped().await;
         }

@@ -113,3 +113,38 @@ async fn a_reload_closes_the_connections_kept_under_the_configuration_before() {
     assert_ne!(csmh_connection_of_a_new_session(&site).await, first, "a connection of the new configuration");
     assert_eq!(site.proxy.shared().metrics.kept().discarded.get(), 1);
 }
+
+#[tokio::test]
+async fn a_user_variable_of_one_session_is_gone_in_the_next_one_on_the_same_connection() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut client = site.edxapp().await;
+    let set: Option<(u64, u64, u64)> = client
+        .query_first("SELECT @kept := 42, CONNECTION_ID(), COUNT(*) FROM courseware_studentmodulehistory")
+        .await
+        .expect("a read on the csmh server that sets a user variable there");
+    client.disconnect().await.expect("quit");
+    let (value, first, _) = set.expect("a count has a row");
+    assert_eq!(value, 42);
+    wait_until_kept(&site.proxy, 1).await;
+
+    let mut next = site.edxapp().await;
+    let read: Option<(Option<u64>, u64, u64)> = next
+        .query_first("SELECT @kept, CONNECTION_ID(), COUNT(*) FROM courseware_studentmodulehistory")
+        .await
+        .expect("the same read in the next session");
+    next.disconnect().await.expect("quit");
+    let (value, connection, _) = read.expect("a count has a row");
+    assert_eq!(connection, first, "the same server connection");
+    assert_eq!(value, None, "the variable went with the reset");
+}
+
+#[tokio::test]
+async fn a_stopped_proxy_keeps_no_connection() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    csmh_connection_of_a_new_session(&site).await;
+    wait_until_kept(&site.proxy, 1).await;
+    let shared = std::sync::Arc::clone(site.proxy.shared());
+    site.proxy.shutdown().await.expect("a clean stop");
+    assert!(shared.csmh_pool.is_empty());
+    assert_eq!(shared.metrics.kept().discarded.get(), 1);
+}

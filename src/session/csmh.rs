@@ -4,15 +4,15 @@
 //! ROLLBACK are mirrored). Where it must read the client's session, it takes the `edxapp` connection as an
 //! argument.
 
-use mysql_common::constants::{CapabilityFlags, MariadbCapabilities};
+use mysql_common::constants::CapabilityFlags;
 use std::sync::Arc;
 
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::edxapp::Edxapp;
 use super::error::SessionError;
 use crate::backend::{self, BackendError, Credentials, LoginError, LoginTls, QueryError};
-use crate::csmh_pool::Kept;
+use crate::csmh_pool::{Kept, LoginAsked};
 use crate::protocol::capabilities::{LAYOUT_MARIADB, Negotiated};
 use crate::protocol::command::{self, COM_RESET_CONNECTION, COM_STMT_BULK_EXECUTE, Command};
 use crate::protocol::conn::Connection;
@@ -77,16 +77,33 @@ pub(super) struct CsmhConnection {
     /// The settings applied here are the client's: synced since the last request that may have changed them
     /// ([`may_change_settings`]).
     synced: bool,
+    /// What its login asked for on behalf of the client ([`login_asked`]).
+    asked: LoginAsked,
     /// The configuration generation it was opened under.
     generation: u64,
 }
 
-impl From<Kept> for CsmhConnection {
-    /// A connection kept from an earlier session: reset by the server, so none of the client's settings is applied.
-    fn from(kept: Kept) -> CsmhConnection {
-        let Kept { conn, caps, generation, .. } = kept;
-        CsmhConnection { conn, caps, settings: Vec::new(), transaction: None, synced: false, generation }
+impl CsmhConnection {
+    /// A connection just logged in or reset, on which none of the client's settings is applied yet.
+    fn new(conn: Connection, caps: Negotiated, asked: LoginAsked, generation: u64) -> CsmhConnection {
+        CsmhConnection { conn, caps, settings: Vec::new(), transaction: None, synced: false, asked, generation }
     }
+}
+
+impl From<Kept> for CsmhConnection {
+    /// A connection kept from an earlier session, reset by the server.
+    fn from(kept: Kept) -> CsmhConnection {
+        let Kept { conn, caps, asked, generation, .. } = kept;
+        CsmhConnection::new(conn, caps, asked, generation)
+    }
+}
+
+/// What a `csmh` connection must run to follow the client's session.
+struct Steps {
+    /// The client's settings, to apply: they differ from those applied.
+    settings: Option<Vec<Option<Vec<u8>>>>,
+    /// A transaction to begin: the client is in one.
+    begin: bool,
 }
 
 /// Why the `csmh` connection failed.
@@ -195,19 +212,14 @@ impl CsmhLink {
             None => self.connect(edxapp, snapshot, shared).await?,
         };
         let csmh = self.open.insert(csmh);
-        if !csmh.synced {
-            csmh.sync_settings(edxapp).await?;
-        }
-        if edxapp.in_transaction() && csmh.transaction.is_none() {
-            expect_ok(backend::query(&mut csmh.conn, csmh.caps, b"BEGIN").await?)?;
-            csmh.transaction = Some(Vec::new());
-        }
+        csmh.follow(edxapp).await?;
         Ok(csmh)
     }
 
-    /// A connection for this session: one kept from an earlier session ([`crate::csmh_pool`]) with the client's
-    /// settings applied, or else a new one. A kept connection that fails at that first step (the server closed
-    /// it while it waited) is dropped for a new one: nothing of the client's had been sent on it.
+    /// A connection for this session, in step with the client's session ([`CsmhConnection::follow`]): one kept
+    /// from an earlier session ([`crate::csmh_pool`]), or else a new one. A kept connection that fails at that
+    /// first step, or does not answer it within `connect_timeout_secs` (the server closed it or froze while it
+    /// waited), is dropped for a new one: nothing of the client's had been sent on it.
     async fn connect(
         &mut self,
         edxapp: &mut Edxapp,
@@ -215,24 +227,28 @@ impl CsmhLink {
         shared: &ProxyState,
     ) -> Result<CsmhConnection, CsmhError> {
         let metrics = &shared.metrics;
-        let fits =
-            |kept: &Kept| layout_of(kept.caps) == layout_of(edxapp.caps) && (!self.client_tls || kept.encrypted());
+        let asked = login_asked(edxapp.caps);
+        let fits = |kept: &Kept| kept.asked == asked && (!self.client_tls || kept.encrypted());
         if let Some(kept) = shared.csmh_pool.take(snapshot.generation, fits) {
             self.opened += 1;
             let mut csmh = CsmhConnection::from(kept);
-            match csmh.sync_settings(edxapp).await {
-                Ok(()) => return Ok(csmh),
-                Err(error @ CsmhError::Edxapp(_)) => return Err(error),
-                Err(error) => {
-                    info!(%error, "a kept csmh connection failed on first use; opening a new one");
-                    metrics.kept().lost.inc();
+            let limit = std::time::Duration::from_secs(snapshot.config.backends.csmh.connect_timeout_secs);
+            let steps = csmh.steps(edxapp).await?;
+            match tokio::time::timeout(limit, csmh.take_steps(steps)).await {
+                Ok(Ok(())) => {
+                    metrics.kept().reused.inc();
+                    return Ok(csmh);
                 }
+                Ok(Err(error)) => info!(%error, "a kept csmh connection failed on first use; opening a new one"),
+                Err(_) => info!(secs = limit.as_secs(), "a kept csmh connection did not answer; opening a new one"),
             }
+            metrics.kept().lost.inc();
         }
         let csmh = open(edxapp.caps, snapshot, self.client_tls, &shared.resolver).await;
-        let csmh = csmh.inspect_err(|_| metrics.backend_connect_error(Server::Csmh))?;
+        let mut csmh = csmh.inspect_err(|_| metrics.backend_connect_error(Server::Csmh))?;
         metrics.backend_connection(Server::Csmh, csmh.conn.tls_handshake());
         self.opened += 1;
+        csmh.follow(edxapp).await?;
         Ok(csmh)
     }
 
@@ -241,7 +257,8 @@ impl CsmhLink {
     /// as closing it would, when the client's ends with its connection to `edxapp`. A connection of an earlier
     /// configuration, or with `keep_idle = 0`, is closed instead.
     pub fn keep_for_later(&mut self, shared: &Arc<ProxyState>) {
-        // Unread bytes would mean the connection is not between two statements: it is closed.
+        // Every executor reads the csmh server's answers to their end; bytes left in the buffer would mean one did
+        // not, and such a connection is closed.
         let Some(csmh) = self.open.take().filter(|csmh| csmh.conn.buf.is_empty()) else { return };
         let snapshot = shared.snapshot();
         let max = snapshot.config.backends.csmh_keep_idle();
@@ -250,10 +267,10 @@ impl CsmhLink {
         }
         let pool = Arc::clone(&shared.csmh_pool);
         tokio::spawn(async move {
-            let CsmhConnection { mut conn, caps, generation, .. } = csmh;
+            let CsmhConnection { mut conn, caps, asked, generation, .. } = csmh;
             match backend::command(&mut conn, caps, COM_RESET_CONNECTION, b"", Expect::ResultSets).await {
-                Ok(Reply::Ok(_)) => pool.keep(Kept::new(conn, caps, generation), max),
-                other => debug!(?other, "the csmh connection could not be reset; closing it"),
+                Ok(Reply::Ok(_)) => pool.keep(Kept::new(conn, caps, asked, generation), max),
+                other => warn!(?other, "the csmh server did not reset a connection to keep; closing it"),
             }
         });
     }
@@ -384,22 +401,39 @@ impl CsmhLink {
 }
 
 impl CsmhConnection {
-    /// Applies the client's current session settings, read on `edxapp`, if they changed since last time.
-    async fn sync_settings(&mut self, edxapp: &mut Edxapp) -> Result<(), CsmhError> {
-        let read = backend::query(&mut edxapp.conn, edxapp.caps, SETTINGS.as_bytes()).await;
-        let settings = match read.map_err(CsmhError::Edxapp)? {
-            Reply::Rows(mut rows) if rows.values.len() == 1 => rows.values.remove(0),
-            _ => return Err(CsmhError::Refused("cannot read the client's session settings".into())),
+    /// Brings the connection in step with the client's session: its settings, read on `edxapp` unless no request
+    /// since the last reading may have changed them, applied if they differ from those applied here; and a
+    /// transaction begun if the client is in one. What is to run here goes in one write (one round trip).
+    async fn follow(&mut self, edxapp: &mut Edxapp) -> Result<(), CsmhError> {
+        let steps = self.steps(edxapp).await?;
+        self.take_steps(steps).await
+    }
+
+    /// What [`CsmhConnection::follow`] must do here, with the client's settings read on `edxapp` if needed.
+    async fn steps(&self, edxapp: &mut Edxapp) -> Result<Steps, CsmhError> {
+        let settings = match self.synced {
+            true => None,
+            false => Some(client_settings(edxapp).await?).filter(|settings| *settings != self.settings),
         };
-        self.synced = true;
-        if self.settings == settings {
-            return Ok(());
+        let begin = edxapp.in_transaction() && self.transaction.is_none();
+        Ok(Steps { settings, begin })
+    }
+
+    /// Runs `steps` here, in one write.
+    async fn take_steps(&mut self, steps: Steps) -> Result<(), CsmhError> {
+        let set = steps.settings.as_ref().map(|settings| set_session(settings));
+        let statements: Vec<&[u8]> =
+            set.iter().map(|set| set.as_bytes()).chain(steps.begin.then_some(b"BEGIN".as_slice())).collect();
+        for reply in backend::query_pipeline(&mut self.conn, self.caps, &statements).await? {
+            expect_ok(reply)?;
         }
-        let assignments: Vec<String> =
-            SETTING_NAMES.iter().zip(&settings).map(|(name, value)| format!("{name} = {}", literal(value))).collect();
-        let set = format!("SET SESSION {}", assignments.join(", "));
-        expect_ok(backend::query(&mut self.conn, self.caps, set.as_bytes()).await?)?;
-        self.settings = settings;
+        self.synced = true;
+        if let Some(settings) = steps.settings {
+            self.settings = settings;
+        }
+        if steps.begin {
+            self.transaction = Some(Vec::new());
+        }
         Ok(())
     }
 
@@ -440,11 +474,12 @@ async fn open(
     let credentials = Credentials { user, password, database };
     let mut conn = backend::connect(resolver, &config.address, config.connect_timeout_secs).await?;
     conn.set_io_timeout(std::time::Duration::from_secs(config.read_timeout_secs));
-    let wanted = (backend::LOGIN_CAPABILITIES - LAYOUT) | (client.flags() & LAYOUT);
+    let asked = login_asked(client);
+    let wanted = (backend::LOGIN_CAPABILITIES - LAYOUT) | asked.0;
     // The greeting and login are bounded too: a server whose accept queue overflowed never greets.
     let timeout = std::time::Duration::from_secs(config.connect_timeout_secs);
     let tls = LoginTls { settings: &snapshot.tls.csmh, client_tls };
-    let login = backend::login_over(&mut conn, &credentials, wanted, client.mariadb(), Some(tls));
+    let login = backend::login_over(&mut conn, &credentials, wanted, asked.1, Some(tls));
     let caps = tokio::time::timeout(timeout, login)
         .await
         .map_err(|_| LoginError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, "no login answer in time")))??;
@@ -457,13 +492,29 @@ async fn open(
         return Err(CsmhError::Capabilities(format!("{missing:?}")));
     }
     info!(address = %config.address, "opened the csmh connection");
-    let generation = snapshot.generation;
-    Ok(CsmhConnection { conn, caps, settings: Vec::new(), transaction: None, synced: false, generation })
+    Ok(CsmhConnection::new(conn, caps, asked, snapshot.generation))
 }
 
-/// The capabilities of `caps` that decide the layout of a response, the MariaDB ones included.
-fn layout_of(caps: Negotiated) -> (CapabilityFlags, MariadbCapabilities) {
-    (caps.flags() & LAYOUT, caps.mariadb() & LAYOUT_MARIADB)
+/// What a `csmh` login asks for on behalf of a client with capabilities `client`: its layout capabilities, and
+/// its MariaDB extensions.
+fn login_asked(client: Negotiated) -> LoginAsked {
+    (client.flags() & LAYOUT, client.mariadb())
+}
+
+/// The client session's settings, read on its `edxapp` connection ([`SETTINGS`]).
+async fn client_settings(edxapp: &mut Edxapp) -> Result<Vec<Option<Vec<u8>>>, CsmhError> {
+    let read = backend::query(&mut edxapp.conn, edxapp.caps, SETTINGS.as_bytes()).await;
+    match read.map_err(CsmhError::Edxapp)? {
+        Reply::Rows(mut rows) if rows.values.len() == 1 => Ok(rows.values.remove(0)),
+        _ => Err(CsmhError::Refused("cannot read the client's session settings".into())),
+    }
+}
+
+/// The statement that applies `settings` ([`SETTING_NAMES`], in order).
+fn set_session(settings: &[Option<Vec<u8>>]) -> String {
+    let assignments: Vec<String> =
+        SETTING_NAMES.iter().zip(settings).map(|(name, value)| format!("{name} = {}", literal(value))).collect();
+    format!("SET SESSION {}", assignments.join(", "))
 }
 
 /// Whether `reply` is an OK; an ERR becomes the error.
