@@ -76,6 +76,18 @@ async fn the_clients_session_settings_apply_on_the_csmh_server() {
 }
 
 #[tokio::test]
+async fn the_clients_isolation_level_applies_on_the_csmh_server() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    let on_csmh = "SELECT @@session.tx_isolation, COUNT(*) FROM courseware_studentmodulehistory";
+    let before: Option<(String, u64)> = edxapp.query_first(on_csmh).await.unwrap();
+    assert_eq!(before.unwrap().0, "REPEATABLE-READ", "the server's default");
+    edxapp.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").await.unwrap();
+    let after: Option<(String, u64)> = edxapp.query_first(on_csmh).await.unwrap();
+    assert_eq!(after.unwrap().0, "READ-COMMITTED", "Django's level, as on the client's connection");
+}
+
+#[tokio::test]
 async fn transactions_span_both_servers() {
     let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
     let mut edxapp = site.edxapp().await;

@@ -40,6 +40,14 @@ pub struct Greeting {
     pub server_version: String,
 }
 
+impl Greeting {
+    /// Whether the server is MariaDB rather than MySQL: every MariaDB names itself in its version string
+    /// (`5.5.5-10.11.6-MariaDB`, `11.4.2-MariaDB-log`).
+    pub fn is_mariadb(&self) -> bool {
+        self.server_version.to_ascii_lowercase().contains("mariadb")
+    }
+}
+
 /// Offsets of the fields the proxy patches, counted from the byte after the server version's NUL.
 const GREETING_CAPS_LOW: usize = 13;
 const GREETING_CAPS_HIGH: usize = 18;
@@ -585,6 +593,8 @@ mod tests {
         let greeting = patch_greeting(&mut patched, false).unwrap();
         assert_eq!(greeting.connection_id, 7);
         assert_eq!(greeting.server_version, "5.5.5-10.11.6-MariaDB");
+        assert!(greeting.is_mariadb());
+        assert!(!Greeting { server_version: "8.4.3".into(), ..greeting }.is_mariadb(), "MySQL");
         let caps = CapabilityFlags::from_bits_truncate(greeting.capabilities);
         assert!(!caps.contains(CapabilityFlags::CLIENT_COMPRESS));
         assert!(!caps.contains(CapabilityFlags::CLIENT_SSL));

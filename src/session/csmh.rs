@@ -24,21 +24,46 @@ use crate::routing::source::Source;
 use crate::state::{ConfigSnapshot, ProxyState};
 use crate::topology::Server;
 
-/// The client session's settings that change what statements return, read from its `edxapp` connection.
-const SETTINGS: &str = "SELECT @@session.character_set_client, @@session.character_set_connection, \
-    @@session.character_set_results, @@session.collation_connection, @@session.time_zone, @@session.sql_mode, \
-    @@session.tx_isolation, @@session.autocommit";
+/// The statement that reads the client session's settings that change what statements return, from its `edxapp`
+/// connection, with the transaction isolation level last under the name `$isolation`.
+macro_rules! settings_query {
+    ($isolation:literal) => {
+        concat!(
+            "SELECT @@session.character_set_client, @@session.character_set_connection, ",
+            "@@session.character_set_results, @@session.collation_connection, @@session.time_zone, ",
+            "@@session.sql_mode, @@session.autocommit, @@session.",
+            $isolation
+        )
+    };
+}
 
-/// The variables of [`SETTINGS`], in its order, as `SET SESSION` names them.
-const SETTING_NAMES: [&str; 8] = [
+/// The settings read on a MariaDB server, which names the isolation level `tx_isolation` (and has no
+/// `transaction_isolation` before 11.1).
+const SETTINGS_MARIADB: &str = settings_query!("tx_isolation");
+
+/// The settings read on a MySQL server, which names the isolation level `transaction_isolation` (and has no
+/// `tx_isolation` since 8.0).
+const SETTINGS_MYSQL: &str = settings_query!("transaction_isolation");
+
+/// The variables of the settings read, but the isolation level, in their order, as `SET SESSION` names them on
+/// MariaDB and MySQL alike; the isolation level is set with `SET SESSION TRANSACTION ISOLATION LEVEL`, which
+/// both understand.
+const SETTING_NAMES: [&str; 7] = [
     "character_set_client",
     "character_set_connection",
     "character_set_results",
     "collation_connection",
     "time_zone",
     "sql_mode",
-    "tx_isolation",
     "autocommit",
+];
+
+/// The isolation levels as the servers report them, and as `SET SESSION TRANSACTION ISOLATION LEVEL` takes them.
+const ISOLATION_LEVELS: [(&[u8], &str); 4] = [
+    (b"READ-UNCOMMITTED", "READ UNCOMMITTED"),
+    (b"READ-COMMITTED", "READ COMMITTED"),
+    (b"REPEATABLE-READ", "REPEATABLE READ"),
+    (b"SERIALIZABLE", "SERIALIZABLE"),
 ];
 
 /// What the error of a statement says when the client's transaction was rolled back with the `csmh` side.
@@ -421,9 +446,9 @@ impl CsmhConnection {
 
     /// Runs `steps` here, in one write.
     async fn take_steps(&mut self, steps: Steps) -> Result<(), CsmhError> {
-        let set = steps.settings.as_ref().map(|settings| set_session(settings));
+        let set = steps.settings.as_deref().map(set_session).transpose()?.unwrap_or_default();
         let statements: Vec<&[u8]> =
-            set.iter().map(|set| set.as_bytes()).chain(steps.begin.then_some(b"BEGIN".as_slice())).collect();
+            set.iter().map(String::as_bytes).chain(steps.begin.then_some(b"BEGIN".as_slice())).collect();
         for reply in backend::query_pipeline(&mut self.conn, self.caps, &statements).await? {
             expect_ok(reply)?;
         }
@@ -501,20 +526,33 @@ fn login_asked(client: Negotiated) -> LoginAsked {
     (client.flags() & LAYOUT, client.mariadb())
 }
 
-/// The client session's settings, read on its `edxapp` connection ([`SETTINGS`]).
+/// The client session's settings, read on its `edxapp` connection with the names its server knows.
 async fn client_settings(edxapp: &mut Edxapp) -> Result<Vec<Option<Vec<u8>>>, CsmhError> {
-    let read = backend::query(&mut edxapp.conn, edxapp.caps, SETTINGS.as_bytes()).await;
+    let query = if edxapp.server_is_mariadb { SETTINGS_MARIADB } else { SETTINGS_MYSQL };
+    let read = backend::query(&mut edxapp.conn, edxapp.caps, query.as_bytes()).await;
     match read.map_err(CsmhError::Edxapp)? {
-        Reply::Rows(mut rows) if rows.values.len() == 1 => Ok(rows.values.remove(0)),
+        Reply::Rows(mut rows) if rows.values.len() == 1 && rows.values[0].len() == SETTING_NAMES.len() + 1 => {
+            Ok(rows.values.remove(0))
+        }
         _ => Err(CsmhError::Refused("cannot read the client's session settings".into())),
     }
 }
 
-/// The statement that applies `settings` ([`SETTING_NAMES`], in order).
-fn set_session(settings: &[Option<Vec<u8>>]) -> String {
+/// The statements that apply `settings` (as [`client_settings`] reads them) on a MariaDB or MySQL server: the
+/// variables of [`SETTING_NAMES`], then the isolation level.
+fn set_session(settings: &[Option<Vec<u8>>]) -> Result<Vec<String>, CsmhError> {
+    let (isolation, variables) = settings.split_last().ok_or_else(|| CsmhError::Refused("no settings".into()))?;
     let assignments: Vec<String> =
-        SETTING_NAMES.iter().zip(settings).map(|(name, value)| format!("{name} = {}", literal(value))).collect();
-    format!("SET SESSION {}", assignments.join(", "))
+        SETTING_NAMES.iter().zip(variables).map(|(name, value)| format!("{name} = {}", literal(value))).collect();
+    let level = ISOLATION_LEVELS
+        .iter()
+        .find(|(reported, _)| isolation.as_deref() == Some(*reported))
+        .map(|(_, level)| *level)
+        .ok_or_else(|| CsmhError::Refused(format!("unknown transaction isolation level {}", literal(isolation))))?;
+    Ok(vec![
+        format!("SET SESSION {}", assignments.join(", ")),
+        format!("SET SESSION TRANSACTION ISOLATION LEVEL {level}"),
+    ])
 }
 
 /// Whether `reply` is an OK; an ERR becomes the error.
@@ -559,7 +597,7 @@ fn transaction_control(statement: &[u8]) -> Option<Control> {
 }
 
 /// Whether a passthrough request may change the session settings mirrored on the `csmh` connection
-/// ([`SETTINGS`]), so that they must be read again before its next statement: a statement that sets
+/// ([`client_settings`]), so that they must be read again before its next statement: a statement that sets
 /// variables (`SET`, also in an executable comment or after a `;`), calls a procedure or executes an
 /// SQL-prepared statement; any binary-protocol execution; a change of user or a reset. Other requests leave the
 /// settings as they were, and the next csmh statement needs no settings read on the client's connection.
@@ -654,5 +692,23 @@ mod tests {
         assert_eq!(literal(&Some(b"STRICT_TRANS_TABLES,NO_ZERO_DATE".to_vec())), "'STRICT_TRANS_TABLES,NO_ZERO_DATE'");
         assert_eq!(literal(&Some(b"it's".to_vec())), "'it\\'s'");
         assert_eq!(literal(&Some(b"1".to_vec())), "1", "autocommit takes a number");
+    }
+
+    #[test]
+    fn the_isolation_level_is_read_and_set_under_names_each_server_knows() {
+        assert!(SETTINGS_MARIADB.ends_with("@@session.autocommit, @@session.tx_isolation"));
+        assert!(SETTINGS_MYSQL.ends_with("@@session.autocommit, @@session.transaction_isolation"));
+        assert!(!SETTINGS_MYSQL.contains("tx_isolation"), "MySQL 8.0 removed tx_isolation");
+        let read = |isolation: &[u8]| {
+            let mut values: Vec<Option<Vec<u8>>> = SETTING_NAMES.iter().map(|_| Some(b"1".to_vec())).collect();
+            values.push(Some(isolation.to_vec()));
+            values
+        };
+        let set = set_session(&read(b"READ-COMMITTED")).expect("a known level");
+        assert_eq!(set[1], "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED");
+        assert!(set[0].starts_with("SET SESSION character_set_client = 1,") && set[0].ends_with("autocommit = 1"));
+        assert!(!set[0].contains("isolation"), "{}", set[0]);
+        let unknown = set_session(&read(b"READ COMMITTED; DROP TABLE t")).expect_err("not a level a server reports");
+        assert!(unknown.to_string().contains("unknown transaction isolation level"), "{unknown}");
     }
 }

@@ -30,6 +30,8 @@ pub(super) struct Edxapp {
     pub scramble: Vec<u8>,
     /// The authentication method in force in the login's last round: the client's, or an auth switch's.
     pub plugin: Vec<u8>,
+    /// The server is MariaDB, not MySQL (from its greeting): the two name some session variables differently.
+    pub server_is_mariadb: bool,
 }
 
 impl Edxapp {
@@ -44,6 +46,7 @@ impl Edxapp {
             address,
             scramble: Vec::new(),
             plugin: Vec::new(),
+            server_is_mariadb: false,
         }
     }
 

@@ -100,6 +100,7 @@ impl Session {
         self.grants.logged_in(&self.edxapp.address, &hello.user);
         self.edxapp.caps = Negotiated::new(greeting.capabilities, hello.capabilities)
             .with_mariadb(greeting.mariadb_capabilities, hello.mariadb_capabilities);
+        self.edxapp.server_is_mariadb = greeting.is_mariadb();
         self.edxapp.scramble = greeting.scramble;
         self.edxapp.plugin = hello.plugin;
 
