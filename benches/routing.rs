@@ -130,7 +130,7 @@ fn routed(router: &Router, part: Part, module: u32) -> String {
 /// The statement `session/csmh.rs` sends on the client's connection before a statement on the `csmh` server.
 const SETTINGS: &str = "SELECT @@session.character_set_client, @@session.character_set_connection, \
     @@session.character_set_results, @@session.collation_connection, @@session.time_zone, @@session.sql_mode, \
-    @@session.tx_isolation, @@session.autocommit";
+    @@session.autocommit, @@session.tx_isolation";
 
 /// edxapp's history read of one module, as Django writes it (`filter(student_module_id=…).order_by('-id')`).
 fn history_read(table: &str, module: u32) -> String {

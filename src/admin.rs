@@ -22,7 +22,7 @@ use tracing::warn;
 use crate::config::{Backend, Preconnect};
 use crate::history::Flag;
 use crate::history::{Stage, StatementKind, Target};
-use crate::metrics::{self, ConfigState, PreconnectCounters, ShadowCounters, ShadowCounts};
+use crate::metrics::{self, ConfigState, Metrics, PreconnectCounters, ShadowCounts};
 use crate::resolver::Resolver;
 use crate::state::{ConfigSnapshot, ProxyState};
 use crate::topology::Topology;
@@ -207,6 +207,8 @@ pub struct ConfigView {
     pub backends: Backends<BackendView>,
     /// `[backends.edxapp.preconnect]` in force, and the connections ready now.
     pub preconnect: PreconnectView,
+    /// `[backends.csmh] keep_idle` in force, and the connections to a separate `csmh` server kept now.
+    pub csmh_kept: KeptView,
     /// The two history tables.
     pub tables: TablesView,
     /// Each flag under its edx-platform name.
@@ -267,6 +269,16 @@ pub struct PreconnectView {
     pub ready: i64,
 }
 
+/// The connections to a separate `csmh` server kept between sessions (docs/reliability.md, "Connections kept
+/// between sessions"): the setting in force and how many are kept now.
+#[derive(Debug, Serialize)]
+pub struct KeptView {
+    /// `keep_idle`: the most kept; 0 when none is.
+    pub keep_idle: usize,
+    /// Connections kept now.
+    pub kept: i64,
+}
+
 /// The history tables' schema-qualified names.
 #[derive(Debug, Serialize)]
 pub struct TablesView {
@@ -315,17 +327,12 @@ pub struct RouteView {
 
 /// `GET /config`: the configuration in force.
 async fn config_endpoint(State(shared): State<Arc<ProxyState>>) -> axum::Json<ConfigView> {
-    axum::Json(config_view(&shared.snapshot(), shared.metrics.shadow(), shared.metrics.preconnect(), &shared.resolver))
+    axum::Json(config_view(&shared.snapshot(), &shared.metrics, &shared.resolver))
 }
 
-/// What `/config` shows of `snapshot`, with the shadow comparison's `counters`, the pool's state and what the
-/// backends' names resolve to.
-pub fn config_view(
-    snapshot: &ConfigSnapshot,
-    counters: &ShadowCounters,
-    pool: &PreconnectCounters,
-    resolver: &Resolver,
-) -> ConfigView {
+/// What `/config` shows of `snapshot`, with what `metrics` count (the shadow comparison's results, the pools'
+/// state) and what the backends' names resolve to.
+pub fn config_view(snapshot: &ConfigSnapshot, metrics: &Metrics, resolver: &Resolver) -> ConfigView {
     let config = &snapshot.config;
     let table = snapshot.router.table();
     let routes = StatementKind::ALL
@@ -349,7 +356,8 @@ pub fn config_view(
             edxapp: backend_view(&config.backends.edxapp, resolver),
             csmh: backend_view(&config.backends.csmh, resolver),
         },
-        preconnect: preconnect_view(config.backends.edxapp_preconnect(), pool),
+        preconnect: preconnect_view(config.backends.edxapp_preconnect(), metrics.preconnect()),
+        csmh_kept: KeptView { keep_idle: config.backends.csmh_keep_idle(), kept: metrics.kept().kept.get() },
         tables: TablesView { old: config.history.old_table.clone(), extended: config.history.extended_table.clone() },
         flags: FlagsView {
             enable_csmh_extended: config.flags.is_on(Flag::EnableCsmhExtended),
@@ -359,7 +367,7 @@ pub fn config_view(
             read_only_from_csmhe: config.flags.is_on(Flag::ReadOnlyFromCsmhe),
         },
         routing: RoutingView { stage: stage_id(table.stage()), stage_name: table.stage().name(), routes },
-        shadow: ShadowView { sample: config.shadow.sample, counts: counters.counts() },
+        shadow: ShadowView { sample: config.shadow.sample, counts: metrics.shadow().counts() },
     }
 }
 
@@ -530,12 +538,7 @@ ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES = true
 
     #[test]
     fn the_config_view_shows_flags_and_routing_but_no_secrets() {
-        let view = config_view(
-            &snapshot(TWO_SERVERS),
-            &ShadowCounters::default(),
-            &PreconnectCounters::default(),
-            &Resolver::default(),
-        );
+        let view = config_view(&snapshot(TWO_SERVERS), &Metrics::default(), &Resolver::default());
         let json = serde_json::to_string(&view).unwrap_or_default();
         assert!(!json.contains("not-to-be-shown") && !json.contains("csmh_writer"), "{json}");
         assert_eq!(view.generation, 1);

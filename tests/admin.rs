@@ -250,15 +250,18 @@ async fn config_shows_the_flags_and_routing_but_no_secret_and_follows_a_reload()
     assert_eq!(select["target"], "both_tables", "{view}");
     assert_eq!((&view["preconnect"]["max"], &view["preconnect"]["max_age_ms"]), (&json!(4), &json!(5000)), "{view}");
     assert!(view["preconnect"]["ready"].is_i64() && view["preconnect"]["target"].is_i64(), "{view}");
+    assert_eq!((&view["csmh_kept"]["keep_idle"], &view["csmh_kept"]["kept"]), (&json!(8), &json!(0)), "{view}");
 
     let mut reloaded = config;
     reloaded.flags = Stage::OldTableRetired.flags();
     reloaded.backends.edxapp.preconnect = Some(Preconnect { max: 0, max_age_ms: 2000 });
+    reloaded.backends.csmh.keep_idle = Some(2);
     proxy.shared().replace(reloaded).unwrap_or_else(|e| panic!("{e}"));
     let view = get_json(admin(&proxy), "/config", 200).await;
     assert_eq!(view["generation"], 2, "{view}");
     assert_eq!(view["routing"]["stage"], "old_table_retired", "{view}");
     assert_eq!((&view["preconnect"]["max"], &view["preconnect"]["max_age_ms"]), (&json!(0), &json!(2000)), "{view}");
+    assert_eq!(view["csmh_kept"]["keep_idle"], 2, "{view}");
     let scrape = Scrape::of(&proxy).await;
     assert_eq!(scrape.value("csmh_proxy_config_generation"), 2);
     assert_eq!(scrape.value("csmh_proxy_config_reloads_total{result=\"applied\"}"), 1);
