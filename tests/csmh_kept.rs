@@ -148,3 +148,28 @@ async fn a_stopped_proxy_keeps_no_connection() {
     assert!(shared.csmh_pool.is_empty());
     assert_eq!(shared.metrics.kept().discarded.get(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_tls_connection_the_server_closed_is_replaced_at_its_first_step() {
+    // A TLS connection cannot be checked with a read before it is taken: its first step is the check. The proxy's
+    // mode makes its csmh connections TLS; the server lets root in in plaintext, to KILL one.
+    let pki = support::tls::TestPki::new("csmh-proxy test CA");
+    let (edxapp_cert, csmh_cert) = (pki.localhost("edxapp"), pki.localhost("csmh"));
+    let (edxapp, csmh) = tokio::join!(support::tls_server(&pki, &edxapp_cert), support::tls_server(&pki, &csmh_cert));
+    let dbs = support::EdxDatabases::fresh_on(edxapp, csmh).await;
+    dbs.create_edx_schema(true).await;
+    let mut config = dbs.proxy_toml(Stage::ExtendedTableOnlyReads.flags()).config().expect("the fixture's config");
+    config.backends.csmh.tls.mode = csmh_proxy::config::TlsMode::VerifyIdentity;
+    config.backends.csmh.tls.ca = Some(pki.ca.clone());
+    let site = Site { proxy: support::start_proxy(config).await, first_extended_id: 0, dbs };
+
+    let first = csmh_connection_of_a_new_session(&site).await;
+    wait_until_kept(&site.proxy, 1).await;
+    site.csmh_root().await.query_drop(format!("KILL {first}")).await.expect("KILL the kept connection");
+
+    let next = csmh_connection_of_a_new_session(&site).await;
+    assert_ne!(next, first, "a new connection");
+    let metrics = &site.proxy.shared().metrics;
+    assert_eq!((metrics.kept().reused.get(), metrics.kept().lost.get()), (0, 1));
+    assert_eq!(metrics.connections_by_transport("csmh", true), 2, "both over TLS");
+}
