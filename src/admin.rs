@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::config::{Backend, Preconnect};
+use crate::config::{Backend, Config, Preconnect};
 use crate::history::Flag;
 use crate::history::{Stage, StatementKind, Target};
 use crate::metrics::{self, ConfigState, Metrics, PreconnectCounters, ShadowCounts};
@@ -273,7 +273,7 @@ pub struct PreconnectView {
 /// between sessions"): the setting in force and how many are kept now.
 #[derive(Debug, Serialize)]
 pub struct KeptView {
-    /// `keep_idle`: the most kept; 0 when none is.
+    /// `keep_idle`: the most kept; 0 when none is, and on one server.
     pub keep_idle: usize,
     /// Connections kept now.
     pub kept: i64,
@@ -357,7 +357,7 @@ pub fn config_view(snapshot: &ConfigSnapshot, metrics: &Metrics, resolver: &Reso
             csmh: backend_view(&config.backends.csmh, resolver),
         },
         preconnect: preconnect_view(config.backends.edxapp_preconnect(), metrics.preconnect()),
-        csmh_kept: KeptView { keep_idle: config.backends.csmh_keep_idle(), kept: metrics.kept().kept.get() },
+        csmh_kept: KeptView { keep_idle: kept_in_force(config), kept: metrics.kept().kept.get() },
         tables: TablesView { old: config.history.old_table.clone(), extended: config.history.extended_table.clone() },
         flags: FlagsView {
             enable_csmh_extended: config.flags.is_on(Flag::EnableCsmhExtended),
@@ -383,6 +383,14 @@ fn backend_view(backend: &Backend, resolver: &Resolver) -> BackendView {
         tls_mode: backend.tls.mode.as_str(),
         resolved,
         resolve_error,
+    }
+}
+
+/// `[backends.csmh] keep_idle` as it acts: 0 on one server, where the proxy has no `csmh` connection of its own.
+fn kept_in_force(config: &Config) -> usize {
+    match Topology::of(&config.backends) {
+        Topology::OneServer => 0,
+        Topology::TwoServers => config.backends.csmh_keep_idle(),
     }
 }
 
@@ -509,7 +517,6 @@ fn loopback_for_wildcard(admin: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
 
     const TWO_SERVERS: &str = r#"
 [listen]

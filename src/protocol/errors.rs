@@ -29,6 +29,8 @@ pub mod code {
     pub const ER_HANDSHAKE_ERROR: u16 = 1043;
     /// A command the proxy does not relay.
     pub const ER_UNKNOWN_COM_ERROR: u16 = 1047;
+    /// A server does not know a system variable a statement names (MySQL's `tx_isolation` since 8.0).
+    pub const ER_UNKNOWN_SYSTEM_VARIABLE: u16 = 1193;
     /// A statement that server would refuse for want of a table privilege; also the retired old table.
     pub const ER_TABLEACCESS_DENIED_ERROR: u16 = 1142;
     /// A client packet larger than the proxy buffers (`listen.max_packet_bytes`); the connection closes, as a

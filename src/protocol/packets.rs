@@ -594,7 +594,9 @@ mod tests {
         assert_eq!(greeting.connection_id, 7);
         assert_eq!(greeting.server_version, "5.5.5-10.11.6-MariaDB");
         assert!(greeting.is_mariadb());
-        assert!(!Greeting { server_version: "8.4.3".into(), ..greeting }.is_mariadb(), "MySQL");
+        let version = |v: &str| Greeting { server_version: v.into(), ..greeting.clone() }.is_mariadb();
+        assert!(version("11.4.2-MariaDB-log") && version("10.6.19-MariaDB-log"), "MariaDB, and RDS's");
+        assert!(!version("8.4.3") && !version("8.0.mysql_aurora.3.05.2"), "MySQL, and Aurora's");
         let caps = CapabilityFlags::from_bits_truncate(greeting.capabilities);
         assert!(!caps.contains(CapabilityFlags::CLIENT_COMPRESS));
         assert!(!caps.contains(CapabilityFlags::CLIENT_SSL));

@@ -264,7 +264,12 @@ impl CsmhLink {
                     metrics.kept().reused.inc();
                     return Ok(csmh);
                 }
-                Ok(Err(error)) => info!(%error, "a kept csmh connection failed on first use; opening a new one"),
+                // The connection is gone (a KILL, a restart, its wait_timeout): a new one will do.
+                Ok(Err(error @ CsmhError::Query(_))) => {
+                    info!(%error, "a kept csmh connection failed on first use; opening a new one");
+                }
+                // The server refused the session's settings: a new connection would be refused the same way.
+                Ok(Err(error)) => return Err(error),
                 Err(_) => info!(secs = limit.as_secs(), "a kept csmh connection did not answer; opening a new one"),
             }
             metrics.kept().lost.inc();
@@ -526,15 +531,35 @@ fn login_asked(client: Negotiated) -> LoginAsked {
     (client.flags() & LAYOUT, client.mariadb())
 }
 
-/// The client session's settings, read on its `edxapp` connection with the names its server knows.
+/// The client session's settings, read on its `edxapp` connection with the names its server knows: those of
+/// MariaDB or MySQL as its greeting said, and the other ones if the server does not know a name (error 1193: a
+/// front end such as ProxySQL may announce a version of its own), which the connection then remembers.
 async fn client_settings(edxapp: &mut Edxapp) -> Result<Vec<Option<Vec<u8>>>, CsmhError> {
+    match read_settings(edxapp).await? {
+        Reply::Err(error) if error.code == code::ER_UNKNOWN_SYSTEM_VARIABLE => {
+            edxapp.server_is_mariadb = !edxapp.server_is_mariadb;
+            settings_row(read_settings(edxapp).await?)
+        }
+        reply => settings_row(reply),
+    }
+}
+
+/// Runs the settings read of [`client_settings`] under the names of the server `edxapp` is believed to be.
+async fn read_settings(edxapp: &mut Edxapp) -> Result<Reply, CsmhError> {
     let query = if edxapp.server_is_mariadb { SETTINGS_MARIADB } else { SETTINGS_MYSQL };
-    let read = backend::query(&mut edxapp.conn, edxapp.caps, query.as_bytes()).await;
-    match read.map_err(CsmhError::Edxapp)? {
+    backend::query(&mut edxapp.conn, edxapp.caps, query.as_bytes()).await.map_err(CsmhError::Edxapp)
+}
+
+/// The one row of the settings read's answer.
+fn settings_row(reply: Reply) -> Result<Vec<Option<Vec<u8>>>, CsmhError> {
+    match reply {
         Reply::Rows(mut rows) if rows.values.len() == 1 && rows.values[0].len() == SETTING_NAMES.len() + 1 => {
             Ok(rows.values.remove(0))
         }
-        _ => Err(CsmhError::Refused("cannot read the client's session settings".into())),
+        Reply::Err(error) => {
+            Err(CsmhError::Refused(format!("cannot read the client's session settings: {}", error.message)))
+        }
+        _ => Err(CsmhError::Refused("cannot read the client's session settings: an unexpected answer".into())),
     }
 }
 
