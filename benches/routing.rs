@@ -23,7 +23,10 @@
 //! - `rewrite`: through the proxy, `ENABLE_CSMH_EXTENDED` only (read from the extended table on A);
 //! - `fanout_one`: reading-both flags, both tables on A (both statements sent together on the client's
 //!   connection, merged in the proxy);
-//! - `fanout_two`: reading-both flags, the extended table on B (both read concurrently, merged in the proxy).
+//! - `fanout_two`: reading-both flags, the extended table on B (both read concurrently, merged in the proxy);
+//! - `net_direct_all`, `net_passthrough`, `net_fanout_one`, `net_fanout_two`: the same with the servers across a
+//!   network, a delay line of [`NETWORK_RTT`] before each (`support::delay`), as in production, where a round trip
+//!   to the server costs more than the proxy's work.
 //!
 //! Targets are interleaved: each round runs every target in turn (rotating which goes first), so machine noise
 //! falls on all alike; one round is a warm-up. Results are checked first (every route returns what the
@@ -159,6 +162,9 @@ struct Target {
 struct Site {
     a: MariaDb,
     b: MariaDb,
+    /// Delay lines of [`NETWORK_RTT`] before A and B, for the targets whose servers are across a network.
+    a_far: DelayLine,
+    b_far: DelayLine,
     proxies: Vec<(&'static str, ProxyHandle)>,
     /// A plain TCP relay to A on the proxies' runtime, for comparison.
     relay: Option<SocketAddr>,
@@ -166,6 +172,10 @@ struct Site {
 
 mod support;
 use support::BenchLock;
+use support::delay::DelayLine;
+
+/// The round trip of the network before the servers of the `net_` targets: a server near its clients.
+const NETWORK_RTT: Duration = Duration::from_micros(250);
 
 fn main() {
     let _lock = BenchLock::acquire();
@@ -212,7 +222,9 @@ async fn prepare_servers() -> Site {
     fill_all(&mut on_a).await;
     warm(&mut on_a, &[EDXAPP_DB, ALL_DB], &[CSMH_DB]).await;
     warm(&mut on_b, &[], &[CSMH_DB]).await;
-    Site { a, b, proxies: Vec::new(), relay: None }
+    let a_far = DelayLine::start(a.addr(), NETWORK_RTT).expect("a delay line before A");
+    let b_far = DelayLine::start(b.addr(), NETWORK_RTT).expect("a delay line before B");
+    Site { a, b, a_far, b_far, proxies: Vec::new(), relay: None }
 }
 
 async fn root(server: &MariaDb) -> Conn {
@@ -302,13 +314,16 @@ fn proxy_configs(site: &Site) -> Vec<(&'static str, ProxyToml)> {
         enable_reading_from_multiple_history_tables: reading_both,
         read_only_from_csmhe: false,
     };
-    let one = |flags| ProxyToml { flags, ..ProxyToml::edx(any_port, site.a.addr(), site.a.addr()) };
-    let two = ProxyToml { flags: flags(true, true), ..ProxyToml::edx(any_port, site.a.addr(), site.b.addr()) };
+    let toml = |flags, a, b| ProxyToml { flags, ..ProxyToml::edx(any_port, a, b) };
+    let (a, b, a_far, b_far) = (site.a.addr(), site.b.addr(), site.a_far.addr, site.b_far.addr);
     vec![
-        ("passthrough", one(Flags::default())),
-        ("rewrite", one(flags(true, false))),
-        ("fanout_one", one(flags(true, true))),
-        ("fanout_two", two),
+        ("passthrough", toml(Flags::default(), a, a)),
+        ("rewrite", toml(flags(true, false), a, a)),
+        ("fanout_one", toml(flags(true, true), a, a)),
+        ("fanout_two", toml(flags(true, true), a, b)),
+        ("net_passthrough", toml(Flags::default(), a_far, a_far)),
+        ("net_fanout_one", toml(flags(true, true), a_far, a_far)),
+        ("net_fanout_two", toml(flags(true, true), a_far, b_far)),
     ]
 }
 
@@ -377,6 +392,28 @@ async fn connect_targets(site: &Site) -> Vec<Target> {
         ("rewrite", "proxy, extended only (A)", proxy("rewrite"), EDXAPP_DB, History),
         ("fanout_one", "proxy, reading both, one server (pipelined merge)", proxy("fanout_one"), EDXAPP_DB, History),
         ("fanout_two", "proxy, reading both, two servers (merge)", proxy("fanout_two"), EDXAPP_DB, History),
+        ("net_direct_all", "A across the network, one table", site.a_far.addr, ALL_DB, History),
+        (
+            "net_passthrough",
+            "proxy, flags off, one table, across the network",
+            proxy("net_passthrough"),
+            ALL_DB,
+            History,
+        ),
+        (
+            "net_fanout_one",
+            "proxy, reading both, one server across the network",
+            proxy("net_fanout_one"),
+            EDXAPP_DB,
+            History,
+        ),
+        (
+            "net_fanout_two",
+            "proxy, reading both, two servers across the network",
+            proxy("net_fanout_two"),
+            EDXAPP_DB,
+            History,
+        ),
     ];
     let mut targets = Vec::new();
     for (name, what, addr, database, statement) in plan {
@@ -401,9 +438,11 @@ async fn check_results(targets: &mut [Target]) {
             ids.insert(target.name, got);
         }
         let expect = |a: &str, b: &str| assert_eq!(ids[a], ids[b], "module {module}: {a} and {b} differ");
-        for route in ["passthrough", "fanout_one", "fanout_two"] {
+        for route in ["passthrough", "fanout_one", "fanout_two", "net_direct_all", "net_passthrough", "net_fanout_one"]
+        {
             expect(route, "direct_all");
         }
+        expect("net_fanout_two", "direct_all");
         expect("sql_union_a", "direct_all");
         expect("rewrite", "direct_ext_a");
         expect("sql_rewrite_a", "direct_ext_a");
@@ -496,6 +535,15 @@ fn print_report(targets: &[Target]) {
         "- fanout_one p50 / slower table's p50 on A (max of direct_old, direct_ext_a = {one:.0} µs): {:.2}",
         p50("fanout_one") / one
     );
+    let rtt = NETWORK_RTT.as_micros();
+    for (place, prefix) in [("on 127.0.0.1", ""), (&*format!("across a {rtt} µs network"), "net_")] {
+        let over = |name: &str| p50(&format!("{prefix}{name}")) / p50(&format!("{prefix}passthrough"));
+        println!(
+            "- {place}: fanout_two / passthrough {:.2} (issue 15: ≤ 1.4), fanout_one / passthrough {:.2} (≤ 1.6)",
+            over("fanout_two"),
+            over("fanout_one")
+        );
+    }
 }
 
 /// The `q`-quantile of every sample of the target `name`, in microseconds.

@@ -34,7 +34,7 @@
 //!   to the server is TLS (`verify-identity`), and through a proxy with TLS on both legs: what a new connection
 //!   costs where the server requires TLS, as managed servers do, and what the proxy's resumed TLS sessions to the
 //!   server save;
-//! - a server across a network ([`remote`]), once per round trip of [`ROUND_TRIPS`]: a [`delay::DelayLine`]
+//! - a server across a network ([`remote`]), once per round trip of [`ROUND_TRIPS`]: a [`support::delay::DelayLine`]
 //!   before the main server holds every byte half a round trip each way (this machine's kernel has no `netem`),
 //!   and it is reached through the line directly, through HAProxy, and through the proxy with its pool off and
 //!   on, the relays beside the client. On 127.0.0.1 a TCP connect and a greeting cost a few µs, and a pool can
@@ -79,7 +79,6 @@ mod packages;
 mod tls_pki;
 
 mod clients;
-mod delay;
 mod remote;
 mod report;
 mod site;

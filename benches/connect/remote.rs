@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::POOL_OFF;
-use super::delay::DelayLine;
 use super::site::SiteTarget;
+use super::support::delay::DelayLine;
 use super::support::processes::{HaProxy, ProxyProcess};
 
 /// The round trips the workload is measured at: a server in the same zone as its clients, and one in another.

@@ -1,8 +1,10 @@
-//! What the benchmarks share: the lock that keeps two of them from measuring at the same time, and for the
-//! end-to-end benchmarks (`passthrough`, `connect`) the relays they start and the parts of their reports.
+//! What the benchmarks share: the lock that keeps two of them from measuring at the same time, for the
+//! end-to-end benchmarks (`passthrough`, `connect`) the relays they start and the parts of their reports, and
+//! the delay line that puts a network's round trip before a server (`connect`, `routing`).
 
 use std::os::fd::AsRawFd;
 
+pub mod delay;
 pub mod processes;
 pub mod report;
 
