@@ -296,7 +296,9 @@ fn the_rendered_proxy_toml_passes_check_config() {
         "CSMH_PROXY_BACKEND_TLS_MODE=required",
         "CSMH_PROXY_ENABLE_CSMH_EXTENDED=true",
         "CSMH_PROXY_ENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES=true",
+        "CSMH_PROXY_CSMH_KEEP_IDLE=2",
     ]);
+    assert!(separate.read(PROXY_TOML).contains("\nkeep_idle = 2\n"), "{}", separate.read(PROXY_TOML));
     let output = check_config(&separate.env(PROXY_TOML));
     assert_succeeded(&output, "check-config with a separate csmh server");
     let stdout = String::from_utf8_lossy(&output.stdout);

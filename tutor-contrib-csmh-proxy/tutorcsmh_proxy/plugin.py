@@ -55,6 +55,8 @@ hooks.Filters.CONFIG_DEFAULTS.add_items(
         ("CSMH_PROXY_CSMH_PORT", 3306),
         ("CSMH_PROXY_CSMH_USER", "{{ OPENEDX_MYSQL_USERNAME }}"),
         ("CSMH_PROXY_CSMH_PASSWORD", "{{ OPENEDX_MYSQL_PASSWORD }}"),
+        # Connections to that separate server kept between edxapp's requests (0 keeps none).
+        ("CSMH_PROXY_CSMH_KEEP_IDLE", 8),
         # The account the init task creates the extended database with, on that separate server.
         ("CSMH_PROXY_CSMH_ROOT_USERNAME", "{{ MYSQL_ROOT_USERNAME }}"),
         ("CSMH_PROXY_CSMH_ROOT_PASSWORD", "{{ MYSQL_ROOT_PASSWORD }}"),
