@@ -90,7 +90,7 @@ impl Clients<'_> {
     pub fn run(&self, workload: &Workload, target: &Target) -> anyhow::Result<ClientRun> {
         match *workload {
             Workload::Mysqlclient(Pacing::Pause) => {
-                self.mysqlclient_paced(target.addr.port(), self.options.iterations, None)
+                self.mysqlclient_paced(target.addr.port(), self.options.iterations, None, None)
             }
             Workload::Mysqlclient(Pacing::Steady) => {
                 let rate = [format!("--rate={}", self.options.rate)];
@@ -105,10 +105,17 @@ impl Clients<'_> {
     }
 
     /// `connect.py` against 127.0.0.1:`port`: `iterations` connections with [`PAUSE_US`] after each, with TLS
-    /// verified by the authority `ca` if there is one.
-    pub fn mysqlclient_paced(&self, port: u16, iterations: usize, ca: Option<&Path>) -> anyhow::Result<ClientRun> {
+    /// verified by the authority `ca` if there is one, each running `statement` (`SELECT 1` if none).
+    pub fn mysqlclient_paced(
+        &self,
+        port: u16,
+        iterations: usize,
+        ca: Option<&Path>,
+        statement: Option<&str>,
+    ) -> anyhow::Result<ClientRun> {
         let mut options = vec![format!("--pause-us={PAUSE_US}")];
         options.extend(ca.map(|ca| format!("--ssl-ca={}", ca.display())));
+        options.extend(statement.map(|statement| format!("--statement={statement}")));
         self.python(CONNECT_SCRIPT, port, iterations, &options)
     }
 

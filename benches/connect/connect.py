@@ -5,7 +5,7 @@ time.perf_counter_ns() from before the connect to after the close. Iterations ar
 --pause-us waits that long after each iteration (a short gap, as between a few workers' requests); --rate starts
 the iterations on a fixed schedule of that many per second (an iteration that starts late is timed from its own
 start, and the next ones catch up without waiting). --ssl-ca connects with TLS, verifying the server's certificate
-with that authority. Prints one JSON object: the loop's wall time and every iteration's latency, both in
+with that authority; --statement runs that statement instead of `SELECT 1`. Prints one JSON object: the loop's wall time and every iteration's latency, both in
 nanoseconds.
 """
 
@@ -18,14 +18,16 @@ from options import argument_parser
 
 
 def one_connection(args):
-    """Connect, log in, `SELECT 1`, fetch, close: what one Django request does with its database connection."""
+    """Connect, log in, `SELECT 1` (or --statement), fetch, close: what one Django request does with its database
+    connection."""
     tls = {"ssl": {"ca": args.ssl_ca}} if args.ssl_ca else {}
     connection = MySQLdb.connect(
         host=args.host, port=args.port, user=args.user, password=args.password, database=args.database, **tls
     )
     cursor = connection.cursor()
-    cursor.execute("SELECT 1")
-    if cursor.fetchall() != ((1,),):
+    cursor.execute(args.statement or "SELECT 1")
+    rows = cursor.fetchall()
+    if not args.statement and rows != ((1,),):
         raise SystemExit("SELECT 1 did not return 1")
     cursor.close()
     connection.close()
@@ -55,6 +57,7 @@ def main():
     parser = argument_parser(__doc__)
     parser.add_argument("--rate", type=int, default=0)
     parser.add_argument("--ssl-ca", help="connect with TLS, verifying the server's certificate with this authority")
+    parser.add_argument("--statement", help="the statement each connection runs, instead of SELECT 1")
     args = parser.parse_args()
     started = time.perf_counter_ns()
     latencies = timed_loop(args)

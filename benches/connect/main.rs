@@ -3,7 +3,7 @@
 //! direct connection to MariaDB and with HAProxy in `mode tcp`, with the proxy's preconnect pool off and on.
 //!
 //! ```sh
-//! cargo bench --bench connect                          # 5 rounds, about 13 minutes
+//! cargo bench --bench connect                          # 5 rounds, about 15 minutes
 //! cargo bench --bench connect -- --rounds 3 --iterations 1000 --seconds 2 --no-write
 //! ```
 //!
@@ -38,7 +38,11 @@
 //!   before the main server holds every byte half a round trip each way (this machine's kernel has no `netem`),
 //!   and it is reached through the line directly, through HAProxy, and through the proxy with its pool off and
 //!   on, the relays beside the client. On 127.0.0.1 a TCP connect and a greeting cost a few µs, and a pool can
-//!   save little; here they cost two of the network's round trips, as in production.
+//!   save little; here they cost two of the network's round trips, as in production;
+//! - a site whose extended table is on a server of its own ([`history`]), behind delay lines of the same round
+//!   trips: each connection runs edxapp's history read, to the old table directly, through HAProxy and through
+//!   the proxy with the flags off, and rewritten to the extended table by the proxy with and without the
+//!   connections to that server kept between sessions (`[backends.csmh] keep_idle`).
 //!
 //! What makes the pool visible: a client finds a ready backend connection only if the pool opened one since the
 //! client before it (the rate must be above 0, and the gap between two clients longer than a backend connect
@@ -79,6 +83,7 @@ mod packages;
 mod tls_pki;
 
 mod clients;
+mod history;
 mod remote;
 mod report;
 mod site;
@@ -90,9 +95,11 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use clients::{ClientRun, Clients, Pacing, WORKLOADS, Workload};
 use csmh_proxy::sandbox::{Account, MariaDb};
+use history::{HISTORY_READ, HistoryServers, HistorySite};
 use mysql_async::prelude::Queryable;
 use remote::{ROUND_TRIPS, RemoteSite};
 use report::{Report, Setup};
+use site::Runs;
 use support::BenchLock;
 use support::processes::{BusyWatch, HaProxy, ProxyProcess, ensure_tools, process_cpu_ns};
 use support::report::{Section, Spread, publish};
@@ -131,6 +138,11 @@ fn main() -> anyhow::Result<()> {
     let relays = Relays::start(server.addr())?;
     let remote_sites =
         ROUND_TRIPS.into_iter().map(|rtt| RemoteSite::start(server.addr(), rtt)).collect::<anyhow::Result<Vec<_>>>()?;
+    let history_servers = harness.block_on(HistoryServers::start(&server))?;
+    let history_sites = ROUND_TRIPS
+        .into_iter()
+        .map(|rtt| HistorySite::start(server.addr(), &history_servers, rtt))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let targets = relays.targets(server.addr());
     let clients = Clients { python, options: &options };
 
@@ -139,6 +151,7 @@ fn main() -> anyhow::Result<()> {
     let setup = Setup::describe(&mut status, &server, &clients)?;
     let mut ours = relays.pids(server.pid());
     ours.extend(tls_site.pids().into_iter().chain(remote_sites.iter().flat_map(RemoteSite::pids)));
+    ours.extend(history_sites.iter().flat_map(HistorySite::pids).chain([history_servers.pid()]));
     let watch = BusyWatch::start(ours);
     warm_up(&clients, &targets)?;
     let results = WORKLOADS
@@ -147,13 +160,17 @@ fn main() -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     // The sites' runs come after the main workloads: the pools of the remote sites' proxies, which reach the
     // same server, hold none of its connections while the main workloads count them.
-    let site_iterations = options.iterations / 4;
-    let tls = site::measure(TLS_LABEL.to_owned(), tls_site.targets(), &clients, options.rounds, site_iterations)?;
+    let runs = |statement| Runs { rounds: options.rounds, iterations: options.iterations / 4, statement };
+    let tls = site::measure(TLS_LABEL.to_owned(), tls_site.targets(), &clients, runs(None))?;
     let remote = remote_sites
         .iter()
-        .map(|site| site::measure(site.label(), site.targets(), &clients, options.rounds, site_iterations))
+        .map(|site| site::measure(site.label(), site.targets(), &clients, runs(None)))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let report = Report { setup, targets, results, tls, remote, busy: watch.stop() };
+    let history = history_sites
+        .iter()
+        .map(|site| site::measure(site.label(), site.targets(), &clients, runs(Some(HISTORY_READ))))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let report = Report { setup, targets, results, tls, remote, history, busy: watch.stop() };
     publish(&report.render(), &SECTION, options.write)?;
     drop(lock);
     Ok(())

@@ -55,6 +55,8 @@ pub struct Report {
     pub tls: SiteMeasured,
     /// The workloads with the server across a network, one per round trip.
     pub remote: Vec<SiteMeasured>,
+    /// The workloads of a site with its extended table on a server of its own, one per round trip.
+    pub history: Vec<SiteMeasured>,
     pub busy: Busy,
 }
 
@@ -182,6 +184,20 @@ impl Report {
         for m in &self.remote {
             render_site(out, m);
         }
+        let Some(first) = self.history.first() else { return };
+        let _ = writeln!(
+            out,
+            "A site whose extended table is on a server of its own, both servers across a network (a delay line \
+             before each), each connection running edxapp's history read of one module instead of `SELECT 1`: to \
+             the old table directly, through HAProxy and through the proxy with the flags off; rewritten by the \
+             proxy to the extended table on the second server (`ENABLE_CSMH_EXTENDED`), with `keep_idle = 0` (a \
+             connection to that server opened and logged in per client) and with the default (connections kept \
+             between clients). {} connections a run, e.g. {}:\n",
+            iterations, first.label
+        );
+        for m in &self.history {
+            render_site(out, m);
+        }
     }
 
     /// The sysbench table: one row per thread count and target.
@@ -291,7 +307,7 @@ impl Report {
             let p50s = m.runs.iter().map(|round| round.iter().map(|s| s.client.p50).collect());
             let _ = writeln!(out, "- {}: {}", m.workload.label(self.setup.rate), by_round(p50s));
         }
-        for m in std::iter::once(&self.tls).chain(&self.remote) {
+        for m in std::iter::once(&self.tls).chain(&self.remote).chain(&self.history) {
             let names: Vec<&str> = m.targets.iter().map(|t| t.name).collect();
             let p50s = m.runs.iter().map(|round| round.iter().map(|s| s.client.p50).collect());
             let _ = writeln!(out, "- {} ({}): {}", m.label, names.join(" / "), by_round(p50s));

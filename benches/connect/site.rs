@@ -62,23 +62,26 @@ impl SiteMeasured {
     }
 }
 
-/// `rounds` rounds, each running every target once (the order turned by one each round), each run a paced
-/// mysqlclient loop of `iterations` connections; before them, a short run on each target that is not counted.
-pub fn measure(
-    label: String,
-    targets: Vec<SiteTarget>,
-    clients: &Clients,
-    rounds: usize,
-    iterations: usize,
-) -> anyhow::Result<SiteMeasured> {
+/// How a site's workload runs: `rounds` rounds, each a paced mysqlclient loop of `iterations` connections on each
+/// target, each connection running `statement` (`SELECT 1` if none).
+pub struct Runs {
+    pub rounds: usize,
+    pub iterations: usize,
+    pub statement: Option<&'static str>,
+}
+
+/// `runs.rounds` rounds, each running every target once (the order turned by one each round); before them, a
+/// short run on each target that is not counted.
+pub fn measure(label: String, targets: Vec<SiteTarget>, clients: &Clients, runs: Runs) -> anyhow::Result<SiteMeasured> {
+    let Runs { rounds, iterations, statement } = runs;
     for target in &targets {
-        run_once(target, clients, WARM_UP)?;
+        run_once(target, clients, WARM_UP, statement)?;
     }
     let mut runs = Vec::with_capacity(rounds);
     for round in 0..rounds {
         let mut samples = vec![SiteSample::default(); targets.len()];
         for i in (0..targets.len()).map(|k| (k + round) % targets.len()) {
-            samples[i] = run_once(&targets[i], clients, iterations)?;
+            samples[i] = run_once(&targets[i], clients, iterations, statement)?;
         }
         let p50s: Vec<String> = samples.iter().map(|s| format!("{:.0}", s.client.p50)).collect();
         eprintln!("{label} round {}/{rounds}: p50 {} µs", round + 1, p50s.join(" / "));
@@ -87,9 +90,14 @@ pub fn measure(
     Ok(SiteMeasured { label, targets, runs })
 }
 
-fn run_once(target: &SiteTarget, clients: &Clients, iterations: usize) -> anyhow::Result<SiteSample> {
+fn run_once(
+    target: &SiteTarget,
+    clients: &Clients,
+    iterations: usize,
+    statement: Option<&str>,
+) -> anyhow::Result<SiteSample> {
     let cpu_before = target.relay.map(process_cpu_ns).transpose()?;
-    let client = clients.mysqlclient_paced(target.addr.port(), iterations, target.ca.as_deref())?;
+    let client = clients.mysqlclient_paced(target.addr.port(), iterations, target.ca.as_deref(), statement)?;
     let cpu_after = target.relay.map(process_cpu_ns).transpose()?;
     let relay_us = cpu_before
         .zip(cpu_after)

@@ -45,10 +45,16 @@ impl ProxyProcess {
     /// Serves a free port on 127.0.0.1 in front of `server` (both backends), every flag off, with `extra` (TOML
     /// tables) after the sandbox's configuration.
     pub fn start(server: SocketAddr, extra: &str) -> anyhow::Result<ProxyProcess> {
+        ProxyProcess::start_with(|addr| ProxyToml::edx(addr, server, server), extra)
+    }
+
+    /// Serves a free port on 127.0.0.1 with the configuration `toml` makes for that address, and `extra` (TOML
+    /// tables) after it.
+    pub fn start_with(toml: impl FnOnce(SocketAddr) -> ProxyToml, extra: &str) -> anyhow::Result<ProxyProcess> {
         let dir = tempfile::Builder::new().prefix("csmh-bench-proxy-").tempdir()?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?));
         let config = dir.path().join("proxy.toml");
-        std::fs::write(&config, ProxyToml::edx(addr, server, server).render() + extra)?;
+        std::fs::write(&config, toml(addr).render() + extra)?;
         let log = File::create(dir.path().join("proxy.log"))?;
         let mut command = Command::new(env!("CARGO_BIN_EXE_csmh-proxy"));
         command.arg("serve").arg("--no-watch").arg("--config").arg(&config);

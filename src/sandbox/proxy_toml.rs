@@ -34,6 +34,8 @@ pub struct ProxyToml {
     pub admin: Option<SocketAddr>,
     /// `[shadow] sample`; written when above 0.
     pub shadow_sample: f64,
+    /// `[backends.csmh] keep_idle`; written when set.
+    pub csmh_keep_idle: Option<usize>,
 }
 
 impl ProxyToml {
@@ -50,6 +52,7 @@ impl ProxyToml {
             flags: Flags::default(),
             admin: None,
             shadow_sample: 0.0,
+            csmh_keep_idle: None,
         }
     }
 
@@ -67,6 +70,9 @@ impl ProxyToml {
         if self.csmh != self.edxapp {
             let (user, password) = (quoted(&self.csmh_account.user), quoted(&self.csmh_account.password));
             let _ = writeln!(text, "user = {user}\npassword = {password}");
+        }
+        if let Some(keep_idle) = self.csmh_keep_idle {
+            let _ = writeln!(text, "keep_idle = {keep_idle}");
         }
         let (old, extended) = (quoted(&self.old_table), quoted(&self.extended_table));
         let _ = writeln!(text, "\n[history]\nold_table = {old}\nextended_table = {extended}\n\n[flags]");
