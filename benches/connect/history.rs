@@ -99,20 +99,19 @@ impl HistorySite {
     /// Direct to A, HAProxy to A, the proxy with the flags off (A), rewriting to B without and with kept
     /// connections.
     pub fn targets(&self) -> Vec<SiteTarget> {
-        let relay = |name, addr, pid| SiteTarget { name, addr, ca: None, relay: Some(pid) };
         vec![
-            SiteTarget { name: "direct, old table", addr: self.near_a.addr, ca: None, relay: None },
-            relay("HAProxy, old table", self.haproxy.addr, self.haproxy.process.pid()),
-            relay("proxy, flags off, old table", self.flags_off.addr, self.flags_off.process.pid()),
-            relay(
+            SiteTarget::direct("direct, old table", self.near_a.addr),
+            SiteTarget::relayed("HAProxy, old table", self.haproxy.addr, &self.haproxy.process),
+            SiteTarget::relayed("proxy, flags off, old table", self.flags_off.addr, &self.flags_off.process),
+            SiteTarget::relayed(
                 "proxy, rewritten to the csmh server, keep_idle = 0",
                 self.keep_none.addr,
-                self.keep_none.process.pid(),
+                &self.keep_none.process,
             ),
-            relay(
+            SiteTarget::relayed(
                 "proxy, rewritten to the csmh server, kept connections",
                 self.keep_default.addr,
-                self.keep_default.process.pid(),
+                &self.keep_default.process,
             ),
         ]
     }

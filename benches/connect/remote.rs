@@ -45,12 +45,11 @@ impl RemoteSite {
 
     /// Direct across the line, HAProxy, the proxy with its pool off, with its pool on.
     pub fn targets(&self) -> Vec<SiteTarget> {
-        let relay = |name, addr, pid| SiteTarget { name, addr, ca: None, relay: Some(pid) };
         vec![
-            SiteTarget { name: "direct", addr: self.line.addr, ca: None, relay: None },
-            relay("HAProxy", self.haproxy.addr, self.haproxy.process.pid()),
-            relay("proxy (pool off)", self.pool_off.addr, self.pool_off.process.pid()),
-            relay("proxy (pool on)", self.pool_on.addr, self.pool_on.process.pid()),
+            SiteTarget::direct("direct", self.line.addr),
+            SiteTarget::relayed("HAProxy", self.haproxy.addr, &self.haproxy.process),
+            SiteTarget::relayed("proxy (pool off)", self.pool_off.addr, &self.pool_off.process),
+            SiteTarget::relayed("proxy (pool on)", self.pool_on.addr, &self.pool_on.process),
         ]
     }
 

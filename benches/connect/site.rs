@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use super::clients::{ClientRun, Clients};
-use super::support::processes::process_cpu_ns;
+use super::support::processes::{ChildGuard, process_cpu_ns};
 use super::support::report::Spread;
 
 /// Where a site's ratios are taken against: every site lists its direct target first and HAProxy second.
@@ -27,6 +27,18 @@ pub struct SiteTarget {
     pub ca: Option<PathBuf>,
     /// The relay's process, whose CPU time is counted; none for the server itself.
     pub relay: Option<u32>,
+}
+
+impl SiteTarget {
+    /// A plaintext client straight to the server (or to a delay line before it) at `addr`.
+    pub fn direct(name: &'static str, addr: SocketAddr) -> SiteTarget {
+        SiteTarget { name, addr, ca: None, relay: None }
+    }
+
+    /// A plaintext client through the relay `process`, listening at `addr`.
+    pub fn relayed(name: &'static str, addr: SocketAddr, process: &ChildGuard) -> SiteTarget {
+        SiteTarget { name, addr, ca: None, relay: Some(process.pid()) }
+    }
 }
 
 /// One run against a target: what the client measured, and the relay's CPU time per connection in µs.
