@@ -19,7 +19,11 @@ const CSMH_CONNECTION_ID: &str = "SELECT CONNECTION_ID(), COUNT(*) FROM coursewa
 
 /// The id of the `csmh` server connection a new client session's history read runs on; the session then quits.
 async fn csmh_connection_of_a_new_session(site: &Site) -> u64 {
-    let mut client = site.edxapp().await;
+    csmh_connection_of(site.edxapp().await).await
+}
+
+/// The id of the `csmh` server connection `client`'s history read runs on; the client then quits.
+async fn csmh_connection_of(mut client: mysql_async::Conn) -> u64 {
     let row: Option<(u64, u64)> = client.query_first(CSMH_CONNECTION_ID).await.expect("a read on the csmh server");
     client.disconnect().await.expect("quit");
     row.expect("a count has a row").0
@@ -172,4 +176,18 @@ async fn a_kept_tls_connection_the_server_closed_is_replaced_at_its_first_step()
     let metrics = &site.proxy.shared().metrics;
     assert_eq!((metrics.kept().reused.get(), metrics.kept().lost.get()), (0, 1));
     assert_eq!(metrics.connections_by_transport("csmh", true), 2, "both over TLS");
+}
+
+#[tokio::test]
+async fn a_kept_connection_goes_only_to_a_client_with_the_same_protocol_features() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    // edxapp's connection has CLIENT_FOUND_ROWS, which changes what an UPDATE's OK says: the csmh connection
+    // logged in for it answers in that layout.
+    let found_rows = csmh_connection_of_a_new_session(&site).await;
+    wait_until_kept(&site.proxy, 1).await;
+    let plain = mysql_async::OptsBuilder::from_opts(site.dbs.proxy_opts(&site.proxy, &support::app()));
+    let other = csmh_connection_of(mysql_async::Conn::new(plain).await.expect("a client without FOUND_ROWS")).await;
+    assert_ne!(other, found_rows, "a client without CLIENT_FOUND_ROWS gets a connection of its own");
+    wait_until_kept(&site.proxy, 2).await;
+    assert_eq!(csmh_connection_of_a_new_session(&site).await, found_rows, "and edxapp's next session edxapp's");
 }
