@@ -44,7 +44,7 @@ impl Greeting {
     /// Whether the server is MariaDB rather than MySQL: every MariaDB names itself in its version string
     /// (`5.5.5-10.11.6-MariaDB`, `11.4.2-MariaDB-log`).
     pub fn is_mariadb(&self) -> bool {
-        self.server_version.to_ascii_lowercase().contains("mariadb")
+        self.server_version.contains("MariaDB")
     }
 }
 

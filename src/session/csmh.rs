@@ -4,9 +4,9 @@
 //! ROLLBACK are mirrored). Where it must read the client's session, it takes the `edxapp` connection as an
 //! argument.
 
-use mysql_common::constants::CapabilityFlags;
 use std::sync::Arc;
 
+use mysql_common::constants::CapabilityFlags;
 use tracing::{info, warn};
 
 use super::edxapp::Edxapp;
@@ -244,7 +244,7 @@ impl CsmhLink {
     /// A connection for this session, in step with the client's session ([`CsmhConnection::follow`]): one kept
     /// from an earlier session ([`crate::csmh_pool`]), or else a new one. A kept connection that fails at that
     /// first step, or does not answer it within `connect_timeout_secs` (the server closed it or froze while it
-    /// waited), is dropped for a new one: nothing of the client's had been sent on it.
+    /// waited), is dropped for a new one, which takes the same steps: nothing of the client's had been sent on it.
     async fn connect(
         &mut self,
         edxapp: &mut Edxapp,
@@ -254,31 +254,47 @@ impl CsmhLink {
         let metrics = &shared.metrics;
         let asked = login_asked(edxapp.caps);
         let fits = |kept: &Kept| kept.asked == asked && (!self.client_tls || kept.encrypted());
-        if let Some(kept) = shared.csmh_pool.take(snapshot.generation, fits) {
-            self.opened += 1;
-            let mut csmh = CsmhConnection::from(kept);
-            let limit = std::time::Duration::from_secs(snapshot.config.backends.csmh.connect_timeout_secs);
-            let steps = csmh.steps(edxapp).await?;
-            match tokio::time::timeout(limit, csmh.take_steps(steps)).await {
-                Ok(Ok(())) => {
-                    metrics.kept().reused.inc();
-                    return Ok(csmh);
-                }
-                // The connection is gone (a KILL, a restart, its wait_timeout): a new one will do.
-                Ok(Err(error @ CsmhError::Query(_))) => {
-                    info!(%error, "a kept csmh connection failed on first use; opening a new one");
-                }
-                // The server refused the session's settings: a new connection would be refused the same way.
-                Ok(Err(error)) => return Err(error),
-                Err(_) => info!(secs = limit.as_secs(), "a kept csmh connection did not answer; opening a new one"),
+        let Some(kept) = shared.csmh_pool.take(snapshot.generation, fits) else {
+            let mut csmh = self.open_new(edxapp, snapshot, shared).await?;
+            csmh.follow(edxapp).await?;
+            return Ok(csmh);
+        };
+        self.opened += 1;
+        let mut csmh = CsmhConnection::from(kept);
+        let limit = std::time::Duration::from_secs(snapshot.config.backends.csmh.connect_timeout_secs);
+        let steps = csmh.steps(edxapp).await?;
+        match tokio::time::timeout(limit, csmh.take_steps(&steps)).await {
+            Ok(Ok(())) => {
+                metrics.kept().reused.inc();
+                return Ok(csmh);
             }
-            metrics.kept().lost.inc();
+            // The connection is gone (a KILL, a restart, its wait_timeout): a new one will do.
+            Ok(Err(error @ CsmhError::Query(_))) => {
+                info!(%error, "a kept csmh connection failed on first use; opening a new one");
+            }
+            // The server refused the session's settings: a new connection would be refused the same way.
+            Ok(Err(error)) => return Err(error),
+            Err(_) => info!(secs = limit.as_secs(), "a kept csmh connection did not answer; opening a new one"),
         }
+        metrics.kept().lost.inc();
+        // A new connection, like the reset one, has none of the client's settings and no transaction.
+        let mut csmh = self.open_new(edxapp, snapshot, shared).await?;
+        csmh.take_steps(&steps).await?;
+        Ok(csmh)
+    }
+
+    /// A new connection to the `csmh` server, counted in the link and in `shared`'s metrics.
+    async fn open_new(
+        &mut self,
+        edxapp: &Edxapp,
+        snapshot: &ConfigSnapshot,
+        shared: &ProxyState,
+    ) -> Result<CsmhConnection, CsmhError> {
+        let metrics = &shared.metrics;
         let csmh = open(edxapp.caps, snapshot, self.client_tls, &shared.resolver).await;
-        let mut csmh = csmh.inspect_err(|_| metrics.backend_connect_error(Server::Csmh))?;
+        let csmh = csmh.inspect_err(|_| metrics.backend_connect_error(Server::Csmh))?;
         metrics.backend_connection(Server::Csmh, csmh.conn.tls_handshake());
         self.opened += 1;
-        csmh.follow(edxapp).await?;
         Ok(csmh)
     }
 
@@ -436,7 +452,7 @@ impl CsmhConnection {
     /// transaction begun if the client is in one. What is to run here goes in one write (one round trip).
     async fn follow(&mut self, edxapp: &mut Edxapp) -> Result<(), CsmhError> {
         let steps = self.steps(edxapp).await?;
-        self.take_steps(steps).await
+        self.take_steps(&steps).await
     }
 
     /// What [`CsmhConnection::follow`] must do here, with the client's settings read on `edxapp` if needed.
@@ -450,7 +466,7 @@ impl CsmhConnection {
     }
 
     /// Runs `steps` here, in one write.
-    async fn take_steps(&mut self, steps: Steps) -> Result<(), CsmhError> {
+    async fn take_steps(&mut self, steps: &Steps) -> Result<(), CsmhError> {
         let set = steps.settings.as_deref().map(set_session).transpose()?.unwrap_or_default();
         let statements: Vec<&[u8]> =
             set.iter().map(String::as_bytes).chain(steps.begin.then_some(b"BEGIN".as_slice())).collect();
@@ -458,8 +474,8 @@ impl CsmhConnection {
             expect_ok(reply)?;
         }
         self.synced = true;
-        if let Some(settings) = steps.settings {
-            self.settings = settings;
+        if let Some(settings) = &steps.settings {
+            self.settings.clone_from(settings);
         }
         if steps.begin {
             self.transaction = Some(Vec::new());
