@@ -30,5 +30,6 @@ pub mod server;
 pub mod session;
 pub mod shadow;
 pub mod state;
+pub mod string_literal;
 pub mod tls;
 pub mod topology;

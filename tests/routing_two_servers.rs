@@ -722,3 +722,50 @@ async fn a_deadlock_on_the_csmh_server_rolls_the_clients_edxapp_side_back_too() 
         .unwrap();
     assert_eq!(grades, vec![Some(1.0), Some(1.0)], "nothing of the transaction was committed on csmh");
 }
+
+#[tokio::test]
+async fn a_subquerys_strings_are_written_for_the_csmh_server_as_the_clients_sql_mode_reads_them() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let rows = "(id, version, created, state, grade, max_grade, student_module_id) VALUES \
+                (990001, NULL, '2024-05-01 00:00:00', 'it''s', 0, 1, 990001), \
+                (990002, NULL, '2024-05-01 00:00:00', 'a\\\\b', 0, 1, 990002)";
+    site.csmh_root().await.query_drop(format!("INSERT INTO {} {rows}", site.extended())).await.unwrap();
+    let mut edxapp = site.edxapp().await;
+    let of_state = |subquery: &str| {
+        format!("SELECT `{OLD}`.`id` FROM `{OLD}` WHERE `{OLD}`.`state` IN ({subquery}) ORDER BY `{OLD}`.`id`")
+    };
+    let read = async |conn: &mut Conn, subquery: &str| -> Vec<u64> {
+        conn.query(of_state(subquery)).await.unwrap_or_else(|e| panic!("{subquery}: {e}"))
+    };
+    assert_eq!(read(&mut edxapp, r"SELECT 'it\'s'").await, [990001]);
+    assert_eq!(read(&mut edxapp, r"SELECT 'a\\b'").await, [990002]);
+    assert_eq!(read(&mut edxapp, r"SELECT 'it\'s' FROM DUAL UNION ALL SELECT 'a\\b'").await, [990001, 990002]);
+
+    // Under NO_BACKSLASH_ESCAPES a backslash is an ordinary character: the values go to the csmh server as the
+    // client wrote them, whose session has the client's sql_mode (checked: 1064, then no rows, before).
+    edxapp.query_drop("SET SESSION sql_mode = CONCAT(@@session.sql_mode, ',NO_BACKSLASH_ESCAPES')").await.unwrap();
+    assert_eq!(read(&mut edxapp, "SELECT 'it''s'").await, [990001]);
+    assert_eq!(read(&mut edxapp, r"SELECT 'a\b'").await, [990002]);
+    assert_eq!(read(&mut edxapp, r"SELECT 'it''s' FROM DUAL UNION ALL SELECT 'a\b'").await, [990001, 990002]);
+}
+
+#[tokio::test]
+async fn a_subquery_answer_too_large_to_write_in_is_refused_without_being_held() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    // 2,000 values of 100 kB: 200 MB of answer from the edxapp server.
+    let huge = format!(
+        "SELECT `{OLD}`.`id` FROM `{OLD}` WHERE `{OLD}`.`state` IN (SELECT REPEAT('x', 100000) FROM seq_1_to_2000)"
+    );
+    let pid = std::process::id();
+    support::memory::reset_own_peak();
+    let resident = support::memory::status_kib(pid, "VmRSS");
+    let (code, message) = server_error(edxapp.query_drop(&huge).await);
+    let grown_mib = support::memory::status_kib(pid, "VmHWM").saturating_sub(resident) >> 10;
+    assert_eq!(code, 1235, "{message}");
+    assert!(message.contains("an answer larger than 2 MiB"), "{message}");
+    // The proxy runs in this process (checked: it held over 600 MiB before, and sent a 200 MB statement).
+    assert!(grown_mib < 100, "the proxy's memory grew by {grown_mib} MiB reading a subquery's answer");
+    let one: Option<u8> = edxapp.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1), "the connection goes on");
+}

@@ -81,9 +81,7 @@ fn free_address() -> SocketAddr {
 }
 
 fn resident_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: 0 kB");
-    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
+    support::memory::status_kib(pid, "VmRSS")
 }
 
 /// One edxapp-like request: connect, write a history row, read the learner's history, update its grade.

@@ -22,6 +22,7 @@ use crate::protocol::response::Expect;
 use crate::resolver::Resolver;
 use crate::routing::source::Source;
 use crate::state::{ConfigSnapshot, ProxyState};
+use crate::string_literal;
 use crate::topology::Server;
 
 /// The statement that reads the client session's settings that change what statements return, from its `edxapp`
@@ -608,14 +609,15 @@ fn position(savepoints: &[String], name: &str) -> usize {
     savepoints.iter().position(|s| s == name).unwrap_or(0)
 }
 
-/// A SQL literal for a setting's value as the server reported it.
+/// A SQL literal for a setting's value as the server reported it, read alike under any `sql_mode` (the mode the
+/// `csmh` connection parses the `SET` under is its own until then, not necessarily the client's).
 fn literal(value: &Option<Vec<u8>>) -> String {
     match value {
         None => "NULL".to_owned(),
         Some(digits) if !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) => {
             String::from_utf8_lossy(digits).into_owned()
         }
-        Some(bytes) => format!("'{}'", String::from_utf8_lossy(bytes).replace('\\', "\\\\").replace('\'', "\\'")),
+        Some(bytes) => string_literal::any_mode_literal(bytes),
     }
 }
 
@@ -731,7 +733,8 @@ mod tests {
     fn settings_become_safe_literals() {
         assert_eq!(literal(&None), "NULL");
         assert_eq!(literal(&Some(b"STRICT_TRANS_TABLES,NO_ZERO_DATE".to_vec())), "'STRICT_TRANS_TABLES,NO_ZERO_DATE'");
-        assert_eq!(literal(&Some(b"it's".to_vec())), "'it\\'s'");
+        assert_eq!(literal(&Some(b"it's".to_vec())), "'it''s'");
+        assert_eq!(literal(&Some(b"a\\b".to_vec())), "X'615C62'", "read alike under any sql_mode");
         assert_eq!(literal(&Some(b"1".to_vec())), "1", "autocommit takes a number");
     }
 

@@ -5,13 +5,15 @@
 use mysql_common::constants::StatusFlags;
 
 use super::error::SessionError;
-use crate::backend;
+use crate::backend::{self, QueryError};
+use crate::protocol::ProtocolError;
 use crate::protocol::capabilities::Negotiated;
 use crate::protocol::command::COM_QUERY;
 use crate::protocol::conn::Connection;
 use crate::protocol::errors::code::ER_LOCK_DEADLOCK;
 use crate::protocol::reply::Reply;
 use crate::protocol::response::{Expect, ResponseScanner};
+use crate::string_literal::Escaping;
 
 /// The `edxapp` connection of one session.
 pub(super) struct Edxapp {
@@ -81,6 +83,32 @@ impl Edxapp {
     /// Runs one statement of the proxy's own and reads its whole (small) answer.
     pub async fn query(&mut self, sql: &[u8]) -> Result<Reply, SessionError> {
         self.command(COM_QUERY, sql, Expect::ResultSets).await
+    }
+
+    /// Runs one statement of the proxy's own whose answer may be large, holding at most `limit` bytes of it:
+    /// `None` when the answer was larger (it was read to its end and dropped, so the connection goes on).
+    pub async fn query_within(&mut self, sql: &[u8], limit: usize) -> Result<Option<Reply>, SessionError> {
+        match backend::query_within(&mut self.conn, self.caps, sql, limit).await {
+            Ok(reply) => {
+                if let Reply::Ok(ok) = &reply {
+                    self.note_status(ok.status);
+                }
+                Ok(Some(reply))
+            }
+            Err(QueryError::TooLarge(_)) => Ok(None),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// How the client's session reads string literals, from its `sql_mode` (read on this connection).
+    pub async fn escaping(&mut self) -> Result<Escaping, SessionError> {
+        match self.query(b"SELECT @@session.sql_mode").await? {
+            Reply::Rows(rows) => {
+                let mode = rows.values.first().and_then(|row| row.first()).cloned().flatten().unwrap_or_default();
+                Ok(Escaping::of_sql_mode(&mode))
+            }
+            _ => Err(SessionError::BackendProtocol(ProtocolError::Malformed("an answer to reading the sql_mode"))),
+        }
     }
 
     /// Sends one command of the proxy's own and reads its whole (small) answer, of shape `expect`.

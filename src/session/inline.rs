@@ -1,15 +1,21 @@
 //! The values of `IN (SELECT ...)` subqueries on `edxapp` tables, for a statement bound for a separate `csmh`
 //! server, which has no `edxapp` tables: each subquery runs on the client's `edxapp` connection and its values
-//! are written into the statement as a list.
+//! are written into the statement as a list, strings escaped as the client's session reads them.
 
 use super::Session;
 use super::error::SessionError;
 use crate::protocol::errors::MysqlError;
 use crate::protocol::reply::{Reply, Rows};
 use crate::routing::Inline;
+use crate::string_literal::{Escaping, write_quoted};
 
 /// The most values an `IN (SELECT ...)` subquery may return to be written into a statement for the `csmh` side.
 const MAX_INLINED: usize = 10_000;
+
+/// The most bytes of a subquery's answer the session holds to write its values: [`MAX_INLINED`] values of about
+/// 200 bytes each (edxapp's subqueries return ids). A larger answer is read to its end and dropped, so a
+/// subquery returning much cannot cost the proxy memory in proportion.
+const MAX_ANSWER_BYTES: usize = 2 << 20;
 
 impl Session {
     /// `sql` with each of its subqueries on `edxapp` tables run on the client's `edxapp` connection and their
@@ -20,42 +26,62 @@ impl Session {
         inline: &[Inline],
     ) -> Result<Result<Vec<u8>, MysqlError>, SessionError> {
         for Inline { at, query } in inline.iter().rev() {
-            let rows = match self.edxapp.query(query).await? {
-                Reply::Rows(rows) => rows,
-                Reply::Err(error) => return Ok(Err(error)),
-                Reply::Ok(_) | Reply::Prepared(_) => Rows::default(),
+            let rows = match self.edxapp.query_within(query, MAX_ANSWER_BYTES).await? {
+                Some(Reply::Rows(rows)) => rows,
+                Some(Reply::Err(error)) => return Ok(Err(error)),
+                Some(Reply::Ok(_) | Reply::Prepared(_)) => Rows::default(),
+                None => return Ok(Err(too_large(format!("an answer larger than {} MiB", MAX_ANSWER_BYTES >> 20)))),
             };
-            match value_list(&rows) {
-                Some(list) => {
-                    sql.splice(at..at, list.into_bytes());
-                }
-                None => {
-                    return Ok(Err(MysqlError::not_supported(format!(
-                        "csmh-proxy does not support a subquery on edxapp tables returning more than {MAX_INLINED} \
-                         values"
-                    ))));
-                }
+            if rows.values.len() > MAX_INLINED {
+                return Ok(Err(too_large(format!("more than {MAX_INLINED} values"))));
             }
+            let escaping = match escaping_for_any_mode(&rows) {
+                Some(escaping) => escaping,
+                None => self.edxapp.escaping().await?,
+            };
+            sql.splice(at..at, value_list(&rows, escaping));
         }
         Ok(Ok(sql))
     }
 }
 
-/// The values of a one-column result as a parenthesized SQL list: numbers as they are, anything else quoted.
-/// An empty result becomes a subquery with no rows, so that `NOT IN` keeps its meaning.
-fn value_list(rows: &Rows) -> Option<String> {
-    if rows.values.len() > MAX_INLINED {
-        return None;
+/// The error for a subquery whose values are too many to write into a statement.
+fn too_large(what: String) -> MysqlError {
+    MysqlError::not_supported(format!(
+        "csmh-proxy does not support a subquery on edxapp tables returning {what} (its values are written into the \
+         statement for the extended table's server)"
+    ))
+}
+
+/// The escaping that writes every value of `rows` so that any session reads them alike, if there is one: not
+/// when a string value holds a backslash (then the session's `sql_mode` decides).
+fn escaping_for_any_mode(rows: &Rows) -> Option<Escaping> {
+    if rows.numeric.first().copied().unwrap_or(false) {
+        return Some(Escaping::DoubledQuotes);
     }
+    let values = rows.values.iter().filter_map(|row| row.first().and_then(Option::as_deref));
+    values.map(Escaping::for_any_mode).try_fold(Escaping::DoubledQuotes, |_, escaping| escaping)
+}
+
+/// The values of a one-column result as a parenthesized SQL list: numbers as they are, anything else a string
+/// literal escaped as `escaping` says. An empty result becomes a subquery with no rows, so that `NOT IN` keeps
+/// its meaning.
+fn value_list(rows: &Rows, escaping: Escaping) -> Vec<u8> {
     if rows.values.is_empty() {
-        return Some("(SELECT NULL FROM DUAL WHERE FALSE)".to_owned());
+        return b"(SELECT NULL FROM DUAL WHERE FALSE)".to_vec();
     }
     let numeric = rows.numeric.first().copied().unwrap_or(false);
-    let literal = |value: &Option<Vec<u8>>| match value {
-        None => "NULL".to_owned(),
-        Some(v) if numeric => String::from_utf8_lossy(v).into_owned(),
-        Some(v) => format!("'{}'", String::from_utf8_lossy(v).replace('\\', "\\\\").replace('\'', "\\'")),
-    };
-    let values: Vec<String> = rows.values.iter().map(|row| literal(&row.first().cloned().flatten())).collect();
-    Some(format!("({})", values.join(", ")))
+    let mut list = vec![b'('];
+    for (index, row) in rows.values.iter().enumerate() {
+        if index > 0 {
+            list.extend_from_slice(b", ");
+        }
+        match row.first().and_then(Option::as_deref) {
+            None => list.extend_from_slice(b"NULL"),
+            Some(number) if numeric => list.extend_from_slice(number),
+            Some(text) => write_quoted(&mut list, text, escaping),
+        }
+    }
+    list.push(b')');
+    list
 }

@@ -123,7 +123,7 @@ impl Session {
         for write in writes {
             match self.run_own_command(snapshot, write.server, write.command, write.body).await? {
                 Outcome::Ok(ok) => {
-                    total.affected_rows += ok.affected_rows;
+                    total.affected_rows = total.affected_rows.saturating_add(ok.affected_rows);
                     total.warnings = total.warnings.saturating_add(ok.warnings);
                 }
                 Outcome::Failed(error) => return self.undo(snapshot, atomic, servers, error).await,

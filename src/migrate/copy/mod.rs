@@ -43,6 +43,7 @@ use super::figures::Figures;
 use super::observe::{Command, ObserveArgs, Observers, Outcome};
 use super::{ER_BAD_DB, ER_NO_SUCH_TABLE, MigrateError, Servers, Site};
 use crate::config::Config;
+use crate::string_literal::Escaping;
 use crate::topology::{self, Topology};
 
 /// Options of `csmh-proxy migrate`.
@@ -341,8 +342,8 @@ async fn copy_passes(
         Topology::OneServer => None,
         Topology::TwoServers => Some(site.connect_csmh().await?),
     };
-    let escapes = no_backslash_escapes(&mut servers.csmh, topology::Server::Csmh).await?;
-    let builder = InsertBuilder::new(&site.extended, escapes, OnDuplicate::Overwrite);
+    let escaping = escaping_of(&mut servers.csmh, topology::Server::Csmh).await?;
+    let builder = InsertBuilder::new(&site.extended, escaping, OnDuplicate::Overwrite);
     let statement_bytes = statement_bytes(&mut servers.csmh, topology::Server::Csmh).await?;
     let server_side = ServerSide::forward(site);
     let mut passes = 0;
@@ -530,14 +531,14 @@ async fn extended_rows_between(csmh: &mut Conn, site: &Site, from: u64, to: u64)
     Ok(found.is_some())
 }
 
-/// Whether the `sql_mode` of `conn`'s session, on `server` (the one the copy writes to), has
-/// `NO_BACKSLASH_ESCAPES` (string literals are escaped accordingly).
-async fn no_backslash_escapes(conn: &mut Conn, server: topology::Server) -> Result<bool, MigrateError> {
+/// How the session of `conn`, on `server` (the one the copy writes to), reads string literals: its `sql_mode`
+/// with `NO_BACKSLASH_ESCAPES` or without.
+async fn escaping_of(conn: &mut Conn, server: topology::Server) -> Result<Escaping, MigrateError> {
     let mode: Option<String> = conn
         .query_first("SELECT @@SESSION.sql_mode")
         .await
         .map_err(|source| query_error(server, "read the sql_mode", source))?;
-    Ok(mode.is_some_and(|mode| mode.split(',').any(|flag| flag.eq_ignore_ascii_case("NO_BACKSLASH_ESCAPES"))))
+    Ok(Escaping::of_sql_mode(mode.unwrap_or_default().as_bytes()))
 }
 
 /// How large an INSERT may grow: [`STATEMENT_BYTES`], or half the `max_allowed_packet` of `server` (which `conn`

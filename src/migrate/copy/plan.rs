@@ -20,9 +20,8 @@ use super::sql::{InsertBuilder, OnDuplicate};
 use super::streamed::chunk_select;
 use super::throttle::Throttles;
 use super::{
-    INITIAL_CHUNK_ROWS, MigrateArgs, MigrateReport, check_args, check_extended_table, check_ids_free,
-    no_backslash_escapes, old_largest_id, old_smallest_id, recopy_of, refuse_retired, refuse_while_running,
-    statement_bytes,
+    INITIAL_CHUNK_ROWS, MigrateArgs, MigrateReport, check_args, check_extended_table, check_ids_free, escaping_of,
+    old_largest_id, old_smallest_id, recopy_of, refuse_retired, refuse_while_running, statement_bytes,
 };
 use crate::migrate::checkpoint::{self, Checkpoint, Task};
 use crate::migrate::control::{self, Control};
@@ -180,8 +179,8 @@ pub async fn plan(site: &Site, args: &MigrateArgs) -> Result<Plan, MigrateError>
         Topology::OneServer => None,
         Topology::TwoServers => Some(statement_bytes(&mut servers.csmh, topology::Server::Csmh).await?),
     };
-    let escapes = no_backslash_escapes(&mut servers.csmh, topology::Server::Csmh).await?;
-    let insert = InsertBuilder::new(&site.extended, escapes, OnDuplicate::Overwrite);
+    let escaping = escaping_of(&mut servers.csmh, topology::Server::Csmh).await?;
+    let insert = InsertBuilder::new(&site.extended, escaping, OnDuplicate::Overwrite);
     let statements = ServerSide::forward(site);
     let mut chunks = Vec::new();
     let mut from = after;

@@ -3,7 +3,7 @@
 //!
 //! Values arrive from the old table's server in the binary protocol (`mysql_async::Value`) and are written back
 //! as SQL literals with the same escaping as mysql_common's [`Value::as_sql`] (which returns a new `String` per
-//! value, hence this copy of its rules working in place). Doubles are written in exponent form with the
+//! value, hence `string_literal`'s copy of its rules working in place). Doubles are written in exponent form with the
 //! shortest digits that read back as the same double, so grades are copied exactly.
 
 use std::io::Write as _;
@@ -12,6 +12,7 @@ use mysql_async::{Row, Value};
 
 use crate::history::TableName;
 use crate::migrate::schema::{COLUMN_LIST, COLUMNS};
+use crate::string_literal::{Escaping, write_quoted};
 
 /// What an INSERT of the copy does with a row whose id the table it writes to already has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,17 +42,17 @@ impl OnDuplicate {
 pub struct InsertBuilder {
     prefix: String,
     suffix: String,
-    no_backslash_escapes: bool,
+    escaping: Escaping,
 }
 
 impl InsertBuilder {
-    /// INSERTs into `table` (the extended table, or the old one copying back), escaping strings for a server
-    /// whose `sql_mode` has (or has not) `NO_BACKSLASH_ESCAPES`, doing `on_duplicate` with rows already there.
-    pub fn new(table: &TableName, no_backslash_escapes: bool, on_duplicate: OnDuplicate) -> InsertBuilder {
+    /// INSERTs into `table` (the extended table, or the old one copying back), escaping strings as the session
+    /// that runs them reads them, doing `on_duplicate` with rows already there.
+    pub fn new(table: &TableName, escaping: Escaping, on_duplicate: OnDuplicate) -> InsertBuilder {
         InsertBuilder {
             prefix: format!("INSERT INTO {} ({COLUMN_LIST}) VALUES ", table.quoted()),
             suffix: on_duplicate.clause(),
-            no_backslash_escapes,
+            escaping,
         }
     }
 
@@ -77,7 +78,7 @@ impl InsertBuilder {
                 buf.push(b',');
             }
             match row.as_ref(index) {
-                Some(value) => write_value(buf, value, self.no_backslash_escapes),
+                Some(value) => write_value(buf, value, self.escaping),
                 None => buf.extend_from_slice(b"NULL"),
             }
         }
@@ -102,7 +103,7 @@ pub fn on_duplicate_key_update() -> String {
 }
 
 /// Appends `value` as an SQL literal.
-pub fn write_value(buf: &mut Vec<u8>, value: &Value, no_backslash_escapes: bool) {
+pub fn write_value(buf: &mut Vec<u8>, value: &Value, escaping: Escaping) {
     // Writing to a Vec cannot fail.
     let _ = match *value {
         Value::NULL => buf.write_all(b"NULL"),
@@ -119,37 +120,10 @@ pub fn write_value(buf: &mut Vec<u8>, value: &Value, no_backslash_escapes: bool)
             write!(buf, "'{sign}{hours:03}:{minutes:02}:{seconds:02}.{micros:06}'")
         }
         Value::Bytes(ref bytes) => {
-            write_string(buf, bytes, no_backslash_escapes);
+            write_quoted(buf, bytes, escaping);
             Ok(())
         }
     };
-}
-
-/// Appends `bytes` as a quoted string literal. Escaping works byte by byte, which is right for UTF-8 (and every
-/// character set MySQL accepts on a connection): no byte of a multi-byte character is an ASCII byte.
-fn write_string(buf: &mut Vec<u8>, bytes: &[u8], no_backslash_escapes: bool) {
-    buf.reserve(bytes.len() + 2);
-    buf.push(b'\'');
-    if no_backslash_escapes {
-        for &byte in bytes {
-            if byte == b'\'' {
-                buf.push(b'\'');
-            }
-            buf.push(byte);
-        }
-    } else {
-        for &byte in bytes {
-            match byte {
-                0 => buf.extend_from_slice(b"\\0"),
-                b'\n' => buf.extend_from_slice(b"\\n"),
-                b'\r' => buf.extend_from_slice(b"\\r"),
-                0x1a => buf.extend_from_slice(b"\\Z"),
-                b'\\' | b'\'' | b'"' => buf.extend_from_slice(&[b'\\', byte]),
-                _ => buf.push(byte),
-            }
-        }
-    }
-    buf.push(b'\'');
 }
 
 #[cfg(test)]
@@ -159,8 +133,9 @@ mod tests {
     use super::*;
 
     fn literal(value: &Value, no_backslash_escapes: bool) -> String {
+        let escaping = if no_backslash_escapes { Escaping::DoubledQuotes } else { Escaping::Backslashes };
         let mut buf = Vec::new();
-        write_value(&mut buf, value, no_backslash_escapes);
+        write_value(&mut buf, value, escaping);
         String::from_utf8(buf).unwrap()
     }
 
@@ -184,7 +159,7 @@ mod tests {
     #[test]
     fn rows_are_joined_into_one_statement() {
         let table: TableName = "edxapp_csmh.h".parse().unwrap();
-        let builder = InsertBuilder::new(&table, false, OnDuplicate::Overwrite);
+        let builder = InsertBuilder::new(&table, Escaping::Backslashes, OnDuplicate::Overwrite);
         let mut buf = Vec::new();
         builder.start(&mut buf);
         assert!(builder.is_empty(&buf));

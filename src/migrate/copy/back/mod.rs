@@ -38,7 +38,7 @@ use super::server_side::{ServerSide, records};
 use super::sql::{InsertBuilder, OnDuplicate};
 use super::streamed::{ID_COLUMN, bad_row, chunk_select, remove_extra};
 use super::throttle::{Steered, Throttle};
-use super::{Direction, INITIAL_CHUNK_ROWS, MigrateArgs, check_args, no_backslash_escapes, open_copy, statement_bytes};
+use super::{Direction, INITIAL_CHUNK_ROWS, MigrateArgs, check_args, escaping_of, open_copy, statement_bytes};
 use crate::history::{Flag, Stage, TableName, routing_table};
 use crate::migrate::checkpoint::{self, Checkpoint, Task};
 use crate::migrate::figures::Figures;
@@ -492,10 +492,10 @@ impl Walk<'_> {
                 Copier::OneServer(ServerSide::between(&site.extended, &site.old, self.mode.on_duplicate()))
             }
             Topology::TwoServers => {
-                let escapes = no_backslash_escapes(&mut servers.edxapp, topology::Server::Edxapp).await?;
+                let escaping = escaping_of(&mut servers.edxapp, topology::Server::Edxapp).await?;
                 Copier::TwoServers(RowCopy {
                     select: chunk_select(&site.extended),
-                    insert: InsertBuilder::new(&site.old, escapes, self.mode.on_duplicate()),
+                    insert: InsertBuilder::new(&site.old, escaping, self.mode.on_duplicate()),
                     statement_bytes: statement_bytes(&mut servers.edxapp, topology::Server::Edxapp).await?,
                 })
             }

@@ -12,7 +12,7 @@ use super::super::server_side::ServerSide;
 use super::super::sql::InsertBuilder;
 use super::super::streamed::chunk_select;
 use super::super::{
-    INITIAL_CHUNK_ROWS, MigrateArgs, check_args, check_extended_table, no_backslash_escapes, refuse_while_running,
+    INITIAL_CHUNK_ROWS, MigrateArgs, check_args, check_extended_table, escaping_of, refuse_while_running,
 };
 use super::{Mode, Start, check_ids_fit, pass_target, start};
 use crate::migrate::checkpoint::{self, Task};
@@ -20,6 +20,7 @@ use crate::migrate::init::{extended_ids, next_auto_increment};
 use crate::migrate::verify::IdRange;
 use crate::migrate::verify::table::{Read, sum_sql};
 use crate::migrate::{MigrateError, Site};
+use crate::string_literal::Escaping;
 use crate::topology::{self, Topology};
 
 /// What a run of `migrate --back` would do, as far as can be known without changing anything.
@@ -59,11 +60,11 @@ pub async fn plan(site: &Site, args: &MigrateArgs, offset: u64) -> Result<BackPl
         ChunkSizer::new(INITIAL_CHUNK_ROWS, args.max_chunk_rows, Duration::from_secs_f64(args.chunk_seconds)).rows();
     let to = target.min(after.saturating_add(chunk));
     let statements = if after < target {
-        let escapes = match site.topology {
-            Topology::OneServer => false,
-            Topology::TwoServers => no_backslash_escapes(&mut servers.edxapp, topology::Server::Edxapp).await?,
+        let escaping = match site.topology {
+            Topology::OneServer => Escaping::Backslashes,
+            Topology::TwoServers => escaping_of(&mut servers.edxapp, topology::Server::Edxapp).await?,
         };
-        chunk_statements(site, mode, escapes, (after, to), mode.removal(floor, (after, to)))
+        chunk_statements(site, mode, escaping, (after, to), mode.removal(floor, (after, to)))
     } else {
         Vec::new()
     };
@@ -82,7 +83,7 @@ pub async fn plan(site: &Site, args: &MigrateArgs, offset: u64) -> Result<BackPl
 fn chunk_statements(
     site: &Site,
     mode: Mode,
-    no_backslash_escapes: bool,
+    escaping: Escaping,
     (from, to): (u64, u64),
     removal: Option<(u64, u64)>,
 ) -> Vec<String> {
@@ -111,7 +112,7 @@ fn chunk_statements(
                 "-- on [backends.edxapp], the rows as they are read, in as many statements as they need:".to_owned(),
             );
             lines.push("BEGIN;".to_owned());
-            let insert = InsertBuilder::new(old, no_backslash_escapes, mode.on_duplicate());
+            let insert = InsertBuilder::new(old, escaping, mode.on_duplicate());
             lines.push(format!("{};", insert_shape(&insert)));
             if let Some((after, up_to)) = removal {
                 lines.push(format!(

@@ -1,0 +1,115 @@
+//! Bytes written as SQL string literals, escaped for the session that will read them. By default a backslash
+//! escapes the next character; under `sql_mode`'s `NO_BACKSLASH_ESCAPES` it is an ordinary character and only a
+//! doubled quote stands for a quote, so a literal escaped for one mode can mean something else, or end early, in
+//! the other. The proxy writes values it read back into statements in three places: `migrate`'s copy, the values
+//! of `IN (SELECT ...)` subqueries written into a statement for a separate `csmh` server, and the client's
+//! session settings replayed there.
+//!
+//! Escaping works byte by byte, which is right for UTF-8 and every character set MySQL accepts on a connection
+//! (no byte of a multi-byte character is an ASCII byte), and keeps bytes that are not UTF-8 as they are.
+
+/// How a session reads a backslash in a string literal, from its `sql_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Escaping {
+    /// The default: a backslash escapes the next character.
+    Backslashes,
+    /// `NO_BACKSLASH_ESCAPES`: a backslash is itself, and a quote is written twice.
+    DoubledQuotes,
+}
+
+impl Escaping {
+    /// The escaping of a session whose `sql_mode` reads `mode` (comma-separated, as `@@session.sql_mode` reads).
+    pub fn of_sql_mode(mode: &[u8]) -> Escaping {
+        let flag = b"NO_BACKSLASH_ESCAPES";
+        if mode.split(|&byte| byte == b',').any(|name| name.trim_ascii().eq_ignore_ascii_case(flag)) {
+            Escaping::DoubledQuotes
+        } else {
+            Escaping::Backslashes
+        }
+    }
+
+    /// The escaping `bytes` needs when the session's mode is not known: `None` if it holds a backslash (then
+    /// only the mode tells how to write it), else doubled quotes, which both modes read alike.
+    pub fn for_any_mode(bytes: &[u8]) -> Option<Escaping> {
+        (!bytes.contains(&b'\\')).then_some(Escaping::DoubledQuotes)
+    }
+}
+
+/// Appends `bytes` as a string literal in single quotes, escaped as `escaping` says (with backslashes, as
+/// mysql_common's `Value::as_sql` writes them).
+pub fn write_quoted(buf: &mut Vec<u8>, bytes: &[u8], escaping: Escaping) {
+    buf.reserve(bytes.len() + 2);
+    buf.push(b'\'');
+    match escaping {
+        Escaping::DoubledQuotes => {
+            for &byte in bytes {
+                if byte == b'\'' {
+                    buf.push(b'\'');
+                }
+                buf.push(byte);
+            }
+        }
+        Escaping::Backslashes => {
+            for &byte in bytes {
+                match byte {
+                    0 => buf.extend_from_slice(b"\\0"),
+                    b'\n' => buf.extend_from_slice(b"\\n"),
+                    b'\r' => buf.extend_from_slice(b"\\r"),
+                    0x1a => buf.extend_from_slice(b"\\Z"),
+                    b'\\' | b'\'' | b'"' => buf.extend_from_slice(&[b'\\', byte]),
+                    _ => buf.push(byte),
+                }
+            }
+        }
+    }
+    buf.push(b'\'');
+}
+
+/// `bytes` as a literal every session reads as the same bytes, whatever its `sql_mode`: quoted with doubled
+/// quotes, or as a hexadecimal literal (a binary string) if it holds a backslash or is not UTF-8.
+pub fn any_mode_literal(bytes: &[u8]) -> String {
+    match (Escaping::for_any_mode(bytes), std::str::from_utf8(bytes)) {
+        (Some(escaping), Ok(text)) => {
+            let mut buf = Vec::with_capacity(text.len() + 2);
+            write_quoted(&mut buf, bytes, escaping);
+            String::from_utf8(buf).expect("UTF-8 with ASCII quotes added")
+        }
+        _ => {
+            let hex: String = bytes.iter().map(|byte| format!("{byte:02X}")).collect();
+            format!("X'{hex}'")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quoted(bytes: &[u8], escaping: Escaping) -> Vec<u8> {
+        let mut buf = Vec::new();
+        write_quoted(&mut buf, bytes, escaping);
+        buf
+    }
+
+    #[test]
+    fn each_mode_escapes_what_it_reads_as_special() {
+        let bytes = b"it's \"a\\b\"\n\r\0\x1a\xff";
+        assert_eq!(quoted(bytes, Escaping::Backslashes), b"'it\\'s \\\"a\\\\b\\\"\\n\\r\\0\\Z\xff'");
+        assert_eq!(quoted(bytes, Escaping::DoubledQuotes), b"'it''s \"a\\b\"\n\r\0\x1a\xff'");
+    }
+
+    #[test]
+    fn the_mode_is_read_from_the_flag_list() {
+        assert_eq!(Escaping::of_sql_mode(b"STRICT_TRANS_TABLES,NO_BACKSLASH_ESCAPES"), Escaping::DoubledQuotes);
+        assert_eq!(Escaping::of_sql_mode(b"no_backslash_escapes"), Escaping::DoubledQuotes);
+        assert_eq!(Escaping::of_sql_mode(b"STRICT_TRANS_TABLES,NO_ENGINE_SUBSTITUTION"), Escaping::Backslashes);
+        assert_eq!(Escaping::of_sql_mode(b""), Escaping::Backslashes);
+    }
+
+    #[test]
+    fn a_literal_for_any_mode_doubles_quotes_or_is_hexadecimal() {
+        assert_eq!(any_mode_literal(b"Europe/Paris's"), "'Europe/Paris''s'");
+        assert_eq!(any_mode_literal(b"a\\'"), "X'615C27'");
+        assert_eq!(any_mode_literal(b"\xff"), "X'FF'");
+    }
+}
