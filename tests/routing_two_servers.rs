@@ -769,3 +769,59 @@ async fn a_subquery_answer_too_large_to_write_in_is_refused_without_being_held()
     let one: Option<u8> = edxapp.query_first("SELECT 1").await.unwrap();
     assert_eq!(one, Some(1), "the connection goes on");
 }
+
+/// The username of user `id`, looked at directly on the edxapp server.
+async fn username(site: &Site, id: u64) -> Option<String> {
+    let sql = format!("SELECT username FROM `{}`.auth_user WHERE id = {id}", site.dbs.edxapp_db);
+    site.root().await.query_first(sql).await.unwrap()
+}
+
+/// The states in the extended table, looked at directly on its server.
+async fn extended_states(site: &Site) -> Vec<String> {
+    extended_rows(site).await.into_iter().map(|row| row.2).collect()
+}
+
+#[tokio::test]
+async fn a_query_whose_end_of_the_transaction_the_csmh_side_cannot_follow_is_refused_unrun() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop("BEGIN").await.unwrap();
+    edxapp.query_drop(edxapp_insert(4, "rolled back")).await.unwrap();
+    // A rollback the proxy would not see before edxapp ran it, nor tell from a commit by the answer's status:
+    // the csmh side would commit the row edxapp rolled back (checked: before, these queries ran).
+    for sql in ["UPDATE auth_user SET username = 'a3' WHERE id = 3; ROLLBACK", "XA ROLLBACK 'x'", "CALL nothing()"] {
+        let (code, message) = server_error(edxapp.query_drop(sql).await);
+        assert_eq!(code, 1235, "{sql}: {message}");
+        assert!(message.contains("COMMIT or ROLLBACK first"), "{message}");
+    }
+    let renamed = username(&site, 3).await;
+    assert_ne!(renamed.as_deref(), Some("a3"), "nothing of a refused query ran");
+    edxapp.query_drop("ROLLBACK").await.unwrap();
+    assert!(extended_states(&site).await.is_empty(), "the client's ROLLBACK rolled the csmh side back");
+
+    // With autocommit off, a statement that commits implicitly leaves no sign of it in the answer.
+    edxapp.query_drop("SET autocommit = 0").await.unwrap();
+    edxapp.query_drop(edxapp_insert(4, "rolled back too")).await.unwrap();
+    let (code, message) = server_error(edxapp.query_drop("CREATE TABLE made_in_a_transaction (a INT)").await);
+    assert_eq!(code, 1235, "{message}");
+    edxapp.query_drop("ROLLBACK").await.unwrap();
+    assert!(extended_states(&site).await.is_empty());
+    edxapp.query_drop("CREATE TABLE made_in_a_transaction (a INT)").await.unwrap();
+    edxapp.query_drop("SET autocommit = 1").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_begin_inside_a_transaction_commits_the_csmh_side_as_it_commits_edxapps() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop("BEGIN").await.unwrap();
+    edxapp.query_drop(edxapp_insert(4, "committed by the next BEGIN")).await.unwrap();
+    edxapp.query_drop("UPDATE auth_user SET username = 'b3' WHERE id = 3").await.unwrap();
+    edxapp.query_drop("START TRANSACTION").await.unwrap();
+    edxapp.query_drop(edxapp_insert(4, "rolled back")).await.unwrap();
+    edxapp.query_drop("ROLLBACK").await.unwrap();
+    let renamed = username(&site, 3).await;
+    assert_eq!(renamed.as_deref(), Some("b3"), "edxapp committed the first transaction");
+    // Checked: before, the second transaction's ROLLBACK took the first one's history row with it.
+    assert_eq!(extended_states(&site).await, ["committed by the next BEGIN"]);
+}

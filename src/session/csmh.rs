@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use mysql_common::constants::CapabilityFlags;
+use sqlparser::tokenizer::Token;
 use tracing::{info, warn};
 
 use super::edxapp::Edxapp;
@@ -190,12 +191,42 @@ impl CsmhError {
 /// A transaction-control statement, which the `csmh` connection must follow while it mirrors a transaction.
 #[derive(Debug, PartialEq, Eq)]
 enum Control {
+    /// COMMIT; also BEGIN and START TRANSACTION, which commit the transaction before beginning the next.
     Commit,
     Rollback,
     Savepoint(String),
     RollbackTo(String),
     Release(String),
+    /// A query whose end of the transaction the `csmh` side could not follow (it may roll back, or commit with
+    /// no sign of it in the answer): refused, unrun, while that side holds part of the transaction.
+    Unfollowable(&'static str),
 }
+
+/// The first words of statements that commit the transaction implicitly (MariaDB's and MySQL's lists), but
+/// BEGIN and START TRANSACTION (see [`commits_implicitly`]).
+const IMPLICIT_COMMITS: [&str; 21] = [
+    "ALTER",
+    "ANALYZE",
+    "CACHE",
+    "CHANGE",
+    "CHECK",
+    "CREATE",
+    "DROP",
+    "FLUSH",
+    "GRANT",
+    "INSTALL",
+    "LOCK",
+    "OPTIMIZE",
+    "RENAME",
+    "REPAIR",
+    "RESET",
+    "REVOKE",
+    "SHUTDOWN",
+    "STOP",
+    "TRUNCATE",
+    "UNINSTALL",
+    "UNLOCK",
+];
 
 impl CsmhLink {
     /// Whether a connection is open.
@@ -390,8 +421,15 @@ impl CsmhLink {
     ) -> Result<Option<MysqlError>, SessionError> {
         let Some(csmh) = &mut self.open else { return Ok(None) };
         let Some(savepoints) = csmh.transaction.clone() else { return Ok(None) };
-        let Some(control) = transaction_control(statement) else { return Ok(None) };
+        let autocommit = edxapp.autocommit();
+        let Some(control) = transaction_control(statement, autocommit) else { return Ok(None) };
         let outcome = match &control {
+            Control::Unfollowable(what) => {
+                return Ok(Some(MysqlError::not_supported(format!(
+                    "csmh-proxy does not run {what} in a transaction that reached the extended table on its own \
+                     server (the csmh server could not follow how it ends): COMMIT or ROLLBACK first"
+                ))));
+            }
             Control::Commit => csmh.end(b"COMMIT").await.inspect_err(|error| {
                 if let CsmhError::Query(QueryError::Io(_)) = error {
                     tracing::error!(
@@ -621,14 +659,28 @@ fn literal(value: &Option<Vec<u8>>) -> String {
     }
 }
 
-/// Recognises COMMIT, ROLLBACK and the savepoint statements (as Django and mysqlclient send them).
-fn transaction_control(statement: &[u8]) -> Option<Control> {
+/// Recognises COMMIT, ROLLBACK and the savepoint statements (as Django and mysqlclient send them), the
+/// statements that begin a transaction, and what the `csmh` side cannot follow: several statements in one query,
+/// XA, CALL, EXECUTE, compound statements, and with autocommit off the statements that commit implicitly.
+fn transaction_control(statement: &[u8], autocommit: bool) -> Option<Control> {
     let source = Source::new(statement);
     let tokens = source.tokens().ok()?;
+    let statements_end = tokens.iter().position(|t| t.token.token == Token::SemiColon).unwrap_or(tokens.len());
+    if statements_end + 1 < tokens.len() {
+        return Some(Control::Unfollowable("several statements in one query"));
+    }
     let words: Vec<String> = tokens.iter().filter_map(|t| t.word().map(str::to_ascii_uppercase)).collect();
     let raw_name = |i: usize| tokens.iter().filter_map(|t| t.word()).nth(i).map(str::to_owned);
     match words.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["COMMIT", ..] => Some(Control::Commit),
+        ["BEGIN", "NOT", "ATOMIC", ..] => Some(Control::Unfollowable("a compound statement")),
+        ["BEGIN", ..] | ["START", "TRANSACTION", ..] => Some(Control::Commit),
+        ["XA", ..] => Some(Control::Unfollowable("XA statements")),
+        ["CALL", ..] => Some(Control::Unfollowable("a stored procedure")),
+        ["EXECUTE", ..] => Some(Control::Unfollowable("EXECUTE")),
+        words if !autocommit && commits_implicitly(words) => {
+            Some(Control::Unfollowable("a statement that commits implicitly, with autocommit off,"))
+        }
         ["ROLLBACK", "TO", "SAVEPOINT", ..] => raw_name(3).map(Control::RollbackTo),
         ["ROLLBACK", "WORK", "TO", "SAVEPOINT", ..] => raw_name(4).map(Control::RollbackTo),
         ["ROLLBACK", "TO", ..] => raw_name(2).map(Control::RollbackTo),
@@ -636,6 +688,19 @@ fn transaction_control(statement: &[u8]) -> Option<Control> {
         ["SAVEPOINT", ..] => raw_name(1).map(Control::Savepoint),
         ["RELEASE", "SAVEPOINT", ..] => raw_name(2).map(Control::Release),
         _ => None,
+    }
+}
+
+/// Whether a statement whose words (upper case) are `words` commits the transaction implicitly, but BEGIN and
+/// START TRANSACTION: with autocommit on the answer's status then shows the transaction over, with it off the
+/// next one has begun by then and nothing in the answer shows the commit. `CREATE TEMPORARY` and
+/// `DROP TEMPORARY` do not commit.
+fn commits_implicitly(words: &[&str]) -> bool {
+    match words {
+        ["CREATE" | "DROP", "TEMPORARY", ..] => false,
+        ["LOAD", "INDEX", ..] | ["SET", "PASSWORD", ..] | ["START", ..] => true,
+        [first, ..] => IMPLICIT_COMMITS.contains(first),
+        [] => false,
     }
 }
 
@@ -717,16 +782,40 @@ mod tests {
 
     #[test]
     fn recognises_djangos_transaction_statements() {
-        assert_eq!(transaction_control(b"COMMIT"), Some(Control::Commit));
-        assert_eq!(transaction_control(b"rollback"), Some(Control::Rollback));
-        assert_eq!(transaction_control(b"SAVEPOINT `s1403_x1`"), Some(Control::Savepoint("s1403_x1".into())));
+        assert_eq!(transaction_control(b"COMMIT", true), Some(Control::Commit));
+        assert_eq!(transaction_control(b"rollback", true), Some(Control::Rollback));
+        assert_eq!(transaction_control(b"SAVEPOINT `s1403_x1`", true), Some(Control::Savepoint("s1403_x1".into())));
         assert_eq!(
-            transaction_control(b"ROLLBACK TO SAVEPOINT `s1403_x1`"),
+            transaction_control(b"ROLLBACK TO SAVEPOINT `s1403_x1`", true),
             Some(Control::RollbackTo("s1403_x1".into()))
         );
-        assert_eq!(transaction_control(b"RELEASE SAVEPOINT `s1403_x1`"), Some(Control::Release("s1403_x1".into())));
-        assert_eq!(transaction_control(b"SELECT 1"), None);
-        assert_eq!(transaction_control(b"COMMITTED_READS"), None);
+        assert_eq!(
+            transaction_control(b"RELEASE SAVEPOINT `s1403_x1`", true),
+            Some(Control::Release("s1403_x1".into()))
+        );
+        assert_eq!(transaction_control(b"SELECT 1", true), None);
+        assert_eq!(transaction_control(b"COMMITTED_READS", true), None);
+        assert_eq!(transaction_control(b"BEGIN", true), Some(Control::Commit), "BEGIN commits the one before");
+        assert_eq!(transaction_control(b"start transaction read only", false), Some(Control::Commit));
+        let unfollowable =
+            |sql: &[u8], autocommit| matches!(transaction_control(sql, autocommit), Some(Control::Unfollowable(_)));
+        for sql in [
+            &b"UPDATE auth_user SET username = 'a'; ROLLBACK"[..],
+            b"SELECT 1;SELECT 2",
+            b"XA ROLLBACK 'x'",
+            b"CALL roll_back()",
+            b"EXECUTE s",
+            b"BEGIN NOT ATOMIC ROLLBACK; END",
+        ] {
+            assert!(unfollowable(sql, true), "{}", String::from_utf8_lossy(sql));
+        }
+        for sql in [&b"CREATE TABLE t (a INT)"[..], b"truncate table t", b"LOCK TABLES t WRITE", b"SET PASSWORD = ''"] {
+            assert!(unfollowable(sql, false), "{}: commits implicitly", String::from_utf8_lossy(sql));
+            assert_eq!(transaction_control(sql, true), None, "the status shows the commit with autocommit on");
+        }
+        assert_eq!(transaction_control(b"CREATE TEMPORARY TABLE t (a INT)", false), None);
+        assert_eq!(transaction_control(b"SELECT 1;", false), None, "one statement and its semicolon");
+        assert_eq!(transaction_control(b"SELECT ';'", false), None);
     }
 
     #[test]

@@ -60,7 +60,12 @@ impl Edxapp {
     /// Whether the client's statements are part of a transaction: one is open, or autocommit is off (so the next
     /// statement opens one).
     pub fn in_transaction(&self) -> bool {
-        self.transaction_open() || !self.status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT)
+        self.transaction_open() || !self.autocommit()
+    }
+
+    /// Whether the client's session has autocommit on, as its last answer reported.
+    pub fn autocommit(&self) -> bool {
+        self.status.contains(StatusFlags::SERVER_STATUS_AUTOCOMMIT)
     }
 
     /// Records how a response relayed to the client ended.
