@@ -191,7 +191,8 @@ impl CsmhError {
 /// A transaction-control statement, which the `csmh` connection must follow while it mirrors a transaction.
 #[derive(Debug, PartialEq, Eq)]
 enum Control {
-    /// COMMIT; also BEGIN and START TRANSACTION, which commit the transaction before beginning the next.
+    /// COMMIT; also BEGIN and START TRANSACTION, which commit the transaction before beginning the next, and with
+    /// autocommit off the statements that commit implicitly (see [`commits_implicitly`]).
     Commit,
     Rollback,
     Savepoint(String),
@@ -660,8 +661,8 @@ fn literal(value: &Option<Vec<u8>>) -> String {
 }
 
 /// Recognises COMMIT, ROLLBACK and the savepoint statements (as Django and mysqlclient send them), the
-/// statements that begin a transaction, and what the `csmh` side cannot follow: several statements in one query,
-/// XA, CALL, EXECUTE, compound statements, and with autocommit off the statements that commit implicitly.
+/// statements that commit before beginning a transaction, with autocommit off those that commit implicitly, and
+/// what the `csmh` side cannot follow: several statements in one query, XA, CALL, EXECUTE, compound statements.
 fn transaction_control(statement: &[u8], autocommit: bool) -> Option<Control> {
     let source = Source::new(statement);
     let tokens = source.tokens().ok()?;
@@ -678,9 +679,7 @@ fn transaction_control(statement: &[u8], autocommit: bool) -> Option<Control> {
         ["XA", ..] => Some(Control::Unfollowable("XA statements")),
         ["CALL", ..] => Some(Control::Unfollowable("a stored procedure")),
         ["EXECUTE", ..] => Some(Control::Unfollowable("EXECUTE")),
-        words if !autocommit && commits_implicitly(words) => {
-            Some(Control::Unfollowable("a statement that commits implicitly, with autocommit off,"))
-        }
+        words if !autocommit && commits_implicitly(words) => Some(Control::Commit),
         ["ROLLBACK", "TO", "SAVEPOINT", ..] => raw_name(3).map(Control::RollbackTo),
         ["ROLLBACK", "WORK", "TO", "SAVEPOINT", ..] => raw_name(4).map(Control::RollbackTo),
         ["ROLLBACK", "TO", ..] => raw_name(2).map(Control::RollbackTo),
@@ -693,8 +692,9 @@ fn transaction_control(statement: &[u8], autocommit: bool) -> Option<Control> {
 
 /// Whether a statement whose words (upper case) are `words` commits the transaction implicitly, but BEGIN and
 /// START TRANSACTION: with autocommit on the answer's status then shows the transaction over, with it off the
-/// next one has begun by then and nothing in the answer shows the commit. `CREATE TEMPORARY` and
-/// `DROP TEMPORARY` do not commit.
+/// next one has begun by then and nothing in the answer shows the commit, so the `csmh` side commits first (the
+/// server commits before running the statement; only one it refuses unparsed leaves the transaction open).
+/// `CREATE TEMPORARY` and `DROP TEMPORARY` do not commit.
 fn commits_implicitly(words: &[&str]) -> bool {
     match words {
         ["CREATE" | "DROP", "TEMPORARY", ..] => false,
@@ -810,7 +810,8 @@ mod tests {
             assert!(unfollowable(sql, true), "{}", String::from_utf8_lossy(sql));
         }
         for sql in [&b"CREATE TABLE t (a INT)"[..], b"truncate table t", b"LOCK TABLES t WRITE", b"SET PASSWORD = ''"] {
-            assert!(unfollowable(sql, false), "{}: commits implicitly", String::from_utf8_lossy(sql));
+            let commit = transaction_control(sql, false);
+            assert_eq!(commit, Some(Control::Commit), "{}: commits implicitly", String::from_utf8_lossy(sql));
             assert_eq!(transaction_control(sql, true), None, "the status shows the commit with autocommit on");
         }
         assert_eq!(transaction_control(b"CREATE TEMPORARY TABLE t (a INT)", false), None);
