@@ -829,3 +829,39 @@ async fn a_begin_inside_a_transaction_commits_the_csmh_side_as_it_commits_edxapp
     // Checked: before, the second transaction's ROLLBACK took the first one's history row with it.
     assert_eq!(extended_states(&site).await, ["committed by the next BEGIN"]);
 }
+
+#[tokio::test]
+async fn a_deadlock_of_a_write_to_both_tables_rolls_the_whole_transaction_back_on_both_servers() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let old_row = site.old_ids().await[0];
+    let mut victim = site.edxapp().await;
+    victim.query_drop("BEGIN").await.unwrap();
+    victim.query_drop(edxapp_insert(1, "lost in a deadlock")).await.unwrap();
+    victim.query_drop("UPDATE auth_user SET username = 'a1' WHERE id = 1").await.unwrap();
+
+    // The other transaction holds the old row and waits for the victim's; it did more work, so InnoDB picks the
+    // proxy's write of the old row (the first of the UPDATE's two writes) as the deadlock victim.
+    let mut other = support::connect(site.dbs.edxapp.addr(), &support::app(), Some(&site.dbs.edxapp_db)).await;
+    other.query_drop("BEGIN").await.unwrap();
+    other
+        .query_drop("INSERT INTO auth_user (id, username) SELECT 1000 + seq, CONCAT('u', seq) FROM seq_1_to_200")
+        .await
+        .unwrap();
+    other.query_drop(format!("UPDATE `{OLD}` SET grade = 2 WHERE id = {old_row}")).await.unwrap();
+    let blocked = tokio::spawn(async move {
+        let result = other.query_drop("UPDATE auth_user SET username = 'b1' WHERE id = 1").await;
+        (other, result)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let both = format!("UPDATE `{OLD}` SET grade = 5 WHERE `{OLD}`.`id` = {old_row}");
+    let (code, _) = server_error(victim.query_drop(&both).await);
+    assert_eq!(code, 1213, "the proxy's write on edxapp is the deadlock victim");
+    let (mut other, result) = blocked.await.unwrap();
+    result.unwrap();
+    other.query_drop("COMMIT").await.unwrap();
+    // A client may go on without ROLLBACK: the server has rolled its transaction back (checked: before, this
+    // COMMIT committed the history row on the csmh server).
+    victim.query_drop("COMMIT").await.unwrap();
+    assert!(extended_states(&site).await.is_empty(), "the csmh side's insert went with the transaction");
+    assert_eq!(username(&site, 1).await.as_deref(), Some("b1"));
+}

@@ -73,8 +73,13 @@ impl Edxapp {
         if let Some(status) = scanner.status() {
             self.status = status;
         }
-        self.last_error = scanner.error_code();
-        if self.last_error == Some(ER_LOCK_DEADLOCK) {
+        self.note_error(scanner.error_code());
+    }
+
+    /// Records the error code of an answer (`None` for a success), relayed or the proxy's own.
+    pub fn note_error(&mut self, code: Option<u16>) {
+        self.last_error = code;
+        if code == Some(ER_LOCK_DEADLOCK) {
             // An ERR carries no status flags, but this one means the server left the transaction.
             self.status.remove(StatusFlags::SERVER_STATUS_IN_TRANS);
         }

@@ -12,6 +12,7 @@ use super::request::Request;
 use super::{Flow, Session};
 use crate::protocol::command::COM_QUERY;
 use crate::protocol::errors::MysqlError;
+use crate::protocol::errors::code::ER_LOCK_DEADLOCK;
 use crate::protocol::packets::OkFields;
 use crate::routing::Inline;
 use crate::state::ConfigSnapshot;
@@ -126,6 +127,10 @@ impl Session {
                     total.affected_rows = total.affected_rows.saturating_add(ok.affected_rows);
                     total.warnings = total.warnings.saturating_add(ok.warnings);
                 }
+                Outcome::Failed(error) if error.code == ER_LOCK_DEADLOCK && write.server == Server::Edxapp => {
+                    // The server rolled back the whole transaction the write was in, the client's included.
+                    return self.follow_edxapp_rollback(snapshot, atomic, servers, error).await;
+                }
                 Outcome::Failed(error) => return self.undo(snapshot, atomic, servers, error).await,
             }
         }
@@ -167,6 +172,25 @@ impl Session {
             }
         }
         Ok(Outcome::Failed(error))
+    }
+
+    /// After `edxapp` rolled back the transaction a write of the pair was in (a deadlock): the `csmh` side goes
+    /// back as far, all of the client's transaction there under a savepoint, and `error` is passed on.
+    async fn follow_edxapp_rollback(
+        &mut self,
+        snapshot: &ConfigSnapshot,
+        atomic: Atomic,
+        servers: &[Server],
+        error: MysqlError,
+    ) -> Result<Outcome, SessionError> {
+        match atomic {
+            Atomic::Transaction => self.undo(snapshot, atomic, servers, error).await,
+            Atomic::Savepoint => {
+                self.edxapp.note_error(Some(error.code));
+                self.csmh.follow_transaction_end(&self.edxapp).await;
+                Ok(Outcome::Failed(error))
+            }
+        }
     }
 
     /// Records that the proxy's own transaction on the `csmh` connection is open (or over), so that it is not
