@@ -27,12 +27,6 @@ impl Escaping {
             Escaping::Backslashes
         }
     }
-
-    /// The escaping `bytes` needs when the session's mode is not known: `None` if it holds a backslash (then
-    /// only the mode tells how to write it), else doubled quotes, which both modes read alike.
-    pub fn for_any_mode(bytes: &[u8]) -> Option<Escaping> {
-        (!bytes.contains(&b'\\')).then_some(Escaping::DoubledQuotes)
-    }
 }
 
 /// Appends `bytes` as a string literal in single quotes, escaped as `escaping` says (with backslashes, as
@@ -68,10 +62,11 @@ pub fn write_quoted(buf: &mut Vec<u8>, bytes: &[u8], escaping: Escaping) {
 /// `bytes` as a literal every session reads as the same bytes, whatever its `sql_mode`: quoted with doubled
 /// quotes, or as a hexadecimal literal (a binary string) if it holds a backslash or is not UTF-8.
 pub fn any_mode_literal(bytes: &[u8]) -> String {
-    match (Escaping::for_any_mode(bytes), std::str::from_utf8(bytes)) {
-        (Some(escaping), Ok(text)) => {
+    // Doubled quotes are read alike in both modes; a backslash is not.
+    match std::str::from_utf8(bytes) {
+        Ok(text) if !bytes.contains(&b'\\') => {
             let mut buf = Vec::with_capacity(text.len() + 2);
-            write_quoted(&mut buf, bytes, escaping);
+            write_quoted(&mut buf, bytes, Escaping::DoubledQuotes);
             String::from_utf8(buf).expect("UTF-8 with ASCII quotes added")
         }
         _ => {

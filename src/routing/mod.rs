@@ -29,6 +29,7 @@ pub use prefilter::Prefilter;
 use crate::history::{RoutingTable, StatementKind, TableName, Target};
 use crate::merge::{MergePlan, SideClauses, TableColumns};
 use crate::protocol::errors::{MysqlError, code, sqlstate};
+use crate::string_literal::Escaping;
 use crate::topology::{Server, Topology};
 use classify::{Read, Shape, Unroutable, Write};
 use rewrite::Splicer;
@@ -260,6 +261,33 @@ impl Router {
     /// The route cache [`Router::classify`] uses.
     pub fn cache(&self) -> &RouteCache {
         &self.cache
+    }
+
+    /// [`Router::classify_reporting`] for a session that reads string literals as `escaping` says. Under
+    /// `NO_BACKSLASH_ESCAPES` a statement naming the history table with a string the tokenizer reads otherwise
+    /// (a backslash before its closing quote) is refused unparsed: routed by the tokenizer's reading, its rewrite
+    /// could splice into what the server reads as SQL, or miss a mention of the history table there.
+    pub fn classify_for(&self, sql: &[u8], form: Form, escaping: Escaping) -> (Classified, Option<CacheOutcome>) {
+        let strings_may_differ = escaping == Escaping::DoubledQuotes && sql.contains(&b'\\');
+        if strings_may_differ && self.prefilter.matches(sql) && !self.is_passthrough() && sql.len() <= self.parse_limit
+        {
+            if let Some(refusal) = self.refuse_strings_read_otherwise(sql) {
+                return (Classified::Named(Route::Refuse(refusal)), Some(CacheOutcome::Skipped));
+            }
+        }
+        self.classify_reporting(sql, form)
+    }
+
+    /// The refusal of `sql` if a session with `NO_BACKSLASH_ESCAPES` reads one of its strings otherwise than
+    /// the tokenizer (a statement the tokenizer cannot read at all is refused by the route).
+    fn refuse_strings_read_otherwise(&self, sql: &[u8]) -> Option<Refusal> {
+        let source = Source::new(sql);
+        let tokens = source.tokens().ok()?;
+        source::string_read_otherwise_without_backslash_escapes(&tokens, sql)?;
+        Some(self.refusal(Unroutable::new(
+            "a string with a backslash before its closing quote is read otherwise under the session's \
+             NO_BACKSLASH_ESCAPES",
+        )))
     }
 
     /// The old history table.

@@ -137,6 +137,37 @@ impl Tok {
     }
 }
 
+/// The first string among `tokens` (of the statement `bytes`) that a session with `NO_BACKSLASH_ESCAPES` in its
+/// `sql_mode` reads otherwise than the tokenizer, which always takes a backslash as an escape: there a backslash
+/// is an ordinary character, so a string with a backslash before a quote ends earlier, and what follows is read
+/// as SQL. `None` when every string ends where the tokenizer ends it: then both readings give the same tokens
+/// (only the values of strings with backslashes differ, and statements are spliced, never re-printed).
+pub fn string_read_otherwise_without_backslash_escapes(tokens: &[Tok], bytes: &[u8]) -> Option<Range<usize>> {
+    tokens.iter().map(|tok| tok.range.clone()).find(|range| {
+        let raw = &bytes[range.clone()];
+        let backquoted = raw.first() == Some(&b'`');
+        let Some(open) = raw.iter().position(|&b| b == b'\'' || b == b'"') else { return false };
+        raw.contains(&b'\\') && !backquoted && end_without_backslash_escapes(raw, open) != Some(raw.len())
+    })
+}
+
+/// Where the string whose opening quote is at `open` in `raw` ends (past its closing quote) when a backslash is
+/// an ordinary character and a doubled quote stands for one quote; `None` if it does not end.
+fn end_without_backslash_escapes(raw: &[u8], open: usize) -> Option<usize> {
+    let quote = raw[open];
+    let mut at = open + 1;
+    while at < raw.len() {
+        if raw[at] == quote {
+            if raw.get(at + 1) != Some(&quote) {
+                return Some(at + 1);
+            }
+            at += 1;
+        }
+        at += 1;
+    }
+    None
+}
+
 /// How the old table is named at one place in a statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mention {

@@ -1,6 +1,7 @@
 use super::*;
 use crate::history::Flags;
 use crate::history::routing_table;
+use crate::string_literal::Escaping;
 
 const OLD: &str = "courseware_studentmodulehistory";
 const EXT: &str = "`edxapp_csmh`.`coursewarehistoryextended_studentmodulehistoryextended`";
@@ -404,5 +405,30 @@ fn the_rights_a_statement_needs_on_the_old_table_tell_apart_every_form_that_need
         (format!("SELECT id FROM {h} WHERE student_module_id = 2"), Rights::SELECT),
     ] {
         assert_eq!(rights(&sql), expected, "{sql}");
+    }
+}
+
+#[test]
+fn under_no_backslash_escapes_a_string_read_otherwise_is_refused() {
+    let router = extended_only();
+    // The tokenizer reads one string up to the last quote; under NO_BACKSLASH_ESCAPES the server reads the
+    // string `'it\'`, then `FROM` the history table.
+    let hidden = br"SELECT id, 'it\' FROM courseware_studentmodulehistory -- '";
+    assert_eq!(router.route(hidden), Route::Passthrough);
+    let (read_as_default, _) = router.classify_for(hidden, Form::Query, Escaping::Backslashes);
+    assert_eq!(read_as_default.into_route(), Route::Passthrough);
+    let (refused, outcome) = router.classify_for(hidden, Form::Query, Escaping::DoubledQuotes);
+    let Route::Refuse(refusal) = refused.into_route() else { panic!("refused") };
+    assert!(refusal.error.message.contains("NO_BACKSLASH_ESCAPES"), "{}", refusal.error.message);
+    assert_eq!(outcome, Some(CacheOutcome::Skipped));
+
+    // Strings that end where the tokenizer ends them either way are routed as ever.
+    for alike in [
+        &br"SELECT id FROM courseware_studentmodulehistory WHERE state = 'a\\b' OR state = 'c''d'"[..],
+        br"SELECT id FROM courseware_studentmodulehistory WHERE state = 'a\bc'",
+        br"SELECT `a\b` FROM courseware_studentmodulehistory",
+    ] {
+        let (classified, _) = router.classify_for(alike, Form::Query, Escaping::DoubledQuotes);
+        assert_eq!(classified.into_route(), router.route(alike), "{}", String::from_utf8_lossy(alike));
     }
 }

@@ -6,7 +6,6 @@ use mysql_common::constants::StatusFlags;
 
 use super::error::SessionError;
 use crate::backend::{self, QueryError};
-use crate::protocol::ProtocolError;
 use crate::protocol::capabilities::Negotiated;
 use crate::protocol::command::COM_QUERY;
 use crate::protocol::conn::Connection;
@@ -110,14 +109,12 @@ impl Edxapp {
         }
     }
 
-    /// How the client's session reads string literals, from its `sql_mode` (read on this connection).
-    pub async fn escaping(&mut self) -> Result<Escaping, SessionError> {
-        match self.query(b"SELECT @@session.sql_mode").await? {
-            Reply::Rows(rows) => {
-                let mode = rows.values.first().and_then(|row| row.first()).cloned().flatten().unwrap_or_default();
-                Ok(Escaping::of_sql_mode(&mode))
-            }
-            _ => Err(SessionError::BackendProtocol(ProtocolError::Malformed("an answer to reading the sql_mode"))),
+    /// How the client's session reads string literals: its `sql_mode`'s `NO_BACKSLASH_ESCAPES`, which every
+    /// OK and EOF status reports (as client libraries read it to escape strings).
+    pub fn escaping(&self) -> Escaping {
+        match self.status.contains(StatusFlags::SERVER_STATUS_NO_BACKSLASH_ESCAPES) {
+            true => Escaping::DoubledQuotes,
+            false => Escaping::Backslashes,
         }
     }
 

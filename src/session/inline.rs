@@ -35,11 +35,7 @@ impl Session {
             if rows.values.len() > MAX_INLINED {
                 return Ok(Err(too_large(format!("more than {MAX_INLINED} values"))));
             }
-            let escaping = match escaping_for_any_mode(&rows) {
-                Some(escaping) => escaping,
-                None => self.edxapp.escaping().await?,
-            };
-            sql.splice(at..at, value_list(&rows, escaping));
+            sql.splice(at..at, value_list(&rows, self.edxapp.escaping()));
         }
         Ok(Ok(sql))
     }
@@ -51,16 +47,6 @@ fn too_large(what: String) -> MysqlError {
         "csmh-proxy does not support a subquery on edxapp tables returning {what} (its values are written into the \
          statement for the extended table's server)"
     ))
-}
-
-/// The escaping that writes every value of `rows` so that any session reads them alike, if there is one: not
-/// when a string value holds a backslash (then the session's `sql_mode` decides).
-fn escaping_for_any_mode(rows: &Rows) -> Option<Escaping> {
-    if rows.numeric.first().copied().unwrap_or(false) {
-        return Some(Escaping::DoubledQuotes);
-    }
-    let values = rows.values.iter().filter_map(|row| row.first().and_then(Option::as_deref));
-    values.map(Escaping::for_any_mode).try_fold(Escaping::DoubledQuotes, |_, escaping| escaping)
 }
 
 /// The values of a one-column result as a parenthesized SQL list: numbers as they are, anything else a string

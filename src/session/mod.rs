@@ -299,7 +299,8 @@ impl Session {
             }
         };
         let payload = request.span.payload_in(&self.client.buf);
-        let (classified, cache) = request.snapshot.router.classify_reporting(command::body(&payload), form);
+        let escaping = self.edxapp.escaping();
+        let (classified, cache) = request.snapshot.router.classify_for(command::body(&payload), form, escaping);
         if let Some(outcome) = cache {
             self.shared.metrics.route_cache(outcome);
         }
