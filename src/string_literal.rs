@@ -5,8 +5,10 @@
 //! of `IN (SELECT ...)` subqueries written into a statement for a separate `csmh` server, and the client's
 //! session settings replayed there.
 //!
-//! Escaping works byte by byte, which is right for UTF-8 and every character set MySQL accepts on a connection
-//! (no byte of a multi-byte character is an ASCII byte), and keeps bytes that are not UTF-8 as they are.
+//! Escaping works byte by byte and keeps bytes that are not UTF-8 as they are. That is right for UTF-8, Latin-1
+//! and the other character sets whose multi-byte characters hold no ASCII byte; not for sjis, cp932, gbk, big5
+//! and gb18030, where a character's second byte can be a backslash or a quote (edxapp's connections are
+//! utf8mb4).
 
 /// How a session reads a backslash in a string literal, from its `sql_mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,14 +20,17 @@ pub enum Escaping {
 }
 
 impl Escaping {
+    /// The escaping of a session whose `sql_mode` has `NO_BACKSLASH_ESCAPES` or not.
+    pub fn with_no_backslash_escapes(on: bool) -> Escaping {
+        if on { Escaping::DoubledQuotes } else { Escaping::Backslashes }
+    }
+
     /// The escaping of a session whose `sql_mode` reads `mode` (comma-separated, as `@@session.sql_mode` reads).
     pub fn of_sql_mode(mode: &[u8]) -> Escaping {
         let flag = b"NO_BACKSLASH_ESCAPES";
-        if mode.split(|&byte| byte == b',').any(|name| name.trim_ascii().eq_ignore_ascii_case(flag)) {
-            Escaping::DoubledQuotes
-        } else {
-            Escaping::Backslashes
-        }
+        Escaping::with_no_backslash_escapes(
+            mode.split(|&byte| byte == b',').any(|name| name.trim_ascii().eq_ignore_ascii_case(flag)),
+        )
     }
 }
 

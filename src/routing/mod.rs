@@ -338,6 +338,11 @@ impl Router {
         if mentions.is_empty() {
             return Ok(Route::Passthrough);
         }
+        if source::has_executable_comment(source.bytes()) {
+            return Err(Unroutable::new(
+                "an executable comment (`/*!...*/`, `/*M!...*/`) in a statement naming the history table",
+            ));
+        }
         let statement = parse_one(&tokens)?;
         let shape = classify::shape(&statement, &self.old)?;
         match self.table.route(shape.kind) {

@@ -168,6 +168,13 @@ fn end_without_backslash_escapes(raw: &[u8], open: usize) -> Option<usize> {
     None
 }
 
+/// Whether `bytes` hold an executable comment, `/*! ... */` or MariaDB's `/*M! ... */` (looked for anywhere, in
+/// strings too): the server runs its contents, and the tokenizer reads them too but places their tokens at the
+/// comment's start, so no splice inside one would land on the right bytes.
+pub fn has_executable_comment(bytes: &[u8]) -> bool {
+    bytes.windows(3).any(|w| w == b"/*!") || bytes.windows(4).any(|w| w == b"/*M!")
+}
+
 /// How the old table is named at one place in a statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mention {

@@ -432,3 +432,20 @@ fn under_no_backslash_escapes_a_string_read_otherwise_is_refused() {
         assert_eq!(classified.into_route(), router.route(alike), "{}", String::from_utf8_lossy(alike));
     }
 }
+
+#[test]
+fn executable_comments_in_history_statements_are_refused() {
+    // The tokenizer reads inside `/*! ... */` but places those tokens at the comment's start, so a splice there
+    // would land on the wrong bytes (it made `SELECT <extended table> AS id FROM <old table>` of the first).
+    let router = extended_only();
+    for sql in [
+        &b"/*!40101 SELECT id FROM courseware_studentmodulehistory */"[..],
+        b"SELECT /*!99999 1, */ id FROM courseware_studentmodulehistory",
+        b"SELECT id FROM courseware_studentmodulehistory /*M!100000 LIMIT 1 */",
+    ] {
+        let Route::Refuse(refusal) = router.route(sql) else { panic!("{}", String::from_utf8_lossy(sql)) };
+        assert!(refusal.error.message.contains("executable comment"), "{}", refusal.error.message);
+    }
+    let no_history = b"/*!40101 SET NAMES utf8 */";
+    assert_eq!(router.route(no_history), Route::Passthrough);
+}

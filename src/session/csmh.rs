@@ -21,9 +21,9 @@ use crate::protocol::errors::{MysqlError, code, sqlstate};
 use crate::protocol::reply::Reply;
 use crate::protocol::response::Expect;
 use crate::resolver::Resolver;
-use crate::routing::source::Source;
+use crate::routing::source::{self, Source};
 use crate::state::{ConfigSnapshot, ProxyState};
-use crate::string_literal;
+use crate::string_literal::{self, Escaping};
 use crate::topology::Server;
 
 /// The statement that reads the client session's settings that change what statements return, from its `edxapp`
@@ -204,10 +204,10 @@ enum Control {
 }
 
 /// The first words of statements that commit the transaction implicitly (MariaDB's and MySQL's lists), but
-/// BEGIN and START TRANSACTION (see [`commits_implicitly`]).
-const IMPLICIT_COMMITS: [&str; 21] = [
+/// BEGIN, START TRANSACTION, ANALYZE and UNLOCK TABLES, which depend on what follows or on the session (see
+/// [`commits_implicitly`]).
+const IMPLICIT_COMMITS: [&str; 20] = [
     "ALTER",
-    "ANALYZE",
     "CACHE",
     "CHANGE",
     "CHECK",
@@ -215,6 +215,7 @@ const IMPLICIT_COMMITS: [&str; 21] = [
     "DROP",
     "FLUSH",
     "GRANT",
+    "IMPORT",
     "INSTALL",
     "LOCK",
     "OPTIMIZE",
@@ -226,7 +227,6 @@ const IMPLICIT_COMMITS: [&str; 21] = [
     "STOP",
     "TRUNCATE",
     "UNINSTALL",
-    "UNLOCK",
 ];
 
 impl CsmhLink {
@@ -414,16 +414,22 @@ impl CsmhLink {
 
     /// Before a client statement runs on `edxapp`: if it ends or steps back in the transaction the `csmh`
     /// connection mirrors, does the same there first. Returns an error for the client when the `csmh` side
-    /// cannot follow, after rolling the client's transaction back, so that neither side commits alone.
+    /// cannot follow: after rolling the client's transaction back, so that neither side commits alone, if its
+    /// step failed; with the transaction as it was if the statement is one it could not follow at all (it is
+    /// not run, nor one longer than `parse_limit`, which it does not read).
     pub async fn follow_transaction_control(
         &mut self,
         edxapp: &mut Edxapp,
         statement: &[u8],
+        parse_limit: usize,
     ) -> Result<Option<MysqlError>, SessionError> {
         let Some(csmh) = &mut self.open else { return Ok(None) };
         let Some(savepoints) = csmh.transaction.clone() else { return Ok(None) };
-        let autocommit = edxapp.autocommit();
-        let Some(control) = transaction_control(statement, autocommit) else { return Ok(None) };
+        let control = match statement.len() <= parse_limit {
+            true => transaction_control(statement, edxapp.autocommit(), edxapp.escaping()),
+            false => Some(Control::Unfollowable("a statement longer than listen.max_parsed_statement_bytes")),
+        };
+        let Some(control) = control else { return Ok(None) };
         let outcome = match &control {
             Control::Unfollowable(what) => {
                 return Ok(Some(MysqlError::not_supported(format!(
@@ -663,9 +669,14 @@ fn literal(value: &Option<Vec<u8>>) -> String {
 /// Recognises COMMIT, ROLLBACK and the savepoint statements (as Django and mysqlclient send them), the
 /// statements that commit before beginning a transaction, with autocommit off those that commit implicitly, and
 /// what the `csmh` side cannot follow: several statements in one query, XA, CALL, EXECUTE, compound statements.
-fn transaction_control(statement: &[u8], autocommit: bool) -> Option<Control> {
+fn transaction_control(statement: &[u8], autocommit: bool, escaping: Escaping) -> Option<Control> {
     let source = Source::new(statement);
-    let tokens = source.tokens().ok()?;
+    let Ok(tokens) = source.tokens() else { return Some(Control::Unfollowable("a statement it cannot read")) };
+    if escaping == Escaping::DoubledQuotes
+        && source::string_read_otherwise_without_backslash_escapes(&tokens, statement).is_some()
+    {
+        return Some(Control::Unfollowable("a statement with a string read otherwise under NO_BACKSLASH_ESCAPES"));
+    }
     let statements_end = tokens.iter().position(|t| t.token.token == Token::SemiColon).unwrap_or(tokens.len());
     if statements_end + 1 < tokens.len() {
         return Some(Control::Unfollowable("several statements in one query"));
@@ -679,6 +690,7 @@ fn transaction_control(statement: &[u8], autocommit: bool) -> Option<Control> {
         ["XA", ..] => Some(Control::Unfollowable("XA statements")),
         ["CALL", ..] => Some(Control::Unfollowable("a stored procedure")),
         ["EXECUTE", ..] => Some(Control::Unfollowable("EXECUTE")),
+        ["UNLOCK", ..] if !autocommit => Some(Control::Unfollowable("UNLOCK TABLES with autocommit off")),
         words if !autocommit && commits_implicitly(words) => Some(Control::Commit),
         ["ROLLBACK", "TO", "SAVEPOINT", ..] => raw_name(3).map(Control::RollbackTo),
         ["ROLLBACK", "WORK", "TO", "SAVEPOINT", ..] => raw_name(4).map(Control::RollbackTo),
@@ -697,7 +709,9 @@ fn transaction_control(statement: &[u8], autocommit: bool) -> Option<Control> {
 /// `CREATE TEMPORARY` and `DROP TEMPORARY` do not commit.
 fn commits_implicitly(words: &[&str]) -> bool {
     match words {
-        ["CREATE" | "DROP", "TEMPORARY", ..] => false,
+        ["CREATE" | "DROP", ..] if words.iter().take(4).any(|word| *word == "TEMPORARY") => false,
+        // MariaDB's ANALYZE of a SELECT, UPDATE or DELETE runs it; only ANALYZE TABLE commits.
+        ["ANALYZE", second, ..] => matches!(*second, "TABLE" | "LOCAL" | "NO_WRITE_TO_BINLOG"),
         ["LOAD", "INDEX", ..] | ["SET", "PASSWORD", ..] | ["START", ..] => true,
         [first, ..] => IMPLICIT_COMMITS.contains(first),
         [] => false,
@@ -782,23 +796,34 @@ mod tests {
 
     #[test]
     fn recognises_djangos_transaction_statements() {
-        assert_eq!(transaction_control(b"COMMIT", true), Some(Control::Commit));
-        assert_eq!(transaction_control(b"rollback", true), Some(Control::Rollback));
-        assert_eq!(transaction_control(b"SAVEPOINT `s1403_x1`", true), Some(Control::Savepoint("s1403_x1".into())));
+        assert_eq!(transaction_control(b"COMMIT", true, Escaping::Backslashes), Some(Control::Commit));
+        assert_eq!(transaction_control(b"rollback", true, Escaping::Backslashes), Some(Control::Rollback));
         assert_eq!(
-            transaction_control(b"ROLLBACK TO SAVEPOINT `s1403_x1`", true),
+            transaction_control(b"SAVEPOINT `s1403_x1`", true, Escaping::Backslashes),
+            Some(Control::Savepoint("s1403_x1".into()))
+        );
+        assert_eq!(
+            transaction_control(b"ROLLBACK TO SAVEPOINT `s1403_x1`", true, Escaping::Backslashes),
             Some(Control::RollbackTo("s1403_x1".into()))
         );
         assert_eq!(
-            transaction_control(b"RELEASE SAVEPOINT `s1403_x1`", true),
+            transaction_control(b"RELEASE SAVEPOINT `s1403_x1`", true, Escaping::Backslashes),
             Some(Control::Release("s1403_x1".into()))
         );
-        assert_eq!(transaction_control(b"SELECT 1", true), None);
-        assert_eq!(transaction_control(b"COMMITTED_READS", true), None);
-        assert_eq!(transaction_control(b"BEGIN", true), Some(Control::Commit), "BEGIN commits the one before");
-        assert_eq!(transaction_control(b"start transaction read only", false), Some(Control::Commit));
-        let unfollowable =
-            |sql: &[u8], autocommit| matches!(transaction_control(sql, autocommit), Some(Control::Unfollowable(_)));
+        assert_eq!(transaction_control(b"SELECT 1", true, Escaping::Backslashes), None);
+        assert_eq!(transaction_control(b"COMMITTED_READS", true, Escaping::Backslashes), None);
+        assert_eq!(
+            transaction_control(b"BEGIN", true, Escaping::Backslashes),
+            Some(Control::Commit),
+            "BEGIN commits the one before"
+        );
+        assert_eq!(
+            transaction_control(b"start transaction read only", false, Escaping::Backslashes),
+            Some(Control::Commit)
+        );
+        let unfollowable = |sql: &[u8], autocommit| {
+            matches!(transaction_control(sql, autocommit, Escaping::Backslashes), Some(Control::Unfollowable(_)))
+        };
         for sql in [
             &b"UPDATE auth_user SET username = 'a'; ROLLBACK"[..],
             b"SELECT 1;SELECT 2",
@@ -810,13 +835,38 @@ mod tests {
             assert!(unfollowable(sql, true), "{}", String::from_utf8_lossy(sql));
         }
         for sql in [&b"CREATE TABLE t (a INT)"[..], b"truncate table t", b"LOCK TABLES t WRITE", b"SET PASSWORD = ''"] {
-            let commit = transaction_control(sql, false);
+            let commit = transaction_control(sql, false, Escaping::Backslashes);
             assert_eq!(commit, Some(Control::Commit), "{}: commits implicitly", String::from_utf8_lossy(sql));
-            assert_eq!(transaction_control(sql, true), None, "the status shows the commit with autocommit on");
+            assert_eq!(
+                transaction_control(sql, true, Escaping::Backslashes),
+                None,
+                "the status shows the commit with autocommit on"
+            );
         }
-        assert_eq!(transaction_control(b"CREATE TEMPORARY TABLE t (a INT)", false), None);
-        assert_eq!(transaction_control(b"SELECT 1;", false), None, "one statement and its semicolon");
-        assert_eq!(transaction_control(b"SELECT ';'", false), None);
+        assert_eq!(transaction_control(b"CREATE TEMPORARY TABLE t (a INT)", false, Escaping::Backslashes), None);
+        for sql in [
+            &b"CREATE OR REPLACE TEMPORARY TABLE t (a INT)"[..],
+            b"DROP TEMPORARY TABLE IF EXISTS t",
+            b"ANALYZE SELECT 1",
+            b"ANALYZE FORMAT=JSON DELETE FROM t",
+        ] {
+            let control = transaction_control(sql, false, Escaping::Backslashes);
+            assert_eq!(control, None, "{}: commits nothing", String::from_utf8_lossy(sql));
+        }
+        let commit = transaction_control(b"ANALYZE TABLE t", false, Escaping::Backslashes);
+        assert_eq!(commit, Some(Control::Commit));
+        assert!(unfollowable(b"UNLOCK TABLES", false), "commits only if tables are locked");
+        assert!(unfollowable(b"SELECT 'unterminated", true), "not read, not run");
+        let hidden = br"UPDATE t SET a = 'C:\'; ROLLBACK -- '";
+        assert_eq!(transaction_control(hidden, true, Escaping::Backslashes), None, "one string to the tokenizer");
+        let refused = transaction_control(hidden, true, Escaping::DoubledQuotes);
+        assert!(matches!(refused, Some(Control::Unfollowable(_))), "two statements under NO_BACKSLASH_ESCAPES");
+        assert_eq!(
+            transaction_control(b"SELECT 1;", false, Escaping::Backslashes),
+            None,
+            "one statement and its semicolon"
+        );
+        assert_eq!(transaction_control(b"SELECT ';'", false, Escaping::Backslashes), None);
     }
 
     #[test]

@@ -112,10 +112,7 @@ impl Edxapp {
     /// How the client's session reads string literals: its `sql_mode`'s `NO_BACKSLASH_ESCAPES`, which every
     /// OK and EOF status reports (as client libraries read it to escape strings).
     pub fn escaping(&self) -> Escaping {
-        match self.status.contains(StatusFlags::SERVER_STATUS_NO_BACKSLASH_ESCAPES) {
-            true => Escaping::DoubledQuotes,
-            false => Escaping::Backslashes,
-        }
+        Escaping::with_no_backslash_escapes(self.status.contains(StatusFlags::SERVER_STATUS_NO_BACKSLASH_ESCAPES))
     }
 
     /// Sends one command of the proxy's own and reads its whole (small) answer, of shape `expect`.

@@ -28,7 +28,10 @@ impl Session {
         for Inline { at, query } in inline.iter().rev() {
             let rows = match self.edxapp.query_within(query, MAX_ANSWER_BYTES).await? {
                 Some(Reply::Rows(rows)) => rows,
-                Some(Reply::Err(error)) => return Ok(Err(error)),
+                Some(Reply::Err(error)) => {
+                    self.follow_edxapp_error(error.code).await;
+                    return Ok(Err(error));
+                }
                 Some(Reply::Ok(_) | Reply::Prepared(_)) => Rows::default(),
                 None => return Ok(Err(too_large(format!("an answer larger than {} MiB", MAX_ANSWER_BYTES >> 20)))),
             };

@@ -26,6 +26,7 @@ use crate::protocol::packets::{self, ResultHead, RowPacket, is_ok_packet};
 use crate::routing::{MergeRead, MergeServers};
 use crate::shadow::Capture;
 use crate::state::ConfigSnapshot;
+use crate::topology::Server;
 
 /// Rows are written to the client in batches of about this many bytes.
 const FLUSH_AT: usize = 16 * 1024;
@@ -255,14 +256,16 @@ impl Session {
         };
         let (old, new) = match (resolve(known, old, Origin::Old)?, resolve(known, new, Origin::Extended)?) {
             (Resolved::Columns(old), Resolved::Columns(new)) => (old, new),
-            (Resolved::Failed(error), Resolved::Failed(_)) => return self.answer_side_error(request, &error).await,
+            (Resolved::Failed(error), Resolved::Failed(_)) => {
+                return self.answer_side_error(request, &error, Origin::Old).await;
+            }
             (Resolved::Failed(error), Resolved::Columns(_)) => {
                 self.drain_rows(feeds, Origin::Extended, &mut [None, None]).await?;
-                return self.answer_side_error(request, &error).await;
+                return self.answer_side_error(request, &error, Origin::Old).await;
             }
             (Resolved::Columns(_), Resolved::Failed(error)) => {
                 self.drain_rows(feeds, Origin::Old, &mut [None, None]).await?;
-                return self.answer_side_error(request, &error).await;
+                return self.answer_side_error(request, &error, Origin::Extended).await;
             }
         };
         let caps = self.edxapp.caps;
@@ -287,8 +290,15 @@ impl Session {
         Ok(Merged::Answered)
     }
 
-    /// Answers the client with the ERR packet one side sent.
-    async fn answer_side_error(&mut self, request: &mut Request, payload: &[u8]) -> Result<Merged, SessionError> {
+    /// Answers the client with the ERR packet one side sent (the `csmh` side following a deadlock of the old
+    /// side's, which rolled the client's transaction back).
+    async fn answer_side_error(
+        &mut self,
+        request: &mut Request,
+        payload: &[u8],
+        origin: Origin,
+    ) -> Result<Merged, SessionError> {
+        self.follow_side_error(request, origin, payload).await?;
         let mut out = BytesMut::new();
         frame::write_packet(&mut out, request.first_answer_seq(), payload);
         self.answer(request, &out).await?;
@@ -348,6 +358,7 @@ impl Session {
                         }
                         RowPacket::Err => {
                             self.drain_rows(feeds, origin.other(), &mut ends).await?;
+                            self.follow_side_error(request, origin, &packet).await?;
                             frame::write_packet(&mut out, seq, &packet);
                             return self.write_to_client(request, &out).await;
                         }
@@ -436,6 +447,26 @@ impl Session {
                 RowPacket::End { warnings, status } => ends[origin.index()] = Some((warnings, status)),
                 RowPacket::Err => ends[origin.index()] = Some((0, 0)),
             }
+        }
+        Ok(())
+    }
+
+    /// After one side's ERR `payload`: a deadlock rolled back the client's transaction on that side's server,
+    /// and the other server's part of it follows.
+    async fn follow_side_error(
+        &mut self,
+        request: &Request,
+        origin: Origin,
+        payload: &[u8],
+    ) -> Result<(), SessionError> {
+        let Some(error) = MysqlError::parse(payload) else { return Ok(()) };
+        let server = match origin {
+            Origin::Old => Server::Edxapp,
+            Origin::Extended => request.snapshot.router.topology().extended_server(),
+        };
+        match server {
+            Server::Edxapp => self.follow_edxapp_error(error.code).await,
+            Server::Csmh => self.follow_csmh_rollback(Some(error.code)).await?,
         }
         Ok(())
     }

@@ -97,6 +97,14 @@ impl Session {
         Ok(())
     }
 
+    /// After a statement of the proxy's own on `edxapp` (one side of a merged read, a subquery's values, a write
+    /// of both tables) failed with `code`: if the server rolled the client's transaction back (a deadlock), the
+    /// `csmh` side's part of it goes too, as one server would have rolled back all of it.
+    pub(super) async fn follow_edxapp_error(&mut self, code: u16) {
+        self.edxapp.note_error(Some(code));
+        self.csmh.follow_transaction_end(&self.edxapp).await;
+    }
+
     /// The single number `sql` answers with on `server`, if it answers with one; a failure of the `csmh`
     /// connection is the client's error for the statement.
     pub(super) async fn number(

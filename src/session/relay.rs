@@ -29,7 +29,8 @@ impl Session {
         }
         if command == Command::Query && self.csmh.in_transaction() {
             let statement = command::body(&request.span.payload_in(&self.client.buf)).to_vec();
-            if let Some(error) = self.csmh.follow_transaction_control(&mut self.edxapp, &statement).await? {
+            let limit = request.snapshot.config.listen.max_parsed_statement_bytes;
+            if let Some(error) = self.csmh.follow_transaction_control(&mut self.edxapp, &statement, limit).await? {
                 return self.answer_error(request, error).await;
             }
         }
@@ -49,7 +50,6 @@ impl Session {
             }
             Some(expect) => {
                 self.relay_response(&mut request.answer_seq, expect).await?;
-                self.csmh.follow_transaction_end(&self.edxapp).await;
                 Ok(Flow::Continue)
             }
             None if command == Command::Quit => Ok(Flow::Quit),
@@ -74,7 +74,8 @@ impl Session {
     }
 
     /// Copies `edxapp`'s answer to the client as it arrives, handing the turn to the client where the protocol
-    /// says so, until the answer ends; clears `answer_seq` once anything reached the client.
+    /// says so, until the answer ends; clears `answer_seq` once anything reached the client. The `csmh` side then
+    /// follows how the answer left the client's transaction.
     pub(super) async fn relay_response(
         &mut self,
         answer_seq: &mut Option<u8>,
@@ -95,6 +96,7 @@ impl Session {
                 Copied::ClientTurn(ClientTurn::LocalInfile) => self.relay_local_infile().await?,
                 Copied::Done(end) => {
                     self.edxapp.note_response(&scanner);
+                    self.csmh.follow_transaction_end(&self.edxapp).await;
                     return Ok(end);
                 }
             }

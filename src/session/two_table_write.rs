@@ -19,7 +19,7 @@ use crate::state::ConfigSnapshot;
 use crate::topology::Server;
 
 /// How a pair of writes is made all-or-nothing.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Atomic {
     /// The client is in a transaction: a savepoint undoes the first write if the second fails.
     Savepoint,
@@ -127,9 +127,14 @@ impl Session {
                     total.affected_rows = total.affected_rows.saturating_add(ok.affected_rows);
                     total.warnings = total.warnings.saturating_add(ok.warnings);
                 }
-                Outcome::Failed(error) if error.code == ER_LOCK_DEADLOCK && write.server == Server::Edxapp => {
-                    // The server rolled back the whole transaction the write was in, the client's included.
-                    return self.follow_edxapp_rollback(snapshot, atomic, servers, error).await;
+                Outcome::Failed(error)
+                    if error.code == ER_LOCK_DEADLOCK
+                        && write.server == Server::Edxapp
+                        && atomic == Atomic::Savepoint =>
+                {
+                    // The server rolled back the client's whole transaction, not only the savepoint.
+                    self.follow_edxapp_error(error.code).await;
+                    return Ok(Outcome::Failed(error));
                 }
                 Outcome::Failed(error) => return self.undo(snapshot, atomic, servers, error).await,
             }
@@ -172,25 +177,6 @@ impl Session {
             }
         }
         Ok(Outcome::Failed(error))
-    }
-
-    /// After `edxapp` rolled back the transaction a write of the pair was in (a deadlock): the `csmh` side goes
-    /// back as far, all of the client's transaction there under a savepoint, and `error` is passed on.
-    async fn follow_edxapp_rollback(
-        &mut self,
-        snapshot: &ConfigSnapshot,
-        atomic: Atomic,
-        servers: &[Server],
-        error: MysqlError,
-    ) -> Result<Outcome, SessionError> {
-        match atomic {
-            Atomic::Transaction => self.undo(snapshot, atomic, servers, error).await,
-            Atomic::Savepoint => {
-                self.edxapp.note_error(Some(error.code));
-                self.csmh.follow_transaction_end(&self.edxapp).await;
-                Ok(Outcome::Failed(error))
-            }
-        }
     }
 
     /// Records that the proxy's own transaction on the `csmh` connection is open (or over), so that it is not

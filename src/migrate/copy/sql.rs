@@ -133,9 +133,8 @@ mod tests {
     use super::*;
 
     fn literal(value: &Value, no_backslash_escapes: bool) -> String {
-        let escaping = if no_backslash_escapes { Escaping::DoubledQuotes } else { Escaping::Backslashes };
         let mut buf = Vec::new();
-        write_value(&mut buf, value, escaping);
+        write_value(&mut buf, value, Escaping::with_no_backslash_escapes(no_backslash_escapes));
         String::from_utf8(buf).unwrap()
     }
 
