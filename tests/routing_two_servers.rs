@@ -576,28 +576,10 @@ async fn prepared_statements_on_the_extended_table_run_on_its_server() {
 async fn a_deadlock_that_rolls_the_client_back_rolls_the_csmh_side_back_too() {
     let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
     let mut victim = site.edxapp().await;
-    victim.query_drop("BEGIN").await.unwrap();
-    victim.query_drop(edxapp_insert(1, "lost in a deadlock")).await.unwrap();
-    victim.query_drop("UPDATE auth_user SET username = 'a1' WHERE id = 1").await.unwrap();
-
-    // The other transaction does more work, so InnoDB picks the proxy's client as the deadlock victim.
-    let mut other = support::connect(site.dbs.edxapp.addr(), &support::app(), Some(&site.dbs.edxapp_db)).await;
-    other.query_drop("BEGIN").await.unwrap();
-    other
-        .query_drop("INSERT INTO auth_user (id, username) SELECT 1000 + seq, CONCAT('u', seq) FROM seq_1_to_200")
-        .await
-        .unwrap();
-    other.query_drop("UPDATE auth_user SET username = 'b2' WHERE id = 2").await.unwrap();
-    let blocked = tokio::spawn(async move {
-        let result = other.query_drop("UPDATE auth_user SET username = 'b1' WHERE id = 1").await;
-        (other, result)
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let (code, _) = server_error(victim.query_drop("UPDATE auth_user SET username = 'a2' WHERE id = 2").await);
+    let held = "UPDATE auth_user SET username = 'b2' WHERE id = 2";
+    let statement = "UPDATE auth_user SET username = 'a2' WHERE id = 2";
+    let code = deadlock_on_edxapp(&site, &mut victim, held, statement).await;
     assert_eq!(code, 1213, "the proxy's client is the deadlock victim");
-    let (mut other, result) = blocked.await.unwrap();
-    result.unwrap();
-    other.query_drop("COMMIT").await.unwrap();
     assert!(extended_rows(&site).await.is_empty(), "the csmh side's insert was rolled back with the transaction");
     victim.query_drop(edxapp_insert(1, "after the deadlock")).await.unwrap();
     let states: Vec<String> = extended_rows(&site).await.into_iter().map(|r| r.2).collect();
@@ -770,6 +752,33 @@ async fn a_subquery_answer_too_large_to_write_in_is_refused_without_being_held()
     assert_eq!(one, Some(1), "the connection goes on");
 }
 
+/// Makes `statement`, sent through `victim`, a deadlock victim on the edxapp server, and returns its error code.
+/// The victim first begins a transaction, writes a history row and updates user 1; another transaction, which
+/// does more work so that InnoDB picks the victim, runs `held` and then waits for user 1 (it commits at the
+/// end). `statement` must wait for what `held` locked.
+async fn deadlock_on_edxapp(site: &Site, victim: &mut Conn, held: &str, statement: &str) -> u16 {
+    victim.query_drop("BEGIN").await.unwrap();
+    victim.query_drop(edxapp_insert(1, "lost in a deadlock")).await.unwrap();
+    victim.query_drop("UPDATE auth_user SET username = 'a1' WHERE id = 1").await.unwrap();
+    let mut other = support::connect(site.dbs.edxapp.addr(), &support::app(), Some(&site.dbs.edxapp_db)).await;
+    other.query_drop("BEGIN").await.unwrap();
+    other
+        .query_drop("INSERT INTO auth_user (id, username) SELECT 1000 + seq, CONCAT('u', seq) FROM seq_1_to_200")
+        .await
+        .unwrap();
+    other.query_drop(held).await.unwrap();
+    let blocked = tokio::spawn(async move {
+        let result = other.query_drop("UPDATE auth_user SET username = 'b1' WHERE id = 1").await;
+        (other, result)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (code, _) = server_error(victim.query_drop(statement).await);
+    let (mut other, result) = blocked.await.unwrap();
+    result.unwrap();
+    other.query_drop("COMMIT").await.unwrap();
+    code
+}
+
 /// The username of user `id`, looked at directly on the edxapp server.
 async fn username(site: &Site, id: u64) -> Option<String> {
     let sql = format!("SELECT username FROM `{}`.auth_user WHERE id = {id}", site.dbs.edxapp_db);
@@ -842,30 +851,10 @@ async fn a_deadlock_of_a_write_to_both_tables_rolls_the_whole_transaction_back_o
     let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
     let old_row = site.old_ids().await[0];
     let mut victim = site.edxapp().await;
-    victim.query_drop("BEGIN").await.unwrap();
-    victim.query_drop(edxapp_insert(1, "lost in a deadlock")).await.unwrap();
-    victim.query_drop("UPDATE auth_user SET username = 'a1' WHERE id = 1").await.unwrap();
-
-    // The other transaction holds the old row and waits for the victim's; it did more work, so InnoDB picks the
-    // proxy's write of the old row (the first of the UPDATE's two writes) as the deadlock victim.
-    let mut other = support::connect(site.dbs.edxapp.addr(), &support::app(), Some(&site.dbs.edxapp_db)).await;
-    other.query_drop("BEGIN").await.unwrap();
-    other
-        .query_drop("INSERT INTO auth_user (id, username) SELECT 1000 + seq, CONCAT('u', seq) FROM seq_1_to_200")
-        .await
-        .unwrap();
-    other.query_drop(format!("UPDATE `{OLD}` SET grade = 2 WHERE id = {old_row}")).await.unwrap();
-    let blocked = tokio::spawn(async move {
-        let result = other.query_drop("UPDATE auth_user SET username = 'b1' WHERE id = 1").await;
-        (other, result)
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The proxy's write of the old row (the first of the UPDATE's two writes) is the deadlock victim.
+    let held = format!("UPDATE `{OLD}` SET grade = 2 WHERE id = {old_row}");
     let both = format!("UPDATE `{OLD}` SET grade = 5 WHERE `{OLD}`.`id` = {old_row}");
-    let (code, _) = server_error(victim.query_drop(&both).await);
-    assert_eq!(code, 1213, "the proxy's write on edxapp is the deadlock victim");
-    let (mut other, result) = blocked.await.unwrap();
-    result.unwrap();
-    other.query_drop("COMMIT").await.unwrap();
+    assert_eq!(deadlock_on_edxapp(&site, &mut victim, &held, &both).await, 1213);
     // A client may go on without ROLLBACK: the server has rolled its transaction back (checked: before, this
     // COMMIT committed the history row on the csmh server).
     victim.query_drop("COMMIT").await.unwrap();
