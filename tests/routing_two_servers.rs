@@ -861,3 +861,21 @@ async fn a_deadlock_of_a_write_to_both_tables_rolls_the_whole_transaction_back_o
     assert!(extended_states(&site).await.is_empty(), "the csmh side's insert went with the transaction");
     assert_eq!(username(&site, 1).await.as_deref(), Some("b1"));
 }
+
+#[tokio::test]
+async fn statements_that_end_a_transaction_are_not_prepared_across_two_servers() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    // Executed in a transaction that reached the csmh server, the csmh side could not follow them (checked:
+    // before, they were prepared).
+    for sql in ["COMMIT", "ROLLBACK", "SAVEPOINT s", "BEGIN", "CREATE TABLE prepared_ddl (a INT)"] {
+        let (code, message) = server_error(edxapp.prep(sql).await);
+        assert_eq!(code, 1235, "{sql}: {message}");
+        assert!(message.contains("send them as text"), "{message}");
+    }
+    let one: Option<u8> = edxapp.exec_first("SELECT ?", (1,)).await.unwrap();
+    assert_eq!(one, Some(1), "other statements are prepared as ever");
+
+    let one_server = Site::new(Stage::ExtendedTableOnlyReads.flags()).await;
+    one_server.edxapp().await.exec_drop("COMMIT", ()).await.expect("on one server there is no csmh side to follow");
+}

@@ -666,6 +666,13 @@ fn literal(value: &Option<Vec<u8>>) -> String {
     }
 }
 
+/// Whether `statement`, run in a transaction, would end it or step in it as [`transaction_control`] sees it
+/// (with autocommit off, where implicit commits count): for statements to prepare, whose executions the `csmh`
+/// side cannot follow. A statement the tokenizer cannot read is not one: the server refuses it anyway.
+pub fn controls_transactions(statement: &[u8], escaping: Escaping) -> bool {
+    Source::new(statement).tokens().is_ok() && transaction_control(statement, false, escaping).is_some()
+}
+
 /// Recognises COMMIT, ROLLBACK and the savepoint statements (as Django and mysqlclient send them), the
 /// statements that commit before beginning a transaction, with autocommit off those that commit implicitly, and
 /// what the `csmh` side cannot follow: several statements in one query, XA, CALL, EXECUTE, compound statements.

@@ -38,7 +38,7 @@ use crate::protocol::frame::PacketSpan;
 use crate::protocol::response::End;
 use crate::routing::{FanOut, Form, Route};
 use crate::state::ProxyState;
-use crate::topology::Server;
+use crate::topology::{Server, Topology};
 
 mod answer;
 mod csmh;
@@ -306,9 +306,26 @@ impl Session {
         }
         request.label = Some(RouteLabel::of(&classified));
         match classified.into_route() {
+            Route::Passthrough if form == Form::Prepare && self.prepares_unfollowable(request, &payload) => {
+                Decision::Refuse(MysqlError::not_supported(
+                    "csmh-proxy does not prepare statements that end or step in a transaction (COMMIT, ROLLBACK, \
+                     savepoints, BEGIN, XA, CALL, statements that commit implicitly) with the extended table on its \
+                     own server, whose side of the transaction could not follow their execution: send them as text",
+                ))
+            }
             Route::Passthrough => Decision::Relay,
             route => Decision::Route(route),
         }
+    }
+
+    /// Whether a statement to prepare would, executed, end or step in the client's transaction, with the
+    /// extended table on its own server: the `csmh` side follows such statements in text only, and a prepared
+    /// one's execution is a COM_STMT_EXECUTE the proxy does not read.
+    fn prepares_unfollowable(&self, request: &Request, payload: &[u8]) -> bool {
+        let statement = command::body(payload);
+        request.snapshot.router.topology() == Topology::TwoServers
+            && statement.len() <= request.snapshot.config.listen.max_parsed_statement_bytes
+            && csmh::controls_transactions(statement, self.edxapp.escaping())
     }
 
     /// Carries out a decision with the executor for its kind.
