@@ -878,4 +878,6 @@ async fn statements_that_end_a_transaction_are_not_prepared_across_two_servers()
 
     let one_server = Site::new(Stage::ExtendedTableOnlyReads.flags()).await;
     one_server.edxapp().await.exec_drop("COMMIT", ()).await.expect("on one server there is no csmh side to follow");
+    let flags_off = Site::two_servers(Stage::OldTableOnly.flags()).await;
+    flags_off.edxapp().await.exec_drop("COMMIT", ()).await.expect("with every flag off nothing reaches csmh");
 }

@@ -319,11 +319,12 @@ impl Session {
     }
 
     /// Whether a statement to prepare would, executed, end or step in the client's transaction, with the
-    /// extended table on its own server: the `csmh` side follows such statements in text only, and a prepared
-    /// one's execution is a COM_STMT_EXECUTE the proxy does not read.
+    /// extended table on its own server and flags that may route to it: the `csmh` side follows such statements
+    /// in text only, and a prepared one's execution is a COM_STMT_EXECUTE the proxy does not read.
     fn prepares_unfollowable(&self, request: &Request, payload: &[u8]) -> bool {
-        let statement = command::body(payload);
-        request.snapshot.router.topology() == Topology::TwoServers
+        let (statement, router) = (command::body(payload), &request.snapshot.router);
+        router.topology() == Topology::TwoServers
+            && !router.is_passthrough()
             && statement.len() <= request.snapshot.config.listen.max_parsed_statement_bytes
             && csmh::controls_transactions(statement, self.edxapp.escaping())
     }
