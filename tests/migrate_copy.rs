@@ -159,6 +159,38 @@ async fn resumes_after_kill_9(two_servers: bool) {
     assert_eq!(site.extended_fingerprint(u64::MAX).await, site.old_fingerprint().await);
 }
 
+/// Kills `csmh-proxy migrate --from-id 1` with SIGKILL once its re-copy has gone past id 10,000; the same
+/// command run again (a Kubernetes Job retries with the same arguments) finishes the re-copy. Before, the second
+/// run took the first one's position for the end of what had been copied, and refused the copies above it as
+/// rows of the extended table's own, for good.
+#[tokio::test]
+async fn an_interrupted_rerun_from_an_id_can_be_run_again() {
+    let site = MigrationSite::new(true).await;
+    site.generate_old_rows(60_000).await;
+    init(&site.site(), 10_000).await.expect("init");
+    migrate(&site.site(), &MigrateArgs::default()).await.expect("migrate");
+
+    let recopy = ["migrate", "--from-id", "1", "--max-rows-per-second", "20000", "--chunk-seconds", "0.1"];
+    let mut child = site.binary(&recopy).stdout(std::process::Stdio::null()).spawn().expect("start the re-copy");
+    loop {
+        if let Some((Some(last_id), _)) = site.migrate_checkpoint().await {
+            if (10_000..50_000).contains(&last_id) {
+                break;
+            }
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the re-copy ended before it was killed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.start_kill().expect("SIGKILL");
+    child.wait().await.unwrap();
+
+    let again = site.command(&recopy[..3]).await;
+    assert_eq!(again.status.code(), Some(0), "{}", outputs(&again));
+    assert_eq!(site.extended_fingerprint(u64::MAX).await, site.old_fingerprint().await);
+    let resumed = site.command(&["migrate"]).await;
+    assert_eq!(resumed.status.code(), Some(0), "a plain run after it: {}", outputs(&resumed));
+}
+
 #[tokio::test]
 async fn migrate_refuses_before_init() {
     let site = MigrationSite::new(true).await;

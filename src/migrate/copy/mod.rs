@@ -232,7 +232,7 @@ pub async fn migrate_with(site: &Site, args: &MigrateArgs, figures: &Figures) ->
     prepare_sessions(&mut servers, site).await?;
     let (resumed_from, rows_before, started_at, recopy) = match (args.from_id, previous) {
         (Some(from), previous) => {
-            let recopy = recopy_of(from, previous.and_then(|previous| previous.last_id))?;
+            let recopy = recopy_of(from, previous.as_ref().and_then(copied_up_to))?;
             (Some(from.saturating_sub(1)), 0, checkpoint::server_now(&mut servers.csmh).await?, Some(recopy))
         }
         (None, Some(previous)) => {
@@ -279,6 +279,13 @@ pub(super) async fn open_copy(site: &Site, task: Task) -> Result<(Servers, Optio
     checkpoint::ensure(&mut servers.csmh, site).await?;
     let previous = checkpoint::load(&mut servers.csmh, site, task).await?;
     Ok((servers, previous))
+}
+
+/// The highest id copied so far, as the checkpoint of the run before (`previous`) records it: its last id, or,
+/// if it was a re-copy that did not finish, the highest id copied before that re-copy began (rows above its
+/// last id were copied then, and are copies, not rows of the extended table's own).
+fn copied_up_to(previous: &Checkpoint) -> Option<u64> {
+    previous.last_id.max(Recopy::resumed(previous).map(|recopy| recopy.until))
 }
 
 /// The re-copy `--from-id from` asks for, given the highest id copied so far: only rows copied before can be

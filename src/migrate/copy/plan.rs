@@ -20,8 +20,8 @@ use super::sql::{InsertBuilder, OnDuplicate};
 use super::streamed::chunk_select;
 use super::throttle::Throttles;
 use super::{
-    INITIAL_CHUNK_ROWS, MigrateArgs, MigrateReport, check_args, check_extended_table, check_ids_free, escaping_of,
-    old_largest_id, old_smallest_id, recopy_of, refuse_retired, refuse_while_running, statement_bytes,
+    INITIAL_CHUNK_ROWS, MigrateArgs, MigrateReport, check_args, check_extended_table, check_ids_free, copied_up_to,
+    escaping_of, old_largest_id, old_smallest_id, recopy_of, refuse_retired, refuse_while_running, statement_bytes,
 };
 use crate::migrate::checkpoint::{self, Checkpoint, Task};
 use crate::migrate::control::{self, Control};
@@ -107,7 +107,7 @@ impl Start {
     /// The start for `args` given the checkpoint of the run before; refused as a run refuses it.
     fn of(args: &MigrateArgs, previous: Option<Checkpoint>) -> Result<Start, MigrateError> {
         match (args.from_id, previous) {
-            (Some(from), previous) => Ok(Start::FromId(recopy_of(from, previous.and_then(|p| p.last_id))?)),
+            (Some(from), previous) => Ok(Start::FromId(recopy_of(from, previous.as_ref().and_then(copied_up_to))?)),
             (None, Some(previous)) => Ok(Start::Resume(previous)),
             (None, None) => Ok(Start::First),
         }
