@@ -31,7 +31,9 @@ pub mod keep;
 use super::checkpoint::{self, Checkpoint, Task};
 use super::figures::Figures;
 use super::verify::table::{Read, Role, Table, sum_sql};
-use super::verify::{self, Advice, DifferenceList, Differences, IdRange, Pair, Progress, VerifyArgs, VerifyReport};
+use super::verify::{
+    self, Advice, DifferenceList, Differences, IdRange, Pair, Progress, Repair, VerifyArgs, VerifyReport,
+};
 use super::{MigrateError, Site};
 use crate::config::Config;
 use crate::fleet::{Fleet, FleetArgs};
@@ -342,7 +344,7 @@ async fn delete_chunk(pair: &mut Pair<'_>, site: &Site, chunk: IdRange, deleted:
              what changed, then run `csmh-proxy truncate-old --yes --slow` again",
             site.old,
             DifferenceList(&found),
-            Advice(&found)
+            Advice(&found, Repair::ByHand)
         )));
     }
     let rows = pair.old.affected(&delete_sql(&site.old, chunk), &format!("delete {chunk}")).await?;
@@ -386,7 +388,7 @@ fn refusal_for(report: VerifyReport) -> MigrateError {
         report.scope(),
         report.differences.len(),
         DifferenceList(&report.differences),
-        Advice(&report.differences)
+        Advice(&report.differences, Repair::ByHand)
     ))
 }
 

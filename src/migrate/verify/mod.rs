@@ -28,7 +28,7 @@ use mysql_async::Conn;
 pub use compare::Pair;
 pub use ids::IdRange;
 pub use progress::Progress;
-pub use report::{Advice, Difference, DifferenceList, Differences, Kind, VerifyReport};
+pub use report::{Advice, Difference, DifferenceList, Differences, Kind, Repair, VerifyReport};
 use table::{Read, Role, Table};
 
 use super::checkpoint::{self, Checkpoint, Task};
@@ -151,6 +151,7 @@ async fn compare(
         extended_rows: 0,
         chunks: 0,
         differences: Vec::new(),
+        repair: Repair::of(&site.flags),
         elapsed: Default::default(),
     };
     let Some(range) = report.range else {

@@ -5,7 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use super::ids::IdRange;
-use crate::history::TableName;
+use crate::history::{Flag, Flags, TableName};
 
 /// How the rows of a differing id range differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,13 +183,39 @@ impl fmt::Display for DifferenceList<'_> {
     }
 }
 
-/// What each kind of difference present in a list means, and what to do about it.
-pub struct Advice<'a>(pub &'a [Difference]);
+/// How the differences `verify` finds can be repaired: by the stage the flags set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repair {
+    /// The old table is still copied: `csmh-proxy migrate --from-id N` copies it again from N.
+    Recopy,
+    /// The old table is retired (`READ_ONLY_FROM_CSMHE`): `migrate` refuses to copy it, since learner state
+    /// deleted since lives only in the extended table and a copy would bring it back; rows are fixed by hand.
+    ByHand,
+}
+
+impl Repair {
+    /// The repair the flags in force allow.
+    pub fn of(flags: &Flags) -> Repair {
+        if flags.read_only_from_csmhe { Repair::ByHand } else { Repair::Recopy }
+    }
+}
+
+/// What each kind of difference present in a list means, and what to do about it, as `Repair` allows.
+pub struct Advice<'a>(pub &'a [Difference], pub Repair);
 
 impl fmt::Display for Advice<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for kind in Kind::ALL.into_iter().filter(|kind| self.0.iter().any(|d| d.kind == *kind)) {
             writeln!(f, "{}", kind.meaning())?;
+        }
+        if self.1 == Repair::ByHand {
+            return writeln!(
+                f,
+                "With {} on, `csmh-proxy migrate` no longer copies the old table (learner state deleted since lives \
+                 only in the extended table, and a copy would bring it back): look at the rows listed and fix them \
+                 by hand.",
+                Flag::ReadOnlyFromCsmhe
+            );
         }
         let repairable = self.0.iter().filter(|d| d.kind.recopy_suggested()).map(|d| d.ids.first).min();
         let Some(first) = repairable else {
@@ -225,6 +251,8 @@ pub struct VerifyReport {
     pub chunks: u64,
     /// Where the tables differ, in id order.
     pub differences: Vec<Difference>,
+    /// How its differences can be repaired, by the flags in force.
+    pub repair: Repair,
     /// How long the comparison took.
     pub elapsed: Duration,
 }
@@ -272,7 +300,7 @@ impl fmt::Display for VerifyReport {
                 "verify passed: every row of the old table is in the extended table with the same values"
             );
         }
-        write!(f, "{}{}", self.failure(), Advice(&self.differences))
+        write!(f, "{}{}", self.failure(), Advice(&self.differences, self.repair))
     }
 }
 
@@ -327,7 +355,7 @@ mod tests {
     #[test]
     fn the_list_is_capped_and_explains_each_kind_present() {
         let many: Vec<Difference> = (0..60).map(|i| difference(Kind::Changed, i * 10, i * 10, 1)).collect();
-        let text = format!("{}{}", DifferenceList(&many), Advice(&many));
+        let text = format!("{}{}", DifferenceList(&many), Advice(&many, Repair::Recopy));
         assert!(text.contains("... and 10 more ranges"), "{text}");
         assert!(text.contains("changed: rows in both tables") && !text.contains("missing:"), "{text}");
         assert!(text.contains("from id 0 on") && text.contains("`csmh-proxy migrate --from-id 0`"), "{text}");
@@ -337,7 +365,7 @@ mod tests {
     #[test]
     fn the_recopy_starts_at_the_first_missing_or_changed_id_and_says_which_extra_rows_it_removes() {
         let extra = [difference(Kind::Extra, 7, 7, 1)];
-        let text = Advice(&extra).to_string();
+        let text = Advice(&extra, Repair::Recopy).to_string();
         assert!(text.contains("look at them before running it") && !text.contains("To copy"), "{text}");
 
         let mixed = [
@@ -345,10 +373,18 @@ mod tests {
             difference(Kind::Missing, 14, 20, 7),
             difference(Kind::Extra, 900, 900, 1),
         ];
-        let text = Advice(&mixed).to_string();
+        let text = Advice(&mixed, Repair::Recopy).to_string();
         assert!(text.contains("again from id 14 on") && text.contains("`csmh-proxy migrate --from-id 14`"), "{text}");
         assert!(text.contains("removes the extra rows listed from id 14 on"), "{text}");
         let below = &mixed[..2];
-        assert!(!Advice(below).to_string().contains("removes the extra rows listed"), "id 7 is below the re-copy");
+        assert!(!Advice(below, Repair::Recopy).to_string().contains("removes the extra rows listed"), "id 7 is below");
+    }
+
+    #[test]
+    fn once_the_old_table_is_retired_the_advice_is_to_fix_rows_by_hand() {
+        let missing = [difference(Kind::Missing, 14, 20, 7)];
+        let text = Advice(&missing, Repair::ByHand).to_string();
+        assert!(text.contains("fix them by hand") && !text.contains("--from-id 14"), "{text}");
+        assert!(text.contains("delete them from the old table too"), "what a missing row may be: {text}");
     }
 }
