@@ -156,16 +156,33 @@ async fn cut_over(locker: &mut Conn, renamer: &mut Conn, rename: &str) -> Result
         Some(result) => result,
         None => renaming.await,
     };
-    renamed.map_err(|source| edxapp_error("swap the old table for its empty copy", source))?;
+    let outcome = swap_outcome(seen, renamed);
     unlocked?;
-    if seen {
-        return Ok(());
+    outcome
+}
+
+/// What the swap came to, from whether the rename was seen waiting for the lock and how it ended. A rename not
+/// seen waiting was killed, and its interruption is the refusal; but if the kill came too late it went through
+/// after the unlock, and the old table was swapped all the same (said, with what it means).
+fn swap_outcome(seen: bool, renamed: Result<(), mysql_async::Error>) -> Result<(), MigrateError> {
+    match renamed {
+        Ok(()) if !seen => {
+            tracing::warn!(
+                "the RENAME TABLE was not seen waiting for the old table's lock, and went through after the unlock: \
+                 a write to the old table between the two is in the retired copy, not in the new empty table"
+            );
+            Ok(())
+        }
+        Ok(()) => Ok(()),
+        Err(mysql_async::Error::Server(error)) if !seen && error.code == ER_QUERY_INTERRUPTED => {
+            Err(MigrateError::Refused(format!(
+                "the RENAME TABLE was not seen waiting for the old table's lock within {} s, so it was stopped and \
+                 the old table was left as it is; run `csmh-proxy truncate-old --yes --keep` again",
+                RENAME_SEEN_WITHIN.as_secs()
+            )))
+        }
+        Err(source) => Err(edxapp_error("swap the old table for its empty copy", source)),
     }
-    Err(MigrateError::Refused(format!(
-        "the RENAME TABLE was not seen waiting for the old table's lock within {} s, so it was stopped and the \
-         old table was left as it is; run `csmh-proxy truncate-old --yes --keep` again",
-        RENAME_SEEN_WITHIN.as_secs()
-    )))
 }
 
 /// Whether the connection `id` waits for a table's metadata lock.
@@ -204,6 +221,9 @@ async fn run(conn: &mut Conn, sql: &str, what: &str) -> Result<(), MigrateError>
     conn.query_drop(sql).await.map_err(|source| edxapp_error(what, source))
 }
 
+/// MariaDB's and MySQL's error for a statement stopped by `KILL QUERY`.
+const ER_QUERY_INTERRUPTED: u16 = 1317;
+
 /// A failed statement on the old table's server.
 fn edxapp_error(what: &str, source: mysql_async::Error) -> MigrateError {
     MigrateError::Query { backend: "edxapp", what: what.to_owned(), source }
@@ -212,6 +232,19 @@ fn edxapp_error(what: &str, source: mysql_async::Error) -> MigrateError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rename_not_seen_waiting_is_refused_if_killed_and_reported_done_if_it_went_through() {
+        let interrupted = || {
+            let message = "Query execution was interrupted".to_owned();
+            Err(mysql_async::Error::Server(mysql_async::ServerError { code: 1317, message, state: "70100".into() }))
+        };
+        // Before, the killed rename was the raw error, and one that went through was said to be left as it was.
+        assert!(matches!(swap_outcome(false, interrupted()), Err(MigrateError::Refused(m)) if m.contains("again")));
+        assert!(swap_outcome(false, Ok(())).is_ok(), "the old table was swapped");
+        assert!(swap_outcome(true, Ok(())).is_ok());
+        assert!(matches!(swap_outcome(true, interrupted()), Err(MigrateError::Query { .. })), "not ours: an error");
+    }
 
     #[test]
     fn the_swap_is_one_rename_and_putting_back_is_another() {
