@@ -127,3 +127,37 @@ async fn an_accounts_check_is_shared_by_its_connections_and_a_refusal_is_not_rem
     conn.query_drop(edxapp_insert(1, "granted")).await.unwrap();
     assert_eq!(site.extended_ids().await.len(), 5);
 }
+
+/// An account with every right on a database of its own, where it made a table named like the old table, and
+/// a connection through the proxy in that database: the unqualified name means its own table to the server,
+/// and the old table to the router, which does not follow the session's database.
+async fn account_with_a_table_of_the_same_name(site: &Site) -> Conn {
+    let scratch = format!("{}_scratch", site.dbs.edxapp_db);
+    let mut root = site.root().await;
+    root.query_drop(format!("CREATE DATABASE `{scratch}`")).await.unwrap();
+    root.query_drop(format!("CREATE TABLE `{scratch}`.`{OLD}` LIKE {}", site.old())).await.unwrap();
+    let eve = limited_account(site, "eve", &[&format!("ALL ON `{scratch}`.*")]).await;
+    let opts = mysql_async::OptsBuilder::from_opts(opts(site, &eve)).db_name(Some(scratch));
+    Conn::new(opts).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_table_named_like_the_old_one_in_another_database_grants_nothing_on_the_history() {
+    // Checked: before, the grant check prepared the client's text, which the server read as the account's own
+    // table, and the account read the learner's history from the extended table over the proxy's csmh login.
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    site.edxapp().await.query_drop(edxapp_insert(1, "learner state")).await.unwrap();
+    let mut eve = account_with_a_table_of_the_same_name(&site).await;
+    let (code, message) = server_error(count_extended(&mut eve).await);
+    assert_eq!(code, 1142, "{message}");
+    assert!(message.contains(&site.dbs.edxapp_db), "the old table's grants, not the account's table's: {message}");
+
+    let site = Site::two_servers(Stage::ExtendedTableReadingBoth.flags()).await;
+    site.edxapp().await.query_drop(edxapp_insert(1, "learner state")).await.unwrap();
+    let mut eve = account_with_a_table_of_the_same_name(&site).await;
+    let (code, message) = server_error(count_extended(&mut eve).await);
+    assert_eq!(code, 1142, "a merged read's old side is the old table: {message}");
+    let (code, message) = server_error(eve.query_drop(format!("DELETE FROM `{OLD}`")).await);
+    assert_eq!(code, 1142, "so is a write's: {message}");
+    assert_eq!(site.extended_ids().await.len(), 1, "nothing was deleted");
+}

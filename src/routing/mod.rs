@@ -74,6 +74,9 @@ pub struct Rewritten {
     pub inline: Vec<Inline>,
     /// The rights on the old table the client's statement needs, as it wrote it.
     pub rights: Rights,
+    /// The client's statement with the old table named with its schema: what its grants are checked with on
+    /// `edxapp`, so that they are the grants on the old table whatever database the session is in.
+    pub check: Vec<u8>,
 }
 
 /// The rights on the old table a statement needs: its verb's (REPLACE also DELETE's, `ON DUPLICATE KEY UPDATE`
@@ -495,7 +498,8 @@ impl Plan<'_, '_> {
         };
         let (sql, inline) = self.finish(splicer)?;
         let inserts = matches!(self.shape.write, Some(Write::Insert { .. }));
-        Ok(Route::Rewrite(Rewritten { sql, on: self.extended_server(), inserts, inline, rights: self.rights() }))
+        let (on, rights, check) = (self.extended_server(), self.rights(), self.tables_qualified().render_all()?);
+        Ok(Route::Rewrite(Rewritten { sql, on, inserts, inline, rights, check }))
     }
 
     /// The rights on the old table the statement needs: statements that need the same rights share the
@@ -555,7 +559,7 @@ impl Plan<'_, '_> {
         match &self.shape.write {
             Some(write @ Write::UpdateDelete { .. }) => {
                 let (extended, inline) = self.finish(self.extended_write(write)?)?;
-                let old = self.source.bytes().to_vec();
+                let old = self.tables_qualified().render_all()?;
                 Ok(Route::FanOut(FanOut::Writes { old, extended, inline, on: self.extended_server() }))
             }
             Some(Write::Insert { .. }) => Err(Unroutable::new("INSERT is never fanned out")),
@@ -602,8 +606,11 @@ impl Plan<'_, '_> {
         let alias = String::from_utf8_lossy(rewrite::read_alias(read, self.source, self.tokens)).into_owned();
         let clauses = plan.side_clauses(&format!("{alias}.`id`"));
         let condition = self.condition(read)?;
-        let as_written = self.source.bytes().get(self.source.offset(read.start)..self.source.offset(read.end));
-        let as_written = as_written.ok_or_else(|| Unroutable::new("cannot locate the history table"))?.to_vec();
+        let read_range = self.source.offset(read.start)..self.source.offset(read.end);
+        if read_range.end > self.source.bytes().len() || read_range.start > read_range.end {
+            return Err(Unroutable::new("cannot locate the history table"));
+        }
+        let as_written = self.tables_qualified().render(read_range)?;
         let mut old_text = self.qualifiers_renamed(|_| self.router.old.table().as_bytes().to_vec());
         if self.router.topology == Topology::OneServer {
             self.exclude_copies(&mut old_text, read, &alias, condition.as_ref());
@@ -737,6 +744,20 @@ impl Plan<'_, '_> {
         self.tokens.iter().any(|t| {
             matches!(t.token.token, Token::Placeholder(_)) && t.range.start >= range.start && t.range.end <= range.end
         })
+    }
+
+    /// The client's statement with every name of the old table as a table written with its schema. An
+    /// unqualified name is taken for the old table whatever database the session is in (the proxy does not
+    /// follow it); so what runs on `edxapp` in the client's name, and what its grants are checked with, must
+    /// mean that table too, never a table of that name in another database.
+    fn tables_qualified(&self) -> Splicer<'_> {
+        let mut splicer = Splicer::new(self.source.bytes());
+        for mention in self.mentions {
+            if let Mention::Table { range, .. } = mention {
+                splicer.replace(range.clone(), self.router.old.quoted());
+            }
+        }
+        splicer
     }
 
     /// A splicer that renames column qualifiers naming the old table: `rename(with_schema)` gives the new text.

@@ -97,7 +97,11 @@ fn texts(route: &mut Route) -> Option<Vec<TextSlot<'_>>> {
     Some(match route {
         Route::Passthrough | Route::Block(_) => Vec::new(),
         Route::Refuse(_) => return None,
-        Route::Rewrite(Rewritten { sql, inline, .. }) => holed(sql, inline),
+        Route::Rewrite(Rewritten { sql, inline, check, .. }) => {
+            let mut slots = holed(sql, inline);
+            slots.push(slot(check));
+            slots
+        }
         Route::FanOut(FanOut::Union(sql)) => vec![slot(sql)],
         Route::FanOut(FanOut::Writes { old, extended, inline, .. }) => {
             let mut slots = vec![slot(old)];
@@ -262,7 +266,8 @@ mod tests {
 
     fn rewrite(sql: Vec<u8>, at: usize, query: Vec<u8>) -> Route {
         let inline = vec![Inline { at, query }];
-        Route::Rewrite(Rewritten { sql, on: Server::Csmh, inserts: false, inline, rights: Rights::default() })
+        let check = Vec::new();
+        Route::Rewrite(Rewritten { sql, on: Server::Csmh, inserts: false, inline, rights: Rights::default(), check })
     }
 
     #[test]

@@ -214,7 +214,9 @@ fn update_and_delete_fan_out_while_the_old_table_is_in_use() {
     let Route::FanOut(FanOut::Writes { old, extended, .. }) = extended_only().route(EDXAPP_DELETE.as_bytes()) else {
         panic!()
     };
-    assert_eq!(text(&old), EDXAPP_DELETE);
+    // The old side names the old table with its schema: it is that table whatever the session's database.
+    let qualified = "DELETE FROM `edxapp`.`courseware_studentmodulehistory` WHERE";
+    assert_eq!(text(&old), EDXAPP_DELETE.replacen("DELETE FROM `courseware_studentmodulehistory` WHERE", qualified, 1));
     assert_eq!(
         text(&extended),
         format!(
@@ -347,7 +349,16 @@ fn on_two_servers_reading_both_tables_is_merged_with_each_side_sorted_by_id() {
     }
     let as_written = EDXAPP_READ.rsplit_once(" ORDER BY").unwrap().0;
     let old_words = old.split_whitespace().collect::<Vec<_>>().join(" ");
-    assert_eq!(old_words, format!("{as_written} ORDER BY 1 DESC"), "the text protocol's old side is the client's read");
+    let as_written = as_written.replacen(
+        "FROM `courseware_studentmodulehistory`",
+        "FROM `edxapp`.`courseware_studentmodulehistory`",
+        1,
+    );
+    assert_eq!(
+        old_words,
+        format!("{as_written} ORDER BY 1 DESC"),
+        "the text protocol's old side is the client's read, the old table named with its schema"
+    );
     assert!(widened.contains("CAST(`courseware_studentmodulehistory`.`id` AS UNSIGNED)"), "{widened}");
     assert!(widened.contains("WHERE (`courseware_studentmodulehistory`.`student_module_id` IN (42, 43))"), "{widened}");
     assert!(extended.contains(&format!("FROM {EXT} AS `courseware_studentmodulehistory`")), "{extended}");

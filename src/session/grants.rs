@@ -10,11 +10,11 @@ use std::time::Instant;
 
 use tracing::info;
 
+use super::Session;
 use super::error::SessionError;
-use super::{Request, Session};
 use crate::grant_cache::{GrantKey, Verdict};
 use crate::protocol::ProtocolError;
-use crate::protocol::command::{self, COM_STMT_CLOSE, COM_STMT_PREPARE};
+use crate::protocol::command::{COM_STMT_CLOSE, COM_STMT_PREPARE};
 use crate::protocol::errors::MysqlError;
 use crate::protocol::reply::Reply;
 use crate::protocol::response::Expect;
@@ -50,11 +50,12 @@ impl Grants {
 
 impl Session {
     /// Checks, unless it was allowed before in this session, that the client may run its statement (which
-    /// needs `rights` on the old table) on `edxapp`; the server's error when it may not.
+    /// needs `rights` on the old table) on `edxapp`, by preparing `check` there (the statement with the old table
+    /// named with its schema); the server's error when it may not.
     pub(super) async fn check_grants(
         &mut self,
-        request: &Request,
         rights: Rights,
+        check: &[u8],
     ) -> Result<Option<MysqlError>, SessionError> {
         let key = self.grants.key(rights);
         let shared = &self.shared.grants;
@@ -65,8 +66,7 @@ impl Session {
         if allowed {
             return Ok(None);
         }
-        let statement = command::body(&request.span.payload_in(&self.client.buf)).to_vec();
-        match self.edxapp.command(COM_STMT_PREPARE, &statement, Expect::Prepare).await? {
+        match self.edxapp.command(COM_STMT_PREPARE, check, Expect::Prepare).await? {
             Reply::Prepared(prepared) => {
                 self.edxapp.send(COM_STMT_CLOSE, &prepared.id.to_le_bytes()).await?;
                 match key {

@@ -21,9 +21,9 @@ use crate::topology::Server;
 impl Session {
     /// Carries out a rewrite: on `edxapp` in place of the client's statement, or on the `csmh` connection.
     pub(super) async fn rewrite(&mut self, request: &mut Request, rewritten: Rewritten) -> Result<Flow, SessionError> {
-        let Rewritten { sql, on, inserts, inline, rights } = rewritten;
+        let Rewritten { sql, on, inserts, inline, rights, check } = rewritten;
         if on == Server::Csmh {
-            if let Some(denied) = self.check_grants(request, rights).await? {
+            if let Some(denied) = self.check_grants(rights, &check).await? {
                 return self.answer_error(request, denied).await;
             }
         }
