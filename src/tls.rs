@@ -223,8 +223,10 @@ fn client_config(server: Server, mode: TlsMode, tls: &config::BackendTls) -> Res
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::new(key("mode"), e.to_string()))?;
+    // A `ca` given with `preferred` or `required` is checked too, as with `verify-ca`: an operator who names the
+    // authority expects it to be checked, and a certificate that does not chain to it fails the login.
     let verifier: Arc<dyn ServerCertVerifier> = match (mode, &tls.ca) {
-        (TlsMode::VerifyCa | TlsMode::VerifyIdentity, Some(ca)) => {
+        (_, Some(ca)) => {
             let mut roots = RootCertStore::empty();
             for certificate in certificates(&key("ca"), ca)? {
                 roots.add(certificate).map_err(|e| TlsError::new(key("ca"), format!("{}: {e}", ca.display())))?;
@@ -232,7 +234,7 @@ fn client_config(server: Server, mode: TlsMode, tls: &config::BackendTls) -> Res
             let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
                 .build()
                 .map_err(|e| TlsError::new(key("ca"), format!("{}: {e}", ca.display())))?;
-            if mode == TlsMode::VerifyCa { name_blind(Some(webpki)) } else { webpki }
+            if mode == TlsMode::VerifyIdentity { webpki } else { name_blind(Some(webpki)) }
         }
         (TlsMode::VerifyCa | TlsMode::VerifyIdentity, None) => {
             return Err(TlsError::new(key("ca"), "is needed to verify the server's certificate"));

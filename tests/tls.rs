@@ -254,6 +254,13 @@ async fn a_server_certificate_is_verified_as_the_mode_says() {
     let untrusted = login(TlsMode::VerifyCa, Some(other_ca.ca.clone())).await;
     assert!(clients::text(&untrusted.stderr).contains("ERROR 1429"), "verify-ca with another authority");
     support::cli_stdout(&login(TlsMode::Required, None).await);
+    // An authority given with `required` or `preferred` is checked too (checked: before, it was ignored and
+    // these logins succeeded).
+    for mode in [TlsMode::Required, TlsMode::Preferred] {
+        let untrusted = login(mode, Some(other_ca.ca.clone())).await;
+        assert!(clients::text(&untrusted.stderr).contains("ERROR 1429"), "{mode:?} with another authority");
+    }
+    support::cli_stdout(&login(TlsMode::Required, Some(pki.ca.clone())).await);
 }
 
 #[tokio::test(flavor = "multi_thread")]

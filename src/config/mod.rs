@@ -109,7 +109,7 @@ pub struct BackendTls {
     #[serde(default)]
     pub mode: TlsMode,
     /// PEM file of the certificate authorities the server's certificate must chain to (`verify-ca`,
-    /// `verify-identity`).
+    /// `verify-identity`; given with `preferred` or `required`, the chain is checked as with `verify-ca`).
     #[serde(default)]
     pub ca: Option<PathBuf>,
     /// PEM file of a client certificate the proxy shows the server (with `key`), for accounts that require one.

@@ -121,8 +121,9 @@ impl fmt::Display for Checks {
 /// data path applies them:
 ///
 /// - `disabled`: no TLS;
-/// - `preferred`, `required`: TLS, any certificate (`with_danger_accept_invalid_certs`); the commands' login
-///   falls back to plaintext under `preferred` when the server offers no TLS;
+/// - `preferred`, `required`: TLS, any certificate (`with_danger_accept_invalid_certs`), or with a `ca` given
+///   one that chains to it, as `verify-ca`; the commands' login falls back to plaintext under `preferred` when
+///   the server offers no TLS;
 /// - `verify-ca`: TLS, a certificate that chains to `ca` alone (built-in roots off), for any name
 ///   (`with_danger_skip_domain_validation`, which the login completes for mysql_async 0.37.1);
 /// - `verify-identity`: TLS, a certificate that chains to `ca` alone and is valid for `server_name`
@@ -145,8 +146,10 @@ pub fn ssl_opts(tls: &config::BackendTls, server_name: &str) -> Option<SslOpts> 
     match tls.mode {
         TlsMode::Disabled => None,
         // The built-in roots stay: mysql_async refuses to build a verifier without any, even one it never asks.
-        TlsMode::Preferred | TlsMode::Required => Some(base.with_danger_accept_invalid_certs(true)),
-        TlsMode::VerifyCa => Some(verified().with_danger_skip_domain_validation(true)),
+        TlsMode::Preferred | TlsMode::Required if tls.ca.is_none() => Some(base.with_danger_accept_invalid_certs(true)),
+        TlsMode::Preferred | TlsMode::Required | TlsMode::VerifyCa => {
+            Some(verified().with_danger_skip_domain_validation(true))
+        }
         TlsMode::VerifyIdentity => Some(verified()),
     }
 }
@@ -183,7 +186,8 @@ impl LoginTls {
 
     /// Logs in with `opts` (everything but TLS) as the mode says. A `preferred` login to a server that offers no
     /// TLS is retried in plaintext, as MySQL's clients do (mysql_async has no such mode: it refuses the server);
-    /// a `verify-ca` login refused on the certificate's name alone is retried with [`SKIPPED_NAME`].
+    /// a login that checks the chain alone (`verify-ca`, or `preferred`/`required` with a `ca`) refused on the
+    /// certificate's name alone is retried with [`SKIPPED_NAME`].
     pub(super) async fn connect(&self, opts: &Opts) -> Result<Conn, LoginError> {
         let Some(ssl) = &self.ssl else {
             return self.login(opts, None).await;
@@ -194,7 +198,9 @@ impl LoginTls {
         };
         match self.mode {
             TlsMode::Preferred if offers_no_tls(&error) => self.login(opts, None).await,
-            TlsMode::VerifyCa if name_mismatch(&error) => {
+            TlsMode::Preferred | TlsMode::Required | TlsMode::VerifyCa
+                if self.ca.is_some() && name_mismatch(&error) =>
+            {
                 self.login(opts, Some(ssl.clone().with_danger_tls_hostname_override(Some(SKIPPED_NAME)))).await
             }
             _ => Err(self.refusal(error)),
@@ -295,16 +301,17 @@ mod tests {
     fn each_mode_maps_to_what_it_checks() {
         assert_eq!(ssl_opts(&tls(TlsMode::Disabled), "db"), None);
         for mode in [TlsMode::Preferred, TlsMode::Required] {
-            let ssl = ssl_opts(&tls(mode), "db").unwrap();
+            let ssl = ssl_opts(&config::BackendTls { mode, ..Default::default() }, "db").unwrap();
             assert!(ssl.accept_invalid_certs(), "{mode:?}");
             assert!(ssl.root_certs().is_empty(), "{mode:?}");
         }
-        for mode in [TlsMode::VerifyCa, TlsMode::VerifyIdentity] {
+        // A `ca` given is checked in every mode with TLS (checked: before, `preferred` and `required` ignored it).
+        for mode in [TlsMode::Preferred, TlsMode::Required, TlsMode::VerifyCa, TlsMode::VerifyIdentity] {
             let ssl = ssl_opts(&tls(mode), "db").unwrap();
             assert!(!ssl.accept_invalid_certs(), "{mode:?}");
             assert!(ssl.disable_built_in_roots(), "only `ca` is trusted: {mode:?}");
             assert_eq!(ssl.root_certs(), [PathBuf::from("ca.pem").into()], "{mode:?}");
-            assert_eq!(ssl.skip_domain_validation(), mode == TlsMode::VerifyCa);
+            assert_eq!(ssl.skip_domain_validation(), mode != TlsMode::VerifyIdentity);
             assert_eq!(ssl.tls_hostname_override(), Some("db"), "{mode:?}");
         }
     }
