@@ -13,7 +13,12 @@
 //! needed, and never leaves the process.
 
 use aws_lc_rs::encoding::AsDer;
-use aws_lc_rs::rsa::{KeySize, OAEP_SHA1_MGF1SHA1, OaepPrivateDecryptingKey, PrivateDecryptingKey};
+use std::sync::Arc;
+
+use aws_lc_rs::rsa::{
+    KeySize, OAEP_SHA1_MGF1SHA1, OaepPrivateDecryptingKey, OaepPublicEncryptingKey, PrivateDecryptingKey,
+    PublicEncryptingKey,
+};
 use base64::Engine;
 use zeroize::Zeroizing;
 
@@ -76,6 +81,52 @@ impl AuthKey {
     }
 }
 
+/// A server's RSA public key, given to the proxy as a PEM file (`[backends.<name>.tls] server_public_key`): what
+/// the proxy encrypts its own password with when that server asks for it in full over a connection without TLS.
+/// A key the server sends is never used for that: on a path without TLS it could be anyone's.
+#[derive(Clone)]
+pub struct ServerPublicKey(Arc<OaepPublicEncryptingKey>);
+
+impl std::fmt::Debug for ServerPublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerPublicKey").field("bytes", &self.0.key_size_bytes()).finish()
+    }
+}
+
+impl ServerPublicKey {
+    /// Reads a PEM `PUBLIC KEY` (X.509 SubjectPublicKeyInfo, as MySQL writes `public_key.pem`) holding an RSA key.
+    pub fn from_pem(pem: &[u8]) -> Result<ServerPublicKey, String> {
+        let text = std::str::from_utf8(pem).map_err(|_| "not PEM text".to_owned())?;
+        let body = text
+            .split_once("-----BEGIN PUBLIC KEY-----")
+            .and_then(|(_, rest)| rest.split_once("-----END PUBLIC KEY-----"))
+            .map(|(body, _)| body)
+            .ok_or_else(|| "no PEM block \"PUBLIC KEY\"".to_owned())?;
+        let base64: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        let der = base64::engine::general_purpose::STANDARD.decode(base64).map_err(|e| format!("bad base64: {e}"))?;
+        let key = PublicEncryptingKey::from_der(&der).map_err(|e| format!("not an RSA public key: {e}"))?;
+        let key = OaepPublicEncryptingKey::new(key).map_err(|_| "not an RSA key for OAEP".to_owned())?;
+        Ok(ServerPublicKey(Arc::new(key)))
+    }
+
+    /// `password` (with its NUL) XORed with `scramble` and encrypted with the key (OAEP with SHA-1), as
+    /// caching_sha2_password's full authentication sends it without TLS.
+    pub fn encrypt_password(&self, password: &[u8], scramble: &[u8]) -> Result<Vec<u8>, UnencryptablePassword> {
+        let mut masked = Zeroizing::new(password.to_vec());
+        xor_with_scramble(&mut masked, scramble);
+        let mut out = vec![0; self.0.ciphertext_size()];
+        let len =
+            self.0.encrypt(&OAEP_SHA1_MGF1SHA1, &masked, &mut out, None).map_err(|_| UnencryptablePassword)?.len();
+        out.truncate(len);
+        Ok(out)
+    }
+}
+
+/// Why the proxy's password could not be encrypted with a server's key (too long for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the password is too long to encrypt with the server's RSA key")]
+pub struct UnencryptablePassword;
+
 /// XORs `bytes` (a password and its NUL) with `scramble`, repeated: what caching_sha2_password's RSA exchange
 /// encrypts, and what a decryption gives back.
 pub fn xor_with_scramble(bytes: &mut [u8], scramble: &[u8]) {
@@ -115,6 +166,17 @@ mod tests {
         let encrypted = client_sends(key.public_pem(), b"a password longer than the twenty-byte scramble", scramble);
         let plain = key.decrypt_password(&encrypted, scramble).unwrap();
         assert_eq!(plain.as_slice(), b"a password longer than the twenty-byte scramble\0");
+    }
+
+    #[test]
+    fn the_proxys_password_encrypted_with_a_servers_key_file_decrypts_with_its_private_key() {
+        let server = AuthKey::generate().unwrap();
+        let key = ServerPublicKey::from_pem(server.public_pem()).unwrap();
+        let scramble = b"0123456789abcdefghij";
+        let encrypted = key.encrypt_password(b"the proxy's password\0", scramble).unwrap();
+        assert_eq!(server.decrypt_password(&encrypted, scramble).unwrap().as_slice(), b"the proxy's password\0");
+        assert!(ServerPublicKey::from_pem(b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n").is_err());
+        assert!(ServerPublicKey::from_pem(b"not a key").is_err());
     }
 
     #[test]

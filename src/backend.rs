@@ -9,7 +9,9 @@ use mysql_common::io::ParseBuf;
 use mysql_common::packets::{AuthPlugin, AuthPluginData, AuthSwitchRequest, HandshakeResponse};
 use mysql_common::proto::MySerialize;
 use tokio::net::TcpStream;
+use zeroize::Zeroizing;
 
+use crate::auth_key::ServerPublicKey;
 use crate::protocol::ProtocolError;
 use crate::protocol::capabilities::{Negotiated, announces_mariadb};
 use crate::protocol::command::COM_QUERY;
@@ -125,6 +127,15 @@ pub enum LoginError {
     /// The TLS handshake with the server failed (its certificate did not verify, or the handshake broke).
     #[error("TLS handshake: {0}")]
     Tls(io::Error),
+    /// The server asked for the password in full over a connection without TLS, and the proxy has no key of
+    /// the server's to encrypt it with: a key the server sent could be an attacker's.
+    #[error(
+        "the server asks for the password in full (caching_sha2_password) over a connection without TLS: \
+         csmh-proxy sends it only inside TLS, or encrypted with the server's public key given in \
+         tls.server_public_key, never with a key the server sends, which anyone on the path could replace; use TLS \
+         to this server (tls.mode = \"required\" or stronger) or set tls.server_public_key"
+    )]
+    PasswordWithoutTls,
 }
 
 /// Logs in on a freshly connected server as `credentials`, asking for `capabilities` (usually
@@ -208,13 +219,19 @@ pub async fn login_over(
         seq = seq.wrapping_add(1);
     }
     send_raw(conn, seq, &payload).await?;
-    finish_auth(conn, credentials, &mut nonce).await?;
+    let server_key = tls.and_then(|tls| tls.settings.server_public_key());
+    finish_auth(conn, credentials, &mut nonce, server_key).await?;
     Ok(negotiated)
 }
 
 /// Answers auth switches and extra rounds until the server says OK or ERR; `nonce` is the scramble in force
-/// (an auth switch brings a new one).
-async fn finish_auth(conn: &mut Connection, credentials: &Credentials, nonce: &mut Vec<u8>) -> Result<(), LoginError> {
+/// (an auth switch brings a new one); `server_key` encrypts the password in a full authentication without TLS.
+async fn finish_auth(
+    conn: &mut Connection,
+    credentials: &Credentials,
+    nonce: &mut Vec<u8>,
+    server_key: Option<&ServerPublicKey>,
+) -> Result<(), LoginError> {
     loop {
         let (payload, seq) = read_packet(conn).await?;
         match AuthAnswer::classify(&payload) {
@@ -233,7 +250,7 @@ async fn finish_auth(conn: &mut Connection, credentials: &Credentials, nonce: &m
             }
             AuthAnswer::FastAuthOk => {}
             AuthAnswer::MoreData if payload[..] == packets::FULL_AUTH => {
-                full_authentication(conn, credentials, nonce, seq.wrapping_add(1)).await?;
+                full_authentication(conn, credentials, nonce, seq.wrapping_add(1), server_key).await?;
             }
             AuthAnswer::MoreData => {
                 return Err(LoginError::Protocol("unexpected authentication data"));
@@ -246,24 +263,23 @@ async fn finish_auth(conn: &mut Connection, credentials: &Credentials, nonce: &m
 }
 
 /// caching_sha2_password's full authentication, the server having asked for the password (packet `seq` is the
-/// proxy's): in cleartext over TLS; in plaintext encrypted with the server's RSA public key, asked for first.
+/// proxy's): in cleartext over TLS; in plaintext encrypted with the server's RSA public key the proxy was given
+/// (`server_key`), never with one the server sends; refused without.
 async fn full_authentication(
     conn: &mut Connection,
     credentials: &Credentials,
     nonce: &[u8],
     seq: u8,
+    server_key: Option<&ServerPublicKey>,
 ) -> Result<(), LoginError> {
-    let password: Vec<u8> = credentials.password.as_deref().unwrap_or("").bytes().chain([0]).collect();
+    let password: Zeroizing<Vec<u8>> =
+        Zeroizing::new(credentials.password.as_deref().unwrap_or("").bytes().chain([0]).collect());
     if conn.is_tls() {
         return send_raw(conn, seq, &password).await;
     }
-    send_raw(conn, seq, &packets::REQUEST_PUBLIC_KEY).await?;
-    let (key, seq) = read_packet(conn).await?;
-    let pem = key.strip_prefix(&[0x01]).ok_or(LoginError::Protocol("the server's public key"))?;
-    let mut masked = password;
-    crate::auth_key::xor_with_scramble(&mut masked, nonce);
-    let encrypted = mysql_common::crypto::encrypt(&masked, pem);
-    send_raw(conn, seq.wrapping_add(1), &encrypted).await
+    let key = server_key.ok_or(LoginError::PasswordWithoutTls)?;
+    let encrypted = key.encrypt_password(&password, nonce).map_err(|_| LoginError::Protocol("password too long"))?;
+    send_raw(conn, seq, &encrypted).await
 }
 
 /// Computes the auth response for `plugin`, refusing methods the proxy does not implement.

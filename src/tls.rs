@@ -18,6 +18,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use crate::auth_key::ServerPublicKey;
 use crate::config::{self, Config, TlsMode};
 use crate::topology::Server;
 
@@ -123,6 +124,8 @@ pub struct BackendTls {
     connector: Option<TlsConnector>,
     /// The name sent in the handshake and, with `verify-identity`, checked against the certificate.
     server_name: ServerName<'static>,
+    /// The server's RSA public key, for the proxy's own password without TLS (`server_public_key`).
+    server_public_key: Option<ServerPublicKey>,
 }
 
 /// Whether one backend connection runs in plaintext or inside TLS.
@@ -170,7 +173,17 @@ impl BackendTls {
             TlsMode::Disabled => None,
             mode => Some(TlsConnector::from(Arc::new(client_config(server, mode, tls)?))),
         };
-        Ok(BackendTls { server, mode: tls.mode, connector, server_name })
+        let server_public_key = match &tls.server_public_key {
+            Some(path) => Some(public_key(&key("server_public_key"), path)?),
+            None => None,
+        };
+        Ok(BackendTls { server, mode: tls.mode, connector, server_name, server_public_key })
+    }
+
+    /// The server's RSA public key the proxy was given, if any: what its own password is encrypted with when the
+    /// server asks for it in full without TLS.
+    pub fn server_public_key(&self) -> Option<&ServerPublicKey> {
+        self.server_public_key.as_ref()
     }
 
     /// The mode in force.
@@ -273,6 +286,12 @@ fn certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, 
     Ok(chain)
 }
 
+/// Reads a PEM file holding a server's RSA public key.
+fn public_key(key: &str, path: &Path) -> Result<ServerPublicKey, TlsError> {
+    let pem = std::fs::read(path).map_err(|e| TlsError::new(key, format!("cannot read {}: {e}", path.display())))?;
+    ServerPublicKey::from_pem(&pem).map_err(|e| TlsError::new(key, format!("{}: {e}", path.display())))
+}
+
 /// Reads a PEM file holding a private key. The key's bytes never appear in an error.
 fn private_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path)
@@ -338,7 +357,8 @@ mod tests {
         let connector = (mode != TlsMode::Disabled).then(|| {
             TlsConnector::from(Arc::new(client_config(Server::Edxapp, TlsMode::Required, &Default::default()).unwrap()))
         });
-        BackendTls { server: Server::Edxapp, mode, connector, server_name: ServerName::try_from("db").unwrap() }
+        let server_name = ServerName::try_from("db").unwrap();
+        BackendTls { server: Server::Edxapp, mode, connector, server_name, server_public_key: None }
     }
 
     fn tls(leg: Result<Leg<'_>, LegRefusal>) -> Result<bool, LegRefusal> {

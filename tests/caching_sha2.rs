@@ -799,3 +799,44 @@ async fn change_user_to_caching_sha2_after_a_native_login_carries_the_full_authe
         [native_login, full_login(0, Start::ChangeUser, USER, PASSWORD, AuthPath::FullCleartext)]
     );
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// The proxy's own logins (to a separate `csmh` server, and the shadow worker's)
+
+/// The proxy's own login to a server without TLS that asks for the password in full: refused without the
+/// server's key, which a man in the middle could otherwise have swapped for his own (before, the proxy asked
+/// the server for its key and sent the password encrypted with whatever came back); with the key given as a
+/// file, the password is encrypted with it, no key asked for.
+#[tokio::test]
+async fn the_proxys_own_login_sends_its_password_only_inside_tls_or_with_the_key_it_was_given() {
+    use csmh_proxy::backend::{self, Credentials, LoginError, LoginTls};
+    use csmh_proxy::protocol::conn::Connection;
+    use csmh_proxy::topology::Server;
+
+    let server =
+        Mysql84::start(Options { accounts: vec![Account::caching_sha2(USER, PASSWORD)], ..Options::default() }).await;
+    let key_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(key_file.path(), server.public_key_pem()).unwrap();
+    let login = |key: Option<&Path>| {
+        let key = key.map(|path| format!("server_public_key = {:?}\n", path.display().to_string()));
+        let toml = format!("address = \"{}\"\n[tls]\nmode = \"preferred\"\n{}", server.addr(), key.unwrap_or_default());
+        let backend: csmh_proxy::config::Backend = toml::from_str(&toml).unwrap();
+        let addr = server.addr();
+        async move {
+            let settings = csmh_proxy::tls::BackendTls::load(Server::Csmh, &backend).unwrap();
+            let credentials =
+                Credentials { user: USER.to_owned(), password: Some(PASSWORD.to_owned()), database: None };
+            let mut conn = Connection::new(TcpStream::connect(addr).await.unwrap());
+            let tls = LoginTls { settings: &settings, client_tls: false };
+            backend::login_over(&mut conn, &credentials, backend::LOGIN_CAPABILITIES, Default::default(), Some(tls))
+                .await
+        }
+    };
+    let refused = login(None).await;
+    assert!(matches!(refused, Err(LoginError::PasswordWithoutTls)), "{refused:?}");
+    login(Some(key_file.path())).await.expect("a login with the server's key");
+    let logins = server.logins();
+    assert_eq!(logins.len(), 1, "the refused login sent no password: {logins:?}");
+    assert_eq!(logins[0].path, AuthPath::FullRsa { key_requested: false });
+    assert_eq!((logins[0].password.as_deref(), logins[0].granted), (Some(PASSWORD), true));
+}

@@ -142,7 +142,7 @@ impl Found {
     }
 
     fn backend_tls(&mut self, prefix: &str, old: &BackendTls, new: &BackendTls) {
-        let BackendTls { mode, ca, certificate, key, server_name } = new;
+        let BackendTls { mode, ca, certificate, key, server_name, server_public_key } = new;
         self.shown(format!("{prefix}.mode"), old.mode.as_str(), mode.as_str());
         self.shown(format!("{prefix}.ca"), path_or_unset(old.ca.as_deref()), path_or_unset(ca.as_deref()));
         self.shown(
@@ -155,6 +155,11 @@ impl Found {
             format!("{prefix}.server_name"),
             or_unset(old.server_name.as_deref()),
             or_unset(server_name.as_deref()),
+        );
+        self.shown(
+            format!("{prefix}.server_public_key"),
+            path_or_unset(old.server_public_key.as_deref()),
+            path_or_unset(server_public_key.as_deref()),
         );
     }
 

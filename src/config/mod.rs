@@ -122,6 +122,12 @@ pub struct BackendTls {
     /// absent.
     #[serde(default)]
     pub server_name: Option<String>,
+    /// PEM file of the server's RSA public key (MySQL's `public_key.pem`): what the proxy's own login
+    /// encrypts its password with when the server asks for it in full (caching_sha2_password, its cache cold)
+    /// over a connection without TLS. Without it such a login is refused: the key the server would send could
+    /// be an attacker's on a path without TLS.
+    #[serde(default)]
+    pub server_public_key: Option<PathBuf>,
 }
 
 /// When a backend connection uses TLS: MySQL's `--ssl-mode` values.
@@ -498,7 +504,7 @@ impl Config {
         let listener = self.listen.tls.iter().flat_map(|tls| [tls.certificate.as_path(), tls.key.as_path()]);
         let backends = [&self.backends.edxapp.tls, &self.backends.csmh.tls]
             .into_iter()
-            .flat_map(|tls| [&tls.ca, &tls.certificate, &tls.key])
+            .flat_map(|tls| [&tls.ca, &tls.certificate, &tls.key, &tls.server_public_key])
             .filter_map(|path| path.as_deref());
         listener.chain(backends).collect()
     }
