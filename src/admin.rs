@@ -97,7 +97,47 @@ pub fn routes(shared: Arc<ProxyState>) -> Router {
         .route("/readyz", get(ready_endpoint))
         .route("/healthz", get(health_endpoint))
         .route("/config", get(config_endpoint))
-        .with_state(shared)
+        .with_state(AdminState { shared, health: Arc::default() })
+}
+
+/// What the admin endpoints read: the proxy's state, and `/healthz`'s last probes.
+#[derive(Clone)]
+struct AdminState {
+    shared: Arc<ProxyState>,
+    health: Arc<HealthProbes>,
+}
+
+impl axum::extract::FromRef<AdminState> for Arc<ProxyState> {
+    fn from_ref(state: &AdminState) -> Arc<ProxyState> {
+        Arc::clone(&state.shared)
+    }
+}
+
+/// How long `/healthz` answers with the probes it made last rather than probing again.
+const HEALTH_REUSE: Duration = Duration::from_secs(1);
+
+/// `/healthz`'s last probes: made at most once per [`HEALTH_REUSE`] for a configuration, however many requests
+/// come (those arriving during a probe wait for it). Each probe opens a TCP connection to both servers and closes
+/// it before their handshake, which a server counts as a connection error of the proxy's host: unbounded, a burst
+/// of requests to this unauthenticated endpoint could reach the servers' `max_connect_errors` and have the
+/// proxy's host blocked, and every client with it.
+#[derive(Default)]
+struct HealthProbes(tokio::sync::Mutex<Option<(tokio::time::Instant, u64, Health)>>);
+
+impl HealthProbes {
+    /// The health of the backends of the configuration in force, probed unless probed within [`HEALTH_REUSE`].
+    async fn check(&self, shared: &ProxyState) -> Health {
+        let mut last = self.0.lock().await;
+        let generation = shared.generation();
+        if let Some((at, probed_for, health)) = &*last {
+            if at.elapsed() < HEALTH_REUSE && *probed_for == generation {
+                return health.clone();
+            }
+        }
+        let health = check_health(&shared.snapshot()).await;
+        *last = Some((tokio::time::Instant::now(), generation, health.clone()));
+        health
+    }
 }
 
 /// The configuration's generation and reload counts, as the metrics show them.
@@ -118,7 +158,7 @@ async fn metrics_endpoint(State(shared): State<Arc<ProxyState>>) -> Response {
 }
 
 /// `/healthz`'s answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Health {
     /// Whether both backends accepted a connection.
     pub healthy: bool,
@@ -127,7 +167,7 @@ pub struct Health {
 }
 
 /// One value per backend.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Backends<T> {
     /// The `edxapp` backend.
     pub edxapp: T,
@@ -136,7 +176,7 @@ pub struct Backends<T> {
 }
 
 /// Whether one backend accepted a TCP connection.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Probe {
     /// The address probed.
     pub address: String,
@@ -165,9 +205,9 @@ async fn ready_endpoint(State(shared): State<Arc<ProxyState>>) -> (StatusCode, &
 }
 
 /// `GET /healthz`: 200 when both backends accept a TCP connection within [`HEALTH_TIMEOUT`], 503 otherwise; the
-/// JSON body says which.
-async fn health_endpoint(State(shared): State<Arc<ProxyState>>) -> (StatusCode, axum::Json<Health>) {
-    let health = check_health(&shared.snapshot()).await;
+/// JSON body says which. Probes are reused for a second ([`HealthProbes`]).
+async fn health_endpoint(State(state): State<AdminState>) -> (StatusCode, axum::Json<Health>) {
+    let health = state.health.check(&state.shared).await;
     let status = if health.healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(health))
 }

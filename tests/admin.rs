@@ -6,6 +6,8 @@
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use csmh_proxy::config::{Admin, Config, Preconnect};
@@ -219,6 +221,31 @@ async fn healthz_is_ok_with_both_backends_up_and_503_naming_the_one_down() {
     assert!(conn.query_drop(edxapp_read("1")).await.is_err(), "the extended table's server is down");
     assert_eventually(&down, "csmh_proxy_backend_connect_errors_total{backend=\"csmh\"}", 1).await;
     assert_eq!(Scrape::of(&down).await.value("csmh_proxy_backend_connect_errors_total{backend=\"edxapp\"}"), 0);
+}
+
+#[tokio::test]
+async fn a_burst_of_healthz_requests_probes_the_servers_once() {
+    // The probes go to a listener of the test's own, which counts the connections a server would (each closed
+    // before its handshake: a connect error of the proxy's host on a real server, counted to max_connect_errors).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counting = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counting.fetch_add(1, Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    let dbs = EdxDatabases::fresh().await;
+    let toml = ProxyToml { edxapp: backend, csmh: backend, ..dbs.proxy_toml(Flags::default()) };
+    let proxy = support::start_proxy(with_admin(toml.config().unwrap_or_else(|e| panic!("{e}")))).await;
+    let requests = (0..40).map(|_| get_json(admin(&proxy), "/healthz", 200));
+    let answers = futures_util::future::join_all(requests).await;
+    assert!(answers.iter().all(|health| health["healthy"] == true), "{answers:?}");
+    // Checked: before, each request probed both backends (80 connections).
+    let probes = accepted.load(Ordering::SeqCst);
+    assert!((2..=4).contains(&probes), "{probes} connections for 40 requests in a burst");
 }
 
 #[tokio::test]
