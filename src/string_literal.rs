@@ -7,8 +7,9 @@
 //!
 //! Escaping works byte by byte and keeps bytes that are not UTF-8 as they are. That is right for UTF-8, Latin-1
 //! and the other character sets whose multi-byte characters hold no ASCII byte; not for sjis, cp932, gbk, big5
-//! and gb18030, where a character's second byte can be a backslash or a quote (edxapp's connections are
-//! utf8mb4).
+//! and gb18030, where a character's second byte can be a backslash, so that an escape inserted after it would
+//! end the literal early: there a value that escaping could split ([`escaping_may_split`]) is written in hex
+//! with its character set's introducer ([`write_introduced_hex`]).
 
 /// How a session reads a backslash in a string literal, from its `sql_mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +65,34 @@ pub fn write_quoted(buf: &mut Vec<u8>, bytes: &[u8], escaping: Escaping) {
     buf.push(b'\'');
 }
 
+/// The character sets whose multi-byte characters can end in a backslash (or another ASCII byte), as MySQL and
+/// MariaDB name them: in these an escape inserted after such a byte is read as part of the character before.
+pub const SPLIT_BY_ESCAPES: [&str; 5] = ["big5", "cp932", "gb18030", "gbk", "sjis"];
+
+/// Whether escaping `bytes` could split a multi-byte character in one of [`SPLIT_BY_ESCAPES`]: they hold a quote
+/// or a backslash (which escaping precedes with a backslash) and bytes above 0x7F.
+pub fn escaping_may_split(bytes: &[u8]) -> bool {
+    bytes.iter().any(|byte| *byte > 0x7f) && bytes.iter().any(|byte| *byte == b'\\' || *byte == b'\'')
+}
+
+/// Appends `bytes` as a hexadecimal literal with the introducer of `charset` (`_gbk X'…'`): the same string as a
+/// quoted literal in that character set, with nothing to escape.
+pub fn write_introduced_hex(buf: &mut Vec<u8>, bytes: &[u8], charset: &str) {
+    buf.push(b'_');
+    buf.extend_from_slice(charset.as_bytes());
+    buf.push(b' ');
+    write_hex(buf, bytes);
+}
+
+/// Appends `bytes` as a hexadecimal literal, `X'…'`.
+fn write_hex(buf: &mut Vec<u8>, bytes: &[u8]) {
+    buf.extend_from_slice(b"X'");
+    for byte in bytes {
+        buf.extend_from_slice(format!("{byte:02X}").as_bytes());
+    }
+    buf.push(b'\'');
+}
+
 /// `bytes` as a literal every session reads as the same bytes, whatever its `sql_mode`: quoted with doubled
 /// quotes, or as a hexadecimal literal (a binary string) if it holds a backslash or is not UTF-8.
 pub fn any_mode_literal(bytes: &[u8]) -> String {
@@ -75,8 +104,9 @@ pub fn any_mode_literal(bytes: &[u8]) -> String {
             String::from_utf8(buf).expect("UTF-8 with ASCII quotes added")
         }
         _ => {
-            let hex: String = bytes.iter().map(|byte| format!("{byte:02X}")).collect();
-            format!("X'{hex}'")
+            let mut buf = Vec::with_capacity(bytes.len() * 2 + 3);
+            write_hex(&mut buf, bytes);
+            String::from_utf8(buf).expect("hexadecimal digits")
         }
     }
 }
@@ -96,6 +126,18 @@ mod tests {
         let bytes = b"it's \"a\\b\"\n\r\0\x1a\xff";
         assert_eq!(quoted(bytes, Escaping::Backslashes), b"'it\\'s \\\"a\\\\b\\\"\\n\\r\\0\\Z\xff'");
         assert_eq!(quoted(bytes, Escaping::DoubledQuotes), b"'it''s \"a\\b\"\n\r\0\x1a\xff'");
+    }
+
+    #[test]
+    fn what_escaping_could_split_is_written_in_hex_with_its_introducer() {
+        // In gbk, 0xBF 0x5C is one character: escaping doubles the 0x5C, and the server reads the second as
+        // escaping the quote after it.
+        assert!(escaping_may_split(b"\xbf\\' OR 1=1 -- "));
+        assert!(!escaping_may_split("caf\u{e9}".as_bytes()), "nothing to escape");
+        assert!(!escaping_may_split(b"it's"), "ASCII");
+        let mut buf = Vec::new();
+        write_introduced_hex(&mut buf, b"\xbf\\'", "gbk");
+        assert_eq!(buf, b"_gbk X'BF5C27'");
     }
 
     #[test]

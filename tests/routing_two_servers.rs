@@ -881,3 +881,21 @@ async fn statements_that_end_a_transaction_are_not_prepared_across_two_servers()
     let flags_off = Site::two_servers(Stage::OldTableOnly.flags()).await;
     flags_off.edxapp().await.exec_drop("COMMIT", ()).await.expect("with every flag off nothing reaches csmh");
 }
+
+#[tokio::test]
+async fn a_subquerys_value_cannot_end_its_literal_early_in_a_multi_byte_character_set() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop(edxapp_insert(1, "one")).await.unwrap();
+    edxapp.query_drop(edxapp_insert(2, "two")).await.unwrap();
+    edxapp.query_drop("SET NAMES gbk").await.unwrap();
+    // 0xBF 0x5C is one gbk character; byte by byte, its 0x5C and the quote after it were escaped as 0x5C 0x5C
+    // 0x5C 0x27, which gbk reads as that character, an escaped backslash, and a quote ending the literal, so that
+    // ` OR 1=1 -- ` was SQL on the csmh server (checked: before, both rows came back).
+    let injected = format!(
+        "SELECT `{OLD}`.`id` FROM `{OLD}` WHERE `{OLD}`.`state` IN \
+         (SELECT CONVERT(0xBF5C27204F5220313D31202D2D20 USING gbk))"
+    );
+    let ids: Vec<u64> = edxapp.query(&injected).await.unwrap();
+    assert!(ids.is_empty(), "the value is one string, which no state equals: {ids:?}");
+}

@@ -7,7 +7,7 @@ use super::error::SessionError;
 use crate::protocol::errors::MysqlError;
 use crate::protocol::reply::{Reply, Rows};
 use crate::routing::Inline;
-use crate::string_literal::{Escaping, write_quoted};
+use crate::string_literal::{Escaping, SPLIT_BY_ESCAPES, escaping_may_split, write_introduced_hex, write_quoted};
 
 /// The most values an `IN (SELECT ...)` subquery may return to be written into a statement for the `csmh` side.
 const MAX_INLINED: usize = 10_000;
@@ -38,7 +38,12 @@ impl Session {
             if rows.values.len() > MAX_INLINED {
                 return Ok(Err(too_large(format!("more than {MAX_INLINED} values"))));
             }
-            sql.splice(at..at, value_list(&rows, self.edxapp.escaping()));
+            let split_by_escapes = match string_values(&rows).any(escaping_may_split) {
+                true => self.charset_split_by_escapes().await?,
+                false => None,
+            };
+            let literals = Literals { escaping: self.edxapp.escaping(), split_by_escapes };
+            sql.splice(at..at, value_list(&rows, &literals));
         }
         Ok(Ok(sql))
     }
@@ -52,10 +57,38 @@ fn too_large(what: String) -> MysqlError {
     ))
 }
 
+impl Session {
+    /// The client's character set, read on its `edxapp` connection, if it is one of those whose characters
+    /// escaping could split ([`SPLIT_BY_ESCAPES`]).
+    async fn charset_split_by_escapes(&mut self) -> Result<Option<String>, SessionError> {
+        let Reply::Rows(rows) = self.edxapp.query(b"SELECT @@session.character_set_client").await? else {
+            return Ok(None);
+        };
+        let charset = rows.values.first().and_then(|row| row.first()).cloned().flatten().unwrap_or_default();
+        let charset = String::from_utf8_lossy(&charset).to_ascii_lowercase();
+        Ok(SPLIT_BY_ESCAPES.contains(&charset.as_str()).then_some(charset))
+    }
+}
+
+/// The string values of a one-column result (none if the column is a number).
+fn string_values(rows: &Rows) -> impl Iterator<Item = &[u8]> {
+    let numeric = rows.numeric.first().copied().unwrap_or(false);
+    rows.values.iter().filter(move |_| !numeric).filter_map(|row| row.first().and_then(Option::as_deref))
+}
+
+/// How string values are written into the statement.
+struct Literals {
+    /// As the client's `sql_mode` reads them.
+    escaping: Escaping,
+    /// The client's character set, when escaping could split its characters: values it could split are then
+    /// written in hex with the set's introducer.
+    split_by_escapes: Option<String>,
+}
+
 /// The values of a one-column result as a parenthesized SQL list: numbers as they are, anything else a string
-/// literal escaped as `escaping` says. An empty result becomes a subquery with no rows, so that `NOT IN` keeps
-/// its meaning.
-fn value_list(rows: &Rows, escaping: Escaping) -> Vec<u8> {
+/// literal as `literals` says. An empty result becomes a subquery with no rows, so that `NOT IN` keeps its
+/// meaning.
+fn value_list(rows: &Rows, literals: &Literals) -> Vec<u8> {
     if rows.values.is_empty() {
         return b"(SELECT NULL FROM DUAL WHERE FALSE)".to_vec();
     }
@@ -68,7 +101,10 @@ fn value_list(rows: &Rows, escaping: Escaping) -> Vec<u8> {
         match row.first().and_then(Option::as_deref) {
             None => list.extend_from_slice(b"NULL"),
             Some(number) if numeric => list.extend_from_slice(number),
-            Some(text) => write_quoted(&mut list, text, escaping),
+            Some(text) => match &literals.split_by_escapes {
+                Some(charset) if escaping_may_split(text) => write_introduced_hex(&mut list, text, charset),
+                _ => write_quoted(&mut list, text, literals.escaping),
+            },
         }
     }
     list.push(b')');
