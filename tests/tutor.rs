@@ -260,7 +260,19 @@ fn kubernetes_manifests_validate() {
     assert_eq!(pod["volumes"][0]["configMap"]["name"], "csmh-proxy-config");
     assert_eq!(pod["volumes"][1]["secret"]["secretName"], "csmh-proxy-tls");
 
+    // The MySQL passwords come from a Secret, never as plain values in the pods' manifests (they were before).
+    for manifest in ["k8s/deployments.yml", "k8s/jobs.yml", "plugins/csmh-proxy/k8s/migrate-job.yml"] {
+        let text = std::fs::read_to_string(tutor.env(manifest)).unwrap();
+        assert!(!text.contains(OPENEDX_PASSWORD), "{manifest} holds the password");
+    }
+    let password_env = container["env"].as_array().unwrap().iter().find(|e| e["name"] == "EDXAPP_DB_PASSWORD");
+    let reference = &password_env.expect("EDXAPP_DB_PASSWORD")["valueFrom"]["secretKeyRef"];
+    assert_eq!(reference, &serde_json::json!({"name": "csmh-proxy-passwords", "key": "edxapp"}));
+
     let services = tutor.yaml("k8s/services.yml");
+    let secret = named(&services, "Secret", "csmh-proxy-passwords");
+    assert_eq!(secret["stringData"]["edxapp"], OPENEDX_PASSWORD);
+    assert!(secret["stringData"]["csmh"].is_string(), "{secret}");
     assert_eq!(named(&services, "Service", "csmh-proxy")["spec"]["ports"][0]["port"], 3306);
     assert_eq!(named(&services, "Service", "csmh-proxy-admin")["spec"]["clusterIP"], "None");
     named(&tutor.yaml("k8s/jobs.yml"), "Job", "csmh-proxy-job");
