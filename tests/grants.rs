@@ -159,5 +159,10 @@ async fn a_table_named_like_the_old_one_in_another_database_grants_nothing_on_th
     assert_eq!(code, 1142, "a merged read's old side is the old table: {message}");
     let (code, message) = server_error(eve.query_drop(format!("DELETE FROM `{OLD}`")).await);
     assert_eq!(code, 1142, "so is a write's: {message}");
+    // Prepared too (checked: before, the prepared DELETE's old side was the client's text, its own table, and
+    // the extended table's rows went).
+    let (code, message) =
+        server_error(eve.exec_drop(format!("DELETE FROM `{OLD}` WHERE `{OLD}`.`id` > ?"), (0,)).await);
+    assert_eq!(code, 1142, "so is a prepared write's: {message}");
     assert_eq!(site.extended_ids().await.len(), 1, "nothing was deleted");
 }

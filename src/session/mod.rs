@@ -342,8 +342,8 @@ impl Session {
             Decision::Route(Route::FanOut(FanOut::Union(sql))) => self.union_read(request, &sql).await,
             Decision::Route(Route::FanOut(FanOut::Merge(read))) if prepare => self.prepare_merged(request, *read).await,
             Decision::Route(Route::FanOut(FanOut::Merge(read))) => self.merged_read(request, *read).await,
-            Decision::Route(Route::FanOut(FanOut::Writes { extended, inline, on, .. })) if prepare => {
-                self.prepare_writes(request, &extended, &inline, on).await
+            Decision::Route(Route::FanOut(FanOut::Writes { old, extended, inline, on })) if prepare => {
+                self.prepare_writes(request, &old, &extended, &inline, on).await
             }
             Decision::Route(Route::FanOut(FanOut::Writes { old, extended, inline, on })) => {
                 self.write_both(request, &old, &extended, &inline, on).await

@@ -25,11 +25,12 @@ use crate::topology::Server;
 
 impl Session {
     /// Prepares a fanned-out UPDATE/DELETE: the shadow on the extended table (on `on`) first (if it cannot be
-    /// prepared, the client's statement is not either), then the client's own statement, whose answer is
-    /// relayed.
+    /// prepared, the client's statement is not either), then `old`, the client's statement with the old table
+    /// named with its schema, whose answer is relayed.
     pub(super) async fn prepare_writes(
         &mut self,
         request: &mut Request,
+        old: &[u8],
         extended: &[u8],
         inline: &[Inline],
         on: Server,
@@ -38,7 +39,8 @@ impl Session {
             let reason = "a prepared UPDATE or DELETE with a subquery on edxapp tables while both tables are written";
             return self.refuse_unsupported(request, reason).await;
         }
-        self.prepare_pair(request, None, on, extended, Twin::Write).await
+        // The old side as the router wrote it, the old table named with its schema, in place of the client's text.
+        self.prepare_pair(request, Some(old), on, extended, Twin::Write).await
     }
 
     /// Prepares a read of both tables across two servers: the old side's widened statement on `edxapp` (the id
