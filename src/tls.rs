@@ -126,6 +126,9 @@ pub struct BackendTls {
     server_name: ServerName<'static>,
     /// The server's RSA public key, for the proxy's own password without TLS (`server_public_key`).
     server_public_key: Option<ServerPublicKey>,
+    /// A `ca` is given, so the certificate is checked, and `preferred` does not fall back to plaintext either
+    /// (a man in the middle could otherwise strip the server's offer of TLS and skip the check).
+    checks_chain: bool,
 }
 
 /// Whether one backend connection runs in plaintext or inside TLS.
@@ -146,6 +149,15 @@ pub enum LegRefusal {
         server: Server,
         /// Its mode, as written.
         mode: &'static str,
+    },
+    /// A `ca` asks for the server's certificate to be checked, and the server offers no TLS (`preferred`).
+    #[error(
+        "the {server} server does not offer TLS, and backends.{server}.tls.ca asks for its certificate to be \
+         checked; remove ca to let mode = \"preferred\" fall back to plaintext"
+    )]
+    CertificateToCheck {
+        /// The backend.
+        server: Server,
     },
     /// The client connected with TLS, and the backend connection would be plaintext.
     #[error(
@@ -177,7 +189,8 @@ impl BackendTls {
             Some(path) => Some(public_key(&key("server_public_key"), path)?),
             None => None,
         };
-        Ok(BackendTls { server, mode: tls.mode, connector, server_name, server_public_key })
+        let checks_chain = tls.ca.is_some() && tls.mode != TlsMode::Disabled;
+        Ok(BackendTls { server, mode: tls.mode, connector, server_name, server_public_key, checks_chain })
     }
 
     /// The server's RSA public key the proxy was given, if any: what its own password is encrypted with when the
@@ -211,6 +224,7 @@ impl BackendTls {
                 TlsMode::Preferred if client_tls => {
                     Err(LegRefusal::WouldDowngrade { server, reason: "the server does not offer TLS" })
                 }
+                TlsMode::Preferred if self.checks_chain => Err(LegRefusal::CertificateToCheck { server }),
                 TlsMode::Preferred => Ok(Leg::Plain),
                 mode => Err(LegRefusal::ServerWithoutTls { server, mode: mode.as_str() }),
             },
@@ -358,7 +372,14 @@ mod tests {
             TlsConnector::from(Arc::new(client_config(Server::Edxapp, TlsMode::Required, &Default::default()).unwrap()))
         });
         let server_name = ServerName::try_from("db").unwrap();
-        BackendTls { server: Server::Edxapp, mode, connector, server_name, server_public_key: None }
+        BackendTls {
+            server: Server::Edxapp,
+            mode,
+            connector,
+            server_name,
+            server_public_key: None,
+            checks_chain: false,
+        }
     }
 
     fn tls(leg: Result<Leg<'_>, LegRefusal>) -> Result<bool, LegRefusal> {

@@ -167,7 +167,9 @@ fn proxy_config(pki: &TestPki, server: SocketAddr, legs: Legs, preconnect: Preco
         let proxy = pki.localhost("proxy");
         config.listen.tls = Some(ListenTls { certificate: proxy.certificate, key: proxy.key, required: false });
     }
-    config.backends.edxapp.tls = BackendTls { mode: legs.mode, ca: Some(pki.ca.clone()), ..BackendTls::default() };
+    // The authority only for a server with TLS: with a `ca`, `preferred` does not fall back to plaintext.
+    let ca = legs.server_tls.then(|| pki.ca.clone());
+    config.backends.edxapp.tls = BackendTls { mode: legs.mode, ca, ..BackendTls::default() };
     config.backends.edxapp.preconnect = Some(preconnect);
     config
 }
@@ -839,4 +841,29 @@ async fn the_proxys_own_login_sends_its_password_only_inside_tls_or_with_the_key
     assert_eq!(logins.len(), 1, "the refused login sent no password: {logins:?}");
     assert_eq!(logins[0].path, AuthPath::FullRsa { key_requested: false });
     assert_eq!((logins[0].password.as_deref(), logins[0].granted), (Some(PASSWORD), true));
+}
+
+/// `preferred` with a `ca` does not fall back to plaintext on a server that offers no TLS: the operator asked
+/// for the certificate to be checked, and a man in the middle could strip the offer to skip the check (before,
+/// the login went on in plaintext).
+#[tokio::test]
+async fn preferred_with_a_ca_does_not_fall_back_to_plaintext() {
+    use csmh_proxy::backend::{self, Credentials, LoginError, LoginTls};
+    use csmh_proxy::protocol::conn::Connection;
+    use csmh_proxy::tls::LegRefusal;
+    use csmh_proxy::topology::Server;
+
+    let server =
+        Mysql84::start(Options { accounts: vec![Account::caching_sha2(USER, PASSWORD)], ..Options::default() }).await;
+    let pki = TestPki::new("an authority the server is not under");
+    let toml = format!("address = \"{}\"\n[tls]\nmode = \"preferred\"\nca = {:?}\n", server.addr(), pki.ca);
+    let backend: csmh_proxy::config::Backend = toml::from_str(&toml).unwrap();
+    let settings = csmh_proxy::tls::BackendTls::load(Server::Csmh, &backend).unwrap();
+    let credentials = Credentials { user: USER.to_owned(), password: Some(PASSWORD.to_owned()), database: None };
+    let mut conn = Connection::new(TcpStream::connect(server.addr()).await.unwrap());
+    let tls = LoginTls { settings: &settings, client_tls: false };
+    let login =
+        backend::login_over(&mut conn, &credentials, backend::LOGIN_CAPABILITIES, Default::default(), Some(tls)).await;
+    assert!(matches!(login, Err(LoginError::TlsRefused(LegRefusal::CertificateToCheck { .. }))), "{login:?}");
+    assert!(server.logins().is_empty(), "nothing was sent");
 }

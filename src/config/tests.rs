@@ -158,6 +158,9 @@ fn tls_settings_are_read_and_checked() {
         refused.to_string().contains("backends.edxapp.tls.mode") && refused.to_string().contains("`ca`"),
         "{refused}"
     );
+    let key = "\n[backends.edxapp.tls]\nserver_public_key = 'public_key.pem'\n";
+    let refused = Config::parse(&minimal_with(key)).unwrap_err();
+    assert!(refused.to_string().contains("backends.edxapp.tls.server_public_key"), "only csmh's: {refused}");
     let refused = Config::parse(&minimal_with("\n[backends.csmh.tls]\nmode = 'sometimes'\n")).unwrap_err();
     assert!(refused.to_string().contains("unknown variant"), "{refused}");
     let refused =

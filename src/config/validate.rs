@@ -196,6 +196,13 @@ fn check_backend_tls(problems: &mut Vec<Problem>, table: &str, backend: &Backend
         }
         _ => {}
     }
+    if table == "backends.edxapp" && tls.server_public_key.is_some() {
+        problems.push(Problem::new(
+            format!("{table}.tls.server_public_key"),
+            "is only used by the proxy's own login to a separate `csmh` server: clients log in to `edxapp` \
+             themselves",
+        ));
+    }
     if tls.mode == TlsMode::Disabled && (tls.ca.is_some() || tls.certificate.is_some()) {
         problems.push(Problem::new(
             format!("{table}.tls.mode"),

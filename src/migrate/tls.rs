@@ -197,7 +197,7 @@ impl LoginTls {
             Err(error) => error,
         };
         match self.mode {
-            TlsMode::Preferred if offers_no_tls(&error) => self.login(opts, None).await,
+            TlsMode::Preferred if offers_no_tls(&error) && self.ca.is_none() => self.login(opts, None).await,
             TlsMode::Preferred | TlsMode::Required | TlsMode::VerifyCa
                 if self.ca.is_some() && name_mismatch(&error) =>
             {

@@ -58,15 +58,25 @@ fn too_large(what: String) -> MysqlError {
 }
 
 impl Session {
-    /// The client's character set, read on its `edxapp` connection, if it is one of those whose characters
-    /// escaping could split ([`SPLIT_BY_ESCAPES`]).
+    /// When the character set the `csmh` server parses the client's statements in (`character_set_client`, which
+    /// that connection mirrors) is one whose characters escaping could split ([`SPLIT_BY_ESCAPES`]): the
+    /// character set the values are in, `character_set_results` (the client's own if that is unset), to name in
+    /// their introducer. Read on the client's `edxapp` connection.
     async fn charset_split_by_escapes(&mut self) -> Result<Option<String>, SessionError> {
-        let Reply::Rows(rows) = self.edxapp.query(b"SELECT @@session.character_set_client").await? else {
+        let sql = b"SELECT @@session.character_set_client, @@session.character_set_results";
+        let Reply::Rows(rows) = self.edxapp.query(sql).await? else {
             return Ok(None);
         };
-        let charset = rows.values.first().and_then(|row| row.first()).cloned().flatten().unwrap_or_default();
-        let charset = String::from_utf8_lossy(&charset).to_ascii_lowercase();
-        Ok(SPLIT_BY_ESCAPES.contains(&charset.as_str()).then_some(charset))
+        let row = rows.values.first();
+        let read = |at: usize| {
+            let value = row.and_then(|row| row.get(at)).cloned().flatten();
+            value.map(|name| String::from_utf8_lossy(&name).to_ascii_lowercase())
+        };
+        let client = read(0).unwrap_or_default();
+        if !SPLIT_BY_ESCAPES.contains(&client.as_str()) {
+            return Ok(None);
+        }
+        Ok(Some(read(1).unwrap_or(client)))
     }
 }
 
@@ -80,8 +90,8 @@ fn string_values(rows: &Rows) -> impl Iterator<Item = &[u8]> {
 struct Literals {
     /// As the client's `sql_mode` reads them.
     escaping: Escaping,
-    /// The client's character set, when escaping could split its characters: values it could split are then
-    /// written in hex with the set's introducer.
+    /// When escaping could split the characters of the set the `csmh` server parses in: the set the values are
+    /// in, whose introducer they are then written in hex with, if escaping could split them.
     split_by_escapes: Option<String>,
 }
 
