@@ -128,14 +128,14 @@ impl HealthProbes {
     /// The health of the backends of the configuration in force, probed unless probed within [`HEALTH_REUSE`].
     async fn check(&self, shared: &ProxyState) -> Health {
         let mut last = self.0.lock().await;
-        let generation = shared.generation();
+        let snapshot = shared.snapshot();
         if let Some((at, probed_for, health)) = &*last {
-            if at.elapsed() < HEALTH_REUSE && *probed_for == generation {
+            if at.elapsed() < HEALTH_REUSE && *probed_for == snapshot.generation {
                 return health.clone();
             }
         }
-        let health = check_health(&shared.snapshot()).await;
-        *last = Some((tokio::time::Instant::now(), generation, health.clone()));
+        let health = check_health(&snapshot).await;
+        *last = Some((tokio::time::Instant::now(), snapshot.generation, health.clone()));
         health
     }
 }
