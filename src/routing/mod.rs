@@ -607,9 +607,6 @@ impl Plan<'_, '_> {
         let clauses = plan.side_clauses(&format!("{alias}.`id`"));
         let condition = self.condition(read)?;
         let read_range = self.source.offset(read.start)..self.source.offset(read.end);
-        if read_range.end > self.source.bytes().len() || read_range.start > read_range.end {
-            return Err(Unroutable::new("cannot locate the history table"));
-        }
         let as_written = self.tables_qualified().render(read_range)?;
         let mut old_text = self.qualifiers_renamed(|_| self.router.old.table().as_bytes().to_vec());
         if self.router.topology == Topology::OneServer {

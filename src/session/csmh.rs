@@ -21,7 +21,7 @@ use crate::protocol::errors::{MysqlError, code, sqlstate};
 use crate::protocol::reply::Reply;
 use crate::protocol::response::Expect;
 use crate::resolver::Resolver;
-use crate::routing::source::{self, Source};
+use crate::routing::source::{self, Source, Tok};
 use crate::state::{ConfigSnapshot, ProxyState};
 use crate::string_literal::{self, Escaping};
 use crate::topology::Server;
@@ -666,21 +666,54 @@ fn literal(value: &Option<Vec<u8>>) -> String {
     }
 }
 
+/// The first words, besides [`IMPLICIT_COMMITS`], of the statements [`transaction_control`] recognises.
+const CONTROL_FIRST_WORDS: [&str; 13] = [
+    "ANALYZE",
+    "BEGIN",
+    "CALL",
+    "COMMIT",
+    "EXECUTE",
+    "LOAD",
+    "RELEASE",
+    "ROLLBACK",
+    "SAVEPOINT",
+    "SET",
+    "START",
+    "UNLOCK",
+    "XA",
+];
+
 /// Whether `statement`, run in a transaction, would end it or step in it as [`transaction_control`] sees it
 /// (with autocommit off, where implicit commits count): for statements to prepare, whose executions the `csmh`
-/// side cannot follow. A statement the tokenizer cannot read is not one: the server refuses it anyway.
+/// side cannot follow. A statement to prepare is one statement, so its first word rules out most without
+/// tokenizing; a statement the tokenizer cannot read is not one: the server refuses it anyway.
 pub fn controls_transactions(statement: &[u8], escaping: Escaping) -> bool {
-    Source::new(statement).tokens().is_ok() && transaction_control(statement, false, escaping).is_some()
+    if let Some(start) = first_keyword_start(statement) {
+        let word_len = statement[start..].iter().take_while(|b| b.is_ascii_alphabetic()).count();
+        let word = &statement[start..start + word_len];
+        let is = |known: &&str| word.eq_ignore_ascii_case(known.as_bytes());
+        if !CONTROL_FIRST_WORDS.iter().any(is) && !IMPLICIT_COMMITS.iter().any(is) {
+            return false;
+        }
+    }
+    let tokens = Source::new(statement).tokens();
+    tokens.is_ok_and(|tokens| control_of(&tokens, statement, false, escaping).is_some())
 }
 
 /// Recognises COMMIT, ROLLBACK and the savepoint statements (as Django and mysqlclient send them), the
 /// statements that commit before beginning a transaction, with autocommit off those that commit implicitly, and
 /// what the `csmh` side cannot follow: several statements in one query, XA, CALL, EXECUTE, compound statements.
 fn transaction_control(statement: &[u8], autocommit: bool, escaping: Escaping) -> Option<Control> {
-    let source = Source::new(statement);
-    let Ok(tokens) = source.tokens() else { return Some(Control::Unfollowable("a statement it cannot read")) };
+    match Source::new(statement).tokens() {
+        Ok(tokens) => control_of(&tokens, statement, autocommit, escaping),
+        Err(_) => Some(Control::Unfollowable("a statement it cannot read")),
+    }
+}
+
+/// [`transaction_control`] of a statement read as `tokens`.
+fn control_of(tokens: &[Tok], statement: &[u8], autocommit: bool, escaping: Escaping) -> Option<Control> {
     if escaping == Escaping::DoubledQuotes
-        && source::string_read_otherwise_without_backslash_escapes(&tokens, statement).is_some()
+        && source::string_read_otherwise_without_backslash_escapes(tokens, statement).is_some()
     {
         return Some(Control::Unfollowable("a statement with a string read otherwise under NO_BACKSLASH_ESCAPES"));
     }
@@ -688,7 +721,8 @@ fn transaction_control(statement: &[u8], autocommit: bool, escaping: Escaping) -
     if statements_end + 1 < tokens.len() {
         return Some(Control::Unfollowable("several statements in one query"));
     }
-    let words: Vec<String> = tokens.iter().filter_map(|t| t.word().map(str::to_ascii_uppercase)).collect();
+    // The first words decide (a savepoint's name is the fifth at most).
+    let words: Vec<String> = tokens.iter().filter_map(|t| t.word().map(str::to_ascii_uppercase)).take(5).collect();
     let raw_name = |i: usize| tokens.iter().filter_map(|t| t.word()).nth(i).map(str::to_owned);
     match words.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["COMMIT", ..] => Some(Control::Commit),
@@ -859,6 +893,16 @@ mod tests {
         ] {
             let control = transaction_control(sql, false, Escaping::Backslashes);
             assert_eq!(control, None, "{}: commits nothing", String::from_utf8_lossy(sql));
+        }
+        for (sql, prepared_controls) in [
+            (&b"/* x */ commit"[..], true),
+            (b"/*!40101 COMMIT */", true),
+            (b"Create table t (a INT)", true),
+            (b"SELECT 1", false),
+            (b"-- note\nUPDATE t SET a = 1", false),
+        ] {
+            let seen = controls_transactions(sql, Escaping::Backslashes);
+            assert_eq!(seen, prepared_controls, "{}", String::from_utf8_lossy(sql));
         }
         let commit = transaction_control(b"ANALYZE TABLE t", false, Escaping::Backslashes);
         assert_eq!(commit, Some(Control::Commit));

@@ -47,17 +47,7 @@ impl Session {
         }
         Ok(Ok(sql))
     }
-}
 
-/// The error for a subquery whose values are too many to write into a statement.
-fn too_large(what: String) -> MysqlError {
-    MysqlError::not_supported(format!(
-        "csmh-proxy does not support a subquery on edxapp tables returning {what} (its values are written into the \
-         statement for the extended table's server)"
-    ))
-}
-
-impl Session {
     /// When the character set the `csmh` server parses the client's statements in (`character_set_client`, which
     /// that connection mirrors) is one whose characters escaping could split ([`SPLIT_BY_ESCAPES`]): the
     /// character set the values are in, `character_set_results` (the client's own if that is unset), to name in
@@ -78,6 +68,14 @@ impl Session {
         }
         Ok(Some(read(1).unwrap_or(client)))
     }
+}
+
+/// The error for a subquery whose values are too many to write into a statement.
+fn too_large(what: String) -> MysqlError {
+    MysqlError::not_supported(format!(
+        "csmh-proxy does not support a subquery on edxapp tables returning {what} (its values are written into the \
+         statement for the extended table's server)"
+    ))
 }
 
 /// The string values of a one-column result (none if the column is a number).
