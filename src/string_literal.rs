@@ -35,6 +35,52 @@ impl Escaping {
     }
 }
 
+/// Whether the client's character set (`character_set_client`, which its statements are written in) is one of
+/// [`SPLIT_BY_ESCAPES`], whose characters can end in a backslash or a backquote: the server then reads such a
+/// byte as part of the character before, where the tokenizer (which reads UTF-8) reads an escape or a quote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCharset {
+    /// A character set whose multi-byte characters hold no ASCII byte (utf8mb4, latin1, ...); also what a
+    /// session assumes without asking for a statement no such character could be hidden in.
+    AsciiApart,
+    /// One of [`SPLIT_BY_ESCAPES`].
+    SplitByEscapes,
+}
+
+impl ClientCharset {
+    /// The kind of the character set MySQL names `name` (any case).
+    pub fn named(name: &str) -> ClientCharset {
+        match SPLIT_BY_ESCAPES.iter().any(|split| split.eq_ignore_ascii_case(name)) {
+            true => ClientCharset::SplitByEscapes,
+            false => ClientCharset::AsciiApart,
+        }
+    }
+}
+
+/// How the client's session reads the text of its statements, where that can differ from the tokenizer's
+/// reading (UTF-8, backslashes escaping): its `sql_mode`'s escaping and its character set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reading {
+    /// How it reads a backslash in a string.
+    pub escaping: Escaping,
+    /// Whether its characters can end in a backslash or a backquote.
+    pub charset: ClientCharset,
+}
+
+impl Reading {
+    /// The tokenizer's own reading: backslashes escaping, characters holding no ASCII byte.
+    pub const TOKENIZER: Reading = Reading { escaping: Escaping::Backslashes, charset: ClientCharset::AsciiApart };
+}
+
+/// Whether `bytes` hold a backslash or a backquote right after a byte above 0x7F, which a character of the sets
+/// [`SPLIT_BY_ESCAPES`] can end in: there the server reads neither an escape nor a quote, and a string or a quoted
+/// name ends elsewhere for it than for the tokenizer. The other ASCII bytes such a character can end in (letters,
+/// digits, `@[]^_{|}~`) open or close nothing: read as part of a character, they can only join what the tokenizer
+/// splits, never show the server a name the tokenizer saw inside a string or quotes.
+pub fn may_hide_quoting(bytes: &[u8]) -> bool {
+    bytes.windows(2).any(|pair| pair[0] > 0x7f && (pair[1] == b'\\' || pair[1] == b'`'))
+}
+
 /// Appends `bytes` as a string literal in single quotes, escaped as `escaping` says (with backslashes, as
 /// mysql_common's `Value::as_sql` writes them).
 pub fn write_quoted(buf: &mut Vec<u8>, bytes: &[u8], escaping: Escaping) {

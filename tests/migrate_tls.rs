@@ -131,3 +131,32 @@ async fn preferred_logs_in_without_tls_to_a_server_without_it_and_required_refus
         "{error}"
     );
 }
+
+/// An RSA public key, for `server_public_key` (the commands refuse it before any login).
+const PUBLIC_KEY: &str = "-----BEGIN PUBLIC KEY-----
+MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAs68OhfM+LFbmUGIHwGxn
+9TR+7a771ZKMrcZxwigbujzjPb+WT+aE9rOSEndvZlk7WYg/FKWzAMilL0/yqITz
+vkC+r9+DCqK/Ap/3oOHHZ9aQQZbcbWgWyFPP37CO3x8801cjdDimMCqDlYhrkyDi
+0Hs4aqd+TJxvrCiGEEO/oWnPRU4cEA6e/bF0Qdcj2SRxIQ2AKNaqvjyEArkkA7mE
+BTmVGrJchIEGUejGwlJ6bS+rvrWw7UvB49xgOKjtwBMcd7PvrViDo4950a4iLF1x
+7HhW6ZJUMiuDyw7anzrBZmyqBjQjvGPP/b80VjDnGyD2K722eBkOIWU0iZChjxHp
+MQIDAQAB
+-----END PUBLIC KEY-----
+";
+
+#[tokio::test]
+async fn with_a_server_public_key_the_commands_log_in_over_tls_only() {
+    // The proxy encrypts its own password with the key given; mysql_async would take whichever key the server
+    // sends, so the commands refuse to log in without TLS rather than ignore the key (checked: before, both
+    // logged in in plaintext).
+    let site = MigrationSite::new(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("server_public_key.pem");
+    std::fs::write(&key, PUBLIC_KEY).unwrap();
+    for (mode, remedy) in [("preferred", "the server offers no TLS"), ("disabled", "or stronger to run them")] {
+        let error = refused(&site, &tls("csmh", &[("mode", mode), ("server_public_key", path(&key))])).await;
+        assert!(error.contains("backends.csmh.tls.server_public_key is given"), "{error}");
+        assert!(error.contains(remedy), "{error}");
+    }
+    logs_in(&site, &tls("csmh", &[("mode", "preferred")])).await;
+}

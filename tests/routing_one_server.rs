@@ -363,3 +363,21 @@ async fn under_no_backslash_escapes_a_history_statement_the_router_would_misread
         edxapp.query(r"SELECT id FROM courseware_studentmodulehistory WHERE state <> 'a\b' OR id > 0").await.unwrap();
     assert!(ids.is_empty(), "{ids:?}");
 }
+
+#[tokio::test]
+async fn under_a_gbk_family_client_charset_a_history_statement_the_router_would_misread_is_refused() {
+    let site = Site::new(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    // `中` is E4 B8 AD in UTF-8, which gbk reads as E4 B8 and AD 5C: the backslash ends a character, the string
+    // ends at the quote after it, and the server reads the old table, which this stage no longer reads, where
+    // the tokenizer reads one string to the end (checked: before, the statement ran on the old table).
+    let hidden = "SELECT id, '中\\' FROM courseware_studentmodulehistory -- '";
+    edxapp.query_drop("SET NAMES gbk").await.unwrap();
+    let (code, message) = server_error(edxapp.query_drop(hidden).await);
+    assert_eq!(code, 1235, "{message}");
+    assert!(message.contains("character_set_client"), "{message}");
+    // In utf8mb4 the server reads it as the tokenizer does: one string, and no table to read `id` from.
+    edxapp.query_drop("SET NAMES utf8mb4").await.unwrap();
+    let (code, message) = server_error(edxapp.query_drop(hidden).await);
+    assert_eq!(code, 1054, "{message}");
+}

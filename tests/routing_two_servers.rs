@@ -817,6 +817,23 @@ async fn a_query_whose_end_of_the_transaction_the_csmh_side_cannot_follow_is_ref
 }
 
 #[tokio::test]
+async fn under_a_gbk_client_a_rollback_the_tokenizer_reads_in_a_string_is_refused_unrun() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop("SET NAMES gbk").await.unwrap();
+    edxapp.query_drop("BEGIN").await.unwrap();
+    edxapp.query_drop(edxapp_insert(4, "rolled back")).await.unwrap();
+    // gbk reads the last byte of `中` (E4 B8 AD in UTF-8) and the backslash as one character: the string ends at
+    // the quote after it and the server runs the ROLLBACK the tokenizer reads in the string. Its answer's status
+    // looks like a commit's, so the csmh side would commit the row (checked: before, it did).
+    let (code, message) = server_error(edxapp.query_drop("SELECT '中\\'; ROLLBACK; -- '").await);
+    assert_eq!(code, 1235, "{message}");
+    assert!(message.contains("COMMIT or ROLLBACK first"), "{message}");
+    edxapp.query_drop("ROLLBACK").await.unwrap();
+    assert!(extended_states(&site).await.is_empty(), "the client's ROLLBACK rolled the csmh side back");
+}
+
+#[tokio::test]
 async fn with_autocommit_off_a_statement_that_commits_implicitly_commits_the_csmh_side() {
     let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
     let mut edxapp = site.edxapp().await;

@@ -26,6 +26,9 @@ pub(super) struct LoginTls {
     name_written: bool,
     /// `None` when the mode is `disabled`.
     ssl: Option<SslOpts>,
+    /// `server_public_key` is given: the proxy encrypts its password with that key without TLS, but the commands'
+    /// client library would take the key the server sends, so they log in over TLS only.
+    key_given: bool,
 }
 
 /// Why a command could not log in to a server.
@@ -83,6 +86,18 @@ pub enum LoginError {
         mode: &'static str,
         /// rustls's error.
         reason: rustls::Error,
+    },
+    /// `server_public_key` is given, and the login would be without TLS.
+    #[error(
+        "backends.{section}.tls.server_public_key is given, which the migration commands cannot use (their MySQL \
+         client would encrypt the password with the key the server sends, which anyone on the path could \
+         replace): they log in to this server over TLS only; {remedy}"
+    )]
+    KeyWithoutTls {
+        /// The `[backends]` section whose `tls` applies.
+        section: Server,
+        /// What to do, as the mode and the server stand.
+        remedy: &'static str,
     },
     /// Any other failure: the client library's or the server's error.
     #[error(transparent)]
@@ -181,15 +196,21 @@ impl LoginTls {
             ssl: ssl_opts(&backend.tls, &server_name),
             server_name,
             name_written: backend.tls.server_name.is_some(),
+            key_given: backend.tls.server_public_key.is_some(),
         })
     }
 
     /// Logs in with `opts` (everything but TLS) as the mode says. A `preferred` login to a server that offers no
-    /// TLS is retried in plaintext, as MySQL's clients do (mysql_async has no such mode: it refuses the server);
+    /// TLS is retried in plaintext, as MySQL's clients do (mysql_async has no such mode: it refuses the server),
+    /// unless a `ca` or a `server_public_key` is given;
     /// a login that checks the chain alone (`verify-ca`, or `preferred`/`required` with a `ca`) refused on the
     /// certificate's name alone is retried with [`SKIPPED_NAME`].
     pub(super) async fn connect(&self, opts: &Opts) -> Result<Conn, LoginError> {
         let Some(ssl) = &self.ssl else {
+            if self.key_given {
+                let remedy = "set its tls.mode to \"required\" or stronger to run them";
+                return Err(LoginError::KeyWithoutTls { section: self.section, remedy });
+            }
             return self.login(opts, None).await;
         };
         let error = match Conn::new(with_tls(opts, Some(ssl.clone()))).await {
@@ -197,6 +218,10 @@ impl LoginTls {
             Err(error) => error,
         };
         match self.mode {
+            TlsMode::Preferred if offers_no_tls(&error) && self.key_given => {
+                let remedy = "the server offers no TLS";
+                Err(LoginError::KeyWithoutTls { section: self.section, remedy })
+            }
             TlsMode::Preferred if offers_no_tls(&error) && self.ca.is_none() => self.login(opts, None).await,
             TlsMode::Preferred | TlsMode::Required | TlsMode::VerifyCa
                 if self.ca.is_some() && name_mismatch(&error) =>

@@ -29,7 +29,7 @@ pub use prefilter::Prefilter;
 use crate::history::{RoutingTable, StatementKind, TableName, Target};
 use crate::merge::{MergePlan, SideClauses, TableColumns};
 use crate::protocol::errors::{MysqlError, code, sqlstate};
-use crate::string_literal::Escaping;
+use crate::string_literal::{self, ClientCharset, Escaping, Reading};
 use crate::topology::{Server, Topology};
 use classify::{Read, Shape, Unroutable, Write};
 use rewrite::Splicer;
@@ -266,24 +266,50 @@ impl Router {
         &self.cache
     }
 
-    /// [`Router::classify_reporting`] for a session that reads string literals as `escaping` says. Under
-    /// `NO_BACKSLASH_ESCAPES` a statement naming the history table with a string the tokenizer reads otherwise
-    /// (a backslash before its closing quote) is refused unparsed: routed by the tokenizer's reading, its rewrite
-    /// could splice into what the server reads as SQL, or miss a mention of the history table there.
-    pub fn classify_for(&self, sql: &[u8], form: Form, escaping: Escaping) -> (Classified, Option<CacheOutcome>) {
-        let strings_may_differ = escaping == Escaping::DoubledQuotes && sql.contains(&b'\\');
-        if strings_may_differ && self.prefilter.matches(sql) && !self.is_passthrough() && sql.len() <= self.parse_limit
-        {
-            if let Some(refusal) = self.refuse_strings_read_otherwise(sql) {
+    /// [`Router::classify_reporting`] for a session that reads statements as `reading` says. A statement naming
+    /// the history table that the session may read otherwise than the tokenizer is refused unparsed: routed by
+    /// the tokenizer's reading, its rewrite could splice into what the server reads as SQL, or miss a mention of
+    /// the history table there. That is a string with a backslash before its closing quote under
+    /// `NO_BACKSLASH_ESCAPES`, and a backslash or backquote that may end a character of a client character set
+    /// of [`SPLIT_BY_ESCAPES`](crate::string_literal::SPLIT_BY_ESCAPES).
+    pub fn classify_for(&self, sql: &[u8], form: Form, reading: Reading) -> (Classified, Option<CacheOutcome>) {
+        let strings_may_differ = reading.escaping == Escaping::DoubledQuotes && sql.contains(&b'\\');
+        let charset_may_differ = reading.charset == ClientCharset::SplitByEscapes;
+        if (strings_may_differ || charset_may_differ) && self.parses(sql) {
+            if let Some(refusal) = self.refuse_read_otherwise(sql, reading) {
                 return (Classified::Named(Route::Refuse(refusal)), Some(CacheOutcome::Skipped));
             }
         }
         self.classify_reporting(sql, form)
     }
 
-    /// The refusal of `sql` if a session with `NO_BACKSLASH_ESCAPES` reads one of its strings otherwise than
-    /// the tokenizer (a statement the tokenizer cannot read at all is refused by the route).
-    fn refuse_strings_read_otherwise(&self, sql: &[u8]) -> Option<Refusal> {
+    /// Whether the session must read its client's character set (`character_set_client`) for
+    /// [`Router::classify_for`] to classify `sql`: the statement is one the router parses, and it holds a byte
+    /// that a character of a set of [`SPLIT_BY_ESCAPES`](crate::string_literal::SPLIT_BY_ESCAPES) could take
+    /// from the tokenizer's reading. Rare: edxapp's statements are ASCII but for values.
+    pub fn needs_client_charset(&self, sql: &[u8]) -> bool {
+        self.parses(sql) && string_literal::may_hide_quoting(sql)
+    }
+
+    /// Whether `sql` is a statement the router tokenizes: one that may name the history table, with flags that
+    /// route something, and not longer than the parse limit.
+    fn parses(&self, sql: &[u8]) -> bool {
+        !self.is_passthrough() && self.prefilter.matches(sql) && sql.len() <= self.parse_limit
+    }
+
+    /// The refusal of `sql` if a session reading statements as `reading` says reads it otherwise than the
+    /// tokenizer (a statement the tokenizer cannot read at all is refused by the route).
+    fn refuse_read_otherwise(&self, sql: &[u8], reading: Reading) -> Option<Refusal> {
+        if reading.charset == ClientCharset::SplitByEscapes && string_literal::may_hide_quoting(sql) {
+            return Some(self.refusal(Unroutable::new(
+                "a backslash or backquote after a byte above 0x7F may end a multi-byte character of the session's \
+                 character set (character_set_client is one of big5, cp932, gb18030, gbk, sjis), which the router \
+                 reads otherwise",
+            )));
+        }
+        if reading.escaping == Escaping::Backslashes {
+            return None;
+        }
         let source = Source::new(sql);
         let tokens = source.tokens().ok()?;
         source::string_read_otherwise_without_backslash_escapes(&tokens, sql)?;

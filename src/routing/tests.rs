@@ -426,9 +426,9 @@ fn under_no_backslash_escapes_a_string_read_otherwise_is_refused() {
     // string `'it\'`, then `FROM` the history table.
     let hidden = br"SELECT id, 'it\' FROM courseware_studentmodulehistory -- '";
     assert_eq!(router.route(hidden), Route::Passthrough);
-    let (read_as_default, _) = router.classify_for(hidden, Form::Query, Escaping::Backslashes);
+    let (read_as_default, _) = router.classify_for(hidden, Form::Query, Reading::TOKENIZER);
     assert_eq!(read_as_default.into_route(), Route::Passthrough);
-    let (refused, outcome) = router.classify_for(hidden, Form::Query, Escaping::DoubledQuotes);
+    let (refused, outcome) = router.classify_for(hidden, Form::Query, NO_BACKSLASH_ESCAPES);
     let Route::Refuse(refusal) = refused.into_route() else { panic!("refused") };
     assert!(refusal.error.message.contains("NO_BACKSLASH_ESCAPES"), "{}", refusal.error.message);
     assert_eq!(outcome, Some(CacheOutcome::Skipped));
@@ -439,9 +439,43 @@ fn under_no_backslash_escapes_a_string_read_otherwise_is_refused() {
         br"SELECT id FROM courseware_studentmodulehistory WHERE state = 'a\bc'",
         br"SELECT `a\b` FROM courseware_studentmodulehistory",
     ] {
-        let (classified, _) = router.classify_for(alike, Form::Query, Escaping::DoubledQuotes);
+        let (classified, _) = router.classify_for(alike, Form::Query, NO_BACKSLASH_ESCAPES);
         assert_eq!(classified.into_route(), router.route(alike), "{}", String::from_utf8_lossy(alike));
     }
+}
+
+/// A session with `NO_BACKSLASH_ESCAPES` and a character set whose characters hold no ASCII byte.
+const NO_BACKSLASH_ESCAPES: Reading = Reading { escaping: Escaping::DoubledQuotes, charset: ClientCharset::AsciiApart };
+
+#[test]
+fn under_a_gbk_family_client_charset_a_backslash_or_backquote_a_character_may_end_is_refused() {
+    let router = extended_only();
+    let gbk = Reading { charset: ClientCharset::SplitByEscapes, ..Reading::TOKENIZER };
+    // `中` is E4 B8 AD in UTF-8, which gbk reads as E4 B8 and AD 5C: the backslash ends a character, the string
+    // ends at the next quote, and the server reads `FROM` the history table that the tokenizer saw in a string.
+    let hidden = "SELECT id, '中\\' FROM courseware_studentmodulehistory -- '".as_bytes();
+    // Likewise AD 60: the backquote the tokenizer opens a name with is part of a character for the server.
+    let unquoted = "SELECT 中` FROM courseware_studentmodulehistory -- ` FROM t".as_bytes();
+    for statement in [hidden, unquoted] {
+        let shown = String::from_utf8_lossy(statement);
+        assert!(router.needs_client_charset(statement), "{shown}");
+        assert_eq!(router.classify_for(statement, Form::Query, Reading::TOKENIZER).0.into_route(), Route::Passthrough);
+        let (refused, outcome) = router.classify_for(statement, Form::Query, gbk);
+        let Route::Refuse(refusal) = refused.into_route() else { panic!("refused: {shown}") };
+        assert!(refusal.error.message.contains("character_set_client"), "{}", refusal.error.message);
+        assert_eq!(outcome, Some(CacheOutcome::Skipped));
+    }
+    // Bytes above 0x7F before anything else are read alike, and need no character set read.
+    for alike in
+        ["SELECT id FROM courseware_studentmodulehistory WHERE state = '中 \\\\中' OR state = '中a'", "SELECT 1"]
+    {
+        let alike = alike.as_bytes();
+        assert!(!router.needs_client_charset(alike), "{}", String::from_utf8_lossy(alike));
+        let (classified, _) = router.classify_for(alike, Form::Query, gbk);
+        assert_eq!(classified.into_route(), router.route(alike), "{}", String::from_utf8_lossy(alike));
+    }
+    // Statements the router does not parse need none either.
+    assert!(!router.needs_client_charset("SELECT '中\\' FROM auth_user".as_bytes()));
 }
 
 #[test]

@@ -23,7 +23,7 @@ use crate::protocol::response::Expect;
 use crate::resolver::Resolver;
 use crate::routing::source::{self, Source, Tok};
 use crate::state::{ConfigSnapshot, ProxyState};
-use crate::string_literal::{self, Escaping};
+use crate::string_literal::{self, ClientCharset, Escaping};
 use crate::topology::Server;
 
 /// The statement that reads the client session's settings that change what statements return, from its `edxapp`
@@ -425,9 +425,16 @@ impl CsmhLink {
     ) -> Result<Option<MysqlError>, SessionError> {
         let Some(csmh) = &mut self.open else { return Ok(None) };
         let Some(savepoints) = csmh.transaction.clone() else { return Ok(None) };
-        let control = match statement.len() <= parse_limit {
-            true => transaction_control(statement, edxapp.autocommit(), edxapp.escaping()),
-            false => Some(Control::Unfollowable("a statement longer than listen.max_parsed_statement_bytes")),
+        let control = if statement.len() > parse_limit {
+            Some(Control::Unfollowable("a statement longer than listen.max_parsed_statement_bytes"))
+        } else if string_literal::may_hide_quoting(statement)
+            && edxapp.charsets().await?.client_kind() == ClientCharset::SplitByEscapes
+        {
+            Some(Control::Unfollowable(
+                "a statement with a backslash or backquote that may end a character of the session's character set",
+            ))
+        } else {
+            transaction_control(statement, edxapp.autocommit(), edxapp.escaping())
         };
         let Some(control) = control else { return Ok(None) };
         let outcome = match &control {

@@ -12,7 +12,23 @@ use crate::protocol::conn::Connection;
 use crate::protocol::errors::code::ER_LOCK_DEADLOCK;
 use crate::protocol::reply::Reply;
 use crate::protocol::response::{Expect, ResponseScanner};
-use crate::string_literal::Escaping;
+use crate::string_literal::{ClientCharset, Escaping};
+
+/// The character sets of a client's session, lowercase, as MySQL names them.
+#[derive(Debug, Default)]
+pub(super) struct Charsets {
+    /// `character_set_client`: the set its statements are written in.
+    pub client: String,
+    /// `character_set_results`: the set values are sent to it in (the client's own if that is unset).
+    pub results: String,
+}
+
+impl Charsets {
+    /// How the statements' character set reads the ASCII bytes in them.
+    pub fn client_kind(&self) -> ClientCharset {
+        ClientCharset::named(&self.client)
+    }
+}
 
 /// The `edxapp` connection of one session.
 pub(super) struct Edxapp {
@@ -113,6 +129,22 @@ impl Edxapp {
     /// OK and EOF status reports (as client libraries read it to escape strings).
     pub fn escaping(&self) -> Escaping {
         Escaping::with_no_backslash_escapes(self.status.contains(StatusFlags::SERVER_STATUS_NO_BACKSLASH_ESCAPES))
+    }
+
+    /// The character sets of the client's session, read on its connection.
+    pub async fn charsets(&mut self) -> Result<Charsets, SessionError> {
+        let sql = b"SELECT @@session.character_set_client, @@session.character_set_results";
+        let Reply::Rows(rows) = self.query(sql).await? else {
+            return Ok(Charsets::default());
+        };
+        let row = rows.values.first();
+        let read = |at: usize| {
+            let value = row.and_then(|row| row.get(at)).cloned().flatten();
+            value.map(|name| String::from_utf8_lossy(&name).to_ascii_lowercase())
+        };
+        let client = read(0).unwrap_or_default();
+        let results = read(1).unwrap_or_else(|| client.clone());
+        Ok(Charsets { client, results })
     }
 
     /// Sends one command of the proxy's own and reads its whole (small) answer, of shape `expect`.

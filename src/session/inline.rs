@@ -7,7 +7,7 @@ use super::error::SessionError;
 use crate::protocol::errors::MysqlError;
 use crate::protocol::reply::{Reply, Rows};
 use crate::routing::Inline;
-use crate::string_literal::{Escaping, SPLIT_BY_ESCAPES, escaping_may_split, write_introduced_hex, write_quoted};
+use crate::string_literal::{ClientCharset, Escaping, escaping_may_split, write_introduced_hex, write_quoted};
 
 /// The most values an `IN (SELECT ...)` subquery may return to be written into a statement for the `csmh` side.
 const MAX_INLINED: usize = 10_000;
@@ -49,24 +49,12 @@ impl Session {
     }
 
     /// When the character set the `csmh` server parses the client's statements in (`character_set_client`, which
-    /// that connection mirrors) is one whose characters escaping could split ([`SPLIT_BY_ESCAPES`]): the
-    /// character set the values are in, `character_set_results` (the client's own if that is unset), to name in
-    /// their introducer. Read on the client's `edxapp` connection.
+    /// that connection mirrors) is one whose characters escaping could split
+    /// ([`SPLIT_BY_ESCAPES`](crate::string_literal::SPLIT_BY_ESCAPES)): the character set the values are in,
+    /// `character_set_results`, to name in their introducer. Read on the client's `edxapp` connection.
     async fn charset_split_by_escapes(&mut self) -> Result<Option<String>, SessionError> {
-        let sql = b"SELECT @@session.character_set_client, @@session.character_set_results";
-        let Reply::Rows(rows) = self.edxapp.query(sql).await? else {
-            return Ok(None);
-        };
-        let row = rows.values.first();
-        let read = |at: usize| {
-            let value = row.and_then(|row| row.get(at)).cloned().flatten();
-            value.map(|name| String::from_utf8_lossy(&name).to_ascii_lowercase())
-        };
-        let client = read(0).unwrap_or_default();
-        if !SPLIT_BY_ESCAPES.contains(&client.as_str()) {
-            return Ok(None);
-        }
-        Ok(Some(read(1).unwrap_or(client)))
+        let charsets = self.edxapp.charsets().await?;
+        Ok((charsets.client_kind() == ClientCharset::SplitByEscapes).then_some(charsets.results))
     }
 }
 

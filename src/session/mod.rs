@@ -38,6 +38,7 @@ use crate::protocol::frame::PacketSpan;
 use crate::protocol::response::End;
 use crate::routing::{FanOut, Form, Route};
 use crate::state::ProxyState;
+use crate::string_literal::{ClientCharset, Reading};
 use crate::topology::{Server, Topology};
 
 mod answer;
@@ -230,16 +231,17 @@ impl Session {
         let arrived = Instant::now();
         let csmh_failures = self.csmh.failures();
         let decision = match self.transaction.take_rollback_error(request.command) {
-            Some(error) => Decision::Refuse(error),
-            None => self.decide(request),
+            Some(error) => Ok(Decision::Refuse(error)),
+            None => self.reading_of(request).await.map(|reading| self.decide(request, reading)),
         };
-        let result = match hangup {
-            Some(watch) => tokio::select! {
+        let result = match (decision, hangup) {
+            (Err(error), _) => Err(error),
+            (Ok(decision), Some(watch)) => tokio::select! {
                 biased;
                 result = self.carry_out(request, decision) => result,
                 () = watch.hung_up() => Err(SessionError::ClientHungUp),
             },
-            None => self.carry_out(request, decision).await,
+            (Ok(decision), None) => self.carry_out(request, decision).await,
         };
         let result = match result {
             Err(SessionError::Csmh(failure)) => self.contain_csmh_failure(request, failure).await,
@@ -286,8 +288,26 @@ impl Session {
         self.answer_error(request, error).await
     }
 
-    /// Decides what happens to `request`: the one place where a request's handling is chosen.
-    fn decide(&self, request: &mut Request) -> Decision {
+    /// How the client's session reads the statement of `request`, as far as routing it needs to know: the
+    /// client's character set is read on `edxapp` only for a statement holding bytes a character of some sets
+    /// could take from the tokenizer's reading
+    /// ([`Router::needs_client_charset`](crate::routing::Router::needs_client_charset)).
+    async fn reading_of(&mut self, request: &Request) -> Result<Reading, SessionError> {
+        let escaping = self.edxapp.escaping();
+        let needs_charset = matches!(request.command, Command::Query | Command::StmtPrepare) && {
+            let payload = request.span.payload_in(&self.client.buf);
+            request.snapshot.router.needs_client_charset(command::body(&payload))
+        };
+        let charset = match needs_charset {
+            true => self.edxapp.charsets().await?.client_kind(),
+            false => ClientCharset::AsciiApart,
+        };
+        Ok(Reading { escaping, charset })
+    }
+
+    /// Decides what happens to `request`, read as `reading` says: the one place where a request's handling is
+    /// chosen.
+    fn decide(&self, request: &mut Request, reading: Reading) -> Decision {
         let form = match request.command {
             Command::Query => Form::Query,
             Command::StmtPrepare => Form::Prepare,
@@ -299,8 +319,7 @@ impl Session {
             }
         };
         let payload = request.span.payload_in(&self.client.buf);
-        let escaping = self.edxapp.escaping();
-        let (classified, cache) = request.snapshot.router.classify_for(command::body(&payload), form, escaping);
+        let (classified, cache) = request.snapshot.router.classify_for(command::body(&payload), form, reading);
         if let Some(outcome) = cache {
             self.shared.metrics.route_cache(outcome);
         }
