@@ -380,4 +380,21 @@ async fn under_a_gbk_family_client_charset_a_history_statement_the_router_would_
     edxapp.query_drop("SET NAMES utf8mb4").await.unwrap();
     let (code, message) = server_error(edxapp.query_drop(hidden).await);
     assert_eq!(code, 1054, "{message}");
+    // Nor can a statement before it change the character set the check read (checked: before, it ran).
+    let (code, message) = server_error(edxapp.query_drop(format!("SET NAMES gbk; {hidden}")).await);
+    assert_eq!(code, 1235, "{message}");
+    assert!(message.contains("several statements"), "{message}");
+}
+
+#[tokio::test]
+async fn under_latin1_a_space_the_router_reads_as_a_letter_is_refused() {
+    let site = Site::new(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop("SET NAMES latin1").await.unwrap();
+    // latin1 reads 0xA0 as a space, so the server reads the old table, which this stage no longer reads; the
+    // tokenizer reads one word `FROM\u{a0}courseware_studentmodulehistory` (checked: before, it ran there).
+    let hidden: &[u8] = b"SELECT id FROM\xa0courseware_studentmodulehistory";
+    let (code, message) = server_error(edxapp.query_drop(hidden).await);
+    assert_eq!(code, 1235, "{message}");
+    assert!(message.contains("not UTF-8"), "{message}");
 }

@@ -303,8 +303,8 @@ impl Router {
         if reading.charset == ClientCharset::SplitByEscapes && string_literal::may_hide_quoting(sql) {
             return Some(self.refusal(Unroutable::new(
                 "a backslash or backquote after a byte above 0x7F may end a multi-byte character of the session's \
-                 character set (character_set_client is one of big5, cp932, gb18030, gbk, sjis), which the router \
-                 reads otherwise",
+                 character set (character_set_client is one of big5, cp932, gb18030, gbk, sjis, or could not be \
+                 read), which the router reads otherwise",
             )));
         }
         if reading.escaping == Escaping::Backslashes {
@@ -363,6 +363,19 @@ impl Router {
     fn plan(&self, source: &Source<'_>, reads: OneServerReads) -> Result<Route, Unroutable> {
         let tokens =
             source.tokens().map_err(|e| Unroutable::with_detail("cannot read the statement", e.to_string()))?;
+        if source::several_statements(&tokens) {
+            return Err(Unroutable::new(
+                "several statements in one query whose text holds the history table's name (in a string or a \
+                 comment too): an earlier one can change how the server reads the later ones (SET NAMES, \
+                 sql_mode); send them one at a time",
+            ));
+        }
+        if source.is_latin1() && source::has_word_with_high_bytes(&tokens) {
+            return Err(Unroutable::new(
+                "a name or keyword with a byte above 0x7F in a statement that is not UTF-8: in a single-byte \
+                 character set such a byte can be a space (latin1's 0xA0), where the tokenizer reads part of a name",
+            ));
+        }
         let mentions = source::mentions(&tokens, &self.old);
         if mentions.is_empty() {
             return Ok(Route::Passthrough);

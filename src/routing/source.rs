@@ -18,6 +18,8 @@ use crate::history::TableName;
 pub struct Source<'a> {
     bytes: &'a [u8],
     text: Cow<'a, str>,
+    /// Whether the bytes are not UTF-8, and `text` is their Latin-1 mapping.
+    latin1: bool,
     /// Whether every character of `text` is one byte of `bytes`: ASCII text, or the Latin-1 mapping of
     /// non-UTF-8 bytes. Then a location's offset is its line's start plus its column.
     one_byte_chars: bool,
@@ -28,12 +30,18 @@ pub struct Source<'a> {
 impl<'a> Source<'a> {
     /// Wraps the statement bytes.
     pub fn new(bytes: &'a [u8]) -> Source<'a> {
-        let (text, one_byte_chars) = match std::str::from_utf8(bytes) {
-            Ok(text) => (Cow::Borrowed(text), text.is_ascii()),
+        let (text, latin1) = match std::str::from_utf8(bytes) {
+            Ok(text) => (Cow::Borrowed(text), false),
             Err(_) => (Cow::Owned(bytes.iter().map(|&b| char::from(b)).collect()), true),
         };
+        let one_byte_chars = latin1 || text.is_ascii();
         let line_starts = std::iter::once(0).chain(line_breaks(bytes)).collect();
-        Source { bytes, text, one_byte_chars, line_starts }
+        Source { bytes, text, latin1, one_byte_chars, line_starts }
+    }
+
+    /// Whether the bytes are not UTF-8, so that the tokenizer reads them as Latin-1, one character a byte.
+    pub fn is_latin1(&self) -> bool {
+        self.latin1
     }
 
     /// The original bytes.
@@ -135,6 +143,20 @@ impl Tok {
     fn is_period(&self) -> bool {
         self.token.token == Token::Period
     }
+}
+
+/// Whether `tokens` are several statements: a `;` with more after it.
+pub fn several_statements(tokens: &[Tok]) -> bool {
+    let end = tokens.iter().position(|t| t.token.token == Token::SemiColon).unwrap_or(tokens.len());
+    end + 1 < tokens.len()
+}
+
+/// Whether an unquoted word of `tokens` holds a character above U+007F. In a statement that is not UTF-8
+/// ([`Source::is_latin1`]) that is a byte the client's single-byte character set may read as a space (latin1's
+/// 0xA0, which the tokenizer reads as a letter): the server would split the word where the tokenizer does not.
+/// In quotes, strings and comments such a byte separates nothing.
+pub fn has_word_with_high_bytes(tokens: &[Tok]) -> bool {
+    tokens.iter().any(|t| matches!(&t.token.token, Token::Word(w) if w.quote_style.is_none() && !w.value.is_ascii()))
 }
 
 /// The first string among `tokens` (of the statement `bytes`) that a session with `NO_BACKSLASH_ESCAPES` in its

@@ -479,6 +479,34 @@ fn under_a_gbk_family_client_charset_a_backslash_or_backquote_a_character_may_en
 }
 
 #[test]
+fn several_statements_with_the_history_tables_name_anywhere_are_refused() {
+    let router = extended_only();
+    // An earlier statement can change how the server reads a later one: here the string ends early for it.
+    for sql in [
+        "SET NAMES gbk; SELECT id, '中\\' FROM courseware_studentmodulehistory -- '",
+        "SET sql_mode = 'NO_BACKSLASH_ESCAPES'; SELECT 'x\\' FROM courseware_studentmodulehistory -- '",
+        "SELECT 1; SELECT 'courseware_studentmodulehistory'",
+    ] {
+        let Route::Refuse(refusal) = router.route(sql.as_bytes()) else { panic!("refused: {sql}") };
+        assert!(refusal.error.message.contains("several statements"), "{}", refusal.error.message);
+    }
+    // One statement and its semicolon are routed as ever.
+    assert_eq!(router.route(b"SELECT 'courseware_studentmodulehistory';"), Route::Passthrough);
+}
+
+#[test]
+fn a_word_with_a_byte_above_0x7f_in_a_statement_that_is_not_utf8_is_refused() {
+    let router = extended_only();
+    // latin1 reads 0xA0 as a space: the server reads `DELETE FROM courseware_studentmodulehistory`, the
+    // tokenizer one word `FROM\u{a0}courseware_studentmodulehistory` (before, passed through).
+    let Route::Refuse(refusal) = router.route(b"DELETE FROM\xa0courseware_studentmodulehistory") else { panic!() };
+    assert!(refusal.error.message.contains("not UTF-8"), "{}", refusal.error.message);
+    // In strings such bytes separate nothing (and are spliced as they came, see non_utf8_bytes_are_kept...).
+    let quoted = b"SELECT id FROM courseware_studentmodulehistory WHERE state = '\xa0\xe9'";
+    assert!(matches!(router.route(quoted), Route::Rewrite(_)));
+}
+
+#[test]
 fn executable_comments_in_history_statements_are_refused() {
     // The tokenizer reads inside `/*! ... */` but places those tokens at the comment's start, so a splice there
     // would land on the wrong bytes (it made `SELECT <extended table> AS id FROM <old table>` of the first).

@@ -428,7 +428,7 @@ impl CsmhLink {
         let control = if statement.len() > parse_limit {
             Some(Control::Unfollowable("a statement longer than listen.max_parsed_statement_bytes"))
         } else if string_literal::may_hide_quoting(statement)
-            && edxapp.charsets().await?.client_kind() == ClientCharset::SplitByEscapes
+            && edxapp.client_charset().await? == ClientCharset::SplitByEscapes
         {
             Some(Control::Unfollowable(
                 "a statement with a backslash or backquote that may end a character of the session's character set",
@@ -693,7 +693,8 @@ const CONTROL_FIRST_WORDS: [&str; 13] = [
 /// Whether `statement`, run in a transaction, would end it or step in it as [`transaction_control`] sees it
 /// (with autocommit off, where implicit commits count): for statements to prepare, whose executions the `csmh`
 /// side cannot follow. A statement to prepare is one statement, so its first word rules out most without
-/// tokenizing; a statement the tokenizer cannot read is not one: the server refuses it anyway.
+/// tokenizing. One the tokenizer cannot read counts as one: the server may read it (a name ending in a gbk
+/// character that holds a backquote, say).
 pub fn controls_transactions(statement: &[u8], escaping: Escaping) -> bool {
     if let Some(start) = first_keyword_start(statement) {
         let word_len = statement[start..].iter().take_while(|b| b.is_ascii_alphabetic()).count();
@@ -703,8 +704,10 @@ pub fn controls_transactions(statement: &[u8], escaping: Escaping) -> bool {
             return false;
         }
     }
-    let tokens = Source::new(statement).tokens();
-    tokens.is_ok_and(|tokens| control_of(&tokens, statement, false, escaping).is_some())
+    match Source::new(statement).tokens() {
+        Ok(tokens) => control_of(&tokens, statement, false, escaping).is_some(),
+        Err(_) => true,
+    }
 }
 
 /// Recognises COMMIT, ROLLBACK and the savepoint statements (as Django and mysqlclient send them), the
@@ -723,6 +726,9 @@ fn control_of(tokens: &[Tok], statement: &[u8], autocommit: bool, escaping: Esca
         && source::string_read_otherwise_without_backslash_escapes(tokens, statement).is_some()
     {
         return Some(Control::Unfollowable("a statement with a string read otherwise under NO_BACKSLASH_ESCAPES"));
+    }
+    if std::str::from_utf8(statement).is_err() && source::has_word_with_high_bytes(tokens) {
+        return Some(Control::Unfollowable("a statement that is not UTF-8 with a byte above 0x7F in a word"));
     }
     let statements_end = tokens.iter().position(|t| t.token.token == Token::SemiColon).unwrap_or(tokens.len());
     if statements_end + 1 < tokens.len() {
@@ -907,6 +913,8 @@ mod tests {
             (b"Create table t (a INT)", true),
             (b"SELECT 1", false),
             (b"-- note\nUPDATE t SET a = 1", false),
+            // Unreadable to the tokenizer, which ends the name at the backquote a gbk character ends in.
+            ("ROLLBACK TO SAVEPOINT `中`s`".as_bytes(), true),
         ] {
             let seen = controls_transactions(sql, Escaping::Backslashes);
             assert_eq!(seen, prepared_controls, "{}", String::from_utf8_lossy(sql));
@@ -915,6 +923,8 @@ mod tests {
         assert_eq!(commit, Some(Control::Commit));
         assert!(unfollowable(b"UNLOCK TABLES", false), "commits only if tables are locked");
         assert!(unfollowable(b"SELECT 'unterminated", true), "not read, not run");
+        // latin1 reads 0xA0 as a space, the tokenizer as a letter of one word.
+        assert!(unfollowable(b"\xa0ROLLBACK", true), "a word with a byte above 0x7F, not UTF-8");
         let hidden = br"UPDATE t SET a = 'C:\'; ROLLBACK -- '";
         assert_eq!(transaction_control(hidden, true, Escaping::Backslashes), None, "one string to the tokenizer");
         let refused = transaction_control(hidden, true, Escaping::DoubledQuotes);

@@ -15,19 +15,12 @@ use crate::protocol::response::{Expect, ResponseScanner};
 use crate::string_literal::{ClientCharset, Escaping};
 
 /// The character sets of a client's session, lowercase, as MySQL names them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Charsets {
     /// `character_set_client`: the set its statements are written in.
     pub client: String,
     /// `character_set_results`: the set values are sent to it in (the client's own if that is unset).
     pub results: String,
-}
-
-impl Charsets {
-    /// How the statements' character set reads the ASCII bytes in them.
-    pub fn client_kind(&self) -> ClientCharset {
-        ClientCharset::named(&self.client)
-    }
 }
 
 /// The `edxapp` connection of one session.
@@ -131,20 +124,29 @@ impl Edxapp {
         Escaping::with_no_backslash_escapes(self.status.contains(StatusFlags::SERVER_STATUS_NO_BACKSLASH_ESCAPES))
     }
 
-    /// The character sets of the client's session, read on its connection.
-    pub async fn charsets(&mut self) -> Result<Charsets, SessionError> {
-        let sql = b"SELECT @@session.character_set_client, @@session.character_set_results";
+    /// The character sets of the client's session, read on its connection; `None` when the answer names none
+    /// (an error), which callers take for the worst case.
+    pub async fn charsets(&mut self) -> Result<Option<Charsets>, SessionError> {
+        // With a LIMIT of its own, the session's sql_select_limit cannot empty the answer.
+        let sql = b"SELECT @@session.character_set_client, @@session.character_set_results LIMIT 1";
         let Reply::Rows(rows) = self.query(sql).await? else {
-            return Ok(Charsets::default());
+            return Ok(None);
         };
-        let row = rows.values.first();
+        let Some(row) = rows.values.first() else { return Ok(None) };
         let read = |at: usize| {
-            let value = row.and_then(|row| row.get(at)).cloned().flatten();
+            let value = row.get(at).cloned().flatten();
             value.map(|name| String::from_utf8_lossy(&name).to_ascii_lowercase())
         };
-        let client = read(0).unwrap_or_default();
+        let Some(client) = read(0) else { return Ok(None) };
         let results = read(1).unwrap_or_else(|| client.clone());
-        Ok(Charsets { client, results })
+        Ok(Some(Charsets { client, results }))
+    }
+
+    /// How the client's character set reads ASCII bytes in its statements, read on its connection: one that
+    /// cannot be read counts as one of [`SPLIT_BY_ESCAPES`](crate::string_literal::SPLIT_BY_ESCAPES).
+    pub async fn client_charset(&mut self) -> Result<ClientCharset, SessionError> {
+        let charsets = self.charsets().await?;
+        Ok(charsets.map_or(ClientCharset::SplitByEscapes, |charsets| ClientCharset::named(&charsets.client)))
     }
 
     /// Sends one command of the proxy's own and reads its whole (small) answer, of shape `expect`.

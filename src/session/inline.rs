@@ -3,6 +3,7 @@
 //! are written into the statement as a list, strings escaped as the client's session reads them.
 
 use super::Session;
+use super::edxapp::Charsets;
 use super::error::SessionError;
 use crate::protocol::errors::MysqlError;
 use crate::protocol::reply::{Reply, Rows};
@@ -39,23 +40,30 @@ impl Session {
                 return Ok(Err(too_large(format!("more than {MAX_INLINED} values"))));
             }
             let split_by_escapes = match string_values(&rows).any(escaping_may_split) {
-                true => self.charset_split_by_escapes().await?,
                 false => None,
+                true => match self.edxapp.charsets().await? {
+                    Some(charsets) => charsets_split_by_escapes(charsets),
+                    None => return Ok(Err(MysqlError::not_supported(UNREADABLE_CHARSET))),
+                },
             };
             let literals = Literals { escaping: self.edxapp.escaping(), split_by_escapes };
             sql.splice(at..at, value_list(&rows, &literals));
         }
         Ok(Ok(sql))
     }
+}
 
-    /// When the character set the `csmh` server parses the client's statements in (`character_set_client`, which
-    /// that connection mirrors) is one whose characters escaping could split
-    /// ([`SPLIT_BY_ESCAPES`](crate::string_literal::SPLIT_BY_ESCAPES)): the character set the values are in,
-    /// `character_set_results`, to name in their introducer. Read on the client's `edxapp` connection.
-    async fn charset_split_by_escapes(&mut self) -> Result<Option<String>, SessionError> {
-        let charsets = self.edxapp.charsets().await?;
-        Ok((charsets.client_kind() == ClientCharset::SplitByEscapes).then_some(charsets.results))
-    }
+/// Why a subquery's values with a quote or backslash among bytes above 0x7F cannot be written in.
+const UNREADABLE_CHARSET: &str = "csmh-proxy could not read the session's character set (character_set_client), \
+    which decides how a subquery's values with quotes or backslashes among bytes above 0x7F are written into the \
+    statement for the extended table's server";
+
+/// When the character set the `csmh` server parses the client's statements in (`character_set_client`, which
+/// that connection mirrors) is one whose characters escaping could split
+/// ([`SPLIT_BY_ESCAPES`](crate::string_literal::SPLIT_BY_ESCAPES)): the character set the values are in,
+/// `character_set_results`, to name in their introducer.
+fn charsets_split_by_escapes(charsets: Charsets) -> Option<String> {
+    (ClientCharset::named(&charsets.client) == ClientCharset::SplitByEscapes).then_some(charsets.results)
 }
 
 /// The error for a subquery whose values are too many to write into a statement.

@@ -299,7 +299,7 @@ impl Session {
             request.snapshot.router.needs_client_charset(command::body(&payload))
         };
         let charset = match needs_charset {
-            true => self.edxapp.charsets().await?.client_kind(),
+            true => self.edxapp.client_charset().await?,
             false => ClientCharset::AsciiApart,
         };
         Ok(Reading { escaping, charset })
