@@ -28,11 +28,33 @@ impl Escaping {
 
     /// The escaping of a session whose `sql_mode` reads `mode` (comma-separated, as `@@session.sql_mode` reads).
     pub fn of_sql_mode(mode: &[u8]) -> Escaping {
-        let flag = b"NO_BACKSLASH_ESCAPES";
-        Escaping::with_no_backslash_escapes(
-            mode.split(|&byte| byte == b',').any(|name| name.trim_ascii().eq_ignore_ascii_case(flag)),
-        )
+        Escaping::with_no_backslash_escapes(sql_mode_has(mode, b"NO_BACKSLASH_ESCAPES"))
     }
+}
+
+/// How a session reads text in double quotes, from its `sql_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DoubleQuotes {
+    /// The default: a string, as in single quotes (and as the tokenizer reads it).
+    Strings,
+    /// `ANSI_QUOTES` (also part of the modes `ANSI`, `ORACLE`, … which `@@sql_mode` shows expanded): a name, as
+    /// in backquotes, in which a backslash is an ordinary character.
+    Names,
+}
+
+impl DoubleQuotes {
+    /// How a session whose `sql_mode` reads `mode` (comma-separated) reads double quotes.
+    pub fn of_sql_mode(mode: &[u8]) -> DoubleQuotes {
+        match sql_mode_has(mode, b"ANSI_QUOTES") {
+            true => DoubleQuotes::Names,
+            false => DoubleQuotes::Strings,
+        }
+    }
+}
+
+/// Whether the `sql_mode` `mode` (comma-separated, as `@@session.sql_mode` reads) holds the mode `flag`.
+fn sql_mode_has(mode: &[u8], flag: &[u8]) -> bool {
+    mode.split(|&byte| byte == b',').any(|name| name.trim_ascii().eq_ignore_ascii_case(flag))
 }
 
 /// Whether the client's character set (`character_set_client`, which its statements are written in) is one of
@@ -58,18 +80,29 @@ impl ClientCharset {
 }
 
 /// How the client's session reads the text of its statements, where that can differ from the tokenizer's
-/// reading (UTF-8, backslashes escaping): its `sql_mode`'s escaping and its character set.
+/// reading (UTF-8, backslashes escaping, double quotes around strings): its `sql_mode`'s escaping and quotes,
+/// and its character set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reading {
     /// How it reads a backslash in a string.
     pub escaping: Escaping,
     /// Whether its characters can end in a backslash or a backquote.
     pub charset: ClientCharset,
+    /// Whether double quotes hold a string or a name.
+    pub quotes: DoubleQuotes,
 }
 
 impl Reading {
-    /// The tokenizer's own reading: backslashes escaping, characters holding no ASCII byte.
-    pub const TOKENIZER: Reading = Reading { escaping: Escaping::Backslashes, charset: ClientCharset::AsciiApart };
+    /// The tokenizer's own reading: backslashes escaping, characters holding no ASCII byte, strings in double
+    /// quotes.
+    pub const TOKENIZER: Reading =
+        Reading { escaping: Escaping::Backslashes, charset: ClientCharset::AsciiApart, quotes: DoubleQuotes::Strings };
+
+    /// The reading to assume when the session's settings could not be read: every difference the router
+    /// guards against, but the escaping, which every status reports.
+    pub const fn worst(escaping: Escaping) -> Reading {
+        Reading { escaping, charset: ClientCharset::SplitByEscapes, quotes: DoubleQuotes::Names }
+    }
 }
 
 /// Whether `bytes` hold a backslash or a backquote right after a byte above 0x7F, which a character of the sets
@@ -79,6 +112,14 @@ impl Reading {
 /// splits, never show the server a name the tokenizer saw inside a string or quotes.
 pub fn may_hide_quoting(bytes: &[u8]) -> bool {
     bytes.windows(2).any(|pair| pair[0] > 0x7f && (pair[1] == b'\\' || pair[1] == b'`'))
+}
+
+/// Whether `bytes` hold a double quote that is not right after a backslash: one that may open a name under
+/// `ANSI_QUOTES`. Client libraries escape a double quote in a string as `\"` (mysqlclient, PyMySQL and
+/// mysql_common do), and outside strings and quotes a backslash is no token a quote could follow, so edxapp's
+/// statements, whose values are JSON, hold none.
+pub fn may_open_double_quotes(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&b'"') || bytes.windows(2).any(|pair| pair[1] == b'"' && pair[0] != b'\\')
 }
 
 /// Appends `bytes` as a string literal in single quotes, escaped as `escaping` says (with backslashes, as
@@ -187,11 +228,23 @@ mod tests {
     }
 
     #[test]
+    fn a_double_quote_escaped_as_client_libraries_escape_it_opens_nothing() {
+        assert!(!may_open_double_quotes(br#"INSERT INTO t VALUES ('{\"input_state\": {}}')"#));
+        assert!(may_open_double_quotes(br#"SELECT id FROM "t""#));
+        assert!(may_open_double_quotes(br#""t""#));
+        assert!(!may_open_double_quotes(b"SELECT id FROM `t`"));
+    }
+
+    #[test]
     fn the_mode_is_read_from_the_flag_list() {
         assert_eq!(Escaping::of_sql_mode(b"STRICT_TRANS_TABLES,NO_BACKSLASH_ESCAPES"), Escaping::DoubledQuotes);
         assert_eq!(Escaping::of_sql_mode(b"no_backslash_escapes"), Escaping::DoubledQuotes);
         assert_eq!(Escaping::of_sql_mode(b"STRICT_TRANS_TABLES,NO_ENGINE_SUBSTITUTION"), Escaping::Backslashes);
         assert_eq!(Escaping::of_sql_mode(b""), Escaping::Backslashes);
+        let ansi = b"REAL_AS_FLOAT,PIPES_AS_CONCAT,ANSI_QUOTES,IGNORE_SPACE,ANSI";
+        assert_eq!(DoubleQuotes::of_sql_mode(ansi), DoubleQuotes::Names);
+        assert_eq!(DoubleQuotes::of_sql_mode(b"ansi_quotes"), DoubleQuotes::Names);
+        assert_eq!(DoubleQuotes::of_sql_mode(b"STRICT_TRANS_TABLES"), DoubleQuotes::Strings);
     }
 
     #[test]

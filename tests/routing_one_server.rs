@@ -387,6 +387,26 @@ async fn under_a_gbk_family_client_charset_a_history_statement_the_router_would_
 }
 
 #[tokio::test]
+async fn under_ansi_quotes_a_history_table_named_in_double_quotes_is_refused() {
+    let site = Site::new(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    let in_double_quotes = r#"SELECT id FROM "courseware_studentmodulehistory" WHERE "id" > 0"#;
+    // Without ANSI_QUOTES it holds strings: the server finds no table.
+    let (code, message) = server_error(edxapp.query_drop(in_double_quotes).await);
+    assert_eq!(code, 1064, "{message}");
+    // With it, the server reads the old table, which this stage no longer reads, where the tokenizer reads a
+    // string (checked: before, the statement ran on the old table).
+    edxapp.query_drop("SET SESSION sql_mode = CONCAT(@@session.sql_mode, ',ANSI_QUOTES')").await.unwrap();
+    let (code, message) = server_error(edxapp.query_drop(in_double_quotes).await);
+    assert_eq!(code, 1235, "{message}");
+    assert!(message.contains("ANSI_QUOTES"), "{message}");
+    // Names in backquotes are routed as ever: to the extended table, which is empty.
+    let ids: Vec<u64> =
+        edxapp.query(r#"SELECT id FROM `courseware_studentmodulehistory` WHERE state <> '\"'"#).await.unwrap();
+    assert!(ids.is_empty(), "{ids:?}");
+}
+
+#[tokio::test]
 async fn under_latin1_a_space_the_router_reads_as_a_letter_is_refused() {
     let site = Site::new(Stage::ExtendedTableOnlyReads.flags()).await;
     let mut edxapp = site.edxapp().await;

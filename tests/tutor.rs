@@ -289,6 +289,22 @@ fn kubernetes_manifests_validate() {
     for file in config["files"].as_array().unwrap() {
         assert!(tutor.env(file.as_str().unwrap()).exists(), "{file} is rendered");
     }
+
+    // A changed password changes the pod template, which rolls the pods (their environment reads the Secret only
+    // when they start); the same configuration saved again does not (before, the template never changed).
+    let fingerprint = |tutor: &Tutor| {
+        let deployments = tutor.yaml("k8s/deployments.yml");
+        let template = &named(&deployments, "Deployment", "csmh-proxy")["spec"]["template"];
+        template["metadata"]["annotations"]["csmh-proxy/passwords"].as_str().expect("the annotation").to_owned()
+    };
+    let before = fingerprint(&tutor);
+    assert!(before.len() == 64 && before.bytes().all(|b| b.is_ascii_hexdigit()), "{before}");
+    tutor.run(&["config", "save"]);
+    assert_eq!(fingerprint(&tutor), before, "nothing changed");
+    tutor.run(&["config", "save", "--set", "OPENEDX_MYSQL_PASSWORD=rotated-password"]);
+    let after = fingerprint(&tutor);
+    assert_ne!(after, before, "the password changed");
+    assert!(!tutor.read("k8s/deployments.yml").contains("rotated-password"));
 }
 
 #[test]

@@ -29,7 +29,7 @@ pub use prefilter::Prefilter;
 use crate::history::{RoutingTable, StatementKind, TableName, Target};
 use crate::merge::{MergePlan, SideClauses, TableColumns};
 use crate::protocol::errors::{MysqlError, code, sqlstate};
-use crate::string_literal::{self, ClientCharset, Escaping, Reading};
+use crate::string_literal::{self, ClientCharset, DoubleQuotes, Escaping, Reading};
 use crate::topology::{Server, Topology};
 use classify::{Read, Shape, Unroutable, Write};
 use rewrite::Splicer;
@@ -271,11 +271,12 @@ impl Router {
     /// the tokenizer's reading, its rewrite could splice into what the server reads as SQL, or miss a mention of
     /// the history table there. That is a string with a backslash before its closing quote under
     /// `NO_BACKSLASH_ESCAPES`, and a backslash or backquote that may end a character of a client character set
-    /// of [`SPLIT_BY_ESCAPES`](crate::string_literal::SPLIT_BY_ESCAPES).
+    /// of [`SPLIT_BY_ESCAPES`](crate::string_literal::SPLIT_BY_ESCAPES), and double quotes under `ANSI_QUOTES`.
     pub fn classify_for(&self, sql: &[u8], form: Form, reading: Reading) -> (Classified, Option<CacheOutcome>) {
         let strings_may_differ = reading.escaping == Escaping::DoubledQuotes && sql.contains(&b'\\');
         let charset_may_differ = reading.charset == ClientCharset::SplitByEscapes;
-        if (strings_may_differ || charset_may_differ) && self.parses(sql) {
+        let quotes_may_differ = reading.quotes == DoubleQuotes::Names && sql.contains(&b'"');
+        if (strings_may_differ || charset_may_differ || quotes_may_differ) && self.parses(sql) {
             if let Some(refusal) = self.refuse_read_otherwise(sql, reading) {
                 return (Classified::Named(Route::Refuse(refusal)), Some(CacheOutcome::Skipped));
             }
@@ -283,12 +284,13 @@ impl Router {
         self.classify_reporting(sql, form)
     }
 
-    /// Whether the session must read its client's character set (`character_set_client`) for
+    /// Whether the session must read its client's settings (`character_set_client`, `sql_mode`) for
     /// [`Router::classify_for`] to classify `sql`: the statement is one the router parses, and it holds a byte
     /// that a character of a set of [`SPLIT_BY_ESCAPES`](crate::string_literal::SPLIT_BY_ESCAPES) could take
-    /// from the tokenizer's reading. Rare: edxapp's statements are ASCII but for values.
-    pub fn needs_client_charset(&self, sql: &[u8]) -> bool {
-        self.parses(sql) && string_literal::may_hide_quoting(sql)
+    /// from the tokenizer's reading, or a double quote that may open a name. Rare: edxapp's statements are ASCII
+    /// but for values, with names in backquotes and double quotes in values escaped.
+    pub fn needs_session_settings(&self, sql: &[u8]) -> bool {
+        self.parses(sql) && (string_literal::may_hide_quoting(sql) || string_literal::may_open_double_quotes(sql))
     }
 
     /// Whether `sql` is a statement the router tokenizes: one that may name the history table, with flags that
@@ -307,11 +309,20 @@ impl Router {
                  read), which the router reads otherwise",
             )));
         }
-        if reading.escaping == Escaping::Backslashes {
+        if reading.escaping == Escaping::Backslashes && reading.quotes == DoubleQuotes::Strings {
             return None;
         }
         let source = Source::new(sql);
         let tokens = source.tokens().ok()?;
+        if reading.quotes == DoubleQuotes::Names && source::double_quoted(&tokens).next().is_some() {
+            return Some(self.refusal(Unroutable::new(
+                "text in double quotes is a name under the session's ANSI_QUOTES (or its sql_mode could not be \
+                 read), where the router reads a string: write names in backquotes and strings in single quotes",
+            )));
+        }
+        if reading.escaping == Escaping::Backslashes {
+            return None;
+        }
         source::string_read_otherwise_without_backslash_escapes(&tokens, sql)?;
         Some(self.refusal(Unroutable::new(
             "a string with a backslash before its closing quote is read otherwise under the session's \

@@ -159,6 +159,11 @@ pub fn has_word_with_high_bytes(tokens: &[Tok]) -> bool {
     tokens.iter().any(|t| matches!(&t.token.token, Token::Word(w) if w.quote_style.is_none() && !w.value.is_ascii()))
 }
 
+/// Where `tokens` hold text in double quotes: a string for the tokenizer, a name under `ANSI_QUOTES`.
+pub fn double_quoted(tokens: &[Tok]) -> impl Iterator<Item = Range<usize>> + '_ {
+    tokens.iter().filter(|t| matches!(t.token.token, Token::DoubleQuotedString(_))).map(|t| t.range.clone())
+}
+
 /// The first string among `tokens` (of the statement `bytes`) that a session with `NO_BACKSLASH_ESCAPES` in its
 /// `sql_mode` reads otherwise than the tokenizer, which always takes a backslash as an escape: there a backslash
 /// is an ordinary character, so a string with a backslash before a quote ends earlier, and what follows is read

@@ -445,7 +445,7 @@ fn under_no_backslash_escapes_a_string_read_otherwise_is_refused() {
 }
 
 /// A session with `NO_BACKSLASH_ESCAPES` and a character set whose characters hold no ASCII byte.
-const NO_BACKSLASH_ESCAPES: Reading = Reading { escaping: Escaping::DoubledQuotes, charset: ClientCharset::AsciiApart };
+const NO_BACKSLASH_ESCAPES: Reading = Reading { escaping: Escaping::DoubledQuotes, ..Reading::TOKENIZER };
 
 #[test]
 fn under_a_gbk_family_client_charset_a_backslash_or_backquote_a_character_may_end_is_refused() {
@@ -458,7 +458,7 @@ fn under_a_gbk_family_client_charset_a_backslash_or_backquote_a_character_may_en
     let unquoted = "SELECT 中` FROM courseware_studentmodulehistory -- ` FROM t".as_bytes();
     for statement in [hidden, unquoted] {
         let shown = String::from_utf8_lossy(statement);
-        assert!(router.needs_client_charset(statement), "{shown}");
+        assert!(router.needs_session_settings(statement), "{shown}");
         assert_eq!(router.classify_for(statement, Form::Query, Reading::TOKENIZER).0.into_route(), Route::Passthrough);
         let (refused, outcome) = router.classify_for(statement, Form::Query, gbk);
         let Route::Refuse(refusal) = refused.into_route() else { panic!("refused: {shown}") };
@@ -470,12 +470,36 @@ fn under_a_gbk_family_client_charset_a_backslash_or_backquote_a_character_may_en
         ["SELECT id FROM courseware_studentmodulehistory WHERE state = '中 \\\\中' OR state = '中a'", "SELECT 1"]
     {
         let alike = alike.as_bytes();
-        assert!(!router.needs_client_charset(alike), "{}", String::from_utf8_lossy(alike));
+        assert!(!router.needs_session_settings(alike), "{}", String::from_utf8_lossy(alike));
         let (classified, _) = router.classify_for(alike, Form::Query, gbk);
         assert_eq!(classified.into_route(), router.route(alike), "{}", String::from_utf8_lossy(alike));
     }
     // Statements the router does not parse need none either.
-    assert!(!router.needs_client_charset("SELECT '中\\' FROM auth_user".as_bytes()));
+    assert!(!router.needs_session_settings("SELECT '中\\' FROM auth_user".as_bytes()));
+}
+
+#[test]
+fn under_ansi_quotes_a_history_statement_with_double_quotes_is_refused() {
+    let router = extended_only();
+    let ansi_quotes = Reading { quotes: DoubleQuotes::Names, ..Reading::TOKENIZER };
+    // Under ANSI_QUOTES the server reads the old table, the tokenizer a string; and a backslash there ends the
+    // name for the server, where the tokenizer reads an escaped quote.
+    let named = br#"SELECT id FROM "courseware_studentmodulehistory""#;
+    let escaped = br#"SELECT "a\" FROM courseware_studentmodulehistory -- ""#;
+    for statement in [&named[..], escaped] {
+        let shown = String::from_utf8_lossy(statement);
+        assert!(router.needs_session_settings(statement), "{shown}");
+        assert_eq!(router.classify_for(statement, Form::Query, Reading::TOKENIZER).0.into_route(), Route::Passthrough);
+        let Route::Refuse(refusal) = router.classify_for(statement, Form::Query, ansi_quotes).0.into_route() else {
+            panic!("refused: {shown}")
+        };
+        assert!(refusal.error.message.contains("ANSI_QUOTES"), "{}", refusal.error.message);
+    }
+    // Double quotes escaped in a value, as client libraries write them, need no settings read.
+    let json = br#"INSERT INTO courseware_studentmodulehistory (state) VALUES ('{\"attempts\": 1}')"#;
+    assert!(!router.needs_session_settings(json));
+    let (classified, _) = router.classify_for(json, Form::Query, ansi_quotes);
+    assert_eq!(classified.into_route(), router.route(json));
 }
 
 #[test]

@@ -428,7 +428,7 @@ impl CsmhLink {
         let control = if statement.len() > parse_limit {
             Some(Control::Unfollowable("a statement longer than listen.max_parsed_statement_bytes"))
         } else if string_literal::may_hide_quoting(statement)
-            && edxapp.client_charset().await? == ClientCharset::SplitByEscapes
+            && edxapp.reading().await?.charset == ClientCharset::SplitByEscapes
         {
             Some(Control::Unfollowable(
                 "a statement with a backslash or backquote that may end a character of the session's character set",
@@ -727,6 +727,9 @@ fn control_of(tokens: &[Tok], statement: &[u8], autocommit: bool, escaping: Esca
     {
         return Some(Control::Unfollowable("a statement with a string read otherwise under NO_BACKSLASH_ESCAPES"));
     }
+    if source::double_quoted(tokens).any(|range| statement[range].contains(&b'\\')) {
+        return Some(Control::Unfollowable("a statement with a backslash in double quotes (a name under ANSI_QUOTES)"));
+    }
     if std::str::from_utf8(statement).is_err() && source::has_word_with_high_bytes(tokens) {
         return Some(Control::Unfollowable("a statement that is not UTF-8 with a byte above 0x7F in a word"));
     }
@@ -925,6 +928,9 @@ mod tests {
         assert!(unfollowable(b"SELECT 'unterminated", true), "not read, not run");
         // latin1 reads 0xA0 as a space, the tokenizer as a letter of one word.
         assert!(unfollowable(b"\xa0ROLLBACK", true), "a word with a byte above 0x7F, not UTF-8");
+        // Under ANSI_QUOTES a name `a\`, then a ROLLBACK; one string to the tokenizer.
+        assert!(unfollowable(br#"SELECT "a\"; ROLLBACK; -- ""#, true), "a backslash in double quotes");
+        assert!(!unfollowable(br#"SELECT "a""#, true), "double quotes alone read alike but for the kind");
         let hidden = br"UPDATE t SET a = 'C:\'; ROLLBACK -- '";
         assert_eq!(transaction_control(hidden, true, Escaping::Backslashes), None, "one string to the tokenizer");
         let refused = transaction_control(hidden, true, Escaping::DoubledQuotes);

@@ -12,15 +12,25 @@ use crate::protocol::conn::Connection;
 use crate::protocol::errors::code::ER_LOCK_DEADLOCK;
 use crate::protocol::reply::Reply;
 use crate::protocol::response::{Expect, ResponseScanner};
-use crate::string_literal::{ClientCharset, Escaping};
+use crate::string_literal::{ClientCharset, DoubleQuotes, Escaping, Reading};
 
-/// The character sets of a client's session, lowercase, as MySQL names them.
+/// The settings of a client's session that decide how the server reads the text of its statements, read on its
+/// connection for the statements that need them.
 #[derive(Debug)]
-pub(super) struct Charsets {
-    /// `character_set_client`: the set its statements are written in.
-    pub client: String,
-    /// `character_set_results`: the set values are sent to it in (the client's own if that is unset).
-    pub results: String,
+pub(super) struct Settings {
+    /// `character_set_client`, lowercase as MySQL names it: the set its statements are written in.
+    pub client_charset: String,
+    /// `character_set_results`, lowercase: the set values are sent to it in (the client's own if that is unset).
+    pub results_charset: String,
+    /// How its `sql_mode` reads double quotes.
+    pub quotes: DoubleQuotes,
+}
+
+impl Settings {
+    /// How the client's character set reads ASCII bytes in its statements.
+    pub fn client_charset_kind(&self) -> ClientCharset {
+        ClientCharset::named(&self.client_charset)
+    }
 }
 
 /// The `edxapp` connection of one session.
@@ -124,29 +134,31 @@ impl Edxapp {
         Escaping::with_no_backslash_escapes(self.status.contains(StatusFlags::SERVER_STATUS_NO_BACKSLASH_ESCAPES))
     }
 
-    /// The character sets of the client's session, read on its connection; `None` when the answer names none
-    /// (an error), which callers take for the worst case.
-    pub async fn charsets(&mut self) -> Result<Option<Charsets>, SessionError> {
+    /// The settings of the client's session, read on its connection; `None` when the answer names none (an
+    /// error), which callers take for the worst case.
+    pub async fn settings(&mut self) -> Result<Option<Settings>, SessionError> {
         // With a LIMIT of its own, the session's sql_select_limit cannot empty the answer.
-        let sql = b"SELECT @@session.character_set_client, @@session.character_set_results LIMIT 1";
+        let sql = b"SELECT @@session.character_set_client, @@session.character_set_results, @@session.sql_mode LIMIT 1";
         let Reply::Rows(rows) = self.query(sql).await? else {
             return Ok(None);
         };
         let Some(row) = rows.values.first() else { return Ok(None) };
-        let read = |at: usize| {
-            let value = row.get(at).cloned().flatten();
-            value.map(|name| String::from_utf8_lossy(&name).to_ascii_lowercase())
-        };
-        let Some(client) = read(0) else { return Ok(None) };
-        let results = read(1).unwrap_or_else(|| client.clone());
-        Ok(Some(Charsets { client, results }))
+        let read = |at: usize| row.get(at).cloned().flatten();
+        let lowercase = |name: Vec<u8>| String::from_utf8_lossy(&name).to_ascii_lowercase();
+        let (Some(client), Some(sql_mode)) = (read(0), read(2)) else { return Ok(None) };
+        let client_charset = lowercase(client);
+        let results_charset = read(1).map_or_else(|| client_charset.clone(), lowercase);
+        Ok(Some(Settings { client_charset, results_charset, quotes: DoubleQuotes::of_sql_mode(&sql_mode) }))
     }
 
-    /// How the client's character set reads ASCII bytes in its statements, read on its connection: one that
-    /// cannot be read counts as one of [`SPLIT_BY_ESCAPES`](crate::string_literal::SPLIT_BY_ESCAPES).
-    pub async fn client_charset(&mut self) -> Result<ClientCharset, SessionError> {
-        let charsets = self.charsets().await?;
-        Ok(charsets.map_or(ClientCharset::SplitByEscapes, |charsets| ClientCharset::named(&charsets.client)))
+    /// How the client's session reads the text of its statements, its settings read on its connection: the
+    /// worst reading when they cannot be read.
+    pub async fn reading(&mut self) -> Result<Reading, SessionError> {
+        let escaping = self.escaping();
+        Ok(match self.settings().await? {
+            Some(settings) => Reading { escaping, charset: settings.client_charset_kind(), quotes: settings.quotes },
+            None => Reading::worst(escaping),
+        })
     }
 
     /// Sends one command of the proxy's own and reads its whole (small) answer, of shape `expect`.

@@ -3,7 +3,7 @@
 //! are written into the statement as a list, strings escaped as the client's session reads them.
 
 use super::Session;
-use super::edxapp::Charsets;
+use super::edxapp::Settings;
 use super::error::SessionError;
 use crate::protocol::errors::MysqlError;
 use crate::protocol::reply::{Reply, Rows};
@@ -41,8 +41,8 @@ impl Session {
             }
             let split_by_escapes = match string_values(&rows).any(escaping_may_split) {
                 false => None,
-                true => match self.edxapp.charsets().await? {
-                    Some(charsets) => charsets_split_by_escapes(charsets),
+                true => match self.edxapp.settings().await? {
+                    Some(settings) => charset_split_by_escapes(settings),
                     None => return Ok(Err(MysqlError::not_supported(UNREADABLE_CHARSET))),
                 },
             };
@@ -62,8 +62,8 @@ const UNREADABLE_CHARSET: &str = "csmh-proxy could not read the session's charac
 /// that connection mirrors) is one whose characters escaping could split
 /// ([`SPLIT_BY_ESCAPES`](crate::string_literal::SPLIT_BY_ESCAPES)): the character set the values are in,
 /// `character_set_results`, to name in their introducer.
-fn charsets_split_by_escapes(charsets: Charsets) -> Option<String> {
-    (ClientCharset::named(&charsets.client) == ClientCharset::SplitByEscapes).then_some(charsets.results)
+fn charset_split_by_escapes(settings: Settings) -> Option<String> {
+    (settings.client_charset_kind() == ClientCharset::SplitByEscapes).then_some(settings.results_charset)
 }
 
 /// The error for a subquery whose values are too many to write into a statement.

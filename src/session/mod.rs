@@ -38,7 +38,7 @@ use crate::protocol::frame::PacketSpan;
 use crate::protocol::response::End;
 use crate::routing::{FanOut, Form, Route};
 use crate::state::ProxyState;
-use crate::string_literal::{ClientCharset, Reading};
+use crate::string_literal::Reading;
 use crate::topology::{Server, Topology};
 
 mod answer;
@@ -289,20 +289,17 @@ impl Session {
     }
 
     /// How the client's session reads the statement of `request`, as far as routing it needs to know: the
-    /// client's character set is read on `edxapp` only for a statement holding bytes a character of some sets
-    /// could take from the tokenizer's reading
-    /// ([`Router::needs_client_charset`](crate::routing::Router::needs_client_charset)).
+    /// client's settings are read on `edxapp` only for a statement holding bytes they could read otherwise than
+    /// the tokenizer ([`Router::needs_session_settings`](crate::routing::Router::needs_session_settings)).
     async fn reading_of(&mut self, request: &Request) -> Result<Reading, SessionError> {
-        let escaping = self.edxapp.escaping();
-        let needs_charset = matches!(request.command, Command::Query | Command::StmtPrepare) && {
+        let needs_settings = matches!(request.command, Command::Query | Command::StmtPrepare) && {
             let payload = request.span.payload_in(&self.client.buf);
-            request.snapshot.router.needs_client_charset(command::body(&payload))
+            request.snapshot.router.needs_session_settings(command::body(&payload))
         };
-        let charset = match needs_charset {
-            true => self.edxapp.client_charset().await?,
-            false => ClientCharset::AsciiApart,
-        };
-        Ok(Reading { escaping, charset })
+        match needs_settings {
+            true => self.edxapp.reading().await,
+            false => Ok(Reading { escaping: self.edxapp.escaping(), ..Reading::TOKENIZER }),
+        }
     }
 
     /// Decides what happens to `request`, read as `reading` says: the one place where a request's handling is

@@ -8,6 +8,8 @@ Deployment with their Services, the patches that point LMS, CMS and their worker
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import shlex
 import typing as t
@@ -80,6 +82,19 @@ hooks.Filters.CONFIG_DEFAULTS.add_items(
     ]
     + [(f"CSMH_PROXY_{flag}", False) for flag in FLAGS]
 )
+
+# The key of the passwords' fingerprint on the proxy's pod template (below), random per installation.
+hooks.Filters.CONFIG_UNIQUE.add_items([("CSMH_PROXY_PASSWORDS_FINGERPRINT_KEY", "{{ 32|random_string }}")])
+
+
+def passwords_fingerprint(key: str, *passwords: str) -> str:
+    """An HMAC-SHA256 of the passwords under the installation's key: it changes with any of them, so a password
+    changed in the Secret rolls the proxy's pods (whose environment reads it only at start), and reveals none."""
+    message = "\0".join(passwords).encode("utf-8")
+    return hmac.new(key.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+hooks.Filters.ENV_TEMPLATE_FILTERS.add_item(("csmh_proxy_passwords_fingerprint", passwords_fingerprint))
 
 hooks.Filters.ENV_TEMPLATE_ROOTS.add_item(str(HERE / "templates"))
 hooks.Filters.ENV_TEMPLATE_TARGETS.add_items([("csmh-proxy/apps", "plugins"), ("csmh-proxy/k8s", "plugins")])
