@@ -104,6 +104,11 @@ async fn verify_identity_refuses_a_certificate_for_another_name_and_verify_ca_ch
     // would check the name: `migrate::tls` completes it), and nothing else.
     logs_in(&site, &tls("csmh", &[("mode", "verify-ca"), ("ca", ca)])).await;
     logs_in(&site, &tls("csmh", &[("mode", "required")])).await;
+    // With a server_public_key, `preferred` logs in over the TLS the server offers (without one it is refused).
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("server_public_key.pem");
+    std::fs::write(&key, PUBLIC_KEY).unwrap();
+    logs_in(&site, &tls("csmh", &[("mode", "preferred"), ("server_public_key", path(&key))])).await;
     let stranger = TestPki::new("another authority");
     for mode in ["verify-ca", "verify-identity"] {
         let error = refused(&site, &tls("csmh", &[("mode", mode), ("ca", path(&stranger.ca))])).await;
