@@ -11,6 +11,7 @@ use csmh_proxy::history::Stage;
 use mysql_async::prelude::*;
 use mysql_async::{Conn, OptsBuilder};
 use support::edx::*;
+use support::frozen::Frozen;
 
 /// Generous bound on any one step, so that a regression fails the test instead of hanging it.
 const STEP: Duration = Duration::from_secs(60);
@@ -122,44 +123,6 @@ async fn a_statement_prepared_on_a_lost_csmh_connection_is_never_confused_with_a
     let again = edxapp.prep(edxapp_insert(2, "prepared again")).await.unwrap();
     edxapp.exec_drop(&again, ()).await.unwrap();
     assert_eq!(extended_states(&site).await, ["prepared", "prepared again"]);
-}
-
-/// Freezes a server's process (SIGSTOP) until dropped (SIGCONT), as a stalled VM or a full disk would.
-struct Frozen(u32);
-
-impl Frozen {
-    /// Stops the server's process and waits until every one of its threads has stopped: a thread busy when the
-    /// signal came could otherwise still answer.
-    async fn server(server: &csmh_proxy::sandbox::MariaDb) -> Frozen {
-        let pid = server.pid();
-        // SAFETY: kill(2) with a pid of a process this test started.
-        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0);
-        let frozen = Frozen(pid);
-        bounded("the server stopping", async {
-            while !all_threads_stopped(pid) {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await;
-        frozen
-    }
-}
-
-/// Whether every thread of process `pid` is stopped (state `T` in its `stat`).
-fn all_threads_stopped(pid: u32) -> bool {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the server's threads");
-    tasks.flatten().all(|task| {
-        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-        // The state follows the command name, which is in parentheses and may contain spaces.
-        stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
-    })
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        // SAFETY: as above.
-        unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
-    }
 }
 
 /// Two servers of the test's own (the `csmh` one gets frozen), with the proxy's `csmh` read timeout at

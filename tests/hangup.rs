@@ -20,6 +20,7 @@ use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 use mysql_common::constants::CapabilityFlags;
 use support::edx::*;
+use support::frozen::Frozen;
 use support::raw::RawClient;
 
 /// How long the server may take to end the statement of a client that went away (it takes under 2 s directly).
@@ -250,4 +251,27 @@ async fn a_client_gone_while_its_history_read_waits_on_the_csmh_server() {
         csmh_root.query_drop(format!("SELECT RELEASE_LOCK('{lock}')")).await.unwrap();
         assert_eq!(site.proxy.shared().metrics.client_hangups(), 1, "with flags {flags:?}");
     }
+}
+
+#[tokio::test]
+async fn a_client_gone_while_the_proxy_reads_its_session_settings_ends_its_session() {
+    // The double quote makes the proxy read the session's sql_mode on the `edxapp` server before routing the
+    // read; with that server frozen, only noticing the hang-up can end the session (checked: before, the
+    // settings were read outside the watch, and the session waited for the server).
+    let site = Site::private_two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop("SELECT 1").await.unwrap();
+    let metrics = &site.proxy.shared().metrics;
+    let _frozen = Frozen::server(&site.dbs.edxapp).await;
+    let read = format!(r#"SELECT `id` FROM `{OLD}` WHERE `state` = "frozen""#);
+    let waiting = tokio::spawn(async move { edxapp.query_drop(read).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    waiting.abort();
+    let _ = waiting.await;
+    let started = Instant::now();
+    while metrics.connections_open() > 0 {
+        assert!(started.elapsed() < ENDS_WITHIN, "the session still open {ENDS_WITHIN:?} after its client left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metrics.client_hangups(), 1);
 }

@@ -230,18 +230,24 @@ impl Session {
     async fn serve(&mut self, request: &mut Request, hangup: Option<&mut HangupWatch>) -> Result<Flow, SessionError> {
         let arrived = Instant::now();
         let csmh_failures = self.csmh.failures();
-        let decision = match self.transaction.take_rollback_error(request.command) {
-            Some(error) => Ok(Decision::Refuse(error)),
-            None => self.reading_of(request).await.map(|reading| self.decide(request, reading)),
+        // Reading the session's settings is a round trip to `edxapp` too: the watch covers it.
+        let handled = async {
+            let decision = match self.transaction.take_rollback_error(request.command) {
+                Some(error) => Decision::Refuse(error),
+                None => {
+                    let reading = self.reading_of(request).await?;
+                    self.decide(request, reading)
+                }
+            };
+            self.carry_out(request, decision).await
         };
-        let result = match (decision, hangup) {
-            (Err(error), _) => Err(error),
-            (Ok(decision), Some(watch)) => tokio::select! {
+        let result = match hangup {
+            Some(watch) => tokio::select! {
                 biased;
-                result = self.carry_out(request, decision) => result,
+                result = handled => result,
                 () = watch.hung_up() => Err(SessionError::ClientHungUp),
             },
-            (Ok(decision), None) => self.carry_out(request, decision).await,
+            None => handled.await,
         };
         let result = match result {
             Err(SessionError::Csmh(failure)) => self.contain_csmh_failure(request, failure).await,

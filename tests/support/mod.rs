@@ -11,6 +11,7 @@
 
 pub mod clients;
 pub mod edx;
+pub mod frozen;
 pub mod memory;
 pub mod mutate;
 pub mod mysql84;
