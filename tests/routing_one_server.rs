@@ -418,3 +418,31 @@ async fn under_latin1_a_space_the_router_reads_as_a_letter_is_refused() {
     assert_eq!(code, 1235, "{message}");
     assert!(message.contains("not UTF-8"), "{message}");
 }
+
+#[tokio::test]
+async fn text_the_server_reads_otherwise_than_the_router_is_refused_and_the_retired_table_keeps_its_rows() {
+    let site = Site::new(Stage::OldTableRetired.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    // Each reached the retired table on the server, unseen by the router (checked: before, each ran there).
+    for (hidden, why) in [
+        // The server's comment before a control character; the tokenizer reads a string to the end.
+        (format!("DELETE --\x01'\nFROM {OLD} -- '"), "`--`"),
+        // The tokenizer's comment before U+3000; the server reads `0 - - <name>.id FROM` the old table.
+        (format!("SELECT 0 --\u{3000}h.id FROM {OLD} \u{3000}h"), "`--`"),
+        // A byte string without escapes for the tokenizer; the name `b` and an escaped string for the server.
+        (format!(r#"SELECT b"\"" , h.id FROM (SELECT 1 AS b) x, {OLD} h -- ""#), "byte string"),
+        // A comment to the tokenizer, which MariaDB runs.
+        (format!("DELETE FROM /*M!100000 {OLD} */"), "executable comment"),
+        // A string to the router, which the server prepares.
+        (format!("PREPARE s FROM 'DELETE FROM {OLD}'"), "PREPARE"),
+    ] {
+        let (code, message) = server_error(edxapp.query_drop(&hidden).await);
+        assert_eq!(code, 1235, "{hidden:?}: {message}");
+        assert!(message.contains(why), "{hidden:?}: {message}");
+    }
+    let (code, message) = server_error(edxapp.query_drop("EXECUTE s").await);
+    assert_eq!(code, 1243, "nothing was prepared: {message}");
+    assert_eq!(site.old_ids().await.len(), 18, "the retired table keeps its rows");
+    let one: Option<i64> = edxapp.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1), "the session goes on");
+}

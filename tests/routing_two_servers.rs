@@ -834,6 +834,30 @@ async fn under_a_gbk_client_a_rollback_the_tokenizer_reads_in_a_string_is_refuse
 }
 
 #[tokio::test]
+async fn a_rollback_the_server_and_the_tokenizer_read_otherwise_is_refused_unrun() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop("BEGIN").await.unwrap();
+    edxapp.query_drop(edxapp_insert(4, "rolled back")).await.unwrap();
+    // The server runs a ROLLBACK the tokenizer reads in a string (after the server's comment `--\x01`), or skips
+    // one the tokenizer reads (a version above the server's): either way the two sides would part (checked:
+    // before, the first committed the csmh side after edxapp's rollback, the second rolled it back alone).
+    for hidden in ["SELECT 1 --\x01'\nROLLBACK -- '", "/*!999999 ROLLBACK */", "/*M!100000 ROLLBACK */"] {
+        let (code, message) = server_error(edxapp.query_drop(hidden).await);
+        assert_eq!(code, 1235, "{hidden:?}: {message}");
+        assert!(message.contains("COMMIT or ROLLBACK first"), "{message}");
+    }
+    // Prepared, its executions would not be read at all.
+    for hidden in ["\x0bROLLBACK", "--\x01\nROLLBACK"] {
+        let (code, message) = server_error(edxapp.prep(hidden).await);
+        assert_eq!(code, 1235, "{hidden:?}: {message}");
+        assert!(message.contains("send them as text"), "{message}");
+    }
+    edxapp.query_drop("ROLLBACK").await.unwrap();
+    assert!(extended_states(&site).await.is_empty(), "the client's ROLLBACK rolled the csmh side back");
+}
+
+#[tokio::test]
 async fn with_autocommit_off_a_statement_that_commits_implicitly_commits_the_csmh_side() {
     let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
     let mut edxapp = site.edxapp().await;

@@ -358,7 +358,8 @@ impl Router {
     }
 
     fn route_with(&self, sql: &[u8], reads: OneServerReads) -> Route {
-        if self.is_passthrough() {
+        // The checks of a text that holds the name (several statements, executable comments) need it there.
+        if self.is_passthrough() || !self.prefilter.matches(sql) {
             return Route::Passthrough;
         }
         if sql.len() > self.parse_limit {
@@ -387,14 +388,24 @@ impl Router {
                  character set such a byte can be a space (latin1's 0xA0), where the tokenizer reads part of a name",
             ));
         }
+        if source::has_executable_comment(source.bytes()) {
+            return Err(Unroutable::new(
+                "an executable comment (`/*!...*/`, `/*M!...*/`) in a statement whose text holds the history \
+                 table's name",
+            ));
+        }
+        if let Some(misreading) = source::misreading(source, &tokens) {
+            return Err(Unroutable::new(misreading.describe()));
+        }
+        if source::runs_sql_from_text(&tokens) {
+            return Err(Unroutable::new(
+                "PREPARE ... FROM or EXECUTE IMMEDIATE with the history table's name in its text: the router cannot \
+                 route the statement it runs",
+            ));
+        }
         let mentions = source::mentions(&tokens, &self.old);
         if mentions.is_empty() {
             return Ok(Route::Passthrough);
-        }
-        if source::has_executable_comment(source.bytes()) {
-            return Err(Unroutable::new(
-                "an executable comment (`/*!...*/`, `/*M!...*/`) in a statement naming the history table",
-            ));
         }
         let statement = parse_one(&tokens)?;
         let shape = classify::shape(&statement, &self.old)?;

@@ -44,6 +44,22 @@ impl<'a> Source<'a> {
         self.latin1
     }
 
+    /// Whether a `--` is followed by a character on which the server and the tokenizer disagree whether a comment
+    /// starts there: the server starts one before a space or any control character (below 0x20, or 0x7F), the
+    /// tokenizer before any Unicode white space. `--\x01'` opens a string for the tokenizer that the server never
+    /// sees; `--\u{3000}` starts a comment the server reads as SQL.
+    pub fn has_dash_dash_read_otherwise(&self) -> bool {
+        let bytes = self.bytes;
+        (0..bytes.len().saturating_sub(2)).filter(|&at| bytes[at] == b'-' && bytes[at + 1] == b'-').any(|at| {
+            let next = match self.latin1 {
+                true => char::from(bytes[at + 2]),
+                // After an ASCII byte: a character boundary of the UTF-8 text, which is the bytes.
+                false => self.text[at + 2..].chars().next().unwrap_or(' '),
+            };
+            next.is_whitespace() != (next == ' ' || next.is_ascii_control())
+        })
+    }
+
     /// The original bytes.
     pub fn bytes(&self) -> &'a [u8] {
         self.bytes
@@ -193,6 +209,68 @@ fn end_without_backslash_escapes(raw: &[u8], open: usize) -> Option<usize> {
         at += 1;
     }
     None
+}
+
+/// A way the server reads a statement's text otherwise than sqlparser's tokenizer whatever the session's
+/// settings, so that the tokens cannot show what the server runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Misreading {
+    /// `--` before a control character or before white space beyond ASCII
+    /// ([`Source::has_dash_dash_read_otherwise`]).
+    DashDash,
+    /// `b"…"`: a byte string without escapes for the tokenizer, the name `b` and a string for the server.
+    DoubleQuotedByteString,
+    /// `/*M!…*/`, or `/*!` with a version: the server runs the contents or not by its version, the tokenizer
+    /// always reads inside `/*!` and never inside `/*M!`.
+    ConditionalComment,
+}
+
+impl Misreading {
+    /// What the statement holds, for the error that refuses it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Misreading::DashDash => {
+                "`--` before a control character (a comment for the server, not for the router) or before white \
+                 space beyond ASCII (the reverse)"
+            }
+            Misreading::DoubleQuotedByteString => {
+                "`b\"...\"`, a byte string without escapes for the router, a name and a string for the server"
+            }
+            Misreading::ConditionalComment => {
+                "a conditional comment (`/*M!...*/`, or `/*!` with a version), whose contents the server runs or \
+                 not by its version"
+            }
+        }
+    }
+}
+
+/// The first way the server may read the statement of `source`, tokenized as `tokens`, otherwise than the
+/// tokenizer, whatever the session's settings.
+pub fn misreading(source: &Source<'_>, tokens: &[Tok]) -> Option<Misreading> {
+    if source.has_dash_dash_read_otherwise() {
+        Some(Misreading::DashDash)
+    } else if tokens.iter().any(|t| matches!(t.token.token, Token::DoubleQuotedByteStringLiteral(_))) {
+        Some(Misreading::DoubleQuotedByteString)
+    } else if has_conditional_comment(source.bytes()) {
+        Some(Misreading::ConditionalComment)
+    } else {
+        None
+    }
+}
+
+/// Whether `bytes` hold `/*M!` or `/*!` followed by a digit (looked for anywhere, in strings too).
+fn has_conditional_comment(bytes: &[u8]) -> bool {
+    bytes.windows(4).any(|w| w == b"/*M!" || (w.starts_with(b"/*!") && w[3].is_ascii_digit()))
+}
+
+/// Whether `tokens` are a statement that prepares or runs SQL given as text, `PREPARE name FROM …` or MariaDB's
+/// `EXECUTE IMMEDIATE …`: what it runs is a string to the router.
+pub fn runs_sql_from_text(tokens: &[Tok]) -> bool {
+    match tokens {
+        [first, second, ..] if first.is_keyword("EXECUTE") => second.is_keyword("IMMEDIATE"),
+        [first, ..] => first.is_keyword("PREPARE"),
+        [] => false,
+    }
 }
 
 /// Whether `bytes` hold an executable comment, `/*! ... */` or MariaDB's `/*M! ... */` (looked for anywhere, in

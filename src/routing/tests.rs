@@ -503,6 +503,36 @@ fn under_ansi_quotes_a_history_statement_with_double_quotes_is_refused() {
 }
 
 #[test]
+fn text_the_server_reads_otherwise_whatever_the_settings_is_refused() {
+    let router = extended_only();
+    for (sql, why) in [
+        // The server's comment before any control character: the tokenizer reads a string to the end.
+        ("DELETE --\x01'\nFROM courseware_studentmodulehistory -- '", "`--`"),
+        ("DELETE ---\x7f'\nFROM courseware_studentmodulehistory -- '", "`--`"),
+        // The tokenizer's comment before U+3000, which the server reads as a name.
+        ("SELECT 0 --\u{3000}h.id FROM courseware_studentmodulehistory \u{3000}h", "`--`"),
+        // A byte string without escapes for the tokenizer, `b` and an escaped string for the server.
+        ("SELECT b\"\\\"\" , h.id FROM (SELECT 1 AS b) x, courseware_studentmodulehistory h -- \"", "byte string"),
+        // The tokenizer does not read inside `/*M!`, the server runs it.
+        ("DELETE FROM /*M!100000 courseware_studentmodulehistory */", "executable comment"),
+        // What these run is a string to the router.
+        ("PREPARE s FROM 'DELETE FROM courseware_studentmodulehistory'", "PREPARE"),
+        ("EXECUTE IMMEDIATE 'DELETE FROM courseware_studentmodulehistory'", "EXECUTE IMMEDIATE"),
+    ] {
+        let Route::Refuse(refusal) = router.route(sql.as_bytes()) else { panic!("refused: {sql:?}") };
+        assert!(refusal.error.message.contains(why), "{sql:?}: {}", refusal.error.message);
+    }
+    // `--` before ASCII white space is a comment for both, before anything else two minus signs for both.
+    for alike in [
+        "SELECT id FROM courseware_studentmodulehistory --\tnote",
+        "SELECT id FROM courseware_studentmodulehistory WHERE id = 1 --1",
+        "SELECT id FROM courseware_studentmodulehistory WHERE state = '--\u{e9}'",
+    ] {
+        assert!(matches!(router.route(alike.as_bytes()), Route::Rewrite(_)), "{alike:?}");
+    }
+}
+
+#[test]
 fn several_statements_with_the_history_tables_name_anywhere_are_refused() {
     let router = extended_only();
     // An earlier statement can change how the server reads a later one: here the string ends early for it.

@@ -700,12 +700,14 @@ pub fn controls_transactions(statement: &[u8], escaping: Escaping) -> bool {
         let word_len = statement[start..].iter().take_while(|b| b.is_ascii_alphabetic()).count();
         let word = &statement[start..start + word_len];
         let is = |known: &&str| word.eq_ignore_ascii_case(known.as_bytes());
-        if !CONTROL_FIRST_WORDS.iter().any(is) && !IMPLICIT_COMMITS.iter().any(is) {
+        // No word at all (a statement starting with a character the check does not skip) is left to the tokenizer.
+        if word_len > 0 && !CONTROL_FIRST_WORDS.iter().any(is) && !IMPLICIT_COMMITS.iter().any(is) {
             return false;
         }
     }
-    match Source::new(statement).tokens() {
-        Ok(tokens) => control_of(&tokens, statement, false, escaping).is_some(),
+    let source = Source::new(statement);
+    match source.tokens() {
+        Ok(tokens) => control_of(&tokens, &source, false, escaping).is_some(),
         Err(_) => true,
     }
 }
@@ -714,14 +716,19 @@ pub fn controls_transactions(statement: &[u8], escaping: Escaping) -> bool {
 /// statements that commit before beginning a transaction, with autocommit off those that commit implicitly, and
 /// what the `csmh` side cannot follow: several statements in one query, XA, CALL, EXECUTE, compound statements.
 fn transaction_control(statement: &[u8], autocommit: bool, escaping: Escaping) -> Option<Control> {
-    match Source::new(statement).tokens() {
-        Ok(tokens) => control_of(&tokens, statement, autocommit, escaping),
+    let source = Source::new(statement);
+    match source.tokens() {
+        Ok(tokens) => control_of(&tokens, &source, autocommit, escaping),
         Err(_) => Some(Control::Unfollowable("a statement it cannot read")),
     }
 }
 
-/// [`transaction_control`] of a statement read as `tokens`.
-fn control_of(tokens: &[Tok], statement: &[u8], autocommit: bool, escaping: Escaping) -> Option<Control> {
+/// [`transaction_control`] of the statement of `source`, read as `tokens`.
+fn control_of(tokens: &[Tok], source: &Source<'_>, autocommit: bool, escaping: Escaping) -> Option<Control> {
+    let statement = source.bytes();
+    if let Some(misreading) = source::misreading(source, tokens) {
+        return Some(Control::Unfollowable(misreading.describe()));
+    }
     if escaping == Escaping::DoubledQuotes
         && source::string_read_otherwise_without_backslash_escapes(tokens, statement).is_some()
     {
@@ -730,7 +737,7 @@ fn control_of(tokens: &[Tok], statement: &[u8], autocommit: bool, escaping: Esca
     if source::double_quoted(tokens).any(|range| statement[range].contains(&b'\\')) {
         return Some(Control::Unfollowable("a statement with a backslash in double quotes (a name under ANSI_QUOTES)"));
     }
-    if std::str::from_utf8(statement).is_err() && source::has_word_with_high_bytes(tokens) {
+    if source.is_latin1() && source::has_word_with_high_bytes(tokens) {
         return Some(Control::Unfollowable("a statement that is not UTF-8 with a byte above 0x7F in a word"));
     }
     let statements_end = tokens.iter().position(|t| t.token.token == Token::SemiColon).unwrap_or(tokens.len());
@@ -801,19 +808,23 @@ fn statement_may_change_settings(text: &[u8]) -> bool {
     SETTING_KEYWORDS.iter().any(|keyword| word.eq_ignore_ascii_case(keyword)) || text[start..].contains(&b';')
 }
 
-/// Where the first keyword of `text` starts, after white space and comments; `None` when an executable comment
-/// (`/*! ... */`, `/*M! ... */`) comes first, whose content the server runs.
+/// Where the first keyword of `text` starts, after white space and comments as the server reads them; `None`
+/// when an executable comment (`/*! ... */`, `/*M! ... */`) comes first, whose content the server runs.
 fn first_keyword_start(text: &[u8]) -> Option<usize> {
+    // The server's white space: tab, line feed, vertical tab, form feed, carriage return and space.
+    let is_space = |byte: &u8| matches!(byte, b'\t'..=b'\r' | b' ');
     let mut at = 0;
     loop {
         let rest = &text[at..];
-        if rest.first().is_some_and(u8::is_ascii_whitespace) {
+        if rest.first().is_some_and(is_space) {
             at += 1;
         } else if rest.starts_with(b"/*!") || rest.starts_with(b"/*M!") {
             return None;
         } else if rest.starts_with(b"/*") {
             at += rest.windows(2).position(|w| w == b"*/").map_or(rest.len(), |end| end + 2);
-        } else if rest.starts_with(b"#") || rest.starts_with(b"-- ") {
+        } else if rest.starts_with(b"#")
+            || (rest.starts_with(b"--") && rest.get(2).is_some_and(|b| is_space(b) || b.is_ascii_control()))
+        {
             at += rest.iter().position(|&b| b == b'\n').map_or(rest.len(), |end| end + 1);
         } else {
             return Some(at);
@@ -918,6 +929,11 @@ mod tests {
             (b"-- note\nUPDATE t SET a = 1", false),
             // Unreadable to the tokenizer, which ends the name at the backquote a gbk character ends in.
             ("ROLLBACK TO SAVEPOINT `中`s`".as_bytes(), true),
+            // The server's white space and comments before the word, which the first-word check does not skip.
+            (b"\x0bROLLBACK", true),
+            (b"--\t\nROLLBACK", true),
+            (b"--\x01\nROLLBACK", true),
+            (b"/*M! ROLLBACK */", true),
         ] {
             let seen = controls_transactions(sql, Escaping::Backslashes);
             assert_eq!(seen, prepared_controls, "{}", String::from_utf8_lossy(sql));
@@ -928,6 +944,10 @@ mod tests {
         assert!(unfollowable(b"SELECT 'unterminated", true), "not read, not run");
         // latin1 reads 0xA0 as a space, the tokenizer as a letter of one word.
         assert!(unfollowable(b"\xa0ROLLBACK", true), "a word with a byte above 0x7F, not UTF-8");
+        // The server reads a ROLLBACK the tokenizer does not, or skips one it reads.
+        for hidden in [&b"SELECT 1 --\x01'\nROLLBACK -- '"[..], b"/*M! ROLLBACK */", b"/*!999999 ROLLBACK */"] {
+            assert!(unfollowable(hidden, true), "{}", String::from_utf8_lossy(hidden));
+        }
         // Under ANSI_QUOTES a name `a\`, then a ROLLBACK; one string to the tokenizer.
         assert!(unfollowable(br#"SELECT "a\"; ROLLBACK; -- ""#, true), "a backslash in double quotes");
         assert!(!unfollowable(br#"SELECT "a""#, true), "double quotes alone read alike but for the kind");
