@@ -433,6 +433,8 @@ async fn text_the_server_reads_otherwise_than_the_router_is_refused_and_the_reti
         (format!(r#"SELECT b"\"" , h.id FROM (SELECT 1 AS b) x, {OLD} h -- ""#), "byte string"),
         // A comment to the tokenizer, which MariaDB runs.
         (format!("DELETE FROM /*M!100000 {OLD} */"), "executable comment"),
+        // `@@` and a backquote: one word to the tokenizer, which then reads a quoted name to the comment's end.
+        (format!("DELETE h FROM (SELECT @@`autocommit` AS a) x, {OLD} h /* ` */"), "`@`"),
         // A string to the router, which the server prepares.
         (format!("PREPARE s FROM 'DELETE FROM {OLD}'"), "PREPARE"),
     ] {

@@ -223,6 +223,10 @@ pub enum Misreading {
     /// `/*M!…*/`, or `/*!` with a version: the server runs the contents or not by its version, the tokenizer
     /// always reads inside `/*!` and never inside `/*M!`.
     ConditionalComment,
+    /// `@` or `@@` before a character no name holds: the tokenizer takes that character into one word with them
+    /// (a backquote after `@@` opens a quoted name to the tokenizer and closes one to the server; after
+    /// `'user'@` a `#`, `/*` or `;` starts a comment or a statement for the server).
+    SwallowedByAt,
 }
 
 impl Misreading {
@@ -240,6 +244,9 @@ impl Misreading {
                 "a conditional comment (`/*M!...*/`, or `/*!` with a version), whose contents the server runs or \
                  not by its version"
             }
+            Misreading::SwallowedByAt => {
+                "`@` or `@@` right before a quote, a comment or a sign, which the router reads as part of one name"
+            }
         }
     }
 }
@@ -253,9 +260,18 @@ pub fn misreading(source: &Source<'_>, tokens: &[Tok]) -> Option<Misreading> {
         Some(Misreading::DoubleQuotedByteString)
     } else if has_conditional_comment(source.bytes()) {
         Some(Misreading::ConditionalComment)
+    } else if tokens.iter().any(has_swallowed_character) {
+        Some(Misreading::SwallowedByAt)
     } else {
         None
     }
+}
+
+/// Whether `tok` is an unquoted word holding an ASCII character no unquoted name or variable holds: only the
+/// tokenizer's `@` and `@@` take one in ([`Misreading::SwallowedByAt`]).
+fn has_swallowed_character(tok: &Tok) -> bool {
+    let is_odd = |c: char| c.is_ascii() && !(c.is_ascii_alphanumeric() || matches!(c, '_' | '$' | '@'));
+    matches!(&tok.token.token, Token::Word(w) if w.quote_style.is_none() && w.value.chars().any(is_odd))
 }
 
 /// Whether `bytes` hold `/*M!` or `/*!` followed by a digit (looked for anywhere, in strings too).

@@ -515,6 +515,10 @@ fn text_the_server_reads_otherwise_whatever_the_settings_is_refused() {
         ("SELECT b\"\\\"\" , h.id FROM (SELECT 1 AS b) x, courseware_studentmodulehistory h -- \"", "byte string"),
         // The tokenizer does not read inside `/*M!`, the server runs it.
         ("DELETE FROM /*M!100000 courseware_studentmodulehistory */", "executable comment"),
+        // `@@` and the backquote are one word to the tokenizer, which then opens a quoted name the server closes.
+        ("DELETE h FROM (SELECT @@`autocommit` AS a) x, courseware_studentmodulehistory h /* ` */", "`@`"),
+        ("CREATE DEFINER='root'@#'\n VIEW v AS SELECT * FROM courseware_studentmodulehistory -- '", "`@`"),
+        ("CREATE DEFINER='root'@/*'*/ VIEW v AS SELECT * FROM courseware_studentmodulehistory #'", "`@`"),
         // What these run is a string to the router.
         ("PREPARE s FROM 'DELETE FROM courseware_studentmodulehistory'", "PREPARE"),
         ("EXECUTE IMMEDIATE 'DELETE FROM courseware_studentmodulehistory'", "EXECUTE IMMEDIATE"),
@@ -527,6 +531,7 @@ fn text_the_server_reads_otherwise_whatever_the_settings_is_refused() {
         "SELECT id FROM courseware_studentmodulehistory --\tnote",
         "SELECT id FROM courseware_studentmodulehistory WHERE id = 1 --1",
         "SELECT id FROM courseware_studentmodulehistory WHERE state = '--\u{e9}'",
+        "SELECT id, @x, @@session.sql_mode FROM courseware_studentmodulehistory",
     ] {
         assert!(matches!(router.route(alike.as_bytes()), Route::Rewrite(_)), "{alike:?}");
     }

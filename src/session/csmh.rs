@@ -945,7 +945,13 @@ mod tests {
         // latin1 reads 0xA0 as a space, the tokenizer as a letter of one word.
         assert!(unfollowable(b"\xa0ROLLBACK", true), "a word with a byte above 0x7F, not UTF-8");
         // The server reads a ROLLBACK the tokenizer does not, or skips one it reads.
-        for hidden in [&b"SELECT 1 --\x01'\nROLLBACK -- '"[..], b"/*M! ROLLBACK */", b"/*!999999 ROLLBACK */"] {
+        let hiding: [&[u8]; 4] = [
+            b"SELECT 1 --\x01'\nROLLBACK -- '",
+            b"/*M! ROLLBACK */",
+            b"/*!999999 ROLLBACK */",
+            b"SELECT @@`a`; ROLLBACK; -- `",
+        ];
+        for hidden in hiding {
             assert!(unfollowable(hidden, true), "{}", String::from_utf8_lossy(hidden));
         }
         // Under ANSI_QUOTES a name `a\`, then a ROLLBACK; one string to the tokenizer.
