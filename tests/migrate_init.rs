@@ -1,5 +1,6 @@
 //! `csmh-proxy init` against real MariaDB servers: what the operator sees when the extended table is created,
-//! when init runs again, when an existing table's ids are unsafe, and when an empty one's are merely unset.
+//! when init runs again, when an existing table's ids are unsafe, and when an empty one's are merely unset; and
+//! what `status` then says of the server's table names.
 
 mod migrate_support;
 mod support;
@@ -123,4 +124,25 @@ async fn init_refuses_a_missing_old_table() {
     assert_eq!(output.status.code(), Some(1), "{}", outputs(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("does not exist on [backends.edxapp]: check `history.old_table`"), "{stderr}");
+}
+
+#[tokio::test]
+async fn status_warns_when_the_server_folds_table_names() {
+    let site = MigrationSite::new(false).await;
+    site.succeeds(&["init"]).await;
+    let status = site.succeeds(&["status"]).await;
+    assert!(status.contains("table names:    as written (lower_case_table_names = 0"), "{status}");
+
+    // A server that folds names: `…hİstory` (U+0130) names the old table there, unseen by the proxy.
+    let folding = csmh_proxy::sandbox::MariaDb::start_with(&["--lower-case-table-names=1".into()]).await.unwrap();
+    for account in support::accounts() {
+        folding.create_account(&account, &[]).await.unwrap();
+    }
+    let folding = std::sync::Arc::new(folding);
+    let site = MigrationSite::on(support::EdxDatabases::fresh_on(folding.clone(), folding).await).await;
+    site.succeeds(&["init"]).await;
+    let status = site.succeeds(&["status"]).await;
+    assert!(status.contains("table names:    WARNING: lower_case_table_names = 1"), "{status}");
+    let json: serde_json::Value = serde_json::from_str(&site.succeeds(&["status", "--json"]).await).expect("JSON");
+    assert_eq!(json["lower_case_table_names"], 1, "{json:#}");
 }

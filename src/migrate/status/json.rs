@@ -31,6 +31,7 @@ pub struct Status {
     extended_table: Table,
     id_offset_safe: Option<bool>,
     ids_below_2_31: IdsBelow231,
+    lower_case_table_names: Option<u64>,
     migrate: Option<Migrate>,
     verify: Option<Verify>,
     migrate_back: Option<MigrateBack>,
@@ -140,6 +141,7 @@ impl Status {
             extended_table: Table::of(&report.extended),
             id_offset_safe: report.extended.stats.and_then(|stats| stats.next_id).map(|_| report.extended_ready()),
             ids_below_2_31: IdsBelow231 { left: headroom.left(), warning: headroom.key() },
+            lower_case_table_names: report.name_folding,
             migrate: report.migrate.as_ref().map(|checkpoint| Migrate::of(checkpoint, report)),
             verify: report.verify.as_ref().map(|checkpoint| Verify {
                 state: checkpoint.state.clone(),

@@ -12,6 +12,7 @@ pub mod next;
 use std::fmt;
 
 use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
 
 use super::checkpoint::{self, Checkpoint, Task};
 use super::control::{self, Control};
@@ -57,6 +58,8 @@ pub struct StatusReport {
     now: String,
     /// The shadow comparison over the proxies asked, when any compares reads.
     shadow: Option<ShadowTotals>,
+    /// The `edxapp` server's `lower_case_table_names` (`None` if it could not be read).
+    name_folding: Option<u64>,
 }
 
 /// What is known of one table.
@@ -97,6 +100,7 @@ pub async fn run(config: &Config, args: &StatusArgs) -> Result<StatusReport, Mig
     let (control, _) = control::load(&mut servers.csmh, &site).await?;
     let now = checkpoint::server_now(&mut servers.csmh).await?;
     let shadow = Fleet::survey(&args.fleet, Some(config)).await.shadow();
+    let name_folding = servers.edxapp.query_first("SELECT @@lower_case_table_names").await.ok().flatten();
     Ok(StatusReport {
         flags: site.flags,
         stage: routing_table(site.flags).map(|table| table.stage()),
@@ -109,6 +113,7 @@ pub async fn run(config: &Config, args: &StatusArgs) -> Result<StatusReport, Mig
         control,
         now,
         shadow,
+        name_folding,
     })
 }
 
@@ -215,6 +220,7 @@ impl fmt::Display for StatusReport {
         writeln!(f, "extended table: {}", self.extended)?;
         writeln!(f, "id offset:      {}", offset(&self.old, &self.extended, self.facts().going_back()))?;
         writeln!(f, "32-bit ids:     {}", Headroom::of(self.extended.stats.and_then(|stats| stats.next_id)))?;
+        writeln!(f, "table names:    {}", NameFolding(self.name_folding))?;
         writeln!(f, "migrate:        {}", CheckpointLine(Task::Migrate, self.migrate.as_ref()))?;
         writeln!(f, "verify:         {}", CheckpointLine(Task::Verify, self.verify.as_ref()))?;
         if let Some(back) = &self.migrate_back {
@@ -258,6 +264,26 @@ impl fmt::Display for TableStatus {
         match stats.next_id {
             Some(next) => write!(f, ", next id {next}"),
             None => Ok(()),
+        }
+    }
+}
+
+/// What the `edxapp` server's `lower_case_table_names` means for the router, which matches the old table's name
+/// in ASCII: with 1 or 2 the server folds names with Unicode case rules, so that `…hİstory` (U+0130) names the
+/// old table unseen (docs/routing.md, "What the router cannot see").
+struct NameFolding(Option<u64>);
+
+impl fmt::Display for NameFolding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(0) => write!(f, "as written (lower_case_table_names = 0 on [backends.edxapp])"),
+            Some(value) => write!(
+                f,
+                "WARNING: lower_case_table_names = {value} on [backends.edxapp]: the server folds names with Unicode \
+                 case rules, so a name the proxy does not match can reach the old table (docs/routing.md); revoke \
+                 the account's privileges on it once retired"
+            ),
+            None => write!(f, "unknown (lower_case_table_names could not be read)"),
         }
     }
 }
