@@ -382,12 +382,6 @@ impl Router {
                  sql_mode); send them one at a time",
             ));
         }
-        if source.is_latin1() && source::has_word_with_high_bytes(&tokens) {
-            return Err(Unroutable::new(
-                "a name or keyword with a byte above 0x7F in a statement that is not UTF-8: in a single-byte \
-                 character set such a byte can be a space (latin1's 0xA0), where the tokenizer reads part of a name",
-            ));
-        }
         if source::has_executable_comment(source.bytes()) {
             return Err(Unroutable::new(
                 "an executable comment (`/*!...*/`, `/*M!...*/`) in a statement whose text holds the history \

@@ -171,7 +171,7 @@ pub fn several_statements(tokens: &[Tok]) -> bool {
 /// ([`Source::is_latin1`]) that is a byte the client's single-byte character set may read as a space (latin1's
 /// 0xA0, which the tokenizer reads as a letter): the server would split the word where the tokenizer does not.
 /// In quotes, strings and comments such a byte separates nothing.
-pub fn has_word_with_high_bytes(tokens: &[Tok]) -> bool {
+fn has_word_with_high_bytes(tokens: &[Tok]) -> bool {
     tokens.iter().any(|t| matches!(&t.token.token, Token::Word(w) if w.quote_style.is_none() && !w.value.is_ascii()))
 }
 
@@ -215,6 +215,8 @@ fn end_without_backslash_escapes(raw: &[u8], open: usize) -> Option<usize> {
 /// settings, so that the tokens cannot show what the server runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Misreading {
+    /// A name or keyword with a byte above 0x7F in a statement that is not UTF-8 ([`has_word_with_high_bytes`]).
+    HighByteInWord,
     /// `--` before a control character or before white space beyond ASCII
     /// ([`Source::has_dash_dash_read_otherwise`]).
     DashDash,
@@ -233,6 +235,10 @@ impl Misreading {
     /// What the statement holds, for the error that refuses it.
     pub fn describe(self) -> &'static str {
         match self {
+            Misreading::HighByteInWord => {
+                "a name or keyword with a byte above 0x7F in a statement that is not UTF-8: in a single-byte \
+                 character set such a byte can be a space (latin1's 0xA0), where the tokenizer reads part of a name"
+            }
             Misreading::DashDash => {
                 "`--` before a control character (a comment for the server, not for the router) or before white \
                  space beyond ASCII (the reverse)"
@@ -254,7 +260,9 @@ impl Misreading {
 /// The first way the server may read the statement of `source`, tokenized as `tokens`, otherwise than the
 /// tokenizer, whatever the session's settings.
 pub fn misreading(source: &Source<'_>, tokens: &[Tok]) -> Option<Misreading> {
-    if source.has_dash_dash_read_otherwise() {
+    if source.is_latin1() && has_word_with_high_bytes(tokens) {
+        Some(Misreading::HighByteInWord)
+    } else if source.has_dash_dash_read_otherwise() {
         Some(Misreading::DashDash)
     } else if tokens.iter().any(|t| matches!(t.token.token, Token::DoubleQuotedByteStringLiteral(_))) {
         Some(Misreading::DoubleQuotedByteString)

@@ -737,9 +737,6 @@ fn control_of(tokens: &[Tok], source: &Source<'_>, autocommit: bool, escaping: E
     if source::double_quoted(tokens).any(|range| statement[range].contains(&b'\\')) {
         return Some(Control::Unfollowable("a statement with a backslash in double quotes (a name under ANSI_QUOTES)"));
     }
-    if source.is_latin1() && source::has_word_with_high_bytes(tokens) {
-        return Some(Control::Unfollowable("a statement that is not UTF-8 with a byte above 0x7F in a word"));
-    }
     let statements_end = tokens.iter().position(|t| t.token.token == Token::SemiColon).unwrap_or(tokens.len());
     if statements_end + 1 < tokens.len() {
         return Some(Control::Unfollowable("several statements in one query"));
