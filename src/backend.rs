@@ -409,24 +409,35 @@ pub async fn send_command(conn: &mut Connection, command: u8, body: &[u8]) -> io
     conn.write_all(&out).await
 }
 
-/// Runs `statements` as COM_QUERY commands sent in one write, and reads their answers in order (small ones: OKs,
-/// ERRs, a few rows). The server answers one command after the other, so the whole costs one round trip; every
-/// answer is read, an ERR among them included, so that the connection is between commands again.
+/// Runs `statements` as COM_QUERY commands sent in one write, and reads their answers in order ([`pipeline`]).
 pub async fn query_pipeline(
     conn: &mut Connection,
     caps: Negotiated,
     statements: &[&[u8]],
 ) -> Result<Vec<Reply>, QueryError> {
-    if statements.is_empty() {
+    let commands: Vec<(u8, &[u8])> = statements.iter().map(|sql| (COM_QUERY, *sql)).collect();
+    pipeline(conn, caps, &commands).await
+}
+
+/// Sends `commands` (each a command byte and its body; each answered with an OK, an ERR or a few rows) in one
+/// write, and reads their answers in order. The server answers one command after the other, so the whole costs
+/// one round trip; every answer is read, an ERR among them included, so that the connection is between commands
+/// again. Nothing is sent for no command.
+pub async fn pipeline(
+    conn: &mut Connection,
+    caps: Negotiated,
+    commands: &[(u8, &[u8])],
+) -> Result<Vec<Reply>, QueryError> {
+    if commands.is_empty() {
         return Ok(Vec::new());
     }
     let mut out = BytesMut::new();
-    for sql in statements {
-        put_command(&mut out, COM_QUERY, sql);
+    for (command, body) in commands {
+        put_command(&mut out, *command, body);
     }
     conn.write_all(&out).await?;
-    let mut replies = Vec::with_capacity(statements.len());
-    for _ in statements {
+    let mut replies = Vec::with_capacity(commands.len());
+    for _ in commands {
         let response = read_response(conn, caps, Expect::ResultSets).await?;
         replies.push(Reply::parse(&response, caps)?);
     }

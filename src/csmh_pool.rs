@@ -5,10 +5,13 @@
 //! requires it), several round trips before its statement. The proxy logs in to the `csmh` server with its own
 //! account, the same for every session, so a connection whose session ended cleanly can serve the next one: it
 //! is reset first (`COM_RESET_CONNECTION`: the server rolls back, forgets prepared statements, temporary tables
-//! and variables, and puts the session's settings back to the account's defaults), and the next session applies
-//! its client's settings on it as on a new connection. A connection is kept for [`KEPT_FOR`] (up to half as long
-//! again, between two sweeps), under the configuration generation it was opened with; the newest is taken first,
-//! so that in quiet times the others age out.
+//! and variables, and puts the session's settings back to the account's defaults), and the settings the session
+//! had applied are applied again in the same write. edxapp's requests all run with the same settings but for
+//! autocommit (off in a request `ATOMIC_REQUESTS` wraps in a transaction, on in a view that opts out), so the next
+//! session usually finds its own settings in place and runs its first statement at once, where it would otherwise pay a round trip to apply them; one
+//! whose settings differ applies them as on a new connection. A connection is kept for [`KEPT_FOR`] (up to half
+//! as long again, between two sweeps), under the configuration generation it was opened with; the newest is taken
+//! first (of those with the session's settings, if any), so that in quiet times the others age out.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -34,17 +37,23 @@ pub struct Kept {
     pub asked: LoginAsked,
     /// The configuration generation it was opened under.
     pub generation: u64,
+    /// The client session settings applied on it since its reset.
+    pub settings: Settings,
     since: Instant,
 }
+
+/// Client session settings applied on a `csmh` connection, as the proxy's read of the client's session answered
+/// them (one value per setting, in the reader's order); empty when none is applied (the account's defaults).
+pub type Settings = Vec<Option<Vec<u8>>>;
 
 /// The client's protocol features a `csmh` login asks for (those that decide the layout of the answers the
 /// proxy relays, and MariaDB's extensions), so that the connection answers as the client expects.
 pub type LoginAsked = (CapabilityFlags, MariadbCapabilities);
 
 impl Kept {
-    /// A connection of `generation`, asked for `asked`, ready to be kept from now.
-    pub fn new(conn: Connection, caps: Negotiated, asked: LoginAsked, generation: u64) -> Kept {
-        Kept { conn, caps, asked, generation, since: Instant::now() }
+    /// A connection of `generation`, asked for `asked`, with `settings` applied, ready to be kept from now.
+    pub fn new(conn: Connection, caps: Negotiated, asked: LoginAsked, generation: u64, settings: Settings) -> Kept {
+        Kept { conn, caps, asked, generation, settings, since: Instant::now() }
     }
 
     /// Whether it runs over TLS, as a session whose client came over TLS needs.
@@ -81,18 +90,20 @@ impl CsmhPool {
         CsmhPool { state: Mutex::default(), counters }
     }
 
-    /// The newest kept connection of `generation` that `fits` the session and that the server has not closed
-    /// (checked for a plaintext one; a TLS one is checked by its first use). Connections of older generations,
-    /// those kept longer than [`KEPT_FOR`] and those the server closed are closed on the way.
-    pub fn take(&self, generation: u64, fits: impl Fn(&Kept) -> bool) -> Option<Kept> {
+    /// The newest kept connection of `generation` that `fits` the session, and of those the newest with
+    /// `settings` applied, that the server has not closed or spoken on since it was kept. Connections of older
+    /// generations, those kept longer than [`KEPT_FOR`] and those the server closed are closed on the way.
+    pub fn take(&self, generation: u64, settings: &Settings, fits: impl Fn(&Kept) -> bool) -> Option<Kept> {
         loop {
             let mut state = self.lock();
             self.close_outdated(&mut state, generation);
-            let index = state.kept.iter().rposition(|kept| kept.generation == generation && fits(kept))?;
+            let fits = |kept: &Kept| kept.generation == generation && fits(kept);
+            let same = state.kept.iter().rposition(|kept| fits(kept) && kept.settings == *settings);
+            let index = same.or_else(|| state.kept.iter().rposition(fits))?;
             let mut kept = state.kept.remove(index);
             self.counters.kept.set(state.kept.len() as i64);
             drop(state);
-            if kept.encrypted() || kept.conn.is_quiet() {
+            if kept.conn.is_quiet() {
                 return Some(kept);
             }
             // The server closed it or spoke (a KILL, its wait_timeout).

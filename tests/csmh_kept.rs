@@ -154,9 +154,10 @@ async fn a_stopped_proxy_keeps_no_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_kept_tls_connection_the_server_closed_is_replaced_at_its_first_step() {
-    // A TLS connection cannot be checked with a read before it is taken: its first step is the check. The proxy's
-    // mode makes its csmh connections TLS; the server lets root in in plaintext, to KILL one.
+async fn a_kept_tls_connection_the_server_closed_is_replaced() {
+    // A TLS connection is checked by looking at its socket only (a read would take TLS records from under the
+    // session), and the next session has the same settings, so no step is sent on it before the client's
+    // statement. The proxy's mode makes its csmh connections TLS; the server lets root in in plaintext, to KILL one.
     let pki = support::tls::TestPki::new("csmh-proxy test CA");
     let (edxapp_cert, csmh_cert) = (pki.localhost("edxapp"), pki.localhost("csmh"));
     let (edxapp, csmh) = tokio::join!(support::tls_server(&pki, &edxapp_cert), support::tls_server(&pki, &csmh_cert));
@@ -190,4 +191,112 @@ async fn a_kept_connection_goes_only_to_a_client_with_the_same_protocol_features
     assert_ne!(other, found_rows, "a client without CLIENT_FOUND_ROWS gets a connection of its own");
     wait_until_kept(&site.proxy, 2).await;
     assert_eq!(csmh_connection_of_a_new_session(&site).await, found_rows, "and edxapp's next session edxapp's");
+}
+
+/// The `csmh` server's global counters of `SET` statements, BEGINs, COMMITs and ROLLBACKs, read on `root`.
+async fn transaction_and_set_counts(root: &mut mysql_async::Conn) -> [u64; 4] {
+    let rows: Vec<(String, u64)> = root
+        .query(
+            "SHOW GLOBAL STATUS WHERE Variable_name IN ('Com_set_option', 'Com_begin', 'Com_commit', 'Com_rollback')",
+        )
+        .await
+        .expect("SHOW GLOBAL STATUS");
+    let count = |name: &str| rows.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).expect(name).1;
+    [count("Com_set_option"), count("Com_begin"), count("Com_commit"), count("Com_rollback")]
+}
+
+/// How much each of `after`'s counters grew since `before`.
+fn grown(before: [u64; 4], after: [u64; 4]) -> [u64; 4] {
+    std::array::from_fn(|i| after[i] - before[i])
+}
+
+#[tokio::test]
+async fn the_next_session_with_the_same_settings_runs_its_statement_without_a_step_before_it() {
+    // The servers are the test's own: their global counters count the proxy's statements only.
+    let site = Site::private_two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let first = csmh_connection_of_a_new_session(&site).await;
+    wait_until_kept(&site.proxy, 1).await;
+    let mut root = site.csmh_root().await;
+    let before = transaction_and_set_counts(&mut root).await;
+
+    // Counted before the session quits: its connection is then reset and its settings applied again.
+    let mut next = site.edxapp().await;
+    assert_eq!(time_zone_and_connection(&mut next).await.1, first, "the kept connection");
+    let [set, begin, ..] = grown(before, transaction_and_set_counts(&mut root).await);
+    assert_eq!((set, begin), (0, 0), "the settings of the session before were kept applied");
+}
+
+#[tokio::test]
+async fn under_autocommit_off_a_kept_connection_mirrors_the_transaction_without_a_begin() {
+    // edxapp under ATOMIC_REQUESTS: autocommit off, COMMIT or ROLLBACK at the end of the request.
+    let site = Site::private_two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut client = site.edxapp().await;
+    client.query_drop("SET autocommit = 0").await.expect("autocommit off");
+    client.query_drop(edxapp_insert(1, "first request")).await.expect("a history write");
+    client.query_drop("COMMIT").await.expect("COMMIT");
+    client.disconnect().await.expect("quit");
+    wait_until_kept(&site.proxy, 1).await;
+    let mut root = site.csmh_root().await;
+    let before = transaction_and_set_counts(&mut root).await;
+
+    let mut next = site.edxapp().await;
+    next.query_drop("SET autocommit = 0").await.expect("autocommit off");
+    next.query_drop(edxapp_insert(1, "rolled back")).await.expect("a history write");
+    next.query_drop("ROLLBACK").await.expect("ROLLBACK");
+    next.query_drop(edxapp_insert(1, "committed")).await.expect("a history write in the next transaction");
+    next.query_drop("COMMIT").await.expect("COMMIT");
+    let counts = transaction_and_set_counts(&mut root).await;
+    assert_eq!(site.proxy.shared().metrics.kept().reused.get(), 1, "the second session reused the connection");
+
+    let states: Vec<String> = root
+        .query(format!("SELECT state FROM {} WHERE student_module_id = 1 ORDER BY id", site.extended()))
+        .await
+        .expect("the extended table");
+    assert_eq!(states, ["first request", "committed"], "the ROLLBACK reached the csmh server's transaction");
+    let [set, begin, commit, rollback] = grown(before, counts);
+    assert_eq!((set, begin), (0, 0), "the statements began the transactions, under the kept settings");
+    assert_eq!((commit, rollback), (1, 1), "each transaction ended as the client's did");
+}
+
+#[tokio::test]
+async fn a_kept_connection_with_the_sessions_settings_is_taken_before_a_newer_one() {
+    let site = Site::private_two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    // Two sessions at once, one in a time zone of its own: two csmh connections, the other one kept last.
+    let mut default = site.edxapp().await;
+    let (default_zone, with_default) = time_zone_and_connection(&mut default).await;
+    let mut elsewhere = site.edxapp().await;
+    elsewhere.query_drop("SET time_zone = '+05:00'").await.expect("a time zone of the session's");
+    let (zone, with_elsewhere) = time_zone_and_connection(&mut elsewhere).await;
+    assert_eq!(zone, "+05:00", "the session's time zone reaches the csmh server");
+    assert_ne!(with_elsewhere, with_default);
+    default.disconnect().await.expect("quit");
+    wait_until_kept(&site.proxy, 1).await;
+    elsewhere.disconnect().await.expect("quit");
+    wait_until_kept(&site.proxy, 2).await;
+    let mut root = site.csmh_root().await;
+    let before = transaction_and_set_counts(&mut root).await;
+
+    let mut next = site.edxapp().await;
+    let (zone, connection) = time_zone_and_connection(&mut next).await;
+    assert_eq!((zone, connection), (default_zone, with_default), "the older connection, with the default zone");
+    let [set, ..] = grown(before, transaction_and_set_counts(&mut root).await);
+    assert_eq!(set, 0, "its settings were in place");
+    next.disconnect().await.expect("quit");
+    wait_until_kept(&site.proxy, 2).await;
+
+    let mut other = site.edxapp().await;
+    other.query_drop("SET time_zone = '-03:00'").await.expect("a time zone no kept connection has");
+    let (zone, connection) = time_zone_and_connection(&mut other).await;
+    assert_eq!(zone, "-03:00", "a kept connection's settings give way to the session's");
+    assert!([with_default, with_elsewhere].contains(&connection), "on a kept connection");
+}
+
+/// The time zone and the id of the `csmh` server connection `client`'s history read runs on.
+async fn time_zone_and_connection(client: &mut mysql_async::Conn) -> (String, u64) {
+    let row: Option<(String, u64, u64)> = client
+        .query_first("SELECT @@session.time_zone, CONNECTION_ID(), COUNT(*) FROM courseware_studentmodulehistory")
+        .await
+        .expect("a read on the csmh server");
+    let (time_zone, connection, _) = row.expect("a count has a row");
+    (time_zone, connection)
 }

@@ -142,9 +142,15 @@ impl Connection {
 
     /// Whether the peer has neither sent more bytes nor closed since the last read, checked without waiting (one
     /// non-blocking read, into the buffer). For a connection that waited unused: one that fails the check is not
-    /// the connection its buffer describes any more. Always false inside TLS.
+    /// the connection its buffer describes any more. Inside TLS the socket is only looked at (any byte there is
+    /// a record the connection did not expect while it waited, such as the peer's alert or `close_notify`), so
+    /// that the session's TLS state stays whole.
     pub fn is_quiet(&mut self) -> bool {
-        let Stream::Plain(tcp) = &self.stream else { return false };
+        let tcp = match &self.stream {
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(tls) => return matches!(peek(tls.get_ref().0), Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+            Stream::Lost => return false,
+        };
         if self.buf.capacity() == self.buf.len() {
             // A read into no room would say 0, which means a closed peer.
             self.buf.reserve(READ_CHUNK);
@@ -418,7 +424,7 @@ impl HangupWatch {
 
 /// Looks at the next byte of a non-blocking socket without taking it: how many bytes are there (0 at the end of
 /// the stream).
-fn peek(socket: &OwnedFd) -> io::Result<usize> {
+fn peek(socket: &impl AsFd) -> io::Result<usize> {
     let mut byte = [MaybeUninit::<u8>::uninit()];
     SockRef::from(socket).peek(&mut byte)
 }

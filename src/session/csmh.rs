@@ -13,13 +13,12 @@ use tracing::{info, warn};
 use super::edxapp::Edxapp;
 use super::error::SessionError;
 use crate::backend::{self, BackendError, Credentials, LoginError, LoginTls, QueryError};
-use crate::csmh_pool::{Kept, LoginAsked};
+use crate::csmh_pool::{Kept, LoginAsked, Settings};
 use crate::protocol::capabilities::{LAYOUT_MARIADB, Negotiated};
-use crate::protocol::command::{self, COM_RESET_CONNECTION, COM_STMT_BULK_EXECUTE, Command};
+use crate::protocol::command::{self, COM_QUERY, COM_RESET_CONNECTION, COM_STMT_BULK_EXECUTE, Command};
 use crate::protocol::conn::Connection;
 use crate::protocol::errors::{MysqlError, code, sqlstate};
 use crate::protocol::reply::Reply;
-use crate::protocol::response::Expect;
 use crate::resolver::Resolver;
 use crate::routing::source::{self, Source, Tok};
 use crate::state::{ConfigSnapshot, ProxyState};
@@ -60,6 +59,9 @@ const SETTING_NAMES: [&str; 7] = [
     "autocommit",
 ];
 
+/// Where autocommit is among [`SETTING_NAMES`].
+const AUTOCOMMIT: usize = 6;
+
 /// The isolation levels as the servers report them, and as `SET SESSION TRANSACTION ISOLATION LEVEL` takes them.
 const ISOLATION_LEVELS: [(&[u8], &str); 4] = [
     (b"READ-UNCOMMITTED", "READ UNCOMMITTED"),
@@ -98,7 +100,7 @@ pub(super) struct CsmhConnection {
     /// The capabilities the proxy's login negotiated: the client's layout ones included.
     pub caps: Negotiated,
     /// The settings last applied, as read from the client's session.
-    settings: Vec<Option<Vec<u8>>>,
+    settings: Settings,
     /// While a transaction is open here, the client's savepoints that exist here too.
     transaction: Option<Vec<String>>,
     /// The settings applied here are the client's: synced since the last request that may have changed them
@@ -111,24 +113,24 @@ pub(super) struct CsmhConnection {
 }
 
 impl CsmhConnection {
-    /// A connection just logged in or reset, on which none of the client's settings is applied yet.
+    /// A connection just logged in, on which none of the client's settings is applied yet.
     fn new(conn: Connection, caps: Negotiated, asked: LoginAsked, generation: u64) -> CsmhConnection {
         CsmhConnection { conn, caps, settings: Vec::new(), transaction: None, synced: false, asked, generation }
     }
 }
 
 impl From<Kept> for CsmhConnection {
-    /// A connection kept from an earlier session, reset by the server.
+    /// A connection kept from an earlier session, reset by the server, with that session's settings applied.
     fn from(kept: Kept) -> CsmhConnection {
-        let Kept { conn, caps, asked, generation, .. } = kept;
-        CsmhConnection::new(conn, caps, asked, generation)
+        let Kept { conn, caps, asked, generation, settings, .. } = kept;
+        CsmhConnection { settings, ..CsmhConnection::new(conn, caps, asked, generation) }
     }
 }
 
 /// What a `csmh` connection must run to follow the client's session.
 struct Steps {
     /// The client's settings, to apply: they differ from those applied.
-    settings: Option<Vec<Option<Vec<u8>>>>,
+    settings: Option<Settings>,
     /// A transaction to begin: the client is in one.
     begin: bool,
 }
@@ -257,7 +259,8 @@ impl CsmhLink {
     }
 
     /// The connection, opened if needed (under `snapshot`'s `[backends.csmh]`, counted in `shared`'s metrics),
-    /// with the client's settings applied and, if the client is in a transaction, a transaction open. After an
+    /// with the client's settings applied and, if the client is in a transaction, a transaction open (or, under
+    /// autocommit off, begun by the next statement). After an
     /// error the caller drops the connection ([`CsmhLink::close`] or [`CsmhLink::fail`]).
     pub async fn ready(
         &mut self,
@@ -275,9 +278,10 @@ impl CsmhLink {
     }
 
     /// A connection for this session, in step with the client's session ([`CsmhConnection::follow`]): one kept
-    /// from an earlier session ([`crate::csmh_pool`]), or else a new one. A kept connection that fails at that
-    /// first step, or does not answer it within `connect_timeout_secs` (the server closed it or froze while it
-    /// waited), is dropped for a new one, which takes the same steps: nothing of the client's had been sent on it.
+    /// from an earlier session ([`crate::csmh_pool`]), with the client's settings if one has them, or else a new
+    /// one. A kept connection that fails at its first step, or does not answer it within `connect_timeout_secs`
+    /// (the server closed it or froze while it waited), is dropped for a new one, which takes the steps a new
+    /// connection takes: nothing of the client's had been sent on it.
     async fn connect(
         &mut self,
         edxapp: &mut Edxapp,
@@ -286,16 +290,15 @@ impl CsmhLink {
     ) -> Result<CsmhConnection, CsmhError> {
         let metrics = &shared.metrics;
         let asked = login_asked(edxapp.caps);
+        let settings = client_settings(edxapp).await?;
         let fits = |kept: &Kept| kept.asked == asked && (!self.client_tls || kept.encrypted());
-        let Some(kept) = shared.csmh_pool.take(snapshot.generation, fits) else {
-            let mut csmh = self.open_new(edxapp, snapshot, shared).await?;
-            csmh.follow(edxapp).await?;
-            return Ok(csmh);
+        let Some(kept) = shared.csmh_pool.take(snapshot.generation, &settings, fits) else {
+            return self.open_new(edxapp, snapshot, shared, settings).await;
         };
         self.opened += 1;
         let mut csmh = CsmhConnection::from(kept);
         let limit = std::time::Duration::from_secs(snapshot.config.backends.csmh.connect_timeout_secs);
-        let steps = csmh.steps(edxapp).await?;
+        let steps = csmh.steps_for(Some(settings.clone()), edxapp.in_transaction());
         match tokio::time::timeout(limit, csmh.take_steps(&steps)).await {
             Ok(Ok(())) => {
                 metrics.kept().reused.inc();
@@ -310,31 +313,32 @@ impl CsmhLink {
             Err(_) => info!(secs = limit.as_secs(), "a kept csmh connection did not answer; opening a new one"),
         }
         metrics.kept().lost.inc();
-        // A new connection, like the reset one, has none of the client's settings and no transaction.
-        let mut csmh = self.open_new(edxapp, snapshot, shared).await?;
-        csmh.take_steps(&steps).await?;
-        Ok(csmh)
+        self.open_new(edxapp, snapshot, shared, settings).await
     }
 
-    /// A new connection to the `csmh` server, counted in the link and in `shared`'s metrics.
+    /// A new connection to the `csmh` server, counted in the link and in `shared`'s metrics, in step with the
+    /// client's session, whose settings are `settings`.
     async fn open_new(
         &mut self,
         edxapp: &Edxapp,
         snapshot: &ConfigSnapshot,
         shared: &ProxyState,
+        settings: Settings,
     ) -> Result<CsmhConnection, CsmhError> {
         let metrics = &shared.metrics;
         let csmh = open(edxapp.caps, snapshot, self.client_tls, &shared.resolver).await;
-        let csmh = csmh.inspect_err(|_| metrics.backend_connect_error(Server::Csmh))?;
+        let mut csmh = csmh.inspect_err(|_| metrics.backend_connect_error(Server::Csmh))?;
         metrics.backend_connection(Server::Csmh, csmh.conn.tls_handshake());
         self.opened += 1;
+        csmh.take_steps(&csmh.steps_for(Some(settings), edxapp.in_transaction())).await?;
         Ok(csmh)
     }
 
     /// At the clean end of the session (between two requests): hands the open connection to the proxy's pool for
-    /// a later session, once the server has reset it. The reset rolls back a transaction the connection mirrored,
-    /// as closing it would, when the client's ends with its connection to `edxapp`. A connection of an earlier
-    /// configuration, or with `keep_idle = 0`, is closed instead.
+    /// a later session, once the server has reset it and the session's settings are applied again
+    /// ([`reset_keeping_settings`]). The reset rolls back a transaction the connection mirrored, as closing it
+    /// would, when the client's ends with its connection to `edxapp`. A connection of an earlier configuration,
+    /// or with `keep_idle = 0`, is closed instead.
     pub fn keep_for_later(&mut self, shared: &Arc<ProxyState>) {
         // Every executor reads the csmh server's answers to their end; bytes left in the buffer would mean one did
         // not, and such a connection is closed.
@@ -346,10 +350,10 @@ impl CsmhLink {
         }
         let pool = Arc::clone(&shared.csmh_pool);
         tokio::spawn(async move {
-            let CsmhConnection { mut conn, caps, asked, generation, .. } = csmh;
-            match backend::command(&mut conn, caps, COM_RESET_CONNECTION, b"", Expect::ResultSets).await {
-                Ok(Reply::Ok(_)) => pool.keep(Kept::new(conn, caps, asked, generation), max),
-                other => warn!(?other, "the csmh server did not reset a connection to keep; closing it"),
+            let CsmhConnection { mut conn, caps, asked, generation, settings, .. } = csmh;
+            match reset_keeping_settings(&mut conn, caps, &settings).await {
+                Ok(()) => pool.keep(Kept::new(conn, caps, asked, generation, settings), max),
+                Err(error) => warn!(%error, "the csmh server did not reset a connection to keep; closing it"),
             }
         });
     }
@@ -510,19 +514,30 @@ impl CsmhConnection {
 
     /// What [`CsmhConnection::follow`] must do here, with the client's settings read on `edxapp` if needed.
     async fn steps(&self, edxapp: &mut Edxapp) -> Result<Steps, CsmhError> {
-        let settings = match self.synced {
+        let client = match self.synced {
             true => None,
-            false => Some(client_settings(edxapp).await?).filter(|settings| *settings != self.settings),
+            false => Some(client_settings(edxapp).await?),
         };
-        let begin = edxapp.in_transaction() && self.transaction.is_none();
-        Ok(Steps { settings, begin })
+        Ok(self.steps_for(client, edxapp.in_transaction()))
     }
 
-    /// Runs `steps` here, in one write.
+    /// What [`CsmhConnection::follow`] must do here for a client session with settings `client` (`None`: those
+    /// applied are still the client's) that is or is not `in_transaction`.
+    fn steps_for(&self, client: Option<Settings>, in_transaction: bool) -> Steps {
+        let settings = client.filter(|settings| *settings != self.settings);
+        let begin = in_transaction && self.transaction.is_none();
+        Steps { settings, begin }
+    }
+
+    /// Runs `steps` here, in one write. Under the client's autocommit off the transaction is not begun with a
+    /// BEGIN: the next statement here begins it, as the client's own statements do on `edxapp`, and nothing is
+    /// waited for when the settings are already the client's (edxapp's requests under `ATOMIC_REQUESTS`).
     async fn take_steps(&mut self, steps: &Steps) -> Result<(), CsmhError> {
         let set = steps.settings.as_deref().map(set_session).transpose()?.unwrap_or_default();
+        let applied = steps.settings.as_ref().unwrap_or(&self.settings);
+        let begin = steps.begin && !autocommit_off(applied);
         let statements: Vec<&[u8]> =
-            set.iter().map(String::as_bytes).chain(steps.begin.then_some(b"BEGIN".as_slice())).collect();
+            set.iter().map(String::as_bytes).chain(begin.then_some(b"BEGIN".as_slice())).collect();
         for reply in backend::query_pipeline(&mut self.conn, self.caps, &statements).await? {
             expect_ok(reply)?;
         }
@@ -600,10 +615,28 @@ fn login_asked(client: Negotiated) -> LoginAsked {
     (client.flags() & LAYOUT, client.mariadb())
 }
 
+/// Resets a `csmh` connection that is to be kept (`COM_RESET_CONNECTION`) and applies `settings` on it again, in
+/// one write: the next session to take it finds them in place, with nothing else of this session's.
+async fn reset_keeping_settings(conn: &mut Connection, caps: Negotiated, settings: &Settings) -> Result<(), CsmhError> {
+    let set = if settings.is_empty() { Vec::new() } else { set_session(settings)? };
+    let reset = std::iter::once((COM_RESET_CONNECTION, b"".as_slice()));
+    let commands: Vec<(u8, &[u8])> = reset.chain(set.iter().map(|sql| (COM_QUERY, sql.as_bytes()))).collect();
+    for reply in backend::pipeline(conn, caps, &commands).await? {
+        expect_ok(reply)?;
+    }
+    Ok(())
+}
+
+/// Whether `settings` (as [`client_settings`] reads them) turn autocommit off: a statement run under them begins
+/// a transaction if none is open.
+fn autocommit_off(settings: &Settings) -> bool {
+    settings.get(AUTOCOMMIT).is_some_and(|value| value.as_deref() == Some(b"0"))
+}
+
 /// The client session's settings, read on its `edxapp` connection with the names its server knows: those of
 /// MariaDB or MySQL as its greeting said, and the other ones if the server does not know a name (error 1193: a
 /// front end such as ProxySQL may announce a version of its own), which the connection then remembers.
-async fn client_settings(edxapp: &mut Edxapp) -> Result<Vec<Option<Vec<u8>>>, CsmhError> {
+async fn client_settings(edxapp: &mut Edxapp) -> Result<Settings, CsmhError> {
     match read_settings(edxapp).await? {
         Reply::Err(error) if error.code == code::ER_UNKNOWN_SYSTEM_VARIABLE => {
             edxapp.server_is_mariadb = !edxapp.server_is_mariadb;
@@ -620,7 +653,7 @@ async fn read_settings(edxapp: &mut Edxapp) -> Result<Reply, CsmhError> {
 }
 
 /// The one row of the settings read's answer.
-fn settings_row(reply: Reply) -> Result<Vec<Option<Vec<u8>>>, CsmhError> {
+fn settings_row(reply: Reply) -> Result<Settings, CsmhError> {
     match reply {
         Reply::Rows(mut rows) if rows.values.len() == 1 && rows.values[0].len() == SETTING_NAMES.len() + 1 => {
             Ok(rows.values.remove(0))
@@ -991,5 +1024,20 @@ mod tests {
         assert!(!set[0].contains("isolation"), "{}", set[0]);
         let unknown = set_session(&read(b"READ COMMITTED; DROP TABLE t")).expect_err("not a level a server reports");
         assert!(unknown.to_string().contains("unknown transaction isolation level"), "{unknown}");
+    }
+
+    #[test]
+    fn autocommit_is_read_where_the_settings_read_puts_it() {
+        assert_eq!(SETTING_NAMES[AUTOCOMMIT], "autocommit");
+        assert!(SETTINGS_MARIADB.contains("@@session.sql_mode, @@session.autocommit,"));
+        let with = |autocommit: &[u8]| {
+            let mut values: Settings = SETTING_NAMES.iter().map(|_| Some(b"utf8mb4".to_vec())).collect();
+            values[AUTOCOMMIT] = Some(autocommit.to_vec());
+            values.push(Some(b"REPEATABLE-READ".to_vec()));
+            values
+        };
+        assert!(autocommit_off(&with(b"0")));
+        assert!(!autocommit_off(&with(b"1")));
+        assert!(!autocommit_off(&Vec::new()), "a connection with no settings applied has the server's default");
     }
 }
