@@ -409,16 +409,6 @@ pub async fn send_command(conn: &mut Connection, command: u8, body: &[u8]) -> io
     conn.write_all(&out).await
 }
 
-/// Runs `statements` as COM_QUERY commands sent in one write, and reads their answers in order ([`pipeline`]).
-pub async fn query_pipeline(
-    conn: &mut Connection,
-    caps: Negotiated,
-    statements: &[&[u8]],
-) -> Result<Vec<Reply>, QueryError> {
-    let commands: Vec<(u8, &[u8])> = statements.iter().map(|sql| (COM_QUERY, *sql)).collect();
-    pipeline(conn, caps, &commands).await
-}
-
 /// Sends `commands` (each a command byte and its body; each answered with an OK, an ERR or a few rows) in one
 /// write, and reads their answers in order. The server answers one command after the other, so the whole costs
 /// one round trip; every answer is read, an ERR among them included, so that the connection is between commands

@@ -26,6 +26,13 @@ use crate::protocol::conn::Connection;
 /// often minutes on managed servers), long enough for the gaps between a site's requests.
 pub const KEPT_FOR: Duration = Duration::from_secs(30);
 
+/// How long a kept connection may have waited and still take a session's first statement with nothing sent
+/// before it. A server that stopped answering without closing the connection (frozen, or cut off by the network)
+/// shows nothing on its socket: a connection that waited longer is asked to answer first (`COM_PING`, within
+/// `connect_timeout_secs`), so that a client's statement is not sent into the silence. Under load connections
+/// are taken again within milliseconds and skip it.
+pub const TRUSTED_FOR: Duration = Duration::from_secs(1);
+
 /// A connection to the `csmh` server, logged in and reset, waiting for a session.
 pub struct Kept {
     /// The socket.
@@ -54,6 +61,11 @@ impl Kept {
     /// A connection of `generation`, asked for `asked`, with `settings` applied, ready to be kept from now.
     pub fn new(conn: Connection, caps: Negotiated, asked: LoginAsked, generation: u64, settings: Settings) -> Kept {
         Kept { conn, caps, asked, generation, settings, since: Instant::now() }
+    }
+
+    /// How long it has been kept.
+    pub fn waited(&self) -> Duration {
+        self.since.elapsed()
     }
 
     /// Whether it runs over TLS, as a session whose client came over TLS needs.

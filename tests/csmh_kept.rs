@@ -300,3 +300,36 @@ async fn time_zone_and_connection(client: &mut mysql_async::Conn) -> (String, u6
     let (time_zone, connection, _) = row.expect("a count has a row");
     (time_zone, connection)
 }
+
+#[tokio::test]
+async fn a_kept_connection_that_waited_answers_before_the_clients_statement_goes_out() {
+    // A server that stopped answering without closing (frozen, or cut off by the network) cannot be seen on the
+    // socket. A kept connection that waited more than a second must answer first, within connect_timeout_secs,
+    // so that the client's statement is not sent into the silence to wait out the read timeout.
+    let dbs = support::EdxDatabases::private_two_servers().await;
+    dbs.create_edx_schema(true).await;
+    let mut config = dbs.proxy_toml(Stage::ExtendedTableOnlyReads.flags()).config().expect("the fixture's config");
+    config.backends.csmh.connect_timeout_secs = 1;
+    config.backends.csmh.read_timeout_secs = 30;
+    let site = Site { proxy: support::start_proxy(config).await, first_extended_id: 0, dbs };
+    csmh_connection_of_a_new_session(&site).await;
+    wait_until_kept(&site.proxy, 1).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let mut client = site.edxapp().await;
+    let frozen = support::frozen::Frozen::server(&site.dbs.csmh).await;
+    let write = client.query_drop(edxapp_insert(1, "sent into the silence"));
+    let answer = tokio::time::timeout(Duration::from_secs(15), write).await.expect("an answer well before 30 s");
+    let (code, message) = support::edx::server_error(answer);
+    assert_eq!(code, 1429, "no connection to the csmh server could be had: {message}");
+    drop(frozen);
+    assert_eq!(site.proxy.shared().metrics.kept().lost.get(), 1, "the kept connection was given up");
+
+    let written: Vec<u64> = site
+        .csmh_root()
+        .await
+        .query(format!("SELECT id FROM {} WHERE state = 'sent into the silence'", site.extended()))
+        .await
+        .expect("the extended table");
+    assert!(written.is_empty(), "the statement never reached the server");
+}

@@ -111,6 +111,73 @@ async fn transactions_span_both_servers() {
     assert_eq!(states, vec!["kept"]);
 }
 
+/// The states of the history rows of module 4 in the extended table, in the order they were written.
+async fn module_4_states(site: &Site) -> Vec<String> {
+    extended_rows(site).await.into_iter().map(|row| row.2).collect()
+}
+
+#[tokio::test]
+async fn a_savepoint_named_in_another_case_is_the_same_savepoint_on_both_servers() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop("SET autocommit = 0").await.unwrap();
+    edxapp.query_drop(edxapp_insert(4, "before the savepoint")).await.unwrap();
+    edxapp.query_drop("SAVEPOINT SP1").await.unwrap();
+    edxapp.query_drop(edxapp_insert(4, "after it")).await.unwrap();
+    // The servers compare savepoint names without regard to case: this steps back to SP1 on both.
+    edxapp.query_drop("ROLLBACK TO SAVEPOINT sp1").await.unwrap();
+    edxapp.query_drop("COMMIT").await.unwrap();
+    assert_eq!(module_4_states(&site).await, ["before the savepoint"]);
+}
+
+#[tokio::test]
+async fn a_savepoint_set_again_under_its_name_leaves_the_ones_set_in_between() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop("SET autocommit = 0").await.unwrap();
+    edxapp.query_drop(edxapp_insert(4, "first")).await.unwrap();
+    edxapp.query_drop("SAVEPOINT a").await.unwrap();
+    edxapp.query_drop(edxapp_insert(4, "after a")).await.unwrap();
+    edxapp.query_drop("SAVEPOINT b").await.unwrap();
+    edxapp.query_drop(edxapp_insert(4, "after b")).await.unwrap();
+    // `a` moves here; `b`, set before it, stays.
+    edxapp.query_drop("SAVEPOINT a").await.unwrap();
+    edxapp.query_drop(edxapp_insert(4, "after a again")).await.unwrap();
+    edxapp.query_drop("ROLLBACK TO SAVEPOINT a").await.unwrap();
+    edxapp.query_drop("ROLLBACK TO SAVEPOINT b").await.unwrap();
+    edxapp.query_drop("COMMIT").await.unwrap();
+    assert_eq!(module_4_states(&site).await, ["first", "after a"]);
+}
+
+#[tokio::test]
+async fn a_rollback_to_a_savepoint_no_server_has_fails_and_rolls_nothing_back() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop("SET autocommit = 0").await.unwrap();
+    edxapp.query_drop(edxapp_insert(4, "written")).await.unwrap();
+    let (code, message) = server_error(edxapp.query_drop("ROLLBACK TO SAVEPOINT nowhere").await);
+    assert_eq!(code, 1305, "the server's own error: {message}");
+    edxapp.query_drop(edxapp_insert(4, "written after the error")).await.unwrap();
+    edxapp.query_drop("COMMIT").await.unwrap();
+    assert_eq!(module_4_states(&site).await, ["written", "written after the error"]);
+}
+
+#[tokio::test]
+async fn a_rollback_to_a_savepoint_older_than_the_csmh_part_rolls_all_of_that_part_back() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop("SET autocommit = 0").await.unwrap();
+    edxapp.query_drop("SAVEPOINT older").await.unwrap();
+    edxapp.query_drop(edxapp_insert(4, "after the savepoint")).await.unwrap();
+    edxapp.query_drop("SAVEPOINT newer").await.unwrap();
+    edxapp.query_drop(edxapp_insert(4, "after the newer one")).await.unwrap();
+    edxapp.query_drop("RELEASE SAVEPOINT newer").await.unwrap();
+    edxapp.query_drop("ROLLBACK TO SAVEPOINT older").await.unwrap();
+    edxapp.query_drop(edxapp_insert(4, "kept")).await.unwrap();
+    edxapp.query_drop("COMMIT").await.unwrap();
+    assert_eq!(module_4_states(&site).await, ["kept"]);
+}
+
 #[tokio::test]
 async fn a_csmh_commit_failure_rolls_the_client_back_and_is_reported() {
     let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;

@@ -40,6 +40,8 @@ pub mod code {
     pub const ER_UNKNOWN_ERROR: u16 = 1105;
     /// The server rolled the whole transaction back to break a deadlock.
     pub const ER_LOCK_DEADLOCK: u16 = 1213;
+    /// A savepoint (or stored routine) of that name does not exist.
+    pub const ER_SP_DOES_NOT_EXIST: u16 = 1305;
     /// What the proxy cannot carry out exactly.
     pub const ER_NOT_SUPPORTED_YET: u16 = 1235;
     /// A command on a prepared statement the connection does not have.

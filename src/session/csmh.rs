@@ -13,9 +13,9 @@ use tracing::{info, warn};
 use super::edxapp::Edxapp;
 use super::error::SessionError;
 use crate::backend::{self, BackendError, Credentials, LoginError, LoginTls, QueryError};
-use crate::csmh_pool::{Kept, LoginAsked, Settings};
+use crate::csmh_pool::{self, Kept, LoginAsked, Settings};
 use crate::protocol::capabilities::{LAYOUT_MARIADB, Negotiated};
-use crate::protocol::command::{self, COM_QUERY, COM_RESET_CONNECTION, COM_STMT_BULK_EXECUTE, Command};
+use crate::protocol::command::{self, COM_PING, COM_QUERY, COM_RESET_CONNECTION, COM_STMT_BULK_EXECUTE, Command};
 use crate::protocol::conn::Connection;
 use crate::protocol::errors::{MysqlError, code, sqlstate};
 use crate::protocol::reply::Reply;
@@ -101,8 +101,8 @@ pub(super) struct CsmhConnection {
     pub caps: Negotiated,
     /// The settings last applied, as read from the client's session.
     settings: Settings,
-    /// While a transaction is open here, the client's savepoints that exist here too.
-    transaction: Option<Vec<String>>,
+    /// The transaction here, as the proxy follows it.
+    transaction: Transaction,
     /// The settings applied here are the client's: synced since the last request that may have changed them
     /// ([`may_change_settings`]).
     synced: bool,
@@ -115,7 +115,30 @@ pub(super) struct CsmhConnection {
 impl CsmhConnection {
     /// A connection just logged in, on which none of the client's settings is applied yet.
     fn new(conn: Connection, caps: Negotiated, asked: LoginAsked, generation: u64) -> CsmhConnection {
-        CsmhConnection { conn, caps, settings: Vec::new(), transaction: None, synced: false, asked, generation }
+        let transaction = Transaction::Closed;
+        CsmhConnection { conn, caps, settings: Vec::new(), transaction, synced: false, asked, generation }
+    }
+}
+
+/// The transaction on a `csmh` connection, as the proxy follows it. Which savepoints it has is the server's to
+/// say (it compares their names as `edxapp` does, without regard to case, and moves one set again under its
+/// name): the proxy runs the client's savepoint statements here and reads the answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transaction {
+    /// None is open.
+    Closed,
+    /// One is open: begun with BEGIN, or, under autocommit off, by the statement that followed.
+    Open,
+    /// One is open, and the client's statement steps back to a savepoint this side does not have: one set before
+    /// this side's part of the transaction began, or one no server has. `edxapp`'s answer decides: if it steps
+    /// back, this side's whole part goes; if it does not know the savepoint either, nothing changes.
+    SteppingBackPastItsStart,
+}
+
+impl Transaction {
+    /// Whether a transaction is open.
+    fn is_open(self) -> bool {
+        self != Transaction::Closed
     }
 }
 
@@ -133,6 +156,17 @@ struct Steps {
     settings: Option<Settings>,
     /// A transaction to begin: the client is in one.
     begin: bool,
+    /// The connection must answer before the client's statement is sent, even with nothing else to run
+    /// ([`csmh_pool::TRUSTED_FOR`]).
+    check: bool,
+}
+
+/// How a savepoint statement the client's transaction needed went on the `csmh` connection.
+enum Savepoint {
+    /// It was carried out.
+    Done,
+    /// The server does not have the savepoint (error 1305).
+    Unknown,
 }
 
 /// Why the `csmh` connection failed.
@@ -245,7 +279,7 @@ impl CsmhLink {
 
     /// Whether a transaction mirroring the client's (or one of the proxy's own) is open on it.
     pub fn in_transaction(&self) -> bool {
-        self.open.as_ref().is_some_and(|c| c.transaction.is_some())
+        self.open.as_ref().is_some_and(|c| c.transaction.is_open())
     }
 
     /// Records whether the client logged in over TLS: the connections the link opens then use TLS too (or fail).
@@ -296,9 +330,10 @@ impl CsmhLink {
             return self.open_new(edxapp, snapshot, shared, settings).await;
         };
         self.opened += 1;
+        let check = kept.waited() > csmh_pool::TRUSTED_FOR;
         let mut csmh = CsmhConnection::from(kept);
         let limit = std::time::Duration::from_secs(snapshot.config.backends.csmh.connect_timeout_secs);
-        let steps = csmh.steps_for(Some(settings.clone()), edxapp.in_transaction());
+        let steps = Steps { check, ..csmh.steps_for(Some(settings.clone()), edxapp.in_transaction()) };
         match tokio::time::timeout(limit, csmh.take_steps(&steps)).await {
             Ok(Ok(())) => {
                 metrics.kept().reused.inc();
@@ -363,13 +398,13 @@ impl CsmhLink {
     pub fn close(&mut self, failure: &CsmhError) -> bool {
         warn!(error = %failure, "the csmh connection failed");
         self.failed += 1;
-        self.open.take().is_some_and(|c| c.transaction.is_some())
+        self.open.take().is_some_and(|c| c.transaction.is_open())
     }
 
     /// Records that the server rolled back the transaction the connection held (after a deadlock).
     pub fn server_rolled_back(&mut self) {
         if let Some(csmh) = &mut self.open {
-            csmh.transaction = None;
+            csmh.transaction = Transaction::Closed;
         }
     }
 
@@ -412,7 +447,7 @@ impl CsmhLink {
     /// for one mirroring the client's.
     pub fn set_own_transaction(&mut self, open: bool) {
         if let Some(csmh) = &mut self.open {
-            csmh.transaction = open.then(Vec::new);
+            csmh.transaction = if open { Transaction::Open } else { Transaction::Closed };
         }
     }
 
@@ -427,8 +462,7 @@ impl CsmhLink {
         statement: &[u8],
         parse_limit: usize,
     ) -> Result<Option<MysqlError>, SessionError> {
-        let Some(csmh) = &mut self.open else { return Ok(None) };
-        let Some(savepoints) = csmh.transaction.clone() else { return Ok(None) };
+        let Some(csmh) = self.open.as_mut().filter(|c| c.transaction.is_open()) else { return Ok(None) };
         let control = if statement.len() > parse_limit {
             Some(Control::Unfollowable("a statement longer than listen.max_parsed_statement_bytes"))
         } else if string_literal::may_hide_quoting(statement)
@@ -457,16 +491,16 @@ impl CsmhLink {
                 }
             }),
             Control::Rollback => csmh.end(b"ROLLBACK").await,
-            Control::Savepoint(name) => csmh.savepoint(b"SAVEPOINT", name, |s| s.push(name.clone())).await,
-            Control::RollbackTo(name) if savepoints.contains(name) => {
-                csmh.savepoint(b"ROLLBACK TO SAVEPOINT", name, |s| s.truncate(position(s, name) + 1)).await
-            }
-            // The savepoint is older than the csmh side's part of the transaction: all of that part goes.
-            Control::RollbackTo(_) => csmh.end(b"ROLLBACK").await,
-            Control::Release(name) if savepoints.contains(name) => {
-                csmh.savepoint(b"RELEASE SAVEPOINT", name, |s| s.truncate(position(s, name))).await
-            }
-            Control::Release(_) => Ok(()),
+            Control::Savepoint(name) => csmh.savepoint(b"SAVEPOINT", name).await.map(drop),
+            Control::RollbackTo(name) => match csmh.savepoint(b"ROLLBACK TO SAVEPOINT", name).await {
+                Ok(Savepoint::Unknown) => {
+                    csmh.transaction = Transaction::SteppingBackPastItsStart;
+                    Ok(())
+                }
+                outcome => outcome.map(drop),
+            },
+            // A savepoint unknown here was set before this side's part began: nothing of that part to release.
+            Control::Release(name) => csmh.savepoint(b"RELEASE SAVEPOINT", name).await.map(drop),
         };
         match outcome {
             Ok(()) => Ok(None),
@@ -488,13 +522,19 @@ impl CsmhLink {
 
     /// After a client statement ran on `edxapp`: if the server rolled the transaction back (a deadlock), the
     /// `csmh` side rolls back too; if it ended without COMMIT or ROLLBACK otherwise (a statement that commits
-    /// implicitly, autocommit turned back on), the `csmh` side commits.
+    /// implicitly, autocommit turned back on), the `csmh` side commits; if it stepped back to a savepoint set
+    /// before the `csmh` side's part of the transaction began, that part is rolled back.
     pub async fn follow_transaction_end(&mut self, edxapp: &Edxapp) {
-        let Some(csmh) = self.open.as_mut().filter(|c| c.transaction.is_some()) else { return };
+        let Some(csmh) = self.open.as_mut().filter(|c| c.transaction.is_open()) else { return };
+        let stepping_back = csmh.transaction == Transaction::SteppingBackPastItsStart;
         let end: &[u8] = match edxapp.last_error {
             Some(code::ER_LOCK_DEADLOCK) => b"ROLLBACK",
             _ if !edxapp.in_transaction() => b"COMMIT",
-            _ => return,
+            None if stepping_back => b"ROLLBACK",
+            _ => {
+                csmh.transaction = Transaction::Open;
+                return;
+            }
         };
         if let Err(error) = csmh.end(end).await {
             tracing::error!("the client's transaction ended on edxapp and the csmh side could not follow");
@@ -525,20 +565,24 @@ impl CsmhConnection {
     /// applied are still the client's) that is or is not `in_transaction`.
     fn steps_for(&self, client: Option<Settings>, in_transaction: bool) -> Steps {
         let settings = client.filter(|settings| *settings != self.settings);
-        let begin = in_transaction && self.transaction.is_none();
-        Steps { settings, begin }
+        let begin = in_transaction && !self.transaction.is_open();
+        Steps { settings, begin, check: false }
     }
 
     /// Runs `steps` here, in one write. Under the client's autocommit off the transaction is not begun with a
     /// BEGIN: the next statement here begins it, as the client's own statements do on `edxapp`, and nothing is
-    /// waited for when the settings are already the client's (edxapp's requests under `ATOMIC_REQUESTS`).
+    /// waited for when the settings are already the client's (edxapp's requests under `ATOMIC_REQUESTS`), unless
+    /// the connection must answer first (`COM_PING` when there is nothing else to run).
     async fn take_steps(&mut self, steps: &Steps) -> Result<(), CsmhError> {
         let set = steps.settings.as_deref().map(set_session).transpose()?.unwrap_or_default();
         let applied = steps.settings.as_ref().unwrap_or(&self.settings);
         let begin = steps.begin && !autocommit_off(applied);
-        let statements: Vec<&[u8]> =
-            set.iter().map(String::as_bytes).chain(begin.then_some(b"BEGIN".as_slice())).collect();
-        for reply in backend::query_pipeline(&mut self.conn, self.caps, &statements).await? {
+        let statements = set.iter().map(String::as_bytes).chain(begin.then_some(b"BEGIN".as_slice()));
+        let mut commands: Vec<(u8, &[u8])> = statements.map(|sql| (COM_QUERY, sql)).collect();
+        if commands.is_empty() && steps.check {
+            commands.push((COM_PING, b""));
+        }
+        for reply in backend::pipeline(&mut self.conn, self.caps, &commands).await? {
             expect_ok(reply)?;
         }
         self.synced = true;
@@ -546,7 +590,7 @@ impl CsmhConnection {
             self.settings.clone_from(settings);
         }
         if steps.begin {
-            self.transaction = Some(Vec::new());
+            self.transaction = Transaction::Open;
         }
         Ok(())
     }
@@ -554,22 +598,17 @@ impl CsmhConnection {
     /// Ends the transaction open here with `sql` (COMMIT or ROLLBACK).
     async fn end(&mut self, sql: &[u8]) -> Result<(), CsmhError> {
         let reply = backend::query(&mut self.conn, self.caps, sql).await;
-        self.transaction = None;
+        self.transaction = Transaction::Closed;
         expect_ok(reply?)
     }
 
-    async fn savepoint(
-        &mut self,
-        verb: &[u8],
-        name: &str,
-        track: impl FnOnce(&mut Vec<String>),
-    ) -> Result<(), CsmhError> {
+    /// Runs `verb` (SAVEPOINT, ROLLBACK TO SAVEPOINT, RELEASE SAVEPOINT) on the savepoint `name` here.
+    async fn savepoint(&mut self, verb: &[u8], name: &str) -> Result<Savepoint, CsmhError> {
         let sql = [verb, b" `", name.replace('`', "``").as_bytes(), b"`"].concat();
-        expect_ok(backend::query(&mut self.conn, self.caps, &sql).await?)?;
-        if let Some(savepoints) = self.transaction.as_mut() {
-            track(savepoints);
+        match backend::query(&mut self.conn, self.caps, &sql).await? {
+            Reply::Err(error) if error.code == code::ER_SP_DOES_NOT_EXIST => Ok(Savepoint::Unknown),
+            reply => expect_ok(reply).map(|()| Savepoint::Done),
         }
-        Ok(())
     }
 }
 
@@ -688,10 +727,6 @@ pub(super) fn expect_ok(reply: Reply) -> Result<(), CsmhError> {
         Reply::Ok(_) | Reply::Rows(_) | Reply::Prepared(_) => Ok(()),
         Reply::Err(error) => Err(CsmhError::Refused(error.message)),
     }
-}
-
-fn position(savepoints: &[String], name: &str) -> usize {
-    savepoints.iter().position(|s| s == name).unwrap_or(0)
 }
 
 /// A SQL literal for a setting's value as the server reported it, read alike under any `sql_mode` (the mode the
