@@ -179,6 +179,88 @@ async fn a_rollback_to_a_savepoint_older_than_the_csmh_part_rolls_all_of_that_pa
 }
 
 #[tokio::test]
+async fn rollback_work_to_a_savepoint_steps_back_on_both_servers() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop("SET autocommit = 0").await.unwrap();
+    edxapp.query_drop(edxapp_insert(4, "before the savepoint")).await.unwrap();
+    edxapp.query_drop("SAVEPOINT w").await.unwrap();
+    edxapp.query_drop(edxapp_insert(4, "after it")).await.unwrap();
+    edxapp.query_drop("ROLLBACK WORK TO w").await.unwrap();
+    edxapp.query_drop("COMMIT").await.unwrap();
+    assert_eq!(module_4_states(&site).await, ["before the savepoint"]);
+}
+
+#[tokio::test]
+async fn a_rollback_the_edxapp_server_refuses_rolls_nothing_back() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop("SET autocommit = 0").await.unwrap();
+    edxapp.query_drop(edxapp_insert(4, "written")).await.unwrap();
+    let (code, message) = server_error(edxapp.query_drop("ROLLBACK 1").await);
+    assert_eq!(code, 1064, "a syntax error: {message}");
+    edxapp.query_drop("COMMIT").await.unwrap();
+    assert_eq!(module_4_states(&site).await, ["written"]);
+}
+
+#[tokio::test]
+async fn a_rollback_to_a_savepoint_released_with_an_older_one_fails_and_rolls_nothing_back() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop("SET autocommit = 0").await.unwrap();
+    // `older` is set before the csmh side's part of the transaction begins; releasing it releases `newer` too.
+    edxapp.query_drop("SAVEPOINT older").await.unwrap();
+    edxapp.query_drop(edxapp_insert(4, "one")).await.unwrap();
+    edxapp.query_drop("SAVEPOINT newer").await.unwrap();
+    edxapp.query_drop(edxapp_insert(4, "two")).await.unwrap();
+    edxapp.query_drop("RELEASE SAVEPOINT older").await.unwrap();
+    let (code, message) = server_error(edxapp.query_drop("ROLLBACK TO SAVEPOINT newer").await);
+    assert_eq!(code, 1305, "released with the older one: {message}");
+    edxapp.query_drop("COMMIT").await.unwrap();
+    assert_eq!(module_4_states(&site).await, ["one", "two"]);
+}
+
+#[tokio::test]
+async fn a_client_rollback_with_autocommit_on_rolls_the_csmh_side_back() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop("BEGIN").await.unwrap();
+    edxapp.query_drop(edxapp_insert(4, "rolled back")).await.unwrap();
+    edxapp.query_drop("SAVEPOINT s").await.unwrap();
+    edxapp.query_drop(edxapp_insert(4, "rolled back too")).await.unwrap();
+    edxapp.query_drop("ROLLBACK TO SAVEPOINT s").await.unwrap();
+    edxapp.query_drop("ROLLBACK").await.unwrap();
+    edxapp.query_drop(edxapp_insert(4, "autocommitted")).await.unwrap();
+    assert_eq!(module_4_states(&site).await, ["autocommitted"]);
+}
+
+#[tokio::test]
+async fn a_csmh_side_that_cannot_step_back_rolls_the_client_back_and_its_next_statement_says_so() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop("BEGIN").await.unwrap();
+    edxapp.query_drop("INSERT INTO auth_user (id, username) VALUES (99, 'dora')").await.unwrap();
+    edxapp.query_drop(edxapp_insert(5, "before the savepoint")).await.unwrap();
+    edxapp.query_drop("SAVEPOINT s").await.unwrap();
+    edxapp.query_drop(edxapp_insert(5, "after it")).await.unwrap();
+    let mut csmh_root = support::root_conn(&site.dbs.csmh).await;
+    let threads: Vec<u64> = csmh_root
+        .query(format!("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = '{}'", site.dbs.csmh_db))
+        .await
+        .unwrap();
+    csmh_root.query_drop(format!("KILL {}", threads[0])).await.unwrap();
+    // edxapp steps back first and answers; the csmh side, gone, took its part of the transaction with it.
+    edxapp.query_drop("ROLLBACK TO SAVEPOINT s").await.expect("edxapp's answer");
+    let (code, message) = server_error(edxapp.query_drop("SELECT 1").await);
+    assert_eq!(code, 1430, "{message}");
+    assert!(message.contains("rolled back"), "{message}");
+    let dora: Option<String> = edxapp.query_first("SELECT username FROM auth_user WHERE id = 99").await.unwrap();
+    assert_eq!(dora, None, "the edxapp side of the transaction was rolled back with the csmh side's");
+    edxapp.query_drop("COMMIT").await.unwrap();
+    assert!(extended_rows(&site).await.is_empty());
+}
+
+#[tokio::test]
 async fn a_csmh_commit_failure_rolls_the_client_back_and_is_reported() {
     let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
     let mut edxapp = site.edxapp().await;

@@ -123,23 +123,33 @@ impl CsmhConnection {
 /// The transaction on a `csmh` connection, as the proxy follows it. Which savepoints it has is the server's to
 /// say (it compares their names as `edxapp` does, without regard to case, and moves one set again under its
 /// name): the proxy runs the client's savepoint statements here and reads the answers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Transaction {
     /// None is open.
     Closed,
     /// One is open: begun with BEGIN, or, under autocommit off, by the statement that followed.
     Open,
-    /// One is open, and the client's statement steps back to a savepoint this side does not have: one set before
-    /// this side's part of the transaction began, or one no server has. `edxapp`'s answer decides: if it steps
-    /// back, this side's whole part goes; if it does not know the savepoint either, nothing changes.
-    SteppingBackPastItsStart,
+    /// One is open, and the client's ROLLBACK or ROLLBACK TO SAVEPOINT is on its way to `edxapp`: this side steps
+    /// back once `edxapp` has, and not at all if `edxapp` refuses the statement (a savepoint it does not have, a
+    /// syntax error).
+    Awaiting(StepBack),
 }
 
 impl Transaction {
     /// Whether a transaction is open.
-    fn is_open(self) -> bool {
-        self != Transaction::Closed
+    fn is_open(&self) -> bool {
+        *self != Transaction::Closed
     }
+}
+
+/// How far the client's transaction steps back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum StepBack {
+    /// All of it (ROLLBACK).
+    All,
+    /// To the named savepoint (ROLLBACK TO SAVEPOINT): on the `csmh` side, all of its part when it does not have
+    /// the savepoint, which was then set before that part began.
+    To(String),
 }
 
 impl From<Kept> for CsmhConnection {
@@ -490,25 +500,21 @@ impl CsmhLink {
                     );
                 }
             }),
-            Control::Rollback => csmh.end(b"ROLLBACK").await,
+            // Stepping back waits for edxapp's answer ([`CsmhLink::follow_transaction_end`]).
+            Control::Rollback => {
+                csmh.transaction = Transaction::Awaiting(StepBack::All);
+                Ok(())
+            }
+            Control::RollbackTo(name) => {
+                csmh.transaction = Transaction::Awaiting(StepBack::To(name.clone()));
+                Ok(())
+            }
             Control::Savepoint(name) => csmh.savepoint(b"SAVEPOINT", name).await.map(drop),
-            Control::RollbackTo(name) => match csmh.savepoint(b"ROLLBACK TO SAVEPOINT", name).await {
-                Ok(Savepoint::Unknown) => {
-                    csmh.transaction = Transaction::SteppingBackPastItsStart;
-                    Ok(())
-                }
-                outcome => outcome.map(drop),
-            },
             // A savepoint unknown here was set before this side's part began: nothing of that part to release.
             Control::Release(name) => csmh.savepoint(b"RELEASE SAVEPOINT", name).await.map(drop),
         };
         match outcome {
             Ok(()) => Ok(None),
-            // The client's ROLLBACK goes on to edxapp; the csmh side's part goes with its connection.
-            Err(error) if control == Control::Rollback => {
-                self.close(&error);
-                Ok(None)
-            }
             Err(error) => {
                 warn!(?control, "the csmh side could not follow the client's transaction; rolling it back");
                 self.close(&error);
@@ -520,26 +526,39 @@ impl CsmhLink {
         }
     }
 
-    /// After a client statement ran on `edxapp`: if the server rolled the transaction back (a deadlock), the
-    /// `csmh` side rolls back too; if it ended without COMMIT or ROLLBACK otherwise (a statement that commits
-    /// implicitly, autocommit turned back on), the `csmh` side commits; if it stepped back to a savepoint set
-    /// before the `csmh` side's part of the transaction began, that part is rolled back.
-    pub async fn follow_transaction_end(&mut self, edxapp: &Edxapp) {
-        let Some(csmh) = self.open.as_mut().filter(|c| c.transaction.is_open()) else { return };
-        let stepping_back = csmh.transaction == Transaction::SteppingBackPastItsStart;
-        let end: &[u8] = match edxapp.last_error {
-            Some(code::ER_LOCK_DEADLOCK) => b"ROLLBACK",
-            _ if !edxapp.in_transaction() => b"COMMIT",
-            None if stepping_back => b"ROLLBACK",
-            _ => {
-                csmh.transaction = Transaction::Open;
-                return;
-            }
+    /// After a client statement ran on `edxapp`: if the server rolled the transaction back (a deadlock), or
+    /// carried out the client's ROLLBACK, the `csmh` side rolls back too; if it carried out a ROLLBACK TO
+    /// SAVEPOINT, the `csmh` side steps back as well; if the transaction ended otherwise (a statement that commits
+    /// implicitly, autocommit turned back on), the `csmh` side commits. A `csmh` side that cannot step back to a
+    /// savepoint loses its part with its connection, so the client's transaction is rolled back on `edxapp` too:
+    /// the error its next statement gets instead of running, as the client has had its statement's OK.
+    pub async fn follow_transaction_end(&mut self, edxapp: &mut Edxapp) -> Result<Option<MysqlError>, SessionError> {
+        let Some(csmh) = self.open.as_mut().filter(|c| c.transaction.is_open()) else { return Ok(None) };
+        let carried_out = match std::mem::replace(&mut csmh.transaction, Transaction::Open) {
+            Transaction::Awaiting(step) if edxapp.last_error.is_none() => Some(step),
+            _ => None,
         };
-        if let Err(error) = csmh.end(end).await {
+        let outcome = match (edxapp.last_error, carried_out) {
+            (Some(code::ER_LOCK_DEADLOCK), _) | (_, Some(StepBack::All)) => csmh.end(b"ROLLBACK").await,
+            (_, Some(StepBack::To(name))) => match csmh.step_back_to(&name).await {
+                Ok(()) => Ok(()),
+                Err(error) => {
+                    warn!(%error, "the csmh side could not step back with the client's transaction; rolling it back");
+                    self.close(&error);
+                    edxapp.rollback().await?;
+                    let mut error = error.to_mysql();
+                    error.message.push_str(ROLLED_BACK);
+                    return Ok(Some(error));
+                }
+            },
+            _ if !edxapp.in_transaction() => csmh.end(b"COMMIT").await,
+            _ => return Ok(None),
+        };
+        if let Err(error) = outcome {
             tracing::error!("the client's transaction ended on edxapp and the csmh side could not follow");
             self.close(&error);
         }
+        Ok(None)
     }
 }
 
@@ -600,6 +619,15 @@ impl CsmhConnection {
         let reply = backend::query(&mut self.conn, self.caps, sql).await;
         self.transaction = Transaction::Closed;
         expect_ok(reply?)
+    }
+
+    /// Steps back to the savepoint `name`, as `edxapp` did: to it, or out of all of this side's part when this
+    /// side does not have it (it was set before that part began).
+    async fn step_back_to(&mut self, name: &str) -> Result<(), CsmhError> {
+        match self.savepoint(b"ROLLBACK TO SAVEPOINT", name).await? {
+            Savepoint::Done => Ok(()),
+            Savepoint::Unknown => self.end(b"ROLLBACK").await,
+        }
     }
 
     /// Runs `verb` (SAVEPOINT, ROLLBACK TO SAVEPOINT, RELEASE SAVEPOINT) on the savepoint `name` here.
@@ -812,6 +840,7 @@ fn control_of(tokens: &[Tok], source: &Source<'_>, autocommit: bool, escaping: E
     // The first words decide (a savepoint's name is the fifth at most).
     let words: Vec<String> = tokens.iter().filter_map(|t| t.word().map(str::to_ascii_uppercase)).take(5).collect();
     let raw_name = |i: usize| tokens.iter().filter_map(|t| t.word()).nth(i).map(str::to_owned);
+    let word_tokens: Vec<&Tok> = tokens.iter().filter(|t| t.word().is_some()).take(5).collect();
     match words.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["COMMIT", ..] => Some(Control::Commit),
         ["BEGIN", "NOT", "ATOMIC", ..] => Some(Control::Unfollowable("a compound statement")),
@@ -821,14 +850,29 @@ fn control_of(tokens: &[Tok], source: &Source<'_>, autocommit: bool, escaping: E
         ["EXECUTE", ..] => Some(Control::Unfollowable("EXECUTE")),
         ["UNLOCK", ..] if !autocommit => Some(Control::Unfollowable("UNLOCK TABLES with autocommit off")),
         words if !autocommit && commits_implicitly(words) => Some(Control::Commit),
-        ["ROLLBACK", "TO", "SAVEPOINT", ..] => raw_name(3).map(Control::RollbackTo),
-        ["ROLLBACK", "WORK", "TO", "SAVEPOINT", ..] => raw_name(4).map(Control::RollbackTo),
-        ["ROLLBACK", "TO", ..] => raw_name(2).map(Control::RollbackTo),
-        ["ROLLBACK", ..] => Some(Control::Rollback),
+        ["ROLLBACK", ..] => rollback(&word_tokens),
         ["SAVEPOINT", ..] => raw_name(1).map(Control::Savepoint),
         ["RELEASE", "SAVEPOINT", ..] => raw_name(2).map(Control::Release),
         _ => None,
     }
+}
+
+/// The control of a ROLLBACK statement whose first word tokens are `words`: `ROLLBACK [WORK] TO [SAVEPOINT]
+/// name` steps back to a savepoint (the keywords unquoted, the name quoted or not), any other rolls the whole
+/// transaction back; `None` for `ROLLBACK [WORK] TO` without a name, which the server refuses.
+fn rollback(words: &[&Tok]) -> Option<Control> {
+    let mut rest = words.get(1..).unwrap_or_default();
+    if rest.first().is_some_and(|word| word.is_keyword("WORK")) {
+        rest = &rest[1..];
+    }
+    if !rest.first().is_some_and(|word| word.is_keyword("TO")) {
+        return Some(Control::Rollback);
+    }
+    rest = &rest[1..];
+    if rest.len() > 1 && rest[0].is_keyword("SAVEPOINT") {
+        rest = &rest[1..];
+    }
+    rest.first().and_then(|word| word.word()).map(|name| Control::RollbackTo(name.to_owned()))
 }
 
 /// Whether a statement whose words (upper case) are `words` commits the transaction implicitly, but BEGIN and
@@ -944,6 +988,19 @@ mod tests {
             Some(Control::Release("s1403_x1".into()))
         );
         assert_eq!(transaction_control(b"SELECT 1", true, Escaping::Backslashes), None);
+        let to = |name: &str| Some(Control::RollbackTo(name.into()));
+        for (sql, control) in [
+            ("ROLLBACK WORK TO w", to("w")),
+            ("rollback work to savepoint w", to("w")),
+            ("ROLLBACK TO `savepoint`", to("savepoint")),
+            ("ROLLBACK TO SAVEPOINT `savepoint`", to("savepoint")),
+            ("ROLLBACK WORK", Some(Control::Rollback)),
+            ("ROLLBACK AND NO CHAIN", Some(Control::Rollback)),
+            ("ROLLBACK `TO` x", Some(Control::Rollback)),
+            ("ROLLBACK TO", None),
+        ] {
+            assert_eq!(transaction_control(sql.as_bytes(), true, Escaping::Backslashes), control, "{sql}");
+        }
         assert_eq!(transaction_control(b"COMMITTED_READS", true, Escaping::Backslashes), None);
         assert_eq!(
             transaction_control(b"BEGIN", true, Escaping::Backslashes),

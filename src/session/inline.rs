@@ -30,7 +30,7 @@ impl Session {
             let rows = match self.edxapp.query_within(query, MAX_ANSWER_BYTES).await? {
                 Some(Reply::Rows(rows)) => rows,
                 Some(Reply::Err(error)) => {
-                    self.follow_edxapp_error(error.code).await;
+                    self.follow_edxapp_error(error.code).await?;
                     return Ok(Err(error));
                 }
                 Some(Reply::Ok(_) | Reply::Prepared(_)) => Rows::default(),

@@ -465,7 +465,7 @@ impl Session {
             Origin::Extended => request.snapshot.router.topology().extended_server(),
         };
         match server {
-            Server::Edxapp => self.follow_edxapp_error(error.code).await,
+            Server::Edxapp => self.follow_edxapp_error(error.code).await?,
             Server::Csmh => self.follow_csmh_rollback(Some(error.code)).await?,
         }
         Ok(())

@@ -100,9 +100,19 @@ impl Session {
     /// After a statement of the proxy's own on `edxapp` (one side of a merged read, a subquery's values, a write
     /// of both tables) failed with `code`: if the server rolled the client's transaction back (a deadlock), the
     /// `csmh` side's part of it goes too, as one server would have rolled back all of it.
-    pub(super) async fn follow_edxapp_error(&mut self, code: u16) {
+    pub(super) async fn follow_edxapp_error(&mut self, code: u16) -> Result<(), SessionError> {
         self.edxapp.note_error(Some(code));
-        self.csmh.follow_transaction_end(&self.edxapp).await;
+        self.follow_csmh_transaction_end().await
+    }
+
+    /// After a client statement ran on `edxapp`: the `csmh` side follows how it left the client's transaction
+    /// ([`CsmhLink::follow_transaction_end`](super::csmh::CsmhLink::follow_transaction_end)); a rollback the
+    /// client could not be told of is the error of its next statement.
+    pub(super) async fn follow_csmh_transaction_end(&mut self) -> Result<(), SessionError> {
+        if let Some(error) = self.csmh.follow_transaction_end(&mut self.edxapp).await? {
+            self.transaction.rolled_back(error);
+        }
+        Ok(())
     }
 
     /// The single number `sql` answers with on `server`, if it answers with one; a failure of the `csmh`

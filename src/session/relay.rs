@@ -45,7 +45,7 @@ impl Session {
             Some(Expect::Auth) => {
                 let seq = Sequence::after(request.span.last_seq);
                 self.authenticate(seq, &mut request.answer_seq).await?;
-                self.csmh.follow_transaction_end(&self.edxapp).await;
+                self.follow_csmh_transaction_end().await?;
                 Ok(Flow::Continue)
             }
             Some(expect) => {
@@ -96,7 +96,7 @@ impl Session {
                 Copied::ClientTurn(ClientTurn::LocalInfile) => self.relay_local_infile().await?,
                 Copied::Done(end) => {
                     self.edxapp.note_response(&scanner);
-                    self.csmh.follow_transaction_end(&self.edxapp).await;
+                    self.follow_csmh_transaction_end().await?;
                     return Ok(end);
                 }
             }

@@ -133,7 +133,7 @@ impl Session {
                         && atomic == Atomic::Savepoint =>
                 {
                     // The server rolled back the client's whole transaction, not only the savepoint.
-                    self.follow_edxapp_error(error.code).await;
+                    self.follow_edxapp_error(error.code).await?;
                     return Ok(Outcome::Failed(error));
                 }
                 Outcome::Failed(error) => return self.undo(snapshot, atomic, servers, error).await,
