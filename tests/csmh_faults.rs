@@ -20,19 +20,6 @@ async fn bounded<T>(what: &str, step: impl Future<Output = T>) -> T {
     tokio::time::timeout(STEP, step).await.unwrap_or_else(|_| panic!("{what} did not finish"))
 }
 
-/// Ends the proxy's connections to the `csmh` database, as a restart of that server would.
-async fn kill_csmh_connections(site: &Site) {
-    let mut root = site.csmh_root().await;
-    let threads: Vec<u64> = root
-        .query(format!("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = '{}'", site.dbs.csmh_db))
-        .await
-        .unwrap();
-    assert!(!threads.is_empty(), "the session has a csmh connection to lose");
-    for thread in threads {
-        root.query_drop(format!("KILL {thread}")).await.unwrap();
-    }
-}
-
 async fn extended_states(site: &Site) -> Vec<String> {
     site.csmh_root().await.query(format!("SELECT state FROM {} ORDER BY id", site.extended())).await.unwrap()
 }
@@ -48,7 +35,7 @@ async fn a_lost_csmh_connection_fails_one_rewritten_statement_and_the_session_go
     let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
     let mut edxapp = site.edxapp().await;
     edxapp.query_drop(edxapp_insert(1, "before")).await.unwrap();
-    kill_csmh_connections(&site).await;
+    site.kill_csmh_connections().await;
     let (code, message) = server_error(edxapp.query_drop(edxapp_insert(1, "lost")).await);
     assert_eq!(code, 1430, "{message}");
     assert!(message.contains("csmh server"), "{message}");
@@ -67,7 +54,7 @@ async fn a_lost_csmh_connection_fails_one_merged_read_and_the_next_reads_both_ta
     let read = edxapp_read("1");
     let before: Vec<mysql_async::Row> = edxapp.query(&read).await.unwrap();
     assert!(before.len() > 1, "rows of both tables");
-    kill_csmh_connections(&site).await;
+    site.kill_csmh_connections().await;
     let (code, message) = server_error(edxapp.query_drop(&read).await);
     assert_eq!(code, 1430, "{message}");
     let after: Vec<mysql_async::Row> = edxapp.query(&read).await.unwrap();
@@ -80,7 +67,7 @@ async fn a_lost_csmh_connection_fails_one_write_of_both_tables_with_nothing_writ
     let mut edxapp = site.edxapp().await;
     edxapp.query_drop(edxapp_insert(1, "new")).await.unwrap();
     let (old, extended) = (site.old_ids().await.len(), site.extended_ids().await.len());
-    kill_csmh_connections(&site).await;
+    site.kill_csmh_connections().await;
     let (code, message) = server_error(edxapp.query_drop(edxapp_delete("1")).await);
     assert_eq!(code, 1430, "{message}");
     assert_eq!((site.old_ids().await.len(), site.extended_ids().await.len()), (old, extended), "nothing deleted");
@@ -95,7 +82,7 @@ async fn a_lost_csmh_connection_inside_a_transaction_rolls_it_back_and_says_so()
     edxapp.query_drop("BEGIN").await.unwrap();
     edxapp.query_drop("INSERT INTO auth_user (id, username) VALUES (77, 'eve')").await.unwrap();
     edxapp.query_drop(edxapp_insert(1, "in the transaction")).await.unwrap();
-    kill_csmh_connections(&site).await;
+    site.kill_csmh_connections().await;
     let (code, message) = server_error(edxapp.query_drop(edxapp_insert(1, "lost")).await);
     assert_eq!(code, 1430, "{message}");
     assert!(message.contains("rolled back"), "{message}");
@@ -110,7 +97,7 @@ async fn a_statement_prepared_on_a_lost_csmh_connection_is_never_confused_with_a
     let mut edxapp = uncached_client(&site).await;
     let insert = edxapp.prep(edxapp_insert(2, "prepared")).await.unwrap();
     edxapp.exec_drop(&insert, ()).await.unwrap();
-    kill_csmh_connections(&site).await;
+    site.kill_csmh_connections().await;
     let (code, message) = server_error(edxapp.exec_drop(&insert, ()).await);
     assert_eq!(code, 1430, "{message}");
     // The next connection numbers its statements from 1 again.
@@ -185,7 +172,7 @@ async fn closing_a_statement_on_a_lost_csmh_connection_answers_nothing() {
     let mut edxapp = uncached_client(&site).await;
     let insert = edxapp.prep(edxapp_insert(3, "prepared")).await.unwrap();
     edxapp.exec_drop(&insert, ()).await.unwrap();
-    kill_csmh_connections(&site).await;
+    site.kill_csmh_connections().await;
     // The csmh connection must read the session's settings again before its next use, which fails now.
     edxapp.query_drop("SET time_zone = '+01:00'").await.unwrap();
     edxapp.close(insert).await.unwrap();
@@ -212,7 +199,7 @@ async fn a_rollback_reaches_edxapp_when_the_csmh_side_is_lost() {
     edxapp.query_drop("BEGIN").await.unwrap();
     edxapp.query_drop("INSERT INTO auth_user (id, username) VALUES (78, 'rolled')").await.unwrap();
     edxapp.query_drop(edxapp_insert(5, "rolled back")).await.unwrap();
-    kill_csmh_connections(&site).await;
+    site.kill_csmh_connections().await;
     edxapp.query_drop("ROLLBACK").await.unwrap();
     edxapp.query_drop("COMMIT").await.unwrap();
     let user: Option<String> = edxapp.query_first("SELECT username FROM auth_user WHERE id = 78").await.unwrap();

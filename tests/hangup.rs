@@ -268,10 +268,48 @@ async fn a_client_gone_while_the_proxy_reads_its_session_settings_ends_its_sessi
     tokio::time::sleep(Duration::from_millis(300)).await;
     waiting.abort();
     let _ = waiting.await;
+    sessions_end_within(site.proxy.shared(), ENDS_WITHIN, "after its client left").await;
+    assert_eq!(metrics.client_hangups(), 1);
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_during_a_commit_across_two_servers_has_both_sides_committed() {
+    // Directly, a COMMIT the server has received is carried out whatever its client does next. Across two servers
+    // the csmh side commits first: a hang-up while it does must not keep the edxapp side from committing.
+    let site = Site::private_two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop("BEGIN").await.unwrap();
+    edxapp.query_drop("INSERT INTO auth_user (id, username) VALUES (77, 'committer')").await.unwrap();
+    edxapp.query_drop(edxapp_insert(5, "committed")).await.unwrap();
+    let frozen = Frozen::server(&site.dbs.csmh).await;
+    let committing = tokio::spawn(async move { edxapp.query_drop("COMMIT").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    committing.abort();
+    let _ = committing.await;
+    drop(frozen);
+    sessions_end_within(site.proxy.shared(), ENDS_WITHIN, "after the server woke").await;
+
+    let user: Option<String> = site
+        .root()
+        .await
+        .query_first(format!("SELECT username FROM `{}`.auth_user WHERE id = 77", site.dbs.edxapp_db))
+        .await
+        .unwrap();
+    assert_eq!(user.as_deref(), Some("committer"), "edxapp's side committed with the csmh side's");
+    let states: Vec<String> = site
+        .csmh_root()
+        .await
+        .query(format!("SELECT state FROM {} WHERE student_module_id = 5", site.extended()))
+        .await
+        .unwrap();
+    assert_eq!(states, ["committed"]);
+}
+
+/// Waits until no session of the proxy whose state is `shared` is open, at most `limit` (`when` says since what).
+async fn sessions_end_within(shared: &csmh_proxy::state::ProxyState, limit: Duration, when: &str) {
     let started = Instant::now();
-    while metrics.connections_open() > 0 {
-        assert!(started.elapsed() < ENDS_WITHIN, "the session still open {ENDS_WITHIN:?} after its client left");
+    while shared.metrics.connections_open() > 0 {
+        assert!(started.elapsed() < limit, "a session still open {limit:?} {when}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(metrics.client_hangups(), 1);
 }

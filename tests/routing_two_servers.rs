@@ -243,12 +243,7 @@ async fn a_csmh_side_that_cannot_step_back_rolls_the_client_back_and_its_next_st
     edxapp.query_drop(edxapp_insert(5, "before the savepoint")).await.unwrap();
     edxapp.query_drop("SAVEPOINT s").await.unwrap();
     edxapp.query_drop(edxapp_insert(5, "after it")).await.unwrap();
-    let mut csmh_root = support::root_conn(&site.dbs.csmh).await;
-    let threads: Vec<u64> = csmh_root
-        .query(format!("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = '{}'", site.dbs.csmh_db))
-        .await
-        .unwrap();
-    csmh_root.query_drop(format!("KILL {}", threads[0])).await.unwrap();
+    site.kill_csmh_connections().await;
     // edxapp steps back first and answers; the csmh side, gone, took its part of the transaction with it.
     edxapp.query_drop("ROLLBACK TO SAVEPOINT s").await.expect("edxapp's answer");
     let (code, message) = server_error(edxapp.query_drop("SELECT 1").await);
@@ -267,13 +262,7 @@ async fn a_csmh_commit_failure_rolls_the_client_back_and_is_reported() {
     edxapp.query_drop("BEGIN").await.unwrap();
     edxapp.query_drop("INSERT INTO auth_user (id, username) VALUES (99, 'dora')").await.unwrap();
     edxapp.query_drop(edxapp_insert(5, "{}")).await.unwrap();
-    let mut csmh_root = support::root_conn(&site.dbs.csmh).await;
-    let threads: Vec<u64> = csmh_root
-        .query(format!("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = '{}'", site.dbs.csmh_db))
-        .await
-        .unwrap();
-    assert_eq!(threads.len(), 1, "one csmh connection for the session");
-    csmh_root.query_drop(format!("KILL {}", threads[0])).await.unwrap();
+    assert_eq!(site.kill_csmh_connections().await, 1, "one csmh connection for the session");
     let (code, message) = server_error(edxapp.query_drop("COMMIT").await);
     assert_eq!(code, 1430, "{message}");
     let dora: Option<String> = edxapp.query_first("SELECT username FROM auth_user WHERE id = 99").await.unwrap();

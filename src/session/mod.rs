@@ -197,7 +197,8 @@ impl Session {
                 let _ = self.answer_error(&mut request, server_shutdown()).await;
                 return Ok(());
             }
-            match self.serve(&mut request, hangup.as_mut()).await {
+            let watch = hangup.as_mut().filter(|_| !self.runs_to_its_end(&request));
+            match self.serve(&mut request, watch).await {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Quit) => return Ok(()),
                 Err(error) => {
@@ -205,6 +206,17 @@ impl Session {
                     return Err(error);
                 }
             }
+        }
+    }
+
+    /// Whether `request` runs to its end even if the client hangs up meanwhile, as the server carries out a
+    /// direct client's COMMIT: a statement that ends or steps in a transaction the `csmh` connection holds part
+    /// of. Its `csmh` side runs first (a COMMIT there) or its `edxapp` side commits implicitly while the `csmh`
+    /// side waits, so abandoning it halfway would leave one server's part committed and the other's rolled back.
+    fn runs_to_its_end(&self, request: &Request) -> bool {
+        self.csmh.in_transaction() && request.command == Command::Query && {
+            let payload = request.span.payload_in(&self.client.buf);
+            csmh::controls_transactions(command::body(&payload), self.edxapp.escaping())
         }
     }
 

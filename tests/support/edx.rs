@@ -62,6 +62,21 @@ impl Site {
         super::root_conn(&self.dbs.csmh).await
     }
 
+    /// Ends the proxy's connections to the `csmh` database, as a restart of that server would; how many there
+    /// were (at least one).
+    pub async fn kill_csmh_connections(&self) -> usize {
+        let mut root = self.csmh_root().await;
+        let threads: Vec<u64> = root
+            .query(format!("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = '{}'", self.dbs.csmh_db))
+            .await
+            .unwrap();
+        assert!(!threads.is_empty(), "the session has a csmh connection to lose");
+        for thread in &threads {
+            root.query_drop(format!("KILL {thread}")).await.unwrap();
+        }
+        threads.len()
+    }
+
     /// The old table's qualified name.
     pub fn old(&self) -> String {
         format!("`{}`.`{OLD}`", self.dbs.edxapp_db)
