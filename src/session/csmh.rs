@@ -515,6 +515,8 @@ impl CsmhLink {
         };
         match outcome {
             Ok(()) => Ok(None),
+            // The side's part is gone with its connection, so edxapp's goes too (after a failed COMMIT the
+            // connection no longer counts a transaction, so this is not `fail`).
             Err(error) => {
                 warn!(?control, "the csmh side could not follow the client's transaction; rolling it back");
                 self.close(&error);
@@ -542,13 +544,13 @@ impl CsmhLink {
             (Some(code::ER_LOCK_DEADLOCK), _) | (_, Some(StepBack::All)) => csmh.end(b"ROLLBACK").await,
             (_, Some(StepBack::To(name))) => match csmh.step_back_to(&name).await {
                 Ok(()) => Ok(()),
+                // Its connection gone, the csmh side lost its part: edxapp's must go too, unless that part was
+                // to go all along (the savepoint was older than it).
                 Err(error) => {
-                    warn!(%error, "the csmh side could not step back with the client's transaction; rolling it back");
-                    self.close(&error);
-                    edxapp.rollback().await?;
-                    let mut error = error.to_mysql();
-                    error.message.push_str(ROLLED_BACK);
-                    return Ok(Some(error));
+                    let rolls_back = self.in_transaction();
+                    warn!(rolls_back, "the csmh side could not step back with the client's transaction");
+                    let error = self.fail(edxapp, error).await?;
+                    return Ok(rolls_back.then_some(error));
                 }
             },
             _ if !edxapp.in_transaction() => csmh.end(b"COMMIT").await,
