@@ -8,10 +8,11 @@
 //! and variables, and puts the session's settings back to the account's defaults), and the settings the session
 //! had applied are applied again in the same write. edxapp's requests all run with the same settings but for
 //! autocommit (off in a request `ATOMIC_REQUESTS` wraps in a transaction, on in a view that opts out), so the next
-//! session usually finds its own settings in place and runs its first statement at once, where it would otherwise pay a round trip to apply them; one
-//! whose settings differ applies them as on a new connection. A connection is kept for [`KEPT_FOR`] (up to half
-//! as long again, between two sweeps), under the configuration generation it was opened with; the newest is taken
-//! first (of those with the session's settings, if any), so that in quiet times the others age out.
+//! session usually finds its own settings in place and runs its first statement at once, where it would otherwise
+//! pay a round trip to apply them; one whose settings differ applies them as on a new connection. A connection is
+//! kept for [`KEPT_FOR`] (up to half as long again, between two sweeps), under the configuration generation it was
+//! opened with; the newest is taken first (of those with the session's settings, if any), so that in quiet times
+//! the others age out.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};

@@ -304,8 +304,8 @@ impl CsmhLink {
 
     /// The connection, opened if needed (under `snapshot`'s `[backends.csmh]`, counted in `shared`'s metrics),
     /// with the client's settings applied and, if the client is in a transaction, a transaction open (or, under
-    /// autocommit off, begun by the next statement). After an
-    /// error the caller drops the connection ([`CsmhLink::close`] or [`CsmhLink::fail`]).
+    /// autocommit off, begun by the next statement). After an error the caller drops the connection
+    /// ([`CsmhLink::close`] or [`CsmhLink::fail`]).
     pub async fn ready(
         &mut self,
         edxapp: &mut Edxapp,
@@ -840,9 +840,9 @@ fn control_of(tokens: &[Tok], source: &Source<'_>, autocommit: bool, escaping: E
         return Some(Control::Unfollowable("several statements in one query"));
     }
     // The first words decide (a savepoint's name is the fifth at most).
-    let words: Vec<String> = tokens.iter().filter_map(|t| t.word().map(str::to_ascii_uppercase)).take(5).collect();
-    let raw_name = |i: usize| tokens.iter().filter_map(|t| t.word()).nth(i).map(str::to_owned);
     let word_tokens: Vec<&Tok> = tokens.iter().filter(|t| t.word().is_some()).take(5).collect();
+    let words: Vec<String> = word_tokens.iter().filter_map(|t| t.word().map(str::to_ascii_uppercase)).collect();
+    let raw_name = |i: usize| word_tokens.get(i).and_then(|t| t.word()).map(str::to_owned);
     match words.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["COMMIT", ..] => Some(Control::Commit),
         ["BEGIN", "NOT", "ATOMIC", ..] => Some(Control::Unfollowable("a compound statement")),
