@@ -175,6 +175,37 @@ async fn unroutable_statements_are_refused_and_false_positives_pass() {
 }
 
 #[tokio::test]
+async fn what_would_change_one_table_alone_or_each_table_apart_is_refused_and_changes_nothing() {
+    let site = Site::new(Stage::ExtendedTableReadingBoth.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop(edxapp_insert(1, "{\"new\": true}")).await.unwrap();
+    site.copy_to_extended(&[7, 13]).await;
+    let before = site.both_tables().await;
+    for sql in [
+        format!("DELETE FROM `{OLD}` WHERE `student_module_id` = 1 ORDER BY `id` LIMIT 1"),
+        format!("UPDATE `{OLD}` SET `version` = 'limited' WHERE `student_module_id` = 1 ORDER BY `id` DESC LIMIT 1"),
+        format!("DELETE FROM `{OLD}` WHERE `student_module_id` = 1 RETURNING `id`"),
+        format!(
+            "UPDATE courseware_studentmodule m JOIN `{OLD}` h ON m.id = h.student_module_id SET h.state = 'joined' \
+             WHERE m.id = 1"
+        ),
+        format!("DELETE h FROM courseware_studentmodule m JOIN `{OLD}` h ON m.id = h.student_module_id WHERE m.id = 1"),
+        format!("DELETE FROM h USING `{OLD}` h WHERE h.id = 7"),
+        format!(
+            "INSERT INTO `{OLD}` (`id`, `version`, `created`, `state`, `grade`, `max_grade`, `student_module_id`) \
+             VALUES (2, NULL, NOW(), 'hides the old row 2', 0, 1, 2)"
+        ),
+        format!("CREATE TABLE `history_archive` AS SELECT * FROM `{OLD}`"),
+    ] {
+        let (code, message) = server_error(edxapp.query_drop(&sql).await);
+        assert_eq!(code, 1235, "{sql}: {message}");
+    }
+    assert_eq!(site.both_tables().await, before, "both tables as they were");
+    let one: Option<i64> = edxapp.query_first("SELECT 1").await.unwrap();
+    assert_eq!(one, Some(1), "the connection goes on");
+}
+
+#[tokio::test]
 async fn transactions_commit_and_roll_back_both_tables_together() {
     let site = Site::new(Stage::ExtendedTableReadingBoth.flags()).await;
     let mut edxapp = site.edxapp().await;

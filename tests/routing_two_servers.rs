@@ -59,6 +59,32 @@ async fn update_and_delete_reach_both_servers_and_report_the_sum() {
 }
 
 #[tokio::test]
+async fn what_would_read_the_proxys_session_or_an_edxapp_table_on_the_csmh_server_is_refused() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop(edxapp_insert(2, "{}")).await.unwrap();
+    let new_id = edxapp.last_insert_id().unwrap();
+    let before = site.both_tables().await;
+    edxapp.query_drop("SET @module = 2").await.unwrap();
+    for sql in [
+        format!("SELECT `id` FROM `{OLD}` WHERE `student_module_id` = @module"),
+        format!("UPDATE `{OLD}` SET `version` = 'by a variable' WHERE `student_module_id` = @module"),
+        format!("SELECT `id` INTO @id FROM `{OLD}` WHERE `id` = {new_id}"),
+        format!("SELECT CURRENT_USER(), `id` FROM `{OLD}`"),
+        format!(
+            "SELECT `student_module_id` FROM `{OLD}` WHERE `id` = {new_id} UNION SELECT `id` FROM \
+             courseware_studentmodule WHERE `id` = 1"
+        ),
+    ] {
+        let (code, message) = server_error(edxapp.query_drop(&sql).await);
+        assert_eq!(code, 1235, "{sql}: {message}");
+    }
+    assert_eq!(site.both_tables().await, before, "both tables as they were");
+    let id: Option<Option<u64>> = edxapp.query_first("SELECT @id").await.unwrap();
+    assert_eq!(id, Some(None), "the client's variable was not set");
+}
+
+#[tokio::test]
 async fn the_clients_session_settings_apply_on_the_csmh_server() {
     let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
     let mut edxapp = site.edxapp().await;

@@ -7,12 +7,12 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    FromTable, ObjectName, Query, SelectItem, SetExpr, Statement, TableFactor, TableObject, TableWithJoins, Visit,
-    Visitor,
+    AssignmentTarget, Delete, Expr, FromTable, ObjectName, Query, SelectItem, SetExpr, Statement, TableFactor,
+    TableObject, TableWithJoins, Update, UpdateTableFromKind, Value, Visit, Visitor,
 };
 use sqlparser::tokenizer::Location;
 
-use crate::history::{StatementKind, TableName};
+use crate::history::{COLUMNS, StatementKind, TableName};
 
 /// Where a SELECT reads the old table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,9 +70,9 @@ pub struct Shape {
     pub inserts_from_select: bool,
     /// Some SELECT in it lists `*` or `t.*`, whose columns come in the table's own order.
     pub selects_wildcard: bool,
-    /// For [`StatementKind::Other`]: whether it only changes or shows the table's definition (ALTER TABLE,
-    /// CREATE/DROP INDEX, SHOW, DESCRIBE, EXPLAIN, ANALYZE), which stays allowed on a retired table so that
-    /// edxapp's own migrations keep working.
+    /// For [`StatementKind::Other`]: whether it only changes or shows the table's definition (ALTER TABLE but
+    /// its RENAME, CREATE/DROP INDEX, SHOW, DESCRIBE, EXPLAIN, ANALYZE), which stays allowed on a retired table so
+    /// that edxapp's own migrations keep working.
     pub schema_only: bool,
 }
 
@@ -121,19 +121,14 @@ pub fn shape(statement: &Statement, old: &TableName) -> Result<Shape, Unroutable
             }
             _ => (StatementKind::Other, None),
         },
-        Statement::Update(update) => match update_target(&update.table, update.from.is_some(), old)? {
+        Statement::Update(update) => match update_target(update, old)? {
             Some(start) => (StatementKind::UpdateDelete, Some(Write::UpdateDelete { start })),
             None => (StatementKind::Other, None),
         },
-        Statement::Delete(delete) => {
-            let from = match &delete.from {
-                FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from) => from,
-            };
-            match delete_target(from, !delete.tables.is_empty() || delete.using.is_some(), old)? {
-                Some(start) => (StatementKind::UpdateDelete, Some(Write::UpdateDelete { start })),
-                None => (StatementKind::Other, None),
-            }
-        }
+        Statement::Delete(delete) => match delete_target(delete, old)? {
+            Some(start) => (StatementKind::UpdateDelete, Some(Write::UpdateDelete { start })),
+            None => (StatementKind::Other, None),
+        },
         _ => (StatementKind::Other, None),
     };
     if write.is_some() && !reads.is_empty() {
@@ -144,39 +139,69 @@ pub fn shape(statement: &Statement, old: &TableName) -> Result<Shape, Unroutable
     Ok(Shape { kind, reads, write, inserts_from_select, selects_wildcard, schema_only: is_schema_only(statement) })
 }
 
-/// The old table as the single target of an UPDATE; an error for multi-table forms that involve it.
-fn update_target(table: &TableWithJoins, has_from: bool, old: &TableName) -> Result<Option<Location>, Unroutable> {
-    let target = match &table.relation {
-        TableFactor::Table { name, .. } if names(name, old) => Some(first(name)),
-        _ => None,
+/// The old table as the one table an UPDATE writes; an error when it is among the tables of a multi-table form.
+fn update_target(update: &Update, old: &TableName) -> Result<Option<Location>, Unroutable> {
+    let from = match &update.from {
+        Some(UpdateTableFromKind::BeforeSet(from) | UpdateTableFromKind::AfterSet(from)) => from.as_slice(),
+        None => &[],
     };
-    if target.is_some() && (has_from || !table.joins.is_empty()) {
-        return Err(Unroutable::new("a multi-table UPDATE of the history table cannot be routed"));
-    }
-    Ok(target)
+    let tables: Vec<&TableWithJoins> = std::iter::once(&update.table).chain(from).collect();
+    single_target(&tables, false, old, "UPDATE")
 }
 
-/// The old table as the single target of a DELETE; an error for multi-table forms that involve it.
-fn delete_target(from: &[TableWithJoins], multi_table: bool, old: &TableName) -> Result<Option<Location>, Unroutable> {
-    let targets: Vec<Location> = from
-        .iter()
-        .filter_map(|t| match &t.relation {
-            TableFactor::Table { name, .. } if names(name, old) => Some(first(name)),
-            _ => None,
-        })
-        .collect();
-    match targets.as_slice() {
-        [] => Ok(None),
-        [start] if from.len() == 1 && from[0].joins.is_empty() && !multi_table => Ok(Some(*start)),
-        _ => Err(Unroutable::new("a multi-table DELETE of the history table cannot be routed")),
+/// The old table as the one table a DELETE removes rows from; an error when it is among the tables of a
+/// multi-table form.
+fn delete_target(delete: &Delete, old: &TableName) -> Result<Option<Location>, Unroutable> {
+    let from = match &delete.from {
+        FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from) => from,
+    };
+    let using = delete.using.as_deref().unwrap_or_default();
+    let tables: Vec<&TableWithJoins> = from.iter().chain(using).collect();
+    single_target(&tables, !delete.tables.is_empty(), old, "DELETE")
+}
+
+/// The old table's place when it is the only table of `tables`, which an UPDATE or DELETE writes; `None` when
+/// none of them is the old table. A multi-table form naming it anywhere (a join, a comma list, `FROM`, `USING`,
+/// or a list of tables to delete from) is an error: passed through, it would change the old table's rows alone.
+fn single_target(
+    tables: &[&TableWithJoins],
+    multi_table: bool,
+    old: &TableName,
+    verb: &str,
+) -> Result<Option<Location>, Unroutable> {
+    if !tables.iter().any(|table| names_old_anywhere(table, old)) {
+        return Ok(None);
+    }
+    match tables {
+        [TableWithJoins { relation: TableFactor::Table { name, .. }, joins }] if joins.is_empty() && !multi_table => {
+            Ok(Some(first(name)))
+        }
+        _ => Err(Unroutable::new(format!("a multi-table {verb} that involves the history table cannot be routed"))),
+    }
+}
+
+/// Whether `table` or one of the tables joined to it is the old table.
+fn names_old_anywhere(table: &TableWithJoins, old: &TableName) -> bool {
+    factor_names_old(&table.relation, old) || table.joins.iter().any(|join| factor_names_old(&join.relation, old))
+}
+
+/// Whether `factor` is the old table, or a parenthesized join holding it. A derived table's reads of it are
+/// collected as reads.
+fn factor_names_old(factor: &TableFactor, old: &TableName) -> bool {
+    match factor {
+        TableFactor::Table { name, .. } => names(name, old),
+        TableFactor::NestedJoin { table_with_joins, .. } => names_old_anywhere(table_with_joins, old),
+        _ => false,
     }
 }
 
 fn is_schema_only(statement: &Statement) -> bool {
-    use sqlparser::ast::ObjectType;
+    use sqlparser::ast::{AlterTableOperation, ObjectType};
     match statement {
-        Statement::AlterTable(_)
-        | Statement::CreateIndex(_)
+        Statement::AlterTable(alter) => {
+            !alter.operations.iter().any(|operation| matches!(operation, AlterTableOperation::RenameTable { .. }))
+        }
+        Statement::CreateIndex(_)
         | Statement::ExplainTable { .. }
         | Statement::Explain { .. }
         | Statement::Analyze(_)
@@ -244,6 +269,56 @@ impl ReadCollector<'_> {
             _ => {}
         }
     }
+}
+
+/// Whether an INSERT (or REPLACE) into the old table gives its `id` a value of its own: a column list, a
+/// positional row (whose first value is the id, in the old table's order) or a `SET` naming `id`, with a value
+/// other than `NULL` or `DEFAULT` (which let the table number the row), or rows from a SELECT. Read from token
+/// kinds and keywords only, never from a literal's value.
+pub fn inserts_an_id(statement: &Statement) -> bool {
+    let Statement::Insert(insert) = statement else { return false };
+    let id = COLUMNS[0];
+    let is_id =
+        |name: &ObjectName| name.0.last().and_then(|p| p.as_ident()).is_some_and(|i| i.value.eq_ignore_ascii_case(id));
+    if !insert.assignments.is_empty() {
+        return insert.assignments.iter().any(|a| match &a.target {
+            AssignmentTarget::ColumnName(name) => is_id(name) && !numbers_itself(&a.value),
+            AssignmentTarget::Tuple(_) => true,
+        });
+    }
+    let position = match insert.columns.iter().position(is_id) {
+        Some(position) => position,
+        None if insert.columns.is_empty() => 0,
+        None => return false,
+    };
+    match insert.source.as_deref().map(|query| &*query.body) {
+        Some(SetExpr::Values(values)) => {
+            values.rows.iter().any(|row| row.get(position).is_some_and(|value| !numbers_itself(value)))
+        }
+        _ => true,
+    }
+}
+
+/// Whether an INSERT's value for an auto-increment column leaves the numbering to the table.
+fn numbers_itself(value: &Expr) -> bool {
+    match value {
+        Expr::Value(value) => value.value == Value::Null,
+        Expr::Identifier(ident) => ident.quote_style.is_none() && ident.value.eq_ignore_ascii_case("DEFAULT"),
+        _ => false,
+    }
+}
+
+/// Where `statement` names a table other than `old` and `extended` (a join, a comma list, a branch of a UNION, a
+/// subquery, a CTE's name): the first part of each such name.
+pub fn other_tables(statement: &Statement, old: &TableName, extended: &TableName) -> Vec<Location> {
+    let mut found = Vec::new();
+    let _ = sqlparser::ast::visit_relations(statement, |name| {
+        if !names(name, old) && !names(name, extended) {
+            found.push(first(name));
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    found
 }
 
 /// Whether `name` is the old table: its bare name, or qualified with its schema.

@@ -404,6 +404,14 @@ impl Router {
         let statement = parse_one(&tokens)?;
         let shape = classify::shape(&statement, &self.old)?;
         match self.table.route(shape.kind) {
+            Target::OldTable if shape.kind == StatementKind::Other && !shape.reads.is_empty() && !shape.schema_only => {
+                Err(Unroutable::new(
+                    "the history table is read by a statement that is not a SELECT of its rows (INSERT ... SELECT \
+                     into another table, CREATE TABLE ... SELECT, a SET, or an UPDATE or DELETE of another table \
+                     with a subquery): csmh-proxy routes such a statement to the old table alone, which no longer \
+                     holds every history row",
+                ))
+            }
             Target::OldTable => Ok(Route::Passthrough),
             Target::Blocked if shape.schema_only => Ok(Route::Passthrough),
             Target::Blocked => Ok(Route::Block(self.blocked(&tokens))),
@@ -539,6 +547,7 @@ impl Plan<'_, '_> {
     }
 
     fn to_extended(&self) -> Result<Route, Unroutable> {
+        self.check_no_id_may_hide_an_old_row()?;
         let splicer = match &self.shape.write {
             Some(write) => self.extended_write(write)?,
             None => self.reads_replaced(|read, alias| {
@@ -557,6 +566,22 @@ impl Plan<'_, '_> {
         Ok(Route::Rewrite(Rewritten { sql, on, inserts, inline, rights, check }))
     }
 
+    /// While both tables are read, a read finds an id in the extended table before the old one: an INSERT into
+    /// the extended table with an id of its own could hide an old row with that id (where the old table would
+    /// have answered 1062, duplicate entry), and the copy of that row would then find its id taken. Refused;
+    /// without an id the extended table numbers the row above every old id (`csmh-proxy init`).
+    fn check_no_id_may_hide_an_old_row(&self) -> Result<(), Unroutable> {
+        let reads_both = self.router.table.route(StatementKind::Select) == Target::BothTables;
+        if reads_both && classify::inserts_an_id(self.statement) {
+            return Err(Unroutable::new(
+                "an INSERT into the history table with an id of its own, while both tables are read: the old \
+                 table may hold a row with that id, which the new row would hide; leave the id to the table (omit \
+                 it, or give NULL or DEFAULT)",
+            ));
+        }
+        Ok(())
+    }
+
     /// The rights on the old table the statement needs: statements that need the same rights share the
     /// session's remembered grants check, so every right a form of statement may need counts.
     fn rights(&self) -> Rights {
@@ -566,15 +591,17 @@ impl Plan<'_, '_> {
         let verb = match self.statement {
             Statement::Insert(insert) => Rights::INSERT
                 .union(if insert.replace_into { Rights::DELETE } else { none })
-                .union(if insert.on.is_some() { Rights::UPDATE.union(Rights::SELECT) } else { none }),
+                .union(if insert.on.is_some() { Rights::UPDATE.union(Rights::SELECT) } else { none })
+                .union(reads_columns(insert.returning.is_some())),
             Statement::Update(update) => Rights::UPDATE.union(reads_columns(
                 update.selection.is_some()
                     || !update.order_by.is_empty()
+                    || update.returning.is_some()
                     || update.assignments.iter().any(|a| !matches!(a.value, Expr::Value(_))),
             )),
-            Statement::Delete(delete) => {
-                Rights::DELETE.union(reads_columns(delete.selection.is_some() || !delete.order_by.is_empty()))
-            }
+            Statement::Delete(delete) => Rights::DELETE.union(reads_columns(
+                delete.selection.is_some() || !delete.order_by.is_empty() || delete.returning.is_some(),
+            )),
             _ => Rights::SELECT,
         };
         verb.union(reads_columns(!self.shape.reads.is_empty()))
@@ -590,6 +617,7 @@ impl Plan<'_, '_> {
         if self.shape.reads.iter().any(|read| !read.alone) || self.shape.inserts_from_select {
             return Err(Unroutable::new("the extended table's server has no edxapp tables to join or select from"));
         }
+        self.check_nothing_is_read_from_the_session()?;
         let subqueries = rewrite::subqueries(self.tokens);
         let mut queries = Vec::new();
         for subquery in &subqueries {
@@ -605,14 +633,44 @@ impl Plan<'_, '_> {
             splicer.hole(subquery.range.clone());
             queries.push(self.source.bytes()[subquery.inner.clone()].to_vec());
         }
+        let inlined = |at: usize| subqueries.iter().any(|subquery| subquery.range.contains(&at));
+        let old = &self.router.old;
+        let other_tables = classify::other_tables(self.statement, old, &self.router.extended);
+        if other_tables.into_iter().any(|start| !inlined(self.source.offset(start))) {
+            return Err(Unroutable::new(
+                "the extended table's server has no edxapp tables: only the history table may be read there, \
+                 other tables only in `IN (SELECT ...)` subqueries",
+            ));
+        }
         let (sql, places) = splicer.render_with_holes()?;
         let inline = places.into_iter().zip(queries).map(|(at, query)| Inline { at, query }).collect();
         Ok((sql, inline))
     }
 
+    /// On a separate `csmh` server the statement runs in the proxy's session there, logged in with its account:
+    /// what would read or set the client's session instead is refused — variables, functions of the session or
+    /// the server, `SELECT ... INTO`.
+    fn check_nothing_is_read_from_the_session(&self) -> Result<(), Unroutable> {
+        if let Some(what) = source::bound_to_the_session(self.tokens) {
+            return Err(Unroutable::with_detail(
+                "a variable or a function of the session would be read on the extended table's server, in the \
+                 proxy's session there, not the client's",
+                what,
+            ));
+        }
+        let is_query = matches!(self.statement, sqlparser::ast::Statement::Query(_));
+        if is_query && self.tokens.iter().any(|t| t.is_keyword("INTO")) {
+            return Err(Unroutable::new(
+                "SELECT ... INTO would set its variables or write its file on the extended table's server",
+            ));
+        }
+        Ok(())
+    }
+
     fn to_both(&self) -> Result<Route, Unroutable> {
         match &self.shape.write {
             Some(write @ Write::UpdateDelete { .. }) => {
+                self.check_each_table_may_answer_alone()?;
                 let (extended, inline) = self.finish(self.extended_write(write)?)?;
                 let old = self.tables_qualified().render_all()?;
                 Ok(Route::FanOut(FanOut::Writes { old, extended, inline, on: self.extended_server() }))
@@ -627,6 +685,27 @@ impl Plan<'_, '_> {
                 (Topology::OneServer, OneServerReads::Union) => self.union_read().map(union),
             },
         }
+    }
+
+    /// An UPDATE or DELETE of both tables runs on each table alone, so a clause that would act on each table's
+    /// rows apart is refused: a LIMIT would change up to that many rows in each table, and RETURNING would answer
+    /// with two sets of rows where the client gets one OK with the counts summed.
+    fn check_each_table_may_answer_alone(&self) -> Result<(), Unroutable> {
+        use sqlparser::ast::Statement;
+        let (limit, returning) = match self.statement {
+            Statement::Update(update) => (update.limit.is_some(), update.returning.is_some()),
+            Statement::Delete(delete) => (delete.limit.is_some(), delete.returning.is_some()),
+            _ => (false, false),
+        };
+        if limit {
+            return Err(Unroutable::new(
+                "an UPDATE or DELETE with LIMIT cannot reach both tables: each table would change up to LIMIT rows",
+            ));
+        }
+        if returning {
+            return Err(Unroutable::new("an UPDATE or DELETE with RETURNING cannot reach both tables"));
+        }
+        Ok(())
     }
 
     /// A read of both tables on one server as one statement reading a `UNION ALL` of both.

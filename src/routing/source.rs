@@ -167,6 +167,89 @@ pub fn several_statements(tokens: &[Tok]) -> bool {
     end + 1 < tokens.len()
 }
 
+/// Functions whose value belongs to the session or the server that evaluates them (who is logged in, what the
+/// session last inserted or counted, its locks, the server's files and sequences): written with parentheses.
+const SESSION_FUNCTIONS: [&str; 21] = [
+    "CONNECTION_ID",
+    "DATABASE",
+    "FOUND_ROWS",
+    "GET_LOCK",
+    "IS_FREE_LOCK",
+    "IS_USED_LOCK",
+    "LAST_INSERT_ID",
+    "LASTVAL",
+    "LOAD_FILE",
+    "MASTER_GTID_WAIT",
+    "MASTER_POS_WAIT",
+    "NEXTVAL",
+    "RELEASE_ALL_LOCKS",
+    "RELEASE_LOCK",
+    "ROW_COUNT",
+    "SCHEMA",
+    "SESSION_USER",
+    "SETVAL",
+    "SOURCE_POS_WAIT",
+    "SYSTEM_USER",
+    "USER",
+];
+
+/// Session functions the server also reads without parentheses.
+const SESSION_KEYWORDS: [&str; 2] = ["CURRENT_ROLE", "CURRENT_USER"];
+
+/// The session's system variables that the proxy sets on its `csmh` connection to the client's values before a
+/// statement runs there (`session/csmh.rs` reads and applies them), so a statement may read them there.
+pub const SETTINGS_APPLIED_ON_CSMH: [&str; 9] = [
+    "autocommit",
+    "character_set_client",
+    "character_set_connection",
+    "character_set_results",
+    "collation_connection",
+    "sql_mode",
+    "time_zone",
+    "transaction_isolation",
+    "tx_isolation",
+];
+
+/// The first thing in `tokens` whose value belongs to the session that evaluates it: a user variable (`@v`,
+/// `@'v'`), a system variable (`@@v`, `@@global.v`) but the settings of [`SETTINGS_APPLIED_ON_CSMH`], or one of
+/// [`SESSION_FUNCTIONS`] and [`SESSION_KEYWORDS`]. Run on another server's connection (the proxy's own, logged in
+/// with its account), such a statement would read that session and server, not the client's.
+pub fn bound_to_the_session(tokens: &[Tok]) -> Option<String> {
+    tokens.iter().enumerate().find_map(|(i, t)| {
+        let word = match &t.token.token {
+            Token::AtSign | Token::AtAt => return Some("@".to_owned()),
+            Token::Word(w) if w.quote_style.is_none() => &w.value,
+            _ => return None,
+        };
+        let upper = word.to_ascii_uppercase();
+        let called = tokens.get(i + 1).is_some_and(|next| next.token.token == Token::LParen);
+        let bound = match word.strip_prefix("@@") {
+            Some(variable) => !is_applied_setting(variable, &tokens[i + 1..]),
+            None => {
+                word.starts_with('@')
+                    || SESSION_KEYWORDS.contains(&upper.as_str())
+                    || (called && SESSION_FUNCTIONS.contains(&upper.as_str()))
+            }
+        };
+        bound.then_some(upper)
+    })
+}
+
+/// Whether the system variable `@@variable`, followed by `rest`, is the session's value of one of
+/// [`SETTINGS_APPLIED_ON_CSMH`]: `@@name`, `@@session.name` or `@@local.name`.
+fn is_applied_setting(variable: &str, rest: &[Tok]) -> bool {
+    let name = match rest {
+        [period, name, ..]
+            if period.is_period()
+                && (variable.eq_ignore_ascii_case("session") || variable.eq_ignore_ascii_case("local")) =>
+        {
+            name.word().unwrap_or_default()
+        }
+        _ => variable,
+    };
+    SETTINGS_APPLIED_ON_CSMH.iter().any(|setting| setting.eq_ignore_ascii_case(name))
+}
+
 /// Whether an unquoted word of `tokens` holds a character above U+007F. In a statement that is not UTF-8
 /// ([`Source::is_latin1`]) that is a byte the client's single-byte character set may read as a space (latin1's
 /// 0xA0, which the tokenizer reads as a letter): the server would split the word where the tokenizer does not.

@@ -151,7 +151,7 @@ fn insert_is_spliced_and_keeps_every_other_byte() {
 #[test]
 fn insert_without_a_column_list_names_the_columns_in_the_old_order() {
     let sql = rewritten(
-        reading_both()
+        extended_only()
             .route(b"INSERT INTO edxapp.courseware_studentmodulehistory VALUES (1, NULL, NOW(), 's', 1, 2, 42)"),
     );
     assert_eq!(
@@ -239,6 +239,7 @@ fn the_retired_table_refuses_what_would_reach_it_but_allows_schema_changes() {
         "TRUNCATE TABLE courseware_studentmodulehistory",
         "DROP TABLE courseware_studentmodulehistory",
         "RENAME TABLE courseware_studentmodulehistory TO x",
+        "ALTER TABLE courseware_studentmodulehistory RENAME TO x",
         "INSERT INTO archive SELECT * FROM courseware_studentmodulehistory",
     ] {
         assert_eq!(code(&retired().route(sql.as_bytes())), 1142, "{sql}");
@@ -413,6 +414,8 @@ fn the_rights_a_statement_needs_on_the_old_table_tell_apart_every_form_that_need
         (format!("UPDATE {h} SET grade = 1 WHERE id = 2"), Rights::UPDATE.union(Rights::SELECT)),
         (format!("DELETE FROM {h}"), Rights::DELETE),
         (format!("DELETE FROM {h} WHERE student_module_id = 2"), Rights::DELETE.union(Rights::SELECT)),
+        (format!("DELETE FROM {h} RETURNING id, state"), Rights::DELETE.union(Rights::SELECT)),
+        (format!("INSERT INTO {h} (state) VALUES ('') RETURNING id"), select_insert),
         (format!("SELECT id FROM {h} WHERE student_module_id = 2"), Rights::SELECT),
     ] {
         assert_eq!(rights(&sql), expected, "{sql}");
@@ -580,4 +583,132 @@ fn executable_comments_in_history_statements_are_refused() {
     }
     let no_history = b"/*!40101 SET NAMES utf8 */";
     assert_eq!(router.route(no_history), Route::Passthrough);
+}
+
+#[test]
+fn an_update_or_delete_of_both_tables_with_a_limit_or_returning_is_refused() {
+    for sql in [
+        "DELETE FROM courseware_studentmodulehistory WHERE student_module_id = 7 ORDER BY id LIMIT 1",
+        "UPDATE courseware_studentmodulehistory SET version = 'v' WHERE student_module_id = 7 ORDER BY id DESC LIMIT 1",
+        "DELETE FROM courseware_studentmodulehistory WHERE student_module_id = 7 RETURNING id",
+    ] {
+        for topology in [Topology::OneServer, Topology::TwoServers] {
+            for router in [router(true, true, false, topology), router(true, false, false, topology)] {
+                assert_eq!(code(&router.route(sql.as_bytes())), 1235, "{sql}");
+            }
+        }
+        assert!(matches!(retired().route(sql.as_bytes()), Route::Rewrite(_)), "one table: {sql}");
+    }
+}
+
+#[test]
+fn a_multi_table_update_or_delete_naming_the_history_table_anywhere_is_refused() {
+    for sql in [
+        "UPDATE courseware_studentmodule m JOIN courseware_studentmodulehistory h ON m.id = h.student_module_id \
+         SET h.state = 'x' WHERE m.id = 1",
+        "UPDATE courseware_studentmodule m, courseware_studentmodulehistory h SET h.state = 'x' WHERE m.id = 1",
+        "DELETE h FROM courseware_studentmodule m JOIN courseware_studentmodulehistory h ON m.id = h.student_module_id",
+        "DELETE FROM h USING courseware_studentmodulehistory h WHERE h.id = 24",
+        "DELETE h FROM courseware_studentmodulehistory h WHERE h.id = 24",
+    ] {
+        for router in [reading_both(), extended_only(), retired()] {
+            assert!(matches!(code(&router.route(sql.as_bytes())), 1235 | 1142), "{sql}");
+            assert!(!matches!(router.route(sql.as_bytes()), Route::Passthrough), "{sql}");
+        }
+    }
+}
+
+#[test]
+fn a_statement_that_reads_the_history_table_for_something_else_is_refused_while_the_old_table_is_not_all() {
+    for sql in [
+        "INSERT INTO archive SELECT * FROM courseware_studentmodulehistory",
+        "CREATE TABLE archive AS SELECT * FROM courseware_studentmodulehistory",
+        "SET @n = (SELECT COUNT(*) FROM courseware_studentmodulehistory)",
+        "UPDATE courseware_studentmodule SET grade = (SELECT MAX(grade) FROM courseware_studentmodulehistory)",
+        "DELETE FROM courseware_studentmodule WHERE id IN (SELECT student_module_id FROM courseware_studentmodulehistory)",
+    ] {
+        assert_eq!(code(&reading_both().route(sql.as_bytes())), 1235, "{sql}");
+        assert_eq!(code(&extended_only().route(sql.as_bytes())), 1235, "{sql}");
+        assert_eq!(router(false, true, false, Topology::OneServer).route(sql.as_bytes()), Route::Passthrough);
+    }
+    for sql in
+        ["EXPLAIN SELECT * FROM courseware_studentmodulehistory", "TRUNCATE TABLE courseware_studentmodulehistory"]
+    {
+        assert_eq!(reading_both().route(sql.as_bytes()), Route::Passthrough, "{sql}");
+    }
+}
+
+#[test]
+fn on_two_servers_what_would_read_the_proxys_session_there_is_refused() {
+    let h = OLD;
+    for sql in [
+        format!("SELECT id FROM {h} WHERE student_module_id = @sm"),
+        format!("SELECT id FROM {h} WHERE student_module_id = @'sm'"),
+        format!("SELECT id, @@hostname FROM {h}"),
+        format!("SELECT id, CURRENT_USER FROM {h}"),
+        format!("SELECT id, current_user() FROM {h}"),
+        format!("SELECT CONNECTION_ID(), id FROM {h}"),
+        format!("SELECT LOAD_FILE('/etc/passwd'), id FROM {h}"),
+        format!("SELECT id INTO @x FROM {h} WHERE id = 1"),
+        format!("SELECT id FROM {h} WHERE id = 1 INTO OUTFILE '/tmp/x'"),
+        format!("UPDATE {h} SET version = 'v' WHERE student_module_id = @sm"),
+        format!("INSERT INTO {h} (state, student_module_id) VALUES (USER(), LAST_INSERT_ID())"),
+    ] {
+        for flags in [(true, true, false), (true, false, false), (true, false, true)] {
+            let two = router(flags.0, flags.1, flags.2, Topology::TwoServers);
+            assert_eq!(code(&two.route(sql.as_bytes())), 1235, "{flags:?}: {sql}");
+        }
+        let one = router(true, false, false, Topology::OneServer);
+        let parses = !sql.contains("@'") && !sql.contains("OUTFILE");
+        assert!(
+            !parses || !matches!(one.route(sql.as_bytes()), Route::Refuse(_)),
+            "the client's own connection: {sql}"
+        );
+    }
+    let two = router(true, false, false, Topology::TwoServers);
+    for sql in [
+        format!("SELECT id AS user, `database` FROM {h} WHERE student_module_id = 7"),
+        format!("SELECT @@session.tx_isolation, @@time_zone, @@LOCAL.sql_mode, COUNT(*) FROM {h}"),
+    ] {
+        assert!(matches!(two.route(sql.as_bytes()), Route::Rewrite(_)), "names, and settings applied there: {sql}");
+    }
+    let sql = format!("SELECT @@global.time_zone, COUNT(*) FROM {h}");
+    assert_eq!(code(&two.route(sql.as_bytes())), 1235, "the csmh server's own setting");
+}
+
+#[test]
+fn on_two_servers_a_union_branch_on_an_edxapp_table_is_refused() {
+    let h = OLD;
+    for sql in [
+        format!("SELECT student_module_id FROM {h} WHERE id = 1 UNION SELECT id FROM courseware_studentmodule"),
+        format!(
+            "WITH m AS (SELECT id FROM courseware_studentmodule) SELECT id FROM {h} WHERE student_module_id IN (SELECT id FROM m)"
+        ),
+    ] {
+        let two = router(true, false, false, Topology::TwoServers);
+        assert_eq!(code(&two.route(sql.as_bytes())), 1235, "{sql}");
+    }
+}
+
+#[test]
+fn while_both_tables_are_read_an_insert_with_an_id_of_its_own_is_refused() {
+    let h = OLD;
+    for sql in [
+        format!("INSERT INTO {h} (id, state, student_module_id) VALUES (20, 's', 7)"),
+        format!("INSERT INTO {h} (state, id) VALUES ('s', NULL), ('t', 21)"),
+        format!("INSERT INTO {h} VALUES (20, NULL, NOW(), 's', 1, 2, 7)"),
+        format!("INSERT INTO {h} SET id = 20, state = 's'"),
+        format!("REPLACE INTO {h} (id, state) VALUES (1 + 1, '')"),
+    ] {
+        assert_eq!(code(&reading_both().route(sql.as_bytes())), 1235, "{sql}");
+        assert!(matches!(extended_only().route(sql.as_bytes()), Route::Rewrite(_)), "{sql}");
+    }
+    for sql in [
+        format!("INSERT INTO {h} (id, state, student_module_id) VALUES (NULL, 's', 7), (DEFAULT, 't', 7)"),
+        format!("INSERT INTO {h} VALUES (NULL, NULL, NOW(), 's', 1, 2, 7)"),
+        format!("INSERT INTO {h} SET state = 's', student_module_id = 7"),
+        EDXAPP_INSERT.to_owned(),
+    ] {
+        assert!(matches!(reading_both().route(sql.as_bytes()), Route::Rewrite(_)), "{sql}");
+    }
 }

@@ -1121,6 +1121,15 @@ mod tests {
     }
 
     #[test]
+    fn the_router_lets_statements_on_csmh_read_exactly_the_settings_applied_there() {
+        use crate::routing::source::SETTINGS_APPLIED_ON_CSMH;
+        let mut applied: Vec<&str> =
+            SETTING_NAMES.iter().copied().chain(["tx_isolation", "transaction_isolation"]).collect();
+        applied.sort_unstable();
+        assert_eq!(applied, SETTINGS_APPLIED_ON_CSMH);
+    }
+
+    #[test]
     fn autocommit_is_read_where_the_settings_read_puts_it() {
         assert_eq!(SETTING_NAMES[AUTOCOMMIT], "autocommit");
         assert!(SETTINGS_MARIADB.contains("@@session.sql_mode, @@session.autocommit,"));

@@ -97,6 +97,14 @@ impl Site {
         self.csmh_root().await.query(format!("SELECT id FROM {} ORDER BY id", self.extended())).await.unwrap()
     }
 
+    /// Every row of both tables as (id, state, version), the old table's then the extended table's, ascending by
+    /// id, looked at directly: what a refused statement must leave as it was.
+    pub async fn both_tables(&self) -> [Vec<(u64, String, Option<String>)>; 2] {
+        let rows = |table: String| format!("SELECT id, state, version FROM {table} ORDER BY id");
+        let old = self.root().await.query(rows(self.old())).await.unwrap();
+        [old, self.csmh_root().await.query(rows(self.extended())).await.unwrap()]
+    }
+
     /// Copies the old rows `ids` into the extended table with their ids, as `csmh-proxy migrate` does, marking
     /// each copy by appending ` (copy)` to its state. Works on one server and across two (rows read from the old
     /// table's server, written to the extended table's).
