@@ -25,8 +25,9 @@ const MOST: usize = 4096;
 pub struct GrantKey {
     /// The `edxapp` server's address, as the session connected to it.
     pub server: String,
-    /// The user the client logged in as.
-    pub user: String,
+    /// The user the client logged in as, its bytes as sent: a name in a character set other than UTF-8 is not
+    /// read, so that two names never become one.
+    pub user: Vec<u8>,
     /// The rights on the old table the statements need.
     pub rights: Rights,
 }
@@ -90,7 +91,7 @@ mod tests {
     use super::*;
 
     fn key(user: &str) -> GrantKey {
-        GrantKey { server: "a:3306".into(), user: user.into(), rights: Rights::INSERT }
+        GrantKey { server: "a:3306".into(), user: user.as_bytes().to_vec(), rights: Rights::INSERT }
     }
 
     #[test]

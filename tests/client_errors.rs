@@ -7,7 +7,7 @@
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Output, Stdio};
 
 use csmh_proxy::history::Stage;
@@ -30,19 +30,10 @@ async fn python() -> PathBuf {
 
 /// What `driver` reports of connecting to `address` and running `statements`: one JSON object per step.
 async fn python_sees(driver: &str, address: SocketAddr, database: Option<&str>, statements: &[&str]) -> Vec<Value> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/client.py");
     let account = support::app();
-    let mut command = tokio::process::Command::new(python().await);
-    command
-        .arg(script)
-        .arg(driver)
-        .arg(format!("--address={address}"))
-        .arg(format!("--user={}", account.user))
-        .arg(format!("--password={}", account.password))
-        .args(database.map(|db| format!("--database={db}")))
-        .args(statements);
-    let output = clients::run_ok(&mut command).await;
-    clients::text(&output.stdout).lines().map(|line| serde_json::from_str(line).expect("a JSON line")).collect()
+    let mut options = vec![format!("--user={}", account.user), format!("--password={}", account.password)];
+    options.extend(database.map(|db| format!("--database={db}")));
+    clients::python_client_sees(python().await, driver, address, &options, statements).await
 }
 
 /// Asserts that a step failed with `code` as an `OperationalError` whose message contains `part`.

@@ -166,3 +166,35 @@ async fn a_table_named_like_the_old_one_in_another_database_grants_nothing_on_th
     assert_eq!(code, 1142, "so is a prepared write's: {message}");
     assert_eq!(site.extended_ids().await.len(), 1, "nothing was deleted");
 }
+
+/// What PyMySQL, with the connection's character set latin1 (in which it also sends the user name), reports of
+/// logging in to the proxy as `account` and running `sql`.
+async fn latin1_client_sees(site: &Site, account: &Account, sql: &str) -> Vec<serde_json::Value> {
+    let python = support::clients::blocking(|| {
+        support::packages::MYSQLCLIENT.python_with(&["PyMySQL==1.1.1"], "import MySQLdb, pymysql")
+    })
+    .await;
+    let options = [
+        format!("--user={}", account.user),
+        format!("--password={}", account.password),
+        format!("--database={}", site.dbs.edxapp_db),
+        "--charset=latin1".to_owned(),
+    ];
+    support::clients::python_client_sees(python, "pymysql", site.proxy.addr(), &options, &[sql]).await
+}
+
+#[tokio::test]
+async fn accounts_whose_names_differ_in_bytes_utf8_cannot_read_are_two_accounts() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    site.edxapp().await.query_drop(edxapp_insert(1, "learner history")).await.unwrap();
+    let reader = limited_account(&site, "caf\u{e9}", &["SELECT ON {db}.courseware_studentmodulehistory"]).await;
+    let stranger = limited_account(&site, "caf\u{e8}", &["SELECT ON {db}.courseware_studentmodule"]).await;
+    let read = format!("SELECT COUNT(*) FROM `{OLD}` WHERE `{OLD}`.`student_module_id` = 1");
+    let refused = |steps: &[serde_json::Value]| steps.last().is_some_and(|step| step["code"] == 1142);
+    let steps = latin1_client_sees(&site, &stranger, &read).await;
+    assert!(refused(&steps), "no rights on the old table: {steps:?}");
+    let steps = latin1_client_sees(&site, &reader, &read).await;
+    assert_eq!(steps.last().unwrap()["rows"], serde_json::json!([["1"]]), "{steps:?}");
+    let steps = latin1_client_sees(&site, &stranger, &read).await;
+    assert!(refused(&steps), "the reader's verdict is not the stranger's: {steps:?}");
+}

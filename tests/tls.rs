@@ -76,20 +76,11 @@ fn ssl_cipher_in(output: &str) -> String {
 /// `ca`, the driver requires TLS (mysqlclient with `ssl_mode="REQUIRED"`, PyMySQL verifying the certificate).
 async fn python_sees(driver: &str, addr: SocketAddr, ca: Option<&Path>, statements: &[&str]) -> Vec<Value> {
     let python = clients::blocking(|| MYSQLCLIENT.python_with(&[PYMYSQL], "import MySQLdb, pymysql")).await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/client.py");
     let account = support::app();
-    let mut command = tokio::process::Command::new(python);
-    command
-        .arg(script)
-        .arg(driver)
-        .arg(format!("--address={addr}"))
-        .arg(format!("--user={}", account.user))
-        .arg(format!("--password={}", account.password))
-        .args(ca.map(|ca| format!("--ca={}", ca.display())))
-        .arg("--ssl-mode=REQUIRED")
-        .args(statements);
-    let output = clients::run_ok(&mut command).await;
-    clients::text(&output.stdout).lines().map(|line| serde_json::from_str(line).expect("a JSON line")).collect()
+    let mut options = vec![format!("--user={}", account.user), format!("--password={}", account.password)];
+    options.extend(ca.map(|ca| format!("--ca={}", ca.display())));
+    options.push("--ssl-mode=REQUIRED".to_owned());
+    clients::python_client_sees(python, driver, addr, &options, statements).await
 }
 
 /// A site: a TLS-serving MariaDB, its authority, and a proxy with its own certificate in front of it.

@@ -116,8 +116,9 @@ pub struct ClientHello {
     pub capabilities: u32,
     /// MariaDB's extended capabilities after masking (0 when the client announced none).
     pub mariadb_capabilities: u32,
-    /// The user the client logs in as.
-    pub user: String,
+    /// The user the client logs in as, as the client sent it: in its character set, which need not be UTF-8
+    /// (two names that differ only in bytes UTF-8 cannot read are two accounts).
+    pub user: Vec<u8>,
     /// The default database the client asked for.
     pub database: Option<String>,
     /// The authentication method the client answered with (empty without CLIENT_PLUGIN_AUTH).
@@ -166,7 +167,7 @@ pub fn patch_client_response(payload: &mut [u8], tls: bool) -> Result<ClientHell
     let hello = ClientHello {
         capabilities: mask(caps),
         mariadb_capabilities: mariadb_capabilities(caps, parsed.mariadb_ext_capabilities().bits()),
-        user: String::from_utf8_lossy(parsed.user()).into_owned(),
+        user: parsed.user().to_vec(),
         database: parsed.db_name().map(|db| String::from_utf8_lossy(db).into_owned()),
         plugin: parsed.auth_plugin().map(|plugin| plugin.as_bytes().to_vec()).unwrap_or_default(),
     };
@@ -642,7 +643,7 @@ mod tests {
         p.extend_from_slice(&[9; 20]);
         p.extend_from_slice(b"edxapp\0");
         let hello = patch_client_response(&mut p, false).unwrap();
-        assert_eq!(hello.user, "edxapp001");
+        assert_eq!(hello.user, b"edxapp001");
         assert_eq!(hello.database.as_deref(), Some("edxapp"));
         assert_eq!(u32::from_le_bytes(p[..4].try_into().unwrap()), (caps - CapabilityFlags::CLIENT_COMPRESS).bits());
         assert_eq!(&p[28..32], &(0x1C & RELAYED_MARIADB.bits()).to_le_bytes());

@@ -25,14 +25,14 @@ use crate::routing::Rights;
 pub(super) struct Grants {
     /// The `edxapp` server and the user the client logged in as; `None` after a change of user, whose outcome
     /// the proxy does not follow.
-    account: Option<(String, String)>,
+    account: Option<(String, Vec<u8>)>,
     /// What was allowed in this session.
     allowed: HashSet<Rights>,
 }
 
 impl Grants {
-    /// The grants of `user` on the `edxapp` server at `server`, as the client logged in.
-    pub fn logged_in(&mut self, server: &str, user: &str) {
+    /// The grants of `user` (the name's bytes as the client sent them) on the `edxapp` server at `server`.
+    pub fn logged_in(&mut self, server: &str, user: &[u8]) {
         self.account = Some((server.to_owned(), user.to_owned()));
     }
 

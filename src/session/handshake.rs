@@ -90,7 +90,7 @@ impl Session {
         let hello = packets::patch_client_response(span.first_frame_mut(&mut self.client.buf), backend_tls)
             .map_err(SessionError::ClientProtocol)?;
         debug!(
-            user = %hello.user,
+            user = %String::from_utf8_lossy(&hello.user),
             database = ?hello.database,
             backend_thread = greeting.connection_id,
             client_tls = self.client.is_tls(),

@@ -1,8 +1,8 @@
 """Logs in with one Python driver, runs statements, and reports what the application sees as one JSON line per
 step: the login, then each statement's rows, or the exception's class and the code and message the driver reports.
 
-Usage: client.py DRIVER --address HOST:PORT --user U --password P [--database DB] [--ca PATH [--ssl-mode MODE]]
-                 [--server-public-key PATH] [--change-user U --change-password P] SQL...
+Usage: client.py DRIVER --address HOST:PORT --user U --password P [--database DB] [--charset CHARSET]
+                 [--ca PATH [--ssl-mode MODE]] [--server-public-key PATH] [--change-user U --change-password P] SQL...
 
 DRIVER is `pymysql` (which needs `cryptography` for caching_sha2_password's RSA exchange) or `mysqlclient`
 (MySQLdb on MariaDB Connector/C, whose caching_sha2_password plugin uses OpenSSL). With --ca the driver asks for
@@ -10,8 +10,9 @@ TLS and verifies the server's certificate against the authority in PATH and the 
 --ssl-mode says, VERIFY_IDENTITY by default; REQUIRED verifies nothing); without it, the connection is plaintext. --server-public-key gives PyMySQL the server's RSA public key (PEM), so that it does not
 ask for it. The login step also says whether the driver's connection is encrypted and its cipher, where the
 driver tells (PyMySQL). With --change-user, step "change_user" logs in again as that user on the same connection
-(COM_CHANGE_USER; mysqlclient only: PyMySQL has no such call). A step that fails ends the script, except a
-statement's. The exit status is 0 whatever happened.
+(COM_CHANGE_USER; mysqlclient only: PyMySQL has no such call). --charset is the connection's character set,
+which the drivers also send the user name in. A step that fails ends the script, except a statement's. The exit
+status is 0 whatever happened.
 """
 
 import argparse
@@ -26,14 +27,20 @@ def connect(args, host, port):
         # VERIFY_IDENTITY into that and "verify the server's certificate".
         tls = {"ssl": {"ca": args.ca}, "ssl_mode": args.ssl_mode} if args.ca else {}
         database = {"database": args.database} if args.database else {}
-        return MySQLdb.connect(host=host, port=port, user=args.user, password=args.password, **database, **tls)
+        charset = {"charset": args.charset} if args.charset else {}
+        return MySQLdb.connect(
+            host=host, port=port, user=args.user, password=args.password, **database, **charset, **tls
+        )
     import pymysql
 
     tls = {"ssl_ca": args.ca, "ssl_verify_cert": True, "ssl_verify_identity": True} if args.ca else {}
     if args.server_public_key:
         with open(args.server_public_key, "rb") as pem:
             tls["server_public_key"] = pem.read()
-    return pymysql.connect(host=host, port=port, user=args.user, password=args.password, database=args.database, **tls)
+    charset = {"charset": args.charset} if args.charset else {}
+    return pymysql.connect(
+        host=host, port=port, user=args.user, password=args.password, database=args.database, **charset, **tls
+    )
 
 
 def encrypted(conn):
@@ -64,6 +71,7 @@ def main():
     parser.add_argument("--user", required=True)
     parser.add_argument("--password", required=True)
     parser.add_argument("--database")
+    parser.add_argument("--charset")
     parser.add_argument("--ca")
     parser.add_argument("--ssl-mode", default="VERIFY_IDENTITY")
     parser.add_argument("--server-public-key")

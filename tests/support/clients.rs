@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use csmh_proxy::history::Flags;
@@ -61,6 +62,23 @@ pub async fn run_ok(command: &mut tokio::process::Command) -> Output {
     let output = run(command).await;
     assert_succeeded(&output, &format!("{command:?}"));
     output
+}
+
+/// What `tests/python/client.py`, run by `python`, reports of logging in to `addr` with `driver` (`mysqlclient`
+/// or `pymysql`) and `options` (`--user=…`, `--password=…`, `--ca=…`, `--charset=…`, …), then running
+/// `statements`: one JSON value per step.
+pub async fn python_client_sees(
+    python: PathBuf,
+    driver: &str,
+    addr: SocketAddr,
+    options: &[String],
+    statements: &[&str],
+) -> Vec<serde_json::Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/client.py");
+    let mut command = tokio::process::Command::new(python);
+    command.arg(script).arg(driver).arg(format!("--address={addr}")).args(options).args(statements);
+    let output = run_ok(&mut command).await;
+    text(&output.stdout).lines().map(|line| serde_json::from_str(line).expect("a JSON line")).collect()
 }
 
 /// Bytes of a client's output as text.
