@@ -3,7 +3,8 @@
 //! (the `edxapp` server and the user name: every client reaches that server from the proxy's host, so one name
 //! is one account there), it is paid about once a minute per account and kind of statement.
 //!
-//! A verdict older than [`VALID_FOR`] is checked again by the first session that needs it, while the others go
+//! A verdict older than its validity (`[backends.csmh] grants_valid_secs`) is checked again by the first session
+//! that needs it, while the others go
 //! on with it meanwhile: a check that waits (for the old table's lock during `csmh-proxy truncate-old`) holds up
 //! one session, not every one. A refusal is never remembered.
 
@@ -12,10 +13,6 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::routing::Rights;
-
-/// How long an allowed check stands before it is checked again: also how long a REVOKE takes to reach
-/// sessions through the proxy.
-pub const VALID_FOR: Duration = Duration::from_secs(60);
 
 /// The most checks remembered; beyond it all are forgotten (a bound against unbounded numbers of user names).
 const MOST: usize = 4096;
@@ -55,15 +52,16 @@ pub struct GrantCache {
 }
 
 impl GrantCache {
-    /// What to do about a statement needing `key` at `now`.
-    pub fn verdict(&self, key: &GrantKey, now: Instant) -> Verdict {
+    /// What to do about a statement needing `key` at `now`, when an allowed check stands for `valid_for` (also
+    /// how long a REVOKE takes to reach sessions through the proxy).
+    pub fn verdict(&self, key: &GrantKey, now: Instant, valid_for: Duration) -> Verdict {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(entry) = entries.get_mut(key) else { return Verdict::Check };
-        if now.duration_since(entry.allowed_at) < VALID_FOR {
+        if now.duration_since(entry.allowed_at) < valid_for {
             return Verdict::Allowed;
         }
         match entry.checking_since {
-            Some(since) if now.duration_since(since) < VALID_FOR => Verdict::Allowed,
+            Some(since) if now.duration_since(since) < valid_for => Verdict::Allowed,
             _ => {
                 entry.checking_since = Some(now);
                 Verdict::Check
@@ -94,20 +92,32 @@ mod tests {
         GrantKey { server: "a:3306".into(), user: user.as_bytes().to_vec(), rights: Rights::INSERT }
     }
 
+    const VALID_FOR: Duration = Duration::from_secs(60);
+
     #[test]
     fn an_allowed_check_stands_for_a_minute_then_one_session_checks_it_again_while_the_others_go_on() {
         let cache = GrantCache::default();
         let start = Instant::now();
-        assert_eq!(cache.verdict(&key("app"), start), Verdict::Check);
+        let verdict = |user: &str, at: Instant| cache.verdict(&key(user), at, VALID_FOR);
+        assert_eq!(verdict("app", start), Verdict::Check);
         cache.allowed(key("app"), start);
-        assert_eq!(cache.verdict(&key("app"), start + Duration::from_secs(59)), Verdict::Allowed);
-        assert_eq!(cache.verdict(&key("other"), start), Verdict::Check, "one account's checks are its own");
+        assert_eq!(verdict("app", start + Duration::from_secs(59)), Verdict::Allowed);
+        assert_eq!(verdict("other", start), Verdict::Check, "one account's checks are its own");
         let stale = start + VALID_FOR + Duration::from_secs(1);
-        assert_eq!(cache.verdict(&key("app"), stale), Verdict::Check, "the first session checks again");
-        assert_eq!(cache.verdict(&key("app"), stale), Verdict::Allowed, "the others go on meanwhile");
+        assert_eq!(verdict("app", stale), Verdict::Check, "the first session checks again");
+        assert_eq!(verdict("app", stale), Verdict::Allowed, "the others go on meanwhile");
         let abandoned = stale + VALID_FOR;
-        assert_eq!(cache.verdict(&key("app"), abandoned), Verdict::Check, "a check that never reported is redone");
+        assert_eq!(verdict("app", abandoned), Verdict::Check, "a check that never reported is redone");
         cache.refused(&key("app"));
-        assert_eq!(cache.verdict(&key("app"), abandoned), Verdict::Check, "a refusal is not remembered");
+        assert_eq!(verdict("app", abandoned), Verdict::Check, "a refusal is not remembered");
+    }
+
+    #[test]
+    fn with_no_validity_every_statement_is_checked() {
+        let cache = GrantCache::default();
+        let now = Instant::now();
+        cache.allowed(key("app"), now);
+        assert_eq!(cache.verdict(&key("app"), now, Duration::ZERO), Verdict::Check);
+        assert_eq!(cache.verdict(&key("app"), now, Duration::ZERO), Verdict::Check, "no one waits on another");
     }
 }

@@ -90,6 +90,7 @@ mod tests {
             tls: Default::default(),
             preconnect: None,
             keep_idle: None,
+            grants_valid_secs: None,
         };
         Backends { edxapp: backend(edxapp), csmh: backend(csmh) }
     }

@@ -198,3 +198,23 @@ async fn accounts_whose_names_differ_in_bytes_utf8_cannot_read_are_two_accounts(
     let steps = latin1_client_sees(&site, &stranger, &read).await;
     assert!(refused(&steps), "the reader's verdict is not the stranger's: {steps:?}");
 }
+
+#[tokio::test]
+async fn a_statement_prepared_before_a_revoke_is_refused_when_the_grants_are_checked_again() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    site.edxapp().await.query_drop(edxapp_insert(1, "learner history")).await.unwrap();
+    let mut config = site.dbs.proxy_toml(Stage::ExtendedTableOnlyReads.flags()).config().unwrap();
+    config.backends.csmh.grants_valid_secs = Some(0);
+    let proxy = support::start_proxy(config).await;
+    let reader = limited_account(&site, "prepared_reader", &["SELECT ON {db}.courseware_studentmodulehistory"]).await;
+    let mut conn = Conn::new(site.dbs.proxy_opts(&proxy, &reader)).await.unwrap();
+    let read = format!("SELECT COUNT(*) FROM `{OLD}` WHERE `{OLD}`.`student_module_id` = ?");
+    let read = conn.prep(read).await.unwrap();
+    let count: Option<u64> = conn.exec_first(&read, (1,)).await.unwrap();
+    assert_eq!(count, Some(1), "allowed");
+    let revoke =
+        format!("REVOKE SELECT ON `{}`.courseware_studentmodulehistory FROM '{}'@'%'", site.dbs.edxapp_db, reader.user);
+    site.root().await.query_drop(revoke).await.unwrap();
+    let (code, message) = server_error(conn.exec_first::<u64, _, _>(&read, (1,)).await);
+    assert_eq!(code, 1142, "the execution checks the grants as the server would: {message}");
+}

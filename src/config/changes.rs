@@ -117,6 +117,7 @@ impl Found {
             tls,
             preconnect,
             keep_idle,
+            grants_valid_secs,
         } = new;
         self.shown(format!("{prefix}.address"), &old.address, address);
         self.shown(format!("{prefix}.user"), or_unset(old.user.as_deref()), or_unset(user.as_deref()));
@@ -132,6 +133,9 @@ impl Found {
         self.preconnect(&format!("{prefix}.preconnect"), old.preconnect, *preconnect);
         let default = super::DEFAULT_KEEP_IDLE;
         self.shown(format!("{prefix}.keep_idle"), old.keep_idle.unwrap_or(default), keep_idle.unwrap_or(default));
+        let default = super::DEFAULT_GRANTS_VALID_SECS;
+        let (old_valid, valid) = (old.grants_valid_secs.unwrap_or(default), grants_valid_secs.unwrap_or(default));
+        self.shown(format!("{prefix}.grants_valid_secs"), old_valid, valid);
     }
 
     fn preconnect(&mut self, prefix: &str, old: Option<Preconnect>, new: Option<Preconnect>) {

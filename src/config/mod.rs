@@ -265,7 +265,17 @@ pub struct Backend {
     /// ([`DEFAULT_KEEP_IDLE`]); 0 keeps none.
     #[serde(default)]
     pub keep_idle: Option<usize>,
+    /// Seconds an account's allowed grants check stands before a statement on the extended table checks it
+    /// again (`csmh` on its own server only; docs/routing.md, "Grants across two servers"): how long a REVOKE
+    /// takes to reach the proxy's sessions. `None`: not written, the default ([`DEFAULT_GRANTS_VALID_SECS`]); 0
+    /// checks every statement.
+    #[serde(default)]
+    pub grants_valid_secs: Option<u64>,
 }
+
+/// The default `[backends.csmh] grants_valid_secs`: edxapp opens a connection per request, so a check is paid
+/// about once a minute per account and kind of statement, not once per request.
+pub const DEFAULT_GRANTS_VALID_SECS: u64 = 60;
 
 /// The default `[backends.csmh] keep_idle`: the sessions of a few LMS replicas' workers that touch the history at
 /// the same time.
@@ -338,6 +348,11 @@ impl Backends {
         self.csmh.keep_idle.unwrap_or(DEFAULT_KEEP_IDLE)
     }
 
+    /// How long an allowed grants check stands on a separate `csmh` server: as written, or the default.
+    pub fn csmh_grants_valid_for(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.csmh.grants_valid_secs.unwrap_or(DEFAULT_GRANTS_VALID_SECS))
+    }
+
     /// The preconnecting in force for `edxapp`: as written, or the defaults.
     pub fn edxapp_preconnect(&self) -> Preconnect {
         self.edxapp.preconnect.unwrap_or_default()
@@ -378,6 +393,7 @@ impl fmt::Debug for Backend {
             .field("tls", &self.tls)
             .field("preconnect", &self.preconnect)
             .field("keep_idle", &self.keep_idle)
+            .field("grants_valid_secs", &self.grants_valid_secs)
             .finish()
     }
 }

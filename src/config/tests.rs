@@ -72,6 +72,7 @@ fn the_example_file_documents_every_key() {
         "connect_timeout_secs",
         "read_timeout_secs",
         "keep_idle",
+        "grants_valid_secs",
         "user",
         "password",
         "password_env",

@@ -161,7 +161,8 @@ fn check_preconnect(problems: &mut Vec<Problem>, backends: &Backends) {
 /// `max_connections`, per proxy replica.
 const MAX_KEEP_IDLE: usize = 64;
 
-/// Checks `[backends.csmh] keep_idle`, and that `edxapp` has none (clients log in on their own connections there).
+/// Checks `[backends.csmh] keep_idle` and `grants_valid_secs`, and that `edxapp` has neither (clients log in on
+/// their own connections there).
 fn check_keep_idle(problems: &mut Vec<Problem>, backends: &Backends) {
     if backends.edxapp.keep_idle.is_some() {
         problems.push(Problem::new(
@@ -172,7 +173,22 @@ fn check_keep_idle(problems: &mut Vec<Problem>, backends: &Backends) {
     if backends.csmh_keep_idle() > MAX_KEEP_IDLE {
         problems.push(Problem::new("backends.csmh.keep_idle", format!("must be at most {MAX_KEEP_IDLE}")));
     }
+    if backends.edxapp.grants_valid_secs.is_some() {
+        problems.push(Problem::new(
+            "backends.edxapp.grants_valid_secs",
+            "applies to `backends.csmh` only: on `edxapp` the server checks the client's grants itself",
+        ));
+    }
+    if backends.csmh_grants_valid_for().as_secs() > MAX_GRANTS_VALID_SECS {
+        problems.push(Problem::new(
+            "backends.csmh.grants_valid_secs",
+            format!("must be at most {MAX_GRANTS_VALID_SECS}: it is how long a REVOKE takes to reach the proxy"),
+        ));
+    }
 }
+
+/// The longest `[backends.csmh] grants_valid_secs`: an hour.
+const MAX_GRANTS_VALID_SECS: u64 = 3600;
 
 /// Checks `[<table>.tls]`: a mode that checks the certificate needs the authorities to check it against, and a
 /// client certificate needs its key (and the other way round).

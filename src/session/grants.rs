@@ -12,6 +12,7 @@ use tracing::info;
 
 use super::Session;
 use super::error::SessionError;
+use super::request::Request;
 use crate::grant_cache::{GrantKey, Verdict};
 use crate::protocol::ProtocolError;
 use crate::protocol::command::{COM_STMT_CLOSE, COM_STMT_PREPARE};
@@ -54,13 +55,15 @@ impl Session {
     /// named with its schema); the server's error when it may not.
     pub(super) async fn check_grants(
         &mut self,
+        request: &Request,
         rights: Rights,
         check: &[u8],
     ) -> Result<Option<MysqlError>, SessionError> {
         let key = self.grants.key(rights);
         let shared = &self.shared.grants;
+        let valid_for = request.snapshot.config.backends.csmh_grants_valid_for();
         let allowed = match &key {
-            Some(key) => shared.verdict(key, Instant::now()) == Verdict::Allowed,
+            Some(key) => shared.verdict(key, Instant::now(), valid_for) == Verdict::Allowed,
             None => self.grants.allowed.contains(&rights),
         };
         if allowed {

@@ -370,7 +370,9 @@ impl Session {
             Decision::Relay | Decision::Route(Route::Passthrough) => self.relay(request).await,
             Decision::Refuse(error) => self.answer_error(request, error).await,
             Decision::Registered(Registered::Twin(shadow)) => self.on_twin(request, shadow).await,
-            Decision::Registered(Registered::OnCsmh { id }) => self.on_csmh_statement(request, id).await,
+            Decision::Registered(Registered::OnCsmh { id, grants }) => {
+                self.on_csmh_statement(request, id, grants).await
+            }
             Decision::Registered(Registered::Lost { id }) => self.on_lost_statement(request, id).await,
             Decision::Route(Route::Rewrite(rewritten)) => self.rewrite(request, rewritten).await,
             Decision::Route(Route::FanOut(FanOut::Union(sql))) => self.union_read(request, &sql).await,

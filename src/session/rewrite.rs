@@ -9,6 +9,7 @@ use tracing::info;
 use super::error::SessionError;
 use super::relay::{Copied, CopyFailure, copy_response};
 use super::request::Request;
+use super::statements::GrantCheck;
 use super::{Flow, Session};
 use crate::protocol::ProtocolError;
 use crate::protocol::command::{self, COM_STMT_CLOSE, Command};
@@ -22,8 +23,9 @@ impl Session {
     /// Carries out a rewrite: on `edxapp` in place of the client's statement, or on the `csmh` connection.
     pub(super) async fn rewrite(&mut self, request: &mut Request, rewritten: Rewritten) -> Result<Flow, SessionError> {
         let Rewritten { sql, on, inserts, inline, rights, check } = rewritten;
+        let grants = GrantCheck { rights, check: check.into() };
         if on == Server::Csmh {
-            if let Some(denied) = self.check_grants(rights, &check).await? {
+            if let Some(denied) = self.check_grants(request, grants.rights, &grants.check).await? {
                 return self.answer_error(request, denied).await;
             }
         }
@@ -35,7 +37,7 @@ impl Session {
         match on {
             Server::Edxapp => self.relay_instead(request, &sql).await,
             Server::Csmh => match self.with_values(sql, &inline).await? {
-                Ok(sql) => self.run_on_csmh(request, &sql).await,
+                Ok(sql) => self.run_on_csmh(request, &sql, grants).await,
                 Err(error) => self.answer_error(request, error).await,
             },
         }
@@ -84,26 +86,41 @@ impl Session {
     }
 
     /// Runs `sql` on the `csmh` connection in place of the client's statement (COM_QUERY or COM_STMT_PREPARE)
-    /// and relays the answer. If the connection fails before anything reached the client, the client gets an
-    /// error for this statement (and its transaction is rolled back if the `csmh` side was part of it); the
-    /// session goes on.
-    async fn run_on_csmh(&mut self, request: &mut Request, sql: &[u8]) -> Result<Flow, SessionError> {
+    /// and relays the answer; a prepared statement's executions will check the client's rights with `grants`.
+    /// If the connection fails before anything reached the client, the client gets an error for this statement
+    /// (and its transaction is rolled back if the `csmh` side was part of it); the session goes on.
+    async fn run_on_csmh(
+        &mut self,
+        request: &mut Request,
+        sql: &[u8],
+        grants: GrantCheck,
+    ) -> Result<Flow, SessionError> {
         let csmh = self.csmh.ready(&mut self.edxapp, &request.snapshot, &self.shared).await?;
         crate::backend::send_command(&mut csmh.conn, request.command.byte(), sql)
             .await
             .map_err(SessionError::csmh_io)?;
         self.consume_request(request);
         if request.command == Command::StmtPrepare {
-            self.mark_csmh_statement().await?;
+            self.mark_csmh_statement(grants).await?;
         }
         let expect = request.command.response().unwrap_or(Expect::ResultSets);
         self.relay_csmh_response(request, expect).await
     }
 
     /// Relays a command on a statement prepared on the `csmh` connection, with the id the `csmh` server knows.
-    pub(super) async fn on_csmh_statement(&mut self, request: &mut Request, id: u32) -> Result<Flow, SessionError> {
+    pub(super) async fn on_csmh_statement(
+        &mut self,
+        request: &mut Request,
+        id: u32,
+        grants: GrantCheck,
+    ) -> Result<Flow, SessionError> {
         if request.command == Command::Relayed(COM_STMT_CLOSE) {
             self.statements.remove(request.statement_id.unwrap_or_default());
+        }
+        if matches!(request.command, Command::StmtExecute { .. }) {
+            if let Some(denied) = self.check_grants(request, grants.rights, &grants.check).await? {
+                return self.answer_error(request, denied).await;
+            }
         }
         // A command that gets an answer runs in the client's session (settings, transaction); one that gets none
         // (closing the statement, sending it long data) only needs the connection.
@@ -123,15 +140,15 @@ impl Session {
     }
 
     /// Marks the statement id in the `csmh` server's answer to a COM_STMT_PREPARE, so the client's later
-    /// commands on it are recognised and sent there.
-    async fn mark_csmh_statement(&mut self) -> Result<(), SessionError> {
+    /// commands on it are recognised and sent there, and its executions check the client's rights with `grants`.
+    async fn mark_csmh_statement(&mut self, grants: GrantCheck) -> Result<(), SessionError> {
         let Some(connection) = self.csmh.connection_number() else { return Ok(()) };
         let Some(csmh) = self.csmh.connection() else { return Ok(()) };
         let span = csmh.conn.next_packet().await.map_err(SessionError::csmh_io)?;
         let span = span.ok_or_else(|| SessionError::csmh_io(std::io::ErrorKind::UnexpectedEof.into()))?;
         let payload = span.first_frame_mut(&mut csmh.conn.buf);
         if let Some(prepared) = PrepareOk::parse(payload) {
-            let id = self.statements.insert_on_csmh(connection, prepared.statement_id);
+            let id = self.statements.insert_on_csmh(connection, prepared.statement_id, grants);
             PrepareOk::set_statement_id(payload, id);
         }
         Ok(())

@@ -6,10 +6,12 @@
 //! of the same server id on the next connection.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::merge::{MergePlan, Origin};
+use crate::routing::Rights;
 use crate::topology::Server;
 
 /// The bit set in the ids of statements prepared on the `csmh` connection, as the client sees them. Servers
@@ -24,12 +26,37 @@ pub(super) enum Registered {
     OnCsmh {
         /// Its id on the `csmh` connection.
         id: u32,
+        /// What the client's rights are checked with before it executes.
+        grants: GrantCheck,
     },
     /// A statement that lived on, or had a shadow on, a `csmh` connection that has failed since.
     Lost {
         /// The id the client knows it by.
         id: u32,
     },
+}
+
+/// What the client's rights on the old table are checked with before a statement prepared on the `csmh`
+/// connection executes there, as at its prepare: the server checks a client's rights at every execution, so the
+/// proxy does too (a remembered verdict stands for `[backends.csmh] grants_valid_secs`), and a REVOKE reaches a statement
+/// prepared before it as it reaches text statements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct GrantCheck {
+    /// The rights on the old table the statement needs.
+    pub rights: Rights,
+    /// The statement as the client wrote it, with the old table named with its schema, to prepare on `edxapp`.
+    pub check: Arc<[u8]>,
+}
+
+/// A statement prepared on a `csmh` connection.
+#[derive(Debug, Clone)]
+struct OnCsmh {
+    /// The `csmh` connection's number (`CsmhLink::connection_number`).
+    connection: u64,
+    /// Its id there.
+    id: u32,
+    /// What the client's rights are checked with before it executes.
+    grants: GrantCheck,
 }
 
 /// The extended-table twin of a client's prepared statement.
@@ -89,9 +116,8 @@ impl KnownColumns {
 pub(super) struct Statements {
     /// Shadows, by the id the client knows its statement by.
     shadows: HashMap<u32, Shadow>,
-    /// Statements prepared on the `csmh` connection, by the id the client knows them by: the connection's
-    /// number and the id there.
-    on_csmh: HashMap<u32, (u64, u32)>,
+    /// Statements prepared on the `csmh` connection, by the id the client knows them by.
+    on_csmh: HashMap<u32, OnCsmh>,
     /// The last id given to a statement prepared on the `csmh` connection, without [`CSMH_STATEMENT`].
     last_csmh_id: u32,
 }
@@ -106,22 +132,22 @@ impl Statements {
                 _ => Registered::Twin(shadow.clone()),
             });
         }
-        let &(connection, csmh_id) = self.on_csmh.get(&id)?;
-        Some(match Some(connection) == csmh_connection {
-            true => Registered::OnCsmh { id: csmh_id },
+        let statement = self.on_csmh.get(&id)?;
+        Some(match Some(statement.connection) == csmh_connection {
+            true => Registered::OnCsmh { id: statement.id, grants: statement.grants.clone() },
             false => Registered::Lost { id },
         })
     }
 
-    /// Registers a statement the `csmh` connection numbered `connection` prepared as `csmh_id`; the id the
-    /// client knows it by.
-    pub fn insert_on_csmh(&mut self, connection: u64, csmh_id: u32) -> u32 {
+    /// Registers a statement the `csmh` connection numbered `connection` prepared as `csmh_id`, whose executions
+    /// check the client's rights with `grants`; the id the client knows it by.
+    pub fn insert_on_csmh(&mut self, connection: u64, csmh_id: u32, grants: GrantCheck) -> u32 {
         // Ids are not reused before 2^31 prepares in one session; one still in use is skipped.
         loop {
             self.last_csmh_id = self.last_csmh_id.wrapping_add(1) & !CSMH_STATEMENT;
             let id = self.last_csmh_id | CSMH_STATEMENT;
             if self.last_csmh_id != 0 && !self.on_csmh.contains_key(&id) {
-                self.on_csmh.insert(id, (connection, csmh_id));
+                self.on_csmh.insert(id, OnCsmh { connection, id: csmh_id, grants });
                 return id;
             }
         }
