@@ -284,7 +284,7 @@ pub(super) async fn open_copy(site: &Site, task: Task) -> Result<(Servers, Optio
 /// The highest id copied so far, as the checkpoint of the run before (`previous`) records it: its last id, or,
 /// if it was a re-copy that did not finish, the highest id copied before that re-copy began (rows above its
 /// last id were copied then, and are copies, not rows of the extended table's own).
-fn copied_up_to(previous: &Checkpoint) -> Option<u64> {
+pub(crate) fn copied_up_to(previous: &Checkpoint) -> Option<u64> {
     previous.last_id.max(Recopy::resumed(previous).map(|recopy| recopy.until))
 }
 
