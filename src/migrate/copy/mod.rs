@@ -284,7 +284,7 @@ pub(super) async fn open_copy(site: &Site, task: Task) -> Result<(Servers, Optio
 /// The highest id copied so far, as the checkpoint of the run before (`previous`) records it: its last id, or,
 /// if it was a re-copy that did not finish, the highest id copied before that re-copy began (rows above its
 /// last id were copied then, and are copies, not rows of the extended table's own).
-fn copied_up_to(previous: &Checkpoint) -> Option<u64> {
+pub(crate) fn copied_up_to(previous: &Checkpoint) -> Option<u64> {
     previous.last_id.max(Recopy::resumed(previous).map(|recopy| recopy.until))
 }
 
@@ -356,7 +356,7 @@ async fn copy_passes(
     let mut passes = 0;
     loop {
         reconnect_if_lost(&mut servers.edxapp, site).await?;
-        let target = old_largest_id(&mut servers.edxapp, site).await?;
+        let target = pass_target(old_largest_id(&mut servers.edxapp, site).await?, run.recopy);
         if passes == 0 {
             // The first time round: the run now knows where it starts and where it goes (`on-start` runs).
             run.progress.begin(target, run.rows_done);
@@ -383,6 +383,14 @@ async fn copy_passes(
             }
         }
     }
+}
+
+/// The last id of a pass, given the old table's largest id now: that id, and during a re-copy (`--from-id`) at
+/// least the highest id copied before it. So a re-copy also goes over copies above the old table's largest id,
+/// of rows deleted from the old table since (edxapp's cascade delete reaching the old table alone), and removes
+/// them.
+fn pass_target(old_largest: u64, recopy: Option<Recopy>) -> u64 {
+    old_largest.max(recopy.map_or(0, |recopy| recopy.until))
 }
 
 /// Refuses a pass up to `target`, from `last_id`, if the extended table has rows above what an earlier run copied

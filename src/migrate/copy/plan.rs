@@ -21,7 +21,8 @@ use super::streamed::chunk_select;
 use super::throttle::Throttles;
 use super::{
     INITIAL_CHUNK_ROWS, MigrateArgs, MigrateReport, check_args, check_extended_table, check_ids_free, copied_up_to,
-    escaping_of, old_largest_id, old_smallest_id, recopy_of, refuse_retired, refuse_while_running, statement_bytes,
+    escaping_of, old_largest_id, old_smallest_id, pass_target, recopy_of, refuse_retired, refuse_while_running,
+    statement_bytes,
 };
 use crate::migrate::checkpoint::{self, Checkpoint, Task};
 use crate::migrate::control::{self, Control};
@@ -164,7 +165,8 @@ pub async fn plan(site: &Site, args: &MigrateArgs) -> Result<Plan, MigrateError>
         (!checkpoint::exists(csmh, site).await?).then(|| checkpoint::create_table_sql(&site.extended));
     let start = Start::of(args, checkpoint::load(csmh, site, Task::Migrate).await?)?;
     let (control, _) = control::load(csmh, site).await?;
-    let target = old_largest_id(&mut servers.edxapp, site).await?;
+    let old_largest = old_largest_id(&mut servers.edxapp, site).await?;
+    let target = pass_target(old_largest, start.recopy());
     let smallest = old_smallest_id(&mut servers.edxapp, site).await?;
     let after = start.after();
     let recopy = if target > after {
@@ -208,7 +210,7 @@ pub async fn plan(site: &Site, args: &MigrateArgs) -> Result<Plan, MigrateError>
         args: args.clone(),
         create_checkpoint,
         start,
-        old_ids: smallest.map(|smallest| IdRange::new(smallest, target)),
+        old_ids: smallest.map(|smallest| IdRange::new(smallest, old_largest)),
         after,
         target,
         removal,
@@ -355,7 +357,8 @@ impl fmt::Display for Plan {
         }
         writeln!(
             f,
-            "first pass: {}, up to the old table's largest id now; then catch-up passes for rows written \
+            "first pass: {}, up to the old table's largest id now (during a re-copy, at least the highest id \
+             copied before); then catch-up passes for rows written \
              meanwhile, until one finds nothing new, and the checkpoint records done",
             IdRange::new(self.after + 1, self.target)
         )?;

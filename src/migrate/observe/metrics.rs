@@ -152,7 +152,12 @@ impl RunCollector {
 fn encode_verify(now: &Snapshot, encoder: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
     counter(encoder, "verify_rows_compared", "Old rows this run of verify has compared", now.rows)?;
     gauge(encoder, "verify_last_id", "Every id up to this one has been compared", now.last_id)?;
-    gauge(encoder, "verify_target_id", "The old table's largest id: where the comparison ends", now.target_id)?;
+    gauge(
+        encoder,
+        "verify_target_id",
+        "Where the comparison ends: the old table's largest id, or a larger copy",
+        now.target_id,
+    )?;
     gauge(encoder, "verify_differences", "Differing id ranges found so far", now.differences)
 }
 

@@ -171,6 +171,7 @@ impl StatusReport {
             stage: self.stage.as_ref().ok().copied(),
             extended_ready: self.extended_ready(),
             old_has_rows: self.old.ids.is_some(),
+            old_last_id: self.old.ids.map(|ids| ids.last),
             migrate: self.aged(self.migrate.as_ref()),
             verify: self.aged(self.verify.as_ref()),
             migrate_back: self.aged(self.migrate_back.as_ref()),

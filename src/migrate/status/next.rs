@@ -11,8 +11,8 @@ use std::fmt;
 use crate::fleet::ShadowTotals;
 use crate::history::{Flag, Stage};
 use crate::migrate::checkpoint::Checkpoint;
-use crate::migrate::copy::DONE;
 use crate::migrate::copy::back::floor_of;
+use crate::migrate::copy::{DONE, copied_up_to};
 use crate::migrate::verify::{FAILED, PASSED};
 
 /// A checkpoint written less than this many seconds ago belongs to a run that is still going: a copying
@@ -28,6 +28,8 @@ pub struct Facts<'a> {
     pub extended_ready: bool,
     /// Whether the old table still has rows.
     pub old_has_rows: bool,
+    /// The old table's largest id (`None`: empty or missing).
+    pub old_last_id: Option<u64>,
     /// The `migrate` checkpoint, and how many seconds ago it was written.
     pub migrate: Option<(&'a Checkpoint, u64)>,
     /// The `verify` checkpoint, and how many seconds ago it was written.
@@ -53,6 +55,17 @@ impl Facts<'_> {
         let Some((back, _)) = self.migrate_back else { return false };
         // Times are `YYYY-MM-DD hh:mm:ss` on one clock, so they compare as text.
         [self.migrate, self.verify].into_iter().flatten().all(|(forward, _)| back.updated_at >= forward.updated_at)
+    }
+
+    /// Whether the old table has rows above every id copied: above where `migrate` copied up to, and above what
+    /// a way back copied into the old table (copies of extended rows, which are not to be copied again). Such
+    /// rows were written to the old table after the copy, and neither reads of the extended table alone nor
+    /// `migrate --back` may go on without them.
+    pub fn old_rows_not_copied(&self) -> bool {
+        let Some(old_last) = self.old_last_id else { return false };
+        let copied = self.migrate.and_then(|(migrate, _)| copied_up_to(migrate)).unwrap_or(0);
+        let copied_back = self.migrate_back.and_then(|(back, _)| back.last_id).unwrap_or(0);
+        old_last > copied.max(copied_back)
     }
 }
 
@@ -114,6 +127,7 @@ impl NextStep {
                 (Flag::EnableReadingFromMultipleHistoryTables, true),
             ]),
             Stage::ExtendedTableReadingBoth => copy_step(facts),
+            Stage::ExtendedTableOnlyReads if facts.old_rows_not_copied() => NextStep::Migrate,
             Stage::ExtendedTableOnlyReads => NextStep::SetFlags(vec![(Flag::ReadOnlyFromCsmhe, true)]),
             Stage::OldTableRetired if facts.old_has_rows => NextStep::TruncateOld,
             Stage::OldTableRetired => NextStep::Done,
@@ -200,8 +214,8 @@ fn back_step(facts: &Facts<'_>, stage: Stage) -> NextStep {
     }
 }
 
-/// The step while new history goes to the extended table and reads cover both: copy, verify, then stop reading
-/// the old table.
+/// The step while new history goes to the extended table and reads cover both: copy (again, while the old table
+/// has rows above what was copied), verify, then stop reading the old table.
 fn copy_step(facts: &Facts<'_>) -> NextStep {
     let active = |age: u64| age < ACTIVE_SECS;
     match facts.migrate {
@@ -209,6 +223,7 @@ fn copy_step(facts: &Facts<'_>) -> NextStep {
         Some((migrate, age)) if migrate.state != DONE && active(age) => return NextStep::WaitForMigrate,
         Some((migrate, _)) if migrate.state != DONE => return NextStep::Migrate,
         None => return NextStep::Migrate,
+        Some(_) if facts.old_rows_not_copied() => return NextStep::Migrate,
         Some(_) => {}
     }
     let copied_at = facts.migrate.map(|(migrate, _)| migrate.updated_at.as_str()).unwrap_or_default();
@@ -298,6 +313,7 @@ mod tests {
             stage: Some(stage),
             extended_ready: true,
             old_has_rows: true,
+            old_last_id: Some(10),
             migrate: None,
             verify: None,
             migrate_back: None,
@@ -381,10 +397,11 @@ mod tests {
         assert_eq!(first.flags().len(), 2);
         assert!(first.to_string().starts_with("set ENABLE_CSMH_EXTENDED = true, "), "{first}");
         assert_eq!(NextStep::of(&facts(Stage::ExtendedTableReadingBoth)), NextStep::Migrate);
-        assert_eq!(
-            NextStep::of(&facts(Stage::ExtendedTableOnlyReads)),
-            NextStep::SetFlags(vec![(Flag::ReadOnlyFromCsmhe, true)])
-        );
+        let copied = checkpoint("done", "2026-12-01 10:00:00", "2026-12-01 12:00:00");
+        let extended_reads = Facts { migrate: Some((&copied, 5)), ..facts(Stage::ExtendedTableOnlyReads) };
+        assert_eq!(NextStep::of(&extended_reads), NextStep::SetFlags(vec![(Flag::ReadOnlyFromCsmhe, true)]));
+        let written_since = Facts { old_last_id: Some(11), ..extended_reads };
+        assert_eq!(NextStep::of(&written_since), NextStep::Migrate, "old rows above the copy's last id");
         assert_eq!(NextStep::of(&facts(Stage::OldTableRetired)), NextStep::TruncateOld);
         let emptied = Facts { old_has_rows: false, extended_ready: false, ..facts(Stage::OldTableRetired) };
         assert_eq!(NextStep::of(&emptied), NextStep::Done);
@@ -413,6 +430,9 @@ mod tests {
             NextStep::SetFlags(vec![(Flag::EnableReadingFromMultipleHistoryTables, false)]),
             "a pause left over after the copy does not matter"
         );
+        let written_since =
+            Facts { old_last_id: Some(11), migrate: Some((&done, 5)), verify: Some((&passed, 5)), ..reading_both };
+        assert_eq!(NextStep::of(&written_since), NextStep::Migrate, "old rows above the copy's last id");
         let counts = crate::metrics::ShadowCounts { compared: 10, differing: 1, ..Default::default() };
         let differing = ShadowTotals { proxies: 1, counts };
         let shadowed =

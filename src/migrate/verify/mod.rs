@@ -5,9 +5,14 @@
 //! of each row's seven columns, in the manner of pt-table-checksum), so only two numbers per chunk and server
 //! cross the network. A chunk that differs is halved until its parts are equal, all missing, all extra, or small
 //! enough to compare row by row, and the differing id ranges are reported as missing, extra or changed rows.
-//! Ids of the extended table above the old table's largest are new history written through the proxy and are
-//! not compared; nor are ids below the old table's smallest (a partly drained old table compares only what it
-//! still holds).
+//! The ids compared are every id where a copy can be: from the smaller of both tables' smallest ids to the
+//! larger of the old table's largest id and the largest id `migrate` copied that the extended table still has.
+//! So copies of rows deleted from the old table after their copy (edxapp's cascade delete at stage 0 reaches the
+//! old table alone) are reported as extra, even above the old table's largest id or below its smallest. Ids of
+//! the extended table above what `migrate` copied are new history written through the proxy (its ids start
+//! above every old id, which `migrate` checks before copying into them) and are not compared. Once the old
+//! table is retired, ids below its smallest are not compared: `truncate-old --slow` drains it from its first id,
+//! and an interrupted drain leaves those rows in the extended table alone.
 //!
 //! Each run is recorded as the `verify` checkpoint (passed or failed, the ranges or the error, the rows, when),
 //! which `status` shows; `truncate-old` verifies again before it acts, and records that run too.
@@ -32,6 +37,7 @@ pub use report::{Advice, Difference, DifferenceList, Differences, Kind, Repair, 
 use table::{Read, Role, Table};
 
 use super::checkpoint::{self, Checkpoint, Task};
+use super::copy::copied_up_to;
 use super::figures::Figures;
 use super::observe::{Command, ObserveArgs, Observers, Outcome};
 use super::{MigrateError, Site};
@@ -139,14 +145,20 @@ async fn compare(
     args: &VerifyArgs,
     figures: &Figures,
 ) -> Result<VerifyReport, MigrateError> {
+    let copied_up_to = checkpoint::load(csmh, site, Task::Migrate).await?.as_ref().and_then(copied_up_to);
     let mut pair = Pair {
         old: Table { role: Role::Old, conn: edxapp, name: &site.old },
         extended: Table { role: Role::Extended, conn: csmh, name: &site.extended },
     };
+    let old = pair.old.bounds(None).await?;
+    let copies = match copied_up_to {
+        Some(last) => pair.extended.bounds(Some(last)).await?,
+        None => None,
+    };
     let mut report = VerifyReport {
         old: site.old.clone(),
         extended: site.extended.clone(),
-        range: pair.old.bounds(None).await?,
+        range: compared_ids(old, copies, site.flags.read_only_from_csmhe),
         old_rows: 0,
         extended_rows: 0,
         chunks: 0,
@@ -177,6 +189,20 @@ async fn compare(
     Ok(report)
 }
 
+/// The ids to compare, given the old table's ids (`old`) and the ids of the extended table's rows up to where
+/// `migrate` copied (`copies`): both together, but below the old table's smallest id once it is `retired` (rows
+/// drained from it live in the extended table alone); `None` when there is nothing to compare.
+fn compared_ids(old: Option<IdRange>, copies: Option<IdRange>, retired: bool) -> Option<IdRange> {
+    match (old, copies) {
+        (Some(old), Some(copies)) => {
+            let first = if retired { old.first } else { old.first.min(copies.first) };
+            Some(IdRange::new(first, old.last.max(copies.last)))
+        }
+        (None, Some(copies)) if !retired => Some(copies),
+        (old, _) => old,
+    }
+}
+
 /// The checkpoint recording `report`.
 fn result_checkpoint(report: &VerifyReport, started_at: String) -> Checkpoint {
     let detail = if report.passed() {
@@ -205,5 +231,21 @@ fn error_checkpoint(error: &MigrateError, started_at: String) -> Checkpoint {
         detail: Some(format!("stopped by an error before the comparison finished: {error}")),
         started_at,
         updated_at: String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{IdRange, compared_ids};
+
+    #[test]
+    fn copies_of_rows_gone_from_the_old_table_are_compared_but_drained_ones_once_retired() {
+        let (old, copies) = (Some(IdRange::new(100, 900)), Some(IdRange::new(1, 1_000)));
+        assert_eq!(compared_ids(old, copies, false), Some(IdRange::new(1, 1_000)));
+        assert_eq!(compared_ids(old, copies, true), Some(IdRange::new(100, 1_000)), "drained below 100");
+        assert_eq!(compared_ids(old, Some(IdRange::new(100, 800)), false), old, "nothing copied above 900");
+        assert_eq!(compared_ids(old, None, false), old, "nothing copied");
+        assert_eq!(compared_ids(None, copies, false), copies, "every old row deleted since its copy");
+        assert_eq!(compared_ids(None, copies, true), None, "emptied by truncate-old");
     }
 }

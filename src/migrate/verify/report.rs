@@ -12,7 +12,8 @@ use crate::history::{Flag, Flags, TableName};
 pub enum Kind {
     /// Rows of the old table that the extended table does not have.
     Missing,
-    /// Rows of the extended table, under ids of the old table's range, that the old table does not have.
+    /// Rows of the extended table, under ids the old table has or `migrate` copied, that the old table does not
+    /// have.
     Extra,
     /// Rows in both tables with different values.
     Changed,
@@ -48,11 +49,13 @@ impl Kind {
                  the copy was altered."
             }
             Kind::Extra => {
-                "extra: rows in the extended table under an id of the old table's range that the old table does \
-                 not have; they were deleted from the old table after being copied, or written with that id. \
-                 `csmh-proxy migrate --from-id N` removes such rows from id N on (where it copies again, it \
-                 removes the extended rows the old table no longer has, though never below the old table's \
-                 smallest id): look at them before running it; they can also be deleted by hand."
+                "extra: rows in the extended table under an id the old table has or `migrate` copied, that the old \
+                 table does not have; they were deleted from the old table after being copied (by edxapp through a \
+                 proxy with ENABLE_CSMH_EXTENDED off, which reaches the old table alone), or written with that id. \
+                 `csmh-proxy migrate --from-id N` removes such rows from id N on (where it copies again, up to the \
+                 highest id copied, it removes the extended rows the old table no longer has, though never below \
+                 the old table's smallest id, where rows drained from it live in the extended table alone: delete \
+                 extra rows there by hand): look at them before running it; they can also be deleted by hand."
             }
             Kind::NotNarrowed => {
                 "differs: ranges not narrowed down because enough differences were found already; `csmh-proxy \
@@ -241,7 +244,8 @@ pub struct VerifyReport {
     pub old: TableName,
     /// The extended table.
     pub extended: TableName,
-    /// The ids compared: the old table's smallest to largest; `None` when the old table is empty.
+    /// The ids compared: where copies can be, from both tables' smallest id to the larger of the old table's
+    /// largest and the largest copy (see the module's doc); `None` when there is nothing to compare.
     pub range: Option<IdRange>,
     /// Rows of the old table compared.
     pub old_rows: u64,

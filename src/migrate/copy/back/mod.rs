@@ -4,7 +4,9 @@
 //!
 //! - reading the extended table alone (stage 2): the old table is made the same as the extended table. Rows
 //!   deleted or changed while the old table was retired are put right, so that reads of both tables afterwards
-//!   show no stale row;
+//!   show no stale row. Only old rows `migrate` copied (ids up to its checkpoint) are ever removed, and a run is
+//!   refused while the old table has rows above that checkpoint which the extended table lacks: written to the
+//!   old table after the copy, they are history the extended table never got;
 //! - reading both tables (stage 1): every extended row is copied; an old row the extended table does not have is
 //!   kept where the merged read shows it (ids up to the old table's own highest id when the way back began), and
 //!   removed above, where only this command put rows;
@@ -44,9 +46,8 @@ use crate::migrate::checkpoint::{self, Checkpoint, Task};
 use crate::migrate::figures::Figures;
 use crate::migrate::init::{extended_ids, next_auto_increment, old_highest_id};
 use crate::migrate::status::LARGEST_32_BIT_ID;
-use crate::migrate::verify::IdRange;
-use crate::migrate::verify::Pair;
 use crate::migrate::verify::table::{Read, Role, Table};
+use crate::migrate::verify::{Difference, DifferenceList, Differences, IdRange, Kind, Pair};
 use crate::migrate::{MigrateError, Servers, Site};
 use crate::topology::{self, Topology};
 
@@ -54,6 +55,9 @@ mod plan;
 
 pub use plan::{BackPlan, plan};
 
+/// Differing ranges narrowed down when looking for old rows `migrate` never copied, before the rest are listed
+/// whole.
+const NOT_COPIED_RANGES: usize = 100;
 /// How long the statement that raises the old table's next id waits for the table's lock.
 const LOCK_WAIT_SECS: u64 = 60;
 /// How the line of the checkpoint's detail that says where the old table's own rows end starts.
@@ -107,15 +111,16 @@ impl Mode {
         }
     }
 
-    /// Where, in the chunk `(from, to]`, old rows the extended table lacks are removed, given where the old
-    /// table's own rows end (`floor`): `(after, up_to]`, or `None`.
-    fn removal(self, floor: u64, (from, to): (u64, u64)) -> Option<(u64, u64)> {
+    /// Where, in the chunk `(from, to]`, old rows the extended table lacks are removed, given the ids where that
+    /// is allowed (`removable`): `(after, up_to]`, or `None`.
+    fn removal(self, removable: Removable, (from, to): (u64, u64)) -> Option<(u64, u64)> {
         let after = match self {
             Mode::Same => from,
-            Mode::Merge => from.max(floor),
+            Mode::Merge => from.max(removable.above),
             Mode::CatchUp => return None,
         };
-        (after < to).then_some((after, to))
+        let up_to = to.min(removable.up_to);
+        (after < up_to).then_some((after, up_to))
     }
 
     /// What the mode does, as the report says it.
@@ -130,6 +135,17 @@ impl Mode {
             }
         }
     }
+}
+
+/// The ids where old rows the extended table lacks may be removed: above `above`, up to `up_to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Removable {
+    /// Where the old table's own rows end (reading both tables): above it, old rows are copies this command
+    /// made.
+    above: u64,
+    /// Where `migrate` copied up to (reading the extended table alone): above it, an old row the extended table
+    /// lacks was never copied, so it is history only the old table has.
+    up_to: u64,
 }
 
 /// The line of the checkpoint's detail that says where the old table's own rows end: above that id, old rows are
@@ -236,7 +252,7 @@ pub async fn migrate_back(site: &Site, args: &MigrateArgs, offset: u64) -> Resul
     let mut walk = Walk {
         site,
         mode,
-        floor: start.floor,
+        removable: start.removable,
         last_id: start.after,
         target_id: start.after,
         rows_done: start.rows_done,
@@ -247,7 +263,7 @@ pub async fn migrate_back(site: &Site, args: &MigrateArgs, offset: u64) -> Resul
             mode,
             resumed: start.resumed,
             after: start.after,
-            floor: start.floor,
+            floor: start.removable.above,
             last_id: start.after,
             passes: 0,
             chunks: 0,
@@ -277,8 +293,8 @@ struct Start {
     resumed: bool,
     /// Ids above this one are gone over.
     after: u64,
-    /// Old rows above this id are copies.
-    floor: u64,
+    /// Where old rows the extended table lacks may be removed.
+    removable: Removable,
     /// Rows copied back before, in the same way back.
     rows_done: u64,
     /// When the way back started.
@@ -298,13 +314,18 @@ async fn start(
     let go_on = |previous: Checkpoint, floor: u64| Start {
         resumed: true,
         after: from.or(previous.last_id).unwrap_or(0),
-        floor,
+        removable: Removable { above: floor, up_to: u64::MAX },
         rows_done: previous.rows_done,
         started_at: previous.started_at,
     };
     let now = checkpoint::server_now(&mut servers.csmh).await?;
-    let anew =
-        |floor: u64| Start { resumed: false, after: from.unwrap_or(0), floor, rows_done: 0, started_at: now.clone() };
+    let anew = |floor: u64| Start {
+        resumed: false,
+        after: from.unwrap_or(0),
+        removable: Removable { above: floor, up_to: u64::MAX },
+        rows_done: 0,
+        started_at: now.clone(),
+    };
     match (mode, previous) {
         (Mode::CatchUp, None) => Err(MigrateError::Refused(format!(
             "the flags already send history to the old table alone ({} is off), but `csmh-proxy migrate --back` \
@@ -326,35 +347,81 @@ async fn start(
         }
         (Mode::Merge, None) => Ok(anew(old_highest_id(&mut servers.edxapp, &site.old).await?)),
         (Mode::Same, previous) => {
-            require_forward_copy(servers, site).await?;
-            match previous {
+            let copied_up_to = require_forward_copy(servers, site).await?;
+            let start = match previous {
                 Some(previous) if from_id.is_none() && previous.state != DONE && floor_of(&previous) == Some(0) => {
-                    Ok(go_on(previous, 0))
+                    go_on(previous, 0)
                 }
-                _ => Ok(anew(0)),
-            }
+                _ => anew(0),
+            };
+            Ok(Start { removable: Removable { above: 0, up_to: copied_up_to }, ..start })
         }
     }
 }
 
-/// Refuses to make the old table the same as the extended table unless every old row was copied into it
-/// (`migrate` is done) or the old table is empty: otherwise old rows not yet copied would be removed.
-async fn require_forward_copy(servers: &mut Servers, site: &Site) -> Result<(), MigrateError> {
+/// Refuses to make the old table the same as the extended table unless every old row was copied into it: `migrate`
+/// is done (or the old table is empty), and the old table has no row above where it copied that the extended
+/// table lacks. Otherwise old rows never copied would be removed. Returns the highest id `migrate` copied (0 if
+/// it never ran): only up to it can an old row the extended table lacks be one deleted since its copy.
+async fn require_forward_copy(servers: &mut Servers, site: &Site) -> Result<u64, MigrateError> {
     let copied = checkpoint::load(&mut servers.csmh, site, Task::Migrate).await?;
-    if copied.is_some_and(|copied| copied.state == DONE) {
-        return Ok(());
-    }
+    let copied_up_to = copied.as_ref().and_then(super::copied_up_to).unwrap_or(0);
+    let done = copied.is_some_and(|copied| copied.state == DONE);
     let mut old = Table { role: Role::Old, conn: &mut servers.edxapp, name: &site.old };
-    if old.bounds(None).await?.is_none() {
-        return Ok(());
+    if !done && old.bounds(None).await?.is_some() {
+        return Err(forward_copy_unfinished());
     }
-    Err(MigrateError::Refused(format!(
+    refuse_rows_not_copied(servers, site, copied_up_to).await?;
+    Ok(copied_up_to)
+}
+
+/// The refusal while `migrate` has not finished copying a non-empty old table.
+fn forward_copy_unfinished() -> MigrateError {
+    MigrateError::Refused(format!(
         "reads come from the extended table alone ({} is off), but `csmh-proxy migrate` never finished copying \
          the old table into it: old rows it has not copied are missing from what edxapp sees, and making the old \
          table the same as the extended table would remove them for good. Set {} = true (reads of both tables \
          show them again) and run `csmh-proxy migrate --back` there",
         Flag::EnableReadingFromMultipleHistoryTables,
         Flag::EnableReadingFromMultipleHistoryTables
+    ))
+}
+
+/// Refuses when the old table has rows above `copied_up_to` (where `migrate` copied up to) that the extended table
+/// lacks: written to the old table after the copy (by a proxy that still sent history there, or while the flags
+/// were set back to it), they are history reads of the extended table alone do not show, and making the old
+/// table the same as the extended table would delete them for good.
+async fn refuse_rows_not_copied(servers: &mut Servers, site: &Site, copied_up_to: u64) -> Result<(), MigrateError> {
+    let mut pair = Pair {
+        old: Table { role: Role::Old, conn: &mut servers.edxapp, name: &site.old },
+        extended: Table { role: Role::Extended, conn: &mut servers.csmh, name: &site.extended },
+    };
+    let old_last = pair.old.bounds(None).await?.map_or(0, |ids| ids.last);
+    if old_last <= copied_up_to {
+        return Ok(());
+    }
+    let above = IdRange::new(copied_up_to + 1, old_last);
+    let sums = pair.sums(above, Read::Plain).await?;
+    let mut found = Differences::new(NOT_COPIED_RANGES);
+    pair.narrow(above, sums, &mut found).await?;
+    let not_copied: Vec<Difference> = found
+        .into_vec()
+        .into_iter()
+        .filter(|difference| matches!(difference.kind, Kind::Missing | Kind::NotNarrowed))
+        .collect();
+    if not_copied.is_empty() {
+        return Ok(());
+    }
+    let rows: u64 = not_copied.iter().map(|difference| difference.old_rows).sum();
+    Err(MigrateError::Refused(format!(
+        "the old table {} has {rows} rows above id {copied_up_to}, where `csmh-proxy migrate` last copied up to, \
+         that the extended table does not have:\n{}They were written to the old table after the copy (by a proxy \
+         that still sent history there, or while the flags were set back to the old table), so reads of the \
+         extended table alone do not show them, and making the old table the same as the extended table would \
+         delete them for good; nothing was changed. To keep them, run `csmh-proxy migrate` first (it copies them), \
+         then `csmh-proxy migrate --back` again",
+        site.old,
+        DifferenceList(&not_copied)
     )))
 }
 
@@ -445,7 +512,8 @@ async fn prepare_sessions(servers: &mut Servers, site: &Site) -> Result<(), Migr
 struct Walk<'a> {
     site: &'a Site,
     mode: Mode,
-    floor: u64,
+    /// Where old rows the extended table lacks may be removed.
+    removable: Removable,
     /// Every extended row up to this id is in the old table, as the mode wants it.
     last_id: u64,
     /// The current pass's last id.
@@ -471,7 +539,13 @@ impl Walk<'_> {
     fn checkpoint(&self, state: &str) -> Checkpoint {
         let position = (self.last_id, self.target_id, self.rows_done);
         let waiting = self.waiting.waiting_reason();
-        copy_checkpoint(state, Some(series_detail(self.floor)), waiting.as_deref(), position, &self.started_at)
+        copy_checkpoint(
+            state,
+            Some(series_detail(self.removable.above)),
+            waiting.as_deref(),
+            position,
+            &self.started_at,
+        )
     }
 
     /// Passes until one finds nothing new: each goes up to the extended table's largest id when it starts (at
@@ -482,7 +556,7 @@ impl Walk<'_> {
             ChunkSizer::new(INITIAL_CHUNK_ROWS, args.max_chunk_rows, Duration::from_secs_f64(args.chunk_seconds));
         let steered = Steered {
             direction: Direction::Back,
-            note: Some(series_detail(self.floor)),
+            note: Some(series_detail(self.removable.above)),
             figures: self.waiting.clone(),
             notice: self.progress.notice(),
         };
@@ -535,7 +609,7 @@ impl Walk<'_> {
     ) -> Result<u64, MigrateError> {
         let site = self.site;
         self.report.chunks += 1;
-        let removal = self.mode.removal(self.floor, (from, to));
+        let removal = self.mode.removal(self.removable, (from, to));
         if self.mode.compares() {
             let mut pair = Pair {
                 old: Table { role: Role::Old, conn: &mut servers.edxapp, name: &site.old },
@@ -668,12 +742,17 @@ mod tests {
     use crate::migrate::copy::run::state_and_detail;
 
     #[test]
-    fn old_rows_are_removed_everywhere_when_the_tables_are_made_the_same_and_above_the_floor_when_merged() {
-        assert_eq!(Mode::Same.removal(500, (0, 1_000)), Some((0, 1_000)));
-        assert_eq!(Mode::Merge.removal(500, (0, 1_000)), Some((500, 1_000)));
-        assert_eq!(Mode::Merge.removal(500, (0, 400)), None, "below the old table's own highest id");
-        assert_eq!(Mode::Merge.removal(500, (600, 700)), Some((600, 700)));
-        assert_eq!(Mode::CatchUp.removal(0, (0, 1_000)), None, "the old table alone: its rows are edxapp's");
+    fn old_rows_are_removed_up_to_the_forward_copy_when_made_the_same_and_above_the_floor_when_merged() {
+        let copied = Removable { above: 0, up_to: 800 };
+        assert_eq!(Mode::Same.removal(copied, (0, 700)), Some((0, 700)));
+        assert_eq!(Mode::Same.removal(copied, (0, 1_000)), Some((0, 800)), "above 800, never copied");
+        assert_eq!(Mode::Same.removal(copied, (800, 1_000)), None);
+        let floor = Removable { above: 500, up_to: u64::MAX };
+        assert_eq!(Mode::Merge.removal(floor, (0, 1_000)), Some((500, 1_000)));
+        assert_eq!(Mode::Merge.removal(floor, (0, 400)), None, "below the old table's own highest id");
+        assert_eq!(Mode::Merge.removal(floor, (600, 700)), Some((600, 700)));
+        let anywhere = Removable { above: 0, up_to: u64::MAX };
+        assert_eq!(Mode::CatchUp.removal(anywhere, (0, 1_000)), None, "the old table alone: its rows are edxapp's");
     }
 
     #[test]

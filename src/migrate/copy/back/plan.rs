@@ -53,7 +53,7 @@ pub async fn plan(site: &Site, args: &MigrateArgs, offset: u64) -> Result<BackPl
     check_extended_table(&mut servers.csmh, site).await?;
     refuse_while_running(&mut servers.csmh, site).await?;
     let previous = checkpoint::load(&mut servers.csmh, site, Task::MigrateBack).await?;
-    let Start { resumed, after, floor, .. } = start(&mut servers, site, mode, args.from_id, previous).await?;
+    let Start { resumed, after, removable, .. } = start(&mut servers, site, mode, args.from_id, previous).await?;
     check_ids_fit(&mut servers.csmh, site, mode, offset).await?;
     let target = pass_target(&mut servers, site, mode).await?;
     let chunk =
@@ -64,7 +64,7 @@ pub async fn plan(site: &Site, args: &MigrateArgs, offset: u64) -> Result<BackPl
             Topology::OneServer => Escaping::Backslashes,
             Topology::TwoServers => escaping_of(&mut servers.edxapp, topology::Server::Edxapp).await?,
         };
-        chunk_statements(site, mode, escaping, (after, to), mode.removal(floor, (after, to)))
+        chunk_statements(site, mode, escaping, (after, to), mode.removal(removable, (after, to)))
     } else {
         Vec::new()
     };
@@ -76,7 +76,17 @@ pub async fn plan(site: &Site, args: &MigrateArgs, offset: u64) -> Result<BackPl
             Some((current, next + offset))
         }
     };
-    Ok(BackPlan { site: site.clone(), mode, resumed, after, target, floor, chunk, statements, old_next_id })
+    Ok(BackPlan {
+        site: site.clone(),
+        mode,
+        resumed,
+        after,
+        target,
+        floor: removable.above,
+        chunk,
+        statements,
+        old_next_id,
+    })
 }
 
 /// The statements of the chunk `(from, to]`, as a run sends them.
