@@ -1,11 +1,12 @@
 //! Connections to a separate `csmh` server kept between client sessions (`[backends.csmh] keep_idle`,
 //! docs/reliability.md "Connections kept between sessions"): edxapp opens a connection per request, and each
 //! request that touches the history would otherwise open its own connection to the `csmh` server. Which server
-//! connection a session used is seen from the client: `CONNECTION_ID()` in a history read that runs on the `csmh`
-//! server.
+//! connection ran a session's history read is read from the `csmh` server's general log: the read carries a
+//! marker in a comment, which the proxy's rewrite keeps.
 
 mod support;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use csmh_proxy::history::Stage;
@@ -13,20 +14,40 @@ use csmh_proxy::server::ProxyHandle;
 use mysql_async::prelude::*;
 use support::edx::{Site, edxapp_insert};
 
-/// A history read that runs on the `csmh` server (the stage reads the extended table only) and says which of its
-/// connections ran it.
-const CSMH_CONNECTION_ID: &str = "SELECT CONNECTION_ID(), COUNT(*) FROM courseware_studentmodulehistory";
-
 /// The id of the `csmh` server connection a new client session's history read runs on; the session then quits.
 async fn csmh_connection_of_a_new_session(site: &Site) -> u64 {
-    csmh_connection_of(site.edxapp().await).await
+    csmh_connection_of(site, site.edxapp().await).await
 }
 
 /// The id of the `csmh` server connection `client`'s history read runs on; the client then quits.
-async fn csmh_connection_of(mut client: mysql_async::Conn) -> u64 {
-    let row: Option<(u64, u64)> = client.query_first(CSMH_CONNECTION_ID).await.expect("a read on the csmh server");
+async fn csmh_connection_of(site: &Site, mut client: mysql_async::Conn) -> u64 {
+    let (_, connection) = time_zone_and_connection(site, &mut client).await;
     client.disconnect().await.expect("quit");
-    row.expect("a count has a row").0
+    connection
+}
+
+/// The time zone and the id of the `csmh` server connection `client`'s history read runs on (the stage reads the
+/// extended table only): the read is marked, and the `csmh` server's general log says which connection ran it.
+async fn time_zone_and_connection(site: &Site, client: &mut mysql_async::Conn) -> (String, u64) {
+    static READS: AtomicU64 = AtomicU64::new(0);
+    let marker = format!("read {} of {}", READS.fetch_add(1, Ordering::Relaxed), site.dbs.csmh_db);
+    let mut root = site.csmh_root().await;
+    // Set only once: the settings tests count the server's SET statements.
+    let logging: Option<bool> = root.query_first("SELECT @@general_log AND @@log_output = 'TABLE'").await.unwrap();
+    if logging != Some(true) {
+        root.query_drop("SET GLOBAL log_output = 'TABLE', general_log = ON").await.expect("the general log");
+    }
+    let row: Option<(String, u64)> = client
+        .query_first(format!(
+            "SELECT @@session.time_zone, COUNT(*) FROM courseware_studentmodulehistory /* {marker} */"
+        ))
+        .await
+        .expect("a read on the csmh server");
+    let (time_zone, _) = row.expect("a count has a row");
+    let ran_it = "SELECT thread_id FROM mysql.general_log WHERE command_type = 'Query' AND thread_id <> CONNECTION_ID() \
+                  AND argument LIKE ?";
+    let connection: Option<u64> = root.exec_first(ran_it, (format!("%{marker}%"),)).await.expect("the general log");
+    (time_zone, connection.expect("the csmh server logged the read"))
 }
 
 /// Waits until the proxy keeps `n` connections to the `csmh` server (a session's connection is reset by the
@@ -119,27 +140,13 @@ async fn a_reload_closes_the_connections_kept_under_the_configuration_before() {
 }
 
 #[tokio::test]
-async fn a_user_variable_of_one_session_is_gone_in_the_next_one_on_the_same_connection() {
+async fn a_session_cannot_leave_a_user_variable_on_a_kept_connection() {
     let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
     let mut client = site.edxapp().await;
-    let set: Option<(u64, u64, u64)> = client
-        .query_first("SELECT @kept := 42, CONNECTION_ID(), COUNT(*) FROM courseware_studentmodulehistory")
-        .await
-        .expect("a read on the csmh server that sets a user variable there");
+    let set = client.query_drop("SELECT @kept := 42, COUNT(*) FROM courseware_studentmodulehistory").await;
+    let (code, _) = support::edx::server_error(set);
+    assert_eq!(code, 1235, "a variable is the client's session's, never the proxy's csmh connection's");
     client.disconnect().await.expect("quit");
-    let (value, first, _) = set.expect("a count has a row");
-    assert_eq!(value, 42);
-    wait_until_kept(&site.proxy, 1).await;
-
-    let mut next = site.edxapp().await;
-    let read: Option<(Option<u64>, u64, u64)> = next
-        .query_first("SELECT @kept, CONNECTION_ID(), COUNT(*) FROM courseware_studentmodulehistory")
-        .await
-        .expect("the same read in the next session");
-    next.disconnect().await.expect("quit");
-    let (value, connection, _) = read.expect("a count has a row");
-    assert_eq!(connection, first, "the same server connection");
-    assert_eq!(value, None, "the variable went with the reset");
 }
 
 #[tokio::test]
@@ -187,7 +194,8 @@ async fn a_kept_connection_goes_only_to_a_client_with_the_same_protocol_features
     let found_rows = csmh_connection_of_a_new_session(&site).await;
     wait_until_kept(&site.proxy, 1).await;
     let plain = mysql_async::OptsBuilder::from_opts(site.dbs.proxy_opts(&site.proxy, &support::app()));
-    let other = csmh_connection_of(mysql_async::Conn::new(plain).await.expect("a client without FOUND_ROWS")).await;
+    let other =
+        csmh_connection_of(&site, mysql_async::Conn::new(plain).await.expect("a client without FOUND_ROWS")).await;
     assert_ne!(other, found_rows, "a client without CLIENT_FOUND_ROWS gets a connection of its own");
     wait_until_kept(&site.proxy, 2).await;
     assert_eq!(csmh_connection_of_a_new_session(&site).await, found_rows, "and edxapp's next session edxapp's");
@@ -221,7 +229,7 @@ async fn the_next_session_with_the_same_settings_runs_its_statement_without_a_st
 
     // Counted before the session quits: its connection is then reset and its settings applied again.
     let mut next = site.edxapp().await;
-    assert_eq!(time_zone_and_connection(&mut next).await.1, first, "the kept connection");
+    assert_eq!(time_zone_and_connection(&site, &mut next).await.1, first, "the kept connection");
     let [set, begin, ..] = grown(before, transaction_and_set_counts(&mut root).await);
     assert_eq!((set, begin), (0, 0), "the settings of the session before were kept applied");
 }
@@ -263,10 +271,10 @@ async fn a_kept_connection_with_the_sessions_settings_is_taken_before_a_newer_on
     let site = Site::private_two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
     // Two sessions at once, one in a time zone of its own: two csmh connections, the other one kept last.
     let mut default = site.edxapp().await;
-    let (default_zone, with_default) = time_zone_and_connection(&mut default).await;
+    let (default_zone, with_default) = time_zone_and_connection(&site, &mut default).await;
     let mut elsewhere = site.edxapp().await;
     elsewhere.query_drop("SET time_zone = '+05:00'").await.expect("a time zone of the session's");
-    let (zone, with_elsewhere) = time_zone_and_connection(&mut elsewhere).await;
+    let (zone, with_elsewhere) = time_zone_and_connection(&site, &mut elsewhere).await;
     assert_eq!(zone, "+05:00", "the session's time zone reaches the csmh server");
     assert_ne!(with_elsewhere, with_default);
     default.disconnect().await.expect("quit");
@@ -277,7 +285,7 @@ async fn a_kept_connection_with_the_sessions_settings_is_taken_before_a_newer_on
     let before = transaction_and_set_counts(&mut root).await;
 
     let mut next = site.edxapp().await;
-    let (zone, connection) = time_zone_and_connection(&mut next).await;
+    let (zone, connection) = time_zone_and_connection(&site, &mut next).await;
     assert_eq!((zone, connection), (default_zone, with_default), "the older connection, with the default zone");
     let [set, ..] = grown(before, transaction_and_set_counts(&mut root).await);
     assert_eq!(set, 0, "its settings were in place");
@@ -286,19 +294,9 @@ async fn a_kept_connection_with_the_sessions_settings_is_taken_before_a_newer_on
 
     let mut other = site.edxapp().await;
     other.query_drop("SET time_zone = '-03:00'").await.expect("a time zone no kept connection has");
-    let (zone, connection) = time_zone_and_connection(&mut other).await;
+    let (zone, connection) = time_zone_and_connection(&site, &mut other).await;
     assert_eq!(zone, "-03:00", "a kept connection's settings give way to the session's");
     assert!([with_default, with_elsewhere].contains(&connection), "on a kept connection");
-}
-
-/// The time zone and the id of the `csmh` server connection `client`'s history read runs on.
-async fn time_zone_and_connection(client: &mut mysql_async::Conn) -> (String, u64) {
-    let row: Option<(String, u64, u64)> = client
-        .query_first("SELECT @@session.time_zone, CONNECTION_ID(), COUNT(*) FROM courseware_studentmodulehistory")
-        .await
-        .expect("a read on the csmh server");
-    let (time_zone, connection, _) = row.expect("a count has a row");
-    (time_zone, connection)
 }
 
 #[tokio::test]
