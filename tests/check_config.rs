@@ -60,9 +60,16 @@ fn a_bad_file_prints_the_line_and_key_and_exits_non_zero() {
 #[test]
 fn a_syntax_error_on_the_password_line_names_the_line_but_never_the_password() {
     let secret = "s3cret-Pa55word";
-    for written in [format!("password = \"{secret}"), format!("password = {secret}")] {
+    let cases = [
+        (format!("password = \"{secret}"), 0),
+        (format!("password = {secret}"), 0),
+        (format!("password = \"\"\"\n{secret}\"\"\" x"), 1),
+        (format!("password = \"\"\"\n{secret}\\q\"\"\""), 1),
+    ];
+    for (written, lines_below) in cases {
         let text = include_str!("../proxy.toml").replace("# password = \"...\"", &written);
-        let line = text.lines().position(|line| line.starts_with("password =")).expect("the password's line") + 1;
+        let line = text.lines().position(|line| line.starts_with("password =")).expect("the password's line");
+        let line = line + 1 + lines_below;
         let (_dir, path) = config_file(&text);
         let output = check_config(&path);
         let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));

@@ -24,9 +24,19 @@ pub(super) struct Secrets(Vec<String>);
 
 impl Secrets {
     /// Finds every `key = value` whose key is secret, line by line, in a file that may not even be TOML: the
-    /// value runs to its closing quote, or unquoted to a comma, brace, comment or the end of the line.
+    /// value runs to its closing quote, or unquoted to a comma, brace, comment or the end of the line. A
+    /// multi-line string (`"""`, `'''`) not closed on its key's line goes on to the line that closes it, and each
+    /// of its lines is a secret of its own, since a message quotes the one line it is about.
     pub(super) fn scan(text: &str) -> Secrets {
-        let mut values: Vec<String> = text.lines().flat_map(secret_values).collect();
+        let mut values = Vec::new();
+        let mut lines = text.lines();
+        while let Some(line) = lines.next() {
+            let (found, open) = secret_values(line);
+            values.extend(found);
+            if let Some(delimiter) = open {
+                values.extend(lines_until_closed(&mut lines, delimiter));
+            }
+        }
         // The longest first, so that one secret containing another is replaced whole.
         values.sort_by_key(|value| std::cmp::Reverse(value.len()));
         values.dedup();
@@ -53,20 +63,42 @@ impl Secrets {
     }
 }
 
-/// The values of the secret keys assigned on one line (an inline table may assign several).
-fn secret_values(line: &str) -> Vec<String> {
+/// The values of the secret keys assigned on one line (an inline table may assign several), and the delimiter
+/// of a multi-line string one of them opens and does not close there.
+fn secret_values(line: &str) -> (Vec<String>, Option<&'static str>) {
     let mut found = Vec::new();
+    let mut open = None;
     for (at, _) in line.match_indices('=') {
         if !key_before(&line[..at]).is_some_and(is_secret_key) {
             continue;
         }
-        let value = value_after(&line[at + 1..]);
-        if !value.is_empty() {
-            found.extend(unescaped(value));
-            found.push(value.to_owned());
+        let (value, opens) = value_after(&line[at + 1..]);
+        push_value(&mut found, value);
+        open = open.or(opens);
+    }
+    (found, open)
+}
+
+/// The lines of a secret multi-line string after its first, up to the one holding its closing `delimiter` (or
+/// the end of the text), each as a value of its own.
+fn lines_until_closed<'t>(lines: &mut impl Iterator<Item = &'t str>, delimiter: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for line in lines {
+        let end = line.find(delimiter);
+        push_value(&mut found, line[..end.unwrap_or(line.len())].trim());
+        if end.is_some() {
+            break;
         }
     }
     found
+}
+
+/// Records a secret value as written and, when that differs, as toml may show it.
+fn push_value(found: &mut Vec<String>, value: &str) {
+    if !value.is_empty() {
+        found.extend(unescaped(value));
+        found.push(value.to_owned());
+    }
 }
 
 /// The bare or quoted key that ends `before` (an `=` follows it).
@@ -77,18 +109,25 @@ fn key_before(before: &str) -> Option<&str> {
     (!key.is_empty()).then_some(key)
 }
 
-/// The value as written after an `=`, without its quotes; to the end of the line when a quote is not closed.
-fn value_after(after: &str) -> &str {
+/// The value as written after an `=`, without its quotes, to the end of the line when a quote is not closed; and
+/// the delimiter of a multi-line string left open, whose value goes on on the next lines.
+fn value_after(after: &str) -> (&str, Option<&'static str>) {
     let after = after.trim_start();
-    for quote in ["\"\"\"", "'''", "'"] {
+    for quote in ["\"\"\"", "'''"] {
         if let Some(inner) = after.strip_prefix(quote) {
-            return inner.find(quote).map_or(inner, |end| &inner[..end]).trim_end();
+            return match inner.find(quote) {
+                Some(end) => (inner[..end].trim_end(), None),
+                None => (inner.trim(), Some(quote)),
+            };
         }
     }
-    if let Some(inner) = after.strip_prefix('"') {
-        return &inner[..closing_quote(inner).unwrap_or(inner.len())];
+    if let Some(inner) = after.strip_prefix('\'') {
+        return (inner.find('\'').map_or(inner, |end| &inner[..end]).trim_end(), None);
     }
-    after.split(['#', ',', '}']).next().unwrap_or("").trim()
+    if let Some(inner) = after.strip_prefix('"') {
+        return (&inner[..closing_quote(inner).unwrap_or(inner.len())], None);
+    }
+    (after.split(['#', ',', '}']).next().unwrap_or("").trim(), None)
 }
 
 /// Where the basic string `inner` (after its opening quote) closes: the first quote not escaped by a backslash.
@@ -136,6 +175,18 @@ mod tests {
         }
         assert!(message.contains("7.7.7.7:1") && message.contains("VAR"), "{message}");
         assert!(message.contains("password = \"<redacted>\" # c"), "{message}");
+    }
+
+    #[test]
+    fn a_multi_line_string_is_redacted_line_by_line_to_its_closing_delimiter() {
+        let text = "password = \"\"\"\nfirst-line\n  second-line \"\"\" x\naddress = \"8.8.8.8:1\"\n\
+                    token = '''third-line\nfourth-line'''\n";
+        let secrets = Secrets::scan(text);
+        let message = secrets.redact(text);
+        for secret in ["first-line", "second-line", "third-line", "fourth-line"] {
+            assert!(!message.contains(secret), "{secret} in:\n{message}");
+        }
+        assert!(message.contains("8.8.8.8:1"), "the line after the string is not a secret: {message}");
     }
 
     #[test]
