@@ -299,6 +299,47 @@ async fn a_csmh_commit_failure_rolls_the_client_back_and_is_reported() {
 }
 
 #[tokio::test]
+async fn a_statement_that_commits_implicitly_commits_the_csmh_side_first_and_a_failure_there_rolls_both_back() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let dora = "SELECT username FROM auth_user WHERE id = 99";
+    // Autocommit off, turned back on: the server commits the transaction.
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop("SET autocommit = 0").await.unwrap();
+    edxapp.query_drop("INSERT INTO auth_user (id, username) VALUES (99, 'dora')").await.unwrap();
+    edxapp.query_drop(edxapp_insert(5, "{}")).await.unwrap();
+    site.kill_csmh_connections().await;
+    let (code, message) = server_error(edxapp.query_drop("SET autocommit = 1").await);
+    assert_eq!(code, 1430, "{message}");
+    let found: Option<String> = edxapp.query_first(dora).await.unwrap();
+    assert_eq!(found, None, "the edxapp side was rolled back, not committed alone");
+    // Autocommit on, BEGIN, then DDL: the server commits before running it.
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop("BEGIN").await.unwrap();
+    edxapp.query_drop("INSERT INTO auth_user (id, username) VALUES (99, 'dora')").await.unwrap();
+    edxapp.query_drop(edxapp_insert(5, "{}")).await.unwrap();
+    site.kill_csmh_connections().await;
+    let (code, message) = server_error(edxapp.query_drop("CREATE TABLE implicitly_committing (i INT)").await);
+    assert_eq!(code, 1430, "{message}");
+    let found: Option<String> = edxapp.query_first(dora).await.unwrap();
+    assert_eq!(found, None, "the edxapp side was rolled back, not committed alone");
+    let created: Option<u64> = edxapp
+        .query_first("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_NAME = 'implicitly_committing'")
+        .await
+        .unwrap();
+    assert_eq!(created, Some(0), "the statement did not run");
+    assert!(extended_rows(&site).await.is_empty());
+    // Without a failure, both commit.
+    edxapp.query_drop("SET autocommit = 0").await.unwrap();
+    edxapp.query_drop("INSERT INTO auth_user (id, username) VALUES (99, 'dora')").await.unwrap();
+    edxapp.query_drop(edxapp_insert(5, "kept")).await.unwrap();
+    edxapp.query_drop("SET autocommit = ON").await.unwrap();
+    let committed = format!("SELECT username FROM `{}`.auth_user WHERE id = 99", site.dbs.edxapp_db);
+    let found: Option<String> = site.root().await.query_first(committed).await.unwrap();
+    assert_eq!(found.as_deref(), Some("dora"));
+    assert_eq!(module_4_states(&site).await, ["kept"]);
+}
+
+#[tokio::test]
 async fn an_unreachable_csmh_server_is_an_error_for_the_statement_only() {
     let dbs = EdxDatabases::fresh_two_servers().await;
     dbs.create_edx_schema(false).await;

@@ -73,6 +73,10 @@ const ISOLATION_LEVELS: [(&[u8], &str); 4] = [
 /// What the error of a statement says when the client's transaction was rolled back with the `csmh` side.
 const ROLLED_BACK: &str = "; the transaction was rolled back";
 
+/// What the error of a statement says when the client's transaction was committed on `edxapp` and the `csmh`
+/// side could not commit its part.
+const COMMITTED_WITHOUT_CSMH: &str = "; the transaction was committed on edxapp without its part on the csmh server";
+
 /// Capabilities that decide the layout of the responses relayed to the client: the `csmh` connection must have
 /// exactly the client's.
 const LAYOUT: CapabilityFlags = CapabilityFlags::CLIENT_DEPRECATE_EOF
@@ -237,8 +241,8 @@ impl CsmhError {
 /// A transaction-control statement, which the `csmh` connection must follow while it mirrors a transaction.
 #[derive(Debug, PartialEq, Eq)]
 enum Control {
-    /// COMMIT; also BEGIN and START TRANSACTION, which commit the transaction before beginning the next, and with
-    /// autocommit off the statements that commit implicitly (see [`commits_implicitly`]).
+    /// COMMIT; also BEGIN and START TRANSACTION, which commit the transaction before beginning the next, the
+    /// statements that commit implicitly (see [`commits_implicitly`]), and with autocommit off a SET turning it on.
     Commit,
     Rollback,
     Savepoint(String),
@@ -530,10 +534,11 @@ impl CsmhLink {
 
     /// After a client statement ran on `edxapp`: if the server rolled the transaction back (a deadlock), or
     /// carried out the client's ROLLBACK, the `csmh` side rolls back too; if it carried out a ROLLBACK TO
-    /// SAVEPOINT, the `csmh` side steps back as well; if the transaction ended otherwise (a statement that commits
-    /// implicitly, autocommit turned back on), the `csmh` side commits. A `csmh` side that cannot step back to a
-    /// savepoint loses its part with its connection, so the client's transaction is rolled back on `edxapp` too:
-    /// the error its next statement gets instead of running, as the client has had its statement's OK.
+    /// SAVEPOINT, the `csmh` side steps back as well; if the transaction ended otherwise (a statement the proxy
+    /// did not know commits), the `csmh` side commits. A `csmh` side that cannot step back to a savepoint loses
+    /// its part with its connection, so the client's transaction is rolled back on `edxapp` too; one that cannot
+    /// commit has lost its part of a transaction `edxapp` committed. Either is the error the client's next
+    /// statement gets instead of running, as the client has had its statement's OK.
     pub async fn follow_transaction_end(&mut self, edxapp: &mut Edxapp) -> Result<Option<MysqlError>, SessionError> {
         let Some(csmh) = self.open.as_mut().filter(|c| c.transaction.is_open()) else { return Ok(None) };
         let carried_out = match std::mem::replace(&mut csmh.transaction, Transaction::Open) {
@@ -553,14 +558,29 @@ impl CsmhLink {
                     return Ok(rolls_back.then_some(error));
                 }
             },
-            _ if !edxapp.in_transaction() => csmh.end(b"COMMIT").await,
+            _ if !edxapp.in_transaction() => {
+                let committed = csmh.end(b"COMMIT").await;
+                return Ok(committed.err().map(|error| self.lost_after_edxapp_commit(&error)));
+            }
             _ => return Ok(None),
         };
         if let Err(error) = outcome {
-            tracing::error!("the client's transaction ended on edxapp and the csmh side could not follow");
+            tracing::error!("the client's transaction was rolled back on edxapp and the csmh side could not follow");
             self.close(&error);
         }
         Ok(None)
+    }
+
+    /// The `csmh` side could not commit after the client's transaction was committed on `edxapp` by a statement
+    /// the proxy did not know commits (statements it knows commit the `csmh` side first): `edxapp`'s part is
+    /// committed, this side's part lost (or, its answer lost, unknown). Nothing can undo the commit; the error
+    /// the client's next statement gets instead of running, so that the loss is not silent.
+    fn lost_after_edxapp_commit(&mut self, error: &CsmhError) -> MysqlError {
+        tracing::error!("the client's transaction was committed on edxapp and the csmh side could not commit its part");
+        self.close(error);
+        let mut error = error.to_mysql();
+        error.message.push_str(COMMITTED_WITHOUT_CSMH);
+        error
     }
 }
 
@@ -851,7 +871,8 @@ fn control_of(tokens: &[Tok], source: &Source<'_>, autocommit: bool, escaping: E
         ["CALL", ..] => Some(Control::Unfollowable("a stored procedure")),
         ["EXECUTE", ..] => Some(Control::Unfollowable("EXECUTE")),
         ["UNLOCK", ..] if !autocommit => Some(Control::Unfollowable("UNLOCK TABLES with autocommit off")),
-        words if !autocommit && commits_implicitly(words) => Some(Control::Commit),
+        words if commits_implicitly(words) => Some(Control::Commit),
+        ["SET", ..] if !autocommit => autocommit_turned_on(tokens),
         ["ROLLBACK", ..] => rollback(&word_tokens),
         ["SAVEPOINT", ..] => raw_name(1).map(Control::Savepoint),
         ["RELEASE", "SAVEPOINT", ..] => raw_name(2).map(Control::Release),
@@ -878,10 +899,9 @@ fn rollback(words: &[&Tok]) -> Option<Control> {
 }
 
 /// Whether a statement whose words (upper case) are `words` commits the transaction implicitly, but BEGIN and
-/// START TRANSACTION: with autocommit on the answer's status then shows the transaction over, with it off the
-/// next one has begun by then and nothing in the answer shows the commit, so the `csmh` side commits first (the
-/// server commits before running the statement; only one it refuses unparsed leaves the transaction open).
-/// `CREATE TEMPORARY` and `DROP TEMPORARY` do not commit.
+/// START TRANSACTION. The `csmh` side commits first, as for a COMMIT, so that a failure there rolls both sides
+/// back and the statement does not run (the server commits before running such a statement; only one it refuses
+/// unparsed leaves the transaction open). `CREATE TEMPORARY` and `DROP TEMPORARY` do not commit.
 fn commits_implicitly(words: &[&str]) -> bool {
     match words {
         ["CREATE" | "DROP", ..] if words.iter().take(4).any(|word| *word == "TEMPORARY") => false,
@@ -890,6 +910,40 @@ fn commits_implicitly(words: &[&str]) -> bool {
         ["LOAD", "INDEX", ..] | ["SET", "PASSWORD", ..] | ["START", ..] => true,
         [first, ..] => IMPLICIT_COMMITS.contains(first),
         [] => false,
+    }
+}
+
+/// The control of a SET statement run with autocommit off: setting `autocommit` to 1, ON or TRUE commits the
+/// transaction ([`Control::Commit`], the `csmh` side first); to 0, OFF or FALSE, or not naming it, changes
+/// nothing; to any other value (an expression, a variable, a string) it is not followed.
+fn autocommit_turned_on(tokens: &[Tok]) -> Option<Control> {
+    let names_autocommit =
+        |t: &Tok| t.word().is_some_and(|w| w.trim_start_matches('@').eq_ignore_ascii_case("autocommit"));
+    let mut turned_on = false;
+    for (at, _) in tokens.iter().enumerate().filter(|(_, t)| names_autocommit(t)) {
+        let value = match tokens.get(at + 1..at + 3) {
+            Some([assign, value]) if matches!(assign.token.token, Token::Eq | Token::Assignment) => value,
+            _ => return Some(Control::Unfollowable("a SET of autocommit the proxy cannot read")),
+        };
+        match autocommit_value(value) {
+            Some(on) => turned_on |= on,
+            None => return Some(Control::Unfollowable("a SET of autocommit to a value other than 0, 1, ON or OFF")),
+        }
+    }
+    turned_on.then_some(Control::Commit)
+}
+
+/// Whether `value`, assigned to autocommit, turns it on; `None` for what is not a plain 0, 1, ON, OFF, TRUE or
+/// FALSE.
+fn autocommit_value(value: &Tok) -> Option<bool> {
+    match &value.token.token {
+        Token::Number(number, _) => number.parse::<u64>().ok().map(|number| number != 0),
+        Token::Word(word) if word.quote_style.is_none() => match word.value.to_ascii_uppercase().as_str() {
+            "ON" | "TRUE" => Some(true),
+            "OFF" | "FALSE" => Some(false),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -1027,13 +1081,24 @@ mod tests {
             assert!(unfollowable(sql, true), "{}", String::from_utf8_lossy(sql));
         }
         for sql in [&b"CREATE TABLE t (a INT)"[..], b"truncate table t", b"LOCK TABLES t WRITE", b"SET PASSWORD = ''"] {
-            let commit = transaction_control(sql, false, Escaping::Backslashes);
-            assert_eq!(commit, Some(Control::Commit), "{}: commits implicitly", String::from_utf8_lossy(sql));
-            assert_eq!(
-                transaction_control(sql, true, Escaping::Backslashes),
-                None,
-                "the status shows the commit with autocommit on"
-            );
+            for autocommit in [false, true] {
+                let commit = transaction_control(sql, autocommit, Escaping::Backslashes);
+                assert_eq!(commit, Some(Control::Commit), "{}: commits implicitly", String::from_utf8_lossy(sql));
+            }
+        }
+        for (sql, control) in [
+            ("SET autocommit = 1", Some(Control::Commit)),
+            ("set @@session.AUTOCOMMIT := ON, sql_mode = ''", Some(Control::Commit)),
+            ("SET SESSION autocommit = true", Some(Control::Commit)),
+            ("SET autocommit = 0", None),
+            ("SET autocommit = OFF", None),
+            ("SET time_zone = '+00:00'", None),
+        ] {
+            assert_eq!(transaction_control(sql.as_bytes(), false, Escaping::Backslashes), control, "{sql}");
+            assert_eq!(transaction_control(sql.as_bytes(), true, Escaping::Backslashes), None, "already on: {sql}");
+        }
+        for sql in [&b"SET autocommit = @on"[..], b"SET autocommit = '1'", b"SET autocommit = DEFAULT"] {
+            assert!(unfollowable(sql, false), "{}", String::from_utf8_lossy(sql));
         }
         assert_eq!(transaction_control(b"CREATE TEMPORARY TABLE t (a INT)", false, Escaping::Backslashes), None);
         for sql in [

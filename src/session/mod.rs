@@ -244,7 +244,7 @@ impl Session {
         let csmh_failures = self.csmh.failures();
         // Reading the session's settings is a round trip to `edxapp` too: the watch covers it.
         let handled = async {
-            let decision = match self.transaction.take_rollback_error(request.command) {
+            let decision = match self.transaction.take_untold_end(request.command) {
                 Some(error) => Decision::Refuse(error),
                 None => {
                     let reading = self.reading_of(request).await?;
@@ -299,7 +299,7 @@ impl Session {
             // transaction rolled back meanwhile is the error of the client's next statement.
             self.consume_request(request);
             if rolls_back {
-                self.transaction.rolled_back(error);
+                self.transaction.ended_untold(error);
             }
             return Ok(Flow::Continue);
         }

@@ -110,7 +110,7 @@ impl Session {
     /// client could not be told of is the error of its next statement.
     pub(super) async fn follow_csmh_transaction_end(&mut self) -> Result<(), SessionError> {
         if let Some(error) = self.csmh.follow_transaction_end(&mut self.edxapp).await? {
-            self.transaction.rolled_back(error);
+            self.transaction.ended_untold(error);
         }
         Ok(())
     }

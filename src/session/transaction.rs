@@ -13,9 +13,10 @@ use crate::state::{ConfigSnapshot, ProxyState};
 pub(super) struct Transaction {
     /// The snapshot of the last request; it stays while the client's transaction is open.
     pinned: Option<Arc<ConfigSnapshot>>,
-    /// The proxy rolled the client's transaction back during a command that gets no answer (its `csmh` side
-    /// failed): the error the client's next statement gets instead of running.
-    rolled_back: Option<MysqlError>,
+    /// The client's transaction ended in a way its last answer could not say (the proxy rolled it back when its
+    /// `csmh` side failed, or that side lost its part of a commit): the error the client's next statement gets
+    /// instead of running.
+    untold_end: Option<MysqlError>,
 }
 
 impl Transaction {
@@ -30,16 +31,17 @@ impl Transaction {
         snapshot
     }
 
-    /// Records that the client's transaction was rolled back, with `error`, while no answer could say so.
-    pub fn rolled_back(&mut self, error: MysqlError) {
-        self.rolled_back = Some(error);
+    /// Records that the client's transaction ended as `error` says, while no answer could say so.
+    pub fn ended_untold(&mut self, error: MysqlError) {
+        self.untold_end = Some(error);
     }
 
-    /// For a statement (`command`): the error of a rollback the client was not told of yet. The statement does
-    /// not run, so that it does not carry on, outside a transaction, what the client believes is one.
-    pub fn take_rollback_error(&mut self, command: Command) -> Option<MysqlError> {
+    /// For a statement (`command`): the error of an end of the transaction the client was not told of yet. The
+    /// statement does not run, so that it does not carry on, outside a transaction, what the client believes is
+    /// one.
+    pub fn take_untold_end(&mut self, command: Command) -> Option<MysqlError> {
         match command {
-            Command::Query | Command::StmtPrepare | Command::StmtExecute { .. } => self.rolled_back.take(),
+            Command::Query | Command::StmtPrepare | Command::StmtExecute { .. } => self.untold_end.take(),
             _ => None,
         }
     }
