@@ -75,6 +75,10 @@ async fn what_would_read_the_proxys_session_or_an_edxapp_table_on_the_csmh_serve
             "SELECT `student_module_id` FROM `{OLD}` WHERE `id` = {new_id} UNION SELECT `id` FROM \
              courseware_studentmodule WHERE `id` = 1"
         ),
+        format!(
+            "SELECT h.`id` FROM `{OLD}` h WHERE h.`student_module_id` IN (SELECT U0.`id` FROM \
+             courseware_studentmodule U0 WHERE U0.`id` = h.`student_module_id`)"
+        ),
     ] {
         let (code, message) = server_error(edxapp.query_drop(&sql).await);
         assert_eq!(code, 1235, "{sql}: {message}");

@@ -630,6 +630,12 @@ impl Plan<'_, '_> {
             if self.mentions.iter().any(|m| m.within(&subquery.range)) {
                 return Err(Unroutable::new("a subquery reading the history table again cannot be routed"));
             }
+            if self.refers_to_a_read(&subquery.range) {
+                return Err(Unroutable::new(
+                    "a subquery that refers to the history table's columns (a correlated subquery) cannot run on \
+                     edxapp alone",
+                ));
+            }
             splicer.hole(subquery.range.clone());
             queries.push(self.source.bytes()[subquery.inner.clone()].to_vec());
         }
@@ -645,6 +651,20 @@ impl Plan<'_, '_> {
         let (sql, places) = splicer.render_with_holes()?;
         let inline = places.into_iter().zip(queries).map(|(at, query)| Inline { at, query }).collect();
         Ok((sql, inline))
+    }
+
+    /// Whether the bytes in `range` qualify a column with a name the statement reads the history table by (`h.`
+    /// for `… AS h`), compared without case: a subquery there is correlated, and run on `edxapp` alone it would
+    /// not know the name.
+    fn refers_to_a_read(&self, range: &Range<usize>) -> bool {
+        let names: Vec<&[u8]> =
+            self.shape.reads.iter().map(|read| rewrite::read_alias(read, self.source, self.tokens)).collect();
+        self.tokens.windows(2).any(|pair| {
+            let name = &self.source.bytes()[pair[0].range.clone()];
+            range.contains(&pair[0].range.start)
+                && pair[1].is_period()
+                && names.iter().any(|known| known.eq_ignore_ascii_case(name))
+        })
     }
 
     /// On a separate `csmh` server the statement runs in the proxy's session there, logged in with its account:

@@ -156,7 +156,8 @@ impl Tok {
         matches!(&self.token.token, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(keyword))
     }
 
-    fn is_period(&self) -> bool {
+    /// Whether the token is `.`, between the parts of a qualified name.
+    pub fn is_period(&self) -> bool {
         self.token.token == Token::Period
     }
 }

@@ -677,6 +677,21 @@ fn on_two_servers_what_would_read_the_proxys_session_there_is_refused() {
 }
 
 #[test]
+fn on_two_servers_a_correlated_subquery_is_refused_not_run_on_edxapp_alone() {
+    let two = router(true, false, false, Topology::TwoServers);
+    let sql = format!(
+        "SELECT h.id FROM {OLD} h WHERE h.student_module_id IN (SELECT U0.id FROM courseware_studentmodule U0 \
+         WHERE U0.id = H.student_module_id)"
+    );
+    assert_eq!(code(&two.route(sql.as_bytes())), 1235);
+    let uncorrelated = format!(
+        "SELECT h.id FROM {OLD} h WHERE h.student_module_id IN (SELECT U0.id FROM courseware_studentmodule U0 \
+         WHERE U0.student_id = 7)"
+    );
+    assert!(matches!(two.route(uncorrelated.as_bytes()), Route::Rewrite(_)));
+}
+
+#[test]
 fn on_two_servers_a_union_branch_on_an_edxapp_table_is_refused() {
     let h = OLD;
     for sql in [
