@@ -302,37 +302,38 @@ async fn a_csmh_commit_failure_rolls_the_client_back_and_is_reported() {
     assert_eq!(extended_rows(&site).await.len(), 1, "a new csmh connection serves the next statement");
 }
 
+/// Opens a transaction with `begin` that writes a user on `edxapp` and a history row on the `csmh` server, loses
+/// the proxy's `csmh` connection, then ends the transaction with `end`: its error, and whether the user was kept.
+async fn lose_the_csmh_side_then_end(site: &Site, begin: &str, end: &str) -> ((u16, String), bool) {
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop(begin).await.unwrap();
+    edxapp.query_drop("INSERT INTO auth_user (id, username) VALUES (99, 'dora')").await.unwrap();
+    edxapp.query_drop(edxapp_insert(5, "{}")).await.unwrap();
+    site.kill_csmh_connections().await;
+    let error = server_error(edxapp.query_drop(end).await);
+    let dora: Option<String> = edxapp.query_first("SELECT username FROM auth_user WHERE id = 99").await.unwrap();
+    (error, dora.is_some())
+}
+
 #[tokio::test]
 async fn a_statement_that_commits_implicitly_commits_the_csmh_side_first_and_a_failure_there_rolls_both_back() {
     let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
-    let dora = "SELECT username FROM auth_user WHERE id = 99";
-    // Autocommit off, turned back on: the server commits the transaction.
-    let mut edxapp = site.edxapp().await;
-    edxapp.query_drop("SET autocommit = 0").await.unwrap();
-    edxapp.query_drop("INSERT INTO auth_user (id, username) VALUES (99, 'dora')").await.unwrap();
-    edxapp.query_drop(edxapp_insert(5, "{}")).await.unwrap();
-    site.kill_csmh_connections().await;
-    let (code, message) = server_error(edxapp.query_drop("SET autocommit = 1").await);
-    assert_eq!(code, 1430, "{message}");
-    let found: Option<String> = edxapp.query_first(dora).await.unwrap();
-    assert_eq!(found, None, "the edxapp side was rolled back, not committed alone");
-    // Autocommit on, BEGIN, then DDL: the server commits before running it.
-    let mut edxapp = site.edxapp().await;
-    edxapp.query_drop("BEGIN").await.unwrap();
-    edxapp.query_drop("INSERT INTO auth_user (id, username) VALUES (99, 'dora')").await.unwrap();
-    edxapp.query_drop(edxapp_insert(5, "{}")).await.unwrap();
-    site.kill_csmh_connections().await;
-    let (code, message) = server_error(edxapp.query_drop("CREATE TABLE implicitly_committing (i INT)").await);
-    assert_eq!(code, 1430, "{message}");
-    let found: Option<String> = edxapp.query_first(dora).await.unwrap();
-    assert_eq!(found, None, "the edxapp side was rolled back, not committed alone");
-    let created: Option<u64> = edxapp
-        .query_first("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_NAME = 'implicitly_committing'")
-        .await
-        .unwrap();
+    for (begin, end) in [
+        // Autocommit off, turned back on: the server commits the transaction.
+        ("SET autocommit = 0", "SET autocommit = 1"),
+        // Autocommit on, BEGIN, then DDL: the server commits before running it.
+        ("BEGIN", "CREATE TABLE implicitly_committing (i INT)"),
+    ] {
+        let ((code, message), kept) = lose_the_csmh_side_then_end(&site, begin, end).await;
+        assert_eq!(code, 1430, "{end}: {message}");
+        assert!(!kept, "{end}: the edxapp side was rolled back, not committed alone");
+    }
+    let created = "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_NAME = 'implicitly_committing'";
+    let created: Option<u64> = site.root().await.query_first(created).await.unwrap();
     assert_eq!(created, Some(0), "the statement did not run");
     assert!(extended_rows(&site).await.is_empty());
     // Without a failure, both commit.
+    let mut edxapp = site.edxapp().await;
     edxapp.query_drop("SET autocommit = 0").await.unwrap();
     edxapp.query_drop("INSERT INTO auth_user (id, username) VALUES (99, 'dora')").await.unwrap();
     edxapp.query_drop(edxapp_insert(5, "kept")).await.unwrap();
