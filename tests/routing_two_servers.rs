@@ -345,6 +345,17 @@ async fn a_statement_that_commits_implicitly_commits_the_csmh_side_first_and_a_f
 }
 
 #[tokio::test]
+async fn a_user_variable_named_autocommit_commits_nothing() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop("SET autocommit = 0").await.unwrap();
+    edxapp.query_drop(edxapp_insert(5, "rolled back")).await.unwrap();
+    edxapp.query_drop("SET @autocommit = 1").await.unwrap();
+    edxapp.query_drop("ROLLBACK").await.unwrap();
+    assert!(extended_rows(&site).await.is_empty(), "the csmh side's part was rolled back with the rest");
+}
+
+#[tokio::test]
 async fn an_unreachable_csmh_server_is_an_error_for_the_statement_only() {
     let dbs = EdxDatabases::fresh_two_servers().await;
     dbs.create_edx_schema(false).await;

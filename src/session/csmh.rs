@@ -917,8 +917,16 @@ fn commits_implicitly(words: &[&str]) -> bool {
 /// transaction ([`Control::Commit`], the `csmh` side first); to 0, OFF or FALSE, or not naming it, changes
 /// nothing; to any other value (an expression, a variable, a string) it is not followed.
 fn autocommit_turned_on(tokens: &[Tok]) -> Option<Control> {
+    // `autocommit`, `@@autocommit`, `@@session.autocommit`; `@autocommit` is a user variable.
     let names_autocommit =
-        |t: &Tok| t.word().is_some_and(|w| w.trim_start_matches('@').eq_ignore_ascii_case("autocommit"));
+        |t: &Tok| t.word().is_some_and(|w| w.strip_prefix("@@").unwrap_or(w).eq_ignore_ascii_case("autocommit"));
+    if !tokens.iter().any(names_autocommit) {
+        return None;
+    }
+    let global = |t: &Tok| t.is_keyword("GLOBAL") || t.is_keyword("@@GLOBAL");
+    if tokens.iter().any(global) {
+        return Some(Control::Unfollowable("a SET GLOBAL naming autocommit"));
+    }
     let mut turned_on = false;
     for (at, _) in tokens.iter().enumerate().filter(|(_, t)| names_autocommit(t)) {
         let value = match tokens.get(at + 1..at + 3) {
@@ -1093,11 +1101,18 @@ mod tests {
             ("SET autocommit = 0", None),
             ("SET autocommit = OFF", None),
             ("SET time_zone = '+00:00'", None),
+            ("SET @autocommit = 1", None),
         ] {
             assert_eq!(transaction_control(sql.as_bytes(), false, Escaping::Backslashes), control, "{sql}");
             assert_eq!(transaction_control(sql.as_bytes(), true, Escaping::Backslashes), None, "already on: {sql}");
         }
-        for sql in [&b"SET autocommit = @on"[..], b"SET autocommit = '1'", b"SET autocommit = DEFAULT"] {
+        for sql in [
+            &b"SET autocommit = @on"[..],
+            b"SET autocommit = '1'",
+            b"SET autocommit = DEFAULT",
+            b"SET GLOBAL autocommit = 1",
+            b"SET @@global.autocommit = 1",
+        ] {
             assert!(unfollowable(sql, false), "{}", String::from_utf8_lossy(sql));
         }
         assert_eq!(transaction_control(b"CREATE TEMPORARY TABLE t (a INT)", false, Escaping::Backslashes), None);
