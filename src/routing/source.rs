@@ -222,17 +222,13 @@ pub fn bound_to_the_session(tokens: &[Tok]) -> Option<String> {
             Token::Word(w) if w.quote_style.is_none() => &w.value,
             _ => return None,
         };
-        let upper = word.to_ascii_uppercase();
+        let among = |names: &[&str]| names.iter().any(|name| name.eq_ignore_ascii_case(word));
         let called = tokens.get(i + 1).is_some_and(|next| next.token.token == Token::LParen);
         let bound = match word.strip_prefix("@@") {
             Some(variable) => !is_applied_setting(variable, &tokens[i + 1..]),
-            None => {
-                word.starts_with('@')
-                    || SESSION_KEYWORDS.contains(&upper.as_str())
-                    || (called && SESSION_FUNCTIONS.contains(&upper.as_str()))
-            }
+            None => word.starts_with('@') || among(&SESSION_KEYWORDS) || (called && among(&SESSION_FUNCTIONS)),
         };
-        bound.then_some(upper)
+        bound.then(|| word.to_ascii_uppercase())
     })
 }
 
