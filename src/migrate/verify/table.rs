@@ -15,10 +15,12 @@ use crate::migrate::{ER_NO_SUCH_TABLE, MigrateError};
 /// the integer columns (INT in the old table, BIGINT UNSIGNED in the extended one) print alike; `created` is
 /// printed with microseconds whatever its column's precision, so an old table whose `created` is a `datetime`
 /// without fractional seconds (as installs from before Django 1.8 have it) hashes like the extended table's
-/// `datetime(6)` copy of it.
+/// `datetime(6)` copy of it. `state` enters by its own MD5: joined whole, a state longer than the server's
+/// `max_allowed_packet` made `CONCAT_WS` NULL (with a warning), and `BIT_XOR` skips a NULL, so such a row was
+/// compared by nothing.
 const ROW_HASH: &str = "CAST(CONV(LEFT(MD5(CONCAT_WS('#', `id`, CONVERT(`version` USING utf8mb4), \
      CAST(`created` AS DATETIME(6)), \
-     CONVERT(`state` USING utf8mb4), `grade`, `max_grade`, `student_module_id`, \
+     MD5(CONVERT(`state` USING utf8mb4)), `grade`, `max_grade`, `student_module_id`, \
      CONCAT(ISNULL(`version`), ISNULL(`state`), ISNULL(`grade`), ISNULL(`max_grade`)), \
      CHAR_LENGTH(`version`), CHAR_LENGTH(`state`))), 16), 16, 10) AS UNSIGNED)";
 
