@@ -344,6 +344,52 @@ async fn a_statement_that_commits_implicitly_commits_the_csmh_side_first_and_a_f
     assert_eq!(module_4_states(&site).await, ["kept"]);
 }
 
+/// In a transaction begun with `begin` that wrote a user on `edxapp` and a history row on the `csmh` server, runs
+/// `statement`, then ROLLBACK: the statement's error code if it had one, and whether the user and the history row
+/// were kept. The transaction's two parts are left as one server would leave them: both kept or both gone.
+async fn ends_together(site: &Site, begin: &str, statement: &str) -> (Option<u16>, (bool, bool)) {
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop(begin).await.unwrap();
+    edxapp.query_drop("INSERT INTO auth_user (id, username) VALUES (99, 'dora')").await.unwrap();
+    edxapp.query_drop(edxapp_insert(5, "{}")).await.unwrap();
+    let code = match edxapp.query_drop(statement).await {
+        Ok(()) => None,
+        Err(error) => Some(server_error::<()>(Err(error)).0),
+    };
+    edxapp.query_drop("ROLLBACK").await.unwrap();
+    let user: Option<String> = edxapp.query_first("SELECT username FROM auth_user WHERE id = 99").await.unwrap();
+    let history = !extended_rows(site).await.is_empty();
+    site.root()
+        .await
+        .query_drop(format!("DELETE FROM `{}`.auth_user WHERE id = 99", site.dbs.edxapp_db))
+        .await
+        .unwrap();
+    site.csmh_root().await.query_drop(format!("DELETE FROM {}", site.extended())).await.unwrap();
+    (code, (user.is_some(), history))
+}
+
+#[tokio::test]
+async fn a_statement_that_ends_the_transaction_on_one_server_only_is_refused_or_ends_it_on_both() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let (rolled_back, committed) = ((false, false), (true, true));
+    for (begin, statement, code, kept) in [
+        // Commits nothing, although its first word is DROP.
+        ("BEGIN", "DROP PREPARE no_such_statement", Some(1243), rolled_back),
+        // Ends the transaction in a way the proxy cannot follow: refused, unrun.
+        ("BEGIN", "SET STATEMENT max_statement_time = 0 FOR ROLLBACK", Some(1235), rolled_back),
+        ("SET autocommit = 0", "SET autocommit = 2", Some(1235), rolled_back),
+        ("SET autocommit = 0", "SET autocommit = 1 - 1", Some(1235), rolled_back),
+        // Refused by the server before it commits, or not committing there (MySQL commits for CACHE INDEX,
+        // MariaDB does not): the csmh side committed first, so edxapp's part is committed too.
+        ("SET autocommit = 0", "SET autocommit = 1, sql_mode = 'NO_SUCH_MODE'", Some(1231), committed),
+        ("BEGIN", "CREATE TABLE refused_unparsed (", Some(1064), committed),
+        ("BEGIN", "CACHE INDEX auth_user IN default", None, committed),
+    ] {
+        let ended = ends_together(&site, begin, statement).await;
+        assert_eq!(ended, (code, kept), "{begin}; {statement}: (error, (user kept, history kept))");
+    }
+}
+
 #[tokio::test]
 async fn a_user_variable_named_autocommit_commits_nothing() {
     let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;

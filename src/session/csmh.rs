@@ -95,6 +95,9 @@ pub(super) struct CsmhLink {
     failed: u64,
     /// The client reached the proxy over TLS, so the `csmh` connection must be encrypted too.
     client_tls: bool,
+    /// The `csmh` side committed ahead of the client statement running on `edxapp` now, which ends the transaction
+    /// as this says: checked against `edxapp`'s answer ([`CsmhLink::follow_transaction_end`]).
+    committed_ahead: Option<Ending>,
 }
 
 /// The proxy's open connection to the `csmh` server for one client session.
@@ -243,7 +246,9 @@ impl CsmhError {
 enum Control {
     /// COMMIT; also BEGIN and START TRANSACTION, which commit the transaction before beginning the next, the
     /// statements that commit implicitly (see [`commits_implicitly`]), and with autocommit off a SET turning it on.
-    Commit,
+    /// The `csmh` side commits first; how `edxapp`'s answer tells that the statement committed there too is the
+    /// [`Ending`].
+    Commit(Ending),
     Rollback,
     Savepoint(String),
     RollbackTo(String),
@@ -251,6 +256,21 @@ enum Control {
     /// A query whose end of the transaction the `csmh` side could not follow (it may roll back, or commit with
     /// no sign of it in the answer): refused, unrun, while that side holds part of the transaction.
     Unfollowable(&'static str),
+}
+
+/// How `edxapp`'s answer to a statement the `csmh` side committed ahead of ([`Control::Commit`]) tells whether the
+/// statement committed there too. When it did not (the server refused it before its commit: a syntax error, a
+/// missing privilege, a SET of a value it does not take; or it is not one the server commits for), `edxapp`'s part
+/// is committed by the proxy, as the `csmh` side's already is: the client's transaction ends committed on both
+/// servers, never on one only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// COMMIT, BEGIN, START TRANSACTION: an OK says it committed (a transaction open after it is the next one,
+    /// begun by the statement).
+    Explicit,
+    /// A statement that commits implicitly, or a SET turning autocommit on: an OK says it committed unless a
+    /// transaction is still open after it.
+    Implicit,
 }
 
 /// The first words of statements that commit the transaction implicitly (MariaDB's and MySQL's lists), but
@@ -496,7 +516,7 @@ impl CsmhLink {
                      server (the csmh server could not follow how it ends): COMMIT or ROLLBACK first"
                 ))));
             }
-            Control::Commit => csmh.end(b"COMMIT").await.inspect_err(|error| {
+            Control::Commit(_) => csmh.end(b"COMMIT").await.inspect_err(|error| {
                 if let CsmhError::Query(QueryError::Io(_)) = error {
                     tracing::error!(
                         "the csmh server's answer to COMMIT was lost: if it committed, the extended table holds \
@@ -518,7 +538,12 @@ impl CsmhLink {
             Control::Release(name) => csmh.savepoint(b"RELEASE SAVEPOINT", name).await.map(drop),
         };
         match outcome {
-            Ok(()) => Ok(None),
+            Ok(()) => {
+                if let Control::Commit(ending) = control {
+                    self.committed_ahead = Some(ending);
+                }
+                Ok(None)
+            }
             // The side's part is gone with its connection, so edxapp's goes too (after a failed COMMIT the
             // connection no longer counts a transaction, so this is not `fail`).
             Err(error) => {
@@ -540,6 +565,10 @@ impl CsmhLink {
     /// commit has lost its part of a transaction `edxapp` committed. Either is the error the client's next
     /// statement gets instead of running, as the client has had its statement's OK.
     pub async fn follow_transaction_end(&mut self, edxapp: &mut Edxapp) -> Result<Option<MysqlError>, SessionError> {
+        if let Some(ending) = self.committed_ahead.take() {
+            commit_unless_ended(ending, edxapp).await?;
+            return Ok(None);
+        }
         let Some(csmh) = self.open.as_mut().filter(|c| c.transaction.is_open()) else { return Ok(None) };
         let carried_out = match std::mem::replace(&mut csmh.transaction, Transaction::Open) {
             Transaction::Awaiting(step) if edxapp.last_error.is_none() => Some(step),
@@ -582,6 +611,26 @@ impl CsmhLink {
         error.message.push_str(COMMITTED_WITHOUT_CSMH);
         error
     }
+}
+
+/// After a statement the `csmh` side committed ahead of ran on `edxapp`: if its answer does not say it committed
+/// there ([`Ending`]), commits `edxapp`'s part of the transaction, so that the transaction ends on both servers.
+/// The client has the statement's own answer.
+async fn commit_unless_ended(ending: Ending, edxapp: &mut Edxapp) -> Result<(), SessionError> {
+    let committed = edxapp.last_error.is_none() && (ending == Ending::Explicit || !edxapp.transaction_open());
+    if committed {
+        return Ok(());
+    }
+    warn!(
+        error = edxapp.last_error,
+        "a statement that ends the transaction did not commit on edxapp after the csmh side committed its part: \
+         committing edxapp's part too"
+    );
+    if let Reply::Err(error) = edxapp.query(b"COMMIT").await? {
+        tracing::error!(code = error.code, message = %error.message, "edxapp refused the COMMIT: the client's \
+            transaction is committed on the csmh server and open on edxapp");
+    }
+    Ok(())
 }
 
 impl CsmhConnection {
@@ -864,14 +913,15 @@ fn control_of(tokens: &[Tok], source: &Source<'_>, autocommit: bool, escaping: E
     let words: Vec<String> = word_tokens.iter().filter_map(|t| t.word().map(str::to_ascii_uppercase)).collect();
     let raw_name = |i: usize| word_tokens.get(i).and_then(|t| t.word()).map(str::to_owned);
     match words.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["COMMIT", ..] => Some(Control::Commit),
+        ["COMMIT", ..] => Some(Control::Commit(Ending::Explicit)),
         ["BEGIN", "NOT", "ATOMIC", ..] => Some(Control::Unfollowable("a compound statement")),
-        ["BEGIN", ..] | ["START", "TRANSACTION", ..] => Some(Control::Commit),
+        ["BEGIN", ..] | ["START", "TRANSACTION", ..] => Some(Control::Commit(Ending::Explicit)),
+        ["SET", "STATEMENT", ..] => Some(Control::Unfollowable("SET STATEMENT … FOR")),
         ["XA", ..] => Some(Control::Unfollowable("XA statements")),
         ["CALL", ..] => Some(Control::Unfollowable("a stored procedure")),
         ["EXECUTE", ..] => Some(Control::Unfollowable("EXECUTE")),
         ["UNLOCK", ..] if !autocommit => Some(Control::Unfollowable("UNLOCK TABLES with autocommit off")),
-        words if commits_implicitly(words) => Some(Control::Commit),
+        words if commits_implicitly(words) => Some(Control::Commit(Ending::Implicit)),
         ["SET", ..] if !autocommit => autocommit_turned_on(tokens),
         ["ROLLBACK", ..] => rollback(&word_tokens),
         ["SAVEPOINT", ..] => raw_name(1).map(Control::Savepoint),
@@ -900,11 +950,13 @@ fn rollback(words: &[&Tok]) -> Option<Control> {
 
 /// Whether a statement whose words (upper case) are `words` commits the transaction implicitly, but BEGIN and
 /// START TRANSACTION. The `csmh` side commits first, as for a COMMIT, so that a failure there rolls both sides
-/// back and the statement does not run (the server commits before running such a statement; only one it refuses
-/// unparsed leaves the transaction open). `CREATE TEMPORARY` and `DROP TEMPORARY` do not commit.
+/// back and the statement does not run (the server commits before running such a statement; one it refuses
+/// before that, or does not commit for, is followed by a COMMIT of the proxy's: [`Ending::Implicit`]).
+/// `CREATE TEMPORARY` and `DROP TEMPORARY` do not commit, nor `DROP PREPARE`.
 fn commits_implicitly(words: &[&str]) -> bool {
     match words {
         ["CREATE" | "DROP", ..] if words.iter().take(4).any(|word| *word == "TEMPORARY") => false,
+        ["DROP", "PREPARE", ..] => false,
         // MariaDB's ANALYZE of a SELECT, UPDATE or DELETE runs it; only ANALYZE TABLE commits.
         ["ANALYZE", second, ..] => matches!(*second, "TABLE" | "LOCAL" | "NO_WRITE_TO_BINLOG"),
         ["LOAD", "INDEX", ..] | ["SET", "PASSWORD", ..] | ["START", ..] => true,
@@ -915,7 +967,7 @@ fn commits_implicitly(words: &[&str]) -> bool {
 
 /// The control of a SET statement run with autocommit off: setting `autocommit` to 1, ON or TRUE commits the
 /// transaction ([`Control::Commit`], the `csmh` side first); to 0, OFF or FALSE, or not naming it, changes
-/// nothing; to any other value (an expression, a variable, a string) it is not followed.
+/// nothing; to any other value (an expression, a variable, a string, a number but 0 and 1) it is not followed.
 fn autocommit_turned_on(tokens: &[Tok]) -> Option<Control> {
     // `autocommit`, `@@autocommit`, `@@session.autocommit`; `@autocommit` is a user variable.
     let names_autocommit =
@@ -933,19 +985,28 @@ fn autocommit_turned_on(tokens: &[Tok]) -> Option<Control> {
             Some([assign, value]) if matches!(assign.token.token, Token::Eq | Token::Assignment) => value,
             _ => return Some(Control::Unfollowable("a SET of autocommit the proxy cannot read")),
         };
+        // The value is the whole expression: the next assignment, or the statement's end, comes after it.
+        let ends = |t: &Tok| matches!(t.token.token, Token::Comma | Token::SemiColon | Token::EOF);
+        if !tokens.get(at + 3).is_none_or(ends) {
+            return Some(Control::Unfollowable("a SET of autocommit to a value other than 0, 1, ON or OFF"));
+        }
         match autocommit_value(value) {
             Some(on) => turned_on |= on,
             None => return Some(Control::Unfollowable("a SET of autocommit to a value other than 0, 1, ON or OFF")),
         }
     }
-    turned_on.then_some(Control::Commit)
+    turned_on.then_some(Control::Commit(Ending::Implicit))
 }
 
 /// Whether `value`, assigned to autocommit, turns it on; `None` for what is not a plain 0, 1, ON, OFF, TRUE or
-/// FALSE.
+/// FALSE (the server refuses other numbers).
 fn autocommit_value(value: &Tok) -> Option<bool> {
     match &value.token.token {
-        Token::Number(number, _) => number.parse::<u64>().ok().map(|number| number != 0),
+        Token::Number(number, _) => match number.as_str() {
+            "0" => Some(false),
+            "1" => Some(true),
+            _ => None,
+        },
         Token::Word(word) if word.quote_style.is_none() => match word.value.to_ascii_uppercase().as_str() {
             "ON" | "TRUE" => Some(true),
             "OFF" | "FALSE" => Some(false),
@@ -1037,7 +1098,10 @@ mod tests {
 
     #[test]
     fn recognises_djangos_transaction_statements() {
-        assert_eq!(transaction_control(b"COMMIT", true, Escaping::Backslashes), Some(Control::Commit));
+        assert_eq!(
+            transaction_control(b"COMMIT", true, Escaping::Backslashes),
+            Some(Control::Commit(Ending::Explicit))
+        );
         assert_eq!(transaction_control(b"rollback", true, Escaping::Backslashes), Some(Control::Rollback));
         assert_eq!(
             transaction_control(b"SAVEPOINT `s1403_x1`", true, Escaping::Backslashes),
@@ -1068,12 +1132,12 @@ mod tests {
         assert_eq!(transaction_control(b"COMMITTED_READS", true, Escaping::Backslashes), None);
         assert_eq!(
             transaction_control(b"BEGIN", true, Escaping::Backslashes),
-            Some(Control::Commit),
+            Some(Control::Commit(Ending::Explicit)),
             "BEGIN commits the one before"
         );
         assert_eq!(
             transaction_control(b"start transaction read only", false, Escaping::Backslashes),
-            Some(Control::Commit)
+            Some(Control::Commit(Ending::Explicit))
         );
         let unfollowable = |sql: &[u8], autocommit| {
             matches!(transaction_control(sql, autocommit, Escaping::Backslashes), Some(Control::Unfollowable(_)))
@@ -1091,13 +1155,18 @@ mod tests {
         for sql in [&b"CREATE TABLE t (a INT)"[..], b"truncate table t", b"LOCK TABLES t WRITE", b"SET PASSWORD = ''"] {
             for autocommit in [false, true] {
                 let commit = transaction_control(sql, autocommit, Escaping::Backslashes);
-                assert_eq!(commit, Some(Control::Commit), "{}: commits implicitly", String::from_utf8_lossy(sql));
+                assert_eq!(
+                    commit,
+                    Some(Control::Commit(Ending::Implicit)),
+                    "{}: commits implicitly",
+                    String::from_utf8_lossy(sql)
+                );
             }
         }
         for (sql, control) in [
-            ("SET autocommit = 1", Some(Control::Commit)),
-            ("set @@session.AUTOCOMMIT := ON, sql_mode = ''", Some(Control::Commit)),
-            ("SET SESSION autocommit = true", Some(Control::Commit)),
+            ("SET autocommit = 1", Some(Control::Commit(Ending::Implicit))),
+            ("set @@session.AUTOCOMMIT := ON, sql_mode = ''", Some(Control::Commit(Ending::Implicit))),
+            ("SET SESSION autocommit = true", Some(Control::Commit(Ending::Implicit))),
             ("SET autocommit = 0", None),
             ("SET autocommit = OFF", None),
             ("SET time_zone = '+00:00'", None),
@@ -1112,9 +1181,21 @@ mod tests {
             b"SET autocommit = DEFAULT",
             b"SET GLOBAL autocommit = 1",
             b"SET @@global.autocommit = 1",
+            b"SET autocommit = 2",
+            b"SET autocommit = 1 - 1",
+            b"SET autocommit = 1 AND 0, sql_mode = ''",
+            b"SET autocommit = ON OR 0",
         ] {
             assert!(unfollowable(sql, false), "{}", String::from_utf8_lossy(sql));
         }
+        for autocommit in [false, true] {
+            let set_statement = b"SET STATEMENT max_statement_time = 0 FOR ROLLBACK";
+            assert!(unfollowable(set_statement, autocommit), "SET STATEMENT runs a statement the proxy does not read");
+            let drop = transaction_control(b"DROP PREPARE s1", autocommit, Escaping::Backslashes);
+            assert_eq!(drop, None, "DROP PREPARE commits nothing");
+        }
+        let ended = transaction_control(b"SET autocommit = 1;", false, Escaping::Backslashes);
+        assert_eq!(ended, Some(Control::Commit(Ending::Implicit)));
         assert_eq!(transaction_control(b"CREATE TEMPORARY TABLE t (a INT)", false, Escaping::Backslashes), None);
         for sql in [
             &b"CREATE OR REPLACE TEMPORARY TABLE t (a INT)"[..],
@@ -1143,7 +1224,7 @@ mod tests {
             assert_eq!(seen, prepared_controls, "{}", String::from_utf8_lossy(sql));
         }
         let commit = transaction_control(b"ANALYZE TABLE t", false, Escaping::Backslashes);
-        assert_eq!(commit, Some(Control::Commit));
+        assert_eq!(commit, Some(Control::Commit(Ending::Implicit)));
         assert!(unfollowable(b"UNLOCK TABLES", false), "commits only if tables are locked");
         assert!(unfollowable(b"SELECT 'unterminated", true), "not read, not run");
         // latin1 reads 0xA0 as a space, the tokenizer as a letter of one word.
