@@ -179,9 +179,16 @@ async fn what_would_change_one_table_alone_or_each_table_apart_is_refused_and_ch
     let site = Site::new(Stage::ExtendedTableReadingBoth.flags()).await;
     let mut edxapp = site.edxapp().await;
     edxapp.query_drop(edxapp_insert(1, "{\"new\": true}")).await.unwrap();
+    let new_id = edxapp.last_insert_id().unwrap();
     site.copy_to_extended(&[7, 13]).await;
     let before = site.both_tables().await;
     for sql in [
+        // The extended row moved to an old row's id would hide it (one table answers 1062).
+        format!("UPDATE `{OLD}` SET `id` = 2 WHERE `id` = {new_id}"),
+        format!(
+            "INSERT INTO `{OLD}` (`version`, `created`, `state`, `student_module_id`) VALUES (NULL, NOW(), 'x', 1) \
+             ON DUPLICATE KEY UPDATE `id` = 2"
+        ),
         format!("DELETE FROM `{OLD}` WHERE `student_module_id` = 1 ORDER BY `id` LIMIT 1"),
         format!("UPDATE `{OLD}` SET `version` = 'limited' WHERE `student_module_id` = 1 ORDER BY `id` DESC LIMIT 1"),
         format!("DELETE FROM `{OLD}` WHERE `student_module_id` = 1 RETURNING `id`"),

@@ -7,8 +7,8 @@
 use std::ops::ControlFlow;
 
 use sqlparser::ast::{
-    AssignmentTarget, Delete, Expr, FromTable, ObjectName, Query, SelectItem, SetExpr, Statement, TableFactor,
-    TableObject, TableWithJoins, Update, UpdateTableFromKind, Value, Visit, Visitor,
+    Assignment, AssignmentTarget, Delete, Expr, FromTable, Insert, ObjectName, OnInsert, Query, SelectItem, SetExpr,
+    Statement, TableFactor, TableObject, TableWithJoins, Update, UpdateTableFromKind, Value, Visit, Visitor,
 };
 use sqlparser::tokenizer::Location;
 
@@ -271,15 +271,40 @@ impl ReadCollector<'_> {
     }
 }
 
-/// Whether an INSERT (or REPLACE) into the old table gives its `id` a value of its own: a column list, a
-/// positional row (whose first value is the id, in the old table's order) or a `SET` naming `id`, with a value
-/// other than `NULL` or `DEFAULT` (which let the table number the row), or rows from a SELECT. Read from token
-/// kinds and keywords only, never from a literal's value.
-pub fn inserts_an_id(statement: &Statement) -> bool {
-    let Statement::Insert(insert) = statement else { return false };
-    let id = COLUMNS[0];
-    let is_id =
-        |name: &ObjectName| name.0.last().and_then(|p| p.as_ident()).is_some_and(|i| i.value.eq_ignore_ascii_case(id));
+/// Whether a write of the old table gives a row's `id` a value of its own: an INSERT (or REPLACE) with a column
+/// list, a positional row (whose first value is the id, in the old table's order) or a `SET` naming `id`, with a
+/// value other than `NULL` or `DEFAULT` (which let the table number the row), or rows from a SELECT; an INSERT's
+/// `ON DUPLICATE KEY UPDATE` or an UPDATE assigning `id` at all. Read from token kinds and keywords only, never
+/// from a literal's value.
+pub fn sets_an_id(statement: &Statement) -> bool {
+    match statement {
+        Statement::Insert(insert) => {
+            let updates_id = match &insert.on {
+                Some(OnInsert::DuplicateKeyUpdate(assignments)) => assigns_id(assignments),
+                _ => false,
+            };
+            updates_id || inserts_an_id(insert)
+        }
+        Statement::Update(update) => assigns_id(&update.assignments),
+        _ => false,
+    }
+}
+
+/// Whether `name` is the `id` column, bare or qualified.
+fn is_id(name: &ObjectName) -> bool {
+    name.0.last().and_then(|p| p.as_ident()).is_some_and(|i| i.value.eq_ignore_ascii_case(COLUMNS[0]))
+}
+
+/// Whether `assignments` (of an UPDATE, or an INSERT's `ON DUPLICATE KEY UPDATE`) set `id`, whatever to.
+fn assigns_id(assignments: &[Assignment]) -> bool {
+    assignments.iter().any(|a| match &a.target {
+        AssignmentTarget::ColumnName(name) => is_id(name),
+        AssignmentTarget::Tuple(_) => true,
+    })
+}
+
+/// The INSERT part of [`sets_an_id`]: whether the rows it inserts have ids of their own.
+fn inserts_an_id(insert: &Insert) -> bool {
     if !insert.assignments.is_empty() {
         return insert.assignments.iter().any(|a| match &a.target {
             AssignmentTarget::ColumnName(name) => is_id(name) && !numbers_itself(&a.value),

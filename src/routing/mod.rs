@@ -567,16 +567,17 @@ impl Plan<'_, '_> {
     }
 
     /// While both tables are read, a read finds an id in the extended table before the old one: an INSERT into
-    /// the extended table with an id of its own could hide an old row with that id (where the old table would
-    /// have answered 1062, duplicate entry), and the copy of that row would then find its id taken. Refused;
-    /// without an id the extended table numbers the row above every old id (`csmh-proxy init`).
+    /// the extended table with an id of its own, or an UPDATE moving a row to another id, could hide an old row
+    /// with that id (where the old table would have answered 1062, duplicate entry), and the copy of that row
+    /// would then find its id taken. Refused; without an id the extended table numbers the row above every old
+    /// id (`csmh-proxy init`).
     fn check_no_id_may_hide_an_old_row(&self) -> Result<(), Unroutable> {
         let reads_both = self.router.table.route(StatementKind::Select) == Target::BothTables;
-        if reads_both && classify::inserts_an_id(self.statement) {
+        if reads_both && classify::sets_an_id(self.statement) {
             return Err(Unroutable::new(
-                "an INSERT into the history table with an id of its own, while both tables are read: the old \
-                 table may hold a row with that id, which the new row would hide; leave the id to the table (omit \
-                 it, or give NULL or DEFAULT)",
+                "a write giving a history row an id of its own (an INSERT naming the id, an UPDATE of the id), \
+                 while both tables are read: the old table may hold a row with that id, which the row would hide; \
+                 leave the id to the table (omit it, or give NULL or DEFAULT)",
             ));
         }
         Ok(())
@@ -691,6 +692,7 @@ impl Plan<'_, '_> {
         match &self.shape.write {
             Some(write @ Write::UpdateDelete { .. }) => {
                 self.check_each_table_may_answer_alone()?;
+                self.check_no_id_may_hide_an_old_row()?;
                 let (extended, inline) = self.finish(self.extended_write(write)?)?;
                 let old = self.tables_qualified().render_all()?;
                 Ok(Route::FanOut(FanOut::Writes { old, extended, inline, on: self.extended_server() }))
