@@ -71,6 +71,12 @@ async fn what_would_read_the_proxys_session_or_an_edxapp_table_on_the_csmh_serve
         format!("UPDATE `{OLD}` SET `version` = 'by a variable' WHERE `student_module_id` = @module"),
         format!("SELECT `id` INTO @id FROM `{OLD}` WHERE `id` = {new_id}"),
         format!("SELECT CURRENT_USER(), `id` FROM `{OLD}`"),
+        format!("SELECT `DATABASE`(), `id` FROM `{OLD}`"),
+        format!("SELECT SQL_CALC_FOUND_ROWS `id` FROM `{OLD}` WHERE `student_module_id` = 2 LIMIT 1"),
+        format!(
+            "SELECT `h`.`id` FROM `{OLD}` AS `h` WHERE `h`.`student_module_id` IN (SELECT U0.`id` FROM \
+             courseware_studentmodule U0 WHERE U0.`id` = h.`student_module_id`)"
+        ),
         format!(
             "SELECT `student_module_id` FROM `{OLD}` WHERE `id` = {new_id} UNION SELECT `id` FROM \
              courseware_studentmodule WHERE `id` = 1"

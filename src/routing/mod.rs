@@ -655,13 +655,17 @@ impl Plan<'_, '_> {
     }
 
     /// Whether the bytes in `range` qualify a column with a name the statement reads the history table by (`h.`
-    /// for `… AS h`), compared without case: a subquery there is correlated, and run on `edxapp` alone it would
+    /// or `` `h`. `` for `… AS h` or ``… AS `h` ``), compared unquoted and without case: a subquery there is correlated, and run on `edxapp` alone it would
     /// not know the name.
     fn refers_to_a_read(&self, range: &Range<usize>) -> bool {
-        let names: Vec<&[u8]> =
-            self.shape.reads.iter().map(|read| rewrite::read_alias(read, self.source, self.tokens)).collect();
+        let names: Vec<String> = self
+            .shape
+            .reads
+            .iter()
+            .map(|read| rewrite::unquoted(rewrite::read_alias(read, self.source, self.tokens)))
+            .collect();
         self.tokens.windows(2).any(|pair| {
-            let name = &self.source.bytes()[pair[0].range.clone()];
+            let name = pair[0].word().unwrap_or_default();
             range.contains(&pair[0].range.start)
                 && pair[1].is_period()
                 && names.iter().any(|known| known.eq_ignore_ascii_case(name))

@@ -166,6 +166,15 @@ pub fn read_alias<'s>(read: &Read, source: &Source<'s>, tokens: &[Tok]) -> &'s [
     &source.bytes()[range]
 }
 
+/// A name as written (`h`, `` `h` ``, `` `a``b` ``) without its backquotes: the name the server compares.
+pub fn unquoted(name: &[u8]) -> String {
+    let name = String::from_utf8_lossy(name);
+    match name.strip_prefix('`').and_then(|inner| inner.strip_suffix('`')) {
+        Some(inner) => inner.replace("``", "`"),
+        None => name.into_owned(),
+    }
+}
+
 /// The byte range of the condition of the WHERE clause that follows the table factor ending at byte `after`.
 pub fn where_condition(tokens: &[Tok], after: usize) -> Result<Range<usize>, Unroutable> {
     let lost = || Unroutable::new("cannot locate the WHERE clause next to the history table");

@@ -194,8 +194,9 @@ const SESSION_FUNCTIONS: [&str; 21] = [
     "USER",
 ];
 
-/// Session functions the server also reads without parentheses.
-const SESSION_KEYWORDS: [&str; 2] = ["CURRENT_ROLE", "CURRENT_USER"];
+/// Words that read or set the session without parentheses: session functions the server also reads so, and
+/// `SQL_CALC_FOUND_ROWS`, which leaves a count for the session's next `FOUND_ROWS()`.
+const SESSION_KEYWORDS: [&str; 3] = ["CURRENT_ROLE", "CURRENT_USER", "SQL_CALC_FOUND_ROWS"];
 
 /// The session's system variables that the proxy sets on its `csmh` connection to the client's values before a
 /// statement runs there (`session/csmh.rs` reads and applies them), so a statement may read them there.
@@ -213,18 +214,21 @@ pub const SETTINGS_APPLIED_ON_CSMH: [&str; 9] = [
 
 /// The first thing in `tokens` whose value belongs to the session that evaluates it: a user variable (`@v`,
 /// `@'v'`), a system variable (`@@v`, `@@global.v`) but the settings of [`SETTINGS_APPLIED_ON_CSMH`], or one of
-/// [`SESSION_FUNCTIONS`] and [`SESSION_KEYWORDS`]. Run on another server's connection (the proxy's own, logged in
-/// with its account), such a statement would read that session and server, not the client's.
+/// [`SESSION_FUNCTIONS`] (called by its name bare or quoted: the server reads `` `DATABASE`() `` as the built-in)
+/// and [`SESSION_KEYWORDS`]. Run on another server's connection (the proxy's own, logged in with its account),
+/// such a statement would read that session and server, not the client's.
 pub fn bound_to_the_session(tokens: &[Tok]) -> Option<String> {
     tokens.iter().enumerate().find_map(|(i, t)| {
-        let word = match &t.token.token {
+        let called = tokens.get(i + 1).is_some_and(|next| next.token.token == Token::LParen);
+        let (word, quoted) = match &t.token.token {
             Token::AtSign | Token::AtAt => return Some("@".to_owned()),
-            Token::Word(w) if w.quote_style.is_none() => &w.value,
+            Token::Word(w) => (&w.value, w.quote_style.is_some()),
+            Token::DoubleQuotedString(name) if called => (name, true),
             _ => return None,
         };
         let among = |names: &[&str]| names.iter().any(|name| name.eq_ignore_ascii_case(word));
-        let called = tokens.get(i + 1).is_some_and(|next| next.token.token == Token::LParen);
         let bound = match word.strip_prefix("@@") {
+            _ if quoted => called && among(&SESSION_FUNCTIONS),
             Some(variable) => !is_applied_setting(variable, &tokens[i + 1..]),
             None => word.starts_with('@') || among(&SESSION_KEYWORDS) || (called && among(&SESSION_FUNCTIONS)),
         };

@@ -653,6 +653,9 @@ fn on_two_servers_what_would_read_the_proxys_session_there_is_refused() {
         format!("SELECT id FROM {h} WHERE id = 1 INTO OUTFILE '/tmp/x'"),
         format!("UPDATE {h} SET version = 'v' WHERE student_module_id = @sm"),
         format!("INSERT INTO {h} (state, student_module_id) VALUES (USER(), LAST_INSERT_ID())"),
+        format!("SELECT `DATABASE`(), id FROM {h}"),
+        format!("SELECT `connection_id` (), id FROM {h}"),
+        format!("SELECT SQL_CALC_FOUND_ROWS id FROM {h} WHERE student_module_id = 2 LIMIT 1"),
     ] {
         for flags in [(true, true, false), (true, false, false), (true, false, true)] {
             let two = router(flags.0, flags.1, flags.2, Topology::TwoServers);
@@ -684,6 +687,11 @@ fn on_two_servers_a_correlated_subquery_is_refused_not_run_on_edxapp_alone() {
          WHERE U0.id = H.student_module_id)"
     );
     assert_eq!(code(&two.route(sql.as_bytes())), 1235);
+    let quoted = format!(
+        "SELECT `h`.id FROM {OLD} AS `h` WHERE `h`.student_module_id IN (SELECT U0.id FROM courseware_studentmodule \
+         U0 WHERE U0.id = h.student_module_id)"
+    );
+    assert_eq!(code(&two.route(quoted.as_bytes())), 1235, "the alias quoted in one place and not the other");
     let uncorrelated = format!(
         "SELECT h.id FROM {OLD} h WHERE h.student_module_id IN (SELECT U0.id FROM courseware_studentmodule U0 \
          WHERE U0.student_id = 7)"
