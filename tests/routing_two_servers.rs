@@ -421,6 +421,10 @@ async fn an_unreachable_csmh_server_is_an_error_for_the_statement_only() {
     assert!(message.contains("csmh"), "{message}");
     let one: Option<i64> = edxapp.query_first("SELECT 1").await.unwrap();
     assert_eq!(one, Some(1));
+    // A connection that never opened is a connect error, not a connection lost (which alerts on failovers).
+    let metrics = &proxy.shared().metrics;
+    let csmh = csmh_proxy::topology::Server::Csmh;
+    assert_eq!((metrics.backend_connect_errors(csmh), metrics.backend_query_errors(csmh)), (1, 0));
 }
 
 /// The old table's columns, in its order, as edxapp's statements name them.

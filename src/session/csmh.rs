@@ -431,8 +431,9 @@ impl CsmhLink {
     /// then give up too).
     pub fn close(&mut self, failure: &CsmhError) -> bool {
         warn!(error = %failure, "the csmh connection failed");
-        self.failed += 1;
-        self.open.take().is_some_and(|c| c.transaction.is_open())
+        let lost = self.open.take();
+        self.failed += u64::from(lost.is_some());
+        lost.is_some_and(|c| c.transaction.is_open())
     }
 
     /// Records that the server rolled back the transaction the connection held (after a deadlock).
@@ -442,7 +443,8 @@ impl CsmhLink {
         }
     }
 
-    /// How many of the link's connections failed (for the metrics).
+    /// How many of the link's open connections failed (for the metrics): lost, or broken by the server; a
+    /// connection that could not be opened is counted apart, as a connect error.
     pub fn failures(&self) -> u64 {
         self.failed
     }
