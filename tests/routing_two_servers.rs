@@ -112,6 +112,31 @@ async fn the_clients_session_settings_apply_on_the_csmh_server() {
 }
 
 #[tokio::test]
+async fn a_read_only_transaction_or_session_cannot_write_history_on_the_csmh_server() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    // The client's grants for an INSERT are checked (and remembered) before the read-only transactions: the
+    // check, a prepare on edxapp, is not what refuses their writes.
+    edxapp.query_drop(edxapp_insert(5, "read write")).await.unwrap();
+    for (read_only, back) in [
+        (&["START TRANSACTION READ ONLY"][..], "COMMIT"),
+        // With autocommit off, where the csmh side's transaction is not begun with a BEGIN.
+        (&["SET autocommit = 0", "START TRANSACTION READ ONLY"], "SET autocommit = 1"),
+        (&["SET SESSION TRANSACTION READ ONLY"], "SET SESSION TRANSACTION READ WRITE"),
+    ] {
+        for &sql in read_only {
+            edxapp.query_drop(sql).await.unwrap();
+        }
+        let (code, message) = server_error(edxapp.query_drop(edxapp_insert(5, "read only")).await);
+        assert_eq!(code, 1792, "{read_only:?}: as on one server: {message}");
+        edxapp.query_drop(back).await.unwrap();
+    }
+    assert_eq!(extended_rows(&site).await.len(), 1, "nothing was written read-only");
+    edxapp.query_drop(edxapp_insert(5, "read write")).await.unwrap();
+    assert_eq!(extended_rows(&site).await.len(), 2, "writable again");
+}
+
+#[tokio::test]
 async fn the_clients_isolation_level_applies_on_the_csmh_server() {
     let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
     let mut edxapp = site.edxapp().await;

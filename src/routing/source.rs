@@ -200,7 +200,7 @@ const SESSION_KEYWORDS: [&str; 3] = ["CURRENT_ROLE", "CURRENT_USER", "SQL_CALC_F
 
 /// The session's system variables that the proxy sets on its `csmh` connection to the client's values before a
 /// statement runs there (`session/csmh.rs` reads and applies them), so a statement may read them there.
-pub const SETTINGS_APPLIED_ON_CSMH: [&str; 9] = [
+pub const SETTINGS_APPLIED_ON_CSMH: [&str; 11] = [
     "autocommit",
     "character_set_client",
     "character_set_connection",
@@ -209,7 +209,9 @@ pub const SETTINGS_APPLIED_ON_CSMH: [&str; 9] = [
     "sql_mode",
     "time_zone",
     "transaction_isolation",
+    "transaction_read_only",
     "tx_isolation",
+    "tx_read_only",
 ];
 
 /// The first thing in `tokens` whose value belongs to the session that evaluates it: a user variable (`@v`,

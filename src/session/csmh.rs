@@ -10,7 +10,7 @@ use mysql_common::constants::CapabilityFlags;
 use sqlparser::tokenizer::Token;
 use tracing::{info, warn};
 
-use super::edxapp::Edxapp;
+use super::edxapp::{Access, Edxapp};
 use super::error::SessionError;
 use crate::backend::{self, BackendError, Credentials, LoginError, LoginTls, QueryError};
 use crate::csmh_pool::{self, Kept, LoginAsked, Settings};
@@ -26,29 +26,32 @@ use crate::string_literal::{self, ClientCharset, Escaping};
 use crate::topology::Server;
 
 /// The statement that reads the client session's settings that change what statements return, from its `edxapp`
-/// connection, with the transaction isolation level last under the name `$isolation`.
+/// connection, with the transaction isolation level and access mode last under the names `$isolation` and
+/// `$read_only`.
 macro_rules! settings_query {
-    ($isolation:literal) => {
+    ($isolation:literal, $read_only:literal) => {
         concat!(
             "SELECT @@session.character_set_client, @@session.character_set_connection, ",
             "@@session.character_set_results, @@session.collation_connection, @@session.time_zone, ",
             "@@session.sql_mode, @@session.autocommit, @@session.",
-            $isolation
+            $isolation,
+            ", @@session.",
+            $read_only
         )
     };
 }
 
-/// The settings read on a MariaDB server, which names the isolation level `tx_isolation` (and has no
-/// `transaction_isolation` before 11.1).
-const SETTINGS_MARIADB: &str = settings_query!("tx_isolation");
+/// The settings read on a MariaDB server, which names the isolation level `tx_isolation` and the access mode
+/// `tx_read_only` (and has no `transaction_…` names before 11.1).
+const SETTINGS_MARIADB: &str = settings_query!("tx_isolation", "tx_read_only");
 
-/// The settings read on a MySQL server, which names the isolation level `transaction_isolation` (and has no
-/// `tx_isolation` since 8.0).
-const SETTINGS_MYSQL: &str = settings_query!("transaction_isolation");
+/// The settings read on a MySQL server, which names them `transaction_isolation` and `transaction_read_only` (and
+/// has no `tx_…` names since 8.0).
+const SETTINGS_MYSQL: &str = settings_query!("transaction_isolation", "transaction_read_only");
 
-/// The variables of the settings read, but the isolation level, in their order, as `SET SESSION` names them on
-/// MariaDB and MySQL alike; the isolation level is set with `SET SESSION TRANSACTION ISOLATION LEVEL`, which
-/// both understand.
+/// The variables of the settings read, but the isolation level and access mode, in their order, as `SET SESSION`
+/// names them on MariaDB and MySQL alike; the other two are set with `SET SESSION TRANSACTION ISOLATION LEVEL …,
+/// READ ONLY|READ WRITE`, which both understand.
 const SETTING_NAMES: [&str; 7] = [
     "character_set_client",
     "character_set_connection",
@@ -61,6 +64,10 @@ const SETTING_NAMES: [&str; 7] = [
 
 /// Where autocommit is among [`SETTING_NAMES`].
 const AUTOCOMMIT: usize = 6;
+
+/// The access modes as the servers report them (the session's read-only variable), and as `SET SESSION
+/// TRANSACTION` takes them.
+const ACCESS_MODES: [(&[u8], &str); 2] = [(b"0", "READ WRITE"), (b"1", "READ ONLY")];
 
 /// The isolation levels as the servers report them, and as `SET SESSION TRANSACTION ISOLATION LEVEL` takes them.
 const ISOLATION_LEVELS: [(&[u8], &str); 4] = [
@@ -171,8 +178,8 @@ impl From<Kept> for CsmhConnection {
 struct Steps {
     /// The client's settings, to apply: they differ from those applied.
     settings: Option<Settings>,
-    /// A transaction to begin: the client is in one.
-    begin: bool,
+    /// A transaction to begin, with the access mode of the client's: the client is in one.
+    begin: Option<Access>,
     /// The connection must answer before the client's statement is sent, even with nothing else to run
     /// ([`csmh_pool::TRUSTED_FOR`]).
     check: bool,
@@ -367,7 +374,7 @@ impl CsmhLink {
         let check = kept.waited() > csmh_pool::TRUSTED_FOR;
         let mut csmh = CsmhConnection::from(kept);
         let limit = std::time::Duration::from_secs(snapshot.config.backends.csmh.connect_timeout_secs);
-        let steps = Steps { check, ..csmh.steps_for(Some(settings.clone()), edxapp.in_transaction()) };
+        let steps = Steps { check, ..csmh.steps_for(Some(settings.clone()), edxapp.transaction()) };
         match tokio::time::timeout(limit, csmh.take_steps(&steps)).await {
             Ok(Ok(())) => {
                 metrics.kept().reused.inc();
@@ -399,7 +406,7 @@ impl CsmhLink {
         let mut csmh = csmh.inspect_err(|_| metrics.backend_connect_error(Server::Csmh))?;
         metrics.backend_connection(Server::Csmh, csmh.conn.tls_handshake());
         self.opened += 1;
-        csmh.take_steps(&csmh.steps_for(Some(settings), edxapp.in_transaction())).await?;
+        csmh.take_steps(&csmh.steps_for(Some(settings), edxapp.transaction())).await?;
         Ok(csmh)
     }
 
@@ -650,26 +657,32 @@ impl CsmhConnection {
             true => None,
             false => Some(client_settings(edxapp).await?),
         };
-        Ok(self.steps_for(client, edxapp.in_transaction()))
+        Ok(self.steps_for(client, edxapp.transaction()))
     }
 
     /// What [`CsmhConnection::follow`] must do here for a client session with settings `client` (`None`: those
-    /// applied are still the client's) that is or is not `in_transaction`.
-    fn steps_for(&self, client: Option<Settings>, in_transaction: bool) -> Steps {
+    /// applied are still the client's) that is in `transaction` (`None`: in none).
+    fn steps_for(&self, client: Option<Settings>, transaction: Option<Access>) -> Steps {
         let settings = client.filter(|settings| *settings != self.settings);
-        let begin = in_transaction && !self.transaction.is_open();
+        let begin = transaction.filter(|_| !self.transaction.is_open());
         Steps { settings, begin, check: false }
     }
 
     /// Runs `steps` here, in one write. Under the client's autocommit off the transaction is not begun with a
     /// BEGIN: the next statement here begins it, as the client's own statements do on `edxapp`, and nothing is
     /// waited for when the settings are already the client's (edxapp's requests under `ATOMIC_REQUESTS`), unless
-    /// the connection must answer first (`COM_PING` when there is nothing else to run).
+    /// the connection must answer first (`COM_PING` when there is nothing else to run). A read-only transaction
+    /// (`START TRANSACTION READ ONLY`) is begun as one, whatever autocommit is, so that a write here is refused
+    /// (1792) as on `edxapp`.
     async fn take_steps(&mut self, steps: &Steps) -> Result<(), CsmhError> {
         let set = steps.settings.as_deref().map(set_session).transpose()?.unwrap_or_default();
         let applied = steps.settings.as_ref().unwrap_or(&self.settings);
-        let begin = steps.begin && !autocommit_off(applied);
-        let statements = set.iter().map(String::as_bytes).chain(begin.then_some(b"BEGIN".as_slice()));
+        let begin: Option<&[u8]> = match steps.begin {
+            Some(Access::ReadOnly) => Some(b"START TRANSACTION READ ONLY"),
+            Some(Access::ReadWrite) if !autocommit_off(applied) => Some(b"BEGIN"),
+            _ => None,
+        };
+        let statements = set.iter().map(String::as_bytes).chain(begin);
         let mut commands: Vec<(u8, &[u8])> = statements.map(|sql| (COM_QUERY, sql)).collect();
         if commands.is_empty() && steps.check {
             commands.push((COM_PING, b""));
@@ -681,7 +694,7 @@ impl CsmhConnection {
         if let Some(settings) = &steps.settings {
             self.settings.clone_from(settings);
         }
-        if steps.begin {
+        if steps.begin.is_some() {
             self.transaction = Transaction::Open;
         }
         Ok(())
@@ -795,7 +808,7 @@ async fn read_settings(edxapp: &mut Edxapp) -> Result<Reply, CsmhError> {
 /// The one row of the settings read's answer.
 fn settings_row(reply: Reply) -> Result<Settings, CsmhError> {
     match reply {
-        Reply::Rows(mut rows) if rows.values.len() == 1 && rows.values[0].len() == SETTING_NAMES.len() + 1 => {
+        Reply::Rows(mut rows) if rows.values.len() == 1 && rows.values[0].len() == SETTING_NAMES.len() + 2 => {
             Ok(rows.values.remove(0))
         }
         Reply::Err(error) => {
@@ -806,20 +819,26 @@ fn settings_row(reply: Reply) -> Result<Settings, CsmhError> {
 }
 
 /// The statements that apply `settings` (as [`client_settings`] reads them) on a MariaDB or MySQL server: the
-/// variables of [`SETTING_NAMES`], then the isolation level.
+/// variables of [`SETTING_NAMES`], then the isolation level and access mode.
 fn set_session(settings: &[Option<Vec<u8>>]) -> Result<Vec<String>, CsmhError> {
-    let (isolation, variables) = settings.split_last().ok_or_else(|| CsmhError::Refused("no settings".into()))?;
+    let [variables @ .., isolation, read_only] = settings else {
+        return Err(CsmhError::Refused("no settings".into()));
+    };
     let assignments: Vec<String> =
         SETTING_NAMES.iter().zip(variables).map(|(name, value)| format!("{name} = {}", literal(value))).collect();
-    let level = ISOLATION_LEVELS
-        .iter()
-        .find(|(reported, _)| isolation.as_deref() == Some(*reported))
-        .map(|(_, level)| *level)
+    let level = reported_as(&ISOLATION_LEVELS, isolation)
         .ok_or_else(|| CsmhError::Refused(format!("unknown transaction isolation level {}", literal(isolation))))?;
+    let access = reported_as(&ACCESS_MODES, read_only)
+        .ok_or_else(|| CsmhError::Refused(format!("unknown transaction access mode {}", literal(read_only))))?;
     Ok(vec![
         format!("SET SESSION {}", assignments.join(", ")),
-        format!("SET SESSION TRANSACTION ISOLATION LEVEL {level}"),
+        format!("SET SESSION TRANSACTION ISOLATION LEVEL {level}, {access}"),
     ])
+}
+
+/// The words `SET SESSION TRANSACTION` takes for a characteristic the server reported as `value`, among `known`.
+fn reported_as(known: &[(&[u8], &'static str)], value: &Option<Vec<u8>>) -> Option<&'static str> {
+    known.iter().find(|(reported, _)| value.as_deref() == Some(*reported)).map(|(_, words)| *words)
 }
 
 /// Whether `reply` is an OK; an ERR becomes the error.
@@ -1267,16 +1286,24 @@ mod tests {
 
     #[test]
     fn the_isolation_level_is_read_and_set_under_names_each_server_knows() {
-        assert!(SETTINGS_MARIADB.ends_with("@@session.autocommit, @@session.tx_isolation"));
-        assert!(SETTINGS_MYSQL.ends_with("@@session.autocommit, @@session.transaction_isolation"));
-        assert!(!SETTINGS_MYSQL.contains("tx_isolation"), "MySQL 8.0 removed tx_isolation");
+        assert!(SETTINGS_MARIADB.ends_with("@@session.autocommit, @@session.tx_isolation, @@session.tx_read_only"));
+        assert!(
+            SETTINGS_MYSQL
+                .ends_with("@@session.autocommit, @@session.transaction_isolation, @@session.transaction_read_only")
+        );
+        assert!(!SETTINGS_MYSQL.contains("tx_"), "MySQL 8.0 removed tx_isolation and tx_read_only");
         let read = |isolation: &[u8]| {
             let mut values: Vec<Option<Vec<u8>>> = SETTING_NAMES.iter().map(|_| Some(b"1".to_vec())).collect();
             values.push(Some(isolation.to_vec()));
+            values.push(Some(b"0".to_vec()));
             values
         };
         let set = set_session(&read(b"READ-COMMITTED")).expect("a known level");
-        assert_eq!(set[1], "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED");
+        assert_eq!(set[1], "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED, READ WRITE");
+        let mut read_only = read(b"SERIALIZABLE");
+        *read_only.last_mut().unwrap() = Some(b"1".to_vec());
+        let set = set_session(&read_only).expect("a known mode");
+        assert_eq!(set[1], "SET SESSION TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY");
         assert!(set[0].starts_with("SET SESSION character_set_client = 1,") && set[0].ends_with("autocommit = 1"));
         assert!(!set[0].contains("isolation"), "{}", set[0]);
         let unknown = set_session(&read(b"READ COMMITTED; DROP TABLE t")).expect_err("not a level a server reports");
@@ -1286,8 +1313,8 @@ mod tests {
     #[test]
     fn the_router_lets_statements_on_csmh_read_exactly_the_settings_applied_there() {
         use crate::routing::source::SETTINGS_APPLIED_ON_CSMH;
-        let mut applied: Vec<&str> =
-            SETTING_NAMES.iter().copied().chain(["tx_isolation", "transaction_isolation"]).collect();
+        let applied = SETTING_NAMES.iter().copied().chain(["tx_isolation", "transaction_isolation"]);
+        let mut applied: Vec<&str> = applied.chain(["tx_read_only", "transaction_read_only"]).collect();
         applied.sort_unstable();
         assert_eq!(applied, SETTINGS_APPLIED_ON_CSMH);
     }
@@ -1300,6 +1327,7 @@ mod tests {
             let mut values: Settings = SETTING_NAMES.iter().map(|_| Some(b"utf8mb4".to_vec())).collect();
             values[AUTOCOMMIT] = Some(autocommit.to_vec());
             values.push(Some(b"REPEATABLE-READ".to_vec()));
+            values.push(Some(b"0".to_vec()));
             values
         };
         assert!(autocommit_off(&with(b"0")));

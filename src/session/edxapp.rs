@@ -33,6 +33,16 @@ impl Settings {
     }
 }
 
+/// Whether the client's transaction may write: `START TRANSACTION READ ONLY` makes it read-only, which its
+/// answers report (SERVER_STATUS_IN_TRANS_READONLY).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Access {
+    /// It may write (the session's own access mode decides).
+    ReadWrite,
+    /// It was begun read-only.
+    ReadOnly,
+}
+
 /// The `edxapp` connection of one session.
 pub(super) struct Edxapp {
     /// The socket.
@@ -79,6 +89,13 @@ impl Edxapp {
     /// statement opens one).
     pub fn in_transaction(&self) -> bool {
         self.transaction_open() || !self.autocommit()
+    }
+
+    /// The client's transaction, by its access mode, if its statements are part of one
+    /// ([`Edxapp::in_transaction`]).
+    pub fn transaction(&self) -> Option<Access> {
+        let read_only = self.status.contains(StatusFlags::SERVER_STATUS_IN_TRANS_READONLY);
+        self.in_transaction().then_some(if read_only { Access::ReadOnly } else { Access::ReadWrite })
     }
 
     /// Whether the client's session has autocommit on, as its last answer reported.
