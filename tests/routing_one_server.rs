@@ -212,6 +212,58 @@ async fn what_would_change_one_table_alone_or_each_table_apart_is_refused_and_ch
     assert_eq!(one, Some(1), "the connection goes on");
 }
 
+/// While both tables are read, a read of the history table in a subquery or a derived table sees both tables'
+/// rows, an id in both once (the extended table's), as the outer query needs them. Before, the outer query was
+/// answered as a merge planned as if it read the history table itself: Django's
+/// `StudentModule.objects.exclude(studentmodulehistory__grade=1)` listed every module (and its `.delete()`
+/// deleted them all), and a derived table's LIMIT applied to each table apart.
+#[tokio::test]
+async fn a_read_of_both_tables_in_a_subquery_or_a_derived_table_sees_their_rows_together() {
+    let site = Site::new(Stage::ExtendedTableReadingBoth.flags()).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop(edxapp_insert(1, "{\"new\": true}")).await.unwrap();
+    edxapp.query_drop(edxapp_insert(2, "{\"new\": true}")).await.unwrap();
+    site.copy_to_extended(&[7, 13]).await;
+    let (old, extended) = (format!("`{}`.`{OLD}`", site.dbs.edxapp_db), site.extended());
+    let columns = "id, grade, state, student_module_id";
+    let both = format!(
+        "(SELECT {columns} FROM {extended} UNION ALL SELECT {columns} FROM {old} WHERE id NOT IN (SELECT id FROM \
+         {extended}))"
+    );
+    let mut direct = site.root().await;
+    direct.query_drop(format!("USE `{}`", site.dbs.edxapp_db)).await.unwrap();
+    for (query, expected) in [
+        (
+            "SELECT m.id FROM courseware_studentmodule m WHERE m.id IN (SELECT U0.student_module_id FROM {h} U0 \
+             WHERE U0.state LIKE '%new%') ORDER BY m.id",
+            Some(vec![1, 2]),
+        ),
+        (
+            "SELECT m.id FROM courseware_studentmodule m WHERE m.id NOT IN (SELECT U0.student_module_id FROM {h} U0 \
+             WHERE U0.grade = 1.0) ORDER BY m.id",
+            None,
+        ),
+        ("SELECT t.id FROM (SELECT h0.id FROM {h} h0 ORDER BY h0.id DESC LIMIT 2) t ORDER BY t.id", None),
+        ("SELECT COUNT(*) FROM (SELECT h0.id FROM {h} h0 ORDER BY h0.id LIMIT 3 OFFSET 1) subquery", Some(vec![3])),
+    ] {
+        let through: Vec<u64> =
+            edxapp.query(query.replace("{h}", OLD)).await.unwrap_or_else(|e| panic!("{query}: {e}"));
+        let reference: Vec<u64> = direct.query(query.replace("{h}", &both)).await.unwrap();
+        assert_eq!(through, reference, "{query}");
+        if let Some(expected) = expected {
+            assert_eq!(through, expected, "{query}");
+        }
+    }
+    // A correlated subquery (Django's `.exclude(studentmodulehistory__grade=1)`): the derived table both tables
+    // are read through cannot see the outer query.
+    let correlated = format!(
+        "SELECT m.id FROM courseware_studentmodule m WHERE NOT (EXISTS (SELECT 1 AS a FROM {OLD} U1 WHERE \
+         (U1.grade = 1.0 AND U1.student_module_id = (m.id)) LIMIT 1)) ORDER BY m.id"
+    );
+    let (code, message) = server_error(edxapp.query_drop(&correlated).await);
+    assert_eq!(code, 1235, "{message}");
+}
+
 #[tokio::test]
 async fn transactions_commit_and_roll_back_both_tables_together() {
     let site = Site::new(Stage::ExtendedTableReadingBoth.flags()).await;

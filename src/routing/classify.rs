@@ -324,6 +324,19 @@ fn inserts_an_id(insert: &Insert) -> bool {
     }
 }
 
+/// Whether `read` is the whole FROM clause of `query`'s own SELECT (no join, no comma list): the read a merge of
+/// both tables' rows answers. One in a subquery (`EXISTS`, `IN`), a derived table or a branch is not: each
+/// table's rows then feed an outer query, which the merge does not evaluate.
+pub fn reads_the_outer_from(query: &Query, read: &Read) -> bool {
+    let SetExpr::Select(select) = &*query.body else { return false };
+    match select.from.as_slice() {
+        [TableWithJoins { relation: TableFactor::Table { name, .. }, joins }] => {
+            joins.is_empty() && first(name) == read.start
+        }
+        _ => false,
+    }
+}
+
 /// Whether an INSERT's value for an auto-increment column leaves the numbering to the table.
 fn numbers_itself(value: &Expr) -> bool {
     match value {

@@ -758,11 +758,16 @@ impl Plan<'_, '_> {
         let sqlparser::ast::Statement::Query(query) = self.statement else {
             return Err(Unroutable::new("only a SELECT can read both tables"));
         };
-        let plan = MergePlan::for_select(query, &TableColumns::HISTORY)
-            .map_err(|e| Unroutable::with_detail("the merge cannot answer this read exactly", e.to_string()))?;
         let [read] = self.shape.reads.as_slice() else {
             return Err(Unroutable::new("the history table must be read once, alone"));
         };
+        if !classify::reads_the_outer_from(query, read) {
+            return Err(Unroutable::new(
+                "the merge answers a SELECT from the history table, not one reading it in a subquery or a derived table",
+            ));
+        }
+        let plan = MergePlan::for_select(query, &TableColumns::HISTORY)
+            .map_err(|e| Unroutable::with_detail("the merge cannot answer this read exactly", e.to_string()))?;
         let alias = String::from_utf8_lossy(rewrite::read_alias(read, self.source, self.tokens)).into_owned();
         let clauses = plan.side_clauses(&format!("{alias}.`id`"));
         let condition = self.condition(read)?;
@@ -885,6 +890,12 @@ impl Plan<'_, '_> {
     /// conditions into the union by itself, but not subqueries, so a condition with both is refused.
     fn branch_condition(&self, read: &Read) -> Result<Option<Vec<u8>>, Unroutable> {
         let Some(condition) = self.condition(read)? else { return Ok(None) };
+        if self.read_in_a_subquery(read) && self.names_an_outer_query(read, &condition.range) {
+            return Err(Unroutable::new(
+                "a correlated subquery reading the history table while both tables are read: both are read \
+                 through a derived table, which cannot see the outer query",
+            ));
+        }
         if !self.has_placeholders(&condition.range) {
             return Ok(Some(condition.text));
         }
@@ -894,6 +905,28 @@ impl Plan<'_, '_> {
             ));
         }
         Ok(None)
+    }
+
+    /// Whether `read` is in a subquery or a derived table, not the statement's own FROM.
+    fn read_in_a_subquery(&self, read: &Read) -> bool {
+        match self.statement {
+            sqlparser::ast::Statement::Query(query) => !classify::reads_the_outer_from(query, read),
+            _ => true,
+        }
+    }
+
+    /// Whether the condition in `range` of the read `read` (in a subquery) qualifies a column with a name other
+    /// than the read's own (its alias, or the table with its schema): a column of an outer query. A name an inner
+    /// subquery of the condition declares counts too (refused, although not correlated).
+    fn names_an_outer_query(&self, read: &Read, range: &Range<usize>) -> bool {
+        let alias = rewrite::unquoted(rewrite::read_alias(read, self.source, self.tokens));
+        let own = [alias.as_str(), self.router.old.table(), self.router.old.schema()];
+        self.tokens.windows(2).any(|pair| {
+            let name = pair[0].word().unwrap_or_default();
+            range.contains(&pair[0].range.start)
+                && pair[1].is_period()
+                && !own.iter().any(|known| known.eq_ignore_ascii_case(name))
+        })
     }
 
     /// Whether `range` holds a `?` parameter placeholder.

@@ -176,6 +176,28 @@ fn reading_both_on_one_server_is_merged_from_both_statements_on_the_clients_conn
 }
 
 #[test]
+fn a_read_of_both_on_one_server_in_a_subquery_is_one_union_unless_correlated() {
+    // edxapp's submission-history read: the history table is the outer FROM, its subquery reads edxapp tables.
+    let edxapp = format!(
+        "SELECT h.id FROM {OLD} h WHERE h.student_module_id IN (SELECT U0.id FROM courseware_studentmodule U0 \
+         INNER JOIN auth_user U1 ON (U0.student_id = U1.id) WHERE U1.username = 'alice') ORDER BY h.id DESC"
+    );
+    let Route::FanOut(FanOut::Merge(read)) = reading_both().route(edxapp.as_bytes()) else { panic!() };
+    assert!(matches!(read.servers, MergeServers::OneServer { union: Ok(_) }), "the union to fall back on");
+    let nested = format!(
+        "SELECT m.id FROM courseware_studentmodule m WHERE m.id NOT IN (SELECT U0.student_module_id FROM {OLD} U0 \
+         WHERE U0.grade = 1.0)"
+    );
+    let Route::FanOut(FanOut::Union(sql)) = reading_both().route(nested.as_bytes()) else { panic!("{nested}") };
+    assert!(text(&sql).contains("UNION ALL"));
+    let correlated = format!(
+        "SELECT m.id FROM courseware_studentmodule m WHERE EXISTS (SELECT 1 FROM {OLD} U1 WHERE U1.student_module_id \
+         = m.id)"
+    );
+    assert_eq!(code(&reading_both().route(correlated.as_bytes())), 1235);
+}
+
+#[test]
 fn prepared_reads_of_both_on_one_server_are_one_union_with_the_condition_in_each_branch() {
     let Route::FanOut(FanOut::Union(sql)) = reading_both().route_prepared(EDXAPP_READ.as_bytes()) else { panic!() };
     let sql = text(&sql);
