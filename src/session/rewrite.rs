@@ -160,6 +160,8 @@ impl Session {
         let mut scanner = ResponseScanner::new(expect, csmh.caps);
         match copy_response(&mut csmh.conn, &mut self.client, &mut scanner, &mut request.answer_seq).await {
             Ok(Copied::Done(_)) => {
+                // A prepare's answer carries the id the client knows the statement by (marked before it was relayed).
+                self.note_prepared(&scanner);
                 self.follow_csmh_rollback(scanner.error_code()).await?;
                 Ok(Flow::Continue)
             }
