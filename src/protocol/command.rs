@@ -167,6 +167,12 @@ impl Command {
             )
     }
 
+    /// Whether the command runs a prepared statement: COM_STMT_EXECUTE, and MariaDB's COM_STMT_BULK_EXECUTE (one
+    /// execution per row of parameters).
+    pub fn executes(&self) -> bool {
+        matches!(self, Command::StmtExecute { .. } | Command::Relayed(COM_STMT_BULK_EXECUTE))
+    }
+
     /// The shape of the server's response, or `None` when the server sends none.
     pub fn response(&self) -> Option<Expect> {
         match *self {
@@ -264,6 +270,13 @@ mod tests {
         assert_eq!(Command::from_byte(COM_STMT_BULK_EXECUTE).response(), Some(Expect::ResultSets));
         assert_eq!(Command::from_byte(COM_STMT_PREPARE).response(), Some(Expect::Prepare));
         assert!(Command::from_byte(COM_STMT_BULK_EXECUTE).names_statement());
+    }
+
+    #[test]
+    fn executions_are_execute_and_bulk_execute() {
+        let executing: Vec<u8> = (0..=u8::MAX).filter(|&b| Command::from_byte(b).executes()).collect();
+        assert_eq!(executing, [COM_STMT_EXECUTE, COM_STMT_BULK_EXECUTE]);
+        assert!(Command::StmtExecute { cursor: true }.executes());
     }
 
     #[test]

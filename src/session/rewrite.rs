@@ -117,7 +117,8 @@ impl Session {
         if request.command == Command::Relayed(COM_STMT_CLOSE) {
             self.statements.remove(request.statement_id.unwrap_or_default());
         }
-        if matches!(request.command, Command::StmtExecute { .. }) {
+        // Every execution, one at a time or a batch, is checked as the server checks the client's own.
+        if request.command.executes() {
             if let Some(denied) = self.check_grants(request, grants.rights, &grants.check).await? {
                 return self.answer_error(request, denied).await;
             }
