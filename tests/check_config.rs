@@ -80,6 +80,33 @@ fn a_syntax_error_on_the_password_line_names_the_line_but_never_the_password() {
 }
 
 #[test]
+fn a_password_of_any_type_or_under_any_spelling_of_its_key_is_never_printed() {
+    // Checked: before, `check-config` printed the number as toml read it (`invalid type: integer `1234567``), the
+    // rest of an array's line, and the whole line of a key written with an escape.
+    let cases: [(&str, usize, &[&str]); 6] = [
+        ("password = 1_234_567", 0, &["1_234_567", "1234567"]),
+        ("password = 0xDEADBEEF", 0, &["DEADBEEF", "3735928559"]),
+        ("password = 6.02e23", 0, &["6.02e23", "602000000000000000000000"]),
+        ("password = [\"aa-1\", \"hunter2\"] x", 0, &["aa-1", "hunter2"]),
+        ("password = [\n  \"aa-1\",\n  \"hunter2\" x\n]", 2, &["aa-1", "hunter2"]),
+        ("\"p\\u0061ssword\" = \"hunter2\" x", 0, &["hunter2"]),
+    ];
+    for (written, lines_below, forms) in cases {
+        let text = include_str!("../proxy.toml").replace("# password = \"...\"", written);
+        let line = text.lines().position(|line| line == written.lines().next().unwrap_or_default());
+        let line = line.expect("the password's line") + 1 + lines_below;
+        let (_dir, path) = config_file(&text);
+        let output = check_config(&path);
+        let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert_eq!(output.status.code(), Some(1), "{written}: {output:?}");
+        assert!(printed.contains(&format!("line {line}")), "{written}: the line is named: {printed}");
+        for form in forms {
+            assert!(!printed.contains(form), "{written}: the password is printed ({form}): {printed}");
+        }
+    }
+}
+
+#[test]
 fn a_missing_file_exits_non_zero() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let output = check_config(&dir.path().join("absent.toml"));

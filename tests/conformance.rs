@@ -41,6 +41,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use csmh_proxy::protocol::command::*;
+use csmh_proxy::protocol::errors::code;
 use csmh_proxy::protocol::response::Expect;
 use mysql_async::prelude::Queryable;
 use mysql_common::constants::CapabilityFlags;
@@ -660,6 +661,14 @@ fn on_statement(byte: u8, id: u32) -> Vec<u8> {
     payload
 }
 
+/// A COM_STMT_SEND_LONG_DATA of `data` for the first parameter of statement `id`.
+fn long_data(id: u32, data: &[u8]) -> Vec<u8> {
+    let mut payload = on_statement(COM_STMT_SEND_LONG_DATA, id);
+    payload.extend_from_slice(&0u16.to_le_bytes());
+    payload.extend_from_slice(data);
+    payload
+}
+
 #[tokio::test]
 async fn prepared_call_with_out_parameter_and_cursor_is_identical() {
     let twins = Twins::new().await;
@@ -732,6 +741,80 @@ async fn cursor_fetches_in_pieces_are_identical() {
         failures.append(&mut pair.failures);
     }
     assert_no_failures("cursor fetches", &failures);
+}
+
+/// Whether `reply` is one ERR packet with `code`.
+fn is_error(reply: &Reply, code: u16) -> bool {
+    matches!(reply, Reply::Complete(bytes) if packets(bytes).first().and_then(|&(_, p)| error_of(p)).is_some_and(|e| e.0 == code))
+}
+
+#[tokio::test]
+async fn commands_on_the_last_statement_prepared_are_identical() {
+    // MariaDB reads the statement id 0xFFFFFFFF as the statement the connection prepared last (Connector/C's
+    // direct execution); the proxy names that statement by its id, or answers as the server does when there is
+    // none. The commands name it the same way on both sides, so the replies are compared unchanged.
+    let twins = Twins::new().await;
+    let mut setup = Pair::new(&twins, capability_sets()[0], "SELECT 42").await;
+    for sql in BINARY_SETUP {
+        setup.setup(sql).await;
+    }
+    let mut failures = setup.failures;
+    let read = "SELECT id, label FROM t10 WHERE id > ? ORDER BY id";
+    let execute_last = |lo| execute(LAST_STATEMENT_ID, NO_CURSOR, &[Some(lo)]);
+    let unknown = code::ER_UNKNOWN_STMT_HANDLER;
+    for caps in capability_sets() {
+        let mut pair = Pair::new(&twins, caps, "SELECT 42").await;
+        pair.prepare(read).await;
+        let reply = pair.command("execute the last statement", &execute_last(7)).await;
+        pair.expect("execute the last statement", prepared_id(&reply).is_none() && !is_error(&reply, unknown), "rows");
+        pair.command("execute it with a cursor", &execute(LAST_STATEMENT_ID, CURSOR_TYPE_READ_ONLY, &[Some(6)])).await;
+        pair.command("fetch from it", &fetch(LAST_STATEMENT_ID, 2)).await;
+        pair.command("reset it", &on_statement(COM_STMT_RESET, LAST_STATEMENT_ID)).await;
+        let first = pair.prepare("SELECT ? + 1").await;
+        pair.prepare(read).await;
+        pair.on("close a statement that is not the last", first, |id| on_statement(COM_STMT_CLOSE, id)).await;
+        pair.command("the last is still there", &execute_last(8)).await;
+        pair.command("close the last", &on_statement(COM_STMT_CLOSE, LAST_STATEMENT_ID)).await;
+        for (case, payload) in [
+            ("execute after closing the last", execute_last(8)),
+            ("reset after closing the last", on_statement(COM_STMT_RESET, LAST_STATEMENT_ID)),
+            ("fetch after closing the last", fetch(LAST_STATEMENT_ID, 1)),
+        ] {
+            let reply = pair.command(case, &payload).await;
+            pair.expect(case, is_error(&reply, unknown), "error 1243");
+        }
+        pair.prepare(read).await;
+        let mut without_types = execute(LAST_STATEMENT_ID, NO_CURSOR, &[Some(1)]);
+        without_types.truncate(11); // the NULL bitmap, then no "types follow" byte
+        for (case, payload) in [("a direct execution without parameter types", without_types.clone()), {
+            without_types.push(0); // types do not follow
+            ("a direct execution saying its parameter types do not follow", without_types)
+        }] {
+            let reply = pair.command(case, &payload).await;
+            pair.expect(case, is_error(&reply, code::ER_MALFORMED_PACKET), "error 1835");
+        }
+        let kept = pair.prepare(read).await;
+        pair.setup("PREPARE by_name FROM 'SELECT 1'").await;
+        let reply = pair.command("execute after an SQL PREPARE", &execute_last(9)).await;
+        pair.expect("execute after an SQL PREPARE", !is_error(&reply, unknown), "a named statement is not the last");
+        let reply = pair.command("a prepare that fails", &prepare("SELECT FROM WHERE")).await;
+        pair.expect("a prepare that fails", is_error(&reply, 1064), "a syntax error");
+        let reply = pair.command("execute after a failed prepare", &execute_last(9)).await;
+        pair.expect("execute after a failed prepare", is_error(&reply, unknown), "error 1243");
+        pair.command("send long data after a failed prepare", &long_data(LAST_STATEMENT_ID, b"ignored")).await;
+        pair.command("close after a failed prepare", &on_statement(COM_STMT_CLOSE, LAST_STATEMENT_ID)).await;
+        pair.on("the statement prepared before is still there", kept, |id| execute(id, NO_CURSOR, &[Some(9)])).await;
+        let again = pair.prepare(read).await;
+        pair.on("close the last by its id", again, |id| on_statement(COM_STMT_CLOSE, id)).await;
+        let reply = pair.command("execute after closing the last by its id", &execute_last(9)).await;
+        pair.expect("execute after closing the last by its id", is_error(&reply, unknown), "error 1243");
+        pair.prepare(read).await;
+        pair.command("reset the connection", &[COM_RESET_CONNECTION]).await;
+        let reply = pair.command("execute after a reset of the connection", &execute_last(9)).await;
+        pair.expect("execute after a reset of the connection", is_error(&reply, unknown), "error 1243");
+        failures.append(&mut pair.failures);
+    }
+    assert_no_failures("commands on the last statement prepared", &failures);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

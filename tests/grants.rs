@@ -5,11 +5,17 @@
 
 mod support;
 
+use csmh_proxy::backend::{Credentials, LOGIN_CAPABILITIES};
 use csmh_proxy::history::Stage;
+use csmh_proxy::protocol::response::Expect;
+use csmh_proxy::server::ProxyHandle;
 use mysql_async::prelude::*;
 use mysql_async::{ChangeUserOpts, Conn, Opts};
+use mysql_common::constants::MariadbCapabilities;
 use support::Account;
 use support::edx::*;
+use support::raw::RawClient;
+use support::statements::*;
 
 /// An account on the `edxapp` server with `grants` (`SELECT ON {db}.table` and the like, `{db}` standing for
 /// the test's database) and nothing else.
@@ -199,22 +205,60 @@ async fn accounts_whose_names_differ_in_bytes_utf8_cannot_read_are_two_accounts(
     assert!(refused(&steps), "the reader's verdict is not the stranger's: {steps:?}");
 }
 
+/// A proxy in front of `site` that remembers no verdict on grants (`grants_valid_secs = 0`): every execution is
+/// checked.
+async fn proxy_checking_every_execution(site: &Site) -> ProxyHandle {
+    let mut config = site.dbs.proxy_toml(Stage::ExtendedTableOnlyReads.flags()).config().unwrap();
+    config.backends.csmh.grants_valid_secs = Some(0);
+    support::start_proxy(config).await
+}
+
+/// Revokes `right` on the old table from `account`.
+async fn revoke(site: &Site, right: &str, account: &Account) {
+    let revoke = format!("REVOKE {right} ON `{}`.{OLD} FROM '{}'@'%'", site.dbs.edxapp_db, account.user);
+    site.root().await.query_drop(revoke).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_statement_prepared_before_a_revoke_is_refused_when_the_grants_are_checked_again() {
     let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
     site.edxapp().await.query_drop(edxapp_insert(1, "learner history")).await.unwrap();
-    let mut config = site.dbs.proxy_toml(Stage::ExtendedTableOnlyReads.flags()).config().unwrap();
-    config.backends.csmh.grants_valid_secs = Some(0);
-    let proxy = support::start_proxy(config).await;
+    let proxy = proxy_checking_every_execution(&site).await;
     let reader = limited_account(&site, "prepared_reader", &["SELECT ON {db}.courseware_studentmodulehistory"]).await;
     let mut conn = Conn::new(site.dbs.proxy_opts(&proxy, &reader)).await.unwrap();
     let read = format!("SELECT COUNT(*) FROM `{OLD}` WHERE `{OLD}`.`student_module_id` = ?");
     let read = conn.prep(read).await.unwrap();
     let count: Option<u64> = conn.exec_first(&read, (1,)).await.unwrap();
     assert_eq!(count, Some(1), "allowed");
-    let revoke =
-        format!("REVOKE SELECT ON `{}`.courseware_studentmodulehistory FROM '{}'@'%'", site.dbs.edxapp_db, reader.user);
-    site.root().await.query_drop(revoke).await.unwrap();
+    revoke(&site, "SELECT", &reader).await;
     let (code, message) = server_error(conn.exec_first::<u64, _, _>(&read, (1,)).await);
     assert_eq!(code, 1142, "the execution checks the grants as the server would: {message}");
+}
+
+#[tokio::test]
+async fn a_batch_of_a_statement_prepared_before_a_revoke_is_refused_too() {
+    // Checked: before, only COM_STMT_EXECUTE checked the grants again, and the batch (COM_STMT_BULK_EXECUTE) of the
+    // same statement still inserted.
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let proxy = proxy_checking_every_execution(&site).await;
+    // SELECT too, for the proxy's check that the extended table's ids start above the old table's.
+    let writer = limited_account(&site, "batch_writer", &[&format!("SELECT, INSERT ON {{db}}.{OLD}")]).await;
+    let credentials = Credentials {
+        user: writer.user.clone(),
+        password: Some(writer.password.clone()),
+        database: Some(site.dbs.edxapp_db.clone()),
+    };
+    let bulk = MariadbCapabilities::MARIADB_CLIENT_STMT_BULK_OPERATIONS;
+    let mut raw = RawClient::connect_mariadb(&proxy.addr().to_string(), &credentials, LOGIN_CAPABILITIES, bulk).await;
+    let id = prepare(&mut raw, &edxapp_prepared_insert()).await;
+    let batch = |state| bulk_execute(id, &[vec![Some(state)], vec![Some(state)]]);
+    let allowed = raw.command(&batch("allowed"), Expect::ResultSets).await;
+    assert_eq!(affected_rows(payloads(&allowed)[0]), 2, "allowed");
+    revoke(&site, "INSERT", &writer).await;
+    let executed = raw.command(&execute_text(id, &[Param::Text("revoked")]), Expect::ResultSets).await;
+    assert_eq!(error_of(&executed).0, 1142, "an execution is refused");
+    let batched = raw.command(&batch("revoked"), Expect::ResultSets).await;
+    let (code, message) = error_of(&batched);
+    assert_eq!(code, 1142, "and so is a batch, as the server would refuse it: {message}");
+    assert!(site.extended_ids_with_state("revoked").await.is_empty(), "nothing was inserted after the revoke");
 }

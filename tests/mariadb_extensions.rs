@@ -1,19 +1,21 @@
 //! MariaDB's protocol extensions that the proxy relays: extended type metadata in column definitions, metadata
 //! caching (results of a prepared statement executed again without their column definitions), bulk execution of
-//! a prepared statement (COM_STMT_BULK_EXECUTE), and progress reports during long statements — passed through
-//! byte for byte, and on the routed history table as far as `docs/protocol.md` says.
+//! a prepared statement (COM_STMT_BULK_EXECUTE), progress reports during long statements, and direct execution
+//! (commands naming statement 0xFFFFFFFF, the one just prepared) — passed through byte for byte, and on the routed
+//! history table as far as `docs/protocol.md` says.
 
 mod support;
 
 use csmh_proxy::backend::{Credentials, LOGIN_CAPABILITIES};
 use csmh_proxy::history::Stage;
-use csmh_proxy::protocol::command::{COM_STMT_BULK_EXECUTE, COM_STMT_PREPARE};
+use csmh_proxy::protocol::command::{COM_STMT_CLOSE, COM_STMT_PREPARE, COM_STMT_RESET, LAST_STATEMENT_ID};
 use csmh_proxy::protocol::frame;
 use csmh_proxy::protocol::response::Expect;
 use mysql_async::prelude::Queryable;
 use mysql_common::constants::{CapabilityFlags, MariadbCapabilities};
 use support::edx::*;
 use support::raw::RawClient;
+use support::statements::*;
 use support::twins::Twins;
 
 const EXTENDED_METADATA: MariadbCapabilities = MariadbCapabilities::MARIADB_CLIENT_EXTENDED_METADATA;
@@ -21,63 +23,12 @@ const BULK: MariadbCapabilities = MariadbCapabilities::MARIADB_CLIENT_STMT_BULK_
 const PROGRESS: MariadbCapabilities = MariadbCapabilities::MARIADB_CLIENT_PROGRESS;
 const CACHE_METADATA: MariadbCapabilities = MariadbCapabilities::MARIADB_CLIENT_CACHE_METADATA;
 
-/// COM_STMT_BULK_EXECUTE's flag saying that parameter types follow.
-const SEND_TYPES_TO_SERVER: u16 = 128;
-/// MYSQL_TYPE_VAR_STRING: every parameter is sent as text, the server converts.
-const VAR_STRING: u8 = 0xfd;
-
 /// Logs in to `address` as the application account with `mariadb`'s extensions.
 async fn client(address: &str, database: &str, mariadb: MariadbCapabilities) -> RawClient {
     let app = support::app();
     let credentials = Credentials { user: app.user, password: Some(app.password), database: Some(database.into()) };
     let capabilities = LOGIN_CAPABILITIES | CapabilityFlags::CLIENT_FOUND_ROWS;
     RawClient::connect_mariadb(address, &credentials, capabilities, mariadb).await
-}
-
-/// The packets' payloads of a raw response.
-fn payloads(response: &[u8]) -> Vec<&[u8]> {
-    let mut packets = Vec::new();
-    let mut rest = response;
-    while let Some(span) = frame::PacketSpan::find(rest) {
-        packets.push(&rest[frame::HEADER_LEN..span.wire_len]);
-        rest = &rest[span.wire_len..];
-    }
-    packets
-}
-
-/// Prepares `sql` and returns the statement id from the raw answer.
-async fn prepare(client: &mut RawClient, sql: &str) -> u32 {
-    prepared_id(&client.command(&[&[COM_STMT_PREPARE][..], sql.as_bytes()].concat(), Expect::Prepare).await)
-}
-
-/// The statement id in the raw answer to a COM_STMT_PREPARE.
-fn prepared_id(response: &[u8]) -> u32 {
-    let ok = payloads(response)[0];
-    assert_eq!(ok[0], 0x00, "prepared: {:?}", String::from_utf8_lossy(ok));
-    u32::from_le_bytes(ok[1..5].try_into().unwrap())
-}
-
-/// A COM_STMT_BULK_EXECUTE of statement `id` for `rows`, every parameter sent as text (`None` for NULL).
-fn bulk_execute(id: u32, rows: &[Vec<Option<&str>>]) -> Vec<u8> {
-    let mut packet = vec![COM_STMT_BULK_EXECUTE];
-    packet.extend_from_slice(&id.to_le_bytes());
-    packet.extend_from_slice(&SEND_TYPES_TO_SERVER.to_le_bytes());
-    for _ in &rows[0] {
-        packet.extend_from_slice(&[VAR_STRING, 0]);
-    }
-    for row in rows {
-        for value in row {
-            match value {
-                None => packet.push(1),
-                Some(text) => {
-                    packet.push(0);
-                    packet.push(u8::try_from(text.len()).unwrap());
-                    packet.extend_from_slice(text.as_bytes());
-                }
-            }
-        }
-    }
-    packet
 }
 
 /// A COM_STMT_EXECUTE of statement `id` with one BIGINT parameter, asking for no cursor.
@@ -89,16 +40,19 @@ fn execute_with(id: u32, parameter: i64) -> Vec<u8> {
     packet
 }
 
+/// Prepares `sql` and sends `then` right behind it (a command naming [`LAST_STATEMENT_ID`]) before reading
+/// anything, as Connector/C's direct execution does; the answers to both.
+async fn direct_execution(client: &mut RawClient, sql: &str, then: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    client.send(&[&[COM_STMT_PREPARE][..], sql.as_bytes()].concat()).await;
+    client.send(then).await;
+    let prepared = client.response(Expect::Prepare).await;
+    (prepared, client.response(Expect::ResultSets).await)
+}
+
 /// A prepare's raw answer with the statement id zeroed (each server numbers its own statements).
 fn without_id(mut response: Vec<u8>) -> Vec<u8> {
     response[frame::HEADER_LEN + 1..frame::HEADER_LEN + 5].fill(0);
     response
-}
-
-/// The affected rows of an OK packet's payload.
-fn affected_rows(ok: &[u8]) -> u8 {
-    assert_eq!(ok[0], 0x00, "an OK packet: {:?}", String::from_utf8_lossy(ok));
-    ok[1]
 }
 
 #[tokio::test]
@@ -266,4 +220,134 @@ async fn a_prepared_read_of_both_history_tables_survives_cached_metadata() {
         let again = raw.command(&execute_with(id, 1), Expect::ResultSets).await;
         assert_eq!(again, first, "the servers left their column definitions out; the proxy still merges");
     }
+}
+
+/// The grade of history row `id`, read directly from the table that holds it.
+async fn grade_of(site: &Site, id: u64) -> Option<f64> {
+    let (mut conn, table) = match id >= site.first_extended_id {
+        true => (site.csmh_root().await, site.extended()),
+        false => (site.root().await, site.old()),
+    };
+    conn.query_first(format!("SELECT grade FROM {table} WHERE id = {id}")).await.unwrap()
+}
+
+#[tokio::test]
+async fn direct_execution_runs_the_history_statement_just_prepared() {
+    // Checked: before, the id 0xFFFFFFFF was relayed to edxapp, whose last statement was the old table's side of
+    // an UPDATE of both tables (the extended table's row was not changed) and, across two servers, none at all
+    // for an INSERT prepared on the csmh server (1243: the grant check had closed its own statement).
+    let flags = Stage::ExtendedTableReadingBoth.flags();
+    for site in [Site::two_servers(flags).await, Site::new(flags).await] {
+        let topology = if site.dbs.same_server() { "one server" } else { "two servers" };
+        let mut raw = client(&site.proxy.addr().to_string(), &site.dbs.edxapp_db, BULK).await;
+        let insert = edxapp_prepared_insert();
+        let execute = execute_text(LAST_STATEMENT_ID, &[Param::Text("direct")]);
+        let (prepared, executed) = direct_execution(&mut raw, &insert, &execute).await;
+        prepared_id(&prepared);
+        assert_eq!(affected_rows(payloads(&executed)[0]), 1, "{topology}: the insert ran");
+        let new = site.extended_ids_with_state("direct").await;
+        assert_eq!(new.len(), 1, "{topology}: in the extended table");
+
+        let update = format!("UPDATE `{OLD}` SET `grade` = ? WHERE `id` = ?");
+        for id in [new[0], 1] {
+            let execute = execute_text(LAST_STATEMENT_ID, &[Param::Text("7"), Param::Text(&id.to_string())]);
+            let (_, executed) = direct_execution(&mut raw, &update, &execute).await;
+            assert_eq!(affected_rows(payloads(&executed)[0]), 1, "{topology}: row {id} updated");
+            assert_eq!(grade_of(&site, id).await, Some(7.0), "{topology}: row {id}");
+        }
+
+        let rows = [vec![Some("bulk")], vec![Some("bulk")], vec![Some("bulk")]];
+        let (_, executed) = direct_execution(&mut raw, &insert, &bulk_execute(LAST_STATEMENT_ID, &rows)).await;
+        assert_eq!(affected_rows(payloads(&executed)[0]), 3, "{topology}: the batch ran");
+        assert_eq!(site.extended_ids_with_state("bulk").await.len(), 3, "{topology}: in the extended table");
+
+        prepare(&mut raw, &insert).await;
+        raw.send(&long_data(LAST_STATEMENT_ID, "long data")).await;
+        let executed = raw.command(&execute_text(LAST_STATEMENT_ID, &[Param::LongData]), Expect::ResultSets).await;
+        assert_eq!(affected_rows(payloads(&executed)[0]), 1, "{topology}: executed with the long data");
+        assert_eq!(site.extended_ids_with_state("long data").await.len(), 1, "{topology}: the long data");
+        let reset = raw.command(&on_statement(COM_STMT_RESET, LAST_STATEMENT_ID), Expect::OnePacket).await;
+        assert_eq!(payloads(&reset)[0][0], 0x00, "{topology}: reset");
+        raw.send(&on_statement(COM_STMT_CLOSE, LAST_STATEMENT_ID)).await;
+        let refused = raw.command(&execute_text(LAST_STATEMENT_ID, &[Param::Null]), Expect::ResultSets).await;
+        let expected = "Unknown prepared statement handler (4294967295) given to mysqld_stmt_execute";
+        assert_eq!(error_of(&refused), (1243, expected.to_owned()), "{topology}: closed, as MariaDB says");
+        assert_eq!(site.old_ids().await.len(), 18, "{topology}: nothing was inserted into the old table");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_prepare_leaves_no_statement_for_direct_execution() {
+    // Checked: before, across two servers, the execution ran `SELECT ? + 1`, edxapp's last statement (the
+    // UPDATE's old side was never prepared there: its shadow on the csmh server failed first).
+    let flags = Stage::ExtendedTableReadingBoth.flags();
+    for site in [Site::two_servers(flags).await, Site::new(flags).await] {
+        let topology = if site.dbs.same_server() { "one server" } else { "two servers" };
+        let mut raw = client(&site.proxy.addr().to_string(), &site.dbs.edxapp_db, BULK).await;
+        prepare(&mut raw, "SELECT ? + 1").await;
+        let failing = format!("UPDATE `{OLD}` SET `no_such_column` = ? WHERE `id` = 1");
+        let execute = execute_text(LAST_STATEMENT_ID, &[Param::Text("1")]);
+        let (prepared, executed) = direct_execution(&mut raw, &failing, &execute).await;
+        assert_eq!(payloads(&prepared)[0][0], 0xFF, "{topology}: the prepare failed");
+        let expected = "Unknown prepared statement handler (4294967295) given to mysqld_stmt_execute";
+        assert_eq!(error_of(&executed), (1243, expected.to_owned()), "{topology}");
+        raw.send(&on_statement(COM_STMT_CLOSE, LAST_STATEMENT_ID)).await;
+        let reset = raw.command(&on_statement(COM_STMT_RESET, LAST_STATEMENT_ID), Expect::OnePacket).await;
+        let expected = "Unknown prepared statement handler (4294967295) given to mysqld_stmt_reset";
+        assert_eq!(error_of(&reset), (1243, expected.to_owned()), "{topology}: closed");
+        assert_eq!(payloads(&raw.query("SELECT 1").await).len(), 4, "{topology}: the session goes on");
+    }
+}
+
+#[tokio::test]
+async fn mariadb_connector_python_executes_history_statements_directly() {
+    let python = support::clients::blocking(|| {
+        support::packages::MYSQLCLIENT
+            .python_with(&[support::packages::MARIADB_CONNECTOR_PYTHON], "import MySQLdb, mariadb")
+    })
+    .await;
+    let flags = Stage::ExtendedTableReadingBoth.flags();
+    for site in [Site::two_servers(flags).await, Site::new(flags).await] {
+        let topology = if site.dbs.same_server() { "one server" } else { "two servers" };
+        let insert = edxapp_prepared_insert();
+        let steps = [
+            serde_json::json!({"sql": insert, "params": ["from python"]}),
+            serde_json::json!({"sql": format!("UPDATE `{OLD}` SET `grade` = ? WHERE `state` = ?"), "params": [7, "from python"]}),
+            serde_json::json!({"sql": format!("SELECT `id`, `grade` FROM `{OLD}` WHERE `state` = ?"), "params": ["from python"]}),
+            serde_json::json!({"sql": insert, "many": [["python batch"], ["python batch"]]}),
+        ];
+        let seen = mariadb_connector_sees(&python, &site, &steps).await;
+        let inserted = site.extended_ids_with_state("from python").await;
+        assert_eq!(inserted.len(), 1, "{topology}: {seen:?}");
+        let expected = [
+            serde_json::json!({"step": "connect"}),
+            serde_json::json!({"step": 0, "rows": [], "rowcount": 1}),
+            serde_json::json!({"step": 1, "rows": [], "rowcount": 1}),
+            serde_json::json!({"step": 2, "rows": [[inserted[0].to_string(), "7.0"]], "rowcount": 1}),
+            serde_json::json!({"step": 3, "rows": [], "rowcount": 2}),
+        ];
+        assert_eq!(seen, expected, "{topology}");
+        assert_eq!(site.extended_ids_with_state("python batch").await.len(), 2, "{topology}");
+    }
+}
+
+/// What `tests/python/mariadb_connector.py`, run by `python`, reports of running `steps` through the site's proxy.
+async fn mariadb_connector_sees(
+    python: &std::path::Path,
+    site: &Site,
+    steps: &[serde_json::Value],
+) -> Vec<serde_json::Value> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/mariadb_connector.py");
+    let app = support::app();
+    let mut command = tokio::process::Command::new(python);
+    command
+        .arg(script)
+        .arg(format!("--address={}", site.proxy.addr()))
+        .arg(format!("--user={}", app.user))
+        .arg(format!("--password={}", app.password))
+        .arg(format!("--database={}", site.dbs.edxapp_db))
+        .args(steps.iter().map(serde_json::Value::to_string));
+    let output = support::clients::run_ok(&mut command).await;
+    let stdout = support::clients::text(&output.stdout);
+    stdout.lines().map(|line| serde_json::from_str(line).expect("a JSON line")).collect()
 }

@@ -10,6 +10,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::error::{ConfigError, Location, Problem};
+use super::secrets::{self, Secrets};
 
 /// A parsed `proxy.toml`, not yet checked against the configuration's shape.
 pub(super) struct Document<'a> {
@@ -18,25 +19,33 @@ pub(super) struct Document<'a> {
 }
 
 impl<'a> Document<'a> {
-    /// Parses the TOML; a syntax error (bad TOML, a key given twice) names its line and quotes it.
-    pub(super) fn parse(text: &'a str) -> Result<Document<'a>, ConfigError> {
+    /// Parses the TOML; a syntax error (bad TOML, a key given twice) names its line and quotes it, without the
+    /// values of `secrets`.
+    pub(super) fn parse(text: &'a str, secrets: &Secrets) -> Result<Document<'a>, ConfigError> {
         match DeTable::parse(text) {
             Ok(root) => Ok(Document { text, root }),
             Err(error) => Err(ConfigError::Syntax {
                 at: Self::position_of(text, error.span()),
-                message: with_source_line(error.message(), text, error.span()),
+                message: with_source_line(error.message(), text, error.span(), secrets),
             }),
         }
     }
 
-    /// Reads the document into `T`; an unknown key, wrong type or missing key names its line and key path.
+    /// Reads the document into `T`; an unknown key, wrong type or missing key names its line and key path. A
+    /// complaint about the value of a secret key says what was expected, not what was found.
     pub(super) fn deserialize<T: Deserialize<'a>>(&self) -> Result<T, ConfigError> {
         T::deserialize(toml::de::Deserializer::from(self.root.clone())).map_err(|error| {
             let span = error.span().filter(|span| *span != self.root.span());
             let key = span.as_ref().and_then(|span| key_path_at(self.root.get_ref(), span));
+            let message = match &key {
+                Some(path) if secrets::is_secret_path(path.iter().map(String::as_str)) => {
+                    secrets::without_value(error.message())
+                }
+                _ => error.message().to_owned(),
+            };
             ConfigError::Syntax {
                 at: Location { key: key.map(|path| path.join(".")), ..Self::position_of(self.text, span) },
-                message: error.message().to_owned(),
+                message,
             }
         })
     }
@@ -67,11 +76,17 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// toml's message followed by the offending line of the file, quoted, so the operator sees what was read.
-fn with_source_line(message: &str, text: &str, span: Option<Range<usize>>) -> String {
-    let line = span.and_then(|span| text.get(..span.start).map(|before| before.matches('\n').count()));
-    match line.and_then(|index| text.lines().nth(index)).map(str::trim) {
-        Some(source) if !source.is_empty() => format!("{message} in `{source}`"),
+/// toml's message followed by the offending line of the file, quoted with the values of `secrets` masked, so the
+/// operator sees what was read.
+fn with_source_line(message: &str, text: &str, span: Option<Range<usize>>, secrets: &Secrets) -> String {
+    let Some(offset) = span.map(|span| span.start.min(text.len())).filter(|&offset| text.is_char_boundary(offset))
+    else {
+        return message.to_owned();
+    };
+    let start = text[..offset].rfind('\n').map_or(0, |newline| newline + 1);
+    let end = text[offset..].find('\n').map_or(text.len(), |newline| offset + newline);
+    match secrets.masked(text, start..end) {
+        source if !source.is_empty() => format!("{message} in `{source}`"),
         _ => message.to_owned(),
     }
 }
@@ -124,7 +139,7 @@ mod tests {
     #[test]
     fn key_paths_reach_into_nested_tables() {
         let text = "[backends.csmh]\naddress = 1\n";
-        let document = Document::parse(text).unwrap();
+        let document = Document::parse(text, &Secrets::default()).unwrap();
         let start = text.find('1').unwrap();
         let path = key_path_at(document.root.get_ref(), &(start..start + 1));
         assert_eq!(path, Some(vec!["backends".to_owned(), "csmh".to_owned(), "address".to_owned()]));
@@ -133,7 +148,7 @@ mod tests {
     #[test]
     fn a_missing_key_is_located_at_its_table() {
         let text = "[listen]\naddress = 'x'\n\n[backends.csmh]\naddress = 'y'\n";
-        let document = Document::parse(text).unwrap();
+        let document = Document::parse(text, &Secrets::default()).unwrap();
         let problem = document.locate(Problem::new("backends.csmh.user", "needed"));
         assert_eq!(problem.at.line, Some(4));
         let problem = document.locate(Problem::new("flags.READ_ONLY_FROM_CSMHE", "needed"));

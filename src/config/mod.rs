@@ -499,11 +499,12 @@ impl Config {
     /// Parses and validates the text of a `proxy.toml`; errors carry the line and key at fault, and never the
     /// value of a secret key such as `password`, whatever is wrong with the file.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse_and_validate(text).map_err(|error| secrets::Secrets::scan(text).redact_error(error))
+        let secrets = secrets::Secrets::scan(text);
+        Config::parse_and_validate(text, &secrets).map_err(|error| secrets.redact_error(error))
     }
 
-    fn parse_and_validate(text: &str) -> Result<Config, ConfigError> {
-        let document = document::Document::parse(text)?;
+    fn parse_and_validate(text: &str, secrets: &secrets::Secrets) -> Result<Config, ConfigError> {
+        let document = document::Document::parse(text, secrets)?;
         let config: Config = document.deserialize()?;
         let problems = validate::problems(&config);
         if problems.is_empty() {

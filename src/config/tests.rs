@@ -460,3 +460,36 @@ fn no_message_about_the_file_shows_a_password() {
     let invalid = refused(&two_servers_with(&format!("password = \"{secret}\"\n"))).to_string();
     assert!(invalid.contains("backends.csmh.user") && !invalid.contains(secret), "{invalid}");
 }
+
+/// `text` must be refused with a message naming `line` and showing none of `forms` (a secret as written and as
+/// toml reads it).
+fn assert_refused_without_any(text: &str, line: usize, forms: &[&str]) {
+    for form in forms {
+        assert_refused_without(text, line, form);
+    }
+}
+
+#[test]
+fn no_message_shows_a_password_of_another_type_or_under_a_key_written_otherwise() {
+    // Checked: before, toml's complaint named the number as it read it (`invalid type: integer `1234567``), the
+    // line of a syntax error after an array was quoted from the array's second element on, and a key with
+    // escapes was not known for a password.
+    let on_line_10 = |value: &str| two_servers_with(&format!("user = \"edxapp001\"\npassword = {value}\n"));
+    assert_refused_without_any(&on_line_10("1_234_567"), 10, &["1_234_567", "1234567"]);
+    assert_refused_without_any(&on_line_10("0xDEADBEEF"), 10, &["DEADBEEF", "3735928559"]);
+    assert_refused_without_any(&on_line_10("6.02e23"), 10, &["6.02e23", "602000000000000000000000"]);
+    assert_refused_without_any(&on_line_10("true"), 10, &["true"]);
+    assert_refused_without_any(&on_line_10("1979-05-27T07:32:00"), 10, &["1979", "07:32"]);
+    assert_refused_without_any(&on_line_10("[\"aa-1\", \"hunter2\"] x"), 10, &["aa-1", "hunter2"]);
+    assert_refused_without_any(&on_line_10("[\"aa-1\", \"hunter2\"]"), 10, &["aa-1", "hunter2"]);
+    assert_refused_without_any(&on_line_10("{ a = \"hunter2\" }"), 10, &["hunter2"]);
+    assert_refused_without_any(&on_line_10("[\n  \"aa-1\",\n  \"hunter2\" x\n]"), 12, &["aa-1", "hunter2"]);
+    let escaped_key = two_servers_with("user = \"edxapp001\"\n\"p\\u0061ssword\" = \"hunter2\" x\n");
+    assert_refused_without(&escaped_key, 10, "hunter2");
+    let escaped_key = two_servers_with("user = \"edxapp001\"\n\"p\\u0061ssword\" = 1_234_567\n");
+    assert_refused_without_any(&escaped_key, 10, &["1_234_567", "1234567"]);
+    let dotted = format!("{MINIMAL}backends.csmh.\"password\" = \"hunter2\" x\n");
+    assert_refused_without(&dotted, MINIMAL.lines().count() + 1, "hunter2");
+    let escaped_value = on_line_10("\"hunt\\u0065r2\" x");
+    assert_refused_without_any(&escaped_value, 10, &["hunter2", "hunt\\u0065r2"]);
+}

@@ -88,6 +88,12 @@ pub const COM_STMT_BULK_EXECUTE: u8 = 0xfa;
 /// MariaDB's COM_MULTI (10.2 to 10.5, since removed): several commands in one packet, several responses.
 pub const COM_MULTI: u8 = 0xfe;
 
+/// The statement id MariaDB reads as "the statement this connection prepared last" (its `LAST_STMT_ID`): MariaDB
+/// Connector/C's direct execution sends COM_STMT_PREPARE and, right behind it, a COM_STMT_EXECUTE (or
+/// COM_STMT_BULK_EXECUTE) naming this id, before it has read the prepare's answer. Servers never give a statement
+/// this id (MariaDB numbers them below 2^31).
+pub const LAST_STATEMENT_ID: u32 = 0xFFFF_FFFF;
+
 /// The bit of COM_STMT_EXECUTE's flags byte that asks for a read-only cursor (CURSOR_TYPE_READ_ONLY; the
 /// other cursor types are that one plus modifiers).
 const CURSOR_TYPE_READ_ONLY: u8 = 0x01;
@@ -161,6 +167,12 @@ impl Command {
             )
     }
 
+    /// Whether the command runs a prepared statement: COM_STMT_EXECUTE, and MariaDB's COM_STMT_BULK_EXECUTE (one
+    /// execution per row of parameters).
+    pub fn executes(&self) -> bool {
+        matches!(self, Command::StmtExecute { .. } | Command::Relayed(COM_STMT_BULK_EXECUTE))
+    }
+
     /// The shape of the server's response, or `None` when the server sends none.
     pub fn response(&self) -> Option<Expect> {
         match *self {
@@ -187,6 +199,13 @@ impl Command {
 /// payload); `None` when the payload is too short to hold one.
 pub fn statement_id(payload: &[u8]) -> Option<u32> {
     payload.get(1..5).map(|id| u32::from_le_bytes([id[0], id[1], id[2], id[3]]))
+}
+
+/// Whether a COM_STMT_EXECUTE's `payload`, for a statement of `params` parameters, says their types follow (after
+/// the command byte, the statement id, the flags, the iteration count and the parameters' NULL bitmap), as a
+/// direct execution must: MariaDB refuses one naming [`LAST_STATEMENT_ID`] without them as a malformed packet.
+pub fn execute_sends_types(payload: &[u8], params: u16) -> bool {
+    params == 0 || payload.get(10 + usize::from(params).div_ceil(8)).is_some_and(|&types| types != 0)
 }
 
 /// Makes a COM_STMT_* request name statement `id` instead, in place; `false` (and nothing changed) when the
@@ -254,6 +273,13 @@ mod tests {
     }
 
     #[test]
+    fn executions_are_execute_and_bulk_execute() {
+        let executing: Vec<u8> = (0..=u8::MAX).filter(|&b| Command::from_byte(b).executes()).collect();
+        assert_eq!(executing, [COM_STMT_EXECUTE, COM_STMT_BULK_EXECUTE]);
+        assert!(Command::StmtExecute { cursor: true }.executes());
+    }
+
+    #[test]
     fn an_execute_asking_for_a_cursor_gets_a_cursor_response() {
         let execute = |flags: u8| [COM_STMT_EXECUTE, 1, 0, 0, 0, flags, 1, 0, 0, 0];
         assert_eq!(Command::of(&execute(0)), Some(Command::StmtExecute { cursor: false }));
@@ -264,6 +290,17 @@ mod tests {
         assert_eq!(Command::of(&[COM_STMT_EXECUTE, 1]), Some(Command::StmtExecute { cursor: false }));
         assert_eq!(Command::of(&[]), None);
         assert_eq!(Command::of(&[COM_PING]), Some(Command::Relayed(COM_PING)));
+    }
+
+    #[test]
+    fn an_execute_says_whether_parameter_types_follow() {
+        let execute = |tail: &[u8]| [&[COM_STMT_EXECUTE, 1, 0, 0, 0, 0, 1, 0, 0, 0][..], tail].concat();
+        assert!(execute_sends_types(&execute(&[]), 0));
+        assert!(execute_sends_types(&execute(&[0, 1, 0xfd, 0, 1, b'x']), 1));
+        assert!(!execute_sends_types(&execute(&[0, 0, 1, b'x']), 1));
+        assert!(!execute_sends_types(&execute(&[0]), 1));
+        assert!(!execute_sends_types(&execute(&[0, 1]), 9), "nine parameters take two bytes of NULL bitmap");
+        assert!(execute_sends_types(&execute(&[0, 0, 1]), 9));
     }
 
     #[test]

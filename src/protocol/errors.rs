@@ -104,6 +104,18 @@ impl MysqlError {
         MysqlError::new(code::ER_NOT_SUPPORTED_YET, sqlstate::ACCESS_OR_SYNTAX, message)
     }
 
+    /// Error 1243 for a command on a prepared statement that is not there to run, as a server answers one it does
+    /// not know: "Unknown prepared statement handler (…) …".
+    pub fn unknown_statement(message: impl Into<String>) -> MysqlError {
+        MysqlError::new(code::ER_UNKNOWN_STMT_HANDLER, sqlstate::HY000, message)
+    }
+
+    /// Error 1835 for a command whose packet is not what the command needs, as MariaDB answers one (SQLSTATE
+    /// HY000: the server's handler of the command refuses it).
+    pub fn malformed_command() -> MysqlError {
+        MysqlError::new(code::ER_MALFORMED_PACKET, sqlstate::HY000, "Malformed communication packet")
+    }
+
     /// Reads an ERR packet's payload; `None` if it is not one. Without a SQLSTATE marker (servers older than
     /// protocol 4.1 answers) the state reads as HY000.
     pub fn parse(payload: &[u8]) -> Option<MysqlError> {

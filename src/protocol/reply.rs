@@ -31,6 +31,8 @@ pub enum Reply {
 pub struct Prepared {
     /// Its id on that connection.
     pub id: u32,
+    /// How many parameters it takes.
+    pub params: u16,
     /// The column definitions of its result (none for a statement without one).
     pub columns: Vec<Bytes>,
 }
@@ -80,7 +82,7 @@ impl Reply {
         let columns = packets
             .get(columns_at..columns_at + usize::from(ok.columns))
             .ok_or(ProtocolError::Malformed("prepared statement's column definitions"))?;
-        Ok(Reply::Prepared(Prepared { id: ok.statement_id, columns: columns.to_vec() }))
+        Ok(Reply::Prepared(Prepared { id: ok.statement_id, params: ok.params, columns: columns.to_vec() }))
     }
 }
 

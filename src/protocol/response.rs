@@ -113,6 +113,8 @@ pub struct ResponseScanner {
     status: Option<StatusFlags>,
     /// Error code of the ERR packet that ended the response.
     error: Option<u16>,
+    /// The prepare OK passed, in the answer to a COM_STMT_PREPARE.
+    prepared: Option<PrepareOk>,
 }
 
 impl ResponseScanner {
@@ -136,6 +138,7 @@ impl ResponseScanner {
             pending: None,
             status: None,
             error: None,
+            prepared: None,
         }
     }
 
@@ -147,6 +150,12 @@ impl ResponseScanner {
     /// The error code of the ERR packet that ended the response, if one did.
     pub fn error_code(&self) -> Option<u16> {
         self.error
+    }
+
+    /// The prepare OK passed (the statement's id and parameter count), if the response was a COM_STMT_PREPARE's
+    /// and the statement was prepared.
+    pub fn prepared_statement(&self) -> Option<PrepareOk> {
+        self.prepared
     }
 
     /// Passes over the frames in `buf`, returning how many bytes may be relayed now and what comes next.
@@ -268,7 +277,9 @@ impl ResponseScanner {
     }
 
     fn on_prepare_ok(&mut self, head: &[u8]) -> Result<Option<Progress>, ProtocolError> {
-        let PrepareOk { columns, params, .. } = PrepareOk::parse(head).ok_or(ProtocolError::Malformed("prepare OK"))?;
+        let prepared = PrepareOk::parse(head).ok_or(ProtocolError::Malformed("prepare OK"))?;
+        self.prepared = Some(prepared);
+        let PrepareOk { columns, params, .. } = prepared;
         Ok(if params > 0 {
             self.state = State::Defs { left: params.into(), then: AfterDefs::PrepareColumns(columns) };
             None

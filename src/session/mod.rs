@@ -322,16 +322,12 @@ impl Session {
 
     /// Decides what happens to `request`, read as `reading` says: the one place where a request's handling is
     /// chosen.
-    fn decide(&self, request: &mut Request, reading: Reading) -> Decision {
+    fn decide(&mut self, request: &mut Request, reading: Reading) -> Decision {
         let form = match request.command {
             Command::Query => Form::Query,
             Command::StmtPrepare => Form::Prepare,
             Command::Refused(byte) => return Decision::Refuse(refused_command(byte, request.command)),
-            _ => {
-                let csmh = self.csmh.connection_number();
-                let registered = request.statement_id.and_then(|id| self.statements.lookup(id, csmh));
-                return registered.map_or(Decision::Relay, Decision::Registered);
-            }
+            _ => return self.decide_on_statement(request),
         };
         let payload = request.span.payload_in(&self.client.buf);
         let (classified, cache) = request.snapshot.router.classify_for(command::body(&payload), form, reading);
@@ -352,6 +348,31 @@ impl Session {
         }
     }
 
+    /// Decides a command that may name a prepared statement: one the proxy handles itself is carried out by the
+    /// registry's decision, any other is relayed. A command naming [`command::LAST_STATEMENT_ID`] (MariaDB's "the
+    /// statement prepared last") is first made to name that statement by its own id, in the packet too, since the
+    /// server it goes to may have prepared statements of the proxy's since.
+    fn decide_on_statement(&mut self, request: &mut Request) -> Decision {
+        let Some(named) = request.statement_id else { return Decision::Relay };
+        if named == command::LAST_STATEMENT_ID && matches!(request.command, Command::StmtExecute { .. }) {
+            // The server checks this of a direct execution only; with the statement's own id it would not.
+            let params = self.statements.last_parameters().unwrap_or_default();
+            if !command::execute_sends_types(request.span.first_frame(&self.client.buf), params) {
+                return Decision::Refuse(MysqlError::malformed_command());
+            }
+        }
+        let Some(id) = self.statements.resolve(request.command, named) else {
+            return Decision::Registered(Registered::NoLastStatement);
+        };
+        if id != named {
+            // `statement_id` was read within the packet, so the packet is long enough to take another.
+            command::set_statement_id(request.span.first_frame_mut(&mut self.client.buf), id);
+            request.statement_id = Some(id);
+        }
+        let csmh = self.csmh.connection_number();
+        self.statements.lookup(id, csmh).map_or(Decision::Relay, Decision::Registered)
+    }
+
     /// Whether a statement to prepare would, executed, end or step in the client's transaction, with the
     /// extended table on its own server and flags that may route to it: the `csmh` side follows such statements
     /// in text only, and a prepared one's execution is a COM_STMT_EXECUTE the proxy does not read.
@@ -366,6 +387,10 @@ impl Session {
     /// Carries out a decision with the executor for its kind.
     async fn carry_out(&mut self, request: &mut Request, decision: Decision) -> Result<Flow, SessionError> {
         let prepare = request.command == Command::StmtPrepare;
+        if prepare {
+            // Whatever the decision, the client's last statement is the one this prepare gives it, if any.
+            self.statements.preparing();
+        }
         match decision {
             Decision::Relay | Decision::Route(Route::Passthrough) => self.relay(request).await,
             Decision::Refuse(error) => self.answer_error(request, error).await,
@@ -374,6 +399,7 @@ impl Session {
                 self.on_csmh_statement(request, id, grants).await
             }
             Decision::Registered(Registered::Lost { id }) => self.on_lost_statement(request, id).await,
+            Decision::Registered(Registered::NoLastStatement) => self.on_no_last_statement(request).await,
             Decision::Route(Route::Rewrite(rewritten)) => self.rewrite(request, rewritten).await,
             Decision::Route(Route::FanOut(FanOut::Union(sql))) => self.union_read(request, &sql).await,
             Decision::Route(Route::FanOut(FanOut::Merge(read))) if prepare => self.prepare_merged(request, *read).await,

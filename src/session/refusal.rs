@@ -1,6 +1,7 @@
 //! Statements the proxy answers with its own error instead of running them: the retired old table (1142), what
 //! the router cannot route exactly (1235), what an executor finds it cannot carry out (1235), and commands on a
-//! prepared statement lost with its `csmh` connection (1243). Each is logged at info with its reason, never
+//! prepared statement lost with its `csmh` connection or naming the last statement prepared when there is none
+//! (1243). Each is logged at info with its reason, never
 //! with the statement (whose values are the learners' data).
 
 use tracing::{debug, info};
@@ -9,8 +10,8 @@ use super::error::SessionError;
 use super::request::Request;
 use super::{Flow, Session};
 use crate::metrics::RouteLabel;
-use crate::protocol::command::{COM_STMT_CLOSE, Command};
-use crate::protocol::errors::{MysqlError, code, sqlstate};
+use crate::protocol::command::{COM_STMT_CLOSE, COM_STMT_FETCH, COM_STMT_RESET, Command, LAST_STATEMENT_ID};
+use crate::protocol::errors::MysqlError;
 use crate::routing::Refusal;
 
 impl Session {
@@ -69,9 +70,26 @@ impl Session {
                     "Unknown prepared statement handler ({id}): it was lost with csmh-proxy's connection to the csmh \
                      server; prepare it again"
                 );
-                let error = MysqlError::new(code::ER_UNKNOWN_STMT_HANDLER, sqlstate::HY000, message);
-                self.answer_error(request, error).await
+                self.answer_error(request, MysqlError::unknown_statement(message)).await
             }
         }
+    }
+
+    /// Answers a command naming the last statement prepared ([`LAST_STATEMENT_ID`]) while there is none, as
+    /// MariaDB does: an execution, a reset or a fetch gets error 1243 with the server's own words; closing it
+    /// or sending it long data gets no answer and does nothing.
+    pub(super) async fn on_no_last_statement(&mut self, request: &mut Request) -> Result<Flow, SessionError> {
+        if request.command.response().is_none() {
+            self.consume_request(request);
+            return Ok(Flow::Continue);
+        }
+        let handler = match request.command {
+            Command::Relayed(COM_STMT_RESET) => "mysqld_stmt_reset",
+            Command::Relayed(COM_STMT_FETCH) => "mysqld_stmt_fetch",
+            _ => "mysqld_stmt_execute",
+        };
+        info!("command on the last statement prepared, with none prepared");
+        let message = format!("Unknown prepared statement handler ({LAST_STATEMENT_ID}) given to {handler}");
+        self.answer_error(request, MysqlError::unknown_statement(message)).await
     }
 }

@@ -96,10 +96,18 @@ impl Session {
                 Copied::ClientTurn(ClientTurn::LocalInfile) => self.relay_local_infile().await?,
                 Copied::Done(end) => {
                     self.edxapp.note_response(&scanner);
+                    self.note_prepared(&scanner);
                     self.follow_csmh_transaction_end().await?;
                     return Ok(end);
                 }
             }
+        }
+    }
+
+    /// Notes the statement a prepare's answer, relayed as `scanner` followed it, gave the client.
+    pub(super) fn note_prepared(&mut self, scanner: &ResponseScanner) {
+        if let Some(prepared) = scanner.prepared_statement() {
+            self.statements.prepared(prepared.statement_id, prepared.params);
         }
     }
 

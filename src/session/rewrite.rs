@@ -117,7 +117,8 @@ impl Session {
         if request.command == Command::Relayed(COM_STMT_CLOSE) {
             self.statements.remove(request.statement_id.unwrap_or_default());
         }
-        if matches!(request.command, Command::StmtExecute { .. }) {
+        // Every execution, one at a time or a batch, is checked as the server checks the client's own.
+        if request.command.executes() {
             if let Some(denied) = self.check_grants(request, grants.rights, &grants.check).await? {
                 return self.answer_error(request, denied).await;
             }
@@ -160,6 +161,8 @@ impl Session {
         let mut scanner = ResponseScanner::new(expect, csmh.caps);
         match copy_response(&mut csmh.conn, &mut self.client, &mut scanner, &mut request.answer_seq).await {
             Ok(Copied::Done(_)) => {
+                // A prepare's answer carries the id the client knows the statement by (marked before it was relayed).
+                self.note_prepared(&scanner);
                 self.follow_csmh_rollback(scanner.error_code()).await?;
                 Ok(Flow::Continue)
             }

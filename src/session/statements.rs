@@ -3,7 +3,8 @@
 //! client by an id of the proxy's with [`CSMH_STATEMENT`] set). A command on a prepared statement is looked up
 //! here, beside the router's decision for statements. What lives on the `csmh` server lives as long as the
 //! connection it was prepared on: after that connection failed, the statement is lost, never confused with one
-//! of the same server id on the next connection.
+//! of the same server id on the next connection. It also knows which statement the client prepared last, which
+//! MariaDB lets a command name by [`LAST_STATEMENT_ID`] (see [`Statements::resolve`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::merge::{MergePlan, Origin};
+use crate::protocol::command::{COM_STMT_CLOSE, Command, LAST_STATEMENT_ID};
 use crate::routing::Rights;
 use crate::topology::Server;
 
@@ -34,6 +36,9 @@ pub(super) enum Registered {
         /// The id the client knows it by.
         id: u32,
     },
+    /// [`LAST_STATEMENT_ID`] while there is no last statement: the client's last prepare failed, or it closed
+    /// that statement since (or reset its session).
+    NoLastStatement,
 }
 
 /// What the client's rights on the old table are checked with before a statement prepared on the `csmh`
@@ -120,11 +125,54 @@ pub(super) struct Statements {
     on_csmh: HashMap<u32, OnCsmh>,
     /// The last id given to a statement prepared on the `csmh` connection, without [`CSMH_STATEMENT`].
     last_csmh_id: u32,
+    /// The statement the client prepared last, while it is open.
+    last_prepared: Option<LastPrepared>,
+}
+
+/// The statement a client prepared last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LastPrepared {
+    /// The id the client knows it by.
+    id: u32,
+    /// How many parameters it takes.
+    params: u16,
 }
 
 impl Statements {
-    /// What the statement `id` a command names is, if the proxy handles it itself; `csmh_open` says whether the
-    /// `csmh` connection its statements live on is open.
+    /// Notes that the client sends a COM_STMT_PREPARE: until its answer gives the client a statement, there is no
+    /// last statement, as MariaDB forgets it when a prepare fails.
+    pub fn preparing(&mut self) {
+        self.last_prepared = None;
+    }
+
+    /// Notes the statement a COM_STMT_PREPARE gave the client: the id the client knows it by, and how many
+    /// parameters it takes.
+    pub fn prepared(&mut self, id: u32, params: u16) {
+        self.last_prepared = Some(LastPrepared { id, params });
+    }
+
+    /// How many parameters the statement the client prepared last takes, if there is one.
+    pub fn last_parameters(&self) -> Option<u16> {
+        self.last_prepared.map(|last| last.params)
+    }
+
+    /// The statement a `command` naming statement `id` is about, by the id the client knows it by: `id` itself,
+    /// or for [`LAST_STATEMENT_ID`] the statement the client prepared last, as MariaDB reads that id; `None` when
+    /// there is no such statement. Closing the last statement leaves none, as on MariaDB.
+    ///
+    /// The proxy cannot let a server read the id itself: a server's last statement may be one the proxy prepared
+    /// there for itself (a grant check, a shadow), and a statement the proxy prepared on the `csmh` server is
+    /// not the last one of the client's own connection.
+    pub fn resolve(&mut self, command: Command, id: u32) -> Option<u32> {
+        let id = if id == LAST_STATEMENT_ID { self.last_prepared?.id } else { id };
+        if command == Command::Relayed(COM_STMT_CLOSE) && self.last_prepared.is_some_and(|last| last.id == id) {
+            self.last_prepared = None;
+        }
+        Some(id)
+    }
+
+    /// What the statement `id` a command names is, if the proxy handles it itself; `csmh_connection` is the
+    /// number of the `csmh` connection open now, if any, which its statements must have been prepared on.
     pub fn lookup(&self, id: u32, csmh_connection: Option<u64>) -> Option<Registered> {
         if let Some(shadow) = self.shadows.get(&id) {
             return Some(match shadow.server {
@@ -142,11 +190,12 @@ impl Statements {
     /// Registers a statement the `csmh` connection numbered `connection` prepared as `csmh_id`, whose executions
     /// check the client's rights with `grants`; the id the client knows it by.
     pub fn insert_on_csmh(&mut self, connection: u64, csmh_id: u32, grants: GrantCheck) -> u32 {
-        // Ids are not reused before 2^31 prepares in one session; one still in use is skipped.
+        // Ids are not reused before 2^31 prepares in one session; one still in use is skipped, and so is the id
+        // that names the last statement prepared.
         loop {
             self.last_csmh_id = self.last_csmh_id.wrapping_add(1) & !CSMH_STATEMENT;
             let id = self.last_csmh_id | CSMH_STATEMENT;
-            if self.last_csmh_id != 0 && !self.on_csmh.contains_key(&id) {
+            if self.last_csmh_id != 0 && id != LAST_STATEMENT_ID && !self.on_csmh.contains_key(&id) {
                 self.on_csmh.insert(id, OnCsmh { connection, id: csmh_id, grants });
                 return id;
             }
@@ -176,5 +225,46 @@ impl Statements {
     pub fn forget_all(&mut self) {
         self.shadows.clear();
         self.on_csmh.clear();
+        self.last_prepared = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXECUTE: Command = Command::StmtExecute { cursor: false };
+    const CLOSE: Command = Command::Relayed(COM_STMT_CLOSE);
+
+    #[test]
+    fn the_last_statement_is_the_last_prepared_until_a_prepare_fails_or_it_is_closed() {
+        let mut statements = Statements::default();
+        assert_eq!(statements.resolve(EXECUTE, LAST_STATEMENT_ID), None, "nothing prepared yet");
+        assert_eq!(statements.resolve(EXECUTE, 7), Some(7));
+        statements.prepared(7, 0);
+        statements.prepared(8, 2);
+        assert_eq!(statements.resolve(EXECUTE, LAST_STATEMENT_ID), Some(8));
+        assert_eq!(statements.last_parameters(), Some(2));
+        assert_eq!(statements.resolve(CLOSE, 7), Some(7));
+        assert_eq!(statements.resolve(EXECUTE, LAST_STATEMENT_ID), Some(8), "closing another one keeps it");
+        assert_eq!(statements.resolve(CLOSE, LAST_STATEMENT_ID), Some(8));
+        assert_eq!(statements.resolve(EXECUTE, LAST_STATEMENT_ID), None, "closed");
+        statements.prepared(9, 0);
+        assert_eq!(statements.resolve(CLOSE, 9), Some(9));
+        assert_eq!(statements.resolve(EXECUTE, LAST_STATEMENT_ID), None, "closed by its own id");
+        statements.prepared(10, 0);
+        statements.preparing();
+        assert_eq!(statements.resolve(EXECUTE, LAST_STATEMENT_ID), None, "the last prepare failed");
+        statements.prepared(11, 0);
+        statements.forget_all();
+        assert_eq!(statements.resolve(EXECUTE, LAST_STATEMENT_ID), None, "the session was reset");
+    }
+
+    #[test]
+    fn no_statement_on_the_csmh_server_is_given_the_id_of_the_last() {
+        let mut statements = Statements { last_csmh_id: 0x7FFF_FFFD, ..Statements::default() };
+        let grants = GrantCheck { rights: Rights::INSERT, check: Arc::from(&b"INSERT"[..]) };
+        assert_eq!(statements.insert_on_csmh(1, 1, grants.clone()), 0xFFFF_FFFE);
+        assert_eq!(statements.insert_on_csmh(1, 2, grants), CSMH_STATEMENT | 1, "0xFFFFFFFF is skipped");
     }
 }

@@ -111,6 +111,7 @@ impl Session {
             Server::Edxapp => None,
         };
         self.statements.insert(Shadow { own: own.id, server, csmh_connection, id: shadow.id, twin });
+        self.statements.prepared(own.id, own.params);
         Ok(Flow::Continue)
     }
 

@@ -97,6 +97,12 @@ impl Site {
         self.csmh_root().await.query(format!("SELECT id FROM {} ORDER BY id", self.extended())).await.unwrap()
     }
 
+    /// The ids of the extended table's rows with `state`, ascending, looked at directly.
+    pub async fn extended_ids_with_state(&self, state: &str) -> Vec<u64> {
+        let sql = format!("SELECT id FROM {} WHERE state = '{state}' ORDER BY id", self.extended());
+        self.csmh_root().await.query(sql).await.unwrap()
+    }
+
     /// Every row of both tables as (id, state, version), the old table's then the extended table's, ascending by
     /// id, looked at directly: what a refused statement must leave as it was.
     pub async fn both_tables(&self) -> [Vec<(u64, String, Option<String>)>; 2] {
@@ -145,6 +151,14 @@ pub fn edxapp_insert_at(module: u64, state: &str, created: &str) -> String {
     format!(
         "INSERT INTO `{OLD}` (`version`, `created`, `state`, `grade`, `max_grade`, `student_module_id`) VALUES \
          (NULL, '{created}', '{state}', 1.0, 2.0, {module})"
+    )
+}
+
+/// A history INSERT as a client that prepares it would write it, with the state as its one parameter.
+pub fn edxapp_prepared_insert() -> String {
+    format!(
+        "INSERT INTO `{OLD}` (`version`, `created`, `state`, `grade`, `max_grade`, `student_module_id`) \
+         VALUES (NULL, '2024-06-01 12:00:00', ?, 1, 2, 5)"
     )
 }
 

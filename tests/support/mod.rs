@@ -18,6 +18,7 @@ pub mod mysql84;
 pub mod packages;
 pub mod raw;
 pub mod record;
+pub mod statements;
 pub mod tls;
 pub mod twins;
 

@@ -93,6 +93,11 @@ pub const MYSQLCLIENT: Venv<'static> = Venv {
     build_packages: &["libmariadb-dev", "pkg-config", "gcc"],
 };
 
+/// MariaDB Connector/Python (the `mariadb` package, built on the MariaDB Connector/C of `libmariadb-dev`), for
+/// [`MYSQLCLIENT`]'s `python_with`: its binary cursors execute statements directly (Connector/C's
+/// `mariadb_stmt_execute_direct`).
+pub const MARIADB_CONNECTOR_PYTHON: &str = "mariadb==1.1.14";
+
 /// Django's LTS release that edx-platform ran on up to Teak (MariaDB 10.11 and Python 3.11 supported), installed
 /// into [`MYSQLCLIENT`] by [`django_4_2_python`].
 pub const DJANGO_4_2: &str = "4.2.30";

@@ -131,6 +131,19 @@ fn the_error_code_that_ended_a_response_is_kept() {
 }
 
 #[test]
+fn the_statement_a_prepare_gave_is_kept() {
+    let prepared = wire(&[vec![0x00, 7, 0, 0, 0x80, 0, 0, 2, 0, 0, 0, 0], column_def(), column_def()]);
+    let mut scanner = ResponseScanner::new(Expect::Prepare, caps(true));
+    feed(&mut scanner, &prepared, prepared.len());
+    let expected = PrepareOk { statement_id: 0x8000_0007, columns: 0, params: 2 };
+    assert_eq!(scanner.prepared_statement(), Some(expected));
+    let refused = wire(&[err()]);
+    let mut scanner = ResponseScanner::new(Expect::Prepare, caps(true));
+    feed(&mut scanner, &refused, refused.len());
+    assert_eq!(scanner.prepared_statement(), None);
+}
+
+#[test]
 fn error_in_the_middle_of_rows_ends_the_response() {
     let mut packets = result_set(1, 2, false, AUTOCOMMIT);
     packets.pop();
