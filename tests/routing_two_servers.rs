@@ -7,12 +7,17 @@ mod support;
 
 use std::collections::BTreeMap;
 
+use csmh_proxy::backend::{Credentials, LOGIN_CAPABILITIES};
 use csmh_proxy::history::Stage;
+use csmh_proxy::protocol::response::Expect;
 use csmh_proxy::sandbox::{SAMPLE_COURSE, SAMPLE_PROBLEMS};
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Row, Value};
+use mysql_common::constants::MariadbCapabilities;
 use support::EdxDatabases;
 use support::edx::*;
+use support::raw::RawClient;
+use support::statements::{bulk_execute, error_of, prepare};
 
 /// The extended table's rows (id, version, state), looked at directly on its server.
 async fn extended_rows(site: &Site) -> Vec<(u64, Option<String>, String)> {
@@ -314,6 +319,30 @@ async fn a_csmh_side_that_cannot_step_back_rolls_the_client_back_and_its_next_st
     assert_eq!(dora, None, "the edxapp side of the transaction was rolled back with the csmh side's");
     edxapp.query_drop("COMMIT").await.unwrap();
     assert!(extended_rows(&site).await.is_empty());
+}
+
+#[tokio::test]
+async fn after_an_untold_rollback_a_batch_execution_gets_the_error_instead_of_running() {
+    let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
+    let app = support::app();
+    let credentials =
+        Credentials { user: app.user, password: Some(app.password), database: Some(site.dbs.edxapp_db.clone()) };
+    let bulk = MariadbCapabilities::MARIADB_CLIENT_STMT_BULK_OPERATIONS;
+    let mut raw =
+        RawClient::connect_mariadb(&site.proxy.addr().to_string(), &credentials, LOGIN_CAPABILITIES, bulk).await;
+    let add_user = prepare(&mut raw, "INSERT INTO auth_user (id, username) VALUES (?, ?)").await;
+    for sql in ["BEGIN".to_owned(), edxapp_insert(5, "before"), "SAVEPOINT s".to_owned(), edxapp_insert(5, "after")] {
+        raw.query(&sql).await;
+    }
+    site.kill_csmh_connections().await;
+    // edxapp steps back and answers; the csmh side lost its part, so the proxy rolled edxapp's back too.
+    raw.query("ROLLBACK TO SAVEPOINT s").await;
+    let batch = raw.command(&bulk_execute(add_user, &[vec![Some("98"), Some("eve")]]), Expect::ResultSets).await;
+    let (code, message) = error_of(&batch);
+    assert_eq!(code, 1430, "the rollback the client was not told of: {message}");
+    let eve: Option<String> =
+        site.edxapp().await.query_first("SELECT username FROM auth_user WHERE id = 98").await.unwrap();
+    assert_eq!(eve, None, "the batch did not run outside the transaction the client believes in");
 }
 
 #[tokio::test]

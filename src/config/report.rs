@@ -65,7 +65,10 @@ impl Report<'_> {
         let backends = &self.0.backends;
         if backends.same_server() {
             writeln!(f, "topology:        one server, {}", backends.edxapp.address)?;
-            writeln!(f, "  edxapp, csmh:  the client's own connection (reads of both merged from two statements; writes stay atomic)")?;
+            writeln!(
+                f,
+                "  edxapp, csmh:  the client's own connection (reads of both merged from two statements; writes stay atomic)"
+            )?;
             writeln!(f, "  tls:           {}", backends.edxapp.tls.mode.as_str())
         } else {
             writeln!(f, "topology:        two servers")?;

@@ -36,13 +36,11 @@ impl Transaction {
         self.untold_end = Some(error);
     }
 
-    /// For a statement (`command`): the error of an end of the transaction the client was not told of yet. The
+    /// For a statement (`command`: a query, a prepare, an execution or a batch of them): the error of an end of the transaction the client was not told of yet. The
     /// statement does not run, so that it does not carry on, outside a transaction, what the client believes is
     /// one.
     pub fn take_untold_end(&mut self, command: Command) -> Option<MysqlError> {
-        match command {
-            Command::Query | Command::StmtPrepare | Command::StmtExecute { .. } => self.untold_end.take(),
-            _ => None,
-        }
+        let statement = matches!(command, Command::Query | Command::StmtPrepare) || command.executes();
+        if statement { self.untold_end.take() } else { None }
     }
 }
