@@ -288,6 +288,12 @@ pub(crate) fn copied_up_to(previous: &Checkpoint) -> Option<u64> {
     previous.last_id.max(Recopy::resumed(previous).map(|recopy| recopy.until))
 }
 
+/// Whether the copy `checkpoint` records has copied every old row once: its run finished, or a `--from-id`
+/// re-copy is under way (which copies again rows an earlier run copied). `false` when `migrate` never ran.
+pub(crate) fn copy_finished(checkpoint: Option<&Checkpoint>) -> bool {
+    checkpoint.is_some_and(|checkpoint| checkpoint.state == DONE || Recopy::resumed(checkpoint).is_some())
+}
+
 /// The re-copy `--from-id from` asks for, given the highest id copied so far: only rows copied before can be
 /// copied again (the others are copied by a run without `--from-id`, from the checkpoint).
 fn recopy_of(from: u64, copied_up_to: Option<u64>) -> Result<Recopy, MigrateError> {
