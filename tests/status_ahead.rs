@@ -90,3 +90,17 @@ async fn status_sets_the_flags_back_or_repairs_while_the_copy_is_unfinished_or_u
     assert_eq!(next_step(&site).await["step"], "truncate_old");
 }
 
+#[tokio::test]
+async fn status_names_an_unreachable_server_once() {
+    let site = MigrationSite::new(false).await;
+    let text = std::fs::read_to_string(&site.config_path).expect("the configuration");
+    let server = site.dbs.edxapp.addr().to_string();
+    assert!(text.contains(&server), "{text}");
+    let path = site.config_path.with_file_name("unreachable.toml");
+    std::fs::write(&path, text.replace(&server, "127.0.0.1:1")).expect("write the configuration");
+    let output = migrate_support::binary(&path, &["status"]).output().await.expect("run status");
+    assert_eq!(output.status.code(), Some(2), "{}", outputs(&output));
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(error.contains("cannot connect to [backends.edxapp] at 127.0.0.1:1: "), "{error}");
+    assert!(!error.contains("Input/output error: Input/output error"), "said once: {error}");
+}
