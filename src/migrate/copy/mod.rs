@@ -153,8 +153,10 @@ pub struct MigrateReport {
     pub resumed_from: Option<u64>,
     /// Rows this run copied.
     pub rows_copied: u64,
-    /// Rows copied since the migration started, across resumed runs.
+    /// Rows copied since the migration started, across resumed runs; for a re-copy (`recopy`), since it began.
     pub rows_total: u64,
+    /// The `--from-id` re-copy this run made or resumed, if any.
+    pub recopy: Option<Recopy>,
     /// Every old row with an id up to this one is in the extended table.
     pub last_id: u64,
     /// Passes that copied something: the first, then catch-up passes for rows written meanwhile.
@@ -174,13 +176,25 @@ impl MigrateReport {
 
 impl fmt::Display for MigrateReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(from) = self.resumed_from {
-            writeln!(f, "resumed after id {from}")?;
+        // A re-copy's first run starts just below `--from-id`: that is no resumption.
+        match (self.resumed_from, self.recopy) {
+            (Some(after), Some(recopy)) if after == recopy.from.saturating_sub(1) => {
+                writeln!(f, "copying again from id {} up to id {}", recopy.from, recopy.until)?
+            }
+            (Some(after), Some(recopy)) => {
+                writeln!(f, "resumed after id {after} (re-copy from id {} up to id {})", recopy.from, recopy.until)?
+            }
+            (Some(after), None) => writeln!(f, "resumed after id {after}")?,
+            (None, _) => {}
         }
+        let since = match self.recopy {
+            Some(recopy) => format!("since the re-copy from id {} began", recopy.from),
+            None => "since the migration started".to_owned(),
+        };
         let how = if self.server_side { "INSERT ... SELECT on one server" } else { "streamed across two servers" };
         writeln!(
             f,
-            "copied {} rows in {:.1} s ({:.0} rows/s, {how}); {} rows since the migration started",
+            "copied {} rows in {:.1} s ({:.0} rows/s, {how}); {} rows {since}",
             self.rows_copied,
             self.elapsed.as_secs_f64(),
             self.rows_per_second(),
@@ -256,12 +270,13 @@ pub async fn migrate_with(site: &Site, args: &MigrateArgs, figures: &Figures) ->
     let passes = copy_passes(&mut servers, site, args, &mut run).await;
     run.progress.finish();
     let passes = passes?;
-    run.recopy = None;
+    let recopy = run.recopy.take();
     checkpoint::save(&mut servers.csmh, site, Task::Migrate, &run.checkpoint(DONE)).await?;
     Ok(MigrateReport {
         resumed_from,
         rows_copied: run.rows_this_run,
         rows_total: run.rows_done,
+        recopy,
         last_id: run.last_id,
         passes,
         server_side: site.topology == Topology::OneServer,
