@@ -141,6 +141,14 @@ impl Direction {
 
 /// The first chunk's size, before any timing is known.
 const INITIAL_CHUNK_ROWS: u64 = 1_000;
+
+/// The chunk sizer of a copy run with `args`: the first chunk's size, `--chunk-seconds`, `--max-chunk-rows`, and
+/// chunks of about one second's worth of `--max-rows-per-second`.
+fn chunk_sizer(args: &MigrateArgs) -> ChunkSizer {
+    let sizer = ChunkSizer::new(INITIAL_CHUNK_ROWS, args.max_chunk_rows, Duration::from_secs_f64(args.chunk_seconds));
+    sizer.set_rate_cap(args.max_rows_per_second);
+    sizer
+}
 /// The size at which a statement is sent across two servers (at most half the server's `max_allowed_packet`).
 const STATEMENT_BYTES: usize = 4 << 20;
 /// How long a run waits for another run of `migrate` on the same table to end before refusing.
@@ -358,7 +366,7 @@ async fn copy_passes(
     args: &MigrateArgs,
     run: &mut Run<'_>,
 ) -> Result<u32, MigrateError> {
-    let sizer = ChunkSizer::new(INITIAL_CHUNK_ROWS, args.max_chunk_rows, Duration::from_secs_f64(args.chunk_seconds));
+    let sizer = chunk_sizer(args);
     let steered = Steered {
         direction: Direction::Forward,
         note: run.recopy.map(Recopy::detail),
