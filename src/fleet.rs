@@ -162,13 +162,34 @@ impl fmt::Display for ShadowTotals {
             counts.skipped,
             counts.failed
         )?;
-        if counts.differing > 0 {
-            write!(
+        match counts.last_differing_seconds_ago {
+            Some(ago) => write!(
                 f,
-                "; DIFFERENCES: the extended table alone would not give every read its answer (the proxies' logs name the ids; run `csmh-proxy verify`)"
-            )?;
+                "; DIFFERENCES: the extended table alone would not give every read its answer (the proxies' logs \
+                 name the ids; run `csmh-proxy verify`); the last differing read {} ago, {} reads compared since",
+                Ago(ago),
+                counts.compared_since_last_differing
+            ),
+            None if counts.differing > 0 => write!(
+                f,
+                "; DIFFERENCES: the extended table alone would not give every read its answer (the proxies' logs \
+                 name the ids; run `csmh-proxy verify`)"
+            ),
+            None => Ok(()),
         }
-        Ok(())
+    }
+}
+
+/// A number of seconds as an operator reads it: `42 s`, `17 min`, `3 h 5 min`.
+struct Ago(u64);
+
+impl fmt::Display for Ago {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            secs if secs < 120 => write!(f, "{secs} s"),
+            secs if secs < 7_200 => write!(f, "{} min", secs / 60),
+            secs => write!(f, "{} h {} min", secs / 3_600, secs % 3_600 / 60),
+        }
     }
 }
 

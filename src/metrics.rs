@@ -248,18 +248,37 @@ pub struct ShadowCounters {
     pub skipped: Counter,
     /// The comparison could not run (the shadow read failed).
     pub failed: Counter,
+    /// When the last differing read was counted, and how many reads had been compared then (it included).
+    last_differing: Arc<std::sync::Mutex<Option<(std::time::Instant, u64)>>>,
 }
 
 impl ShadowCounters {
+    /// Counts a differing read, and remembers when it was.
+    pub fn differed(&self) {
+        self.differing.inc();
+        let compared = self.compared();
+        *self.last_differing.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((std::time::Instant::now(), compared));
+    }
+
+    /// Reads compared so far.
+    fn compared(&self) -> u64 {
+        self.matching.get() + self.differing.get() + self.inconclusive.get()
+    }
+
     /// The counts now.
     pub fn counts(&self) -> ShadowCounts {
+        let compared = self.compared();
+        let last = *self.last_differing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         ShadowCounts {
-            compared: self.matching.get() + self.differing.get() + self.inconclusive.get(),
+            compared,
             matching: self.matching.get(),
             differing: self.differing.get(),
             inconclusive: self.inconclusive.get(),
             skipped: self.skipped.get(),
             failed: self.failed.get(),
+            last_differing_seconds_ago: last.map(|(at, _)| at.elapsed().as_secs()),
+            compared_since_last_differing: compared - last.map_or(0, |(_, then)| then),
         }
     }
 }
@@ -280,16 +299,35 @@ pub struct ShadowCounts {
     pub skipped: u64,
     /// The shadow read failed.
     pub failed: u64,
+    /// Seconds since the last differing read (`None`: none since the proxy started). Over several proxies, the
+    /// most recent; a proxy too old to say, with differing reads, counts as one just now.
+    #[serde(default)]
+    pub last_differing_seconds_ago: Option<u64>,
+    /// Reads compared after the last differing one (all of them when none differed): the evidence that the
+    /// extended table alone answers reads since. Over several proxies, added up, each since its own last one.
+    #[serde(default)]
+    pub compared_since_last_differing: u64,
+}
+
+impl ShadowCounts {
+    /// Seconds since the last differing read, a proxy that does not say when (older than the field) counting as
+    /// just now.
+    fn last_differing_or_now(&self) -> Option<u64> {
+        self.last_differing_seconds_ago.or((self.differing > 0).then_some(0))
+    }
 }
 
 impl std::ops::AddAssign for ShadowCounts {
     fn add_assign(&mut self, other: ShadowCounts) {
+        let last_differing = [self.last_differing_or_now(), other.last_differing_or_now()].into_iter().flatten().min();
         self.compared += other.compared;
         self.matching += other.matching;
         self.differing += other.differing;
         self.inconclusive += other.inconclusive;
         self.skipped += other.skipped;
         self.failed += other.failed;
+        self.last_differing_seconds_ago = last_differing;
+        self.compared_since_last_differing += other.compared_since_last_differing;
     }
 }
 
@@ -389,7 +427,7 @@ impl Metrics {
         // next series while it is held would deadlock.
         let [matching, differing, inconclusive, skipped, failed] =
             SHADOW_RESULTS.map(|result| shadow_reads.get_or_create(&[("result", result)]).clone());
-        let shadow = ShadowCounters { matching, differing, inconclusive, skipped, failed };
+        let shadow = ShadowCounters { matching, differing, inconclusive, skipped, failed, ..Default::default() };
         registry.register(
             "shadow_reads",
             "Merged history reads sampled by [shadow] and answered from the extended table alone too, by result: \

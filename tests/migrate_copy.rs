@@ -220,6 +220,9 @@ async fn a_rerun_from_an_id_repairs_rows_changed_or_deleted_after_their_copy() {
         let repair = MigrateArgs { from_id: Some(50), ..MigrateArgs::default() };
         let report = migrate(&site.site(), &repair).await.expect("migrate --from-id");
         assert_eq!(report.resumed_from, Some(49));
+        let printed = report.to_string();
+        assert!(printed.starts_with("copying again from id 50 up to id "), "not a resumption: {printed}");
+        assert!(printed.contains(" rows since the re-copy from id 50 began"), "{printed}");
         assert_eq!(
             site.extended_fingerprint(u64::MAX).await,
             site.old_fingerprint().await,

@@ -194,6 +194,11 @@ async fn migrate_dry_run(two_servers: bool) {
         );
     }
 
+    // A rows-per-second limit keeps chunks to about a second of it, so the copy goes evenly, not in bursts.
+    let out = changes_nothing(&site, &["migrate", "--dry-run", "--max-rows-per-second", "300"], 0).await;
+    let end = old_id_at(&site, 299).await;
+    assert_contains(&out, &["chunks: 300 rows to start", &format!("chunk 1: ids 1-{end} (300 rows)\n")]);
+
     // The servers' state would show the checkpoint table a dry run must not create.
     let before = site.servers_state().await;
     checkpoint::ensure(&mut site.csmh().await, &site.site()).await.unwrap();

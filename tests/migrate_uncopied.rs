@@ -87,6 +87,8 @@ async fn status_says_to_copy_old_rows_written_after_the_copy() {
     assert_next_step(&site, "migrate", &[]).await;
 
     run(&site, &["migrate"], 0).await;
+    assert_next_step(&site, "verify", &[]).await;
+    run(&site, &["verify"], 0).await;
     assert_next_step(&site, "set_flags", &[("READ_ONLY_FROM_CSMHE", true)]).await;
 }
 

@@ -96,6 +96,31 @@ async fn shadow_reads(two_servers: bool) {
     edxapp.query_drop(edxapp_read(&(module + 1).to_string())).await.expect("another module");
     let counts = wait_for(admin, |counts| counts.compared() >= 7).await;
     assert_eq!(counts.differing, 1, "{counts:?}");
+
+    // Repaired (`migrate --from-id`) and verified: the difference is past, the runbook goes on, and `fleet` and
+    // `status` show the reads compared since it, without restarting the proxy.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let from = planted.to_string();
+    for command in [&["migrate", "--from-id", &from][..], &["verify"]] {
+        let output = site.command(command).await;
+        assert_eq!(output.status.code(), Some(0), "{}", outputs(&output));
+    }
+    edxapp.query_drop(&read).await.expect("the read once repaired");
+    let counts = wait_for(admin, |counts| counts.compared() >= 8).await;
+    assert_eq!((counts.matching, counts.differing), (7, 1), "{counts:?}");
+    let fleet = site.command(&["fleet", "--admin", &admin_arg]).await;
+    let fleet_text = String::from_utf8_lossy(&fleet.stdout);
+    assert!(fleet_text.contains(" s ago, 2 reads compared since"), "{}", outputs(&fleet));
+    let status = site.command(&["status", "--json", "--admin", &admin_arg]).await;
+    assert_eq!(status.status.code(), Some(0), "{}", outputs(&status));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
+    assert_eq!(
+        (&status["shadow"]["differing"], &status["shadow"]["compared_since_last_differing"]),
+        (&1.into(), &2.into())
+    );
+    let at = status["shadow"]["last_differing_at"].as_str().expect("when the read differed");
+    assert!(at < status["verify"]["started_at"].as_str().expect("the verify"), "{status:#}");
+    assert_eq!(status["next_step"]["step"], "set_flags", "{status:#}");
     edxapp.disconnect().await.expect("disconnect");
 }
 

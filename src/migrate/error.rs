@@ -1,6 +1,6 @@
 //! What can stop a migration command, each with the message the operator reads.
 
-use super::tls::LoginError;
+use super::tls::{ClientError, LoginError};
 use crate::config::PasswordError;
 use crate::history::TableNameError;
 use crate::tls::TlsError;
@@ -49,7 +49,7 @@ pub enum MigrateError {
         seconds: u64,
     },
     /// A statement failed on a backend.
-    #[error("{backend}: {what}: {source}")]
+    #[error("{backend}: {what}: {}", ClientError(source))]
     Query {
         /// `edxapp` or `csmh`.
         backend: &'static str,

@@ -100,8 +100,21 @@ pub enum LoginError {
         remedy: &'static str,
     },
     /// Any other failure: the client library's or the server's error.
-    #[error(transparent)]
+    #[error("{}", ClientError(.0))]
     Client(mysql_async::Error),
+}
+
+/// The client library's error as the operator reads it: its I/O errors once, not as mysql_async words them
+/// (`Input/output error: Input/output error: Connection refused`).
+pub struct ClientError<'a>(pub &'a mysql_async::Error);
+
+impl fmt::Display for ClientError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            mysql_async::Error::Io(IoError::Io(io)) => write!(f, "{io}"),
+            other => write!(f, "{other}"),
+        }
+    }
 }
 
 /// What a `verify-*` mode checks of the server's certificate, as the message of [`LoginError::Certificate`]

@@ -116,7 +116,7 @@ fn print_banner(proxy: SocketAddr, edxapp: &MariaDb, csmh: &MariaDb, app: &Accou
     println!("Edit the configuration's [flags] to move the history to the extended table: the proxy follows the file.");
     println!("Rehearse the migration with the same file: export CSMH_PROXY_CONFIG={}", config.display());
     println!(
-        "then csmh-proxy status, init, migrate, pause, resume, verify, truncate-old (README, \"Rehearsing on the sandbox\")."
+        "then csmh-proxy status, init, migrate, pause, resume, verify, truncate-old (README, \"Rehearsing the migration on the sandbox\")."
     );
     println!("Press Ctrl-C to stop; the servers and their data are removed.");
 }

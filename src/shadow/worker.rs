@@ -52,7 +52,7 @@ pub async fn run(mut samples: mpsc::Receiver<Sample>, counters: ShadowCounters, 
                 debug!(rows = sample.rows.len(), "shadow read: the extended table alone gave the same answer");
             }
             Outcome::Differing(difference) if difference.loses_rows() => {
-                counters.differing.inc();
+                counters.differed();
                 warn!(
                     %difference,
                     "shadow read: the extended table alone would not give the answer the client got (rows not \

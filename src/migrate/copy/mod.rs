@@ -141,6 +141,14 @@ impl Direction {
 
 /// The first chunk's size, before any timing is known.
 const INITIAL_CHUNK_ROWS: u64 = 1_000;
+
+/// The chunk sizer of a copy run with `args`: the first chunk's size, `--chunk-seconds`, `--max-chunk-rows`, and
+/// chunks of about one second's worth of `--max-rows-per-second`.
+fn chunk_sizer(args: &MigrateArgs) -> ChunkSizer {
+    let sizer = ChunkSizer::new(INITIAL_CHUNK_ROWS, args.max_chunk_rows, Duration::from_secs_f64(args.chunk_seconds));
+    sizer.set_rate_cap(args.max_rows_per_second);
+    sizer
+}
 /// The size at which a statement is sent across two servers (at most half the server's `max_allowed_packet`).
 const STATEMENT_BYTES: usize = 4 << 20;
 /// How long a run waits for another run of `migrate` on the same table to end before refusing.
@@ -153,8 +161,10 @@ pub struct MigrateReport {
     pub resumed_from: Option<u64>,
     /// Rows this run copied.
     pub rows_copied: u64,
-    /// Rows copied since the migration started, across resumed runs.
+    /// Rows copied since the migration started, across resumed runs; for a re-copy (`recopy`), since it began.
     pub rows_total: u64,
+    /// The `--from-id` re-copy this run made or resumed, if any.
+    pub recopy: Option<Recopy>,
     /// Every old row with an id up to this one is in the extended table.
     pub last_id: u64,
     /// Passes that copied something: the first, then catch-up passes for rows written meanwhile.
@@ -174,13 +184,25 @@ impl MigrateReport {
 
 impl fmt::Display for MigrateReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(from) = self.resumed_from {
-            writeln!(f, "resumed after id {from}")?;
+        // A re-copy's first run starts just below `--from-id`: that is no resumption.
+        match (self.resumed_from, self.recopy) {
+            (Some(after), Some(recopy)) if after == recopy.from.saturating_sub(1) => {
+                writeln!(f, "copying again from id {} up to id {}", recopy.from, recopy.until)?
+            }
+            (Some(after), Some(recopy)) => {
+                writeln!(f, "resumed after id {after} (re-copy from id {} up to id {})", recopy.from, recopy.until)?
+            }
+            (Some(after), None) => writeln!(f, "resumed after id {after}")?,
+            (None, _) => {}
         }
+        let since = match self.recopy {
+            Some(recopy) => format!("since the re-copy from id {} began", recopy.from),
+            None => "since the migration started".to_owned(),
+        };
         let how = if self.server_side { "INSERT ... SELECT on one server" } else { "streamed across two servers" };
         writeln!(
             f,
-            "copied {} rows in {:.1} s ({:.0} rows/s, {how}); {} rows since the migration started",
+            "copied {} rows in {:.1} s ({:.0} rows/s, {how}); {} rows {since}",
             self.rows_copied,
             self.elapsed.as_secs_f64(),
             self.rows_per_second(),
@@ -256,12 +278,13 @@ pub async fn migrate_with(site: &Site, args: &MigrateArgs, figures: &Figures) ->
     let passes = copy_passes(&mut servers, site, args, &mut run).await;
     run.progress.finish();
     let passes = passes?;
-    run.recopy = None;
+    let recopy = run.recopy.take();
     checkpoint::save(&mut servers.csmh, site, Task::Migrate, &run.checkpoint(DONE)).await?;
     Ok(MigrateReport {
         resumed_from,
         rows_copied: run.rows_this_run,
         rows_total: run.rows_done,
+        recopy,
         last_id: run.last_id,
         passes,
         server_side: site.topology == Topology::OneServer,
@@ -286,6 +309,12 @@ pub(super) async fn open_copy(site: &Site, task: Task) -> Result<(Servers, Optio
 /// last id were copied then, and are copies, not rows of the extended table's own).
 pub(crate) fn copied_up_to(previous: &Checkpoint) -> Option<u64> {
     previous.last_id.max(Recopy::resumed(previous).map(|recopy| recopy.until))
+}
+
+/// Whether the copy `checkpoint` records has copied every old row once: its run finished, or a `--from-id`
+/// re-copy is under way (which copies again rows an earlier run copied). `false` when `migrate` never ran.
+pub(crate) fn copy_finished(checkpoint: Option<&Checkpoint>) -> bool {
+    checkpoint.is_some_and(|checkpoint| checkpoint.state == DONE || Recopy::resumed(checkpoint).is_some())
 }
 
 /// The re-copy `--from-id from` asks for, given the highest id copied so far: only rows copied before can be
@@ -337,7 +366,7 @@ async fn copy_passes(
     args: &MigrateArgs,
     run: &mut Run<'_>,
 ) -> Result<u32, MigrateError> {
-    let sizer = ChunkSizer::new(INITIAL_CHUNK_ROWS, args.max_chunk_rows, Duration::from_secs_f64(args.chunk_seconds));
+    let sizer = chunk_sizer(args);
     let steered = Steered {
         direction: Direction::Forward,
         note: run.recopy.map(Recopy::detail),

@@ -19,6 +19,9 @@ pub struct ChunkSizer {
     rows: AtomicU64,
     target_nanos: AtomicU64,
     max_rows: u64,
+    /// About one second's worth of the rows-per-second limit (0: no limit), so that a limited copy goes in
+    /// chunks it can space evenly rather than in bursts followed by long sleeps.
+    rate_cap: AtomicU64,
 }
 
 impl ChunkSizer {
@@ -29,6 +32,7 @@ impl ChunkSizer {
             rows: AtomicU64::new(initial.clamp(MIN_CHUNK_ROWS, max_rows)),
             target_nanos: AtomicU64::new(0),
             max_rows,
+            rate_cap: AtomicU64::new(0),
         };
         sizer.set_target(target);
         sizer
@@ -40,9 +44,20 @@ impl ChunkSizer {
         self.target_nanos.store(nanos, Ordering::Relaxed);
     }
 
+    /// Keeps chunks to about one second's worth of `max_per_second` rows (not below the smallest chunk); no cap
+    /// with `None`.
+    pub fn set_rate_cap(&self, max_per_second: Option<u64>) {
+        let cap = max_per_second.filter(|max| *max > 0).map_or(0, |max| max.max(MIN_CHUNK_ROWS));
+        self.rate_cap.store(cap, Ordering::Relaxed);
+    }
+
     /// The size of the next chunk.
     pub fn rows(&self) -> u64 {
-        self.rows.load(Ordering::Relaxed)
+        let rows = self.rows.load(Ordering::Relaxed);
+        match self.rate_cap.load(Ordering::Relaxed) {
+            0 => rows,
+            cap => rows.min(cap),
+        }
     }
 
     /// Records that a chunk of `rows` took `elapsed`, and sizes the next one from that rate: at most twice or
@@ -91,14 +106,17 @@ impl RateLimit {
         self.set_max(self.max_per_second);
     }
 
-    /// Counts `rows` copied, then sleeps for as long as the copy is ahead of the limit.
-    pub async fn copied(&mut self, rows: u64) {
+    /// Counts `rows` copied.
+    pub fn copied(&mut self, rows: u64) {
         self.rows += rows;
-        let Some(max) = self.max_per_second.filter(|max| *max > 0) else { return };
+    }
+
+    /// How long the copy is ahead of the limit: the wait before the next chunk. Waiting before a chunk rather
+    /// than after one, the copy never sleeps after its last chunk.
+    pub fn ahead(&self) -> Option<Duration> {
+        let max = self.max_per_second.filter(|max| *max > 0)?;
         let due = Duration::from_secs_f64(self.rows as f64 / max as f64);
-        if let Some(ahead) = due.checked_sub(self.started.elapsed()) {
-            tokio::time::sleep(ahead).await;
-        }
+        due.checked_sub(self.started.elapsed()).filter(|ahead| !ahead.is_zero())
     }
 }
 
@@ -129,15 +147,29 @@ mod tests {
         assert_eq!(slow.rows(), MIN_CHUNK_ROWS);
     }
 
-    #[tokio::test]
-    async fn the_rate_limit_sleeps_while_ahead() {
+    #[test]
+    fn the_rate_limit_says_how_far_ahead_the_copy_is() {
         let mut limit = RateLimit::new(Some(10_000));
-        let started = Instant::now();
-        limit.copied(500).await;
-        assert!(started.elapsed() >= Duration::from_millis(45), "{:?}", started.elapsed());
+        limit.copied(500);
+        let ahead = limit.ahead().expect("500 rows at 10,000 a second are due in 50 ms");
+        assert!(ahead > Duration::from_millis(20) && ahead <= Duration::from_millis(50), "{ahead:?}");
         let mut unlimited = RateLimit::new(None);
-        let started = Instant::now();
-        unlimited.copied(1_000_000).await;
-        assert!(started.elapsed() < Duration::from_millis(45));
+        unlimited.copied(1_000_000);
+        assert_eq!(unlimited.ahead(), None);
+    }
+
+    #[test]
+    fn a_rate_limit_keeps_chunks_to_about_a_second_of_it() {
+        let sizer = ChunkSizer::new(1_000, 200_000, Duration::from_millis(500));
+        sizer.set_rate_cap(Some(2_000));
+        for _ in 0..10 {
+            // Fast chunks: unlimited, the sizer would grow them to 64,000 rows.
+            sizer.record(sizer.rows(), Duration::from_millis(10));
+        }
+        assert_eq!(sizer.rows(), 2_000, "one second's worth of --max-rows-per-second 2000");
+        sizer.set_rate_cap(Some(10));
+        assert_eq!(sizer.rows(), MIN_CHUNK_ROWS, "never below the smallest chunk");
+        sizer.set_rate_cap(None);
+        assert_eq!(sizer.rows(), 4_000, "lifted, chunks grow again from where they were");
     }
 }

@@ -9,18 +9,16 @@
 //! the size after every chunk, so its later chunks may end elsewhere.
 
 use std::fmt;
-use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 
-use super::pace::ChunkSizer;
 use super::run::{Recopy, Removal, csmh_error, edxapp_error};
 use super::server_side::ServerSide;
 use super::sql::{InsertBuilder, OnDuplicate};
 use super::streamed::chunk_select;
 use super::throttle::Throttles;
 use super::{
-    INITIAL_CHUNK_ROWS, MigrateArgs, MigrateReport, check_args, check_extended_table, check_ids_free, copied_up_to,
+    MigrateArgs, MigrateReport, check_args, check_extended_table, check_ids_free, chunk_sizer, copied_up_to,
     escaping_of, old_largest_id, old_smallest_id, pass_target, recopy_of, refuse_retired, refuse_while_running,
     statement_bytes,
 };
@@ -175,8 +173,7 @@ pub async fn plan(site: &Site, args: &MigrateArgs) -> Result<Plan, MigrateError>
         None
     };
     let removal = recopy.map(|recopy| Removal { recopy, floor: smallest });
-    let rows =
-        ChunkSizer::new(INITIAL_CHUNK_ROWS, args.max_chunk_rows, Duration::from_secs_f64(args.chunk_seconds)).rows();
+    let rows = chunk_sizer(args).rows();
     let statement_bytes = match site.topology {
         Topology::OneServer => None,
         Topology::TwoServers => Some(statement_bytes(&mut servers.csmh, topology::Server::Csmh).await?),
@@ -376,12 +373,16 @@ impl fmt::Display for Plan {
                  checkpoint"
             )?,
         }
-        writeln!(
+        write!(
             f,
             "chunks: {} rows to start, then sized so that a chunk takes about {} s (--chunk-seconds), at most {} \
              rows (--max-chunk-rows)",
             self.rows, args.chunk_seconds, args.max_chunk_rows
         )?;
+        match args.max_rows_per_second {
+            Some(max) => writeln!(f, " and about one second's worth of --max-rows-per-second ({max} rows)")?,
+            None => writeln!(f)?,
+        }
         let throttles = Throttles::from_args(args).with(&self.control.overrides);
         writeln!(
             f,

@@ -76,7 +76,7 @@ impl ServerSide {
             let copied = records(&conn.info()).unwrap_or_else(|| conn.affected_rows());
             run.commit_chunk(conn, to, copied).await?;
             throttle.sizer().record(copied, started.elapsed());
-            throttle.copied(copied).await;
+            throttle.copied(copied);
         }
         Ok(())
     }

@@ -154,7 +154,7 @@ impl Streamed<'_> {
             sequence += 1;
             let rows = end.rows;
             pieces.send(Piece::ChunkEnd(end)).await.map_err(|_| writer_gone())?;
-            throttle.copied(rows).await;
+            throttle.copied(rows);
         }
         Ok(())
     }

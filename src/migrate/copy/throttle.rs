@@ -228,6 +228,7 @@ impl<'a> Throttle<'a> {
         steered: Steered,
     ) -> Result<Throttle<'a>, MigrateError> {
         let base = Throttles::from_args(args);
+        sizer.set_rate_cap(args.max_rows_per_second);
         let mut throttle = Throttle {
             site,
             settings: base.clone(),
@@ -254,14 +255,17 @@ impl<'a> Throttle<'a> {
         self.sizer
     }
 
-    /// Counts `rows` copied, and sleeps while the copy is ahead of its rows-per-second limit.
-    pub async fn copied(&mut self, rows: u64) {
-        self.rate.copied(rows).await;
+    /// Counts `rows` copied, for the rows-per-second limit (the wait it calls for comes before the next chunk).
+    pub fn copied(&mut self, rows: u64) {
+        self.rate.copied(rows);
     }
 
     /// Returns once the next chunk may be copied, pinging `idle` (the caller's connection to `backend`) while it
-    /// waits.
+    /// waits: first for as long as the copy is ahead of its rows-per-second limit, then while a reason holds it.
     pub async fn before_chunk(&mut self, idle: &mut Conn, backend: &'static str) -> Result<(), MigrateError> {
+        if let Some(ahead) = self.rate.ahead() {
+            tokio::time::sleep(ahead).await;
+        }
         let mut wait: Option<Wait> = None;
         loop {
             let reason = self.reason(wait.is_some()).await?;
@@ -356,6 +360,7 @@ impl<'a> Throttle<'a> {
             self.sizer.set_target(Duration::from_secs_f64(settings.chunk_seconds));
             if settings.max_rows_per_second != self.rate.max_per_second() {
                 self.rate.set_max(settings.max_rows_per_second);
+                self.sizer.set_rate_cap(settings.max_rows_per_second);
             }
             if settings.max_replication_lag != self.settings.max_replication_lag {
                 self.lag_watched = true;

@@ -36,8 +36,17 @@ pub struct Status {
     verify: Option<Verify>,
     migrate_back: Option<MigrateBack>,
     control: Control,
-    shadow: Option<ShadowTotals>,
+    shadow: Option<Shadow>,
     next_step: NextStep,
+}
+
+/// The shadow comparison over the proxies asked, and when the last differing read was on the `csmh` server's
+/// clock.
+#[derive(Debug, Serialize)]
+struct Shadow {
+    #[serde(flatten)]
+    totals: ShadowTotals,
+    last_differing_at: Option<String>,
 }
 
 /// One table.
@@ -119,6 +128,7 @@ struct NextStep {
     step: &'static str,
     command: Option<&'static str>,
     set_flags: BTreeMap<&'static str, bool>,
+    then: Option<&'static str>,
     why: String,
 }
 
@@ -169,11 +179,14 @@ impl Status {
                 paused_since: report.control.pause.as_ref().map(|pause| pause.since.clone()),
                 throttles: report.control.overrides.entries().into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
             },
-            shadow: report.shadow,
+            shadow: report
+                .shadow
+                .map(|totals| Shadow { totals, last_differing_at: report.shadow_differing_at.clone() }),
             next_step: NextStep {
                 step: next.key(),
                 command: next.command(),
                 set_flags: next.flags().iter().map(|(flag, on)| (flag.name(), *on)).collect(),
+                then: next.then().map(super::NextStep::key),
                 why: next.to_string(),
             },
         }

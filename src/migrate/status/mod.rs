@@ -58,6 +58,8 @@ pub struct StatusReport {
     now: String,
     /// The shadow comparison over the proxies asked, when any compares reads.
     shadow: Option<ShadowTotals>,
+    /// When the last differing shadow read was, on the `csmh` server's clock.
+    shadow_differing_at: Option<String>,
     /// The `edxapp` server's `lower_case_table_names` (`None` if it could not be read).
     name_folding: Option<u64>,
 }
@@ -100,6 +102,8 @@ pub async fn run(config: &Config, args: &StatusArgs) -> Result<StatusReport, Mig
     let (control, _) = control::load(&mut servers.csmh, &site).await?;
     let now = checkpoint::server_now(&mut servers.csmh).await?;
     let shadow = Fleet::survey(&args.fleet, Some(config)).await.shadow();
+    let shadow_differing_at =
+        shadow.and_then(|shadow| shadow.counts.last_differing_seconds_ago).and_then(|ago| seconds_before(&now, ago));
     let name_folding = servers.edxapp.query_first("SELECT @@lower_case_table_names").await.ok().flatten();
     Ok(StatusReport {
         flags: site.flags,
@@ -113,6 +117,7 @@ pub async fn run(config: &Config, args: &StatusArgs) -> Result<StatusReport, Mig
         control,
         now,
         shadow,
+        shadow_differing_at,
         name_folding,
     })
 }
@@ -176,10 +181,11 @@ impl StatusReport {
             verify: self.aged(self.verify.as_ref()),
             migrate_back: self.aged(self.migrate_back.as_ref()),
             extended_last_id: self.extended.ids.map(|ids| ids.last),
+            extended_first_id: self.extended.ids.map(|ids| ids.first),
             old_next_id: self.old.stats.and_then(|stats| stats.next_id),
             extended_next_id: self.extended.stats.and_then(|stats| stats.next_id),
             paused: self.control.pause.is_some(),
-            shadow: self.shadow,
+            shadow_differing_at: self.shadow_differing_at.as_deref(),
         }
     }
 
@@ -208,6 +214,13 @@ fn seconds_between(earlier: &str, later: &str) -> Option<u64> {
     u64::try_from(span.as_secs()).ok()
 }
 
+/// The time `seconds` before `later` (`YYYY-MM-DD hh:mm:ss`), in the same form; `None` if `later` does not parse.
+fn seconds_before(later: &str, seconds: u64) -> Option<String> {
+    let later: jiff::civil::DateTime = later.parse().ok()?;
+    let earlier = later.checked_sub(jiff::SignedDuration::from_secs(i64::try_from(seconds).ok()?)).ok()?;
+    Some(earlier.strftime("%Y-%m-%d %H:%M:%S").to_string())
+}
+
 impl fmt::Display for StatusReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let flags: Vec<String> = Flag::ALL.iter().map(|flag| format!("{flag} = {}", self.flags.is_on(*flag))).collect();
@@ -229,7 +242,16 @@ impl fmt::Display for StatusReport {
         }
         writeln!(f, "control:        {}", self.control)?;
         match &self.shadow {
-            Some(shadow) => writeln!(f, "shadow reads:   {shadow}")?,
+            Some(shadow) => {
+                write!(f, "shadow reads:   {shadow}")?;
+                match (&self.shadow_differing_at, &self.verify) {
+                    (Some(at), Some(verify)) if verify.state == super::verify::PASSED && **at < *verify.started_at => {
+                        writeln!(f, " (at {at}, before the last verify that passed began: past)")?
+                    }
+                    (Some(at), _) => writeln!(f, " (at {at})")?,
+                    (None, _) => writeln!(f)?,
+                }
+            }
             None => writeln!(
                 f,
                 "shadow reads:   no proxy asked compares reads ([shadow] sample; [admin] address or --admin/--dns)"
@@ -440,6 +462,12 @@ impl fmt::Display for CheckpointLine<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_differing_read_is_dated_on_the_servers_clock() {
+        assert_eq!(seconds_before("2026-12-01 00:00:05", 3_605).as_deref(), Some("2026-11-30 23:00:00"));
+        assert_eq!(seconds_before("not a time", 1), None);
+    }
 
     #[test]
     fn the_ids_left_below_2_31_are_counted_and_warned_about_as_they_run_out() {

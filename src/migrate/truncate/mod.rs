@@ -382,13 +382,13 @@ fn deleted_as_checked(
 fn refusal_for(report: VerifyReport) -> MigrateError {
     MigrateError::Refused(format!(
         "refusing to empty {}: verify found differences, so the old table is left as it is.\n{}\n\
-         The tables differ in {} id ranges:\n{}{}Fix them and run `csmh-proxy verify` until it passes, then \
+         The tables differ in {} id ranges:\n{}{}Once `csmh-proxy verify` passes, run \
          `csmh-proxy truncate-old --yes` again",
         report.old,
         report.scope(),
         report.differences.len(),
         DifferenceList(&report.differences),
-        Advice(&report.differences, Repair::ByHand)
+        Advice(&report.differences, report.repair)
     ))
 }
 

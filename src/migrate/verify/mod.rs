@@ -33,11 +33,11 @@ use mysql_async::Conn;
 pub use compare::Pair;
 pub use ids::IdRange;
 pub use progress::Progress;
-pub use report::{Advice, Difference, DifferenceList, Differences, Kind, Repair, VerifyReport};
+pub use report::{Advice, Difference, DifferenceList, Differences, Kind, Repair, UnfinishedCopy, VerifyReport};
 use table::{Read, Role, Table};
 
 use super::checkpoint::{self, Checkpoint, Task};
-use super::copy::copied_up_to;
+use super::copy::{copied_up_to, copy_finished};
 use super::figures::Figures;
 use super::observe::{Command, ObserveArgs, Observers, Outcome};
 use super::{MigrateError, Site};
@@ -113,7 +113,7 @@ pub async fn verify_with(
 ) -> Result<VerifyReport, MigrateError> {
     Table { role: Role::Extended, conn: csmh, name: &site.extended }.require().await?;
     checkpoint::ensure(csmh, site).await?;
-    let started_at = checkpoint::server_now(csmh).await?;
+    let started_at = started_after_the_copy(csmh, site).await?;
     let running = Checkpoint {
         state: RUNNING.to_owned(),
         last_id: None,
@@ -137,6 +137,22 @@ pub async fn verify_with(
     Ok(report)
 }
 
+/// The time the run starts at, by the `csmh` server's clock: strictly after the `migrate` checkpoint was last
+/// written (within a second of it, it waits for the next second). `status` tells whether a verify ran since the
+/// copy by comparing these times to the second, so one that started in the second the copy ended must not look
+/// as if it started before.
+async fn started_after_the_copy(csmh: &mut Conn, site: &Site) -> Result<String, MigrateError> {
+    let copied_at = checkpoint::load(csmh, site, Task::Migrate).await?.map(|copied| copied.updated_at);
+    loop {
+        let now = checkpoint::server_now(csmh).await?;
+        // Times are `YYYY-MM-DD hh:mm:ss` on one clock, so they compare as text.
+        if copied_at.as_ref().is_none_or(|copied_at| *copied_at < now) {
+            return Ok(now);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// Compares the tables without recording anything.
 async fn compare(
     site: &Site,
@@ -145,7 +161,8 @@ async fn compare(
     args: &VerifyArgs,
     figures: &Figures,
 ) -> Result<VerifyReport, MigrateError> {
-    let copied_up_to = checkpoint::load(csmh, site, Task::Migrate).await?.as_ref().and_then(copied_up_to);
+    let copied = checkpoint::load(csmh, site, Task::Migrate).await?;
+    let copied_up_to = copied.as_ref().and_then(copied_up_to);
     let mut pair = Pair {
         old: Table { role: Role::Old, conn: edxapp, name: &site.old },
         extended: Table { role: Role::Extended, conn: csmh, name: &site.extended },
@@ -155,6 +172,12 @@ async fn compare(
         Some(last) => pair.extended.bounds(Some(last)).await?,
         None => None,
     };
+    // Without a `migrate` checkpoint, rows of the extended table among the old ids were copied some other way.
+    let copied_once = match (&copied, old) {
+        (Some(_), _) => copy_finished(copied.as_ref()),
+        (None, Some(old)) => pair.extended.bounds(Some(old.last)).await?.is_some(),
+        (None, None) => true,
+    };
     let mut report = VerifyReport {
         old: site.old.clone(),
         extended: site.extended.clone(),
@@ -163,7 +186,7 @@ async fn compare(
         extended_rows: 0,
         chunks: 0,
         differences: Vec::new(),
-        repair: Repair::of(&site.flags),
+        repair: Repair::of(&site.flags, copied_once),
         elapsed: Default::default(),
     };
     let Some(range) = report.range else {

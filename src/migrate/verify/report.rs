@@ -194,12 +194,38 @@ pub enum Repair {
     /// The old table is retired (`READ_ONLY_FROM_CSMHE`): `migrate` refuses to copy it, since learner state
     /// deleted since lives only in the extended table and a copy would bring it back; rows are fixed by hand.
     ByHand,
+    /// The old table is retired, but `migrate` never finished copying it: the rows are not copied yet, and are
+    /// copied with the flags set back ([`UnfinishedCopy`]), never fixed by hand.
+    CopyFirst,
 }
 
 impl Repair {
-    /// The repair the flags in force allow.
-    pub fn of(flags: &Flags) -> Repair {
-        if flags.read_only_from_csmhe { Repair::ByHand } else { Repair::Recopy }
+    /// The repair the flags in force allow, `copy_finished` saying whether `migrate` has copied every old row
+    /// once.
+    pub fn of(flags: &Flags, copy_finished: bool) -> Repair {
+        match (flags.read_only_from_csmhe, copy_finished) {
+            (false, _) => Repair::Recopy,
+            (true, true) => Repair::ByHand,
+            (true, false) => Repair::CopyFirst,
+        }
+    }
+}
+
+/// What to do when the old table was retired before `migrate` finished copying it: its rows not yet copied show
+/// in no read, `migrate` refuses to copy a retired table, and fixing "by hand" every row verify lists would mean
+/// deleting them. The flags go back to reads of both tables, where `migrate` copies them.
+pub struct UnfinishedCopy;
+
+impl fmt::Display for UnfinishedCopy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "`csmh-proxy migrate` has not finished copying the old table, so its rows not yet copied show in no \
+             read and are not to be fixed by hand: set {} = false and {} = true in [flags], wait until `csmh-proxy \
+             fleet` shows every proxy running them, then run `csmh-proxy migrate` and `csmh-proxy verify`",
+            Flag::ReadOnlyFromCsmhe,
+            Flag::EnableReadingFromMultipleHistoryTables
+        )
     }
 }
 
@@ -210,6 +236,9 @@ impl fmt::Display for Advice<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for kind in Kind::ALL.into_iter().filter(|kind| self.0.iter().any(|d| d.kind == *kind)) {
             writeln!(f, "{}", kind.meaning())?;
+        }
+        if self.1 == Repair::CopyFirst {
+            return writeln!(f, "{UnfinishedCopy}.");
         }
         if self.1 == Repair::ByHand {
             return writeln!(
@@ -311,6 +340,7 @@ impl fmt::Display for VerifyReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::history::Stage;
 
     fn difference(kind: Kind, first: u64, last: u64, rows: u64) -> Difference {
         let (old_rows, extended_rows) = if kind == Kind::Extra { (0, rows) } else { (rows, rows) };
@@ -390,5 +420,16 @@ mod tests {
         let text = Advice(&missing, Repair::ByHand).to_string();
         assert!(text.contains("fix them by hand") && !text.contains("--from-id 14"), "{text}");
         assert!(text.contains("delete them from the old table too"), "what a missing row may be: {text}");
+    }
+
+    #[test]
+    fn retired_before_the_copy_finished_the_advice_is_to_set_the_flags_back_and_copy() {
+        assert_eq!(Repair::of(&Stage::OldTableRetired.flags(), false), Repair::CopyFirst);
+        assert_eq!(Repair::of(&Stage::OldTableRetired.flags(), true), Repair::ByHand);
+        assert_eq!(Repair::of(&Stage::ExtendedTableOnlyReads.flags(), false), Repair::Recopy);
+        let missing = [difference(Kind::Missing, 1, 20_000, 20_000)];
+        let text = Advice(&missing, Repair::CopyFirst).to_string();
+        assert!(!text.contains("fix them by hand") && text.contains("not to be fixed by hand"), "{text}");
+        assert!(text.contains("READ_ONLY_FROM_CSMHE = false") && text.contains("run `csmh-proxy migrate`"), "{text}");
     }
 }

@@ -33,14 +33,13 @@ use mysql_async::prelude::Queryable;
 use tokio::time::Instant;
 use tracing::info;
 
-use super::pace::ChunkSizer;
 use super::progress::Progress;
 use super::run::{DONE, RUNNING, copy_checkpoint, csmh_error, edxapp_error};
 use super::server_side::{ServerSide, records};
 use super::sql::{InsertBuilder, OnDuplicate};
 use super::streamed::{ID_COLUMN, bad_row, chunk_select, remove_extra};
 use super::throttle::{Steered, Throttle};
-use super::{Direction, INITIAL_CHUNK_ROWS, MigrateArgs, check_args, escaping_of, open_copy, statement_bytes};
+use super::{Direction, MigrateArgs, check_args, chunk_sizer, escaping_of, open_copy, statement_bytes};
 use crate::history::{Flag, Stage, TableName, routing_table};
 use crate::migrate::checkpoint::{self, Checkpoint, Task};
 use crate::migrate::figures::Figures;
@@ -552,8 +551,7 @@ impl Walk<'_> {
     /// [`Mode::Same`], or the old table's, if larger).
     async fn passes(&mut self, servers: &mut Servers, args: &MigrateArgs) -> Result<(), MigrateError> {
         let site = self.site;
-        let sizer =
-            ChunkSizer::new(INITIAL_CHUNK_ROWS, args.max_chunk_rows, Duration::from_secs_f64(args.chunk_seconds));
+        let sizer = chunk_sizer(args);
         let steered = Steered {
             direction: Direction::Back,
             note: Some(series_detail(self.removable.above)),
@@ -594,7 +592,7 @@ impl Walk<'_> {
                 checkpoint::save(&mut servers.csmh, site, Task::MigrateBack, &self.checkpoint(RUNNING)).await?;
                 self.progress.copied(to, rows);
                 sizer.record(to - from, started.elapsed());
-                throttle.copied(rows).await;
+                throttle.copied(rows);
             }
         }
     }
