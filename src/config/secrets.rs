@@ -248,45 +248,39 @@ impl Scanner<'_> {
 
     /// Reads `[` values separated by commas `]`, over lines and comments.
     fn array(&mut self, secret: bool) {
-        self.at += 1;
-        loop {
-            self.skip_blank(true);
-            match self.peek() {
-                None => return,
-                Some(b']') => {
-                    self.at += 1;
-                    return;
-                }
-                Some(b',') => self.at += 1,
-                Some(_) => self.value_making_progress(secret),
-            }
-        }
+        self.delimited(b']', |scanner| scanner.value_making_progress(secret));
     }
 
     /// Reads `{` key = value pairs separated by commas `}`; one whose key is secret is recorded here when the
     /// table itself is not.
     fn inline_table(&mut self, secret: bool) {
+        self.delimited(b'}', |scanner| match scanner.key(b'=') {
+            Some(key_is_secret) => {
+                scanner.skip_blank(false);
+                let start = scanner.at;
+                scanner.value_making_progress(secret || key_is_secret);
+                if key_is_secret && !secret {
+                    scanner.found.record(scanner.text, start..scanner.at);
+                }
+            }
+            None => scanner.value_making_progress(secret),
+        });
+    }
+
+    /// Reads items by `item` from the opening bracket at the cursor to `close`, separated by commas, over lines and
+    /// comments; the end of the text ends them too.
+    fn delimited(&mut self, close: u8, mut item: impl FnMut(&mut Self)) {
         self.at += 1;
         loop {
             self.skip_blank(true);
             match self.peek() {
                 None => return,
-                Some(b'}') => {
+                Some(byte) if byte == close => {
                     self.at += 1;
                     return;
                 }
                 Some(b',') => self.at += 1,
-                Some(_) => match self.key(b'=') {
-                    Some(key_is_secret) => {
-                        self.skip_blank(false);
-                        let start = self.at;
-                        self.value_making_progress(secret || key_is_secret);
-                        if key_is_secret && !secret {
-                            self.found.record(self.text, start..self.at);
-                        }
-                    }
-                    None => self.value_making_progress(secret),
-                },
+                Some(_) => item(self),
             }
         }
     }

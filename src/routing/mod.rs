@@ -655,21 +655,23 @@ impl Plan<'_, '_> {
     }
 
     /// Whether the bytes in `range` qualify a column with a name the statement reads the history table by (`h.`
-    /// or `` `h`. `` for `… AS h` or ``… AS `h` ``), compared unquoted and without case: a subquery there is correlated, and run on `edxapp` alone it would
-    /// not know the name.
+    /// or `` `h`. `` for `… AS h` or ``… AS `h` ``), compared unquoted and without case: a subquery there is
+    /// correlated, and run on `edxapp` alone it would not know the name.
     fn refers_to_a_read(&self, range: &Range<usize>) -> bool {
-        let names: Vec<String> = self
-            .shape
-            .reads
-            .iter()
-            .map(|read| rewrite::unquoted(rewrite::read_alias(read, self.source, self.tokens)))
-            .collect();
-        self.tokens.windows(2).any(|pair| {
-            let name = pair[0].word().unwrap_or_default();
-            range.contains(&pair[0].range.start)
-                && pair[1].is_period()
-                && names.iter().any(|known| known.eq_ignore_ascii_case(name))
-        })
+        let names: Vec<String> = self.shape.reads.iter().map(|read| self.read_name(read)).collect();
+        self.qualifiers_in(range).any(|name| names.iter().any(|known| known.eq_ignore_ascii_case(name)))
+    }
+
+    /// The name the statement reads `read` by (its alias, or the table's name), unquoted.
+    fn read_name(&self, read: &Read) -> String {
+        rewrite::unquoted(rewrite::read_alias(read, self.source, self.tokens))
+    }
+
+    /// The names that qualify a column in `range` (`h` of `h.id`, unquoted); an empty one for a qualifier that is
+    /// not a name (a string, under `ANSI_QUOTES` a name the tokenizer does not read as one).
+    fn qualifiers_in<'a>(&'a self, range: &'a Range<usize>) -> impl Iterator<Item = &'a str> + 'a {
+        let qualifies = |pair: &&[Tok]| range.contains(&pair[0].range.start) && pair[1].is_period();
+        self.tokens.windows(2).filter(qualifies).map(|pair| pair[0].word().unwrap_or_default())
     }
 
     /// On a separate `csmh` server the statement runs in the proxy's session there, logged in with its account:
@@ -919,14 +921,9 @@ impl Plan<'_, '_> {
     /// than the read's own (its alias, or the table with its schema): a column of an outer query. A name an inner
     /// subquery of the condition declares counts too (refused, although not correlated).
     fn names_an_outer_query(&self, read: &Read, range: &Range<usize>) -> bool {
-        let alias = rewrite::unquoted(rewrite::read_alias(read, self.source, self.tokens));
+        let alias = self.read_name(read);
         let own = [alias.as_str(), self.router.old.table(), self.router.old.schema()];
-        self.tokens.windows(2).any(|pair| {
-            let name = pair[0].word().unwrap_or_default();
-            range.contains(&pair[0].range.start)
-                && pair[1].is_period()
-                && !own.iter().any(|known| known.eq_ignore_ascii_case(name))
-        })
+        self.qualifiers_in(range).any(|name| !own.iter().any(|known| known.eq_ignore_ascii_case(name)))
     }
 
     /// Whether `range` holds a `?` parameter placeholder.
