@@ -13,6 +13,7 @@ pub mod auth_key;
 pub mod backend;
 pub mod config;
 pub mod csmh_pool;
+pub mod early_settings;
 pub mod explain;
 pub mod fleet;
 pub mod grant_cache;

@@ -154,6 +154,8 @@ pub struct Metrics {
     connect_errors: [Counter; 2],
     query_errors: [Counter; 2],
     client_hangups: Counter,
+    /// Setup statements answered early, then those whose server's answer differed from the one given.
+    settings_early: [Counter; 2],
     /// By leg ([`LEGS`]), then plaintext and TLS.
     transports: [[Counter; 2]; 3],
     /// By backend ([`Server::BOTH`]), then by [`TLS_HANDSHAKES`].
@@ -383,6 +385,16 @@ impl Metrics {
             query_family,
         );
 
+        let settings_early = Family::<Labels<1>, Counter>::default();
+        let settings_early_counters =
+            ["answered", "diverged"].map(|result| settings_early.get_or_create(&[("result", result)]).clone());
+        registry.register(
+            "settings_answered_early",
+            "Setup statements (SET NAMES, SET autocommit, the isolation level, sql_mode) at the start of a session, \
+             by result: answered (by the proxy, with the server's answer learned earlier, and sent on with the \
+             session's next command), diverged (the server then answered otherwise; its answers are learned again)",
+            settings_early,
+        );
         let client_hangups = Counter::default();
         registry.register(
             "client_hangups",
@@ -470,6 +482,7 @@ impl Metrics {
             connect_errors,
             query_errors,
             client_hangups,
+            settings_early: settings_early_counters,
             transports,
             tls_handshakes,
             reloads_applied,
@@ -605,6 +618,21 @@ impl Metrics {
     /// A client closed its connection while a request of its was in flight.
     pub fn client_hangup(&self) {
         self.client_hangups.inc();
+    }
+
+    /// A setup statement was answered early.
+    pub fn setting_answered_early(&self) {
+        self.settings_early[0].inc();
+    }
+
+    /// A server answered a setup statement sent ahead otherwise than the answer its client was given.
+    pub fn setting_answer_diverged(&self) {
+        self.settings_early[1].inc();
+    }
+
+    /// Setup statements answered early so far, and those the server then answered otherwise.
+    pub fn settings_answered_early(&self) -> [u64; 2] {
+        self.settings_early.each_ref().map(Counter::get)
     }
 
     /// Requests abandoned so far because their client hung up.

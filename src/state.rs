@@ -10,6 +10,7 @@ use crate::admission::Admission;
 use crate::auth_key::AuthKey;
 use crate::config::Config;
 use crate::csmh_pool::CsmhPool;
+use crate::early_settings::LearnedAnswers;
 use crate::grant_cache::GrantCache;
 use crate::history::routing_table;
 use crate::metrics::Metrics;
@@ -95,6 +96,8 @@ pub struct ProxyState {
     pub csmh_pool: Arc<CsmhPool>,
     /// The backends' host names, as last looked up (shared with the shadow comparison's worker).
     pub resolver: Arc<Resolver>,
+    /// The servers' answers to the session settings answered early.
+    pub early_answers: LearnedAnswers,
 }
 
 impl ProxyState {
@@ -116,6 +119,7 @@ impl ProxyState {
             admission: Admission::default(),
             auth_key: tokio::sync::OnceCell::new(),
             draining: AtomicBool::new(false),
+            early_answers: LearnedAnswers::default(),
         })
     }
 

@@ -187,6 +187,7 @@ impl Found {
             handshake_timeout_secs,
             max_packet_bytes,
             max_parsed_statement_bytes,
+            answer_settings_early,
             tls,
         } = new;
         self.shown("listen.address", &old.address, address);
@@ -197,6 +198,7 @@ impl Found {
         self.shown("listen.handshake_timeout_secs", old.handshake_timeout_secs, *handshake_timeout_secs);
         self.shown("listen.max_packet_bytes", old.max_packet_bytes, *max_packet_bytes);
         self.shown("listen.max_parsed_statement_bytes", old.max_parsed_statement_bytes, *max_parsed_statement_bytes);
+        self.shown("listen.answer_settings_early", old.answer_settings_early, *answer_settings_early);
         self.listen_tls(old.tls.as_ref(), tls.as_ref());
     }
 }

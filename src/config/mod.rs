@@ -82,6 +82,11 @@ pub struct Listen {
     /// error 1235. Statements the pre-filter lets through unparsed are not limited by it.
     #[serde(default = "default_max_parsed_statement_bytes")]
     pub max_parsed_statement_bytes: usize,
+    /// Whether the proxy answers a new session's setup statements (`SET NAMES`, `SET autocommit`, the isolation
+    /// level, `sql_mode`) itself, with the server's own answer learned from an earlier session, and sends them on
+    /// with the session's next command: a round trip to the server fewer for each ([`crate::early_settings`]).
+    #[serde(default = "default_answer_settings_early")]
+    pub answer_settings_early: bool,
     /// TLS for clients; plaintext only when absent.
     #[serde(default)]
     pub tls: Option<ListenTls>,
@@ -207,6 +212,10 @@ pub const DEFAULT_MAX_PARSED_STATEMENT_BYTES: usize = 4 << 20;
 
 fn default_max_parsed_statement_bytes() -> usize {
     DEFAULT_MAX_PARSED_STATEMENT_BYTES
+}
+
+fn default_answer_settings_early() -> bool {
+    true
 }
 
 /// The largest [`Listen::max_packet_bytes`]: 1 GiB, the protocol's (and MySQL's `max_allowed_packet`'s) limit.

@@ -49,6 +49,8 @@ impl Report<'_> {
             listen.max_packet_bytes,
             listen.max_parsed_statement_bytes
         )?;
+        let early = if listen.answer_settings_early { "on" } else { "off" };
+        writeln!(f, "  setup statements answered early: {early}")?;
         match &listen.tls {
             Some(tls) if tls.required => writeln!(f, "  tls:           required, {}", tls.certificate.display())?,
             Some(tls) => writeln!(f, "  tls:           offered, {}", tls.certificate.display())?,

@@ -1,7 +1,9 @@
 //! A socket with its read buffer: the unit both sides of a session are made of, in plaintext or inside TLS once
 //! the handshake asked for it ([`Connection::accept_tls`], [`Connection::connect_tls`]); and [`HangupWatch`],
-//! which notices a peer that closed its socket while the connection is busy with something else.
+//! which notices a peer that closed its socket while the connection is busy with something else. A connection
+//! also carries the commands sent on it after their answers were given ([`Connection::send_ahead`]).
 
+use std::collections::VecDeque;
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
@@ -18,7 +20,9 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
 
+use super::errors::MysqlError;
 use super::frame::{Oversized, PacketSpan};
+use super::packets::is_ok_packet;
 
 /// Spare room a read asks for; also the buffer size an idle connection shrinks back to.
 const READ_CHUNK: usize = 16 * 1024;
@@ -34,13 +38,35 @@ pub struct Connection {
     pub buf: BytesMut,
     /// The longest one read or write may wait; `None`: as long as it takes.
     io_timeout: Option<Duration>,
+    /// Commands sent after their answers were given.
+    ahead: Ahead,
+}
+
+/// Commands sent on a connection after their answers were given ([`Connection::send_ahead`]): held until the
+/// connection's next write, which they go out in front of, and their answers then read off by
+/// [`Connection::fill`] before anything else the peer sends.
+#[derive(Debug, Default)]
+struct Ahead {
+    /// The commands' packets, not written yet.
+    queued: BytesMut,
+    /// The answer each queued command was given (an OK's payload), in order.
+    queued_answers: Vec<Bytes>,
+    /// The answer each written command was given, in order, whose peer's answer has not been read yet.
+    written_answers: VecDeque<Bytes>,
+    /// A peer's answer was an OK other than the one given.
+    diverged: bool,
 }
 
 impl Connection {
     /// Wraps a connected socket (Nagle's algorithm off: the proxy writes whole responses).
     pub fn new(stream: TcpStream) -> Connection {
         let _ = stream.set_nodelay(true);
-        Connection { stream: Stream::Plain(stream), buf: BytesMut::with_capacity(READ_CHUNK), io_timeout: None }
+        Connection {
+            stream: Stream::Plain(stream),
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            io_timeout: None,
+            ahead: Ahead::default(),
+        }
     }
 
     /// Whether the connection runs inside TLS.
@@ -101,12 +127,74 @@ impl Connection {
         self.io_timeout = Some(timeout);
     }
 
-    /// Reads whatever is available (at least one byte); `Ok(0)` means the peer closed the connection.
+    /// Reads whatever is available (at least one byte); `Ok(0)` means the peer closed the connection. The
+    /// answers to commands sent ahead ([`Connection::send_ahead`]) are read off first and never reach the
+    /// buffer's reader; one that is not an OK fails the read.
     pub async fn fill(&mut self) -> io::Result<usize> {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-            self.buf.reserve(READ_CHUNK);
+        loop {
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            let read = bounded(self.io_timeout, self.stream.read_buf(&mut self.buf)).await?;
+            if read == 0 || self.ahead.written_answers.is_empty() {
+                return Ok(read);
+            }
+            self.read_off_answers_ahead()?;
+            if self.ahead.written_answers.is_empty() && !self.buf.is_empty() {
+                return Ok(self.buf.len());
+            }
         }
-        bounded(self.io_timeout, self.stream.read_buf(&mut self.buf)).await
+    }
+
+    /// Takes the peer's answers to commands sent ahead off the front of the buffer, as far as they are whole,
+    /// checking each against the answer given: another answer is noted ([`Connection::take_diverged`]), and one
+    /// that is not an OK is an error too, since the client was told the command succeeded.
+    fn read_off_answers_ahead(&mut self) -> io::Result<()> {
+        while let Some(given) = self.ahead.written_answers.front() {
+            let Some(span) = PacketSpan::find(&self.buf) else { return Ok(()) };
+            let wire = self.buf.split_to(span.wire_len).freeze();
+            let answer = super::frame::payload(wire, &span);
+            if answer != given {
+                self.ahead.diverged = true;
+                if !is_ok_packet(&answer) {
+                    let reason = MysqlError::parse(&answer)
+                        .map_or_else(|| "an answer that is not an OK".to_owned(), |error| error.to_string());
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("the server refused a session setting already answered for it: {reason}"),
+                    ));
+                }
+            }
+            self.ahead.written_answers.pop_front();
+        }
+        Ok(())
+    }
+
+    /// Sends `packet` (a whole command, its frame header included) in front of the connection's next write,
+    /// its answer already given as `answer` (an OK's payload): the peer's own answer is read off by
+    /// [`Connection::fill`] before anything else it sends, and checked against `answer` there. The connection
+    /// must be between commands, nothing of an earlier answer left to read.
+    pub fn send_ahead(&mut self, packet: &[u8], answer: Bytes) {
+        self.ahead.queued.extend_from_slice(packet);
+        self.ahead.queued_answers.push(answer);
+    }
+
+    /// Drops the commands [`Connection::send_ahead`] holds that have not been written yet: for a session that
+    /// ends before they could matter.
+    pub fn forget_ahead(&mut self) {
+        self.ahead.queued.clear();
+        self.ahead.queued_answers.clear();
+    }
+
+    /// How many commands sent ahead are waiting for the connection's next write.
+    pub fn commands_ahead(&self) -> usize {
+        self.ahead.queued_answers.len()
+    }
+
+    /// Whether the peer answered a command sent ahead otherwise than the answer given (another OK, or an error
+    /// that failed the read), since the last call.
+    pub fn take_diverged(&mut self) -> bool {
+        std::mem::take(&mut self.ahead.diverged)
     }
 
     /// Waits until a whole packet is buffered and returns where it lies; `None` if the peer closed first.
@@ -194,14 +282,22 @@ impl Connection {
         }
     }
 
-    /// Writes all of `bytes` to the socket (through TLS, flushed: nothing stays in TLS's buffer).
+    /// Writes all of `bytes` to the socket (through TLS, flushed: nothing stays in TLS's buffer), after the
+    /// commands sent ahead, in the same write.
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        bounded(self.io_timeout, write_flushed(&mut self.stream, bytes)).await
+        if self.ahead.queued.is_empty() {
+            return bounded(self.io_timeout, write_flushed(&mut self.stream, bytes)).await;
+        }
+        let mut out = std::mem::take(&mut self.ahead.queued);
+        out.extend_from_slice(bytes);
+        self.ahead.written_answers.extend(self.ahead.queued_answers.drain(..));
+        bounded(self.io_timeout, write_flushed(&mut self.stream, &out)).await
     }
 
-    /// Writes the first `n` buffered bytes of `from` to this socket and consumes them there.
+    /// Writes the first `n` buffered bytes of `from` to this socket, as [`Connection::write_all`] does, and
+    /// consumes them there.
     pub async fn relay_from(&mut self, from: &mut Connection, n: usize) -> io::Result<()> {
-        bounded(self.io_timeout, write_flushed(&mut self.stream, &from.buf[..n])).await?;
+        self.write_all(&from.buf[..n]).await?;
         from.consume(n);
         Ok(())
     }
@@ -436,6 +532,88 @@ mod tests {
     /// A watch with nothing to look at: only its timer is exercised.
     fn watch_without_socket() -> HangupWatch {
         HangupWatch { socket: None, timer: None }
+    }
+
+    /// A connection and the socket of its peer, on loopback.
+    async fn connected_pair() -> (Connection, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (ours, theirs) = tokio::join!(TcpStream::connect(listener.local_addr().unwrap()), listener.accept());
+        (Connection::new(ours.unwrap()), theirs.unwrap().0)
+    }
+
+    /// `payload` framed as packet `seq`.
+    fn packet(seq: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        super::super::frame::write_packet(&mut out, seq, payload);
+        out.to_vec()
+    }
+
+    const OK: &[u8] = b"\x00\x00\x00\x02\x00\x00\x00";
+
+    /// Sends two commands ahead and a third, has the peer answer the first two with `answers` and the third with
+    /// a row count, and returns what the connection's reader gets: the buffered bytes after one `fill`.
+    async fn after_answers(answers: [&[u8]; 2]) -> (io::Result<usize>, Vec<u8>, Connection) {
+        let (mut conn, mut peer) = connected_pair().await;
+        conn.send_ahead(&packet(0, b"\x03SET NAMES utf8mb4"), Bytes::from_static(OK));
+        conn.send_ahead(&packet(0, b"\x03SET autocommit=0"), Bytes::from_static(OK));
+        conn.write_all(&packet(0, b"\x03SELECT 1")).await.unwrap();
+        let mut sent = vec![0; 256];
+        let n = peer.read(&mut sent).await.unwrap();
+        let expected =
+            [packet(0, b"\x03SET NAMES utf8mb4"), packet(0, b"\x03SET autocommit=0"), packet(0, b"\x03SELECT 1")];
+        assert_eq!(sent[..n], expected.concat(), "the commands sent ahead go out in front, in one write");
+        // The answers arrive in pieces: the reader never sees those of the commands sent ahead.
+        let mut from_peer = [packet(1, answers[0]), packet(1, answers[1]), packet(1, b"\x01")].concat();
+        let tail = from_peer.split_off(5);
+        peer.write_all(&from_peer).await.unwrap();
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            peer.write_all(&tail).await.unwrap();
+            peer
+        });
+        let read = conn.fill().await;
+        let _peer = writer.await.unwrap();
+        let buffered = conn.buf.to_vec();
+        (read, buffered, conn)
+    }
+
+    #[tokio::test]
+    async fn answers_to_commands_sent_ahead_are_read_off_before_the_reader_sees_anything() {
+        let (read, buffered, mut conn) = after_answers([OK, OK]).await;
+        assert!(read.unwrap() > 0);
+        assert_eq!(buffered, packet(1, b"\x01"), "only the third command's answer is left to read");
+        assert!(!conn.take_diverged());
+    }
+
+    #[tokio::test]
+    async fn another_ok_is_noted_and_an_error_fails_the_read() {
+        let other_ok = b"\x00\x00\x00\x00\x00\x00\x00";
+        let (read, buffered, mut conn) = after_answers([OK, other_ok]).await;
+        assert!(read.is_ok());
+        assert_eq!(buffered, packet(1, b"\x01"));
+        assert!(conn.take_diverged(), "the second answer differed");
+        assert!(!conn.take_diverged(), "and is noted once");
+
+        let error = b"\xff\x19\x05#42000Unknown character set: 'x'";
+        let (read, _, mut conn) = after_answers([error, OK]).await;
+        assert!(conn.take_diverged());
+        let error = read.expect_err("a setting the server refused fails the read");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert!(error.to_string().contains("Unknown character set"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn commands_forgotten_before_the_next_write_are_never_sent() {
+        let (mut conn, mut peer) = connected_pair().await;
+        conn.send_ahead(&packet(0, b"\x03SET autocommit=0"), Bytes::from_static(OK));
+        conn.forget_ahead();
+        conn.write_all(&packet(0, b"\x01")).await.unwrap();
+        let mut sent = vec![0; 64];
+        let n = peer.read(&mut sent).await.unwrap();
+        assert_eq!(sent[..n], packet(0, b"\x01"));
+        peer.write_all(&packet(1, OK)).await.unwrap();
+        conn.fill().await.unwrap();
+        assert_eq!(conn.buf.to_vec(), packet(1, OK), "no answer is expected ahead of the command's own");
     }
 
     #[tokio::test(start_paused = true)]

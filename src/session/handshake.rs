@@ -98,6 +98,9 @@ impl Session {
             "authenticating"
         );
         self.grants.logged_in(&self.edxapp.address, &hello.user);
+        if self.shared.snapshot().config.listen.answer_settings_early {
+            self.early = super::Early::Open { user: hello.user.clone() };
+        }
         self.edxapp.caps = Negotiated::new(greeting.capabilities, hello.capabilities)
             .with_mariadb(greeting.mariadb_capabilities, hello.mariadb_capabilities);
         self.edxapp.server_is_mariadb = greeting.is_mariadb();

@@ -8,6 +8,7 @@
 //! | decision | executor |
 //! |---|---|
 //! | passthrough, every other command | [`relay`] |
+//! | a setup statement answered early, or relayed and its answer learned | [`early`] |
 //! | a statement rewritten to the extended table, and the commands on one it prepared on the `csmh` server | [`rewrite`] |
 //! | a read of both tables merged in the proxy | [`merged_read`] |
 //! | a read of both tables as one `UNION ALL` statement | [`union_read`] |
@@ -40,9 +41,11 @@ use crate::routing::{FanOut, Form, Route};
 use crate::state::ProxyState;
 use crate::string_literal::Reading;
 use crate::topology::{Server, Topology};
+use early::{Early, Setup};
 
 mod answer;
 mod csmh;
+mod early;
 mod edxapp;
 mod error;
 mod full_auth;
@@ -89,6 +92,8 @@ enum Decision {
     Registered(Registered),
     /// Answer with the proxy's own error.
     Refuse(MysqlError),
+    /// A statement setting the session up, answered early or its answer learned.
+    Setup(Setup),
 }
 
 /// A client connected to its `edxapp` backend connection.
@@ -99,6 +104,8 @@ struct Session {
     statements: Statements,
     grants: Grants,
     transaction: Transaction,
+    /// Whether its setup statements may still be answered early.
+    early: Early,
     shared: Arc<ProxyState>,
 }
 
@@ -124,6 +131,7 @@ pub async fn run(
                 statements: Statements::default(),
                 grants: Grants::default(),
                 transaction: Transaction::default(),
+                early: Early::Closed,
                 shared: Arc::clone(&shared),
             };
             let result = session.run(&mut permit, shutdown.clone()).await;
@@ -246,10 +254,13 @@ impl Session {
         let handled = async {
             let decision = match self.transaction.take_untold_end(request.command) {
                 Some(error) => Decision::Refuse(error),
-                None => {
-                    let reading = self.reading_of(request).await?;
-                    self.decide(request, reading)
-                }
+                None => match self.decide_setup(request) {
+                    Some(setup) => setup,
+                    None => {
+                        let reading = self.reading_of(request).await?;
+                        self.decide(request, reading)
+                    }
+                },
             };
             self.carry_out(request, decision).await
         };
@@ -265,6 +276,7 @@ impl Session {
             Err(SessionError::Csmh(failure)) => self.contain_csmh_failure(request, failure).await,
             result => result,
         };
+        self.check_answers_sent_ahead();
         debug_assert!(result.is_err() || !request.buffered, "a request answered without leaving the client's buffer");
         let metrics = &self.shared.metrics;
         match (&result, request.label) {
@@ -394,6 +406,7 @@ impl Session {
         match decision {
             Decision::Relay | Decision::Route(Route::Passthrough) => self.relay(request).await,
             Decision::Refuse(error) => self.answer_error(request, error).await,
+            Decision::Setup(setup) => self.set_up(request, setup).await,
             Decision::Registered(Registered::Twin(shadow)) => self.on_twin(request, shadow).await,
             Decision::Registered(Registered::OnCsmh { id, grants }) => {
                 self.on_csmh_statement(request, id, grants).await

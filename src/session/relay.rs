@@ -20,6 +20,10 @@ impl Session {
     /// the client's session (its settings, its transaction) and forgetting the statements a reset drops.
     pub(super) async fn relay(&mut self, request: &mut Request) -> Result<Flow, SessionError> {
         let command = request.command;
+        if command == Command::Quit {
+            // What was answered early and not sent yet ends with the session: nothing could see it.
+            self.edxapp.conn.forget_ahead();
+        }
         if matches!(command, Command::ChangeUser | Command::Relayed(COM_RESET_CONNECTION)) {
             // The server forgets the session's prepared statements and rolls back its transaction: so does the
             // csmh side, whose connection closes (the next history statement opens a new one).
