@@ -272,7 +272,7 @@ pub struct ShadowView {
 /// TLS for clients: where its certificate is read from (never the key's content), and whether it is required.
 #[derive(Debug, Serialize)]
 pub struct ListenTlsView {
-    /// The certificate file.
+    /// The certificate file, or `self-signed`.
     pub certificate: String,
     /// Plaintext clients are refused.
     pub required: bool,
@@ -390,7 +390,7 @@ pub fn config_view(snapshot: &ConfigSnapshot, metrics: &Metrics, resolver: &Reso
             .listen
             .tls
             .as_ref()
-            .map(|tls| ListenTlsView { certificate: tls.certificate.display().to_string(), required: tls.required }),
+            .map(|tls| ListenTlsView { certificate: tls.certificate.describe(), required: tls.required }),
         topology: Topology::of(&config.backends).name(),
         backends: Backends {
             edxapp: backend_view(&config.backends.edxapp, resolver),

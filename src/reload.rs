@@ -225,7 +225,7 @@ impl Reloader {
             if seen.tls_files == self.shared.snapshot().tls_files { TlsFiles::Unchanged } else { TlsFiles::Changed };
         self.last = Some(seen);
         let outcome = text.map_err(ReloadError::from).and_then(|text| {
-            let file = Config::parse(&text)?;
+            let file = Config::parse_file(&text)?;
             Ok(apply(&self.shared, file, tls_files)?)
         });
         match outcome {

@@ -8,18 +8,18 @@
 
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::auth_key::ServerPublicKey;
-use crate::config::{self, Config, TlsMode};
+use crate::config::{self, Config, ListenCertificate, TlsMode};
 use crate::topology::Server;
 
 /// Why the TLS files of a configuration cannot be used: the key at fault and what is wrong, with the file's path.
@@ -103,8 +103,12 @@ pub struct ListenerTls {
 
 impl ListenerTls {
     fn load(tls: &config::ListenTls) -> Result<ListenerTls, TlsError> {
-        let chain = certificates("listen.tls.certificate", &tls.certificate)?;
-        let key = private_key("listen.tls.key", &tls.key)?;
+        let (chain, key) = match &tls.certificate {
+            ListenCertificate::Files { certificate, key } => {
+                (certificates("listen.tls.certificate", certificate)?, private_key("listen.tls.key", key)?)
+            }
+            ListenCertificate::SelfSigned => self_signed()?,
+        };
         let config = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::new("listen.tls", e.to_string()))?
@@ -289,7 +293,7 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// Reads a PEM file of certificates (at least one).
 fn certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let unreadable = |e: &dyn fmt::Display| TlsError::new(key, format!("cannot read {}: {e}", path.display()));
+    let unreadable = |e: &pem::Error| TlsError::new(key, format!("cannot read {}: {}", path.display(), pem_failure(e)));
     let chain: Vec<_> = CertificateDer::pem_file_iter(path)
         .map_err(|e| unreadable(&e))?
         .collect::<Result<_, _>>()
@@ -306,10 +310,45 @@ fn public_key(key: &str, path: &Path) -> Result<ServerPublicKey, TlsError> {
     ServerPublicKey::from_pem(&pem).map_err(|e| TlsError::new(key, format!("{}: {e}", path.display())))
 }
 
+/// The names the self-signed certificate is made for.
+const SELF_SIGNED_NAMES: [&str; 2] = ["csmh-proxy", "localhost"];
+
+/// The certificate of `[listen.tls] self_signed = true` and its key: made once per process, with an ECDSA P-256
+/// key, so that a reload keeps it.
+fn self_signed() -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    static MADE: OnceLock<Result<(CertificateDer<'static>, PrivatePkcs8KeyDer<'static>), String>> = OnceLock::new();
+    let made = MADE.get_or_init(|| {
+        let names = SELF_SIGNED_NAMES.map(str::to_owned).to_vec();
+        let certified = rcgen::generate_simple_self_signed(names).map_err(|e| e.to_string())?;
+        Ok((certified.cert.der().clone(), PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der())))
+    });
+    match made {
+        Ok((certificate, key)) => Ok((vec![certificate.clone()], PrivateKeyDer::Pkcs8(key.clone_key()))),
+        Err(error) => Err(TlsError::new("listen.tls.self_signed", format!("cannot make a certificate: {error}"))),
+    }
+}
+
 /// Reads a PEM file holding a private key. The key's bytes never appear in an error.
 fn private_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path)
-        .map_err(|e| TlsError::new(key, format!("cannot read a PEM private key from {}: {e}", path.display())))
+    PrivateKeyDer::from_pem_file(path).map_err(|e| {
+        TlsError::new(key, format!("cannot read a PEM private key from {}: {}", path.display(), pem_failure(&e)))
+    })
+}
+
+/// What is wrong with a PEM file, without any of its bytes: the parser's own message quotes the line it choked
+/// on, which in a key file whose line breaks were lost is the whole key.
+fn pem_failure(error: &pem::Error) -> String {
+    match error {
+        pem::Error::MissingSectionEnd { .. } => {
+            "a section has no END line (were the file's line breaks lost?)".to_owned()
+        }
+        pem::Error::IllegalSectionStart { .. } => "a BEGIN line is malformed".to_owned(),
+        pem::Error::Base64Decode(_) => "a section is not valid base64".to_owned(),
+        pem::Error::Io(e) => e.to_string(),
+        pem::Error::NoItemsFound => "it holds no item of the kind expected".to_owned(),
+        pem::Error::SectionTooLarge => "a section is larger than 256 MB".to_owned(),
+        _ => "it is not a PEM file the proxy can read".to_owned(),
+    }
 }
 
 /// The verifier of the modes that do not check the server's name: `preferred` and `required` (encryption
@@ -384,6 +423,31 @@ mod tests {
 
     fn tls(leg: Result<Leg<'_>, LegRefusal>) -> Result<bool, LegRefusal> {
         leg.map(|leg| matches!(leg, Leg::Tls(..)))
+    }
+
+    #[test]
+    fn a_key_file_that_lost_its_line_breaks_is_refused_without_showing_the_key() {
+        let key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tls.key");
+        std::fs::write(&path, key.replace('\n', " ")).unwrap();
+        let error = private_key("listen.tls.key", &path).expect_err("refused").to_string();
+        assert!(error.contains("line breaks"), "{error}");
+        let body: String = key.lines().filter(|line| !line.starts_with("-----")).collect();
+        for chunk in body.as_bytes().chunks(8) {
+            let chunk = std::str::from_utf8(chunk).unwrap();
+            assert!(!error.contains(chunk), "the error shows the key's `{chunk}`: {error}");
+        }
+        assert!(!error.contains("80, 82, 73"), "nor its bytes: {error}");
+    }
+
+    #[test]
+    fn a_self_signed_certificate_is_made_once_and_serves() {
+        let tls = config::ListenTls { certificate: ListenCertificate::SelfSigned, required: false };
+        let first = ListenerTls::load(&tls).expect("a certificate is made");
+        assert!(!first.required);
+        let (chain, _) = self_signed().unwrap();
+        assert_eq!(self_signed().unwrap().0, chain, "the same certificate for every configuration");
     }
 
     #[test]

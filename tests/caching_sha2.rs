@@ -44,7 +44,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use bytes::BytesMut;
-use csmh_proxy::config::{BackendTls, Config, ListenTls, Preconnect, TlsMode};
+use csmh_proxy::config::{BackendTls, Config, ListenCertificate, ListenTls, Preconnect, TlsMode};
 use csmh_proxy::protocol::frame;
 use csmh_proxy::server::ProxyHandle;
 use mysql_async::prelude::Queryable;
@@ -60,7 +60,7 @@ use support::mysql84::{
     self, Account, AuthPath, ChangeUser, FAST_AUTH_OK, Login, Mysql84, Options, PERFORM_FULL_AUTH, REQUEST_PUBLIC_KEY,
     Side, Start,
 };
-use support::packages::MYSQLCLIENT;
+use support::packages::{MYSQLCLIENT, Venv};
 use support::tls::TestPki;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -165,7 +165,8 @@ fn proxy_config(pki: &TestPki, server: SocketAddr, legs: Legs, preconnect: Preco
     .unwrap_or_else(|e| panic!("the test's proxy.toml: {e}"));
     if legs.client_tls {
         let proxy = pki.localhost("proxy");
-        config.listen.tls = Some(ListenTls { certificate: proxy.certificate, key: proxy.key, required: false });
+        let certificate = ListenCertificate::Files { certificate: proxy.certificate, key: proxy.key };
+        config.listen.tls = Some(ListenTls { certificate, required: false });
     }
     // The authority only for a server with TLS: with a `ca`, `preferred` does not fall back to plaintext.
     let ca = legs.server_tls.then(|| pki.ca.clone());
@@ -238,6 +239,23 @@ fn assert_access_denied(result: Result<Conn, mysql_async::Error>) {
 }
 
 /// The Python interpreter of the drivers' virtual environment.
+/// Oracle's libmysqlclient (in mysql-connector-python's C extension), the client library Tutor's openedx image
+/// builds mysqlclient on.
+const LIBMYSQLCLIENT: Venv<'static> = Venv {
+    name: "libmysqlclient-venv",
+    requirements: &["mysql-connector-python==26.10.0"],
+    check: "import _mysql_connector, mysql.connector; assert mysql.connector.HAVE_CEXT",
+    build_packages: &[],
+};
+
+/// The interpreter that runs `driver`.
+async fn python_for(driver: &str) -> PathBuf {
+    match driver {
+        "libmysqlclient" => clients::blocking(|| LIBMYSQLCLIENT.python()).await,
+        _ => python().await,
+    }
+}
+
 async fn python() -> PathBuf {
     clients::blocking(|| {
         MYSQLCLIENT.python_with(&["PyMySQL==1.1.1", "cryptography==51.0.1"], "import MySQLdb, pymysql, cryptography")
@@ -268,7 +286,7 @@ impl<'a> PythonLogin<'a> {
     /// step.
     async fn run(self, driver: &str, addr: SocketAddr) -> Vec<Value> {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/client.py");
-        let mut command = tokio::process::Command::new(python().await);
+        let mut command = tokio::process::Command::new(python_for(driver).await);
         command
             .arg(script)
             .arg(driver)
@@ -335,6 +353,28 @@ async fn real_clients_log_in_to_the_scripted_server_as_to_mysql() {
     );
     plaintext.assert_no_violation();
     tls.assert_no_violation();
+}
+
+#[tokio::test]
+async fn libmysqlclient_logs_in_in_full_only_through_a_proxy_that_offers_tls() {
+    // A server over TLS whose cache does not hold the account (after a restart, or an ALTER USER as Tutor's init
+    // runs): it asks for the password, which libmysqlclient sends only inside TLS or encrypted with a server key
+    // it was given, and Tutor gives it none.
+    let site = Site::start(Legs::SERVER_TLS, ChangeUser::SameNonce).await;
+    let steps = PythonLogin::new(None).run("libmysqlclient", site.proxy.addr()).await;
+    assert_eq!(steps[0]["code"], 2061, "without TLS to the proxy: {steps:?}");
+    assert!(steps[0]["message"].as_str().unwrap_or_default().contains("secure connection"), "{steps:?}");
+
+    // The proxy's own certificate, made when it starts: libmysqlclient takes the TLS offered and logs in.
+    let mut config = proxy_config(&site.pki, site.server.addr(), Legs::SERVER_TLS, Preconnect::default());
+    config.listen.tls = Some(ListenTls { certificate: ListenCertificate::SelfSigned, required: false });
+    let proxy = support::start_proxy(config).await;
+    let steps = PythonLogin::new(None).run("libmysqlclient", proxy.addr()).await;
+    assert!(steps.iter().all(|step| step.get("code").is_none()), "{steps:?}");
+    assert_eq!(steps.last().unwrap()["rows"], serde_json::json!([[CURRENT_USER]]), "{steps:?}");
+    assert_eq!(proxy.shared().metrics.connections_by_transport("client", true), 1, "edxapp's leg was TLS");
+    let full = site.server_logins().into_iter().filter(|login| login.path == AuthPath::FullCleartext).count();
+    assert_eq!(full, 1, "the server read the password over its own TLS leg");
 }
 
 // ---------------------------------------------------------------------------------------------------------------

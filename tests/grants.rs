@@ -60,6 +60,26 @@ async fn an_account_without_rights_on_the_old_table_is_refused_on_the_extended_t
 }
 
 #[tokio::test]
+async fn on_one_server_an_account_without_rights_gets_the_servers_refusal_not_the_id_check() {
+    // Before the first INSERT into the extended table the proxy checks, on the client's own connection here, that
+    // the extended table's ids start above the old table's: what the account may not read is not a failed check.
+    let grants: [(&str, &[&str]); 2] = [
+        ("no_history", &["SELECT ON {db}.courseware_studentmodule"]),
+        ("old_history_only", &["SELECT, INSERT ON {db}.courseware_studentmodulehistory"]),
+    ];
+    for (name, grants) in grants {
+        let site = Site::new(Stage::ExtendedTableReadingBoth.flags()).await;
+        let account = limited_account(&site, name, grants).await;
+        let mut conn = Conn::new(opts(&site, &account)).await.unwrap();
+        let (code, message) = server_error(conn.query_drop(edxapp_insert(1, "not allowed")).await);
+        assert_eq!(code, 1142, "{name}: {message}");
+        assert!(message.contains("command denied"), "{name}: the server's own words: {message}");
+        site.edxapp().await.query_drop(edxapp_insert(1, "by the app")).await.expect("the app's INSERT");
+        assert_eq!(site.extended_ids().await.len(), 1, "{name}: only the app's row was written");
+    }
+}
+
+#[tokio::test]
 async fn an_account_keeps_exactly_the_rights_it_has_on_the_old_table() {
     let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
     let mut app = site.edxapp().await;

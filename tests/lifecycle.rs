@@ -45,8 +45,9 @@ async fn sigterm_drains_then_lets_transactions_finish_and_answers_idle_sessions_
     let text = format!(
         "[listen]\naddress = \"127.0.0.1:0\"\ndrain_secs = 3\nshutdown_timeout_secs = 10\n\n\
          [admin]\naddress = \"127.0.0.1:0\"\n\n[backends.edxapp]\naddress = \"{addr}\"\n\n\
-         [backends.csmh]\naddress = \"{addr}\"\n",
-        addr = server.addr()
+         [backends.csmh]\naddress = \"{addr}\"\n\n{flags}",
+        addr = server.addr(),
+        flags = support::FLAGS_OFF
     );
     std::fs::write(&config, text).expect("write proxy.toml");
     let mut child = support::serve_binary(&[], &config);

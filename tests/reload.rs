@@ -185,17 +185,21 @@ async fn a_malformed_file_and_an_unknown_key_are_refused_and_a_corrected_file_is
         enable_reading_from_multiple_history_tables: false,
         read_only_from_csmhe: true,
     };
-    // A file that is not TOML has a line and a column but no key; the others name the key too.
+    // A file that is not TOML has a line and a column but no key; the others name the key too, and its line
+    // where the file has one.
     let refused = [
-        ("malformed", good.replacen("[flags]", "[flags", 1), false),
-        ("unknown key", good.replace("READ_ONLY_FROM_CSMHE", "READ_ONLY_FROM_CSMH"), true),
-        ("mistyped", good.replace("ENABLE_CSMH_EXTENDED = true", "ENABLE_CSMH_EXTENDED = \"yes\""), true),
-        ("refused combination", live.text(retired_while_written), true),
+        ("malformed", good.replacen("[flags]", "[flags", 1), false, true),
+        ("unknown key", good.replace("READ_ONLY_FROM_CSMHE", "READ_ONLY_FROM_CSMH"), true, true),
+        ("mistyped", good.replace("ENABLE_CSMH_EXTENDED = true", "ENABLE_CSMH_EXTENDED = \"yes\""), true, true),
+        ("refused combination", live.text(retired_while_written), true, true),
+        // Read while it is being written in place: flags left out must not be taken for off.
+        ("cut before its flags", good[..good.find("[flags]").unwrap()].to_owned(), true, false),
+        ("cut among its flags", good[..good.find("ENABLE_READING").unwrap()].to_owned(), true, true),
     ];
-    for (n, (what, text, names_key)) in (1..).zip(refused) {
+    for (n, (what, text, names_key, names_line)) in (1..).zip(refused) {
         write(&live.path, &text);
         let error = check_file(&live.path).expect_err(what).to_string();
-        assert!(error.contains("line "), "the {what} file's error names the line: {error}");
+        assert_eq!(error.contains("line "), names_line, "the {what} file's error and its line: {error}");
         assert_eq!(error.contains("key `"), names_key, "the {what} file's error and its key: {error}");
         live.wait_until(&format!("the {what} file is refused"), |shared| shared.reloads_rejected() == n).await;
         assert_eq!(live.flags(), Stage::OldTableOnly.flags(), "the {what} file changed nothing");
@@ -208,7 +212,7 @@ async fn a_malformed_file_and_an_unknown_key_are_refused_and_a_corrected_file_is
     assert_eq!(live.flags(), Stage::ExtendedTableReadingBoth.flags());
     assert_eq!(live.insert(&mut edxapp).await, Table::Extended);
     let shared = live.shared();
-    assert_eq!((shared.reloads_applied(), shared.reloads_rejected()), (1, 4));
+    assert_eq!((shared.reloads_applied(), shared.reloads_rejected()), (1, 6));
 }
 
 #[tokio::test]

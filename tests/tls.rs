@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use csmh_proxy::config::{BackendTls, Config, ListenTls, TlsMode};
+use csmh_proxy::config::{BackendTls, Config, ListenCertificate, ListenTls, TlsMode};
 use csmh_proxy::protocol::conn::TlsHandshake;
 use csmh_proxy::server::ProxyHandle;
 use csmh_proxy::topology::Server;
@@ -44,7 +44,8 @@ fn proxy_config(backend: SocketAddr, listen: Option<ListenTls>, edxapp: BackendT
 
 /// `[listen.tls]` with `cert`.
 fn listen_tls(cert: &CertFiles, required: bool) -> Option<ListenTls> {
-    Some(ListenTls { certificate: cert.certificate.clone(), key: cert.key.clone(), required })
+    let certificate = ListenCertificate::Files { certificate: cert.certificate.clone(), key: cert.key.clone() };
+    Some(ListenTls { certificate, required })
 }
 
 /// `[backends.edxapp.tls]` in `mode`, checking against `ca` where the mode does.
@@ -302,10 +303,11 @@ async fn a_rotated_certificate_serves_new_clients_while_open_ones_go_on() {
     let path = dir.path().join("proxy.toml");
     let text = format!(
         "[listen]\naddress = \"127.0.0.1:0\"\n\n[listen.tls]\ncertificate = \"{}\"\nkey = \"{}\"\n\n\
-         [backends.edxapp]\naddress = \"{addr}\"\n\n[backends.csmh]\naddress = \"{addr}\"\n",
+         [backends.edxapp]\naddress = \"{addr}\"\n\n[backends.csmh]\naddress = \"{addr}\"\n\n{flags}",
         certificate.display(),
         key.display(),
-        addr = server.addr()
+        addr = server.addr(),
+        flags = support::FLAGS_OFF
     );
     std::fs::write(&path, text).expect("write proxy.toml");
     let config = Config::load(&path).expect("a valid proxy.toml");

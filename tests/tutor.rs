@@ -241,7 +241,8 @@ fn tutor_21_renders_the_same() {
 
 #[test]
 fn kubernetes_manifests_validate() {
-    let tutor = Tutor::new(&["CSMH_PROXY_LISTEN_TLS=true", "CSMH_PROXY_MIGRATE_ARGS=--max-rows-per-second 5000"]);
+    let tutor =
+        Tutor::new(&["CSMH_PROXY_LISTEN_TLS_SELF_SIGNED=false", "CSMH_PROXY_MIGRATE_ARGS=--max-rows-per-second 5000"]);
     let manifests =
         ["k8s/deployments.yml", "k8s/services.yml", "k8s/jobs.yml", "plugins/csmh-proxy/k8s/migrate-job.yml"];
     kubernetes_validate(&manifests.map(|path| tutor.env(path)));
@@ -313,11 +314,17 @@ fn the_rendered_proxy_toml_passes_check_config() {
     let output = check_config(&tutor.env(PROXY_TOML));
     assert_succeeded(&output, "check-config on the default rendering");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    for expected in
-        ["topology:        one server, mysql:3306", "old table:       openedx.courseware_studentmodulehistory"]
-    {
+    for expected in [
+        "topology:        one server, mysql:3306",
+        "old table:       openedx.courseware_studentmodulehistory",
+        // edxapp's libmysqlclient encrypts when TLS is offered, which MySQL 8.4's full logins need.
+        "tls:           offered, self-signed",
+    ] {
         assert!(stdout.contains(expected), "no `{expected}` in:\n{stdout}");
     }
+    let deployments = tutor.yaml("k8s/deployments.yml");
+    let pod = &named(&deployments, "Deployment", "csmh-proxy")["spec"]["template"]["spec"];
+    assert_eq!(pod["volumes"].as_array().unwrap().len(), 1, "a self-signed certificate needs no Secret: {pod}");
 
     let separate = Tutor::new(&[
         "CSMH_PROXY_CSMH_HOST=csmh-mysql",

@@ -4,7 +4,9 @@
 use std::fmt;
 use std::path::Path;
 
-use super::{Admin, Backend, BackendTls, Backends, Config, HistoryTables, Listen, ListenTls, Preconnect};
+use super::{
+    Admin, Backend, BackendTls, Backends, Config, HistoryTables, Listen, ListenCertificate, ListenTls, Preconnect,
+};
 use crate::history::{Flag, Flags};
 
 /// Keys whose new value only takes effect when the proxy is restarted: the sockets it listens on.
@@ -168,11 +170,15 @@ impl Found {
     }
 
     fn listen_tls(&mut self, old: Option<&ListenTls>, new: Option<&ListenTls>) {
-        let path = |tls: Option<&ListenTls>, pick: fn(&ListenTls) -> &Path| {
-            tls.map_or_else(|| "off".to_owned(), |tls| pick(tls).display().to_string())
+        let path = |tls: Option<&ListenTls>, pick: fn(&Path, &Path) -> String| match tls.map(|tls| &tls.certificate) {
+            None => "off".to_owned(),
+            Some(ListenCertificate::SelfSigned) => "self-signed".to_owned(),
+            Some(ListenCertificate::Files { certificate, key }) => pick(certificate, key),
         };
-        self.shown("listen.tls.certificate", path(old, |tls| &tls.certificate), path(new, |tls| &tls.certificate));
-        self.shown("listen.tls.key", path(old, |tls| &tls.key), path(new, |tls| &tls.key));
+        let certificate = |certificate: &Path, _: &Path| certificate.display().to_string();
+        let key = |_: &Path, key: &Path| key.display().to_string();
+        self.shown("listen.tls.certificate", path(old, certificate), path(new, certificate));
+        self.shown("listen.tls.key", path(old, key), path(new, key));
         let required = |tls: Option<&ListenTls>| tls.is_some_and(|tls| tls.required);
         self.shown("listen.tls.required", required(old), required(new));
     }

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::history::{Flags, TableName, TableNameError};
+use crate::history::{Flag, Flags, TableName, TableNameError};
 
 pub use changes::{Change, RESTART_KEYS, Values, changes};
 pub use error::{ConfigError, Location, Problem};
@@ -94,15 +94,69 @@ pub struct Listen {
 
 /// `[listen.tls]`: the certificate the proxy shows clients that ask for TLS.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "ListenTlsFields")]
 pub struct ListenTls {
-    /// PEM file of the certificate chain, the proxy's own certificate first.
-    pub certificate: PathBuf,
-    /// PEM file of the certificate's private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
+    /// Where the certificate comes from.
+    pub certificate: ListenCertificate,
     /// Refuse clients that do not ask for TLS (error 3159), as a server with `require_secure_transport` does.
-    #[serde(default)]
     pub required: bool,
+}
+
+/// Where the certificate the proxy shows clients comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ListenCertificate {
+    /// PEM files, read again at every reload.
+    Files {
+        /// The certificate chain, the proxy's own certificate first.
+        certificate: PathBuf,
+        /// The certificate's private key (PKCS#8, PKCS#1 or SEC1).
+        key: PathBuf,
+    },
+    /// A certificate the proxy makes for itself when it starts (`self_signed = true`), as MySQL and MariaDB make
+    /// theirs: clients that use TLS when it is offered without checking the certificate (libmysqlclient's
+    /// default `ssl-mode=PREFERRED`) then send their password encrypted, and MySQL 8.4's
+    /// `caching_sha2_password` lets them log in without the server's RSA key.
+    SelfSigned,
+}
+
+/// `[listen.tls]` as written: a certificate and its key, or `self_signed = true`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenTlsFields {
+    #[serde(default)]
+    certificate: Option<PathBuf>,
+    #[serde(default)]
+    key: Option<PathBuf>,
+    #[serde(default)]
+    self_signed: bool,
+    #[serde(default)]
+    required: bool,
+}
+
+impl ListenCertificate {
+    /// The certificate as the `check-config` report and `/config` show it: its file, or `self-signed`.
+    pub fn describe(&self) -> String {
+        match self {
+            ListenCertificate::Files { certificate, .. } => certificate.display().to_string(),
+            ListenCertificate::SelfSigned => "self-signed".to_owned(),
+        }
+    }
+}
+
+impl TryFrom<ListenTlsFields> for ListenTls {
+    type Error = &'static str;
+
+    fn try_from(fields: ListenTlsFields) -> Result<ListenTls, &'static str> {
+        let certificate = match (fields.certificate, fields.key, fields.self_signed) {
+            (Some(certificate), Some(key), false) => ListenCertificate::Files { certificate, key },
+            (None, None, true) => ListenCertificate::SelfSigned,
+            (_, _, true) => return Err("`self_signed = true` takes no `certificate` or `key`"),
+            (None, None, false) => return Err("needs `certificate` and `key`, or `self_signed = true`"),
+            (Some(_), None, false) => return Err("`certificate` needs its `key`"),
+            (None, Some(_), false) => return Err("`key` needs its `certificate`"),
+        };
+        Ok(ListenTls { certificate, required: fields.required })
+    }
 }
 
 /// `[backends.<name>.tls]`: whether and how the proxy's connections to a server use TLS, in the spirit of
@@ -502,7 +556,30 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        Config::parse(&text)
+        Config::parse_file(&text)
+    }
+
+    /// Parses and validates the text of a `proxy.toml` file, as [`Config::parse`] does, and refuses one that
+    /// leaves a flag out. A file read while it is being rewritten in place (as Tutor renders, or an editor saves
+    /// without a rename) may end before its `[flags]` or among them, and a flag taken for off would send history
+    /// to the old table for as long as the write takes; a file that names every flag cannot be mistaken so.
+    pub fn parse_file(text: &str) -> Result<Config, ConfigError> {
+        let config = Config::parse(text)?;
+        let written: Option<toml::Table> = text.parse().ok();
+        let why = "(a file without it may be one read while it was being written)";
+        let missing: Vec<Problem> = match written.as_ref().and_then(|file| file.get("flags")) {
+            None => vec![Problem::new("flags", format!("is missing: every flag must be written, true or false {why}"))],
+            Some(flags) => Flag::ALL
+                .into_iter()
+                .filter(|flag| flags.get(flag.name()).is_none())
+                .map(|flag| Problem::new(format!("flags.{}", flag.name()), format!("must be written {why}")))
+                .collect(),
+        };
+        if missing.is_empty() {
+            return Ok(config);
+        }
+        let document = document::Document::parse(text, &secrets::Secrets::scan(text))?;
+        Err(ConfigError::Invalid { problems: missing.into_iter().map(|problem| document.locate(problem)).collect() })
     }
 
     /// Parses and validates the text of a `proxy.toml`; errors carry the line and key at fault, and never the
@@ -527,7 +604,10 @@ impl Config {
 
     /// The certificate and key files the configuration names, the listener's and each backend's.
     pub fn tls_files(&self) -> Vec<&Path> {
-        let listener = self.listen.tls.iter().flat_map(|tls| [tls.certificate.as_path(), tls.key.as_path()]);
+        let listener = self.listen.tls.iter().flat_map(|tls| match &tls.certificate {
+            ListenCertificate::Files { certificate, key } => vec![certificate.as_path(), key.as_path()],
+            ListenCertificate::SelfSigned => Vec::new(),
+        });
         let backends = [&self.backends.edxapp.tls, &self.backends.csmh.tls]
             .into_iter()
             .flat_map(|tls| [&tls.ca, &tls.certificate, &tls.key, &tls.server_public_key])

@@ -52,8 +52,10 @@ impl Report<'_> {
         let early = if listen.answer_settings_early { "on" } else { "off" };
         writeln!(f, "  setup statements answered early: {early}")?;
         match &listen.tls {
-            Some(tls) if tls.required => writeln!(f, "  tls:           required, {}", tls.certificate.display())?,
-            Some(tls) => writeln!(f, "  tls:           offered, {}", tls.certificate.display())?,
+            Some(tls) => {
+                let offered = if tls.required { "required" } else { "offered" };
+                writeln!(f, "  tls:           {offered}, {}", tls.certificate.describe())?;
+            }
             None => writeln!(f, "  tls:           off (plaintext only)")?,
         }
         match &config.admin {

@@ -152,6 +152,19 @@ fn tls_settings_are_read_and_checked() {
     .unwrap();
     let listen = config.listen.tls.unwrap();
     assert!(listen.required);
+    let files = crate::config::ListenCertificate::Files { certificate: "proxy.pem".into(), key: "proxy.key".into() };
+    assert_eq!(listen.certificate, files);
+    let self_signed = Config::parse(&minimal_with("\n[listen.tls]\nself_signed = true\n")).unwrap();
+    assert_eq!(self_signed.listen.tls.unwrap().certificate, crate::config::ListenCertificate::SelfSigned);
+    for (table, complaint) in [
+        ("self_signed = true\nkey = 'proxy.key'", "takes no `certificate` or `key`"),
+        ("required = true", "needs `certificate` and `key`, or `self_signed = true`"),
+        ("certificate = 'proxy.pem'", "`certificate` needs its `key`"),
+        ("key = 'proxy.key'", "`key` needs its `certificate`"),
+    ] {
+        let refused = Config::parse(&minimal_with(&format!("\n[listen.tls]\n{table}\n"))).unwrap_err().to_string();
+        assert!(refused.contains("listen.tls") && refused.contains(complaint), "{table}: {refused}");
+    }
     assert_eq!(config.backends.edxapp.tls.mode, crate::config::TlsMode::VerifyIdentity);
     assert_eq!(config.backends.csmh.tls.mode, crate::config::TlsMode::Preferred, "MySQL's default");
     let refused = Config::parse(&minimal_with("\n[backends.edxapp.tls]\nmode = 'verify-ca'\n")).unwrap_err();

@@ -115,8 +115,8 @@ impl Session {
         Ok(())
     }
 
-    /// The single number `sql` answers with on `server`, if it answers with one; a failure of the `csmh`
-    /// connection is the client's error for the statement.
+    /// The single number `sql` answers with on `server`, if it answers with one; the server's error when it
+    /// refuses `sql`, and a failure of the `csmh` connection, are the client's error for the statement.
     pub(super) async fn number(
         &mut self,
         snapshot: &ConfigSnapshot,
@@ -124,13 +124,17 @@ impl Session {
         sql: &str,
     ) -> Result<Result<Option<u64>, MysqlError>, SessionError> {
         let reply = match server {
-            Server::Edxapp => self.edxapp.query(sql.as_bytes()).await.ok(),
+            Server::Edxapp => self.edxapp.query(sql.as_bytes()).await?,
             Server::Csmh => match self.csmh_command(snapshot, COM_QUERY, sql.as_bytes(), Expect::ResultSets).await? {
-                Ok(reply) => Some(reply),
+                Ok(reply) => reply,
                 Err(error) => return Ok(Err(error)),
             },
         };
-        let Some(Reply::Rows(rows)) = reply else { return Ok(Ok(None)) };
+        let rows = match reply {
+            Reply::Rows(rows) => rows,
+            Reply::Err(error) => return Ok(Err(error)),
+            Reply::Ok(_) | Reply::Prepared(_) => return Ok(Ok(None)),
+        };
         let value = rows.values.first().and_then(|row| row.first()).cloned().flatten();
         Ok(Ok(value.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())))
     }

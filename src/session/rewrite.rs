@@ -47,6 +47,11 @@ impl Session {
     /// the error to answer an insert with when it is not (or cannot be checked). A failed check is logged and
     /// tried again on the next insert. Once the old table is retired nothing reads it any more, so its ids
     /// cannot collide with anything read, and it is not looked at (`truncate-old` may be holding it locked).
+    ///
+    /// The old table is read on the client's own connection: an account that may not read it gets the server's
+    /// refusal. An extended table the checking account cannot see (on one server, the client's account without
+    /// any right on it) is not checked this time: the server answers the statement itself, as it would directly
+    /// (1142 without the right to insert, 1146 when the table does not exist).
     async fn unsafe_offset(&mut self, request: &Request) -> Result<Option<MysqlError>, SessionError> {
         let snapshot = &request.snapshot;
         if snapshot.offset_verified.get().is_some() || snapshot.config.flags.read_only_from_csmhe {
@@ -59,13 +64,17 @@ impl Session {
             extended.schema(),
             extended.table()
         );
-        let max_old = self.number(snapshot, Server::Edxapp, &max_old).await?.ok().flatten();
+        let max_old = match self.number(snapshot, Server::Edxapp, &max_old).await? {
+            Err(refused) => return Ok(Some(refused)),
+            Ok(max_old) => max_old,
+        };
         let extended_server = snapshot.router.topology().extended_server();
         let next = match self.number(snapshot, extended_server, &next_extended).await? {
             Err(failure) => return Ok(Some(failure)),
-            Ok(next) => next,
+            Ok(None) => return Ok(None),
+            Ok(Some(next)) => next,
         };
-        if let (Some(max_old), Some(next)) = (max_old, next) {
+        if let Some(max_old) = max_old {
             if next > max_old {
                 let _ = snapshot.offset_verified.set(());
                 info!(max_old, next_extended = next, "the extended table's ids start above the old table's");
@@ -73,7 +82,7 @@ impl Session {
             }
         }
         tracing::error!(
-            next_extended = ?next,
+            next_extended = next,
             "the extended table's next id is not above the old table's largest id: inserts are refused until \
              `csmh-proxy init` sets its starting id"
         );

@@ -4,8 +4,10 @@ step: the login, then each statement's rows, or the exception's class and the co
 Usage: client.py DRIVER --address HOST:PORT --user U --password P [--database DB] [--charset CHARSET]
                  [--ca PATH [--ssl-mode MODE]] [--server-public-key PATH] [--change-user U --change-password P] SQL...
 
-DRIVER is `pymysql` (which needs `cryptography` for caching_sha2_password's RSA exchange) or `mysqlclient`
-(MySQLdb on MariaDB Connector/C, whose caching_sha2_password plugin uses OpenSSL). With --ca the driver asks for
+DRIVER is `pymysql` (which needs `cryptography` for caching_sha2_password's RSA exchange), `mysqlclient`
+(MySQLdb on MariaDB Connector/C, whose caching_sha2_password plugin uses OpenSSL), or `libmysqlclient` (Oracle's
+client library, which Tutor's openedx image builds mysqlclient on, as mysql-connector-python's C extension bundles
+it; without --ca it uses TLS when the server offers it, without checking the certificate: ssl-mode PREFERRED). With --ca the driver asks for
 TLS and verifies the server's certificate against the authority in PATH and the host name (mysqlclient: as
 --ssl-mode says, VERIFY_IDENTITY by default; REQUIRED verifies nothing); without it, the connection is plaintext. --server-public-key gives PyMySQL the server's RSA public key (PEM), so that it does not
 ask for it. The login step also says whether the driver's connection is encrypted and its cipher, where the
@@ -20,6 +22,19 @@ import json
 
 
 def connect(args, host, port):
+    if args.driver == "libmysqlclient":
+        # The C extension first: it brings the OpenSSL it was built with, which `mysql.connector` would otherwise
+        # find the system's older one loaded in place of (through Python's ssl module), and fall back to Python.
+        import _mysql_connector  # noqa: F401
+        import mysql.connector
+
+        if not mysql.connector.HAVE_CEXT:
+            raise SystemExit("mysql.connector's C extension (libmysqlclient) is not loaded")
+
+        database = {"database": args.database} if args.database else {}
+        return mysql.connector.connect(
+            use_pure=False, host=host, port=port, user=args.user, password=args.password, **database
+        )
     if args.driver == "mysqlclient":
         import MySQLdb
 
@@ -59,14 +74,15 @@ def report(step, error=None, **fields):
     line = {"step": step, **fields}
     if error is not None:
         line["class"] = type(error).__name__
-        line["code"] = error.args[0] if error.args else None
-        line["message"] = error.args[1] if len(error.args) > 1 else str(error)
+        # mysql.connector's errors carry their code and message as attributes, the DB-API drivers' as args.
+        line["code"] = getattr(error, "errno", None) or (error.args[0] if error.args else None)
+        line["message"] = getattr(error, "msg", None) or (error.args[1] if len(error.args) > 1 else str(error))
     print(json.dumps(line), flush=True)
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("driver", choices=["mysqlclient", "pymysql"])
+    parser.add_argument("driver", choices=["mysqlclient", "pymysql", "libmysqlclient"])
     parser.add_argument("--address", required=True)
     parser.add_argument("--user", required=True)
     parser.add_argument("--password", required=True)

@@ -37,6 +37,9 @@ use tokio::sync::OnceCell;
 
 pub use csmh_proxy::sandbox::{Account, AuthPlugin, MariaDb};
 
+/// A `proxy.toml`'s `[flags]` with every flag off: a configuration file must write them all.
+pub const FLAGS_OFF: &str = "[flags]\nENABLE_CSMH_EXTENDED = false\nENABLE_READING_FROM_MULTIPLE_HISTORY_TABLES = false\nREAD_ONLY_FROM_CSMHE = false\n";
+
 /// edxapp's application account (`mysql_native_password`).
 pub fn app() -> Account {
     Account::app()

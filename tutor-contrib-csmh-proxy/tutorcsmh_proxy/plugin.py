@@ -65,9 +65,12 @@ hooks.Filters.CONFIG_DEFAULTS.add_items(
         # TLS of the proxy's connections to the servers, as MySQL's --ssl-mode, and the authorities' PEM text.
         ("CSMH_PROXY_BACKEND_TLS_MODE", "preferred"),
         ("CSMH_PROXY_BACKEND_TLS_CA", ""),
-        # TLS for edxapp's connections to the proxy: tls.crt and tls.key from the Kubernetes Secret
-        # csmh-proxy-tls, or from $(tutor config printroot)/data/csmh-proxy/tls with docker compose.
-        ("CSMH_PROXY_LISTEN_TLS", False),
+        # TLS for edxapp's connections to the proxy, on by default: edxapp's libmysqlclient uses it when offered,
+        # and MySQL 8.4's caching_sha2_password sends a full login's password only over TLS. The certificate is one
+        # the proxy makes when it starts; with LISTEN_TLS_SELF_SIGNED false, tls.crt and tls.key from the Kubernetes
+        # Secret csmh-proxy-tls, or from $(tutor config printroot)/data/csmh-proxy/tls with docker compose.
+        ("CSMH_PROXY_LISTEN_TLS", True),
+        ("CSMH_PROXY_LISTEN_TLS_SELF_SIGNED", True),
         ("CSMH_PROXY_LISTEN_TLS_REQUIRED", False),
         # After SIGTERM: seconds still serving while unready, then seconds for statements in flight.
         ("CSMH_PROXY_DRAIN_SECS", 5),
