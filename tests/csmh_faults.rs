@@ -12,6 +12,7 @@ use mysql_async::prelude::*;
 use mysql_async::{Conn, OptsBuilder};
 use support::edx::*;
 use support::frozen::Frozen;
+use support::held::CommitAnswersHeld;
 
 /// Generous bound on any one step, so that a regression fails the test instead of hanging it.
 const STEP: Duration = Duration::from_secs(60);
@@ -164,6 +165,32 @@ async fn a_client_that_gives_up_on_a_frozen_csmh_server_leaves_nothing_behind() 
     })
     .await;
     assert_eq!(metrics.client_hangups(), 1);
+}
+
+#[tokio::test]
+async fn a_write_of_both_tables_whose_csmh_commit_answer_times_out_says_its_outcome_is_unknown() {
+    // The csmh server commits the proxy's own transaction, its answer is held past the read timeout: edxapp's
+    // side is rolled back, and the client must not be told the write was rolled back (checked: before, the
+    // message said "the transaction was rolled back").
+    let site = Site::two_servers(Stage::ExtendedTableReadingBoth.flags()).await;
+    let relay = CommitAnswersHeld::start(site.dbs.csmh.addr()).await;
+    let mut config = site.dbs.proxy_toml(Stage::ExtendedTableReadingBoth.flags()).config().unwrap();
+    config.backends.csmh.address = relay.addr().to_string();
+    config.backends.csmh.read_timeout_secs = 2;
+    site.proxy.shared().replace(config).unwrap();
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop(edxapp_insert(1, "extended")).await.unwrap();
+    let (old, extended) = (site.old_ids().await.len(), site.extended_ids().await.len());
+    let (code, message) = server_error(bounded("the write", edxapp.query_drop(edxapp_delete("1"))).await);
+    relay.release();
+    assert_eq!(code, 1430, "{message}");
+    assert!(message.contains("did not respond within 2 s"), "{message}");
+    assert!(message.contains("may have been committed"), "{message}");
+    assert!(!message.contains("the transaction was rolled back"), "{message}");
+    assert_eq!(site.old_ids().await.len(), old, "edxapp's side was rolled back");
+    assert_eq!((extended, site.extended_ids().await.len()), (1, 0), "the csmh server had committed its side");
+    let one: Option<i64> = bounded("SELECT 1", edxapp.query_first("SELECT 1")).await.unwrap();
+    assert_eq!(one, Some(1), "the session goes on");
 }
 
 #[tokio::test]

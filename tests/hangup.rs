@@ -21,6 +21,7 @@ use mysql_async::prelude::Queryable;
 use mysql_common::constants::CapabilityFlags;
 use support::edx::*;
 use support::frozen::Frozen;
+use support::held::CommitAnswersHeld;
 use support::raw::RawClient;
 
 /// How long the server may take to end the statement of a client that went away (it takes under 2 s directly).
@@ -303,6 +304,37 @@ async fn a_client_that_hangs_up_during_a_commit_across_two_servers_has_both_side
         .await
         .unwrap();
     assert_eq!(states, ["committed"]);
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_while_a_write_of_both_tables_commits_has_it_committed_on_both() {
+    // An autocommit UPDATE of both tables runs in a transaction of the proxy's own on each server, the csmh side
+    // committing first. The client hangs up once the csmh server has committed and its answer is held back: the
+    // edxapp side must commit too (checked: before, the request was abandoned there, and edxapp rolled back).
+    let site = Site::two_servers(Stage::ExtendedTableReadingBoth.flags()).await;
+    let relay = CommitAnswersHeld::start(site.dbs.csmh.addr()).await;
+    let mut config = site.dbs.proxy_toml(Stage::ExtendedTableReadingBoth.flags()).config().unwrap();
+    config.backends.csmh.address = relay.addr().to_string();
+    site.proxy.shared().replace(config).unwrap();
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop(edxapp_insert(1, "extended")).await.unwrap();
+    let update = format!("UPDATE `{OLD}` SET `state` = 'updated' WHERE `student_module_id` = 1");
+    let writing = tokio::spawn(async move { edxapp.query_drop(update).await });
+    relay.answer_held().await;
+    writing.abort();
+    let _ = writing.await;
+    // Ample time for the proxy to notice the hang-up (it looks 20 ms into a request).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    relay.release();
+    sessions_end_within(site.proxy.shared(), ENDS_WITHIN, "after the csmh server's answer came").await;
+
+    let updated = |table: String| {
+        format!("SELECT COUNT(*), COUNT(IF(state = 'updated', 1, NULL)) FROM {table} WHERE student_module_id = 1")
+    };
+    let extended: Option<(u64, u64)> = site.csmh_root().await.query_first(updated(site.extended())).await.unwrap();
+    assert_eq!(extended, Some((1, 1)), "the csmh side committed");
+    let old: Option<(u64, u64)> = site.root().await.query_first(updated(site.old())).await.unwrap();
+    assert!(old.is_some_and(|(rows, updated)| rows > 0 && updated == rows), "edxapp's side committed too: {old:?}");
 }
 
 /// Waits until no session of the proxy whose state is `shared` is open, at most `limit` (`when` says since what).

@@ -84,6 +84,11 @@ const ROLLED_BACK: &str = "; the transaction was rolled back";
 /// side could not commit its part.
 const COMMITTED_WITHOUT_CSMH: &str = "; the transaction was committed on edxapp without its part on the csmh server";
 
+/// What the error of a write of both tables says when the `csmh` server's answer to the proxy's own COMMIT was
+/// lost: whether that side committed is unknown.
+const COMMIT_UNKNOWN: &str = "; the csmh server's answer to COMMIT was lost: the write was rolled back on the old \
+     table, and may have been committed on the extended table";
+
 /// Capabilities that decide the layout of the responses relayed to the client: the `csmh` connection must have
 /// exactly the client's.
 const LAYOUT: CapabilityFlags = CapabilityFlags::CLIENT_DEPRECATE_EOF
@@ -492,6 +497,29 @@ impl CsmhLink {
         if let Some(csmh) = &mut self.open {
             csmh.transaction = if open { Transaction::Open } else { Transaction::Closed };
         }
+    }
+
+    /// Commits the proxy's own transaction (around a write of both tables, ahead of `edxapp`'s part) on the open
+    /// connection: the server's answer, or the client's error if the answer is lost (the connection failed, or
+    /// the server sent nothing for `read_timeout_secs`). The server may then have committed or not: the
+    /// connection is dropped, the loss is logged at ERROR, and the error says the outcome is unknown.
+    pub async fn commit_own(&mut self) -> Result<Reply, MysqlError> {
+        let Some(csmh) = self.open.as_mut() else {
+            return Err(CsmhError::Refused("the connection closed before COMMIT".into()).to_mysql());
+        };
+        let reply = backend::query(&mut csmh.conn, csmh.caps, b"COMMIT").await;
+        csmh.transaction = Transaction::Closed;
+        reply.map_err(|error| {
+            tracing::error!(
+                "the csmh server's answer to COMMIT was lost: if it committed, the extended table holds a write of \
+                 both tables rolled back on edxapp"
+            );
+            let error = CsmhError::Query(error);
+            self.close(&error);
+            let mut error = error.to_mysql();
+            error.message.push_str(COMMIT_UNKNOWN);
+            error
+        })
     }
 
     /// Before a client statement runs on `edxapp`: if it ends or steps back in the transaction the `csmh`

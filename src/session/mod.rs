@@ -22,6 +22,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
@@ -106,7 +107,34 @@ struct Session {
     transaction: Transaction,
     /// Whether its setup statements may still be answered early.
     early: Early,
+    /// Whether the request in progress runs to its end if the client hangs up.
+    no_return: NoReturn,
     shared: Arc<ProxyState>,
+}
+
+/// Whether the request in progress has passed the point from which it runs to its end even if the client hangs
+/// up: a write of both tables has begun to commit ([`two_table_write`]). Across two servers the `csmh` side
+/// commits first, so abandoning the request before `edxapp`'s COMMIT would leave the extended table's part
+/// committed and the old table's rolled back. Shared between the executor, which sets it, and the hang-up watch
+/// of [`Session::serve`], which then lets the request finish.
+#[derive(Clone, Default)]
+struct NoReturn(Arc<AtomicBool>);
+
+impl NoReturn {
+    /// Marks the point passed, for the rest of the request.
+    fn pass(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the point was passed.
+    fn passed(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Clears the mark for the next request.
+    fn clear(&self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
 }
 
 /// Serves one client connection until it ends, logging its opening and closing. `permit` is its place among
@@ -132,6 +160,7 @@ pub async fn run(
                 grants: Grants::default(),
                 transaction: Transaction::default(),
                 early: Early::Closed,
+                no_return: NoReturn::default(),
                 shared: Arc::clone(&shared),
             };
             let result = session.run(&mut permit, shutdown.clone()).await;
@@ -221,6 +250,7 @@ impl Session {
     /// direct client's COMMIT: a statement that ends or steps in a transaction the `csmh` connection holds part
     /// of. Its `csmh` side runs first (a COMMIT there) or its `edxapp` side commits implicitly while the `csmh`
     /// side waits, so abandoning it halfway would leave one server's part committed and the other's rolled back.
+    /// Any other request runs to its end once it passes the point of [`NoReturn`].
     fn runs_to_its_end(&self, request: &Request) -> bool {
         self.csmh.in_transaction() && request.command == Command::Query && {
             let payload = request.span.payload_in(&self.client.buf);
@@ -246,10 +276,12 @@ impl Session {
 
     /// Serves one request and records it in the metrics: a statement's route and time, a backend connection
     /// failing during it. If the client hangs up before the request is over, the request is abandoned where it
-    /// is and the session ends.
+    /// is and the session ends, unless it has passed the point of [`NoReturn`].
     async fn serve(&mut self, request: &mut Request, hangup: Option<&mut HangupWatch>) -> Result<Flow, SessionError> {
         let arrived = Instant::now();
         let csmh_failures = self.csmh.failures();
+        self.no_return.clear();
+        let no_return = self.no_return.clone();
         // Reading the session's settings is a round trip to `edxapp` too: the watch covers it.
         let handled = async {
             let decision = match self.transaction.take_untold_end(request.command) {
@@ -265,11 +297,17 @@ impl Session {
             self.carry_out(request, decision).await
         };
         let result = match hangup {
-            Some(watch) => tokio::select! {
-                biased;
-                result = handled => result,
-                () = watch.hung_up() => Err(SessionError::ClientHungUp),
-            },
+            Some(watch) => {
+                let mut handled = std::pin::pin!(handled);
+                tokio::select! {
+                    biased;
+                    result = &mut handled => result,
+                    () = watch.hung_up() => match no_return.passed() {
+                        true => handled.await,
+                        false => Err(SessionError::ClientHungUp),
+                    },
+                }
+            }
             None => handled.await,
         };
         let result = match result {

@@ -2,10 +2,11 @@
 //! extended one inside a transaction of the proxy's own (or a savepoint in the client's), and the client gets
 //! one OK whose counts are the sums, or the first error with nothing written. Across two servers the `csmh` side
 //! commits first, so that a failure there still lets `edxapp` roll back (docs/routing.md gives the remaining
-//! window).
+//! window); once the commit has begun, the request runs to its end even if the client hangs up.
 
 use tracing::warn;
 
+use super::csmh::CsmhError;
 use super::error::SessionError;
 use super::own::Outcome;
 use super::request::Request;
@@ -14,6 +15,7 @@ use crate::protocol::command::COM_QUERY;
 use crate::protocol::errors::MysqlError;
 use crate::protocol::errors::code::ER_LOCK_DEADLOCK;
 use crate::protocol::packets::OkFields;
+use crate::protocol::reply::Reply;
 use crate::routing::Inline;
 use crate::state::ConfigSnapshot;
 use crate::topology::Server;
@@ -139,8 +141,13 @@ impl Session {
                 Outcome::Failed(error) => return self.undo(snapshot, atomic, servers, error).await,
             }
         }
+        // Abandoned between the csmh side's commit and edxapp's, the write would stay on the extended table only.
+        self.no_return.pass();
         for (committed, &server) in servers.iter().enumerate().rev() {
-            let outcome = self.run_own(snapshot, server, atomic.commit()).await?;
+            let outcome = match (server, atomic) {
+                (Server::Csmh, Atomic::Transaction) => self.commit_csmh().await,
+                _ => self.run_own(snapshot, server, atomic.commit()).await?,
+            };
             self.mark_own_transaction(server, atomic, false);
             match outcome {
                 Outcome::Ok(ok) if server == Server::Edxapp => total.status = ok.status,
@@ -155,6 +162,19 @@ impl Session {
             }
         }
         Ok(Outcome::Ok(total))
+    }
+
+    /// Commits the proxy's own transaction on the `csmh` connection
+    /// ([`CsmhLink::commit_own`](super::csmh::CsmhLink::commit_own)).
+    async fn commit_csmh(&mut self) -> Outcome {
+        match self.csmh.commit_own().await {
+            Ok(Reply::Ok(ok)) => Outcome::Ok(ok),
+            Ok(Reply::Err(error)) => Outcome::Failed(error),
+            Ok(Reply::Rows(_) | Reply::Prepared(_)) => {
+                Outcome::Failed(CsmhError::Refused("unexpected rows".into()).to_mysql())
+            }
+            Err(error) => Outcome::Failed(error),
+        }
     }
 
     /// Undoes `atomic` on `servers` and passes `error` on.

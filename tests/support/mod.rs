@@ -12,6 +12,7 @@
 pub mod clients;
 pub mod edx;
 pub mod frozen;
+pub mod held;
 pub mod memory;
 pub mod mutate;
 pub mod mysql84;
