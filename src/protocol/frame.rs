@@ -122,14 +122,25 @@ impl PacketSpan {
     }
 
     /// The packet's whole payload, in `buf` (where the packet was found): borrowed when it is one frame, joined
-    /// across frames otherwise.
+    /// across frames otherwise, in one copy.
     pub fn payload_in<'a>(&self, buf: &'a [u8]) -> Cow<'a, [u8]> {
         if self.is_single_frame() {
-            Cow::Borrowed(&buf[HEADER_LEN..self.wire_len])
-        } else {
-            Cow::Owned(payload(Bytes::copy_from_slice(&buf[..self.wire_len]), self).to_vec())
+            return Cow::Borrowed(&buf[HEADER_LEN..self.wire_len]);
         }
+        let mut joined = Vec::with_capacity(self.payload_len);
+        frames(&buf[..self.wire_len]).for_each(|frame| joined.extend_from_slice(frame));
+        Cow::Owned(joined)
     }
+}
+
+/// The payloads of the frames whose wire bytes are `wire`, in order.
+fn frames(mut wire: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let header = Header::parse(wire)?;
+        let (frame, rest) = wire[HEADER_LEN..].split_at(header.len);
+        wire = rest;
+        Some(frame)
+    })
 }
 
 /// Returns the payload of the packet whose wire bytes are `wire`, joined across frames.
@@ -140,11 +151,7 @@ pub fn payload(wire: Bytes, span: &PacketSpan) -> Bytes {
         return wire.slice(HEADER_LEN..);
     }
     let mut out = BytesMut::with_capacity(span.payload_len);
-    let mut rest = &wire[..];
-    while let Some(header) = Header::parse(rest) {
-        out.extend_from_slice(&rest[HEADER_LEN..HEADER_LEN + header.len]);
-        rest = &rest[HEADER_LEN + header.len..];
-    }
+    frames(&wire).for_each(|frame| out.extend_from_slice(frame));
     out.freeze()
 }
 

@@ -380,7 +380,9 @@ impl Session {
             _ => return self.decide_on_statement(request),
         };
         let payload = request.span.payload_in(&self.client.buf);
-        let (classified, cache) = request.snapshot.router.classify_for(command::body(&payload), form, reading);
+        let statement = command::body(&payload);
+        let classify = || request.snapshot.router.classify_for(statement, form, reading);
+        let (classified, cache) = off_the_event_loop_if_long(statement, classify);
         if let Some(outcome) = cache {
             self.shared.metrics.route_cache(outcome);
         }
@@ -464,6 +466,23 @@ impl Session {
             Decision::Route(Route::Block(error)) => self.block(request, error).await,
             Decision::Route(Route::Refuse(error)) => self.refuse(request, error).await,
         }
+    }
+}
+
+/// Statements at least this long are routed off the runtime's event loop: parsing one takes milliseconds to
+/// seconds (a 3.9 MB `IN` list of half a million ids: about a second), which would hold up every session of its
+/// worker thread.
+const LONG_STATEMENT_BYTES: usize = 256 * 1024;
+
+/// Runs `route` (the routing of `statement`) where it holds up no other session when the statement is long: in
+/// [`tokio::task::block_in_place`], which hands the worker thread's other sessions to another thread meanwhile.
+/// A runtime with one thread (the tests' own) has no other thread to hand them to, and runs it in place.
+fn off_the_event_loop_if_long<T>(statement: &[u8], route: impl FnOnce() -> T) -> T {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    match statement.len() >= LONG_STATEMENT_BYTES && multi_thread {
+        true => tokio::task::block_in_place(route),
+        false => route(),
     }
 }
 
