@@ -14,9 +14,9 @@ use csmh_proxy::server::ProxyHandle;
 use mysql_async::Conn;
 use mysql_async::prelude::*;
 use mysql_common::constants::CapabilityFlags;
-use support::EdxDatabases;
 use support::raw::{RawClient, Reply};
 use support::twins::{Twins, capability_sets};
+use support::{EdxDatabases, MariaDb};
 
 /// What Django with mysqlclient sends on a new connection before its first query, and a few more of the forms
 /// answered early.
@@ -83,16 +83,21 @@ async fn setup_statements_answered_early_get_the_servers_bytes_and_take_effect()
     assert_eq!(rows, 0, "autocommit was off for the INSERTs, so the sessions' ends rolled them back");
 }
 
-#[tokio::test]
-async fn with_the_setting_off_no_statement_is_answered_early() {
-    let server = support::second_server().await;
-    let database = support::fresh_database(&server, "early_off").await;
+/// A proxy in front of `server` (both backends there, every flag off), `answer_settings_early` as `early` says,
+/// and the app account's credentials for a database of its own there, named after `role`.
+async fn proxy_in_front_of(server: &MariaDb, role: &str, early: bool) -> (ProxyHandle, Credentials) {
+    let database = support::fresh_database(server, role).await;
     let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let mut config = ProxyToml::edx(listen, server.addr(), server.addr()).config().unwrap();
-    config.listen.answer_settings_early = false;
-    let proxy = support::start_proxy(config).await;
+    config.listen.answer_settings_early = early;
     let app = support::app();
     let credentials = Credentials { user: app.user, password: Some(app.password), database: Some(database) };
+    (support::start_proxy(config).await, credentials)
+}
+
+#[tokio::test]
+async fn with_the_setting_off_no_statement_is_answered_early() {
+    let (proxy, credentials) = proxy_in_front_of(&*support::second_server().await, "early_off", false).await;
     for _ in 0..2 {
         let mut client = RawClient::connect(&proxy.addr().to_string(), &credentials, LOGIN_CAPABILITIES).await;
         for sql in SETUP {
@@ -104,12 +109,7 @@ async fn with_the_setting_off_no_statement_is_answered_early() {
 
 #[tokio::test]
 async fn a_session_has_at_most_sixteen_statements_answered_early_and_held() {
-    let server = support::second_server().await;
-    let database = support::fresh_database(&server, "early_bound").await;
-    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let proxy = support::start_proxy(ProxyToml::edx(listen, server.addr(), server.addr()).config().unwrap()).await;
-    let app = support::app();
-    let credentials = Credentials { user: app.user, password: Some(app.password), database: Some(database) };
+    let (proxy, credentials) = proxy_in_front_of(&*support::second_server().await, "early_bound", true).await;
     for turn in ["learned", "answered"] {
         let mut client = RawClient::connect(&proxy.addr().to_string(), &credentials, LOGIN_CAPABILITIES).await;
         for at in 0..40 {
@@ -131,11 +131,7 @@ async fn a_session_has_at_most_sixteen_statements_answered_early_and_held() {
 #[tokio::test]
 async fn a_server_that_answers_otherwise_has_its_answers_learned_again() {
     let server = support::private_server().await;
-    let database = support::fresh_database(&server, "early_diverged").await;
-    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    let proxy = support::start_proxy(ProxyToml::edx(listen, server.addr(), server.addr()).config().unwrap()).await;
-    let app = support::app();
-    let credentials = Credentials { user: app.user, password: Some(app.password), database: Some(database) };
+    let (proxy, credentials) = proxy_in_front_of(&server, "early_diverged", true).await;
     let session = || async {
         let mut client = RawClient::connect(&proxy.addr().to_string(), &credentials, LOGIN_CAPABILITIES).await;
         let answer = client.query("SET NAMES utf8mb4").await;
