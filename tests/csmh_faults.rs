@@ -172,12 +172,7 @@ async fn a_write_of_both_tables_whose_csmh_commit_answer_times_out_says_its_outc
     // The csmh server commits the proxy's own transaction, its answer is held past the read timeout: edxapp's
     // side is rolled back, and the client must not be told the write was rolled back (checked: before, the
     // message said "the transaction was rolled back").
-    let site = Site::two_servers(Stage::ExtendedTableReadingBoth.flags()).await;
-    let relay = CommitAnswersHeld::start(site.dbs.csmh.addr()).await;
-    let mut config = site.dbs.proxy_toml(Stage::ExtendedTableReadingBoth.flags()).config().unwrap();
-    config.backends.csmh.address = relay.addr().to_string();
-    config.backends.csmh.read_timeout_secs = 2;
-    site.proxy.shared().replace(config).unwrap();
+    let (site, relay) = CommitAnswersHeld::in_front_of_csmh(Some(2)).await;
     let mut edxapp = site.edxapp().await;
     edxapp.query_drop(edxapp_insert(1, "extended")).await.unwrap();
     let (old, extended) = (site.old_ids().await.len(), site.extended_ids().await.len());

@@ -311,11 +311,7 @@ async fn a_client_that_hangs_up_while_a_write_of_both_tables_commits_has_it_comm
     // An autocommit UPDATE of both tables runs in a transaction of the proxy's own on each server, the csmh side
     // committing first. The client hangs up once the csmh server has committed and its answer is held back: the
     // edxapp side must commit too (checked: before, the request was abandoned there, and edxapp rolled back).
-    let site = Site::two_servers(Stage::ExtendedTableReadingBoth.flags()).await;
-    let relay = CommitAnswersHeld::start(site.dbs.csmh.addr()).await;
-    let mut config = site.dbs.proxy_toml(Stage::ExtendedTableReadingBoth.flags()).config().unwrap();
-    config.backends.csmh.address = relay.addr().to_string();
-    site.proxy.shared().replace(config).unwrap();
+    let (site, relay) = CommitAnswersHeld::in_front_of_csmh(None).await;
     let mut edxapp = site.edxapp().await;
     edxapp.query_drop(edxapp_insert(1, "extended")).await.unwrap();
     let update = format!("UPDATE `{OLD}` SET `state` = 'updated' WHERE `student_module_id` = 1");

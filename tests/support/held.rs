@@ -11,6 +11,9 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
+use super::edx::Site;
+use csmh_proxy::history::Stage;
+
 /// A COM_QUERY of `COMMIT`, as the proxy sends it.
 const COMMIT: &[u8] = b"\x03COMMIT";
 
@@ -22,6 +25,22 @@ pub struct CommitAnswersHeld {
 }
 
 impl CommitAnswersHeld {
+    /// A site with the extended table on its own server, reading both tables, whose proxy reaches that server
+    /// through a relay holding its answers to COMMIT, with `[backends.csmh] read_timeout_secs` set to
+    /// `read_timeout_secs` if given.
+    pub async fn in_front_of_csmh(read_timeout_secs: Option<u64>) -> (Site, CommitAnswersHeld) {
+        let flags = Stage::ExtendedTableReadingBoth.flags();
+        let site = Site::two_servers(flags).await;
+        let relay = CommitAnswersHeld::start(site.dbs.csmh.addr()).await;
+        let mut config = site.dbs.proxy_toml(flags).config().expect("the site's proxy.toml");
+        config.backends.csmh.address = relay.addr().to_string();
+        if let Some(secs) = read_timeout_secs {
+            config.backends.csmh.read_timeout_secs = secs;
+        }
+        site.proxy.shared().replace(config).expect("the relay's configuration");
+        (site, relay)
+    }
+
     /// Listens on a free loopback port and relays every connection to `upstream`.
     pub async fn start(upstream: SocketAddr) -> CommitAnswersHeld {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the relay");
