@@ -189,6 +189,25 @@ async fn a_write_of_both_tables_whose_csmh_commit_answer_times_out_says_its_outc
 }
 
 #[tokio::test]
+async fn a_clients_commit_whose_csmh_answer_times_out_says_its_outcome_is_unknown() {
+    // The client's transaction wrote history on the csmh server; its COMMIT is carried out there, the answer held
+    // past the read timeout: edxapp's side is rolled back, and the client must not be told the whole transaction
+    // was (checked: before, the message said "the transaction was rolled back").
+    let (site, relay) = CommitAnswersHeld::in_front_of_csmh(Some(2)).await;
+    let mut edxapp = site.edxapp().await;
+    edxapp.query_drop("BEGIN").await.unwrap();
+    edxapp.query_drop(edxapp_insert(1, "in a transaction")).await.unwrap();
+    let (code, message) = server_error(bounded("the COMMIT", edxapp.query_drop("COMMIT")).await);
+    relay.release();
+    assert_eq!(code, 1430, "{message}");
+    assert!(message.contains("may have been committed"), "{message}");
+    assert!(!message.ends_with("the transaction was rolled back"), "{message}");
+    assert_eq!(site.extended_ids().await.len(), 1, "the csmh server had committed its part");
+    let one: Option<i64> = bounded("SELECT 1", edxapp.query_first("SELECT 1")).await.unwrap();
+    assert_eq!(one, Some(1), "the session goes on");
+}
+
+#[tokio::test]
 async fn closing_a_statement_on_a_lost_csmh_connection_answers_nothing() {
     let site = Site::two_servers(Stage::ExtendedTableOnlyReads.flags()).await;
     let mut edxapp = uncached_client(&site).await;

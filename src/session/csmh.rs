@@ -89,6 +89,11 @@ const COMMITTED_WITHOUT_CSMH: &str = "; the transaction was committed on edxapp 
 const COMMIT_UNKNOWN: &str = "; the csmh server's answer to COMMIT was lost: the write was rolled back on the old \
      table, and may have been committed on the extended table";
 
+/// What the error of a client's COMMIT says when the `csmh` server's answer to it was lost: whether that side
+/// committed is unknown.
+const CLIENT_COMMIT_UNKNOWN: &str = "; the csmh server's answer to COMMIT was lost: the transaction was rolled back \
+     on edxapp, and its part on the csmh server may have been committed";
+
 /// Capabilities that decide the layout of the responses relayed to the client: the `csmh` connection must have
 /// exactly the client's.
 const LAYOUT: CapabilityFlags = CapabilityFlags::CLIENT_DEPRECATE_EOF
@@ -585,10 +590,15 @@ impl CsmhLink {
             // connection no longer counts a transaction, so this is not `fail`).
             Err(error) => {
                 warn!(?control, "the csmh side could not follow the client's transaction; rolling it back");
+                let answer_lost = matches!(error, CsmhError::Query(QueryError::Io(_)));
+                let outcome = match control {
+                    Control::Commit(_) if answer_lost => CLIENT_COMMIT_UNKNOWN,
+                    _ => ROLLED_BACK,
+                };
                 self.close(&error);
                 edxapp.rollback().await?;
                 let mut error = error.to_mysql();
-                error.message.push_str(ROLLED_BACK);
+                error.message.push_str(outcome);
                 Ok(Some(error))
             }
         }
