@@ -192,12 +192,14 @@ impl LearnedAnswers {
         self.lock().get(question).cloned()
     }
 
-    /// Keeps `answer` for `question`, unless as many answers are kept as may be.
+    /// Keeps `answer` for `question`. When as many answers are kept as may be, the others are forgotten first:
+    /// a client sending many distinct settings costs the others some relearning, never memory.
     pub fn learn(&self, question: Question, answer: Bytes) {
         let mut answers = self.lock();
-        if answers.len() < MAX_LEARNED || answers.contains_key(&question) {
-            answers.insert(question, answer);
+        if answers.len() >= MAX_LEARNED && !answers.contains_key(&question) {
+            answers.clear();
         }
+        answers.insert(question, answer);
     }
 
     /// Forgets the answers learned from the server at `backend`: it answered one otherwise since.
@@ -280,5 +282,16 @@ mod tests {
         assert!(answers.answer(&question("b:1", 0x0002)).is_none());
         answers.forget("a:1");
         assert!(answers.answer(&question("a:1", 0x0002)).is_none());
+    }
+
+    #[test]
+    fn a_full_store_makes_room_for_the_next_answer() {
+        let answers = LearnedAnswers::default();
+        let question = |n: usize| Question::new("a:1", b"u", 1, 2, format!("SET sql_mode='M{n}'").as_bytes());
+        for n in 0..=MAX_LEARNED {
+            answers.learn(question(n), Bytes::from_static(b"\x00\x00\x00\x02\x00\x00\x00"));
+            assert!(answers.answer(&question(n)).is_some(), "the answer to statement {n} is kept");
+        }
+        assert!(answers.lock().len() <= MAX_LEARNED);
     }
 }

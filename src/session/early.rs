@@ -20,9 +20,18 @@ use crate::protocol::response::Expect;
 
 /// Whether a session may still have its setup statements answered early.
 pub(super) enum Early {
-    /// It has sent nothing since its login, as `user`, but setup statements.
-    Open {
+    /// It has sent nothing since its login, as `user`. Its first setup statement is relayed: the login's OK
+    /// does not show the session's state, since the server runs `init_connect` after sending it (which may set
+    /// `sql_mode`'s `NO_BACKSLASH_ESCAPES`, that client libraries escape strings by, or turn autocommit off), and
+    /// the first statement's answer does.
+    Opening {
         /// The account it logged in as: learned answers are the answers to one account's statements.
+        user: Vec<u8>,
+    },
+    /// It has sent nothing but setup statements, the first of them relayed, so that its status flags are the
+    /// server's own.
+    Open {
+        /// The account it logged in as.
         user: Vec<u8>,
     },
     /// It sent something else, or answering early is off.
@@ -41,9 +50,10 @@ impl Session {
     /// The decision for `request` if the session's setup statements may still be answered early and it is one;
     /// any other request closes them for the rest of the session.
     pub(super) fn decide_setup(&mut self, request: &mut Request) -> Option<Decision> {
-        let Early::Open { user } = &self.early else { return None };
+        let (Early::Opening { user } | Early::Open { user }) = &self.early else { return None };
         let statement = match request.command {
-            Command::Query if request.span.is_single_frame() => {
+            // A packet out of sequence is the server's to refuse (1156), as it would directly.
+            Command::Query if request.span.is_single_frame() && request.span.last_seq == 0 => {
                 command::body(request.span.first_frame(&self.client.buf))
             }
             Command::Quit => return None,
@@ -58,7 +68,14 @@ impl Session {
         request.label = Some(RouteLabel::PassthroughMiss);
         let caps = self.edxapp.caps.flags().bits();
         let question = Question::new(&self.edxapp.address, user, caps, self.edxapp.status.bits(), statement);
-        Some(Decision::Setup(match self.shared.early_answers.answer(&question) {
+        let learned = match self.early {
+            Early::Open { .. } => self.shared.early_answers.answer(&question),
+            Early::Opening { .. } | Early::Closed => None,
+        };
+        if let Early::Opening { user } = &mut self.early {
+            self.early = Early::Open { user: std::mem::take(user) };
+        }
+        Some(Decision::Setup(match learned {
             Some(answer) => Setup::Answer(answer),
             None => Setup::Learn(question),
         }))

@@ -99,7 +99,7 @@ impl Session {
         );
         self.grants.logged_in(&self.edxapp.address, &hello.user);
         if self.shared.snapshot().config.listen.answer_settings_early {
-            self.early = super::Early::Open { user: hello.user.clone() };
+            self.early = super::Early::Opening { user: hello.user.clone() };
         }
         self.edxapp.caps = Negotiated::new(greeting.capabilities, hello.capabilities)
             .with_mariadb(greeting.mariadb_capabilities, hello.mariadb_capabilities);
