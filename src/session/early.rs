@@ -44,13 +44,18 @@ pub(super) enum Setup {
     Answer(Bytes),
     /// It is relayed, and the server's answer learned as the answer to this question.
     Learn(Question),
+    /// It is relayed and its answer not learned: the session's first setting, whose state before it is not
+    /// known.
+    Relay,
 }
 
 impl Session {
     /// The decision for `request` if the session's setup statements may still be answered early and it is one;
     /// any other request closes them for the rest of the session.
     pub(super) fn decide_setup(&mut self, request: &mut Request) -> Option<Decision> {
-        let (Early::Opening { user } | Early::Open { user }) = &self.early else { return None };
+        if matches!(self.early, Early::Closed) {
+            return None;
+        }
         let statement = match request.command {
             // A packet out of sequence is the server's to refuse (1156), as it would directly.
             Command::Query if request.span.is_single_frame() && request.span.last_seq == 0 => {
@@ -66,16 +71,18 @@ impl Session {
         }
         // Counted as what it is: a statement relayed untouched, if later.
         request.label = Some(RouteLabel::PassthroughMiss);
+        let user = match &mut self.early {
+            Early::Opening { user } => {
+                let user = std::mem::take(user);
+                self.early = Early::Open { user };
+                return Some(Decision::Setup(Setup::Relay));
+            }
+            Early::Open { user } => user.as_slice(),
+            Early::Closed => return None,
+        };
         let caps = self.edxapp.caps.flags().bits();
         let question = Question::new(&self.edxapp.address, user, caps, self.edxapp.status.bits(), statement);
-        let learned = match self.early {
-            Early::Open { .. } => self.shared.early_answers.answer(&question),
-            Early::Opening { .. } | Early::Closed => None,
-        };
-        if let Early::Opening { user } = &mut self.early {
-            self.early = Early::Open { user: std::mem::take(user) };
-        }
-        Some(Decision::Setup(match learned {
+        Some(Decision::Setup(match self.shared.early_answers.answer(&question) {
             Some(answer) => Setup::Answer(answer),
             None => Setup::Learn(question),
         }))
@@ -85,7 +92,8 @@ impl Session {
     pub(super) async fn set_up(&mut self, request: &mut Request, setup: Setup) -> Result<Flow, SessionError> {
         match setup {
             Setup::Answer(answer) => self.answer_early(request, answer).await,
-            Setup::Learn(question) => self.learn_answer(request, question).await,
+            Setup::Learn(question) => self.learn_answer(request, Some(question)).await,
+            Setup::Relay => self.learn_answer(request, None).await,
         }
     }
 
@@ -102,15 +110,16 @@ impl Session {
         self.answer(request, &out).await
     }
 
-    /// Relays the request and the server's answer, and learns that answer if it is an OK.
-    async fn learn_answer(&mut self, request: &mut Request, question: Question) -> Result<Flow, SessionError> {
+    /// Relays the request and the server's answer, and learns that answer as the answer to `question`, if there
+    /// is one and the answer is an OK.
+    async fn learn_answer(&mut self, request: &mut Request, question: Option<Question>) -> Result<Flow, SessionError> {
         self.relay_request(request).await?;
         let response = backend::read_response(&mut self.edxapp.conn, self.edxapp.caps, Expect::ResultSets).await?;
         match Reply::parse(&response, self.edxapp.caps).map_err(SessionError::BackendProtocol)? {
             Reply::Ok(ok) => {
                 self.edxapp.note_status(ok.status);
                 self.edxapp.note_error(None);
-                if let Some(answer) = single_ok_payload(&response) {
+                if let (Some(question), Some(answer)) = (question, single_ok_payload(&response)) {
                     self.shared.early_answers.learn(question, answer);
                 }
             }
