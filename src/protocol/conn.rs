@@ -22,7 +22,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector, TlsStream};
 
 use super::errors::MysqlError;
 use super::frame::{Oversized, PacketSpan};
-use super::packets::is_ok_packet;
+use super::packets::{is_ok_packet, ok_head};
 
 /// Spare room a read asks for; also the buffer size an idle connection shrinks back to.
 const READ_CHUNK: usize = 16 * 1024;
@@ -148,13 +148,15 @@ impl Connection {
 
     /// Takes the peer's answers to commands sent ahead off the front of the buffer, as far as they are whole,
     /// checking each against the answer given: another answer is noted ([`Connection::take_diverged`]), and one
-    /// that is not an OK is an error too, since the client was told the command succeeded.
+    /// that is not an OK is an error too, since the client was told the command succeeded. An OK that differs only
+    /// after its head ([`ok_head`]: in the order of its tracked variables) is the same answer.
     fn read_off_answers_ahead(&mut self) -> io::Result<()> {
         while let Some(given) = self.ahead.written_answers.front() {
             let Some(span) = PacketSpan::find(&self.buf) else { return Ok(()) };
             let wire = self.buf.split_to(span.wire_len).freeze();
             let answer = super::frame::payload(wire, &span);
-            if answer != given {
+            let same_ok = is_ok_packet(&answer) && ok_head(&answer).is_some_and(|head| ok_head(given) == Some(head));
+            if answer != given && !same_ok {
                 self.ahead.diverged = true;
                 if !is_ok_packet(&answer) {
                     let reason = MysqlError::parse(&answer)
@@ -593,6 +595,19 @@ mod tests {
         assert_eq!(buffered, packet(1, b"\x01"));
         assert!(conn.take_diverged(), "the second answer differed");
         assert!(!conn.take_diverged(), "and is noted once");
+
+        // The same head (status, warnings), the tracked variables in another order: the same answer.
+        let tracked =
+            |first: &[u8], second: &[u8]| [b"\x00\x00\x00\x02\x40\x00\x00\x00".as_slice(), first, second].concat();
+        let (a, b) = (b"\x01\x01a".as_slice(), b"\x01\x01b".as_slice());
+        let (mut conn, mut peer) = connected_pair().await;
+        conn.send_ahead(&packet(0, b"\x03SET NAMES x"), Bytes::from(tracked(a, b)));
+        conn.write_all(&packet(0, b"\x03SELECT 1")).await.unwrap();
+        let _ = peer.read(&mut [0; 256]).await.unwrap();
+        peer.write_all(&[packet(1, &tracked(b, a)), packet(1, b"\x01")].concat()).await.unwrap();
+        conn.fill().await.unwrap();
+        assert_eq!(conn.buf.to_vec(), packet(1, b"\x01"));
+        assert!(!conn.take_diverged(), "only the order of the tracked variables differs");
 
         let error = b"\xff\x19\x05#42000Unknown character set: 'x'";
         let (read, _, mut conn) = after_answers([error, OK]).await;

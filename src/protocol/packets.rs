@@ -300,6 +300,16 @@ impl PrepareOk {
     }
 }
 
+/// The head of an OK packet's payload: its header, affected rows, last insert id, status flags and warning count,
+/// without the info and session-state parts that follow. Two OKs with the same head leave the session in the same
+/// state and say the same of the statement; MariaDB may list the tracked variables of the rest in another order.
+pub fn ok_head(payload: &[u8]) -> Option<&[u8]> {
+    let rest = payload.get(1..)?;
+    let (_, affected) = lenenc_int(rest)?;
+    let (_, insert_id) = lenenc_int(rest.get(affected..)?)?;
+    payload.get(..1 + affected + insert_id + 4)
+}
+
 /// The status flags of an OK packet (`0x00`, or `0xFE` ending a result set under CLIENT_DEPRECATE_EOF).
 pub fn ok_status(payload: &[u8]) -> Option<u16> {
     let rest = payload.get(1..)?;
