@@ -304,20 +304,22 @@ impl PrepareOk {
 /// without the info and session-state parts that follow. Two OKs with the same head leave the session in the same
 /// state and say the same of the statement; MariaDB may list the tracked variables of the rest in another order.
 pub fn ok_head(payload: &[u8]) -> Option<&[u8]> {
-    let rest = payload.get(1..)?;
-    let (_, affected) = lenenc_int(rest)?;
-    let (_, insert_id) = lenenc_int(rest.get(affected..)?)?;
-    payload.get(..1 + affected + insert_id + 4)
+    payload.get(..ok_status_offset(payload)? + 4)
 }
 
 /// The status flags of an OK packet (`0x00`, or `0xFE` ending a result set under CLIENT_DEPRECATE_EOF).
 pub fn ok_status(payload: &[u8]) -> Option<u16> {
+    let at = ok_status_offset(payload)?;
+    let status = payload.get(at..at + 2)?;
+    Some(u16::from_le_bytes([status[0], status[1]]))
+}
+
+/// Where an OK packet's status flags begin: after its header byte, affected rows and last insert id.
+fn ok_status_offset(payload: &[u8]) -> Option<usize> {
     let rest = payload.get(1..)?;
     let (_, affected) = lenenc_int(rest)?;
-    let rest = &rest[affected..];
-    let (_, insert_id) = lenenc_int(rest)?;
-    let status = rest.get(insert_id..insert_id + 2)?;
-    Some(u16::from_le_bytes([status[0], status[1]]))
+    let (_, insert_id) = lenenc_int(rest.get(affected..)?)?;
+    Some(1 + affected + insert_id)
 }
 
 /// The status flags of a classic EOF packet (`0xFE`, warnings, status).

@@ -478,9 +478,11 @@ const LONG_STATEMENT_BYTES: usize = 256 * 1024;
 /// [`tokio::task::block_in_place`], which hands the worker thread's other sessions to another thread meanwhile.
 /// A runtime with one thread (the tests' own) has no other thread to hand them to, and runs it in place.
 fn off_the_event_loop_if_long<T>(statement: &[u8], route: impl FnOnce() -> T) -> T {
-    let multi_thread = tokio::runtime::Handle::try_current()
-        .is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    match statement.len() >= LONG_STATEMENT_BYTES && multi_thread {
+    let multi_thread = || {
+        tokio::runtime::Handle::try_current()
+            .is_ok_and(|runtime| runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+    };
+    match statement.len() >= LONG_STATEMENT_BYTES && multi_thread() {
         true => tokio::task::block_in_place(route),
         false => route(),
     }
